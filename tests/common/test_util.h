@@ -1,0 +1,69 @@
+/* Small helpers shared by the C tests: checks that report file:line and keep going, a skip with
+ * a reason (exit code 77, CTest's SKIP_RETURN_CODE), temporary folders, and the shared-data path. */
+#ifndef MT_TEST_UTIL_H
+#define MT_TEST_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "mobiletune/status.h"
+
+#define MT_TEST_SKIP_CODE 77
+
+extern int mt_test_failures;
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);              \
+            mt_test_failures++;                                                                    \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            mt_test_failures++;                                                                    \
+        }                                                                                          \
+    } while (0)
+
+/* A library call that must succeed; on failure print mt_last_error() and stop the test. */
+#define CHECK_OK(call)                                                                             \
+    do {                                                                                           \
+        mt_status check_ok_status_ = (call);                                                       \
+        if (check_ok_status_ != MT_OK) {                                                           \
+            fprintf(stderr, "%s:%d: %s failed: %s: %s\n", __FILE__, __LINE__, #call,               \
+                    mt_status_name(check_ok_status_), mt_last_error());                           \
+            mt_test_failures++;                                                                    \
+            return mt_test_finish();                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* |a - b| <= atol + rtol*|b| */
+#define CHECK_CLOSE(a, b, atol, rtol) CHECK_MSG(mt_test_close((a), (b), (atol), (rtol)), \
+    "%s = %.9g, %s = %.9g", #a, (double)(a), #b, (double)(b))
+bool mt_test_close(double a, double b, double atol, double rtol);
+
+/* Compare arrays; prints the worst element and returns false when any is out of tolerance. */
+bool mt_test_arrays_close(const char *what, const float *got, const float *want, size_t count,
+                          double atol, double rtol);
+
+/* Exit code for main(): 0 when every CHECK held, 1 otherwise (with a count). */
+int mt_test_finish(void);
+
+/* Print "SKIPPED: reason" and exit with the skip code. */
+_Noreturn void mt_test_skip(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+/* ../shared (or $MT_SHARED_DIR) joined with `relative`, when it exists; NULL otherwise. The
+ * returned string is static storage overwritten by the next call. */
+const char *mt_test_shared_path(const char *relative);
+
+/* A fresh temporary folder (removed by mt_test_remove_tree), path in static storage per call. */
+char *mt_test_make_temp_dir(const char *tag);
+void mt_test_remove_tree(const char *path);
+
+#endif
