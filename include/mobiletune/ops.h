@@ -1,0 +1,216 @@
+/* The ops table: every computation the network needs, forward and backward, behind one explicit
+ * table of function pointers per backend, chosen at start-up (STYLE.md 2):
+ *   "reference"  plain C, obviously correct: the oracle every other backend is tested against
+ *   "cpu"        oneDNN (blocked layouts, fused post-ops) + OpenMP
+ *   "cuda"       cuDNN + mobiletune's kernels (issue 6)
+ *
+ * Memory model. Activations are mt_tensor: a 4-D N,H,W,C tensor whose bytes live in the backend's
+ * memory (host for CPU backends, device for CUDA) in the backend's own layout (NHWC for reference;
+ * oneDNN may use blocked formats). The model never looks inside: it converts at the edges only
+ * (tensor_from_nhwc for the input batch; global_avg_pool's output is a plain row-major N,C matrix).
+ * Everything else -- parameters, gradients, BN statistics, matrices of the head, labels -- is a
+ * plain buffer in backend memory with a documented layout:
+ *   conv kernel       [kh][kw][cin][cout]   (Keras/TF HWIO)
+ *   depthwise kernel  [kh][kw][c][1]        (Keras depthwise_kernel, multiplier 1)
+ *   BN gamma, beta, moving_mean, moving_variance, saved mean / inverse std: [c]
+ *   dense kernel      [in][out], bias [out] (Keras Dense)
+ *   matrices          row-major [n][cols];  labels int32 [n]
+ * Gradient outputs for weights are overwritten, never accumulated. Backends cache whatever they
+ * derive from a descriptor (oneDNN primitives, cuDNN algorithms) keyed by the descriptor's value,
+ * so callers pass plain descriptors and nothing else.
+ *
+ * Numerics follow Keras: TF 'SAME' padding (asymmetric: the extra row/column goes bottom/right),
+ * BatchNormalization with biased batch variance for normalization and for the moving statistics,
+ * moving = moving * momentum + batch * (1 - momentum), ReLU6 gradient passed where 0 < y < 6. */
+#ifndef MOBILETUNE_OPS_H
+#define MOBILETUNE_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mobiletune/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mt_shape4 {
+    int n, h, w, c;
+} mt_shape4;
+
+static inline size_t mt_shape4_count(mt_shape4 s) {
+    return (size_t)s.n * (size_t)s.h * (size_t)s.w * (size_t)s.c;
+}
+
+/* An activation in backend memory and the backend's layout. `layout` and `impl` are the
+ * backend's business (e.g. a oneDNN memory descriptor); `bytes` is what was allocated. */
+typedef struct mt_tensor {
+    mt_shape4 shape;
+    void *data;
+    size_t bytes;
+    int layout;
+    void *impl;
+} mt_tensor;
+
+/* A 2-D convolution, regular (groups 1) or depthwise (channel multiplier 1), no bias. */
+typedef struct mt_conv_desc {
+    mt_shape4 input;  /* N,H,W,Cin */
+    int out_channels; /* Cout; equals Cin for depthwise */
+    int kernel;       /* square kernel side */
+    int stride;       /* same in both directions */
+    int pad_top, pad_left, pad_bottom, pad_right; /* zeros around the input */
+    bool depthwise;
+} mt_conv_desc;
+
+/* TF/Keras 'SAME' padding of one dimension: total = max((ceil(in/stride)-1)*stride + k - in, 0),
+ * before = total/2, after = total - before. */
+void mt_same_padding(int in, int kernel, int stride, int *pad_before, int *pad_after);
+
+/* N, floor((H + pads - k)/stride) + 1, ..., Cout */
+mt_shape4 mt_conv_output_shape(const mt_conv_desc *desc);
+
+typedef struct mt_batchnorm_desc {
+    mt_shape4 shape;  /* N,H,W,C of input and output */
+    float epsilon;    /* 1e-3 in Keras' MobileNetV2 */
+    float momentum;   /* 0.999 in Keras' MobileNetV2 */
+} mt_batchnorm_desc;
+
+typedef struct mt_zero_pad_desc {
+    mt_shape4 input;
+    int top, left, bottom, right;
+} mt_zero_pad_desc;
+
+typedef struct mt_dense_desc {
+    int batch, in_features, out_features;
+} mt_dense_desc;
+
+typedef struct mt_loss_desc {
+    int batch;   /* rows of logits */
+    int classes; /* 1: sigmoid binary cross-entropy on one logit; >1: softmax cross-entropy */
+} mt_loss_desc;
+
+typedef struct mt_backend mt_backend;
+
+typedef struct mt_backend_options {
+    int num_threads; /* CPU threads; 0 = all cores */
+    int device;      /* GPU ordinal for "cuda" (the local rank) */
+} mt_backend_options;
+
+typedef struct mt_ops {
+    const char *name;
+
+    /* ---- lifetime and memory ---- */
+    mt_status (*init)(mt_backend *backend, const mt_backend_options *options); /* sets impl */
+    void (*shutdown)(mt_backend *backend);
+    mt_status (*buffer_alloc)(mt_backend *backend, size_t bytes, void **out); /* zeroed */
+    void (*buffer_free)(mt_backend *backend, void *buffer);
+    mt_status (*upload)(mt_backend *backend, void *dst, const void *host_src, size_t bytes);
+    mt_status (*download)(mt_backend *backend, void *host_dst, const void *src, size_t bytes);
+    mt_status (*tensor_alloc)(mt_backend *backend, mt_shape4 shape, mt_tensor *out); /* zeroed */
+    void (*tensor_free)(mt_backend *backend, mt_tensor *tensor);
+    /* host: N,H,W,C float -> tensor in backend layout, and back */
+    mt_status (*tensor_from_nhwc)(mt_backend *backend, const float *host_src, mt_tensor *dst);
+    mt_status (*tensor_to_nhwc)(mt_backend *backend, const mt_tensor *src, float *host_dst);
+    mt_status (*synchronize)(mt_backend *backend);
+
+    /* ---- elementwise on tensors of equal shape ---- */
+    mt_status (*tensor_zero)(mt_backend *backend, mt_tensor *tensor);
+    mt_status (*tensor_copy)(mt_backend *backend, const mt_tensor *src, mt_tensor *dst);
+    /* y = a + b (y may alias a or b): residual add forward, and summing gradients in backward */
+    mt_status (*add)(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y);
+    /* y = min(max(x, 0), 6); y may alias x */
+    mt_status (*relu6_forward)(mt_backend *backend, const mt_tensor *x, mt_tensor *y);
+    /* dx = dy where 0 < y < 6, else 0 (y: relu6's output); dx may alias dy */
+    mt_status (*relu6_backward)(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
+                                mt_tensor *dx);
+
+    /* ---- convolution (regular and depthwise per desc->depthwise) ---- */
+    /* x: N,H,W,Cin; w: kernel (see layouts above); y: N,Ho,Wo,Cout */
+    mt_status (*conv_forward)(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
+                              const float *w, mt_tensor *y);
+    /* dx = conv_transpose(dy, w) */
+    mt_status (*conv_backward_data)(mt_backend *backend, const mt_conv_desc *desc,
+                                    const mt_tensor *dy, const float *w, mt_tensor *dx);
+    /* dw = correlation of x and dy (overwritten) */
+    mt_status (*conv_backward_weights)(mt_backend *backend, const mt_conv_desc *desc,
+                                       const mt_tensor *x, const mt_tensor *dy, float *dw);
+
+    /* ---- batch normalization, per channel ---- */
+    /* Training mode: normalize with the batch's mean and biased variance, save mean and
+     * 1/sqrt(var+eps) for backward, and update the moving statistics in place. */
+    mt_status (*batchnorm_forward_training)(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                            const mt_tensor *x, const float *gamma,
+                                            const float *beta, float *moving_mean,
+                                            float *moving_variance, mt_tensor *y,
+                                            float *saved_mean, float *saved_inv_std);
+    /* Inference mode: normalize with the moving statistics. y may alias x. */
+    mt_status (*batchnorm_forward_inference)(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                             const mt_tensor *x, const float *gamma,
+                                             const float *beta, const float *moving_mean,
+                                             const float *moving_variance, mt_tensor *y);
+    /* Training-mode backward through the batch statistics. dgamma/dbeta may be NULL (frozen). */
+    mt_status (*batchnorm_backward_training)(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                             const mt_tensor *x, const mt_tensor *dy,
+                                             const float *gamma, const float *saved_mean,
+                                             const float *saved_inv_std, mt_tensor *dx,
+                                             float *dgamma, float *dbeta);
+    /* Inference-mode backward: the statistics are constants. dx, dgamma, dbeta may be NULL. */
+    mt_status (*batchnorm_backward_inference)(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                              const mt_tensor *x, const mt_tensor *dy,
+                                              const float *gamma, const float *moving_mean,
+                                              const float *moving_variance, mt_tensor *dx,
+                                              float *dgamma, float *dbeta);
+
+    /* ---- zero padding (Keras ZeroPadding2D) ---- */
+    mt_status (*zero_pad_forward)(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                  const mt_tensor *x, mt_tensor *y);
+    mt_status (*zero_pad_backward)(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                   const mt_tensor *dy, mt_tensor *dx);
+
+    /* ---- head: pooling, dropout, dense, losses on plain row-major matrices ---- */
+    /* y: N,C matrix = mean over H,W of x */
+    mt_status (*global_avg_pool_forward)(mt_backend *backend, const mt_tensor *x, float *y);
+    mt_status (*global_avg_pool_backward)(mt_backend *backend, const float *dy, mt_tensor *dx);
+    /* Inverted dropout on `count` values: keep with probability 1-rate, scale kept by 1/(1-rate).
+     * The keep decision of element i is a pure function of (seed, i): identical on every
+     * backend. mask (count bytes) records it for backward. */
+    mt_status (*dropout_forward)(mt_backend *backend, size_t count, float rate, uint64_t seed,
+                                 const float *x, float *y, uint8_t *mask);
+    mt_status (*dropout_backward)(mt_backend *backend, size_t count, float rate,
+                                  const uint8_t *mask, const float *dy, float *dx);
+    /* y[N,out] = x[N,in] * w[in,out] + b[out] */
+    mt_status (*dense_forward)(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                               const float *w, const float *b, float *y);
+    /* dx (may be NULL), dw, db (overwritten; may be NULL when frozen) */
+    mt_status (*dense_backward)(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                const float *w, const float *dy, float *dx, float *dw, float *db);
+    /* Mean cross-entropy over rows whose label >= 0 (label -1 marks padding: no loss, zero
+     * gradient). Numerically stable on logits. *loss_host gets the mean (0 when no valid row);
+     * dlogits (may be NULL) the gradient of that mean. labels: int32 [batch] in backend memory. */
+    mt_status (*loss_forward_backward)(mt_backend *backend, const mt_loss_desc *desc,
+                                       const float *logits, const int32_t *labels,
+                                       float *loss_host, float *dlogits);
+} mt_ops;
+
+struct mt_backend {
+    const mt_ops *ops;
+    void *impl; /* the backend's private state */
+    mt_backend_options options;
+};
+
+/* "reference", "cpu", "cuda" (when built with CUDA). Error lists the available names. */
+mt_status mt_backend_create(const char *name, const mt_backend_options *options,
+                            mt_backend **out);
+void mt_backend_destroy(mt_backend *backend);
+/* Names of the backends compiled in, NULL-terminated. */
+const char *const *mt_backend_names(void);
+
+/* The tables, for tests that want one directly. */
+extern const mt_ops mt_ops_reference;
+extern const mt_ops mt_ops_cpu;
+
+#ifdef __cplusplus
+}
+#endif
+#endif
