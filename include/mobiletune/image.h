@@ -1,0 +1,72 @@
+/* Image decoding (JPEG via TurboJPEG, PNG via libpng) to RGB, and the square resize that the
+ * packer stores and `predict` repeats, so a prediction sees exactly the pixels training saw.
+ * docs/packing.md describes every conversion and the resize arithmetic in words.
+ *
+ * All functions are thread-safe (each call uses its own decoder state). */
+#ifndef MOBILETUNE_IMAGE_H
+#define MOBILETUNE_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mobiletune/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A decoded image: 8-bit RGB, rows top to bottom, pixels left to right. */
+typedef struct mt_image {
+    int width, height;
+    uint8_t *pixels; /* height*width*3, RGB HWC; malloc'd, owned */
+} mt_image;
+
+typedef enum mt_resize_mode {
+    MT_RESIZE_STRETCH = 0, /* both sides to `size` independently (aspect not kept), like
+                              tf.image.resize(method='bilinear', antialias=False) */
+    MT_RESIZE_CENTER_CROP, /* short side to `size`, then the centred size x size window */
+    MT_RESIZE_PAD,         /* long side to `size`, centred on a black size x size canvas */
+} mt_resize_mode;
+
+/* The file kinds mt_image_decode() knows, detected from magic bytes (never the name). */
+typedef enum mt_image_format {
+    MT_IMAGE_UNKNOWN = 0,
+    MT_IMAGE_JPEG,
+    MT_IMAGE_PNG,
+} mt_image_format;
+
+mt_image_format mt_image_detect(const void *bytes, size_t size);
+
+/* Decode a JPEG or PNG held in memory to RGB: grayscale, palette, CMYK/YCCK (plain and Adobe
+ * inverted), 16-bit and alpha (dropped) all become 8-bit RGB, and the EXIF orientation is applied.
+ * `name` only appears in error messages. `min_side_hint` > 0 lets a JPEG decode at a reduced
+ * scale (1/2, 1/4 or 1/8: the smallest whose width and height both stay >= the hint, measured
+ * before EXIF rotation); 0 decodes at full size. Errors: MT_ERR_FORMAT for data that is not an
+ * image, is corrupt or truncated (a JPEG that ends early is an error, not a grey-filled image),
+ * MT_ERR_NOMEM. On failure `out` is left empty. */
+mt_status mt_image_decode(const void *bytes, size_t size, const char *name, int min_side_hint,
+                          mt_image *out);
+
+/* Read `path` and decode it as mt_image_decode() does (MT_ERR_IO when it cannot be read). */
+mt_status mt_image_decode_file(const char *path, int min_side_hint, mt_image *out);
+
+void mt_image_free(mt_image *image);
+
+/* Resize `src` to size x size RGB with bilinear interpolation on half-pixel centres (the
+ * arithmetic of tf.image.resize bilinear without antialiasing), rounded to the nearest uint8.
+ * dst: size,size,3 (HWC). */
+mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, uint8_t *dst);
+
+/* "stretch" / "center-crop" / "pad" <-> mode. */
+mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out);
+const char *mt_resize_mode_name(mt_resize_mode mode);
+
+/* Encode RGB pixels (pixels: height,width,3) as a baseline JPEG of `quality` (1..100), 4:4:4.
+ * *out_bytes is malloc'd (free with free()). */
+mt_status mt_image_encode_jpeg(const uint8_t *pixels, int width, int height, int quality,
+                               uint8_t **out_bytes, size_t *out_size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
