@@ -17,7 +17,9 @@
  *       10    2 width
  *       12    4 label          class id, < the dataset's class count
  *       16    4 payload_bytes  raw: height*width*channels; jpeg: the JPEG stream's length
- *       20    4 payload_crc32  zlib crc32 of the payload: catches bit flips LMDB cannot see
+ *       20    4 crc32          zlib crc32 of every other byte of the record (offsets 0..19, then 24
+ *                              to the end: header, payload, name), so a bit flip LMDB cannot see
+ *                              is caught wherever it lands, the label included
  *       24    2 name_bytes     length of the source name that follows the payload
  *       26    6 reserved       zero
  *       32    payload_bytes    pixels, uint8 HWC RGB (raw) or a JPEG stream (jpeg)
@@ -73,7 +75,8 @@ size_t mt_record_encoded_size(const mt_record *record);
 void mt_record_encode(const mt_record *record, uint8_t *dst);
 
 /* Validate and parse `size` bytes stored under `key` (used in error messages). Every field is
- * checked (magic, version, encoding, sizes against `size`, raw size against h*w*c, CRC), so
+ * checked (magic, version, encoding, reserved bytes, sizes against `size`, raw size against
+ * h*w*c, no trailing bytes, CRC), so
  * corrupt or hostile bytes give MT_ERR_FORMAT naming the key, never an out-of-bounds read. */
 mt_status mt_record_parse(const void *data, size_t size, const char *key, mt_record *out);
 
