@@ -1,0 +1,526 @@
+#!/usr/bin/env python3
+"""Keras/TensorFlow as the independent reference for mobiletune's whole network.
+
+Everything here is computed by Keras itself (tf.keras.applications.MobileNetV2), never by
+mobiletune, so agreement means the C network is Keras' network and not just self-consistent.
+
+Subcommands
+  layers    Keras' layer list of MobileNetV2(include_top=False): index, name, class, output
+            shape, parameter count (tests/keras/keras_layers_alpha1.0_160.txt is its output).
+  fixture   Decode real photos into one [-1,1] NHWC float32 batch, run Keras on it and write
+            a fixture folder that the C runner (keras_run.c) and `compare` read:
+              input      the batch both sides consume, so decode/resize never enters the check
+              features   pooled backbone output, inference mode
+              head, labels, loss_*, grad_infer/<layer>/<weight>, grad_train/<layer>/<weight>,
+              moving_train/<layer>/<weight>: the one-batch gradient check (see below)
+            Every tensor also in float64 (suffix @f64): the same Keras model built with floatx
+            float64, the "truth" against which both float32 implementations are measured.
+  compare   Compare a C run (same folder format) against a fixture and exit 1 beyond tolerance.
+  tm-head   Apply the Teachable Machine file's saved head to features and print the accuracy.
+
+The gradient check: head = Dense(1) with fixed weights on the pooled features (no dropout),
+loss = mean over the batch of sigmoid cross-entropy on fixed labels, gradients with respect to
+every backbone weight (kernels, depthwise kernels, BN gamma/beta) and the head, (a) with BN in
+inference mode (training=False: moving statistics) and (b) in training mode (training=True: batch
+statistics), plus the moving statistics after that one training forward (momentum 0.999).
+
+The folder format (written by write_tensors, read by read_tensors and by keras_run.c):
+  index.txt  one line per tensor: NAME DTYPE OFFSET RANK D0 D1 ... (DTYPE f4, f8 or i4;
+             OFFSET in bytes into data.bin)
+  data.bin   the tensors, little-endian, row-major, back to back
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+WEIGHT_ORDER = {
+    "Conv2D": ["kernel"],
+    "DepthwiseConv2D": ["depthwise_kernel"],
+    "BatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"],
+}
+
+
+# ---- the folder format ------------------------------------------------------------------------
+
+
+def write_tensors(folder, tensors):
+    """tensors: list of (name, ndarray); dtypes float32, float64, int32."""
+    os.makedirs(folder, exist_ok=True)
+    codes = {np.dtype(np.float32): "f4", np.dtype(np.float64): "f8", np.dtype(np.int32): "i4"}
+    offset = 0
+    tmp_index = os.path.join(folder, "index.txt.tmp")
+    with open(os.path.join(folder, "data.bin"), "wb") as data, open(tmp_index, "w") as index:
+        for name, array in tensors:
+            array = np.ascontiguousarray(array)
+            code = codes[array.dtype]
+            dims = " ".join(str(d) for d in array.shape)
+            index.write(f"{name} {code} {offset} {array.ndim} {dims}".rstrip() + "\n")
+            raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+            data.write(raw)
+            offset += len(raw)
+    # index.txt appears last, so a folder with an index is complete (the cache test).
+    os.replace(tmp_index, os.path.join(folder, "index.txt"))
+
+
+def read_tensors(folder):
+    types = {"f4": "<f4", "f8": "<f8", "i4": "<i4"}
+    out = {}
+    raw = np.fromfile(os.path.join(folder, "data.bin"), dtype=np.uint8)
+    with open(os.path.join(folder, "index.txt")) as index:
+        for line in index:
+            parts = line.split()
+            if not parts:
+                continue
+            name, code, offset, rank = parts[0], parts[1], int(parts[2]), int(parts[3])
+            shape = tuple(int(d) for d in parts[4 : 4 + rank])
+            dtype = np.dtype(types[code])
+            count = int(np.prod(shape)) if shape else 1
+            out[name] = raw[offset : offset + count * dtype.itemsize].view(dtype).reshape(shape)
+    return out
+
+
+# ---- Keras ------------------------------------------------------------------------------------
+
+
+def import_keras(threads):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    return tf, keras
+
+
+def build_backbone(keras, alpha, size, dtype="float32"):
+    # Both settings: Keras caches the global dtype policy at first use, after which floatx alone
+    # no longer changes the layers' dtype.
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    model = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(size, size, 3), alpha=alpha
+    )
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    return model
+
+
+def h5_weight_table(path):
+    """{layer: {weight: ndarray}} from a Keras 2 HDF5 file, either layout: the `save_weights`
+    layout (<layer>/<layer>/<weight>:0) or the whole-model one (model_weights/<model>/<layer>/...).
+    Found by layer and weight name, like the C importer, but written independently."""
+    import h5py
+
+    table = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                parts = name.split("/")
+                weight = parts[-1].split(":")[0]
+                layer = parts[-2]
+                table.setdefault(layer, {})[weight] = np.array(obj)
+
+        f.visititems(visit)
+    return table
+
+
+def load_backbone_weights(model, path):
+    """Set every weight of `model` from the h5 file by layer name and Keras 2 weight name, in
+    Keras' weight order per class. Returns the number of values loaded."""
+    table = h5_weight_table(path)
+    loaded = 0
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if cls not in WEIGHT_ORDER:
+            if layer.weights:
+                raise SystemExit(f"keras_reference: unexpected weights in layer {layer.name} ({cls})")
+            continue
+        if layer.name not in table:
+            raise SystemExit(f"keras_reference: {path} has no layer {layer.name}")
+        values = []
+        for weight, variable in zip(WEIGHT_ORDER[cls], layer.weights):
+            value = table[layer.name].get(weight)
+            if value is None or tuple(value.shape) != tuple(variable.shape):
+                raise SystemExit(
+                    f"keras_reference: {path}: {layer.name}/{weight}: want {tuple(variable.shape)}, "
+                    f"found {None if value is None else value.shape}"
+                )
+            values.append(value.astype(variable.dtype))
+            loaded += value.size
+        layer.set_weights(values)
+    return loaded
+
+
+def weight_names(model):
+    """[(layer, weight, variable)] in Keras order, Keras 2 weight names."""
+    out = []
+    for layer in model.layers:
+        cls = type(layer).__name__
+        for weight, variable in zip(WEIGHT_ORDER.get(cls, []), layer.weights):
+            out.append((layer.name, weight, variable))
+    return out
+
+
+# ---- input ------------------------------------------------------------------------------------
+
+
+def photo_list(photos, count):
+    """`count` photos, cats and dogs alternating, deterministic (sorted by number)."""
+
+    def numbered(pattern):
+        files = glob.glob(pattern)
+        return sorted(files, key=lambda p: int(os.path.basename(p).split(".")[1]))
+
+    cats = numbered(os.path.join(photos, "cats", "cat.*.jpg"))
+    dogs = numbered(os.path.join(photos, "dogs", "dog.*.jpg"))
+    if not cats or not dogs:
+        raise SystemExit(f"keras_reference: no cat.N.jpg / dog.N.jpg under {photos}/cats, /dogs")
+    out = []
+    for i in range(count):
+        out.append((cats if i % 2 == 0 else dogs)[i // 2])
+    return out
+
+
+def decode_batch(tf, files, size):
+    """Keras preprocessing: RGB, bilinear resize (half-pixel centres, no antialias), rounded to
+    uint8 as mobiletune's packer stores it, then x/127.5 - 1. N,S,S,3 float32."""
+    from PIL import Image
+
+    batch = np.empty((len(files), size, size, 3), np.float32)
+    for i, path in enumerate(files):
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
+        resized = tf.image.resize(rgb[None], (size, size), method="bilinear", antialias=False)
+        pixels = np.clip(np.round(resized.numpy()[0]), 0, 255)
+        batch[i] = pixels / 127.5 - 1.0
+    return batch
+
+
+def feature_count(alpha):
+    """Keras: last_block_filters = make_divisible(1280 * alpha, 8) when alpha > 1, else 1280."""
+    if alpha <= 1.0:
+        return 1280
+    value = 1280 * alpha
+    rounded = max(8, int(value + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * value else rounded
+
+
+# ---- the fixture ------------------------------------------------------------------------------
+
+
+def keras_pass(tf, model, images, head_w, head_b, labels, dtype):
+    """Features, and the gradient check in both BN modes, computed by Keras in `dtype`."""
+    x = tf.constant(images.astype(dtype))
+    w = tf.constant(head_w.astype(dtype))
+    b = tf.constant(head_b.astype(dtype))
+    y = tf.constant(labels.astype(dtype)[:, None])
+    out = []
+    features = tf.reduce_mean(model(x, training=False), axis=[1, 2])
+    out.append(("features", features.numpy()))
+
+    names = weight_names(model)
+    trainable = [(l, wn, v) for (l, wn, v) in names if wn not in ("moving_mean", "moving_variance")]
+    moving = [(l, wn, v) for (l, wn, v) in names if wn in ("moving_mean", "moving_variance")]
+    before = [v.numpy().copy() for (_, _, v) in moving]
+    for tag, training in (("infer", False), ("train", True)):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            tape.watch(b)
+            pooled = tf.reduce_mean(model(x, training=training), axis=[1, 2])
+            logits = tf.matmul(pooled, w) + b
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
+        variables = [v for (_, _, v) in trainable]
+        grads = tape.gradient(loss, variables + [w, b])
+        out.append((f"loss_{tag}", np.array([loss.numpy()])))
+        for (layer, weight, _), g in zip(trainable, grads[: len(variables)]):
+            out.append((f"grad_{tag}/{layer}/{weight}", g.numpy()))
+        out.append((f"grad_{tag}/dense/kernel", grads[-2].numpy()))
+        out.append((f"grad_{tag}/dense/bias", grads[-1].numpy()))
+        if training:
+            for (layer, weight, v) in moving:
+                out.append((f"moving_train/{layer}/{weight}", v.numpy()))
+    # Put the loaded statistics back so the model is reusable.
+    for (_, _, v), value in zip(moving, before):
+        v.assign(value)
+    return out
+
+
+def cmd_fixture(args):
+    tf, keras = import_keras(args.threads)
+    started = time.time()
+    files = photo_list(args.photos, args.images)
+    images = decode_batch(tf, files, args.size)
+    rng = np.random.default_rng(20261127)
+    head_w = (rng.standard_normal((feature_count(args.alpha), 1)) * 0.05).astype(np.float32)
+    head_b = np.array([0.1], np.float32)
+    labels = np.array([i % 2 for i in range(args.images)], np.int32)  # 0 cat, 1 dog
+
+    tensors = [("input", images), ("head/kernel", head_w), ("head/bias", head_b), ("labels", labels)]
+    for dtype in ("float32", "float64"):
+        model = build_backbone(keras, args.alpha, args.size, dtype)
+        loaded = load_backbone_weights(model, args.weights)
+        if dtype == "float32":
+            check_keras_loader(model, args.weights, args.alpha)
+            print(f"keras_reference: loaded {loaded} values from {args.weights}")
+        results = keras_pass(tf, model, images, head_w, head_b, labels, dtype)
+        suffix = "" if dtype == "float32" else "@f64"
+        tensors += [(name + suffix, value) for name, value in results]
+        if dtype == "float32":
+            for name, var in [(f"weight/{l}/{w}", v) for (l, w, v) in weight_names(model)]:
+                tensors.append((name, var.numpy()))
+    meta = {
+        "alpha": args.alpha,
+        "size": args.size,
+        "images": args.images,
+        "files": [os.path.relpath(f, args.photos) for f in files],
+        "weights": os.path.basename(args.weights),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+    write_tensors(args.out, tensors)
+    with open(os.path.join(args.out, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(f"keras_reference: fixture {args.out}: {len(tensors)} tensors, "
+          f"{time.time() - started:.1f} s (TF {tf.__version__}, Keras {keras.__version__})")
+
+
+def check_keras_loader(model, path, alpha):
+    """Keras' own h5 loader (it matches layers in order) must agree with the by-name load above,
+    or the reference would rest on our reading of the file alone."""
+    import keras
+
+    other = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=model.input_shape[1:], alpha=alpha
+    )
+    try:
+        other.load_weights(path)
+    except Exception as exc:  # noqa: BLE001 - report which loader works, keep going
+        print(f"keras_reference: note: Keras' model.load_weights({os.path.basename(path)}) "
+              f"failed ({type(exc).__name__}: {exc}); using the by-name load only")
+        return
+    worst = 0.0
+    for a, b in zip(model.weights, other.weights):
+        worst = max(worst, float(np.max(np.abs(a.numpy() - b.numpy()))))
+    if worst != 0.0:
+        raise SystemExit(f"keras_reference: Keras' load_weights and the by-name load differ ({worst})")
+    print("keras_reference: Keras' model.load_weights() agrees with the by-name load exactly")
+
+
+# ---- the layer list ---------------------------------------------------------------------------
+
+
+def cmd_layers(args):
+    tf, keras = import_keras(args.threads)
+    model = build_backbone(keras, args.alpha, args.size)
+    lines = [
+        f"# Keras' layer list of MobileNetV2(include_top=False, weights=None, alpha={args.alpha}, "
+        f"input_shape=({args.size}, {args.size}, 3)),",
+        f"# TensorFlow {tf.__version__}, Keras {keras.__version__}. Generated by",
+        f"#   tests/keras/keras_reference.py layers --alpha {args.alpha} --size {args.size}",
+        "# Columns: index name class output_shape(without batch) params. Total params "
+        f"{model.count_params()}.",
+    ]
+    for i, layer in enumerate(model.layers):
+        shape = "x".join(str(d) for d in layer.output.shape[1:])
+        lines.append(f"{i} {layer.name} {type(layer).__name__} {shape} {layer.count_params()}")
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+# ---- comparison -------------------------------------------------------------------------------
+
+
+def rel_err(got, want):
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def cmd_compare(args):
+    ref = read_tensors(args.fixture)
+    ours = read_tensors(args.ours)
+    n = args.images
+    failures = []
+    report = []
+
+    def check(what, got, want, want64, tol):
+        err = rel_err(got, want64)
+        keras_err = rel_err(want, want64)
+        ok = err <= tol
+        report.append((what, err, keras_err, tol, ok))
+        if not ok:
+            failures.append(what)
+
+    # Features: error relative to the features' scale (max |f|), against Keras float64.
+    if "features" in ours:
+        got = ours["features"][:n]
+        want, want64 = ref["features"][:n], ref["features@f64"][:n]
+        scale = float(np.max(np.abs(want64)))
+        err = float(np.max(np.abs(got - want64))) / scale
+        keras_err = float(np.max(np.abs(want - want64))) / scale
+        ok = err <= args.feature_tol
+        report.append(("features max|d|/max|f|", err, keras_err, args.feature_tol, ok))
+        if not ok:
+            failures.append("features")
+        check("features rel L2", got, want, want64, args.feature_tol)
+
+    for tag in ("infer", "train"):
+        names = sorted(k for k in ours if k.startswith(f"grad_{tag}/"))
+        if not names:
+            continue
+        tol = args.grad_tol if tag == "infer" else args.grad_train_tol
+        missing = [k for k in ref if k.startswith(f"grad_{tag}/") and "@" not in k and k not in ours]
+        if missing:
+            failures.append(f"grad_{tag}: {len(missing)} tensors missing in our run, e.g. {missing[0]}")
+        unknown = [k for k in names if k not in ref]
+        if unknown:
+            failures.append(f"grad_{tag}: {len(unknown)} tensors not in the Keras fixture, e.g. {unknown[0]}")
+        names = [k for k in names if k in ref]
+        # Some gradients are zero analytically (in training mode, a BN beta whose every consumer is
+        # a 1x1 conv into another training-mode BN: a per-channel shift cancels), so a tensor's
+        # error is relative to its norm floored at 1e-3 of the median tensor norm.
+        floor = 1e-3 * float(np.median([np.linalg.norm(ref[k + "@f64"]) for k in names]))
+        worst = (0.0, "", 0.0, 0.0)
+        for k in names:
+            want64 = ref[k + "@f64"].astype(np.float64)
+            scale = max(float(np.linalg.norm(want64)), floor)
+            err = float(np.linalg.norm(ours[k] - want64)) / scale
+            keras_err = float(np.linalg.norm(ref[k] - want64)) / scale
+            # fp32 gradients of a deep net are not uniformly accurate: where an activation sits at
+            # a ReLU6 kink, float32 and float64 take different sides and the layers below differ
+            # by ~1e-3 (Keras' own float32 shows it). So: within `tol`, or within 10x Keras.
+            limit = max(tol, 10.0 * keras_err)
+            if err / limit > worst[0] / max(worst[3], 1e-30) or not worst[1]:
+                worst = (err, k, keras_err, limit)
+            if err > limit:
+                failures.append(f"{k}: relative error {err:.3g} > {limit:.3g} "
+                                f"(Keras float32: {keras_err:.3g})")
+        all_ours = np.concatenate([ours[k].ravel() for k in names])
+        all_ref64 = np.concatenate([ref[k + "@f64"].ravel() for k in names])
+        all_ref = np.concatenate([ref[k].ravel() for k in names])
+        all_err, all_keras = rel_err(all_ours, all_ref64), rel_err(all_ref, all_ref64)
+        report.append((f"grad_{tag}: all {len(names)} tensors, rel L2", all_err, all_keras, tol,
+                       all_err <= tol))
+        if all_err > tol:
+            failures.append(f"grad_{tag}: overall relative error {all_err:.3g} > {tol:g}")
+        report.append((f"grad_{tag}: worst tensor {worst[1]}", worst[0], worst[2], worst[3],
+                       worst[0] <= worst[3]))
+        if f"loss_{tag}" in ours:
+            check(f"loss_{tag}", ours[f"loss_{tag}"], ref[f"loss_{tag}"], ref[f"loss_{tag}@f64"],
+                  1e-5)
+
+    moving = sorted(k for k in ours if k.startswith("moving_train/"))
+    if moving:
+        worst = (0.0, "", 0.0, 0.0)
+        for k in moving:
+            # Measured against the update (new - loaded), the part the batch contributes; the
+            # loaded value dominates the total and would hide a wrong update. A float32 store of
+            # the new value rounds at ~6e-8 of the loaded one, a large fraction of a small update,
+            # so the limit also allows 3x Keras' own float32 error.
+            loaded = ref["weight/" + k[len("moving_train/"):]].astype(np.float64)
+            update = float(np.linalg.norm(ref[k + "@f64"] - loaded))
+            err = float(np.linalg.norm(ours[k] - ref[k + "@f64"])) / max(update, 1e-30)
+            keras_err = float(np.linalg.norm(ref[k] - ref[k + "@f64"])) / max(update, 1e-30)
+            limit = max(args.moving_tol, 3.0 * keras_err)
+            if err / limit > worst[0] / max(worst[3], 1e-30) or not worst[1]:
+                worst = (err, k, keras_err, limit)
+            if err > limit:
+                failures.append(f"{k}: update relative error {err:.3g} > {limit:.3g}")
+        report.append((f"moving statistics ({len(moving)} tensors): worst {worst[1]}", worst[0],
+                       worst[2], worst[3], worst[0] <= worst[3]))
+
+    label = args.label or os.path.basename(args.ours)
+    print(f"{label}: error against Keras float64 (Keras' own float32 error in brackets)")
+    for what, err, keras_err, tol, ok in report:
+        print(f"  {'ok  ' if ok else 'FAIL'} {what}: {err:.3g} [{keras_err:.3g}] tol {tol:g}")
+    if failures:
+        for f in failures[:20]:
+            print(f"  FAIL {f}")
+        return 1
+    return 0
+
+
+# ---- Teachable Machine head -------------------------------------------------------------------
+
+
+def cmd_tm_head(args):
+    import h5py
+
+    table = h5_weight_table(args.weights)
+    w1, b1 = table["dense_Dense1"]["kernel"], table["dense_Dense1"]["bias"]
+    w2 = table["dense_Dense2"]["kernel"]
+    if "bias" in table["dense_Dense2"]:
+        raise SystemExit("keras_reference: dense_Dense2 unexpectedly has a bias")
+    del h5py
+    features = np.fromfile(args.features, dtype="<f4")
+    if features.size % w1.shape[0]:
+        raise SystemExit(f"keras_reference: {args.features}: {features.size} floats is not a "
+                         f"multiple of {w1.shape[0]}")
+    features = features.reshape(-1, w1.shape[0]).astype(np.float64)
+    with open(args.labels) as f:
+        labels = np.array([int(line) for line in f if line.strip()])
+    if len(labels) != len(features):
+        raise SystemExit(f"keras_reference: {len(features)} feature rows, {len(labels)} labels")
+    hidden = np.maximum(features @ w1 + b1, 0.0)
+    logits = hidden @ w2
+    predicted = np.argmax(logits, axis=1)
+    accuracy = float(np.mean(predicted == labels))
+    print(f"teachable machine head: {np.sum(predicted == labels)}/{len(labels)} correct, "
+          f"accuracy {accuracy:.4f} (cats {np.mean(predicted[labels == 0] == 0):.4f}, "
+          f"dogs {np.mean(predicted[labels == 1] == 1):.4f})")
+    if accuracy < args.min_accuracy:
+        print(f"FAIL: accuracy {accuracy:.4f} < {args.min_accuracy}")
+        return 1
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("layers")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--out")
+    p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("fixture")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--photos", required=True, help="folder with cats/ and dogs/")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("compare")
+    p.add_argument("--fixture", required=True)
+    p.add_argument("--ours", required=True)
+    p.add_argument("--images", type=int, required=True, help="rows of features to compare")
+    p.add_argument("--feature-tol", type=float, default=1e-4)
+    p.add_argument("--grad-tol", type=float, default=1e-3, help="inference-mode BN")
+    p.add_argument("--grad-train-tol", type=float, default=1e-2, help="training-mode BN")
+    p.add_argument("--moving-tol", type=float, default=1e-3)
+    p.add_argument("--label")
+    p = sub.add_parser("tm-head")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--features", required=True, help="raw little-endian float32, N x 1280")
+    p.add_argument("--labels", required=True, help="one 0/1 per line")
+    p.add_argument("--min-accuracy", type=float, default=0.93)
+    args = parser.parse_args()
+    handlers = {"layers": cmd_layers, "fixture": cmd_fixture, "compare": cmd_compare,
+                "tm-head": cmd_tm_head}
+    return handlers[args.command](args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
