@@ -1,0 +1,67 @@
+/* The reference backend's ops table, its (stateless) lifetime and the checks its ops share.
+ * Plain loops over NHWC host arrays, double accumulators for long sums: the oracle every other
+ * backend is compared with, so clarity wins over speed everywhere in this folder. */
+#include <omp.h>
+
+#include "ops/reference/reference.h"
+
+int mt_ref_threads(const mt_backend *backend) {
+    int n = backend ? backend->options.num_threads : 0;
+    return n > 0 ? n : omp_get_max_threads();
+}
+
+mt_status mt_ref_check_shape(const char *op, const char *what, mt_shape4 got, mt_shape4 want) {
+    if (got.n == want.n && got.h == want.h && got.w == want.w && got.c == want.c) return MT_OK;
+    return MT_FAIL(MT_ERR_INVALID, "%s: %s has shape %dx%dx%dx%d (N,H,W,C), expected %dx%dx%dx%d",
+                   op, what, got.n, got.h, got.w, got.c, want.n, want.h, want.w, want.c);
+}
+
+static mt_status ref_init(mt_backend *backend, const mt_backend_options *options) {
+    if (options->num_threads < 0)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "reference backend: num_threads %d is negative (0 = all "
+                       "cores)",
+                       options->num_threads);
+    backend->impl = NULL; /* nothing to keep: every op is a pure function of its arguments */
+    return MT_OK;
+}
+
+static void ref_shutdown(mt_backend *backend) {
+    backend->impl = NULL;
+}
+
+const mt_ops mt_ops_reference = {
+    .name = "reference",
+    .init = ref_init,
+    .shutdown = ref_shutdown,
+    .buffer_alloc = mt_ref_buffer_alloc,
+    .buffer_free = mt_ref_buffer_free,
+    .upload = mt_ref_upload,
+    .download = mt_ref_download,
+    .tensor_alloc = mt_ref_tensor_alloc,
+    .tensor_free = mt_ref_tensor_free,
+    .tensor_from_nhwc = mt_ref_tensor_from_nhwc,
+    .tensor_to_nhwc = mt_ref_tensor_to_nhwc,
+    .synchronize = mt_ref_synchronize,
+    .tensor_zero = mt_ref_tensor_zero,
+    .tensor_copy = mt_ref_tensor_copy,
+    .add = mt_ref_add,
+    .relu6_forward = mt_ref_relu6_forward,
+    .relu6_backward = mt_ref_relu6_backward,
+    .conv_forward = mt_ref_conv_forward,
+    .conv_backward_data = mt_ref_conv_backward_data,
+    .conv_backward_weights = mt_ref_conv_backward_weights,
+    .batchnorm_forward_training = mt_ref_batchnorm_forward_training,
+    .batchnorm_forward_inference = mt_ref_batchnorm_forward_inference,
+    .batchnorm_backward_training = mt_ref_batchnorm_backward_training,
+    .batchnorm_backward_inference = mt_ref_batchnorm_backward_inference,
+    .zero_pad_forward = mt_ref_zero_pad_forward,
+    .zero_pad_backward = mt_ref_zero_pad_backward,
+    .global_avg_pool_forward = mt_ref_global_avg_pool_forward,
+    .global_avg_pool_backward = mt_ref_global_avg_pool_backward,
+    .dropout_forward = mt_ref_dropout_forward,
+    .dropout_backward = mt_ref_dropout_backward,
+    .dense_forward = mt_ref_dense_forward,
+    .dense_backward = mt_ref_dense_backward,
+    .loss_forward_backward = mt_ref_loss_forward_backward,
+};

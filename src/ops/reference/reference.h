@@ -1,0 +1,84 @@
+/* Private declarations of the reference backend: one function per ops-table entry (defined in
+ * the op-family files) and the small checks they share. Tensors are plain NHWC float arrays in
+ * host memory; every buffer is host memory. */
+#ifndef MT_OPS_REFERENCE_H
+#define MT_OPS_REFERENCE_H
+
+#include "mobiletune/ops.h"
+
+/* Threads for an OpenMP region: the backend's num_threads option, or OpenMP's default. */
+int mt_ref_threads(const mt_backend *backend);
+
+/* MT_ERR_INVALID naming the op, the argument and both shapes when `got` differs from `want`. */
+mt_status mt_ref_check_shape(const char *op, const char *what, mt_shape4 got, mt_shape4 want);
+
+/* memory.c */
+mt_status mt_ref_buffer_alloc(mt_backend *backend, size_t bytes, void **out);
+void mt_ref_buffer_free(mt_backend *backend, void *buffer);
+mt_status mt_ref_upload(mt_backend *backend, void *dst, const void *host_src, size_t bytes);
+mt_status mt_ref_download(mt_backend *backend, void *host_dst, const void *src, size_t bytes);
+mt_status mt_ref_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tensor *out);
+void mt_ref_tensor_free(mt_backend *backend, mt_tensor *tensor);
+mt_status mt_ref_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst);
+mt_status mt_ref_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst);
+mt_status mt_ref_synchronize(mt_backend *backend);
+
+/* elementwise.c */
+mt_status mt_ref_tensor_zero(mt_backend *backend, mt_tensor *tensor);
+mt_status mt_ref_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst);
+mt_status mt_ref_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y);
+mt_status mt_ref_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y);
+mt_status mt_ref_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
+                                mt_tensor *dx);
+
+/* conv.c */
+mt_status mt_ref_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
+                              const float *w, mt_tensor *y);
+mt_status mt_ref_conv_backward_data(mt_backend *backend, const mt_conv_desc *desc,
+                                    const mt_tensor *dy, const float *w, mt_tensor *dx);
+mt_status mt_ref_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
+                                       const mt_tensor *x, const mt_tensor *dy, float *dw);
+
+/* batchnorm.c */
+mt_status mt_ref_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                            const mt_tensor *x, const float *gamma,
+                                            const float *beta, float *moving_mean,
+                                            float *moving_variance, mt_tensor *y, float *saved_mean,
+                                            float *saved_inv_std);
+mt_status mt_ref_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                             const mt_tensor *x, const float *gamma,
+                                             const float *beta, const float *moving_mean,
+                                             const float *moving_variance, mt_tensor *y);
+mt_status mt_ref_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                             const mt_tensor *x, const mt_tensor *dy,
+                                             const float *gamma, const float *saved_mean,
+                                             const float *saved_inv_std, mt_tensor *dx,
+                                             float *dgamma, float *dbeta);
+mt_status mt_ref_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                              const mt_tensor *x, const mt_tensor *dy,
+                                              const float *gamma, const float *moving_mean,
+                                              const float *moving_variance, mt_tensor *dx,
+                                              float *dgamma, float *dbeta);
+
+/* pad.c */
+mt_status mt_ref_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                  const mt_tensor *x, mt_tensor *y);
+mt_status mt_ref_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                   const mt_tensor *dy, mt_tensor *dx);
+
+/* head.c */
+mt_status mt_ref_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
+mt_status mt_ref_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
+mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+                                 const float *x, float *y, uint8_t *mask);
+mt_status mt_ref_dropout_backward(mt_backend *backend, size_t count, float rate,
+                                  const uint8_t *mask, const float *dy, float *dx);
+mt_status mt_ref_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                               const float *w, const float *b, float *y);
+mt_status mt_ref_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                const float *w, const float *dy, float *dx, float *dw, float *db);
+mt_status mt_ref_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
+                                       const float *logits, const int32_t *labels, float *loss_host,
+                                       float *dlogits);
+
+#endif
