@@ -1,0 +1,209 @@
+/* Convolutions of the "cpu" backend: regular (incl. 1x1) and depthwise (groups = C), forward,
+ * backward data and backward weights, on oneDNN with TF's asymmetric 'SAME' padding (separate
+ * padding_l / padding_r). Activations stay in the backend's layout; the weights arrive in Keras'
+ * layout and are reordered per call into the format the primitive chose (a few hundred KB at
+ * most, cheap next to the convolution), so frozen and trainable weights can change freely between
+ * calls. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/cpu/cpu_internal.h"
+
+static mt_status check_desc(const mt_conv_desc *d) {
+    mt_shape4 in = d->input;
+    mt_shape4 out = mt_conv_output_shape(d);
+    if (d->kernel <= 0 || d->stride <= 0 || d->pad_top < 0 || d->pad_left < 0 ||
+        d->pad_bottom < 0 || d->pad_right < 0 || out.h <= 0 || out.w <= 0 || in.c <= 0 ||
+        d->out_channels <= 0)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cpu backend: bad convolution: input %dx%dx%dx%d, kernel %d, stride %d, "
+                       "pads %d,%d,%d,%d (top,left,bottom,right), %d outputs",
+                       in.n, in.h, in.w, in.c, d->kernel, d->stride, d->pad_top, d->pad_left,
+                       d->pad_bottom, d->pad_right, d->out_channels);
+    if (d->depthwise && d->out_channels != in.c)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cpu backend: depthwise convolution with %d inputs and %d outputs "
+                       "(only channel multiplier 1 is supported)",
+                       in.c, d->out_channels);
+    return MT_OK;
+}
+
+static cpu_key conv_key(int kind, const mt_conv_desc *d) {
+    cpu_key k;
+    memset(&k, 0, sizeof k);
+    k.kind = kind;
+    int v[] = {d->input.n, d->input.h,   d->input.w,  d->input.c,      d->out_channels,
+               d->kernel,  d->stride,    d->pad_top,  d->pad_left,     d->pad_bottom,
+               d->pad_right, d->depthwise ? 1 : 0};
+    memcpy(k.v, v, sizeof v);
+    return k;
+}
+
+/* Keras' kernel layout (user) and "let the primitive choose" (any) for the weights. */
+static mt_status weight_mds(const mt_conv_desc *d, dnnl_memory_desc_t *user,
+                            dnnl_memory_desc_t *any) {
+    int k = d->kernel;
+    if (d->depthwise) {
+        /* [kh][kw][c][1] is goihw's g innermost after h, w (o = i = 1): hwigo */
+        dnnl_dims_t dims = {d->input.c, 1, 1, k, k};
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(user, 5, dims, dnnl_f32, dnnl_hwigo));
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(any, 5, dims, dnnl_f32, dnnl_format_tag_any));
+    } else {
+        dnnl_dims_t dims = {d->out_channels, d->input.c, k, k};
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(user, 4, dims, dnnl_f32, dnnl_hwio));
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(any, 4, dims, dnnl_f32, dnnl_format_tag_any));
+    }
+    return MT_OK;
+}
+
+typedef struct conv_geometry {
+    dnnl_memory_desc_t src, dst, user_w, any_w;
+    dnnl_dims_t strides, pad_l, pad_r;
+} conv_geometry;
+
+static mt_status geometry(const cpu_backend *cpu, const mt_conv_desc *d, conv_geometry *g) {
+    MT_TRY(check_desc(d));
+    MT_TRY(cpu_tensor_md(cpu, d->input, &g->src));
+    MT_TRY(cpu_tensor_md(cpu, mt_conv_output_shape(d), &g->dst));
+    MT_TRY(weight_mds(d, &g->user_w, &g->any_w));
+    g->strides[0] = g->strides[1] = d->stride;
+    g->pad_l[0] = d->pad_top;
+    g->pad_l[1] = d->pad_left;
+    g->pad_r[0] = d->pad_bottom;
+    g->pad_r[1] = d->pad_right;
+    return MT_OK;
+}
+
+static mt_status forward_desc(const conv_geometry *g, dnnl_convolution_desc_t *cd) {
+    DNNL_CHECK(dnnl_convolution_forward_desc_init(cd, dnnl_forward_training,
+                                                  dnnl_convolution_direct, &g->src, &g->any_w,
+                                                  NULL, &g->dst, g->strides, g->pad_l, g->pad_r));
+    return MT_OK;
+}
+
+/* The weight buffer of an entry, sized for the primitive's weight format. */
+static mt_status entry_weights(cpu_entry *e, const dnnl_memory_desc_t *user,
+                               const dnnl_memory_desc_t *prim_md) {
+    e->user_w_md = *user;
+    e->prim_w_md = *prim_md;
+    e->w_bytes = dnnl_memory_desc_get_size(prim_md);
+    e->w_buf = aligned_alloc(64, (e->w_bytes + 63) / 64 * 64);
+    if (!e->w_buf) return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory for conv weights");
+    return MT_OK;
+}
+
+static mt_status make_entry(cpu_backend *cpu, int kind, const mt_conv_desc *d, cpu_entry **out) {
+    conv_geometry g;
+    MT_TRY(geometry(cpu, d, &g));
+    cpu_entry *e = calloc(1, sizeof *e);
+    if (!e) return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory");
+    e->key = conv_key(kind, d);
+    mt_status status = MT_OK;
+    dnnl_primitive_desc_t hint = NULL;
+    dnnl_primitive_t hint_prim = NULL;
+    dnnl_convolution_desc_t fwd, cd;
+    status = forward_desc(&g, &fwd);
+    if (status != MT_OK) goto done;
+    if (kind == CPU_CONV_FWD) {
+        status = cpu_make_primitive(cpu, &fwd, NULL, NULL, &e->pd, &e->prim);
+        if (status != MT_OK) goto done;
+        const dnnl_memory_desc_t *w = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
+        status = entry_weights(e, &g.user_w, w);
+        if (status == MT_OK) status = cpu_make_reorder(cpu, &g.user_w, w, &e->aux_pd, &e->aux);
+        goto done;
+    }
+    /* backward primitives need the forward one as a hint */
+    status = cpu_make_primitive(cpu, &fwd, NULL, NULL, &hint, &hint_prim);
+    if (status != MT_OK) goto done;
+    if (kind == CPU_CONV_BWD_DATA) {
+        DNNL_CHECK_GOTO(dnnl_convolution_backward_data_desc_init(
+                            &cd, dnnl_convolution_direct, &g.src, &g.any_w, &g.dst, g.strides,
+                            g.pad_l, g.pad_r),
+                        status, done);
+        status = cpu_make_primitive(cpu, &cd, NULL, hint, &e->pd, &e->prim);
+        if (status != MT_OK) goto done;
+        const dnnl_memory_desc_t *w = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
+        status = entry_weights(e, &g.user_w, w);
+        if (status == MT_OK) status = cpu_make_reorder(cpu, &g.user_w, w, &e->aux_pd, &e->aux);
+    } else {
+        DNNL_CHECK_GOTO(dnnl_convolution_backward_weights_desc_init(
+                            &cd, dnnl_convolution_direct, &g.src, &g.any_w, NULL, &g.dst,
+                            g.strides, g.pad_l, g.pad_r),
+                        status, done);
+        status = cpu_make_primitive(cpu, &cd, NULL, hint, &e->pd, &e->prim);
+        if (status != MT_OK) goto done;
+        const dnnl_memory_desc_t *w =
+            dnnl_primitive_desc_query_md(e->pd, dnnl_query_diff_weights_md, 0);
+        status = entry_weights(e, &g.user_w, w);
+        if (status == MT_OK) status = cpu_make_reorder(cpu, w, &g.user_w, &e->aux_pd, &e->aux);
+    }
+done:
+    if (hint_prim) dnnl_primitive_destroy(hint_prim);
+    if (hint) dnnl_primitive_desc_destroy(hint);
+    if (status == MT_OK) status = cpu_cache_insert(cpu, e);
+    if (status != MT_OK) {
+        cpu_entry_free(e);
+        mt_shape4 in = d->input;
+        return mt_error_context(status,
+                                "cpu backend: making a %s convolution (input %dx%dx%dx%d, %d "
+                                "outputs, kernel %d, stride %d)",
+                                d->depthwise ? "depthwise" : "regular", in.n, in.h, in.w, in.c,
+                                d->out_channels, d->kernel, d->stride);
+    }
+    *out = e;
+    return MT_OK;
+}
+
+static mt_status lookup(cpu_backend *cpu, int kind, const mt_conv_desc *d, cpu_entry **out) {
+    cpu_key key = conv_key(kind, d);
+    *out = cpu_cache_find(cpu, &key);
+    if (*out) return MT_OK;
+    return make_entry(cpu, kind, d, out);
+}
+
+/* Keras' kernel -> the entry's buffer in the primitive's format. */
+static mt_status load_weights(cpu_backend *cpu, cpu_entry *e, const float *w) {
+    cpu_arg args[] = {{DNNL_ARG_FROM, w}, {DNNL_ARG_TO, e->w_buf}};
+    return cpu_execute(cpu, e->aux_pd, e->aux, 2, args);
+}
+
+mt_status mt_cpu_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
+                              const float *w, mt_tensor *y) {
+    cpu_backend *cpu = cpu_of(backend);
+    cpu_entry *e;
+    MT_TRY(lookup(cpu, CPU_CONV_FWD, desc, &e));
+    MT_TRY(cpu_check_tensor(cpu, x, desc->input, "conv_forward's x"));
+    MT_TRY(cpu_check_tensor(cpu, y, mt_conv_output_shape(desc), "conv_forward's y"));
+    MT_TRY(load_weights(cpu, e, w));
+    cpu_arg args[] = {{DNNL_ARG_SRC, x->data}, {DNNL_ARG_WEIGHTS, e->w_buf}, {DNNL_ARG_DST, y->data}};
+    return cpu_execute(cpu, e->pd, e->prim, 3, args);
+}
+
+mt_status mt_cpu_conv_backward_data(mt_backend *backend, const mt_conv_desc *desc,
+                                    const mt_tensor *dy, const float *w, mt_tensor *dx) {
+    cpu_backend *cpu = cpu_of(backend);
+    cpu_entry *e;
+    MT_TRY(lookup(cpu, CPU_CONV_BWD_DATA, desc, &e));
+    MT_TRY(cpu_check_tensor(cpu, dy, mt_conv_output_shape(desc), "conv_backward_data's dy"));
+    MT_TRY(cpu_check_tensor(cpu, dx, desc->input, "conv_backward_data's dx"));
+    MT_TRY(load_weights(cpu, e, w));
+    cpu_arg args[] = {{DNNL_ARG_DIFF_DST, dy->data},
+                      {DNNL_ARG_WEIGHTS, e->w_buf},
+                      {DNNL_ARG_DIFF_SRC, dx->data}};
+    return cpu_execute(cpu, e->pd, e->prim, 3, args);
+}
+
+mt_status mt_cpu_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
+                                       const mt_tensor *x, const mt_tensor *dy, float *dw) {
+    cpu_backend *cpu = cpu_of(backend);
+    cpu_entry *e;
+    MT_TRY(lookup(cpu, CPU_CONV_BWD_WEIGHTS, desc, &e));
+    MT_TRY(cpu_check_tensor(cpu, x, desc->input, "conv_backward_weights's x"));
+    MT_TRY(cpu_check_tensor(cpu, dy, mt_conv_output_shape(desc), "conv_backward_weights's dy"));
+    cpu_arg args[] = {{DNNL_ARG_SRC, x->data},
+                      {DNNL_ARG_DIFF_DST, dy->data},
+                      {DNNL_ARG_DIFF_WEIGHTS, e->w_buf}};
+    MT_TRY(cpu_execute(cpu, e->pd, e->prim, 3, args));
+    cpu_arg back[] = {{DNNL_ARG_FROM, e->w_buf}, {DNNL_ARG_TO, dw}};
+    return cpu_execute(cpu, e->aux_pd, e->aux, 2, back);
+}

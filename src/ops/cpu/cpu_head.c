@@ -1,0 +1,126 @@
+/* The head of the "cpu" backend on plain row-major matrices: dropout (the shared hash decides
+ * which elements are kept, so the mask equals the reference's bit for bit), the dense layer on
+ * oneDNN's sgemm, and the cross-entropy losses on logits in their numerically stable forms. All
+ * small next to the convolutions. */
+#include <math.h>
+#include <string.h>
+
+#include "ops/cpu/cpu_internal.h"
+#include "ops/dropout_hash.h"
+
+static mt_status check_rate(float rate) {
+    if (!(rate >= 0.0f && rate < 1.0f))
+        return MT_FAIL(MT_ERR_INVALID, "cpu backend: dropout rate %g must be in [0, 1)",
+                       (double)rate);
+    return MT_OK;
+}
+
+/* x, y, mask: [count]; y may alias x */
+mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+                                 const float *x, float *y, uint8_t *mask) {
+    MT_TRY(check_rate(rate));
+    uint32_t threshold = mt_dropout_threshold(rate);
+    float scale = 1.0f / (1.0f - rate);
+#pragma omp parallel for schedule(static)
+    for (ptrdiff_t i = 0; i < (ptrdiff_t)count; i++) {
+        bool keep = mt_dropout_keep(seed, (uint64_t)i, threshold);
+        mask[i] = keep;
+        y[i] = keep ? x[i] * scale : 0.0f;
+    }
+    return MT_OK;
+}
+
+/* mask, dy, dx: [count]; dx may alias dy */
+mt_status mt_cpu_dropout_backward(mt_backend *backend, size_t count, float rate,
+                                  const uint8_t *mask, const float *dy, float *dx) {
+    MT_TRY(check_rate(rate));
+    float scale = 1.0f / (1.0f - rate);
+#pragma omp parallel for schedule(static)
+    for (ptrdiff_t i = 0; i < (ptrdiff_t)count; i++) dx[i] = mask[i] ? dy[i] * scale : 0.0f;
+    return MT_OK;
+}
+
+static mt_status check_dense(const mt_dense_desc *d) {
+    if (d->batch <= 0 || d->in_features <= 0 || d->out_features <= 0)
+        return MT_FAIL(MT_ERR_INVALID, "cpu backend: dense layer batch %d, in %d, out %d must be > 0",
+                       d->batch, d->in_features, d->out_features);
+    return MT_OK;
+}
+
+/* x: [N][in]; w: [in][out]; b: [out]; y: [N][out] = x*w + b */
+mt_status mt_cpu_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                               const float *w, const float *b, float *y) {
+    MT_TRY(check_dense(desc));
+    dnnl_dim_t n = desc->batch, in = desc->in_features, out = desc->out_features;
+    for (dnnl_dim_t r = 0; r < n; r++) memcpy(y + r * out, b, (size_t)out * sizeof *y);
+    DNNL_CHECK(dnnl_sgemm('N', 'N', n, out, in, 1.0f, x, in, w, out, 1.0f, y, out));
+    return MT_OK;
+}
+
+/* dx: [N][in] = dy w^T; dw: [in][out] = x^T dy; db: [out] = column sums of dy; each may be NULL */
+mt_status mt_cpu_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                const float *w, const float *dy, float *dx, float *dw,
+                                float *db) {
+    MT_TRY(check_dense(desc));
+    dnnl_dim_t n = desc->batch, in = desc->in_features, out = desc->out_features;
+    if (dx) DNNL_CHECK(dnnl_sgemm('N', 'T', n, in, out, 1.0f, dy, out, w, out, 0.0f, dx, in));
+    if (dw) DNNL_CHECK(dnnl_sgemm('T', 'N', in, out, n, 1.0f, x, in, dy, out, 0.0f, dw, out));
+    if (db) {
+        for (dnnl_dim_t o = 0; o < out; o++) {
+            double sum = 0.0;
+            for (dnnl_dim_t r = 0; r < n; r++) sum += dy[r * out + o];
+            db[o] = (float)sum;
+        }
+    }
+    return MT_OK;
+}
+
+/* logits, dlogits: [N][classes]; labels: [N], -1 = a padding row (no loss, zero gradient).
+ * One logit: binary cross-entropy of sigmoid(z), max(z,0) - z t + log(1 + e^-|z|), gradient
+ * sigmoid(z) - t. Several: softmax cross-entropy, logsumexp(z) - z_t, gradient softmax - onehot.
+ * Mean over the valid rows, so gradients are divided by their count. */
+mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
+                                       const float *logits, const int32_t *labels,
+                                       float *loss_host, float *dlogits) {
+    int rows = desc->batch, classes = desc->classes;
+    if (rows <= 0 || classes <= 0)
+        return MT_FAIL(MT_ERR_INVALID, "cpu backend: loss over %d rows of %d classes", rows,
+                       classes);
+    int limit = classes == 1 ? 2 : classes, valid = 0;
+    for (int r = 0; r < rows; r++) {
+        if (labels[r] < -1 || labels[r] >= limit)
+            return MT_FAIL(MT_ERR_INVALID,
+                           "cpu backend: label %d of row %d is not in [0, %d) nor -1 (padding)",
+                           (int)labels[r], r, limit);
+        valid += labels[r] >= 0;
+    }
+    double per_row = valid ? 1.0 / valid : 0.0, total = 0.0;
+    for (int r = 0; r < rows; r++) {
+        const float *z = logits + (size_t)r * classes;
+        float *dz = dlogits ? dlogits + (size_t)r * classes : NULL;
+        int t = labels[r];
+        if (t < 0) {
+            if (dz) memset(dz, 0, (size_t)classes * sizeof *dz);
+            continue;
+        }
+        if (classes == 1) {
+            double v = z[0], e = exp(-fabs(v));
+            total += (v > 0 ? v : 0) - v * t + log1p(e);
+            double sigmoid = v >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+            if (dz) dz[0] = (float)((sigmoid - t) * per_row);
+        } else {
+            double top = z[0];
+            for (int k = 1; k < classes; k++)
+                if (z[k] > top) top = z[k];
+            double sum = 0.0;
+            for (int k = 0; k < classes; k++) sum += exp(z[k] - top);
+            double lse = top + log(sum);
+            total += lse - z[t];
+            if (dz)
+                for (int k = 0; k < classes; k++)
+                    dz[k] = (float)((exp(z[k] - lse) - (k == t)) * per_row);
+        }
+    }
+    *loss_host = (float)(total * per_row);
+    return MT_OK;
+}
