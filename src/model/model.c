@@ -1,0 +1,689 @@
+/* The MobileNetV2 executor: parameter buffers, activations allocated once per batch size, the
+ * forward pass (backbone, head, loss) and the backward pass that stops at the lowest trainable
+ * layer. Everything runs through the ops table, so the same code drives every backend. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mobiletune/model.h"
+
+enum { GRAD_SLOTS_MAX = 64 };
+
+static const float bn_epsilon = 1e-3f;  /* Keras' MobileNetV2 BatchNormalization(epsilon=1e-3) */
+static const float bn_momentum = 0.999f; /* ... (momentum=0.999) */
+
+/* A gradient tensor of the backward pass, shared by reference where a residual Add hands the
+ * same gradient to both of its inputs. Slots are allocated on the first backward and reused. */
+typedef struct grad_slot {
+    mt_tensor tensor;
+    int refs; /* 0: free */
+} grad_slot;
+
+struct mt_model {
+    mt_backend *backend;
+    const mt_ops *ops;
+    mt_model_layout *layout;
+
+    /* backend memory */
+    float *params, *grads, *frozen, *state;
+    float *bn_saved; /* per BN layer: saved mean [c], saved 1/std [c] of the last training step */
+    size_t bn_saved_offset[MT_MODEL_LAYERS];
+    float *pooled, *dropped, *dpooled, *ddropped, *logits, *dlogits; /* head, batch_size rows */
+    uint8_t *mask;
+    int32_t *labels;
+    float *host_logits;
+
+    /* per layer: first tensor in layout->tensors (-1: none), the layer whose tensor holds its
+     * output (ReLU6 runs in place, a pad layer is folded into the next conv), the executed
+     * output shape without the batch, and whether its output needs a gradient */
+    int first_tensor[MT_MODEL_LAYERS];
+    int owner[MT_MODEL_LAYERS];
+    int exec_h[MT_MODEL_LAYERS], exec_w[MT_MODEL_LAYERS], exec_c[MT_MODEL_LAYERS];
+    bool needs_grad[MT_MODEL_LAYERS];
+
+    int n; /* batch the activations are sized for (0: none yet) */
+    mt_tensor acts[MT_MODEL_LAYERS];
+    grad_slot slots[GRAD_SLOTS_MAX];
+    int slot_count;
+    int grad_of[MT_MODEL_LAYERS];
+
+    /* the last forward */
+    bool ready_for_backward, head_only, dropout_applied;
+    int last_n;
+
+    mt_grad_ready_fn hook;
+    void *hook_user;
+};
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+static float *tensor_ptr(mt_model *m, const mt_param_tensor *t) {
+    switch (t->buffer) {
+    case MT_PARAM_TRAINABLE: return m->params + t->offset;
+    case MT_PARAM_FROZEN: return m->frozen + t->offset;
+    case MT_PARAM_STATE: return m->state + t->offset;
+    }
+    return NULL;
+}
+
+static float *grad_ptr(mt_model *m, const mt_param_tensor *t) {
+    return t->buffer == MT_PARAM_TRAINABLE ? m->grads + t->offset : NULL;
+}
+
+static const mt_param_tensor *layer_tensor(const mt_model *m, int layer, int which) {
+    MT_ASSERT(m->first_tensor[layer] >= 0);
+    return &m->layout->tensors[m->first_tensor[layer] + which];
+}
+
+static mt_shape4 exec_shape(const mt_model *m, int layer, int n) {
+    return (mt_shape4){.n = n, .h = m->exec_h[layer], .w = m->exec_w[layer], .c = m->exec_c[layer]};
+}
+
+static mt_tensor *act(mt_model *m, int layer) {
+    return &m->acts[m->owner[layer]];
+}
+
+static mt_status alloc_buffer(mt_model *m, size_t bytes, void **out) {
+    /* A zero-length buffer (no frozen layers) still gets a valid pointer. */
+    return m->ops->buffer_alloc(m->backend, bytes ? bytes : sizeof(float), out);
+}
+
+static void free_buffer(mt_model *m, void *buffer) {
+    if (buffer) m->ops->buffer_free(m->backend, buffer);
+}
+
+/* splitmix64: the weight initializer's random stream (a pure function of seed and tensor). */
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double uniform01(uint64_t *state) {
+    return (double)(splitmix64(state) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ---- activations and gradient slots ------------------------------------------------------ */
+
+static void free_grad_slots(mt_model *m) {
+    for (int i = 0; i < m->slot_count; i++) m->ops->tensor_free(m->backend, &m->slots[i].tensor);
+    memset(m->slots, 0, sizeof m->slots);
+    m->slot_count = 0;
+}
+
+static void free_activations(mt_model *m) {
+    for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++)
+        if (m->owner[i] == i && m->acts[i].data) m->ops->tensor_free(m->backend, &m->acts[i]);
+    memset(m->acts, 0, sizeof m->acts);
+    free_grad_slots(m);
+    m->n = 0;
+    m->ready_for_backward = false;
+}
+
+static mt_status ensure_activations(mt_model *m, int n) {
+    if (n < 1 || n > m->layout->config.batch_size)
+        return MT_FAIL(MT_ERR_INVALID, "batch of %d images: the model was created for 1 to %d", n,
+                       m->layout->config.batch_size);
+    if (m->n == n) return MT_OK;
+    free_activations(m);
+    for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
+        if (m->owner[i] != i) continue;
+        mt_status status = m->ops->tensor_alloc(m->backend, exec_shape(m, i, n), &m->acts[i]);
+        if (status != MT_OK) {
+            free_activations(m);
+            return mt_error_context(status, "allocating the activation of layer %s (batch %d)",
+                                    m->layout->layers[i].name, n);
+        }
+    }
+    m->n = n;
+    return MT_OK;
+}
+
+static mt_status slot_acquire(mt_model *m, mt_shape4 shape, int *out) {
+    for (int i = 0; i < m->slot_count; i++) {
+        mt_shape4 s = m->slots[i].tensor.shape;
+        if (m->slots[i].refs == 0 && s.n == shape.n && s.h == shape.h && s.w == shape.w &&
+            s.c == shape.c) {
+            m->slots[i].refs = 1;
+            *out = i;
+            return MT_OK;
+        }
+    }
+    if (m->slot_count == GRAD_SLOTS_MAX)
+        return MT_FAIL(MT_ERR_INTERNAL, "backward needs more than %d gradient tensors",
+                       GRAD_SLOTS_MAX);
+    int i = m->slot_count;
+    MT_TRY(m->ops->tensor_alloc(m->backend, shape, &m->slots[i].tensor));
+    m->slot_count++;
+    m->slots[i].refs = 1;
+    *out = i;
+    return MT_OK;
+}
+
+static void slot_release(mt_model *m, int slot) {
+    MT_ASSERT(slot >= 0 && m->slots[slot].refs > 0);
+    m->slots[slot].refs--;
+}
+
+/* Hand gradient `slot` (one reference) to the output of `layer`, summing with what is there
+ * (a block input gets gradients from the next block and from the residual Add). */
+static mt_status give_grad(mt_model *m, int layer, int slot) {
+    int have = m->grad_of[layer];
+    if (have < 0) {
+        m->grad_of[layer] = slot;
+        return MT_OK;
+    }
+    int target = slot;
+    if (m->slots[slot].refs != 1) {
+        if (m->slots[have].refs == 1) {
+            target = have;
+        } else {
+            MT_TRY(slot_acquire(m, m->slots[have].tensor.shape, &target));
+            MT_TRY(m->ops->tensor_copy(m->backend, &m->slots[have].tensor,
+                                       &m->slots[target].tensor));
+        }
+    }
+    int other = target == slot ? have : slot;
+    MT_TRY(m->ops->add(m->backend, &m->slots[target].tensor, &m->slots[other].tensor,
+                       &m->slots[target].tensor));
+    if (target != slot) slot_release(m, slot);
+    if (target != have) slot_release(m, have);
+    m->grad_of[layer] = target;
+    return MT_OK;
+}
+
+/* ---- create / destroy -------------------------------------------------------------------- */
+
+static mt_status init_weights(mt_model *m, uint64_t seed) {
+    const mt_model_layout *layout = m->layout;
+    size_t largest = 0;
+    for (int i = 0; i < layout->tensor_count; i++)
+        if (layout->tensors[i].count > largest) largest = layout->tensors[i].count;
+    float *host = malloc(largest * sizeof *host);
+    if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory initializing the weights");
+    mt_status status = MT_OK;
+    for (int i = 0; i < layout->tensor_count && status == MT_OK; i++) {
+        const mt_param_tensor *t = &layout->tensors[i];
+        if (strcmp(t->weight, "kernel") == 0 || strcmp(t->weight, "depthwise_kernel") == 0) {
+            /* glorot_uniform with Keras' fans: receptive field times the last two dims */
+            double receptive = 1.0;
+            for (int d = 0; d < t->rank - 2; d++) receptive *= t->shape[d];
+            double fan_in = receptive * t->shape[t->rank - 2];
+            double fan_out = receptive * t->shape[t->rank - 1];
+            double limit = sqrt(6.0 / (fan_in + fan_out));
+            uint64_t state = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(i + 1));
+            for (size_t j = 0; j < t->count; j++)
+                host[j] = (float)((uniform01(&state) * 2.0 - 1.0) * limit);
+        } else {
+            float value = strcmp(t->weight, "gamma") == 0 || strcmp(t->weight, "moving_variance") == 0
+                              ? 1.0f
+                              : 0.0f;
+            for (size_t j = 0; j < t->count; j++) host[j] = value;
+        }
+        status = mt_model_tensor_upload(m, t, host);
+    }
+    free(host);
+    return status;
+}
+
+mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, uint64_t seed,
+                          mt_model **out) {
+    *out = NULL;
+    mt_model *m = calloc(1, sizeof *m);
+    if (!m) return MT_FAIL(MT_ERR_NOMEM, "out of memory creating the model");
+    m->backend = backend;
+    m->ops = backend->ops;
+    mt_status status = mt_model_layout_create(config, &m->layout);
+    if (status != MT_OK) {
+        free(m);
+        return status;
+    }
+    const mt_model_layout *layout = m->layout;
+
+    for (int i = 0; i < MT_MODEL_LAYERS; i++) {
+        m->first_tensor[i] = -1;
+        m->grad_of[i] = -1;
+    }
+    for (int t = layout->tensor_count - 1; t >= 0; t--)
+        m->first_tensor[layout->tensors[t].layer_index] = t;
+    size_t saved = 0;
+    for (int i = 0; i < MT_MODEL_LAYERS; i++) {
+        const mt_layer_info *l = &layout->layers[i];
+        int in = l->inputs[0];
+        bool alias = l->kind == MT_LAYER_RELU6 || l->kind == MT_LAYER_ZERO_PAD;
+        m->owner[i] = alias ? m->owner[in] : i;
+        if (l->kind == MT_LAYER_ZERO_PAD) {
+            m->exec_h[i] = m->exec_h[in];
+            m->exec_w[i] = m->exec_w[in];
+            m->exec_c[i] = m->exec_c[in];
+        } else {
+            m->exec_h[i] = l->out_h;
+            m->exec_w[i] = l->out_w;
+            m->exec_c[i] = l->out_c;
+        }
+        /* an output needs a gradient when some trainable weight lies at or below it */
+        bool needs = l->trainable && l->params > 0;
+        for (int k = 0; k < 2; k++)
+            if (l->inputs[k] >= 0 && m->needs_grad[l->inputs[k]]) needs = true;
+        m->needs_grad[i] = needs;
+        if (l->kind == MT_LAYER_BATCHNORM) {
+            m->bn_saved_offset[i] = saved;
+            saved += 2 * (size_t)l->out_c;
+        }
+    }
+
+    int batch = config->batch_size;
+    size_t features = (size_t)batch * layout->feature_channels;
+    size_t logits = (size_t)batch * layout->logit_count;
+    if ((status = alloc_buffer(m, layout->trainable_count * sizeof(float), (void **)&m->params)) ||
+        (status = alloc_buffer(m, layout->trainable_count * sizeof(float), (void **)&m->grads)) ||
+        (status = alloc_buffer(m, layout->frozen_count * sizeof(float), (void **)&m->frozen)) ||
+        (status = alloc_buffer(m, layout->state_count * sizeof(float), (void **)&m->state)) ||
+        (status = alloc_buffer(m, saved * sizeof(float), (void **)&m->bn_saved)) ||
+        (status = alloc_buffer(m, features * sizeof(float), (void **)&m->pooled)) ||
+        (status = alloc_buffer(m, features * sizeof(float), (void **)&m->dropped)) ||
+        (status = alloc_buffer(m, features * sizeof(float), (void **)&m->dpooled)) ||
+        (status = alloc_buffer(m, features * sizeof(float), (void **)&m->ddropped)) ||
+        (status = alloc_buffer(m, features, (void **)&m->mask)) ||
+        (status = alloc_buffer(m, logits * sizeof(float), (void **)&m->logits)) ||
+        (status = alloc_buffer(m, logits * sizeof(float), (void **)&m->dlogits)) ||
+        (status = alloc_buffer(m, (size_t)batch * sizeof(int32_t), (void **)&m->labels))) {
+        mt_model_destroy(m);
+        return mt_error_context(status, "allocating the model's buffers");
+    }
+    m->host_logits = malloc(logits * sizeof(float));
+    if (!m->host_logits) {
+        mt_model_destroy(m);
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory allocating the logits");
+    }
+    if ((status = init_weights(m, seed)) != MT_OK ||
+        (status = ensure_activations(m, batch)) != MT_OK) {
+        mt_model_destroy(m);
+        return status;
+    }
+    *out = m;
+    return MT_OK;
+}
+
+void mt_model_destroy(mt_model *m) {
+    if (!m) return;
+    free_activations(m);
+    void *buffers[] = {m->params, m->grads,    m->frozen,   m->state,  m->bn_saved,
+                       m->pooled, m->dropped,  m->dpooled,  m->ddropped, m->mask,
+                       m->logits, m->dlogits, m->labels};
+    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) free_buffer(m, buffers[i]);
+    free(m->host_logits);
+    mt_model_layout_free(m->layout);
+    free(m);
+}
+
+const mt_model_layout *mt_model_get_layout(const mt_model *m) {
+    return m->layout;
+}
+
+mt_backend *mt_model_backend(const mt_model *m) {
+    return m->backend;
+}
+
+void mt_model_trainable(mt_model *m, float **params, float **grads, size_t *count) {
+    if (params) *params = m->params;
+    if (grads) *grads = m->grads;
+    if (count) *count = m->layout->trainable_count;
+}
+
+void mt_model_frozen(mt_model *m, float **params, size_t *count) {
+    if (params) *params = m->frozen;
+    if (count) *count = m->layout->frozen_count;
+}
+
+void mt_model_state(mt_model *m, float **state, size_t *count) {
+    if (state) *state = m->state;
+    if (count) *count = m->layout->state_count;
+}
+
+void mt_model_set_grad_hook(mt_model *m, mt_grad_ready_fn fn, void *user) {
+    m->hook = fn;
+    m->hook_user = user;
+}
+
+static mt_status check_tensor(const mt_model *m, const mt_param_tensor *t) {
+    const mt_model_layout *layout = m->layout;
+    if (!t || t < layout->tensors || t >= layout->tensors + layout->tensor_count)
+        return MT_FAIL(MT_ERR_INVALID, "tensor is not one of this model's (use its layout's table)");
+    return MT_OK;
+}
+
+mt_status mt_model_tensor_upload(mt_model *m, const mt_param_tensor *t, const float *host) {
+    MT_TRY(check_tensor(m, t));
+    return m->ops->upload(m->backend, tensor_ptr(m, t), host, t->count * sizeof(float));
+}
+
+mt_status mt_model_tensor_download(mt_model *m, const mt_param_tensor *t, float *host) {
+    MT_TRY(check_tensor(m, t));
+    return m->ops->download(m->backend, host, tensor_ptr(m, t), t->count * sizeof(float));
+}
+
+mt_status mt_model_copy_weights(mt_model *dst, const mt_model *src) {
+    const mt_model_layout *dl = dst->layout, *sl = src->layout;
+    for (int i = 0; i < dl->tensor_count; i++) {
+        const mt_param_tensor *d = &dl->tensors[i];
+        const mt_param_tensor *s = mt_model_layout_find(sl, d->layer, d->weight);
+        if (!s) continue;
+        if (s->count != d->count || s->rank != d->rank ||
+            memcmp(s->shape, d->shape, sizeof s->shape) != 0)
+            return MT_FAIL(MT_ERR_INVALID,
+                           "copying weights: %s has %zu values in the source model and %zu in "
+                           "the destination (alpha or classes differ)",
+                           d->name, s->count, d->count);
+    }
+    size_t largest = 0;
+    for (int i = 0; i < dl->tensor_count; i++)
+        if (dl->tensors[i].count > largest) largest = dl->tensors[i].count;
+    float *host = malloc(largest * sizeof *host);
+    if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory copying weights");
+    mt_status status = MT_OK;
+    for (int i = 0; i < dl->tensor_count && status == MT_OK; i++) {
+        const mt_param_tensor *d = &dl->tensors[i];
+        const mt_param_tensor *s = mt_model_layout_find(sl, d->layer, d->weight);
+        if (!s) continue;
+        status = mt_model_tensor_download((mt_model *)src, s, host);
+        if (status == MT_OK) status = mt_model_tensor_upload(dst, d, host);
+    }
+    free(host);
+    return status;
+}
+
+/* ---- forward ----------------------------------------------------------------------------- */
+
+static mt_conv_desc conv_desc(const mt_model *m, int layer, int n) {
+    const mt_layer_info *l = &m->layout->layers[layer];
+    return (mt_conv_desc){
+        .input = exec_shape(m, l->inputs[0], n),
+        .out_channels = l->out_c,
+        .kernel = l->kernel,
+        .stride = l->stride,
+        .pad_top = l->pad_top,
+        .pad_left = l->pad_left,
+        .pad_bottom = l->pad_bottom,
+        .pad_right = l->pad_right,
+        .depthwise = l->kind == MT_LAYER_DEPTHWISE,
+    };
+}
+
+static mt_batchnorm_desc bn_desc(const mt_model *m, int layer, int n) {
+    return (mt_batchnorm_desc){
+        .shape = exec_shape(m, layer, n), .epsilon = bn_epsilon, .momentum = bn_momentum};
+}
+
+static mt_status backbone_forward(mt_model *m, const float *images, int n, bool training) {
+    const mt_ops *ops = m->ops;
+    mt_backend *be = m->backend;
+    MT_TRY(ensure_activations(m, n));
+    MT_TRY(ops->tensor_from_nhwc(be, images, act(m, 0)));
+    for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
+        const mt_layer_info *l = &m->layout->layers[i];
+        int in = l->inputs[0];
+        mt_status status = MT_OK;
+        switch (l->kind) {
+        case MT_LAYER_CONV:
+        case MT_LAYER_DEPTHWISE: {
+            mt_conv_desc desc = conv_desc(m, i, n);
+            status = ops->conv_forward(be, &desc, act(m, in), tensor_ptr(m, layer_tensor(m, i, 0)),
+                                       act(m, i));
+            break;
+        }
+        case MT_LAYER_BATCHNORM: {
+            mt_batchnorm_desc desc = bn_desc(m, i, n);
+            const float *gamma = tensor_ptr(m, layer_tensor(m, i, 0));
+            const float *beta = tensor_ptr(m, layer_tensor(m, i, 1));
+            float *mean = tensor_ptr(m, layer_tensor(m, i, 2));
+            float *var = tensor_ptr(m, layer_tensor(m, i, 3));
+            if (training && l->bn_training) {
+                float *saved = m->bn_saved + m->bn_saved_offset[i];
+                status = ops->batchnorm_forward_training(be, &desc, act(m, in), gamma, beta, mean,
+                                                         var, act(m, i), saved, saved + l->out_c);
+            } else {
+                status = ops->batchnorm_forward_inference(be, &desc, act(m, in), gamma, beta, mean,
+                                                          var, act(m, i));
+            }
+            break;
+        }
+        case MT_LAYER_RELU6: status = ops->relu6_forward(be, act(m, in), act(m, i)); break;
+        case MT_LAYER_ZERO_PAD: break; /* folded into the next depthwise conv's padding */
+        case MT_LAYER_ADD:
+            status = ops->add(be, act(m, in), act(m, l->inputs[1]), act(m, i));
+            break;
+        default: status = MT_FAIL(MT_ERR_INTERNAL, "layer %s has no forward", l->name);
+        }
+        if (status != MT_OK)
+            return mt_error_context(status, "forward of layer %d (%s)", i, l->name);
+    }
+    return ops->global_avg_pool_forward(be, act(m, MT_MODEL_BACKBONE_LAYERS - 1), m->pooled);
+}
+
+/* Dropout, dense, loss on m->pooled (n rows); logits downloaded for the accuracy count. */
+static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool training,
+                              uint64_t dropout_seed, float *logits_host, mt_step_result *out) {
+    const mt_ops *ops = m->ops;
+    mt_backend *be = m->backend;
+    const mt_model_layout *layout = m->layout;
+    int features = layout->feature_channels, outs = layout->logit_count;
+    float rate = layout->config.dropout;
+    const float *x = m->pooled;
+    m->dropout_applied = training && rate > 0.0f;
+    if (m->dropout_applied) {
+        MT_TRY(ops->dropout_forward(be, (size_t)n * features, rate, dropout_seed, m->pooled,
+                                    m->dropped, m->mask));
+        x = m->dropped;
+    }
+    const int dense = MT_MODEL_LAYERS - 1;
+    mt_dense_desc desc = {.batch = n, .in_features = features, .out_features = outs};
+    MT_TRY(ops->dense_forward(be, &desc, x, tensor_ptr(m, layer_tensor(m, dense, 0)),
+                              tensor_ptr(m, layer_tensor(m, dense, 1)), m->logits));
+    MT_TRY(ops->download(be, m->host_logits, m->logits, (size_t)n * outs * sizeof(float)));
+    if (logits_host) memcpy(logits_host, m->host_logits, (size_t)n * outs * sizeof(float));
+
+    mt_step_result result = {0};
+    if (labels) {
+        for (int r = 0; r < n; r++) {
+            if (labels[r] < 0) continue;
+            if (labels[r] >= layout->config.classes)
+                return MT_FAIL(MT_ERR_INVALID, "label %d of row %d is out of range for %d classes",
+                               labels[r], r, layout->config.classes);
+            result.valid++;
+            const float *row = m->host_logits + (size_t)r * outs;
+            int predicted = 0;
+            if (outs == 1) {
+                predicted = row[0] > 0.0f;
+            } else {
+                for (int c = 1; c < outs; c++)
+                    if (row[c] > row[predicted]) predicted = c;
+            }
+            result.correct += predicted == labels[r];
+        }
+        MT_TRY(ops->upload(be, m->labels, labels, (size_t)n * sizeof(int32_t)));
+        mt_loss_desc loss = {.batch = n, .classes = outs};
+        MT_TRY(ops->loss_forward_backward(be, &loss, m->logits, m->labels, &result.loss,
+                                          training ? m->dlogits : NULL));
+    }
+    m->ready_for_backward = training && labels;
+    m->last_n = n;
+    if (out) *out = result;
+    return MT_OK;
+}
+
+mt_status mt_model_forward(mt_model *m, const float *images, const int32_t *labels, int n,
+                           bool training, uint64_t dropout_seed, float *logits_host,
+                           mt_step_result *out) {
+    m->ready_for_backward = false;
+    MT_TRY(backbone_forward(m, images, n, training));
+    m->head_only = false;
+    return head_forward(m, labels, n, training, dropout_seed, logits_host, out);
+}
+
+mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_t *labels, int n,
+                                bool training, uint64_t dropout_seed, float *logits_host,
+                                mt_step_result *out) {
+    m->ready_for_backward = false;
+    if (n < 1 || n > m->layout->config.batch_size)
+        return MT_FAIL(MT_ERR_INVALID, "batch of %d feature rows: the model was created for 1 to %d",
+                       n, m->layout->config.batch_size);
+    MT_TRY(m->ops->upload(m->backend, m->pooled, features,
+                          (size_t)n * m->layout->feature_channels * sizeof(float)));
+    m->head_only = true;
+    return head_forward(m, labels, n, training, dropout_seed, logits_host, out);
+}
+
+mt_status mt_model_features(mt_model *m, const float *images, int n, float *features) {
+    m->ready_for_backward = false;
+    MT_TRY(backbone_forward(m, images, n, false));
+    return m->ops->download(m->backend, features, m->pooled,
+                            (size_t)n * m->layout->feature_channels * sizeof(float));
+}
+
+/* ---- backward ---------------------------------------------------------------------------- */
+
+static mt_status report_layer(mt_model *m, int layer) {
+    if (!m->hook || m->first_tensor[layer] < 0 || !m->layout->layers[layer].trainable)
+        return MT_OK;
+    size_t start = 0, count = 0;
+    for (int t = m->first_tensor[layer];
+         t < m->layout->tensor_count && m->layout->tensors[t].layer_index == layer; t++) {
+        const mt_param_tensor *p = &m->layout->tensors[t];
+        if (p->buffer != MT_PARAM_TRAINABLE) continue;
+        if (count == 0) start = p->offset;
+        count += p->count;
+    }
+    return count ? m->hook(m->hook_user, start, count) : MT_OK;
+}
+
+static mt_status backward_layer(mt_model *m, int i, int n) {
+    const mt_ops *ops = m->ops;
+    mt_backend *be = m->backend;
+    const mt_layer_info *l = &m->layout->layers[i];
+    int in = l->inputs[0];
+    int dy = m->grad_of[i];
+    MT_ASSERT(dy >= 0);
+    m->grad_of[i] = -1;
+    mt_tensor *dyt = &m->slots[dy].tensor;
+    bool want_dx = in >= 0 && m->needs_grad[in];
+    switch (l->kind) {
+    case MT_LAYER_RELU6: {
+        int dx = dy;
+        if (m->slots[dy].refs != 1) MT_TRY(slot_acquire(m, dyt->shape, &dx));
+        MT_TRY(ops->relu6_backward(be, act(m, i), dyt, &m->slots[dx].tensor));
+        if (dx != dy) slot_release(m, dy);
+        return want_dx ? give_grad(m, in, dx) : (slot_release(m, dx), MT_OK);
+    }
+    case MT_LAYER_ZERO_PAD:
+        /* folded: the depthwise conv above already produced the unpadded gradient */
+        return want_dx ? give_grad(m, in, dy) : (slot_release(m, dy), MT_OK);
+    case MT_LAYER_ADD:
+        if (want_dx) {
+            m->slots[dy].refs++;
+            MT_TRY(give_grad(m, in, dy));
+        }
+        if (m->needs_grad[l->inputs[1]]) {
+            m->slots[dy].refs++;
+            MT_TRY(give_grad(m, l->inputs[1], dy));
+        }
+        slot_release(m, dy);
+        return MT_OK;
+    case MT_LAYER_BATCHNORM: {
+        mt_batchnorm_desc desc = bn_desc(m, i, n);
+        const float *gamma = tensor_ptr(m, layer_tensor(m, i, 0));
+        float *dgamma = grad_ptr(m, layer_tensor(m, i, 0));
+        float *dbeta = grad_ptr(m, layer_tensor(m, i, 1));
+        int dx = -1;
+        mt_status status;
+        if (l->bn_training) {
+            /* the batch statistics' backward always produces dx */
+            MT_TRY(slot_acquire(m, exec_shape(m, in, n), &dx));
+            const float *saved = m->bn_saved + m->bn_saved_offset[i];
+            status = ops->batchnorm_backward_training(be, &desc, act(m, in), dyt, gamma, saved,
+                                                      saved + l->out_c, &m->slots[dx].tensor,
+                                                      dgamma, dbeta);
+        } else {
+            if (want_dx) MT_TRY(slot_acquire(m, exec_shape(m, in, n), &dx));
+            status = ops->batchnorm_backward_inference(
+                be, &desc, act(m, in), dyt, gamma, tensor_ptr(m, layer_tensor(m, i, 2)),
+                tensor_ptr(m, layer_tensor(m, i, 3)), dx >= 0 ? &m->slots[dx].tensor : NULL,
+                dgamma, dbeta);
+        }
+        slot_release(m, dy);
+        MT_TRY(status);
+        if (dx < 0) return MT_OK;
+        return want_dx ? give_grad(m, in, dx) : (slot_release(m, dx), MT_OK);
+    }
+    case MT_LAYER_CONV:
+    case MT_LAYER_DEPTHWISE: {
+        mt_conv_desc desc = conv_desc(m, i, n);
+        const mt_param_tensor *w = layer_tensor(m, i, 0);
+        if (w->buffer == MT_PARAM_TRAINABLE)
+            MT_TRY(ops->conv_backward_weights(be, &desc, act(m, in), dyt, grad_ptr(m, w)));
+        int dx = -1;
+        if (want_dx) {
+            MT_TRY(slot_acquire(m, exec_shape(m, in, n), &dx));
+            MT_TRY(ops->conv_backward_data(be, &desc, dyt, tensor_ptr(m, w), &m->slots[dx].tensor));
+        }
+        slot_release(m, dy);
+        return dx >= 0 ? give_grad(m, in, dx) : MT_OK;
+    }
+    default: return MT_FAIL(MT_ERR_INTERNAL, "layer %s has no backward", l->name);
+    }
+}
+
+mt_status mt_model_backward(mt_model *m) {
+    if (!m->ready_for_backward)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "backward needs a forward with training = true and labels just before it");
+    const mt_ops *ops = m->ops;
+    mt_backend *be = m->backend;
+    const mt_model_layout *layout = m->layout;
+    int n = m->last_n;
+    int features = layout->feature_channels;
+    const int pool = MT_MODEL_BACKBONE_LAYERS, dropout = pool + 1, dense = pool + 2;
+    bool into_backbone = m->needs_grad[pool - 1];
+    if (m->head_only && into_backbone)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "backward after a head-only forward needs the frozen mode (this model "
+                       "trains backbone layers from index %d)",
+                       layout->lowest_trainable);
+    m->ready_for_backward = false;
+    for (int i = 0; i < MT_MODEL_LAYERS; i++) m->grad_of[i] = -1;
+
+    mt_dense_desc desc = {.batch = n, .in_features = features, .out_features = layout->logit_count};
+    const float *x = m->dropout_applied ? m->dropped : m->pooled;
+    const mt_param_tensor *kernel = layer_tensor(m, dense, 0), *bias = layer_tensor(m, dense, 1);
+    MT_TRY(ops->dense_backward(be, &desc, x, tensor_ptr(m, kernel), m->dlogits,
+                               into_backbone ? m->ddropped : NULL, grad_ptr(m, kernel),
+                               grad_ptr(m, bias)));
+    MT_TRY(report_layer(m, dense));
+    if (!into_backbone) return MT_OK;
+
+    const float *dpool = m->ddropped;
+    if (m->dropout_applied) {
+        MT_TRY(ops->dropout_backward(be, (size_t)n * features, layout->config.dropout, m->mask,
+                                     m->ddropped, m->dpooled));
+        dpool = m->dpooled;
+    }
+    int slot;
+    MT_TRY(slot_acquire(m, exec_shape(m, pool - 1, n), &slot));
+    MT_TRY(ops->global_avg_pool_backward(be, dpool, &m->slots[slot].tensor));
+    m->grad_of[pool - 1] = slot;
+    (void)dropout;
+
+    for (int i = pool - 1; i >= 1; i--) {
+        if (!m->needs_grad[i]) continue;
+        mt_status status = backward_layer(m, i, n);
+        if (status == MT_OK) status = report_layer(m, i);
+        if (status != MT_OK) {
+            for (int s = 0; s < m->slot_count; s++) m->slots[s].refs = 0;
+            return mt_error_context(status, "backward of layer %d (%s)", i,
+                                    layout->layers[i].name);
+        }
+    }
+    for (int s = 0; s < m->slot_count; s++) MT_ASSERT(m->slots[s].refs == 0);
+    return MT_OK;
+}
