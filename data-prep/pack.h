@@ -1,0 +1,95 @@
+/* Private interface between the parts of mobiletune-pack: the input listing and split selection
+ * (pack_input.c), the parallel decode + ordered LMDB writer (pack_run.c), info/verify
+ * (pack_inspect.c) and the command line (pack_main.c). docs/packing.md is the user-facing text. */
+#ifndef MOBILETUNE_PACK_H
+#define MOBILETUNE_PACK_H
+
+#include <lmdb.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mobiletune/image.h"
+#include "mobiletune/record.h"
+#include "mobiletune/status.h"
+
+/* A failed LMDB call: names the call and LMDB's reason; evaluates to MT_ERR_LMDB. */
+#define LMDB_FAIL(rc, call, path)                                                                  \
+    MT_FAIL(MT_ERR_LMDB, "%s: %s failed: %s", (path), (call), mdb_strerror(rc))
+#define LMDB_CHECK(call, path)                                                                     \
+    do {                                                                                           \
+        int lmdb_check_rc_ = (call);                                                               \
+        if (lmdb_check_rc_ != MDB_SUCCESS) return LMDB_FAIL(lmdb_check_rc_, #call, (path));        \
+    } while (0)
+
+enum { PACK_MAX_SPLITS = 16 };
+
+typedef struct pack_split_spec {
+    char name[32];
+    double fraction;
+} pack_split_spec;
+
+typedef struct pack_options {
+    const char *input;  /* a folder of class subfolders, or a "path label" list file */
+    const char *output; /* the LMDB folder (no --split) or the folder of split LMDBs */
+    int size;
+    mt_resize_mode resize;
+    bool encoded;
+    int quality;
+    int split_count; /* 0: one database, split "all" */
+    pack_split_spec splits[PACK_MAX_SPLITS];
+    const char *split_text; /* as given, for the options line */
+    uint64_t seed;
+    double fraction;
+    int threads;
+    const char *report; /* NULL: OUT/skipped.txt */
+    bool force;
+    size_t map_size; /* 0: estimated from the count */
+    int progress;    /* -1 auto (TTY), 0 off, 1 on */
+} pack_options;
+
+/* One input file. */
+typedef struct pack_item {
+    char *path;     /* as opened */
+    char *name;     /* as recorded: relative to the input folder or as written in the list */
+    uint32_t label;
+    int split;      /* index into options.splits; -1 when not selected */
+} pack_item;
+
+/* A file dropped before decoding (a directory named x.jpg, a hidden file ...). */
+typedef struct pack_skip {
+    char *name;
+    char *reason;
+} pack_skip;
+
+typedef struct pack_input {
+    int class_count;
+    char **class_names;
+    pack_item *items;
+    size_t item_count;
+    pack_skip *skips;
+    size_t skip_count;
+} pack_input;
+
+/* List the input (folder or list file) into `in`: items ordered by class then name for a folder,
+ * in file order for a list. */
+mt_status pack_input_list(const char *input, pack_input *in);
+void pack_input_free(pack_input *in);
+
+/* Assign each item a split (or -1) from the seeded stratified --fraction and --split rules. */
+void pack_input_select(pack_input *in, const pack_options *options);
+
+/* Parse "train=0.8,val=0.1,test=0.1" into options->splits. */
+mt_status pack_parse_split(const char *text, pack_options *options);
+
+/* The whole packing run; prints progress and the summary. */
+mt_status pack_run(const pack_options *options);
+
+/* Remove a folder tree (nftw, no symlink following); MT_ERR_IO naming the first failure. */
+mt_status pack_remove_tree(const char *path);
+
+/* `mobiletune-pack info` / `verify` on a database folder or a folder of split databases. */
+int pack_info_main(int argc, char **argv);
+int pack_verify_main(int argc, char **argv);
+
+#endif

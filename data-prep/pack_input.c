@@ -1,0 +1,412 @@
+/* What mobiletune-pack packs: the input listing (a folder of class subfolders or a "path label"
+ * list file) and the seeded, stratified --fraction / --split selection. Nothing here opens an
+ * image: the listing only stats, so a folder of any size costs memory for its names alone. */
+#include "pack.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef struct name_list {
+    char **names;
+    size_t count, capacity;
+} name_list;
+
+static mt_status name_list_add(name_list *list, const char *name) {
+    if (list->count == list->capacity) {
+        size_t capacity = list->capacity ? list->capacity * 2 : 64;
+        char **grown = realloc(list->names, capacity * sizeof *grown);
+        if (!grown) return MT_FAIL(MT_ERR_NOMEM, "out of memory listing files");
+        list->names = grown;
+        list->capacity = capacity;
+    }
+    list->names[list->count] = strdup(name);
+    if (!list->names[list->count]) return MT_FAIL(MT_ERR_NOMEM, "out of memory listing files");
+    list->count++;
+    return MT_OK;
+}
+
+static void name_list_free(name_list *list) {
+    for (size_t i = 0; i < list->count; i++) free(list->names[i]);
+    free(list->names);
+    *list = (name_list){0};
+}
+
+static int compare_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Entries of `dir` except "." / ".." and hidden ones, sorted bytewise (locale-independent, so
+ * class ids and record order are the same on every machine). */
+static mt_status list_dir(const char *dir, name_list *out) {
+    DIR *d = opendir(dir);
+    if (!d) return MT_FAIL(MT_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
+    struct dirent *entry;
+    mt_status status = MT_OK;
+    errno = 0;
+    while ((entry = readdir(d)) != NULL) {
+        if (entry->d_name[0] == '.') continue;
+        status = name_list_add(out, entry->d_name);
+        if (status != MT_OK) break;
+    }
+    if (status == MT_OK && errno != 0)
+        status = MT_FAIL(MT_ERR_IO, "%s: cannot read folder: %s", dir, strerror(errno));
+    closedir(d);
+    if (status == MT_OK && out->count > 1)
+        qsort(out->names, out->count, sizeof(char *), compare_names);
+    return status;
+}
+
+static char *join_path(const char *a, const char *b) {
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "%s/%s", a, b);
+    return s;
+}
+
+static mt_status add_skip(pack_input *in, const char *name, const char *reason) {
+    pack_skip *grown = realloc(in->skips, (in->skip_count + 1) * sizeof *grown);
+    if (!grown) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    in->skips = grown;
+    grown[in->skip_count].name = strdup(name);
+    grown[in->skip_count].reason = strdup(reason);
+    if (!grown[in->skip_count].name || !grown[in->skip_count].reason)
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    in->skip_count++;
+    return MT_OK;
+}
+
+typedef struct item_list {
+    pack_item *items;
+    size_t count, capacity;
+} item_list;
+
+/* Takes ownership of path and name. */
+static mt_status add_item(item_list *list, char *path, char *name, uint32_t label) {
+    if (!path || !name) {
+        free(path);
+        free(name);
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory listing files");
+    }
+    if (list->count == list->capacity) {
+        size_t capacity = list->capacity ? list->capacity * 2 : 256;
+        pack_item *grown = realloc(list->items, capacity * sizeof *grown);
+        if (!grown) {
+            free(path);
+            free(name);
+            return MT_FAIL(MT_ERR_NOMEM, "out of memory listing files");
+        }
+        list->items = grown;
+        list->capacity = capacity;
+    }
+    list->items[list->count++] = (pack_item){.path = path, .name = name, .label = label, .split = -1};
+    return MT_OK;
+}
+
+/* A regular file becomes an item; anything else is a listed skip (never silently dropped). */
+static mt_status add_path(pack_input *in, item_list *items, char *path, char *name,
+                          uint32_t label) {
+    struct stat st;
+    const char *reason = NULL;
+    char buffer[300];
+    if (stat(path, &st) != 0) {
+        snprintf(buffer, sizeof buffer, "cannot stat: %s", strerror(errno));
+        reason = buffer;
+    } else if (S_ISDIR(st.st_mode)) {
+        reason = "is a folder, not an image file (class folders are one level deep)";
+    } else if (!S_ISREG(st.st_mode)) {
+        reason = "not a regular file";
+    }
+    if (reason) {
+        mt_status status = add_skip(in, name, reason);
+        free(path);
+        free(name);
+        return status;
+    }
+    return add_item(items, path, name, label);
+}
+
+static mt_status list_folder(const char *input, pack_input *in, item_list *items) {
+    name_list top = {0};
+    MT_TRY(list_dir(input, &top));
+    name_list classes = {0};
+    mt_status status = MT_OK;
+    for (size_t i = 0; i < top.count && status == MT_OK; i++) {
+        char *path = join_path(input, top.names[i]);
+        struct stat st;
+        if (!path) {
+            status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        } else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+            status = name_list_add(&classes, top.names[i]);
+        } else {
+            status = add_skip(in, top.names[i], "not inside a class subfolder");
+        }
+        free(path);
+    }
+    name_list_free(&top);
+    if (status == MT_OK && classes.count == 0)
+        status = MT_FAIL(MT_ERR_INVALID, "%s: no class subfolders: put each class's images in "
+                         "its own subfolder (e.g. %s/cats, %s/dogs) or pass a 'path label' list "
+                         "file", input, input, input);
+    if (status == MT_OK && classes.count > MT_MAX_CLASSES)
+        status = MT_FAIL(MT_ERR_INVALID, "%s: %zu class subfolders, more than %d", input,
+                         classes.count, MT_MAX_CLASSES);
+    for (size_t c = 0; c < classes.count && status == MT_OK; c++) {
+        char *dir = join_path(input, classes.names[c]);
+        name_list files = {0};
+        status = dir ? list_dir(dir, &files) : MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        for (size_t f = 0; f < files.count && status == MT_OK; f++)
+            status = add_path(in, items, join_path(dir, files.names[f]),
+                              join_path(classes.names[c], files.names[f]), (uint32_t)c);
+        name_list_free(&files);
+        free(dir);
+    }
+    if (status == MT_OK) {
+        in->class_count = (int)classes.count;
+        in->class_names = classes.names; /* ownership moves */
+        classes.names = NULL;
+        classes.count = 0;
+    }
+    name_list_free(&classes);
+    return status;
+}
+
+static bool is_class_id(const char *s) {
+    if (!*s || strlen(s) > 6) return false;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9') return false;
+    return atol(s) < MT_MAX_CLASSES;
+}
+
+/* A list file: one "path label" per line; the label is the last whitespace-separated word, so
+ * paths may hold spaces. Blank lines and lines starting with '#' are ignored. Relative paths are
+ * relative to the list file's folder. When every label is a decimal integer they are class ids
+ * (classes 0..max, named by their number); otherwise every label is a class name and ids follow
+ * the sorted names, as for a folder. */
+static mt_status list_file(const char *input, pack_input *in, item_list *items) {
+    FILE *file = fopen(input, "r");
+    if (!file) return MT_FAIL(MT_ERR_IO, "%s: cannot open list file: %s", input, strerror(errno));
+    char *base = strdup(input);
+    if (!base) {
+        fclose(file);
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    }
+    char *slash = strrchr(base, '/');
+    if (slash) *slash = '\0';
+    else strcpy(base, ".");
+    name_list paths = {0}, labels = {0};
+    mt_status status = MT_OK;
+    char *line = NULL;
+    size_t capacity = 0;
+    ssize_t length;
+    long line_number = 0;
+    while (status == MT_OK && (length = getline(&line, &capacity, file)) >= 0) {
+        line_number++;
+        while (length > 0 && (line[length - 1] == '\n' || line[length - 1] == '\r'))
+            line[--length] = '\0';
+        char *start = line;
+        while (*start == ' ' || *start == '\t') start++;
+        if (*start == '\0' || *start == '#') continue;
+        char *end = start + strlen(start);
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t')) *--end = '\0';
+        char *split = end;
+        while (split > start && split[-1] != ' ' && split[-1] != '\t') split--;
+        char *label = split;
+        while (split > start && (split[-1] == ' ' || split[-1] == '\t')) split--;
+        if (split == start) {
+            status = MT_FAIL(MT_ERR_INVALID, "%s:%ld: want 'path label' (e.g. 'cats/1.jpg cats' "
+                             "or 'img/1.jpg 0'), got '%s'", input, line_number, start);
+            break;
+        }
+        *split = '\0';
+        status = name_list_add(&paths, start);
+        if (status == MT_OK) status = name_list_add(&labels, label);
+    }
+    if (status == MT_OK && ferror(file))
+        status = MT_FAIL(MT_ERR_IO, "%s: read error: %s", input, strerror(errno));
+    free(line);
+    fclose(file);
+    if (status == MT_OK && paths.count == 0)
+        status = MT_FAIL(MT_ERR_INVALID, "%s: the list file names no images: write one "
+                         "'path label' per line", input);
+    bool numeric = true;
+    for (size_t i = 0; i < labels.count && numeric; i++) numeric = is_class_id(labels.names[i]);
+    name_list classes = {0};
+    if (status == MT_OK && numeric) {
+        long max = 0;
+        for (size_t i = 0; i < labels.count; i++)
+            if (atol(labels.names[i]) > max) max = atol(labels.names[i]);
+        char number[24];
+        for (long c = 0; c <= max && status == MT_OK; c++) {
+            snprintf(number, sizeof number, "%ld", c);
+            status = name_list_add(&classes, number);
+        }
+    } else if (status == MT_OK) {
+        name_list sorted = {0};
+        for (size_t i = 0; i < labels.count && status == MT_OK; i++)
+            status = name_list_add(&sorted, labels.names[i]);
+        if (sorted.count > 1) qsort(sorted.names, sorted.count, sizeof(char *), compare_names);
+        for (size_t i = 0; i < sorted.count && status == MT_OK; i++)
+            if (i == 0 || strcmp(sorted.names[i], sorted.names[i - 1]) != 0)
+                status = name_list_add(&classes, sorted.names[i]);
+        name_list_free(&sorted);
+        if (status == MT_OK && classes.count > MT_MAX_CLASSES)
+            status = MT_FAIL(MT_ERR_INVALID, "%s: %zu classes, more than %d", input,
+                             classes.count, MT_MAX_CLASSES);
+    }
+    for (size_t i = 0; i < paths.count && status == MT_OK; i++) {
+        uint32_t label;
+        if (numeric) {
+            label = (uint32_t)atol(labels.names[i]);
+        } else {
+            char **found = bsearch(&labels.names[i], classes.names, classes.count,
+                                   sizeof(char *), compare_names);
+            label = (uint32_t)(found - classes.names);
+        }
+        char *path = paths.names[i][0] == '/' ? strdup(paths.names[i])
+                                              : join_path(base, paths.names[i]);
+        status = add_path(in, items, path, strdup(paths.names[i]), label);
+    }
+    if (status == MT_OK) {
+        in->class_count = (int)classes.count;
+        in->class_names = classes.names;
+        classes.names = NULL;
+        classes.count = 0;
+    }
+    name_list_free(&classes);
+    name_list_free(&paths);
+    name_list_free(&labels);
+    free(base);
+    return status;
+}
+
+mt_status pack_input_list(const char *input, pack_input *in) {
+    *in = (pack_input){0};
+    struct stat st;
+    if (stat(input, &st) != 0)
+        return MT_FAIL(MT_ERR_IO, "%s: %s (give a folder of class subfolders or a 'path label' "
+                       "list file)", input, strerror(errno));
+    item_list items = {0};
+    mt_status status = S_ISDIR(st.st_mode) ? list_folder(input, in, &items)
+                                           : list_file(input, in, &items);
+    in->items = items.items;
+    in->item_count = items.count;
+    if (status != MT_OK) pack_input_free(in);
+    return status;
+}
+
+void pack_input_free(pack_input *in) {
+    for (size_t i = 0; i < in->item_count; i++) {
+        free(in->items[i].path);
+        free(in->items[i].name);
+    }
+    for (size_t i = 0; i < in->skip_count; i++) {
+        free(in->skips[i].name);
+        free(in->skips[i].reason);
+    }
+    for (int c = 0; c < in->class_count; c++) free(in->class_names[c]);
+    free(in->class_names);
+    free(in->items);
+    free(in->skips);
+    *in = (pack_input){0};
+}
+
+/* ---- selection ------------------------------------------------------------------------------- */
+
+/* splitmix64: a small, well-mixed generator whose output we define ourselves, so a seed gives
+ * the same split on every platform and library version. */
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* round(n * f), half up; the epsilon keeps 0.1*10 = 0.99999... from rounding differently from
+ * what a person computes. */
+static size_t round_count(size_t n, double f) {
+    double v = floor((double)n * f + 0.5 + 1e-9);
+    if (v < 0) return 0;
+    return v > (double)n ? n : (size_t)v;
+}
+
+void pack_input_select(pack_input *in, const pack_options *options) {
+    size_t *members = malloc((in->item_count ? in->item_count : 1) * sizeof *members);
+    MT_ASSERT(members);
+    int split_count = options->split_count > 0 ? options->split_count : 1;
+    for (int c = 0; c < in->class_count; c++) {
+        size_t n = 0;
+        for (size_t i = 0; i < in->item_count; i++)
+            if (in->items[i].label == (uint32_t)c) members[n++] = i;
+        /* Fisher-Yates with a per-class stream, so adding a class leaves the others' splits. */
+        uint64_t state = options->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(c + 1));
+        for (size_t i = n; i > 1; i--) {
+            size_t j = (size_t)(splitmix64(&state) % i);
+            size_t t = members[i - 1];
+            members[i - 1] = members[j];
+            members[j] = t;
+        }
+        size_t kept = round_count(n, options->fraction);
+        double cumulative = 0;
+        size_t begin = 0;
+        for (int s = 0; s < split_count; s++) {
+            cumulative += options->split_count > 0 ? options->splits[s].fraction : 1.0;
+            size_t end = s == split_count - 1 ? kept : round_count(kept, cumulative);
+            if (end < begin) end = begin;
+            for (size_t k = begin; k < end; k++) in->items[members[k]].split = s;
+            begin = end;
+        }
+    }
+    free(members);
+}
+
+mt_status pack_parse_split(const char *text, pack_options *options) {
+    options->split_count = 0;
+    double total = 0;
+    const char *p = text;
+    while (*p) {
+        if (options->split_count == PACK_MAX_SPLITS)
+            return MT_FAIL(MT_ERR_INVALID, "--split '%s': more than %d splits", text,
+                           PACK_MAX_SPLITS);
+        pack_split_spec *spec = &options->splits[options->split_count];
+        const char *eq = strchr(p, '=');
+        size_t name_length = eq ? (size_t)(eq - p) : 0;
+        if (!eq || name_length == 0 || name_length >= sizeof spec->name)
+            return MT_FAIL(MT_ERR_INVALID, "--split '%s': want NAME=FRACTION,... (e.g. "
+                           "train=0.8,val=0.1,test=0.1)", text);
+        memcpy(spec->name, p, name_length);
+        spec->name[name_length] = '\0';
+        for (size_t i = 0; i < name_length; i++) {
+            char ch = spec->name[i];
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                  ch == '_' || ch == '-'))
+                return MT_FAIL(MT_ERR_INVALID, "--split '%s': split name '%s' may use only "
+                               "letters, digits, '_' and '-' (it becomes a folder name)", text,
+                               spec->name);
+        }
+        for (int s = 0; s < options->split_count; s++)
+            if (strcmp(options->splits[s].name, spec->name) == 0)
+                return MT_FAIL(MT_ERR_INVALID, "--split '%s': split '%s' appears twice", text,
+                               spec->name);
+        char *end;
+        errno = 0;
+        spec->fraction = strtod(eq + 1, &end);
+        if (end == eq + 1 || errno != 0 || !(spec->fraction >= 0) || spec->fraction > 1 ||
+            (*end != ',' && *end != '\0'))
+            return MT_FAIL(MT_ERR_INVALID, "--split '%s': the fraction of '%s' must be a number "
+                           "in 0..1", text, spec->name);
+        total += spec->fraction;
+        options->split_count++;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (options->split_count == 0)
+        return MT_FAIL(MT_ERR_INVALID, "--split '%s': no splits given", text);
+    if (fabs(total - 1.0) > 1e-6)
+        return MT_FAIL(MT_ERR_INVALID, "--split '%s': the fractions add up to %g, they must add "
+                       "up to 1 (use --fraction to pack only part of the data)", text, total);
+    return MT_OK;
+}

@@ -1,0 +1,796 @@
+/* The packing run: worker threads read, decode, resize (and re-encode) files in parallel into a
+ * bounded ring of slots; the calling thread writes the slots to LMDB strictly in index order, so
+ * the databases are byte-identical whatever --threads is and memory stays bounded by the ring
+ * however many files there are. Everything is written under OUT.tmp-<pid> and renamed into place
+ * only once complete. */
+/* nftw() is an XSI interface. */
+#define _XOPEN_SOURCE 700
+#include "pack.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    COMMIT_RECORDS = 256,               /* records per write transaction */
+    COMMIT_BYTES = 64 << 20,            /* ... or this many bytes, whichever comes first */
+    MAX_NAME_BYTES = 65535,             /* the record's name field is 16 bits */
+};
+static const size_t MAX_MAP_SIZE = (size_t)1 << 40;
+
+/* Set by SIGINT/SIGTERM: the run stops and removes its temporary folder. */
+static volatile sig_atomic_t interrupted = 0;
+static void on_signal(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- folders --------------------------------------------------------------------------------- */
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)ftw;
+    int rc = flag == FTW_DP ? rmdir(path) : unlink(path);
+    return rc != 0 && errno != ENOENT ? -1 : 0;
+}
+
+mt_status pack_remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return MT_OK;
+    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return MT_FAIL(MT_ERR_IO, "%s: cannot remove: %s", path, strerror(errno));
+    return MT_OK;
+}
+
+/* fsync a file or folder so the rename that publishes OUT never precedes its contents. */
+static mt_status sync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return MT_FAIL(MT_ERR_IO, "%s: cannot open to sync: %s", path, strerror(errno));
+    int rc = fsync(fd);
+    int saved = errno;
+    close(fd);
+    if (rc != 0 && saved != EINVAL)
+        return MT_FAIL(MT_ERR_IO, "%s: fsync failed: %s", path, strerror(saved));
+    return MT_OK;
+}
+
+static char *parent_of(const char *path) {
+    char *copy = strdup(path);
+    if (!copy) return NULL;
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/') copy[--n] = '\0';
+    char *slash = strrchr(copy, '/');
+    if (!slash) strcpy(copy, ".");
+    else if (slash == copy) copy[1] = '\0';
+    else *slash = '\0';
+    return copy;
+}
+
+/* Remove OUT.tmp-<pid> folders left by runs that were killed (their process is gone), so a
+ * killed run costs disk space only until the next run. */
+static void remove_stale_temps(const char *output) {
+    char *parent = parent_of(output);
+    if (!parent) return;
+    const char *slash = strrchr(output, '/');
+    const char *base = slash ? slash + 1 : output;
+    char prefix[512];
+    snprintf(prefix, sizeof prefix, "%s.tmp-", base);
+    size_t prefix_length = strlen(prefix);
+    DIR *dir = opendir(parent);
+    struct dirent *entry;
+    while (dir && (entry = readdir(dir)) != NULL) {
+        if (strncmp(entry->d_name, prefix, prefix_length) != 0) continue;
+        char *end;
+        long pid = strtol(entry->d_name + prefix_length, &end, 10);
+        if (*end != '\0' || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", parent, entry->d_name);
+        if (pack_remove_tree(path) == MT_OK)
+            fprintf(stderr, "mobiletune-pack: removed %s, left by an interrupted run\n", path);
+    }
+    if (dir) closedir(dir);
+    free(parent);
+}
+
+/* mkdir -p for the folder that will hold OUT. */
+static mt_status make_parents(const char *path) {
+    char *copy = strdup(path);
+    if (!copy) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    for (char *p = copy + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(copy, 0777) != 0 && errno != EEXIST) {
+            mt_status status = MT_FAIL(MT_ERR_IO, "%s: cannot create folder: %s", copy,
+                                       strerror(errno));
+            free(copy);
+            return status;
+        }
+        *p = '/';
+    }
+    free(copy);
+    return MT_OK;
+}
+
+/* ---- the ordered writer's databases ---------------------------------------------------------- */
+
+typedef struct batch_entry {
+    char key[MT_RECORD_KEY_BYTES + 1];
+    size_t offset, bytes;
+} batch_entry;
+
+typedef struct split_db {
+    char path[4096];
+    const char *name;
+    MDB_env *env;
+    size_t map_size;
+    int map_growths;
+    uint8_t *arena; /* the records of the open batch, kept until they are committed */
+    size_t arena_bytes, arena_capacity;
+    batch_entry entries[COMMIT_RECORDS + 1];
+    int entry_count;
+    uint64_t planned, records;
+    uint64_t *class_counts;
+    uint64_t sum[3], sumsq[3];
+} split_db;
+
+static mt_status db_open(split_db *db, size_t map_size) {
+    LMDB_CHECK(mdb_env_create(&db->env), db->path);
+    db->map_size = (map_size + 4095) / 4096 * 4096;
+    LMDB_CHECK(mdb_env_set_mapsize(db->env, db->map_size), db->path);
+    /* No fsync per commit: the folder is published by rename only after mdb_env_sync(). */
+    LMDB_CHECK(mdb_env_open(db->env, db->path, MDB_NOSYNC, 0644), db->path);
+    return MT_OK;
+}
+
+/* Commit the open batch in one transaction; on MDB_MAP_FULL double the map and replay it. */
+static mt_status db_flush(split_db *db) {
+    if (db->entry_count == 0) return MT_OK;
+    for (;;) {
+        MDB_txn *txn;
+        MDB_dbi dbi;
+        LMDB_CHECK(mdb_txn_begin(db->env, NULL, 0, &txn), db->path);
+        int rc = mdb_dbi_open(txn, NULL, 0, &dbi);
+        const char *call = "mdb_dbi_open";
+        for (int i = 0; i < db->entry_count && rc == MDB_SUCCESS; i++) {
+            MDB_val key = {.mv_size = strlen(db->entries[i].key), .mv_data = db->entries[i].key};
+            MDB_val value = {.mv_size = db->entries[i].bytes,
+                             .mv_data = db->arena + db->entries[i].offset};
+            rc = mdb_put(txn, dbi, &key, &value, MDB_APPEND);
+            call = "mdb_put";
+        }
+        if (rc == MDB_SUCCESS) {
+            rc = mdb_txn_commit(txn); /* frees txn, also on failure */
+            call = "mdb_txn_commit";
+            if (rc == MDB_SUCCESS) break;
+        } else {
+            mdb_txn_abort(txn);
+        }
+        if (rc != MDB_MAP_FULL) return LMDB_FAIL(rc, call, db->path);
+        if (db->map_size >= MAX_MAP_SIZE)
+            return MT_FAIL(MT_ERR_LMDB, "%s: the map reached %zu bytes and is still full",
+                           db->path, db->map_size);
+        db->map_size *= 2;
+        LMDB_CHECK(mdb_env_set_mapsize(db->env, db->map_size), db->path);
+        db->map_growths++;
+    }
+    db->entry_count = 0;
+    db->arena_bytes = 0;
+    return MT_OK;
+}
+
+static mt_status db_add(split_db *db, const char *key, const void *bytes, size_t size) {
+    if (db->entry_count == COMMIT_RECORDS ||
+        (db->entry_count > 0 && db->arena_bytes + size > COMMIT_BYTES))
+        MT_TRY(db_flush(db));
+    if (db->arena_bytes + size > db->arena_capacity) {
+        size_t capacity = db->arena_capacity ? db->arena_capacity : 1 << 20;
+        while (capacity < db->arena_bytes + size) capacity *= 2;
+        uint8_t *grown = realloc(db->arena, capacity);
+        if (!grown) return MT_FAIL(MT_ERR_NOMEM, "out of memory for a write batch");
+        db->arena = grown;
+        db->arena_capacity = capacity;
+    }
+    batch_entry *e = &db->entries[db->entry_count++];
+    snprintf(e->key, sizeof e->key, "%s", key);
+    e->offset = db->arena_bytes;
+    e->bytes = size;
+    memcpy(db->arena + db->arena_bytes, bytes, size);
+    db->arena_bytes += size;
+    return MT_OK;
+}
+
+static void db_close(split_db *db) {
+    if (db->env) mdb_env_close(db->env);
+    db->env = NULL;
+    free(db->arena);
+    free(db->class_counts);
+    db->arena = NULL;
+    db->class_counts = NULL;
+}
+
+/* ---- the decode pipeline --------------------------------------------------------------------- */
+
+typedef struct slot {
+    bool ready, skipped;
+    char reason[600];
+    uint8_t *record;
+    size_t record_bytes, record_capacity;
+    uint64_t sum[3], sumsq[3];
+} slot;
+
+typedef struct job {
+    const pack_item *item;
+    int split;
+} job;
+
+typedef struct pipeline {
+    const pack_options *options;
+    const job *jobs;
+    size_t job_count;
+    slot *slots;
+    size_t slot_count;
+    pthread_mutex_t mutex;
+    pthread_cond_t ready_cond, free_cond;
+    size_t next, written;
+    bool stop;
+} pipeline;
+
+typedef struct worker_state {
+    pipeline *p;
+    uint8_t *file;
+    size_t file_capacity;
+    uint8_t *pixels; /* size,size,3 */
+} worker_state;
+
+static void set_reason(slot *s, const char *name, const char *message) {
+    /* Decoder messages start with the name; the report has its own name column. */
+    size_t n = strlen(name);
+    if (strncmp(message, name, n) == 0 && message[n] == ':' && message[n + 1] == ' ')
+        message += n + 2;
+    snprintf(s->reason, sizeof s->reason, "%s", message);
+    s->skipped = true;
+}
+
+static mt_status read_whole_file(const char *path, worker_state *w, size_t *size) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return MT_FAIL(MT_ERR_IO, "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return MT_FAIL(MT_ERR_IO, "not a regular file");
+    }
+    size_t want = (size_t)st.st_size;
+    if (want + 1 > w->file_capacity) {
+        uint8_t *grown = realloc(w->file, want + 1);
+        if (!grown) {
+            close(fd);
+            return MT_FAIL(MT_ERR_NOMEM, "out of memory for a %zu-byte file", want);
+        }
+        w->file = grown;
+        w->file_capacity = want + 1;
+    }
+    size_t got = 0;
+    while (got < want) {
+        ssize_t n = read(fd, w->file + got, want - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            mt_status status = n < 0 ? MT_FAIL(MT_ERR_IO, "read error: %s", strerror(errno))
+                                     : MT_FAIL(MT_ERR_IO, "file shrank while reading");
+            close(fd);
+            return status;
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    *size = got;
+    return MT_OK;
+}
+
+static void channel_sums(const uint8_t *pixels, size_t count, uint64_t sum[3], uint64_t sumsq[3]) {
+    for (int c = 0; c < 3; c++) sum[c] = sumsq[c] = 0;
+    for (size_t i = 0; i < count; i++) {
+        for (int c = 0; c < 3; c++) {
+            uint64_t v = pixels[i * 3 + c];
+            sum[c] += v;
+            sumsq[c] += v * v;
+        }
+    }
+}
+
+/* Read, decode, resize (and re-encode) one file into its slot; failures become a skip reason. */
+static void process_job(worker_state *w, const job *j, slot *s) {
+    const pack_options *o = w->p->options;
+    const char *name = j->item->name;
+    s->skipped = false;
+    size_t name_bytes = strlen(name);
+    if (name_bytes > MAX_NAME_BYTES) {
+        set_reason(s, name, "path longer than 65535 bytes");
+        return;
+    }
+    size_t size = 0;
+    if (read_whole_file(j->item->path, w, &size) != MT_OK) {
+        set_reason(s, name, mt_last_error());
+        return;
+    }
+    mt_image image;
+    if (mt_image_decode(w->file, size, name, o->size, &image) != MT_OK) {
+        set_reason(s, name, mt_last_error());
+        return;
+    }
+    mt_status status = mt_image_resize(&image, o->size, o->resize, w->pixels);
+    mt_image_free(&image);
+    if (status != MT_OK) {
+        set_reason(s, name, mt_last_error());
+        return;
+    }
+    const uint8_t *payload = w->pixels;
+    size_t payload_bytes = (size_t)o->size * o->size * 3;
+    uint8_t *jpeg = NULL;
+    if (o->encoded) {
+        mt_image check;
+        if (mt_image_encode_jpeg(w->pixels, o->size, o->size, o->quality, &jpeg, &payload_bytes) !=
+                MT_OK ||
+            mt_image_decode(jpeg, payload_bytes, name, 0, &check) != MT_OK) {
+            set_reason(s, name, mt_last_error());
+            free(jpeg);
+            return;
+        }
+        /* The statistics describe what the loader will decode, not the pixels before JPEG. */
+        channel_sums(check.pixels, (size_t)o->size * o->size, s->sum, s->sumsq);
+        mt_image_free(&check);
+        payload = jpeg;
+    } else {
+        channel_sums(w->pixels, (size_t)o->size * o->size, s->sum, s->sumsq);
+    }
+    mt_record record = {.encoding = o->encoded ? MT_ENCODING_JPEG : MT_ENCODING_RAW,
+                        .channels = 3,
+                        .height = o->size,
+                        .width = o->size,
+                        .label = j->item->label,
+                        .payload = payload,
+                        .payload_bytes = payload_bytes,
+                        .name = name,
+                        .name_bytes = name_bytes};
+    size_t bytes = mt_record_encoded_size(&record);
+    if (bytes > s->record_capacity) {
+        uint8_t *grown = realloc(s->record, bytes);
+        if (!grown) {
+            set_reason(s, name, "out of memory for its record");
+            free(jpeg);
+            return;
+        }
+        s->record = grown;
+        s->record_capacity = bytes;
+    }
+    mt_record_encode(&record, s->record);
+    s->record_bytes = bytes;
+    free(jpeg);
+}
+
+static void *worker_main(void *arg) {
+    worker_state *w = arg;
+    pipeline *p = w->p;
+    for (;;) {
+        pthread_mutex_lock(&p->mutex);
+        while (!p->stop && p->next < p->job_count && p->next >= p->written + p->slot_count)
+            pthread_cond_wait(&p->free_cond, &p->mutex);
+        if (p->stop || p->next >= p->job_count) {
+            pthread_mutex_unlock(&p->mutex);
+            break;
+        }
+        size_t index = p->next++;
+        pthread_mutex_unlock(&p->mutex);
+        slot *s = &p->slots[index % p->slot_count];
+        process_job(w, &p->jobs[index], s);
+        pthread_mutex_lock(&p->mutex);
+        s->ready = true;
+        pthread_cond_signal(&p->ready_cond);
+        pthread_mutex_unlock(&p->mutex);
+    }
+    return NULL;
+}
+
+/* ---- progress -------------------------------------------------------------------------------- */
+
+typedef struct progress {
+    bool tty, enabled;
+    double start, last;
+} progress;
+
+static void progress_update(progress *pr, size_t done, size_t total, size_t skipped, bool final) {
+    if (!pr->enabled) return;
+    double t = now_seconds();
+    double interval = pr->tty ? 0.2 : 10.0;
+    if (!final && t - pr->last < interval) return;
+    pr->last = t;
+    double elapsed = t - pr->start;
+    double rate = elapsed > 0 ? (double)done / elapsed : 0;
+    double eta = rate > 0 ? (double)(total - done) / rate : 0;
+    if (pr->tty) {
+        if (final) {
+            fputs("\r\033[K", stderr);
+        } else {
+            fprintf(stderr, "\r\033[Kpacking %zu/%zu (%.0f%%)  %.1f img/s  ETA %.0f s  skipped %zu",
+                    done, total, total ? 100.0 * done / total : 100.0, rate, eta, skipped);
+        }
+    } else if (!final) {
+        fprintf(stderr, "mobiletune-pack: %zu/%zu images, %.1f img/s, ETA %.0f s, skipped %zu\n",
+                done, total, rate, eta, skipped);
+    }
+    fflush(stderr);
+}
+
+/* ---- the run --------------------------------------------------------------------------------- */
+
+typedef struct skip_list {
+    pack_skip *items;
+    size_t count, capacity;
+} skip_list;
+
+static mt_status skip_list_add(skip_list *list, const char *name, const char *reason) {
+    if (list->count == list->capacity) {
+        size_t capacity = list->capacity ? list->capacity * 2 : 32;
+        pack_skip *grown = realloc(list->items, capacity * sizeof *grown);
+        if (!grown) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        list->items = grown;
+        list->capacity = capacity;
+    }
+    pack_skip *s = &list->items[list->count];
+    s->name = strdup(name);
+    s->reason = strdup(reason);
+    if (!s->name || !s->reason) {
+        free(s->name);
+        free(s->reason);
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    }
+    list->count++;
+    return MT_OK;
+}
+
+static void skip_list_free(skip_list *list) {
+    for (size_t i = 0; i < list->count; i++) {
+        free(list->items[i].name);
+        free(list->items[i].reason);
+    }
+    free(list->items);
+    *list = (skip_list){0};
+}
+
+static mt_status write_report(const char *path, const char *input, const skip_list *skips) {
+    FILE *f = fopen(path, "w");
+    if (!f) return MT_FAIL(MT_ERR_IO, "%s: cannot write the skip report: %s", path,
+                           strerror(errno));
+    fprintf(f, "# mobiletune-pack: %zu file(s) skipped from %s\n# name<TAB>reason\n",
+            skips->count, input);
+    for (size_t i = 0; i < skips->count; i++)
+        fprintf(f, "%s\t%s\n", skips->items[i].name, skips->items[i].reason);
+    int failed = ferror(f);
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) failed = 1;
+    if (fclose(f) != 0) failed = 1;
+    if (failed) return MT_FAIL(MT_ERR_IO, "%s: writing the skip report failed", path);
+    return MT_OK;
+}
+
+/* The options line stored in the metadata: every option that shaped the pixels or the split. */
+static void format_options(const pack_options *o, char *text, size_t capacity) {
+    int n = snprintf(text, capacity,
+                     "--size %d --resize %s%s --quality %d --seed %llu --fraction %g%s%s "
+                     "input=%s",
+                     o->size, mt_resize_mode_name(o->resize), o->encoded ? " --encoded" : "",
+                     o->quality, (unsigned long long)o->seed, o->fraction,
+                     o->split_count ? " --split " : "", o->split_count ? o->split_text : "",
+                     o->input);
+    (void)n;
+    for (char *p = text; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+}
+
+mt_status pack_run(const pack_options *o) {
+    double start = now_seconds();
+    struct stat st;
+    if (stat(o->output, &st) == 0 && !o->force)
+        return MT_FAIL(MT_ERR_INVALID, "%s already exists: pass --force to replace it, or choose "
+                       "another output folder", o->output);
+    pack_input in;
+    MT_TRY(pack_input_list(o->input, &in));
+    pack_input_select(&in, o);
+
+    int split_count = o->split_count > 0 ? o->split_count : 1;
+    split_db *dbs = calloc((size_t)split_count, sizeof *dbs);
+    job *jobs = malloc((in.item_count ? in.item_count : 1) * sizeof *jobs);
+    int workers = o->threads;
+    size_t slot_count = (size_t)workers * 4 + 4;
+    slot *slots = calloc(slot_count, sizeof *slots);
+    worker_state *states = calloc((size_t)workers, sizeof *states);
+    pthread_t *threads = calloc((size_t)workers, sizeof *threads);
+    char *temp = malloc(strlen(o->output) + 32);
+    char *options_line = malloc(strlen(o->input) + strlen(o->split_text ? o->split_text : "") +
+                                256);
+    skip_list skips = {0};
+    mt_status status = MT_OK;
+    int started = 0;
+    bool temp_made = false, published = false;
+    pipeline p = {.options = o, .slots = slots, .slot_count = slot_count};
+    pthread_mutex_init(&p.mutex, NULL);
+    pthread_cond_init(&p.ready_cond, NULL);
+    pthread_cond_init(&p.free_cond, NULL);
+    if (!dbs || !jobs || !slots || !states || !threads || !temp || !options_line) {
+        status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    format_options(o, options_line, strlen(o->input) + strlen(o->split_text ? o->split_text : "")
+                   + 256);
+    for (size_t i = 0; i < in.skip_count && status == MT_OK; i++)
+        status = skip_list_add(&skips, in.skips[i].name, in.skips[i].reason);
+
+    /* Jobs in output order: split by split, each in listing order. */
+    size_t job_count = 0;
+    for (int s = 0; s < split_count; s++) {
+        dbs[s].name = o->split_count ? o->splits[s].name : "all";
+        for (size_t i = 0; i < in.item_count; i++) {
+            if (in.items[i].split != s) continue;
+            jobs[job_count++] = (job){.item = &in.items[i], .split = s};
+            dbs[s].planned++;
+        }
+        dbs[s].class_counts = calloc((size_t)in.class_count, sizeof(uint64_t));
+        if (!dbs[s].class_counts && status == MT_OK)
+            status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    }
+    if (status != MT_OK) goto done;
+    if (job_count == 0) {
+        status = MT_FAIL(MT_ERR_INVALID, "%s: nothing to pack: no image files were found%s", o->input,
+                         o->fraction < 1 ? " (or --fraction selected none)" : "");
+        goto done;
+    }
+    /* Refuse class names the metadata cannot hold now, not after decoding everything. */
+    {
+        char *text;
+        size_t bytes;
+        split_db probe = {.name = dbs[0].name, .class_counts = dbs[0].class_counts};
+        mt_dataset_meta meta = {.version = MT_META_VERSION, .height = o->size, .width = o->size,
+                                .channels = 3, .class_count = in.class_count,
+                                .class_names = in.class_names, .class_counts = probe.class_counts,
+                                .split = (char *)probe.name, .options = options_line,
+                                .encoding = o->encoded ? MT_ENCODING_JPEG : MT_ENCODING_RAW};
+        status = mt_meta_format(&meta, &text, &bytes);
+        if (status != MT_OK) {
+            mt_error_context(status, "%s: the classes cannot be recorded (rename the class "
+                             "folders or labels)", o->input);
+            goto done;
+        }
+        free(text);
+    }
+
+    remove_stale_temps(o->output);
+    status = make_parents(o->output);
+    if (status != MT_OK) goto done;
+    snprintf(temp, strlen(o->output) + 32, "%s.tmp-%ld", o->output, (long)getpid());
+    if (mkdir(temp, 0777) != 0) {
+        status = MT_FAIL(MT_ERR_IO, "%s: cannot create the temporary folder: %s", temp,
+                         strerror(errno));
+        goto done;
+    }
+    temp_made = true;
+    size_t estimate_record = (o->encoded ? (size_t)o->size * o->size * 3 / 4
+                                         : (size_t)o->size * o->size * 3) + 320;
+    for (int s = 0; s < split_count && status == MT_OK; s++) {
+        if (o->split_count) {
+            snprintf(dbs[s].path, sizeof dbs[s].path, "%s/%s", temp, dbs[s].name);
+            if (mkdir(dbs[s].path, 0777) != 0) {
+                status = MT_FAIL(MT_ERR_IO, "%s: cannot create folder: %s", dbs[s].path,
+                                 strerror(errno));
+                break;
+            }
+        } else {
+            snprintf(dbs[s].path, sizeof dbs[s].path, "%s", temp);
+        }
+        /* LMDB stores pages of 4 KiB: a record takes whole overflow pages, hence the margin. */
+        size_t map = o->map_size ? o->map_size
+                                 : (size_t)(dbs[s].planned * (estimate_record + 4096) * 1.1) +
+                                       (1 << 20);
+        status = db_open(&dbs[s], map);
+    }
+    if (status != MT_OK) goto done;
+
+    for (int i = 0; i < workers; i++) {
+        states[i].p = &p;
+        states[i].pixels = malloc((size_t)o->size * o->size * 3);
+        if (!states[i].pixels) {
+            status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+    }
+    p.jobs = jobs;
+    p.job_count = job_count;
+    struct sigaction action = {.sa_handler = on_signal}, old_int, old_term;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &old_int);
+    sigaction(SIGTERM, &action, &old_term);
+    for (; started < workers; started++) {
+        if (pthread_create(&threads[started], NULL, worker_main, &states[started]) != 0) {
+            status = MT_FAIL(MT_ERR_NOMEM, "cannot start worker thread %d", started);
+            break;
+        }
+    }
+    const char *fail_after_text = getenv("MT_PACK_FAIL_AFTER"); /* a test hook, see docs */
+    long long fail_after = fail_after_text ? atoll(fail_after_text) : -1;
+    progress pr = {.tty = isatty(STDERR_FILENO) != 0, .start = now_seconds()};
+    pr.enabled = o->progress < 0 ? true : o->progress == 1;
+    if (o->progress < 0 && !pr.tty) pr.enabled = true; /* plain lines, every 10 s */
+    pr.last = pr.start;
+    size_t packed = 0, decode_skips = 0;
+    for (size_t i = 0; i < job_count && status == MT_OK; i++) {
+        slot *s = &slots[i % slot_count];
+        pthread_mutex_lock(&p.mutex);
+        while (!s->ready) pthread_cond_wait(&p.ready_cond, &p.mutex);
+        pthread_mutex_unlock(&p.mutex);
+        split_db *db = &dbs[jobs[i].split];
+        if (s->skipped) {
+            status = skip_list_add(&skips, jobs[i].item->name, s->reason);
+            decode_skips++;
+        } else {
+            char key[MT_RECORD_KEY_BYTES + 1];
+            mt_record_key(db->records, key);
+            status = db_add(db, key, s->record, s->record_bytes);
+            if (status == MT_OK) {
+                db->records++;
+                db->class_counts[jobs[i].item->label]++;
+                for (int c = 0; c < 3; c++) {
+                    db->sum[c] += s->sum[c];
+                    db->sumsq[c] += s->sumsq[c];
+                }
+                packed++;
+            }
+        }
+        pthread_mutex_lock(&p.mutex);
+        s->ready = false;
+        p.written = i + 1;
+        pthread_cond_broadcast(&p.free_cond);
+        pthread_mutex_unlock(&p.mutex);
+        if (status == MT_OK && interrupted)
+            status = MT_FAIL(MT_ERR_IO, "interrupted: nothing was written to %s", o->output);
+        if (status == MT_OK && fail_after >= 0 && (long long)packed >= fail_after)
+            status = MT_FAIL(MT_ERR_IO, "injected failure after %zu records (MT_PACK_FAIL_AFTER)",
+                             packed);
+        progress_update(&pr, i + 1, job_count, skips.count, false);
+    }
+    pthread_mutex_lock(&p.mutex);
+    p.stop = true;
+    pthread_cond_broadcast(&p.free_cond);
+    pthread_mutex_unlock(&p.mutex);
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    started = 0;
+    progress_update(&pr, job_count, job_count, skips.count, true);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (status != MT_OK) goto done;
+    if (packed == 0) {
+        for (size_t i = 0; i < skips.count && i < 10; i++)
+            fprintf(stderr, "  skipped %s: %s\n", skips.items[i].name, skips.items[i].reason);
+        if (o->report) write_report(o->report, o->input, &skips);
+        status = MT_FAIL(MT_ERR_FORMAT, "%s: nothing packed: all %zu file(s) were skipped (reasons "
+                         "above%s%s)", o->input, skips.count, o->report ? ", report in " : "",
+                         o->report ? o->report : "");
+        goto done;
+    }
+
+    /* Metadata, sync, report, then publish by rename. */
+    for (int s = 0; s < split_count && status == MT_OK; s++) {
+        split_db *db = &dbs[s];
+        char *text = NULL;
+        size_t bytes = 0;
+        mt_dataset_meta meta = {.version = MT_META_VERSION, .record_count = db->records,
+                                .height = o->size, .width = o->size, .channels = 3,
+                                .encoding = o->encoded ? MT_ENCODING_JPEG : MT_ENCODING_RAW,
+                                .class_count = in.class_count, .class_names = in.class_names,
+                                .class_counts = db->class_counts, .split = (char *)db->name,
+                                .options = options_line};
+        double n = (double)db->records * o->size * o->size;
+        for (int c = 0; c < 3 && n > 0; c++) {
+            double mean = (double)db->sum[c] / n;
+            double var = (double)db->sumsq[c] / n - mean * mean;
+            meta.mean[c] = mean;
+            meta.std[c] = var > 0 ? sqrt(var) : 0;
+        }
+        status = mt_meta_format(&meta, &text, &bytes);
+        if (status == MT_OK) status = db_add(db, MT_META_KEY, text, bytes);
+        free(text);
+        if (status == MT_OK) status = db_flush(db);
+        if (status == MT_OK) {
+            int rc = mdb_env_sync(db->env, 1);
+            if (rc != MDB_SUCCESS) status = LMDB_FAIL(rc, "mdb_env_sync", db->path);
+        }
+    }
+    if (status != MT_OK) goto done;
+    for (int s = 0; s < split_count; s++) db_close(&dbs[s]);
+    char report[8192];
+    snprintf(report, sizeof report, "%s/skipped.txt", temp);
+    status = write_report(o->report ? o->report : report, o->input, &skips);
+    for (int s = 0; s < split_count && status == MT_OK; s++) status = sync_path(dbs[s].path);
+    if (status == MT_OK) status = sync_path(temp);
+    if (status != MT_OK) goto done;
+    if (stat(o->output, &st) == 0) {
+        /* --force: move the old one aside first, so OUT is never half old, half new. */
+        char old[8192];
+        snprintf(old, sizeof old, "%s.old-%ld", o->output, (long)getpid());
+        if (rename(o->output, old) != 0) {
+            status = MT_FAIL(MT_ERR_IO, "%s: cannot move the existing output aside: %s",
+                             o->output, strerror(errno));
+            goto done;
+        }
+        if (rename(temp, o->output) != 0) {
+            status = MT_FAIL(MT_ERR_IO, "%s: cannot rename %s into place: %s", o->output, temp,
+                             strerror(errno));
+            rename(old, o->output);
+            goto done;
+        }
+        pack_remove_tree(old);
+    } else if (rename(temp, o->output) != 0) {
+        status = MT_FAIL(MT_ERR_IO, "%s: cannot rename %s into place: %s", o->output, temp,
+                         strerror(errno));
+        goto done;
+    }
+    published = true;
+    char *parent = parent_of(o->output);
+    if (parent) {
+        sync_path(parent);
+        free(parent);
+    }
+
+    double seconds = now_seconds() - start;
+    printf("mobiletune-pack: packed %zu image(s), skipped %zu;", packed, skips.count);
+    for (int s = 0; s < split_count; s++)
+        printf(" %s %llu%s", dbs[s].name, (unsigned long long)dbs[s].records,
+               s + 1 < split_count ? "," : ";");
+    printf(" %.1f s, %.1f img/s, %d thread(s) -> %s (skip report: %s%s)\n", seconds,
+           seconds > 0 ? packed / seconds : 0.0, workers, o->output,
+           o->report ? o->report : o->output, o->report ? "" : "/skipped.txt");
+    fflush(stdout);
+    (void)decode_skips;
+
+done:
+    if (started > 0) {
+        pthread_mutex_lock(&p.mutex);
+        p.stop = true;
+        pthread_cond_broadcast(&p.free_cond);
+        pthread_mutex_unlock(&p.mutex);
+        for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    }
+    for (int s = 0; dbs && s < split_count; s++) db_close(&dbs[s]);
+    if (temp_made && !published) pack_remove_tree(temp);
+    for (size_t i = 0; slots && i < slot_count; i++) free(slots[i].record);
+    for (int i = 0; states && i < workers; i++) {
+        free(states[i].file);
+        free(states[i].pixels);
+    }
+    pthread_mutex_destroy(&p.mutex);
+    pthread_cond_destroy(&p.ready_cond);
+    pthread_cond_destroy(&p.free_cond);
+    skip_list_free(&skips);
+    free(dbs);
+    free(jobs);
+    free(slots);
+    free(states);
+    free(threads);
+    free(temp);
+    free(options_line);
+    pack_input_free(&in);
+    return status;
+}

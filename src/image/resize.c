@@ -1,0 +1,128 @@
+/* The square resize of the packer and of `predict`: bilinear on half-pixel centres, the arithmetic
+ * of tf.image.resize(method='bilinear', antialias=False) that the Keras tutorial's
+ * image_dataset_from_directory applies, in three framings (stretch, center-crop, pad). The result
+ * is rounded to uint8 (TensorFlow keeps float32; the difference is at most 0.5). */
+#include "mobiletune/image.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* For each output coordinate along one axis: the two source indices and the weight of the
+ * second, exactly as TensorFlow's compute_interpolation_weights with half_pixel_centers. */
+typedef struct axis_tap {
+    int lo, hi;
+    float frac;
+} axis_tap;
+
+/* `count` taps for output coordinates offset..offset+count-1 of an axis resized from `in_size`
+ * to `out_size` (offset > 0 when a crop drops the first rows or columns). */
+static void axis_taps(int in_size, int out_size, int offset, int count, axis_tap *taps) {
+    float scale = (float)in_size / (float)out_size;
+    for (int i = 0; i < count; i++) {
+        float in = ((float)(i + offset) + 0.5f) * scale - 0.5f;
+        float in_floor = floorf(in);
+        int lo = (int)in_floor, hi = (int)ceilf(in);
+        taps[i].frac = in - in_floor;
+        taps[i].lo = lo < 0 ? 0 : lo;
+        taps[i].hi = hi > in_size - 1 ? in_size - 1 : hi;
+    }
+}
+
+/* round(a * b / c) for positive integers, half away from zero, without overflow for our sizes. */
+static int scaled_round(int a, int b, int c) {
+    long long v = ((long long)a * b * 2 + c) / ((long long)c * 2);
+    return v < 1 ? 1 : (int)v;
+}
+
+/* Resize src to rw x rh and write the window starting at (ox, oy) of that resized image, cw x ch
+ * pixels, to dst at (dx, dy) of a `size`-wide canvas. */
+static mt_status resize_window(const mt_image *src, int rw, int rh, int ox, int oy, int cw, int ch,
+                               uint8_t *dst, int size, int dx, int dy) {
+    axis_tap *xt = malloc(sizeof(axis_tap) * (size_t)cw);
+    axis_tap *yt = malloc(sizeof(axis_tap) * (size_t)ch);
+    if (!xt || !yt) {
+        free(xt);
+        free(yt);
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory resizing %dx%d", src->width, src->height);
+    }
+    axis_taps(src->width, rw, ox, cw, xt);
+    axis_taps(src->height, rh, oy, ch, yt);
+    const uint8_t *in = src->pixels;
+    size_t in_stride = (size_t)src->width * 3;
+    for (int y = 0; y < ch; y++) {
+        const uint8_t *top = in + (size_t)yt[y].lo * in_stride;
+        const uint8_t *bottom = in + (size_t)yt[y].hi * in_stride;
+        float fy = yt[y].frac;
+        uint8_t *row = dst + ((size_t)(dy + y) * size + dx) * 3;
+        for (int x = 0; x < cw; x++) {
+            size_t l = (size_t)xt[x].lo * 3, r = (size_t)xt[x].hi * 3;
+            float fx = xt[x].frac;
+            for (int c = 0; c < 3; c++) {
+                float t = top[l + c] + (top[r + c] - top[l + c]) * fx;
+                float b = bottom[l + c] + (bottom[r + c] - bottom[l + c]) * fx;
+                float v = t + (b - t) * fy;
+                int q = (int)(v + 0.5f);
+                row[x * 3 + c] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+            }
+        }
+    }
+    free(xt);
+    free(yt);
+    return MT_OK;
+}
+
+mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, uint8_t *dst) {
+    if (!src || !src->pixels || src->width <= 0 || src->height <= 0)
+        return MT_FAIL(MT_ERR_INVALID, "mt_image_resize: empty source image");
+    if (size <= 0 || size > 65535)
+        return MT_FAIL(MT_ERR_INVALID, "mt_image_resize: size %d out of range 1..65535", size);
+    int w = src->width, h = src->height;
+    switch (mode) {
+    case MT_RESIZE_STRETCH: return resize_window(src, size, size, 0, 0, size, size, dst, size, 0, 0);
+    case MT_RESIZE_CENTER_CROP: {
+        /* Short side to `size`, long side scaled by the same ratio (rounded), centre window. */
+        int rw = w <= h ? size : scaled_round(w, size, h);
+        int rh = w <= h ? scaled_round(h, size, w) : size;
+        return resize_window(src, rw, rh, (rw - size) / 2, (rh - size) / 2, size, size, dst, size,
+                             0, 0);
+    }
+    case MT_RESIZE_PAD: {
+        /* Long side to `size`, short side by the same ratio (rounded, at least 1), centred on black. */
+        int rw = w >= h ? size : scaled_round(w, size, h);
+        int rh = w >= h ? scaled_round(h, size, w) : size;
+        if (rw > size) rw = size;
+        if (rh > size) rh = size;
+        memset(dst, 0, (size_t)size * size * 3);
+        return resize_window(src, rw, rh, 0, 0, rw, rh, dst, size, (size - rw) / 2,
+                             (size - rh) / 2);
+    }
+    }
+    return MT_FAIL(MT_ERR_INVALID, "mt_image_resize: unknown resize mode %d", (int)mode);
+}
+
+mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out) {
+    static const struct {
+        const char *name;
+        mt_resize_mode mode;
+    } modes[] = {{"stretch", MT_RESIZE_STRETCH},
+                 {"center-crop", MT_RESIZE_CENTER_CROP},
+                 {"pad", MT_RESIZE_PAD}};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        if (text && strcmp(text, modes[i].name) == 0) {
+            *out = modes[i].mode;
+            return MT_OK;
+        }
+    }
+    return MT_FAIL(MT_ERR_INVALID, "unknown resize mode '%s': use stretch, center-crop or pad",
+                   text ? text : "(null)");
+}
+
+const char *mt_resize_mode_name(mt_resize_mode mode) {
+    switch (mode) {
+    case MT_RESIZE_STRETCH: return "stretch";
+    case MT_RESIZE_CENTER_CROP: return "center-crop";
+    case MT_RESIZE_PAD: return "pad";
+    }
+    return "unknown";
+}
