@@ -1,0 +1,144 @@
+/* Reading a packed dataset (record.h, docs/formats.md): random access for eval/predict/features,
+ * and the sharded, prefetching batch loader the trainer runs on each rank.
+ *
+ * Everything read from the database is validated before use (metadata, record header, sizes,
+ * CRC, label < class count, image size == the metadata's): a corrupt or hostile database gives
+ * MT_ERR_FORMAT naming the record key, never a crash or an out-of-bounds read.
+ *
+ * Sharding (docs/formats.md has the worked rule): every epoch uses a global permutation of the N
+ * records drawn from (seed, epoch) alone, so every rank computes the same one without talking.
+ * Global step s takes permutation positions [s*W*B, (s+1)*W*B) (W ranks, B per-rank batch size);
+ * rank r gets positions s*W*B + r*B + i, i < B.
+ *   drop_remainder (training):  steps = floor(N / (W*B)); the N mod (W*B) samples at the end of
+ *                               the permutation are skipped this epoch (others next epoch).
+ *   !drop_remainder (evaluation): steps = ceil(N / (W*B)); positions >= N are padding (label -1,
+ *                               zero pixels), counted out of mt_batch.valid; every sample is seen
+ *                               exactly once across ranks and every rank has `steps` batches.
+ * Random flips are decided by a hash of (seed, epoch, record index), so the output is identical
+ * whatever the thread count or ring depth. */
+#ifndef MOBILETUNE_LOADER_H
+#define MOBILETUNE_LOADER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mobiletune/record.h"
+#include "mobiletune/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- random access --------------------------------------------------------------------------- */
+
+/* An open packed dataset. Opened read-only (MDB_RDONLY); when the folder is not writable (a
+ * read-only mount, another user's files) also MDB_NOLOCK, which is safe because a packed dataset
+ * is never written after mobiletune-pack renames it into place. */
+typedef struct mt_dataset mt_dataset;
+
+/* Open the LMDB folder `path`, check that data.mdb is complete (not truncated), read and
+ * validate the metadata and check the entry count against it. */
+mt_status mt_dataset_open(const char *path, mt_dataset **out);
+void mt_dataset_close(mt_dataset *dataset);
+
+const mt_dataset_meta *mt_dataset_meta_get(const mt_dataset *dataset);
+uint64_t mt_dataset_count(const mt_dataset *dataset);
+
+/* Record `index` as uint8 RGB pixels (pixels: H,W,3 with H, W from the metadata; JPEG records are
+ * decoded), its label, and its source name copied NUL-terminated into name[name_capacity]
+ * (truncated to fit; name may be NULL). Not thread-safe on one mt_dataset: open one per thread. */
+mt_status mt_dataset_get(mt_dataset *dataset, uint64_t index, uint8_t *pixels, int32_t *label,
+                         char *name, size_t name_capacity);
+
+/* ---- sharding arithmetic (pure; the loader uses exactly these) ------------------------------ */
+
+/* Batches per rank per epoch: floor(N / (W*B)) with drop_remainder, ceil(N / (W*B)) without. */
+uint64_t mt_shard_batch_count(uint64_t record_count, int world_size, int batch_size,
+                              bool drop_remainder);
+
+/* The epoch's global permutation: perm[position] = record index, for positions 0..n-1. Identity
+ * when !shuffle. Deterministic in (seed, epoch) on every platform. */
+void mt_shard_permutation(uint64_t n, uint64_t seed, uint64_t epoch, bool shuffle,
+                          uint64_t *perm);
+
+/* The permutation position of slot `slot` of rank `rank`'s batch `batch_index`, or UINT64_MAX when
+ * that slot is padding (only without drop_remainder). */
+uint64_t mt_shard_position(uint64_t record_count, int rank, int world_size, int batch_size,
+                           uint64_t batch_index, int slot);
+
+/* Whether record `index` is flipped horizontally in `epoch` (when random_flip is on). */
+bool mt_shard_flip(uint64_t seed, uint64_t epoch, uint64_t index);
+
+/* ---- the batch loader ------------------------------------------------------------------------ */
+
+typedef enum mt_loader_output {
+    MT_LOADER_FLOAT32 = 0, /* x/127.5 - 1 in float32: Keras mobilenet_v2.preprocess_input */
+    MT_LOADER_UINT8 = 1,   /* the stored pixels */
+} mt_loader_output;
+
+/* Where batch image buffers come from (e.g. cudaHostAlloc'd pinned memory). alloc returns a
+ * buffer of `bytes` (aligned for float) or NULL; free gives it back. Called only from
+ * mt_loader_open / mt_loader_close, ring_depth times each. NULL functions: malloc/free. */
+typedef struct mt_loader_allocator {
+    void *(*alloc)(size_t bytes, void *user);
+    void (*free)(void *buffer, size_t bytes, void *user);
+    void *user;
+} mt_loader_allocator;
+
+typedef struct mt_loader_options {
+    int rank, world_size;  /* this rank and the number of ranks: 0 and 1 for one process */
+    int batch_size;        /* per rank */
+    uint64_t seed;
+    bool shuffle;          /* a fresh permutation every epoch (false: record order) */
+    bool drop_remainder;   /* training: true; evaluation: false (pad, see above) */
+    bool random_flip;      /* horizontal flip of half the samples, seeded per (epoch, record) */
+    int threads;           /* background prefetch threads; 0 fills batches inside next() */
+    int ring_depth;        /* batches buffered ahead (>= 1; 0 means the default, 4) */
+    mt_loader_output output;
+    mt_loader_allocator allocator;
+} mt_loader_options;
+
+/* One batch. Owned by the loader; valid until mt_loader_release(). */
+typedef struct mt_batch {
+    uint64_t epoch, index; /* index: this rank's batch number within the epoch */
+    int size;              /* batch_size: the slots filled below */
+    int valid;             /* real samples (the first `valid` slots); the rest is padding */
+    int height, width, channels;
+    mt_loader_output output;
+    void *images;          /* images: size,H,W,C (NHWC) float32 or uint8 */
+    int32_t *labels;       /* [size]; -1 for padding */
+    uint64_t *records;     /* [size] record index per slot; UINT64_MAX for padding */
+} mt_batch;
+
+typedef struct mt_loader mt_loader;
+
+/* Open `path` (as mt_dataset_open does), allocate the ring and start the threads (idle until
+ * mt_loader_start_epoch). Fails with MT_ERR_INVALID on bad options, including a training epoch
+ * that would be empty (N < world_size * batch_size with drop_remainder). */
+mt_status mt_loader_open(const char *path, const mt_loader_options *options, mt_loader **out);
+
+/* Stop the threads and free everything. Safe with batches still held (they become invalid). */
+void mt_loader_close(mt_loader *loader);
+
+const mt_dataset_meta *mt_loader_meta(const mt_loader *loader);
+
+/* mt_shard_batch_count() for this loader's dataset and options. */
+uint64_t mt_loader_batch_count(const mt_loader *loader);
+
+/* Begin (or restart) epoch `epoch` at this rank's batch `start_batch` (0, or a checkpoint's batch
+ * index to resume). Every held batch must have been released. Prefetching starts here. */
+mt_status mt_loader_start_epoch(mt_loader *loader, uint64_t epoch, uint64_t start_batch);
+
+/* The next batch of the epoch, in order, blocking until it is ready. MT_END after the last one.
+ * A failure in a prefetch thread (a corrupt record: the message names its key) is returned by the
+ * next call, and by every later call until the next mt_loader_start_epoch. */
+mt_status mt_loader_next(mt_loader *loader, mt_batch **out);
+
+/* Give a batch's buffer back to the ring. Batches may be released in any order. */
+void mt_loader_release(mt_loader *loader, mt_batch *batch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,69 @@
+/* The sharding arithmetic of the loader (the rule is in loader.h and docs/formats.md): pure
+ * functions of (seed, epoch, counts) so that every rank derives the same permutation without
+ * communicating, and so that tests can check the exactly-once property without a database. */
+#include "mobiletune/loader.h"
+
+/* splitmix64's output function: a bijective 64-bit mixer with full avalanche. Fixed-width integer
+ * arithmetic only, so every platform produces the same sequence. */
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+typedef struct rng {
+    uint64_t state;
+} rng;
+
+static uint64_t rng_next(rng *r) {
+    r->state += 0x9E3779B97F4A7C15ull;
+    return mix64(r->state);
+}
+
+/* Uniform in [0, bound) without modulo bias: reject the short top range. */
+static uint64_t rng_below(rng *r, uint64_t bound) {
+    uint64_t threshold = (0 - bound) % bound; /* 2^64 mod bound */
+    for (;;) {
+        uint64_t x = rng_next(r);
+        if (x >= threshold) return x % bound;
+    }
+}
+
+/* Distinct streams per purpose, so the flip of record i is unrelated to where it lands. */
+enum { STREAM_PERMUTATION = 1, STREAM_FLIP = 2 };
+
+static uint64_t stream_seed(uint64_t seed, uint64_t epoch, uint64_t stream) {
+    return mix64(mix64(seed ^ mix64(stream)) + epoch);
+}
+
+uint64_t mt_shard_batch_count(uint64_t record_count, int world_size, int batch_size,
+                              bool drop_remainder) {
+    if (world_size < 1 || batch_size < 1) return 0;
+    uint64_t per_step = (uint64_t)world_size * (uint64_t)batch_size;
+    return drop_remainder ? record_count / per_step : (record_count + per_step - 1) / per_step;
+}
+
+void mt_shard_permutation(uint64_t n, uint64_t seed, uint64_t epoch, bool shuffle,
+                          uint64_t *perm) {
+    for (uint64_t i = 0; i < n; i++) perm[i] = i;
+    if (!shuffle || n < 2) return;
+    rng r = {stream_seed(seed, epoch, STREAM_PERMUTATION)};
+    /* Fisher-Yates, from the end. */
+    for (uint64_t i = n - 1; i > 0; i--) {
+        uint64_t j = rng_below(&r, i + 1);
+        uint64_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+uint64_t mt_shard_position(uint64_t record_count, int rank, int world_size, int batch_size,
+                           uint64_t batch_index, int slot) {
+    uint64_t position = (batch_index * (uint64_t)world_size + (uint64_t)rank) *
+                            (uint64_t)batch_size + (uint64_t)slot;
+    return position < record_count ? position : UINT64_MAX;
+}
+
+bool mt_shard_flip(uint64_t seed, uint64_t epoch, uint64_t index) {
+    return (mix64(stream_seed(seed, epoch, STREAM_FLIP) ^ mix64(index)) >> 63) != 0;
+}
