@@ -1,0 +1,752 @@
+/* Every op of one backend, forward and backward, against the reference backend on small random
+ * shapes: stride 2 with TF's asymmetric padding, odd and even sizes, channel counts that are not
+ * multiples of 8 or 16 (3, 17, 24, 40), batch 1 and 4, and the in-place calls the model makes.
+ *
+ *     test_ops_backend_vs_reference BACKEND [FILTER]
+ *
+ * runs the cases whose name contains FILTER (e.g. "depthwise", "batchnorm", "3x3/2"). Tensors
+ * cross into each backend with tensor_from_nhwc and come back with tensor_to_nhwc, so backends
+ * with their own layouts are compared on the same NHWC values; buffers go through upload and
+ * download. "cuda" skips (exit 77) when it is not compiled in or no device answers.
+ *
+ * Tolerances, as max|got - want| <= tol * max(|want|) per output array (1 when want is all zero):
+ *   convolution and depthwise (all three passes)         1e-4   (summation order, Winograd-free)
+ *   batch norm (y, saved statistics, moving statistics,
+ *               dx, dgamma, dbeta)                        1e-4
+ *   dense, global average pool, losses                    1e-5
+ *   memory, copy, zero, add, relu6, zero pad, dropout     1e-6   (should be exact)
+ *   dropout mask                                          bitwise equal */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mobiletune/ops.h"
+#include "test_util.h"
+
+static const double TOL_CONV = 1e-4, TOL_BN = 1e-4, TOL_DENSE = 1e-5, TOL_POOL = 1e-5,
+                    TOL_LOSS = 1e-5, TOL_EXACT = 1e-6;
+
+/* One backend under test, or the reference. */
+typedef struct side {
+    mt_backend *b;
+    const mt_ops *o;
+} side;
+
+static side REF, DUT;
+static const char *current_case = "";
+
+/* Call an op of a side; on a missing entry or a failure, report and fail the case. */
+#define RUN(s, op, ...)                                                                            \
+    do {                                                                                           \
+        if (!(s).o->op) {                                                                          \
+            fprintf(stderr, "FAIL %s: backend '%s' has no %s\n", current_case, (s).o->name, #op);  \
+            return false;                                                                          \
+        }                                                                                          \
+        mt_status run_status_ = (s).o->op((s).b, __VA_ARGS__);                                     \
+        if (run_status_ != MT_OK) {                                                                \
+            fprintf(stderr, "FAIL %s: %s on '%s': %s: %s\n", current_case, #op, (s).o->name,       \
+                    mt_status_name(run_status_), mt_last_error());                                 \
+            return false;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* The same for ops without arguments beyond the backend. */
+#define RUN0(s, op)                                                                                \
+    do {                                                                                           \
+        mt_status run_status_ = (s).o->op((s).b);                                                  \
+        if (run_status_ != MT_OK) {                                                                \
+            fprintf(stderr, "FAIL %s: %s on '%s': %s: %s\n", current_case, #op, (s).o->name,       \
+                    mt_status_name(run_status_), mt_last_error());                                 \
+            return false;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* ---- host data -------------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+
+static double uniform(double lo, double hi) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return lo + (hi - lo) * (double)(rng_state >> 11) / 9007199254740992.0;
+}
+
+static void *xmalloc(size_t bytes) {
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+static float *random_array(size_t count, double lo, double hi) {
+    float *a = xmalloc(count * sizeof *a);
+    for (size_t i = 0; i < count; i++)
+        a[i] = (float)uniform(lo, hi);
+    return a;
+}
+
+/* ---- moving data in and out of a backend ------------------------------------------------ */
+
+static bool tensor_in(side s, mt_shape4 shape, const float *host, mt_tensor *out) {
+    RUN(s, tensor_alloc, shape, out);
+    if (host) RUN(s, tensor_from_nhwc, host, out);
+    return true;
+}
+
+static bool tensor_out(side s, const mt_tensor *t, float *host) {
+    RUN0(s, synchronize);
+    RUN(s, tensor_to_nhwc, t, host);
+    return true;
+}
+
+static bool buffer_in(side s, const void *host, size_t bytes, void **out) {
+    RUN(s, buffer_alloc, bytes, out);
+    if (host) RUN(s, upload, *out, host, bytes);
+    return true;
+}
+
+static bool buffer_out(side s, const void *dev, void *host, size_t bytes) {
+    RUN0(s, synchronize);
+    RUN(s, download, host, dev, bytes);
+    return true;
+}
+
+/* ---- comparison ------------------------------------------------------------------------- */
+
+static int checks_run = 0;
+
+/* max|got - want| <= tol * scale, scale = max|want| (1 when want is all zero). */
+static bool arrays_agree(const float *got, const float *want, size_t count, double tol,
+                         double *ratio, size_t *worst) {
+    double scale = 0.0, max_diff = 0.0;
+    *worst = 0;
+    bool nan = false;
+    for (size_t i = 0; i < count; i++)
+        scale = fmax(scale, fabs(want[i]));
+    if (scale == 0.0) scale = 1.0;
+    for (size_t i = 0; i < count; i++) {
+        if (isnan(got[i]) || isnan(want[i]) || isinf(got[i])) {
+            nan = true;
+            *worst = i;
+            break;
+        }
+        double d = fabs((double)got[i] - want[i]);
+        if (d > max_diff) max_diff = d, *worst = i;
+    }
+    *ratio = nan ? INFINITY : max_diff / scale;
+    return !nan && max_diff <= tol * scale;
+}
+
+static void compare(const char *what, const float *got, const float *want, size_t count,
+                    double tol) {
+    double ratio;
+    size_t worst;
+    checks_run++;
+    if (arrays_agree(got, want, count, tol, &ratio, &worst)) {
+        printf("ok   %-52s %-22s max|diff|/scale %.1e (tol %.0e)\n", current_case, what, ratio,
+               tol);
+    } else {
+        fprintf(stderr,
+                "FAIL %s %s: max|diff|/scale %.2e > tol %.0e; worst [%zu]: got %.9g, "
+                "reference %.9g (of %zu values)\n",
+                current_case, what, ratio, tol, worst, got[worst], want[worst], count);
+        mt_test_failures++;
+    }
+}
+
+static void compare_bytes(const char *what, const uint8_t *got, const uint8_t *want, size_t count) {
+    size_t bad = 0, first = 0;
+    checks_run++;
+    for (size_t i = 0; i < count; i++)
+        if (got[i] != want[i] && bad++ == 0) first = i;
+    if (bad == 0) {
+        printf("ok   %-52s %-22s bitwise equal\n", current_case, what);
+    } else {
+        fprintf(stderr, "FAIL %s %s: %zu of %zu differ; first [%zu]: got %d, reference %d\n",
+                current_case, what, bad, count, first, got[first], want[first]);
+        mt_test_failures++;
+    }
+}
+
+/* The comparison must be able to fail: a 1e-3 relative error and a NaN are caught at 1e-4. */
+static void check_harness(void) {
+    float want[4] = {1, -2, 3, 0.5f}, got[4];
+    double ratio;
+    size_t worst;
+    memcpy(got, want, sizeof got);
+    CHECK(arrays_agree(got, want, 4, TOL_CONV, &ratio, &worst));
+    got[1] += 3e-3f;
+    CHECK(!arrays_agree(got, want, 4, TOL_CONV, &ratio, &worst) && worst == 1);
+    got[1] = NAN;
+    CHECK(!arrays_agree(got, want, 4, TOL_CONV, &ratio, &worst));
+}
+
+/* ---- memory and elementwise ------------------------------------------------------------- */
+
+enum {
+    MEM_ROUNDTRIP,
+    MEM_BUFFER_ROUNDTRIP,
+    MEM_ZEROED_TENSOR,
+    MEM_ZEROED_BUFFER,
+    MEM_COPY,
+    MEM_CLEARED,
+    MEM_OUTPUTS
+};
+
+static bool memory_on(side s, mt_shape4 shape, const float *x, float *out[MEM_OUTPUTS]) {
+    size_t count = mt_shape4_count(shape), bytes = count * sizeof(float);
+    mt_tensor t, fresh, copy;
+    void *buffer, *fresh_buffer;
+    if (!tensor_in(s, shape, x, &t) || !tensor_out(s, &t, out[MEM_ROUNDTRIP])) return false;
+    if (!tensor_in(s, shape, NULL, &fresh) || !tensor_out(s, &fresh, out[MEM_ZEROED_TENSOR]))
+        return false;
+    if (!buffer_in(s, x, bytes, &buffer) ||
+        !buffer_out(s, buffer, out[MEM_BUFFER_ROUNDTRIP], bytes))
+        return false;
+    if (!buffer_in(s, NULL, bytes, &fresh_buffer) ||
+        !buffer_out(s, fresh_buffer, out[MEM_ZEROED_BUFFER], bytes))
+        return false;
+    if (!tensor_in(s, shape, NULL, &copy)) return false;
+    RUN(s, tensor_copy, &t, &copy);
+    if (!tensor_out(s, &copy, out[MEM_COPY])) return false;
+    RUN(s, tensor_zero, &copy);
+    if (!tensor_out(s, &copy, out[MEM_CLEARED])) return false;
+    s.o->tensor_free(s.b, &t), s.o->tensor_free(s.b, &fresh), s.o->tensor_free(s.b, &copy);
+    s.o->buffer_free(s.b, buffer), s.o->buffer_free(s.b, fresh_buffer);
+    return true;
+}
+
+static void case_memory(mt_shape4 shape) {
+    size_t count = mt_shape4_count(shape);
+    float *x = random_array(count, -1, 1);
+    float *r[2][MEM_OUTPUTS];
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < MEM_OUTPUTS; i++)
+            r[k][i] = xmalloc(count * 4);
+    if (memory_on(REF, shape, x, r[0]) && memory_on(DUT, shape, x, r[1])) {
+        /* against the input itself, not only the reference; all exact */
+        compare("from/to_nhwc", r[1][MEM_ROUNDTRIP], x, count, 0);
+        compare("upload/download", r[1][MEM_BUFFER_ROUNDTRIP], x, count, 0);
+        compare("tensor_alloc zeroed", r[1][MEM_ZEROED_TENSOR], r[0][MEM_ZEROED_TENSOR], count, 0);
+        compare("buffer_alloc zeroed", r[1][MEM_ZEROED_BUFFER], r[0][MEM_ZEROED_BUFFER], count, 0);
+        compare("tensor_copy", r[1][MEM_COPY], x, count, 0);
+        compare("tensor_zero", r[1][MEM_CLEARED], r[0][MEM_CLEARED], count, 0);
+    } else {
+        mt_test_failures++;
+    }
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < MEM_OUTPUTS; i++)
+            free(r[k][i]);
+    free(x);
+}
+
+enum { EL_SUM, EL_SUM_INPLACE, EL_RELU, EL_RELU_INPLACE, EL_DRELU, EL_DRELU_INPLACE, EL_OUTPUTS };
+static const char *const el_names[EL_OUTPUTS] = {"add",
+                                                 "add (y = a)",
+                                                 "relu6_forward",
+                                                 "relu6_forward (y = x)",
+                                                 "relu6_backward",
+                                                 "relu6_backward(dx=dy)"};
+
+static bool elementwise_on(side s, mt_shape4 shape, const float *a, const float *b, const float *dy,
+                           float *out[EL_OUTPUTS]) {
+    mt_tensor ta, tb, ty, tdy, tdx;
+    if (!tensor_in(s, shape, a, &ta) || !tensor_in(s, shape, b, &tb) ||
+        !tensor_in(s, shape, NULL, &ty) || !tensor_in(s, shape, dy, &tdy) ||
+        !tensor_in(s, shape, NULL, &tdx))
+        return false;
+    RUN(s, add, &ta, &tb, &ty);
+    if (!tensor_out(s, &ty, out[EL_SUM])) return false;
+    RUN(s, relu6_forward, &ta, &ty);
+    if (!tensor_out(s, &ty, out[EL_RELU])) return false;
+    RUN(s, relu6_backward, &ty, &tdy, &tdx);
+    if (!tensor_out(s, &tdx, out[EL_DRELU])) return false;
+    /* the in-place forms the model uses: gradients summed into a, relu6 on its input, relu6's
+     * gradient over dy */
+    RUN(s, relu6_backward, &ty, &tdy, &tdy);
+    if (!tensor_out(s, &tdy, out[EL_DRELU_INPLACE])) return false;
+    RUN(s, add, &ta, &tb, &ta);
+    if (!tensor_out(s, &ta, out[EL_SUM_INPLACE])) return false;
+    RUN(s, relu6_forward, &tb, &tb);
+    if (!tensor_out(s, &tb, out[EL_RELU_INPLACE])) return false;
+    s.o->tensor_free(s.b, &ta), s.o->tensor_free(s.b, &tb), s.o->tensor_free(s.b, &ty);
+    s.o->tensor_free(s.b, &tdy), s.o->tensor_free(s.b, &tdx);
+    return true;
+}
+
+static void case_elementwise(mt_shape4 shape) {
+    size_t count = mt_shape4_count(shape);
+    /* inputs across both kinks of relu6, including exact 0 and 6 */
+    float *a = random_array(count, -3, 9), *b = random_array(count, -3, 9);
+    float *dy = random_array(count, -1, 1);
+    a[0] = 0.0f, a[count - 1] = 6.0f;
+    float *r[2][EL_OUTPUTS];
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < EL_OUTPUTS; i++)
+            r[k][i] = xmalloc(count * 4);
+    if (elementwise_on(REF, shape, a, b, dy, r[0]) && elementwise_on(DUT, shape, a, b, dy, r[1])) {
+        for (int i = 0; i < EL_OUTPUTS; i++)
+            compare(el_names[i], r[1][i], r[0][i], count, TOL_EXACT);
+    } else {
+        mt_test_failures++;
+    }
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < EL_OUTPUTS; i++)
+            free(r[k][i]);
+    free(a), free(b), free(dy);
+}
+
+/* ---- convolution ------------------------------------------------------------------------ */
+
+static bool conv_on(side s, const mt_conv_desc *d, const float *x, const float *w, const float *dy,
+                    float *y_out, float *dx_out, float *dw_out) {
+    mt_shape4 os = mt_conv_output_shape(d);
+    size_t wbytes = (size_t)d->kernel * d->kernel * d->input.c *
+                    (d->depthwise ? 1 : d->out_channels) * sizeof(float);
+    mt_tensor tx, ty, tdy, tdx;
+    void *bw, *bdw;
+    if (!tensor_in(s, d->input, x, &tx) || !tensor_in(s, os, NULL, &ty) ||
+        !tensor_in(s, os, dy, &tdy) || !tensor_in(s, d->input, NULL, &tdx) ||
+        !buffer_in(s, w, wbytes, &bw) || !buffer_in(s, NULL, wbytes, &bdw))
+        return false;
+    RUN(s, conv_forward, d, &tx, bw, &ty);
+    RUN(s, conv_backward_data, d, &tdy, bw, &tdx);
+    RUN(s, conv_backward_weights, d, &tx, &tdy, bdw);
+    if (!tensor_out(s, &ty, y_out) || !tensor_out(s, &tdx, dx_out) ||
+        !buffer_out(s, bdw, dw_out, wbytes))
+        return false;
+    s.o->tensor_free(s.b, &tx), s.o->tensor_free(s.b, &ty), s.o->tensor_free(s.b, &tdy);
+    s.o->tensor_free(s.b, &tdx), s.o->buffer_free(s.b, bw), s.o->buffer_free(s.b, bdw);
+    return true;
+}
+
+/* SAME padding unless `valid` (Keras' stride-2 blocks pad explicitly, then convolve VALID). */
+static void case_conv(int n, int size, int cin, int cout, int kernel, int stride, bool depthwise,
+                      bool valid) {
+    int pt = 0, pb = 0, pl = 0, pr = 0;
+    if (!valid) {
+        mt_same_padding(size, kernel, stride, &pt, &pb);
+        mt_same_padding(size, kernel, stride, &pl, &pr);
+    }
+    mt_conv_desc d = {.input = {n, size, size, cin},
+                      .out_channels = depthwise ? cin : cout,
+                      .kernel = kernel,
+                      .stride = stride,
+                      .pad_top = pt,
+                      .pad_left = pl,
+                      .pad_bottom = pb,
+                      .pad_right = pr,
+                      .depthwise = depthwise};
+    mt_shape4 os = mt_conv_output_shape(&d);
+    size_t nx = mt_shape4_count(d.input), ny = mt_shape4_count(os);
+    size_t nw = (size_t)kernel * kernel * cin * (depthwise ? 1 : cout);
+    float *x = random_array(nx, -1, 1), *w = random_array(nw, -0.5, 0.5);
+    float *dy = random_array(ny, -1, 1);
+    float *y[2] = {xmalloc(ny * 4), xmalloc(ny * 4)}, *dx[2] = {xmalloc(nx * 4), xmalloc(nx * 4)};
+    float *dw[2] = {xmalloc(nw * 4), xmalloc(nw * 4)};
+    if (conv_on(REF, &d, x, w, dy, y[0], dx[0], dw[0]) &&
+        conv_on(DUT, &d, x, w, dy, y[1], dx[1], dw[1])) {
+        compare("conv_forward", y[1], y[0], ny, TOL_CONV);
+        compare("conv_backward_data", dx[1], dx[0], nx, TOL_CONV);
+        compare("conv_backward_weights", dw[1], dw[0], nw, TOL_CONV);
+    } else {
+        mt_test_failures++;
+    }
+    for (int k = 0; k < 2; k++)
+        free(y[k]), free(dx[k]), free(dw[k]);
+    free(x), free(w), free(dy);
+}
+
+/* ---- batch normalization ---------------------------------------------------------------- */
+
+enum {
+    BN_Y,
+    BN_SAVED_MEAN,
+    BN_SAVED_INV_STD,
+    BN_MOVING_MEAN,
+    BN_MOVING_VAR,
+    BN_DX,
+    BN_DGAMMA,
+    BN_DBETA,
+    BN_DX_FROZEN,
+    BN_Y_INF,
+    BN_Y_INF_INPLACE,
+    BN_DX_INF,
+    BN_DGAMMA_INF,
+    BN_DBETA_INF,
+    BN_DGAMMA_INF_NODX,
+    BN_OUTPUTS
+};
+static const char *const bn_names[BN_OUTPUTS] = {
+    "bn_fwd_training y",     "bn_fwd_training mean",  "bn_fwd_training istd",
+    "bn moving_mean",        "bn moving_variance",    "bn_bwd_training dx",
+    "bn_bwd_training dgam",  "bn_bwd_training dbeta", "bn_bwd_training dx/N",
+    "bn_fwd_inference y",    "bn_fwd_inference y=x",  "bn_bwd_inference dx",
+    "bn_bwd_inference dgam", "bn_bwd_inference dbet", "bn_bwd_inf dgam/noDx",
+};
+
+/* p: gamma, beta, moving mean, moving variance ([C] each, host) */
+static bool batchnorm_on(side s, const mt_batchnorm_desc *d, const float *x, const float *dy,
+                         float *const p[4], float *out[BN_OUTPUTS]) {
+    const size_t cb = (size_t)d->shape.c * sizeof(float);
+    mt_tensor tx, ty, tdy, tdx;
+    void *g, *be, *mm, *mv, *sm, *si, *dg, *db;
+    if (!tensor_in(s, d->shape, x, &tx) || !tensor_in(s, d->shape, NULL, &ty) ||
+        !tensor_in(s, d->shape, dy, &tdy) || !tensor_in(s, d->shape, NULL, &tdx) ||
+        !buffer_in(s, p[0], cb, &g) || !buffer_in(s, p[1], cb, &be) ||
+        !buffer_in(s, p[2], cb, &mm) || !buffer_in(s, p[3], cb, &mv) ||
+        !buffer_in(s, NULL, cb, &sm) || !buffer_in(s, NULL, cb, &si) ||
+        !buffer_in(s, NULL, cb, &dg) || !buffer_in(s, NULL, cb, &db))
+        return false;
+    /* training: forward, then backward with and without parameter gradients */
+    RUN(s, batchnorm_forward_training, d, &tx, g, be, mm, mv, &ty, sm, si);
+    if (!tensor_out(s, &ty, out[BN_Y]) || !buffer_out(s, sm, out[BN_SAVED_MEAN], cb) ||
+        !buffer_out(s, si, out[BN_SAVED_INV_STD], cb) ||
+        !buffer_out(s, mm, out[BN_MOVING_MEAN], cb) || !buffer_out(s, mv, out[BN_MOVING_VAR], cb))
+        return false;
+    RUN(s, batchnorm_backward_training, d, &tx, &tdy, g, sm, si, &tdx, dg, db);
+    if (!tensor_out(s, &tdx, out[BN_DX]) || !buffer_out(s, dg, out[BN_DGAMMA], cb) ||
+        !buffer_out(s, db, out[BN_DBETA], cb))
+        return false;
+    RUN(s, tensor_zero, &tdx);
+    RUN(s, batchnorm_backward_training, d, &tx, &tdy, g, sm, si, &tdx, NULL, NULL);
+    if (!tensor_out(s, &tdx, out[BN_DX_FROZEN])) return false;
+    /* inference with the moving statistics just updated */
+    RUN(s, batchnorm_forward_inference, d, &tx, g, be, mm, mv, &ty);
+    if (!tensor_out(s, &ty, out[BN_Y_INF])) return false;
+    RUN(s, batchnorm_backward_inference, d, &tx, &tdy, g, mm, mv, &tdx, dg, db);
+    if (!tensor_out(s, &tdx, out[BN_DX_INF]) || !buffer_out(s, dg, out[BN_DGAMMA_INF], cb) ||
+        !buffer_out(s, db, out[BN_DBETA_INF], cb))
+        return false;
+    s.o->buffer_free(s.b, dg);
+    if (!buffer_in(s, NULL, cb, &dg)) return false;
+    RUN(s, batchnorm_backward_inference, d, &tx, &tdy, g, mm, mv, NULL, dg, NULL);
+    if (!buffer_out(s, dg, out[BN_DGAMMA_INF_NODX], cb)) return false;
+    RUN(s, batchnorm_forward_inference, d, &tx, g, be, mm, mv, &tx); /* y = x */
+    if (!tensor_out(s, &tx, out[BN_Y_INF_INPLACE])) return false;
+    s.o->tensor_free(s.b, &tx), s.o->tensor_free(s.b, &ty), s.o->tensor_free(s.b, &tdy);
+    s.o->tensor_free(s.b, &tdx);
+    void *buffers[] = {g, be, mm, mv, sm, si, dg, db};
+    for (int i = 0; i < 8; i++)
+        s.o->buffer_free(s.b, buffers[i]);
+    return true;
+}
+
+static void case_batchnorm(mt_shape4 shape) {
+    const int C = shape.c;
+    size_t count = mt_shape4_count(shape);
+    mt_batchnorm_desc d = {.shape = shape, .epsilon = 1e-3f, .momentum = 0.999f};
+    /* channel means away from 0, as after a conv; a few small variances make eps matter */
+    float *x = random_array(count, -1, 3), *dy = random_array(count, -1, 1);
+    for (size_t i = 0; i < count; i += 7)
+        x[i] *= 0.01f;
+    float *p[4] = {random_array(C, 0.5, 1.5), random_array(C, -0.5, 0.5), random_array(C, -1, 1),
+                   random_array(C, 0.2, 2)};
+    float *out[2][BN_OUTPUTS];
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < BN_OUTPUTS; i++)
+            out[k][i] = xmalloc(count * sizeof(float));
+    if (batchnorm_on(REF, &d, x, dy, p, out[0]) && batchnorm_on(DUT, &d, x, dy, p, out[1])) {
+        for (int i = 0; i < BN_OUTPUTS; i++) {
+            bool per_channel = i == BN_SAVED_MEAN || i == BN_SAVED_INV_STD || i == BN_MOVING_MEAN ||
+                               i == BN_MOVING_VAR || i == BN_DGAMMA || i == BN_DBETA ||
+                               i == BN_DGAMMA_INF || i == BN_DBETA_INF || i == BN_DGAMMA_INF_NODX;
+            compare(bn_names[i], out[1][i], out[0][i], per_channel ? (size_t)C : count, TOL_BN);
+        }
+    } else {
+        mt_test_failures++;
+    }
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < BN_OUTPUTS; i++)
+            free(out[k][i]);
+    for (int i = 0; i < 4; i++)
+        free(p[i]);
+    free(x), free(dy);
+}
+
+/* ---- zero padding and global average pooling -------------------------------------------- */
+
+static bool pad_on(side s, const mt_zero_pad_desc *d, mt_shape4 os, const float *x, const float *dy,
+                   float *y_out, float *dx_out) {
+    mt_tensor tx, ty, tdy, tdx;
+    if (!tensor_in(s, d->input, x, &tx) || !tensor_in(s, os, NULL, &ty) ||
+        !tensor_in(s, os, dy, &tdy) || !tensor_in(s, d->input, NULL, &tdx))
+        return false;
+    RUN(s, zero_pad_forward, d, &tx, &ty);
+    RUN(s, zero_pad_backward, d, &tdy, &tdx);
+    if (!tensor_out(s, &ty, y_out) || !tensor_out(s, &tdx, dx_out)) return false;
+    s.o->tensor_free(s.b, &tx), s.o->tensor_free(s.b, &ty), s.o->tensor_free(s.b, &tdy);
+    s.o->tensor_free(s.b, &tdx);
+    return true;
+}
+
+static void case_pad(mt_shape4 in, int top, int left, int bottom, int right) {
+    mt_zero_pad_desc d = {.input = in, .top = top, .left = left, .bottom = bottom, .right = right};
+    mt_shape4 os = {in.n, in.h + top + bottom, in.w + left + right, in.c};
+    size_t nx = mt_shape4_count(in), ny = mt_shape4_count(os);
+    float *x = random_array(nx, -1, 1), *dy = random_array(ny, -1, 1);
+    float *y[2] = {xmalloc(ny * 4), xmalloc(ny * 4)}, *dx[2] = {xmalloc(nx * 4), xmalloc(nx * 4)};
+    if (pad_on(REF, &d, os, x, dy, y[0], dx[0]) && pad_on(DUT, &d, os, x, dy, y[1], dx[1])) {
+        compare("zero_pad_forward", y[1], y[0], ny, TOL_EXACT);
+        compare("zero_pad_backward", dx[1], dx[0], nx, TOL_EXACT);
+    } else {
+        mt_test_failures++;
+    }
+    for (int k = 0; k < 2; k++)
+        free(y[k]), free(dx[k]);
+    free(x), free(dy);
+}
+
+static bool pool_on(side s, mt_shape4 shape, const float *x, const float *dy, float *y_out,
+                    float *dx_out) {
+    size_t rows = (size_t)shape.n * shape.c * sizeof(float);
+    mt_tensor tx, tdx;
+    void *by, *bdy;
+    if (!tensor_in(s, shape, x, &tx) || !tensor_in(s, shape, NULL, &tdx) ||
+        !buffer_in(s, NULL, rows, &by) || !buffer_in(s, dy, rows, &bdy))
+        return false;
+    RUN(s, global_avg_pool_forward, &tx, by);
+    RUN(s, global_avg_pool_backward, bdy, &tdx);
+    if (!buffer_out(s, by, y_out, rows) || !tensor_out(s, &tdx, dx_out)) return false;
+    s.o->tensor_free(s.b, &tx), s.o->tensor_free(s.b, &tdx);
+    s.o->buffer_free(s.b, by), s.o->buffer_free(s.b, bdy);
+    return true;
+}
+
+static void case_pool(mt_shape4 shape) {
+    size_t nx = mt_shape4_count(shape), ny = (size_t)shape.n * shape.c;
+    float *x = random_array(nx, 0, 6), *dy = random_array(ny, -1, 1); /* relu6 outputs */
+    float *y[2] = {xmalloc(ny * 4), xmalloc(ny * 4)}, *dx[2] = {xmalloc(nx * 4), xmalloc(nx * 4)};
+    if (pool_on(REF, shape, x, dy, y[0], dx[0]) && pool_on(DUT, shape, x, dy, y[1], dx[1])) {
+        compare("global_avg_pool_fwd", y[1], y[0], ny, TOL_POOL);
+        compare("global_avg_pool_bwd", dx[1], dx[0], nx, TOL_POOL);
+    } else {
+        mt_test_failures++;
+    }
+    for (int k = 0; k < 2; k++)
+        free(y[k]), free(dx[k]);
+    free(x), free(dy);
+}
+
+/* ---- head: dropout, dense, loss --------------------------------------------------------- */
+
+static bool dropout_on(side s, size_t count, float rate, uint64_t seed, const float *x,
+                       const float *dy, float *y_out, uint8_t *mask_out, float *dx_out) {
+    size_t fb = count * sizeof(float);
+    void *bx, *by, *bm, *bdy, *bdx;
+    if (!buffer_in(s, x, fb, &bx) || !buffer_in(s, NULL, fb, &by) ||
+        !buffer_in(s, NULL, count, &bm) || !buffer_in(s, dy, fb, &bdy) ||
+        !buffer_in(s, NULL, fb, &bdx))
+        return false;
+    RUN(s, dropout_forward, count, rate, seed, bx, by, bm);
+    RUN(s, dropout_backward, count, rate, bm, bdy, bdx);
+    if (!buffer_out(s, by, y_out, fb) || !buffer_out(s, bm, mask_out, count) ||
+        !buffer_out(s, bdx, dx_out, fb))
+        return false;
+    void *buffers[] = {bx, by, bm, bdy, bdx};
+    for (int i = 0; i < 5; i++)
+        s.o->buffer_free(s.b, buffers[i]);
+    return true;
+}
+
+static void case_dropout(size_t count, float rate, uint64_t seed) {
+    float *x = random_array(count, -1, 1), *dy = random_array(count, -1, 1);
+    float *y[2] = {xmalloc(count * 4), xmalloc(count * 4)};
+    float *dx[2] = {xmalloc(count * 4), xmalloc(count * 4)};
+    uint8_t *mask[2] = {xmalloc(count), xmalloc(count)};
+    if (dropout_on(REF, count, rate, seed, x, dy, y[0], mask[0], dx[0]) &&
+        dropout_on(DUT, count, rate, seed, x, dy, y[1], mask[1], dx[1])) {
+        compare_bytes("dropout mask", mask[1], mask[0], count);
+        compare("dropout_forward", y[1], y[0], count, TOL_EXACT);
+        compare("dropout_backward", dx[1], dx[0], count, TOL_EXACT);
+    } else {
+        mt_test_failures++;
+    }
+    for (int k = 0; k < 2; k++)
+        free(y[k]), free(dx[k]), free(mask[k]);
+    free(x), free(dy);
+}
+
+static bool dense_on(side s, const mt_dense_desc *d, const float *x, const float *w, const float *b,
+                     const float *dy, float *out[5]) {
+    size_t xb = (size_t)d->batch * d->in_features * 4,
+           wb = (size_t)d->in_features * d->out_features * 4;
+    size_t bb = (size_t)d->out_features * 4, yb = (size_t)d->batch * d->out_features * 4;
+    void *bx, *bw, *bbias, *by, *bdy, *bdx, *bdw, *bdb;
+    if (!buffer_in(s, x, xb, &bx) || !buffer_in(s, w, wb, &bw) || !buffer_in(s, b, bb, &bbias) ||
+        !buffer_in(s, NULL, yb, &by) || !buffer_in(s, dy, yb, &bdy) ||
+        !buffer_in(s, NULL, xb, &bdx) || !buffer_in(s, NULL, wb, &bdw) ||
+        !buffer_in(s, NULL, bb, &bdb))
+        return false;
+    RUN(s, dense_forward, d, bx, bw, bbias, by);
+    RUN(s, dense_backward, d, bx, bw, bdy, bdx, bdw, bdb);
+    if (!buffer_out(s, by, out[0], yb) || !buffer_out(s, bdx, out[1], xb) ||
+        !buffer_out(s, bdw, out[2], wb) || !buffer_out(s, bdb, out[3], bb))
+        return false;
+    /* the frozen-backbone call: no dx */
+    s.o->buffer_free(s.b, bdw);
+    if (!buffer_in(s, NULL, wb, &bdw)) return false;
+    RUN(s, dense_backward, d, bx, bw, bdy, NULL, bdw, bdb);
+    if (!buffer_out(s, bdw, out[4], wb)) return false;
+    void *buffers[] = {bx, bw, bbias, by, bdy, bdx, bdw, bdb};
+    for (int i = 0; i < 8; i++)
+        s.o->buffer_free(s.b, buffers[i]);
+    return true;
+}
+
+static void case_dense(int batch, int in, int outf) {
+    mt_dense_desc d = {.batch = batch, .in_features = in, .out_features = outf};
+    size_t nx = (size_t)batch * in, nw = (size_t)in * outf, ny = (size_t)batch * outf;
+    float *x = random_array(nx, 0, 6), *w = random_array(nw, -0.2, 0.2);
+    float *b = random_array(outf, -1, 1), *dy = random_array(ny, -1, 1);
+    const size_t sizes[5] = {ny, nx, nw, (size_t)outf, nw};
+    static const char *const names[5] = {"dense_forward y", "dense_backward dx",
+                                         "dense_backward dw", "dense_backward db",
+                                         "dense_backward dw/noDx"};
+    float *out[2][5];
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 5; i++)
+            out[k][i] = xmalloc(sizes[i] * 4);
+    if (dense_on(REF, &d, x, w, b, dy, out[0]) && dense_on(DUT, &d, x, w, b, dy, out[1])) {
+        for (int i = 0; i < 5; i++)
+            compare(names[i], out[1][i], out[0][i], sizes[i], TOL_DENSE);
+    } else {
+        mt_test_failures++;
+    }
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 5; i++)
+            free(out[k][i]);
+    free(x), free(w), free(b), free(dy);
+}
+
+static bool loss_on(side s, const mt_loss_desc *d, const float *logits, const int32_t *labels,
+                    float *loss_out, float *loss_nograd_out, float *dlogits_out) {
+    size_t zb = (size_t)d->batch * d->classes * 4, lb = (size_t)d->batch * 4;
+    void *bz, *bl, *bdz;
+    if (!buffer_in(s, logits, zb, &bz) || !buffer_in(s, labels, lb, &bl) ||
+        !buffer_in(s, NULL, zb, &bdz))
+        return false;
+    RUN(s, loss_forward_backward, d, bz, bl, loss_out, bdz);
+    RUN(s, loss_forward_backward, d, bz, bl, loss_nograd_out, NULL);
+    if (!buffer_out(s, bdz, dlogits_out, zb)) return false;
+    s.o->buffer_free(s.b, bz), s.o->buffer_free(s.b, bl), s.o->buffer_free(s.b, bdz);
+    return true;
+}
+
+static void case_loss(int batch, int classes, const int32_t *labels) {
+    mt_loss_desc d = {.batch = batch, .classes = classes};
+    size_t nz = (size_t)batch * classes;
+    float *z = random_array(nz, -4, 4);
+    z[0] = 30.0f; /* a confident logit: the stable forms must agree there too */
+    float loss[2], loss_nograd[2], *dz[2] = {xmalloc(nz * 4), xmalloc(nz * 4)};
+    if (loss_on(REF, &d, z, labels, &loss[0], &loss_nograd[0], dz[0]) &&
+        loss_on(DUT, &d, z, labels, &loss[1], &loss_nograd[1], dz[1])) {
+        compare("loss", &loss[1], &loss[0], 1, TOL_LOSS);
+        compare("loss (dlogits NULL)", &loss_nograd[1], &loss[0], 1, TOL_LOSS);
+        compare("dlogits", dz[1], dz[0], nz, TOL_LOSS);
+    } else {
+        mt_test_failures++;
+    }
+    free(dz[0]), free(dz[1]), free(z);
+}
+
+/* ---- the case list ---------------------------------------------------------------------- */
+
+static const char *filter;
+
+/* Run a case when its name contains the filter. */
+static bool wanted(const char *name) {
+    current_case = name;
+    return !filter || strstr(name, filter) != NULL;
+}
+
+static void run_all(void) {
+    /* name, then the arguments */
+    if (wanted("memory n4 5x5x17")) case_memory((mt_shape4){4, 5, 5, 17});
+    if (wanted("memory n1 3x3x40")) case_memory((mt_shape4){1, 3, 3, 40});
+    if (wanted("elementwise n4 5x5x17")) case_elementwise((mt_shape4){4, 5, 5, 17});
+    if (wanted("elementwise n1 4x4x40")) case_elementwise((mt_shape4){1, 4, 4, 40});
+
+    /* n, size, cin, cout, kernel, stride, depthwise, valid */
+    if (wanted("conv 1x1/1 n4 8x8 24->40")) case_conv(4, 8, 24, 40, 1, 1, false, false);
+    if (wanted("conv 1x1/1 n1 5x5 17->3")) case_conv(1, 5, 17, 3, 1, 1, false, false);
+    if (wanted("conv 1x1/1 n4 3x3 40->24")) case_conv(4, 3, 40, 24, 1, 1, false, false);
+    if (wanted("conv 3x3/1 SAME n1 7x7 3->17")) case_conv(1, 7, 3, 17, 3, 1, false, false);
+    if (wanted("conv 3x3/2 SAME n4 8x8 3->24 pads 0,1")) case_conv(4, 8, 3, 24, 3, 2, false, false);
+    if (wanted("conv 3x3/2 SAME n1 9x9 17->24 pads 1,1"))
+        case_conv(1, 9, 17, 24, 3, 2, false, false);
+    if (wanted("conv 3x3/2 SAME n4 6x6 40->17 pads 0,1"))
+        case_conv(4, 6, 40, 17, 3, 2, false, false);
+    if (wanted("depthwise 3x3/1 SAME n4 6x6 c24")) case_conv(4, 6, 24, 24, 3, 1, true, false);
+    if (wanted("depthwise 3x3/1 SAME n1 5x5 c17")) case_conv(1, 5, 17, 17, 3, 1, true, false);
+    if (wanted("depthwise 3x3/2 SAME n4 8x8 c40 pads 0,1"))
+        case_conv(4, 8, 40, 40, 3, 2, true, false);
+    if (wanted("depthwise 3x3/2 SAME n1 7x7 c3 pads 1,1")) case_conv(1, 7, 3, 3, 3, 2, true, false);
+    if (wanted("depthwise 3x3/2 VALID n1 9x9 c17")) case_conv(1, 9, 17, 17, 3, 2, true, true);
+
+    if (wanted("batchnorm n4 5x5 c24")) case_batchnorm((mt_shape4){4, 5, 5, 24});
+    if (wanted("batchnorm n1 3x3 c17")) case_batchnorm((mt_shape4){1, 3, 3, 17});
+    if (wanted("batchnorm n4 2x2 c40")) case_batchnorm((mt_shape4){4, 2, 2, 40});
+    if (wanted("batchnorm n1 4x4 c3")) case_batchnorm((mt_shape4){1, 4, 4, 3});
+
+    if (wanted("zero_pad n4 8x8x3 t0 l0 b1 r1")) case_pad((mt_shape4){4, 8, 8, 3}, 0, 0, 1, 1);
+    if (wanted("zero_pad n1 5x5x17 t1 l1 b1 r1")) case_pad((mt_shape4){1, 5, 5, 17}, 1, 1, 1, 1);
+    if (wanted("zero_pad n1 4x6x40 t0 l1 b2 r0")) case_pad((mt_shape4){1, 4, 6, 40}, 0, 1, 2, 0);
+    if (wanted("global_avg_pool n4 5x5 c40")) case_pool((mt_shape4){4, 5, 5, 40});
+    if (wanted("global_avg_pool n1 3x3 c17")) case_pool((mt_shape4){1, 3, 3, 17});
+
+    if (wanted("dropout 160 rate 0.2 seed 7")) case_dropout(160, 0.2f, 7);
+    if (wanted("dropout 1280x4 rate 0.5 seed 2^40+3")) case_dropout(5120, 0.5f, (1ULL << 40) + 3);
+    if (wanted("dense n4 40->1")) case_dense(4, 40, 1);
+    if (wanted("dense n1 17->3")) case_dense(1, 17, 3);
+    if (wanted("dense n4 1280->5")) case_dense(4, 1280, 5);
+
+    static const int32_t bin_labels[4] = {1, 0, -1, 1}, cat_labels[4] = {2, -1, 0, 1},
+                         one_label[1] = {4}, no_labels[3] = {-1, -1, -1};
+    if (wanted("loss sigmoid n4 (row 2 padded)")) case_loss(4, 1, bin_labels);
+    if (wanted("loss softmax n4 c3 (row 1 padded)")) case_loss(4, 3, cat_labels);
+    if (wanted("loss softmax n1 c5")) case_loss(1, 5, one_label);
+    if (wanted("loss softmax n3 c3 (all padded)")) case_loss(3, 3, no_labels);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr,
+                "usage: %s BACKEND [FILTER]\n  BACKEND: reference, cpu, cuda\n  FILTER: "
+                "run only the cases whose name contains it (e.g. depthwise, batchnorm, 3x3/2)\n",
+                argv[0]);
+        return 2;
+    }
+    const char *name = argv[1];
+    filter = argc == 3 ? argv[2] : NULL;
+    check_harness();
+
+    mt_backend_options options = {.num_threads = 0, .device = 0};
+    mt_status status = mt_backend_create(name, &options, &DUT.b);
+    if (status != MT_OK) {
+        if (strcmp(name, "cuda") == 0) {
+            printf("skipped: no GPU (%s)\n", mt_last_error());
+            return MT_TEST_SKIP_CODE;
+        }
+        fprintf(stderr, "cannot create backend '%s': %s\n", name, mt_last_error());
+        return 1;
+    }
+    DUT.o = DUT.b->ops;
+    CHECK_OK(mt_backend_create("reference", &options, &REF.b));
+    REF.o = REF.b->ops;
+
+    run_all();
+    if (checks_run == 0 && filter) {
+        fprintf(stderr, "no case matches '%s'\n", filter);
+        mt_test_failures++;
+    }
+    printf("%d comparisons of backend '%s' against the reference\n", checks_run, name);
+
+    mt_backend_destroy(DUT.b);
+    mt_backend_destroy(REF.b);
+    return mt_test_finish();
+}
