@@ -159,14 +159,17 @@ static mt_status decode_jpeg(const uint8_t *bytes, size_t size, const char *name
                             tjGetErrorStr2(NULL));
     mt_status status = MT_OK;
     uint8_t *cmyk = NULL;
-    int width, height, subsamp, colorspace;
+    /* TurboJPEG 2.1 can return success without setting these when the data ends inside the
+     * header, so they start invalid. */
+    int width = 0, height = 0, subsamp = -1, colorspace = -1;
     if (tjDecompressHeader3(tj, bytes, (unsigned long)size, &width, &height, &subsamp,
                             &colorspace) != 0) {
         status = TJ_FAIL(tj, "tjDecompressHeader3", name);
         goto done;
     }
     if (width <= 0 || height <= 0) {
-        status = MT_FAIL(MT_ERR_FORMAT, "%s: JPEG with size %dx%d", name, width, height);
+        status = MT_FAIL(MT_ERR_FORMAT, "%s: truncated or corrupt JPEG header (no valid image "
+                         "size: %dx%d)", name, width, height);
         goto done;
     }
     /* Powers of two only: the factors libjpeg's own scaled IDCT has always had (and Pillow's
@@ -232,7 +235,7 @@ typedef struct png_source {
 
 static void png_read_memory(png_structp png, png_bytep dst, size_t count) {
     png_source *src = png_get_io_ptr(png);
-    if (count > src->size - src->pos) png_error(png, "truncated PNG (data ends early)");
+    if (count > src->size - src->pos) png_error(png, "truncated PNG: the data ends early");
     memcpy(dst, src->bytes + src->pos, count);
     src->pos += count;
 }
@@ -264,6 +267,8 @@ static mt_status decode_png(const uint8_t *bytes, size_t size, const char *name,
         free(pixels);
         free(rows);
         png_destroy_read_struct(&png, &info, NULL);
+        if (strncmp(src.message, "truncated", 9) == 0)
+            return MT_FAIL(MT_ERR_FORMAT, "%s: %s", name, src.message);
         return MT_FAIL(MT_ERR_FORMAT, "%s: corrupt PNG (%s)", name, src.message);
     }
     png_set_read_fn(png, &src, png_read_memory);

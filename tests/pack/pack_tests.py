@@ -1,0 +1,485 @@
+"""End-to-end tests of mobiletune-pack, one ctest per case: `pack_tests.py CASE`.
+
+Every case packs real or crafted files with the built packer and reads the result back with
+Python's lmdb binding and an independent parser (packlib), so the C code is never its own judge."""
+import io
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import lmdb
+import numpy as np
+from PIL import Image
+
+import packlib as P
+
+f = P.Failures()
+
+
+def reference(path, size=160, mode="stretch"):
+    return P.reference_resize(P.reference_decode(path, size), size, mode)
+
+
+# ---- crafted inputs -----------------------------------------------------------------------------
+
+def gradient(w, h, seed=0):
+    """A smooth colour image with some texture: JPEG artefacts stay small on it."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 255 // (w + h)], -1)
+    img = img + rng.integers(-8, 9, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_png16_rgb(path, arr16):
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
+    h, w, _ = arr16.shape
+    raw = b"".join(b"\0" + arr16[r].astype(">u2").tobytes() for r in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    with open(path, "wb") as out:
+        out.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) +
+                  chunk(b"IEND", b""))
+
+
+def strip_app14(data):
+    """Remove the Adobe APP14 segment of a JPEG (so its CMYK reads as plain, not inverted)."""
+    out, pos = bytearray(data[:2]), 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xDA:
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if data[pos + 1] != 0xEE:
+            out += data[pos:pos + 2 + length]
+        pos += 2 + length
+    return bytes(out + data[pos:])
+
+
+def make_odd_inputs(root):
+    """Good-but-odd files (must pack correctly) and broken ones (must be skipped, with the reason
+    fragment expected in the report). Returns (good names, {broken name: reason fragment})."""
+    cls = os.path.join(root, "things")
+    os.makedirs(cls)
+    good, broken = [], {}
+
+    def path(name):
+        return os.path.join(cls, name)
+
+    Image.fromarray(gradient(400, 340)[:, :, 0], "L").save(path("gray.jpg"), quality=95)
+    good.append("gray.jpg")
+    Image.fromarray(gradient(200, 170)[:, :, 1], "L").save(path("gray.png"))
+    good.append("gray.png")
+    # Pure cyan in CMYK: the RGB must come out (0, 255, 255), whatever the CMYK convention.
+    cyan = np.zeros((150, 200, 4), np.uint8)
+    cyan[:, :, 0] = 255
+    cyan[:, 100:, 3] = 128  # right half half-black
+    Image.fromarray(cyan, "CMYK").save(path("cmyk_adobe.jpg"), quality=95)  # Pillow: inverted + APP14
+    good.append("cmyk_adobe.jpg")
+    buf = io.BytesIO()
+    Image.fromarray(255 - cyan, "CMYK").save(buf, "JPEG", quality=95)  # stored values = cyan
+    with open(path("cmyk_plain.jpg"), "wb") as out:
+        out.write(strip_app14(buf.getvalue()))
+    good.append("cmyk_plain.jpg")
+    rgba = np.dstack([gradient(180, 160), np.linspace(0, 255, 180 * 160).reshape(160, 180).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(path("alpha.png"))
+    good.append("alpha.png")
+    Image.fromarray(gradient(190, 170, 3)).convert("P").save(path("palette.png"))
+    good.append("palette.png")
+    g16 = (np.linspace(0, 65535, 170 * 210).reshape(170, 210)).astype(np.uint16)
+    Image.fromarray(g16.astype(np.int32)).convert("I;16").save(path("gray16.png"))
+    good.append("gray16.png")
+    write_png16_rgb(path("rgb16.png"), gradient(220, 165, 4).astype(np.uint16) * 257 + 100)
+    good.append("rgb16.png")
+    Image.fromarray(gradient(210, 180, 5)).save(path("png_named.jpg"), "PNG")  # magic, not name
+    good.append("png_named.jpg")
+    Image.fromarray(gradient(200, 180, 6)).save(path("trailing.jpg"), quality=90)
+    with open(path("trailing.jpg"), "ab") as out:
+        out.write(b"some bytes after the end-of-image marker")
+    good.append("trailing.jpg")
+
+    Image.fromarray(gradient(480, 360, 7)).save(path("z_truncated.jpg"), quality=95)
+    data = open(path("z_truncated.jpg"), "rb").read()
+    open(path("z_truncated.jpg"), "wb").write(data[:len(data) * 6 // 10])
+    broken["z_truncated.jpg"] = "truncated JPEG"
+    Image.fromarray(gradient(200, 200, 8)).save(path("z_truncated.png"))
+    data = open(path("z_truncated.png"), "rb").read()
+    open(path("z_truncated.png"), "wb").write(data[:len(data) // 2])
+    broken["z_truncated.png"] = "truncated PNG"
+    open(path("z_empty.jpg"), "wb").close()
+    broken["z_empty.jpg"] = "empty file"
+    open(path("z_text.jpg"), "w").write("this is not a picture\n")
+    broken["z_text.jpg"] = "not a JPEG or PNG"
+    open(path("z_header_only.jpg"), "wb").write(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    broken["z_header_only.jpg"] = "truncated or corrupt JPEG header"
+    os.makedirs(path("z_folder.jpg"))
+    broken["z_folder.jpg"] = "folder"
+    if os.geteuid() != 0:
+        Image.fromarray(gradient(200, 180, 9)).save(path("z_unreadable.jpg"))
+        os.chmod(path("z_unreadable.jpg"), 0)
+        broken["z_unreadable.jpg"] = "cannot open"
+    else:
+        print("note: running as root, so a file without read permission is still readable: the "
+              "unreadable-file case is not checked here")
+    return ["things/" + g for g in good], {"things/" + k: v for k, v in broken.items()}
+
+
+def read_report(path):
+    entries = {}
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("#"):
+            continue
+        name, _, reason = line.rstrip("\n").partition("\t")
+        entries[name] = reason
+    return entries
+
+
+# ---- cases --------------------------------------------------------------------------------------
+
+def case_shared():
+    """200 shared photos: every record equals the independent decode + resize; counts, names,
+    labels and the metadata's mean/std agree with what is in the records."""
+    with P.TempDir("shared") as tmp:
+        src = P.make_subset(os.path.join(tmp, "in"), 100)
+        out = os.path.join(tmp, "out")
+        proc = P.run_pack("--threads", 2, src, out)
+        f.check("packed 200 image(s), skipped 0" in proc.stdout, f"summary: {proc.stdout!r}")
+        meta, recs, _ = P.read_db(out)
+        f.check(len(recs) == 200 and meta["records"] == "200", f"{len(recs)} records")
+        f.check(meta["class_list"] == [(0, 100, "cats"), (1, 100, "dogs")], str(meta["class_list"]))
+        f.check(meta["split"] == "all" and meta["height"] == "160" and meta["encoding"] == "raw",
+                str(meta))
+        names = sorted(r["name"] for r in recs)
+        want_names = sorted(f"{c}/{n}" for c in ("cats", "dogs") for n in os.listdir(os.path.join(src, c)))
+        f.check(names == want_names, "record names differ from the input files")
+        pix = []
+        for r in recs:
+            f.check(r["label"] == (0 if r["name"].startswith("cats/") else 1), f"label of {r['name']}")
+            got = P.record_pixels(r)
+            pix.append(got)
+            P.compare(f, got, reference(os.path.join(src, r["name"])), r["name"])
+        allpix = np.stack(pix).reshape(-1, 3).astype(np.float64)
+        mean = [float(x) for x in meta["mean"].split()]
+        std = [float(x) for x in meta["std"].split()]
+        f.check(np.allclose(mean, allpix.mean(0), atol=1e-3), f"mean {mean} vs {allpix.mean(0)}")
+        f.check(np.allclose(std, allpix.std(0), atol=1e-3), f"std {std} vs {allpix.std(0)}")
+        # The other two framings, on a few photos.
+        small = P.make_subset(os.path.join(tmp, "small"), 8, offset=200)
+        for mode in ("center-crop", "pad"):
+            o = os.path.join(tmp, mode)
+            P.run_pack("--resize", mode, "--size", 96, small, o)
+            _, recs, _ = P.read_db(o)
+            f.check(len(recs) == 16, f"{mode}: {len(recs)} records")
+            for r in recs:
+                P.compare(f, P.record_pixels(r), reference(os.path.join(small, r["name"]), 96, mode),
+                          f"{mode} {r['name']}")
+    return f.finish()
+
+
+def case_encoded():
+    """--encoded stores JPEGs that decode to (nearly) the raw pixels; verify decodes them."""
+    with P.TempDir("enc") as tmp:
+        src = P.make_subset(os.path.join(tmp, "in"), 10)
+        raw, enc = os.path.join(tmp, "raw"), os.path.join(tmp, "enc")
+        P.run_pack(src, raw)
+        P.run_pack("--encoded", "--quality", 90, src, enc)
+        meta, renc, _ = P.read_db(enc)
+        _, rraw, _ = P.read_db(raw)
+        f.check(meta["encoding"] == "jpeg", meta["encoding"])
+        for a, b in zip(rraw, renc):
+            f.check(b["encoding"] == 1 and b["payload"][:2] == b"\xff\xd8", "not a JPEG payload")
+            f.check(len(b["payload"]) < len(a["payload"]) / 2, f"JPEG {len(b['payload'])} bytes")
+            d = np.abs(P.record_pixels(a).astype(int) - P.record_pixels(b)).mean()
+            f.check(d < 4, f"{a['name']}: mean |raw - jpeg| = {d:.2f}")
+        v = P.run_pack("verify", enc, check=False)
+        f.check(v.returncode == 0, f"verify of --encoded failed: {v.stderr}")
+    return f.finish()
+
+
+def case_bad_inputs():
+    """Gray, CMYK (both conventions), alpha, palette and 16-bit files pack correctly; truncated,
+    empty, text, folder (and unreadable, when not root) files are skipped and listed."""
+    with P.TempDir("bad") as tmp:
+        src = os.path.join(tmp, "in")
+        good, broken = make_odd_inputs(src)
+        out = os.path.join(tmp, "out")
+        proc = P.run_pack("--threads", 2, src, out, check=False)
+        f.check(proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}")
+        f.check(f"packed {len(good)} image(s), skipped {len(broken)}" in proc.stdout, proc.stdout)
+        report = read_report(os.path.join(out, "skipped.txt"))
+        f.check(set(report) == set(broken), f"report lists {sorted(report)}, want {sorted(broken)}")
+        for name, fragment in broken.items():
+            f.check(fragment in report.get(name, ""), f"{name}: reason {report.get(name)!r} lacks {fragment!r}")
+        meta, recs, _ = P.read_db(out)
+        f.check(sorted(r["name"] for r in recs) == sorted(good), f"packed {[r['name'] for r in recs]}")
+        for r in recs:
+            path = os.path.join(src, r["name"])
+            got = P.record_pixels(r)
+            if r["name"].endswith("cmyk_plain.jpg"):
+                # Pillow reads every CMYK JPEG as Adobe-inverted; undo that for the plain one.
+                inv = Image.fromarray(255 - np.asarray(Image.open(path)), "CMYK").convert("RGB")
+                P.compare(f, got, P.reference_resize(np.asarray(inv), 160), r["name"])
+            else:
+                P.compare(f, got, reference(path), r["name"])
+            if "cmyk" in r["name"]:
+                left, right = got[80, 20].astype(int), got[80, 140].astype(int)
+                f.check(np.abs(left - [0, 255, 255]).max() <= 3, f"{r['name']}: cyan is {left}")
+                f.check(np.abs(right - [0, 127, 127]).max() <= 3, f"{r['name']}: dark cyan is {right}")
+            if r["name"].endswith("alpha.png"):
+                rgba = np.asarray(Image.open(path))
+                P.compare(f, got, P.reference_resize(rgba[:, :, :3], 160), "alpha dropped, not composited")
+            if r["name"].endswith("rgb16.png"):
+                arr = gradient(220, 165, 4).astype(np.uint16) * 257 + 100
+                P.compare(f, got, P.reference_resize((arr >> 8).astype(np.uint8), 160), "16-bit high byte")
+        # A folder with nothing usable: a clear error and a non-zero exit, no OUT.
+        only_bad = os.path.join(tmp, "only_bad", "x")
+        os.makedirs(only_bad)
+        open(os.path.join(only_bad, "a.jpg"), "w").write("text")
+        nothing = os.path.join(tmp, "nothing")
+        proc = P.run_pack(os.path.dirname(only_bad), nothing, check=False)
+        f.check(proc.returncode != 0 and "nothing packed" in proc.stderr, f"nothing packed: {proc.returncode} {proc.stderr!r}")
+        f.check(not os.path.exists(nothing), "OUT exists after nothing was packed")
+    return f.finish()
+
+
+def case_exif():
+    """EXIF orientation 6 (JPEG) and 8 (PNG eXIf) are applied: the red corner moves."""
+    with P.TempDir("exif") as tmp:
+        cls = os.path.join(tmp, "in", "c")
+        os.makedirs(cls)
+        img = np.full((180, 240, 3), 40, np.uint8)
+        img[:60, :80] = (230, 20, 20)  # red top-left
+        for name, orientation, fmt in (("six.jpg", 6, "JPEG"), ("eight.png", 8, "PNG")):
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            Image.fromarray(img).save(os.path.join(cls, name), fmt, exif=exif.tobytes(), quality=95)
+        out = os.path.join(tmp, "out")
+        P.run_pack(os.path.join(tmp, "in"), out)
+        _, recs, _ = P.read_db(out)
+        byname = {r["name"]: P.record_pixels(r) for r in recs}
+        six, eight = byname.get("c/six.jpg"), byname.get("c/eight.png")
+        if f.check(six is not None and eight is not None, f"records {list(byname)}"):
+            # 6 = rotate 90 clockwise to display: top-left goes to top-right.
+            f.check(six[10, 150, 0] > 180 and six[10, 10, 0] < 100, f"orientation 6: {six[10, 150]}, {six[10, 10]}")
+            # 8 = rotate 90 counter-clockwise: top-left goes to bottom-left.
+            f.check(eight[150, 10, 0] > 180 and eight[10, 10, 0] < 100, f"orientation 8: {eight[150, 10]}, {eight[10, 10]}")
+            P.compare(f, six, reference(os.path.join(cls, "six.jpg")), "six.jpg vs Pillow exif_transpose")
+            P.compare(f, eight, reference(os.path.join(cls, "eight.png")), "eight.png vs Pillow exif_transpose")
+    return f.finish()
+
+
+def case_determinism():
+    """--threads 1, 2 and 4 write byte-identical data.mdb files (and skip reports)."""
+    with P.TempDir("det") as tmp:
+        src = P.make_subset(os.path.join(tmp, "in"), 30)
+        make_odd_inputs(os.path.join(tmp, "odd"))
+        os.rename(os.path.join(tmp, "odd", "things"), os.path.join(src, "things"))
+        outs = []
+        for threads in (1, 2, 4):
+            o = os.path.join(tmp, f"t{threads}")
+            P.run_pack("--threads", threads, "--split", "train=0.6,val=0.2,test=0.2", "--seed", 7, src, o)
+            outs.append(o)
+        for split in ("train", "val", "test"):
+            data = [open(os.path.join(o, split, "data.mdb"), "rb").read() for o in outs]
+            f.check(data[0] == data[1] == data[2], f"{split}/data.mdb differs between thread counts")
+        reports = [open(os.path.join(o, "skipped.txt"), "rb").read() for o in outs]
+        f.check(reports[0] == reports[1] == reports[2], "skipped.txt differs between thread counts")
+    return f.finish()
+
+
+def case_map_growth():
+    """A 64 KiB initial map grows (doubling) instead of failing; the records are the same."""
+    with P.TempDir("map") as tmp:
+        src = P.make_subset(os.path.join(tmp, "in"), 20)
+        tiny, normal = os.path.join(tmp, "tiny"), os.path.join(tmp, "normal")
+        P.run_pack("--map-size", 65536, src, tiny)
+        P.run_pack(src, normal)
+        _, _, raw_tiny = P.read_db(tiny)
+        _, _, raw_normal = P.read_db(normal)
+        f.check(len(raw_tiny) == 40 and raw_tiny == raw_normal, "records differ after map growth")
+        size = os.path.getsize(os.path.join(tiny, "data.mdb"))
+        f.check(size > 40 * 76800, f"data.mdb is {size} bytes")
+        env = lmdb.open(tiny, readonly=True, lock=False)
+        f.check(env.info()["map_size"] >= 40 * 76800, f"map size {env.info()['map_size']}")
+        env.close()
+        v = P.run_pack("verify", tiny, check=False)
+        f.check(v.returncode == 0, f"verify after growth: {v.stderr}")
+    return f.finish()
+
+
+def case_interrupt():
+    """A failure mid-run and a kill -9 mid-run leave no OUT; the next run cleans up and works."""
+    with P.TempDir("int") as tmp:
+        src = P.make_subset(os.path.join(tmp, "in"), 60)
+        out = os.path.join(tmp, "out")
+        proc = P.run_pack(src, out, env={"MT_PACK_FAIL_AFTER": "10"}, check=False)
+        f.check(proc.returncode != 0 and "injected failure" in proc.stderr, f"{proc.returncode} {proc.stderr!r}")
+        f.check(not os.path.exists(out), "OUT exists after a failed run")
+        f.check(not [n for n in os.listdir(tmp) if n.startswith("out.tmp-")], f"temporary folder left: {os.listdir(tmp)}")
+        # kill -9: nothing can clean up, but OUT must not appear.
+        P.need_pack()
+        child = subprocess.Popen([P.PACK, "--threads", "1", "--no-progress", src, out],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        temp = os.path.join(tmp, f"out.tmp-{child.pid}")
+        deadline = time.time() + 30
+        while time.time() < deadline and not os.path.exists(os.path.join(temp, "data.mdb")):
+            time.sleep(0.002)
+        child.send_signal(signal.SIGKILL)  # decoding 120 photos on one thread takes > 0.3 s
+        child.wait()
+        f.check(child.returncode == -signal.SIGKILL, f"the packer ended before the kill ({child.returncode})")
+        f.check(not os.path.exists(out), "OUT exists after kill -9")
+        proc = P.run_pack(src, out, check=False)
+        f.check(proc.returncode == 0 and "removed" in proc.stderr, f"rerun: {proc.returncode} {proc.stderr!r}")
+        f.check(not os.path.exists(temp), "the stale temporary folder was not removed")
+        # An existing OUT is refused without --force and replaced with it.
+        proc = P.run_pack(src, out, check=False)
+        f.check(proc.returncode != 0 and "--force" in proc.stderr, f"existing OUT: {proc.stderr!r}")
+        proc = P.run_pack("--force", "--fraction", "0.5", src, out, check=False)
+        meta, recs, _ = P.read_db(out)
+        f.check(proc.returncode == 0 and len(recs) == 60, f"--force: {proc.returncode}, {len(recs)} records")
+    return f.finish()
+
+
+def expected_split_counts(n, fraction, cumulative):
+    """The documented rule: keep round(n*fraction); split s ends at round(kept*F_s)."""
+    kept = int(np.floor(n * fraction + 0.5 + 1e-9))
+    bounds = [0] + [int(np.floor(kept * c + 0.5 + 1e-9)) for c in cumulative[:-1]] + [kept]
+    return [bounds[i + 1] - bounds[i] for i in range(len(cumulative))]
+
+
+def case_splits():
+    """Split and fraction counts follow the documented rounding per class; splits are disjoint,
+    cover the kept files, and depend on --seed only through which files go where."""
+    root = P.shared_photos()
+    with P.TempDir("split") as tmp:
+        cats = sorted(os.listdir(os.path.join(root, "cats")))[:37]
+        dogs = sorted(os.listdir(os.path.join(root, "dogs")))[:23]
+        lst = os.path.join(tmp, "list.txt")
+        with open(lst, "w") as out:
+            out.write("# path label\n\n")
+            for n in cats:
+                out.write(f"{os.path.join(root, 'cats', n)} cat\n")
+            for n in dogs:
+                out.write(f"{os.path.join(root, 'dogs', n)}\tdog  \n")
+        spec, cum = "train=0.7,val=0.2,test=0.1", [0.7, 0.9, 1.0]
+        runs = {}
+        for seed in (1, 2):
+            for fraction in (1.0, 0.5):
+                o = os.path.join(tmp, f"s{seed}f{fraction}")
+                P.run_pack("--split", spec, "--seed", seed, "--fraction", fraction, lst, o)
+                names = {}
+                for i, split in enumerate(("train", "val", "test")):
+                    meta, recs, _ = P.read_db(os.path.join(o, split))
+                    want = [expected_split_counts(37, fraction, cum)[i], expected_split_counts(23, fraction, cum)[i]]
+                    got = [c[1] for c in meta["class_list"]]
+                    f.check(got == want, f"seed {seed} fraction {fraction} {split}: {got}, want {want}")
+                    f.check([c[2] for c in meta["class_list"]] == ["cat", "dog"], str(meta["class_list"]))
+                    names[split] = {r["name"] for r in recs}
+                    f.check(all(r["label"] == (0 if "/cats/" in r["name"] else 1) for r in recs), "labels")
+                all_names = names["train"] | names["val"] | names["test"]
+                f.check(sum(len(v) for v in names.values()) == len(all_names), "splits overlap")
+                if fraction == 1.0:
+                    f.check(len(all_names) == 60, f"{len(all_names)} files in the splits, want 60")
+                runs[(seed, fraction)] = names
+        f.check(runs[(1, 1.0)]["test"] != runs[(2, 1.0)]["test"], "--seed does not change the split")
+        o = os.path.join(tmp, "again")
+        P.run_pack("--split", spec, "--seed", 1, lst, o)
+        _, recs, _ = P.read_db(os.path.join(o, "test"))
+        f.check({r["name"] for r in recs} == runs[(1, 1.0)]["test"], "same seed, different split")
+        # Integer labels and relative paths in a list file.
+        os.symlink(os.path.join(root, "cats"), os.path.join(tmp, "c"))
+        with open(os.path.join(tmp, "ids.txt"), "w") as out:
+            for n in cats[:5]:
+                out.write(f"c/{n} 2\n")
+        o = os.path.join(tmp, "ids")
+        P.run_pack(os.path.join(tmp, "ids.txt"), o)
+        meta, recs, _ = P.read_db(o)
+        f.check(meta["class_list"] == [(0, 0, "0"), (1, 0, "1"), (2, 5, "2")], str(meta["class_list"]))
+        f.check(len(recs) == 5 and all(r["label"] == 2 for r in recs), "integer labels")
+        bad = P.run_pack("--split", "train=0.7,val=0.2", lst, os.path.join(tmp, "x"), check=False)
+        f.check(bad.returncode == 2 and "add up to 1" in bad.stderr, f"bad split: {bad.stderr!r}")
+    return f.finish()
+
+
+def flip_byte_in_file(path, needle_offset):
+    data = bytearray(open(path, "rb").read())
+    data[needle_offset] ^= 0x10
+    open(path, "wb").write(bytes(data))
+
+
+def case_info_verify():
+    """info prints the metadata; verify passes a good database and names the key of a
+    bit-flipped record, a label out of range and a missing record."""
+    with P.TempDir("verify") as tmp:
+        src = P.make_subset(os.path.join(tmp, "in"), 6)
+        out = os.path.join(tmp, "out")
+        P.run_pack("--split", "train=0.5,test=0.5", src, out)
+        info = P.run_pack("info", os.path.join(out, "train"))
+        for text in ("split       train", "records     6", "160x160x3", "cats", "dogs", "mean (RGB)", "--split train=0.5,test=0.5"):
+            f.check(text in info.stdout, f"info lacks {text!r}: {info.stdout}")
+        both = P.run_pack("info", out)
+        f.check("split       test" in both.stdout and "split       train" in both.stdout, "info of a split folder")
+        ok = P.run_pack("verify", out, check=False)
+        f.check(ok.returncode == 0 and ok.stdout.count("OK") == 2, f"verify good: {ok.stdout} {ok.stderr}")
+        for helpful in (["--help"], ["info", "--help"], ["verify", "--help"]):
+            h = P.run_pack(*helpful, check=False)
+            f.check(h.returncode == 0 and "usage" in h.stdout, f"{helpful}: {h.returncode}")
+        # A flipped bit in a record's pixels, in the file itself.
+        db = os.path.join(out, "train")
+        env = lmdb.open(db, readonly=True, lock=False)
+        with env.begin() as txn:
+            record3 = bytes(txn.get(b"0000000003"))
+        env.close()
+        at = open(os.path.join(db, "data.mdb"), "rb").read().find(record3)
+        f.check(at > 0, "record 3 not found in data.mdb")
+        flip_byte_in_file(os.path.join(db, "data.mdb"), at + 32 + 5000)
+        bad = P.run_pack("verify", db, check=False)
+        f.check(bad.returncode != 0 and "0000000003" in bad.stderr, f"bit flip: {bad.returncode} {bad.stderr!r}")
+        # A label out of range behind a correct CRC, and a deleted record.
+        db = os.path.join(out, "test")
+        env = lmdb.open(db, map_size=1 << 26)
+        with env.begin(write=True) as txn:
+            v = bytearray(txn.get(b"0000000001"))
+            v[12:16] = struct.pack("<I", 7)
+            v[20:24] = struct.pack("<I", zlib.crc32(bytes(v[:20] + v[24:])))
+            txn.put(b"0000000001", bytes(v))
+        env.close()
+        bad = P.run_pack("verify", db, check=False)
+        f.check(bad.returncode != 0 and "0000000001" in bad.stderr and "label 7" in bad.stderr, f"label: {bad.stderr!r}")
+        env = lmdb.open(db, map_size=1 << 26)
+        with env.begin(write=True) as txn:
+            txn.put(b"0000000001", txn.get(b"0000000000"))
+            txn.delete(b"0000000005")
+        env.close()
+        bad = P.run_pack("verify", db, check=False)
+        f.check(bad.returncode != 0 and "5 record keys, the metadata says 6" in bad.stderr, f"missing: {bad.stderr!r}")
+        missing = P.run_pack("verify", os.path.join(tmp, "nope"), check=False)
+        f.check(missing.returncode != 0 and "nope" in missing.stderr, f"missing DB: {missing.stderr!r}")
+    return f.finish()
+
+
+def case_fetch_offline():
+    """data-prep/fetch_cats_dogs.sh fails clearly (non-zero) when the archive cannot be fetched."""
+    script = os.path.join(os.environ["MT_SOURCE_DIR"], "data-prep", "fetch_cats_dogs.sh")
+    with P.TempDir("fetch") as tmp:
+        env = dict(os.environ, MT_FETCH_URL="http://127.0.0.1:9/cats_and_dogs_filtered.zip",
+                   MT_DATA_CACHE=tmp)
+        proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
+        f.check(proc.returncode != 0, f"exit {proc.returncode}")
+        f.check("could not download" in proc.stderr and "127.0.0.1:9" in proc.stderr, f"message: {proc.stderr!r}")
+        f.check(not os.path.exists(os.path.join(tmp, "cats_and_dogs_filtered")), "a partial dataset was left")
+    return f.finish()
+
+
+if __name__ == "__main__":
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    case = globals().get("case_" + name)
+    if case is None:
+        print(f"usage: pack_tests.py CASE ({', '.join(n[5:] for n in globals() if n.startswith('case_'))})")
+        sys.exit(2)
+    sys.exit(case())
