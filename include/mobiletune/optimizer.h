@@ -1,0 +1,109 @@
+/* Optimizers on one flat float array (the model's trainable buffer and its gradient buffer), with
+ * Keras 3's update rules so the tutorial's hyper-parameters mean the same here, and learning-rate
+ * schedules in steps.
+ *
+ * Per element, with g the gradient, lr the step's rate (keras/src/optimizers/NAME.py):
+ *   weight decay (all optimizers, applied first, decoupled as Keras 3 does):  p -= p * wd * lr
+ *   RMSprop:  v = rho*v + (1-rho)*g^2;  d = lr*g / sqrt(v + eps)   (eps INSIDE the root)
+ *             momentum > 0:  m = momentum*m + d;  p -= m      else  p -= d
+ *   SGD:      momentum > 0:  m = momentum*m - lr*g;  p += nesterov ? momentum*m - lr*g : m
+ *             else           p -= lr*g
+ *   Adam:     t = iterations + 1;  a = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+ *             m += (g - m)*(1-beta_1);  v += (g^2 - v)*(1-beta_2);  p -= m*a / (sqrt(v) + eps)
+ * All arithmetic is float32, as Keras does it on float32 variables. The state ("slots") is
+ * zero-initialized and lives in one array of slot_count * count floats, slot after slot. */
+#ifndef MOBILETUNE_OPTIMIZER_H
+#define MOBILETUNE_OPTIMIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mobiletune/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mt_optimizer_kind {
+    MT_OPTIMIZER_RMSPROP = 0,
+    MT_OPTIMIZER_SGD,
+    MT_OPTIMIZER_ADAM,
+} mt_optimizer_kind;
+
+typedef struct mt_optimizer_params {
+    mt_optimizer_kind kind;
+    float rho;          /* RMSprop; Keras 0.9 */
+    float momentum;     /* RMSprop, SGD; Keras 0.0 */
+    float epsilon;      /* RMSprop, Adam; Keras 1e-7 */
+    bool nesterov;      /* SGD */
+    float beta_1;       /* Adam; Keras 0.9 */
+    float beta_2;       /* Adam; Keras 0.999 */
+    float weight_decay; /* 0: none */
+} mt_optimizer_params;
+
+/* Keras' defaults for `kind`. */
+mt_optimizer_params mt_optimizer_params_default(mt_optimizer_kind kind);
+
+/* "rmsprop", "sgd", "adam" */
+const char *mt_optimizer_kind_name(mt_optimizer_kind kind);
+
+enum { MT_OPTIMIZER_MAX_SLOTS = 2 };
+
+typedef struct mt_optimizer {
+    mt_optimizer_params params;
+    size_t count;                                   /* parameters */
+    int slot_count;                                 /* state arrays of `count` floats each */
+    const char *slot_names[MT_OPTIMIZER_MAX_SLOTS]; /* Keras' names: "velocity", "momentum" ... */
+    float *state;        /* slot_count * count floats, slot s at state + s*count */
+    uint64_t iterations; /* steps taken (Keras' optimizer.iterations) */
+} mt_optimizer;
+
+/* Slots of an optimizer: RMSprop velocity (+ momentum when momentum > 0), SGD momentum when
+ * momentum > 0, Adam momentum and velocity. */
+int mt_optimizer_slot_count(const mt_optimizer_params *params);
+
+/* Validate the parameters (ranges as Keras accepts them) and allocate zeroed state for `count`
+ * parameters. */
+mt_status mt_optimizer_init(mt_optimizer *optimizer, const mt_optimizer_params *params,
+                            size_t count);
+void mt_optimizer_free(mt_optimizer *optimizer);
+
+/* Slot `slot`'s array (count floats), for checkpoints. */
+float *mt_optimizer_slot(mt_optimizer *optimizer, int slot);
+
+/* Zero the state and the iteration count. */
+void mt_optimizer_reset(mt_optimizer *optimizer);
+
+/* One update of params[count] with grads[count] at rate `lr` (host memory; OpenMP over the
+ * array), then iterations += 1. count must equal the count given to init. */
+mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float *grads,
+                            size_t count, float lr);
+
+/* ---- learning-rate schedules ------------------------------------------------------------- */
+
+typedef enum mt_lr_schedule_kind {
+    MT_LR_CONSTANT = 0,
+    MT_LR_STEP,   /* base * gamma^floor((step - warmup) / step_size) */
+    MT_LR_COSINE, /* base * (f + (1-f) * (1 + cos(pi * min(1, (step-warmup)/(total-warmup))))/2) */
+} mt_lr_schedule_kind;
+
+const char *mt_lr_schedule_kind_name(mt_lr_schedule_kind kind);
+
+typedef struct mt_lr_schedule {
+    mt_lr_schedule_kind kind;
+    double base_lr;        /* after the linear scaling rule, if any */
+    long warmup_steps;     /* linear ramp: base * (step+1)/warmup_steps while step < warmup */
+    long step_size;        /* MT_LR_STEP: steps between decays (> 0) */
+    double gamma;          /* MT_LR_STEP: decay factor */
+    long total_steps;      /* MT_LR_COSINE: where the cosine reaches final_fraction */
+    double final_fraction; /* MT_LR_COSINE: lr at the end / base (Keras CosineDecay's alpha) */
+} mt_lr_schedule;
+
+/* The rate for 0-based optimizer step `step` (the value of iterations before the step). */
+double mt_lr_schedule_at(const mt_lr_schedule *schedule, uint64_t step);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
