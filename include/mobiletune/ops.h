@@ -172,9 +172,10 @@ typedef struct mt_ops {
     /* y: N,C matrix = mean over H,W of x */
     mt_status (*global_avg_pool_forward)(mt_backend *backend, const mt_tensor *x, float *y);
     mt_status (*global_avg_pool_backward)(mt_backend *backend, const float *dy, mt_tensor *dx);
-    /* Inverted dropout on `count` values: keep with probability 1-rate, scale kept by 1/(1-rate).
-     * The keep decision of element i is a pure function of (seed, i): identical on every
-     * backend. mask (count bytes) records it for backward. */
+    /* Inverted dropout on `count` values: keep with probability 1-rate (rate in [0, 1)), scale
+     * kept by 1/(1-rate). The keep decision of element i is a pure function of (seed, i),
+     * identical on every backend: mt_dropout_keep(seed, i, mt_dropout_threshold(rate)) from
+     * src/ops/dropout_hash.h. mask (count bytes, 1 = kept) records it for backward. */
     mt_status (*dropout_forward)(mt_backend *backend, size_t count, float rate, uint64_t seed,
                                  const float *x, float *y, uint8_t *mask);
     mt_status (*dropout_backward)(mt_backend *backend, size_t count, float rate,
@@ -187,7 +188,8 @@ typedef struct mt_ops {
                                 const float *w, const float *dy, float *dx, float *dw, float *db);
     /* Mean cross-entropy over rows whose label >= 0 (label -1 marks padding: no loss, zero
      * gradient). Numerically stable on logits. *loss_host gets the mean (0 when no valid row);
-     * dlogits (may be NULL) the gradient of that mean. labels: int32 [batch] in backend memory. */
+     * dlogits (may be NULL) the gradient of that mean. labels: int32 [batch] in backend memory,
+     * in [0, classes) for softmax and in {0, 1} for the sigmoid (classes 1). */
     mt_status (*loss_forward_backward)(mt_backend *backend, const mt_loss_desc *desc,
                                        const float *logits, const int32_t *labels,
                                        float *loss_host, float *dlogits);
