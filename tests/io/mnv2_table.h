@@ -17,14 +17,14 @@ typedef struct mnv2_tensor {
 enum { MNV2_MAX_TENSORS = 320 };
 
 /* Keras' _make_divisible(v, 8). */
-static int mnv2_divisible(double v) {
+static inline int mnv2_divisible(double v) {
     int rounded = (int)(v + 4) / 8 * 8;
     if (rounded < 8) rounded = 8;
     if (rounded < 0.9 * v) rounded += 8;
     return rounded;
 }
 
-static void mnv2_add(mnv2_tensor *t, int *n, const char *layer, const char *weight, int rank,
+static inline void mnv2_add(mnv2_tensor *t, int *n, const char *layer, const char *weight, int rank,
                      int64_t a, int64_t b, int64_t c, int64_t d) {
     mnv2_tensor *x = &t[(*n)++];
     snprintf(x->layer, sizeof x->layer, "%s", layer);
@@ -33,13 +33,13 @@ static void mnv2_add(mnv2_tensor *t, int *n, const char *layer, const char *weig
     x->shape[0] = a, x->shape[1] = b, x->shape[2] = c, x->shape[3] = d;
 }
 
-static void mnv2_add_bn(mnv2_tensor *t, int *n, const char *layer, int64_t c) {
+static inline void mnv2_add_bn(mnv2_tensor *t, int *n, const char *layer, int64_t c) {
     static const char *names[4] = {"gamma", "beta", "moving_mean", "moving_variance"};
     for (int i = 0; i < 4; i++) mnv2_add(t, n, layer, names[i], 1, c, 0, 0, 0);
 }
 
 /* Fill t (MNV2_MAX_TENSORS) in Keras' layer order; returns the count (260). */
-static int mnv2_table(double alpha, mnv2_tensor *t) {
+static inline int mnv2_table(double alpha, mnv2_tensor *t) {
     static const int blocks[7][4] = {{1, 16, 1, 1},  {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
                                      {6, 96, 3, 1},  {6, 160, 3, 2}, {6, 320, 1, 1}};
     int n = 0;
@@ -81,7 +81,7 @@ static int mnv2_table(double alpha, mnv2_tensor *t) {
     return n;
 }
 
-static int64_t mnv2_count(const mnv2_tensor *x) {
+static inline int64_t mnv2_count(const mnv2_tensor *x) {
     int64_t c = 1;
     for (int i = 0; i < x->rank; i++) c *= x->shape[i];
     return c;
@@ -89,7 +89,7 @@ static int64_t mnv2_count(const mnv2_tensor *x) {
 
 /* An order-sensitive hash of float32 bit patterns, the same formula as h5_checksums.py, so a
  * single flipped bit or swapped pair of values shows. */
-static uint64_t mnv2_hash(const float *v, int64_t count) {
+static inline uint64_t mnv2_hash(const float *v, int64_t count) {
     uint64_t h = 0;
     for (int64_t i = 0; i < count; i++) {
         union {
