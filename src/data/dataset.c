@@ -29,28 +29,16 @@ static mt_status meta_read(mt_dataset *ds) {
     return MT_OK;
 }
 
-static mt_status check_not_truncated(mt_dataset *ds) {
+static mt_status check_not_truncated(mt_dataset *ds, uint64_t file_bytes) {
     MDB_envinfo info;
     MDB_stat env_stat;
     LMDB_CHECK(mdb_env_info(ds->env, &info), ds->path);
     LMDB_CHECK(mdb_env_stat(ds->env, &env_stat), ds->path);
-    size_t path_len = strlen(ds->path);
-    char *file = malloc(path_len + sizeof "/data.mdb");
-    if (!file) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
-    memcpy(file, ds->path, path_len);
-    memcpy(file + path_len, "/data.mdb", sizeof "/data.mdb");
-    struct stat st;
-    int rc = stat(file, &st);
-    int err = errno;
-    free(file);
-    if (rc != 0)
-        return MT_FAIL(MT_ERR_IO, "dataset '%s': cannot stat data.mdb: %s", ds->path,
-                       strerror(err));
     uint64_t need = ((uint64_t)info.me_last_pgno + 1) * env_stat.ms_psize;
-    if ((uint64_t)st.st_size < need)
+    if (file_bytes < need)
         return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is truncated: %" PRIu64 " bytes, "
                        "but its pages reach %" PRIu64 " (copy it again or repack)", ds->path,
-                       (uint64_t)st.st_size, need);
+                       file_bytes, need);
     return MT_OK;
 }
 
@@ -61,24 +49,40 @@ static mt_status open_env(mt_dataset *ds) {
     if (!S_ISDIR(st.st_mode))
         return MT_FAIL(MT_ERR_INVALID, "dataset '%s' is not a folder: a packed dataset is an "
                        "LMDB folder holding data.mdb", ds->path);
+    /* LMDB's own messages for a missing or empty data.mdb are cryptic ("Bad file descriptor"). */
+    size_t path_len = strlen(ds->path);
+    char *file = malloc(path_len + sizeof "/data.mdb");
+    if (!file) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    memcpy(file, ds->path, path_len);
+    memcpy(file + path_len, "/data.mdb", sizeof "/data.mdb");
+    int rc = stat(file, &st);
+    int err = errno;
+    free(file);
+    if (rc != 0)
+        return MT_FAIL(MT_ERR_IO, "dataset '%s': cannot read data.mdb: %s (is it a dataset made "
+                       "by mobiletune-pack?)", ds->path, strerror(err));
+    if (st.st_size == 0)
+        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is empty (truncated)", ds->path);
     LMDB_CHECK(mdb_env_create(&ds->env), ds->path);
     /* A read-only folder cannot hold lock.mdb: read without the lock table then, which is safe
      * because nothing writes a dataset after the packer renames it into place. MDB_NOTLS lets each
      * loader thread own a read transaction independent of OS threads. */
     unsigned flags = MDB_RDONLY | MDB_NOTLS;
     if (access(ds->path, W_OK) != 0) flags |= MDB_NOLOCK;
-    int rc = mdb_env_open(ds->env, ds->path, flags, 0);
+    rc = mdb_env_open(ds->env, ds->path, flags, 0);
     if ((rc == EACCES || rc == EROFS) && !(flags & MDB_NOLOCK)) {
         mdb_env_close(ds->env);
         LMDB_CHECK(mdb_env_create(&ds->env), ds->path);
         flags |= MDB_NOLOCK;
         rc = mdb_env_open(ds->env, ds->path, flags, 0);
     }
+    if (rc == MDB_INVALID)
+        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is not an LMDB file or is truncated "
+                       "(mdb_env_open: %s)", ds->path, mdb_strerror(rc));
     if (rc != MDB_SUCCESS)
-        return MT_FAIL(rc == ENOENT ? MT_ERR_IO : MT_ERR_LMDB,
-                       "dataset '%s': mdb_env_open failed: %s%s", ds->path, mdb_strerror(rc),
-                       rc == ENOENT ? " (no data.mdb in that folder?)" : "");
-    MT_TRY(check_not_truncated(ds));
+        return MT_FAIL(MT_ERR_LMDB, "dataset '%s': mdb_env_open failed: %s", ds->path,
+                       mdb_strerror(rc));
+    MT_TRY(check_not_truncated(ds, (uint64_t)st.st_size));
     LMDB_CHECK(mdb_txn_begin(ds->env, NULL, MDB_RDONLY, &ds->txn), ds->path);
     LMDB_CHECK(mdb_dbi_open(ds->txn, NULL, 0, &ds->dbi), ds->path);
     return MT_OK;

@@ -95,7 +95,7 @@ bool test_db_create(const char *dir, const test_db_spec *spec) {
             goto fail;
         }
     }
-    bool ok = put(txn, dbi, MT_META_KEY, text, text_bytes);
+    bool ok = spec->no_meta || put(txn, dbi, MT_META_KEY, text, text_bytes);
     free(text);
     if (!ok) goto fail;
     TEST_LMDB(mdb_txn_commit(txn));

@@ -27,6 +27,7 @@ typedef struct test_db_spec {
     int count, height, width, classes;
     mt_record_encoding encoding; /* JPEG: pixels encoded at quality 100 by mt_image_encode_jpeg */
     const char *meta_text;       /* overrides the generated metadata when not NULL */
+    bool no_meta;                /* write no metadata record at all */
 } test_db_spec;
 
 /* The pixel value of record i at (y, x, c), and its label. */
