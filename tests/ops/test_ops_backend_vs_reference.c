@@ -436,7 +436,9 @@ static bool batchnorm_on(side s, const mt_batchnorm_desc *d, const float *x, con
     return true;
 }
 
-static void case_batchnorm(mt_shape4 shape) {
+/* offset: added to every x, as a conv output with a large channel mean would be; a one-pass
+ * E[x^2] - E[x]^2 variance in float loses the digits this case checks */
+static void case_batchnorm(mt_shape4 shape, float offset) {
     const int C = shape.c;
     size_t count = mt_shape4_count(shape);
     mt_batchnorm_desc d = {.shape = shape, .epsilon = 1e-3f, .momentum = 0.999f};
@@ -681,17 +683,23 @@ static void run_all(void) {
         case_conv(1, 9, 17, 24, 3, 2, false, false);
     if (wanted("conv 3x3/2 SAME n4 6x6 40->17 pads 0,1"))
         case_conv(4, 6, 40, 17, 3, 2, false, false);
+    /* the shapes of Conv1 and of a late expansion, big enough for other kernel choices */
+    if (wanted("conv 3x3/2 SAME n4 32x32 3->32 pads 0,1"))
+        case_conv(4, 32, 3, 32, 3, 2, false, false);
+    if (wanted("conv 1x1/1 n4 5x5 160->960")) case_conv(4, 5, 160, 960, 1, 1, false, false);
     if (wanted("depthwise 3x3/1 SAME n4 6x6 c24")) case_conv(4, 6, 24, 24, 3, 1, true, false);
     if (wanted("depthwise 3x3/1 SAME n1 5x5 c17")) case_conv(1, 5, 17, 17, 3, 1, true, false);
     if (wanted("depthwise 3x3/2 SAME n4 8x8 c40 pads 0,1"))
         case_conv(4, 8, 40, 40, 3, 2, true, false);
     if (wanted("depthwise 3x3/2 SAME n1 7x7 c3 pads 1,1")) case_conv(1, 7, 3, 3, 3, 2, true, false);
     if (wanted("depthwise 3x3/2 VALID n1 9x9 c17")) case_conv(1, 9, 17, 17, 3, 2, true, true);
+    if (wanted("depthwise 3x3/1 SAME n4 20x20 c144")) case_conv(4, 20, 144, 144, 3, 1, true, false);
 
-    if (wanted("batchnorm n4 5x5 c24")) case_batchnorm((mt_shape4){4, 5, 5, 24});
-    if (wanted("batchnorm n1 3x3 c17")) case_batchnorm((mt_shape4){1, 3, 3, 17});
-    if (wanted("batchnorm n4 2x2 c40")) case_batchnorm((mt_shape4){4, 2, 2, 40});
-    if (wanted("batchnorm n1 4x4 c3")) case_batchnorm((mt_shape4){1, 4, 4, 3});
+    if (wanted("batchnorm n4 5x5 c24")) case_batchnorm((mt_shape4){4, 5, 5, 24}, 0);
+    if (wanted("batchnorm n1 3x3 c17")) case_batchnorm((mt_shape4){1, 3, 3, 17}, 0);
+    if (wanted("batchnorm n4 2x2 c40")) case_batchnorm((mt_shape4){4, 2, 2, 40}, 0);
+    if (wanted("batchnorm n1 4x4 c3")) case_batchnorm((mt_shape4){1, 4, 4, 3}, 0);
+    if (wanted("batchnorm n4 16x16 c17 mean 8")) case_batchnorm((mt_shape4){4, 16, 16, 17}, 8);
 
     if (wanted("zero_pad n4 8x8x3 t0 l0 b1 r1")) case_pad((mt_shape4){4, 8, 8, 3}, 0, 0, 1, 1);
     if (wanted("zero_pad n1 5x5x17 t1 l1 b1 r1")) case_pad((mt_shape4){1, 5, 5, 17}, 1, 1, 1, 1);
