@@ -101,7 +101,10 @@ void cpu_entry_free(cpu_entry *e) {
     if (e->pd) dnnl_primitive_desc_destroy(e->pd);
     if (e->aux) dnnl_primitive_destroy(e->aux);
     if (e->aux_pd) dnnl_primitive_desc_destroy(e->aux_pd);
+    if (e->act) dnnl_primitive_destroy(e->act);
+    if (e->act_pd) dnnl_primitive_desc_destroy(e->act_pd);
     free(e->w_buf);
+    free(e->act_buf);
     free(e);
 }
 

@@ -74,11 +74,53 @@ static mt_status geometry(const cpu_backend *cpu, const mt_conv_desc *d, conv_ge
     return MT_OK;
 }
 
-static mt_status forward_desc(const conv_geometry *g, dnnl_convolution_desc_t *cd) {
-    DNNL_CHECK(dnnl_convolution_forward_desc_init(cd, dnnl_forward_training,
-                                                  dnnl_convolution_direct, &g->src, &g->any_w,
-                                                  NULL, &g->dst, g->strides, g->pad_l, g->pad_r));
+/* A convolution op descriptor of `kind` with the input-side activation described by `act`
+ * (the tensor's own layout, or any). */
+static mt_status conv_op_desc(int kind, const conv_geometry *g, const dnnl_memory_desc_t *act,
+                              dnnl_convolution_desc_t *cd) {
+    if (kind == CPU_CONV_FWD)
+        DNNL_CHECK(dnnl_convolution_forward_desc_init(cd, dnnl_forward_training,
+                                                      dnnl_convolution_direct, act, &g->any_w,
+                                                      NULL, &g->dst, g->strides, g->pad_l,
+                                                      g->pad_r));
+    else if (kind == CPU_CONV_BWD_DATA)
+        DNNL_CHECK(dnnl_convolution_backward_data_desc_init(cd, dnnl_convolution_direct, act,
+                                                            &g->any_w, &g->dst, g->strides,
+                                                            g->pad_l, g->pad_r));
+    else
+        DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(cd, dnnl_convolution_direct, act,
+                                                               &g->any_w, NULL, &g->dst,
+                                                               g->strides, g->pad_l, g->pad_r));
     return MT_OK;
+}
+
+static bool is_reference_impl(const_dnnl_primitive_desc_t pd) {
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+        !impl)
+        return false;
+    return strncmp(impl, "ref", 3) == 0;
+}
+
+/* The primitive of `kind` on the tensors' own layouts, or, when oneDNN only has its slow
+ * reference kernel for those, on the input-side layout oneDNN prefers (free_act). */
+static mt_status conv_primitive(cpu_backend *cpu, int kind, const conv_geometry *g, bool free_act,
+                                dnnl_primitive_desc_t *pd, dnnl_primitive_t *prim) {
+    dnnl_memory_desc_t any = g->src;
+    any.format_kind = dnnl_format_kind_any;
+    dnnl_convolution_desc_t cd, fwd;
+    dnnl_primitive_desc_t hint = NULL;
+    dnnl_primitive_t hint_prim = NULL;
+    const dnnl_memory_desc_t *act = free_act ? &any : &g->src;
+    MT_TRY(conv_op_desc(kind, g, act, &cd));
+    if (kind != CPU_CONV_FWD) { /* backward primitives need the forward one as a hint */
+        MT_TRY(conv_op_desc(CPU_CONV_FWD, g, act, &fwd));
+        MT_TRY(cpu_make_primitive(cpu, &fwd, NULL, NULL, &hint, &hint_prim));
+    }
+    mt_status status = cpu_make_primitive(cpu, &cd, NULL, hint, pd, prim);
+    if (hint_prim) dnnl_primitive_destroy(hint_prim);
+    if (hint) dnnl_primitive_desc_destroy(hint);
+    return status;
 }
 
 /* The weight buffer of an entry, sized for the primitive's weight format. */
@@ -98,48 +140,48 @@ static mt_status make_entry(cpu_backend *cpu, int kind, const mt_conv_desc *d, c
     cpu_entry *e = calloc(1, sizeof *e);
     if (!e) return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory");
     e->key = conv_key(kind, d);
-    mt_status status = MT_OK;
-    dnnl_primitive_desc_t hint = NULL;
-    dnnl_primitive_t hint_prim = NULL;
-    dnnl_convolution_desc_t fwd, cd;
-    status = forward_desc(&g, &fwd);
-    if (status != MT_OK) goto done;
-    if (kind == CPU_CONV_FWD) {
-        status = cpu_make_primitive(cpu, &fwd, NULL, NULL, &e->pd, &e->prim);
-        if (status != MT_OK) goto done;
-        const dnnl_memory_desc_t *w = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
-        status = entry_weights(e, &g.user_w, w);
-        if (status == MT_OK) status = cpu_make_reorder(cpu, &g.user_w, w, &e->aux_pd, &e->aux);
-        goto done;
+    mt_status status = conv_primitive(cpu, kind, &g, false, &e->pd, &e->prim);
+    if (status == MT_OK && is_reference_impl(e->pd)) {
+        dnnl_primitive_desc_t pd;
+        dnnl_primitive_t prim;
+        if (conv_primitive(cpu, kind, &g, true, &pd, &prim) == MT_OK) {
+            if (is_reference_impl(pd)) {
+                dnnl_primitive_destroy(prim);
+                dnnl_primitive_desc_destroy(pd);
+            } else {
+                dnnl_primitive_destroy(e->prim);
+                dnnl_primitive_desc_destroy(e->pd);
+                e->pd = pd;
+                e->prim = prim;
+            }
+        }
+        mt_clear_error();
     }
-    /* backward primitives need the forward one as a hint */
-    status = cpu_make_primitive(cpu, &fwd, NULL, NULL, &hint, &hint_prim);
     if (status != MT_OK) goto done;
-    if (kind == CPU_CONV_BWD_DATA) {
-        DNNL_CHECK_GOTO(dnnl_convolution_backward_data_desc_init(
-                            &cd, dnnl_convolution_direct, &g.src, &g.any_w, &g.dst, g.strides,
-                            g.pad_l, g.pad_r),
-                        status, done);
-        status = cpu_make_primitive(cpu, &cd, NULL, hint, &e->pd, &e->prim);
+    /* the input-side activation: src, or diff_src for backward data */
+    const dnnl_memory_desc_t *act = dnnl_primitive_desc_query_md(
+        e->pd, kind == CPU_CONV_BWD_DATA ? dnnl_query_diff_src_md : dnnl_query_src_md, 0);
+    if (!dnnl_memory_desc_equal(act, &g.src)) {
+        size_t bytes = dnnl_memory_desc_get_size(act);
+        e->act_buf = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!e->act_buf) {
+            status = MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory for a conv input");
+            goto done;
+        }
+        status = kind == CPU_CONV_BWD_DATA
+                     ? cpu_make_reorder(cpu, act, &g.src, &e->act_pd, &e->act)
+                     : cpu_make_reorder(cpu, &g.src, act, &e->act_pd, &e->act);
         if (status != MT_OK) goto done;
-        const dnnl_memory_desc_t *w = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
-        status = entry_weights(e, &g.user_w, w);
-        if (status == MT_OK) status = cpu_make_reorder(cpu, &g.user_w, w, &e->aux_pd, &e->aux);
-    } else {
-        DNNL_CHECK_GOTO(dnnl_convolution_backward_weights_desc_init(
-                            &cd, dnnl_convolution_direct, &g.src, &g.any_w, NULL, &g.dst,
-                            g.strides, g.pad_l, g.pad_r),
-                        status, done);
-        status = cpu_make_primitive(cpu, &cd, NULL, hint, &e->pd, &e->prim);
-        if (status != MT_OK) goto done;
-        const dnnl_memory_desc_t *w =
-            dnnl_primitive_desc_query_md(e->pd, dnnl_query_diff_weights_md, 0);
-        status = entry_weights(e, &g.user_w, w);
-        if (status == MT_OK) status = cpu_make_reorder(cpu, w, &g.user_w, &e->aux_pd, &e->aux);
     }
+    const dnnl_memory_desc_t *w = dnnl_primitive_desc_query_md(
+        e->pd, kind == CPU_CONV_BWD_WEIGHTS ? dnnl_query_diff_weights_md : dnnl_query_weights_md,
+        0);
+    status = entry_weights(e, &g.user_w, w);
+    if (status != MT_OK) goto done;
+    status = kind == CPU_CONV_BWD_WEIGHTS
+                 ? cpu_make_reorder(cpu, w, &g.user_w, &e->aux_pd, &e->aux)
+                 : cpu_make_reorder(cpu, &g.user_w, w, &e->aux_pd, &e->aux);
 done:
-    if (hint_prim) dnnl_primitive_destroy(hint_prim);
-    if (hint) dnnl_primitive_desc_destroy(hint);
     if (status == MT_OK) status = cpu_cache_insert(cpu, e);
     if (status != MT_OK) {
         cpu_entry_free(e);
@@ -152,6 +194,16 @@ done:
     }
     *out = e;
     return MT_OK;
+}
+
+/* The input-side activation in the primitive's layout: x itself, or x reordered into the
+ * entry's buffer. */
+static mt_status input_side(cpu_backend *cpu, cpu_entry *e, const mt_tensor *x, const void **out) {
+    *out = x->data;
+    if (!e->act) return MT_OK;
+    cpu_arg args[] = {{DNNL_ARG_FROM, x->data}, {DNNL_ARG_TO, e->act_buf}};
+    *out = e->act_buf;
+    return cpu_execute(cpu, e->act_pd, e->act, 2, args);
 }
 
 static mt_status lookup(cpu_backend *cpu, int kind, const mt_conv_desc *d, cpu_entry **out) {
@@ -175,7 +227,9 @@ mt_status mt_cpu_conv_forward(mt_backend *backend, const mt_conv_desc *desc, con
     MT_TRY(cpu_check_tensor(cpu, x, desc->input, "conv_forward's x"));
     MT_TRY(cpu_check_tensor(cpu, y, mt_conv_output_shape(desc), "conv_forward's y"));
     MT_TRY(load_weights(cpu, e, w));
-    cpu_arg args[] = {{DNNL_ARG_SRC, x->data}, {DNNL_ARG_WEIGHTS, e->w_buf}, {DNNL_ARG_DST, y->data}};
+    const void *src;
+    MT_TRY(input_side(cpu, e, x, &src));
+    cpu_arg args[] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, e->w_buf}, {DNNL_ARG_DST, y->data}};
     return cpu_execute(cpu, e->pd, e->prim, 3, args);
 }
 
@@ -189,8 +243,11 @@ mt_status mt_cpu_conv_backward_data(mt_backend *backend, const mt_conv_desc *des
     MT_TRY(load_weights(cpu, e, w));
     cpu_arg args[] = {{DNNL_ARG_DIFF_DST, dy->data},
                       {DNNL_ARG_WEIGHTS, e->w_buf},
-                      {DNNL_ARG_DIFF_SRC, dx->data}};
-    return cpu_execute(cpu, e->pd, e->prim, 3, args);
+                      {DNNL_ARG_DIFF_SRC, e->act ? e->act_buf : dx->data}};
+    MT_TRY(cpu_execute(cpu, e->pd, e->prim, 3, args));
+    if (!e->act) return MT_OK;
+    cpu_arg back[] = {{DNNL_ARG_FROM, e->act_buf}, {DNNL_ARG_TO, dx->data}};
+    return cpu_execute(cpu, e->act_pd, e->act, 2, back);
 }
 
 mt_status mt_cpu_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
@@ -200,7 +257,9 @@ mt_status mt_cpu_conv_backward_weights(mt_backend *backend, const mt_conv_desc *
     MT_TRY(lookup(cpu, CPU_CONV_BWD_WEIGHTS, desc, &e));
     MT_TRY(cpu_check_tensor(cpu, x, desc->input, "conv_backward_weights's x"));
     MT_TRY(cpu_check_tensor(cpu, dy, mt_conv_output_shape(desc), "conv_backward_weights's dy"));
-    cpu_arg args[] = {{DNNL_ARG_SRC, x->data},
+    const void *src;
+    MT_TRY(input_side(cpu, e, x, &src));
+    cpu_arg args[] = {{DNNL_ARG_SRC, src},
                       {DNNL_ARG_DIFF_DST, dy->data},
                       {DNNL_ARG_DIFF_WEIGHTS, e->w_buf}};
     MT_TRY(cpu_execute(cpu, e->pd, e->prim, 3, args));

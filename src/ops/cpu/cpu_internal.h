@@ -63,7 +63,9 @@ enum cpu_kind {
 };
 
 /* One cached primitive plus, for convolutions, the reorder between Keras' weight layout and the
- * primitive's and the buffer that holds the reordered weights (owned by the entry). */
+ * primitive's and the buffer that holds the reordered weights (owned by the entry), and, where
+ * oneDNN has no fast kernel for the tensors' own layouts (the 3-channel nhwc input into a blocked
+ * output), a reorder of the input-side activation into the layout it prefers. */
 typedef struct cpu_entry {
     cpu_key key;
     uint64_t hash;
@@ -75,6 +77,9 @@ typedef struct cpu_entry {
     dnnl_memory_desc_t prim_w_md; /* the primitive's layout */
     void *w_buf;
     size_t w_bytes;
+    dnnl_primitive_desc_t act_pd; /* input-side activation reorder, or NULL */
+    dnnl_primitive_t act;
+    void *act_buf;
 } cpu_entry;
 
 typedef struct cpu_backend {
