@@ -695,9 +695,63 @@ static void check_dropout(void) {
     free(x), free(y), free(y2), free(mask), free(mask2);
 }
 
+/* Each output element is summed by one thread in a fixed order, so the thread count must not
+ * change a single bit; this is what lets the finite differences below run single-threaded
+ * (thousands of tiny forwards, which OpenMP barriers on a busy machine would slow down). */
+static void check_threads_agree(void) {
+    mt_backend *b3;
+    MUST(mt_backend_create("reference", &(mt_backend_options){.num_threads = 3}, &b3));
+    mt_conv_desc descs[2] = {
+        {.input = {4, 32, 32, 17},
+         .out_channels = 24,
+         .kernel = 3,
+         .stride = 2,
+         .pad_top = 1,
+         .pad_left = 1,
+         .pad_bottom = 1,
+         .pad_right = 1},
+        {.input = {4, 32, 32, 40},
+         .out_channels = 40,
+         .kernel = 3,
+         .stride = 2,
+         .pad_bottom = 1,
+         .pad_right = 1,
+         .depthwise = true},
+    };
+    for (int i = 0; i < 2; i++) {
+        const mt_conv_desc *d = &descs[i];
+        mt_shape4 os = mt_conv_output_shape(d);
+        size_t nx = mt_shape4_count(d->input), ny = mt_shape4_count(os);
+        size_t nw = (size_t)9 * d->input.c * (d->depthwise ? 1 : d->out_channels);
+        mt_tensor x = random_tensor(d->input, -1, 1), dy = random_tensor(os, -1, 1);
+        float *w = random_array(nw, -1, 1);
+        mt_tensor y[2], dx[2];
+        float *dw[2] = {zeros(nw), zeros(nw)};
+        mt_backend *backends[2] = {B, b3};
+        for (int k = 0; k < 2; k++) {
+            y[k] = tensor(os), dx[k] = tensor(d->input);
+            MUST(ops->conv_forward(backends[k], d, &x, w, &y[k]));
+            MUST(ops->conv_backward_data(backends[k], d, &dy, w, &dx[k]));
+            MUST(ops->conv_backward_weights(backends[k], d, &x, &dy, dw[k]));
+        }
+        CHECK_MSG(memcmp(y[0].data, y[1].data, ny * 4) == 0, "conv %d forward: 1 vs 3 threads", i);
+        CHECK_MSG(memcmp(dx[0].data, dx[1].data, nx * 4) == 0, "conv %d dx: 1 vs 3 threads", i);
+        CHECK_MSG(memcmp(dw[0], dw[1], nw * 4) == 0, "conv %d dw: 1 vs 3 threads", i);
+        for (int k = 0; k < 2; k++) {
+            ops->tensor_free(B, &y[k]), ops->tensor_free(B, &dx[k]);
+            free(dw[k]);
+        }
+        ops->tensor_free(B, &x), ops->tensor_free(B, &dy);
+        free(w);
+    }
+    mt_backend_destroy(b3);
+}
+
 int main(void) {
-    MUST(mt_backend_create("reference", &(mt_backend_options){.num_threads = 0}, &B));
+    MUST(mt_backend_create("reference", &(mt_backend_options){.num_threads = 1}, &B));
     ops = B->ops;
+
+    check_threads_agree();
 
     check_same_padding();
     check_conv_by_hand();
