@@ -8,12 +8,14 @@
  *   <submodel>/<layer>/<weight>:0                 the same with a nested model (group <submodel>)
  *   model_weights/<model>/<layer>/<weight>:0      whole-model `model.save("x.h5")`
  *   <layer>/<weight>                              Keras 3 `model.save_weights("x.h5")`
- *   [.../]layers/<layer>/vars/<i>                 Keras 3 `model.save_weights("x.weights.h5")`;
- *                                                 i is the weight's position in Keras' order
+ *   [.../]layers/<class>_<k>/vars/<i>             Keras 3 `model.save_weights("x.weights.h5")`:
+ *                                                 layers named by class and position (see
+ *                                                 mt_keras_h5_name_keras3_layers); i is the
+ *                                                 weight's position in Keras' order
  *                                                 (kernel|depthwise_kernel|gamma = 0,
  *                                                 bias|beta = 1, moving_mean = 2,
  *                                                 moving_variance = 3)
- * The ":0" suffix is optional. Everything under a top-level "optimizer_weights" or "optimizer"
+ * The ":0" suffix is optional; "depthwise_kernel" also finds Keras 3's name for it, "kernel". Everything under a top-level "optimizer_weights" or "optimizer"
  * group is ignored. When the same (layer, weight) sits under two groups (two sub-models of one
  * file), a read is an error naming both until mt_keras_h5_select() picks one group.
  *
@@ -77,12 +79,20 @@ mt_status mt_keras_h5_select(mt_keras_h5 *file, const char *group);
 mt_status mt_keras_h5_read(mt_keras_h5 *file, const char *layer_name, const char *weight_name,
                            const int64_t *expected_shape, int rank, float *dst);
 
+/* Keras 3 ".weights.h5" files name a layer by its class and position within its model, not by
+ * its name: the first Conv2D is "conv2d", the third "conv2d_2". Give the model's layers in
+ * model.layers order with Keras 3's snake-case class names ("conv2d", "depthwise_conv2d",
+ * "batch_normalization", "dense"; NULL for layers without weights) and later reads by layer name
+ * find them. Applies to the tensors within the selection; a no-op for the named layouts. */
+mt_status mt_keras_h5_name_keras3_layers(mt_keras_h5 *file, const char *const *layer_names,
+                                         const char *const *class_names, size_t count);
+
 /* The tensor for layer/weight within the selection, or NULL when there is none or more than one.
  * For probing without an error: e.g. Conv1's kernel shape tells the file's width multiplier. */
 const mt_keras_h5_tensor *mt_keras_h5_find(const mt_keras_h5 *file, const char *layer_name,
                                            const char *weight_name);
 
-/* The indexed tensors within the selection, in the file's link order: index 0..count-1. */
+/* The indexed tensors within the selection, in path (name) order: index 0..count-1. */
 size_t mt_keras_h5_count(const mt_keras_h5 *file);
 const mt_keras_h5_tensor *mt_keras_h5_tensor_at(const mt_keras_h5 *file, size_t index);
 

@@ -17,6 +17,7 @@
 typedef struct entry {
     mt_keras_h5_tensor pub; /* pub.path starts the one allocation holding all four strings */
     int var_index;          /* Keras 3 "vars/<i>": i; -1 in the named layouts */
+    char *alias;            /* Keras 3: the layer name given by mt_keras_h5_name_keras3_layers */
     bool ignored;           /* under an optimizer group: indexed for nothing */
 } entry;
 
@@ -262,7 +263,10 @@ void mt_keras_h5_close(mt_keras_h5 *file) {
         H5Eclear2(H5E_DEFAULT);
         mt_h5_quiet_end(&quiet);
     }
-    for (size_t i = 0; i < file->entry_count; i++) free((char *)file->entries[i].pub.path);
+    for (size_t i = 0; i < file->entry_count; i++) {
+        free((char *)file->entries[i].pub.path);
+        free(file->entries[i].alias);
+    }
     free(file->entries);
     free(file->view);
     free(file->selected);
@@ -391,6 +395,31 @@ const mt_keras_h5_tensor *mt_keras_h5_tensor_at(const mt_keras_h5 *file, size_t 
     return index < file->view_count ? &file->entries[file->view[index]].pub : NULL;
 }
 
+mt_status mt_keras_h5_name_keras3_layers(mt_keras_h5 *file, const char *const *layer_names,
+                                         const char *const *class_names, size_t count) {
+    /* Keras 3 numbers each class separately in model order: conv2d, conv2d_1, conv2d_2, ... */
+    for (size_t i = 0; i < count; i++) {
+        const char *class_name = class_names[i];
+        if (!class_name || !*class_name) continue;
+        size_t before = 0;
+        for (size_t j = 0; j < i; j++)
+            before += class_names[j] && strcmp(class_names[j], class_name) == 0;
+        char key[256];
+        if (before == 0)
+            snprintf(key, sizeof key, "%s", class_name);
+        else
+            snprintf(key, sizeof key, "%s_%zu", class_name, before);
+        for (size_t v = 0; v < file->view_count; v++) {
+            entry *e = &file->entries[file->view[v]];
+            if (e->var_index < 0 || e->alias || strcmp(e->pub.layer, key) != 0) continue;
+            e->alias = strdup(layer_names[i]);
+            if (!e->alias) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+            e->pub.layer = e->alias;
+        }
+    }
+    return MT_OK;
+}
+
 /* ---- lookup and read ---------------------------------------------------------------------- */
 
 static bool matches(const entry *e, const char *layer, const char *weight, size_t length) {
@@ -410,6 +439,9 @@ static size_t lookup(const mt_keras_h5 *file, const char *layer, const char *wei
         if (hits < 2) found[hits] = e;
         hits++;
     }
+    /* Keras 3 calls a DepthwiseConv2D's weight "kernel" where Keras 2 said "depthwise_kernel". */
+    if (hits == 0 && length == 16 && strncmp(weight, "depthwise_kernel", 16) == 0)
+        return lookup(file, layer, "kernel", found);
     return hits;
 }
 
@@ -434,8 +466,15 @@ static void describe_layer(const mt_keras_h5 *file, const char *layer, char *buf
     }
     if (shown == 0) {
         const entry *first = &file->entries[file->view[0]];
-        snprintf(buffer, size, "it has no layer '%s' (its tensors are named like '%s')", layer,
-                 first->pub.path);
+        if (first->var_index >= 0 && !first->alias)
+            snprintf(buffer, size,
+                     "it has no layer '%s': it is a Keras 3 .weights.h5 file, whose layers are "
+                     "named by class and position ('%s'); name them with "
+                     "mt_keras_h5_name_keras3_layers first",
+                     layer, first->pub.path);
+        else
+            snprintf(buffer, size, "it has no layer '%s' (its tensors are named like '%s')", layer,
+                     first->pub.path);
     } else {
         char copy[768];
         snprintf(copy, sizeof copy, "%s", buffer);

@@ -230,6 +230,37 @@ static void test_keras3_layout(void) {
     mt_keras_h5_close(weights);
 }
 
+/* What Keras 3's save_weights("x.weights.h5") really writes: layers named by class and position. */
+static void test_keras3_class_names(void) {
+    const char *path = temp_path("classes.weights.h5");
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t two[1] = {2};
+    float first[2] = {1, 2}, second[2] = {3, 4}, gamma[2] = {5, 6};
+    put(file, "layers/conv2d/vars/0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, two, first);
+    put(file, "layers/conv2d_1/vars/0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, two, second);
+    put(file, "layers/batch_normalization/vars/0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, two, gamma);
+    H5Fclose(file);
+
+    mt_keras_h5 *weights = NULL;
+    CHECK_MSG(mt_keras_h5_open(path, &weights) == MT_OK, "%s", mt_last_error());
+    if (!weights) return;
+    float got[2];
+    int64_t shape[1] = {2};
+    CHECK(mt_keras_h5_read(weights, "stem", "kernel", shape, 1, got) == MT_ERR_FORMAT);
+    CHECK_MSG(strstr(mt_last_error(), "mt_keras_h5_name_keras3_layers"), "%s", mt_last_error());
+    const char *names[] = {"input", "stem", "stem_bn", "stem_relu", "head"};
+    const char *classes[] = {NULL, "conv2d", "batch_normalization", NULL, "conv2d"};
+    CHECK(mt_keras_h5_name_keras3_layers(weights, names, classes, 5) == MT_OK);
+    CHECK(mt_keras_h5_read(weights, "head", "kernel", shape, 1, got) == MT_OK);
+    CHECK(got[0] == 3 && got[1] == 4);
+    CHECK(mt_keras_h5_read(weights, "stem", "kernel", shape, 1, got) == MT_OK);
+    CHECK(got[0] == 1 && got[1] == 2);
+    CHECK(mt_keras_h5_read(weights, "stem_bn", "gamma", shape, 1, got) == MT_OK);
+    CHECK(got[0] == 5 && got[1] == 6);
+    CHECK(mt_keras_h5_check_all_read(weights) == MT_OK);
+    mt_keras_h5_close(weights);
+}
+
 static void test_ambiguous(void) {
     const char *path = temp_path("two_models.h5");
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
@@ -269,6 +300,7 @@ int main(void) {
     test_bad_files();
     test_float_widths();
     test_keras3_layout();
+    test_keras3_class_names();
     test_ambiguous();
     const char *imagenet = mt_test_shared_path("weights/mobilenet_v2_1.0_224_imagenet_no_top.h5");
     if (imagenet) {

@@ -184,6 +184,18 @@ static int compare_files(const char *a_path, const char *b_path) {
         mt_keras_h5_close(a);
         return -1;
     }
+    /* For a Keras 3 .weights.h5 file: the weighted layers in model order with their classes (the
+     * layers without weights do not change the numbering of these classes). */
+    const char *names[MNV2_MAX_TENSORS], *classes[MNV2_MAX_TENSORS];
+    size_t layers = 0;
+    for (int i = 0; i < count; i++) {
+        if (layers && strcmp(names[layers - 1], table[i].layer) == 0) continue;
+        names[layers] = table[i].layer;
+        classes[layers++] = strcmp(table[i].weight, "kernel") == 0             ? "conv2d"
+                            : strcmp(table[i].weight, "depthwise_kernel") == 0 ? "depthwise_conv2d"
+                                                                               : "batch_normalization";
+    }
+    if (mt_keras_h5_name_keras3_layers(b, names, classes, layers) != MT_OK) bad++;
     for (int i = 0; i < count; i++) {
         const mnv2_tensor *t = &table[i];
         int64_t n = mnv2_count(t);
