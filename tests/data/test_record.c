@@ -344,8 +344,69 @@ static void test_meta_hostile(void) {
     free(big);
 }
 
+/* The seed corpus of tests/fuzz was written by an independent Python encoder of the layout
+ * (tests/fuzz/make_corpus.py): its valid records and metadata must parse, its broken ones not. */
+static void test_python_seeds(void) {
+    const char *src = getenv("MT_SOURCE_DIR");
+    if (!src) {
+        printf("MT_SOURCE_DIR unset: skipping the Python-encoded seeds\n");
+        return;
+    }
+    const struct {
+        const char *file;
+        bool valid;
+        int height, width;
+        uint32_t label;
+        const char *name;
+    } cases[] = {
+        {"record/raw_1x1", true, 1, 1, 0, "a.jpg"},
+        {"record/raw_2x3", true, 2, 3, 7, "cats/cat.1.jpg"},
+        {"record/raw_noname", true, 4, 4, 1, ""},
+        {"record/jpeg", true, 160, 160, 1, "dogs/dog.2.jpg"},
+        {"record/bad_magic", false, 0, 0, 0, NULL},
+        {"record/bad_version", false, 0, 0, 0, NULL},
+        {"record/truncated", false, 0, 0, 0, NULL},
+        {"meta/good", true, 160, 160, 0, "cats"},
+        {"meta/jpeg_utf8", true, 160, 160, 0, "\xC3\xA9l\xC3\xA9phant"},
+        {"meta/bad_sum", false, 0, 0, 0, NULL},
+        {"meta/dup_class", false, 0, 0, 0, NULL},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/tests/fuzz/corpus/%s", src, cases[k].file);
+        FILE *f = fopen(path, "rb");
+        CHECK_MSG(f != NULL, "cannot open %s", path);
+        if (!f) continue;
+        uint8_t buf[4096];
+        size_t n = fread(buf, 1, sizeof buf, f);
+        fclose(f);
+        mt_status st;
+        if (strncmp(cases[k].file, "record/", 7) == 0) {
+            mt_record r;
+            st = mt_record_parse(buf, n, cases[k].file, &r);
+            if (st == MT_OK && cases[k].valid) {
+                CHECK(r.height == cases[k].height && r.width == cases[k].width);
+                CHECK(r.label == cases[k].label);
+                CHECK(r.name_bytes == strlen(cases[k].name) &&
+                      memcmp(r.name, cases[k].name, r.name_bytes) == 0);
+            }
+        } else {
+            mt_dataset_meta m;
+            st = mt_meta_parse(buf, n, &m);
+            if (st == MT_OK && cases[k].valid) {
+                CHECK(m.height == cases[k].height && m.width == cases[k].width);
+                CHECK(strcmp(m.class_names[0], cases[k].name) == 0);
+            }
+            mt_meta_free(&m);
+        }
+        CHECK_MSG((st == MT_OK) == cases[k].valid, "%s: %s (%s)", cases[k].file,
+                  mt_status_name(st), mt_last_error());
+    }
+}
+
 int main(void) {
     test_key();
+    test_python_seeds();
     test_round_trip();
     test_hostile();
     test_meta_round_trip();
