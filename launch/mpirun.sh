@@ -9,7 +9,7 @@
 #     -t, --threads T          OpenMP/oneDNN threads per rank (default: cores / ranks-per-node)
 #         --dry-run            print the final command and exit
 #
-#   launch/mpirun.sh -N 2 -- build/src/cli/mobiletune train --config configs/cats_vs_dogs/frozen.ini
+#   launch/mpirun.sh -N 2 -- build/mobiletune train --config configs/cats_vs_dogs/frozen.ini
 #
 # A rank that fails calls MPI_Abort and mpirun takes every rank down; a rank that dies is noticed
 # by mpirun, which does the same. Either way this script exits non-zero.
