@@ -35,40 +35,70 @@ static int scaled_round(int a, int b, int c) {
     return v < 1 ? 1 : (int)v;
 }
 
+/* One source row interpolated horizontally at the window's columns: out: cw,3 floats. The
+ * row is converted to float first (a vectorized loop; exact, as uint8 -> float is), then the same
+ * operations in the same order as TensorFlow's top/bottom lerps, so the result is too. */
+static void lerp_row(const uint8_t *restrict row, size_t row_values, const axis_tap *restrict xt,
+                     int cw, float *restrict rowf, float *restrict out) {
+    for (size_t i = 0; i < row_values; i++) rowf[i] = (float)row[i];
+    for (int x = 0; x < cw; x++) {
+        const float *l = rowf + (size_t)xt[x].lo * 3, *r = rowf + (size_t)xt[x].hi * 3;
+        float f = xt[x].frac;
+        out[3 * x] = l[0] + (r[0] - l[0]) * f;
+        out[3 * x + 1] = l[1] + (r[1] - l[1]) * f;
+        out[3 * x + 2] = l[2] + (r[2] - l[2]) * f;
+    }
+}
+
 /* Resize src to rw x rh and write the window starting at (ox, oy) of that resized image, cw x ch
- * pixels, to dst at (dx, dy) of a `size`-wide canvas. */
+ * pixels, to dst at (dx, dy) of a `size`-wide canvas. Separable: each source row is interpolated
+ * horizontally once (two rows are cached), then rows are blended vertically in a loop the
+ * compiler vectorizes. */
 static mt_status resize_window(const mt_image *src, int rw, int rh, int ox, int oy, int cw, int ch,
                                uint8_t *dst, int size, int dx, int dy) {
+    size_t n = (size_t)cw * 3;
     axis_tap *xt = malloc(sizeof(axis_tap) * (size_t)cw);
     axis_tap *yt = malloc(sizeof(axis_tap) * (size_t)ch);
-    if (!xt || !yt) {
+    float *rows = malloc(sizeof(float) * n * 2);
+    float *rowf = malloc(sizeof(float) * (size_t)src->width * 3);
+    if (!xt || !yt || !rows || !rowf) {
         free(xt);
         free(yt);
+        free(rows);
+        free(rowf);
         return MT_FAIL(MT_ERR_NOMEM, "out of memory resizing %dx%d", src->width, src->height);
     }
     axis_taps(src->width, rw, ox, cw, xt);
     axis_taps(src->height, rh, oy, ch, yt);
-    const uint8_t *in = src->pixels;
     size_t in_stride = (size_t)src->width * 3;
+    int cached[2] = {-1, -1}; /* source row held in rows[0..n) and rows[n..2n) */
     for (int y = 0; y < ch; y++) {
-        const uint8_t *top = in + (size_t)yt[y].lo * in_stride;
-        const uint8_t *bottom = in + (size_t)yt[y].hi * in_stride;
-        float fy = yt[y].frac;
-        uint8_t *row = dst + ((size_t)(dy + y) * size + dx) * 3;
-        for (int x = 0; x < cw; x++) {
-            size_t l = (size_t)xt[x].lo * 3, r = (size_t)xt[x].hi * 3;
-            float fx = xt[x].frac;
-            for (int c = 0; c < 3; c++) {
-                float t = top[l + c] + (top[r + c] - top[l + c]) * fx;
-                float b = bottom[l + c] + (bottom[r + c] - bottom[l + c]) * fx;
-                float v = t + (b - t) * fy;
-                int q = (int)(v + 0.5f);
-                row[x * 3 + c] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+        int want[2] = {yt[y].lo, yt[y].hi};
+        int slots[2];
+        for (int k = 0; k < 2; k++) {
+            int slot = cached[0] == want[k] ? 0 : cached[1] == want[k] ? 1 : -1;
+            if (slot < 0) {
+                /* Evict the slot the other row of this pair does not need. */
+                slot = k == 0 ? (cached[0] == want[1] ? 1 : 0) : (slots[0] == 0 ? 1 : 0);
+                lerp_row(src->pixels + (size_t)want[k] * in_stride, in_stride, xt, cw, rowf,
+                         rows + slot * n);
+                cached[slot] = want[k];
             }
+            slots[k] = slot;
+        }
+        const float *restrict t = rows + slots[0] * n, *restrict b = rows + slots[1] * n;
+        float fy = yt[y].frac;
+        uint8_t *restrict out = dst + ((size_t)(dy + y) * size + dx) * 3;
+        for (size_t i = 0; i < n; i++) {
+            float v = t[i] + (b[i] - t[i]) * fy;
+            int q = (int)(v + 0.5f); /* v >= 0: truncation after +0.5 rounds half up */
+            out[i] = (uint8_t)(q > 255 ? 255 : q);
         }
     }
     free(xt);
     free(yt);
+    free(rows);
+    free(rowf);
     return MT_OK;
 }
 
