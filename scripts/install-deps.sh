@@ -46,4 +46,8 @@ if ! .venv/bin/python -c 'import tensorflow' 2>/dev/null; then
   echo "install-deps: installing tensorflow-cpu into .venv"
   .venv/bin/pip install -q --disable-pip-version-check tensorflow-cpu
 fi
+# The independent reader the checkpoint test uses (it falls back to numpy without it).
+if ! .venv/bin/python -c 'import safetensors' 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check safetensors
+fi
 echo "install-deps: done"
