@@ -320,7 +320,8 @@ static int compare_written(const void *a, const void *b) {
 
 /* weight_names of one layer group: "<layer>/<weight>:0" in Keras' order. */
 static mt_status write_weight_names(hid_t file, layer_slot *layer) {
-    qsort(layer->weights, layer->weight_count, sizeof *layer->weights, compare_written);
+    if (layer->weight_count > 1)
+        qsort(layer->weights, layer->weight_count, sizeof *layer->weights, compare_written);
     char **names = calloc(layer->weight_count ? layer->weight_count : 1, sizeof *names);
     if (!names) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
     mt_status status = MT_OK;

@@ -67,7 +67,8 @@ static void test_bad_files(void) {
     write_bytes(empty, "", 0);
     expect_open_error(empty, MT_ERR_FORMAT, "is empty");
     const char *zip = temp_path("model.keras");
-    write_bytes(zip, "PK\003\004 a zip archive", 20);
+    static const char zip_bytes[] = "PK\003\004 a zip archive";
+    write_bytes(zip, zip_bytes, sizeof zip_bytes - 1);
     expect_open_error(zip, MT_ERR_FORMAT, "zip archive");
     expect_open_error(dir, MT_ERR_IO, "not a regular file");
     const char *locked = temp_path("locked.h5");
