@@ -476,6 +476,30 @@ def case_fetch_offline():
     return f.finish()
 
 
+def case_run_default():
+    """scripts/run-default.sh packs the shared photos into train/val/test (800/100/100 per class)
+    with a prebuilt packer, and fails clearly without any default data."""
+    P.need_pack()
+    script = os.path.join(os.environ["MT_SOURCE_DIR"], "scripts", "run-default.sh")
+    with P.TempDir("default") as tmp:
+        env = dict(os.environ, MT_PACK=P.PACK, MT_FETCH_URL="http://127.0.0.1:9/cats_and_dogs_filtered.zip",
+                   MT_DATA_CACHE=os.path.join(tmp, "cache"), MT_SHARED_DIR=os.path.join(tmp, "no-shared"),
+                   MT_DATA_OUT=os.path.join(tmp, "out"))
+        proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
+        f.check(proc.returncode == 1 and "no default data" in proc.stderr, f"{proc.returncode} {proc.stderr!r}")
+        f.check(not os.path.exists(os.path.join(tmp, "out")), "output written without data")
+        P.shared_photos()
+        env["MT_SHARED_DIR"] = P.SHARED
+        proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=300)
+        f.check(proc.returncode == 0, f"{proc.returncode} {proc.stderr!r}")
+        f.check("train 1600, val 200, test 200" in proc.stdout, f"summary: {proc.stdout!r}")
+        f.check(proc.stdout.count("    0    cats                 ") == 3, "info of the three splits")
+        for split, n in (("train", 800), ("val", 100), ("test", 100)):
+            meta, _, _ = P.read_db(os.path.join(tmp, "out", split))
+            f.check(meta["class_list"] == [(0, n, "cats"), (1, n, "dogs")], f"{split}: {meta['class_list']}")
+    return f.finish()
+
+
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else ""
     case = globals().get("case_" + name)

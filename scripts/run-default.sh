@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The main job on the default data. For now: build mobiletune-pack if needed, pack the cats/dogs
+# photos into data/cats_vs_dogs/{train,val,test} (seeded, stratified 80/10/10) and print the
+# summary and each split's metadata. Training is added here once it exists.
+#
+# Default data, first found:
+#   1. ../shared/data/cats_vs_dogs/train (cats/, dogs/): the 2,000 photos beside the repo
+#   2. the tutorial's public cats_and_dogs_filtered.zip, downloaded by data-prep/fetch_cats_dogs.sh
+# Neither: a message saying so and exit 1.
+#
+# Environment (all optional): MT_BUILD_DIR (default build), MT_PACK (use this mobiletune-pack,
+# no build), MT_SHARED_DIR (default ../shared), MT_DATA_OUT (default data/cats_vs_dogs),
+# MT_THREADS (default: all cores), and fetch_cats_dogs.sh's MT_FETCH_URL / MT_DATA_CACHE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build="${MT_BUILD_DIR:-build}"
+pack="${MT_PACK:-}"
+if [[ -z "$pack" ]]; then
+    if [[ ! -f "$build/CMakeCache.txt" ]]; then
+        cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    fi
+    cmake --build "$build" -j "$(nproc)" --target mobiletune-pack
+    pack="$build/data-prep/mobiletune-pack"
+fi
+
+shared="${MT_SHARED_DIR:-../shared}/data/cats_vs_dogs/train"
+if [[ -d "$shared/cats" && -d "$shared/dogs" ]]; then
+    input="$shared"
+    echo "run-default: using the shared photos in $input"
+else
+    echo "run-default: $shared is absent; fetching the public cats_and_dogs_filtered archive" >&2
+    if ! fetched="$(data-prep/fetch_cats_dogs.sh)"; then
+        echo "run-default: no default data: $shared does not exist and the archive could not be" >&2
+        echo "  downloaded (see above). Put the photos there, or pack your own folder with" >&2
+        echo "  $pack --split train=0.8,val=0.1,test=0.1 YOUR_FOLDER data/cats_vs_dogs" >&2
+        exit 1
+    fi
+    input="$fetched/train"
+fi
+
+out="${MT_DATA_OUT:-data/cats_vs_dogs}"
+threads=()
+if [[ -n "${MT_THREADS:-}" ]]; then threads=(--threads "$MT_THREADS"); fi
+"$pack" --split train=0.8,val=0.1,test=0.1 --seed 1 --force "${threads[@]}" "$input" "$out"
+for split in train val test; do
+    "$pack" info "$out/$split"
+done
