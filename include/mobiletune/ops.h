@@ -193,6 +193,18 @@ typedef struct mt_ops {
     mt_status (*loss_forward_backward)(mt_backend *backend, const mt_loss_desc *desc,
                                        const float *logits, const int32_t *labels,
                                        float *loss_host, float *dlogits);
+
+    /* ---- optional fused ops (NULL when a backend lacks them; callers fall back to the
+     * separate ops) ---- */
+    /* y = relu6(batchnorm_inference(conv(x, w))) in one pass (without the relu6 when `relu6`
+     * is false), for layers whose BN runs in inference mode and whose conv and BN outputs no
+     * backward pass needs (frozen layers, inference). bn->shape is the conv's output shape. */
+    mt_status (*conv_bn_relu6_inference_forward)(mt_backend *backend, const mt_conv_desc *conv,
+                                                 const mt_batchnorm_desc *bn, const mt_tensor *x,
+                                                 const float *w, const float *gamma,
+                                                 const float *beta, const float *moving_mean,
+                                                 const float *moving_variance, bool relu6,
+                                                 mt_tensor *y);
 } mt_ops;
 
 struct mt_backend {

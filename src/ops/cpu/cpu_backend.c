@@ -403,4 +403,5 @@ const mt_ops mt_ops_cpu = {
     .dense_forward = mt_cpu_dense_forward,
     .dense_backward = mt_cpu_dense_backward,
     .loss_forward_backward = mt_cpu_loss_forward_backward,
+    .conv_bn_relu6_inference_forward = mt_cpu_conv_bn_relu6_inference_forward,
 };

@@ -147,6 +147,13 @@ mt_status mt_cpu_conv_backward_data(mt_backend *backend, const mt_conv_desc *des
 mt_status mt_cpu_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
                                        const mt_tensor *x, const mt_tensor *dy, float *dw);
 
+mt_status mt_cpu_conv_bn_relu6_inference_forward(mt_backend *backend, const mt_conv_desc *conv,
+                                                 const mt_batchnorm_desc *bn, const mt_tensor *x,
+                                                 const float *w, const float *gamma,
+                                                 const float *beta, const float *moving_mean,
+                                                 const float *moving_variance, bool relu6,
+                                                 mt_tensor *y);
+
 mt_status mt_cpu_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
                                             const mt_tensor *x, const float *gamma,
                                             const float *beta, float *moving_mean,
