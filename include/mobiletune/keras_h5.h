@@ -15,9 +15,10 @@
  *                                                 (kernel|depthwise_kernel|gamma = 0,
  *                                                 bias|beta = 1, moving_mean = 2,
  *                                                 moving_variance = 3)
- * The ":0" suffix is optional; "depthwise_kernel" also finds Keras 3's name for it, "kernel". Everything under a top-level "optimizer_weights" or "optimizer"
- * group is ignored. When the same (layer, weight) sits under two groups (two sub-models of one
- * file), a read is an error naming both until mt_keras_h5_select() picks one group.
+ * The ":0" suffix is optional; "depthwise_kernel" also finds Keras 3's name for it, "kernel".
+ * Everything under a top-level "optimizer_weights" or "optimizer" group is ignored. When the same
+ * (layer, weight) sits under two groups (two sub-models of one file), a read is an error naming
+ * both until mt_keras_h5_select() picks one group.
  *
  * Shapes are Keras' own: conv kernel (kh, kw, cin, cout), depthwise kernel (kh, kw, c, 1), dense
  * kernel (in, out), BN vectors and biases (c). Values are float32 in memory; float64 and float16
@@ -52,9 +53,9 @@ typedef struct mt_keras_h5_tensor {
     const char *weight; /* weight name without ":0": "kernel"; "vars/0" in the Keras 3 layout */
     int rank;
     int64_t shape[MT_KERAS_H5_MAX_RANK];
-    int64_t count;  /* number of values (1 for a scalar) */
-    int bits;       /* 16, 32 or 64: the file's float width */
-    int reads;      /* how many times mt_keras_h5_read() read this tensor */
+    int64_t count; /* number of values (1 for a scalar) */
+    int bits;      /* 16, 32 or 64: the file's float width */
+    int reads;     /* how many times mt_keras_h5_read() read this tensor */
 } mt_keras_h5_tensor;
 
 /* Open a weights file read-only and index its float datasets. Errors (MT_ERR_IO: missing file,

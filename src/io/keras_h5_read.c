@@ -26,8 +26,8 @@ struct mt_keras_h5 {
     hid_t file;
     entry *entries;
     size_t entry_count, entry_capacity;
-    char *selected;   /* group filter; NULL when none */
-    size_t *view;     /* indices of the entries in the selection, in index order */
+    char *selected; /* group filter; NULL when none */
+    size_t *view;   /* indices of the entries in the selection, in index order */
     size_t view_count;
 };
 
@@ -55,9 +55,8 @@ static int keras_var_position(const char *weight, size_t length) {
     static const struct {
         const char *name;
         int position;
-    } order[] = {{"kernel", 0},      {"depthwise_kernel", 0}, {"gamma", 0},
-                 {"bias", 1},        {"beta", 1},             {"moving_mean", 2},
-                 {"moving_variance", 3}};
+    } order[] = {{"kernel", 0}, {"depthwise_kernel", 0}, {"gamma", 0},          {"bias", 1},
+                 {"beta", 1},   {"moving_mean", 2},      {"moving_variance", 3}};
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
         if (strlen(order[i].name) == length && memcmp(order[i].name, weight, length) == 0)
             return order[i].position;
@@ -154,7 +153,8 @@ static mt_status add_entry(mt_keras_h5 *file, const char *path, const int64_t *s
     }
     e->pub.bits = bits;
     e->var_index = var_index;
-    e->ignored = strncmp(path, "optimizer_weights/", 18) == 0 || strncmp(path, "optimizer/", 10) == 0;
+    e->ignored =
+        strncmp(path, "optimizer_weights/", 18) == 0 || strncmp(path, "optimizer/", 10) == 0;
     return MT_OK;
 }
 
@@ -168,22 +168,31 @@ static herr_t visit_link(hid_t root, const char *name, const H5L_info_t *info, v
     }
     hid_t space = -1, type = -1;
     herr_t result = 0;
-    if (H5Iget_type(object) == H5I_DATASET) {
+    H5I_type_t kind = (H5I_type_t)H5_CHECK(H5Iget_type(object));
+    if (kind < 0) {
+        state->status = mt_error_context(MT_ERR_FORMAT, "object '%s'", name);
+        result = -1;
+    } else if (kind == H5I_DATASET) {
         type = H5_CHECK(H5Dget_type(object));
         space = type < 0 ? -1 : H5_CHECK(H5Dget_space(object));
         int rank = space < 0 ? -1 : (int)H5_CHECK(H5Sget_simple_extent_ndims(space));
-        if (rank < 0) {
+        H5T_class_t type_class =
+            rank < 0 ? H5T_NO_CLASS : (H5T_class_t)H5_CHECK(H5Tget_class(type));
+        size_t type_size = type_class < 0 ? 0 : H5Tget_size(type);
+        if (type_class >= 0 && type_size == 0) MT_FAIL(MT_ERR_FORMAT, "H5Tget_size failed");
+        if (type_size == 0) {
             state->status = mt_error_context(MT_ERR_FORMAT, "dataset '%s'", name);
             result = -1;
-        } else if (H5Tget_class(type) == H5T_FLOAT && rank <= MT_KERAS_H5_MAX_RANK) {
+        } else if (type_class == H5T_FLOAT && rank <= MT_KERAS_H5_MAX_RANK) {
             hsize_t dims[MT_KERAS_H5_MAX_RANK];
             int64_t shape[MT_KERAS_H5_MAX_RANK];
             if (H5_CHECK(H5Sget_simple_extent_dims(space, dims, NULL)) < 0) {
                 state->status = mt_error_context(MT_ERR_FORMAT, "dataset '%s'", name);
                 result = -1;
             } else {
-                for (int i = 0; i < rank; i++) shape[i] = (int64_t)dims[i];
-                int bits = (int)(8 * H5Tget_size(type));
+                for (int i = 0; i < rank; i++)
+                    shape[i] = (int64_t)dims[i];
+                int bits = (int)(8 * type_size);
                 state->status = add_entry(state->file, name, shape, rank, bits);
                 if (state->status != MT_OK) result = -1;
             }
@@ -191,7 +200,10 @@ static herr_t visit_link(hid_t root, const char *name, const H5L_info_t *info, v
     }
     mt_h5_close_any(space);
     mt_h5_close_any(type);
-    H5Oclose(object);
+    if (H5_CHECK(H5Oclose(object)) < 0 && result == 0) {
+        state->status = mt_error_context(MT_ERR_FORMAT, "object '%s'", name);
+        result = -1;
+    }
     return result;
 }
 
@@ -218,11 +230,9 @@ static mt_status precheck(const char *path) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
         int error = errno;
-        if (error == ENOENT)
-            return MT_FAIL(MT_ERR_IO, "weights file '%s' does not exist", path);
+        if (error == ENOENT) return MT_FAIL(MT_ERR_IO, "weights file '%s' does not exist", path);
         if (error == EACCES)
-            return MT_FAIL(MT_ERR_IO, "weights file '%s' is not readable: permission denied",
-                           path);
+            return MT_FAIL(MT_ERR_IO, "weights file '%s' is not readable: permission denied", path);
         return MT_FAIL(MT_ERR_IO, "cannot open weights file '%s': %s", path, strerror(error));
     }
     struct stat st;
@@ -309,18 +319,18 @@ mt_status mt_keras_h5_open(const char *path, mt_keras_h5 **out) {
     }
     visit_state state = {.file = file, .status = MT_OK};
     if (H5_CHECK(H5Lvisit(file->file, H5_INDEX_NAME, H5_ITER_INC, visit_link, &state)) < 0) {
-        status = state.status != MT_OK
-                     ? mt_error_context(state.status, "indexing weights file '%s'", path)
-                     : mt_error_context(MT_ERR_FORMAT,
-                                        "weights file '%s' is corrupt (listing its contents)",
-                                        path);
+        status =
+            state.status != MT_OK
+                ? mt_error_context(state.status, "indexing weights file '%s'", path)
+                : mt_error_context(MT_ERR_FORMAT,
+                                   "weights file '%s' is corrupt (listing its contents)", path);
         goto done;
     }
     status = rebuild_view(file);
     if (status == MT_OK && file->view_count == 0)
-        status = MT_FAIL(MT_ERR_FORMAT,
-                         "weights file '%s' holds no float tensors: is it a Keras weights file?",
-                         path);
+        status =
+            MT_FAIL(MT_ERR_FORMAT,
+                    "weights file '%s' holds no float tensors: is it a Keras weights file?", path);
 done:
     mt_h5_close_any(access);
     mt_h5_quiet_end(&quiet);
@@ -348,14 +358,15 @@ static void list_groups(const mt_keras_h5 *file, char *buffer, size_t size) {
         if (e->ignored) continue;
         bool seen = false;
         for (size_t j = 0; j < i && !seen; j++)
-            seen = !file->entries[j].ignored && strcmp(file->entries[j].pub.group, e->pub.group) == 0;
+            seen =
+                !file->entries[j].ignored && strcmp(file->entries[j].pub.group, e->pub.group) == 0;
         if (seen) continue;
         if (shown == 8) {
             snprintf(buffer + used, size - used, ", ...");
             return;
         }
-        used += (size_t)snprintf(buffer + used, size - used, "%s'%s'", shown ? ", " : "",
-                                 e->pub.group);
+        used +=
+            (size_t)snprintf(buffer + used, size - used, "%s'%s'", shown ? ", " : "", e->pub.group);
         shown++;
     }
 }
@@ -365,9 +376,11 @@ mt_status mt_keras_h5_select(mt_keras_h5 *file, const char *group) {
     file->selected = NULL;
     if (group && *group) {
         size_t n = strlen(group);
-        while (n > 0 && group[n - 1] == '/') n--;
+        while (n > 0 && group[n - 1] == '/')
+            n--;
         const char *start = group;
-        while (*start == '/' && n > 0) start++, n--;
+        while (*start == '/' && n > 0)
+            start++, n--;
         file->selected = strndup(start, n);
         if (!file->selected) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
     }
@@ -511,7 +524,8 @@ mt_status mt_keras_h5_read(mt_keras_h5 *file, const char *layer_name, const char
     entry *e = found[0];
     format_shape(have, sizeof have, e->pub.shape, e->pub.rank);
     bool same = rank == e->pub.rank;
-    for (int i = 0; same && i < rank; i++) same = expected_shape[i] == e->pub.shape[i];
+    for (int i = 0; same && i < rank; i++)
+        same = expected_shape[i] == e->pub.shape[i];
     if (!same)
         return MT_FAIL(MT_ERR_FORMAT,
                        "weights file '%s': layer '%s' weight '%.*s' has shape %s, expected %s "
@@ -560,7 +574,8 @@ mt_status mt_keras_h5_check_all_read(const mt_keras_h5 *file) {
 
 void mt_keras_h5_free_names(char **names, size_t count) {
     if (!names) return;
-    for (size_t i = 0; i < count; i++) free(names[i]);
+    for (size_t i = 0; i < count; i++)
+        free(names[i]);
     free(names);
 }
 
@@ -573,7 +588,9 @@ static mt_status append_strings(hid_t attribute, char ***names, size_t *count) {
     void *buffer = NULL;
     hssize_t points = space < 0 ? -1 : H5_CHECK(H5Sget_simple_extent_npoints(space));
     if (points < 0) goto h5_failed;
-    if (H5Tget_class(type) != H5T_STRING) {
+    H5T_class_t type_class = (H5T_class_t)H5_CHECK(H5Tget_class(type));
+    if (type_class < 0) goto h5_failed;
+    if (type_class != H5T_STRING) {
         status = MT_FAIL(MT_ERR_FORMAT, "is not a list of strings");
         goto done;
     }
@@ -598,16 +615,22 @@ static mt_status append_strings(hid_t attribute, char ***names, size_t *count) {
         if (H5_CHECK(H5Aread(attribute, memtype, strings)) < 0) goto h5_failed;
         for (hssize_t i = 0; i < points && status == MT_OK; i++) {
             char *copy = strdup(strings[i] ? strings[i] : "");
-            if (!copy) status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
-            else (*names)[(*count)++] = copy;
+            if (!copy)
+                status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
+            else
+                (*names)[(*count)++] = copy;
         }
 #if H5_VERSION_GE(1, 12, 0)
-        H5Treclaim(memtype, space, H5P_DEFAULT, strings);
+        if (H5_CHECK(H5Treclaim(memtype, space, H5P_DEFAULT, strings)) < 0) goto h5_failed;
 #else
-        H5Dvlen_reclaim(memtype, space, H5P_DEFAULT, strings);
+        if (H5_CHECK(H5Dvlen_reclaim(memtype, space, H5P_DEFAULT, strings)) < 0) goto h5_failed;
 #endif
     } else {
         size_t width = H5Tget_size(type);
+        if (width == 0) {
+            status = MT_FAIL(MT_ERR_FORMAT, "H5Tget_size failed on a string attribute");
+            goto done;
+        }
         memtype = H5_CHECK(H5Tcopy(H5T_C_S1));
         if (memtype < 0 || H5_CHECK(H5Tset_size(memtype, width)) < 0 ||
             H5_CHECK(H5Tset_strpad(memtype, H5T_STR_NULLPAD)) < 0)
@@ -620,8 +643,10 @@ static mt_status append_strings(hid_t attribute, char ***names, size_t *count) {
         if (H5_CHECK(H5Aread(attribute, memtype, buffer)) < 0) goto h5_failed;
         for (hssize_t i = 0; i < points && status == MT_OK; i++) {
             char *copy = strndup((char *)buffer + (size_t)i * width, width);
-            if (!copy) status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
-            else (*names)[(*count)++] = copy;
+            if (!copy)
+                status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
+            else
+                (*names)[(*count)++] = copy;
         }
     }
     goto done;
@@ -647,8 +672,8 @@ mt_status mt_keras_h5_string_list(const mt_keras_h5 *file, const char *group, co
     int chunks = 0;
     htri_t whole = H5_CHECK(H5Aexists_by_name(file->file, location, name, H5P_DEFAULT));
     if (whole < 0) {
-        status = mt_error_context(MT_ERR_FORMAT, "weights file '%s': group '%s'", file->path,
-                                  location);
+        status =
+            mt_error_context(MT_ERR_FORMAT, "weights file '%s': group '%s'", file->path, location);
         goto done;
     }
     /* Keras splits a list longer than one HDF5 object header into name0, name1, ... */
@@ -657,22 +682,22 @@ mt_status mt_keras_h5_string_list(const mt_keras_h5 *file, const char *group, co
         if (!whole) {
             snprintf(chunk_name, sizeof chunk_name, "%s%d", name, chunks);
             attr_name = chunk_name;
-            htri_t exists = H5_CHECK(H5Aexists_by_name(file->file, location, chunk_name,
-                                                       H5P_DEFAULT));
+            htri_t exists =
+                H5_CHECK(H5Aexists_by_name(file->file, location, chunk_name, H5P_DEFAULT));
             if (exists < 0) {
                 status = mt_error_context(MT_ERR_FORMAT, "weights file '%s'", file->path);
                 goto done;
             }
             if (!exists) break;
         }
-        hid_t attribute = H5_CHECK(H5Aopen_by_name(file->file, location, attr_name, H5P_DEFAULT,
-                                                   H5P_DEFAULT));
+        hid_t attribute =
+            H5_CHECK(H5Aopen_by_name(file->file, location, attr_name, H5P_DEFAULT, H5P_DEFAULT));
         if (attribute < 0) {
             status = mt_error_context(MT_ERR_FORMAT, "weights file '%s'", file->path);
             goto done;
         }
         status = append_strings(attribute, names, count);
-        H5Aclose(attribute);
+        if (H5_CHECK(H5Aclose(attribute)) < 0 && status == MT_OK) status = MT_ERR_FORMAT;
         if (status != MT_OK) {
             status = mt_error_context(status, "weights file '%s': attribute '%s' of group '%s'",
                                       file->path, attr_name, location);

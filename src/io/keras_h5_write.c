@@ -1,6 +1,7 @@
 /* The Keras weights writer: Keras 2's `model.save_weights("x.h5")` layout, byte-string attributes
  * as h5py writes them, so that `model.load_weights` of Keras 2 and Keras 3 reads the file. Written
- * to a temporary name, flushed, fsync'ed and renamed, so a crash leaves the old file or the new one.
+ * to a temporary name, flushed, fsync'ed and renamed, so a crash leaves the old file or the new
+ * one.
  *
  * Layout (docs/weights.md):
  *   /                 attrs layer_names (every layer, model order), backend, keras_version
@@ -23,7 +24,7 @@
 enum { OBJECT_HEADER_LIMIT = 64512 };
 
 static const char KERAS_VERSION[] = "2.15.0"; /* the Keras 2 layout this file follows */
-static const char BACKEND[] = "tensorflow"; /* "theano" would make Keras flip conv kernels */
+static const char BACKEND[] = "tensorflow";   /* "theano" would make Keras flip conv kernels */
 
 typedef struct written {
     char *name;   /* weight name without ":0" */
@@ -47,7 +48,7 @@ struct mt_keras_h5_writer {
 };
 
 static int keras_position(const char *weight) {
-    static const char *order[] = {"kernel", "depthwise_kernel", "bias", "gamma",
+    static const char *order[] = {"kernel", "depthwise_kernel", "bias",           "gamma",
                                   "beta",   "moving_mean",      "moving_variance"};
     static const int position[] = {0, 0, 1, 2, 3, 4, 5};
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
@@ -101,8 +102,9 @@ mt_status mt_keras_h5_create(const char *path, const char *const *layer_names, s
                        "this save_weights layout; name the file '*.h5'",
                        path);
     if (layer_count == 0 || !layer_names)
-        return MT_FAIL(MT_ERR_INVALID, "'%s': no layer names given (Keras matches layers by the "
-                                       "model's full layer list)",
+        return MT_FAIL(MT_ERR_INVALID,
+                       "'%s': no layer names given (Keras matches layers by the "
+                       "model's full layer list)",
                        path);
     for (size_t i = 0; i < layer_count; i++) {
         if (!valid_name(layer_names[i]))
@@ -138,8 +140,8 @@ mt_status mt_keras_h5_create(const char *path, const char *const *layer_names, s
     /* Try the temporary name with open(2) first: errno says why better than HDF5 does. */
     int fd = open(writer->temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
-        mt_status status = MT_FAIL(MT_ERR_IO, "cannot create '%s': %s", writer->temp_path,
-                                   strerror(errno));
+        mt_status status =
+            MT_FAIL(MT_ERR_IO, "cannot create '%s': %s", writer->temp_path, strerror(errno));
         free_writer(writer);
         return status;
     }
@@ -154,11 +156,9 @@ mt_status mt_keras_h5_create(const char *path, const char *const *layer_names, s
     for (size_t i = 0; status == MT_OK && i < layer_count; i++) {
         hid_t group = H5_CHECK(
             H5Gcreate2(writer->file, layer_names[i], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-        if (group < 0)
+        if (group < 0 || H5_CHECK(H5Gclose(group)) < 0)
             status = mt_error_context(MT_ERR_IO, "'%s': group for layer '%s'", writer->temp_path,
                                       layer_names[i]);
-        else
-            H5Gclose(group);
     }
     mt_h5_quiet_end(&quiet);
     if (status != MT_OK) {
@@ -180,8 +180,7 @@ mt_status mt_keras_h5_write(mt_keras_h5_writer *writer, const char *layer_name,
                        "'%s': layer '%s' is not among the %zu layer names given at create",
                        writer->path, layer_name, writer->layer_count);
     size_t weight_length = strlen(weight_name);
-    if (weight_length > 2 && strcmp(weight_name + weight_length - 2, ":0") == 0)
-        weight_length -= 2;
+    if (weight_length > 2 && strcmp(weight_name + weight_length - 2, ":0") == 0) weight_length -= 2;
     char *weight = strndup(weight_name, weight_length);
     if (!weight) return MT_FAIL(MT_ERR_NOMEM, "out of memory writing '%s'", writer->path);
     mt_status status = MT_OK;
@@ -205,8 +204,10 @@ mt_status mt_keras_h5_write(mt_keras_h5_writer *writer, const char *layer_name,
     if (status == MT_OK && layer->weight_count == layer->weight_capacity) {
         size_t capacity = layer->weight_capacity ? 2 * layer->weight_capacity : 4;
         written *grown = realloc(layer->weights, capacity * sizeof *grown);
-        if (!grown) status = MT_FAIL(MT_ERR_NOMEM, "out of memory writing '%s'", writer->path);
-        else layer->weights = grown, layer->weight_capacity = capacity;
+        if (!grown)
+            status = MT_FAIL(MT_ERR_NOMEM, "out of memory writing '%s'", writer->path);
+        else
+            layer->weights = grown, layer->weight_capacity = capacity;
     }
     if (status != MT_OK) {
         free(weight);
@@ -254,7 +255,8 @@ static mt_status write_string_attribute(hid_t location, const char *name, char *
                                         size_t count, size_t width) {
     char *buffer = calloc(count ? count : 1, width);
     if (!buffer) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < count; i++) memcpy(buffer + i * width, strings[i], strlen(strings[i]));
+    for (size_t i = 0; i < count; i++)
+        memcpy(buffer + i * width, strings[i], strlen(strings[i]));
     mt_status status = MT_OK;
     hsize_t dims[1] = {count};
     hid_t type = H5_CHECK(H5Tcopy(H5T_C_S1));
@@ -282,7 +284,8 @@ static mt_status write_string_list(hid_t location, const char *name, char *const
     for (size_t i = 0; i < count; i++)
         if (strlen(strings[i]) > width) width = strlen(strings[i]);
     size_t chunks = 1;
-    while ((count + chunks - 1) / chunks * width > OBJECT_HEADER_LIMIT) chunks++;
+    while ((count + chunks - 1) / chunks * width > OBJECT_HEADER_LIMIT)
+        chunks++;
     if (chunks == 1) return write_string_attribute(location, name, strings, count, width);
     size_t start = 0;
     for (size_t c = 0; c < chunks; c++) {
@@ -328,8 +331,10 @@ static mt_status write_weight_names(hid_t file, layer_slot *layer) {
     for (size_t i = 0; i < layer->weight_count && status == MT_OK; i++) {
         size_t size = strlen(layer->name) + strlen(layer->weights[i].name) + 4;
         names[i] = malloc(size);
-        if (!names[i]) status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
-        else snprintf(names[i], size, "%s/%s:0", layer->name, layer->weights[i].name);
+        if (!names[i])
+            status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        else
+            snprintf(names[i], size, "%s/%s:0", layer->name, layer->weights[i].name);
     }
     hid_t group = -1;
     if (status == MT_OK) {
@@ -340,7 +345,8 @@ static mt_status write_weight_names(hid_t file, layer_slot *layer) {
         status = write_string_list(group, "weight_names", names, layer->weight_count);
     if (status != MT_OK) status = mt_error_context(status, "layer '%s'", layer->name);
     mt_h5_close_any(group);
-    for (size_t i = 0; i < layer->weight_count; i++) free(names[i]);
+    for (size_t i = 0; i < layer->weight_count; i++)
+        free(names[i]);
     free(names);
     return status;
 }
@@ -366,7 +372,8 @@ mt_status mt_keras_h5_finish(mt_keras_h5_writer *writer) {
     char **layer_names = calloc(writer->layer_count, sizeof *layer_names);
     if (status == MT_OK && !layer_names) status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
     if (status == MT_OK) {
-        for (size_t i = 0; i < writer->layer_count; i++) layer_names[i] = writer->layers[i].name;
+        for (size_t i = 0; i < writer->layer_count; i++)
+            layer_names[i] = writer->layers[i].name;
         status = write_string_list(writer->file, "layer_names", layer_names, writer->layer_count);
     }
     free(layer_names);
@@ -388,8 +395,10 @@ mt_status mt_keras_h5_finish(mt_keras_h5_writer *writer) {
         char *folder = strdup(writer->path);
         char *slash = folder ? strrchr(folder, '/') : NULL;
         if (folder) {
-            if (slash == folder) slash[1] = '\0';
-            else if (slash) *slash = '\0';
+            if (slash == folder)
+                slash[1] = '\0';
+            else if (slash)
+                *slash = '\0';
             status = sync_path(slash ? folder : ".", true);
         }
         free(folder);

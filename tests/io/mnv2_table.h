@@ -25,7 +25,7 @@ static inline int mnv2_divisible(double v) {
 }
 
 static inline void mnv2_add(mnv2_tensor *t, int *n, const char *layer, const char *weight, int rank,
-                     int64_t a, int64_t b, int64_t c, int64_t d) {
+                            int64_t a, int64_t b, int64_t c, int64_t d) {
     mnv2_tensor *x = &t[(*n)++];
     snprintf(x->layer, sizeof x->layer, "%s", layer);
     snprintf(x->weight, sizeof x->weight, "%s", weight);
@@ -35,13 +35,14 @@ static inline void mnv2_add(mnv2_tensor *t, int *n, const char *layer, const cha
 
 static inline void mnv2_add_bn(mnv2_tensor *t, int *n, const char *layer, int64_t c) {
     static const char *names[4] = {"gamma", "beta", "moving_mean", "moving_variance"};
-    for (int i = 0; i < 4; i++) mnv2_add(t, n, layer, names[i], 1, c, 0, 0, 0);
+    for (int i = 0; i < 4; i++)
+        mnv2_add(t, n, layer, names[i], 1, c, 0, 0, 0);
 }
 
 /* Fill t (MNV2_MAX_TENSORS) in Keras' layer order; returns the count (260). */
 static inline int mnv2_table(double alpha, mnv2_tensor *t) {
-    static const int blocks[7][4] = {{1, 16, 1, 1},  {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
-                                     {6, 96, 3, 1},  {6, 160, 3, 2}, {6, 320, 1, 1}};
+    static const int blocks[7][4] = {{1, 16, 1, 1}, {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
+                                     {6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}};
     int n = 0;
     int channels = mnv2_divisible(32 * alpha);
     mnv2_add(t, &n, "Conv1", "kernel", 4, 3, 3, 3, channels);
@@ -83,7 +84,8 @@ static inline int mnv2_table(double alpha, mnv2_tensor *t) {
 
 static inline int64_t mnv2_count(const mnv2_tensor *x) {
     int64_t c = 1;
-    for (int i = 0; i < x->rank; i++) c *= x->shape[i];
+    for (int i = 0; i < x->rank; i++)
+        c *= x->shape[i];
     return c;
 }
 

@@ -50,8 +50,8 @@ static void copy_prefix(const char *src, const char *dst, size_t size) {
 static void expect_open_error(const char *path, mt_status status, const char *text) {
     mt_keras_h5 *file = NULL;
     mt_status got = mt_keras_h5_open(path, &file);
-    CHECK_MSG(got == status, "%s: got %s (%s), want %s", path, mt_status_name(got),
-              mt_last_error(), mt_status_name(status));
+    CHECK_MSG(got == status, "%s: got %s (%s), want %s", path, mt_status_name(got), mt_last_error(),
+              mt_status_name(status));
     CHECK(file == NULL);
     CHECK_MSG(strstr(mt_last_error(), path) && strstr(mt_last_error(), text),
               "%s: message lacks the path or '%s': %s", path, text, mt_last_error());
@@ -176,7 +176,8 @@ static void test_float_widths(void) {
     int64_t shape2[2] = {2, 3}, shape1[1] = {3};
     CHECK_MSG(mt_keras_h5_read(weights, "dense", "kernel", shape2, 2, got) == MT_OK, "%s",
               mt_last_error());
-    for (int i = 0; i < 6; i++) CHECK(got[i] == (float)kernel[i]);
+    for (int i = 0; i < 6; i++)
+        CHECK(got[i] == (float)kernel[i]);
     CHECK(mt_keras_h5_find(weights, "dense", "kernel")->bits == 64);
     CHECK_MSG(mt_keras_h5_read(weights, "dense", "bias", shape1, 1, got) == MT_OK, "%s",
               mt_last_error());
@@ -267,12 +268,12 @@ static void test_ambiguous(void) {
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     hsize_t two[1] = {2};
     float a[2] = {1, 2}, b[2] = {3, 4};
-    put(file, "model_weights/sequential_1/Conv1/kernel:0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1,
-        two, a);
-    put(file, "model_weights/sequential_3/Conv1/kernel:0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1,
-        two, b);
-    put(file, "optimizer_weights/RMSprop/Conv1/kernel:0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1,
-        two, b);
+    put(file, "model_weights/sequential_1/Conv1/kernel:0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, two,
+        a);
+    put(file, "model_weights/sequential_3/Conv1/kernel:0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, two,
+        b);
+    put(file, "optimizer_weights/RMSprop/Conv1/kernel:0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, two,
+        b);
     H5Fclose(file);
 
     mt_keras_h5 *weights = NULL;
@@ -310,7 +311,8 @@ int main(void) {
         test_truncated(path);
         test_tensor_errors(path);
     } else {
-        printf("note: ../shared/weights is absent: truncated-file and tensor-error cases skipped\n");
+        printf(
+            "note: ../shared/weights is absent: truncated-file and tensor-error cases skipped\n");
     }
     mt_test_remove_tree(dir);
     return mt_test_finish();

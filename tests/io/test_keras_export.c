@@ -191,9 +191,10 @@ static int compare_files(const char *a_path, const char *b_path) {
     for (int i = 0; i < count; i++) {
         if (layers && strcmp(names[layers - 1], table[i].layer) == 0) continue;
         names[layers] = table[i].layer;
-        classes[layers++] = strcmp(table[i].weight, "kernel") == 0             ? "conv2d"
-                            : strcmp(table[i].weight, "depthwise_kernel") == 0 ? "depthwise_conv2d"
-                                                                               : "batch_normalization";
+        classes[layers++] = strcmp(table[i].weight, "kernel") == 0 ? "conv2d"
+                            : strcmp(table[i].weight, "depthwise_kernel") == 0
+                                ? "depthwise_conv2d"
+                                : "batch_normalization";
     }
     if (mt_keras_h5_name_keras3_layers(b, names, classes, layers) != MT_OK) bad++;
     for (int i = 0; i < count; i++) {
@@ -291,7 +292,8 @@ static void test_long_layer_list(void) {
         size_t count = 0;
         CHECK(mt_keras_h5_string_list(file, "", "layer_names", &got, &count) == MT_OK);
         CHECK(count == LAYERS);
-        for (size_t i = 0; i < count; i++) CHECK(strcmp(got[i], names[i]) == 0);
+        for (size_t i = 0; i < count; i++)
+            CHECK(strcmp(got[i], names[i]) == 0);
         mt_keras_h5_free_names(got, count);
         /* 3000 names of 37 bytes pass 64512 bytes: Keras' chunks layer_names0, layer_names1. */
         CHECK(mt_keras_h5_string_list(file, "", "layer_names1", &got, &count) == MT_OK);
@@ -304,7 +306,8 @@ static void test_long_layer_list(void) {
         CHECK(back == 3);
     }
     mt_keras_h5_close(file);
-    for (int i = 0; i < LAYERS; i++) free(names[i]);
+    for (int i = 0; i < LAYERS; i++)
+        free(names[i]);
     free(names);
 }
 

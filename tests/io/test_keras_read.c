@@ -43,7 +43,8 @@ static int load_reference(const char *file, reference *refs, int capacity) {
     return n;
 }
 
-/* Read every tensor of the table; compare with h5py's lines when present. Returns the value count. */
+/* Read every tensor of the table; compare with h5py's lines when present. Returns the value count.
+ */
 static int64_t read_all(mt_keras_h5 *file, const mnv2_tensor *table, int count,
                         const reference *refs, int ref_count, double *total) {
     int64_t values = 0;
@@ -56,7 +57,8 @@ static int64_t read_all(mt_keras_h5 *file, const mnv2_tensor *table, int count,
         CHECK_MSG(status == MT_OK, "%s/%s: %s", t->layer, t->weight, mt_last_error());
         if (status == MT_OK) {
             double sum = 0;
-            for (int64_t j = 0; j < n; j++) sum += buffer[j];
+            for (int64_t j = 0; j < n; j++)
+                sum += buffer[j];
             *total += sum;
             values += n;
             const mt_keras_h5_tensor *info = mt_keras_h5_find(file, t->layer, t->weight);
@@ -105,7 +107,8 @@ static void test_imagenet(const char *path) {
     CHECK_MSG(values == 2257984, "read %lld values", (long long)values);
     CHECK_MSG(mt_keras_h5_check_all_read(file) == MT_OK, "%s", mt_last_error());
     double h5py_total = 0;
-    for (int r = 0; r < ref_count; r++) h5py_total += refs[r].sum;
+    for (int r = 0; r < ref_count; r++)
+        h5py_total += refs[r].sum;
     if (ref_count) CHECK_CLOSE(total, h5py_total, 1e-6, 1e-9);
     printf("imagenet: %d tensors, %lld values, sum %.6f\n", count, (long long)values, total);
 
@@ -123,8 +126,7 @@ static void test_imagenet(const char *path) {
     CHECK(mt_keras_h5_string_list(file, "Conv1_relu", "weight_names", &names, &name_count) ==
           MT_OK);
     CHECK(name_count == 0 && names == NULL);
-    CHECK(mt_keras_h5_string_list(file, "", "no_such_list", &names, &name_count) ==
-          MT_ERR_FORMAT);
+    CHECK(mt_keras_h5_string_list(file, "", "no_such_list", &names, &name_count) == MT_ERR_FORMAT);
     mt_keras_h5_close(file);
 }
 
@@ -166,8 +168,8 @@ static void test_teachable_machine(const char *path) {
     CHECK(mt_keras_h5_select(file, NULL) == MT_OK);
     CHECK(mt_keras_h5_count(file) == 263);
     CHECK(mt_keras_h5_check_all_read(file) == MT_ERR_FORMAT);
-    CHECK_MSG(strstr(mt_last_error(), "dense_Dense1") && strstr(mt_last_error(), "3 tensor"),
-              "%s", mt_last_error());
+    CHECK_MSG(strstr(mt_last_error(), "dense_Dense1") && strstr(mt_last_error(), "3 tensor"), "%s",
+              mt_last_error());
 
     /* The head reads too, for the test-side classifier of the model issue. */
     CHECK(mt_keras_h5_select(file, "model_weights/sequential_3") == MT_OK);
