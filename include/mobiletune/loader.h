@@ -32,9 +32,10 @@ extern "C" {
 
 /* ---- random access --------------------------------------------------------------------------- */
 
-/* An open packed dataset. Opened read-only (MDB_RDONLY); when the folder is not writable (a
- * read-only mount, another user's files) also MDB_NOLOCK, which is safe because a packed dataset
- * is never written after mobiletune-pack renames it into place. */
+/* An open packed dataset, opened MDB_RDONLY | MDB_NOLOCK: no lock file is created, so a
+ * read-only folder works and any number of readers (threads, loaders, processes) may share it.
+ * That is safe because a packed dataset is never written after mobiletune-pack renames it into
+ * place; do not point a reader at a database something is still writing. */
 typedef struct mt_dataset mt_dataset;
 
 /* Open the LMDB folder `path`, check that data.mdb is complete (not truncated), read and

@@ -64,18 +64,13 @@ static mt_status open_env(mt_dataset *ds) {
     if (st.st_size == 0)
         return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is empty (truncated)", ds->path);
     LMDB_CHECK(mdb_env_create(&ds->env), ds->path);
-    /* A read-only folder cannot hold lock.mdb: read without the lock table then, which is safe
-     * because nothing writes a dataset after the packer renames it into place. MDB_NOTLS lets each
+    /* A packed dataset is immutable (the packer writes a temporary folder and renames it into
+     * place), so readers need no lock table: MDB_NOLOCK works in a read-only folder, leaves no
+     * lock.mdb behind, has no reader-slot limit, and avoids LMDB's rule against opening one
+     * environment twice in a process (its fcntl locks are per process), which several loaders on
+     * one dataset (ranks in a test, eval next to train) would otherwise break. MDB_NOTLS lets each
      * loader thread own a read transaction independent of OS threads. */
-    unsigned flags = MDB_RDONLY | MDB_NOTLS;
-    if (access(ds->path, W_OK) != 0) flags |= MDB_NOLOCK;
-    rc = mdb_env_open(ds->env, ds->path, flags, 0);
-    if ((rc == EACCES || rc == EROFS) && !(flags & MDB_NOLOCK)) {
-        mdb_env_close(ds->env);
-        LMDB_CHECK(mdb_env_create(&ds->env), ds->path);
-        flags |= MDB_NOLOCK;
-        rc = mdb_env_open(ds->env, ds->path, flags, 0);
-    }
+    rc = mdb_env_open(ds->env, ds->path, MDB_RDONLY | MDB_NOLOCK | MDB_NOTLS, 0);
     if (rc == MDB_INVALID)
         return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is not an LMDB file or is truncated "
                        "(mdb_env_open: %s)", ds->path, mdb_strerror(rc));
