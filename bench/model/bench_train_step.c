@@ -1,0 +1,123 @@
+/* mobiletune's side of bench/model/compare_frameworks.sh: images/s of one training step's
+ * forward + backward (no optimizer update, as the PyTorch and Keras peers measure) of the whole
+ * network at batch 32, 160x160, in each training mode, and the peak resident memory.
+ *
+ *   bench_train_step [--backend cpu] [--mode scratch|frozen|finetune] [--fine-tune-at 100]
+ *                    [--batch 32] [--size 160] [--alpha 1.0] [--steps 5] [--warmup 2]
+ *                    [--threads 0]
+ *
+ * BN follows the tutorial (MT_BN_AUTO): batch statistics in scratch, moving statistics when the
+ * backbone is frozen or fine-tuned. Inputs are random values in [-1,1] (speed does not depend on
+ * them). Prints one machine-readable line:
+ *   RESULT mode=<m> backend=<b> batch=<n> size=<s> threads=<t> median_s=<x> images_per_s=<y>
+ *          peak_rss_mb=<z>
+ * Never run by ctest. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "mobiletune/model.h"
+#include "mobiletune/ops.h"
+
+#define BENCH_TRY(call)                                                                            \
+    do {                                                                                           \
+        mt_status bench_try_status_ = (call);                                                      \
+        if (bench_try_status_ != MT_OK) {                                                          \
+            fprintf(stderr, "bench_train_step: %s failed: %s: %s\n", #call,                        \
+                    mt_status_name(bench_try_status_), mt_last_error());                          \
+            return 1;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int compare_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int usage(void) {
+    fprintf(stderr, "usage: bench_train_step [--backend cpu] [--mode scratch|frozen|finetune] "
+                    "[--fine-tune-at 100] [--batch 32] [--size 160] [--alpha 1.0] [--steps 5] "
+                    "[--warmup 2] [--threads 0]\n");
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    const char *backend_name = "cpu", *mode_name = "scratch";
+    int fine_tune_at = 100, batch = 32, size = 160, steps = 5, warmup = 2, threads = 0;
+    float alpha = 1.0f;
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 >= argc) return usage();
+        const char *a = argv[i], *v = argv[++i];
+        if (!strcmp(a, "--backend")) backend_name = v;
+        else if (!strcmp(a, "--mode")) mode_name = v;
+        else if (!strcmp(a, "--fine-tune-at")) fine_tune_at = atoi(v);
+        else if (!strcmp(a, "--batch")) batch = atoi(v);
+        else if (!strcmp(a, "--size")) size = atoi(v);
+        else if (!strcmp(a, "--alpha")) alpha = strtof(v, NULL);
+        else if (!strcmp(a, "--steps")) steps = atoi(v);
+        else if (!strcmp(a, "--warmup")) warmup = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else return usage();
+    }
+    if (batch < 1 || steps < 1 || warmup < 0) return usage();
+
+    mt_model_config config = mt_model_config_default();
+    BENCH_TRY(mt_train_mode_parse(mode_name, &config.mode));
+    config.alpha = alpha;
+    config.input_size = size;
+    config.classes = 2;
+    config.fine_tune_at = fine_tune_at;
+    config.batch_size = batch;
+    config.bn_mode = MT_BN_AUTO;
+
+    mt_backend_options options = {.num_threads = threads};
+    mt_backend *backend = NULL;
+    BENCH_TRY(mt_backend_create(backend_name, &options, &backend));
+    mt_model *model = NULL;
+    BENCH_TRY(mt_model_create(backend, &config, 42, &model));
+
+    size_t pixels = (size_t)batch * (size_t)size * (size_t)size * 3;
+    float *images = malloc(pixels * sizeof(float));
+    int32_t *labels = malloc((size_t)batch * sizeof(int32_t));
+    double *times = malloc((size_t)steps * sizeof(double));
+    if (!images || !labels || !times) return 1;
+    uint32_t seed = 12345u;
+    for (size_t i = 0; i < pixels; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        images[i] = (float)(seed >> 8) / 8388608.0f - 1.0f;
+    }
+    for (int i = 0; i < batch; i++) labels[i] = i % 2;
+
+    for (int s = 0; s < warmup + steps; s++) {
+        double start = now();
+        mt_step_result result = {0};
+        BENCH_TRY(mt_model_forward(model, images, labels, batch, true, (uint64_t)s, NULL, &result));
+        BENCH_TRY(mt_model_backward(model));
+        BENCH_TRY(backend->ops->synchronize(backend));
+        if (s >= warmup) times[s - warmup] = now() - start;
+    }
+    qsort(times, (size_t)steps, sizeof *times, compare_double);
+    double median = steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
+    struct rusage usage_info;
+    getrusage(RUSAGE_SELF, &usage_info);
+    const mt_model_layout *layout = mt_model_get_layout(model);
+    printf("RESULT mode=%s backend=%s batch=%d size=%d threads=%d trainable=%zu median_s=%.4f "
+           "images_per_s=%.2f peak_rss_mb=%.1f\n",
+           mode_name, backend_name, batch, size, threads, layout->trainable_count, median,
+           batch / median, usage_info.ru_maxrss / 1024.0);
+    mt_model_destroy(model);
+    mt_backend_destroy(backend);
+    free(images);
+    free(labels);
+    free(times);
+    return 0;
+}
