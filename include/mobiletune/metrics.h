@@ -1,0 +1,101 @@
+/* Training metrics on disk: a JSON-lines log (one object per step or epoch, for scripts and
+ * scripts/plot_metrics.py) and TensorBoard event files (for `tensorboard --logdir RUN_DIR`).
+ *
+ * Run folder layout, as Keras' TensorBoard callback makes it so the curves overlay:
+ *   RUN_DIR/metrics.jsonl                               appended to (a resumed run continues it)
+ *   RUN_DIR/tensorboard/train/events.out.tfevents.T.H   epoch_loss, epoch_accuracy,
+ *                                                        epoch_learning_rate, ... and batch_*
+ *   RUN_DIR/tensorboard/validation/events.out.tfevents.T.H   epoch_loss, epoch_accuracy
+ *
+ * The event file format: records of [u64 length][u32 masked CRC32C of the length][data]
+ * [u32 masked CRC32C of the data], little-endian, masked = rotate_right(crc, 15) + 0xa282ead8;
+ * each record's data is a serialized tensorflow.Event protobuf. The first record holds
+ * file_version "brain.Event:2"; the others wall_time, step and a Summary of simple_value
+ * scalars. Debian 12 packages no CRC32C library, so the (table-driven) CRC is here. */
+#ifndef MOBILETUNE_METRICS_H
+#define MOBILETUNE_METRICS_H
+
+#include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mobiletune/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- CRC32C (Castagnoli) -------------------------------------------------------------------- */
+
+uint32_t mt_crc32c(const void *data, size_t size);
+/* Continue a CRC: mt_crc32c_extend(mt_crc32c(a), b) == mt_crc32c(a followed by b). */
+uint32_t mt_crc32c_extend(uint32_t crc, const void *data, size_t size);
+/* TFRecord's masking of a stored CRC. */
+uint32_t mt_crc32c_mask(uint32_t crc);
+
+/* ---- one TensorBoard event file ---------------------------------------------------------------
+ */
+
+typedef struct mt_event_writer mt_event_writer;
+
+/* Create `folder` (and its parents) and a new event file in it, starting with the file_version
+ * record. The file name is events.out.tfevents.<unix seconds>.<host name> (a suffix is added when
+ * such a file already exists). */
+mt_status mt_event_writer_open(const char *folder, mt_event_writer **out);
+
+/* One scalar event. wall_time: Unix seconds (0: now). */
+mt_status mt_event_writer_scalar(mt_event_writer *writer, const char *tag, int64_t step,
+                                 double wall_time, float value);
+
+/* Push buffered records to the file, so a running TensorBoard sees them. */
+mt_status mt_event_writer_flush(mt_event_writer *writer);
+/* Flush and close (NULL is fine). */
+mt_status mt_event_writer_close(mt_event_writer *writer);
+
+const char *mt_event_writer_path(const mt_event_writer *writer);
+
+/* ---- the run's metrics ---------------------------------------------------------------------- */
+
+typedef enum mt_metrics_kind {
+    MT_METRICS_STEP = 0, /* one training step (or a group of steps) */
+    MT_METRICS_EPOCH,    /* the end of an epoch, with validation results if there were any */
+} mt_metrics_kind;
+
+/* Values that are NAN are absent: left out of the JSON line and of TensorBoard. (A non-finite
+ * measured value is written as null in JSON and skipped in TensorBoard.) */
+#define MT_METRIC_ABSENT NAN
+
+typedef struct mt_metrics_record {
+    mt_metrics_kind kind;
+    int epoch;    /* 1-based */
+    int64_t step; /* global optimizer steps so far */
+    double loss, accuracy;
+    double val_loss, val_accuracy;
+    double lr;
+    double images_per_second;
+    double seconds; /* of the step(s) or the epoch */
+} mt_metrics_record;
+
+/* A record with every value absent. */
+mt_metrics_record mt_metrics_record_empty(mt_metrics_kind kind, int epoch, int64_t step);
+
+typedef struct mt_metrics mt_metrics;
+
+/* Open RUN_DIR/metrics.jsonl for appending (creating RUN_DIR) and, with tensorboard, the two
+ * event files. */
+mt_status mt_metrics_open(const char *run_dir, bool tensorboard, mt_metrics **out);
+
+/* Append a record to every log and flush them. */
+mt_status mt_metrics_log(mt_metrics *metrics, const mt_metrics_record *record);
+
+/* Flush and close (NULL is fine). */
+mt_status mt_metrics_close(mt_metrics *metrics);
+
+/* Create a folder and its missing parents (mkdir -p). */
+mt_status mt_make_dirs(const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
