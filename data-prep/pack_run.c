@@ -780,6 +780,10 @@ mt_status pack_run(const pack_options *o) {
            seconds > 0 ? packed / seconds : 0.0, workers, o->output,
            o->report ? o->report : o->output, o->report ? "" : "/skipped.txt");
     fflush(stdout);
+    for (int s = 0; s < split_count; s++)
+        if (dbs[s].records == 0)
+            fprintf(stderr, "mobiletune-pack: warning: split '%s' has no records (too few images "
+                    "per class for its fraction)\n", dbs[s].name);
     (void)decode_skips;
 
 done:

@@ -89,7 +89,7 @@ def python_pack(items, out, workers, size, draft):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pack", default=os.environ.get("MT_PACK", os.path.join(here, "../../build-pack/data-prep/mobiletune-pack")))
+    ap.add_argument("--pack", default=os.environ.get("MT_PACK", os.path.join(here, "../../build/data-prep/mobiletune-pack")))
     ap.add_argument("--input", default=os.path.join(here, "../../../shared/data/cats_vs_dogs/train"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--size", type=int, default=160)

@@ -476,6 +476,22 @@ def case_fetch_offline():
     return f.finish()
 
 
+def case_bounded_memory():
+    """Packing all 2,000 shared photos (154 MB of raw records) peaks far below that: the ring of
+    slots and one write batch are all that is held, never the dataset."""
+    import resource
+    root = P.shared_photos()
+    with P.TempDir("mem") as tmp:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        proc = P.run_pack("--threads", 2, "--no-progress", root, os.path.join(tmp, "out"))
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        f.check("packed 2000 image(s)" in proc.stdout, proc.stdout)
+        f.check(before == 0 or before / 1024 < 100, f"an earlier child peaked at {before / 1024:.0f} MB")
+        f.check(peak_mb < 100, f"peak RSS {peak_mb:.0f} MB for 154 MB of records (limit 100 MB)")
+        print(f"peak RSS {peak_mb:.0f} MB")
+    return f.finish()
+
+
 def case_run_default():
     """scripts/run-default.sh packs the shared photos into train/val/test (800/100/100 per class)
     with a prebuilt packer, and fails clearly without any default data."""
