@@ -50,10 +50,10 @@ typedef struct pack_options {
 
 /* One input file. */
 typedef struct pack_item {
-    char *path;     /* as opened */
-    char *name;     /* as recorded: relative to the input folder or as written in the list */
+    char *path; /* as opened */
+    char *name; /* as recorded: relative to the input folder or as written in the list */
     uint32_t label;
-    int split;      /* index into options.splits; -1 when not selected */
+    int split; /* index into options.splits; -1 when not selected */
 } pack_item;
 
 /* A file dropped before decoding (a directory named x.jpg, a hidden file ...). */

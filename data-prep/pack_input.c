@@ -31,7 +31,8 @@ static mt_status name_list_add(name_list *list, const char *name) {
 }
 
 static void name_list_free(name_list *list) {
-    for (size_t i = 0; i < list->count; i++) free(list->names[i]);
+    for (size_t i = 0; i < list->count; i++)
+        free(list->names[i]);
     free(list->names);
     *list = (name_list){0};
 }
@@ -103,7 +104,8 @@ static mt_status add_item(item_list *list, char *path, char *name, uint32_t labe
         list->items = grown;
         list->capacity = capacity;
     }
-    list->items[list->count++] = (pack_item){.path = path, .name = name, .label = label, .split = -1};
+    list->items[list->count++] =
+        (pack_item){.path = path, .name = name, .label = label, .split = -1};
     return MT_OK;
 }
 
@@ -149,9 +151,11 @@ static mt_status list_folder(const char *input, pack_input *in, item_list *items
     }
     name_list_free(&top);
     if (status == MT_OK && classes.count == 0)
-        status = MT_FAIL(MT_ERR_INVALID, "%s: no class subfolders: put each class's images in "
+        status = MT_FAIL(MT_ERR_INVALID,
+                         "%s: no class subfolders: put each class's images in "
                          "its own subfolder (e.g. %s/cats, %s/dogs) or pass a 'path label' list "
-                         "file", input, input, input);
+                         "file",
+                         input, input, input);
     if (status == MT_OK && classes.count > MT_MAX_CLASSES)
         status = MT_FAIL(MT_ERR_INVALID, "%s: %zu class subfolders, more than %d", input,
                          classes.count, MT_MAX_CLASSES);
@@ -196,8 +200,10 @@ static mt_status list_file(const char *input, pack_input *in, item_list *items) 
         return MT_FAIL(MT_ERR_NOMEM, "out of memory");
     }
     char *slash = strrchr(base, '/');
-    if (slash) *slash = '\0';
-    else strcpy(base, ".");
+    if (slash)
+        *slash = '\0';
+    else
+        strcpy(base, ".");
     name_list paths = {0}, labels = {0};
     mt_status status = MT_OK;
     char *line = NULL;
@@ -209,17 +215,23 @@ static mt_status list_file(const char *input, pack_input *in, item_list *items) 
         while (length > 0 && (line[length - 1] == '\n' || line[length - 1] == '\r'))
             line[--length] = '\0';
         char *start = line;
-        while (*start == ' ' || *start == '\t') start++;
+        while (*start == ' ' || *start == '\t')
+            start++;
         if (*start == '\0' || *start == '#') continue;
         char *end = start + strlen(start);
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t')) *--end = '\0';
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = '\0';
         char *split = end;
-        while (split > start && split[-1] != ' ' && split[-1] != '\t') split--;
+        while (split > start && split[-1] != ' ' && split[-1] != '\t')
+            split--;
         char *label = split;
-        while (split > start && (split[-1] == ' ' || split[-1] == '\t')) split--;
+        while (split > start && (split[-1] == ' ' || split[-1] == '\t'))
+            split--;
         if (split == start) {
-            status = MT_FAIL(MT_ERR_INVALID, "%s:%ld: want 'path label' (e.g. 'cats/1.jpg cats' "
-                             "or 'img/1.jpg 0'), got '%s'", input, line_number, start);
+            status = MT_FAIL(MT_ERR_INVALID,
+                             "%s:%ld: want 'path label' (e.g. 'cats/1.jpg cats' "
+                             "or 'img/1.jpg 0'), got '%s'",
+                             input, line_number, start);
             break;
         }
         *split = '\0';
@@ -231,10 +243,13 @@ static mt_status list_file(const char *input, pack_input *in, item_list *items) 
     free(line);
     fclose(file);
     if (status == MT_OK && paths.count == 0)
-        status = MT_FAIL(MT_ERR_INVALID, "%s: the list file names no images: write one "
-                         "'path label' per line", input);
+        status = MT_FAIL(MT_ERR_INVALID,
+                         "%s: the list file names no images: write one "
+                         "'path label' per line",
+                         input);
     bool numeric = true;
-    for (size_t i = 0; i < labels.count && numeric; i++) numeric = is_class_id(labels.names[i]);
+    for (size_t i = 0; i < labels.count && numeric; i++)
+        numeric = is_class_id(labels.names[i]);
     name_list classes = {0};
     if (status == MT_OK && numeric) {
         long max = 0;
@@ -255,20 +270,20 @@ static mt_status list_file(const char *input, pack_input *in, item_list *items) 
                 status = name_list_add(&classes, sorted.names[i]);
         name_list_free(&sorted);
         if (status == MT_OK && classes.count > MT_MAX_CLASSES)
-            status = MT_FAIL(MT_ERR_INVALID, "%s: %zu classes, more than %d", input,
-                             classes.count, MT_MAX_CLASSES);
+            status = MT_FAIL(MT_ERR_INVALID, "%s: %zu classes, more than %d", input, classes.count,
+                             MT_MAX_CLASSES);
     }
     for (size_t i = 0; i < paths.count && status == MT_OK; i++) {
         uint32_t label;
         if (numeric) {
             label = (uint32_t)atol(labels.names[i]);
         } else {
-            char **found = bsearch(&labels.names[i], classes.names, classes.count,
-                                   sizeof(char *), compare_names);
+            char **found = bsearch(&labels.names[i], classes.names, classes.count, sizeof(char *),
+                                   compare_names);
             label = (uint32_t)(found - classes.names);
         }
-        char *path = paths.names[i][0] == '/' ? strdup(paths.names[i])
-                                              : join_path(base, paths.names[i]);
+        char *path =
+            paths.names[i][0] == '/' ? strdup(paths.names[i]) : join_path(base, paths.names[i]);
         status = add_path(in, items, path, strdup(paths.names[i]), label);
     }
     if (status == MT_OK) {
@@ -288,11 +303,13 @@ mt_status pack_input_list(const char *input, pack_input *in) {
     *in = (pack_input){0};
     struct stat st;
     if (stat(input, &st) != 0)
-        return MT_FAIL(MT_ERR_IO, "%s: %s (give a folder of class subfolders or a 'path label' "
-                       "list file)", input, strerror(errno));
+        return MT_FAIL(MT_ERR_IO,
+                       "%s: %s (give a folder of class subfolders or a 'path label' "
+                       "list file)",
+                       input, strerror(errno));
     item_list items = {0};
-    mt_status status = S_ISDIR(st.st_mode) ? list_folder(input, in, &items)
-                                           : list_file(input, in, &items);
+    mt_status status =
+        S_ISDIR(st.st_mode) ? list_folder(input, in, &items) : list_file(input, in, &items);
     in->items = items.items;
     in->item_count = items.count;
     if (status != MT_OK) pack_input_free(in);
@@ -308,7 +325,8 @@ void pack_input_free(pack_input *in) {
         free(in->skips[i].name);
         free(in->skips[i].reason);
     }
-    for (int c = 0; c < in->class_count; c++) free(in->class_names[c]);
+    for (int c = 0; c < in->class_count; c++)
+        free(in->class_names[c]);
     free(in->class_names);
     free(in->items);
     free(in->skips);
@@ -357,7 +375,8 @@ void pack_input_select(pack_input *in, const pack_options *options) {
             cumulative += options->split_count > 0 ? options->splits[s].fraction : 1.0;
             size_t end = s == split_count - 1 ? kept : round_count(kept, cumulative);
             if (end < begin) end = begin;
-            for (size_t k = begin; k < end; k++) in->items[members[k]].split = s;
+            for (size_t k = begin; k < end; k++)
+                in->items[members[k]].split = s;
             begin = end;
         }
     }
@@ -376,17 +395,20 @@ mt_status pack_parse_split(const char *text, pack_options *options) {
         const char *eq = strchr(p, '=');
         size_t name_length = eq ? (size_t)(eq - p) : 0;
         if (!eq || name_length == 0 || name_length >= sizeof spec->name)
-            return MT_FAIL(MT_ERR_INVALID, "--split '%s': want NAME=FRACTION,... (e.g. "
-                           "train=0.8,val=0.1,test=0.1)", text);
+            return MT_FAIL(MT_ERR_INVALID,
+                           "--split '%s': want NAME=FRACTION,... (e.g. "
+                           "train=0.8,val=0.1,test=0.1)",
+                           text);
         memcpy(spec->name, p, name_length);
         spec->name[name_length] = '\0';
         for (size_t i = 0; i < name_length; i++) {
             char ch = spec->name[i];
-            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '_' || ch == '-'))
-                return MT_FAIL(MT_ERR_INVALID, "--split '%s': split name '%s' may use only "
-                               "letters, digits, '_' and '-' (it becomes a folder name)", text,
-                               spec->name);
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '_' || ch == '-'))
+                return MT_FAIL(MT_ERR_INVALID,
+                               "--split '%s': split name '%s' may use only "
+                               "letters, digits, '_' and '-' (it becomes a folder name)",
+                               text, spec->name);
         }
         for (int s = 0; s < options->split_count; s++)
             if (strcmp(options->splits[s].name, spec->name) == 0)
@@ -397,8 +419,10 @@ mt_status pack_parse_split(const char *text, pack_options *options) {
         spec->fraction = strtod(eq + 1, &end);
         if (end == eq + 1 || errno != 0 || !(spec->fraction >= 0) || spec->fraction > 1 ||
             (*end != ',' && *end != '\0'))
-            return MT_FAIL(MT_ERR_INVALID, "--split '%s': the fraction of '%s' must be a number "
-                           "in 0..1", text, spec->name);
+            return MT_FAIL(MT_ERR_INVALID,
+                           "--split '%s': the fraction of '%s' must be a number "
+                           "in 0..1",
+                           text, spec->name);
         total += spec->fraction;
         options->split_count++;
         p = *end == ',' ? end + 1 : end;
@@ -406,7 +430,9 @@ mt_status pack_parse_split(const char *text, pack_options *options) {
     if (options->split_count == 0)
         return MT_FAIL(MT_ERR_INVALID, "--split '%s': no splits given", text);
     if (fabs(total - 1.0) > 1e-6)
-        return MT_FAIL(MT_ERR_INVALID, "--split '%s': the fractions add up to %g, they must add "
-                       "up to 1 (use --fraction to pack only part of the data)", text, total);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "--split '%s': the fractions add up to %g, they must add "
+                       "up to 1 (use --fraction to pack only part of the data)",
+                       text, total);
     return MT_OK;
 }

@@ -35,8 +35,9 @@ static mt_status find_databases(const char *path, char ***out, int *count) {
         return MT_OK;
     }
     DIR *dir = opendir(path);
-    if (!dir) return MT_FAIL(MT_ERR_IO, "%s: %s (give the folder mobiletune-pack wrote)", path,
-                             strerror(errno));
+    if (!dir)
+        return MT_FAIL(MT_ERR_IO, "%s: %s (give the folder mobiletune-pack wrote)", path,
+                       strerror(errno));
     struct dirent *entry;
     char **list = NULL;
     int n = 0;
@@ -55,8 +56,11 @@ static mt_status find_databases(const char *path, char ***out, int *count) {
         n++;
     }
     closedir(dir);
-    if (n == 0) return MT_FAIL(MT_ERR_INVALID, "%s: not a packed dataset: no data.mdb in it or in "
-                               "its subfolders (pack one with mobiletune-pack INPUT OUT)", path);
+    if (n == 0)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "%s: not a packed dataset: no data.mdb in it or in "
+                       "its subfolders (pack one with mobiletune-pack INPUT OUT)",
+                       path);
     qsort(list, (size_t)n, sizeof(char *), compare_names);
     *out = list;
     *count = n;
@@ -64,7 +68,8 @@ static mt_status find_databases(const char *path, char ***out, int *count) {
 }
 
 static void free_list(char **list, int count) {
-    for (int i = 0; i < count; i++) free(list[i]);
+    for (int i = 0; i < count; i++)
+        free(list[i]);
     free(list);
 }
 
@@ -77,7 +82,8 @@ static mt_status open_readonly(const char *path, MDB_env **env) {
         if (rc == MDB_SUCCESS) return MT_OK;
         mdb_env_close(*env);
         *env = NULL;
-        if (attempt == 1 || (rc != EACCES && rc != EROFS)) return LMDB_FAIL(rc, "mdb_env_open", path);
+        if (attempt == 1 || (rc != EACCES && rc != EROFS))
+            return LMDB_FAIL(rc, "mdb_env_open", path);
     }
     return MT_OK;
 }
@@ -86,8 +92,10 @@ static mt_status read_meta(const char *path, MDB_txn *txn, MDB_dbi dbi, mt_datas
     MDB_val key = {.mv_size = strlen(MT_META_KEY), .mv_data = MT_META_KEY}, value;
     int rc = mdb_get(txn, dbi, &key, &value);
     if (rc == MDB_NOTFOUND)
-        return MT_FAIL(MT_ERR_FORMAT, "%s: no '%s' record: not a complete mobiletune dataset "
-                       "(pack it again)", path, MT_META_KEY);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "%s: no '%s' record: not a complete mobiletune dataset "
+                       "(pack it again)",
+                       path, MT_META_KEY);
     if (rc != MDB_SUCCESS) return LMDB_FAIL(rc, "mdb_get(meta)", path);
     mt_status status = mt_meta_parse(value.mv_data, value.mv_size, meta);
     if (status != MT_OK) return mt_error_context(status, "%s: key '%s'", path, MT_META_KEY);
@@ -177,8 +185,10 @@ static mt_status verify_one(const char *path, uint64_t *bad_out) {
         char problem[700] = "";
         mt_record record;
         if (key.mv_size != MT_RECORD_KEY_BYTES || memcmp(key.mv_data, expected, key.mv_size) != 0) {
-            snprintf(problem, sizeof problem, "unexpected key (expected %s next: a record is "
-                     "missing or extra)", expected);
+            snprintf(problem, sizeof problem,
+                     "unexpected key (expected %s next: a record is "
+                     "missing or extra)",
+                     expected);
         } else if (mt_record_parse(value.mv_data, value.mv_size, name, &record) != MT_OK) {
             snprintf(problem, sizeof problem, "%s", mt_last_error());
         } else if (record.label >= (uint32_t)meta.class_count) {
@@ -186,10 +196,11 @@ static mt_status verify_one(const char *path, uint64_t *bad_out) {
                      record.label, meta.class_count);
         } else if (record.height != meta.height || record.width != meta.width ||
                    record.channels != meta.channels || record.encoding != meta.encoding) {
-            snprintf(problem, sizeof problem, "%dx%dx%d encoding %d differs from the metadata's "
-                     "%dx%dx%d encoding %d", record.height, record.width, record.channels,
-                     (int)record.encoding, meta.height, meta.width, meta.channels,
-                     (int)meta.encoding);
+            snprintf(problem, sizeof problem,
+                     "%dx%dx%d encoding %d differs from the metadata's "
+                     "%dx%dx%d encoding %d",
+                     record.height, record.width, record.channels, (int)record.encoding,
+                     meta.height, meta.width, meta.channels, (int)meta.encoding);
         } else if (record.encoding == MT_ENCODING_JPEG) {
             mt_image image;
             if (mt_image_decode(record.payload, record.payload_bytes, name, 0, &image) != MT_OK)
@@ -217,9 +228,10 @@ static mt_status verify_one(const char *path, uint64_t *bad_out) {
         } else if (bad == 0) {
             for (int c = 0; c < meta.class_count; c++) {
                 if (counts[c] != meta.class_counts[c]) {
-                    fprintf(stderr, "verify: %s: class %d (%s) has %llu records, the metadata "
-                            "says %llu\n", path, c, meta.class_names[c],
-                            (unsigned long long)counts[c],
+                    fprintf(stderr,
+                            "verify: %s: class %d (%s) has %llu records, the metadata "
+                            "says %llu\n",
+                            path, c, meta.class_names[c], (unsigned long long)counts[c],
                             (unsigned long long)meta.class_counts[c]);
                     bad++;
                 }
@@ -256,7 +268,8 @@ int pack_info_main(int argc, char **argv) {
     char **dbs;
     int count;
     mt_status status = find_databases(argv[1], &dbs, &count);
-    for (int i = 0; i < count && status == MT_OK; i++) status = info_one(dbs[i]);
+    for (int i = 0; i < count && status == MT_OK; i++)
+        status = info_one(dbs[i]);
     free_list(dbs, count);
     if (status != MT_OK) {
         fprintf(stderr, "mobiletune-pack info: %s\n", mt_last_error());

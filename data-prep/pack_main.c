@@ -24,7 +24,8 @@ static const char usage_text[] =
     "  --resize MODE      stretch (default; bilinear like tf.image.resize), center-crop, pad\n"
     "  --encoded          store JPEG (4:4:4) instead of raw pixels\n"
     "  --quality Q        JPEG quality for --encoded, 1..100 (default 95)\n"
-    "  --split SPEC       e.g. train=0.8,val=0.1,test=0.1: stratified by class, fractions add to 1;\n"
+    "  --split SPEC       e.g. train=0.8,val=0.1,test=0.1: stratified by class, fractions add to "
+    "1;\n"
     "                     OUT/<name> per split (default: one database OUT, split \"all\")\n"
     "  --fraction F       pack a stratified fraction 0<F<=1 of the input first (default 1)\n"
     "  --seed N           seed of the --fraction and --split shuffles (default 1)\n"
@@ -144,13 +145,14 @@ static int pack_main(int argc, char **argv) {
     }
     if (positional_count != 2)
         return usage_error("%s", "want INPUT and OUT, e.g. mobiletune-pack "
-                           "../shared/data/cats_vs_dogs/train data/cats_vs_dogs");
+                                 "../shared/data/cats_vs_dogs/train data/cats_vs_dogs");
     o.input = positional[0];
     /* "out/" and "out" are the same folder; the temporary folder is named after it. */
     char *output = strdup(positional[1]);
     if (!output) return 1;
     size_t n = strlen(output);
-    while (n > 1 && output[n - 1] == '/') output[--n] = '\0';
+    while (n > 1 && output[n - 1] == '/')
+        output[--n] = '\0';
     o.output = output;
     mt_status status = pack_run(&o);
     if (status != MT_OK) fprintf(stderr, "mobiletune-pack: %s\n", mt_last_error());

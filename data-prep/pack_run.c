@@ -23,9 +23,9 @@
 #include <unistd.h>
 
 enum {
-    COMMIT_RECORDS = 256,               /* records per write transaction */
-    COMMIT_BYTES = 64 << 20,            /* ... or this many bytes, whichever comes first */
-    MAX_NAME_BYTES = 65535,             /* the record's name field is 16 bits */
+    COMMIT_RECORDS = 256,    /* records per write transaction */
+    COMMIT_BYTES = 64 << 20, /* ... or this many bytes, whichever comes first */
+    MAX_NAME_BYTES = 65535,  /* the record's name field is 16 bits */
 };
 static const size_t MAX_MAP_SIZE = (size_t)1 << 40;
 
@@ -74,11 +74,15 @@ static char *parent_of(const char *path) {
     char *copy = strdup(path);
     if (!copy) return NULL;
     size_t n = strlen(copy);
-    while (n > 1 && copy[n - 1] == '/') copy[--n] = '\0';
+    while (n > 1 && copy[n - 1] == '/')
+        copy[--n] = '\0';
     char *slash = strrchr(copy, '/');
-    if (!slash) strcpy(copy, ".");
-    else if (slash == copy) copy[1] = '\0';
-    else *slash = '\0';
+    if (!slash)
+        strcpy(copy, ".");
+    else if (slash == copy)
+        copy[1] = '\0';
+    else
+        *slash = '\0';
     return copy;
 }
 
@@ -117,8 +121,8 @@ static mt_status make_parents(const char *path) {
         if (*p != '/') continue;
         *p = '\0';
         if (mkdir(copy, 0777) != 0 && errno != EEXIST) {
-            mt_status status = MT_FAIL(MT_ERR_IO, "%s: cannot create folder: %s", copy,
-                                       strerror(errno));
+            mt_status status =
+                MT_FAIL(MT_ERR_IO, "%s: cannot create folder: %s", copy, strerror(errno));
             free(copy);
             return status;
         }
@@ -184,8 +188,8 @@ static mt_status db_flush(split_db *db) {
         }
         if (rc != MDB_MAP_FULL) return LMDB_FAIL(rc, call, db->path);
         if (db->map_size >= MAX_MAP_SIZE)
-            return MT_FAIL(MT_ERR_LMDB, "%s: the map reached %zu bytes and is still full",
-                           db->path, db->map_size);
+            return MT_FAIL(MT_ERR_LMDB, "%s: the map reached %zu bytes and is still full", db->path,
+                           db->map_size);
         db->map_size *= 2;
         LMDB_CHECK(mdb_env_set_mapsize(db->env, db->map_size), db->path);
         db->map_growths++;
@@ -201,7 +205,8 @@ static mt_status db_add(split_db *db, const char *key, const void *bytes, size_t
         MT_TRY(db_flush(db));
     if (db->arena_bytes + size > db->arena_capacity) {
         size_t capacity = db->arena_capacity ? db->arena_capacity : 1 << 20;
-        while (capacity < db->arena_bytes + size) capacity *= 2;
+        while (capacity < db->arena_bytes + size)
+            capacity *= 2;
         uint8_t *grown = realloc(db->arena, capacity);
         if (!grown) return MT_FAIL(MT_ERR_NOMEM, "out of memory for a write batch");
         db->arena = grown;
@@ -309,7 +314,8 @@ static mt_status read_whole_file(const char *path, worker_state *w, size_t *size
 static void channel_sums(const uint8_t *pixels, size_t count, uint64_t sum[3], uint64_t sumsq[3]) {
     enum { LANES = 48, ROUNDS = 4096 };
     size_t bytes = count * 3, i = 0;
-    for (int c = 0; c < 3; c++) sum[c] = sumsq[c] = 0;
+    for (int c = 0; c < 3; c++)
+        sum[c] = sumsq[c] = 0;
     while (bytes - i >= LANES) {
         uint32_t s[LANES] = {0}, q[LANES] = {0};
         for (int r = 0; r < ROUNDS && bytes - i >= LANES; r++, i += LANES) {
@@ -492,10 +498,10 @@ static void skip_list_free(skip_list *list) {
 
 static mt_status write_report(const char *path, const char *input, const skip_list *skips) {
     FILE *f = fopen(path, "w");
-    if (!f) return MT_FAIL(MT_ERR_IO, "%s: cannot write the skip report: %s", path,
-                           strerror(errno));
-    fprintf(f, "# mobiletune-pack: %zu file(s) skipped from %s\n# name<TAB>reason\n",
-            skips->count, input);
+    if (!f)
+        return MT_FAIL(MT_ERR_IO, "%s: cannot write the skip report: %s", path, strerror(errno));
+    fprintf(f, "# mobiletune-pack: %zu file(s) skipped from %s\n# name<TAB>reason\n", skips->count,
+            input);
     for (size_t i = 0; i < skips->count; i++)
         fprintf(f, "%s\t%s\n", skips->items[i].name, skips->items[i].reason);
     int failed = ferror(f);
@@ -507,13 +513,13 @@ static mt_status write_report(const char *path, const char *input, const skip_li
 
 /* The options line stored in the metadata: every option that shaped the pixels or the split. */
 static void format_options(const pack_options *o, char *text, size_t capacity) {
-    int n = snprintf(text, capacity,
-                     "--size %d --resize %s%s --quality %d --seed %llu --fraction %g%s%s "
-                     "input=%s",
-                     o->size, mt_resize_mode_name(o->resize), o->encoded ? " --encoded" : "",
-                     o->quality, (unsigned long long)o->seed, o->fraction,
-                     o->split_count ? " --split " : "", o->split_count ? o->split_text : "",
-                     o->input);
+    int n =
+        snprintf(text, capacity,
+                 "--size %d --resize %s%s --quality %d --seed %llu --fraction %g%s%s "
+                 "input=%s",
+                 o->size, mt_resize_mode_name(o->resize), o->encoded ? " --encoded" : "",
+                 o->quality, (unsigned long long)o->seed, o->fraction,
+                 o->split_count ? " --split " : "", o->split_count ? o->split_text : "", o->input);
     (void)n;
     for (char *p = text; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
@@ -523,8 +529,10 @@ mt_status pack_run(const pack_options *o) {
     double start = now_seconds();
     struct stat st;
     if (stat(o->output, &st) == 0 && !o->force)
-        return MT_FAIL(MT_ERR_INVALID, "%s already exists: pass --force to replace it, or choose "
-                       "another output folder", o->output);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "%s already exists: pass --force to replace it, or choose "
+                       "another output folder",
+                       o->output);
     pack_input in;
     MT_TRY(pack_input_list(o->input, &in));
     pack_input_select(&in, o);
@@ -538,8 +546,8 @@ mt_status pack_run(const pack_options *o) {
     worker_state *states = calloc((size_t)workers, sizeof *states);
     pthread_t *threads = calloc((size_t)workers, sizeof *threads);
     char *temp = malloc(strlen(o->output) + 32);
-    char *options_line = malloc(strlen(o->input) + strlen(o->split_text ? o->split_text : "") +
-                                256);
+    char *options_line =
+        malloc(strlen(o->input) + strlen(o->split_text ? o->split_text : "") + 256);
     skip_list skips = {0};
     mt_status status = MT_OK;
     int started = 0;
@@ -552,8 +560,8 @@ mt_status pack_run(const pack_options *o) {
         status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
         goto done;
     }
-    format_options(o, options_line, strlen(o->input) + strlen(o->split_text ? o->split_text : "")
-                   + 256);
+    format_options(o, options_line,
+                   strlen(o->input) + strlen(o->split_text ? o->split_text : "") + 256);
     for (size_t i = 0; i < in.skip_count && status == MT_OK; i++)
         status = skip_list_add(&skips, in.skips[i].name, in.skips[i].reason);
 
@@ -572,8 +580,8 @@ mt_status pack_run(const pack_options *o) {
     }
     if (status != MT_OK) goto done;
     if (job_count == 0) {
-        status = MT_FAIL(MT_ERR_INVALID, "%s: nothing to pack: no image files were found%s", o->input,
-                         o->fraction < 1 ? " (or --fraction selected none)" : "");
+        status = MT_FAIL(MT_ERR_INVALID, "%s: nothing to pack: no image files were found%s",
+                         o->input, o->fraction < 1 ? " (or --fraction selected none)" : "");
         goto done;
     }
     /* Refuse class names the metadata cannot hold now, not after decoding everything. */
@@ -581,15 +589,22 @@ mt_status pack_run(const pack_options *o) {
         char *text;
         size_t bytes;
         split_db probe = {.name = dbs[0].name, .class_counts = dbs[0].class_counts};
-        mt_dataset_meta meta = {.version = MT_META_VERSION, .height = o->size, .width = o->size,
-                                .channels = 3, .class_count = in.class_count,
-                                .class_names = in.class_names, .class_counts = probe.class_counts,
-                                .split = (char *)probe.name, .options = options_line,
+        mt_dataset_meta meta = {.version = MT_META_VERSION,
+                                .height = o->size,
+                                .width = o->size,
+                                .channels = 3,
+                                .class_count = in.class_count,
+                                .class_names = in.class_names,
+                                .class_counts = probe.class_counts,
+                                .split = (char *)probe.name,
+                                .options = options_line,
                                 .encoding = o->encoded ? MT_ENCODING_JPEG : MT_ENCODING_RAW};
         status = mt_meta_format(&meta, &text, &bytes);
         if (status != MT_OK) {
-            mt_error_context(status, "%s: the classes cannot be recorded (rename the class "
-                             "folders or labels)", o->input);
+            mt_error_context(status,
+                             "%s: the classes cannot be recorded (rename the class "
+                             "folders or labels)",
+                             o->input);
             goto done;
         }
         free(text);
@@ -600,13 +615,13 @@ mt_status pack_run(const pack_options *o) {
     if (status != MT_OK) goto done;
     snprintf(temp, strlen(o->output) + 32, "%s.tmp-%ld", o->output, (long)getpid());
     if (mkdir(temp, 0777) != 0) {
-        status = MT_FAIL(MT_ERR_IO, "%s: cannot create the temporary folder: %s", temp,
-                         strerror(errno));
+        status =
+            MT_FAIL(MT_ERR_IO, "%s: cannot create the temporary folder: %s", temp, strerror(errno));
         goto done;
     }
     temp_made = true;
-    size_t estimate_record = (o->encoded ? (size_t)o->size * o->size * 3 / 4
-                                         : (size_t)o->size * o->size * 3) + 320;
+    size_t estimate_record =
+        (o->encoded ? (size_t)o->size * o->size * 3 / 4 : (size_t)o->size * o->size * 3) + 320;
     for (int s = 0; s < split_count && status == MT_OK; s++) {
         if (o->split_count) {
             snprintf(dbs[s].path, sizeof dbs[s].path, "%s/%s", temp, dbs[s].name);
@@ -619,9 +634,9 @@ mt_status pack_run(const pack_options *o) {
             snprintf(dbs[s].path, sizeof dbs[s].path, "%s", temp);
         }
         /* LMDB stores pages of 4 KiB: a record takes whole overflow pages, hence the margin. */
-        size_t map = o->map_size ? o->map_size
-                                 : (size_t)(dbs[s].planned * (estimate_record + 4096) * 1.1) +
-                                       (1 << 20);
+        size_t map = o->map_size
+                         ? o->map_size
+                         : (size_t)(dbs[s].planned * (estimate_record + 4096) * 1.1) + (1 << 20);
         status = db_open(&dbs[s], map);
     }
     if (status != MT_OK) goto done;
@@ -656,7 +671,8 @@ mt_status pack_run(const pack_options *o) {
     for (size_t i = 0; i < job_count && status == MT_OK; i++) {
         slot *s = &slots[i % slot_count];
         pthread_mutex_lock(&p.mutex);
-        while (!s->ready) pthread_cond_wait(&p.ready_cond, &p.mutex);
+        while (!s->ready)
+            pthread_cond_wait(&p.ready_cond, &p.mutex);
         pthread_mutex_unlock(&p.mutex);
         split_db *db = &dbs[jobs[i].split];
         if (s->skipped) {
@@ -692,7 +708,8 @@ mt_status pack_run(const pack_options *o) {
     p.stop = true;
     pthread_cond_broadcast(&p.free_cond);
     pthread_mutex_unlock(&p.mutex);
-    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
     started = 0;
     progress_update(&pr, job_count, job_count, skips.count, true);
     sigaction(SIGINT, &old_int, NULL);
@@ -702,8 +719,10 @@ mt_status pack_run(const pack_options *o) {
         for (size_t i = 0; i < skips.count && i < 10; i++)
             fprintf(stderr, "  skipped %s: %s\n", skips.items[i].name, skips.items[i].reason);
         if (o->report) write_report(o->report, o->input, &skips);
-        status = MT_FAIL(MT_ERR_FORMAT, "%s: nothing packed: all %zu file(s) were skipped (reasons "
-                         "above%s%s)", o->input, skips.count, o->report ? ", report in " : "",
+        status = MT_FAIL(MT_ERR_FORMAT,
+                         "%s: nothing packed: all %zu file(s) were skipped (reasons "
+                         "above%s%s)",
+                         o->input, skips.count, o->report ? ", report in " : "",
                          o->report ? o->report : "");
         goto done;
     }
@@ -713,11 +732,16 @@ mt_status pack_run(const pack_options *o) {
         split_db *db = &dbs[s];
         char *text = NULL;
         size_t bytes = 0;
-        mt_dataset_meta meta = {.version = MT_META_VERSION, .record_count = db->records,
-                                .height = o->size, .width = o->size, .channels = 3,
+        mt_dataset_meta meta = {.version = MT_META_VERSION,
+                                .record_count = db->records,
+                                .height = o->size,
+                                .width = o->size,
+                                .channels = 3,
                                 .encoding = o->encoded ? MT_ENCODING_JPEG : MT_ENCODING_RAW,
-                                .class_count = in.class_count, .class_names = in.class_names,
-                                .class_counts = db->class_counts, .split = (char *)db->name,
+                                .class_count = in.class_count,
+                                .class_names = in.class_names,
+                                .class_counts = db->class_counts,
+                                .split = (char *)db->name,
                                 .options = options_line};
         double n = (double)db->records * o->size * o->size;
         for (int c = 0; c < 3 && n > 0; c++) {
@@ -736,11 +760,13 @@ mt_status pack_run(const pack_options *o) {
         }
     }
     if (status != MT_OK) goto done;
-    for (int s = 0; s < split_count; s++) db_close(&dbs[s]);
+    for (int s = 0; s < split_count; s++)
+        db_close(&dbs[s]);
     char report[8192];
     snprintf(report, sizeof report, "%s/skipped.txt", temp);
     status = write_report(o->report ? o->report : report, o->input, &skips);
-    for (int s = 0; s < split_count && status == MT_OK; s++) status = sync_path(dbs[s].path);
+    for (int s = 0; s < split_count && status == MT_OK; s++)
+        status = sync_path(dbs[s].path);
     if (status == MT_OK) status = sync_path(temp);
     if (status != MT_OK) goto done;
     if (stat(o->output, &st) == 0) {
@@ -748,8 +774,8 @@ mt_status pack_run(const pack_options *o) {
         char old[8192];
         snprintf(old, sizeof old, "%s.old-%ld", o->output, (long)getpid());
         if (rename(o->output, old) != 0) {
-            status = MT_FAIL(MT_ERR_IO, "%s: cannot move the existing output aside: %s",
-                             o->output, strerror(errno));
+            status = MT_FAIL(MT_ERR_IO, "%s: cannot move the existing output aside: %s", o->output,
+                             strerror(errno));
             goto done;
         }
         if (rename(temp, o->output) != 0) {
@@ -782,8 +808,10 @@ mt_status pack_run(const pack_options *o) {
     fflush(stdout);
     for (int s = 0; s < split_count; s++)
         if (dbs[s].records == 0)
-            fprintf(stderr, "mobiletune-pack: warning: split '%s' has no records (too few images "
-                    "per class for its fraction)\n", dbs[s].name);
+            fprintf(stderr,
+                    "mobiletune-pack: warning: split '%s' has no records (too few images "
+                    "per class for its fraction)\n",
+                    dbs[s].name);
     (void)decode_skips;
 
 done:
@@ -792,11 +820,14 @@ done:
         p.stop = true;
         pthread_cond_broadcast(&p.free_cond);
         pthread_mutex_unlock(&p.mutex);
-        for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+        for (int i = 0; i < started; i++)
+            pthread_join(threads[i], NULL);
     }
-    for (int s = 0; dbs && s < split_count; s++) db_close(&dbs[s]);
+    for (int s = 0; dbs && s < split_count; s++)
+        db_close(&dbs[s]);
     if (temp_made && !published) pack_remove_tree(temp);
-    for (size_t i = 0; slots && i < slot_count; i++) free(slots[i].record);
+    for (size_t i = 0; slots && i < slot_count; i++)
+        free(slots[i].record);
     for (int i = 0; states && i < workers; i++) {
         free(states[i].file);
         free(states[i].pixels);

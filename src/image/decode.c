@@ -70,14 +70,30 @@ static mt_status apply_orientation(mt_image *image, int o, const char *name) {
     for (int y = 0; y < oh; y++) {
         for (int x = 0; x < ow; x++) {
             int sx, sy;
+            /* 2 mirrored left-right, 3 rotated 180, 4 mirrored top-bottom, 5 transposed,
+             * 6 needs 90 degrees clockwise, 7 transversed, 8 needs 90 counter-clockwise. */
             switch (o) {
-            case 2: sx = w - 1 - x, sy = y; break;              /* mirrored left-right */
-            case 3: sx = w - 1 - x, sy = h - 1 - y; break;      /* rotated 180 */
-            case 4: sx = x, sy = h - 1 - y; break;              /* mirrored top-bottom */
-            case 5: sx = y, sy = x; break;                      /* transposed */
-            case 6: sx = y, sy = h - 1 - x; break;              /* needs 90 degrees clockwise */
-            case 7: sx = w - 1 - y, sy = h - 1 - x; break;      /* transversed */
-            default: sx = w - 1 - y, sy = x; break;             /* 8: 90 counter-clockwise */
+            case 2:
+                sx = w - 1 - x, sy = y;
+                break;
+            case 3:
+                sx = w - 1 - x, sy = h - 1 - y;
+                break;
+            case 4:
+                sx = x, sy = h - 1 - y;
+                break;
+            case 5:
+                sx = y, sy = x;
+                break;
+            case 6:
+                sx = y, sy = h - 1 - x;
+                break;
+            case 7:
+                sx = w - 1 - y, sy = h - 1 - x;
+                break;
+            default:
+                sx = w - 1 - y, sy = x;
+                break;
             }
             memcpy(out + ((size_t)y * ow + x) * 3, in + ((size_t)sy * w + sx) * 3, 3);
         }
@@ -155,8 +171,8 @@ static mt_status decode_jpeg(const uint8_t *bytes, size_t size, const char *name
                              mt_image *out) {
     if (size > (size_t)0xFFFFFFFFu) return MT_FAIL(MT_ERR_FORMAT, "%s: JPEG over 4 GiB", name);
     tjhandle tj = tjInitDecompress();
-    if (!tj) return MT_FAIL(MT_ERR_NOMEM, "%s: tjInitDecompress failed: %s", name,
-                            tjGetErrorStr2(NULL));
+    if (!tj)
+        return MT_FAIL(MT_ERR_NOMEM, "%s: tjInitDecompress failed: %s", name, tjGetErrorStr2(NULL));
     mt_status status = MT_OK;
     uint8_t *cmyk = NULL;
     /* TurboJPEG 2.1 can return success without setting these when the data ends inside the
@@ -168,8 +184,10 @@ static mt_status decode_jpeg(const uint8_t *bytes, size_t size, const char *name
         goto done;
     }
     if (width <= 0 || height <= 0) {
-        status = MT_FAIL(MT_ERR_FORMAT, "%s: truncated or corrupt JPEG header (no valid image "
-                         "size: %dx%d)", name, width, height);
+        status = MT_FAIL(MT_ERR_FORMAT,
+                         "%s: truncated or corrupt JPEG header (no valid image "
+                         "size: %dx%d)",
+                         name, width, height);
         goto done;
     }
     /* Powers of two only: the factors libjpeg's own scaled IDCT has always had (and Pillow's
@@ -177,7 +195,8 @@ static mt_status decode_jpeg(const uint8_t *bytes, size_t size, const char *name
     int scale = 1;
     if (hint > 0) {
         for (int s = 8; s > 1; s /= 2) {
-            if ((long long)width >= (long long)s * hint && (long long)height >= (long long)s * hint) {
+            if ((long long)width >= (long long)s * hint &&
+                (long long)height >= (long long)s * hint) {
                 scale = s;
                 break;
             }
@@ -186,8 +205,9 @@ static mt_status decode_jpeg(const uint8_t *bytes, size_t size, const char *name
     tjscalingfactor factor = {1, scale};
     int sw = TJSCALED(width, factor), sh = TJSCALED(height, factor);
     if ((long long)sw * sh > MAX_DECODED_PIXELS) {
-        status = MT_FAIL(MT_ERR_FORMAT, "%s: JPEG of %dx%d is too large to decode (limit %d pixels)",
-                         name, width, height, MAX_DECODED_PIXELS);
+        status =
+            MT_FAIL(MT_ERR_FORMAT, "%s: JPEG of %dx%d is too large to decode (limit %d pixels)",
+                    name, width, height, MAX_DECODED_PIXELS);
         goto done;
     }
     jpeg_markers markers = scan_jpeg_markers(bytes, size);
@@ -252,8 +272,8 @@ static void png_on_warning(png_structp png, png_const_charp message) {
 
 static mt_status decode_png(const uint8_t *bytes, size_t size, const char *name, mt_image *out) {
     png_source src = {.bytes = bytes, .size = size};
-    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_on_error,
-                                             png_on_warning);
+    png_structp png =
+        png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_on_error, png_on_warning);
     if (!png) return MT_FAIL(MT_ERR_NOMEM, "%s: png_create_read_struct failed", name);
     png_infop info = png_create_info_struct(png);
     if (!info) {
@@ -293,7 +313,8 @@ static mt_status decode_png(const uint8_t *bytes, size_t size, const char *name,
     pixels = malloc((size_t)width * height * 3);
     rows = malloc(sizeof(png_bytep) * height);
     if (!pixels || !rows) png_error(png, "out of memory");
-    for (png_uint_32 y = 0; y < height; y++) rows[y] = pixels + (size_t)y * width * 3;
+    for (png_uint_32 y = 0; y < height; y++)
+        rows[y] = pixels + (size_t)y * width * 3;
     png_read_image(png, rows);
     png_read_end(png, info);
     int orientation = 1;
@@ -336,9 +357,12 @@ mt_status mt_image_decode(const void *bytes, size_t size, const char *name, int 
     if (!name) name = "(image)";
     if (size == 0) return MT_FAIL(MT_ERR_FORMAT, "%s: empty file (0 bytes)", name);
     switch (mt_image_detect(bytes, size)) {
-    case MT_IMAGE_JPEG: return decode_jpeg(bytes, size, name, min_side_hint, out);
-    case MT_IMAGE_PNG: return decode_png(bytes, size, name, out);
-    case MT_IMAGE_UNKNOWN: break;
+    case MT_IMAGE_JPEG:
+        return decode_jpeg(bytes, size, name, min_side_hint, out);
+    case MT_IMAGE_PNG:
+        return decode_png(bytes, size, name, out);
+    case MT_IMAGE_UNKNOWN:
+        break;
     }
     char start[32] = "";
     describe_start(bytes, size, start, sizeof start);
@@ -377,8 +401,10 @@ mt_status mt_image_encode_jpeg(const uint8_t *pixels, int width, int height, int
     *out_bytes = NULL;
     *out_size = 0;
     if (width <= 0 || height <= 0 || quality < 1 || quality > 100)
-        return MT_FAIL(MT_ERR_INVALID, "mt_image_encode_jpeg: bad size %dx%d or quality %d "
-                       "(quality must be 1..100)", width, height, quality);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "mt_image_encode_jpeg: bad size %dx%d or quality %d "
+                       "(quality must be 1..100)",
+                       width, height, quality);
     unsigned long capacity = tjBufSize(width, height, TJSAMP_444);
     uint8_t *buffer = malloc(capacity);
     if (!buffer) return MT_FAIL(MT_ERR_NOMEM, "out of memory for a %lu-byte JPEG", capacity);
@@ -391,8 +417,8 @@ mt_status mt_image_encode_jpeg(const uint8_t *pixels, int width, int height, int
     unsigned char *dst = buffer;
     if (tjCompress2(tj, pixels, width, 0, height, TJPF_RGB, &dst, &size, TJSAMP_444, quality,
                     TJFLAG_NOREALLOC) != 0) {
-        mt_status status = MT_FAIL(MT_ERR_BACKEND, "tjCompress2 of %dx%d failed: %s", width,
-                                   height, tjGetErrorStr2(tj));
+        mt_status status = MT_FAIL(MT_ERR_BACKEND, "tjCompress2 of %dx%d failed: %s", width, height,
+                                   tjGetErrorStr2(tj));
         tjDestroy(tj);
         free(buffer);
         return status;

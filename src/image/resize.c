@@ -40,7 +40,8 @@ static int scaled_round(int a, int b, int c) {
  * operations in the same order as TensorFlow's top/bottom lerps, so the result is too. */
 static void lerp_row(const uint8_t *restrict row, size_t row_values, const axis_tap *restrict xt,
                      int cw, float *restrict rowf, float *restrict out) {
-    for (size_t i = 0; i < row_values; i++) rowf[i] = (float)row[i];
+    for (size_t i = 0; i < row_values; i++)
+        rowf[i] = (float)row[i];
     for (int x = 0; x < cw; x++) {
         const float *l = rowf + (size_t)xt[x].lo * 3, *r = rowf + (size_t)xt[x].hi * 3;
         float f = xt[x].frac;
@@ -109,7 +110,8 @@ mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, ui
         return MT_FAIL(MT_ERR_INVALID, "mt_image_resize: size %d out of range 1..65535", size);
     int w = src->width, h = src->height;
     switch (mode) {
-    case MT_RESIZE_STRETCH: return resize_window(src, size, size, 0, 0, size, size, dst, size, 0, 0);
+    case MT_RESIZE_STRETCH:
+        return resize_window(src, size, size, 0, 0, size, size, dst, size, 0, 0);
     case MT_RESIZE_CENTER_CROP: {
         /* Short side to `size`, long side scaled by the same ratio (rounded), centre window. */
         int rw = w <= h ? size : scaled_round(w, size, h);
@@ -118,7 +120,8 @@ mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, ui
                              0, 0);
     }
     case MT_RESIZE_PAD: {
-        /* Long side to `size`, short side by the same ratio (rounded, at least 1), centred on black. */
+        /* Long side to `size`, short side by the same ratio (rounded, at least 1), centred on
+         * black. */
         int rw = w >= h ? size : scaled_round(w, size, h);
         int rh = w >= h ? scaled_round(h, size, w) : size;
         if (rw > size) rw = size;
@@ -150,9 +153,12 @@ mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out) {
 
 const char *mt_resize_mode_name(mt_resize_mode mode) {
     switch (mode) {
-    case MT_RESIZE_STRETCH: return "stretch";
-    case MT_RESIZE_CENTER_CROP: return "center-crop";
-    case MT_RESIZE_PAD: return "pad";
+    case MT_RESIZE_STRETCH:
+        return "stretch";
+    case MT_RESIZE_CENTER_CROP:
+        return "center-crop";
+    case MT_RESIZE_PAD:
+        return "pad";
     }
     return "unknown";
 }

@@ -60,8 +60,8 @@ static void test_jpeg_round_trip_and_scaling(void) {
     /* Largest power of two s with both sides >= s*hint; output ceil(side/s). */
     static const struct {
         int hint, w, h;
-    } cases[] = {{160, 200, 165}, {100, 200, 165}, {50, 100, 83}, {40, 50, 42}, {0, 400, 330},
-                 {300, 400, 330}};
+    } cases[] = {{160, 200, 165}, {100, 200, 165}, {50, 100, 83},
+                 {40, 50, 42},    {0, 400, 330},   {300, 400, 330}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mt_image im;
         CHECK(mt_image_decode(jpeg, size, "scaled.jpg", cases[i].hint, &im) == MT_OK);
@@ -110,10 +110,12 @@ static void test_resize(void) {
     /* center-crop: 300x100 with a green middle third -> the window is all green. */
     mt_image stripes = {.width = 300, .height = 100, .pixels = calloc(300 * 100 * 3, 1)};
     for (int y = 0; y < 100; y++)
-        for (int x = 100; x < 200; x++) stripes.pixels[(y * 300 + x) * 3 + 1] = 255;
+        for (int x = 100; x < 200; x++)
+            stripes.pixels[(y * 300 + x) * 3 + 1] = 255;
     CHECK(mt_image_resize(&stripes, 50, MT_RESIZE_CENTER_CROP, out) == MT_OK);
     int green = 0;
-    for (int i = 0; i < 50 * 50; i++) green += out[i * 3 + 1] == 255 && out[i * 3] == 0;
+    for (int i = 0; i < 50 * 50; i++)
+        green += out[i * 3 + 1] == 255 && out[i * 3] == 0;
     CHECK_MSG(green == 2500, "%d of 2500 window pixels green", green);
     CHECK(mt_image_resize(&stripes, 50, MT_RESIZE_STRETCH, out) == MT_OK);
     CHECK(out[(25 * 50 + 2) * 3 + 1] == 0 && out[(25 * 50 + 25) * 3 + 1] == 255);
