@@ -1,0 +1,385 @@
+/* The "cuda" backend's lifetime, memory and ops table: device selection, the stream and library
+ * handles, a size-class memory pool (after the first step every allocation is a reuse, so the
+ * step loop never calls cudaMalloc), copies between host and device, and the grow-only scratch
+ * areas. Environment (read once at init):
+ *   MT_CUDA_TF32=1           let cuDNN and cuBLAS use TF32 tensor cores (default: exact fp32)
+ *   MT_CUDA_DEPTHWISE=auto|own|cudnn   depthwise implementation (auto: time both per shape)
+ *   MT_CUDA_WORKSPACE_MB=512 the largest cuDNN workspace an algorithm may ask for
+ *   MT_CUDA_DEBUG=1          log algorithm and implementation choices and pool use to stderr */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/cuda/cuda_internal.h"
+
+void cuda_debug(const cuda_backend *cu, const char *format, ...) {
+    if (!cu->debug) return;
+    va_list args;
+    va_start(args, format);
+    fputs("mobiletune cuda: ", stderr);
+    vfprintf(stderr, format, args);
+    fputc('\n', stderr);
+    va_end(args);
+}
+
+mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want) {
+    mt_shape4 s = t->shape;
+    if (s.n != want.n || s.h != want.h || s.w != want.w || s.c != want.c)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda %s: %s has shape %dx%dx%dx%d (N,H,W,C) but the descriptor "
+                       "says %dx%dx%dx%d",
+                       op, what, s.n, s.h, s.w, s.c, want.n, want.h, want.w, want.c);
+    if (!t->data || t->bytes < mt_shape4_count(want) * sizeof(float))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda %s: %s holds %zu bytes, fewer than its %dx%dx%dx%d floats need", op,
+                       what, t->bytes, s.n, s.h, s.w, s.c);
+    return MT_OK;
+}
+
+/* ---- the pool ------------------------------------------------------------------------------ */
+
+/* Size classes in quarter steps between powers of two (at most 25% waste), 512 bytes minimum. */
+static int pool_class(size_t bytes, size_t *rounded) {
+    if (bytes < 512) bytes = 512;
+    int k = 63 - __builtin_clzll((unsigned long long)bytes);
+    size_t base = (size_t)1 << k;
+    if (bytes == base) {
+        *rounded = base;
+        return 4 * k;
+    }
+    size_t step = base / 4, quarters = (bytes - base + step - 1) / step; /* 1..4 */
+    *rounded = base + quarters * step;
+    return 4 * k + (int)quarters;
+}
+
+static size_t pool_bucket(const void *ptr) {
+    return (size_t)(((uintptr_t)ptr >> 9) % CUDA_POOL_BUCKETS);
+}
+
+/* Gives every idle block back to the driver (before retrying a failed cudaMalloc, at shutdown). */
+static void pool_trim(cuda_pool *pool) {
+    for (int c = 0; c < CUDA_POOL_CLASSES; c++) {
+        while (pool->idle[c]) {
+            cuda_block *b = pool->idle[c];
+            pool->idle[c] = b->next;
+            (void)cudaFree(b->ptr);
+            pool->reserved -= b->bytes;
+            free(b);
+        }
+    }
+}
+
+static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
+    cuda_pool *pool = &cu->pool;
+    size_t rounded;
+    int cls = pool_class(bytes, &rounded);
+    *out = NULL;
+    if (cls >= CUDA_POOL_CLASSES)
+        return MT_FAIL(MT_ERR_NOMEM, "cuda: cannot allocate %zu bytes of device memory", bytes);
+    cuda_block *b = pool->idle[cls];
+    if (b) {
+        pool->idle[cls] = b->next;
+    } else {
+        b = calloc(1, sizeof *b);
+        if (!b) return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for the pool's records");
+        cudaError_t e = cudaMalloc(&b->ptr, rounded);
+        if (e == cudaErrorMemoryAllocation) {
+            (void)cudaGetLastError();
+            CUDA_CHECK(cudaStreamSynchronize(cu->stream));
+            pool_trim(pool);
+            e = cudaMalloc(&b->ptr, rounded);
+        }
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            free(b);
+            size_t free_bytes = 0, total_bytes = 0;
+            (void)cudaMemGetInfo(&free_bytes, &total_bytes);
+            const double mib = 1024.0 * 1024.0;
+            return MT_FAIL(MT_ERR_NOMEM,
+                           "cuda: out of device memory on GPU %d: asked for %zu bytes (%.1f MiB); "
+                           "cudaMemGetInfo says %.1f MiB free of %.1f MiB; mobiletune holds %.1f "
+                           "MiB (%.1f MiB in use, %.1f MiB of workspace and scratch): %s. Lower "
+                           "the batch size or free the GPU",
+                           cu->device, bytes, (double)bytes / mib, (double)free_bytes / mib,
+                           (double)total_bytes / mib, (double)pool->reserved / mib,
+                           (double)pool->in_use / mib,
+                           (double)(cu->workspace.bytes + cu->filter.bytes + cu->partials.bytes) /
+                               mib,
+                           cudaGetErrorString(e));
+        }
+        b->bytes = rounded;
+        b->cls = cls;
+        pool->reserved += rounded;
+        pool->mallocs++;
+    }
+    size_t h = pool_bucket(b->ptr);
+    b->next = pool->live[h];
+    pool->live[h] = b;
+    pool->in_use += b->bytes;
+    if (pool->in_use > pool->peak) pool->peak = pool->in_use;
+    *out = b->ptr;
+    return MT_OK;
+}
+
+/* Work still queued on the stream may use the block: reuse is safe because every later user is
+ * on the same stream. */
+static void pool_release(cuda_backend *cu, void *ptr) {
+    if (!ptr) return;
+    cuda_pool *pool = &cu->pool;
+    cuda_block **link = &pool->live[pool_bucket(ptr)];
+    while (*link && (*link)->ptr != ptr)
+        link = &(*link)->next;
+    cuda_block *b = *link;
+    if (!b) {
+        fprintf(stderr, "mobiletune cuda: freeing %p, which the pool did not hand out (a double "
+                        "free?); ignored\n", ptr);
+        return;
+    }
+    *link = b->next;
+    pool->in_use -= b->bytes;
+    b->next = pool->idle[b->cls];
+    pool->idle[b->cls] = b;
+}
+
+mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out) {
+    if (bytes > scratch->bytes) {
+        size_t grown = bytes + bytes / 2;
+        CUDA_CHECK(cudaStreamSynchronize(cu->stream));
+        CUDA_CHECK(cudaFree(scratch->ptr));
+        scratch->ptr = NULL, scratch->bytes = 0;
+        cudaError_t e = cudaMalloc(&scratch->ptr, grown);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            size_t free_bytes = 0, total_bytes = 0;
+            (void)cudaMemGetInfo(&free_bytes, &total_bytes);
+            return MT_FAIL(MT_ERR_NOMEM,
+                           "cuda: out of device memory growing a scratch area to %zu bytes on "
+                           "GPU %d: cudaMemGetInfo says %zu bytes free of %zu: %s",
+                           grown, cu->device, free_bytes, total_bytes, cudaGetErrorString(e));
+        }
+        scratch->bytes = grown;
+    }
+    *out = scratch->ptr;
+    return MT_OK;
+}
+
+/* ---- lifetime ------------------------------------------------------------------------------ */
+
+static bool env_flag(const char *name) {
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+static void cuda_shutdown(mt_backend *backend) {
+    cuda_backend *cu = cuda_of(backend);
+    if (!cu) return;
+    (void)cudaSetDevice(cu->device);
+    if (cu->stream) (void)cudaStreamSynchronize(cu->stream);
+    cuda_debug(cu, "pool: peak %.1f MiB in use, %.1f MiB reserved, %zu cudaMalloc calls",
+               (double)cu->pool.peak / 1048576.0, (double)cu->pool.reserved / 1048576.0,
+               cu->pool.mallocs);
+    cuda_conv_cache_free(cu);
+    for (int h = 0; h < CUDA_POOL_BUCKETS; h++) { /* blocks the caller never freed */
+        while (cu->pool.live[h]) {
+            cuda_block *b = cu->pool.live[h];
+            cu->pool.live[h] = b->next;
+            (void)cudaFree(b->ptr);
+            free(b);
+        }
+    }
+    pool_trim(&cu->pool);
+    cuda_scratch *scratch[] = {&cu->workspace, &cu->filter, &cu->partials};
+    for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++)
+        (void)cudaFree(scratch[i]->ptr);
+    for (int i = 0; i < 4; i++)
+        if (cu->timing[i]) (void)cudaEventDestroy(cu->timing[i]);
+    if (cu->device_result) (void)cudaFree(cu->device_result);
+    if (cu->host_result) (void)cudaFreeHost(cu->host_result);
+    if (cu->cublas) (void)cublasDestroy(cu->cublas);
+    if (cu->cudnn) (void)cudnnDestroy(cu->cudnn);
+    if (cu->comm_stream) (void)cudaStreamDestroy(cu->comm_stream);
+    if (cu->stream) (void)cudaStreamDestroy(cu->stream);
+    free(cu);
+    backend->impl = NULL;
+}
+
+static mt_status cuda_setup(cuda_backend *cu) {
+    CUDA_CHECK(cudaSetDevice(cu->device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&cu->comm_stream, cudaStreamNonBlocking));
+    CUDNN_CHECK(cudnnCreate(&cu->cudnn));
+    CUDNN_CHECK(cudnnSetStream(cu->cudnn, cu->stream));
+    CUBLAS_CHECK(cublasCreate(&cu->cublas));
+    CUBLAS_CHECK(cublasSetStream(cu->cublas, cu->stream));
+    CUBLAS_CHECK(cublasSetMathMode(cu->cublas, cu->allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                              : CUBLAS_DEFAULT_MATH));
+    for (int i = 0; i < 4; i++)
+        CUDA_CHECK(cudaEventCreate(&cu->timing[i]));
+    CUDA_CHECK(cudaMallocHost((void **)&cu->host_result, 4 * sizeof(double)));
+    CUDA_CHECK(cudaMalloc((void **)&cu->device_result, 4 * sizeof(double)));
+    struct cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, cu->device));
+    cuda_debug(cu, "GPU %d: %s, sm_%d%d, %.1f GiB; cuDNN %zu, TF32 %s", cu->device, prop.name,
+               prop.major, prop.minor, (double)prop.totalGlobalMem / (1u << 30),
+               cudnnGetVersion(), cu->allow_tf32 ? "allowed" : "off");
+    return MT_OK;
+}
+
+static mt_status cuda_init(mt_backend *backend, const mt_backend_options *options) {
+    backend->impl = NULL;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return MT_FAIL(MT_ERR_BACKEND, "cuda backend: no usable GPU: cudaGetDeviceCount failed: %s (%s)",
+                       cudaGetErrorName(e), cudaGetErrorString(e));
+    }
+    if (count == 0)
+        return MT_FAIL(MT_ERR_BACKEND, "cuda backend: no GPU: cudaGetDeviceCount found 0 devices");
+    if (options->device < 0 || options->device >= count)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda backend: device %d does not exist: this machine has %d GPU(s), "
+                       "ordinals 0..%d",
+                       options->device, count, count - 1);
+    int depthwise_mode = 0;
+    const char *dw = getenv("MT_CUDA_DEPTHWISE");
+    if (dw && *dw && strcmp(dw, "auto") != 0) {
+        if (strcmp(dw, "own") == 0)
+            depthwise_mode = 1;
+        else if (strcmp(dw, "cudnn") == 0)
+            depthwise_mode = 2;
+        else
+            return MT_FAIL(MT_ERR_INVALID,
+                           "MT_CUDA_DEPTHWISE='%s': use auto (time both per shape), own or cudnn",
+                           dw);
+    }
+    size_t workspace_mb = 512;
+    const char *ws = getenv("MT_CUDA_WORKSPACE_MB");
+    if (ws && *ws) {
+        char *end;
+        long v = strtol(ws, &end, 10);
+        if (*end || v < 0)
+            return MT_FAIL(MT_ERR_INVALID, "MT_CUDA_WORKSPACE_MB='%s': expected megabytes >= 0",
+                           ws);
+        workspace_mb = (size_t)v;
+    }
+    cuda_backend *cu = calloc(1, sizeof *cu);
+    if (!cu) return MT_FAIL(MT_ERR_NOMEM, "cuda backend: out of host memory");
+    cu->device = options->device;
+    cu->allow_tf32 = env_flag("MT_CUDA_TF32");
+    cu->debug = env_flag("MT_CUDA_DEBUG");
+    cu->depthwise_mode = depthwise_mode;
+    cu->workspace_limit = workspace_mb << 20;
+    backend->impl = cu;
+    mt_status status = cuda_setup(cu);
+    if (status != MT_OK) cuda_shutdown(backend);
+    return status;
+}
+
+/* ---- memory -------------------------------------------------------------------------------- */
+
+static mt_status cuda_buffer_alloc(mt_backend *backend, size_t bytes, void **out) {
+    cuda_backend *cu = cuda_of(backend);
+    MT_TRY(pool_alloc(cu, bytes, out));
+    CUDA_CHECK(cudaMemsetAsync(*out, 0, bytes ? bytes : 1, cu->stream));
+    return MT_OK;
+}
+
+static void cuda_buffer_free(mt_backend *backend, void *buffer) {
+    pool_release(cuda_of(backend), buffer);
+}
+
+/* Synchronous: the host buffer may be reused (or be pinned memory the caller rewrites) as soon as
+ * this returns. */
+static mt_status cuda_upload(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
+    cuda_backend *cu = cuda_of(backend);
+    if (!bytes) return MT_OK;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, cu->stream));
+    CUDA_CHECK(cudaStreamSynchronize(cu->stream));
+    return MT_OK;
+}
+
+static mt_status cuda_download(mt_backend *backend, void *host_dst, const void *src,
+                               size_t bytes) {
+    cuda_backend *cu = cuda_of(backend);
+    if (!bytes) return MT_OK;
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream));
+    CUDA_CHECK(cudaStreamSynchronize(cu->stream));
+    return MT_OK;
+}
+
+static mt_status cuda_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tensor *out) {
+    *out = (mt_tensor){0};
+    if (shape.n <= 0 || shape.h <= 0 || shape.w <= 0 || shape.c <= 0)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda backend: tensor shape %dx%dx%dx%d (N,H,W,C) has a non-positive "
+                       "dimension",
+                       shape.n, shape.h, shape.w, shape.c);
+    size_t bytes = mt_shape4_count(shape) * sizeof(float);
+    void *data;
+    MT_TRY(cuda_buffer_alloc(backend, bytes, &data));
+    *out = (mt_tensor){.shape = shape, .data = data, .bytes = bytes, .layout = 0, .impl = NULL};
+    return MT_OK;
+}
+
+static void cuda_tensor_free(mt_backend *backend, mt_tensor *tensor) {
+    if (!tensor) return;
+    pool_release(cuda_of(backend), tensor->data);
+    *tensor = (mt_tensor){0};
+}
+
+/* NHWC is the backend's layout: the conversions are copies. */
+static mt_status cuda_tensor_from_nhwc(mt_backend *backend, const float *host_src,
+                                       mt_tensor *dst) {
+    MT_TRY(cuda_check_tensor("tensor_from_nhwc", "dst", dst, dst->shape));
+    return cuda_upload(backend, dst->data, host_src, mt_shape4_count(dst->shape) * sizeof(float));
+}
+
+static mt_status cuda_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
+    MT_TRY(cuda_check_tensor("tensor_to_nhwc", "src", src, src->shape));
+    return cuda_download(backend, host_dst, src->data,
+                         mt_shape4_count(src->shape) * sizeof(float));
+}
+
+static mt_status cuda_synchronize(mt_backend *backend) {
+    CUDA_CHECK(cudaStreamSynchronize(cuda_of(backend)->stream));
+    return MT_OK;
+}
+
+const mt_ops mt_ops_cuda = {
+    .name = "cuda",
+    .device_memory = true,
+    .init = cuda_init,
+    .shutdown = cuda_shutdown,
+    .buffer_alloc = cuda_buffer_alloc,
+    .buffer_free = cuda_buffer_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .tensor_alloc = cuda_tensor_alloc,
+    .tensor_free = cuda_tensor_free,
+    .tensor_from_nhwc = cuda_tensor_from_nhwc,
+    .tensor_to_nhwc = cuda_tensor_to_nhwc,
+    .synchronize = cuda_synchronize,
+    .tensor_zero = mt_cuda_tensor_zero,
+    .tensor_copy = mt_cuda_tensor_copy,
+    .add = mt_cuda_add,
+    .relu6_forward = mt_cuda_relu6_forward,
+    .relu6_backward = mt_cuda_relu6_backward,
+    .conv_forward = mt_cuda_conv_forward,
+    .conv_backward_data = mt_cuda_conv_backward_data,
+    .conv_backward_weights = mt_cuda_conv_backward_weights,
+    .batchnorm_forward_training = mt_cuda_batchnorm_forward_training,
+    .batchnorm_forward_inference = mt_cuda_batchnorm_forward_inference,
+    .batchnorm_backward_training = mt_cuda_batchnorm_backward_training,
+    .batchnorm_backward_inference = mt_cuda_batchnorm_backward_inference,
+    .zero_pad_forward = mt_cuda_zero_pad_forward,
+    .zero_pad_backward = mt_cuda_zero_pad_backward,
+    .global_avg_pool_forward = mt_cuda_global_avg_pool_forward,
+    .global_avg_pool_backward = mt_cuda_global_avg_pool_backward,
+    .dropout_forward = mt_cuda_dropout_forward,
+    .dropout_backward = mt_cuda_dropout_backward,
+    .dense_forward = mt_cuda_dense_forward,
+    .dense_backward = mt_cuda_dense_backward,
+    .loss_forward_backward = mt_cuda_loss_forward_backward,
+};

@@ -1,0 +1,160 @@
+/* Private state and helpers of the "cuda" backend (cuDNN + cuBLAS + mobiletune's kernels), shared
+ * by its C files. Activations are plain NHWC float in device memory (layout 0), the layout cuDNN's
+ * NHWC kernels and our own kernels read directly; every other buffer is device memory in ops.h's
+ * documented layout. All work is enqueued on one stream (`stream`), so ordering between ops,
+ * copies and pool reuse needs no events; `comm_stream` is reserved for the gradient all-reduce.
+ * See docs/gpu.md for the design. */
+#ifndef MT_OPS_CUDA_INTERNAL_H
+#define MT_OPS_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mobiletune/ops.h"
+#include "ops/cuda/cuda_kernels.h"
+
+/* Every CUDA, cuDNN and cuBLAS call goes through one of these: on failure they record a message
+ * naming the call, the file and the line and return MT_ERR_BACKEND from the calling function. */
+#define CUDA_CHECK(call)                                                                           \
+    do {                                                                                           \
+        cudaError_t cuda_check_error_ = (call);                                                    \
+        if (cuda_check_error_ != cudaSuccess)                                                      \
+            return MT_FAIL(MT_ERR_BACKEND, "CUDA call %s failed at %s:%d: %s (%s)", #call,         \
+                           __FILE__, __LINE__, cudaGetErrorName(cuda_check_error_),                \
+                           cudaGetErrorString(cuda_check_error_));                                 \
+    } while (0)
+
+#define CUDNN_CHECK(call)                                                                          \
+    do {                                                                                           \
+        cudnnStatus_t cudnn_check_status_ = (call);                                                \
+        if (cudnn_check_status_ != CUDNN_STATUS_SUCCESS)                                           \
+            return MT_FAIL(MT_ERR_BACKEND, "cuDNN call %s failed at %s:%d: %s", #call, __FILE__,   \
+                           __LINE__, cudnnGetErrorString(cudnn_check_status_));                    \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t cublas_check_status_ = (call);                                              \
+        if (cublas_check_status_ != CUBLAS_STATUS_SUCCESS)                                         \
+            return MT_FAIL(MT_ERR_BACKEND, "cuBLAS call %s failed at %s:%d: %s", #call, __FILE__,  \
+                           __LINE__, cublasGetStatusString(cublas_check_status_));                 \
+    } while (0)
+
+/* ---- the memory pool: size classes, blocks kept for reuse instead of cudaFree ---- */
+enum { CUDA_POOL_CLASSES = 256, CUDA_POOL_BUCKETS = 1021 };
+
+typedef struct cuda_block {
+    void *ptr;
+    size_t bytes; /* the class size actually allocated */
+    int cls;
+    struct cuda_block *next;
+} cuda_block;
+
+typedef struct cuda_pool {
+    cuda_block *live[CUDA_POOL_BUCKETS];        /* handed out, by pointer hash */
+    cuda_block *idle[CUDA_POOL_CLASSES];        /* returned, by size class */
+    size_t reserved, in_use, peak, mallocs;     /* bytes held / handed out; cudaMalloc calls */
+} cuda_pool;
+
+/* A grow-only device scratch area (weights in cuDNN's layout, partial sums, workspace). Growing
+ * synchronizes the stream first: an op still running may be reading the old one. */
+typedef struct cuda_scratch {
+    void *ptr;
+    size_t bytes;
+} cuda_scratch;
+
+typedef struct cuda_conv_entry cuda_conv_entry; /* cuda_conv.c */
+
+typedef struct cuda_backend {
+    int device;
+    cudaStream_t stream;      /* every op, copy and memset */
+    cudaStream_t comm_stream; /* reserved: gradient all-reduce overlapped with backward */
+    cudnnHandle_t cudnn;
+    cublasHandle_t cublas;
+    bool allow_tf32; /* MT_CUDA_TF32=1: cuDNN/cuBLAS may use TF32 (off: exact fp32 FMA math) */
+    bool debug;      /* MT_CUDA_DEBUG=1: log choices to stderr */
+    int depthwise_mode; /* MT_CUDA_DEPTHWISE: 0 auto (time both), 1 own kernels, 2 cuDNN */
+    cuda_pool pool;
+    cuda_scratch workspace; /* cuDNN workspace shared by every convolution */
+    size_t workspace_limit; /* algorithms needing more are skipped */
+    cuda_scratch filter;    /* a kernel in cuDNN's KRSC layout, for the current call */
+    cuda_scratch partials;  /* partial sums of reductions (conv weight gradients, BN) */
+    cuda_conv_entry **convs; /* cache of convolution descriptors and algorithms */
+    size_t conv_count, conv_capacity;
+    cudaEvent_t timing[4]; /* the depthwise choice's timing */
+    double *host_result;   /* pinned: the loss's result */
+    double *device_result;
+} cuda_backend;
+
+static inline cuda_backend *cuda_of(mt_backend *backend) {
+    return (cuda_backend *)backend->impl;
+}
+
+/* MT_CUDA_DEBUG=1 lines on stderr */
+void cuda_debug(const cuda_backend *cu, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* cuda_backend.c */
+mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out);
+/* Checks a tensor's shape and its bytes against what the op expects. */
+mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want);
+void cuda_conv_cache_free(cuda_backend *cu);
+
+/* ---- the ops, one file per family ---- */
+/* cuda_conv.c */
+mt_status mt_cuda_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
+                               const float *w, mt_tensor *y);
+mt_status mt_cuda_conv_backward_data(mt_backend *backend, const mt_conv_desc *desc,
+                                     const mt_tensor *dy, const float *w, mt_tensor *dx);
+mt_status mt_cuda_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
+                                        const mt_tensor *x, const mt_tensor *dy, float *dw);
+
+/* cuda_ops.c */
+mt_status mt_cuda_tensor_zero(mt_backend *backend, mt_tensor *tensor);
+mt_status mt_cuda_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst);
+mt_status mt_cuda_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y);
+mt_status mt_cuda_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y);
+mt_status mt_cuda_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
+                                 mt_tensor *dx);
+mt_status mt_cuda_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                             const mt_tensor *x, const float *gamma,
+                                             const float *beta, float *moving_mean,
+                                             float *moving_variance, mt_tensor *y,
+                                             float *saved_mean, float *saved_inv_std);
+mt_status mt_cuda_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                              const mt_tensor *x, const float *gamma,
+                                              const float *beta, const float *moving_mean,
+                                              const float *moving_variance, mt_tensor *y);
+mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                              const mt_tensor *x, const mt_tensor *dy,
+                                              const float *gamma, const float *saved_mean,
+                                              const float *saved_inv_std, mt_tensor *dx,
+                                              float *dgamma, float *dbeta);
+mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                               const mt_tensor *x, const mt_tensor *dy,
+                                               const float *gamma, const float *moving_mean,
+                                               const float *moving_variance, mt_tensor *dx,
+                                               float *dgamma, float *dbeta);
+mt_status mt_cuda_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                   const mt_tensor *x, mt_tensor *y);
+mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                    const mt_tensor *dy, mt_tensor *dx);
+mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
+mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
+mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+                                  const float *x, float *y, uint8_t *mask);
+mt_status mt_cuda_dropout_backward(mt_backend *backend, size_t count, float rate,
+                                   const uint8_t *mask, const float *dy, float *dx);
+mt_status mt_cuda_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                const float *w, const float *b, float *y);
+mt_status mt_cuda_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                 const float *w, const float *dy, float *dx, float *dw, float *db);
+mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
+                                        const float *logits, const int32_t *labels,
+                                        float *loss_host, float *dlogits);
+
+#endif

@@ -1,0 +1,778 @@
+/* mobiletune's own CUDA kernels (see cuda_kernels.h for the launchers' contracts): weight layout
+ * transforms, depthwise and direct convolutions, elementwise ops, batch normalization, padding,
+ * pooling, dropout, the dense layer's helpers and the losses. Plain fp32 with simple indexing:
+ * each kernel is a loop over one output element per thread (grid-stride), or a two-stage
+ * reduction (per-block partials, then a fixed-order sum in double) where a gradient or a
+ * statistic sums over the batch. Kept lean on purpose: nvcc time is part of every CI build. */
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "ops/cuda/cuda_kernels.h"
+#include "ops/dropout_hash.h"
+
+namespace {
+
+const int THREADS = 256;
+/* reductions: 32 channels (one warp, coalesced in NHWC) x 8 rows per block */
+const int RED_X = 32, RED_Y = 8;
+/* the depthwise weight gradient accumulates this many taps per pass (3x3 in one) */
+const int MAX_TAPS = 9;
+
+unsigned grid_for(size_t count) {
+    size_t blocks = (count + THREADS - 1) / THREADS;
+    if (blocks < 1) blocks = 1;
+    if (blocks > (size_t)1 << 20) blocks = (size_t)1 << 20; /* grid-stride loops do the rest */
+    return (unsigned)blocks;
+}
+
+#define GRID_STRIDE(i, count)                                                                      \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count);                    \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* ---- weight layouts ----------------------------------------------------------------------- */
+
+__global__ void hwio_to_krsc_kernel(const float *src, float *dst, int rs, int cin, int cout) {
+    const size_t count = (size_t)rs * cin * cout;
+    GRID_STRIDE(j, count) {
+        int ci = (int)(j % cin);
+        size_t t = j / cin;
+        int r = (int)(t % rs), k = (int)(t / rs);
+        dst[j] = src[((size_t)r * cin + ci) * cout + k];
+    }
+}
+
+__global__ void krsc_to_hwio_kernel(const float *src, float *dst, int rs, int cin, int cout) {
+    const size_t count = (size_t)rs * cin * cout;
+    GRID_STRIDE(j, count) {
+        int co = (int)(j % cout);
+        size_t t = j / cout;
+        int ci = (int)(t % cin), r = (int)(t / cin);
+        dst[j] = src[((size_t)co * rs + r) * cin + ci];
+    }
+}
+
+/* ---- convolutions -------------------------------------------------------------------------- */
+
+/* y: one thread per output element (n, oh, ow, c) */
+__global__ void depthwise_forward_kernel(mt_cuda_conv_geom g, const float *x, const float *w,
+                                         float *y) {
+    const int C = g.cin;
+    const size_t count = (size_t)g.n * g.ho * g.wo * C;
+    GRID_STRIDE(i, count) {
+        int c = (int)(i % C);
+        size_t t = i / C;
+        int ow = (int)(t % g.wo);
+        t /= g.wo;
+        int oh = (int)(t % g.ho), n = (int)(t / g.ho);
+        float acc = 0.0f;
+        for (int kh = 0; kh < g.k; kh++) {
+            int ih = oh * g.stride + kh - g.pad_top;
+            if (ih < 0 || ih >= g.h) continue;
+            for (int kw = 0; kw < g.k; kw++) {
+                int iw = ow * g.stride + kw - g.pad_left;
+                if (iw < 0 || iw >= g.w) continue;
+                acc += x[(((size_t)n * g.h + ih) * g.w + iw) * C + c] * w[(kh * g.k + kw) * C + c];
+            }
+        }
+        y[i] = acc;
+    }
+}
+
+/* The output position that tap kk maps input position i to, or -1. */
+__device__ int output_index(int i, int pad, int kk, int stride, int out_size) {
+    int t = i + pad - kk;
+    if (t < 0 || t % stride != 0) return -1;
+    t /= stride;
+    return t < out_size ? t : -1;
+}
+
+/* dx: one thread per input element (n, ih, iw, c) */
+__global__ void depthwise_backward_data_kernel(mt_cuda_conv_geom g, const float *dy,
+                                               const float *w, float *dx) {
+    const int C = g.cin;
+    const size_t count = (size_t)g.n * g.h * g.w * C;
+    GRID_STRIDE(i, count) {
+        int c = (int)(i % C);
+        size_t t = i / C;
+        int iw = (int)(t % g.w);
+        t /= g.w;
+        int ih = (int)(t % g.h), n = (int)(t / g.h);
+        float acc = 0.0f;
+        for (int kh = 0; kh < g.k; kh++) {
+            int oh = output_index(ih, g.pad_top, kh, g.stride, g.ho);
+            if (oh < 0) continue;
+            for (int kw = 0; kw < g.k; kw++) {
+                int ow = output_index(iw, g.pad_left, kw, g.stride, g.wo);
+                if (ow < 0) continue;
+                acc += dy[(((size_t)n * g.ho + oh) * g.wo + ow) * C + c] * w[(kh * g.k + kw) * C + c];
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+/* Partial weight gradients of taps [tap0, tap0+taps) over this block's slice of the N*Ho*Wo
+ * output positions. Block: 32 channels x 8 positions; grid: (C/32, parts).
+ * partials: [part][k*k][C] */
+__global__ void depthwise_backward_weights_kernel(mt_cuda_conv_geom g, const float *x,
+                                                  const float *dy, int tap0, int taps,
+                                                  float *partials) {
+    const int C = g.cin, kk = g.k * g.k;
+    const int c = blockIdx.x * RED_X + threadIdx.x;
+    const long positions = (long)g.n * g.ho * g.wo;
+    const long per = (positions + gridDim.y - 1) / gridDim.y;
+    const long begin = (long)blockIdx.y * per;
+    const long end = begin + per < positions ? begin + per : positions;
+    float acc[MAX_TAPS];
+    for (int t = 0; t < MAX_TAPS; t++)
+        acc[t] = 0.0f;
+    if (c < C) {
+        for (long p = begin + threadIdx.y; p < end; p += RED_Y) {
+            int ow = (int)(p % g.wo);
+            long t = p / g.wo;
+            int oh = (int)(t % g.ho), n = (int)(t / g.ho);
+            float d = dy[(size_t)p * C + c];
+            for (int tt = 0; tt < taps; tt++) {
+                int kh = (tap0 + tt) / g.k, kw = (tap0 + tt) % g.k;
+                int ih = oh * g.stride + kh - g.pad_top, iw = ow * g.stride + kw - g.pad_left;
+                if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
+                acc[tt] += d * x[(((size_t)n * g.h + ih) * g.w + iw) * C + c];
+            }
+        }
+    }
+    __shared__ float part[RED_Y][RED_X];
+    for (int tt = 0; tt < taps; tt++) {
+        part[threadIdx.y][threadIdx.x] = acc[tt];
+        __syncthreads();
+        if (threadIdx.y == 0 && c < C) {
+            float s = 0.0f;
+            for (int r = 0; r < RED_Y; r++)
+                s += part[r][threadIdx.x];
+            partials[((size_t)blockIdx.y * kk + tap0 + tt) * C + c] = s;
+        }
+        __syncthreads();
+    }
+}
+
+/* out[j] = sum over parts of partials[part][j], in double, in part order */
+__global__ void sum_parts_kernel(const float *partials, int parts, size_t count, float *out) {
+    GRID_STRIDE(j, count) {
+        double s = 0.0;
+        for (int p = 0; p < parts; p++)
+            s += partials[(size_t)p * count + j];
+        out[j] = (float)s;
+    }
+}
+
+/* y: one thread per output element (n, oh, ow, co); w: HWIO */
+__global__ void direct_forward_kernel(mt_cuda_conv_geom g, const float *x, const float *w,
+                                      float *y) {
+    const size_t count = (size_t)g.n * g.ho * g.wo * g.cout;
+    GRID_STRIDE(i, count) {
+        int co = (int)(i % g.cout);
+        size_t t = i / g.cout;
+        int ow = (int)(t % g.wo);
+        t /= g.wo;
+        int oh = (int)(t % g.ho), n = (int)(t / g.ho);
+        float acc = 0.0f;
+        for (int kh = 0; kh < g.k; kh++) {
+            int ih = oh * g.stride + kh - g.pad_top;
+            if (ih < 0 || ih >= g.h) continue;
+            for (int kw = 0; kw < g.k; kw++) {
+                int iw = ow * g.stride + kw - g.pad_left;
+                if (iw < 0 || iw >= g.w) continue;
+                const float *xp = x + (((size_t)n * g.h + ih) * g.w + iw) * g.cin;
+                const float *wp = w + (size_t)(kh * g.k + kw) * g.cin * g.cout + co;
+                for (int ci = 0; ci < g.cin; ci++)
+                    acc += xp[ci] * wp[(size_t)ci * g.cout];
+            }
+        }
+        y[i] = acc;
+    }
+}
+
+/* dx: one thread per input element (n, ih, iw, ci) */
+__global__ void direct_backward_data_kernel(mt_cuda_conv_geom g, const float *dy, const float *w,
+                                            float *dx) {
+    const size_t count = (size_t)g.n * g.h * g.w * g.cin;
+    GRID_STRIDE(i, count) {
+        int ci = (int)(i % g.cin);
+        size_t t = i / g.cin;
+        int iw = (int)(t % g.w);
+        t /= g.w;
+        int ih = (int)(t % g.h), n = (int)(t / g.h);
+        float acc = 0.0f;
+        for (int kh = 0; kh < g.k; kh++) {
+            int oh = output_index(ih, g.pad_top, kh, g.stride, g.ho);
+            if (oh < 0) continue;
+            for (int kw = 0; kw < g.k; kw++) {
+                int ow = output_index(iw, g.pad_left, kw, g.stride, g.wo);
+                if (ow < 0) continue;
+                const float *dyp = dy + (((size_t)n * g.ho + oh) * g.wo + ow) * g.cout;
+                const float *wp = w + ((size_t)(kh * g.k + kw) * g.cin + ci) * g.cout;
+                for (int co = 0; co < g.cout; co++)
+                    acc += dyp[co] * wp[co];
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+/* Partial weight gradients: one thread per weight j = ((kh*k + kw)*cin + ci)*cout + co over this
+ * block row's slice of positions. grid: (weights/256, parts); partials: [part][weights] */
+__global__ void direct_backward_weights_kernel(mt_cuda_conv_geom g, const float *x,
+                                               const float *dy, float *partials) {
+    const size_t weights = (size_t)g.k * g.k * g.cin * g.cout;
+    const size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= weights) return;
+    const int co = (int)(j % g.cout);
+    const int ci = (int)((j / g.cout) % g.cin);
+    const int tap = (int)(j / ((size_t)g.cout * g.cin));
+    const int kh = tap / g.k, kw = tap % g.k;
+    const long positions = (long)g.n * g.ho * g.wo;
+    const long per = (positions + gridDim.y - 1) / gridDim.y;
+    const long begin = (long)blockIdx.y * per;
+    const long end = begin + per < positions ? begin + per : positions;
+    float acc = 0.0f;
+    for (long p = begin; p < end; p++) {
+        int ow = (int)(p % g.wo);
+        long t = p / g.wo;
+        int oh = (int)(t % g.ho), n = (int)(t / g.ho);
+        int ih = oh * g.stride + kh - g.pad_top, iw = ow * g.stride + kw - g.pad_left;
+        if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
+        acc += x[(((size_t)n * g.h + ih) * g.w + iw) * g.cin + ci] * dy[(size_t)p * g.cout + co];
+    }
+    partials[(size_t)blockIdx.y * weights + j] = acc;
+}
+
+/* ---- elementwise --------------------------------------------------------------------------- */
+
+__global__ void add_kernel(size_t count, const float *a, const float *b, float *y) {
+    GRID_STRIDE(i, count) y[i] = a[i] + b[i];
+}
+
+__global__ void relu6_forward_kernel(size_t count, const float *x, float *y) {
+    GRID_STRIDE(i, count) {
+        float v = x[i];
+        y[i] = v < 0.0f ? 0.0f : v > 6.0f ? 6.0f : v;
+    }
+}
+
+__global__ void relu6_backward_kernel(size_t count, const float *y, const float *dy, float *dx) {
+    GRID_STRIDE(i, count) dx[i] = y[i] > 0.0f && y[i] < 6.0f ? dy[i] : 0.0f;
+}
+
+/* ---- batch normalization ------------------------------------------------------------------- */
+
+enum bn_sum { BN_SUM_X, BN_SUM_SQDEV, BN_SUM_GRAD };
+
+/* Per-channel partial sums over this block's slice of the M rows. Block 32 channels x 8 rows,
+ * grid (C/32, parts). partials: [part][C][2]:
+ *   BN_SUM_X:     x
+ *   BN_SUM_SQDEV: (x - mean)^2
+ *   BN_SUM_GRAD:  dy, and dy * (x - mean) * istd */
+__global__ void bn_sums_kernel(long m, int C, int mode, const float *x, const float *dy,
+                               const double *mean, const double *istd, double *partials) {
+    const int c = blockIdx.x * RED_X + threadIdx.x;
+    const long per = (m + gridDim.y - 1) / gridDim.y;
+    const long begin = (long)blockIdx.y * per;
+    const long end = begin + per < m ? begin + per : m;
+    double a = 0.0, b = 0.0;
+    if (c < C) {
+        const double mu = mode == BN_SUM_X ? 0.0 : mean[c];
+        const double is = mode == BN_SUM_GRAD ? istd[c] : 0.0;
+        for (long r = begin + threadIdx.y; r < end; r += RED_Y) {
+            double v = x[(size_t)r * C + c];
+            if (mode == BN_SUM_X) {
+                a += v;
+            } else if (mode == BN_SUM_SQDEV) {
+                a += (v - mu) * (v - mu);
+            } else {
+                double d = dy[(size_t)r * C + c];
+                a += d;
+                b += d * (v - mu) * is;
+            }
+        }
+    }
+    __shared__ double sa[RED_Y][RED_X], sb[RED_Y][RED_X];
+    sa[threadIdx.y][threadIdx.x] = a;
+    sb[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int r = 1; r < RED_Y; r++)
+            a += sa[r][threadIdx.x], b += sb[r][threadIdx.x];
+        partials[((size_t)blockIdx.y * C + c) * 2] = a;
+        partials[((size_t)blockIdx.y * C + c) * 2 + 1] = b;
+    }
+}
+
+/* sums of the two partial columns of channel c, in part order */
+__device__ void bn_total(const double *partials, int parts, int C, int c, double *a, double *b) {
+    double sa = 0.0, sb = 0.0;
+    for (int p = 0; p < parts; p++) {
+        sa += partials[((size_t)p * C + c) * 2];
+        sb += partials[((size_t)p * C + c) * 2 + 1];
+    }
+    *a = sa, *b = sb;
+}
+
+__global__ void bn_mean_kernel(long m, int C, int parts, const double *partials, double *mean) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double s, unused;
+    bn_total(partials, parts, C, c, &s, &unused);
+    mean[c] = s / (double)m;
+}
+
+/* biased variance, saved statistics, Keras' moving update, and the coefficients of y */
+__global__ void bn_variance_kernel(long m, int C, int parts, float epsilon, float momentum,
+                                   const double *partials, const double *mean, const float *gamma,
+                                   const float *beta, float *moving_mean, float *moving_variance,
+                                   float *saved_mean, float *saved_inv_std, double *coef) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double sq, unused;
+    bn_total(partials, parts, C, c, &sq, &unused);
+    const double var = sq / (double)m, mu = mean[c];
+    const double inv_std = 1.0 / sqrt(var + (double)epsilon), mom = momentum;
+    saved_mean[c] = (float)mu;
+    saved_inv_std[c] = (float)inv_std;
+    moving_mean[c] = (float)(moving_mean[c] * mom + mu * (1.0 - mom));
+    moving_variance[c] = (float)(moving_variance[c] * mom + var * (1.0 - mom));
+    coef[c] = mu;
+    coef[C + c] = gamma[c] * inv_std;
+    coef[2 * C + c] = beta[c];
+}
+
+/* coefficients of inference: mean = moving mean, scale = gamma * inv_std, shift = beta; and, for
+ * backward, the statistics in double */
+__global__ void bn_inference_coef_kernel(int C, float epsilon, const float *gamma,
+                                         const float *beta, const float *moving_mean,
+                                         const float *moving_variance, double *coef,
+                                         double *mean, double *istd) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const double inv_std = 1.0 / sqrt((double)moving_variance[c] + (double)epsilon);
+    coef[c] = moving_mean[c];
+    coef[C + c] = gamma[c] * inv_std;
+    coef[2 * C + c] = beta ? beta[c] : 0.0f;
+    mean[c] = moving_mean[c];
+    istd[c] = inv_std;
+}
+
+/* training backward: statistics from the saved mean and inverse std */
+__global__ void bn_saved_stats_kernel(int C, const float *saved_mean, const float *saved_inv_std,
+                                      double *mean, double *istd) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    mean[c] = saved_mean[c];
+    istd[c] = saved_inv_std[c];
+}
+
+/* y = (x - coef[0]) * coef[1] + coef[2], per channel */
+__global__ void bn_apply_kernel(size_t count, int C, const float *x, const double *coef,
+                                float *y) {
+    GRID_STRIDE(i, count) {
+        int c = (int)(i % C);
+        y[i] = (float)(((double)x[i] - coef[c]) * coef[C + c] + coef[2 * C + c]);
+    }
+}
+
+/* dgamma, dbeta and the coefficients of dx: grad[c] = mean(dy), grad[C+c] = mean(dy * xhat) */
+__global__ void bn_grad_kernel(long m, int C, int parts, const double *partials,
+                               float *dgamma, float *dbeta, double *grad) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double sum_dy, sum_dy_xhat;
+    bn_total(partials, parts, C, c, &sum_dy, &sum_dy_xhat);
+    if (dgamma) dgamma[c] = (float)sum_dy_xhat;
+    if (dbeta) dbeta[c] = (float)sum_dy;
+    grad[c] = sum_dy / (double)m;
+    grad[C + c] = sum_dy_xhat / (double)m;
+}
+
+/* dx = gamma*istd * (dy - mean(dy) - xhat * mean(dy*xhat)); dx may alias dy */
+__global__ void bn_dx_training_kernel(size_t count, int C, const float *x, const float *dy,
+                                      const float *gamma, const double *mean, const double *istd,
+                                      const double *grad, float *dx) {
+    GRID_STRIDE(i, count) {
+        int c = (int)(i % C);
+        double xhat = ((double)x[i] - mean[c]) * istd[c];
+        dx[i] = (float)(gamma[c] * istd[c] * ((double)dy[i] - grad[c] - xhat * grad[C + c]));
+    }
+}
+
+/* inference: the statistics are constants, dx = gamma*istd * dy; dx may alias dy */
+__global__ void bn_dx_inference_kernel(size_t count, int C, const float *dy, const float *gamma,
+                                       const double *istd, float *dx) {
+    GRID_STRIDE(i, count) {
+        int c = (int)(i % C);
+        dx[i] = (float)(gamma[c] * istd[c] * (double)dy[i]);
+    }
+}
+
+/* ---- padding, pooling, dropout, dense helpers --------------------------------------------- */
+
+__global__ void zero_pad_forward_kernel(int n, int h, int w, int C, int ho, int wo, int top,
+                                        int left, const float *x, float *y) {
+    const size_t count = (size_t)n * ho * wo * C;
+    GRID_STRIDE(i, count) {
+        int c = (int)(i % C);
+        size_t t = i / C;
+        int ow = (int)(t % wo);
+        t /= wo;
+        int oh = (int)(t % ho), b = (int)(t / ho);
+        int ih = oh - top, iw = ow - left;
+        y[i] = ih < 0 || ih >= h || iw < 0 || iw >= w
+                   ? 0.0f
+                   : x[(((size_t)b * h + ih) * w + iw) * C + c];
+    }
+}
+
+__global__ void zero_pad_backward_kernel(int n, int h, int w, int C, int ho, int wo, int top,
+                                         int left, const float *dy, float *dx) {
+    const size_t count = (size_t)n * h * w * C;
+    GRID_STRIDE(i, count) {
+        int c = (int)(i % C);
+        size_t t = i / C;
+        int iw = (int)(t % w);
+        t /= w;
+        int ih = (int)(t % h), b = (int)(t / h);
+        dx[i] = dy[(((size_t)b * ho + ih + top) * wo + iw + left) * C + c];
+    }
+}
+
+/* one thread per (n, c): coalesced across c */
+__global__ void avg_pool_forward_kernel(int n, long hw, int C, const float *x, float *y) {
+    const size_t count = (size_t)n * C;
+    GRID_STRIDE(i, count) {
+        size_t b = i / C, c = i % C;
+        double s = 0.0;
+        for (long p = 0; p < hw; p++)
+            s += x[(b * hw + p) * C + c];
+        y[i] = (float)(s / (double)hw);
+    }
+}
+
+__global__ void avg_pool_backward_kernel(int n, long hw, int C, const float *dy, float *dx) {
+    const size_t count = (size_t)n * hw * C;
+    GRID_STRIDE(i, count) {
+        size_t c = i % C, b = i / ((size_t)hw * C);
+        dx[i] = (float)((double)dy[b * C + c] / (double)hw);
+    }
+}
+
+__global__ void dropout_forward_kernel(size_t count, uint64_t seed, uint32_t threshold,
+                                       float scale, const float *x, float *y, uint8_t *mask) {
+    GRID_STRIDE(i, count) {
+        bool keep = mt_dropout_keep(seed, (uint64_t)i, threshold);
+        mask[i] = keep ? 1 : 0;
+        y[i] = keep ? x[i] * scale : 0.0f;
+    }
+}
+
+__global__ void dropout_backward_kernel(size_t count, float scale, const uint8_t *mask,
+                                        const float *dy, float *dx) {
+    GRID_STRIDE(i, count) dx[i] = mask[i] ? dy[i] * scale : 0.0f;
+}
+
+__global__ void broadcast_rows_kernel(int rows, int cols, const float *b, float *y) {
+    const size_t count = (size_t)rows * cols;
+    GRID_STRIDE(i, count) y[i] = b[i % cols];
+}
+
+__global__ void column_sums_kernel(int rows, int cols, const float *a, float *sums) {
+    GRID_STRIDE(j, (size_t)cols) {
+        double s = 0.0;
+        for (int r = 0; r < rows; r++)
+            s += a[(size_t)r * cols + j];
+        sums[j] = (float)s;
+    }
+}
+
+/* ---- losses: one block; rows are few (a batch), classes few (a head) ---------------------- */
+
+__global__ void loss_kernel(int N, int K, const float *logits, const int32_t *labels,
+                            float *dlogits, double *result) {
+    __shared__ int valid, bad;
+    __shared__ double totals[THREADS];
+    if (threadIdx.x == 0) valid = 0, bad = N;
+    __syncthreads();
+    const int limit = K == 1 ? 2 : K;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+        int t = labels[n];
+        if (t >= limit || t < -1) atomicMin(&bad, n);
+        if (t >= 0) atomicAdd(&valid, 1);
+    }
+    __syncthreads();
+    const double inv_valid = valid > 0 ? 1.0 / valid : 0.0;
+    double total = 0.0;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+        const float *z = logits + (size_t)n * K;
+        float *dz = dlogits ? dlogits + (size_t)n * K : NULL;
+        const int t = labels[n];
+        if (t < 0 || t >= limit) {
+            if (dz)
+                for (int k = 0; k < K; k++)
+                    dz[k] = 0.0f;
+            continue;
+        }
+        if (K == 1) {
+            const double zz = z[0];
+            total += fmax(zz, 0.0) - zz * t + log1p(exp(-fabs(zz)));
+            if (dz) {
+                double s = zz >= 0 ? 1.0 / (1.0 + exp(-zz)) : exp(zz) / (1.0 + exp(zz));
+                dz[0] = (float)((s - t) * inv_valid);
+            }
+        } else {
+            double mx = z[0];
+            for (int k = 1; k < K; k++)
+                mx = fmax(mx, (double)z[k]);
+            double sum = 0.0;
+            for (int k = 0; k < K; k++)
+                sum += exp(z[k] - mx);
+            const double log_sum = log(sum) + mx;
+            total += log_sum - z[t];
+            if (dz)
+                for (int k = 0; k < K; k++)
+                    dz[k] = (float)((exp(z[k] - log_sum) - (k == t ? 1.0 : 0.0)) * inv_valid);
+        }
+    }
+    totals[threadIdx.x] = total;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double s = 0.0;
+        for (int i = 0; i < (int)blockDim.x; i++)
+            s += totals[i];
+        result[0] = s * inv_valid;
+        result[1] = valid;
+        result[2] = bad < N ? bad : -1;
+    }
+}
+
+} // namespace
+
+/* ---- launchers ------------------------------------------------------------------------------ */
+
+extern "C" {
+
+int mt_cuda_reduce_parts(long rows) {
+    long parts = (rows + 255) / 256;
+    return parts < 1 ? 1 : parts > 256 ? 256 : (int)parts;
+}
+
+cudaError_t mt_cuda_launch_hwio_to_krsc(cudaStream_t stream, const float *src, float *dst, int rs,
+                                 int cin, int cout) {
+    hwio_to_krsc_kernel<<<grid_for((size_t)rs * cin * cout), THREADS, 0, stream>>>(src, dst, rs,
+                                                                                   cin, cout);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_krsc_to_hwio(cudaStream_t stream, const float *src, float *dst, int rs,
+                                 int cin, int cout) {
+    krsc_to_hwio_kernel<<<grid_for((size_t)rs * cin * cout), THREADS, 0, stream>>>(src, dst, rs,
+                                                                                   cin, cout);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_depthwise_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
+                                      const float *x, const float *w, float *y) {
+    size_t count = (size_t)g->n * g->ho * g->wo * g->cin;
+    depthwise_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, x, w, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
+                                            const float *dy, const float *w, float *dx) {
+    size_t count = (size_t)g->n * g->h * g->w * g->cin;
+    depthwise_backward_data_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream, const mt_cuda_conv_geom *g,
+                                               const float *x, const float *dy, float *partials,
+                                               float *dw) {
+    const int kk = g->k * g->k;
+    const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
+    const dim3 grid((unsigned)((g->cin + RED_X - 1) / RED_X), (unsigned)parts);
+    for (int tap0 = 0; tap0 < kk; tap0 += MAX_TAPS) {
+        int taps = kk - tap0 < MAX_TAPS ? kk - tap0 : MAX_TAPS;
+        depthwise_backward_weights_kernel<<<grid, dim3(RED_X, RED_Y), 0, stream>>>(
+            *g, x, dy, tap0, taps, partials);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    size_t count = (size_t)kk * g->cin;
+    sum_parts_kernel<<<grid_for(count), THREADS, 0, stream>>>(partials, parts, count, dw);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
+                                        const float *x, const float *w, float *y) {
+    size_t count = (size_t)g->n * g->ho * g->wo * g->cout;
+    direct_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, x, w, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
+                                              const float *dy, const float *w, float *dx) {
+    size_t count = (size_t)g->n * g->h * g->w * g->cin;
+    direct_backward_data_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream, const mt_cuda_conv_geom *g,
+                                                 const float *x, const float *dy,
+                                                 float *partials, float *dw) {
+    const size_t weights = (size_t)g->k * g->k * g->cin * g->cout;
+    const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
+    const dim3 grid((unsigned)((weights + THREADS - 1) / THREADS), (unsigned)parts);
+    direct_backward_weights_kernel<<<grid, THREADS, 0, stream>>>(*g, x, dy, partials);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    sum_parts_kernel<<<grid_for(weights), THREADS, 0, stream>>>(partials, parts, weights, dw);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_add(cudaStream_t stream, size_t count, const float *a, const float *b,
+                        float *y) {
+    add_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, a, b, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, const float *x, float *y) {
+    relu6_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, x, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, size_t count, const float *y,
+                                   const float *dy, float *dx) {
+    relu6_backward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, y, dy, dx);
+    return cudaGetLastError();
+}
+
+/* scratch layout: partials [parts][C][2], mean [C], istd [C], coef [3][C], grad [2][C] */
+size_t mt_cuda_bn_scratch_doubles(long m, int c) {
+    return (size_t)mt_cuda_reduce_parts(m) * c * 2 + (size_t)7 * c;
+}
+
+cudaError_t mt_cuda_launch_bn_forward_training(cudaStream_t stream, long m, int c, float epsilon,
+                                        float momentum, const float *x, const float *gamma,
+                                        const float *beta, float *moving_mean,
+                                        float *moving_variance, float *y, float *saved_mean,
+                                        float *saved_inv_std, double *scratch) {
+    const int parts = mt_cuda_reduce_parts(m);
+    double *partials = scratch, *mean = partials + (size_t)parts * c * 2, *coef = mean + 2 * c;
+    const dim3 grid((unsigned)((c + RED_X - 1) / RED_X), (unsigned)parts), block(RED_X, RED_Y);
+    const unsigned per_channel = (unsigned)((c + THREADS - 1) / THREADS);
+    bn_sums_kernel<<<grid, block, 0, stream>>>(m, c, BN_SUM_X, x, NULL, NULL, NULL, partials);
+    bn_mean_kernel<<<per_channel, THREADS, 0, stream>>>(m, c, parts, partials, mean);
+    bn_sums_kernel<<<grid, block, 0, stream>>>(m, c, BN_SUM_SQDEV, x, NULL, mean, NULL, partials);
+    bn_variance_kernel<<<per_channel, THREADS, 0, stream>>>(
+        m, c, parts, epsilon, momentum, partials, mean, gamma, beta, moving_mean, moving_variance,
+        saved_mean, saved_inv_std, coef);
+    bn_apply_kernel<<<grid_for((size_t)m * c), THREADS, 0, stream>>>((size_t)m * c, c, x, coef, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_bn_forward_inference(cudaStream_t stream, long m, int c, float epsilon,
+                                         const float *x, const float *gamma, const float *beta,
+                                         const float *moving_mean, const float *moving_variance,
+                                         float *y, double *scratch) {
+    double *mean = scratch, *istd = mean + c, *coef = istd + c;
+    bn_inference_coef_kernel<<<(unsigned)((c + THREADS - 1) / THREADS), THREADS, 0, stream>>>(
+        c, epsilon, gamma, beta, moving_mean, moving_variance, coef, mean, istd);
+    bn_apply_kernel<<<grid_for((size_t)m * c), THREADS, 0, stream>>>((size_t)m * c, c, x, coef, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float epsilon, int training,
+                                const float *x, const float *dy, const float *gamma,
+                                const float *stat_mean, const float *stat_second, float *dx,
+                                float *dgamma, float *dbeta, double *scratch) {
+    const int parts = mt_cuda_reduce_parts(m);
+    double *partials = scratch, *mean = partials + (size_t)parts * c * 2, *istd = mean + c;
+    double *coef = istd + c, *grad = coef + 3 * c;
+    const dim3 grid((unsigned)((c + RED_X - 1) / RED_X), (unsigned)parts), block(RED_X, RED_Y);
+    const unsigned per_channel = (unsigned)((c + THREADS - 1) / THREADS);
+    const size_t count = (size_t)m * c;
+    if (training)
+        bn_saved_stats_kernel<<<per_channel, THREADS, 0, stream>>>(c, stat_mean, stat_second, mean,
+                                                                   istd);
+    else
+        bn_inference_coef_kernel<<<per_channel, THREADS, 0, stream>>>(
+            c, epsilon, gamma, NULL, stat_mean, stat_second, coef, mean, istd);
+    if (dgamma || dbeta || training) {
+        bn_sums_kernel<<<grid, block, 0, stream>>>(m, c, BN_SUM_GRAD, x, dy, mean, istd, partials);
+        bn_grad_kernel<<<per_channel, THREADS, 0, stream>>>(m, c, parts, partials, dgamma, dbeta,
+                                                            grad);
+    }
+    if (dx && training)
+        bn_dx_training_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, c, x, dy, gamma,
+                                                                       mean, istd, grad, dx);
+    else if (dx)
+        bn_dx_inference_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, c, dy, gamma, istd,
+                                                                        dx);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, int n, int h, int w, int c, int ho,
+                                     int wo, int top, int left, const float *x, float *y) {
+    zero_pad_forward_kernel<<<grid_for((size_t)n * ho * wo * c), THREADS, 0, stream>>>(
+        n, h, w, c, ho, wo, top, left, x, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, int n, int h, int w, int c, int ho,
+                                      int wo, int top, int left, const float *dy, float *dx) {
+    zero_pad_backward_kernel<<<grid_for((size_t)n * h * w * c), THREADS, 0, stream>>>(
+        n, h, w, c, ho, wo, top, left, dy, dx);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw, int c, const float *x,
+                                     float *y) {
+    avg_pool_forward_kernel<<<grid_for((size_t)n * c), THREADS, 0, stream>>>(n, hw, c, x, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c, const float *dy,
+                                      float *dx) {
+    avg_pool_backward_kernel<<<grid_for((size_t)n * hw * c), THREADS, 0, stream>>>(n, hw, c, dy,
+                                                                                   dx);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, uint64_t seed,
+                                    uint32_t threshold, float scale, const float *x, float *y,
+                                    uint8_t *mask) {
+    dropout_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, seed, threshold, scale,
+                                                                    x, y, mask);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_dropout_backward(cudaStream_t stream, size_t count, float scale,
+                                     const uint8_t *mask, const float *dy, float *dx) {
+    dropout_backward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, scale, mask, dy, dx);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_broadcast_rows(cudaStream_t stream, int rows, int cols, const float *b,
+                                   float *y) {
+    broadcast_rows_kernel<<<grid_for((size_t)rows * cols), THREADS, 0, stream>>>(rows, cols, b, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, const float *a,
+                                float *sums) {
+    column_sums_kernel<<<grid_for((size_t)cols), THREADS, 0, stream>>>(rows, cols, a, sums);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,
+                         const int32_t *labels, float *dlogits, double *result) {
+    loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, result);
+    return cudaGetLastError();
+}
+
+} // extern "C"
