@@ -47,7 +47,9 @@ mt_image_format mt_image_detect(const void *bytes, size_t size);
 mt_status mt_image_decode(const void *bytes, size_t size, const char *name, int min_side_hint,
                           mt_image *out);
 
-/* Read `path` and decode it as mt_image_decode() does (MT_ERR_IO when it cannot be read). */
+/* Read `path` and decode it as mt_image_decode() does (MT_ERR_IO when it cannot be read).
+ * mobiletune-pack passes its --size as `min_side_hint`: pass the same, then mt_image_resize(), to
+ * reproduce its pixels exactly (what `predict` does). */
 mt_status mt_image_decode_file(const char *path, int min_side_hint, mt_image *out);
 
 void mt_image_free(mt_image *image);
