@@ -80,6 +80,20 @@ void mt_optimizer_reset(mt_optimizer *optimizer);
 mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float *grads,
                             size_t count, float lr);
 
+/* ---- checkpoints ------------------------------------------------------------------------------
+ */
+
+typedef struct mt_checkpoint mt_checkpoint; /* checkpoint.h */
+
+/* Put the state in a checkpoint: tensors "optimizer/<slot name>" (F32 [count]) and metadata
+ * "optimizer" (the kind's name) and "optimizer_iterations" (decimal). */
+mt_status mt_optimizer_save(const mt_optimizer *optimizer, mt_checkpoint *checkpoint);
+
+/* Restore what mt_optimizer_save stored into an optimizer set up (mt_optimizer_init) with the
+ * same kind, slots and count; a mismatch is an error naming the checkpoint file and the tensor,
+ * and leaves the optimizer unchanged. */
+mt_status mt_optimizer_load(mt_optimizer *optimizer, const mt_checkpoint *checkpoint);
+
 /* ---- learning-rate schedules ------------------------------------------------------------- */
 
 typedef enum mt_lr_schedule_kind {

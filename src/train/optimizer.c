@@ -3,9 +3,14 @@
  * Keras' code so that results agree with tf.keras to float rounding. */
 #include "mobiletune/optimizer.h"
 
+#include <errno.h>
+#include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "mobiletune/checkpoint.h"
 
 /* Threads pay off only on big arrays: the frozen head is 1,281 floats. */
 enum { PARALLEL_MIN = 1 << 15 };
@@ -197,6 +202,62 @@ mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float 
     }
     }
     optimizer->iterations++;
+    return MT_OK;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------
+ */
+
+mt_status mt_optimizer_save(const mt_optimizer *optimizer, mt_checkpoint *checkpoint) {
+    char name[64];
+    for (int s = 0; s < optimizer->slot_count; s++) {
+        snprintf(name, sizeof name, "optimizer/%s", optimizer->slot_names[s]);
+        uint64_t shape[1] = {optimizer->count};
+        MT_TRY(mt_checkpoint_add(checkpoint, name, MT_CHECKPOINT_F32, 1, shape,
+                                 optimizer->state + (size_t)s * optimizer->count));
+    }
+    char iterations[32];
+    snprintf(iterations, sizeof iterations, "%" PRIu64, optimizer->iterations);
+    MT_TRY(mt_checkpoint_set_meta(checkpoint, "optimizer",
+                                  mt_optimizer_kind_name(optimizer->params.kind)));
+    return mt_checkpoint_set_meta(checkpoint, "optimizer_iterations", iterations);
+}
+
+mt_status mt_optimizer_load(mt_optimizer *optimizer, const mt_checkpoint *checkpoint) {
+    const char *path = mt_checkpoint_path(checkpoint);
+    const char *kind = mt_checkpoint_meta(checkpoint, "optimizer");
+    const char *want = mt_optimizer_kind_name(optimizer->params.kind);
+    if (!kind || strcmp(kind, want) != 0)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "checkpoint '%s' holds %s optimizer state, but the optimizer is %s (set "
+                       "[optimizer] name to match, or start without --resume)",
+                       path, kind ? kind : "no", want);
+    const char *text = mt_checkpoint_meta(checkpoint, "optimizer_iterations");
+    char *end = NULL;
+    errno = 0;
+    unsigned long long iterations = text ? strtoull(text, &end, 10) : 0;
+    if (!text || !*text || *end != '\0' || errno == ERANGE || text[0] == '-')
+        return MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': optimizer_iterations '%s' is not a count",
+                       path, text ? text : "(missing)");
+    /* Check every slot before changing anything. */
+    char name[64];
+    for (int s = 0; s < optimizer->slot_count; s++) {
+        snprintf(name, sizeof name, "optimizer/%s", optimizer->slot_names[s]);
+        const mt_checkpoint_tensor *t = mt_checkpoint_find(checkpoint, name);
+        if (!t || t->dtype != MT_CHECKPOINT_F32 || t->count != optimizer->count)
+            return MT_FAIL(MT_ERR_FORMAT,
+                           "checkpoint '%s': tensor '%s' %s; the optimizer has %zu trainable "
+                           "parameters (was the checkpoint written with another mode, "
+                           "fine_tune_at or momentum?)",
+                           path, name, !t ? "is missing" : "has another size or dtype",
+                           optimizer->count);
+    }
+    for (int s = 0; s < optimizer->slot_count; s++) {
+        snprintf(name, sizeof name, "optimizer/%s", optimizer->slot_names[s]);
+        MT_TRY(mt_checkpoint_get_f32(checkpoint, name, mt_optimizer_slot(optimizer, s),
+                                     optimizer->count, 0, NULL));
+    }
+    optimizer->iterations = iterations;
     return MT_OK;
 }
 
