@@ -99,6 +99,9 @@ typedef struct mt_backend_options {
 
 typedef struct mt_ops {
     const char *name;
+    /* true when buffers live in device memory the host cannot touch (cuda): the trainer then
+     * stages host-side work (MPI, checkpoints) through upload/download */
+    bool device_memory;
 
     /* ---- lifetime and memory ---- */
     mt_status (*init)(mt_backend *backend, const mt_backend_options *options); /* sets impl */

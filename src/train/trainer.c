@@ -1,0 +1,728 @@
+/* The training loop (trainer.h): set-up on every rank, replica agreement, the step, the epoch,
+ * evaluation, the frozen-mode feature cache, signals and injected faults. Checkpoint contents
+ * live in trainer_checkpoint.c, metrics files in metrics.c. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mobiletune/metrics.h"
+#include "trainer_internal.h"
+
+static volatile sig_atomic_t stop_signal = 0;
+
+void mt_train_request_stop(int signal_number) {
+    stop_signal = signal_number ? signal_number : SIGTERM;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* splitmix64: independent dropout streams per (seed, step, rank) from one seed. */
+static uint64_t mix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static bool is_root(const trainer *t) {
+    return t->who.rank == 0;
+}
+
+/* Rank 0's words: to stdout and the run's log file. */
+static void say(trainer *t, const char *format, ...) __attribute__((format(printf, 2, 3)));
+static void say(trainer *t, const char *format, ...) {
+    if (!is_root(t)) return;
+    va_list args;
+    va_start(args, format);
+    vprintf(format, args);
+    va_end(args);
+    fflush(stdout);
+    if (t->log) {
+        va_start(args, format);
+        vfprintf(t->log, format, args);
+        va_end(args);
+        fflush(t->log);
+    }
+}
+
+/* ---- injected faults, for the tests of what a failing rank does to a job ------------------- */
+
+typedef enum fault_kind { FAULT_NONE, FAULT_FAIL, FAULT_CRASH, FAULT_NAN } fault_kind;
+
+/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|nan]: rank r, at global step s,
+ * returns an error (fail), dies by SIGKILL (crash) or sees a NaN loss (nan). */
+static fault_kind fault_at(const trainer *t, uint64_t step) {
+    const char *rank = getenv("MT_FAULT_RANK"), *at = getenv("MT_FAULT_STEP");
+    if (!rank || !at || atoi(rank) != t->who.rank || strtoull(at, NULL, 10) != step)
+        return FAULT_NONE;
+    const char *kind = getenv("MT_FAULT_KIND");
+    if (kind && strcmp(kind, "crash") == 0) return FAULT_CRASH;
+    if (kind && strcmp(kind, "nan") == 0) return FAULT_NAN;
+    return FAULT_FAIL;
+}
+
+/* ---- moving buffers between ranks ----------------------------------------------------------- */
+
+/* Stage a backend buffer through host memory when the backend's memory is not the host's. */
+static mt_status with_host_copy(trainer *t, float *buffer, size_t count, bool read_back,
+                                mt_status (*op)(trainer *, float *, size_t)) {
+    if (!t->backend->ops->device_memory) return op(t, buffer, count);
+    float *host = malloc(count * sizeof *host);
+    if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory staging %zu floats", count);
+    mt_status status = t->backend->ops->download(t->backend, host, buffer, count * sizeof *host);
+    if (status == MT_OK) status = op(t, host, count);
+    if (status == MT_OK && read_back)
+        status = t->backend->ops->upload(t->backend, buffer, host, count * sizeof *host);
+    free(host);
+    return status;
+}
+
+static mt_status broadcast_op(trainer *t, float *host, size_t count) {
+    return mt_comm_broadcast(t->comm, host, count * sizeof *host, 0);
+}
+static mt_status mean_op(trainer *t, float *host, size_t count) {
+    return mt_comm_allreduce_mean_f32(t->comm, host, count);
+}
+
+static mt_status broadcast_buffer(trainer *t, float *buffer, size_t count) {
+    if (t->who.world_size == 1 || count == 0) return MT_OK;
+    return with_host_copy(t, buffer, count, true, broadcast_op);
+}
+
+static mt_status average_buffer(trainer *t, float *buffer, size_t count) {
+    if (t->who.world_size == 1 || count == 0) return MT_OK;
+    return with_host_copy(t, buffer, count, true, mean_op);
+}
+
+/* BN moving statistics drift apart per replica during an epoch; average them so every rank
+ * evaluates and checkpoints the same model. */
+static mt_status average_bn_statistics(trainer *t) {
+    float *state;
+    size_t count;
+    mt_model_state(t->model, &state, &count);
+    return average_buffer(t, state, count);
+}
+
+static uint64_t layout_checksum(const mt_model_layout *layout) {
+    uint64_t sum = mt_checksum64(&layout->trainable_count, sizeof layout->trainable_count, 0);
+    for (int i = 0; i < layout->tensor_count; i++) {
+        const mt_param_tensor *p = &layout->tensors[i];
+        sum = mt_checksum64(p->name, strlen(p->name), sum);
+        sum = mt_checksum64(p->shape, sizeof p->shape, sum);
+        uint64_t place[2] = {(uint64_t)p->buffer, (uint64_t)p->offset};
+        sum = mt_checksum64(place, sizeof place, sum);
+    }
+    return sum;
+}
+
+static mt_status replica_checksum(trainer *t, uint64_t *out) {
+    float *buffers[3], *grads;
+    size_t counts[3];
+    mt_model_trainable(t->model, &buffers[0], &grads, &counts[0]);
+    mt_model_frozen(t->model, &buffers[1], &counts[1]);
+    mt_model_state(t->model, &buffers[2], &counts[2]);
+    uint64_t sum = 0;
+    for (int b = 0; b < 3; b++) {
+        if (counts[b] == 0) continue;
+        float *host = buffers[b];
+        if (t->backend->ops->device_memory) {
+            host = malloc(counts[b] * sizeof *host);
+            if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory for the replica checksum");
+            MT_TRY(t->backend->ops->download(t->backend, host, buffers[b], counts[b] * sizeof *host));
+        }
+        sum = mt_checksum64(host, counts[b] * sizeof *host, sum);
+        if (host != buffers[b]) free(host);
+    }
+    *out = sum;
+    return MT_OK;
+}
+
+/* Rank 0's weights and BN statistics go to every rank; then every rank compares its layout
+ * (tensor names, shapes, places) and its replica with rank 0's. A mismatch means different
+ * configs or binaries on different nodes: training would silently diverge, so stop. */
+static mt_status agree_on_replica(trainer *t) {
+    if (t->who.world_size == 1) return MT_OK;
+    float *buffer;
+    size_t count;
+    MT_TRY(broadcast_buffer(t, t->params, t->trainable_count));
+    mt_model_frozen(t->model, &buffer, &count);
+    MT_TRY(broadcast_buffer(t, buffer, count));
+    mt_model_state(t->model, &buffer, &count);
+    MT_TRY(broadcast_buffer(t, buffer, count));
+
+    uint64_t mine[2] = {layout_checksum(t->layout), 0};
+    MT_TRY(replica_checksum(t, &mine[1]));
+    uint64_t *all = calloc((size_t)t->who.world_size * 2, sizeof *all);
+    if (!all) return MT_FAIL(MT_ERR_NOMEM, "out of memory comparing replicas");
+    mt_status status = mt_comm_allgather(t->comm, mine, all, sizeof mine);
+    for (int r = 1; status == MT_OK && r < t->who.world_size; r++) {
+        if (all[2 * r] != all[0])
+            status = MT_FAIL(MT_ERR_COMM, "rank %d's parameter layout differs from rank 0's "
+                             "(checksum %016llx vs %016llx): every rank must run the same "
+                             "mobiletune build with the same [model] options", r,
+                             (unsigned long long)all[2 * r], (unsigned long long)all[0]);
+        else if (all[2 * r + 1] != all[1])
+            status = MT_FAIL(MT_ERR_COMM, "rank %d's replica differs from rank 0's after the "
+                             "broadcast (checksum %016llx vs %016llx)", r,
+                             (unsigned long long)all[2 * r + 1], (unsigned long long)all[1]);
+    }
+    free(all);
+    return status;
+}
+
+/* ---- the frozen-mode feature cache ---------------------------------------------------------- */
+
+/* Pooled features of every training record, computed once in inference mode (the backbone is
+ * frozen, so they never change), each rank a share, then gathered everywhere. */
+static mt_status build_feature_cache(trainer *t) {
+    const mt_train_config *c = t->config;
+    const int features = t->layout->feature_channels;
+    const int batch = c->data.batch_size;
+    mt_loader_options options = {
+        .rank = t->who.rank, .world_size = t->who.world_size, .batch_size = batch,
+        .seed = (uint64_t)c->train.seed, .shuffle = false, .drop_remainder = false,
+        .random_flip = false, .threads = c->data.loader_threads, .ring_depth = c->data.prefetch,
+    };
+    mt_loader *loader = NULL;
+    MT_TRY(mt_loader_open(c->data.train, &options, &loader));
+    const uint64_t batches = mt_loader_batch_count(loader);
+    const size_t rows = (size_t)batches * (size_t)batch; /* per rank, padding included */
+    const size_t row_floats = (size_t)features + 2;      /* features, label, record index */
+    float *mine = malloc(rows * row_floats * sizeof(float));
+    float *all = malloc(rows * row_floats * sizeof(float) * (size_t)t->who.world_size);
+    t->feature_cache = malloc(t->train_records * (size_t)features * sizeof(float));
+    t->label_cache = malloc(t->train_records * sizeof(int32_t));
+    mt_status status = mine && all && t->feature_cache && t->label_cache
+                           ? mt_loader_start_epoch(loader, 0, 0)
+                           : MT_FAIL(MT_ERR_NOMEM, "out of memory for the feature cache");
+    float *pooled = status == MT_OK ? malloc((size_t)batch * features * sizeof(float)) : NULL;
+    if (status == MT_OK && !pooled) status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    for (uint64_t b = 0; status == MT_OK && b < batches; b++) {
+        mt_batch *next = NULL;
+        status = mt_loader_next(loader, &next);
+        if (status != MT_OK) break;
+        status = mt_model_features(t->model, next->images, next->size, pooled);
+        for (int i = 0; status == MT_OK && i < next->size; i++) {
+            float *row = mine + ((size_t)b * batch + i) * row_floats;
+            memcpy(row, pooled + (size_t)i * features, (size_t)features * sizeof(float));
+            row[features] = (float)next->labels[i];
+            /* record indices are exact in a float only below 2^24: checked at open */
+            row[features + 1] = i < next->valid ? (float)next->records[i] : -1.0f;
+        }
+        mt_loader_release(loader, next);
+    }
+    mt_loader_close(loader);
+    if (status == MT_OK)
+        status = mt_comm_allgather(t->comm, mine, all, rows * row_floats * sizeof(float));
+    size_t filled = 0;
+    for (size_t r = 0; status == MT_OK && r < rows * (size_t)t->who.world_size; r++) {
+        const float *row = all + r * row_floats;
+        if (row[features + 1] < 0) continue;
+        size_t record = (size_t)row[features + 1];
+        memcpy(t->feature_cache + record * features, row, (size_t)features * sizeof(float));
+        t->label_cache[record] = (int32_t)row[features];
+        filled++;
+    }
+    if (status == MT_OK && filled != t->train_records)
+        status = MT_FAIL(MT_ERR_INTERNAL, "feature cache holds %zu of %llu records", filled,
+                         (unsigned long long)t->train_records);
+    free(pooled);
+    free(mine);
+    free(all);
+    return status;
+}
+
+/* ---- one step -------------------------------------------------------------------------------- */
+
+typedef struct epoch_totals {
+    double loss_sum; /* loss x valid rows */
+    int64_t correct, valid;
+    int64_t skipped; /* steps dropped by nan_policy = skip */
+} epoch_totals;
+
+static mt_status all_reduce_gradients(trainer *t) {
+    return average_buffer(t, t->grads, t->trainable_count);
+}
+
+/* Gather cached features and labels for this rank's batch `b` of the epoch. */
+static void cached_batch(const trainer *t, const uint64_t *permutation, uint64_t b, float *features,
+                         int32_t *labels) {
+    const int n = t->config->data.batch_size, f = t->layout->feature_channels;
+    for (int i = 0; i < n; i++) {
+        uint64_t position =
+            mt_shard_position(t->train_records, t->who.rank, t->who.world_size, n, b, i);
+        uint64_t record = permutation[position];
+        memcpy(features + (size_t)i * f, t->feature_cache + record * f, (size_t)f * sizeof(float));
+        labels[i] = t->label_cache[record];
+    }
+}
+
+static mt_status train_step(trainer *t, const float *images, const float *features,
+                            const int32_t *labels, int n, epoch_totals *totals, bool *stop) {
+    const mt_train_config *c = t->config;
+    const uint64_t step = t->global_step;
+    fault_kind fault = fault_at(t, step);
+    if (fault == FAULT_FAIL)
+        return MT_FAIL(MT_ERR_INTERNAL, "injected fault at step %llu (MT_FAULT_STEP)",
+                       (unsigned long long)step);
+    if (fault == FAULT_CRASH) raise(SIGKILL);
+
+    /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore. */
+    float *state = NULL, *saved_state = NULL;
+    size_t state_count = 0;
+    if (c->train.nan_policy == MT_NAN_POLICY_SKIP) {
+        mt_model_state(t->model, &state, &state_count);
+        saved_state = malloc(state_count * sizeof *saved_state);
+        if (!saved_state) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        MT_TRY(t->backend->ops->download(t->backend, saved_state, state,
+                                         state_count * sizeof *saved_state));
+    }
+
+    uint64_t dropout_seed = mix64(mix64((uint64_t)c->train.seed ^ 0xD50Full) ^ step) ^
+                            (uint64_t)t->who.rank;
+    mt_step_result result;
+    mt_status status =
+        features ? mt_model_forward_head(t->model, features, labels, n, true, dropout_seed, NULL,
+                                         &result)
+                 : mt_model_forward(t->model, images, labels, n, true, dropout_seed, NULL, &result);
+    if (status == MT_OK) status = mt_model_backward(t->model);
+    if (status == MT_OK) status = all_reduce_gradients(t);
+    if (status != MT_OK) {
+        free(saved_state);
+        return status;
+    }
+    if (fault == FAULT_NAN) result.loss = NAN;
+
+    /* Every rank must take the same decision: agree on "some rank saw a non-finite loss". */
+    int32_t flags[2] = {!isfinite(result.loss), stop_signal != 0};
+    status = mt_comm_allreduce_max_i32(t->comm, flags, 2);
+    *stop = status == MT_OK && flags[1]; /* agreed: every rank stops after this same step */
+    if (status == MT_OK && flags[0]) {
+        if (c->train.nan_policy == MT_NAN_POLICY_STOP) {
+            status = MT_FAIL(MT_ERR_INVALID, "the loss is NaN or Inf at step %llu (epoch %llu, "
+                             "batch %llu): lower optimizer.learning_rate, or set "
+                             "train.nan_policy = skip to drop such steps",
+                             (unsigned long long)step, (unsigned long long)t->epoch + 1,
+                             (unsigned long long)t->next_batch + 1);
+        } else {
+            totals->skipped++;
+            status = t->backend->ops->upload(t->backend, state, saved_state,
+                                             state_count * sizeof *saved_state);
+            say(t, "step %llu: non-finite loss, update skipped (train.nan_policy = skip)\n",
+                (unsigned long long)step);
+        }
+    } else if (status == MT_OK) {
+        float lr = (float)mt_lr_schedule_at(&t->schedule, t->optimizer.iterations);
+        status = mt_optimizer_step(&t->optimizer, t->params, t->grads, t->trainable_count, lr);
+        totals->loss_sum += (double)result.loss * result.valid;
+        totals->correct += result.correct;
+        totals->valid += result.valid;
+    }
+    free(saved_state);
+    return status;
+}
+
+/* ---- evaluation ------------------------------------------------------------------------------ */
+
+mt_status mt_evaluate(mt_model *model, const char *db, mt_comm *comm, int threads,
+                      mt_eval_result *result) {
+    memset(result, 0, sizeof *result);
+    const mt_model_layout *layout = mt_model_get_layout(model);
+    const mt_comm_info who = mt_comm_get_info(comm);
+    const int classes = layout->config.classes, outputs = layout->logit_count;
+    mt_loader_options options = {
+        .rank = who.rank, .world_size = who.world_size, .batch_size = layout->config.batch_size,
+        .shuffle = false, .drop_remainder = false, .threads = threads,
+    };
+    mt_loader *loader = NULL;
+    MT_TRY(mt_loader_open(db, &options, &loader));
+    const mt_dataset_meta *meta = mt_loader_meta(loader);
+    mt_status status = MT_OK;
+    if (meta->class_count != classes || meta->height != layout->config.input_size)
+        status = MT_FAIL(MT_ERR_INVALID, "'%s' holds %d classes at %dx%d; the model has %d "
+                         "classes at %dx%d", db, meta->class_count, meta->width, meta->height,
+                         classes, layout->config.input_size, layout->config.input_size);
+    double loss_sum = 0;
+    int64_t *counts = calloc((size_t)classes * classes + 2, sizeof *counts); /* confusion, n, ok */
+    float *logits = malloc((size_t)options.batch_size * outputs * sizeof *logits);
+    if (status == MT_OK && (!counts || !logits))
+        status = MT_FAIL(MT_ERR_NOMEM, "out of memory evaluating '%s'", db);
+    if (status == MT_OK) status = mt_loader_start_epoch(loader, 0, 0);
+    while (status == MT_OK) {
+        mt_batch *batch = NULL;
+        status = mt_loader_next(loader, &batch);
+        if (status == MT_END) {
+            status = MT_OK;
+            break;
+        }
+        if (status != MT_OK) break;
+        mt_step_result step;
+        status = mt_model_forward(model, batch->images, batch->labels, batch->size, false, 0,
+                                  logits, &step);
+        for (int i = 0; status == MT_OK && i < batch->valid; i++) {
+            const float *row = logits + (size_t)i * outputs;
+            int predicted = 0;
+            if (outputs == 1) {
+                predicted = row[0] > 0.0f;
+            } else {
+                for (int k = 1; k < outputs; k++)
+                    if (row[k] > row[predicted]) predicted = k;
+            }
+            counts[(size_t)batch->labels[i] * classes + predicted]++;
+        }
+        loss_sum += (double)step.loss * step.valid;
+        counts[(size_t)classes * classes] += step.valid;
+        counts[(size_t)classes * classes + 1] += step.correct;
+        mt_loader_release(loader, batch);
+    }
+    mt_loader_close(loader);
+    if (status == MT_OK) status = mt_comm_allreduce_sum_f64(comm, &loss_sum, 1);
+    if (status == MT_OK)
+        status = mt_comm_allreduce_sum_i64(comm, counts, (size_t)classes * classes + 2);
+    if (status == MT_OK) {
+        int64_t n = counts[(size_t)classes * classes];
+        result->count = n;
+        result->classes = classes;
+        result->loss = n ? loss_sum / (double)n : NAN;
+        result->accuracy = n ? (double)counts[(size_t)classes * classes + 1] / (double)n : NAN;
+        result->confusion = counts;
+        counts = NULL;
+    }
+    free(counts);
+    free(logits);
+    return status == MT_OK ? MT_OK : mt_error_context(status, "evaluating '%s'", db);
+}
+
+/* ---- the progress line ----------------------------------------------------------------------- */
+
+static void format_duration(double seconds, char *out, size_t capacity) {
+    long s = seconds < 0 ? 0 : lround(seconds);
+    if (s >= 3600) snprintf(out, capacity, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else snprintf(out, capacity, "%ld:%02ld", s / 60, s % 60);
+}
+
+static void show_progress(const trainer *t, uint64_t done, uint64_t total,
+                          const epoch_totals *totals, double images_per_second, double eta) {
+    char eta_text[32];
+    format_duration(eta, eta_text, sizeof eta_text);
+    int width = 24, filled = total ? (int)((double)width * (double)done / (double)total) : width;
+    char bar[32];
+    for (int i = 0; i < width; i++) bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
+    bar[width] = '\0';
+    fprintf(stderr, "\r  epoch %llu/%d [%s] %llu/%llu  loss %.4f  acc %.4f  %.1f img/s  ETA %s ",
+            (unsigned long long)t->epoch + 1, t->config->train.epochs, bar,
+            (unsigned long long)done, (unsigned long long)total,
+            totals->valid ? totals->loss_sum / (double)totals->valid : 0.0,
+            totals->valid ? (double)totals->correct / (double)totals->valid : 0.0,
+            images_per_second, eta_text);
+    fflush(stderr);
+}
+
+/* ---- the epoch --------------------------------------------------------------------------------- */
+
+/* Run the epoch's remaining steps; *stopped when the ranks agreed to stop early (a signal). */
+static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, double *seconds,
+                           bool *stopped) {
+    const mt_train_config *c = t->config;
+    const int batch = c->data.batch_size;
+    const double start = now_seconds();
+    double last_shown = 0;
+    uint64_t *permutation = NULL;
+    float *features = NULL;
+    int32_t *labels = NULL;
+    mt_status status = MT_OK;
+    if (t->use_feature_cache) {
+        permutation = malloc(t->train_records * sizeof *permutation);
+        features = malloc((size_t)batch * t->layout->feature_channels * sizeof *features);
+        labels = malloc((size_t)batch * sizeof *labels);
+        if (!permutation || !features || !labels)
+            status = MT_FAIL(MT_ERR_NOMEM, "out of memory for a cached epoch");
+        else
+            mt_shard_permutation(t->train_records, (uint64_t)c->train.seed, t->epoch,
+                                 c->data.shuffle, permutation);
+    } else {
+        status = mt_loader_start_epoch(t->train_loader, t->epoch, t->next_batch);
+    }
+    const uint64_t first = t->next_batch;
+    bool stop = false;
+    while (status == MT_OK && t->next_batch < t->steps_per_epoch && !stop) {
+        if (t->use_feature_cache) {
+            cached_batch(t, permutation, t->next_batch, features, labels);
+            status = train_step(t, NULL, features, labels, batch, totals, &stop);
+        } else {
+            mt_batch *next = NULL;
+            status = mt_loader_next(t->train_loader, &next);
+            if (status == MT_END)
+                status = MT_FAIL(MT_ERR_INTERNAL, "the loader ended the epoch after %llu of %llu "
+                                 "batches", (unsigned long long)t->next_batch,
+                                 (unsigned long long)t->steps_per_epoch);
+            if (status != MT_OK) break;
+            status = train_step(t, next->images, NULL, next->labels, next->size, totals, &stop);
+            mt_loader_release(t->train_loader, next);
+        }
+        if (status != MT_OK) break;
+        t->next_batch++;
+        t->global_step++;
+        double elapsed = now_seconds() - start;
+        if (progress && is_root(t) && (elapsed - last_shown > 0.25 ||
+                                       t->next_batch == t->steps_per_epoch)) {
+            uint64_t done = t->next_batch - first;
+            double rate = (double)done * batch * t->who.world_size / elapsed;
+            double eta = elapsed / (double)done * (double)(t->steps_per_epoch - t->next_batch);
+            show_progress(t, t->next_batch, t->steps_per_epoch, totals, rate, eta);
+            last_shown = elapsed;
+        }
+    }
+    if (progress && is_root(t)) fprintf(stderr, "\r%*s\r", 110, "");
+    free(permutation);
+    free(features);
+    free(labels);
+    *seconds = now_seconds() - start;
+    *stopped = stop;
+    return status;
+}
+
+/* ---- set-up and the run ------------------------------------------------------------------------ */
+
+static bool file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static mt_status open_outputs(trainer *t) {
+    const mt_train_config *c = t->config;
+    snprintf(t->checkpoint_dir, sizeof t->checkpoint_dir, "%s", c->output.run_dir);
+    if (!is_root(t)) return MT_OK;
+    MT_TRY(mt_make_dirs(c->output.run_dir));
+    char path[MT_CONFIG_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/train.log", c->output.run_dir);
+    t->log = fopen(path, "a");
+    if (!t->log) return MT_FAIL(MT_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    char *ini = NULL;
+    MT_TRY(mt_config_to_ini(c, &ini));
+    snprintf(path, sizeof path, "%s/config.ini", c->output.run_dir);
+    FILE *f = fopen(path, "w");
+    mt_status status = f ? MT_OK : MT_FAIL(MT_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+    if (f) {
+        fputs(ini, f);
+        if (fclose(f) != 0) status = MT_FAIL(MT_ERR_IO, "cannot write '%s'", path);
+    }
+    free(ini);
+    if (status != MT_OK) return status;
+    return mt_metrics_open(c->output.run_dir, c->output.tensorboard, &t->metrics);
+}
+
+static mt_status set_up(trainer *t, const mt_train_options *options) {
+    const mt_train_config *c = t->config;
+    t->who = mt_comm_get_info(t->comm);
+    mt_backend_options backend_options = {.num_threads = c->train.threads,
+                                          .device = t->who.local_rank};
+    const char *backend_name = mt_config_enum_name("train", "backend", (int)c->train.backend);
+    MT_TRY(mt_backend_create(backend_name, &backend_options, &t->backend));
+    if (t->backend->ops->device_memory)
+        return MT_FAIL(MT_ERR_INVALID, "backend '%s' keeps parameters in device memory and this "
+                       "build's optimizer steps host memory: use train.backend = cpu",
+                       backend_name);
+    mt_model_config model_config = mt_config_model(c);
+    MT_TRY(mt_model_create(t->backend, &model_config, (uint64_t)c->train.seed, &t->model));
+    t->layout = mt_model_get_layout(t->model);
+    t->layout_checksum = layout_checksum(t->layout);
+    mt_model_trainable(t->model, &t->params, &t->grads, &t->trainable_count);
+    mt_optimizer_params optimizer = mt_config_optimizer(c);
+    MT_TRY(mt_optimizer_init(&t->optimizer, &optimizer, t->trainable_count));
+    MT_TRY(open_outputs(t));
+
+    /* Weights: a checkpoint to resume (everything), else the configured initial weights. */
+    char resume_path[MT_CONFIG_PATH_MAX + 64] = "";
+    if (options->resume && options->resume[0]) {
+        if (strcmp(options->resume, "auto") == 0) {
+            snprintf(resume_path, sizeof resume_path, "%s/last.safetensors", t->checkpoint_dir);
+            if (!file_exists(resume_path)) resume_path[0] = '\0';
+        } else {
+            snprintf(resume_path, sizeof resume_path, "%s", options->resume);
+        }
+    } else {
+        char last[MT_CONFIG_PATH_MAX + 64];
+        snprintf(last, sizeof last, "%s/last.safetensors", t->checkpoint_dir);
+        if (file_exists(last))
+            return MT_FAIL(MT_ERR_INVALID, "'%s' already holds a checkpoint: continue it with "
+                           "--resume auto, or choose another output.run_dir (or delete it)", last);
+    }
+    if (!resume_path[0]) {
+        if (c->model.weights[0]) MT_TRY(mt_model_load_keras(t->model, c->model.weights));
+        if (c->model.init_checkpoint[0])
+            MT_TRY(trainer_init_from_checkpoint(t, c->model.init_checkpoint));
+    }
+
+    mt_loader_options loader = {
+        .rank = t->who.rank, .world_size = t->who.world_size, .batch_size = c->data.batch_size,
+        .seed = (uint64_t)c->train.seed, .shuffle = c->data.shuffle, .drop_remainder = true,
+        .random_flip = c->data.random_flip, .threads = c->data.loader_threads,
+        .ring_depth = c->data.prefetch,
+    };
+    MT_TRY(mt_loader_open(c->data.train, &loader, &t->train_loader));
+    const mt_dataset_meta *meta = mt_loader_meta(t->train_loader);
+    if (meta->class_count != c->model.classes || meta->height != c->model.input_size)
+        return MT_FAIL(MT_ERR_INVALID, "'%s' holds %d classes at %dx%d, but [model] says classes "
+                       "= %d, input_size = %d: pack at --size %d or change the config",
+                       c->data.train, meta->class_count, meta->width, meta->height,
+                       c->model.classes, c->model.input_size, c->model.input_size);
+    t->train_records = meta->record_count;
+    t->steps_per_epoch = mt_loader_batch_count(t->train_loader);
+    if (c->train.steps_per_epoch > 0 && (uint64_t)c->train.steps_per_epoch < t->steps_per_epoch)
+        t->steps_per_epoch = (uint64_t)c->train.steps_per_epoch;
+    MT_TRY(mt_config_lr_schedule(c, (long)t->steps_per_epoch, t->who.world_size, &t->schedule));
+
+    if (resume_path[0]) {
+        MT_TRY(trainer_load_checkpoint(t, resume_path));
+        say(t, "resuming from %s at epoch %llu, batch %llu (step %llu)\n", resume_path,
+            (unsigned long long)t->epoch + 1, (unsigned long long)t->next_batch,
+            (unsigned long long)t->global_step);
+    }
+    MT_TRY(agree_on_replica(t));
+
+    t->use_feature_cache = model_config.mode == MT_TRAIN_FROZEN &&
+                           (c->train.cache_features == MT_CACHE_FEATURES_ON ||
+                            (c->train.cache_features == MT_CACHE_FEATURES_AUTO &&
+                             !c->data.random_flip));
+    if (t->use_feature_cache && t->train_records >= (1u << 24))
+        t->use_feature_cache = false; /* record indices travel as floats in the gather */
+
+    say(t, "mobiletune: %s on %d rank(s), backend %s, %d classes at %dx%d, alpha %g\n",
+        mt_train_mode_name(model_config.mode), t->who.world_size, backend_name, c->model.classes,
+        c->model.input_size, c->model.input_size, c->model.alpha);
+    say(t, "  %zu trainable parameters of %zu (the rest frozen); all-reduce per step: %zu bytes\n",
+        t->trainable_count, t->layout->total_params, t->trainable_count * sizeof(float));
+    say(t, "  %llu training images, %llu steps per epoch of %d x %d images\n",
+        (unsigned long long)t->train_records, (unsigned long long)t->steps_per_epoch,
+        t->who.world_size, c->data.batch_size);
+    if (model_config.mode == MT_TRAIN_FROZEN)
+        say(t, "  frozen backbone: %s\n",
+            t->use_feature_cache
+                ? "pooled features computed once and cached; each epoch runs only the head"
+                : "run in inference mode every step (augmentation is on: train.cache_features "
+                  "= on caches anyway)");
+    return MT_OK;
+}
+
+static void tear_down(trainer *t) {
+    mt_loader_close(t->train_loader);
+    mt_optimizer_free(&t->optimizer);
+    mt_model_destroy(t->model);
+    mt_backend_destroy(t->backend);
+    if (t->metrics) mt_metrics_close(t->metrics);
+    if (t->log) fclose(t->log);
+    free(t->feature_cache);
+    free(t->label_cache);
+}
+
+static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double seconds,
+                              mt_train_result *result) {
+    const mt_train_config *c = t->config;
+    MT_TRY(average_bn_statistics(t));
+    double sums[3] = {totals->loss_sum, (double)totals->correct, (double)totals->valid};
+    MT_TRY(mt_comm_allreduce_sum_f64(t->comm, sums, 3));
+    const double loss = sums[2] > 0 ? sums[0] / sums[2] : NAN;
+    const double accuracy = sums[2] > 0 ? sums[1] / sums[2] : NAN;
+    const double images_per_second = seconds > 0 ? sums[2] / seconds : 0;
+    const int epoch = (int)t->epoch + 1;
+    bool evaluate = c->data.val[0] && c->train.eval_every > 0 &&
+                    (epoch % c->train.eval_every == 0 || epoch == c->train.epochs);
+    mt_eval_result val = {.loss = NAN, .accuracy = NAN};
+    if (evaluate) {
+        MT_TRY(mt_evaluate(t->model, c->data.val, t->comm, c->data.loader_threads, &val));
+        free(val.confusion);
+        result->val_loss = val.loss;
+        result->val_accuracy = val.accuracy;
+    }
+    say(t, "epoch %d/%d  loss %.4f  acc %.4f", epoch, c->train.epochs, loss, accuracy);
+    if (evaluate) say(t, "  val_loss %.4f  val_acc %.4f", val.loss, val.accuracy);
+    say(t, "  %.1f img/s  %.1f s%s\n", images_per_second, seconds,
+        totals->skipped ? "  (non-finite steps skipped)" : "");
+    if (is_root(t)) {
+        mt_metrics_record record = mt_metrics_record_empty(MT_METRICS_EPOCH, epoch,
+                                                           (int64_t)t->global_step);
+        record.loss = loss;
+        record.accuracy = accuracy;
+        record.val_loss = val.loss;
+        record.val_accuracy = val.accuracy;
+        record.lr = mt_lr_schedule_at(&t->schedule, t->optimizer.iterations);
+        record.images_per_second = images_per_second;
+        record.seconds = seconds;
+        MT_TRY(mt_metrics_log(t->metrics, &record));
+    }
+    bool improved = evaluate && val.accuracy > t->best_val_accuracy;
+    if (improved) t->best_val_accuracy = val.accuracy;
+    result->best_val_accuracy = t->best_val_accuracy;
+    t->epoch++;
+    t->next_batch = 0;
+    if (improved && c->output.keep_best) MT_TRY(trainer_save_checkpoint(t, "best"));
+    bool periodic = c->output.checkpoint_every > 0 && epoch % c->output.checkpoint_every == 0;
+    if (c->output.keep_last && (periodic || epoch == c->train.epochs))
+        MT_TRY(trainer_save_checkpoint(t, "last"));
+    return MT_OK;
+}
+
+mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_options *options,
+                   mt_train_result *result) {
+    const double start = now_seconds();
+    *result = (mt_train_result){.val_loss = NAN, .val_accuracy = NAN, .test_loss = NAN,
+                                .test_accuracy = NAN};
+    trainer t = {.config = config, .comm = comm};
+    mt_status status = set_up(&t, options);
+    if (status == MT_OK && t.use_feature_cache && t.epoch < (uint64_t)config->train.epochs) {
+        double cache_start = now_seconds();
+        status = build_feature_cache(&t);
+        say(&t, "  cached %llu feature vectors in %.1f s\n", (unsigned long long)t.train_records,
+            now_seconds() - cache_start);
+    }
+    result->used_feature_cache = t.use_feature_cache;
+    const bool progress = options->progress && isatty(STDERR_FILENO);
+    while (status == MT_OK && t.epoch < (uint64_t)config->train.epochs) {
+        epoch_totals totals = {0};
+        double seconds = 0;
+        bool stopped = false;
+        status = run_epoch(&t, progress, &totals, &seconds, &stopped);
+        if (status != MT_OK) break;
+        if (stopped) {
+            /* Slurm's warning before the time limit or pre-emption: save and leave cleanly. */
+            status = average_bn_statistics(&t);
+            if (status == MT_OK) status = trainer_save_checkpoint(&t, "last");
+            if (status == MT_OK) {
+                say(&t, "stop requested (signal): checkpoint written at epoch %llu, batch %llu; "
+                    "continue with --resume auto\n", (unsigned long long)t.epoch + 1,
+                    (unsigned long long)t.next_batch);
+                result->stopped_by_signal = true;
+            }
+            break;
+        }
+        status = end_of_epoch(&t, &totals, seconds, result);
+        result->epochs_done = (int)t.epoch;
+    }
+    if (status == MT_OK && !result->stopped_by_signal && config->data.test[0]) {
+        mt_eval_result test;
+        status = mt_evaluate(t.model, config->data.test, comm, config->data.loader_threads, &test);
+        if (status == MT_OK) {
+            result->test_loss = test.loss;
+            result->test_accuracy = test.accuracy;
+            say(&t, "test: loss %.4f  accuracy %.4f  (%lld images)\n", test.loss, test.accuracy,
+                (long long)test.count);
+            free(test.confusion);
+        }
+    }
+    result->steps_done = t.global_step;
+    result->seconds = now_seconds() - start;
+    tear_down(&t);
+    return status;
+}

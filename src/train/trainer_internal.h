@@ -1,0 +1,52 @@
+/* State shared by the training loop (trainer.c) and its persistence (trainer_checkpoint.c):
+ * one struct, so what a checkpoint holds is visibly what the loop uses. */
+#ifndef MT_TRAINER_INTERNAL_H
+#define MT_TRAINER_INTERNAL_H
+
+#include <stdio.h>
+
+#include "mobiletune/loader.h"
+#include "mobiletune/metrics.h"
+#include "mobiletune/optimizer.h"
+#include "mobiletune/trainer.h"
+
+typedef struct trainer {
+    const mt_train_config *config;
+    mt_comm *comm;
+    mt_comm_info who;
+    mt_backend *backend;
+    mt_model *model;
+    const mt_model_layout *layout;
+    float *params, *grads; /* the trainable buffer and its gradients (backend memory) */
+    size_t trainable_count;
+    mt_optimizer optimizer;
+    mt_lr_schedule schedule;
+    mt_loader *train_loader;
+    uint64_t train_records;
+    uint64_t steps_per_epoch;
+
+    /* position: the next step is batch `next_batch` of epoch `epoch` (both 0-based) */
+    uint64_t epoch, next_batch, global_step;
+    double best_val_accuracy;
+    uint64_t layout_checksum;
+
+    /* frozen mode without augmentation: pooled features of every training record */
+    bool use_feature_cache;
+    float *feature_cache;   /* train_records x feature_channels */
+    int32_t *label_cache;   /* train_records */
+
+    /* rank 0's outputs */
+    char checkpoint_dir[MT_CONFIG_PATH_MAX + 32];
+    FILE *log;
+    mt_metrics *metrics; /* metrics.jsonl and TensorBoard events */
+} trainer;
+
+/* Write `checkpoints/<name>.safetensors` atomically (rank 0 only). */
+mt_status trainer_save_checkpoint(trainer *t, const char *name);
+/* Restore everything a checkpoint holds: weights, BN statistics, optimizer state, position. */
+mt_status trainer_load_checkpoint(trainer *t, const char *path);
+/* Initialize weights from a checkpoint's tensors only (init_checkpoint: e.g. finetune from the
+ * frozen run), matching tensors by name. */
+mt_status trainer_init_from_checkpoint(trainer *t, const char *path);
+
+#endif
