@@ -5,7 +5,9 @@
  * whole backbone.
  *
  *   bench_ops [--reps N] [--batch N] [--size S] [--no-reference] [--network] [--threads T]
- *             [--only SUBSTRING]   (only the picked layers whose name contains SUBSTRING)
+ *             [--only SUBSTRING] [--cpu-time]
+ * --only keeps the picked layers whose name contains SUBSTRING; --cpu-time times with the
+ * process' CPU clock (use with --threads 1 on a loaded machine).
  *
  * Each time is the median of N repetitions after one warm-up (which also builds the cached
  * primitives). Never run by ctest. */
@@ -16,22 +18,28 @@
 
 #include "mobiletune/ops.h"
 
-typedef enum { L_CONV, L_BN, L_RELU6 } layer_kind;
+/* L_BN_RELU6: a training-mode BN followed by ReLU6, through the fused ops where the backend has
+ * them and `fused` is asked for, else through the separate ones */
+typedef enum { L_CONV, L_BN, L_RELU6, L_BN_RELU6 } layer_kind;
 
 typedef struct layer {
     char name[48];
     layer_kind kind;
     mt_conv_desc conv;   /* L_CONV */
-    mt_shape4 shape;     /* L_BN, L_RELU6 */
+    mt_shape4 shape;     /* L_BN, L_RELU6, L_BN_RELU6 */
 } layer;
 
 typedef struct timing {
     double forward, backward; /* seconds, medians */
 } timing;
 
+/* Wall time, or with --cpu-time the process' CPU time: on a shared, oversubscribed machine a
+ * single-threaded run (--threads 1 --cpu-time) measures the work itself, not the scheduler. */
+static clockid_t bench_clock = CLOCK_MONOTONIC;
+
 static double now(void) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(bench_clock, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -82,7 +90,7 @@ static float *buffer_random(mt_backend *b, size_t n, float lo, float hi) {
 }
 
 /* Forward and backward of one layer, `reps` times after a warm-up. */
-static timing time_layer(mt_backend *b, const layer *l, int reps) {
+static timing time_layer(mt_backend *b, const layer *l, int reps, bool fused) {
     const mt_ops *ops = b->ops;
     double fwd[64], bwd[64];
     if (reps > 64) reps = 64;
@@ -129,16 +137,30 @@ static timing time_layer(mt_backend *b, const layer *l, int reps) {
         mt_batchnorm_desc bn = {.shape = s, .epsilon = 1e-3f, .momentum = 0.999f};
         for (int r = -1; r < reps; r++) {
             double t0 = now();
-            if (l->kind == L_BN)
+            if (l->kind == L_BN_RELU6 && fused && ops->batchnorm_relu6_forward_training) {
+                BENCH_TRY(ops->batchnorm_relu6_forward_training(b, &bn, &x, gamma, beta, mm, mv,
+                                                                &y, sm, si));
+            } else if (l->kind == L_BN_RELU6) {
                 BENCH_TRY(ops->batchnorm_forward_training(b, &bn, &x, gamma, beta, mm, mv, &y, sm, si));
-            else
+                BENCH_TRY(ops->relu6_forward(b, &y, &y));
+            } else if (l->kind == L_BN) {
+                BENCH_TRY(ops->batchnorm_forward_training(b, &bn, &x, gamma, beta, mm, mv, &y, sm, si));
+            } else {
                 BENCH_TRY(ops->relu6_forward(b, &x, &y));
+            }
             BENCH_TRY(ops->synchronize(b));
             double t1 = now();
-            if (l->kind == L_BN)
-                BENCH_TRY(ops->batchnorm_backward_training(b, &bn, &x, &dy, gamma, sm, si, &dx, dg, db));
-            else
+            if (l->kind == L_BN_RELU6 && fused && ops->relu6_batchnorm_backward_training) {
+                BENCH_TRY(ops->relu6_batchnorm_backward_training(b, &bn, &x, &y, &dy, gamma, sm,
+                                                                 si, &dx, dg, db));
+            } else if (l->kind == L_BN_RELU6) {
                 BENCH_TRY(ops->relu6_backward(b, &y, &dy, &dx));
+                BENCH_TRY(ops->batchnorm_backward_training(b, &bn, &x, &dx, gamma, sm, si, &dx, dg, db));
+            } else if (l->kind == L_BN) {
+                BENCH_TRY(ops->batchnorm_backward_training(b, &bn, &x, &dy, gamma, sm, si, &dx, dg, db));
+            } else {
+                BENCH_TRY(ops->relu6_backward(b, &y, &dy, &dx));
+            }
             BENCH_TRY(ops->synchronize(b));
             double t2 = now();
             if (r >= 0) fwd[r] = t1 - t0, bwd[r] = t2 - t1;
@@ -235,10 +257,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--no-reference")) reference = false;
         else if (!strcmp(argv[i], "--network")) network = true;
+        else if (!strcmp(argv[i], "--cpu-time")) bench_clock = CLOCK_PROCESS_CPUTIME_ID;
         else {
             fprintf(stderr,
                     "usage: %s [--reps N] [--batch N] [--size S] [--threads T] "
-                    "[--no-reference] [--network] [--only SUBSTRING]\n",
+                    "[--no-reference] [--network] [--only SUBSTRING] [--cpu-time]\n",
                     argv[0]);
             return 2;
         }
@@ -262,20 +285,23 @@ int main(int argc, char **argv) {
         conv_layer("project 1x1 960->160", (mt_shape4){batch, e, e, 960}, 160, 1, 1, false),
         shape_layer("batchnorm 144", L_BN, (mt_shape4){batch, q, q, 144}),
         shape_layer("relu6 144", L_RELU6, (mt_shape4){batch, q, q, 144}),
+        shape_layer("bn+relu6 144 fused", L_BN_RELU6, (mt_shape4){batch, q, q, 144}),
     };
-    printf("ops benchmark: batch %d, input %dx%d, median of %d, fwd+bwd in ms\n", batch, size,
-           size, reps);
+    printf("ops benchmark: batch %d, input %dx%d, median of %d, threads %d (0 = all), %s time, "
+           "in ms\n",
+           batch, size, size, reps, threads,
+           bench_clock == CLOCK_MONOTONIC ? "wall" : "process CPU");
     printf("%-24s %10s %10s %10s %9s %9s %11s\n", "layer", "cpu fwd", "cpu bwd", "nhwc f+b",
            reference ? "ref f+b" : "", reference ? "ref/cpu" : "", "nhwc/blocked");
     for (size_t i = 0; i < sizeof picked / sizeof picked[0]; i++) {
         if (only && !strstr(picked[i].name, only)) continue;
-        timing c = time_layer(cpu, &picked[i], reps);
-        timing h = time_layer(nhwc, &picked[i], reps);
+        timing c = time_layer(cpu, &picked[i], reps, true);
+        timing h = time_layer(nhwc, &picked[i], reps, true);
         double cpu_total = c.forward + c.backward, nhwc_total = h.forward + h.backward;
         printf("%-24s %10.2f %10.2f %10.2f", picked[i].name, 1e3 * c.forward, 1e3 * c.backward,
                1e3 * nhwc_total);
         if (ref) {
-            timing r = time_layer(ref, &picked[i], reps < 3 ? reps : 3);
+            timing r = time_layer(ref, &picked[i], reps < 3 ? reps : 3, true);
             double ref_total = r.forward + r.backward;
             printf(" %9.1f %8.1fx", 1e3 * ref_total, ref_total / cpu_total);
         } else {
@@ -290,18 +316,28 @@ int main(int argc, char **argv) {
         int count = network_layers(batch, size, layers, 256);
         double total[2][2] = {{0}}; /* [blocked, nhwc][fwd, bwd] */
         double by_kind[2][3] = {{0}};
+        double fused_pairs = 0, separate_pairs = 0; /* BN+ReLU6 pairs, blocked */
         printf("\nwhole backbone (every conv, BN, ReLU6 of MobileNetV2 1.0), cpu backend:\n");
         printf("%-24s %10s %10s %10s %10s %9s\n", "layer", "blk fwd", "blk bwd", "nhwc fwd",
                "nhwc bwd", "nhwc/blk");
         for (int i = 0; i < count; i++) {
-            timing c = time_layer(cpu, &layers[i], reps);
-            timing h = time_layer(nhwc, &layers[i], reps);
+            timing c = time_layer(cpu, &layers[i], reps, false);
+            timing h = time_layer(nhwc, &layers[i], reps, false);
             total[0][0] += c.forward;
             total[0][1] += c.backward;
             total[1][0] += h.forward;
             total[1][1] += h.backward;
             by_kind[0][layers[i].kind] += c.forward + c.backward;
             by_kind[1][layers[i].kind] += h.forward + h.backward;
+            if (layers[i].kind == L_BN && i + 1 < count && layers[i + 1].kind == L_RELU6) {
+                /* the same BN+ReLU6 pair through the fused ops, blocked layout */
+                layer pair = layers[i];
+                pair.kind = L_BN_RELU6;
+                timing f = time_layer(cpu, &pair, reps, true);
+                fused_pairs += f.forward + f.backward;
+                timing u = time_layer(cpu, &pair, reps, false);
+                separate_pairs += u.forward + u.backward;
+            }
             printf("%-24s %10.2f %10.2f %10.2f %10.2f %8.2fx\n", layers[i].name, 1e3 * c.forward,
                    1e3 * c.backward, 1e3 * h.forward, 1e3 * h.backward,
                    (h.forward + h.backward) / (c.forward + c.backward));
@@ -311,7 +347,12 @@ int main(int argc, char **argv) {
         for (int k = 0; k < 3; k++)
             printf("total %-18s blocked %8.1f ms, nhwc %8.1f ms (nhwc/blocked %.2fx)\n", kinds[k],
                    1e3 * by_kind[0][k], 1e3 * by_kind[1][k], by_kind[1][k] / by_kind[0][k]);
+        printf("BN+ReLU6 pairs, blocked: separate ops %.1f ms, fused ops %.1f ms (fused is %.2fx)\n",
+               1e3 * separate_pairs, 1e3 * fused_pairs, separate_pairs / fused_pairs);
         double blk = total[0][0] + total[0][1], hw = total[1][0] + total[1][1];
+        double blk_fused = blk - separate_pairs + fused_pairs;
+        printf("total backbone, blocked with fused BN+ReLU6: %.1f ms = %.1f img/s\n",
+               1e3 * blk_fused, batch / blk_fused);
         printf("total backbone           blocked %8.1f ms (fwd %.1f, bwd %.1f) = %.1f img/s, "
                "nhwc %8.1f ms = %.1f img/s (blocked is %.2fx)\n",
                1e3 * blk, 1e3 * total[0][0], 1e3 * total[0][1], batch / blk, 1e3 * hw,

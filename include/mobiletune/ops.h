@@ -208,6 +208,23 @@ typedef struct mt_ops {
                                                  const float *beta, const float *moving_mean,
                                                  const float *moving_variance, bool relu6,
                                                  mt_tensor *y);
+    /* y = relu6(batchnorm_forward_training(x)) with the same statistics outputs; y must not
+     * alias x (the backward reads both). */
+    mt_status (*batchnorm_relu6_forward_training)(mt_backend *backend,
+                                                  const mt_batchnorm_desc *desc,
+                                                  const mt_tensor *x, const float *gamma,
+                                                  const float *beta, float *moving_mean,
+                                                  float *moving_variance, mt_tensor *y,
+                                                  float *saved_mean, float *saved_inv_std);
+    /* Its backward: dy is the gradient at y (ReLU6's output), x is BN's input; = relu6_backward
+     * then batchnorm_backward_training. dgamma/dbeta may be NULL; dx may alias dy. */
+    mt_status (*relu6_batchnorm_backward_training)(mt_backend *backend,
+                                                   const mt_batchnorm_desc *desc,
+                                                   const mt_tensor *x, const mt_tensor *y,
+                                                   const mt_tensor *dy, const float *gamma,
+                                                   const float *saved_mean,
+                                                   const float *saved_inv_std, mt_tensor *dx,
+                                                   float *dgamma, float *dbeta);
 } mt_ops;
 
 struct mt_backend {

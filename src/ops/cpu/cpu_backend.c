@@ -404,4 +404,6 @@ const mt_ops mt_ops_cpu = {
     .dense_backward = mt_cpu_dense_backward,
     .loss_forward_backward = mt_cpu_loss_forward_backward,
     .conv_bn_relu6_inference_forward = mt_cpu_conv_bn_relu6_inference_forward,
+    .batchnorm_relu6_forward_training = mt_cpu_batchnorm_relu6_forward_training,
+    .relu6_batchnorm_backward_training = mt_cpu_relu6_batchnorm_backward_training,
 };

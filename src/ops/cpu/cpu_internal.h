@@ -154,6 +154,20 @@ mt_status mt_cpu_conv_bn_relu6_inference_forward(mt_backend *backend, const mt_c
                                                  const float *moving_variance, bool relu6,
                                                  mt_tensor *y);
 
+mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
+                                                  const mt_batchnorm_desc *desc,
+                                                  const mt_tensor *x, const float *gamma,
+                                                  const float *beta, float *moving_mean,
+                                                  float *moving_variance, mt_tensor *y,
+                                                  float *saved_mean, float *saved_inv_std);
+mt_status mt_cpu_relu6_batchnorm_backward_training(mt_backend *backend,
+                                                   const mt_batchnorm_desc *desc,
+                                                   const mt_tensor *x, const mt_tensor *y,
+                                                   const mt_tensor *dy, const float *gamma,
+                                                   const float *saved_mean,
+                                                   const float *saved_inv_std, mt_tensor *dx,
+                                                   float *dgamma, float *dbeta);
+
 mt_status mt_cpu_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
                                             const mt_tensor *x, const float *gamma,
                                             const float *beta, float *moving_mean,

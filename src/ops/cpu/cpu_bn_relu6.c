@@ -1,0 +1,240 @@
+/* Training-mode batch norm fused with the ReLU6 that follows it, forward and backward, as OpenMP
+ * loops over the backend's layout. Both ops are memory-bound and oneDNN 2.6 has no clip post-op
+ * for batch norm, so the fusion is the saving: forward reads x twice and writes y once (instead
+ * of BN's passes plus ReLU6's read and write of y), backward applies ReLU6's mask on the fly
+ * instead of writing and re-reading the masked gradient.
+ *
+ * Sums run per channel in double, per thread, over data shifted by one sample of the channel, so
+ * E[x^2] - E[x]^2 keeps its precision when the mean is large against the spread. */
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "ops/cpu/cpu_internal.h"
+
+/* Accumulators per pass over a plane: LANES channels at a time, summed in float over CHUNK
+ * positions (so the loop vectorizes) and then into double. */
+enum { LANES = 64, CHUNK = 128 };
+
+typedef struct bn_geometry {
+    int n, c, block, blocks;
+    size_t hw;
+    double count; /* N*H*W: the samples of one channel */
+} bn_geometry;
+
+static bn_geometry geometry_of(const cpu_backend *cpu, mt_shape4 s) {
+    int block = cpu_block_of(cpu, s);
+    return (bn_geometry){.n = s.n,
+                         .c = s.c,
+                         .block = block,
+                         .blocks = s.c / block,
+                         .hw = (size_t)s.h * s.w,
+                         .count = (double)s.n * s.h * s.w};
+}
+
+/* Per-thread partial sums: part[t][0..c) and part[t][c..2c), zeroed; returns the thread count. */
+static mt_status partials(cpu_backend *cpu, int c, double **part, int *threads) {
+    *threads = omp_get_max_threads();
+    MT_TRY(cpu_reduce_buffer(cpu, (size_t)*threads * 2 * c, part));
+    memset(*part, 0, (size_t)*threads * 2 * c * sizeof **part);
+    return MT_OK;
+}
+
+/* Totals over the threads into a and b, which may be thread 0's row: each channel is read
+ * from every row before it is written. */
+static void sum_partials(double *part, int threads, int c, double *a, double *b) {
+    for (int i = 0; i < c; i++) {
+        double sa = 0, sb = 0;
+        for (int t = 0; t < threads; t++) {
+            sa += part[(size_t)t * 2 * c + i];
+            sb += part[(size_t)t * 2 * c + c + i];
+        }
+        a[i] = sa;
+        b[i] = sb;
+    }
+}
+
+mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
+                                                  const mt_batchnorm_desc *desc,
+                                                  const mt_tensor *x, const float *gamma,
+                                                  const float *beta, float *moving_mean,
+                                                  float *moving_variance, mt_tensor *y,
+                                                  float *saved_mean, float *saved_inv_std) {
+    cpu_backend *cpu = cpu_of(backend);
+    mt_shape4 s = desc->shape;
+    if (!(desc->epsilon > 0.0f))
+        return MT_FAIL(MT_ERR_INVALID, "cpu backend: batch norm epsilon %g must be > 0",
+                       (double)desc->epsilon);
+    MT_TRY(cpu_check_tensor(cpu, x, s, "batchnorm_relu6_forward_training's x"));
+    MT_TRY(cpu_check_tensor(cpu, y, s, "batchnorm_relu6_forward_training's y"));
+    if (x->data == y->data)
+        return MT_FAIL(MT_ERR_INVALID, "cpu backend: batchnorm_relu6_forward_training needs y "
+                                       "apart from x (the backward pass reads both)");
+    bn_geometry g = geometry_of(cpu, s);
+    const float *xs = x->data;
+    float *ys = y->data;
+    float *temp;
+    MT_TRY(cpu_temp(cpu, 3 * (size_t)g.c, &temp));
+    float *shift = temp, *scale = temp + g.c, *offset = temp + 2 * g.c;
+    for (int c = 0; c < g.c; c++) /* sample (0, 0, 0, c) */
+        shift[c] = xs[(size_t)(c / g.block) * g.hw * g.block + c % g.block];
+    double *part;
+    int threads;
+    MT_TRY(partials(cpu, g.c, &part, &threads));
+    ptrdiff_t planes = (ptrdiff_t)g.n * g.blocks;
+#pragma omp parallel num_threads(threads)
+    {
+        double *sum = part + (size_t)omp_get_thread_num() * 2 * g.c, *sum2 = sum + g.c;
+#pragma omp for schedule(static)
+        for (ptrdiff_t plane = 0; plane < planes; plane++) {
+            int cb = (int)(plane % g.blocks);
+            const float *base = xs + (size_t)plane * g.hw * g.block;
+            for (int l0 = 0; l0 < g.block; l0 += LANES) {
+                int lanes = g.block - l0 < LANES ? g.block - l0 : LANES;
+                const float *sh = shift + (size_t)cb * g.block + l0;
+                double a[LANES] = {0}, b[LANES] = {0};
+                for (size_t p0 = 0; p0 < g.hw; p0 += CHUNK) {
+                    size_t p1 = g.hw - p0 < CHUNK ? g.hw : p0 + CHUNK;
+                    float fa[LANES] = {0}, fb[LANES] = {0};
+                    for (size_t p = p0; p < p1; p++) {
+                        const float *row = base + p * g.block + l0;
+#pragma omp simd
+                        for (int l = 0; l < lanes; l++) {
+                            float v = row[l] - sh[l];
+                            fa[l] += v;
+                            fb[l] += v * v;
+                        }
+                    }
+                    for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
+                }
+                for (int l = 0; l < lanes; l++) {
+                    sum[cb * g.block + l0 + l] += a[l];
+                    sum2[cb * g.block + l0 + l] += b[l];
+                }
+            }
+        }
+    }
+    double *sums = part, *sums2 = part + g.c; /* thread 0's row, reused for the totals */
+    sum_partials(part, threads, g.c, sums, sums2);
+    float m = desc->momentum;
+    for (int c = 0; c < g.c; c++) {
+        double d = sums[c] / g.count;
+        double var = sums2[c] / g.count - d * d;
+        if (var < 0) var = 0;
+        float mean = (float)(shift[c] + d), variance = (float)var;
+        float inv_std = 1.0f / sqrtf(variance + desc->epsilon);
+        saved_mean[c] = mean;
+        saved_inv_std[c] = inv_std;
+        moving_mean[c] = moving_mean[c] * m + mean * (1.0f - m);
+        moving_variance[c] = moving_variance[c] * m + variance * (1.0f - m);
+        scale[c] = gamma[c] * inv_std;
+        offset[c] = beta[c] - mean * scale[c];
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (ptrdiff_t plane = 0; plane < planes; plane++) {
+        int cb = (int)(plane % g.blocks);
+        const float *xb = xs + (size_t)plane * g.hw * g.block;
+        float *yb = ys + (size_t)plane * g.hw * g.block;
+        const float *sc = scale + (size_t)cb * g.block, *of = offset + (size_t)cb * g.block;
+        for (size_t p = 0; p < g.hw; p++) {
+            const float *xr = xb + p * g.block;
+            float *yr = yb + p * g.block;
+#pragma omp simd
+            for (int l = 0; l < g.block; l++) {
+                float v = xr[l] * sc[l] + of[l];
+                v = v > 0.0f ? v : 0.0f;
+                yr[l] = v < 6.0f ? v : 6.0f;
+            }
+        }
+    }
+    return MT_OK;
+}
+
+mt_status mt_cpu_relu6_batchnorm_backward_training(mt_backend *backend,
+                                                   const mt_batchnorm_desc *desc,
+                                                   const mt_tensor *x, const mt_tensor *y,
+                                                   const mt_tensor *dy, const float *gamma,
+                                                   const float *saved_mean,
+                                                   const float *saved_inv_std, mt_tensor *dx,
+                                                   float *dgamma, float *dbeta) {
+    cpu_backend *cpu = cpu_of(backend);
+    mt_shape4 s = desc->shape;
+    MT_TRY(cpu_check_tensor(cpu, x, s, "relu6_batchnorm_backward_training's x"));
+    MT_TRY(cpu_check_tensor(cpu, y, s, "relu6_batchnorm_backward_training's y"));
+    MT_TRY(cpu_check_tensor(cpu, dy, s, "relu6_batchnorm_backward_training's dy"));
+    MT_TRY(cpu_check_tensor(cpu, dx, s, "relu6_batchnorm_backward_training's dx"));
+    bn_geometry g = geometry_of(cpu, s);
+    const float *xs = x->data, *ys = y->data, *dys = dy->data;
+    float *dxs = dx->data;
+    double *part;
+    int threads;
+    MT_TRY(partials(cpu, g.c, &part, &threads));
+    ptrdiff_t planes = (ptrdiff_t)g.n * g.blocks;
+    /* pass 1: sum of g and of g * (x - mean), g = dy masked by 0 < y < 6 */
+#pragma omp parallel num_threads(threads)
+    {
+        double *sum = part + (size_t)omp_get_thread_num() * 2 * g.c, *sum_x = sum + g.c;
+#pragma omp for schedule(static)
+        for (ptrdiff_t plane = 0; plane < planes; plane++) {
+            int cb = (int)(plane % g.blocks);
+            size_t off = (size_t)plane * g.hw * g.block;
+            for (int l0 = 0; l0 < g.block; l0 += LANES) {
+                int lanes = g.block - l0 < LANES ? g.block - l0 : LANES;
+                const float *mu = saved_mean + (size_t)cb * g.block + l0;
+                double a[LANES] = {0}, b[LANES] = {0};
+                for (size_t p0 = 0; p0 < g.hw; p0 += CHUNK) {
+                    size_t p1 = g.hw - p0 < CHUNK ? g.hw : p0 + CHUNK;
+                    float fa[LANES] = {0}, fb[LANES] = {0};
+                    for (size_t p = p0; p < p1; p++) {
+                        size_t o = off + p * g.block + l0;
+#pragma omp simd
+                        for (int l = 0; l < lanes; l++) {
+                            /* unconditional loads and a non-short-circuit mask: a blend */
+                            float yv = ys[o + l], dv = dys[o + l], xv = xs[o + l];
+                            float gv = ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
+                            fa[l] += gv;
+                            fb[l] += gv * (xv - mu[l]);
+                        }
+                    }
+                    for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
+                }
+                for (int l = 0; l < lanes; l++) {
+                    sum[cb * g.block + l0 + l] += a[l];
+                    sum_x[cb * g.block + l0 + l] += b[l];
+                }
+            }
+        }
+    }
+    float *temp;
+    MT_TRY(cpu_temp(cpu, 3 * (size_t)g.c, &temp));
+    float *k = temp, *kx = temp + g.c, *kb = temp + 2 * g.c;
+    double *sums = part, *sums_x = part + g.c;
+    sum_partials(part, threads, g.c, sums, sums_x);
+    for (int c = 0; c < g.c; c++) {
+        double is = saved_inv_std[c];
+        if (dbeta) dbeta[c] = (float)sums[c];
+        if (dgamma) dgamma[c] = (float)(sums_x[c] * is);
+        /* dx = gamma*is * (g - sum/M - (x-mean) * is^2 * sum_x/M) = k*g - kx*(x-mean) - kb */
+        double gk = gamma[c] * is;
+        k[c] = (float)gk;
+        kx[c] = (float)(gk * is * is * sums_x[c] / g.count);
+        kb[c] = (float)(gk * sums[c] / g.count);
+    }
+    /* pass 2 */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (ptrdiff_t plane = 0; plane < planes; plane++) {
+        int cb = (int)(plane % g.blocks);
+        size_t off = (size_t)plane * g.hw * g.block, c0 = (size_t)cb * g.block;
+        const float *kc = k + c0, *kxc = kx + c0, *kbc = kb + c0, *mu = saved_mean + c0;
+        for (size_t p = 0; p < g.hw; p++) {
+            size_t o = off + p * g.block;
+#pragma omp simd
+            for (int l = 0; l < g.block; l++) {
+                float yv = ys[o + l], dv = dys[o + l];
+                float gv = ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
+                dxs[o + l] = kc[l] * gv - kxc[l] * (xs[o + l] - mu[l]) - kbc[l];
+            }
+        }
+    }
+    return MT_OK;
+}
