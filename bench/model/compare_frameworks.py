@@ -20,7 +20,6 @@ hits all three alike. Times are medians over --steps after --warmup steps.
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time

@@ -16,7 +16,6 @@ Subcommands
             Every tensor also in float64 (suffix @f64): the same Keras model built with floatx
             float64, the "truth" against which both float32 implementations are measured.
   compare   Compare a C run (same folder format) against a fixture and exit 1 beyond tolerance.
-  tm-head   Apply the Teachable Machine file's saved head to features and print the accuracy.
 
 The gradient check: head = Dense(1) with fixed weights on the pooled features (no dropout),
 loss = mean over the batch of sigmoid cross-entropy on fixed labels, gradients with respect to
@@ -460,40 +459,6 @@ def cmd_compare(args):
     return 0
 
 
-# ---- Teachable Machine head -------------------------------------------------------------------
-
-
-def cmd_tm_head(args):
-    import h5py
-
-    table = h5_weight_table(args.weights)
-    w1, b1 = table["dense_Dense1"]["kernel"], table["dense_Dense1"]["bias"]
-    w2 = table["dense_Dense2"]["kernel"]
-    if "bias" in table["dense_Dense2"]:
-        raise SystemExit("keras_reference: dense_Dense2 unexpectedly has a bias")
-    del h5py
-    features = np.fromfile(args.features, dtype="<f4")
-    if features.size % w1.shape[0]:
-        raise SystemExit(f"keras_reference: {args.features}: {features.size} floats is not a "
-                         f"multiple of {w1.shape[0]}")
-    features = features.reshape(-1, w1.shape[0]).astype(np.float64)
-    with open(args.labels) as f:
-        labels = np.array([int(line) for line in f if line.strip()])
-    if len(labels) != len(features):
-        raise SystemExit(f"keras_reference: {len(features)} feature rows, {len(labels)} labels")
-    hidden = np.maximum(features @ w1 + b1, 0.0)
-    logits = hidden @ w2
-    predicted = np.argmax(logits, axis=1)
-    accuracy = float(np.mean(predicted == labels))
-    print(f"teachable machine head: {np.sum(predicted == labels)}/{len(labels)} correct, "
-          f"accuracy {accuracy:.4f} (cats {np.mean(predicted[labels == 0] == 0):.4f}, "
-          f"dogs {np.mean(predicted[labels == 1] == 1):.4f})")
-    if accuracy < args.min_accuracy:
-        print(f"FAIL: accuracy {accuracy:.4f} < {args.min_accuracy}")
-        return 1
-    return 0
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -520,14 +485,8 @@ def main():
     p.add_argument("--moving-mean-tol", type=float, default=0.2, help="of the update")
     p.add_argument("--moving-var-tol", type=float, default=1e-2, help="of the update")
     p.add_argument("--label")
-    p = sub.add_parser("tm-head")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--features", required=True, help="raw little-endian float32, N x 1280")
-    p.add_argument("--labels", required=True, help="one 0/1 per line")
-    p.add_argument("--min-accuracy", type=float, default=0.93)
     args = parser.parse_args()
-    handlers = {"layers": cmd_layers, "fixture": cmd_fixture, "compare": cmd_compare,
-                "tm-head": cmd_tm_head}
+    handlers = {"layers": cmd_layers, "fixture": cmd_fixture, "compare": cmd_compare}
     return handlers[args.command](args) or 0
 
 
