@@ -259,6 +259,19 @@ static size_t edit_distance(const char *a, const char *b) {
 
 /* " (did you mean [train] epochs?)" or "" into buffer. */
 static void suggest(const char *section, const char *key, char *buffer, size_t capacity) {
+    /* Names from other trainers that are too far from ours for the edit distance. */
+    static const char *const aliases[][3] = {
+        {"lr", "optimizer", "learning_rate"}, {"batch", "data", "batch_size"},
+        {"eps", "optimizer", "epsilon"},      {"wd", "optimizer", "weight_decay"},
+        {"optimizer", "optimizer", "name"},   {"width", "model", "alpha"},
+        {"num_classes", "model", "classes"},  {"image_size", "model", "input_size"},
+    };
+    for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++) {
+        if (strcmp(key, aliases[i][0]) == 0) {
+            snprintf(buffer, capacity, " (did you mean [%s] %s?)", aliases[i][1], aliases[i][2]);
+            return;
+        }
+    }
     buffer[0] = '\0';
     int best = -1;
     size_t best_distance = SIZE_MAX;

@@ -234,6 +234,9 @@ static void test_load_errors(void) {
     CHECK(mt_config_set(&config, "optimizer.learningrate=0.1") == MT_ERR_INVALID);
     CHECK_MSG(strstr(mt_last_error(), "did you mean [optimizer] learning_rate"), "message: %s",
               mt_last_error());
+    CHECK(mt_config_set(&config, "optimizer.lr=0.1") == MT_ERR_INVALID);
+    CHECK_MSG(strstr(mt_last_error(), "did you mean [optimizer] learning_rate"), "message: %s",
+              mt_last_error());
     CHECK(mt_config_set(&config, "epochs=3") == MT_ERR_INVALID);
     CHECK(strstr(mt_last_error(), "section.key=value") != NULL);
     CHECK(mt_config_set(&config, "trian.epochs=3") == MT_ERR_INVALID);
