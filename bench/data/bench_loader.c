@@ -60,9 +60,15 @@ static int synthesize(const char *dir, int count, int size) {
         }
         char name[32];
         snprintf(name, sizeof name, "synthetic/%d.png", i);
-        mt_record r = {.encoding = MT_ENCODING_RAW, .channels = 3, .height = size, .width = size,
-                       .label = (uint32_t)(i % 2), .payload = img, .payload_bytes = pixels,
-                       .name = name, .name_bytes = strlen(name)};
+        mt_record r = {.encoding = MT_ENCODING_RAW,
+                       .channels = 3,
+                       .height = size,
+                       .width = size,
+                       .label = (uint32_t)(i % 2),
+                       .payload = img,
+                       .payload_bytes = pixels,
+                       .name = name,
+                       .name_bytes = strlen(name)};
         counts[i % 2]++;
         mt_record_encode(&r, buf);
         char key[MT_RECORD_KEY_BYTES + 1];
@@ -71,10 +77,17 @@ static int synthesize(const char *dir, int count, int size) {
         BENCH_LMDB(mdb_put(txn, dbi, &k, &v, 0));
     }
     char *names[2] = {"a", "b"};
-    mt_dataset_meta meta = {.record_count = (uint64_t)count, .height = size, .width = size,
-                            .channels = 3, .class_count = 2, .class_names = names,
-                            .class_counts = counts, .mean = {127.5, 127.5, 127.5},
-                            .std = {73.9, 73.9, 73.9}, .split = "all", .options = "synthetic"};
+    mt_dataset_meta meta = {.record_count = (uint64_t)count,
+                            .height = size,
+                            .width = size,
+                            .channels = 3,
+                            .class_count = 2,
+                            .class_names = names,
+                            .class_counts = counts,
+                            .mean = {127.5, 127.5, 127.5},
+                            .std = {73.9, 73.9, 73.9},
+                            .split = "all",
+                            .options = "synthetic"};
     char *text;
     size_t bytes;
     if (mt_meta_format(&meta, &text, &bytes) != MT_OK) {
@@ -138,9 +151,15 @@ static double baseline(const char *db, int batch, int batches) {
 }
 
 static double loader_rate(const char *db, int threads, int batch, int batches) {
-    mt_loader_options o = {.world_size = 1, .batch_size = batch, .seed = 1, .shuffle = true,
-                           .drop_remainder = true, .random_flip = true, .threads = threads,
-                           .ring_depth = 8, .output = MT_LOADER_FLOAT32};
+    mt_loader_options o = {.world_size = 1,
+                           .batch_size = batch,
+                           .seed = 1,
+                           .shuffle = true,
+                           .drop_remainder = true,
+                           .random_flip = true,
+                           .threads = threads,
+                           .ring_depth = 8,
+                           .output = MT_LOADER_FLOAT32};
     mt_loader *l;
     if (mt_loader_open(db, &o, &l) != MT_OK) {
         fprintf(stderr, "bench_loader: %s\n", mt_last_error());
@@ -177,10 +196,14 @@ int main(int argc, char **argv) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int threads_max = cores > 4 ? (int)cores : 4, batches = 150, size = 160, batch = 32;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--db") && i + 1 < argc) db = argv[++i];
-        else if (!strcmp(argv[i], "--threads-max") && i + 1 < argc) threads_max = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--batches") && i + 1 < argc) batches = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--db") && i + 1 < argc)
+            db = argv[++i];
+        else if (!strcmp(argv[i], "--threads-max") && i + 1 < argc)
+            threads_max = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--batches") && i + 1 < argc)
+            batches = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--size") && i + 1 < argc)
+            size = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_loader [--db PATH] [--threads-max N] [--batches K] "
                             "[--size S]\n");
@@ -226,7 +249,8 @@ int main(int argc, char **argv) {
            (unsigned long long)m->record_count, m->height, m->width,
            m->encoding == MT_ENCODING_JPEG ? "jpeg" : "raw");
     printf("%d batches of %d per run, float32 [-1,1], shuffled, random flips, nothing consuming; "
-           "%ld cores online\n", batches, batch, cores);
+           "%ld cores online\n",
+           batches, batch, cores);
     mt_dataset_close(ds);
 
     /* Warm the page cache so every run reads from memory. */

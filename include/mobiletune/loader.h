@@ -60,8 +60,7 @@ uint64_t mt_shard_batch_count(uint64_t record_count, int world_size, int batch_s
 
 /* The epoch's global permutation: perm[position] = record index, for positions 0..n-1. Identity
  * when !shuffle. Deterministic in (seed, epoch) on every platform. */
-void mt_shard_permutation(uint64_t n, uint64_t seed, uint64_t epoch, bool shuffle,
-                          uint64_t *perm);
+void mt_shard_permutation(uint64_t n, uint64_t seed, uint64_t epoch, bool shuffle, uint64_t *perm);
 
 /* The permutation position of slot `slot` of rank `rank`'s batch `batch_index`, or UINT64_MAX when
  * that slot is padding (only without drop_remainder). */
@@ -88,14 +87,14 @@ typedef struct mt_loader_allocator {
 } mt_loader_allocator;
 
 typedef struct mt_loader_options {
-    int rank, world_size;  /* this rank and the number of ranks: 0 and 1 for one process */
-    int batch_size;        /* per rank */
+    int rank, world_size; /* this rank and the number of ranks: 0 and 1 for one process */
+    int batch_size;       /* per rank */
     uint64_t seed;
-    bool shuffle;          /* a fresh permutation every epoch (false: record order) */
-    bool drop_remainder;   /* training: true; evaluation: false (pad, see above) */
-    bool random_flip;      /* horizontal flip of half the samples, seeded per (epoch, record) */
-    int threads;           /* background prefetch threads; 0 fills batches inside next() */
-    int ring_depth;        /* batches buffered ahead (>= 1; 0 means the default, 4) */
+    bool shuffle;        /* a fresh permutation every epoch (false: record order) */
+    bool drop_remainder; /* training: true; evaluation: false (pad, see above) */
+    bool random_flip;    /* horizontal flip of half the samples, seeded per (epoch, record) */
+    int threads;         /* background prefetch threads; 0 fills batches inside next() */
+    int ring_depth;      /* batches buffered ahead (>= 1; 0 means the default, 4) */
     mt_loader_output output;
     mt_loader_allocator allocator;
 } mt_loader_options;
@@ -107,9 +106,9 @@ typedef struct mt_batch {
     int valid;             /* real samples (the first `valid` slots); the rest is padding */
     int height, width, channels;
     mt_loader_output output;
-    void *images;          /* images: size,H,W,C (NHWC) float32 or uint8 */
-    int32_t *labels;       /* [size]; -1 for padding */
-    uint64_t *records;     /* [size] record index per slot; UINT64_MAX for padding */
+    void *images;      /* images: size,H,W,C (NHWC) float32 or uint8 */
+    int32_t *labels;   /* [size]; -1 for padding */
+    uint64_t *records; /* [size] record index per slot; UINT64_MAX for padding */
 } mt_batch;
 
 typedef struct mt_loader mt_loader;

@@ -18,11 +18,13 @@ static mt_status meta_read(mt_dataset *ds) {
     MDB_val key = {.mv_size = strlen(MT_META_KEY), .mv_data = (void *)MT_META_KEY}, value;
     int rc = mdb_get(ds->txn, ds->dbi, &key, &value);
     if (rc == MDB_NOTFOUND)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': no '%s' record: not a mobiletune dataset (or "
-                       "written by an interrupted packer)", ds->path, MT_META_KEY);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset '%s': no '%s' record: not a mobiletune dataset (or "
+                       "written by an interrupted packer)",
+                       ds->path, MT_META_KEY);
     if (rc != MDB_SUCCESS)
-        return MT_FAIL(MT_ERR_LMDB, "dataset '%s': mdb_get('%s') failed: %s", ds->path,
-                       MT_META_KEY, mdb_strerror(rc));
+        return MT_FAIL(MT_ERR_LMDB, "dataset '%s': mdb_get('%s') failed: %s", ds->path, MT_META_KEY,
+                       mdb_strerror(rc));
     mt_status status = mt_meta_parse(value.mv_data, value.mv_size, &ds->meta);
     if (status != MT_OK)
         return mt_error_context(status, "dataset '%s': record '%s'", ds->path, MT_META_KEY);
@@ -36,9 +38,10 @@ static mt_status check_not_truncated(mt_dataset *ds, uint64_t file_bytes) {
     LMDB_CHECK(mdb_env_stat(ds->env, &env_stat), ds->path);
     uint64_t need = ((uint64_t)info.me_last_pgno + 1) * env_stat.ms_psize;
     if (file_bytes < need)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is truncated: %" PRIu64 " bytes, "
-                       "but its pages reach %" PRIu64 " (copy it again or repack)", ds->path,
-                       file_bytes, need);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset '%s': data.mdb is truncated: %" PRIu64 " bytes, "
+                       "but its pages reach %" PRIu64 " (copy it again or repack)",
+                       ds->path, file_bytes, need);
     return MT_OK;
 }
 
@@ -47,8 +50,10 @@ static mt_status open_env(mt_dataset *ds) {
     if (stat(ds->path, &st) != 0)
         return MT_FAIL(MT_ERR_IO, "dataset '%s': %s", ds->path, strerror(errno));
     if (!S_ISDIR(st.st_mode))
-        return MT_FAIL(MT_ERR_INVALID, "dataset '%s' is not a folder: a packed dataset is an "
-                       "LMDB folder holding data.mdb", ds->path);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "dataset '%s' is not a folder: a packed dataset is an "
+                       "LMDB folder holding data.mdb",
+                       ds->path);
     /* LMDB's own messages for a missing or empty data.mdb are cryptic ("Bad file descriptor"). */
     size_t path_len = strlen(ds->path);
     char *file = malloc(path_len + sizeof "/data.mdb");
@@ -59,8 +64,10 @@ static mt_status open_env(mt_dataset *ds) {
     int err = errno;
     free(file);
     if (rc != 0)
-        return MT_FAIL(MT_ERR_IO, "dataset '%s': cannot read data.mdb: %s (is it a dataset made "
-                       "by mobiletune-pack?)", ds->path, strerror(err));
+        return MT_FAIL(MT_ERR_IO,
+                       "dataset '%s': cannot read data.mdb: %s (is it a dataset made "
+                       "by mobiletune-pack?)",
+                       ds->path, strerror(err));
     if (st.st_size == 0)
         return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is empty (truncated)", ds->path);
     LMDB_CHECK(mdb_env_create(&ds->env), ds->path);
@@ -72,8 +79,10 @@ static mt_status open_env(mt_dataset *ds) {
      * loader thread own a read transaction independent of OS threads. */
     rc = mdb_env_open(ds->env, ds->path, MDB_RDONLY | MDB_NOLOCK | MDB_NOTLS, 0);
     if (rc == MDB_INVALID)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is not an LMDB file or is truncated "
-                       "(mdb_env_open: %s)", ds->path, mdb_strerror(rc));
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset '%s': data.mdb is not an LMDB file or is truncated "
+                       "(mdb_env_open: %s)",
+                       ds->path, mdb_strerror(rc));
     if (rc != MDB_SUCCESS)
         return MT_FAIL(MT_ERR_LMDB, "dataset '%s': mdb_env_open failed: %s", ds->path,
                        mdb_strerror(rc));
@@ -89,9 +98,10 @@ static mt_status dataset_open(mt_dataset *ds) {
     MDB_stat db_stat;
     LMDB_CHECK(mdb_stat(ds->txn, ds->dbi, &db_stat), ds->path);
     if ((uint64_t)db_stat.ms_entries != ds->meta.record_count + 1)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': %" PRIu64 " entries, but the metadata "
-                       "describes %" PRIu64 " records plus '%s'", ds->path,
-                       (uint64_t)db_stat.ms_entries, ds->meta.record_count, MT_META_KEY);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset '%s': %" PRIu64 " entries, but the metadata "
+                       "describes %" PRIu64 " records plus '%s'",
+                       ds->path, (uint64_t)db_stat.ms_entries, ds->meta.record_count, MT_META_KEY);
     ds->scratch = malloc((size_t)ds->meta.height * (size_t)ds->meta.width * 3);
     if (!ds->scratch) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
     return MT_OK;
@@ -136,39 +146,47 @@ mt_status mt_dataset_fetch(const mt_dataset *ds, MDB_txn *txn, uint64_t index, u
                            mt_record *record, const uint8_t **pixels) {
     const mt_dataset_meta *meta = &ds->meta;
     if (index >= meta->record_count)
-        return MT_FAIL(MT_ERR_INVALID, "dataset '%s': record %" PRIu64 " out of range (%" PRIu64
-                       " records)", ds->path, index, meta->record_count);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "dataset '%s': record %" PRIu64 " out of range (%" PRIu64 " records)",
+                       ds->path, index, meta->record_count);
     char key[MT_RECORD_KEY_BYTES + 1];
     mt_record_key(index, key);
     MDB_val k = {.mv_size = MT_RECORD_KEY_BYTES, .mv_data = key}, v;
     int rc = mdb_get(txn, ds->dbi, &k, &v);
     if (rc == MDB_NOTFOUND)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': record '%s' is missing (the metadata says "
-                       "%" PRIu64 " records)", ds->path, key, meta->record_count);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset '%s': record '%s' is missing (the metadata says "
+                       "%" PRIu64 " records)",
+                       ds->path, key, meta->record_count);
     if (rc != MDB_SUCCESS)
         return MT_FAIL(MT_ERR_LMDB, "dataset '%s': mdb_get('%s') failed: %s", ds->path, key,
                        mdb_strerror(rc));
     mt_status status = mt_record_parse(v.mv_data, v.mv_size, key, record);
     if (status != MT_OK) return mt_error_context(status, "dataset '%s'", ds->path);
     if (record->label >= (uint32_t)meta->class_count)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': record '%s': label %" PRIu32 " but only %d "
-                       "classes", ds->path, key, record->label, meta->class_count);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset '%s': record '%s': label %" PRIu32 " but only %d "
+                       "classes",
+                       ds->path, key, record->label, meta->class_count);
     if (record->height != meta->height || record->width != meta->width)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': record '%s' is %dx%d, but the dataset is "
-                       "%dx%d", ds->path, key, record->height, record->width, meta->height,
-                       meta->width);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset '%s': record '%s' is %dx%d, but the dataset is "
+                       "%dx%d",
+                       ds->path, key, record->height, record->width, meta->height, meta->width);
     if (record->encoding == MT_ENCODING_RAW) {
         *pixels = record->payload;
         return MT_OK;
     }
     mt_image image;
     status = mt_image_decode(record->payload, record->payload_bytes, key, 0, &image);
-    if (status != MT_OK) return mt_error_context(status, "dataset '%s': record '%s'", ds->path, key);
+    if (status != MT_OK)
+        return mt_error_context(status, "dataset '%s': record '%s'", ds->path, key);
     if (image.height != meta->height || image.width != meta->width) {
         mt_image_free(&image);
-        return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': record '%s': its JPEG decodes to %dx%d, but "
-                       "the record says %dx%d", ds->path, key, image.height, image.width,
-                       meta->height, meta->width);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset '%s': record '%s': its JPEG decodes to %dx%d, but "
+                       "the record says %dx%d",
+                       ds->path, key, image.height, image.width, meta->height, meta->width);
     }
     memcpy(scratch, image.pixels, (size_t)image.height * (size_t)image.width * 3);
     mt_image_free(&image);

@@ -34,8 +34,8 @@ typedef struct worker {
 struct mt_loader {
     mt_dataset *ds;
     mt_loader_options opt;
-    uint64_t steps; /* batches per epoch on this rank */
-    size_t image_bytes; /* per batch */
+    uint64_t steps;      /* batches per epoch on this rank */
+    size_t image_bytes;  /* per batch */
     float to_float[256]; /* x/127.5 - 1 exactly as Keras computes it in float32 */
 
     int depth;
@@ -90,7 +90,8 @@ static void convert_image(const mt_loader *l, const uint8_t *src, bool flip, mt_
         for (int y = 0; y < h; y++) {
             const uint8_t *row = src + (size_t)y * w * 3;
             uint8_t *out = dst + (size_t)y * w * 3;
-            for (int x = 0; x < w; x++) memcpy(out + 3 * x, row + (size_t)(w - 1 - x) * 3, 3);
+            for (int x = 0; x < w; x++)
+                memcpy(out + 3 * x, row + (size_t)(w - 1 - x) * 3, 3);
         }
     }
 }
@@ -99,14 +100,14 @@ static mt_status fill_batch(mt_loader *l, worker *wk, mt_batch *b, uint64_t epoc
                             uint64_t batch_index) {
     const mt_loader_options *o = &l->opt;
     uint64_t n = l->ds->meta.record_count;
-    size_t pixel_bytes = (size_t)b->height * b->width * 3 *
-                         (b->output == MT_LOADER_FLOAT32 ? sizeof(float) : 1);
+    size_t pixel_bytes =
+        (size_t)b->height * b->width * 3 * (b->output == MT_LOADER_FLOAT32 ? sizeof(float) : 1);
     b->epoch = epoch;
     b->index = batch_index;
     b->valid = 0;
     for (int i = 0; i < b->size; i++) {
-        uint64_t position = mt_shard_position(n, o->rank, o->world_size, o->batch_size,
-                                              batch_index, i);
+        uint64_t position =
+            mt_shard_position(n, o->rank, o->world_size, o->batch_size, batch_index, i);
         if (position == UINT64_MAX) {
             /* Padding: zeros (the mean of [-1,1] is 0 too) and a label no class has. */
             memset((uint8_t *)b->images + (size_t)i * pixel_bytes, 0, pixel_bytes);
@@ -149,8 +150,7 @@ static void fill_unlocked(mt_loader *l, worker *wk, uint64_t batch_index, int s,
     mt_status status = fill_batch(l, wk, &l->slots[s].batch, epoch, batch_index);
     char *message = NULL;
     if (status != MT_OK) {
-        mt_error_context(status, "loading batch %" PRIu64 " of epoch %" PRIu64, batch_index,
-                         epoch);
+        mt_error_context(status, "loading batch %" PRIu64 " of epoch %" PRIu64, batch_index, epoch);
         message = strdup(mt_last_error());
     }
     pthread_mutex_lock(&l->mutex);
@@ -198,8 +198,8 @@ static void default_free(void *buffer, size_t bytes, void *user) {
 
 static mt_status check_options(const mt_loader_options *o, const char *path) {
     if (o->world_size < 1 || o->rank < 0 || o->rank >= o->world_size)
-        return MT_FAIL(MT_ERR_INVALID, "loader for '%s': rank %d of world size %d is invalid",
-                       path, o->rank, o->world_size);
+        return MT_FAIL(MT_ERR_INVALID, "loader for '%s': rank %d of world size %d is invalid", path,
+                       o->rank, o->world_size);
     if (o->batch_size < 1)
         return MT_FAIL(MT_ERR_INVALID, "loader for '%s': batch size %d must be >= 1", path,
                        o->batch_size);
@@ -207,14 +207,18 @@ static mt_status check_options(const mt_loader_options *o, const char *path) {
         return MT_FAIL(MT_ERR_INVALID, "loader for '%s': %d prefetch threads, want 0..%d", path,
                        o->threads, MAX_THREADS);
     if (o->ring_depth < 0 || o->ring_depth > MAX_RING_DEPTH)
-        return MT_FAIL(MT_ERR_INVALID, "loader for '%s': ring depth %d, want 0 (default) or "
-                       "1..%d", path, o->ring_depth, MAX_RING_DEPTH);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "loader for '%s': ring depth %d, want 0 (default) or "
+                       "1..%d",
+                       path, o->ring_depth, MAX_RING_DEPTH);
     if (o->output != MT_LOADER_FLOAT32 && o->output != MT_LOADER_UINT8)
         return MT_FAIL(MT_ERR_INVALID, "loader for '%s': unknown output type %d", path,
                        (int)o->output);
     if ((o->allocator.alloc == NULL) != (o->allocator.free == NULL))
-        return MT_FAIL(MT_ERR_INVALID, "loader for '%s': give both allocator.alloc and "
-                       "allocator.free, or neither", path);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "loader for '%s': give both allocator.alloc and "
+                       "allocator.free, or neither",
+                       path);
     return MT_OK;
 }
 
@@ -222,13 +226,14 @@ static mt_status loader_setup(mt_loader *l, const char *path) {
     const mt_loader_options *o = &l->opt;
     MT_TRY(mt_dataset_open(path, &l->ds));
     const mt_dataset_meta *m = &l->ds->meta;
-    l->steps = mt_shard_batch_count(m->record_count, o->world_size, o->batch_size,
-                                    o->drop_remainder);
+    l->steps =
+        mt_shard_batch_count(m->record_count, o->world_size, o->batch_size, o->drop_remainder);
     if (l->steps == 0)
-        return MT_FAIL(MT_ERR_INVALID, "loader for '%s': %" PRIu64 " records are fewer than one "
+        return MT_FAIL(MT_ERR_INVALID,
+                       "loader for '%s': %" PRIu64 " records are fewer than one "
                        "global batch (%d ranks x %d), so a training epoch would be empty: lower "
-                       "the batch size or turn drop_remainder off", path, m->record_count,
-                       o->world_size, o->batch_size);
+                       "the batch size or turn drop_remainder off",
+                       path, m->record_count, o->world_size, o->batch_size);
     for (int v = 0; v < 256; v++) {
         float x = (float)v;
         x /= 127.5f;
@@ -236,8 +241,8 @@ static mt_status loader_setup(mt_loader *l, const char *path) {
         l->to_float[v] = x;
     }
     size_t pixels = (size_t)m->height * (size_t)m->width * 3;
-    l->image_bytes = (size_t)o->batch_size * pixels *
-                     (o->output == MT_LOADER_FLOAT32 ? sizeof(float) : 1);
+    l->image_bytes =
+        (size_t)o->batch_size * pixels * (o->output == MT_LOADER_FLOAT32 ? sizeof(float) : 1);
     l->perm = malloc(m->record_count * sizeof *l->perm);
     l->slots = calloc((size_t)l->depth, sizeof *l->slots);
     l->worker_count = o->threads > 0 ? o->threads : 1;
@@ -246,14 +251,19 @@ static mt_status loader_setup(mt_loader *l, const char *path) {
         return MT_FAIL(MT_ERR_NOMEM, "loader for '%s': out of memory", path);
     for (int s = 0; s < l->depth; s++) {
         mt_batch *b = &l->slots[s].batch;
-        *b = (mt_batch){.size = o->batch_size, .height = m->height, .width = m->width,
-                        .channels = 3, .output = o->output};
+        *b = (mt_batch){.size = o->batch_size,
+                        .height = m->height,
+                        .width = m->width,
+                        .channels = 3,
+                        .output = o->output};
         b->images = l->opt.allocator.alloc(l->image_bytes, l->opt.allocator.user);
         b->labels = malloc((size_t)o->batch_size * sizeof *b->labels);
         b->records = malloc((size_t)o->batch_size * sizeof *b->records);
         if (!b->images || !b->labels || !b->records)
-            return MT_FAIL(MT_ERR_NOMEM, "loader for '%s': cannot allocate a %zu-byte batch "
-                           "buffer", path, l->image_bytes);
+            return MT_FAIL(MT_ERR_NOMEM,
+                           "loader for '%s': cannot allocate a %zu-byte batch "
+                           "buffer",
+                           path, l->image_bytes);
     }
     for (int t = 0; t < l->worker_count; t++) {
         worker *wk = &l->workers[t];
@@ -264,8 +274,7 @@ static mt_status loader_setup(mt_loader *l, const char *path) {
     }
     if (o->threads > 0)
         for (int t = 0; t < l->worker_count; t++) {
-            PTHREAD_CHECK(pthread_create(&l->workers[t].thread, NULL, worker_main,
-                                         &l->workers[t]));
+            PTHREAD_CHECK(pthread_create(&l->workers[t].thread, NULL, worker_main, &l->workers[t]));
             l->workers[t].started = true;
         }
     return MT_OK;
@@ -336,21 +345,26 @@ uint64_t mt_loader_batch_count(const mt_loader *l) {
 
 mt_status mt_loader_start_epoch(mt_loader *l, uint64_t epoch, uint64_t start_batch) {
     if (start_batch > l->steps)
-        return MT_FAIL(MT_ERR_INVALID, "loader for '%s': cannot start epoch %" PRIu64 " at batch "
-                       "%" PRIu64 ": an epoch has %" PRIu64 " batches on this rank", l->ds->path,
-                       epoch, start_batch, l->steps);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "loader for '%s': cannot start epoch %" PRIu64 " at batch "
+                       "%" PRIu64 ": an epoch has %" PRIu64 " batches on this rank",
+                       l->ds->path, epoch, start_batch, l->steps);
     pthread_mutex_lock(&l->mutex);
     for (int s = 0; s < l->depth; s++)
         if (l->slots[s].state == SLOT_HELD) {
             pthread_mutex_unlock(&l->mutex);
-            return MT_FAIL(MT_ERR_INVALID, "loader for '%s': release every batch before starting "
-                           "epoch %" PRIu64, l->ds->path, epoch);
+            return MT_FAIL(MT_ERR_INVALID,
+                           "loader for '%s': release every batch before starting "
+                           "epoch %" PRIu64,
+                           l->ds->path, epoch);
         }
     /* Stop handing out work and let fills in flight finish: they read perm and their slots. */
     l->epoch_active = false;
     l->generation++;
-    while (l->filling > 0) pthread_cond_wait(&l->ready_cv, &l->mutex);
-    for (int s = 0; s < l->depth; s++) l->slots[s].state = SLOT_FREE;
+    while (l->filling > 0)
+        pthread_cond_wait(&l->ready_cv, &l->mutex);
+    for (int s = 0; s < l->depth; s++)
+        l->slots[s].state = SLOT_FREE;
     mt_shard_permutation(l->ds->meta.record_count, l->opt.seed, epoch, l->opt.shuffle, l->perm);
     l->epoch = epoch;
     l->start = l->next_assign = l->next_deliver = start_batch;
@@ -369,8 +383,10 @@ mt_status mt_loader_next(mt_loader *l, mt_batch **out) {
     mt_status status;
     for (;;) {
         if (!l->epoch_active) {
-            status = MT_FAIL(MT_ERR_INVALID, "loader for '%s': call mt_loader_start_epoch before "
-                             "mt_loader_next", l->ds->path);
+            status = MT_FAIL(MT_ERR_INVALID,
+                             "loader for '%s': call mt_loader_start_epoch before "
+                             "mt_loader_next",
+                             l->ds->path);
             break;
         }
         if (l->error != MT_OK) {
@@ -390,9 +406,10 @@ mt_status mt_loader_next(mt_loader *l, mt_batch **out) {
             break;
         }
         if (sl->state == SLOT_HELD) {
-            status = MT_FAIL(MT_ERR_INVALID, "loader for '%s': all %d ring slots are held: "
-                             "mt_loader_release a batch before asking for the next", l->ds->path,
-                             l->depth);
+            status = MT_FAIL(MT_ERR_INVALID,
+                             "loader for '%s': all %d ring slots are held: "
+                             "mt_loader_release a batch before asking for the next",
+                             l->ds->path, l->depth);
             break;
         }
         if (l->opt.threads == 0) {

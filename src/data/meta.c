@@ -31,7 +31,7 @@
 #include <string.h>
 
 enum {
-    MAX_CLASS_NAME_BYTES = 255,  /* a folder name on Linux */
+    MAX_CLASS_NAME_BYTES = 255, /* a folder name on Linux */
     MAX_SPLIT_BYTES = 64,
     MAX_OPTIONS_BYTES = 65536,
     MAX_NUMBER_TEXT = 64,
@@ -104,8 +104,10 @@ static int compare_strings(const void *a, const void *b) {
  * mt_meta_parse refuses to return. */
 static mt_status meta_validate(const mt_dataset_meta *meta) {
     if (meta->record_count > MAX_RECORDS)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: %" PRIu64 " records, more than %" PRIu64
-                       " (the 10-digit key space)", meta->record_count, MAX_RECORDS);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset metadata: %" PRIu64 " records, more than %" PRIu64
+                       " (the 10-digit key space)",
+                       meta->record_count, MAX_RECORDS);
     if (meta->height < 1 || meta->height > MT_MAX_IMAGE_SIDE || meta->width < 1 ||
         meta->width > MT_MAX_IMAGE_SIDE)
         return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: image size %dx%d is outside 1..%d",
@@ -114,11 +116,10 @@ static mt_status meta_validate(const mt_dataset_meta *meta) {
         return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: %d channels, only 3 (RGB) is supported",
                        meta->channels);
     if (meta->encoding != MT_ENCODING_RAW && meta->encoding != MT_ENCODING_JPEG)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: unknown encoding %d",
-                       (int)meta->encoding);
+        return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: unknown encoding %d", (int)meta->encoding);
     if (meta->class_count < 1 || meta->class_count > MT_MAX_CLASSES)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: %d classes, want 1..%d",
-                       meta->class_count, MT_MAX_CLASSES);
+        return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: %d classes, want 1..%d", meta->class_count,
+                       MT_MAX_CLASSES);
     if (!meta->class_names || !meta->class_counts)
         return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: class names or counts missing");
     for (int c = 0; c < 3; c++) {
@@ -130,13 +131,17 @@ static mt_status meta_validate(const mt_dataset_meta *meta) {
                            c, meta->std[c]);
     }
     if (!meta->split || !split_name_ok(meta->split))
-        return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: split name '%s' must be 1..%d of "
-                       "[A-Za-z0-9_.-]", meta->split ? meta->split : "(null)", MAX_SPLIT_BYTES);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset metadata: split name '%s' must be 1..%d of "
+                       "[A-Za-z0-9_.-]",
+                       meta->split ? meta->split : "(null)", MAX_SPLIT_BYTES);
     if (meta->options) {
         size_t n = strlen(meta->options);
         if (n > MAX_OPTIONS_BYTES || text_check(meta->options, n, false) != n)
-            return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: the options line is longer than %d "
-                           "bytes, not UTF-8 or holds control characters", MAX_OPTIONS_BYTES);
+            return MT_FAIL(MT_ERR_FORMAT,
+                           "dataset metadata: the options line is longer than %d "
+                           "bytes, not UTF-8 or holds control characters",
+                           MAX_OPTIONS_BYTES);
     }
     uint64_t sum = 0;
     for (int i = 0; i < meta->class_count; i++) {
@@ -144,17 +149,22 @@ static mt_status meta_validate(const mt_dataset_meta *meta) {
         if (!name) return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: class %d has no name", i);
         size_t n = strlen(name);
         if (n == 0 || n > MAX_CLASS_NAME_BYTES || text_check(name, n, false) != n)
-            return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: class %d name must be 1..%d bytes of "
-                           "UTF-8 without newlines or control characters", i,
-                           MAX_CLASS_NAME_BYTES);
+            return MT_FAIL(MT_ERR_FORMAT,
+                           "dataset metadata: class %d name must be 1..%d bytes of "
+                           "UTF-8 without newlines or control characters",
+                           i, MAX_CLASS_NAME_BYTES);
         if (meta->class_counts[i] > meta->record_count - sum)
-            return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: per-class counts exceed the %" PRIu64
-                           " records (at class %d '%s')", meta->record_count, i, name);
+            return MT_FAIL(MT_ERR_FORMAT,
+                           "dataset metadata: per-class counts exceed the %" PRIu64
+                           " records (at class %d '%s')",
+                           meta->record_count, i, name);
         sum += meta->class_counts[i];
     }
     if (sum != meta->record_count)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: per-class counts sum to %" PRIu64
-                       ", but the dataset has %" PRIu64 " records", sum, meta->record_count);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset metadata: per-class counts sum to %" PRIu64
+                       ", but the dataset has %" PRIu64 " records",
+                       sum, meta->record_count);
     /* Names must be unique: a duplicate would make label ids ambiguous for predict output. */
     char **sorted = malloc((size_t)meta->class_count * sizeof *sorted);
     if (!sorted) return MT_FAIL(MT_ERR_NOMEM, "dataset metadata: out of memory");
@@ -199,7 +209,8 @@ static void text_append(text_buffer *b, const char *format, ...) {
             return;
         }
         size_t capacity = b->capacity ? b->capacity : 1024;
-        while (capacity - b->used <= (size_t)n) capacity *= 2;
+        while (capacity - b->used <= (size_t)n)
+            capacity *= 2;
         char *grown = realloc(b->data, capacity);
         if (!grown) {
             b->failed = true;
@@ -268,7 +279,8 @@ static bool parse_triple(const char *s, size_t n, double out[3]) {
     size_t pos = 0;
     for (int k = 0; k < 3; k++) {
         size_t start = pos;
-        while (pos < n && s[pos] != ' ') pos++;
+        while (pos < n && s[pos] != ' ')
+            pos++;
         size_t len = pos - start;
         if (len == 0 || len >= MAX_NUMBER_TEXT) return false;
         char buf[MAX_NUMBER_TEXT];
@@ -318,8 +330,10 @@ static bool key_is(const char *key, size_t n, const char *want) {
 static mt_status parse_lines(const char *text, size_t size, mt_dataset_meta *m) {
     size_t bad = text_check(text, size, true);
     if (bad != size)
-        return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: byte %zu is a control character or not "
-                       "UTF-8", bad);
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "dataset metadata: byte %zu is a control character or not "
+                       "UTF-8",
+                       bad);
     unsigned seen = 0;
     int classes_read = 0;
     int line_no = 0;
@@ -336,18 +350,23 @@ static mt_status parse_lines(const char *text, size_t size, mt_dataset_meta *m) 
             if (len != (size_t)n || memcmp(line, want, len) != 0) {
                 if (len > strlen(MT_META_MAGIC) &&
                     memcmp(line, MT_META_MAGIC " ", strlen(MT_META_MAGIC) + 1) == 0)
-                    return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: unsupported version line "
+                    return MT_FAIL(MT_ERR_FORMAT,
+                                   "dataset metadata: unsupported version line "
                                    "'%.*s' (this build reads '%s'): repack the dataset",
                                    (int)(len > 80 ? 80 : len), line, want);
-                return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: does not start with '%s' (not a "
-                               "mobiletune dataset)", want);
+                return MT_FAIL(MT_ERR_FORMAT,
+                               "dataset metadata: does not start with '%s' (not a "
+                               "mobiletune dataset)",
+                               want);
             }
             continue;
         }
         const char *space = memchr(line, ' ', len);
         if (!space)
-            return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: expected 'key value', got "
-                           "'%.*s'", line_no, (int)(len > 80 ? 80 : len), line);
+            return MT_FAIL(MT_ERR_FORMAT,
+                           "dataset metadata line %d: expected 'key value', got "
+                           "'%.*s'",
+                           line_no, (int)(len > 80 ? 80 : len), line);
         size_t key_len = (size_t)(space - line);
         const char *value = space + 1;
         size_t value_len = len - key_len - 1;
@@ -408,28 +427,38 @@ static mt_status parse_lines(const char *text, size_t size, mt_dataset_meta *m) 
             }
         } else if (key_is(line, key_len, "class")) {
             if (!(seen & SEEN_CLASSES))
-                return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: 'class' before "
-                               "'classes'", line_no);
+                return MT_FAIL(MT_ERR_FORMAT,
+                               "dataset metadata line %d: 'class' before "
+                               "'classes'",
+                               line_no);
             if (classes_read >= m->class_count)
-                return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: more 'class' lines than "
-                               "the %d classes", line_no, m->class_count);
+                return MT_FAIL(MT_ERR_FORMAT,
+                               "dataset metadata line %d: more 'class' lines than "
+                               "the %d classes",
+                               line_no, m->class_count);
             /* class <id> <count> <name: rest of the line> */
             const char *sp1 = memchr(value, ' ', value_len);
-            const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', value_len - (size_t)(sp1 + 1 - value))
-                                  : NULL;
+            const char *sp2 =
+                sp1 ? memchr(sp1 + 1, ' ', value_len - (size_t)(sp1 + 1 - value)) : NULL;
             int id;
             uint64_t count;
             if (!sp2 || !parse_int(value, (size_t)(sp1 - value), MT_MAX_CLASSES, &id) ||
                 !parse_u64(sp1 + 1, (size_t)(sp2 - sp1 - 1), MAX_RECORDS, &count))
-                return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: expected 'class <id> "
-                               "<count> <name>'", line_no);
+                return MT_FAIL(MT_ERR_FORMAT,
+                               "dataset metadata line %d: expected 'class <id> "
+                               "<count> <name>'",
+                               line_no);
             if (id != classes_read)
-                return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: class id %d out of order "
-                               "(want %d)", line_no, id, classes_read);
+                return MT_FAIL(MT_ERR_FORMAT,
+                               "dataset metadata line %d: class id %d out of order "
+                               "(want %d)",
+                               line_no, id, classes_read);
             size_t name_len = value_len - (size_t)(sp2 + 1 - value);
             if (name_len == 0 || name_len > MAX_CLASS_NAME_BYTES)
-                return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: class name must be 1..%d "
-                               "bytes", line_no, MAX_CLASS_NAME_BYTES);
+                return MT_FAIL(MT_ERR_FORMAT,
+                               "dataset metadata line %d: class name must be 1..%d "
+                               "bytes",
+                               line_no, MAX_CLASS_NAME_BYTES);
             m->class_names[id] = dup_bytes(sp2 + 1, name_len);
             if (!m->class_names[id])
                 return MT_FAIL(MT_ERR_NOMEM, "dataset metadata: out of memory");
@@ -441,19 +470,21 @@ static mt_status parse_lines(const char *text, size_t size, mt_dataset_meta *m) 
                            (int)(key_len > 40 ? 40 : key_len), line);
         }
         if (seen & flag)
-            return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: '%.*s' appears twice",
-                           line_no, (int)key_len, line);
+            return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: '%.*s' appears twice", line_no,
+                           (int)key_len, line);
         seen |= flag;
         if (!ok)
-            return MT_FAIL(MT_ERR_FORMAT, "dataset metadata line %d: bad value for '%.*s': "
-                           "'%.*s'", line_no, (int)key_len, line,
-                           (int)(value_len > 80 ? 80 : value_len), value);
+            return MT_FAIL(MT_ERR_FORMAT,
+                           "dataset metadata line %d: bad value for '%.*s': "
+                           "'%.*s'",
+                           line_no, (int)key_len, line, (int)(value_len > 80 ? 80 : value_len),
+                           value);
     }
     if (line_no == 0)
         return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: empty (not a mobiletune dataset)");
     if (seen != SEEN_ALL) {
         static const char *names[] = {"records", "height", "width", "channels", "encoding",
-                                      "split", "mean", "std", "classes", "options"};
+                                      "split",   "mean",   "std",   "classes",  "options"};
         for (int i = 0; i < 10; i++)
             if (!(seen & (1u << i)))
                 return MT_FAIL(MT_ERR_FORMAT, "dataset metadata: the '%s' line is missing",
@@ -477,7 +508,8 @@ mt_status mt_meta_parse(const void *data, size_t size, mt_dataset_meta *out) {
 void mt_meta_free(mt_dataset_meta *meta) {
     if (!meta) return;
     if (meta->class_names)
-        for (int i = 0; i < meta->class_count; i++) free(meta->class_names[i]);
+        for (int i = 0; i < meta->class_count; i++)
+            free(meta->class_names[i]);
     free(meta->class_names);
     free(meta->class_counts);
     free(meta->split);

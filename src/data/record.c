@@ -13,8 +13,7 @@ static uint16_t load_u16(const uint8_t *p) {
 }
 
 static uint32_t load_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
 static void store_u16(uint8_t *p, uint16_t v) {
@@ -116,8 +115,8 @@ mt_status mt_record_parse(const void *data, size_t size, const char *key, mt_rec
                        channels);
     unsigned height = load_u16(bytes + 8), width = load_u16(bytes + 10);
     if (height < 1 || height > MT_MAX_IMAGE_SIDE || width < 1 || width > MT_MAX_IMAGE_SIDE)
-        return MT_FAIL(MT_ERR_FORMAT, "record '%s': image size %ux%u is outside 1..%d", key,
-                       height, width, MT_MAX_IMAGE_SIDE);
+        return MT_FAIL(MT_ERR_FORMAT, "record '%s': image size %ux%u is outside 1..%d", key, height,
+                       width, MT_MAX_IMAGE_SIDE);
     uint32_t label = load_u32(bytes + 12);
     uint32_t payload_bytes = load_u32(bytes + 16);
     uint32_t crc = load_u32(bytes + CRC_OFFSET);

@@ -43,9 +43,9 @@ uint64_t mt_shard_batch_count(uint64_t record_count, int world_size, int batch_s
     return drop_remainder ? record_count / per_step : (record_count + per_step - 1) / per_step;
 }
 
-void mt_shard_permutation(uint64_t n, uint64_t seed, uint64_t epoch, bool shuffle,
-                          uint64_t *perm) {
-    for (uint64_t i = 0; i < n; i++) perm[i] = i;
+void mt_shard_permutation(uint64_t n, uint64_t seed, uint64_t epoch, bool shuffle, uint64_t *perm) {
+    for (uint64_t i = 0; i < n; i++)
+        perm[i] = i;
     if (!shuffle || n < 2) return;
     rng r = {stream_seed(seed, epoch, STREAM_PERMUTATION)};
     /* Fisher-Yates, from the end. */
@@ -59,8 +59,9 @@ void mt_shard_permutation(uint64_t n, uint64_t seed, uint64_t epoch, bool shuffl
 
 uint64_t mt_shard_position(uint64_t record_count, int rank, int world_size, int batch_size,
                            uint64_t batch_index, int slot) {
-    uint64_t position = (batch_index * (uint64_t)world_size + (uint64_t)rank) *
-                            (uint64_t)batch_size + (uint64_t)slot;
+    uint64_t position =
+        (batch_index * (uint64_t)world_size + (uint64_t)rank) * (uint64_t)batch_size +
+        (uint64_t)slot;
     return position < record_count ? position : UINT64_MAX;
 }
 

@@ -47,8 +47,12 @@ static void expect_open_error(const char *dir, mt_status want, const char *needl
 
 /* Read a whole epoch through `threads` prefetch threads; expect a failure naming `key`. */
 static void expect_epoch_error(const char *dir, int threads, const char *key, const char *what) {
-    mt_loader_options o = {.world_size = 1, .batch_size = 3, .threads = threads, .shuffle = true,
-                           .seed = 5, .ring_depth = 2};
+    mt_loader_options o = {.world_size = 1,
+                           .batch_size = 3,
+                           .threads = threads,
+                           .shuffle = true,
+                           .seed = 5,
+                           .ring_depth = 2};
     mt_loader *l;
     TEST_MUST(mt_loader_open(dir, &o, &l));
     for (int round = 0; round < 2; round++) {
@@ -171,14 +175,29 @@ static void test_lying_records(void) {
         mt_record record;
         const char *needle;
     } cases[] = {
-        {{.encoding = MT_ENCODING_RAW, .channels = 3, .height = H, .width = W, .label = CLASSES,
-          .payload = pixels, .payload_bytes = H * W * 3},
+        {{.encoding = MT_ENCODING_RAW,
+          .channels = 3,
+          .height = H,
+          .width = W,
+          .label = CLASSES,
+          .payload = pixels,
+          .payload_bytes = H * W * 3},
          "label"},
-        {{.encoding = MT_ENCODING_RAW, .channels = 3, .height = 64, .width = 64, .label = 0,
-          .payload = pixels, .payload_bytes = 64 * 64 * 3},
+        {{.encoding = MT_ENCODING_RAW,
+          .channels = 3,
+          .height = 64,
+          .width = 64,
+          .label = 0,
+          .payload = pixels,
+          .payload_bytes = 64 * 64 * 3},
          "64x64"},
-        {{.encoding = MT_ENCODING_JPEG, .channels = 3, .height = H, .width = W, .label = 0,
-          .payload = pixels, .payload_bytes = 100},
+        {{.encoding = MT_ENCODING_JPEG,
+          .channels = 3,
+          .height = H,
+          .width = W,
+          .label = 0,
+          .payload = pixels,
+          .payload_bytes = 100},
          "0000000007"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
@@ -192,8 +211,7 @@ static void test_lying_records(void) {
         TEST_MUST(mt_dataset_open(dir, &ds));
         mt_clear_error();
         CHECK(mt_dataset_get(ds, 7, pixels, NULL, NULL, 0) == MT_ERR_FORMAT);
-        CHECK_MSG(strstr(mt_last_error(), "0000000007") && strstr(mt_last_error(),
-                                                                 cases[k].needle),
+        CHECK_MSG(strstr(mt_last_error(), "0000000007") && strstr(mt_last_error(), cases[k].needle),
                   "case %zu: %s", k, mt_last_error());
         mt_dataset_close(ds);
         expect_epoch_error(dir, 2, "0000000007", cases[k].needle);
@@ -203,8 +221,12 @@ static void test_lying_records(void) {
     uint8_t *jpeg;
     size_t jpeg_bytes;
     TEST_MUST(mt_image_encode_jpeg(pixels, 8, 8, 90, &jpeg, &jpeg_bytes));
-    mt_record r = {.encoding = MT_ENCODING_JPEG, .channels = 3, .height = H, .width = W,
-                   .payload = jpeg, .payload_bytes = jpeg_bytes};
+    mt_record r = {.encoding = MT_ENCODING_JPEG,
+                   .channels = 3,
+                   .height = H,
+                   .width = W,
+                   .payload = jpeg,
+                   .payload_bytes = jpeg_bytes};
     const char *dir = fresh_copy("corrupt-jpeg");
     size_t size = mt_record_encoded_size(&r);
     uint8_t *buf = malloc(size);
@@ -244,10 +266,12 @@ static void test_bad_meta(void) {
         /* Consistent metadata that disagrees with the database. */
         {"mobiletune-dataset 1\nrecords 19\nheight 4\nwidth 5\nchannels 3\nencoding raw\n"
          "split train\nmean 1 2 3\nstd 1 2 3\nclasses 3\nclass 0 7 a\nclass 1 6 b\nclass 2 6 c\n"
-         "options x\n", 0, MT_ERR_FORMAT, "entries"},
+         "options x\n",
+         0, MT_ERR_FORMAT, "entries"},
         {"mobiletune-dataset 1\nrecords 20\nheight 4\nwidth 6\nchannels 3\nencoding raw\n"
          "split train\nmean 1 2 3\nstd 1 2 3\nclasses 3\nclass 0 7 a\nclass 1 7 b\nclass 2 6 c\n"
-         "options x\n", 0, MT_OK, NULL},
+         "options x\n",
+         0, MT_OK, NULL},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         size_t n = cases[k].size ? cases[k].size : strlen(cases[k].text);

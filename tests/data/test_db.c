@@ -20,7 +20,8 @@
 void test_db_pixels(int i, int h, int w, uint8_t *out) {
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
-            for (int c = 0; c < 3; c++) out[((size_t)y * w + x) * 3 + c] = test_db_pixel(i, y, x, c);
+            for (int c = 0; c < 3; c++)
+                out[((size_t)y * w + x) * 3 + c] = test_db_pixel(i, y, x, c);
 }
 
 static bool put(MDB_txn *txn, MDB_dbi dbi, const char *key, const void *bytes, size_t size) {
@@ -47,10 +48,14 @@ bool test_db_create(const char *dir, const test_db_spec *spec) {
         test_db_pixels(i, spec->height, spec->width, pixels);
         char name[64];
         snprintf(name, sizeof name, "img/%06d.png", i);
-        mt_record r = {.encoding = spec->encoding, .channels = 3, .height = spec->height,
-                       .width = spec->width, .label = (uint32_t)test_db_label(i, spec->classes),
+        mt_record r = {.encoding = spec->encoding,
+                       .channels = 3,
+                       .height = spec->height,
+                       .width = spec->width,
+                       .label = (uint32_t)test_db_label(i, spec->classes),
                        .payload = pixels,
-                       .payload_bytes = (size_t)spec->height * spec->width * 3, .name = name,
+                       .payload_bytes = (size_t)spec->height * spec->width * 3,
+                       .name = name,
                        .name_bytes = strlen(name)};
         uint8_t *jpeg = NULL;
         if (spec->encoding == MT_ENCODING_JPEG) {
@@ -84,11 +89,18 @@ bool test_db_create(const char *dir, const test_db_spec *spec) {
             names[c] = malloc(32);
             snprintf(names[c], 32, "class%d", c);
         }
-        mt_dataset_meta meta = {.version = MT_META_VERSION, .record_count = (uint64_t)spec->count,
-                                .height = spec->height, .width = spec->width, .channels = 3,
-                                .encoding = spec->encoding, .class_count = spec->classes,
-                                .class_names = names, .class_counts = counts,
-                                .mean = {127, 127, 127}, .std = {70, 70, 70}, .split = "train",
+        mt_dataset_meta meta = {.version = MT_META_VERSION,
+                                .record_count = (uint64_t)spec->count,
+                                .height = spec->height,
+                                .width = spec->width,
+                                .channels = 3,
+                                .encoding = spec->encoding,
+                                .class_count = spec->classes,
+                                .class_names = names,
+                                .class_counts = counts,
+                                .mean = {127, 127, 127},
+                                .std = {70, 70, 70},
+                                .split = "train",
                                 .options = "test_db"};
         if (mt_meta_format(&meta, &text, &text_bytes) != MT_OK) {
             fprintf(stderr, "test_db: %s\n", mt_last_error());
@@ -101,7 +113,8 @@ bool test_db_create(const char *dir, const test_db_spec *spec) {
     TEST_LMDB(mdb_txn_commit(txn));
     txn = NULL;
     mdb_env_close(env);
-    for (int c = 0; c < spec->classes; c++) free(names[c]);
+    for (int c = 0; c < spec->classes; c++)
+        free(names[c]);
     free(names);
     free(counts);
     free(pixels);
@@ -109,7 +122,8 @@ bool test_db_create(const char *dir, const test_db_spec *spec) {
 fail:
     if (txn) mdb_txn_abort(txn);
     if (env) mdb_env_close(env);
-    for (int c = 0; names && c < spec->classes; c++) free(names[c]);
+    for (int c = 0; names && c < spec->classes; c++)
+        free(names[c]);
     free(names);
     free(counts);
     free(pixels);
@@ -143,7 +157,8 @@ bool test_db_copy(const char *from_dir, const char *to_dir) {
     bool ok = in && out;
     char buf[65536];
     size_t n;
-    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, n, out) == n;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        ok = fwrite(buf, 1, n, out) == n;
     if (in) fclose(in);
     if (out && fclose(out) != 0) ok = false;
     return ok;

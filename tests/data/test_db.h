@@ -17,8 +17,8 @@
     do {                                                                                           \
         mt_status test_must_ = (call);                                                             \
         if (test_must_ != MT_OK) {                                                                 \
-            fprintf(stderr, "%s:%d: %s failed: %s: %s\nFAILED\n", __FILE__, __LINE__, #call,      \
-                    mt_status_name(test_must_), mt_last_error());                                 \
+            fprintf(stderr, "%s:%d: %s failed: %s: %s\nFAILED\n", __FILE__, __LINE__, #call,       \
+                    mt_status_name(test_must_), mt_last_error());                                  \
             exit(1);                                                                               \
         }                                                                                          \
     } while (0)

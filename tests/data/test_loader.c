@@ -31,8 +31,13 @@ static void expected_pixels(int rec, bool flip, uint8_t *out) {
 
 static void test_pixels(const char *dir) {
     for (int out = 0; out <= 1; out++) {
-        mt_loader_options o = {.world_size = 1, .batch_size = 5, .seed = 3, .shuffle = true,
-                               .drop_remainder = false, .random_flip = true, .threads = 2,
+        mt_loader_options o = {.world_size = 1,
+                               .batch_size = 5,
+                               .seed = 3,
+                               .shuffle = true,
+                               .drop_remainder = false,
+                               .random_flip = true,
+                               .threads = 2,
                                .output = out ? MT_LOADER_UINT8 : MT_LOADER_FLOAT32};
         mt_loader *l;
         TEST_MUST(mt_loader_open(dir, &o, &l));
@@ -87,9 +92,15 @@ static void test_pixels(const char *dir) {
 /* A digest of every batch of two epochs, for comparing configurations. */
 static uint64_t digest_run(const char *dir, int threads, int depth, uint64_t start_epoch,
                            uint64_t start_batch, int epochs) {
-    mt_loader_options o = {.world_size = 2, .rank = 1, .batch_size = 3, .seed = 11,
-                           .shuffle = true, .drop_remainder = false, .random_flip = true,
-                           .threads = threads, .ring_depth = depth,
+    mt_loader_options o = {.world_size = 2,
+                           .rank = 1,
+                           .batch_size = 3,
+                           .seed = 11,
+                           .shuffle = true,
+                           .drop_remainder = false,
+                           .random_flip = true,
+                           .threads = threads,
+                           .ring_depth = depth,
                            .output = MT_LOADER_FLOAT32};
     mt_loader *l;
     TEST_MUST(mt_loader_open(dir, &o, &l));
@@ -101,8 +112,10 @@ static uint64_t digest_run(const char *dir, int threads, int depth, uint64_t sta
         while ((st = mt_loader_next(l, &b)) == MT_OK) {
             const uint8_t *bytes = b->images;
             size_t n = (size_t)b->size * H * W * 3 * sizeof(float);
-            for (size_t k = 0; k < n; k++) h = (h ^ bytes[k]) * 1099511628211ull;
-            for (int i = 0; i < b->size; i++) h = (h ^ (uint64_t)b->labels[i]) * 1099511628211ull;
+            for (size_t k = 0; k < n; k++)
+                h = (h ^ bytes[k]) * 1099511628211ull;
+            for (int i = 0; i < b->size; i++)
+                h = (h ^ (uint64_t)b->labels[i]) * 1099511628211ull;
             h = (h ^ b->index) * 1099511628211ull;
             mt_loader_release(l, b);
         }
@@ -121,8 +134,13 @@ static void test_determinism(const char *dir) {
             CHECK_MSG(digest_run(dir, threads[t], depths[d], 0, 0, 2) == base,
                       "threads %d depth %d differs", threads[t], depths[d]);
     /* Resume: epoch 1 started at batch 2 equals the tail of a full epoch 1. */
-    mt_loader_options o = {.world_size = 2, .rank = 1, .batch_size = 3, .seed = 11,
-                           .shuffle = true, .random_flip = true, .threads = 2,
+    mt_loader_options o = {.world_size = 2,
+                           .rank = 1,
+                           .batch_size = 3,
+                           .seed = 11,
+                           .shuffle = true,
+                           .random_flip = true,
+                           .threads = 2,
                            .output = MT_LOADER_UINT8};
     mt_loader *full, *resumed;
     TEST_MUST(mt_loader_open(dir, &o, &full));
@@ -189,8 +207,12 @@ static void pool_free(void *buffer, size_t bytes, void *user) {
 
 static void test_allocator_and_ring(const char *dir) {
     pool p = {0};
-    mt_loader_options o = {.world_size = 1, .batch_size = 4, .threads = 1, .ring_depth = 3,
-                           .drop_remainder = true, .output = MT_LOADER_FLOAT32,
+    mt_loader_options o = {.world_size = 1,
+                           .batch_size = 4,
+                           .threads = 1,
+                           .ring_depth = 3,
+                           .drop_remainder = true,
+                           .output = MT_LOADER_FLOAT32,
                            .allocator = {.alloc = pool_alloc, .free = pool_free, .user = &p}};
     mt_loader *l;
     TEST_MUST(mt_loader_open(dir, &o, &l));
@@ -200,7 +222,8 @@ static void test_allocator_and_ring(const char *dir) {
     for (int k = 0; k < 3; k++) {
         TEST_MUST(mt_loader_next(l, &held[k]));
         bool ours = false;
-        for (int i = 0; i < p.handed; i++) ours |= held[k]->images == p.blocks[i];
+        for (int i = 0; i < p.handed; i++)
+            ours |= held[k]->images == p.blocks[i];
         CHECK(ours);
         /* Without shuffle the records come in order. */
         CHECK(held[k]->records[0] == (uint64_t)k * 4);
@@ -222,7 +245,8 @@ static void test_allocator_and_ring(const char *dir) {
     pool tiny = {.handed = 7};
     o.allocator.user = &tiny;
     CHECK(mt_loader_open(dir, &o, &l) == MT_ERR_NOMEM);
-    for (int i = 7; i < tiny.handed; i++) free(tiny.blocks[i]);
+    for (int i = 7; i < tiny.handed; i++)
+        free(tiny.blocks[i]);
 
     /* Bad options. */
     mt_loader_options bad = {.world_size = 2, .rank = 2, .batch_size = 1};
@@ -267,16 +291,16 @@ static void test_random_access(const char *dir) {
 
 static void test_jpeg(void) {
     char *dir = mt_test_make_temp_dir("loader-jpeg");
-    test_db_spec spec = {.count = 6, .height = 16, .width = 24, .classes = 2,
-                         .encoding = MT_ENCODING_JPEG};
+    test_db_spec spec = {
+        .count = 6, .height = 16, .width = 24, .classes = 2, .encoding = MT_ENCODING_JPEG};
     if (!test_db_create(dir, &spec)) {
         fprintf(stderr, "cannot create a JPEG database (mt_image_encode_jpeg: %s)\n",
                 mt_last_error());
         CHECK(false);
         return;
     }
-    mt_loader_options o = {.world_size = 1, .batch_size = 6, .threads = 2,
-                           .output = MT_LOADER_UINT8};
+    mt_loader_options o = {
+        .world_size = 1, .batch_size = 6, .threads = 2, .output = MT_LOADER_UINT8};
     mt_loader *l;
     TEST_MUST(mt_loader_open(dir, &o, &l));
     TEST_MUST(mt_loader_start_epoch(l, 0, 0));
@@ -289,7 +313,8 @@ static void test_jpeg(void) {
         test_db_pixels((int)b->records[i], 16, 24, want);
         const uint8_t *got = (const uint8_t *)b->images + (size_t)i * sizeof want;
         double sum = 0;
-        for (size_t k = 0; k < sizeof want; k++) sum += abs((int)got[k] - (int)want[k]);
+        for (size_t k = 0; k < sizeof want; k++)
+            sum += abs((int)got[k] - (int)want[k]);
         double mean = sum / sizeof want;
         if (mean > worst) worst = mean;
     }
@@ -301,8 +326,8 @@ static void test_jpeg(void) {
 
 /* Open the copy in `dir` and read one epoch; used in the unprivileged child. */
 static int read_all(const char *dir) {
-    mt_loader_options o = {.world_size = 1, .batch_size = 4, .threads = 2,
-                           .output = MT_LOADER_UINT8};
+    mt_loader_options o = {
+        .world_size = 1, .batch_size = 4, .threads = 2, .output = MT_LOADER_UINT8};
     mt_loader *l;
     if (mt_loader_open(dir, &o, &l) != MT_OK) {
         fprintf(stderr, "read-only open: %s\n", mt_last_error());
@@ -350,8 +375,7 @@ static void test_read_only(const char *dir) {
     }
     int status = 0;
     CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
-    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "read-only child: status %d",
-              status);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "read-only child: status %d", status);
     struct stat st;
     CHECK_MSG(stat(lock, &st) != 0, "a lock file appeared in the read-only folder");
     chmod(db, 0755);

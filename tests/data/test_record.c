@@ -15,9 +15,16 @@ static void store_u16(uint8_t *p, uint16_t v) {
 
 /* A small raw record: 3x2 pixels with a known pattern, label 1, name "cats/x.jpg". */
 static uint8_t *make_raw(size_t *size, uint8_t *pixels) {
-    for (int i = 0; i < 3 * 2 * 3; i++) pixels[i] = (uint8_t)(i * 13 + 7);
-    mt_record r = {.encoding = MT_ENCODING_RAW, .channels = 3, .height = 3, .width = 2,
-                   .label = 1, .payload = pixels, .payload_bytes = 18, .name = "cats/x.jpg",
+    for (int i = 0; i < 3 * 2 * 3; i++)
+        pixels[i] = (uint8_t)(i * 13 + 7);
+    mt_record r = {.encoding = MT_ENCODING_RAW,
+                   .channels = 3,
+                   .height = 3,
+                   .width = 2,
+                   .label = 1,
+                   .payload = pixels,
+                   .payload_bytes = 18,
+                   .name = "cats/x.jpg",
                    .name_bytes = 10};
     *size = mt_record_encoded_size(&r);
     uint8_t *buf = malloc(*size);
@@ -71,7 +78,8 @@ static void test_round_trip(void) {
     CHECK(buf[12] == 1 && buf[13] == 0 && buf[14] == 0 && buf[15] == 0);
     CHECK(buf[16] == 18 && buf[17] == 0 && buf[18] == 0 && buf[19] == 0);
     CHECK(buf[24] == 10 && buf[25] == 0);
-    for (int i = 26; i < 32; i++) CHECK(buf[i] == 0);
+    for (int i = 26; i < 32; i++)
+        CHECK(buf[i] == 0);
     CHECK(memcmp(buf + 32, pixels, 18) == 0);
     CHECK(memcmp(buf + 50, "cats/x.jpg", 10) == 0);
 
@@ -86,8 +94,13 @@ static void test_round_trip(void) {
 
     /* A JPEG record with an empty name. */
     const uint8_t jpeg[5] = {0xFF, 0xD8, 0xFF, 0xD9, 0x00};
-    mt_record j = {.encoding = MT_ENCODING_JPEG, .channels = 3, .height = 4096, .width = 1,
-                   .label = 65535, .payload = jpeg, .payload_bytes = 5};
+    mt_record j = {.encoding = MT_ENCODING_JPEG,
+                   .channels = 3,
+                   .height = 4096,
+                   .width = 1,
+                   .label = 65535,
+                   .payload = jpeg,
+                   .payload_bytes = 5};
     size_t jsize = mt_record_encoded_size(&j);
     uint8_t *jbuf = malloc(jsize);
     mt_record_encode(&j, jbuf);
@@ -105,7 +118,8 @@ static void test_hostile(void) {
     uint8_t *b = malloc(size + 8);
 
     /* Every truncation, including zero bytes and a NULL pointer with size 0. */
-    for (size_t n = 0; n < size; n++) expect_bad(good, n, "truncated");
+    for (size_t n = 0; n < size; n++)
+        expect_bad(good, n, "truncated");
     mt_record r;
     CHECK(mt_record_parse(NULL, 0, "k", &r) == MT_ERR_FORMAT);
 
@@ -131,11 +145,11 @@ static void test_hostile(void) {
         uint8_t value;
         const char *what;
     } fields[] = {
-        {0, 'X', "magic"},        {4, 2, "version"},        {6, 2, "encoding"},
-        {7, 1, "channels"},       {7, 4, "channels 4"},     {8, 0, "height 0"},
-        {10, 0, "width 0"},       {16, 19, "payload size"}, {17, 1, "payload size high"},
-        {19, 0xFF, "payload huge"}, {24, 11, "name longer"}, {25, 0xFF, "name huge"},
-        {26, 1, "reserved"},      {31, 0x80, "reserved last"},
+        {0, 'X', "magic"},          {4, 2, "version"},           {6, 2, "encoding"},
+        {7, 1, "channels"},         {7, 4, "channels 4"},        {8, 0, "height 0"},
+        {10, 0, "width 0"},         {16, 19, "payload size"},    {17, 1, "payload size high"},
+        {19, 0xFF, "payload huge"}, {24, 11, "name longer"},     {25, 0xFF, "name huge"},
+        {26, 1, "reserved"},        {31, 0x80, "reserved last"},
     };
     for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++) {
         memcpy(b, good, size);
@@ -226,9 +240,15 @@ static void test_meta_round_trip(void) {
     /* Formatting refuses what parsing would refuse. */
     char *names[2] = {"a\nb", "c"};
     uint64_t counts[2] = {1, 1};
-    mt_dataset_meta bad = {.record_count = 2, .height = 8, .width = 8, .channels = 3,
-                           .class_count = 2, .class_names = names, .class_counts = counts,
-                           .split = "train", .options = ""};
+    mt_dataset_meta bad = {.record_count = 2,
+                           .height = 8,
+                           .width = 8,
+                           .channels = 3,
+                           .class_count = 2,
+                           .class_names = names,
+                           .class_counts = counts,
+                           .split = "train",
+                           .options = ""};
     CHECK(mt_meta_format(&bad, &text, &n) == MT_ERR_INVALID && text == NULL);
     names[0] = "a";
     CHECK_MSG(mt_meta_format(&bad, &text, &n) == MT_OK, "%s", mt_last_error());
@@ -311,11 +331,11 @@ static void test_meta_hostile(void) {
     expect_bad_meta("class 1 3 dogs and wolves", "class 1 3 cats");
     expect_bad_meta("class 0 2 cats", "class 0 2 ca\rts");
     expect_bad_meta("class 0 2 cats", "class 0 2 ca\tts");
-    expect_bad_meta("class 0 2 cats", "class 0 2 c\xC3");            /* cut UTF-8 */
-    expect_bad_meta("class 0 2 cats", "class 0 2 c\xC0\xAF");        /* overlong */
-    expect_bad_meta("class 0 2 cats", "class 0 2 c\xED\xA0\x80");    /* surrogate */
+    expect_bad_meta("class 0 2 cats", "class 0 2 c\xC3");             /* cut UTF-8 */
+    expect_bad_meta("class 0 2 cats", "class 0 2 c\xC0\xAF");         /* overlong */
+    expect_bad_meta("class 0 2 cats", "class 0 2 c\xED\xA0\x80");     /* surrogate */
     expect_bad_meta("class 0 2 cats", "class 0 2 c\xF4\x90\x80\x80"); /* > U+10FFFF */
-    expect_bad_meta("classes 3\n", "");                             /* class before classes */
+    expect_bad_meta("classes 3\n", "");                               /* class before classes */
     expect_bad_meta("split train\n", "");
     expect_bad_meta("split train\n", "split train\nsplit val\n");
     expect_bad_meta("records 5\n", "records 5\nbogus 1\n");
@@ -332,9 +352,11 @@ static void test_meta_hostile(void) {
     /* The maximum class count parses; the sum rule still applies. */
     size_t cap = 64u << 20;
     char *big = malloc(cap);
-    size_t used = (size_t)snprintf(big, cap, "mobiletune-dataset 1\nrecords %d\nheight 1\nwidth "
+    size_t used = (size_t)snprintf(big, cap,
+                                   "mobiletune-dataset 1\nrecords %d\nheight 1\nwidth "
                                    "1\nchannels 3\nencoding raw\nsplit all\nmean 1 2 3\nstd 1 2 "
-                                   "3\nclasses %d\n", MT_MAX_CLASSES, MT_MAX_CLASSES);
+                                   "3\nclasses %d\n",
+                                   MT_MAX_CLASSES, MT_MAX_CLASSES);
     for (int i = 0; i < MT_MAX_CLASSES; i++)
         used += (size_t)snprintf(big + used, cap - used, "class %d 1 c%d\n", i, i);
     used += (size_t)snprintf(big + used, cap - used, "options x\n");
@@ -399,8 +421,8 @@ static void test_python_seeds(void) {
             }
             mt_meta_free(&m);
         }
-        CHECK_MSG((st == MT_OK) == cases[k].valid, "%s: %s (%s)", cases[k].file,
-                  mt_status_name(st), mt_last_error());
+        CHECK_MSG((st == MT_OK) == cases[k].valid, "%s: %s (%s)", cases[k].file, mt_status_name(st),
+                  mt_last_error());
     }
 }
 

@@ -1,7 +1,8 @@
 /* The sharding property, first on the pure arithmetic over many (N, ranks, batch) combinations,
  * then on real loaders (one per rank) over a small database for 1, 2, 3 and 4 ranks and several
  * epochs: every sample exactly once per epoch across ranks up to the documented remainder, the
- * same batch count on every rank, a different order every epoch, the same order for the same seed. */
+ * same batch count on every rank, a different order every epoch, the same order for the same seed.
+ */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,8 +14,10 @@ static bool is_permutation(const uint64_t *perm, uint64_t n) {
     char *seen = calloc(n ? n : 1, 1);
     bool ok = true;
     for (uint64_t i = 0; i < n && ok; i++) {
-        if (perm[i] >= n || seen[perm[i]]) ok = false;
-        else seen[perm[i]] = 1;
+        if (perm[i] >= n || seen[perm[i]])
+            ok = false;
+        else
+            seen[perm[i]] = 1;
     }
     free(seen);
     return ok;
@@ -68,8 +71,10 @@ static void test_pure(void) {
                         }
                         CHECK(twice == 0);
                         if (drop) {
-                            CHECK_MSG(once == n - n % per_step, "n %llu world %d batch %d: %llu "
-                                      "seen", (unsigned long long)n, world, batch,
+                            CHECK_MSG(once == n - n % per_step,
+                                      "n %llu world %d batch %d: %llu "
+                                      "seen",
+                                      (unsigned long long)n, world, batch,
                                       (unsigned long long)once);
                             CHECK(padding == 0);
                         } else {
@@ -90,7 +95,8 @@ static void test_pure(void) {
             CHECK(memcmp(perm, perm2, n * sizeof *perm) != 0);
         }
         mt_shard_permutation(n, 42, 3, false, perm);
-        for (uint64_t i = 0; i < n; i++) CHECK(perm[i] == i);
+        for (uint64_t i = 0; i < n; i++)
+            CHECK(perm[i] == i);
         free(perm);
         free(perm2);
         free(visits);
@@ -104,14 +110,16 @@ static void test_pure(void) {
         mt_shard_permutation(13, 7, epoch, true, perm);
         visit_epoch(13, 2, 4, true, perm, visits);
     }
-    for (int i = 0; i < 13; i++) CHECK_MSG(visits[i] > 0, "record %d never seen in 8 epochs", i);
+    for (int i = 0; i < 13; i++)
+        CHECK_MSG(visits[i] > 0, "record %d never seen in 8 epochs", i);
 
     /* The permutation is not biased towards identity-ish orders: each record lands in the first
      * half about half of the time. */
     int first_half = 0;
     for (uint64_t epoch = 0; epoch < 2000; epoch++) {
         mt_shard_permutation(13, 1, epoch, true, perm);
-        for (int p = 0; p < 6; p++) first_half += perm[p] == 0;
+        for (int p = 0; p < 6; p++)
+            first_half += perm[p] == 0;
     }
     CHECK_MSG(first_half > 2000 * 6 / 13 * 0.85 && first_half < 2000 * 6 / 13 * 1.15, "%d",
               first_half);
@@ -135,13 +143,19 @@ static void test_loaders(const char *dir) {
         for (int drop = 0; drop <= 1; drop++) {
             uint64_t per_step = (uint64_t)world * batch;
             int *order[3]; /* per epoch: records in global-step order, for comparing epochs */
-            for (int e = 0; e < epochs; e++) order[e] = calloc(n, sizeof(int));
+            for (int e = 0; e < epochs; e++)
+                order[e] = calloc(n, sizeof(int));
             mt_loader *loaders[4];
             uint64_t steps = 0;
             for (int r = 0; r < world; r++) {
-                mt_loader_options o = {.rank = r, .world_size = world, .batch_size = batch,
-                                       .seed = 99, .shuffle = true, .drop_remainder = drop,
-                                       .threads = 2, .ring_depth = 3,
+                mt_loader_options o = {.rank = r,
+                                       .world_size = world,
+                                       .batch_size = batch,
+                                       .seed = 99,
+                                       .shuffle = true,
+                                       .drop_remainder = drop,
+                                       .threads = 2,
+                                       .ring_depth = 3,
                                        .output = MT_LOADER_UINT8};
                 TEST_MUST(mt_loader_open(dir, &o, &loaders[r]));
                 if (r == 0) steps = mt_loader_batch_count(loaders[r]);
@@ -179,7 +193,8 @@ static void test_loaders(const char *dir) {
                     CHECK(got == steps);
                 }
                 int twice = 0;
-                for (int i = 0; i < n; i++) twice += visits[i] > 1;
+                for (int i = 0; i < n; i++)
+                    twice += visits[i] > 1;
                 CHECK(twice == 0);
                 if (drop)
                     CHECK_MSG(seen == n - n % (int)per_step, "world %d: %d seen", world, seen);
@@ -190,8 +205,13 @@ static void test_loaders(const char *dir) {
             CHECK(memcmp(order[1], order[2], n * sizeof(int)) != 0);
             /* Same seed: a fresh loader replays epoch 1 identically. */
             mt_loader *again;
-            mt_loader_options o = {.rank = 0, .world_size = 1, .batch_size = 1, .seed = 99,
-                                   .shuffle = true, .drop_remainder = false, .threads = 1,
+            mt_loader_options o = {.rank = 0,
+                                   .world_size = 1,
+                                   .batch_size = 1,
+                                   .seed = 99,
+                                   .shuffle = true,
+                                   .drop_remainder = false,
+                                   .threads = 1,
                                    .output = MT_LOADER_UINT8};
             TEST_MUST(mt_loader_open(dir, &o, &again));
             CHECK(mt_loader_start_epoch(again, 1, 0) == MT_OK);
@@ -204,8 +224,10 @@ static void test_loaders(const char *dir) {
                 mt_loader_release(again, b);
             }
             mt_loader_close(again);
-            for (int r = 0; r < world; r++) mt_loader_close(loaders[r]);
-            for (int e = 0; e < epochs; e++) free(order[e]);
+            for (int r = 0; r < world; r++)
+                mt_loader_close(loaders[r]);
+            for (int e = 0; e < epochs; e++)
+                free(order[e]);
         }
 }
 

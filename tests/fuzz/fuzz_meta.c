@@ -22,7 +22,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     uint64_t sum = 0;
-    for (int i = 0; i < m.class_count; i++) sum += m.class_counts[i];
+    for (int i = 0; i < m.class_count; i++)
+        sum += m.class_counts[i];
     if (sum != m.record_count || m.class_count < 1 || m.class_count > MT_MAX_CLASSES ||
         m.channels != 3)
         fail("a parsed metadata breaks an invariant");

@@ -46,7 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         uLong crc = crc32(0L, Z_NULL, 0);
         crc = crc32(crc, fixed, 20);
         crc = crc32(crc, fixed + 24, (uInt)(size - 24));
-        for (int i = 0; i < 4; i++) fixed[20 + i] = (uint8_t)(crc >> (8 * i));
+        for (int i = 0; i < 4; i++)
+            fixed[20 + i] = (uint8_t)(crc >> (8 * i));
         check_one(fixed, size);
         free(fixed);
     }
