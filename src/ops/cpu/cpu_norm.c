@@ -37,6 +37,9 @@ static mt_status check_bn(const mt_batchnorm_desc *d) {
 
 static const unsigned bn_flags = dnnl_use_scale | dnnl_use_shift;
 
+/* The OpenMP reductions: BN_LANES channels at a time, in float over BN_CHUNK positions. */
+enum { BN_LANES = 64, BN_CHUNK = 128 };
+
 static mt_status bn_forward_desc(cpu_backend *cpu, const mt_batchnorm_desc *d, bool training,
                                  dnnl_batch_normalization_desc_t *bd) {
     dnnl_memory_desc_t md;
@@ -195,28 +198,43 @@ mt_status mt_cpu_batchnorm_backward_inference(mt_backend *backend, const mt_batc
     }
     const float *xs = x ? x->data : NULL, *dys = dy->data;
     float *dxs = dx ? dx->data : NULL;
+    ptrdiff_t planes = (ptrdiff_t)s.n * blocks;
 #pragma omp parallel num_threads(threads)
     {
         double *sum_dy = params ? part + (size_t)omp_get_thread_num() * 2 * c : NULL;
         double *sum_dyx = params ? sum_dy + c : NULL;
 #pragma omp for schedule(static)
-        for (int n = 0; n < s.n; n++) {
-            for (int cb = 0; cb < blocks; cb++) {
-                size_t base = ((size_t)n * blocks + cb) * hw * block;
-                const float *sc = scale + (size_t)cb * block;
-                for (size_t p = 0; p < hw; p++) {
-                    size_t o = base + p * block;
-                    if (params) {
-                        const float *mu = moving_mean + (size_t)cb * block;
-                        double *sd = sum_dy + (size_t)cb * block, *sx = sum_dyx + (size_t)cb * block;
-                        for (int l = 0; l < block; l++) {
+        for (ptrdiff_t plane = 0; plane < planes; plane++) {
+            int cb = (int)(plane % blocks);
+            size_t base = (size_t)plane * hw * block, c0 = (size_t)cb * block;
+            /* sums in float over chunks of positions (vectorizes), then into double */
+            for (int l0 = 0; params && l0 < block; l0 += BN_LANES) {
+                int lanes = block - l0 < BN_LANES ? block - l0 : BN_LANES;
+                const float *mu = moving_mean + c0 + l0;
+                for (size_t p0 = 0; p0 < hw; p0 += BN_CHUNK) {
+                    size_t p1 = hw - p0 < BN_CHUNK ? hw : p0 + BN_CHUNK;
+                    float fa[BN_LANES] = {0}, fb[BN_LANES] = {0};
+                    for (size_t p = p0; p < p1; p++) {
+                        size_t o = base + p * block + l0;
+#pragma omp simd
+                        for (int l = 0; l < lanes; l++) {
                             float g = dys[o + l];
-                            sd[l] += g;
-                            sx[l] += (double)g * (xs[o + l] - mu[l]);
+                            fa[l] += g;
+                            fb[l] += g * (xs[o + l] - mu[l]);
                         }
                     }
-                    if (dxs)
-                        for (int l = 0; l < block; l++) dxs[o + l] = dys[o + l] * sc[l];
+                    for (int l = 0; l < lanes; l++) {
+                        sum_dy[c0 + l0 + l] += fa[l];
+                        sum_dyx[c0 + l0 + l] += fb[l];
+                    }
+                }
+            }
+            if (dxs) { /* the plane of dy is still in cache */
+                const float *sc = scale + c0;
+                for (size_t p = 0; p < hw; p++) {
+                    size_t o = base + p * block;
+#pragma omp simd
+                    for (int l = 0; l < block; l++) dxs[o + l] = dys[o + l] * sc[l];
                 }
             }
         }
