@@ -15,7 +15,23 @@
  *                               zero pixels), counted out of mt_batch.valid; every sample is seen
  *                               exactly once across ranks and every rank has `steps` batches.
  * Random flips are decided by a hash of (seed, epoch, record index), so the output is identical
- * whatever the thread count or ring depth. */
+ * whatever the thread count or ring depth.
+ *
+ * Use (one loader per rank; the ring refills while the caller computes):
+ *     mt_loader_options o = {.rank = r, .world_size = w, .batch_size = 32, .seed = seed,
+ *                            .shuffle = true, .drop_remainder = true, .random_flip = true,
+ *                            .threads = 2};
+ *     MT_TRY(mt_loader_open("data/train", &o, &loader));
+ *     for (epoch = first; epoch < epochs; epoch++) {
+ *         MT_TRY(mt_loader_start_epoch(loader, epoch, epoch == first ? resume_batch : 0));
+ *         while ((status = mt_loader_next(loader, &batch)) == MT_OK) {
+ *             step(batch->images, batch->labels, batch->valid);
+ *             mt_loader_release(loader, batch);
+ *         }
+ *         if (status != MT_END) return status; // mt_last_error() names the bad record
+ *     }
+ *     mt_loader_close(loader);
+ * The first batch of an epoch is fetched when the epoch starts (one batch's fill time). */
 #ifndef MOBILETUNE_LOADER_H
 #define MOBILETUNE_LOADER_H
 
