@@ -3,7 +3,7 @@
  * synchronous baseline in the same process (mt_dataset_get + the same conversion in a plain loop:
  * what a trainer without a loader would do).
  *
- *   bench_loader [--db PATH] [--threads-max N] [--batches K] [--size S]
+ *   bench_loader [--db PATH] [--threads-max N] [--batches K] [--size S] [--rounds R]
  *
  * Without --db: packs the shared photos (../shared/data/cats_vs_dogs/train) with mobiletune-pack
  * into a temporary folder when both exist, else synthesizes a 2,000-record database directly with
@@ -30,6 +30,18 @@ static double now(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+/* CPU seconds of the whole process (every thread): on a shared machine the wall-clock rate moves
+ * with everyone else's load, the work per CPU-second much less. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct rate {
+    double wall, cpu; /* batches per wall second, batches per CPU second */
+} rate;
 
 #define BENCH_LMDB(call)                                                                           \
     do {                                                                                           \
@@ -105,7 +117,7 @@ static int synthesize(const char *dir, int count, int size) {
 }
 
 /* The baseline: one thread, one sample at a time, read + validate + convert + flip. */
-static double baseline(const char *db, int batch, int batches) {
+static rate baseline(const char *db, int batch, int batches) {
     mt_dataset *ds;
     if (mt_dataset_open(db, &ds) != MT_OK) {
         fprintf(stderr, "bench_loader: %s\n", mt_last_error());
@@ -120,7 +132,7 @@ static double baseline(const char *db, int batch, int batches) {
     uint64_t *perm = malloc(n * sizeof *perm);
     mt_shard_permutation(n, 1, 0, true, perm);
     int w = m->width;
-    double t0 = now();
+    double t0 = now(), c0 = cpu_now();
     uint64_t pos = 0;
     for (int b = 0; b < batches; b++)
         for (int i = 0; i < batch; i++, pos++) {
@@ -139,7 +151,7 @@ static double baseline(const char *db, int batch, int batches) {
                             (float)img[((size_t)y * w + sx) * 3 + c] / 127.5f - 1.0f;
                     }
         }
-    double seconds = now() - t0;
+    rate r = {batches / (now() - t0), batches / (cpu_now() - c0)};
     volatile float sink = out[0];
     (void)sink;
     free(img);
@@ -147,10 +159,10 @@ static double baseline(const char *db, int batch, int batches) {
     free(labels);
     free(perm);
     mt_dataset_close(ds);
-    return batches / seconds;
+    return r;
 }
 
-static double loader_rate(const char *db, int threads, int batch, int batches) {
+static rate loader_rate(const char *db, int threads, int batch, int batches) {
     mt_loader_options o = {.world_size = 1,
                            .batch_size = batch,
                            .seed = 1,
@@ -165,7 +177,7 @@ static double loader_rate(const char *db, int threads, int batch, int batches) {
         fprintf(stderr, "bench_loader: %s\n", mt_last_error());
         exit(1);
     }
-    double t0 = now();
+    double t0 = now(), c0 = cpu_now();
     int done = 0;
     for (uint64_t epoch = 0; done < batches; epoch++) {
         if (mt_loader_start_epoch(l, epoch, 0) != MT_OK) break;
@@ -180,9 +192,19 @@ static double loader_rate(const char *db, int threads, int batch, int batches) {
             exit(1);
         }
     }
-    double seconds = now() - t0;
+    rate r = {done / (now() - t0), done / (cpu_now() - c0)};
     mt_loader_close(l);
-    return done / seconds;
+    return r;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, compare_doubles);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static void remove_tree(const char *dir) {
@@ -194,7 +216,7 @@ static void remove_tree(const char *dir) {
 int main(int argc, char **argv) {
     const char *db = NULL;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int threads_max = cores > 4 ? (int)cores : 4, batches = 150, size = 160, batch = 32;
+    int threads_max = cores > 4 ? (int)cores : 4, batches = 150, size = 160, batch = 32, rounds = 3;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--db") && i + 1 < argc)
             db = argv[++i];
@@ -206,7 +228,7 @@ int main(int argc, char **argv) {
             size = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_loader [--db PATH] [--threads-max N] [--batches K] "
-                            "[--size S]\n");
+                            "[--size S] [--rounds R]\n");
             return 2;
         }
     }
@@ -253,20 +275,41 @@ int main(int argc, char **argv) {
            batches, batch, cores);
     mt_dataset_close(ds);
 
-    /* Warm the page cache so every run reads from memory. */
-    baseline(db, batch, batches / 4 + 1);
-    double base = baseline(db, batch, batches);
-    printf("%-36s %9.1f batches/s  %7.0f img/s  1.00x\n", "baseline: 1 thread, synchronous", base,
-           base * batch);
-    double sync = loader_rate(db, 0, batch, batches);
-    printf("%-36s %9.1f batches/s  %7.0f img/s  %.2fx\n", "loader, 0 threads (inside next)", sync,
-           sync * batch, sync / base);
-    for (int t = 1; t <= threads_max; t++) {
-        double r = loader_rate(db, t, batch, batches);
-        char label[64];
-        snprintf(label, sizeof label, "loader, %d prefetch thread%s", t, t > 1 ? "s" : "");
-        printf("%-36s %9.1f batches/s  %7.0f img/s  %.2fx\n", label, r, r * batch, r / base);
+    if (threads_max < 1 || rounds < 1 || rounds > 99 || batches < 1) {
+        fprintf(stderr, "bench_loader: bad --threads-max, --rounds or --batches\n");
+        return 2;
     }
+    /* Configurations: -1 = the baseline, 0 = loader filling inside next(), t = t threads. Run in
+     * interleaved rounds and report medians, so a burst of someone else's load hits every
+     * configuration alike rather than one of them. */
+    int configs = threads_max + 2;
+    double *wall = calloc((size_t)configs * rounds, sizeof *wall);
+    double *cpu = calloc((size_t)configs * rounds, sizeof *cpu);
+    baseline(db, batch, batches / 4 + 1); /* warm the page cache */
+    for (int r = 0; r < rounds; r++)
+        for (int k = 0; k < configs; k++) {
+            rate x = k == 0 ? baseline(db, batch, batches) : loader_rate(db, k - 1, batch, batches);
+            wall[k * rounds + r] = x.wall;
+            cpu[k * rounds + r] = x.cpu;
+        }
+    printf("median of %d interleaved rounds; 'per CPU-s' = batches per CPU-second of the process\n",
+           rounds);
+    double base_wall = 0, base_cpu = 0;
+    for (int k = 0; k < configs; k++) {
+        double w = median(wall + k * rounds, rounds), c = median(cpu + k * rounds, rounds);
+        if (k == 0) base_wall = w, base_cpu = c;
+        char label[64];
+        if (k == 0)
+            snprintf(label, sizeof label, "baseline: 1 thread, synchronous");
+        else if (k == 1)
+            snprintf(label, sizeof label, "loader, 0 threads (inside next)");
+        else
+            snprintf(label, sizeof label, "loader, %d prefetch thread%s", k - 1, k > 2 ? "s" : "");
+        printf("%-34s %7.1f batches/s (%6.0f img/s) %5.2fx   %6.1f per CPU-s %5.2fx\n", label, w,
+               w * batch, w / base_wall, c, c / base_cpu);
+    }
+    free(wall);
+    free(cpu);
     if (made[0]) remove_tree(made);
     return 0;
 }
