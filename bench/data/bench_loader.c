@@ -226,6 +226,8 @@ int main(int argc, char **argv) {
             batches = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--size") && i + 1 < argc)
             size = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
+            rounds = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_loader [--db PATH] [--threads-max N] [--batches K] "
                             "[--size S] [--rounds R]\n");
