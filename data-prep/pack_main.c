@@ -22,6 +22,8 @@ static const char usage_text[] =
     "options:\n"
     "  --size N           output side in pixels (default 160, at most 4096)\n"
     "  --resize MODE      stretch (default; bilinear like tf.image.resize), center-crop, pad\n"
+    "  --decode MODE      scaled (default; JPEG DCT scaling when much larger than SIZE) or tf\n"
+    "                     (full size, fast IDCT: TensorFlow's decode_jpeg pixels; slower)\n"
     "  --encoded          store JPEG (4:4:4) instead of raw pixels\n"
     "  --quality Q        JPEG quality for --encoded, 1..100 (default 95)\n"
     "  --split SPEC       e.g. train=0.8,val=0.1,test=0.1: stratified by class, fractions add to "
@@ -113,6 +115,10 @@ static int pack_main(int argc, char **argv) {
         } else if (strcmp(name, "--resize") == 0) {
             if (mt_resize_mode_parse(value, &o.resize) != MT_OK)
                 return usage_error("--resize '%s': want stretch, center-crop or pad", value);
+        } else if (strcmp(name, "--decode") == 0) {
+            if (strcmp(value, "scaled") != 0 && strcmp(value, "tf") != 0)
+                return usage_error("--decode '%s': want scaled or tf", value);
+            o.tf_decode = strcmp(value, "tf") == 0;
         } else if (strcmp(name, "--quality") == 0) {
             if (!parse_long(value, 1, 100, &n))
                 return usage_error("--quality '%s': want an integer 1..100", value);

@@ -353,7 +353,8 @@ static void process_job(worker_state *w, const job *j, slot *s) {
         return;
     }
     mt_image image;
-    if (mt_image_decode(w->file, size, name, o->size, &image) != MT_OK) {
+    if (mt_image_decode(w->file, size, name, o->tf_decode ? MT_DECODE_TF : o->size, &image) !=
+        MT_OK) {
         set_reason(s, name, mt_last_error());
         return;
     }
@@ -513,13 +514,13 @@ static mt_status write_report(const char *path, const char *input, const skip_li
 
 /* The options line stored in the metadata: every option that shaped the pixels or the split. */
 static void format_options(const pack_options *o, char *text, size_t capacity) {
-    int n =
-        snprintf(text, capacity,
-                 "--size %d --resize %s%s --quality %d --seed %llu --fraction %g%s%s "
-                 "input=%s",
-                 o->size, mt_resize_mode_name(o->resize), o->encoded ? " --encoded" : "",
-                 o->quality, (unsigned long long)o->seed, o->fraction,
-                 o->split_count ? " --split " : "", o->split_count ? o->split_text : "", o->input);
+    int n = snprintf(
+        text, capacity,
+        "--size %d --resize %s --decode %s%s --quality %d --seed %llu --fraction %g%s%s "
+        "input=%s",
+        o->size, mt_resize_mode_name(o->resize), o->tf_decode ? "tf" : "scaled",
+        o->encoded ? " --encoded" : "", o->quality, (unsigned long long)o->seed, o->fraction,
+        o->split_count ? " --split " : "", o->split_count ? o->split_text : "", o->input);
     (void)n;
     for (char *p = text; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';

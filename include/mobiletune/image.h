@@ -37,11 +37,18 @@ typedef enum mt_image_format {
 
 mt_image_format mt_image_detect(const void *bytes, size_t size);
 
+/* A `min_side_hint` asking for TensorFlow's pixels: a full-size JPEG decode with libjpeg's fast
+ * integer IDCT, which is what tf.io.decode_jpeg / decode_image do by default, so the decoded
+ * pixels are identical to TensorFlow's (and after mt_image_resize within 0.5 of the tutorial's
+ * image_dataset_from_directory). Slower than a scaled decode. No effect on PNG. */
+#define MT_DECODE_TF (-1)
+
 /* Decode a JPEG or PNG held in memory to RGB: grayscale, palette, CMYK/YCCK (plain and Adobe
  * inverted), 16-bit and alpha (dropped) all become 8-bit RGB, and the EXIF orientation is applied.
  * `name` only appears in error messages. `min_side_hint` > 0 lets a JPEG decode at a reduced
  * scale (1/2, 1/4 or 1/8: the smallest whose width and height both stay >= the hint, measured
- * before EXIF rotation); 0 decodes at full size. Errors: MT_ERR_FORMAT for data that is not an
+ * before EXIF rotation) with libjpeg's accurate integer IDCT; 0 decodes at full size with it;
+ * MT_DECODE_TF as above. Errors: MT_ERR_FORMAT for data that is not an
  * image, is corrupt or truncated (a JPEG that ends early is an error, not a grey-filled image),
  * MT_ERR_NOMEM. On failure `out` is left empty. */
 mt_status mt_image_decode(const void *bytes, size_t size, const char *name, int min_side_hint,

@@ -169,6 +169,8 @@ static int is_truncation_warning(const char *message) {
 
 static mt_status decode_jpeg(const uint8_t *bytes, size_t size, const char *name, int hint,
                              mt_image *out) {
+    int flags = hint == MT_DECODE_TF ? TJFLAG_FASTDCT : 0;
+    if (hint < 0) hint = 0;
     if (size > (size_t)0xFFFFFFFFu) return MT_FAIL(MT_ERR_FORMAT, "%s: JPEG over 4 GiB", name);
     tjhandle tj = tjInitDecompress();
     if (!tj)
@@ -219,7 +221,7 @@ static mt_status decode_jpeg(const uint8_t *bytes, size_t size, const char *name
         goto done;
     }
     int rc = tjDecompress2(tj, bytes, (unsigned long)size, is_cmyk ? cmyk : out->pixels, sw, 0, sh,
-                           is_cmyk ? TJPF_CMYK : TJPF_RGB, 0);
+                           is_cmyk ? TJPF_CMYK : TJPF_RGB, flags);
     if (rc != 0) {
         const char *message = tjGetErrorStr2(tj);
         if (tjGetErrorCode(tj) != TJERR_WARNING) {

@@ -496,6 +496,40 @@ def case_bounded_memory():
     return f.finish()
 
 
+def case_tensorflow():
+    """`--decode tf` packs the pixels of the tutorial's own pipeline (Keras'
+    image_dataset_from_directory: TensorFlow decode + bilinear resize, float32) to within the
+    uint8 rounding, 0.5; the default DCT-scaled decode is close to it (mean difference printed)."""
+    try:
+        import tensorflow as tf
+        import keras
+    except Exception as e:  # noqa: BLE001 - any import failure means "not installed"
+        P.skip(f"TensorFlow/Keras is not importable ({type(e).__name__}: {e}); "
+               "scripts/install-deps.sh installs it into .venv")
+    with P.TempDir("tf") as tmp:
+        src = P.make_subset(os.path.join(tmp, "in"), 20, offset=300)
+        ds = keras.utils.image_dataset_from_directory(src, image_size=(160, 160), shuffle=False,
+                                                       batch_size=8, interpolation="bilinear")
+        want = {}
+        images = np.concatenate([x.numpy() for x, _ in ds])
+        for path, img in zip(ds.file_paths, images):
+            want[os.path.relpath(path, src)] = img
+        f.check(len(want) == 40, f"Keras read {len(want)} images")
+        diffs = {}
+        for mode in ("tf", "scaled"):
+            out = os.path.join(tmp, mode)
+            P.run_pack("--decode", mode, src, out)
+            _, recs, _ = P.read_db(out)
+            f.check(len(recs) == 40, f"{mode}: {len(recs)} records")
+            d = [np.abs(P.record_pixels(r).astype(np.float64) - want[r["name"]]) for r in recs]
+            diffs[mode] = (max(x.max() for x in d), float(np.mean([x.mean() for x in d])))
+        print(f"|packed - Keras pipeline|: --decode tf max {diffs['tf'][0]:.3f} mean {diffs['tf'][1]:.3f}; "
+              f"--decode scaled max {diffs['scaled'][0]:.3f} mean {diffs['scaled'][1]:.3f}")
+        f.check(diffs["tf"][0] <= 0.5 + 1e-3, f"--decode tf differs from Keras by up to {diffs['tf'][0]:.3f}")
+        f.check(diffs["scaled"][1] < 4, f"--decode scaled differs from Keras by {diffs['scaled'][1]:.3f} on average")
+    return f.finish()
+
+
 def case_run_default():
     """scripts/run-default.sh packs the shared photos into train/val/test (800/100/100 per class)
     with a prebuilt packer, and fails clearly without any default data."""
