@@ -1,0 +1,367 @@
+/* The cuda backend's own kernels (src/ops/cuda/cuda_kernels.cu) run on the CPU under a small
+ * emulation of the CUDA launch (tests/gpu/emu: blocks in turn, a block's threads as real threads,
+ * __syncthreads as a barrier) and compared with the reference backend: weight layout transforms,
+ * depthwise and direct convolutions (all three passes, asymmetric pads, a 5x5 kernel whose taps
+ * need several passes), batch norm (both modes, both directions, several reduction slices),
+ * zero padding, pooling, dropout (mask bit for bit), the dense helpers, the losses (and a bad
+ * label), add and ReLU6. The kernels' index arithmetic and reductions are checked on every
+ * build, GPU or not; what this cannot see is the GPU itself (memory model, launch limits, speed)
+ * and the cuDNN/cuBLAS glue: tests/gpu/run.sh covers those on a lent GPU. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mobiletune/ops.h"
+#include "ops/cuda/cuda_kernels.h"
+#include "ops/dropout_hash.h"
+#include "test_util.h"
+
+static mt_backend REF;
+static uint64_t rng = 0x2545f4914f6cdd1dULL;
+
+static float uniform(float lo, float hi) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return lo + (hi - lo) * (float)((double)(rng >> 11) / 9007199254740992.0);
+}
+
+static float *array(size_t count, float lo, float hi) {
+    float *a = malloc((count ? count : 1) * sizeof *a);
+    if (!a) abort();
+    for (size_t i = 0; i < count; i++)
+        a[i] = uniform(lo, hi);
+    return a;
+}
+
+static float *zeros(size_t count) {
+    float *a = calloc(count ? count : 1, sizeof *a);
+    if (!a) abort();
+    return a;
+}
+
+static mt_tensor wrap(mt_shape4 s, float *data) {
+    return (mt_tensor){.shape = s, .data = data, .bytes = mt_shape4_count(s) * sizeof(float)};
+}
+
+/* max|got - want| <= tol * max(|want|, 1e-30) */
+static void compare(const char *what, const float *got, const float *want, size_t count,
+                    double tol) {
+    double scale = 0.0, worst = 0.0;
+    size_t at = 0;
+    for (size_t i = 0; i < count; i++)
+        scale = fmax(scale, fabs(want[i]));
+    if (scale == 0.0) scale = 1.0;
+    for (size_t i = 0; i < count; i++) {
+        double d = isnan(got[i]) ? INFINITY : fabs((double)got[i] - want[i]);
+        if (d > worst) worst = d, at = i;
+    }
+    CHECK_MSG(worst <= tol * scale, "%s: max|diff|/scale %.2e > %.0e at [%zu]: got %.9g, want %.9g",
+              what, worst / scale, tol, at, got[at], want[at]);
+}
+
+#define REF_OK(call) CHECK_MSG((call) == MT_OK, "%s: %s", #call, mt_last_error())
+#define KERNEL_OK(call) CHECK((call) == cudaSuccess)
+
+/* ---- convolutions ---------------------------------------------------------------------------- */
+
+static void check_transforms(void) {
+    const int rs = 9, cin = 5, cout = 7;
+    size_t count = (size_t)rs * cin * cout;
+    float *w = array(count, -1, 1), *krsc = zeros(count), *back = zeros(count);
+    KERNEL_OK(mt_cuda_launch_hwio_to_krsc(NULL, w, krsc, rs, cin, cout));
+    KERNEL_OK(mt_cuda_launch_krsc_to_hwio(NULL, krsc, back, rs, cin, cout));
+    int misplaced = 0;
+    for (int k = 0; k < cout; k++)
+        for (int r = 0; r < rs; r++)
+            for (int c = 0; c < cin; c++)
+                misplaced += krsc[((size_t)k * rs + r) * cin + c] != w[((size_t)r * cin + c) * cout + k];
+    CHECK_MSG(misplaced == 0, "hwio_to_krsc: %d elements misplaced", misplaced);
+    compare("krsc_to_hwio round trip", back, w, count, 0);
+    free(w), free(krsc), free(back);
+}
+
+static void check_conv(const char *name, int n, int size, int cin, int cout, int k, int stride,
+                       int pt, int pb, bool depthwise) {
+    mt_conv_desc d = {.input = {n, size, size, cin},
+                      .out_channels = depthwise ? cin : cout,
+                      .kernel = k,
+                      .stride = stride,
+                      .pad_top = pt,
+                      .pad_left = pt,
+                      .pad_bottom = pb,
+                      .pad_right = pb,
+                      .depthwise = depthwise};
+    mt_shape4 o = mt_conv_output_shape(&d);
+    const mt_cuda_conv_geom g = {.n = n, .h = size, .w = size, .cin = cin, .ho = o.h, .wo = o.w,
+                                 .cout = o.c, .k = k, .stride = stride, .pad_top = pt,
+                                 .pad_left = pt};
+    size_t nx = mt_shape4_count(d.input), ny = mt_shape4_count(o);
+    size_t nw = (size_t)k * k * cin * (depthwise ? 1 : cout);
+    float *x = array(nx, -1, 1), *w = array(nw, -0.5f, 0.5f), *dy = array(ny, -1, 1);
+    float *y[2] = {zeros(ny), zeros(ny)}, *dx[2] = {zeros(nx), zeros(nx)};
+    float *dw[2] = {zeros(nw), zeros(nw)};
+    mt_tensor tx = wrap(d.input, x), tdy = wrap(o, dy);
+    mt_tensor ty = wrap(o, y[0]), tdx = wrap(d.input, dx[0]);
+    REF_OK(mt_ops_reference.conv_forward(&REF, &d, &tx, w, &ty));
+    REF_OK(mt_ops_reference.conv_backward_data(&REF, &d, &tdy, w, &tdx));
+    REF_OK(mt_ops_reference.conv_backward_weights(&REF, &d, &tx, &tdy, dw[0]));
+    float *partials = zeros((size_t)mt_cuda_reduce_parts((long)n * o.h * o.w) * nw);
+    if (depthwise) {
+        KERNEL_OK(mt_cuda_launch_depthwise_forward(NULL, &g, x, w, y[1]));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_data(NULL, &g, dy, w, dx[1]));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights(NULL, &g, x, dy, partials, dw[1]));
+    } else {
+        KERNEL_OK(mt_cuda_launch_direct_conv_forward(NULL, &g, x, w, y[1]));
+        KERNEL_OK(mt_cuda_launch_direct_conv_backward_data(NULL, &g, dy, w, dx[1]));
+        KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights(NULL, &g, x, dy, partials, dw[1]));
+    }
+    char what[160];
+    snprintf(what, sizeof what, "%s forward", name);
+    compare(what, y[1], y[0], ny, 1e-5);
+    snprintf(what, sizeof what, "%s backward data", name);
+    compare(what, dx[1], dx[0], nx, 1e-5);
+    snprintf(what, sizeof what, "%s backward weights", name);
+    compare(what, dw[1], dw[0], nw, 1e-5);
+    for (int i = 0; i < 2; i++)
+        free(y[i]), free(dx[i]), free(dw[i]);
+    free(x), free(w), free(dy), free(partials);
+}
+
+/* ---- batch normalization --------------------------------------------------------------------- */
+
+static void check_batchnorm(mt_shape4 s, float offset) {
+    const int C = s.c;
+    const long m = (long)s.n * s.h * s.w;
+    size_t count = mt_shape4_count(s);
+    mt_batchnorm_desc d = {.shape = s, .epsilon = 1e-3f, .momentum = 0.999f};
+    float *x = array(count, -1 + offset, 3 + offset), *dy = array(count, -1, 1);
+    float *gamma = array(C, 0.5f, 1.5f), *beta = array(C, -0.5f, 0.5f);
+    float *mm[2] = {array(C, -1, 1), NULL}, *mv[2] = {array(C, 0.2f, 2), NULL};
+    mm[1] = malloc(C * sizeof(float)), mv[1] = malloc(C * sizeof(float));
+    memcpy(mm[1], mm[0], C * sizeof(float)), memcpy(mv[1], mv[0], C * sizeof(float));
+    float *y[2] = {zeros(count), zeros(count)}, *dx[2] = {zeros(count), zeros(count)};
+    float *sm[2] = {zeros(C), zeros(C)}, *si[2] = {zeros(C), zeros(C)};
+    float *dg[2] = {zeros(C), zeros(C)}, *db[2] = {zeros(C), zeros(C)};
+    double *scratch = calloc(mt_cuda_bn_scratch_doubles(m, C), sizeof(double));
+    mt_tensor tx = wrap(s, x), tdy = wrap(s, dy), ty = wrap(s, y[0]), tdx = wrap(s, dx[0]);
+    char what[120];
+#define BN_COMPARE(label, pair, len)                                                               \
+    do {                                                                                           \
+        snprintf(what, sizeof what, "bn %dx%dx%dx%d %s", s.n, s.h, s.w, s.c, label);               \
+        compare(what, (pair)[1], (pair)[0], len, 1e-5);                                            \
+    } while (0)
+
+    REF_OK(mt_ops_reference.batchnorm_forward_training(&REF, &d, &tx, gamma, beta, mm[0], mv[0],
+                                                       &ty, sm[0], si[0]));
+    KERNEL_OK(mt_cuda_launch_bn_forward_training(NULL, m, C, d.epsilon, d.momentum, x, gamma, beta,
+                                                 mm[1], mv[1], y[1], sm[1], si[1], scratch));
+    BN_COMPARE("training y", y, count);
+    BN_COMPARE("saved mean", sm, C);
+    BN_COMPARE("saved inv std", si, C);
+    BN_COMPARE("moving mean", mm, C);
+    BN_COMPARE("moving variance", mv, C);
+
+    REF_OK(mt_ops_reference.batchnorm_backward_training(&REF, &d, &tx, &tdy, gamma, sm[0], si[0],
+                                                        &tdx, dg[0], db[0]));
+    KERNEL_OK(mt_cuda_launch_bn_backward(NULL, m, C, d.epsilon, 1, x, dy, gamma, sm[0], si[0],
+                                         dx[1], dg[1], db[1], scratch));
+    BN_COMPARE("training dx", dx, count);
+    BN_COMPARE("training dgamma", dg, C);
+    BN_COMPARE("training dbeta", db, C);
+    memset(dx[1], 0, count * sizeof(float));
+    KERNEL_OK(mt_cuda_launch_bn_backward(NULL, m, C, d.epsilon, 1, x, dy, gamma, sm[0], si[0],
+                                         dx[1], NULL, NULL, scratch));
+    BN_COMPARE("training dx (no dgamma/dbeta)", dx, count);
+
+    REF_OK(mt_ops_reference.batchnorm_forward_inference(&REF, &d, &tx, gamma, beta, mm[0], mv[0],
+                                                        &ty));
+    KERNEL_OK(mt_cuda_launch_bn_forward_inference(NULL, m, C, d.epsilon, x, gamma, beta, mm[0],
+                                                  mv[0], y[1], scratch));
+    BN_COMPARE("inference y", y, count);
+    REF_OK(mt_ops_reference.batchnorm_backward_inference(&REF, &d, &tx, &tdy, gamma, mm[0], mv[0],
+                                                         &tdx, dg[0], db[0]));
+    KERNEL_OK(mt_cuda_launch_bn_backward(NULL, m, C, d.epsilon, 0, x, dy, gamma, mm[0], mv[0],
+                                         dx[1], dg[1], db[1], scratch));
+    BN_COMPARE("inference dx", dx, count);
+    BN_COMPARE("inference dgamma", dg, C);
+    BN_COMPARE("inference dbeta", db, C);
+    memset(dg[1], 0, C * sizeof(float));
+    KERNEL_OK(mt_cuda_launch_bn_backward(NULL, m, C, d.epsilon, 0, x, dy, gamma, mm[0], mv[0],
+                                         NULL, dg[1], NULL, scratch));
+    BN_COMPARE("inference dgamma (no dx)", dg, C);
+    memset(dx[1], 0, count * sizeof(float));
+    KERNEL_OK(mt_cuda_launch_bn_backward(NULL, m, C, d.epsilon, 0, x, dy, gamma, mm[0], mv[0],
+                                         dx[1], NULL, NULL, scratch));
+    BN_COMPARE("inference dx (no dgamma/dbeta)", dx, count);
+    /* y = x in place */
+    KERNEL_OK(mt_cuda_launch_bn_forward_inference(NULL, m, C, d.epsilon, x, gamma, beta, mm[0],
+                                                  mv[0], x, scratch));
+    float *inplace[2] = {y[0], x};
+    BN_COMPARE("inference y = x", inplace, count);
+#undef BN_COMPARE
+    for (int i = 0; i < 2; i++)
+        free(mm[i]), free(mv[i]), free(y[i]), free(dx[i]), free(sm[i]), free(si[i]), free(dg[i]),
+            free(db[i]);
+    free(x), free(dy), free(gamma), free(beta), free(scratch);
+}
+
+/* ---- everything else -------------------------------------------------------------------------- */
+
+static void check_pad(mt_shape4 in, int top, int left, int bottom, int right) {
+    mt_zero_pad_desc d = {.input = in, .top = top, .left = left, .bottom = bottom, .right = right};
+    mt_shape4 o = {in.n, in.h + top + bottom, in.w + left + right, in.c};
+    size_t nx = mt_shape4_count(in), ny = mt_shape4_count(o);
+    float *x = array(nx, -1, 1), *dy = array(ny, -1, 1);
+    float *y[2] = {zeros(ny), zeros(ny)}, *dx[2] = {zeros(nx), zeros(nx)};
+    mt_tensor tx = wrap(in, x), ty = wrap(o, y[0]), tdy = wrap(o, dy), tdx = wrap(in, dx[0]);
+    REF_OK(mt_ops_reference.zero_pad_forward(&REF, &d, &tx, &ty));
+    REF_OK(mt_ops_reference.zero_pad_backward(&REF, &d, &tdy, &tdx));
+    KERNEL_OK(mt_cuda_launch_zero_pad_forward(NULL, in.n, in.h, in.w, in.c, o.h, o.w, top, left, x,
+                                              y[1]));
+    KERNEL_OK(mt_cuda_launch_zero_pad_backward(NULL, in.n, in.h, in.w, in.c, o.h, o.w, top, left,
+                                               dy, dx[1]));
+    compare("zero_pad forward", y[1], y[0], ny, 0);
+    compare("zero_pad backward", dx[1], dx[0], nx, 0);
+    for (int i = 0; i < 2; i++)
+        free(y[i]), free(dx[i]);
+    free(x), free(dy);
+}
+
+static void check_pool(mt_shape4 s) {
+    size_t nx = mt_shape4_count(s), ny = (size_t)s.n * s.c;
+    float *x = array(nx, 0, 6), *dy = array(ny, -1, 1);
+    float *y[2] = {zeros(ny), zeros(ny)}, *dx[2] = {zeros(nx), zeros(nx)};
+    mt_tensor tx = wrap(s, x), tdx = wrap(s, dx[0]);
+    REF_OK(mt_ops_reference.global_avg_pool_forward(&REF, &tx, y[0]));
+    REF_OK(mt_ops_reference.global_avg_pool_backward(&REF, dy, &tdx));
+    KERNEL_OK(mt_cuda_launch_avg_pool_forward(NULL, s.n, (long)s.h * s.w, s.c, x, y[1]));
+    KERNEL_OK(mt_cuda_launch_avg_pool_backward(NULL, s.n, (long)s.h * s.w, s.c, dy, dx[1]));
+    compare("global_avg_pool forward", y[1], y[0], ny, 1e-6);
+    compare("global_avg_pool backward", dx[1], dx[0], nx, 1e-6);
+    for (int i = 0; i < 2; i++)
+        free(y[i]), free(dx[i]);
+    free(x), free(dy);
+}
+
+static void check_dropout(size_t count, float rate, uint64_t seed) {
+    float *x = array(count, -1, 1), *dy = array(count, -1, 1);
+    float *y[2] = {zeros(count), zeros(count)}, *dx[2] = {zeros(count), zeros(count)};
+    uint8_t *mask[2] = {calloc(count, 1), calloc(count, 1)};
+    REF_OK(mt_ops_reference.dropout_forward(&REF, count, rate, seed, x, y[0], mask[0]));
+    REF_OK(mt_ops_reference.dropout_backward(&REF, count, rate, mask[0], dy, dx[0]));
+    const float scale = 1.0f / (1.0f - rate);
+    KERNEL_OK(mt_cuda_launch_dropout_forward(NULL, count, seed, mt_dropout_threshold(rate), scale,
+                                             x, y[1], mask[1]));
+    KERNEL_OK(mt_cuda_launch_dropout_backward(NULL, count, scale, mask[1], dy, dx[1]));
+    CHECK_MSG(memcmp(mask[0], mask[1], count) == 0, "dropout masks differ (rate %g)", rate);
+    compare("dropout forward", y[1], y[0], count, 0);
+    compare("dropout backward", dx[1], dx[0], count, 0);
+    for (int i = 0; i < 2; i++)
+        free(y[i]), free(dx[i]), free(mask[i]);
+    free(x), free(dy);
+}
+
+static void check_dense_helpers(int rows, int cols) {
+    float *b = array(cols, -1, 1), *a = array((size_t)rows * cols, -1, 1);
+    float *y = zeros((size_t)rows * cols), *sums = zeros(cols), *want = zeros(cols);
+    KERNEL_OK(mt_cuda_launch_broadcast_rows(NULL, rows, cols, b, y));
+    int wrong = 0;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            wrong += y[(size_t)r * cols + c] != b[c];
+    CHECK_MSG(wrong == 0, "broadcast_rows: %d wrong", wrong);
+    /* the reference dense backward's db is the column sum */
+    mt_dense_desc d = {.batch = rows, .in_features = 1, .out_features = cols};
+    float x1[64] = {0}, w1[64] = {0};
+    REF_OK(mt_ops_reference.dense_backward(&REF, &d, x1, w1, a, NULL, NULL, want));
+    KERNEL_OK(mt_cuda_launch_column_sums(NULL, rows, cols, a, sums));
+    compare("column_sums", sums, want, cols, 1e-6);
+    free(b), free(a), free(y), free(sums), free(want);
+}
+
+static void check_loss(int batch, int classes, const int32_t *labels, int bad_row) {
+    size_t nz = (size_t)batch * classes;
+    float *z = array(nz, -4, 4), *dz[2] = {zeros(nz), zeros(nz)};
+    z[0] = 30.0f;
+    double result[3] = {-1, -1, -2};
+    KERNEL_OK(mt_cuda_launch_loss(NULL, batch, classes, z, labels, dz[1], result));
+    CHECK_MSG((int)result[2] == bad_row, "loss: bad row %d, expected %d", (int)result[2], bad_row);
+    if (bad_row < 0) {
+        mt_loss_desc d = {.batch = batch, .classes = classes};
+        float loss = 0;
+        REF_OK(mt_ops_reference.loss_forward_backward(&REF, &d, z, labels, &loss, dz[0]));
+        float got = (float)result[0];
+        compare("loss", &got, &loss, 1, 1e-6);
+        compare("dlogits", dz[1], dz[0], nz, 1e-6);
+        KERNEL_OK(mt_cuda_launch_loss(NULL, batch, classes, z, labels, NULL, result));
+        got = (float)result[0];
+        compare("loss (no dlogits)", &got, &loss, 1, 1e-6);
+    }
+    free(z), free(dz[0]), free(dz[1]);
+}
+
+static void check_elementwise(mt_shape4 s) {
+    size_t n = mt_shape4_count(s);
+    float *a = array(n, -3, 9), *b = array(n, -3, 9), *dy = array(n, -1, 1);
+    a[0] = 0.0f, a[n - 1] = 6.0f;
+    float *y[2] = {zeros(n), zeros(n)}, *dx[2] = {zeros(n), zeros(n)};
+    mt_tensor ta = wrap(s, a), tb = wrap(s, b), ty = wrap(s, y[0]), tdy = wrap(s, dy);
+    mt_tensor tdx = wrap(s, dx[0]);
+    REF_OK(mt_ops_reference.add(&REF, &ta, &tb, &ty));
+    KERNEL_OK(mt_cuda_launch_add(NULL, n, a, b, y[1]));
+    compare("add", y[1], y[0], n, 0);
+    REF_OK(mt_ops_reference.relu6_forward(&REF, &ta, &ty));
+    KERNEL_OK(mt_cuda_launch_relu6_forward(NULL, n, a, y[1]));
+    compare("relu6 forward", y[1], y[0], n, 0);
+    REF_OK(mt_ops_reference.relu6_backward(&REF, &ty, &tdy, &tdx));
+    KERNEL_OK(mt_cuda_launch_relu6_backward(NULL, n, y[1], dy, dx[1]));
+    compare("relu6 backward", dx[1], dx[0], n, 0);
+    for (int i = 0; i < 2; i++)
+        free(y[i]), free(dx[i]);
+    free(a), free(b), free(dy);
+}
+
+int main(void) {
+    mt_backend_options options = {.num_threads = 1};
+    REF.ops = &mt_ops_reference;
+    REF.options = options;
+    CHECK_OK(mt_ops_reference.init(&REF, &options));
+
+    check_transforms();
+    /* name, n, size, cin, cout, kernel, stride, pad top/left, pad bottom/right, depthwise */
+    check_conv("direct 3x3/2 n4 8x8 3->24 pads 0,1", 4, 8, 3, 24, 3, 2, 0, 1, false);
+    check_conv("direct 3x3/2 n1 9x9 17->24 pads 1,1", 1, 9, 17, 24, 3, 2, 1, 1, false);
+    check_conv("direct 3x3/2 n2 6x6 40->17 pads 0,1", 2, 6, 40, 17, 3, 2, 0, 1, false);
+    check_conv("direct 3x3/1 n1 7x7 3->17 pads 1,1", 1, 7, 3, 17, 3, 1, 1, 1, false);
+    check_conv("direct 1x1/1 n2 5x5 17->3", 2, 5, 17, 3, 1, 1, 0, 0, false);
+    check_conv("depthwise 3x3/1 n4 6x6 c24", 4, 6, 24, 24, 3, 1, 1, 1, true);
+    check_conv("depthwise 3x3/1 n1 5x5 c17", 1, 5, 17, 17, 3, 1, 1, 1, true);
+    check_conv("depthwise 3x3/2 n4 8x8 c40 pads 0,1", 4, 8, 40, 40, 3, 2, 0, 1, true);
+    check_conv("depthwise 3x3/2 n1 7x7 c3 pads 1,1", 1, 7, 3, 3, 3, 2, 1, 1, true);
+    check_conv("depthwise 3x3/2 n1 9x9 c17 VALID", 1, 9, 17, 17, 3, 2, 0, 0, true);
+    check_conv("depthwise 5x5/1 n2 7x7 c33 pads 2,2", 2, 7, 33, 33, 5, 1, 2, 2, true);
+    check_conv("depthwise 3x3/1 n4 16x16 c40 (several slices)", 4, 16, 40, 40, 3, 1, 1, 1, true);
+
+    check_batchnorm((mt_shape4){4, 5, 5, 24}, 0);
+    check_batchnorm((mt_shape4){1, 3, 3, 17}, 0);
+    check_batchnorm((mt_shape4){4, 16, 16, 17}, 8); /* 1024 rows: 4 slices; a large mean */
+    check_batchnorm((mt_shape4){2, 15, 15, 40}, 0);
+
+    check_pad((mt_shape4){4, 8, 8, 3}, 0, 0, 1, 1);
+    check_pad((mt_shape4){1, 4, 6, 40}, 0, 1, 2, 0);
+    check_pool((mt_shape4){4, 5, 5, 40});
+    check_dropout(5120, 0.5f, (1ULL << 40) + 3);
+    check_dropout(160, 0.2f, 7);
+    check_dense_helpers(5, 40);
+    check_elementwise((mt_shape4){4, 5, 5, 17});
+
+    static const int32_t bin[4] = {1, 0, -1, 1}, cat[4] = {2, -1, 0, 1}, none[3] = {-1, -1, -1},
+                         bad[3] = {0, 3, 5};
+    check_loss(4, 1, bin, -1);
+    check_loss(4, 3, cat, -1);
+    check_loss(3, 3, none, -1);
+    check_loss(3, 3, bad, 1);
+
+    mt_ops_reference.shutdown(&REF);
+    return mt_test_finish();
+}
