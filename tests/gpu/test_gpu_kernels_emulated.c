@@ -74,7 +74,8 @@ static void check_transforms(void) {
     for (int k = 0; k < cout; k++)
         for (int r = 0; r < rs; r++)
             for (int c = 0; c < cin; c++)
-                misplaced += krsc[((size_t)k * rs + r) * cin + c] != w[((size_t)r * cin + c) * cout + k];
+                misplaced +=
+                    krsc[((size_t)k * rs + r) * cin + c] != w[((size_t)r * cin + c) * cout + k];
     CHECK_MSG(misplaced == 0, "hwio_to_krsc: %d elements misplaced", misplaced);
     compare("krsc_to_hwio round trip", back, w, count, 0);
     free(w), free(krsc), free(back);
@@ -92,8 +93,16 @@ static void check_conv(const char *name, int n, int size, int cin, int cout, int
                       .pad_right = pb,
                       .depthwise = depthwise};
     mt_shape4 o = mt_conv_output_shape(&d);
-    const mt_cuda_conv_geom g = {.n = n, .h = size, .w = size, .cin = cin, .ho = o.h, .wo = o.w,
-                                 .cout = o.c, .k = k, .stride = stride, .pad_top = pt,
+    const mt_cuda_conv_geom g = {.n = n,
+                                 .h = size,
+                                 .w = size,
+                                 .cin = cin,
+                                 .ho = o.h,
+                                 .wo = o.w,
+                                 .cout = o.c,
+                                 .k = k,
+                                 .stride = stride,
+                                 .pad_top = pt,
                                  .pad_left = pt};
     size_t nx = mt_shape4_count(d.input), ny = mt_shape4_count(o);
     size_t nw = (size_t)k * k * cin * (depthwise ? 1 : cout);
@@ -186,8 +195,8 @@ static void check_batchnorm(mt_shape4 s, float offset) {
     BN_COMPARE("inference dgamma", dg, C);
     BN_COMPARE("inference dbeta", db, C);
     memset(dg[1], 0, C * sizeof(float));
-    KERNEL_OK(mt_cuda_launch_bn_backward(NULL, m, C, d.epsilon, 0, x, dy, gamma, mm[0], mv[0],
-                                         NULL, dg[1], NULL, scratch));
+    KERNEL_OK(mt_cuda_launch_bn_backward(NULL, m, C, d.epsilon, 0, x, dy, gamma, mm[0], mv[0], NULL,
+                                         dg[1], NULL, scratch));
     BN_COMPARE("inference dgamma (no dx)", dg, C);
     memset(dx[1], 0, count * sizeof(float));
     KERNEL_OK(mt_cuda_launch_bn_backward(NULL, m, C, d.epsilon, 0, x, dy, gamma, mm[0], mv[0],
@@ -205,7 +214,8 @@ static void check_batchnorm(mt_shape4 s, float offset) {
     free(x), free(dy), free(gamma), free(beta), free(scratch);
 }
 
-/* ---- everything else -------------------------------------------------------------------------- */
+/* ---- everything else --------------------------------------------------------------------------
+ */
 
 static void check_pad(mt_shape4 in, int top, int left, int bottom, int right) {
     mt_zero_pad_desc d = {.input = in, .top = top, .left = left, .bottom = bottom, .right = right};

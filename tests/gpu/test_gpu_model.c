@@ -51,7 +51,8 @@ static void compare_mode(mt_backend *ref, mt_backend *gpu, mt_train_mode mode, i
     config.mode = mode;
     config.dropout = 0.2f;
     mt_model *a = NULL, *b = NULL;
-    if (mt_model_create(ref, &config, 5, &a) != MT_OK || mt_model_create(gpu, &config, 5, &b) != MT_OK) {
+    if (mt_model_create(ref, &config, 5, &a) != MT_OK ||
+        mt_model_create(gpu, &config, 5, &b) != MT_OK) {
         fprintf(stderr, "create (%s): %s\n", mt_train_mode_name(mode), mt_last_error());
         mt_test_failures++;
         mt_model_destroy(a), mt_model_destroy(b);

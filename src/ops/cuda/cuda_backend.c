@@ -96,17 +96,16 @@ static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
             size_t free_bytes = 0, total_bytes = 0;
             (void)cudaMemGetInfo(&free_bytes, &total_bytes);
             const double mib = 1024.0 * 1024.0;
-            return MT_FAIL(MT_ERR_NOMEM,
-                           "cuda: out of device memory on GPU %d: asked for %zu bytes (%.1f MiB); "
-                           "cudaMemGetInfo says %.1f MiB free of %.1f MiB; mobiletune holds %.1f "
-                           "MiB (%.1f MiB in use, %.1f MiB of workspace and scratch): %s. Lower "
-                           "the batch size or free the GPU",
-                           cu->device, bytes, (double)bytes / mib, (double)free_bytes / mib,
-                           (double)total_bytes / mib, (double)pool->reserved / mib,
-                           (double)pool->in_use / mib,
-                           (double)(cu->workspace.bytes + cu->filter.bytes + cu->partials.bytes) /
-                               mib,
-                           cudaGetErrorString(e));
+            return MT_FAIL(
+                MT_ERR_NOMEM,
+                "cuda: out of device memory on GPU %d: asked for %zu bytes (%.1f MiB); "
+                "cudaMemGetInfo says %.1f MiB free of %.1f MiB; mobiletune holds %.1f "
+                "MiB (%.1f MiB in use, %.1f MiB of workspace and scratch): %s. Lower "
+                "the batch size or free the GPU",
+                cu->device, bytes, (double)bytes / mib, (double)free_bytes / mib,
+                (double)total_bytes / mib, (double)pool->reserved / mib, (double)pool->in_use / mib,
+                (double)(cu->workspace.bytes + cu->filter.bytes + cu->partials.bytes) / mib,
+                cudaGetErrorString(e));
         }
         b->bytes = rounded;
         b->cls = cls;
@@ -132,8 +131,10 @@ static void pool_release(cuda_backend *cu, void *ptr) {
         link = &(*link)->next;
     cuda_block *b = *link;
     if (!b) {
-        fprintf(stderr, "mobiletune cuda: freeing %p, which the pool did not hand out (a double "
-                        "free?); ignored\n", ptr);
+        fprintf(stderr,
+                "mobiletune cuda: freeing %p, which the pool did not hand out (a double "
+                "free?); ignored\n",
+                ptr);
         return;
     }
     *link = b->next;
@@ -221,8 +222,8 @@ static mt_status cuda_setup(cuda_backend *cu) {
     struct cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, cu->device));
     cuda_debug(cu, "GPU %d: %s, sm_%d%d, %.1f GiB; cuDNN %zu, TF32 %s", cu->device, prop.name,
-               prop.major, prop.minor, (double)prop.totalGlobalMem / (1u << 30),
-               cudnnGetVersion(), cu->allow_tf32 ? "allowed" : "off");
+               prop.major, prop.minor, (double)prop.totalGlobalMem / (1u << 30), cudnnGetVersion(),
+               cu->allow_tf32 ? "allowed" : "off");
     return MT_OK;
 }
 
@@ -232,7 +233,8 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
-        return MT_FAIL(MT_ERR_BACKEND, "cuda backend: no usable GPU: cudaGetDeviceCount failed: %s (%s)",
+        return MT_FAIL(MT_ERR_BACKEND,
+                       "cuda backend: no usable GPU: cudaGetDeviceCount failed: %s (%s)",
                        cudaGetErrorName(e), cudaGetErrorString(e));
     }
     if (count == 0)
@@ -300,8 +302,7 @@ static mt_status cuda_upload(mt_backend *backend, void *dst, const void *host_sr
     return MT_OK;
 }
 
-static mt_status cuda_download(mt_backend *backend, void *host_dst, const void *src,
-                               size_t bytes) {
+static mt_status cuda_download(mt_backend *backend, void *host_dst, const void *src, size_t bytes) {
     cuda_backend *cu = cuda_of(backend);
     if (!bytes) return MT_OK;
     CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream));
@@ -330,16 +331,14 @@ static void cuda_tensor_free(mt_backend *backend, mt_tensor *tensor) {
 }
 
 /* NHWC is the backend's layout: the conversions are copies. */
-static mt_status cuda_tensor_from_nhwc(mt_backend *backend, const float *host_src,
-                                       mt_tensor *dst) {
+static mt_status cuda_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst) {
     MT_TRY(cuda_check_tensor("tensor_from_nhwc", "dst", dst, dst->shape));
     return cuda_upload(backend, dst->data, host_src, mt_shape4_count(dst->shape) * sizeof(float));
 }
 
 static mt_status cuda_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
     MT_TRY(cuda_check_tensor("tensor_to_nhwc", "src", src, src->shape));
-    return cuda_download(backend, host_dst, src->data,
-                         mt_shape4_count(src->shape) * sizeof(float));
+    return cuda_download(backend, host_dst, src->data, mt_shape4_count(src->shape) * sizeof(float));
 }
 
 static mt_status cuda_synchronize(mt_backend *backend) {

@@ -103,8 +103,8 @@ static mt_status entry_describe(cuda_backend *cu, cuda_conv_entry *e) {
         cudnnGetConvolution2dForwardOutputDim(e->conv_desc, e->x_desc, e->w_desc, &n, &c, &h, &w));
     if (n != g->n || c != g->cout || h != g->ho || w != g->wo)
         return MT_FAIL(MT_ERR_INTERNAL,
-                       "cuda conv: cuDNN's output %dx%dx%dx%d differs from ours %dx%dx%dx%d", n,
-                       h, w, c, g->n, g->ho, g->wo, g->cout);
+                       "cuda conv: cuDNN's output %dx%dx%dx%d differs from ours %dx%dx%dx%d", n, h,
+                       w, c, g->n, g->ho, g->wo, g->cout);
     (void)cu;
     return MT_OK;
 }
@@ -183,33 +183,29 @@ static bool math_ok(const cuda_backend *cu, cudnnMathType_t math) {
                    "workspace %zu, math %d",                                                       \
                    pass_names[pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout, g->k,        \
                    g->stride, e->key.depthwise ? " depthwise" : "", (int)(perf)[pick_].algo,       \
-                   (double)(perf)[pick_].time, (perf)[pick_].memory,                               \
-                   (int)(perf)[pick_].mathType);                                                   \
+                   (double)(perf)[pick_].time, (perf)[pick_].memory, (int)(perf)[pick_].mathType); \
     } while (0)
 
 static mt_status find_algo(cuda_backend *cu, cuda_conv_entry *e, int pass) {
     enum { MAX_ALGOS = 16 };
     const mt_cuda_conv_geom *g = &e->geom;
     int returned = 0;
-    CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, cu->allow_tf32 ? CUDNN_DEFAULT_MATH
-                                                                         : CUDNN_FMA_MATH));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc,
+                                            cu->allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
     if (pass == PASS_FORWARD) {
         cudnnConvolutionFwdAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(cu->cudnn, e->x_desc, e->w_desc,
-                                                         e->conv_desc, e->y_desc, MAX_ALGOS,
-                                                         &returned, perf));
+        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(
+            cu->cudnn, e->x_desc, e->w_desc, e->conv_desc, e->y_desc, MAX_ALGOS, &returned, perf));
         PICK_ALGO(perf, returned);
     } else if (pass == PASS_BACKWARD_DATA) {
         cudnnConvolutionBwdDataAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(cu->cudnn, e->w_desc, e->y_desc,
-                                                              e->conv_desc, e->x_desc, MAX_ALGOS,
-                                                              &returned, perf));
+        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
+            cu->cudnn, e->w_desc, e->y_desc, e->conv_desc, e->x_desc, MAX_ALGOS, &returned, perf));
         PICK_ALGO(perf, returned);
     } else {
         cudnnConvolutionBwdFilterAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(cu->cudnn, e->x_desc, e->y_desc,
-                                                                e->conv_desc, e->w_desc, MAX_ALGOS,
-                                                                &returned, perf));
+        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
+            cu->cudnn, e->x_desc, e->y_desc, e->conv_desc, e->w_desc, MAX_ALGOS, &returned, perf));
         PICK_ALGO(perf, returned);
     }
     e->found[pass] = true;
@@ -221,8 +217,7 @@ static mt_status run_cudnn(cuda_backend *cu, cuda_conv_entry *e, const conv_call
     const int pass = c->pass, rs = g->k * g->k, wcin = e->key.depthwise ? 1 : g->cin;
     if (!e->found[pass]) MT_TRY(find_algo(cu, e, pass));
     void *filter, *workspace = NULL;
-    MT_TRY(cuda_scratch_get(cu, &cu->filter, (size_t)rs * wcin * g->cout * sizeof(float),
-                            &filter));
+    MT_TRY(cuda_scratch_get(cu, &cu->filter, (size_t)rs * wcin * g->cout * sizeof(float), &filter));
     if (e->workspace[pass])
         MT_TRY(cuda_scratch_get(cu, &cu->workspace, e->workspace[pass], &workspace));
     CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, e->math[pass]));
@@ -230,15 +225,14 @@ static mt_status run_cudnn(cuda_backend *cu, cuda_conv_entry *e, const conv_call
     if (pass == PASS_FORWARD) {
         CUDA_CHECK(mt_cuda_launch_hwio_to_krsc(cu->stream, c->w, filter, rs, wcin, g->cout));
         CUDNN_CHECK(cudnnConvolutionForward(cu->cudnn, &one, e->x_desc, c->x, e->w_desc, filter,
-                                            e->conv_desc,
-                                            (cudnnConvolutionFwdAlgo_t)e->algo[pass], workspace,
-                                            e->workspace[pass], &zero, e->y_desc, c->y));
+                                            e->conv_desc, (cudnnConvolutionFwdAlgo_t)e->algo[pass],
+                                            workspace, e->workspace[pass], &zero, e->y_desc, c->y));
     } else if (pass == PASS_BACKWARD_DATA) {
         CUDA_CHECK(mt_cuda_launch_hwio_to_krsc(cu->stream, c->w, filter, rs, wcin, g->cout));
-        CUDNN_CHECK(cudnnConvolutionBackwardData(
-            cu->cudnn, &one, e->w_desc, filter, e->y_desc, c->dy, e->conv_desc,
-            (cudnnConvolutionBwdDataAlgo_t)e->algo[pass], workspace, e->workspace[pass], &zero,
-            e->x_desc, c->dx));
+        CUDNN_CHECK(
+            cudnnConvolutionBackwardData(cu->cudnn, &one, e->w_desc, filter, e->y_desc, c->dy,
+                                         e->conv_desc, (cudnnConvolutionBwdDataAlgo_t)e->algo[pass],
+                                         workspace, e->workspace[pass], &zero, e->x_desc, c->dx));
     } else {
         CUDNN_CHECK(cudnnConvolutionBackwardFilter(
             cu->cudnn, &one, e->x_desc, c->x, e->y_desc, c->dy, e->conv_desc,
@@ -258,9 +252,9 @@ static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *
         CUDA_CHECK(dw ? mt_cuda_launch_depthwise_forward(cu->stream, g, c->x, c->w, c->y)
                       : mt_cuda_launch_direct_conv_forward(cu->stream, g, c->x, c->w, c->y));
     } else if (c->pass == PASS_BACKWARD_DATA) {
-        CUDA_CHECK(dw ? mt_cuda_launch_depthwise_backward_data(cu->stream, g, c->dy, c->w, c->dx)
-                      : mt_cuda_launch_direct_conv_backward_data(cu->stream, g, c->dy, c->w,
-                                                                 c->dx));
+        CUDA_CHECK(
+            dw ? mt_cuda_launch_depthwise_backward_data(cu->stream, g, c->dy, c->w, c->dx)
+               : mt_cuda_launch_direct_conv_backward_data(cu->stream, g, c->dy, c->w, c->dx));
     } else {
         size_t weights = (size_t)g->k * g->k * g->cin * (dw ? 1 : g->cout);
         size_t parts = (size_t)mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
@@ -297,8 +291,8 @@ static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv
     if (!e->cudnn_ok) {
         *impl = IMPL_OWN;
         cuda_debug(cu, "conv %s N%d %dx%dx%d k%d s%d pads t%d b%d l%d r%d: asymmetric, own kernel",
-                   pass_names[c->pass], g->n, g->h, g->w, g->cin, g->k, g->stride,
-                   e->key.pad_top, e->key.pad_bottom, e->key.pad_left, e->key.pad_right);
+                   pass_names[c->pass], g->n, g->h, g->w, g->cin, g->k, g->stride, e->key.pad_top,
+                   e->key.pad_bottom, e->key.pad_left, e->key.pad_right);
     } else if (!e->key.depthwise || cu->depthwise_mode == 2) {
         *impl = IMPL_CUDNN;
     } else if (cu->depthwise_mode == 1) {
@@ -312,8 +306,8 @@ static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv
             MT_TRY(time_impl(cu, e, c, IMPL_CUDNN, &cudnn_ms));
             *impl = cudnn_ms < own_ms ? IMPL_CUDNN : IMPL_OWN;
             cuda_debug(cu, "depthwise %s N%d %dx%dx%d k%d s%d: own %.3f ms, cuDNN %.3f ms -> %s",
-                       pass_names[c->pass], g->n, g->h, g->w, g->cin, g->k, g->stride,
-                       own_ms / 3, cudnn_ms / 3, *impl == IMPL_CUDNN ? "cuDNN" : "own");
+                       pass_names[c->pass], g->n, g->h, g->w, g->cin, g->k, g->stride, own_ms / 3,
+                       cudnn_ms / 3, *impl == IMPL_CUDNN ? "cuDNN" : "own");
         } else {
             cuda_debug(cu, "depthwise %s N%d %dx%dx%d: cuDNN failed (%s) -> own",
                        pass_names[c->pass], g->n, g->h, g->w, g->cin, mt_last_error());
@@ -338,8 +332,8 @@ static mt_status check_conv(const char *op, const mt_conv_desc *d, const mt_tens
                        d->pad_right, d->out_channels);
     if (d->depthwise && d->out_channels != d->input.c)
         return MT_FAIL(MT_ERR_INVALID,
-                       "cuda %s: depthwise conv needs out_channels (%d) == input channels (%d)",
-                       op, d->out_channels, d->input.c);
+                       "cuda %s: depthwise conv needs out_channels (%d) == input channels (%d)", op,
+                       d->out_channels, d->input.c);
     mt_shape4 o = mt_conv_output_shape(d);
     if (o.h <= 0 || o.w <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: kernel %d larger than the padded %dx%d input", op,

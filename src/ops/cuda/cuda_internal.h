@@ -55,9 +55,9 @@ typedef struct cuda_block {
 } cuda_block;
 
 typedef struct cuda_pool {
-    cuda_block *live[CUDA_POOL_BUCKETS];        /* handed out, by pointer hash */
-    cuda_block *idle[CUDA_POOL_CLASSES];        /* returned, by size class */
-    size_t reserved, in_use, peak, mallocs;     /* bytes held / handed out; cudaMalloc calls */
+    cuda_block *live[CUDA_POOL_BUCKETS];    /* handed out, by pointer hash */
+    cuda_block *idle[CUDA_POOL_CLASSES];    /* returned, by size class */
+    size_t reserved, in_use, peak, mallocs; /* bytes held / handed out; cudaMalloc calls */
 } cuda_pool;
 
 /* A grow-only device scratch area (weights in cuDNN's layout, partial sums, workspace). Growing
@@ -75,14 +75,14 @@ typedef struct cuda_backend {
     cudaStream_t comm_stream; /* reserved: gradient all-reduce overlapped with backward */
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
-    bool allow_tf32; /* MT_CUDA_TF32=1: cuDNN/cuBLAS may use TF32 (off: exact fp32 FMA math) */
-    bool debug;      /* MT_CUDA_DEBUG=1: log choices to stderr */
+    bool allow_tf32;    /* MT_CUDA_TF32=1: cuDNN/cuBLAS may use TF32 (off: exact fp32 FMA math) */
+    bool debug;         /* MT_CUDA_DEBUG=1: log choices to stderr */
     int depthwise_mode; /* MT_CUDA_DEPTHWISE: 0 auto (time both), 1 own kernels, 2 cuDNN */
     cuda_pool pool;
-    cuda_scratch workspace; /* cuDNN workspace shared by every convolution */
-    size_t workspace_limit; /* algorithms needing more are skipped */
-    cuda_scratch filter;    /* a kernel in cuDNN's KRSC layout, for the current call */
-    cuda_scratch partials;  /* partial sums of reductions (conv weight gradients, BN) */
+    cuda_scratch workspace;  /* cuDNN workspace shared by every convolution */
+    size_t workspace_limit;  /* algorithms needing more are skipped */
+    cuda_scratch filter;     /* a kernel in cuDNN's KRSC layout, for the current call */
+    cuda_scratch partials;   /* partial sums of reductions (conv weight gradients, BN) */
     cuda_conv_entry **convs; /* cache of convolution descriptors and algorithms */
     size_t conv_count, conv_capacity;
     cudaEvent_t timing[4]; /* the depthwise choice's timing */

@@ -87,8 +87,8 @@ __device__ int output_index(int i, int pad, int kk, int stride, int out_size) {
 }
 
 /* dx: one thread per input element (n, ih, iw, c) */
-__global__ void depthwise_backward_data_kernel(mt_cuda_conv_geom g, const float *dy,
-                                               const float *w, float *dx) {
+__global__ void depthwise_backward_data_kernel(mt_cuda_conv_geom g, const float *dy, const float *w,
+                                               float *dx) {
     const int C = g.cin;
     const size_t count = (size_t)g.n * g.h * g.w * C;
     GRID_STRIDE(i, count) {
@@ -104,7 +104,8 @@ __global__ void depthwise_backward_data_kernel(mt_cuda_conv_geom g, const float 
             for (int kw = 0; kw < g.k; kw++) {
                 int ow = output_index(iw, g.pad_left, kw, g.stride, g.wo);
                 if (ow < 0) continue;
-                acc += dy[(((size_t)n * g.ho + oh) * g.wo + ow) * C + c] * w[(kh * g.k + kw) * C + c];
+                acc +=
+                    dy[(((size_t)n * g.ho + oh) * g.wo + ow) * C + c] * w[(kh * g.k + kw) * C + c];
             }
         }
         dx[i] = acc;
@@ -220,8 +221,8 @@ __global__ void direct_backward_data_kernel(mt_cuda_conv_geom g, const float *dy
 
 /* Partial weight gradients: one thread per weight j = ((kh*k + kw)*cin + ci)*cout + co over this
  * block row's slice of positions. grid: (weights/256, parts); partials: [part][weights] */
-__global__ void direct_backward_weights_kernel(mt_cuda_conv_geom g, const float *x,
-                                               const float *dy, float *partials) {
+__global__ void direct_backward_weights_kernel(mt_cuda_conv_geom g, const float *x, const float *dy,
+                                               float *partials) {
     const size_t weights = (size_t)g.k * g.k * g.cin * g.cout;
     const size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= weights) return;
@@ -348,8 +349,8 @@ __global__ void bn_variance_kernel(long m, int C, int parts, float epsilon, floa
  * backward, the statistics in double */
 __global__ void bn_inference_coef_kernel(int C, float epsilon, const float *gamma,
                                          const float *beta, const float *moving_mean,
-                                         const float *moving_variance, double *coef,
-                                         double *mean, double *istd) {
+                                         const float *moving_variance, double *coef, double *mean,
+                                         double *istd) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     const double inv_std = 1.0 / sqrt((double)moving_variance[c] + (double)epsilon);
@@ -370,8 +371,7 @@ __global__ void bn_saved_stats_kernel(int C, const float *saved_mean, const floa
 }
 
 /* y = (x - coef[0]) * coef[1] + coef[2], per channel */
-__global__ void bn_apply_kernel(size_t count, int C, const float *x, const double *coef,
-                                float *y) {
+__global__ void bn_apply_kernel(size_t count, int C, const float *x, const double *coef, float *y) {
     GRID_STRIDE(i, count) {
         int c = (int)(i % C);
         y[i] = (float)(((double)x[i] - coef[c]) * coef[C + c] + coef[2 * C + c]);
@@ -379,8 +379,8 @@ __global__ void bn_apply_kernel(size_t count, int C, const float *x, const doubl
 }
 
 /* dgamma, dbeta and the coefficients of dx: grad[c] = mean(dy), grad[C+c] = mean(dy * xhat) */
-__global__ void bn_grad_kernel(long m, int C, int parts, const double *partials,
-                               float *dgamma, float *dbeta, double *grad) {
+__global__ void bn_grad_kernel(long m, int C, int parts, const double *partials, float *dgamma,
+                               float *dbeta, double *grad) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     double sum_dy, sum_dy_xhat;
@@ -423,9 +423,8 @@ __global__ void zero_pad_forward_kernel(int n, int h, int w, int C, int ho, int 
         t /= wo;
         int oh = (int)(t % ho), b = (int)(t / ho);
         int ih = oh - top, iw = ow - left;
-        y[i] = ih < 0 || ih >= h || iw < 0 || iw >= w
-                   ? 0.0f
-                   : x[(((size_t)b * h + ih) * w + iw) * C + c];
+        y[i] = ih < 0 || ih >= h || iw < 0 || iw >= w ? 0.0f
+                                                      : x[(((size_t)b * h + ih) * w + iw) * C + c];
     }
 }
 
@@ -462,8 +461,8 @@ __global__ void avg_pool_backward_kernel(int n, long hw, int C, const float *dy,
     }
 }
 
-__global__ void dropout_forward_kernel(size_t count, uint64_t seed, uint32_t threshold,
-                                       float scale, const float *x, float *y, uint8_t *mask) {
+__global__ void dropout_forward_kernel(size_t count, uint64_t seed, uint32_t threshold, float scale,
+                                       const float *x, float *y, uint8_t *mask) {
     GRID_STRIDE(i, count) {
         bool keep = mt_dropout_keep(seed, (uint64_t)i, threshold);
         mask[i] = keep ? 1 : 0;
@@ -562,43 +561,43 @@ int mt_cuda_reduce_parts(long rows) {
 }
 
 cudaError_t mt_cuda_launch_hwio_to_krsc(cudaStream_t stream, const float *src, float *dst, int rs,
-                                 int cin, int cout) {
+                                        int cin, int cout) {
     hwio_to_krsc_kernel<<<grid_for((size_t)rs * cin * cout), THREADS, 0, stream>>>(src, dst, rs,
                                                                                    cin, cout);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_krsc_to_hwio(cudaStream_t stream, const float *src, float *dst, int rs,
-                                 int cin, int cout) {
+                                        int cin, int cout) {
     krsc_to_hwio_kernel<<<grid_for((size_t)rs * cin * cout), THREADS, 0, stream>>>(src, dst, rs,
                                                                                    cin, cout);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_depthwise_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                      const float *x, const float *w, float *y) {
+                                             const float *x, const float *w, float *y) {
     size_t count = (size_t)g->n * g->ho * g->wo * g->cin;
     depthwise_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, x, w, y);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                            const float *dy, const float *w, float *dx) {
+                                                   const float *dy, const float *w, float *dx) {
     size_t count = (size_t)g->n * g->h * g->w * g->cin;
     depthwise_backward_data_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                               const float *x, const float *dy, float *partials,
-                                               float *dw) {
+cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream,
+                                                      const mt_cuda_conv_geom *g, const float *x,
+                                                      const float *dy, float *partials, float *dw) {
     const int kk = g->k * g->k;
     const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
     const dim3 grid((unsigned)((g->cin + RED_X - 1) / RED_X), (unsigned)parts);
     for (int tap0 = 0; tap0 < kk; tap0 += MAX_TAPS) {
         int taps = kk - tap0 < MAX_TAPS ? kk - tap0 : MAX_TAPS;
-        depthwise_backward_weights_kernel<<<grid, dim3(RED_X, RED_Y), 0, stream>>>(
-            *g, x, dy, tap0, taps, partials);
+        depthwise_backward_weights_kernel<<<grid, dim3(RED_X, RED_Y), 0, stream>>>(*g, x, dy, tap0,
+                                                                                   taps, partials);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
     }
@@ -608,22 +607,24 @@ cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream, const
 }
 
 cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                        const float *x, const float *w, float *y) {
+                                               const float *x, const float *w, float *y) {
     size_t count = (size_t)g->n * g->ho * g->wo * g->cout;
     direct_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, x, w, y);
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                              const float *dy, const float *w, float *dx) {
+cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream,
+                                                     const mt_cuda_conv_geom *g, const float *dy,
+                                                     const float *w, float *dx) {
     size_t count = (size_t)g->n * g->h * g->w * g->cin;
     direct_backward_data_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                                 const float *x, const float *dy,
-                                                 float *partials, float *dw) {
+cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream,
+                                                        const mt_cuda_conv_geom *g, const float *x,
+                                                        const float *dy, float *partials,
+                                                        float *dw) {
     const size_t weights = (size_t)g->k * g->k * g->cin * g->cout;
     const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
     const dim3 grid((unsigned)((weights + THREADS - 1) / THREADS), (unsigned)parts);
@@ -635,18 +636,19 @@ cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream, con
 }
 
 cudaError_t mt_cuda_launch_add(cudaStream_t stream, size_t count, const float *a, const float *b,
-                        float *y) {
+                               float *y) {
     add_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, a, b, y);
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, const float *x, float *y) {
+cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, const float *x,
+                                         float *y) {
     relu6_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, x, y);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, size_t count, const float *y,
-                                   const float *dy, float *dx) {
+                                          const float *dy, float *dx) {
     relu6_backward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, y, dy, dx);
     return cudaGetLastError();
 }
@@ -657,10 +659,10 @@ size_t mt_cuda_bn_scratch_doubles(long m, int c) {
 }
 
 cudaError_t mt_cuda_launch_bn_forward_training(cudaStream_t stream, long m, int c, float epsilon,
-                                        float momentum, const float *x, const float *gamma,
-                                        const float *beta, float *moving_mean,
-                                        float *moving_variance, float *y, float *saved_mean,
-                                        float *saved_inv_std, double *scratch) {
+                                               float momentum, const float *x, const float *gamma,
+                                               const float *beta, float *moving_mean,
+                                               float *moving_variance, float *y, float *saved_mean,
+                                               float *saved_inv_std, double *scratch) {
     const int parts = mt_cuda_reduce_parts(m);
     double *partials = scratch, *mean = partials + (size_t)parts * c * 2, *coef = mean + 2 * c;
     const dim3 grid((unsigned)((c + RED_X - 1) / RED_X), (unsigned)parts), block(RED_X, RED_Y);
@@ -676,9 +678,10 @@ cudaError_t mt_cuda_launch_bn_forward_training(cudaStream_t stream, long m, int 
 }
 
 cudaError_t mt_cuda_launch_bn_forward_inference(cudaStream_t stream, long m, int c, float epsilon,
-                                         const float *x, const float *gamma, const float *beta,
-                                         const float *moving_mean, const float *moving_variance,
-                                         float *y, double *scratch) {
+                                                const float *x, const float *gamma,
+                                                const float *beta, const float *moving_mean,
+                                                const float *moving_variance, float *y,
+                                                double *scratch) {
     double *mean = scratch, *istd = mean + c, *coef = istd + c;
     bn_inference_coef_kernel<<<(unsigned)((c + THREADS - 1) / THREADS), THREADS, 0, stream>>>(
         c, epsilon, gamma, beta, moving_mean, moving_variance, coef, mean, istd);
@@ -686,10 +689,11 @@ cudaError_t mt_cuda_launch_bn_forward_inference(cudaStream_t stream, long m, int
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float epsilon, int training,
-                                const float *x, const float *dy, const float *gamma,
-                                const float *stat_mean, const float *stat_second, float *dx,
-                                float *dgamma, float *dbeta, double *scratch) {
+cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float epsilon,
+                                       int training, const float *x, const float *dy,
+                                       const float *gamma, const float *stat_mean,
+                                       const float *stat_second, float *dx, float *dgamma,
+                                       float *dbeta, double *scratch) {
     const int parts = mt_cuda_reduce_parts(m);
     double *partials = scratch, *mean = partials + (size_t)parts * c * 2, *istd = mean + c;
     double *coef = istd + c, *grad = coef + 3 * c;
@@ -708,8 +712,8 @@ cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float
                                                             grad);
     }
     if (dx && training)
-        bn_dx_training_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, c, x, dy, gamma,
-                                                                       mean, istd, grad, dx);
+        bn_dx_training_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, c, x, dy, gamma, mean,
+                                                                       istd, grad, dx);
     else if (dx)
         bn_dx_inference_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, c, dy, gamma, istd,
                                                                         dx);
@@ -717,60 +721,61 @@ cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float
 }
 
 cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, int n, int h, int w, int c, int ho,
-                                     int wo, int top, int left, const float *x, float *y) {
+                                            int wo, int top, int left, const float *x, float *y) {
     zero_pad_forward_kernel<<<grid_for((size_t)n * ho * wo * c), THREADS, 0, stream>>>(
         n, h, w, c, ho, wo, top, left, x, y);
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, int n, int h, int w, int c, int ho,
-                                      int wo, int top, int left, const float *dy, float *dx) {
+cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, int n, int h, int w, int c,
+                                             int ho, int wo, int top, int left, const float *dy,
+                                             float *dx) {
     zero_pad_backward_kernel<<<grid_for((size_t)n * h * w * c), THREADS, 0, stream>>>(
         n, h, w, c, ho, wo, top, left, dy, dx);
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw, int c, const float *x,
-                                     float *y) {
+cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw, int c,
+                                            const float *x, float *y) {
     avg_pool_forward_kernel<<<grid_for((size_t)n * c), THREADS, 0, stream>>>(n, hw, c, x, y);
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c, const float *dy,
-                                      float *dx) {
+cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c,
+                                             const float *dy, float *dx) {
     avg_pool_backward_kernel<<<grid_for((size_t)n * hw * c), THREADS, 0, stream>>>(n, hw, c, dy,
                                                                                    dx);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, uint64_t seed,
-                                    uint32_t threshold, float scale, const float *x, float *y,
-                                    uint8_t *mask) {
+                                           uint32_t threshold, float scale, const float *x,
+                                           float *y, uint8_t *mask) {
     dropout_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, seed, threshold, scale,
                                                                     x, y, mask);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_dropout_backward(cudaStream_t stream, size_t count, float scale,
-                                     const uint8_t *mask, const float *dy, float *dx) {
+                                            const uint8_t *mask, const float *dy, float *dx) {
     dropout_backward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, scale, mask, dy, dx);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_broadcast_rows(cudaStream_t stream, int rows, int cols, const float *b,
-                                   float *y) {
+                                          float *y) {
     broadcast_rows_kernel<<<grid_for((size_t)rows * cols), THREADS, 0, stream>>>(rows, cols, b, y);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, const float *a,
-                                float *sums) {
+                                       float *sums) {
     column_sums_kernel<<<grid_for((size_t)cols), THREADS, 0, stream>>>(rows, cols, a, sums);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,
-                         const int32_t *labels, float *dlogits, double *result) {
+                                const int32_t *labels, float *dlogits, double *result) {
     loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, result);
     return cudaGetLastError();
 }

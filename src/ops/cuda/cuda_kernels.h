@@ -19,9 +19,9 @@ extern "C" {
  * pads are implied by the output size). Output (oh, ow) and tap (kh, kw) read input
  *     ih = oh*stride + kh - pad_top,  iw = ow*stride + kw - pad_left   (zero outside). */
 typedef struct mt_cuda_conv_geom {
-    int n, h, w, cin;  /* input N,H,W,Cin */
-    int ho, wo, cout;  /* output Ho,Wo,Cout (Cout == Cin for depthwise) */
-    int k, stride;     /* square kernel, same stride both ways */
+    int n, h, w, cin; /* input N,H,W,Cin */
+    int ho, wo, cout; /* output Ho,Wo,Cout (Cout == Cin for depthwise) */
+    int k, stride;    /* square kernel, same stride both ways */
     int pad_top, pad_left;
 } mt_cuda_conv_geom;
 
@@ -33,39 +33,42 @@ int mt_cuda_reduce_parts(long rows);
 /* Keras HWIO [rs][cin][cout] <-> cuDNN's NHWC filter KRSC [cout][rs][cin]. Depthwise kernels are
  * the case cin = 1 ([rs][c] <-> [c][rs]). */
 cudaError_t mt_cuda_launch_hwio_to_krsc(cudaStream_t stream, const float *src, float *dst, int rs,
-                                 int cin, int cout);
+                                        int cin, int cout);
 cudaError_t mt_cuda_launch_krsc_to_hwio(cudaStream_t stream, const float *src, float *dst, int rs,
-                                 int cin, int cout);
+                                        int cin, int cout);
 
 /* ---- convolutions of our own: depthwise (multiplier 1) and direct regular (any pads) ---- */
 /* x: N,H,W,C; w: [k][k][C]; y: N,Ho,Wo,C */
 cudaError_t mt_cuda_launch_depthwise_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                      const float *x, const float *w, float *y);
+                                             const float *x, const float *w, float *y);
 /* dy: N,Ho,Wo,C; w: [k][k][C]; dx: N,H,W,C */
 cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                            const float *dy, const float *w, float *dx);
+                                                   const float *dy, const float *w, float *dx);
 /* x: N,H,W,C; dy: N,Ho,Wo,C; dw: [k][k][C]; partials: mt_cuda_reduce_parts(N*Ho*Wo) * k*k*C */
-cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                               const float *x, const float *dy, float *partials,
-                                               float *dw);
+cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream,
+                                                      const mt_cuda_conv_geom *g, const float *x,
+                                                      const float *dy, float *partials, float *dw);
 /* x: N,H,W,Cin; w: [k][k][Cin][Cout]; y: N,Ho,Wo,Cout */
 cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                        const float *x, const float *w, float *y);
+                                               const float *x, const float *w, float *y);
 /* dy: N,Ho,Wo,Cout; w: HWIO; dx: N,H,W,Cin */
-cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                              const float *dy, const float *w, float *dx);
+cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream,
+                                                     const mt_cuda_conv_geom *g, const float *dy,
+                                                     const float *w, float *dx);
 /* x, dy as above; dw: HWIO; partials: mt_cuda_reduce_parts(N*Ho*Wo) * k*k*Cin*Cout */
-cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                                 const float *x, const float *dy,
-                                                 float *partials, float *dw);
+cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream,
+                                                        const mt_cuda_conv_geom *g, const float *x,
+                                                        const float *dy, float *partials,
+                                                        float *dw);
 
 /* ---- elementwise on `count` floats ---- */
 cudaError_t mt_cuda_launch_add(cudaStream_t stream, size_t count, const float *a, const float *b,
-                        float *y);
-cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, const float *x, float *y);
+                               float *y);
+cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, const float *x,
+                                         float *y);
 /* dx = dy where 0 < y < 6 */
 cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, size_t count, const float *y,
-                                   const float *dy, float *dx);
+                                          const float *dy, float *dx);
 
 /* ---- batch normalization over M = N*H*W rows of C channels ---- */
 /* Scratch doubles the BN launchers need for M rows and C channels. */
@@ -73,49 +76,52 @@ size_t mt_cuda_bn_scratch_doubles(long m, int c);
 /* x, y: [M][C]; gamma, beta, moving_*, saved_*: [C]. Two passes (mean, then the biased variance
  * around it), Keras' moving update. */
 cudaError_t mt_cuda_launch_bn_forward_training(cudaStream_t stream, long m, int c, float epsilon,
-                                        float momentum, const float *x, const float *gamma,
-                                        const float *beta, float *moving_mean,
-                                        float *moving_variance, float *y, float *saved_mean,
-                                        float *saved_inv_std, double *scratch);
+                                               float momentum, const float *x, const float *gamma,
+                                               const float *beta, float *moving_mean,
+                                               float *moving_variance, float *y, float *saved_mean,
+                                               float *saved_inv_std, double *scratch);
 /* y may alias x */
 cudaError_t mt_cuda_launch_bn_forward_inference(cudaStream_t stream, long m, int c, float epsilon,
-                                         const float *x, const float *gamma, const float *beta,
-                                         const float *moving_mean, const float *moving_variance,
-                                         float *y, double *scratch);
+                                                const float *x, const float *gamma,
+                                                const float *beta, const float *moving_mean,
+                                                const float *moving_variance, float *y,
+                                                double *scratch);
 /* training: stats are saved_mean and saved_inv_std; inference: moving_mean and
  * moving_variance (inv_std = 1/sqrt(var + eps)). dx (may alias dy), dgamma, dbeta may be NULL
  * (training requires dx). */
-cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float epsilon, int training,
-                                const float *x, const float *dy, const float *gamma,
-                                const float *stat_mean, const float *stat_second, float *dx,
-                                float *dgamma, float *dbeta, double *scratch);
+cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float epsilon,
+                                       int training, const float *x, const float *dy,
+                                       const float *gamma, const float *stat_mean,
+                                       const float *stat_second, float *dx, float *dgamma,
+                                       float *dbeta, double *scratch);
 
 /* ---- zero padding, pooling, dropout, dense helpers, loss ---- */
 /* x: N,H,W,C; y: N,Ho,Wo,C with x at (top, left) */
 cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, int n, int h, int w, int c, int ho,
-                                     int wo, int top, int left, const float *x, float *y);
-cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, int n, int h, int w, int c, int ho,
-                                      int wo, int top, int left, const float *dy, float *dx);
+                                            int wo, int top, int left, const float *x, float *y);
+cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, int n, int h, int w, int c,
+                                             int ho, int wo, int top, int left, const float *dy,
+                                             float *dx);
 /* x: N,HW,C; y: N,C */
-cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw, int c, const float *x,
-                                     float *y);
-cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c, const float *dy,
-                                      float *dx);
+cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw, int c,
+                                            const float *x, float *y);
+cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c,
+                                             const float *dy, float *dx);
 /* the keep decision of src/ops/dropout_hash.h; scale = 1/(1-rate) computed by the caller */
 cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, uint64_t seed,
-                                    uint32_t threshold, float scale, const float *x, float *y,
-                                    uint8_t *mask);
+                                           uint32_t threshold, float scale, const float *x,
+                                           float *y, uint8_t *mask);
 cudaError_t mt_cuda_launch_dropout_backward(cudaStream_t stream, size_t count, float scale,
-                                     const uint8_t *mask, const float *dy, float *dx);
+                                            const uint8_t *mask, const float *dy, float *dx);
 /* y: [rows][cols] = b broadcast; sums: [cols] = column sums of a [rows][cols] */
 cudaError_t mt_cuda_launch_broadcast_rows(cudaStream_t stream, int rows, int cols, const float *b,
-                                   float *y);
+                                          float *y);
 cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, const float *a,
-                                float *sums);
+                                       float *sums);
 /* Mean cross-entropy of ops.h's loss_forward_backward. result (device, 3 doubles): the mean
  * loss, the number of valid rows, the first row with a bad label (-1 when none). */
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,
-                         const int32_t *labels, float *dlogits, double *result);
+                                const int32_t *labels, float *dlogits, double *result);
 
 #ifdef __cplusplus
 }

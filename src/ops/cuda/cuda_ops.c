@@ -102,9 +102,8 @@ mt_status mt_cuda_batchnorm_forward_inference(mt_backend *backend, const mt_batc
     double *scratch;
     MT_TRY(bn_prepare(backend, "batchnorm_forward_inference", desc, x, "x", y, "y", &m, &scratch));
     CUDA_CHECK(mt_cuda_launch_bn_forward_inference(cuda_of(backend)->stream, m, desc->shape.c,
-                                                   desc->epsilon, x->data, gamma, beta,
-                                                   moving_mean, moving_variance, y->data,
-                                                   scratch));
+                                                   desc->epsilon, x->data, gamma, beta, moving_mean,
+                                                   moving_variance, y->data, scratch));
     return MT_OK;
 }
 
@@ -118,12 +117,12 @@ mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batc
     double *scratch;
     if (!dx)
         return MT_FAIL(MT_ERR_INVALID, "cuda batchnorm_backward_training: dx must not be NULL");
-    MT_TRY(bn_prepare(backend, "batchnorm_backward_training", desc, x, "x", dy, "dy", &m,
-                      &scratch));
+    MT_TRY(
+        bn_prepare(backend, "batchnorm_backward_training", desc, x, "x", dy, "dy", &m, &scratch));
     MT_TRY(cuda_check_tensor("batchnorm_backward_training", "dx", dx, desc->shape));
-    CUDA_CHECK(mt_cuda_launch_bn_backward(cuda_of(backend)->stream, m, desc->shape.c,
-                                          desc->epsilon, 1, x->data, dy->data, gamma, saved_mean,
-                                          saved_inv_std, dx->data, dgamma, dbeta, scratch));
+    CUDA_CHECK(mt_cuda_launch_bn_backward(cuda_of(backend)->stream, m, desc->shape.c, desc->epsilon,
+                                          1, x->data, dy->data, gamma, saved_mean, saved_inv_std,
+                                          dx->data, dgamma, dbeta, scratch));
     return MT_OK;
 }
 
@@ -135,13 +134,12 @@ mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_bat
                                                float *dgamma, float *dbeta) {
     long m;
     double *scratch;
-    MT_TRY(bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy", &m,
-                      &scratch));
+    MT_TRY(
+        bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy", &m, &scratch));
     if (dx) MT_TRY(cuda_check_tensor("batchnorm_backward_inference", "dx", dx, desc->shape));
-    CUDA_CHECK(mt_cuda_launch_bn_backward(cuda_of(backend)->stream, m, desc->shape.c,
-                                          desc->epsilon, 0, x->data, dy->data, gamma, moving_mean,
-                                          moving_variance, dx ? dx->data : NULL, dgamma, dbeta,
-                                          scratch));
+    CUDA_CHECK(mt_cuda_launch_bn_backward(cuda_of(backend)->stream, m, desc->shape.c, desc->epsilon,
+                                          0, x->data, dy->data, gamma, moving_mean, moving_variance,
+                                          dx ? dx->data : NULL, dgamma, dbeta, scratch));
     return MT_OK;
 }
 
@@ -187,8 +185,8 @@ mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc 
 mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y) {
     MT_TRY(cuda_check_tensor("global_avg_pool_forward", "x", x, x->shape));
     const mt_shape4 s = x->shape;
-    CUDA_CHECK(mt_cuda_launch_avg_pool_forward(cuda_of(backend)->stream, s.n, (long)s.h * s.w,
-                                               s.c, x->data, y));
+    CUDA_CHECK(mt_cuda_launch_avg_pool_forward(cuda_of(backend)->stream, s.n, (long)s.h * s.w, s.c,
+                                               x->data, y));
     return MT_OK;
 }
 
@@ -196,8 +194,8 @@ mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *
 mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx) {
     MT_TRY(cuda_check_tensor("global_avg_pool_backward", "dx", dx, dx->shape));
     const mt_shape4 s = dx->shape;
-    CUDA_CHECK(mt_cuda_launch_avg_pool_backward(cuda_of(backend)->stream, s.n, (long)s.h * s.w,
-                                                s.c, dy, dx->data));
+    CUDA_CHECK(mt_cuda_launch_avg_pool_backward(cuda_of(backend)->stream, s.n, (long)s.h * s.w, s.c,
+                                                dy, dx->data));
     return MT_OK;
 }
 

@@ -21,7 +21,7 @@ typedef struct mt_emu_stream *cudaStream_t;
 #include <stdlib.h>
 
 #include <set>
-#include <utility>  // std::pair
+#include <utility> // std::pair
 
 struct dim3 {
     unsigned x, y, z;
@@ -46,8 +46,8 @@ static inline void __syncthreads() {
 }
 static inline int atomicMin(int *p, int v) {
     int old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
-    while (v < old && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST,
-                                                   __ATOMIC_SEQ_CST)) {
+    while (v < old &&
+           !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
     }
     return old;
 }
@@ -58,9 +58,7 @@ static inline cudaError_t cudaGetLastError() {
     return cudaSuccess;
 }
 
-template <class T> struct mt_emu_same {
-    typedef T type;
-};
+template <class T> struct mt_emu_same { typedef T type; };
 
 /* One launch: grid and block as given, shared bytes and stream ignored. The arguments convert to
  * the kernel's parameter types at the call, as in a real launch (NULL for a pointer, say). */
@@ -79,8 +77,8 @@ struct mt_emu_launch {
                     for (unsigned bx = 0; bx < grid.x; bx++) {
                         blockIdx = dim3(bx, by, 0);
                         for (unsigned t = 0; t < threads; t++) {
-                            threadIdx = dim3(t % block.x, (t / block.x) % block.y,
-                                             t / (block.x * block.y));
+                            threadIdx =
+                                dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
                             kernel(args...);
                         }
                     }
