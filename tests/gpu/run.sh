@@ -126,4 +126,5 @@ if command -v compute-sanitizer > /dev/null && (($(left) > 60)); then
     piece sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$harness" cuda
     grep -E 'ERROR SUMMARY|Invalid' "$out/sanitizer.log" | head -5 >> "$summary"
 fi
+grep -h 'cuDNN failed' "$out"/*.log 2>/dev/null | sort -u | head -5 | sed 's/^/WARNING: /' >> "$summary"
 note "total $((SECONDS - start)) s"

@@ -19,13 +19,15 @@
  * backward data, backward weights): in MobileNetV2 that is Conv1 only (3 input channels, where a
  * direct kernel is competitive), the stride-2 depthwise layers having explicit ZeroPadding2D in
  * front of a VALID convolution. cuDNN's graph API has separate pre/post paddings: the route if a
- * larger asymmetric layer ever matters.
+ * larger asymmetric layer ever matters. A symmetric regular convolution for which cuDNN has no
+ * algorithm (or fails) falls back to the same direct kernels, with a warning on stderr.
  *
  * Depthwise. Our kernels and cuDNN's grouped convolution (groups = channels) are both available;
  * at a shape's first use of each pass both run (warm-up, and cudnnFind), then each is timed over
  * three runs with CUDA events and the faster one is kept for that shape and pass
  * (MT_CUDA_DEBUG=1 logs the times). MT_CUDA_DEPTHWISE=own|cudnn forces one, which is how the
  * tests check both against the reference. */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "ops/cuda/cuda_internal.h"
@@ -293,7 +295,21 @@ static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv
         cuda_debug(cu, "conv %s N%d %dx%dx%d k%d s%d pads t%d b%d l%d r%d: asymmetric, own kernel",
                    pass_names[c->pass], g->n, g->h, g->w, g->cin, g->k, g->stride, e->key.pad_top,
                    e->key.pad_bottom, e->key.pad_left, e->key.pad_right);
-    } else if (!e->key.depthwise || cu->depthwise_mode == 2) {
+    } else if (!e->key.depthwise) {
+        /* correctness before speed: if cuDNN has nothing for this shape, the direct kernel */
+        mt_status status = run_cudnn(cu, e, c);
+        if (status == MT_OK) {
+            *impl = IMPL_CUDNN;
+            return MT_OK;
+        }
+        fprintf(stderr,
+                "mobiletune cuda: conv %s N%d %dx%dx%d -> %dx%dx%d k%d s%d: cuDNN failed (%s); "
+                "using mobiletune's direct kernel, which is slow for wide layers\n",
+                pass_names[c->pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout, g->k,
+                g->stride, mt_last_error());
+        mt_clear_error();
+        *impl = IMPL_OWN;
+    } else if (cu->depthwise_mode == 2) {
         *impl = IMPL_CUDNN;
     } else if (cu->depthwise_mode == 1) {
         *impl = IMPL_OWN;
