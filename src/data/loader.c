@@ -34,9 +34,8 @@ typedef struct worker {
 struct mt_loader {
     mt_dataset *ds;
     mt_loader_options opt;
-    uint64_t steps;      /* batches per epoch on this rank */
-    size_t image_bytes;  /* per batch */
-    float to_float[256]; /* x/127.5 - 1 exactly as Keras computes it in float32 */
+    uint64_t steps;     /* batches per epoch on this rank */
+    size_t image_bytes; /* per batch */
 
     int depth;
     slot *slots;
@@ -65,21 +64,48 @@ static int slot_of(const mt_loader *l, uint64_t batch_index) {
     return (int)((batch_index - l->start) % (uint64_t)l->depth);
 }
 
+/* x/127.5 - 1 in float32, the operations Keras' preprocess_input performs (x /= 127.5; x -= 1),
+ * so the values are bit-identical to it. Written as fixed 16-wide blocks so that compilers
+ * vectorize it at -O2 (about 3x a table lookup per value), with a scalar tail. */
+static void scale_to_float(const uint8_t *restrict src, float *restrict dst, size_t n) {
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (int j = 0; j < 16; j++) {
+            float x = (float)src[k + (size_t)j];
+            x /= 127.5f;
+            x -= 1.0f;
+            dst[k + (size_t)j] = x;
+        }
+    for (; k < n; k++) {
+        float x = (float)src[k];
+        x /= 127.5f;
+        x -= 1.0f;
+        dst[k] = x;
+    }
+}
+
 /* Pixels of one image into slot i of the batch, flipped horizontally when asked. */
-static void convert_image(const mt_loader *l, const uint8_t *src, bool flip, mt_batch *b, int i) {
+static void convert_image(const uint8_t *src, bool flip, mt_batch *b, int i) {
     int h = b->height, w = b->width;
-    size_t pixels = (size_t)h * (size_t)w * 3;
+    size_t pixels = (size_t)h * (size_t)w * 3, row_values = (size_t)w * 3;
     if (b->output == MT_LOADER_FLOAT32) {
         float *dst = (float *)b->images + (size_t)i * pixels;
+        if (!flip) {
+            scale_to_float(src, dst, pixels);
+            return;
+        }
+        /* Mirror each row's bytes into a small buffer, then scale it with the vector loop: cheaper
+         * than a scalar reversed read or swapping floats afterwards. */
+        uint8_t mirrored[3 * MT_MAX_IMAGE_SIDE];
         for (int y = 0; y < h; y++) {
-            const uint8_t *row = src + (size_t)y * w * 3;
-            float *out = dst + (size_t)y * w * 3;
+            const uint8_t *row = src + (size_t)y * row_values;
             for (int x = 0; x < w; x++) {
-                const uint8_t *p = row + (size_t)(flip ? w - 1 - x : x) * 3;
-                out[3 * x + 0] = l->to_float[p[0]];
-                out[3 * x + 1] = l->to_float[p[1]];
-                out[3 * x + 2] = l->to_float[p[2]];
+                const uint8_t *p = row + 3 * (size_t)(w - 1 - x);
+                mirrored[3 * x + 0] = p[0];
+                mirrored[3 * x + 1] = p[1];
+                mirrored[3 * x + 2] = p[2];
             }
+            scale_to_float(mirrored, dst + (size_t)y * row_values, row_values);
         }
     } else {
         uint8_t *dst = (uint8_t *)b->images + (size_t)i * pixels;
@@ -88,8 +114,8 @@ static void convert_image(const mt_loader *l, const uint8_t *src, bool flip, mt_
             return;
         }
         for (int y = 0; y < h; y++) {
-            const uint8_t *row = src + (size_t)y * w * 3;
-            uint8_t *out = dst + (size_t)y * w * 3;
+            const uint8_t *row = src + (size_t)y * row_values;
+            uint8_t *out = dst + (size_t)y * row_values;
             for (int x = 0; x < w; x++)
                 memcpy(out + 3 * x, row + (size_t)(w - 1 - x) * 3, 3);
         }
@@ -120,7 +146,7 @@ static mt_status fill_batch(mt_loader *l, worker *wk, mt_batch *b, uint64_t epoc
         const uint8_t *pixels;
         MT_TRY(mt_dataset_fetch(l->ds, wk->txn, index, wk->scratch, &record, &pixels));
         bool flip = o->random_flip && mt_shard_flip(o->seed, epoch, index);
-        convert_image(l, pixels, flip, b, i);
+        convert_image(pixels, flip, b, i);
         b->labels[i] = (int32_t)record.label;
         b->records[i] = index;
         b->valid++;
@@ -234,12 +260,6 @@ static mt_status loader_setup(mt_loader *l, const char *path) {
                        "global batch (%d ranks x %d), so a training epoch would be empty: lower "
                        "the batch size or turn drop_remainder off",
                        path, m->record_count, o->world_size, o->batch_size);
-    for (int v = 0; v < 256; v++) {
-        float x = (float)v;
-        x /= 127.5f;
-        x -= 1.0f;
-        l->to_float[v] = x;
-    }
     size_t pixels = (size_t)m->height * (size_t)m->width * 3;
     l->image_bytes =
         (size_t)o->batch_size * pixels * (o->output == MT_LOADER_FLOAT32 ? sizeof(float) : 1);
