@@ -104,7 +104,7 @@ if [[ "${MT_GPU_STANDALONE:-0}" == 1 ]] || ! piece configure_full 60 cmake -S "$
 fi
 note "build: $kind ($build)"
 piece build 180 cmake --build "$build" -j "$jobs" --target test_ops_backend_vs_reference \
-    test_gpu_backend test_gpu_model bench_train_step || { note "RESULT: build failed"; exit 1; }
+    test_gpu_backend test_gpu_model test_gpu_nccl bench_train_step || { note "RESULT: build failed"; exit 1; }
 bench_bin=$(find "$build" -name bench_train_step -type f -perm -u+x | head -1)
 harness=$(find "$build" -name test_ops_backend_vs_reference -type f -perm -u+x | head -1)
 

@@ -1,0 +1,161 @@
+/* The NCCL communicator of nccl_comm.h: bootstrap through mt_comm_broadcast, a non-blocking
+ * communicator, and waits that poll ncclCommGetAsyncError against a deadline so that a dead or
+ * stuck peer becomes an error on this rank instead of a hang. */
+#include <nccl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/nccl_comm.h"
+
+struct mt_nccl {
+    ncclComm_t comm; /* NULL once aborted */
+    int rank, world_size, device;
+    double timeout_s;
+};
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void pause_briefly(void) {
+    struct timespec t = {.tv_sec = 0, .tv_nsec = 50000};
+    nanosleep(&t, NULL);
+}
+
+/* Every NCCL call: ncclInProgress is the non-blocking communicator's "started", not a failure. */
+#define NCCL_CHECK(nccl, call)                                                                     \
+    do {                                                                                           \
+        ncclResult_t nccl_check_result_ = (call);                                                  \
+        if (nccl_check_result_ != ncclSuccess && nccl_check_result_ != ncclInProgress)             \
+            return nccl_failed((nccl), #call, nccl_check_result_, __FILE__, __LINE__);             \
+    } while (0)
+
+static mt_status nccl_failed(mt_nccl *nccl, const char *call, ncclResult_t result, const char *file,
+                             int line) {
+    const char *detail = nccl->comm ? ncclGetLastError(nccl->comm) : "";
+    mt_status status =
+        MT_FAIL(MT_ERR_COMM, "rank %d (GPU %d): NCCL call %s failed at %s:%d: %s%s%s", nccl->rank,
+                nccl->device, call, file, line, ncclGetErrorString(result),
+                detail && *detail ? ": " : "", detail ? detail : "");
+    mt_nccl_abort(nccl);
+    return status;
+}
+
+/* The communicator's state: MT_OK when settled, MT_END while in progress, else an error (and
+ * the communicator aborted). */
+static mt_status nccl_state(mt_nccl *nccl, const char *what) {
+    if (!nccl->comm)
+        return MT_FAIL(MT_ERR_COMM, "rank %d: NCCL %s on an aborted communicator", nccl->rank,
+                       what);
+    ncclResult_t state = ncclSuccess;
+    NCCL_CHECK(nccl, ncclCommGetAsyncError(nccl->comm, &state));
+    if (state == ncclSuccess) return MT_OK;
+    if (state == ncclInProgress) return MT_END;
+    return nccl_failed(nccl, what, state, __FILE__, __LINE__);
+}
+
+static mt_status timed_out(mt_nccl *nccl, const char *what) {
+    mt_nccl_abort(nccl);
+    return MT_FAIL(MT_ERR_COMM,
+                   "rank %d (GPU %d): NCCL %s did not complete within %.0f s: a peer rank is "
+                   "probably dead or stuck; communicator aborted",
+                   nccl->rank, nccl->device, what, nccl->timeout_s);
+}
+
+/* Until the communicator's pending operation (init, an enqueue) has settled. */
+static mt_status settle(mt_nccl *nccl, const char *what) {
+    const double deadline = now_s() + nccl->timeout_s;
+    for (;;) {
+        mt_status status = nccl_state(nccl, what);
+        if (status != MT_END) return status;
+        if (now_s() > deadline) return timed_out(nccl, what);
+        pause_briefly();
+    }
+}
+
+mt_status mt_nccl_init(mt_comm *comm, int device, double timeout_s, mt_nccl **out) {
+    *out = NULL;
+    mt_comm_info info = mt_comm_get_info(comm);
+    mt_nccl *nccl = calloc(1, sizeof *nccl);
+    if (!nccl) return MT_FAIL(MT_ERR_NOMEM, "out of host memory for the NCCL communicator");
+    *nccl = (mt_nccl){.rank = info.rank,
+                      .world_size = info.world_size,
+                      .device = device,
+                      .timeout_s = timeout_s > 0 ? timeout_s : 300};
+    /* rank 0's result travels with the id, so a failure there fails every rank, not only 0 */
+    struct {
+        int32_t ok;
+        ncclUniqueId id;
+    } boot;
+    memset(&boot, 0, sizeof boot);
+    if (info.rank == 0) boot.ok = ncclGetUniqueId(&boot.id) == ncclSuccess;
+    mt_status status = mt_comm_broadcast(comm, &boot, sizeof boot, 0);
+    if (status == MT_OK && !boot.ok)
+        status = MT_FAIL(MT_ERR_COMM, "rank %d: ncclGetUniqueId failed on rank 0", info.rank);
+    if (status == MT_OK && cudaSetDevice(device) != cudaSuccess)
+        status = MT_FAIL(MT_ERR_COMM, "rank %d: cudaSetDevice(%d) failed: %s", info.rank, device,
+                         cudaGetErrorString(cudaGetLastError()));
+    if (status == MT_OK) {
+        ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+        config.blocking = 0;
+        ncclResult_t r =
+            ncclCommInitRankConfig(&nccl->comm, info.world_size, boot.id, info.rank, &config);
+        if (r != ncclSuccess && r != ncclInProgress)
+            status = nccl_failed(nccl, "ncclCommInitRankConfig", r, __FILE__, __LINE__);
+        else
+            status = settle(nccl, "ncclCommInitRankConfig");
+    }
+    if (status != MT_OK) {
+        mt_nccl_destroy(nccl);
+        return status;
+    }
+    *out = nccl;
+    return MT_OK;
+}
+
+mt_status mt_nccl_allreduce_sum_f32(mt_nccl *nccl, float *device_buffer, size_t count,
+                                    cudaStream_t stream) {
+    if (!nccl->comm)
+        return MT_FAIL(MT_ERR_COMM, "rank %d: all-reduce on an aborted NCCL communicator",
+                       nccl->rank);
+    NCCL_CHECK(nccl, ncclAllReduce(device_buffer, device_buffer, count, ncclFloat32, ncclSum,
+                                   nccl->comm, stream));
+    return settle(nccl, "ncclAllReduce");
+}
+
+mt_status mt_nccl_wait(mt_nccl *nccl, cudaStream_t stream) {
+    const double deadline = now_s() + nccl->timeout_s;
+    for (;;) {
+        cudaError_t e = cudaStreamQuery(stream);
+        if (e == cudaSuccess) return MT_OK;
+        if (e != cudaErrorNotReady)
+            return MT_FAIL(MT_ERR_COMM, "rank %d: cudaStreamQuery while waiting for NCCL: %s",
+                           nccl->rank, cudaGetErrorString(e));
+        mt_status status = nccl_state(nccl, "all-reduce");
+        if (status != MT_OK && status != MT_END) return status;
+        if (now_s() > deadline) return timed_out(nccl, "all-reduce");
+        pause_briefly();
+    }
+}
+
+void mt_nccl_abort(mt_nccl *nccl) {
+    if (!nccl || !nccl->comm) return;
+    (void)ncclCommAbort(nccl->comm);
+    nccl->comm = NULL;
+}
+
+void mt_nccl_destroy(mt_nccl *nccl) {
+    if (!nccl) return;
+    if (nccl->comm) {
+        ncclResult_t r = ncclCommFinalize(nccl->comm);
+        if ((r == ncclSuccess || r == ncclInProgress) && settle(nccl, "ncclCommFinalize") == MT_OK)
+            (void)ncclCommDestroy(nccl->comm);
+        else
+            mt_nccl_abort(nccl);
+    }
+    free(nccl);
+}
