@@ -40,6 +40,81 @@ static mt_status partials(cpu_backend *cpu, int c, double **part, int *threads) 
     return MT_OK;
 }
 
+/* The per-plane kernels below take the channel count of a row (`lanes`) and the row stride
+ * (`block`) as arguments and are always inlined, so the callers' constant 8 for nChw8c turns the
+ * innermost loops into straight vector code instead of short loops of unknown trip count. */
+#define BN_INLINE static inline __attribute__((always_inline))
+
+/* a += sum of (x - shift), b += sum of (x - shift)^2 over a plane's rows */
+BN_INLINE void stats_rows(const float *x, size_t hw, int block, int lanes, const float *shift,
+                          double *a, double *b) {
+    for (size_t p0 = 0; p0 < hw; p0 += CHUNK) {
+        size_t p1 = hw - p0 < CHUNK ? hw : p0 + CHUNK;
+        float fa[LANES] = {0}, fb[LANES] = {0};
+        for (size_t p = p0; p < p1; p++) {
+            const float *row = x + p * block;
+#pragma omp simd
+            for (int l = 0; l < lanes; l++) {
+                float v = row[l] - shift[l];
+                fa[l] += v;
+                fb[l] += v * v;
+            }
+        }
+        for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
+    }
+}
+
+/* y = clip(x * scale + offset, 0, 6) over a plane's rows */
+BN_INLINE void normalize_rows(const float *x, float *y, size_t hw, int block, const float *scale,
+                              const float *offset) {
+    for (size_t p = 0; p < hw; p++) {
+        const float *xr = x + p * block;
+        float *yr = y + p * block;
+#pragma omp simd
+        for (int l = 0; l < block; l++) {
+            float v = xr[l] * scale[l] + offset[l];
+            v = v > 0.0f ? v : 0.0f;
+            yr[l] = v < 6.0f ? v : 6.0f;
+        }
+    }
+}
+
+/* with g = dy where 0 < y < 6: a += sum of g, b += sum of g * (x - mean) */
+BN_INLINE void grad_stats_rows(const float *x, const float *y, const float *dy, size_t hw,
+                               int block, int lanes, const float *mean, double *a, double *b) {
+    for (size_t p0 = 0; p0 < hw; p0 += CHUNK) {
+        size_t p1 = hw - p0 < CHUNK ? hw : p0 + CHUNK;
+        float fa[LANES] = {0}, fb[LANES] = {0};
+        for (size_t p = p0; p < p1; p++) {
+            size_t o = p * block;
+#pragma omp simd
+            for (int l = 0; l < lanes; l++) {
+                /* unconditional loads and a non-short-circuit mask: a blend, not a branch */
+                float yv = y[o + l], dv = dy[o + l], xv = x[o + l];
+                float gv = ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
+                fa[l] += gv;
+                fb[l] += gv * (xv - mean[l]);
+            }
+        }
+        for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
+    }
+}
+
+/* dx = k*g - kx*(x - mean) - kb over a plane's rows */
+BN_INLINE void grad_rows(const float *x, const float *y, const float *dy, float *dx, size_t hw,
+                         int block, const float *k, const float *kx, const float *kb,
+                         const float *mean) {
+    for (size_t p = 0; p < hw; p++) {
+        size_t o = p * block;
+#pragma omp simd
+        for (int l = 0; l < block; l++) {
+            float yv = y[o + l], dv = dy[o + l];
+            float gv = ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
+            dx[o + l] = k[l] * gv - kx[l] * (x[o + l] - mean[l]) - kb[l];
+        }
+    }
+}
+
 /* Totals over the threads into a and b, which may be thread 0's row: each channel is read
  * from every row before it is written. */
 static void sum_partials(double *part, int threads, int c, double *a, double *b) {
@@ -89,27 +164,14 @@ mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
         for (ptrdiff_t plane = 0; plane < planes; plane++) {
             int cb = (int)(plane % g.blocks);
             const float *base = xs + (size_t)plane * g.hw * g.block;
-            for (int l0 = 0; l0 < g.block; l0 += LANES) {
-                int lanes = g.block - l0 < LANES ? g.block - l0 : LANES;
-                const float *sh = shift + (size_t)cb * g.block + l0;
-                double a[LANES] = {0}, b[LANES] = {0};
-                for (size_t p0 = 0; p0 < g.hw; p0 += CHUNK) {
-                    size_t p1 = g.hw - p0 < CHUNK ? g.hw : p0 + CHUNK;
-                    float fa[LANES] = {0}, fb[LANES] = {0};
-                    for (size_t p = p0; p < p1; p++) {
-                        const float *row = base + p * g.block + l0;
-#pragma omp simd
-                        for (int l = 0; l < lanes; l++) {
-                            float v = row[l] - sh[l];
-                            fa[l] += v;
-                            fb[l] += v * v;
-                        }
-                    }
-                    for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
-                }
-                for (int l = 0; l < lanes; l++) {
-                    sum[cb * g.block + l0 + l] += a[l];
-                    sum2[cb * g.block + l0 + l] += b[l];
+            const float *sh = shift + (size_t)cb * g.block;
+            double *sa = sum + (size_t)cb * g.block, *sb = sum2 + (size_t)cb * g.block;
+            if (g.block == 8) {
+                stats_rows(base, g.hw, 8, 8, sh, sa, sb);
+            } else {
+                for (int l0 = 0; l0 < g.block; l0 += LANES) {
+                    int lanes = g.block - l0 < LANES ? g.block - l0 : LANES;
+                    stats_rows(base + l0, g.hw, g.block, lanes, sh + l0, sa + l0, sb + l0);
                 }
             }
         }
@@ -136,16 +198,10 @@ mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
         const float *xb = xs + (size_t)plane * g.hw * g.block;
         float *yb = ys + (size_t)plane * g.hw * g.block;
         const float *sc = scale + (size_t)cb * g.block, *of = offset + (size_t)cb * g.block;
-        for (size_t p = 0; p < g.hw; p++) {
-            const float *xr = xb + p * g.block;
-            float *yr = yb + p * g.block;
-#pragma omp simd
-            for (int l = 0; l < g.block; l++) {
-                float v = xr[l] * sc[l] + of[l];
-                v = v > 0.0f ? v : 0.0f;
-                yr[l] = v < 6.0f ? v : 6.0f;
-            }
-        }
+        if (g.block == 8)
+            normalize_rows(xb, yb, g.hw, 8, sc, of);
+        else
+            normalize_rows(xb, yb, g.hw, g.block, sc, of);
     }
     return MT_OK;
 }
@@ -177,30 +233,15 @@ mt_status mt_cpu_relu6_batchnorm_backward_training(mt_backend *backend,
 #pragma omp for schedule(static)
         for (ptrdiff_t plane = 0; plane < planes; plane++) {
             int cb = (int)(plane % g.blocks);
-            size_t off = (size_t)plane * g.hw * g.block;
-            for (int l0 = 0; l0 < g.block; l0 += LANES) {
-                int lanes = g.block - l0 < LANES ? g.block - l0 : LANES;
-                const float *mu = saved_mean + (size_t)cb * g.block + l0;
-                double a[LANES] = {0}, b[LANES] = {0};
-                for (size_t p0 = 0; p0 < g.hw; p0 += CHUNK) {
-                    size_t p1 = g.hw - p0 < CHUNK ? g.hw : p0 + CHUNK;
-                    float fa[LANES] = {0}, fb[LANES] = {0};
-                    for (size_t p = p0; p < p1; p++) {
-                        size_t o = off + p * g.block + l0;
-#pragma omp simd
-                        for (int l = 0; l < lanes; l++) {
-                            /* unconditional loads and a non-short-circuit mask: a blend */
-                            float yv = ys[o + l], dv = dys[o + l], xv = xs[o + l];
-                            float gv = ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
-                            fa[l] += gv;
-                            fb[l] += gv * (xv - mu[l]);
-                        }
-                    }
-                    for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
-                }
-                for (int l = 0; l < lanes; l++) {
-                    sum[cb * g.block + l0 + l] += a[l];
-                    sum_x[cb * g.block + l0 + l] += b[l];
+            size_t off = (size_t)plane * g.hw * g.block, c0 = (size_t)cb * g.block;
+            const float *xb = xs + off, *yb = ys + off, *db = dys + off;
+            if (g.block == 8) {
+                grad_stats_rows(xb, yb, db, g.hw, 8, 8, saved_mean + c0, sum + c0, sum_x + c0);
+            } else {
+                for (int l0 = 0; l0 < g.block; l0 += LANES) {
+                    int lanes = g.block - l0 < LANES ? g.block - l0 : LANES;
+                    grad_stats_rows(xb + l0, yb + l0, db + l0, g.hw, g.block, lanes,
+                                    saved_mean + c0 + l0, sum + c0 + l0, sum_x + c0 + l0);
                 }
             }
         }
@@ -226,15 +267,10 @@ mt_status mt_cpu_relu6_batchnorm_backward_training(mt_backend *backend,
         int cb = (int)(plane % g.blocks);
         size_t off = (size_t)plane * g.hw * g.block, c0 = (size_t)cb * g.block;
         const float *kc = k + c0, *kxc = kx + c0, *kbc = kb + c0, *mu = saved_mean + c0;
-        for (size_t p = 0; p < g.hw; p++) {
-            size_t o = off + p * g.block;
-#pragma omp simd
-            for (int l = 0; l < g.block; l++) {
-                float yv = ys[o + l], dv = dys[o + l];
-                float gv = ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
-                dxs[o + l] = kc[l] * gv - kxc[l] * (xs[o + l] - mu[l]) - kbc[l];
-            }
-        }
+        if (g.block == 8)
+            grad_rows(xs + off, ys + off, dys + off, dxs + off, g.hw, 8, kc, kxc, kbc, mu);
+        else
+            grad_rows(xs + off, ys + off, dys + off, dxs + off, g.hw, g.block, kc, kxc, kbc, mu);
     }
     return MT_OK;
 }

@@ -40,6 +40,38 @@ static const unsigned bn_flags = dnnl_use_scale | dnnl_use_shift;
 /* The OpenMP reductions: BN_LANES channels at a time, in float over BN_CHUNK positions. */
 enum { BN_LANES = 64, BN_CHUNK = 128 };
 
+/* Inference-mode BN backward over one plane's rows (`lanes` channels, row stride `block`):
+ * a += sum of dy, b += sum of dy * (x - mean). Always inlined so that the callers' constant 8
+ * (nChw8c) makes the innermost loop straight vector code. */
+static inline __attribute__((always_inline)) void
+inference_grad_sums(const float *x, const float *dy, size_t hw, int block, int lanes,
+                    const float *mean, double *a, double *b) {
+    for (size_t p0 = 0; p0 < hw; p0 += BN_CHUNK) {
+        size_t p1 = hw - p0 < BN_CHUNK ? hw : p0 + BN_CHUNK;
+        float fa[BN_LANES] = {0}, fb[BN_LANES] = {0};
+        for (size_t p = p0; p < p1; p++) {
+            size_t o = p * block;
+#pragma omp simd
+            for (int l = 0; l < lanes; l++) {
+                float g = dy[o + l];
+                fa[l] += g;
+                fb[l] += g * (x[o + l] - mean[l]);
+            }
+        }
+        for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
+    }
+}
+
+/* dx = dy * scale over one plane's rows */
+static inline __attribute__((always_inline)) void
+inference_grad_rows(const float *dy, float *dx, size_t hw, int block, const float *scale) {
+    for (size_t p = 0; p < hw; p++) {
+        size_t o = p * block;
+#pragma omp simd
+        for (int l = 0; l < block; l++) dx[o + l] = dy[o + l] * scale[l];
+    }
+}
+
 static mt_status bn_forward_desc(cpu_backend *cpu, const mt_batchnorm_desc *d, bool training,
                                  dnnl_batch_normalization_desc_t *bd) {
     dnnl_memory_desc_t md;
@@ -207,36 +239,22 @@ mt_status mt_cpu_batchnorm_backward_inference(mt_backend *backend, const mt_batc
         for (ptrdiff_t plane = 0; plane < planes; plane++) {
             int cb = (int)(plane % blocks);
             size_t base = (size_t)plane * hw * block, c0 = (size_t)cb * block;
-            /* sums in float over chunks of positions (vectorizes), then into double */
-            for (int l0 = 0; params && l0 < block; l0 += BN_LANES) {
-                int lanes = block - l0 < BN_LANES ? block - l0 : BN_LANES;
-                const float *mu = moving_mean + c0 + l0;
-                for (size_t p0 = 0; p0 < hw; p0 += BN_CHUNK) {
-                    size_t p1 = hw - p0 < BN_CHUNK ? hw : p0 + BN_CHUNK;
-                    float fa[BN_LANES] = {0}, fb[BN_LANES] = {0};
-                    for (size_t p = p0; p < p1; p++) {
-                        size_t o = base + p * block + l0;
-#pragma omp simd
-                        for (int l = 0; l < lanes; l++) {
-                            float g = dys[o + l];
-                            fa[l] += g;
-                            fb[l] += g * (xs[o + l] - mu[l]);
-                        }
-                    }
-                    for (int l = 0; l < lanes; l++) {
-                        sum_dy[c0 + l0 + l] += fa[l];
-                        sum_dyx[c0 + l0 + l] += fb[l];
-                    }
+            if (params && block == 8) {
+                inference_grad_sums(xs + base, dys + base, hw, 8, 8, moving_mean + c0,
+                                    sum_dy + c0, sum_dyx + c0);
+            } else if (params) {
+                for (int l0 = 0; l0 < block; l0 += BN_LANES) {
+                    int lanes = block - l0 < BN_LANES ? block - l0 : BN_LANES;
+                    inference_grad_sums(xs + base + l0, dys + base + l0, hw, block, lanes,
+                                        moving_mean + c0 + l0, sum_dy + c0 + l0,
+                                        sum_dyx + c0 + l0);
                 }
             }
-            if (dxs) { /* the plane of dy is still in cache */
-                const float *sc = scale + c0;
-                for (size_t p = 0; p < hw; p++) {
-                    size_t o = base + p * block;
-#pragma omp simd
-                    for (int l = 0; l < block; l++) dxs[o + l] = dys[o + l] * sc[l];
-                }
-            }
+            /* after the sums, while the plane of dy is still in cache (dx may alias dy) */
+            if (dxs && block == 8)
+                inference_grad_rows(dys + base, dxs + base, hw, 8, scale + c0);
+            else if (dxs)
+                inference_grad_rows(dys + base, dxs + base, hw, block, scale + c0);
         }
     }
     if (params) {
