@@ -16,11 +16,13 @@
  * windows start on odd rows (-1, 1, 3, ...) instead of even ones (0, 2, 4, ...), so cropping the
  * output does not recover them either. Padding the activation would cost a copy the issue rules
  * out. Such convolutions therefore run our own kernels, which take any pads directly (forward,
- * backward data, backward weights): in MobileNetV2 that is Conv1 only (3 input channels, where a
- * direct kernel is competitive), the stride-2 depthwise layers having explicit ZeroPadding2D in
- * front of a VALID convolution. cuDNN's graph API has separate pre/post paddings: the route if a
- * larger asymmetric layer ever matters. A symmetric regular convolution for which cuDNN has no
- * algorithm (or fails) falls back to the same direct kernels, with a warning on stderr.
+ * backward data, backward weights). In MobileNetV2 that is Conv1 (3 input channels, where a
+ * direct kernel should do well; to be measured) and the four stride-2 depthwise layers, whose
+ * ZeroPadding2D the model executor folds into the convolution's pads (our depthwise kernels are
+ * the general implementation anyway; those layers only lose the cuDNN alternative). cuDNN's graph
+ * API has separate pre/post paddings: the route if that ever matters. A symmetric regular
+ * convolution for which cuDNN has no algorithm (or fails) falls back to the same direct kernels,
+ * with a warning on stderr.
  *
  * Depthwise. Our kernels and cuDNN's grouped convolution (groups = channels) are both available;
  * at a shape's first use of each pass both run (warm-up, and cudnnFind), then each is timed over
