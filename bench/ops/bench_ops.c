@@ -25,8 +25,8 @@ typedef enum { L_CONV, L_BN, L_RELU6, L_BN_RELU6 } layer_kind;
 typedef struct layer {
     char name[48];
     layer_kind kind;
-    mt_conv_desc conv;   /* L_CONV */
-    mt_shape4 shape;     /* L_BN, L_RELU6, L_BN_RELU6 */
+    mt_conv_desc conv; /* L_CONV */
+    mt_shape4 shape;   /* L_BN, L_RELU6, L_BN_RELU6 */
 } layer;
 
 typedef struct timing {
@@ -98,7 +98,8 @@ static timing time_layer(mt_backend *b, const layer *l, int reps, bool fused) {
     if (l->kind == L_CONV) {
         const mt_conv_desc *d = &l->conv;
         mt_shape4 out = mt_conv_output_shape(d);
-        size_t wn = (size_t)d->kernel * d->kernel * d->input.c * (d->depthwise ? 1 : d->out_channels);
+        size_t wn =
+            (size_t)d->kernel * d->kernel * d->input.c * (d->depthwise ? 1 : d->out_channels);
         mt_tensor x, y, dy, dx;
         tensor_random(b, d->input, -1, 1, &x);
         tensor_random(b, out, -1, 1, &dy);
@@ -138,26 +139,30 @@ static timing time_layer(mt_backend *b, const layer *l, int reps, bool fused) {
         for (int r = -1; r < reps; r++) {
             double t0 = now();
             if (l->kind == L_BN_RELU6 && fused && ops->batchnorm_relu6_forward_training) {
-                BENCH_TRY(ops->batchnorm_relu6_forward_training(b, &bn, &x, gamma, beta, mm, mv,
-                                                                &y, sm, si));
+                BENCH_TRY(ops->batchnorm_relu6_forward_training(b, &bn, &x, gamma, beta, mm, mv, &y,
+                                                                sm, si));
             } else if (l->kind == L_BN_RELU6) {
-                BENCH_TRY(ops->batchnorm_forward_training(b, &bn, &x, gamma, beta, mm, mv, &y, sm, si));
+                BENCH_TRY(
+                    ops->batchnorm_forward_training(b, &bn, &x, gamma, beta, mm, mv, &y, sm, si));
                 BENCH_TRY(ops->relu6_forward(b, &y, &y));
             } else if (l->kind == L_BN) {
-                BENCH_TRY(ops->batchnorm_forward_training(b, &bn, &x, gamma, beta, mm, mv, &y, sm, si));
+                BENCH_TRY(
+                    ops->batchnorm_forward_training(b, &bn, &x, gamma, beta, mm, mv, &y, sm, si));
             } else {
                 BENCH_TRY(ops->relu6_forward(b, &x, &y));
             }
             BENCH_TRY(ops->synchronize(b));
             double t1 = now();
             if (l->kind == L_BN_RELU6 && fused && ops->relu6_batchnorm_backward_training) {
-                BENCH_TRY(ops->relu6_batchnorm_backward_training(b, &bn, &x, &y, &dy, gamma, sm,
-                                                                 si, &dx, dg, db));
+                BENCH_TRY(ops->relu6_batchnorm_backward_training(b, &bn, &x, &y, &dy, gamma, sm, si,
+                                                                 &dx, dg, db));
             } else if (l->kind == L_BN_RELU6) {
                 BENCH_TRY(ops->relu6_backward(b, &y, &dy, &dx));
-                BENCH_TRY(ops->batchnorm_backward_training(b, &bn, &x, &dx, gamma, sm, si, &dx, dg, db));
+                BENCH_TRY(
+                    ops->batchnorm_backward_training(b, &bn, &x, &dx, gamma, sm, si, &dx, dg, db));
             } else if (l->kind == L_BN) {
-                BENCH_TRY(ops->batchnorm_backward_training(b, &bn, &x, &dy, gamma, sm, si, &dx, dg, db));
+                BENCH_TRY(
+                    ops->batchnorm_backward_training(b, &bn, &x, &dy, gamma, sm, si, &dx, dg, db));
             } else {
                 BENCH_TRY(ops->relu6_backward(b, &y, &dy, &dx));
             }
@@ -170,7 +175,8 @@ static timing time_layer(mt_backend *b, const layer *l, int reps, bool fused) {
         ops->tensor_free(b, &dy);
         ops->tensor_free(b, &dx);
         float *bufs[] = {gamma, beta, mm, mv, sm, si, dg, db};
-        for (int i = 0; i < 8; i++) ops->buffer_free(b, bufs[i]);
+        for (int i = 0; i < 8; i++)
+            ops->buffer_free(b, bufs[i]);
     }
     t.forward = median(fwd, reps);
     t.backward = median(bwd, reps);
@@ -180,8 +186,8 @@ static timing time_layer(mt_backend *b, const layer *l, int reps, bool fused) {
 static layer conv_layer(const char *name, mt_shape4 in, int out, int k, int stride, bool dw) {
     layer l = {.kind = L_CONV};
     snprintf(l.name, sizeof l.name, "%s", name);
-    l.conv = (mt_conv_desc){.input = in, .out_channels = out, .kernel = k, .stride = stride,
-                            .depthwise = dw};
+    l.conv = (mt_conv_desc){
+        .input = in, .out_channels = out, .kernel = k, .stride = stride, .depthwise = dw};
     mt_same_padding(in.h, k, stride, &l.conv.pad_top, &l.conv.pad_bottom);
     mt_same_padding(in.w, k, stride, &l.conv.pad_left, &l.conv.pad_right);
     return l;
@@ -236,8 +242,10 @@ static int network_layers(int batch, int size, layer *out, int max) {
 }
 
 static mt_backend *make_backend(const char *name, const char *layout, int threads) {
-    if (layout) setenv("MT_ONEDNN_LAYOUT", layout, 1);
-    else unsetenv("MT_ONEDNN_LAYOUT");
+    if (layout)
+        setenv("MT_ONEDNN_LAYOUT", layout, 1);
+    else
+        unsetenv("MT_ONEDNN_LAYOUT");
     mt_backend *b;
     mt_backend_options options = {.num_threads = threads};
     BENCH_TRY(mt_backend_create(name, &options, &b));
@@ -250,14 +258,22 @@ int main(int argc, char **argv) {
     bool reference = true, network = false;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
-        else if (!strcmp(argv[i], "--no-reference")) reference = false;
-        else if (!strcmp(argv[i], "--network")) network = true;
-        else if (!strcmp(argv[i], "--cpu-time")) bench_clock = CLOCK_PROCESS_CPUTIME_ID;
+        if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+            batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--size") && i + 1 < argc)
+            size = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else if (!strcmp(argv[i], "--no-reference"))
+            reference = false;
+        else if (!strcmp(argv[i], "--network"))
+            network = true;
+        else if (!strcmp(argv[i], "--cpu-time"))
+            bench_clock = CLOCK_PROCESS_CPUTIME_ID;
         else {
             fprintf(stderr,
                     "usage: %s [--reps N] [--batch N] [--size S] [--threads T] "
@@ -347,16 +363,17 @@ int main(int argc, char **argv) {
         for (int k = 0; k < 3; k++)
             printf("total %-18s blocked %8.1f ms, nhwc %8.1f ms (nhwc/blocked %.2fx)\n", kinds[k],
                    1e3 * by_kind[0][k], 1e3 * by_kind[1][k], by_kind[1][k] / by_kind[0][k]);
-        printf("BN+ReLU6 pairs, blocked: separate ops %.1f ms, fused ops %.1f ms (fused is %.2fx)\n",
-               1e3 * separate_pairs, 1e3 * fused_pairs, separate_pairs / fused_pairs);
+        printf(
+            "BN+ReLU6 pairs, blocked: separate ops %.1f ms, fused ops %.1f ms (fused is %.2fx)\n",
+            1e3 * separate_pairs, 1e3 * fused_pairs, separate_pairs / fused_pairs);
         double blk = total[0][0] + total[0][1], hw = total[1][0] + total[1][1];
         double blk_fused = blk - separate_pairs + fused_pairs;
         printf("total backbone, blocked with fused BN+ReLU6: %.1f ms = %.1f img/s\n",
                1e3 * blk_fused, batch / blk_fused);
         printf("total backbone           blocked %8.1f ms (fwd %.1f, bwd %.1f) = %.1f img/s, "
                "nhwc %8.1f ms = %.1f img/s (blocked is %.2fx)\n",
-               1e3 * blk, 1e3 * total[0][0], 1e3 * total[0][1], batch / blk, 1e3 * hw,
-               batch / hw, hw / blk);
+               1e3 * blk, 1e3 * total[0][0], 1e3 * total[0][1], batch / blk, 1e3 * hw, batch / hw,
+               hw / blk);
     }
     mt_backend_destroy(cpu);
     mt_backend_destroy(nhwc);

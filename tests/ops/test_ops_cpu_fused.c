@@ -19,7 +19,8 @@ static mt_backend *ref, *cpu;
 
 static float *random_floats(size_t n, float lo, float hi) {
     float *p = malloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = lo + (hi - lo) * (float)rand() / (float)RAND_MAX;
+    for (size_t i = 0; i < n; i++)
+        p[i] = lo + (hi - lo) * (float)rand() / (float)RAND_MAX;
     return p;
 }
 
@@ -46,7 +47,8 @@ static int run_case(const char *name, mt_conv_desc conv, bool relu6) {
     CHECK_OK(to_backend(cpu, out, NULL, &cy));
     for (int round = 0; round < 2; round++) {
         if (round == 1) /* new statistics, same shapes: the cached primitive must not go stale */
-            for (int c = 0; c < oc; c++) mean[c] += 0.25f, var[c] *= 2.0f, gamma[c] = -gamma[c];
+            for (int c = 0; c < oc; c++)
+                mean[c] += 0.25f, var[c] *= 2.0f, gamma[c] = -gamma[c];
         CHECK_OK(ref->ops->conv_forward(ref, &conv, &rx, w, &ry));
         CHECK_OK(ref->ops->batchnorm_forward_inference(ref, &bn, &ry, gamma, beta, mean, var, &ry));
         if (relu6) CHECK_OK(ref->ops->relu6_forward(ref, &ry, &ry));
@@ -85,8 +87,7 @@ static double rel_diff(const float *got, const float *want, size_t n) {
 static void expect_close(const char *name, const char *what, const float *got, const float *want,
                          size_t n) {
     double rel = rel_diff(got, want, n);
-    printf("%s %-36s %-18s max|diff|/scale %.1e\n", rel <= 1e-4 ? "ok  " : "FAIL", name, what,
-           rel);
+    printf("%s %-36s %-18s max|diff|/scale %.1e\n", rel <= 1e-4 ? "ok  " : "FAIL", name, what, rel);
     CHECK_MSG(rel <= 1e-4, "%s: %s differs from the reference by %.3g", name, what, rel);
 }
 
@@ -101,7 +102,8 @@ static int run_bn_case(const char *name, mt_shape4 s, float center) {
     float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
     float *stats[2][8]; /* mean, inv_std, moving mean, moving var, dgamma, dbeta */
     for (int b = 0; b < 2; b++)
-        for (int k = 0; k < 8; k++) stats[b][k] = calloc((size_t)c, sizeof(float));
+        for (int k = 0; k < 8; k++)
+            stats[b][k] = calloc((size_t)c, sizeof(float));
     for (int b = 0; b < 2; b++) {
         memcpy(stats[b][2], mm0, (size_t)c * sizeof(float));
         memcpy(stats[b][3], mv0, (size_t)c * sizeof(float));
@@ -116,11 +118,11 @@ static int run_bn_case(const char *name, mt_shape4 s, float center) {
     CHECK_OK(to_backend(cpu, s, dy, &cdy));
     CHECK_OK(to_backend(cpu, s, NULL, &cdx));
     float **r = stats[0], **k = stats[1];
-    CHECK_OK(ref->ops->batchnorm_forward_training(ref, &bn, &rx, gamma, beta, r[2], r[3], &ry,
-                                                  r[0], r[1]));
+    CHECK_OK(ref->ops->batchnorm_forward_training(ref, &bn, &rx, gamma, beta, r[2], r[3], &ry, r[0],
+                                                  r[1]));
     CHECK_OK(ref->ops->relu6_forward(ref, &ry, &ry));
-    CHECK_OK(cpu->ops->batchnorm_relu6_forward_training(cpu, &bn, &cx, gamma, beta, k[2], k[3],
-                                                        &cy, k[0], k[1]));
+    CHECK_OK(cpu->ops->batchnorm_relu6_forward_training(cpu, &bn, &cx, gamma, beta, k[2], k[3], &cy,
+                                                        k[0], k[1]));
     CHECK_OK(ref->ops->tensor_to_nhwc(ref, &ry, want));
     CHECK_OK(cpu->ops->tensor_to_nhwc(cpu, &cy, got));
     expect_close(name, "forward y", got, want, n);
@@ -147,18 +149,24 @@ static int run_bn_case(const char *name, mt_shape4 s, float center) {
     expect_close(name, "backward dx in place", got, want, n);
 
     mt_tensor *ts[] = {&rx, &ry, &rdy, &rdx};
-    for (int i = 0; i < 4; i++) ref->ops->tensor_free(ref, ts[i]);
+    for (int i = 0; i < 4; i++)
+        ref->ops->tensor_free(ref, ts[i]);
     mt_tensor *tc[] = {&cx, &cy, &cdy, &cdx};
-    for (int i = 0; i < 4; i++) cpu->ops->tensor_free(cpu, tc[i]);
+    for (int i = 0; i < 4; i++)
+        cpu->ops->tensor_free(cpu, tc[i]);
     for (int b = 0; b < 2; b++)
-        for (int i = 0; i < 8; i++) free(stats[b][i]);
+        for (int i = 0; i < 8; i++)
+            free(stats[b][i]);
     free(x), free(dy), free(gamma), free(beta), free(mm0), free(mv0), free(want), free(got);
     return 0;
 }
 
 static mt_conv_desc same_conv(mt_shape4 in, int out_channels, int kernel, int stride, bool dw) {
-    mt_conv_desc d = {.input = in, .out_channels = out_channels, .kernel = kernel,
-                      .stride = stride, .depthwise = dw};
+    mt_conv_desc d = {.input = in,
+                      .out_channels = out_channels,
+                      .kernel = kernel,
+                      .stride = stride,
+                      .depthwise = dw};
     mt_same_padding(in.h, kernel, stride, &d.pad_top, &d.pad_bottom);
     mt_same_padding(in.w, kernel, stride, &d.pad_left, &d.pad_right);
     return d;
@@ -173,12 +181,18 @@ int main(void) {
         fprintf(stderr, "the cpu backend lost one of its fused ops\n");
         return 1;
     }
-    run_case("3x3/2 SAME 3->16 (Conv1-like) n2 12x12", same_conv((mt_shape4){2, 12, 12, 3}, 16, 3, 2, false), true);
-    run_case("1x1 16->24 n2 6x6 (expand)", same_conv((mt_shape4){2, 6, 6, 16}, 24, 1, 1, false), true);
-    run_case("1x1 24->16 n2 6x6 (project)", same_conv((mt_shape4){2, 6, 6, 24}, 16, 1, 1, false), false);
-    run_case("depthwise 3x3/1 c32 n2 7x7", same_conv((mt_shape4){2, 7, 7, 32}, 32, 3, 1, true), true);
-    run_case("depthwise 3x3/2 c24 n1 9x8", same_conv((mt_shape4){1, 9, 8, 24}, 24, 3, 2, true), true);
-    run_case("depthwise 3x3/2 c17 n2 5x5", same_conv((mt_shape4){2, 5, 5, 17}, 17, 3, 2, true), false);
+    run_case("3x3/2 SAME 3->16 (Conv1-like) n2 12x12",
+             same_conv((mt_shape4){2, 12, 12, 3}, 16, 3, 2, false), true);
+    run_case("1x1 16->24 n2 6x6 (expand)", same_conv((mt_shape4){2, 6, 6, 16}, 24, 1, 1, false),
+             true);
+    run_case("1x1 24->16 n2 6x6 (project)", same_conv((mt_shape4){2, 6, 6, 24}, 16, 1, 1, false),
+             false);
+    run_case("depthwise 3x3/1 c32 n2 7x7", same_conv((mt_shape4){2, 7, 7, 32}, 32, 3, 1, true),
+             true);
+    run_case("depthwise 3x3/2 c24 n1 9x8", same_conv((mt_shape4){1, 9, 8, 24}, 24, 3, 2, true),
+             true);
+    run_case("depthwise 3x3/2 c17 n2 5x5", same_conv((mt_shape4){2, 5, 5, 17}, 17, 3, 2, true),
+             false);
     run_case("3x3/1 17->5 n1 5x5", same_conv((mt_shape4){1, 5, 5, 17}, 5, 3, 1, false), true);
     run_bn_case("bn+relu6 n2 5x4 c16", (mt_shape4){2, 5, 4, 16}, 1.0f);
     run_bn_case("bn+relu6 n3 5x5 c17", (mt_shape4){3, 5, 5, 17}, 1.0f);

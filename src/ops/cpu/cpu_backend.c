@@ -58,7 +58,8 @@ mt_status cpu_check_tensor(const cpu_backend *cpu, const mt_tensor *t, mt_shape4
 static uint64_t key_hash(const cpu_key *key) {
     const unsigned char *p = (const unsigned char *)key;
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < sizeof *key; i++) h = (h ^ p[i]) * 1099511628211ull;
+    for (size_t i = 0; i < sizeof *key; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
     return h;
 }
 
@@ -74,7 +75,8 @@ cpu_entry *cpu_cache_find(cpu_backend *cpu, const cpu_key *key) {
 
 static void slots_put(cpu_entry **slots, size_t capacity, cpu_entry *e) {
     size_t i = e->hash & (capacity - 1);
-    while (slots[i]) i = (i + 1) & (capacity - 1);
+    while (slots[i])
+        i = (i + 1) & (capacity - 1);
     slots[i] = e;
 }
 
@@ -114,8 +116,7 @@ static mt_status grow_scratch(cpu_backend *cpu, const_dnnl_primitive_desc_t pd) 
     if (bytes <= cpu->scratch_bytes) return MT_OK;
     void *p = aligned_zeroed(bytes);
     if (!p)
-        return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory for a %zu-byte scratchpad",
-                       bytes);
+        return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory for a %zu-byte scratchpad", bytes);
     free(cpu->scratch);
     cpu->scratch = p;
     cpu->scratch_bytes = bytes;
@@ -136,8 +137,7 @@ mt_status cpu_make_primitive(cpu_backend *cpu, const_dnnl_op_desc_t op_desc,
     DNNL_CHECK_GOTO(dnnl_primitive_attr_set_scratchpad_mode((dnnl_primitive_attr_t)attr,
                                                             dnnl_scratchpad_mode_user),
                     status, done);
-    DNNL_CHECK_GOTO(dnnl_primitive_desc_create(pd, op_desc, attr, cpu->engine, hint), status,
-                    done);
+    DNNL_CHECK_GOTO(dnnl_primitive_desc_create(pd, op_desc, attr, cpu->engine, hint), status, done);
     DNNL_CHECK_GOTO(dnnl_primitive_create(prim, *pd), status, done);
     status = grow_scratch(cpu, *pd);
 done:
@@ -161,9 +161,9 @@ mt_status cpu_make_reorder(cpu_backend *cpu, const dnnl_memory_desc_t *from,
     DNNL_CHECK(dnnl_primitive_attr_create(&attr));
     DNNL_CHECK_GOTO(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user),
                     status, done);
-    DNNL_CHECK_GOTO(dnnl_reorder_primitive_desc_create(pd, from, cpu->engine, to, cpu->engine,
-                                                       attr),
-                    status, done);
+    DNNL_CHECK_GOTO(
+        dnnl_reorder_primitive_desc_create(pd, from, cpu->engine, to, cpu->engine, attr), status,
+        done);
     DNNL_CHECK_GOTO(dnnl_primitive_create(prim, *pd), status, done);
     status = grow_scratch(cpu, *pd);
 done:
@@ -177,8 +177,8 @@ done:
     return status;
 }
 
-mt_status cpu_execute(cpu_backend *cpu, dnnl_primitive_desc_t pd, dnnl_primitive_t prim,
-                      int count, const cpu_arg *args) {
+mt_status cpu_execute(cpu_backend *cpu, dnnl_primitive_desc_t pd, dnnl_primitive_t prim, int count,
+                      const cpu_arg *args) {
     dnnl_exec_arg_t exec[CPU_MAX_ARGS + 1];
     int n = 0;
     mt_status status = MT_OK;
@@ -187,27 +187,27 @@ mt_status cpu_execute(cpu_backend *cpu, dnnl_primitive_desc_t pd, dnnl_primitive
         const dnnl_memory_desc_t *md =
             dnnl_primitive_desc_query_md(pd, dnnl_query_exec_arg_md, args[i].arg);
         if (!md || md->ndims == 0) {
-            status = MT_FAIL(MT_ERR_INTERNAL, "cpu backend: primitive has no argument %d",
-                             args[i].arg);
+            status =
+                MT_FAIL(MT_ERR_INTERNAL, "cpu backend: primitive has no argument %d", args[i].arg);
             goto done;
         }
         exec[n].arg = args[i].arg;
-        DNNL_CHECK_GOTO(dnnl_memory_create(&exec[n].memory, md, cpu->engine,
-                                           (void *)args[i].data),
+        DNNL_CHECK_GOTO(dnnl_memory_create(&exec[n].memory, md, cpu->engine, (void *)args[i].data),
                         status, done);
         n++;
     }
     const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     if (smd && dnnl_memory_desc_get_size(smd) > 0) {
         exec[n].arg = DNNL_ARG_SCRATCHPAD;
-        DNNL_CHECK_GOTO(dnnl_memory_create(&exec[n].memory, smd, cpu->engine, cpu->scratch),
-                        status, done);
+        DNNL_CHECK_GOTO(dnnl_memory_create(&exec[n].memory, smd, cpu->engine, cpu->scratch), status,
+                        done);
         n++;
     }
     DNNL_CHECK_GOTO(dnnl_primitive_execute(prim, cpu->stream, n, exec), status, done);
     DNNL_CHECK_GOTO(dnnl_stream_wait(cpu->stream), status, done);
 done:
-    for (int i = 0; i < n; i++) dnnl_memory_destroy(exec[i].memory);
+    for (int i = 0; i < n; i++)
+        dnnl_memory_destroy(exec[i].memory);
     return status;
 }
 
@@ -240,7 +240,8 @@ mt_status cpu_reduce_buffer(cpu_backend *cpu, size_t doubles, double **out) {
 static void cpu_shutdown(mt_backend *backend) {
     cpu_backend *cpu = cpu_of(backend);
     if (!cpu) return;
-    for (size_t i = 0; i < cpu->capacity; i++) cpu_entry_free(cpu->slots[i]);
+    for (size_t i = 0; i < cpu->capacity; i++)
+        cpu_entry_free(cpu->slots[i]);
     free(cpu->slots);
     if (cpu->stream) dnnl_stream_destroy(cpu->stream);
     if (cpu->engine) dnnl_engine_destroy(cpu->engine);
@@ -282,7 +283,8 @@ fail:
 
 static mt_status cpu_buffer_alloc(mt_backend *backend, size_t bytes, void **out) {
     *out = aligned_zeroed(bytes);
-    if (!*out) return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory allocating %zu bytes", bytes);
+    if (!*out)
+        return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory allocating %zu bytes", bytes);
     return MT_OK;
 }
 
@@ -308,8 +310,8 @@ static mt_status cpu_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tenso
     size_t bytes = dnnl_memory_desc_get_size(&md);
     void *data = aligned_zeroed(bytes);
     if (!data)
-        return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory for a %dx%dx%dx%d tensor",
-                       shape.n, shape.h, shape.w, shape.c);
+        return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory for a %dx%dx%dx%d tensor", shape.n,
+                       shape.h, shape.w, shape.c);
     *out = (mt_tensor){.shape = shape,
                        .data = data,
                        .bytes = bytes,

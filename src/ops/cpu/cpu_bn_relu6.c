@@ -60,7 +60,8 @@ BN_INLINE void stats_rows(const float *x, size_t hw, int block, int lanes, const
                 fb[l] += v * v;
             }
         }
-        for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
+        for (int l = 0; l < lanes; l++)
+            a[l] += fa[l], b[l] += fb[l];
     }
 }
 
@@ -96,7 +97,8 @@ BN_INLINE void grad_stats_rows(const float *x, const float *y, const float *dy, 
                 fb[l] += gv * (xv - mean[l]);
             }
         }
-        for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
+        for (int l = 0; l < lanes; l++)
+            a[l] += fa[l], b[l] += fb[l];
     }
 }
 
@@ -130,11 +132,11 @@ static void sum_partials(double *part, int threads, int c, double *a, double *b)
 }
 
 mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
-                                                  const mt_batchnorm_desc *desc,
-                                                  const mt_tensor *x, const float *gamma,
-                                                  const float *beta, float *moving_mean,
-                                                  float *moving_variance, mt_tensor *y,
-                                                  float *saved_mean, float *saved_inv_std) {
+                                                  const mt_batchnorm_desc *desc, const mt_tensor *x,
+                                                  const float *gamma, const float *beta,
+                                                  float *moving_mean, float *moving_variance,
+                                                  mt_tensor *y, float *saved_mean,
+                                                  float *saved_inv_std) {
     cpu_backend *cpu = cpu_of(backend);
     mt_shape4 s = desc->shape;
     if (!(desc->epsilon > 0.0f))
@@ -206,13 +208,10 @@ mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
     return MT_OK;
 }
 
-mt_status mt_cpu_relu6_batchnorm_backward_training(mt_backend *backend,
-                                                   const mt_batchnorm_desc *desc,
-                                                   const mt_tensor *x, const mt_tensor *y,
-                                                   const mt_tensor *dy, const float *gamma,
-                                                   const float *saved_mean,
-                                                   const float *saved_inv_std, mt_tensor *dx,
-                                                   float *dgamma, float *dbeta) {
+mt_status mt_cpu_relu6_batchnorm_backward_training(
+    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
+    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
+    mt_tensor *dx, float *dgamma, float *dbeta) {
     cpu_backend *cpu = cpu_of(backend);
     mt_shape4 s = desc->shape;
     MT_TRY(cpu_check_tensor(cpu, x, s, "relu6_batchnorm_backward_training's x"));

@@ -33,9 +33,9 @@ static cpu_key conv_key(int kind, const mt_conv_desc *d) {
     cpu_key k;
     memset(&k, 0, sizeof k);
     k.kind = kind;
-    int v[] = {d->input.n, d->input.h,   d->input.w,  d->input.c,      d->out_channels,
-               d->kernel,  d->stride,    d->pad_top,  d->pad_left,     d->pad_bottom,
-               d->pad_right, d->depthwise ? 1 : 0};
+    int v[] = {d->input.n,      d->input.h,    d->input.w,   d->input.c,
+               d->out_channels, d->kernel,     d->stride,    d->pad_top,
+               d->pad_left,     d->pad_bottom, d->pad_right, d->depthwise ? 1 : 0};
     memcpy(k.v, v, sizeof v);
     return k;
 }
@@ -82,30 +82,26 @@ static mt_status geometry(const cpu_backend *cpu, const mt_conv_desc *d, conv_ge
 static mt_status conv_op_desc(int kind, const conv_geometry *g, const dnnl_memory_desc_t *act,
                               dnnl_convolution_desc_t *cd) {
     if (kind == CPU_CONV_BN_RELU6_FWD) /* BN folded into the weights and a bias */
-        DNNL_CHECK(dnnl_convolution_forward_desc_init(cd, dnnl_forward_inference,
-                                                      dnnl_convolution_direct, act, &g->any_w,
-                                                      &g->bias, &g->dst, g->strides, g->pad_l,
-                                                      g->pad_r));
+        DNNL_CHECK(dnnl_convolution_forward_desc_init(
+            cd, dnnl_forward_inference, dnnl_convolution_direct, act, &g->any_w, &g->bias, &g->dst,
+            g->strides, g->pad_l, g->pad_r));
     else if (kind == CPU_CONV_FWD)
         DNNL_CHECK(dnnl_convolution_forward_desc_init(cd, dnnl_forward_training,
-                                                      dnnl_convolution_direct, act, &g->any_w,
-                                                      NULL, &g->dst, g->strides, g->pad_l,
-                                                      g->pad_r));
+                                                      dnnl_convolution_direct, act, &g->any_w, NULL,
+                                                      &g->dst, g->strides, g->pad_l, g->pad_r));
     else if (kind == CPU_CONV_BWD_DATA)
-        DNNL_CHECK(dnnl_convolution_backward_data_desc_init(cd, dnnl_convolution_direct, act,
-                                                            &g->any_w, &g->dst, g->strides,
-                                                            g->pad_l, g->pad_r));
+        DNNL_CHECK(dnnl_convolution_backward_data_desc_init(
+            cd, dnnl_convolution_direct, act, &g->any_w, &g->dst, g->strides, g->pad_l, g->pad_r));
     else
         DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(cd, dnnl_convolution_direct, act,
-                                                               &g->any_w, NULL, &g->dst,
-                                                               g->strides, g->pad_l, g->pad_r));
+                                                               &g->any_w, NULL, &g->dst, g->strides,
+                                                               g->pad_l, g->pad_r));
     return MT_OK;
 }
 
 static bool is_reference_impl(const_dnnl_primitive_desc_t pd) {
     const char *impl = NULL;
-    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
-        !impl)
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl)
         return false;
     return strncmp(impl, "ref", 3) == 0;
 }
@@ -137,7 +133,8 @@ static mt_status conv_primitive(cpu_backend *cpu, int kind, const conv_geometry 
             return status;
         }
     }
-    if (kind == CPU_CONV_BWD_DATA || kind == CPU_CONV_BWD_WEIGHTS) { /* backward primitives need the forward one as a hint */
+    if (kind == CPU_CONV_BWD_DATA ||
+        kind == CPU_CONV_BWD_WEIGHTS) { /* backward primitives need the forward one as a hint */
         MT_TRY(conv_op_desc(CPU_CONV_FWD, g, act, &fwd));
         MT_TRY(cpu_make_primitive(cpu, &fwd, NULL, NULL, &hint, &hint_prim));
     }
@@ -159,8 +156,8 @@ static mt_status entry_weights(cpu_entry *e, const dnnl_memory_desc_t *user,
     return MT_OK;
 }
 
-static mt_status make_entry(cpu_backend *cpu, const cpu_key *key, const mt_conv_desc *d,
-                           bool relu6, cpu_entry **out) {
+static mt_status make_entry(cpu_backend *cpu, const cpu_key *key, const mt_conv_desc *d, bool relu6,
+                            cpu_entry **out) {
     int kind = key->kind;
     conv_geometry g;
     MT_TRY(geometry(cpu, d, &g));
@@ -235,7 +232,7 @@ static mt_status input_side(cpu_backend *cpu, cpu_entry *e, const mt_tensor *x, 
 }
 
 static mt_status lookup(cpu_backend *cpu, int kind, const mt_conv_desc *d, bool relu6,
-                       cpu_entry **out) {
+                        cpu_entry **out) {
     cpu_key key = conv_key(kind, d);
     key.v[CPU_KEY_INTS - 1] = relu6;
     *out = cpu_cache_find(cpu, &key);
@@ -289,9 +286,8 @@ mt_status mt_cpu_conv_backward_weights(mt_backend *backend, const mt_conv_desc *
     MT_TRY(cpu_check_tensor(cpu, dy, mt_conv_output_shape(desc), "conv_backward_weights's dy"));
     const void *src;
     MT_TRY(input_side(cpu, e, x, &src));
-    cpu_arg args[] = {{DNNL_ARG_SRC, src},
-                      {DNNL_ARG_DIFF_DST, dy->data},
-                      {DNNL_ARG_DIFF_WEIGHTS, e->w_buf}};
+    cpu_arg args[] = {
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dy->data}, {DNNL_ARG_DIFF_WEIGHTS, e->w_buf}};
     MT_TRY(cpu_execute(cpu, e->pd, e->prim, 3, args));
     cpu_arg back[] = {{DNNL_ARG_FROM, e->w_buf}, {DNNL_ARG_TO, dw}};
     return cpu_execute(cpu, e->aux_pd, e->aux, 2, back);
@@ -332,7 +328,8 @@ mt_status mt_cpu_conv_bn_relu6_inference_forward(mt_backend *backend, const mt_c
     /* Keras kernels keep the output channel innermost ([kh][kw][cin][cout], [kh][kw][c][1]) */
 #pragma omp parallel for schedule(static) if (weights * oc > 65536)
     for (size_t r = 0; r < weights; r++)
-        for (int c = 0; c < oc; c++) folded[r * oc + c] = w[r * oc + c] * scale[c];
+        for (int c = 0; c < oc; c++)
+            folded[r * oc + c] = w[r * oc + c] * scale[c];
     MT_TRY(load_weights(cpu, e, folded));
     const void *src;
     MT_TRY(input_side(cpu, e, x, &src));

@@ -32,14 +32,15 @@ mt_status mt_cpu_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b
     float *py = y->data;
     ptrdiff_t count = (ptrdiff_t)mt_shape4_count(a->shape);
 #pragma omp parallel for simd schedule(static)
-    for (ptrdiff_t i = 0; i < count; i++) py[i] = pa[i] + pb[i];
+    for (ptrdiff_t i = 0; i < count; i++)
+        py[i] = pa[i] + pb[i];
     return MT_OK;
 }
 
 static mt_status check_pad(const mt_zero_pad_desc *d) {
     if (d->top < 0 || d->left < 0 || d->bottom < 0 || d->right < 0)
-        return MT_FAIL(MT_ERR_INVALID, "cpu backend: zero padding %d,%d,%d,%d must be >= 0",
-                       d->top, d->left, d->bottom, d->right);
+        return MT_FAIL(MT_ERR_INVALID, "cpu backend: zero padding %d,%d,%d,%d must be >= 0", d->top,
+                       d->left, d->bottom, d->right);
     return MT_OK;
 }
 
@@ -52,8 +53,8 @@ static mt_shape4 padded_shape(const mt_zero_pad_desc *d) {
 
 /* Copies between the inner window of a padded tensor (rows of W*B floats) and an unpadded one;
  * forward also zeroes the border. Padding keeps C, hence B, so the blocks line up. */
-static void pad_copy(const cpu_backend *cpu, const mt_zero_pad_desc *d, float *padded,
-                     float *plain, bool forward) {
+static void pad_copy(const cpu_backend *cpu, const mt_zero_pad_desc *d, float *padded, float *plain,
+                     bool forward) {
     mt_shape4 in = d->input, out = padded_shape(d);
     int block = cpu_block_of(cpu, in), blocks = in.c / block;
     size_t in_row = (size_t)in.w * block, out_row = (size_t)out.w * block;
@@ -119,7 +120,8 @@ mt_status mt_cpu_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x
             int lanes = block - l0 < POOL_LANES ? block - l0 : POOL_LANES;
             double acc[POOL_LANES] = {0};
             for (size_t p = 0; p < hw; p++)
-                for (int l = 0; l < lanes; l++) acc[l] += base[p * block + l0 + l];
+                for (int l = 0; l < lanes; l++)
+                    acc[l] += base[p * block + l0 + l];
             for (int l = 0; l < lanes; l++)
                 y[(size_t)n * s.c + (size_t)cb * block + l0 + l] = (float)(acc[l] * scale);
         }
@@ -143,7 +145,8 @@ mt_status mt_cpu_global_avg_pool_backward(mt_backend *backend, const float *dy, 
         const float *g = dy + (size_t)n * s.c + (size_t)cb * block;
         float *base = dxs + (size_t)plane * hw * block;
         for (size_t p = 0; p < hw; p++)
-            for (int l = 0; l < block; l++) base[p * block + l] = g[l] * scale;
+            for (int l = 0; l < block; l++)
+                base[p * block + l] = g[l] * scale;
     }
     return MT_OK;
 }

@@ -36,14 +36,16 @@ mt_status mt_cpu_dropout_backward(mt_backend *backend, size_t count, float rate,
     MT_TRY(check_rate(rate));
     float scale = 1.0f / (1.0f - rate);
 #pragma omp parallel for schedule(static)
-    for (ptrdiff_t i = 0; i < (ptrdiff_t)count; i++) dx[i] = mask[i] ? dy[i] * scale : 0.0f;
+    for (ptrdiff_t i = 0; i < (ptrdiff_t)count; i++)
+        dx[i] = mask[i] ? dy[i] * scale : 0.0f;
     return MT_OK;
 }
 
 static mt_status check_dense(const mt_dense_desc *d) {
     if (d->batch <= 0 || d->in_features <= 0 || d->out_features <= 0)
-        return MT_FAIL(MT_ERR_INVALID, "cpu backend: dense layer batch %d, in %d, out %d must be > 0",
-                       d->batch, d->in_features, d->out_features);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cpu backend: dense layer batch %d, in %d, out %d must be > 0", d->batch,
+                       d->in_features, d->out_features);
     return MT_OK;
 }
 
@@ -52,15 +54,15 @@ mt_status mt_cpu_dense_forward(mt_backend *backend, const mt_dense_desc *desc, c
                                const float *w, const float *b, float *y) {
     MT_TRY(check_dense(desc));
     dnnl_dim_t n = desc->batch, in = desc->in_features, out = desc->out_features;
-    for (dnnl_dim_t r = 0; r < n; r++) memcpy(y + r * out, b, (size_t)out * sizeof *y);
+    for (dnnl_dim_t r = 0; r < n; r++)
+        memcpy(y + r * out, b, (size_t)out * sizeof *y);
     DNNL_CHECK(dnnl_sgemm('N', 'N', n, out, in, 1.0f, x, in, w, out, 1.0f, y, out));
     return MT_OK;
 }
 
 /* dx: [N][in] = dy w^T; dw: [in][out] = x^T dy; db: [out] = column sums of dy; each may be NULL */
 mt_status mt_cpu_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
-                                const float *w, const float *dy, float *dx, float *dw,
-                                float *db) {
+                                const float *w, const float *dy, float *dx, float *dw, float *db) {
     MT_TRY(check_dense(desc));
     dnnl_dim_t n = desc->batch, in = desc->in_features, out = desc->out_features;
     if (dx) DNNL_CHECK(dnnl_sgemm('N', 'T', n, in, out, 1.0f, dy, out, w, out, 0.0f, dx, in));
@@ -68,7 +70,8 @@ mt_status mt_cpu_dense_backward(mt_backend *backend, const mt_dense_desc *desc, 
     if (db) {
         for (dnnl_dim_t o = 0; o < out; o++) {
             double sum = 0.0;
-            for (dnnl_dim_t r = 0; r < n; r++) sum += dy[r * out + o];
+            for (dnnl_dim_t r = 0; r < n; r++)
+                sum += dy[r * out + o];
             db[o] = (float)sum;
         }
     }
@@ -80,8 +83,8 @@ mt_status mt_cpu_dense_backward(mt_backend *backend, const mt_dense_desc *desc, 
  * sigmoid(z) - t. Several: softmax cross-entropy, logsumexp(z) - z_t, gradient softmax - onehot.
  * Mean over the valid rows, so gradients are divided by their count. */
 mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
-                                       const float *logits, const int32_t *labels,
-                                       float *loss_host, float *dlogits) {
+                                       const float *logits, const int32_t *labels, float *loss_host,
+                                       float *dlogits) {
     int rows = desc->batch, classes = desc->classes;
     if (rows <= 0 || classes <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cpu backend: loss over %d rows of %d classes", rows,
@@ -113,7 +116,8 @@ mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
             for (int k = 1; k < classes; k++)
                 if (z[k] > top) top = z[k];
             double sum = 0.0;
-            for (int k = 0; k < classes; k++) sum += exp(z[k] - top);
+            for (int k = 0; k < classes; k++)
+                sum += exp(z[k] - top);
             double lse = top + log(sum);
             total += lse - z[t];
             if (dz)

@@ -89,7 +89,7 @@ typedef struct cpu_entry {
 typedef struct cpu_backend {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
-    int block;     /* B of the blocked layout; 0 = nhwc everywhere */
+    int block;         /* B of the blocked layout; 0 = nhwc everywhere */
     cpu_entry **slots; /* open-addressing hash table */
     size_t capacity, used;
     void *scratch; /* oneDNN scratchpad shared by all primitives (user mode) */
@@ -136,8 +136,8 @@ typedef struct cpu_arg {
     int arg; /* DNNL_ARG_* */
     const void *data;
 } cpu_arg;
-mt_status cpu_execute(cpu_backend *cpu, dnnl_primitive_desc_t pd, dnnl_primitive_t prim,
-                      int count, const cpu_arg *args);
+mt_status cpu_execute(cpu_backend *cpu, dnnl_primitive_desc_t pd, dnnl_primitive_t prim, int count,
+                      const cpu_arg *args);
 
 /* Grows the small temporaries. */
 mt_status cpu_temp(cpu_backend *cpu, size_t floats, float **out);
@@ -159,24 +159,21 @@ mt_status mt_cpu_conv_bn_relu6_inference_forward(mt_backend *backend, const mt_c
                                                  mt_tensor *y);
 
 mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
-                                                  const mt_batchnorm_desc *desc,
-                                                  const mt_tensor *x, const float *gamma,
-                                                  const float *beta, float *moving_mean,
-                                                  float *moving_variance, mt_tensor *y,
-                                                  float *saved_mean, float *saved_inv_std);
-mt_status mt_cpu_relu6_batchnorm_backward_training(mt_backend *backend,
-                                                   const mt_batchnorm_desc *desc,
-                                                   const mt_tensor *x, const mt_tensor *y,
-                                                   const mt_tensor *dy, const float *gamma,
-                                                   const float *saved_mean,
-                                                   const float *saved_inv_std, mt_tensor *dx,
-                                                   float *dgamma, float *dbeta);
+                                                  const mt_batchnorm_desc *desc, const mt_tensor *x,
+                                                  const float *gamma, const float *beta,
+                                                  float *moving_mean, float *moving_variance,
+                                                  mt_tensor *y, float *saved_mean,
+                                                  float *saved_inv_std);
+mt_status mt_cpu_relu6_batchnorm_backward_training(
+    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
+    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
+    mt_tensor *dx, float *dgamma, float *dbeta);
 
 mt_status mt_cpu_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
                                             const mt_tensor *x, const float *gamma,
                                             const float *beta, float *moving_mean,
-                                            float *moving_variance, mt_tensor *y,
-                                            float *saved_mean, float *saved_inv_std);
+                                            float *moving_variance, mt_tensor *y, float *saved_mean,
+                                            float *saved_inv_std);
 mt_status mt_cpu_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
                                              const mt_tensor *x, const float *gamma,
                                              const float *beta, const float *moving_mean,
@@ -214,7 +211,7 @@ mt_status mt_cpu_dense_forward(mt_backend *backend, const mt_dense_desc *desc, c
 mt_status mt_cpu_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
                                 const float *w, const float *dy, float *dx, float *dw, float *db);
 mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
-                                       const float *logits, const int32_t *labels,
-                                       float *loss_host, float *dlogits);
+                                       const float *logits, const int32_t *labels, float *loss_host,
+                                       float *dlogits);
 
 #endif

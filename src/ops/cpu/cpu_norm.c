@@ -58,7 +58,8 @@ inference_grad_sums(const float *x, const float *dy, size_t hw, int block, int l
                 fb[l] += g * (x[o + l] - mean[l]);
             }
         }
-        for (int l = 0; l < lanes; l++) a[l] += fa[l], b[l] += fb[l];
+        for (int l = 0; l < lanes; l++)
+            a[l] += fa[l], b[l] += fb[l];
     }
 }
 
@@ -68,7 +69,8 @@ inference_grad_rows(const float *dy, float *dx, size_t hw, int block, const floa
     for (size_t p = 0; p < hw; p++) {
         size_t o = p * block;
 #pragma omp simd
-        for (int l = 0; l < block; l++) dx[o + l] = dy[o + l] * scale[l];
+        for (int l = 0; l < block; l++)
+            dx[o + l] = dy[o + l] * scale[l];
     }
 }
 
@@ -101,9 +103,8 @@ static mt_status bn_lookup(cpu_backend *cpu, int kind, const mt_batchnorm_desc *
         dnnl_memory_desc_t md;
         if (status == MT_OK) status = cpu_tensor_md(cpu, d->shape, &md);
         if (status == MT_OK) {
-            dnnl_status_t s =
-                dnnl_batch_normalization_backward_desc_init(&bwd, dnnl_backward, &md, &md,
-                                                            d->epsilon, bn_flags);
+            dnnl_status_t s = dnnl_batch_normalization_backward_desc_init(
+                &bwd, dnnl_backward, &md, &md, d->epsilon, bn_flags);
             if (s != dnnl_success)
                 status = MT_FAIL(MT_ERR_BACKEND,
                                  "oneDNN call dnnl_batch_normalization_backward_desc_init "
@@ -130,8 +131,8 @@ static mt_status bn_lookup(cpu_backend *cpu, int kind, const mt_batchnorm_desc *
 mt_status mt_cpu_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
                                             const mt_tensor *x, const float *gamma,
                                             const float *beta, float *moving_mean,
-                                            float *moving_variance, mt_tensor *y,
-                                            float *saved_mean, float *saved_inv_std) {
+                                            float *moving_variance, mt_tensor *y, float *saved_mean,
+                                            float *saved_inv_std) {
     cpu_backend *cpu = cpu_of(backend);
     cpu_entry *e;
     MT_TRY(bn_lookup(cpu, CPU_BN_FWD_TRAINING, desc, &e));
@@ -240,14 +241,13 @@ mt_status mt_cpu_batchnorm_backward_inference(mt_backend *backend, const mt_batc
             int cb = (int)(plane % blocks);
             size_t base = (size_t)plane * hw * block, c0 = (size_t)cb * block;
             if (params && block == 8) {
-                inference_grad_sums(xs + base, dys + base, hw, 8, 8, moving_mean + c0,
-                                    sum_dy + c0, sum_dyx + c0);
+                inference_grad_sums(xs + base, dys + base, hw, 8, 8, moving_mean + c0, sum_dy + c0,
+                                    sum_dyx + c0);
             } else if (params) {
                 for (int l0 = 0; l0 < block; l0 += BN_LANES) {
                     int lanes = block - l0 < BN_LANES ? block - l0 : BN_LANES;
                     inference_grad_sums(xs + base + l0, dys + base + l0, hw, block, lanes,
-                                        moving_mean + c0 + l0, sum_dy + c0 + l0,
-                                        sum_dyx + c0 + l0);
+                                        moving_mean + c0 + l0, sum_dy + c0 + l0, sum_dyx + c0 + l0);
                 }
             }
             /* after the sums, while the plane of dy is still in cache (dx may alias dy) */
@@ -331,7 +331,7 @@ mt_status mt_cpu_relu6_backward(mt_backend *backend, const mt_tensor *y, const m
     MT_TRY(cpu_check_tensor(cpu, dx, y->shape, "relu6_backward's dx"));
     cpu_entry *e;
     MT_TRY(relu6_lookup(cpu, CPU_RELU6_BWD, y->shape, &e));
-    cpu_arg args[] = {{DNNL_ARG_DST, y->data}, {DNNL_ARG_DIFF_DST, dy->data},
-                      {DNNL_ARG_DIFF_SRC, dx->data}};
+    cpu_arg args[] = {
+        {DNNL_ARG_DST, y->data}, {DNNL_ARG_DIFF_DST, dy->data}, {DNNL_ARG_DIFF_SRC, dx->data}};
     return cpu_execute(cpu, e->pd, e->prim, 3, args);
 }
