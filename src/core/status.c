@@ -46,8 +46,11 @@ mt_status mt_error_context(mt_status status, const char *format, ...) {
     va_start(args, format);
     int n = vsnprintf(error_message, ERROR_CAPACITY, format, args);
     va_end(args);
-    if (n >= 0 && n < ERROR_CAPACITY && previous[0] != '\0')
-        snprintf(error_message + n, ERROR_CAPACITY - (size_t)n, ": %s", previous);
+    if (n >= 0 && n < ERROR_CAPACITY && previous[0] != '\0') {
+        /* a long chain of context is cut at the buffer's end, deliberately */
+        int appended = snprintf(error_message + n, ERROR_CAPACITY - (size_t)n, ": %s", previous);
+        (void)appended;
+    }
     return status;
 }
 
