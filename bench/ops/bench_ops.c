@@ -253,6 +253,43 @@ static mt_backend *make_backend(const char *name, const char *layout, int thread
     return b;
 }
 
+/* Forward of a frozen conv + inference-mode BN + ReLU6 (finetune's frozen layers): the fused op
+ * when `fused` and the backend has it, else the three separate ops (BN and ReLU6 in place). */
+static double time_frozen(mt_backend *b, const mt_conv_desc *d, int reps, bool fused) {
+    const mt_ops *ops = b->ops;
+    double t[64];
+    if (reps > 64) reps = 64;
+    mt_shape4 out = mt_conv_output_shape(d);
+    int c = out.c;
+    size_t wn = (size_t)d->kernel * d->kernel * d->input.c * (d->depthwise ? 1 : c);
+    mt_tensor x, y;
+    tensor_random(b, d->input, -1, 1, &x);
+    BENCH_TRY(ops->tensor_alloc(b, out, &y));
+    float *w = buffer_random(b, wn, -0.1f, 0.1f);
+    float *gamma = buffer_random(b, c, 0.5f, 1.5f), *beta = buffer_random(b, c, -1, 1);
+    float *mm = buffer_random(b, c, -1, 1), *mv = buffer_random(b, c, 0.5f, 2);
+    mt_batchnorm_desc bn = {.shape = out, .epsilon = 1e-3f, .momentum = 0.999f};
+    for (int r = -1; r < reps; r++) {
+        double t0 = now();
+        if (fused && ops->conv_bn_relu6_inference_forward) {
+            BENCH_TRY(ops->conv_bn_relu6_inference_forward(b, d, &bn, &x, w, gamma, beta, mm, mv,
+                                                           true, &y));
+        } else {
+            BENCH_TRY(ops->conv_forward(b, d, &x, w, &y));
+            BENCH_TRY(ops->batchnorm_forward_inference(b, &bn, &y, gamma, beta, mm, mv, &y));
+            BENCH_TRY(ops->relu6_forward(b, &y, &y));
+        }
+        BENCH_TRY(ops->synchronize(b));
+        if (r >= 0) t[r] = now() - t0;
+    }
+    ops->tensor_free(b, &x);
+    ops->tensor_free(b, &y);
+    float *bufs[] = {w, gamma, beta, mm, mv};
+    for (int i = 0; i < 5; i++)
+        ops->buffer_free(b, bufs[i]);
+    return median(t, reps);
+}
+
 int main(int argc, char **argv) {
     int reps = 5, batch = 32, size = 160, threads = 0;
     bool reference = true, network = false;
@@ -324,6 +361,16 @@ int main(int argc, char **argv) {
             printf(" %9s %9s", "", "");
         }
         printf(" %10.2fx\n", nhwc_total / cpu_total);
+        fflush(stdout);
+    }
+
+    printf("\nfrozen conv + BN (inference) + ReLU6, forward, cpu backend (blocked), ms:\n");
+    printf("%-24s %10s %10s %9s\n", "layer", "separate", "fused", "speedup");
+    for (size_t i = 0; i < sizeof picked / sizeof picked[0]; i++) {
+        if (picked[i].kind != L_CONV || (only && !strstr(picked[i].name, only))) continue;
+        double sep = time_frozen(cpu, &picked[i].conv, reps, false);
+        double fus = time_frozen(cpu, &picked[i].conv, reps, true);
+        printf("%-24s %10.2f %10.2f %8.2fx\n", picked[i].name, 1e3 * sep, 1e3 * fus, sep / fus);
         fflush(stdout);
     }
 
