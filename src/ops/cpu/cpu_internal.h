@@ -11,7 +11,11 @@
  * which is what the OpenMP loops use. Measured on MobileNetV2 1.0 at 160x160, batch 32, the
  * blocked layout makes the backbone's convolutions, BNs and ReLU6s 1.29x faster than nhwc
  * (bench/ops). MT_ONEDNN_LAYOUT=nhwc in the environment at backend init forces nhwc everywhere
- * (the layout experiment of bench/ops). */
+ * (the layout experiment of bench/ops).
+ *
+ * One backend is driven by one thread at a time (its scratchpad, temporaries and cache are
+ * shared by its ops); the ops themselves run on OpenMP threads, as many as the backend's
+ * num_threads option (set for the thread that initializes the backend). */
 #ifndef MT_OPS_CPU_INTERNAL_H
 #define MT_OPS_CPU_INTERNAL_H
 
