@@ -28,11 +28,12 @@ struct dim3 {
     dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
 };
 
-extern thread_local dim3 threadIdx;
-extern dim3 blockIdx, blockDim, gridDim;
-extern pthread_barrier_t mt_emu_barrier;
-extern thread_local bool mt_emu_sequential;
-extern std::set<const void *> mt_emu_threaded_kernels;
+/* inline (C++17): one definition for the whole program without a separate source file */
+inline thread_local dim3 threadIdx;
+inline dim3 blockIdx, blockDim, gridDim;
+inline pthread_barrier_t mt_emu_barrier;
+inline thread_local bool mt_emu_sequential = false;
+inline std::set<const void *> mt_emu_threaded_kernels;
 struct mt_emu_needs_threads {};
 
 #define __global__
