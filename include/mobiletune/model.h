@@ -7,8 +7,8 @@
  * 153 `out_relu`, with Keras' names, indices, output shapes and parameter counts, including the
  * ZeroPadding2D layers `block_N_pad` (executed as the asymmetric padding of the depthwise conv
  * that follows) and the Add layers `block_N_add`. The head follows as layers 154..156:
- * `global_average_pooling2d`, `dropout`, `dense` (Dense(1) logit for 2 classes, Dense(C) for C > 2).
- * "Fine-tune from layer K" has Keras' meaning: backbone layers with index >= K are trainable.
+ * `global_average_pooling2d`, `dropout`, `dense` (Dense(1) logit for 2 classes, Dense(C) for C >
+ * 2). "Fine-tune from layer K" has Keras' meaning: backbone layers with index >= K are trainable.
  *
  * Parameters. Every parameter tensor lives in exactly one of three buffers in backend memory:
  *   trainable  the tensors of trainable layers, in Keras layer order and, within a layer, Keras'
@@ -61,14 +61,14 @@ typedef enum mt_bn_mode {
 } mt_bn_mode;
 
 typedef struct mt_model_config {
-    float alpha;        /* width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4 */
-    int input_size;     /* square input side, a multiple of 32 (>= 32); 160 in the tutorial */
-    int classes;        /* >= 2; 2 -> one logit with sigmoid cross-entropy */
-    float dropout;      /* head dropout rate in [0, 1); 0.2 in the tutorial */
+    float alpha;    /* width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4 */
+    int input_size; /* square input side, a multiple of 32 (>= 32); 160 in the tutorial */
+    int classes;    /* >= 2; 2 -> one logit with sigmoid cross-entropy */
+    float dropout;  /* head dropout rate in [0, 1); 0.2 in the tutorial */
     mt_train_mode mode;
-    int fine_tune_at;   /* MT_TRAIN_FINETUNE: first trainable backbone layer index, 1..153 */
+    int fine_tune_at; /* MT_TRAIN_FINETUNE: first trainable backbone layer index, 1..153 */
     mt_bn_mode bn_mode;
-    int batch_size;     /* the largest batch a step will see (activations are sized for it) */
+    int batch_size; /* the largest batch a step will see (activations are sized for it) */
 } mt_model_config;
 
 /* alpha 1.0, 160, 2 classes, dropout 0.2, scratch, fine_tune_at 100, BN auto, batch 32. */
@@ -79,12 +79,12 @@ const char *mt_train_mode_name(mt_train_mode mode);
 
 typedef enum mt_layer_kind {
     MT_LAYER_INPUT = 0,
-    MT_LAYER_CONV,       /* Conv2D, no bias */
-    MT_LAYER_DEPTHWISE,  /* DepthwiseConv2D, multiplier 1, no bias */
-    MT_LAYER_BATCHNORM,  /* epsilon 1e-3, momentum 0.999 */
-    MT_LAYER_RELU6,      /* Keras ReLU(6.) */
-    MT_LAYER_ZERO_PAD,   /* ZeroPadding2D ((0,1),(0,1)) before a stride-2 depthwise conv */
-    MT_LAYER_ADD,        /* residual Add */
+    MT_LAYER_CONV,      /* Conv2D, no bias */
+    MT_LAYER_DEPTHWISE, /* DepthwiseConv2D, multiplier 1, no bias */
+    MT_LAYER_BATCHNORM, /* epsilon 1e-3, momentum 0.999 */
+    MT_LAYER_RELU6,     /* Keras ReLU(6.) */
+    MT_LAYER_ZERO_PAD,  /* ZeroPadding2D ((0,1),(0,1)) before a stride-2 depthwise conv */
+    MT_LAYER_ADD,       /* residual Add */
     MT_LAYER_GLOBAL_POOL,
     MT_LAYER_DROPOUT,
     MT_LAYER_DENSE,
@@ -97,13 +97,13 @@ typedef struct mt_layer_info {
     char name[MT_MODEL_NAME_MAX]; /* Keras' layer name */
     int index;                    /* Keras' index (== position in mt_model_layout.layers) */
     mt_layer_kind kind;
-    int inputs[2];                /* indices of the input layers (-1: none; [1] only for Add) */
-    int out_h, out_w, out_c;      /* output shape without the batch (pooled/dense: 1,1,C) */
-    int kernel, stride;           /* conv/depthwise */
+    int inputs[2];           /* indices of the input layers (-1: none; [1] only for Add) */
+    int out_h, out_w, out_c; /* output shape without the batch (pooled/dense: 1,1,C) */
+    int kernel, stride;      /* conv/depthwise */
     int pad_top, pad_left, pad_bottom, pad_right; /* conv/depthwise as executed; zero-pad */
-    size_t params;                /* parameter count as Keras counts it (BN: 4*C) */
-    bool trainable;               /* in the configured mode (layers without weights: as Keras) */
-    bool bn_training;             /* BN: batch statistics during training steps */
+    size_t params;                                /* parameter count as Keras counts it (BN: 4*C) */
+    bool trainable;   /* in the configured mode (layers without weights: as Keras) */
+    bool bn_training; /* BN: batch statistics during training steps */
 } mt_layer_info;
 
 typedef enum mt_param_buffer {
@@ -113,17 +113,19 @@ typedef enum mt_param_buffer {
 } mt_param_buffer;
 
 typedef struct mt_param_tensor {
-    char name[2 * MT_MODEL_NAME_MAX]; /* "<layer>/<weight>", e.g. "block_1_depthwise/depthwise_kernel" */
+    char name[2 * MT_MODEL_NAME_MAX]; /* "<layer>/<weight>", e.g.
+                                         "block_1_depthwise/depthwise_kernel" */
     const char *layer;                /* points into the layer's name */
-    const char *weight; /* kernel, depthwise_kernel, gamma, beta, moving_mean, moving_variance, bias
-                           (Keras 2 h5 names, without ":0"; Keras 3 calls depthwise_kernel "kernel") */
+    const char
+        *weight; /* kernel, depthwise_kernel, gamma, beta, moving_mean, moving_variance, bias
+                    (Keras 2 h5 names, without ":0"; Keras 3 calls depthwise_kernel "kernel") */
     int layer_index;
     int rank;
-    int shape[4];       /* Keras' shape: conv [kh][kw][cin][cout], depthwise [kh][kw][c][1],
-                           BN [c], dense kernel [in][out], bias [out] */
-    size_t count;       /* elements */
+    int shape[4]; /* Keras' shape: conv [kh][kw][cin][cout], depthwise [kh][kw][c][1],
+                     BN [c], dense kernel [in][out], bias [out] */
+    size_t count; /* elements */
     mt_param_buffer buffer;
-    size_t offset;      /* elements from the start of its buffer */
+    size_t offset; /* elements from the start of its buffer */
 } mt_param_tensor;
 
 /* The network as a description: no backend, no memory. `mobiletune summary` prints this. */
@@ -131,11 +133,11 @@ typedef struct mt_model_layout {
     mt_model_config config;
     mt_layer_info layers[MT_MODEL_LAYERS];
     int tensor_count;
-    mt_param_tensor *tensors;  /* in the order: layer, then weight order within the layer */
-    int feature_channels;      /* pooled features: 1280, or make_divisible(1280*alpha) above 1.0 */
-    int logit_count;           /* 1 for 2 classes, else classes */
-    int lowest_trainable;      /* lowest layer index with trainable weights (the backward stop) */
-    size_t trainable_count;    /* elements of the trainable buffer (and of the gradients) */
+    mt_param_tensor *tensors; /* in the order: layer, then weight order within the layer */
+    int feature_channels;     /* pooled features: 1280, or make_divisible(1280*alpha) above 1.0 */
+    int logit_count;          /* 1 for 2 classes, else classes */
+    int lowest_trainable;     /* lowest layer index with trainable weights (the backward stop) */
+    size_t trainable_count;   /* elements of the trainable buffer (and of the gradients) */
     size_t frozen_count;
     size_t state_count;
     size_t backbone_params;    /* Keras' count_params() of the backbone (BN stats included) */
@@ -176,9 +178,9 @@ void mt_model_trainable(mt_model *model, float **params, float **grads, size_t *
 void mt_model_frozen(mt_model *model, float **params, size_t *count);
 void mt_model_state(mt_model *model, float **state, size_t *count);
 
-/* Copy one tensor (Keras shape, row-major) between host memory and the model. */
-mt_status mt_model_tensor_upload(mt_model *model, const mt_param_tensor *tensor,
-                                 const float *host);
+/* Copy one tensor (Keras shape, row-major) between host memory and the model. `tensor` may come
+ * from another model's layout: it is then matched by name and shape. */
+mt_status mt_model_tensor_upload(mt_model *model, const mt_param_tensor *tensor, const float *host);
 mt_status mt_model_tensor_download(mt_model *model, const mt_param_tensor *tensor, float *host);
 
 /* Copy every tensor `src` and `dst` share by name (e.g. a frozen run's weights into a finetune

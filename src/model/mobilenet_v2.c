@@ -16,13 +16,13 @@ typedef struct block_def {
 } block_def;
 
 static const block_def blocks[17] = {
-    {16, 1, 1},                                     /* expanded_conv */
-    {24, 2, 6},  {24, 1, 6},                        /* block_1, block_2 */
-    {32, 2, 6},  {32, 1, 6},  {32, 1, 6},           /* block_3 .. block_5 */
-    {64, 2, 6},  {64, 1, 6},  {64, 1, 6}, {64, 1, 6}, /* block_6 .. block_9 */
-    {96, 1, 6},  {96, 1, 6},  {96, 1, 6},           /* block_10 .. block_12 */
-    {160, 2, 6}, {160, 1, 6}, {160, 1, 6},          /* block_13 .. block_15 */
-    {320, 1, 6},                                    /* block_16 */
+    {16, 1, 1},                                        /* expanded_conv */
+    {24, 2, 6},  {24, 1, 6},                           /* block_1, block_2 */
+    {32, 2, 6},  {32, 1, 6},  {32, 1, 6},              /* block_3 .. block_5 */
+    {64, 2, 6},  {64, 1, 6},  {64, 1, 6},  {64, 1, 6}, /* block_6 .. block_9 */
+    {96, 1, 6},  {96, 1, 6},  {96, 1, 6},              /* block_10 .. block_12 */
+    {160, 2, 6}, {160, 1, 6}, {160, 1, 6},             /* block_13 .. block_15 */
+    {320, 1, 6},                                       /* block_16 */
 };
 
 static int make_divisible(double value, int divisor) {
@@ -68,16 +68,26 @@ const char *mt_train_mode_name(mt_train_mode mode) {
 
 const char *mt_layer_kind_name(mt_layer_kind kind) {
     switch (kind) {
-    case MT_LAYER_INPUT: return "InputLayer";
-    case MT_LAYER_CONV: return "Conv2D";
-    case MT_LAYER_DEPTHWISE: return "DepthwiseConv2D";
-    case MT_LAYER_BATCHNORM: return "BatchNormalization";
-    case MT_LAYER_RELU6: return "ReLU";
-    case MT_LAYER_ZERO_PAD: return "ZeroPadding2D";
-    case MT_LAYER_ADD: return "Add";
-    case MT_LAYER_GLOBAL_POOL: return "GlobalAveragePooling2D";
-    case MT_LAYER_DROPOUT: return "Dropout";
-    case MT_LAYER_DENSE: return "Dense";
+    case MT_LAYER_INPUT:
+        return "InputLayer";
+    case MT_LAYER_CONV:
+        return "Conv2D";
+    case MT_LAYER_DEPTHWISE:
+        return "DepthwiseConv2D";
+    case MT_LAYER_BATCHNORM:
+        return "BatchNormalization";
+    case MT_LAYER_RELU6:
+        return "ReLU";
+    case MT_LAYER_ZERO_PAD:
+        return "ZeroPadding2D";
+    case MT_LAYER_ADD:
+        return "Add";
+    case MT_LAYER_GLOBAL_POOL:
+        return "GlobalAveragePooling2D";
+    case MT_LAYER_DROPOUT:
+        return "Dropout";
+    case MT_LAYER_DENSE:
+        return "Dense";
     }
     return "?";
 }
@@ -96,9 +106,10 @@ static mt_status validate(const mt_model_config *c) {
     for (size_t i = 0; i < sizeof valid_alphas / sizeof valid_alphas[0]; i++)
         if (fabs(c->alpha - valid_alphas[i]) < 1e-6) alpha_ok = true;
     if (!alpha_ok)
-        return MT_FAIL(MT_ERR_INVALID,
-                       "model alpha %g is not one of Keras' widths (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)",
-                       (double)c->alpha);
+        return MT_FAIL(
+            MT_ERR_INVALID,
+            "model alpha %g is not one of Keras' widths (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)",
+            (double)c->alpha);
     if (c->input_size < 32 || c->input_size % 32 != 0 || c->input_size > 4096)
         return MT_FAIL(MT_ERR_INVALID,
                        "model input size %d must be a multiple of 32 between 32 and 4096 "
@@ -155,8 +166,8 @@ static mt_layer_info *add_layer(builder *b, mt_layer_kind kind, const char *name
 static void add_conv(builder *b, const char *name, bool depthwise, int out_c, int kernel,
                      int stride, bool same_padding) {
     const mt_layer_info *in = &b->layout->layers[b->current];
-    mt_layer_info *l = add_layer(b, depthwise ? MT_LAYER_DEPTHWISE : MT_LAYER_CONV, name,
-                                 b->current);
+    mt_layer_info *l =
+        add_layer(b, depthwise ? MT_LAYER_DEPTHWISE : MT_LAYER_CONV, name, b->current);
     l->kernel = kernel;
     l->stride = stride;
     int in_h = in->out_h, in_w = in->out_w, in_c = in->out_c;
@@ -230,18 +241,29 @@ static void add_block(builder *b, int block_id, const block_def *def, double alp
 /* Weight names of a layer in Keras' order, and whether each is a BN moving statistic. */
 static int layer_weights(const mt_layer_info *l, const char **names, bool *is_state) {
     switch (l->kind) {
-    case MT_LAYER_CONV: names[0] = "kernel"; is_state[0] = false; return 1;
-    case MT_LAYER_DEPTHWISE: names[0] = "depthwise_kernel"; is_state[0] = false; return 1;
+    case MT_LAYER_CONV:
+        names[0] = "kernel";
+        is_state[0] = false;
+        return 1;
+    case MT_LAYER_DEPTHWISE:
+        names[0] = "depthwise_kernel";
+        is_state[0] = false;
+        return 1;
     case MT_LAYER_BATCHNORM:
-        names[0] = "gamma"; names[1] = "beta"; names[2] = "moving_mean"; names[3] = "moving_variance";
+        names[0] = "gamma";
+        names[1] = "beta";
+        names[2] = "moving_mean";
+        names[3] = "moving_variance";
         is_state[0] = is_state[1] = false;
         is_state[2] = is_state[3] = true;
         return 4;
     case MT_LAYER_DENSE:
-        names[0] = "kernel"; names[1] = "bias";
+        names[0] = "kernel";
+        names[1] = "bias";
         is_state[0] = is_state[1] = false;
         return 2;
-    default: return 0;
+    default:
+        return 0;
     }
 }
 
@@ -293,14 +315,16 @@ mt_status mt_model_layout_create(const mt_model_config *config, mt_model_layout 
     add_conv(&b, "Conv1", false, make_divisible(32 * alpha, 8), 3, 2, true);
     add_bn(&b, "bn_Conv1");
     add_relu(&b, "Conv1_relu");
-    for (int i = 0; i < 17; i++) add_block(&b, i, &blocks[i], alpha);
+    for (int i = 0; i < 17; i++)
+        add_block(&b, i, &blocks[i], alpha);
     int last = alpha > 1.0 ? make_divisible(1280 * alpha, 8) : 1280;
     add_conv(&b, "Conv_1", false, last, 1, 1, true);
     add_bn(&b, "Conv_1_bn");
     add_relu(&b, "out_relu");
     MT_ASSERT(b.count == MT_MODEL_BACKBONE_LAYERS);
 
-    mt_layer_info *pool = add_layer(&b, MT_LAYER_GLOBAL_POOL, "global_average_pooling2d", b.current);
+    mt_layer_info *pool =
+        add_layer(&b, MT_LAYER_GLOBAL_POOL, "global_average_pooling2d", b.current);
     pool->out_h = pool->out_w = 1;
     add_layer(&b, MT_LAYER_DROPOUT, "dropout", b.current);
     mt_layer_info *dense = add_layer(&b, MT_LAYER_DENSE, "dense", b.current);
@@ -352,7 +376,8 @@ mt_status mt_model_layout_create(const mt_model_config *config, mt_model_layout 
             t->layer_index = i;
             weight_shape(l, &layout->layers[l->inputs[0]], w, &t->rank, t->shape);
             t->count = 1;
-            for (int d = 0; d < t->rank; d++) t->count *= (size_t)t->shape[d];
+            for (int d = 0; d < t->rank; d++)
+                t->count *= (size_t)t->shape[d];
             size_t *fill;
             if (is_state[w]) {
                 t->buffer = MT_PARAM_STATE;

@@ -9,7 +9,7 @@
 
 enum { GRAD_SLOTS_MAX = 64 };
 
-static const float bn_epsilon = 1e-3f;  /* Keras' MobileNetV2 BatchNormalization(epsilon=1e-3) */
+static const float bn_epsilon = 1e-3f;   /* Keras' MobileNetV2 BatchNormalization(epsilon=1e-3) */
 static const float bn_momentum = 0.999f; /* ... (momentum=0.999) */
 
 /* A gradient tensor of the backward pass, shared by reference where a residual Add hands the
@@ -59,9 +59,12 @@ struct mt_model {
 
 static float *tensor_ptr(mt_model *m, const mt_param_tensor *t) {
     switch (t->buffer) {
-    case MT_PARAM_TRAINABLE: return m->params + t->offset;
-    case MT_PARAM_FROZEN: return m->frozen + t->offset;
-    case MT_PARAM_STATE: return m->state + t->offset;
+    case MT_PARAM_TRAINABLE:
+        return m->params + t->offset;
+    case MT_PARAM_FROZEN:
+        return m->frozen + t->offset;
+    case MT_PARAM_STATE:
+        return m->state + t->offset;
     }
     return NULL;
 }
@@ -107,7 +110,8 @@ static double uniform01(uint64_t *state) {
 /* ---- activations and gradient slots ------------------------------------------------------ */
 
 static void free_grad_slots(mt_model *m) {
-    for (int i = 0; i < m->slot_count; i++) m->ops->tensor_free(m->backend, &m->slots[i].tensor);
+    for (int i = 0; i < m->slot_count; i++)
+        m->ops->tensor_free(m->backend, &m->slots[i].tensor);
     memset(m->slots, 0, sizeof m->slots);
     m->slot_count = 0;
 }
@@ -180,8 +184,8 @@ static mt_status give_grad(mt_model *m, int layer, int slot) {
             target = have;
         } else {
             MT_TRY(slot_acquire(m, m->slots[have].tensor.shape, &target));
-            MT_TRY(m->ops->tensor_copy(m->backend, &m->slots[have].tensor,
-                                       &m->slots[target].tensor));
+            MT_TRY(
+                m->ops->tensor_copy(m->backend, &m->slots[have].tensor, &m->slots[target].tensor));
         }
     }
     int other = target == slot ? have : slot;
@@ -208,7 +212,8 @@ static mt_status init_weights(mt_model *m, uint64_t seed) {
         if (strcmp(t->weight, "kernel") == 0 || strcmp(t->weight, "depthwise_kernel") == 0) {
             /* glorot_uniform with Keras' fans: receptive field times the last two dims */
             double receptive = 1.0;
-            for (int d = 0; d < t->rank - 2; d++) receptive *= t->shape[d];
+            for (int d = 0; d < t->rank - 2; d++)
+                receptive *= t->shape[d];
             double fan_in = receptive * t->shape[t->rank - 2];
             double fan_out = receptive * t->shape[t->rank - 1];
             double limit = sqrt(6.0 / (fan_in + fan_out));
@@ -216,10 +221,11 @@ static mt_status init_weights(mt_model *m, uint64_t seed) {
             for (size_t j = 0; j < t->count; j++)
                 host[j] = (float)((uniform01(&state) * 2.0 - 1.0) * limit);
         } else {
-            float value = strcmp(t->weight, "gamma") == 0 || strcmp(t->weight, "moving_variance") == 0
-                              ? 1.0f
-                              : 0.0f;
-            for (size_t j = 0; j < t->count; j++) host[j] = value;
+            float value =
+                strcmp(t->weight, "gamma") == 0 || strcmp(t->weight, "moving_variance") == 0 ? 1.0f
+                                                                                             : 0.0f;
+            for (size_t j = 0; j < t->count; j++)
+                host[j] = value;
         }
         status = mt_model_tensor_upload(m, t, host);
     }
@@ -309,10 +315,11 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
 void mt_model_destroy(mt_model *m) {
     if (!m) return;
     free_activations(m);
-    void *buffers[] = {m->params, m->grads,    m->frozen,   m->state,  m->bn_saved,
-                       m->pooled, m->dropped,  m->dpooled,  m->ddropped, m->mask,
+    void *buffers[] = {m->params, m->grads,   m->frozen,  m->state,    m->bn_saved,
+                       m->pooled, m->dropped, m->dpooled, m->ddropped, m->mask,
                        m->logits, m->dlogits, m->labels};
-    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) free_buffer(m, buffers[i]);
+    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++)
+        free_buffer(m, buffers[i]);
     free(m->host_logits);
     mt_model_layout_free(m->layout);
     free(m);
@@ -347,20 +354,33 @@ void mt_model_set_grad_hook(mt_model *m, mt_grad_ready_fn fn, void *user) {
     m->hook_user = user;
 }
 
-static mt_status check_tensor(const mt_model *m, const mt_param_tensor *t) {
+/* The model's own entry for `t`, which may come from another model's layout (matched by name
+ * and shape: placement differs between modes). */
+static mt_status own_tensor(const mt_model *m, const mt_param_tensor *t,
+                            const mt_param_tensor **out) {
     const mt_model_layout *layout = m->layout;
-    if (!t || t < layout->tensors || t >= layout->tensors + layout->tensor_count)
-        return MT_FAIL(MT_ERR_INVALID, "tensor is not one of this model's (use its layout's table)");
+    if (!t) return MT_FAIL(MT_ERR_INVALID, "no tensor given");
+    if (t >= layout->tensors && t < layout->tensors + layout->tensor_count) {
+        *out = t;
+        return MT_OK;
+    }
+    const mt_param_tensor *own = mt_model_layout_find(layout, t->layer, t->weight);
+    if (!own) return MT_FAIL(MT_ERR_INVALID, "this model has no tensor %s", t->name);
+    if (own->count != t->count || own->rank != t->rank ||
+        memcmp(own->shape, t->shape, sizeof own->shape) != 0)
+        return MT_FAIL(MT_ERR_INVALID, "tensor %s has %zu values in this model, %zu in the other",
+                       t->name, own->count, t->count);
+    *out = own;
     return MT_OK;
 }
 
 mt_status mt_model_tensor_upload(mt_model *m, const mt_param_tensor *t, const float *host) {
-    MT_TRY(check_tensor(m, t));
+    MT_TRY(own_tensor(m, t, &t));
     return m->ops->upload(m->backend, tensor_ptr(m, t), host, t->count * sizeof(float));
 }
 
 mt_status mt_model_tensor_download(mt_model *m, const mt_param_tensor *t, float *host) {
-    MT_TRY(check_tensor(m, t));
+    MT_TRY(own_tensor(m, t, &t));
     return m->ops->download(m->backend, host, tensor_ptr(m, t), t->count * sizeof(float));
 }
 
@@ -449,12 +469,16 @@ static mt_status backbone_forward(mt_model *m, const float *images, int n, bool 
             }
             break;
         }
-        case MT_LAYER_RELU6: status = ops->relu6_forward(be, act(m, in), act(m, i)); break;
-        case MT_LAYER_ZERO_PAD: break; /* folded into the next depthwise conv's padding */
+        case MT_LAYER_RELU6:
+            status = ops->relu6_forward(be, act(m, in), act(m, i));
+            break;
+        case MT_LAYER_ZERO_PAD:
+            break; /* folded into the next depthwise conv's padding */
         case MT_LAYER_ADD:
             status = ops->add(be, act(m, in), act(m, l->inputs[1]), act(m, i));
             break;
-        default: status = MT_FAIL(MT_ERR_INTERNAL, "layer %s has no forward", l->name);
+        default:
+            status = MT_FAIL(MT_ERR_INTERNAL, "layer %s has no forward", l->name);
         }
         if (status != MT_OK)
             return mt_error_context(status, "forward of layer %d (%s)", i, l->name);
@@ -527,8 +551,9 @@ mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_
                                 mt_step_result *out) {
     m->ready_for_backward = false;
     if (n < 1 || n > m->layout->config.batch_size)
-        return MT_FAIL(MT_ERR_INVALID, "batch of %d feature rows: the model was created for 1 to %d",
-                       n, m->layout->config.batch_size);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "batch of %d feature rows: the model was created for 1 to %d", n,
+                       m->layout->config.batch_size);
     MT_TRY(m->ops->upload(m->backend, m->pooled, features,
                           (size_t)n * m->layout->feature_channels * sizeof(float)));
     m->head_only = true;
@@ -545,8 +570,7 @@ mt_status mt_model_features(mt_model *m, const float *images, int n, float *feat
 /* ---- backward ---------------------------------------------------------------------------- */
 
 static mt_status report_layer(mt_model *m, int layer) {
-    if (!m->hook || m->first_tensor[layer] < 0 || !m->layout->layers[layer].trainable)
-        return MT_OK;
+    if (!m->hook || m->first_tensor[layer] < 0 || !m->layout->layers[layer].trainable) return MT_OK;
     size_t start = 0, count = 0;
     for (int t = m->first_tensor[layer];
          t < m->layout->tensor_count && m->layout->tensors[t].layer_index == layer; t++) {
@@ -608,8 +632,8 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
             if (want_dx) MT_TRY(slot_acquire(m, exec_shape(m, in, n), &dx));
             status = ops->batchnorm_backward_inference(
                 be, &desc, act(m, in), dyt, gamma, tensor_ptr(m, layer_tensor(m, i, 2)),
-                tensor_ptr(m, layer_tensor(m, i, 3)), dx >= 0 ? &m->slots[dx].tensor : NULL,
-                dgamma, dbeta);
+                tensor_ptr(m, layer_tensor(m, i, 3)), dx >= 0 ? &m->slots[dx].tensor : NULL, dgamma,
+                dbeta);
         }
         slot_release(m, dy);
         MT_TRY(status);
@@ -630,7 +654,8 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
         slot_release(m, dy);
         return dx >= 0 ? give_grad(m, in, dx) : MT_OK;
     }
-    default: return MT_FAIL(MT_ERR_INTERNAL, "layer %s has no backward", l->name);
+    default:
+        return MT_FAIL(MT_ERR_INTERNAL, "layer %s has no backward", l->name);
     }
 }
 
@@ -651,7 +676,8 @@ mt_status mt_model_backward(mt_model *m) {
                        "trains backbone layers from index %d)",
                        layout->lowest_trainable);
     m->ready_for_backward = false;
-    for (int i = 0; i < MT_MODEL_LAYERS; i++) m->grad_of[i] = -1;
+    for (int i = 0; i < MT_MODEL_LAYERS; i++)
+        m->grad_of[i] = -1;
 
     mt_dense_desc desc = {.batch = n, .in_features = features, .out_features = layout->logit_count};
     const float *x = m->dropout_applied ? m->dropped : m->pooled;
@@ -679,11 +705,12 @@ mt_status mt_model_backward(mt_model *m) {
         mt_status status = backward_layer(m, i, n);
         if (status == MT_OK) status = report_layer(m, i);
         if (status != MT_OK) {
-            for (int s = 0; s < m->slot_count; s++) m->slots[s].refs = 0;
-            return mt_error_context(status, "backward of layer %d (%s)", i,
-                                    layout->layers[i].name);
+            for (int s = 0; s < m->slot_count; s++)
+                m->slots[s].refs = 0;
+            return mt_error_context(status, "backward of layer %d (%s)", i, layout->layers[i].name);
         }
     }
-    for (int s = 0; s < m->slot_count; s++) MT_ASSERT(m->slots[s].refs == 0);
+    for (int s = 0; s < m->slot_count; s++)
+        MT_ASSERT(m->slots[s].refs == 0);
     return MT_OK;
 }

@@ -89,8 +89,9 @@ static void check_buffers(const mt_model_layout *layout) {
         last_layer = t->layer_index;
         const mt_layer_info *l = &layout->layers[t->layer_index];
         bool state = strncmp(t->weight, "moving_", 7) == 0;
-        mt_param_buffer want = state ? MT_PARAM_STATE
-                                     : l->trainable ? MT_PARAM_TRAINABLE : MT_PARAM_FROZEN;
+        mt_param_buffer want = state          ? MT_PARAM_STATE
+                               : l->trainable ? MT_PARAM_TRAINABLE
+                                              : MT_PARAM_FROZEN;
         CHECK_MSG(t->buffer == want, "%s in buffer %d", t->name, (int)t->buffer);
         CHECK(mt_model_layout_find(layout, t->layer, t->weight) == t);
     }
@@ -180,7 +181,8 @@ int main(int argc, char **argv) {
     mt_model_config bad = mt_model_config_default();
     mt_model_layout *none = NULL;
     bad.alpha = 0.6f;
-    CHECK(mt_model_layout_create(&bad, &none) == MT_ERR_INVALID && strstr(mt_last_error(), "alpha"));
+    CHECK(mt_model_layout_create(&bad, &none) == MT_ERR_INVALID &&
+          strstr(mt_last_error(), "alpha"));
     bad = mt_model_config_default();
     bad.input_size = 150;
     CHECK(mt_model_layout_create(&bad, &none) == MT_ERR_INVALID && strstr(mt_last_error(), "150"));
