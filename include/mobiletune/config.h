@@ -39,9 +39,9 @@ typedef enum mt_config_backend {
 } mt_config_backend;
 
 typedef enum mt_cache_features {
-    MT_CACHE_FEATURES_AUTO = 0, /* frozen mode without augmentation: cache */
-    MT_CACHE_FEATURES_ON,       /* always in frozen mode (augmentation then happens once only) */
-    MT_CACHE_FEATURES_OFF,
+    MT_CACHE_FEATURES_AUTO = 0, /* frozen mode: cache (both flip views when flips are on) */
+    MT_CACHE_FEATURES_ON,       /* the same */
+    MT_CACHE_FEATURES_OFF,      /* run the frozen backbone every step */
 } mt_cache_features;
 
 typedef enum mt_precision {

@@ -58,10 +58,11 @@ static void say(trainer *t, const char *format, ...) {
 
 /* ---- injected faults, for the tests of what a failing rank does to a job ------------------- */
 
-typedef enum fault_kind { FAULT_NONE, FAULT_FAIL, FAULT_CRASH, FAULT_NAN } fault_kind;
+typedef enum fault_kind { FAULT_NONE, FAULT_FAIL, FAULT_CRASH, FAULT_NAN, FAULT_SIGNAL } fault_kind;
 
-/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|nan]: rank r, at global step s,
- * returns an error (fail), dies by SIGKILL (crash) or sees a NaN loss (nan). */
+/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|nan|signal]: rank r, at global step
+ * s, returns an error (fail), dies by SIGKILL (crash), sees a NaN loss (nan) or sends itself
+ * SIGUSR1 (signal: Slurm's warning, delivered at a known step). */
 static fault_kind fault_at(const trainer *t, uint64_t step) {
     const char *rank = getenv("MT_FAULT_RANK"), *at = getenv("MT_FAULT_STEP");
     if (!rank || !at || atoi(rank) != t->who.rank || strtoull(at, NULL, 10) != step)
@@ -69,6 +70,7 @@ static fault_kind fault_at(const trainer *t, uint64_t step) {
     const char *kind = getenv("MT_FAULT_KIND");
     if (kind && strcmp(kind, "crash") == 0) return FAULT_CRASH;
     if (kind && strcmp(kind, "nan") == 0) return FAULT_NAN;
+    if (kind && strcmp(kind, "signal") == 0) return FAULT_SIGNAL;
     return FAULT_FAIL;
 }
 
@@ -184,10 +186,25 @@ static mt_status agree_on_replica(trainer *t) {
 /* ---- the frozen-mode feature cache ---------------------------------------------------------- */
 
 /* Pooled features of every training record, computed once in inference mode (the backbone is
- * frozen, so they never change), each rank a share, then gathered everywhere. */
+ * frozen, so they never change), each rank a share, then gathered everywhere. With random flips
+ * on, the features of the mirrored image are cached too, and each epoch picks the view the loader
+ * would have produced (mt_shard_flip): the same training as running the backbone every step. */
+static void mirror_images(float *images, int n, int height, int width) {
+    for (int i = 0; i < n * height; i++) {
+        float *row = images + (size_t)i * width * 3;
+        for (int a = 0, b = width - 1; a < b; a++, b--)
+            for (int ch = 0; ch < 3; ch++) {
+                float swap = row[a * 3 + ch];
+                row[a * 3 + ch] = row[b * 3 + ch];
+                row[b * 3 + ch] = swap;
+            }
+    }
+}
+
 static mt_status build_feature_cache(trainer *t) {
     const mt_train_config *c = t->config;
     const int features = t->layout->feature_channels;
+    const int views = t->cache_views;
     const int batch = c->data.batch_size;
     mt_loader_options options = {
         .rank = t->who.rank, .world_size = t->who.world_size, .batch_size = batch,
@@ -197,11 +214,11 @@ static mt_status build_feature_cache(trainer *t) {
     mt_loader *loader = NULL;
     MT_TRY(mt_loader_open(c->data.train, &options, &loader));
     const uint64_t batches = mt_loader_batch_count(loader);
-    const size_t rows = (size_t)batches * (size_t)batch; /* per rank, padding included */
-    const size_t row_floats = (size_t)features + 2;      /* features, label, record index */
+    const size_t rows = (size_t)batches * (size_t)batch;        /* per rank, padding included */
+    const size_t row_floats = (size_t)views * features + 2;    /* features, label, record */
     float *mine = malloc(rows * row_floats * sizeof(float));
     float *all = malloc(rows * row_floats * sizeof(float) * (size_t)t->who.world_size);
-    t->feature_cache = malloc(t->train_records * (size_t)features * sizeof(float));
+    t->feature_cache = malloc(t->train_records * (size_t)views * features * sizeof(float));
     t->label_cache = malloc(t->train_records * sizeof(int32_t));
     mt_status status = mine && all && t->feature_cache && t->label_cache
                            ? mt_loader_start_epoch(loader, 0, 0)
@@ -212,13 +229,17 @@ static mt_status build_feature_cache(trainer *t) {
         mt_batch *next = NULL;
         status = mt_loader_next(loader, &next);
         if (status != MT_OK) break;
-        status = mt_model_features(t->model, next->images, next->size, pooled);
-        for (int i = 0; status == MT_OK && i < next->size; i++) {
-            float *row = mine + ((size_t)b * batch + i) * row_floats;
-            memcpy(row, pooled + (size_t)i * features, (size_t)features * sizeof(float));
-            row[features] = (float)next->labels[i];
-            /* record indices are exact in a float only below 2^24: checked at open */
-            row[features + 1] = i < next->valid ? (float)next->records[i] : -1.0f;
+        for (int view = 0; status == MT_OK && view < views; view++) {
+            if (view == 1) mirror_images(next->images, next->size, next->height, next->width);
+            status = mt_model_features(t->model, next->images, next->size, pooled);
+            for (int i = 0; status == MT_OK && i < next->size; i++) {
+                float *row = mine + ((size_t)b * batch + i) * row_floats;
+                memcpy(row + (size_t)view * features, pooled + (size_t)i * features,
+                       (size_t)features * sizeof(float));
+                row[views * features] = (float)next->labels[i];
+                /* record indices are exact in a float only below 2^24: checked at set-up */
+                row[views * features + 1] = i < next->valid ? (float)next->records[i] : -1.0f;
+            }
         }
         mt_loader_release(loader, next);
     }
@@ -228,10 +249,11 @@ static mt_status build_feature_cache(trainer *t) {
     size_t filled = 0;
     for (size_t r = 0; status == MT_OK && r < rows * (size_t)t->who.world_size; r++) {
         const float *row = all + r * row_floats;
-        if (row[features + 1] < 0) continue;
-        size_t record = (size_t)row[features + 1];
-        memcpy(t->feature_cache + record * features, row, (size_t)features * sizeof(float));
-        t->label_cache[record] = (int32_t)row[features];
+        if (row[views * features + 1] < 0) continue;
+        size_t record = (size_t)row[views * features + 1];
+        memcpy(t->feature_cache + record * views * features, row,
+               (size_t)views * features * sizeof(float));
+        t->label_cache[record] = (int32_t)row[views * features];
         filled++;
     }
     if (status == MT_OK && filled != t->train_records)
@@ -249,13 +271,16 @@ typedef struct epoch_totals {
     double loss_sum; /* loss x valid rows */
     int64_t correct, valid;
     int64_t skipped; /* steps dropped by nan_policy = skip */
+    int64_t steps;
+    double allreduce_seconds; /* wall time of the gradient all-reduce within the steps */
 } epoch_totals;
 
 static mt_status all_reduce_gradients(trainer *t) {
     return average_buffer(t, t->grads, t->trainable_count);
 }
 
-/* Gather cached features and labels for this rank's batch `b` of the epoch. */
+/* Gather cached features (the flipped view where the loader would flip) and labels for this
+ * rank's batch `b` of the epoch. */
 static void cached_batch(const trainer *t, const uint64_t *permutation, uint64_t b, float *features,
                          int32_t *labels) {
     const int n = t->config->data.batch_size, f = t->layout->feature_channels;
@@ -263,7 +288,11 @@ static void cached_batch(const trainer *t, const uint64_t *permutation, uint64_t
         uint64_t position =
             mt_shard_position(t->train_records, t->who.rank, t->who.world_size, n, b, i);
         uint64_t record = permutation[position];
-        memcpy(features + (size_t)i * f, t->feature_cache + record * f, (size_t)f * sizeof(float));
+        int view = t->cache_views == 2 &&
+                   mt_shard_flip((uint64_t)t->config->train.seed, t->epoch, record);
+        memcpy(features + (size_t)i * f,
+               t->feature_cache + ((size_t)record * t->cache_views + view) * f,
+               (size_t)f * sizeof(float));
         labels[i] = t->label_cache[record];
     }
 }
@@ -277,6 +306,7 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
         return MT_FAIL(MT_ERR_INTERNAL, "injected fault at step %llu (MT_FAULT_STEP)",
                        (unsigned long long)step);
     if (fault == FAULT_CRASH) raise(SIGKILL);
+    if (fault == FAULT_SIGNAL) raise(SIGUSR1);
 
     /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore. */
     float *state = NULL, *saved_state = NULL;
@@ -297,7 +327,9 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
                                          &result)
                  : mt_model_forward(t->model, images, labels, n, true, dropout_seed, NULL, &result);
     if (status == MT_OK) status = mt_model_backward(t->model);
+    const double reduce_start = now_seconds();
     if (status == MT_OK) status = all_reduce_gradients(t);
+    totals->allreduce_seconds += now_seconds() - reduce_start;
     if (status != MT_OK) {
         free(saved_state);
         return status;
@@ -472,6 +504,7 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
             mt_loader_release(t->train_loader, next);
         }
         if (status != MT_OK) break;
+        totals->steps++;
         t->next_batch++;
         t->global_step++;
         double elapsed = now_seconds() - start;
@@ -592,10 +625,10 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     }
     MT_TRY(agree_on_replica(t));
 
+    /* The only augmentation is the flip, so caching both views is exact: auto and on cache. */
     t->use_feature_cache = model_config.mode == MT_TRAIN_FROZEN &&
-                           (c->train.cache_features == MT_CACHE_FEATURES_ON ||
-                            (c->train.cache_features == MT_CACHE_FEATURES_AUTO &&
-                             !c->data.random_flip));
+                           c->train.cache_features != MT_CACHE_FEATURES_OFF;
+    t->cache_views = c->data.random_flip ? 2 : 1;
     if (t->use_feature_cache && t->train_records >= (1u << 24))
         t->use_feature_cache = false; /* record indices travel as floats in the gather */
 
@@ -609,10 +642,12 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         t->who.world_size, c->data.batch_size);
     if (model_config.mode == MT_TRAIN_FROZEN)
         say(t, "  frozen backbone: %s\n",
-            t->use_feature_cache
-                ? "pooled features computed once and cached; each epoch runs only the head"
-                : "run in inference mode every step (augmentation is on: train.cache_features "
-                  "= on caches anyway)");
+            !t->use_feature_cache
+                ? "run in inference mode every step (train.cache_features = off)"
+            : t->cache_views == 2
+                ? "pooled features of every image and of its mirror image computed once and "
+                  "cached; each epoch runs only the head, on the view the random flip picks"
+                : "pooled features computed once and cached; each epoch runs only the head");
     return MT_OK;
 }
 
@@ -648,7 +683,9 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
     }
     say(t, "epoch %d/%d  loss %.4f  acc %.4f", epoch, c->train.epochs, loss, accuracy);
     if (evaluate) say(t, "  val_loss %.4f  val_acc %.4f", val.loss, val.accuracy);
-    say(t, "  %.1f img/s  %.1f s%s\n", images_per_second, seconds,
+    say(t, "  %.1f img/s  %.1f s  (%.0f ms/step, all-reduce %.1f%%)%s\n", images_per_second,
+        seconds, totals->steps ? 1e3 * seconds / (double)totals->steps : 0.0,
+        seconds > 0 ? 100.0 * totals->allreduce_seconds / seconds : 0.0,
         totals->skipped ? "  (non-finite steps skipped)" : "");
     if (is_root(t)) {
         mt_metrics_record record = mt_metrics_record_empty(MT_METRICS_EPOCH, epoch,
@@ -684,7 +721,8 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
     if (status == MT_OK && t.use_feature_cache && t.epoch < (uint64_t)config->train.epochs) {
         double cache_start = now_seconds();
         status = build_feature_cache(&t);
-        say(&t, "  cached %llu feature vectors in %.1f s\n", (unsigned long long)t.train_records,
+        say(&t, "  cached %llu feature vectors in %.1f s\n",
+            (unsigned long long)t.train_records * (unsigned long long)t.cache_views,
             now_seconds() - cache_start);
     }
     result->used_feature_cache = t.use_feature_cache;

@@ -32,7 +32,8 @@ typedef struct trainer {
 
     /* frozen mode without augmentation: pooled features of every training record */
     bool use_feature_cache;
-    float *feature_cache;   /* train_records x feature_channels */
+    int cache_views;        /* 1, or 2 with random flips: the image and its mirror image */
+    float *feature_cache;   /* train_records x cache_views x feature_channels */
     int32_t *label_cache;   /* train_records */
 
     /* rank 0's outputs */
