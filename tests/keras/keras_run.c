@@ -8,6 +8,9 @@
  *             --out DIR [--threads T]
  *
  * Feeding both sides the same float batch keeps JPEG decoding and resizing out of the comparison.
+ * The network runs on the weights Keras ran with (the fixture's copy), so a difference is the
+ * network's; the importer is checked separately: mt_model_load_keras on --weights must give
+ * exactly those tensors.
  * Exit 0 on success, 1 on any error (printed). */
 #include <errno.h>
 #include <stdbool.h>
@@ -233,6 +236,46 @@ static int run_mode(mt_backend *backend, const run_options *o, mt_bn_mode bn_mod
     return 0;
 }
 
+/* The importer against Keras: every backbone tensor mt_model_load_keras reads from --weights must
+ * equal, bit for bit, what Keras itself loaded from the same file (the fixture's weight/...). */
+static int check_import(mt_backend *backend, const run_options *o) {
+    mt_model_config config = mt_model_config_default();
+    config.alpha = o->alpha;
+    config.input_size = o->size;
+    config.classes = 2;
+    config.batch_size = 1;
+    mt_model *model = NULL;
+    RUN_CHECK(mt_model_create(backend, &config, 1, &model));
+    RUN_CHECK(mt_model_load_keras(model, o->weights));
+    const mt_model_layout *layout = mt_model_get_layout(model);
+    int checked = 0, bad = 0;
+    for (int i = 0; i < layout->tensor_count; i++) {
+        const mt_param_tensor *t = &layout->tensors[i];
+        if (t->layer_index >= MT_MODEL_BACKBONE_LAYERS) continue;
+        float *ours = malloc(t->count * sizeof(float));
+        float *keras = malloc(t->count * sizeof(float));
+        char name[512];
+        snprintf(name, sizeof name, "weight/%s", t->name);
+        if (!ours || !keras || fixture_read(o->fixture, name, "f4", t->count, keras)) return 1;
+        RUN_CHECK(mt_model_tensor_download(model, t, ours));
+        if (memcmp(ours, keras, t->count * sizeof(float)) != 0) {
+            if (bad++ < 5) fprintf(stderr, "keras_run: imported %s differs from Keras'\n", t->name);
+        }
+        checked++;
+        free(ours);
+        free(keras);
+    }
+    mt_model_destroy(model);
+    if (bad) {
+        fprintf(stderr, "keras_run: %d of %d imported tensors differ from Keras' load of %s\n", bad,
+                checked, o->weights);
+        return 1;
+    }
+    printf("keras_run: mt_model_load_keras read all %d backbone tensors of %s exactly as Keras\n",
+           checked, o->weights);
+    return 0;
+}
+
 static int parse(int argc, char **argv, run_options *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -297,6 +340,7 @@ int main(int argc, char **argv) {
     mt_backend_options backend_options = {.num_threads = o.threads};
     mt_backend *backend = NULL;
     RUN_CHECK(mt_backend_create(o.backend, &backend_options, &backend));
+    if (check_import(backend, &o)) return 1;
     writer w = {0};
     if (writer_open(&w, o.out)) return 1;
     if (run_mode(backend, &o, MT_BN_INFERENCE, "infer", images, labels, head_w, &head_b, true,
