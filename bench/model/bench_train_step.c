@@ -27,7 +27,7 @@
         mt_status bench_try_status_ = (call);                                                      \
         if (bench_try_status_ != MT_OK) {                                                          \
             fprintf(stderr, "bench_train_step: %s failed: %s: %s\n", #call,                        \
-                    mt_status_name(bench_try_status_), mt_last_error());                          \
+                    mt_status_name(bench_try_status_), mt_last_error());                           \
             return 1;                                                                              \
         }                                                                                          \
     } while (0)
@@ -57,16 +57,26 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) return usage();
         const char *a = argv[i], *v = argv[++i];
-        if (!strcmp(a, "--backend")) backend_name = v;
-        else if (!strcmp(a, "--mode")) mode_name = v;
-        else if (!strcmp(a, "--fine-tune-at")) fine_tune_at = atoi(v);
-        else if (!strcmp(a, "--batch")) batch = atoi(v);
-        else if (!strcmp(a, "--size")) size = atoi(v);
-        else if (!strcmp(a, "--alpha")) alpha = strtof(v, NULL);
-        else if (!strcmp(a, "--steps")) steps = atoi(v);
-        else if (!strcmp(a, "--warmup")) warmup = atoi(v);
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else return usage();
+        if (!strcmp(a, "--backend"))
+            backend_name = v;
+        else if (!strcmp(a, "--mode"))
+            mode_name = v;
+        else if (!strcmp(a, "--fine-tune-at"))
+            fine_tune_at = atoi(v);
+        else if (!strcmp(a, "--batch"))
+            batch = atoi(v);
+        else if (!strcmp(a, "--size"))
+            size = atoi(v);
+        else if (!strcmp(a, "--alpha"))
+            alpha = strtof(v, NULL);
+        else if (!strcmp(a, "--steps"))
+            steps = atoi(v);
+        else if (!strcmp(a, "--warmup"))
+            warmup = atoi(v);
+        else if (!strcmp(a, "--threads"))
+            threads = atoi(v);
+        else
+            return usage();
     }
     if (batch < 1 || steps < 1 || warmup < 0) return usage();
 
@@ -95,7 +105,8 @@ int main(int argc, char **argv) {
         seed = seed * 1664525u + 1013904223u;
         images[i] = (float)(seed >> 8) / 8388608.0f - 1.0f;
     }
-    for (int i = 0; i < batch; i++) labels[i] = i % 2;
+    for (int i = 0; i < batch; i++)
+        labels[i] = i % 2;
 
     for (int s = 0; s < warmup + steps; s++) {
         double start = now();

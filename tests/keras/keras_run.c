@@ -29,7 +29,7 @@
         mt_status run_check_status_ = (call);                                                      \
         if (run_check_status_ != MT_OK) {                                                          \
             fprintf(stderr, "keras_run: %s failed: %s: %s\n", #call,                               \
-                    mt_status_name(run_check_status_), mt_last_error());                          \
+                    mt_status_name(run_check_status_), mt_last_error());                           \
             return 1;                                                                              \
         }                                                                                          \
     } while (0)
@@ -281,19 +281,27 @@ static int parse(int argc, char **argv, run_options *o) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) goto usage;
-        if (!strcmp(a, "--backend")) o->backend = v;
-        else if (!strcmp(a, "--weights")) o->weights = v;
-        else if (!strcmp(a, "--fixture")) o->fixture = v;
-        else if (!strcmp(a, "--out")) o->out = v;
-        else if (!strcmp(a, "--alpha")) o->alpha = strtof(v, NULL);
-        else if (!strcmp(a, "--size")) o->size = atoi(v);
-        else if (!strcmp(a, "--images")) o->images = atoi(v);
-        else if (!strcmp(a, "--threads")) o->threads = atoi(v);
-        else goto usage;
+        if (!strcmp(a, "--backend"))
+            o->backend = v;
+        else if (!strcmp(a, "--weights"))
+            o->weights = v;
+        else if (!strcmp(a, "--fixture"))
+            o->fixture = v;
+        else if (!strcmp(a, "--out"))
+            o->out = v;
+        else if (!strcmp(a, "--alpha"))
+            o->alpha = strtof(v, NULL);
+        else if (!strcmp(a, "--size"))
+            o->size = atoi(v);
+        else if (!strcmp(a, "--images"))
+            o->images = atoi(v);
+        else if (!strcmp(a, "--threads"))
+            o->threads = atoi(v);
+        else
+            goto usage;
         i++;
     }
-    if (o->backend && o->weights && o->fixture && o->out && o->images > 0 && o->size > 0)
-        return 0;
+    if (o->backend && o->weights && o->fixture && o->out && o->images > 0 && o->size > 0) return 0;
 usage:
     fprintf(stderr, "usage: keras_run --backend NAME --weights FILE.h5 --alpha A --size S "
                     "--fixture DIR --images N --out DIR [--threads T]\n");
@@ -326,8 +334,9 @@ int main(int argc, char **argv) {
         if (f) fclose(f);
     }
     if (fixture_images != o.images) {
-        fprintf(stderr, "keras_run: the fixture has %d images, --images is %d (BN batch statistics "
-                        "and the mean loss depend on the batch: use a fixture of that size)\n",
+        fprintf(stderr,
+                "keras_run: the fixture has %d images, --images is %d (BN batch statistics "
+                "and the mean loss depend on the batch: use a fixture of that size)\n",
                 fixture_images, o.images);
         return 1;
     }
