@@ -201,10 +201,10 @@ static void mirror_images(float *images, int n, int height, int width) {
     }
 }
 
-static mt_status build_feature_cache(trainer *t) {
+static mt_status build_feature_cache(trainer *t, const char *db, int views, uint64_t records,
+                                     float **feature_cache, int32_t **label_cache) {
     const mt_train_config *c = t->config;
     const int features = t->layout->feature_channels;
-    const int views = t->cache_views;
     const int batch = c->data.batch_size;
     mt_loader_options options = {
         .rank = t->who.rank, .world_size = t->who.world_size, .batch_size = batch,
@@ -212,15 +212,15 @@ static mt_status build_feature_cache(trainer *t) {
         .random_flip = false, .threads = c->data.loader_threads, .ring_depth = c->data.prefetch,
     };
     mt_loader *loader = NULL;
-    MT_TRY(mt_loader_open(c->data.train, &options, &loader));
+    MT_TRY(mt_loader_open(db, &options, &loader));
     const uint64_t batches = mt_loader_batch_count(loader);
     const size_t rows = (size_t)batches * (size_t)batch;        /* per rank, padding included */
     const size_t row_floats = (size_t)views * features + 2;    /* features, label, record */
     float *mine = malloc(rows * row_floats * sizeof(float));
     float *all = malloc(rows * row_floats * sizeof(float) * (size_t)t->who.world_size);
-    t->feature_cache = malloc(t->train_records * (size_t)views * features * sizeof(float));
-    t->label_cache = malloc(t->train_records * sizeof(int32_t));
-    mt_status status = mine && all && t->feature_cache && t->label_cache
+    *feature_cache = malloc(records * (size_t)views * features * sizeof(float));
+    *label_cache = malloc(records * sizeof(int32_t));
+    mt_status status = mine && all && *feature_cache && *label_cache
                            ? mt_loader_start_epoch(loader, 0, 0)
                            : MT_FAIL(MT_ERR_NOMEM, "out of memory for the feature cache");
     float *pooled = status == MT_OK ? malloc((size_t)batch * features * sizeof(float)) : NULL;
@@ -251,14 +251,14 @@ static mt_status build_feature_cache(trainer *t) {
         const float *row = all + r * row_floats;
         if (row[views * features + 1] < 0) continue;
         size_t record = (size_t)row[views * features + 1];
-        memcpy(t->feature_cache + record * views * features, row,
+        memcpy(*feature_cache + record * views * features, row,
                (size_t)views * features * sizeof(float));
-        t->label_cache[record] = (int32_t)row[views * features];
+        (*label_cache)[record] = (int32_t)row[views * features];
         filled++;
     }
-    if (status == MT_OK && filled != t->train_records)
-        status = MT_FAIL(MT_ERR_INTERNAL, "feature cache holds %zu of %llu records", filled,
-                         (unsigned long long)t->train_records);
+    if (status == MT_OK && filled != records)
+        status = MT_FAIL(MT_ERR_INTERNAL, "feature cache of '%s' holds %zu of %llu records", db,
+                         filled, (unsigned long long)records);
     free(pooled);
     free(mine);
     free(all);
@@ -434,6 +434,29 @@ mt_status mt_evaluate(mt_model *model, const char *db, mt_comm *comm, int thread
     free(counts);
     free(logits);
     return status == MT_OK ? MT_OK : mt_error_context(status, "evaluating '%s'", db);
+}
+
+/* Frozen mode: the validation split's features are cached like the training split's, and
+ * evaluating is the head alone. Every rank holds the whole cache, so every rank computes the
+ * same totals without communicating. */
+static mt_status evaluate_cached(trainer *t, mt_eval_result *result) {
+    const int batch = t->config->data.batch_size, f = t->layout->feature_channels;
+    double loss_sum = 0;
+    int64_t correct = 0, valid = 0;
+    for (uint64_t first = 0; first < t->val_records; first += (uint64_t)batch) {
+        uint64_t left = t->val_records - first;
+        int n = left < (uint64_t)batch ? (int)left : batch;
+        mt_step_result step;
+        MT_TRY(mt_model_forward_head(t->model, t->val_feature_cache + first * f,
+                                     t->val_label_cache + first, n, false, 0, NULL, &step));
+        loss_sum += (double)step.loss * step.valid;
+        correct += step.correct;
+        valid += step.valid;
+    }
+    *result = (mt_eval_result){.count = valid, .classes = t->layout->config.classes,
+                               .loss = valid ? loss_sum / (double)valid : NAN,
+                               .accuracy = valid ? (double)correct / (double)valid : NAN};
+    return MT_OK;
 }
 
 /* ---- the progress line ----------------------------------------------------------------------- */
@@ -660,6 +683,8 @@ static void tear_down(trainer *t) {
     if (t->log) fclose(t->log);
     free(t->feature_cache);
     free(t->label_cache);
+    free(t->val_feature_cache);
+    free(t->val_label_cache);
 }
 
 static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double seconds,
@@ -675,7 +700,11 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
     bool evaluate = c->data.val[0] && c->train.eval_every > 0 &&
                     (epoch % c->train.eval_every == 0 || epoch == c->train.epochs);
     mt_eval_result val = {.loss = NAN, .accuracy = NAN};
-    if (evaluate) {
+    if (evaluate && t->val_feature_cache) {
+        MT_TRY(evaluate_cached(t, &val));
+        result->val_loss = val.loss;
+        result->val_accuracy = val.accuracy;
+    } else if (evaluate) {
         MT_TRY(mt_evaluate(t->model, c->data.val, t->comm, c->data.loader_threads, &val));
         free(val.confusion);
         result->val_loss = val.loss;
@@ -720,9 +749,21 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
     mt_status status = set_up(&t, options);
     if (status == MT_OK && t.use_feature_cache && t.epoch < (uint64_t)config->train.epochs) {
         double cache_start = now_seconds();
-        status = build_feature_cache(&t);
-        say(&t, "  cached %llu feature vectors in %.1f s\n",
-            (unsigned long long)t.train_records * (unsigned long long)t.cache_views,
+        status = build_feature_cache(&t, config->data.train, t.cache_views, t.train_records,
+                                     &t.feature_cache, &t.label_cache);
+        uint64_t vectors = t.train_records * (uint64_t)t.cache_views;
+        if (status == MT_OK && config->data.val[0]) {
+            mt_dataset *val = NULL;
+            status = mt_dataset_open(config->data.val, &val);
+            if (status == MT_OK) t.val_records = mt_dataset_count(val);
+            mt_dataset_close(val);
+            if (status == MT_OK)
+                status = build_feature_cache(&t, config->data.val, 1, t.val_records,
+                                             &t.val_feature_cache, &t.val_label_cache);
+            vectors += t.val_records;
+        }
+        say(&t, "  cached %llu feature vectors (training%s) in %.1f s\n",
+            (unsigned long long)vectors, config->data.val[0] ? " and validation" : "",
             now_seconds() - cache_start);
     }
     result->used_feature_cache = t.use_feature_cache;

@@ -35,6 +35,9 @@ typedef struct trainer {
     int cache_views;        /* 1, or 2 with random flips: the image and its mirror image */
     float *feature_cache;   /* train_records x cache_views x feature_channels */
     int32_t *label_cache;   /* train_records */
+    uint64_t val_records;   /* and the same for the validation split (one view), when cached */
+    float *val_feature_cache;
+    int32_t *val_label_cache;
 
     /* rank 0's outputs */
     char checkpoint_dir[MT_CONFIG_PATH_MAX + 32];
