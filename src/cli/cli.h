@@ -49,5 +49,8 @@ const char *cli_thousands(size_t value, char *buf, size_t size);
 
 int mt_cmd_summary(int argc, char **argv);
 int mt_cmd_features(int argc, char **argv);
+int mt_cmd_train(int argc, char **argv);
+int mt_cmd_eval(int argc, char **argv);
+int mt_cmd_predict(int argc, char **argv);
 
 #endif

@@ -12,6 +12,9 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"train", mt_cmd_train, "train as a config file says (one process, or MPI ranks)"},
+    {"eval", mt_cmd_eval, "loss, accuracy and confusion matrix of a checkpoint on a packed split"},
+    {"predict", mt_cmd_predict, "class probabilities of image files"},
     {"summary", mt_cmd_summary, "print the network's layers and parameter counts, Keras-style"},
     {"features", mt_cmd_features,
      "write the pooled backbone features of images or of a packed dataset"},

@@ -1,0 +1,107 @@
+/* `mobiletune train`: load the config (INI + --set overrides), start communication (one process,
+ * or MPI ranks under mpirun/srun), catch Slurm's warning signals, and run the training loop.
+ * A failure on any rank takes the whole job down with the rank and the error named. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "mobiletune/trainer.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: mobiletune train --config FILE [--set SECTION.KEY=VALUE]... [--resume auto|PATH]\n"
+            "                        [--no-progress]\n\n"
+            "Train MobileNetV2 as the config says: one process, or one rank per MPI process when\n"
+            "started by mpirun/srun (launch/). --resume auto continues from the run folder's\n"
+            "last checkpoint when it has one. SIGTERM or SIGUSR1 (Slurm's warning before the time\n"
+            "limit) stops at the next step with a checkpoint, exit code 0.\n\n"
+            "Config options (the INI file's sections and keys; docs/config.md):\n\n");
+    mt_config_print_help(out);
+}
+
+static void on_stop_signal(int signal_number) {
+    mt_train_request_stop(signal_number);
+}
+
+/* Under MPI a rank that just returned would leave the others waiting in a collective. */
+static int fail(mt_comm *comm, mt_status status) {
+    if (comm && mt_comm_get_info(comm).world_size > 1) {
+        char message[2300];
+        snprintf(message, sizeof message, "train: %s", mt_last_error());
+        mt_comm_abort(comm, 1, message);
+    }
+    int code = cli_fail("train", status);
+    mt_comm_finalize(comm);
+    return code;
+}
+
+int mt_cmd_train(int argc, char **argv) {
+    const char *config_path = NULL, *resume = NULL;
+    bool progress = true;
+    mt_train_config *config = malloc(sizeof *config);
+    if (!config) return cli_fail("train", MT_FAIL(MT_ERR_NOMEM, "out of memory"));
+    mt_config_defaults(config);
+
+    /* First pass: the options that are not --set; the file must be loaded before overrides. */
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        bool has_value = i + 1 < argc;
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            usage(stdout);
+            free(config);
+            return CLI_EXIT_OK;
+        } else if (strcmp(arg, "--config") == 0 && has_value) {
+            config_path = argv[++i];
+        } else if (strcmp(arg, "--resume") == 0 && has_value) {
+            resume = argv[++i];
+        } else if (strcmp(arg, "--set") == 0 && has_value) {
+            i++;
+        } else if (strcmp(arg, "--no-progress") == 0) {
+            progress = false;
+        } else {
+            fprintf(stderr, "mobiletune train: unknown or incomplete argument '%s' (see --help)\n",
+                    arg);
+            free(config);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    mt_status status = MT_OK;
+    if (config_path) status = mt_config_load_file(config, config_path);
+    for (int i = 1; status == MT_OK && i < argc; i++)
+        if (strcmp(argv[i], "--set") == 0) status = mt_config_set(config, argv[++i]);
+    if (status == MT_OK) status = mt_config_check(config);
+    if (status != MT_OK) {
+        free(config);
+        return cli_fail("train", status);
+    }
+
+    mt_comm *comm = NULL;
+    status = mt_comm_init(&argc, &argv, &comm);
+    if (status != MT_OK) {
+        free(config);
+        return cli_fail("train", status);
+    }
+    struct sigaction action = {.sa_handler = on_stop_signal};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGUSR1, &action, NULL);
+
+    mt_train_options options = {.resume = resume, .progress = progress};
+    mt_train_result result;
+    status = mt_train(config, comm, &options, &result);
+    free(config);
+    if (status != MT_OK) return fail(comm, status);
+    if (mt_comm_get_info(comm).rank == 0) {
+        if (result.stopped_by_signal)
+            printf("stopped early on a signal after %llu steps; resume with --resume auto\n",
+                   (unsigned long long)result.steps_done);
+        else
+            printf("done: %d epochs, %llu steps in %.1f s; best val_acc %.4f\n",
+                   result.epochs_done, (unsigned long long)result.steps_done, result.seconds,
+                   result.best_val_accuracy);
+    }
+    mt_comm_finalize(comm);
+    return CLI_EXIT_OK;
+}

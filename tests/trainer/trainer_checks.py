@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""End-to-end checks of `mobiletune train/eval/predict` on a tiny synthetic dataset.
+
+    trainer_checks.py CASE    (CASE: see CASES at the bottom; env from ctest: MT_PACK, MT_BUILD_DIR)
+
+The dataset is drawn here, so the checks need nothing from ../shared: two classes of 32x32
+images (a bright square in the left or the right half on noise), packed with mobiletune-pack.
+The model is MobileNetV2 alpha 0.35 at 32x32, which trains in seconds on the cpu backend.
+Checkpoints are compared with an independent safetensors reader (struct + json + numpy).
+"""
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+BUILD = os.environ.get("MT_BUILD_DIR", ".")
+PACK = os.environ["MT_PACK"]
+MOBILETUNE = os.path.join(BUILD, "mobiletune")
+MPIRUN = os.environ.get("MT_MPIEXEC", "")
+FIXTURE = os.path.join(BUILD, "tests", "trainer", "fixture")
+
+
+def fail(message):
+    print("FAIL:", message)
+    sys.exit(1)
+
+
+def skip(message):
+    print("SKIPPED:", message)
+    sys.exit(77)
+
+
+def make_dataset():
+    """48 training + 16 validation images per split rule 0.75/0.25, packed once per build."""
+    done = os.path.join(FIXTURE, "packed")
+    if os.path.exists(os.path.join(done, "train", "data.mdb")):
+        return done
+    shutil.rmtree(FIXTURE, ignore_errors=True)
+    rng = np.random.default_rng(3)
+    for label, name in enumerate(["left", "right"]):
+        folder = os.path.join(FIXTURE, "images", name)
+        os.makedirs(folder)
+        for i in range(32):
+            pixels = rng.integers(0, 90, size=(40, 40, 3), dtype=np.uint8)
+            x0 = 4 if label == 0 else 22
+            y0 = int(rng.integers(4, 22))
+            pixels[y0:y0 + 14, x0:x0 + 14] = rng.integers(170, 255, size=3, dtype=np.uint8)
+            Image.fromarray(pixels).save(os.path.join(folder, f"{name}_{i:02d}.png"))
+    run([PACK, "--size", "32", "--split", "train=0.75,val=0.25", "--seed", "1", "--threads", "2",
+         os.path.join(FIXTURE, "images"), done])
+    return done
+
+
+def run(command, env=None, expect=0, timeout=600):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    start = time.time()
+    result = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    if expect is not None and (result.returncode != 0) != (expect != 0):
+        print(output)
+        fail(f"{' '.join(command)} exited {result.returncode}, expected "
+             f"{'0' if expect == 0 else 'non-zero'}")
+    result.output = output
+    result.seconds = time.time() - start
+    return result
+
+
+def write_config(folder, data, **overrides):
+    values = {
+        "data": {"train": f"{data}/train", "val": f"{data}/val", "batch_size": "8",
+                 "shuffle": "true", "random_flip": "false", "loader_threads": "1"},
+        "model": {"alpha": "0.35", "input_size": "32", "classes": "2", "dropout": "0.2",
+                  "mode": "scratch", "bn_mode": "auto"},
+        "optimizer": {"name": "rmsprop", "learning_rate": "1e-3"},
+        "train": {"epochs": "4", "seed": "7", "backend": "cpu", "threads": "1"},
+        "output": {"run_dir": os.path.join(folder, "run")},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        values[section][name] = str(value)
+    path = os.path.join(folder, "config.ini")
+    with open(path, "w") as f:
+        for section, entries in values.items():
+            f.write(f"[{section}]\n")
+            for name, value in entries.items():
+                f.write(f"{name} = {value}\n")
+    return path
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        blob = f.read()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    meta = header.pop("__metadata__", {})
+    data = blob[8 + length:]
+    dtypes = {"F32": np.float32, "I64": np.int64, "U64": np.uint64, "U8": np.uint8}
+    tensors = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        tensors[name] = np.frombuffer(data[begin:end], dtype=dtypes[info["dtype"]]).reshape(
+            info["shape"])
+    return tensors, meta
+
+
+def write_safetensors(path, tensors):
+    header, offset, blobs = {}, 0, []
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array, dtype=np.float32).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def compare(a_path, b_path, atol=0.0, names=None):
+    a, _ = read_safetensors(a_path)
+    b, _ = read_safetensors(b_path)
+    if set(a) != set(b):
+        fail(f"{a_path} and {b_path} hold different tensors")
+    worst = 0.0
+    for name in names or sorted(a):
+        if a[name].shape != b[name].shape:
+            fail(f"{name}: shapes {a[name].shape} vs {b[name].shape}")
+        diff = float(np.max(np.abs(a[name].astype(np.float64) - b[name]))) if a[name].size else 0.0
+        worst = max(worst, diff)
+        if not diff <= atol:
+            fail(f"{name}: max |difference| {diff:.3g} > {atol:.3g} between {a_path} and {b_path}")
+    return worst
+
+
+# ---- the cases ---------------------------------------------------------------------------------
+
+def case_resume_bit_exact(data, tmp):
+    """4 epochs straight == 2 epochs + --resume auto + 2 more, bit for bit (weights, BN
+    statistics, optimizer state); and a run stopped by SIGUSR1 mid-epoch resumes bit-exactly."""
+    straight = os.path.join(tmp, "straight")
+    os.makedirs(straight)
+    run([MOBILETUNE, "train", "--config", write_config(straight, data), "--no-progress"])
+    halves = os.path.join(tmp, "halves")
+    os.makedirs(halves)
+    config = write_config(halves, data)
+    run([MOBILETUNE, "train", "--config", config, "--set", "train.epochs=2"])
+    second = run([MOBILETUNE, "train", "--config", config, "--resume", "auto"])
+    if "resuming from" not in second.output:
+        fail("the second half did not say it resumed:\n" + second.output)
+    compare(f"{straight}/run/last.safetensors", f"{halves}/run/last.safetensors", atol=0.0)
+
+    # step 9 is in the middle of epoch 2 (6 steps per epoch): stop there on a real SIGUSR1
+    stopped = os.path.join(tmp, "stopped")
+    os.makedirs(stopped)
+    config = write_config(stopped, data)
+    first = run([MOBILETUNE, "train", "--config", config],
+                env={"MT_FAULT_RANK": "0", "MT_FAULT_STEP": "9", "MT_FAULT_KIND": "signal"})
+    if "stop requested" not in first.output:
+        fail("SIGUSR1 did not stop the run with a checkpoint:\n" + first.output)
+    _, meta = read_safetensors(f"{stopped}/run/last.safetensors")
+    if (meta["epoch"], meta["next_batch"], meta["global_step"]) != ("1", "4", "10"):
+        fail(f"checkpoint position after the stop: {meta}")
+    run([MOBILETUNE, "train", "--config", config, "--resume", "auto"])
+    compare(f"{straight}/run/last.safetensors", f"{stopped}/run/last.safetensors", atol=0.0)
+    # starting again without --resume must not overwrite a run by accident
+    again = run([MOBILETUNE, "train", "--config", config], expect=1)
+    if "--resume auto" not in again.output:
+        fail("a second fresh start into a used run folder was not refused:\n" + again.output)
+    print("resume: bit-exact after a resume at an epoch boundary and after SIGUSR1 mid-epoch")
+
+
+def case_nan_guard(data, tmp):
+    """A non-finite loss stops the run naming the step; with nan_policy = skip the step's update
+    is dropped and training goes on to a finite model."""
+    stop = os.path.join(tmp, "stop")
+    os.makedirs(stop)
+    result = run([MOBILETUNE, "train", "--config", write_config(stop, data)], expect=1,
+                 env={"MT_FAULT_RANK": "0", "MT_FAULT_STEP": "3", "MT_FAULT_KIND": "nan"})
+    if "NaN or Inf at step 3" not in result.output:
+        fail("the NaN stop did not name step 3:\n" + result.output)
+    skip_dir = os.path.join(tmp, "skip")
+    os.makedirs(skip_dir)
+    result = run([MOBILETUNE, "train", "--config",
+                  write_config(skip_dir, data, train__nan_policy="skip")],
+                 env={"MT_FAULT_RANK": "0", "MT_FAULT_STEP": "3", "MT_FAULT_KIND": "nan"})
+    if "step 3: non-finite loss, update skipped" not in result.output:
+        fail("the skip policy did not report the skipped step:\n" + result.output)
+    tensors, meta = read_safetensors(f"{skip_dir}/run/last.safetensors")
+    if not all(np.all(np.isfinite(t)) for t in tensors.values()):
+        fail("non-finite values in the model after a skipped step")
+    if meta["optimizer_iterations"] != str(int(meta["global_step"]) - 1):
+        fail(f"the skipped step was applied: {meta['optimizer_iterations']} optimizer steps in "
+             f"{meta['global_step']}")
+    # a real non-finite loss, not an injected one: start from weights holding an Inf
+    tensors, meta = read_safetensors(f"{skip_dir}/run/last.safetensors")
+    tensors["dense/bias"] = np.array([np.inf], dtype=np.float32)
+    bad = os.path.join(tmp, "inf.safetensors")
+    write_safetensors(bad, {k: v for k, v in tensors.items() if "/" in k and
+                            not k.startswith("optimizer/")})
+    real = os.path.join(tmp, "real")
+    os.makedirs(real)
+    result = run([MOBILETUNE, "train", "--config",
+                  write_config(real, data, model__init_checkpoint=bad)], expect=1)
+    if "NaN or Inf at step 0" not in result.output:
+        fail("an Inf in the weights did not stop the run at step 0:\n" + result.output)
+    print("nan guard: stop names the step, skip drops exactly one update, an Inf weight is caught")
+
+
+def case_feature_cache(data, tmp):
+    """Frozen mode: the cached-features path trains the head to the same weights as running the
+    frozen backbone every step (same batches, same flips, same dropout masks), with random flips
+    off and on (then both views are cached). Tolerance 1e-5: the features are computed in other
+    batch compositions than the training batches, which may change float summation order."""
+    for flip in ("false", "true"):
+        runs = {}
+        for setting in ("on", "off"):
+            folder = os.path.join(tmp, setting + flip)
+            os.makedirs(folder)
+            result = run([MOBILETUNE, "train", "--config",
+                          write_config(folder, data, model__mode="frozen", data__random_flip=flip,
+                                       train__cache_features=setting)])
+            said = {"on": "mirror image computed once" if flip == "true" else "computed once",
+                    "off": "inference mode every step"}[setting]
+            if said not in result.output:
+                fail(f"cache_features={setting}: the run did not say '{said}':\n" + result.output)
+            runs[setting] = f"{folder}/run/last.safetensors"
+        worst = compare(runs["on"], runs["off"], atol=1e-5)
+        # the cached run also evaluates on cached validation features: same numbers
+        curves = {}
+        for setting, path in runs.items():
+            with open(os.path.join(os.path.dirname(path), "metrics.jsonl")) as f:
+                curves[setting] = [(r["val_loss"], r["val_accuracy"]) for r in map(json.loads, f)]
+        for (loss_on, acc_on), (loss_off, acc_off) in zip(curves["on"], curves["off"]):
+            if acc_on != acc_off or abs(loss_on - loss_off) > 1e-5:
+                fail(f"validation differs: cached {curves['on']} vs uncached {curves['off']}")
+        a, _ = read_safetensors(runs["on"])
+        if np.allclose(a["dense/kernel"], 0):
+            fail("the head did not train")
+        print(f"feature cache (random_flip={flip}): head weights agree with the uncached path "
+              f"(max diff {worst:.2e})")
+
+
+def case_eval_predict(data, tmp):
+    """eval reproduces the last validation accuracy; predict labels image files."""
+    folder = os.path.join(tmp, "run")
+    os.makedirs(folder)
+    run([MOBILETUNE, "train", "--config", write_config(folder, data, train__epochs=6)])
+    checkpoint = f"{folder}/run/last.safetensors"
+    with open(f"{folder}/run/metrics.jsonl") as f:
+        last = [json.loads(line) for line in f][-1]
+    result = run([MOBILETUNE, "eval", "--checkpoint", checkpoint, "--db", f"{data}/val"])
+    accuracy = float(result.output.split("accuracy ")[1].split()[0])
+    if abs(accuracy - last["val_accuracy"]) > 1e-9:
+        fail(f"eval accuracy {accuracy} != the run's last val_accuracy {last['val_accuracy']}")
+    if "confusion matrix" not in result.output or "left" not in result.output:
+        fail("eval printed no confusion matrix with class names:\n" + result.output)
+    images = sorted(os.path.join(FIXTURE, "images", c, f) for c in ("left", "right")
+                    for f in os.listdir(os.path.join(FIXTURE, "images", c)))
+    result = run([MOBILETUNE, "predict", "--checkpoint", checkpoint] + images)
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    if len(lines) != len(images):
+        fail("predict printed %d lines for %d images" % (len(lines), len(images)))
+    correct = sum(os.path.basename(os.path.dirname(p)) == cls for p, cls, *_ in lines)
+    for line in lines:
+        probabilities = [float(x.split("=")[1]) for x in line[2:]]
+        if abs(sum(probabilities) - 1) > 1e-3:
+            fail(f"probabilities do not add up to 1: {line}")
+    print(f"eval: accuracy {accuracy:.4f} matches the run; predict: {correct}/{len(images)} right")
+    broken = os.path.join(tmp, "broken.jpg")
+    with open(broken, "w") as f:
+        f.write("not an image")
+    result = run([MOBILETUNE, "predict", "--checkpoint", checkpoint, broken, images[0]], expect=1)
+    if "broken.jpg" not in result.output or images[0] not in result.output:
+        fail("predict did not name the bad file and go on:\n" + result.output)
+
+
+def case_config_errors(data, tmp):
+    """Errors name the file, the line and the key."""
+    folder = os.path.join(tmp, "cfg")
+    os.makedirs(folder)
+    config = write_config(folder, data)
+    with open(config, "a") as f:
+        f.write("[train]\nepochz = 3\n")
+    result = run([MOBILETUNE, "train", "--config", config], expect=1)
+    if "config.ini:" not in result.output or "epochz" not in result.output:
+        fail("unknown key not reported with file, line and key:\n" + result.output)
+    result = run([MOBILETUNE, "train", "--config", write_config(folder, data),
+                  "--set", "optimizer.name=adamw"], expect=1)
+    if "adamw" not in result.output or "rmsprop" not in result.output:
+        fail("bad enum value not reported with the allowed values:\n" + result.output)
+    result = run([MOBILETUNE, "train", "--config",
+                  write_config(folder, data, data__train="/nonexistent/train")], expect=1)
+    if "/nonexistent/train" not in result.output:
+        fail("missing data folder not named:\n" + result.output)
+    print("config errors: unknown key, bad value and missing file are named")
+
+
+def mpi_train(folder, data, ranks, batch, **overrides):
+    os.makedirs(folder)
+    config = write_config(folder, data, data__batch_size=batch, model__dropout=0, **overrides)
+    command = [MOBILETUNE, "train", "--config", config]
+    if ranks > 1:
+        command = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + command
+    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    result = run(command, env=env)
+    return f"{folder}/run/last.safetensors", result.output
+
+
+def case_mpi_equivalence(data, tmp):
+    """N ranks x batch B/N end where 1 rank x batch B ends: same global batches (the sharding
+    rule), gradients averaged. Dropout is off (its masks are per rank) and BN runs in inference
+    mode (batch statistics depend on the per-rank batch). The only difference is the order of
+    float summation (per-rank means, then the all-reduce), about 1e-7 relative per step; RMSprop
+    divides by sqrt of tiny second moments, so allow 2e-5 on weights after 8 steps of lr 1e-3."""
+    if not MPIRUN:
+        skip("built without MPI")
+    for mode, extra in (("frozen", {}), ("finetune", {"model__fine_tune_at": "100"})):
+        single, _ = mpi_train(os.path.join(tmp, f"{mode}1"), data, 1, 12, model__mode=mode,
+                              model__bn_mode="inference", train__epochs=2, **extra)
+        for ranks in (2, 3):
+            multi, output = mpi_train(os.path.join(tmp, f"{mode}{ranks}"), data, ranks,
+                                      12 // ranks, model__mode=mode, model__bn_mode="inference",
+                                      train__epochs=2, **extra)
+            if f"on {ranks} rank(s)" not in output:
+                fail(f"mpirun -np {ranks} did not run {ranks} ranks:\n{output}")
+            worst = compare(single, multi, atol=2e-5)
+            print(f"{mode}: {ranks} ranks x {12 // ranks} == 1 rank x 12 (max diff {worst:.2e})")
+        if mode == "frozen" and "all-reduce per step: 5124 bytes" not in output:
+            fail("frozen mode should reduce 1,281 floats (5,124 bytes) per step:\n" + output)
+
+
+def case_mpi_fault(data, tmp):
+    """A rank that fails (or dies) at step 3 takes the whole mpirun job down, non-zero, with the
+    rank and its error named, within 60 s."""
+    if not MPIRUN:
+        skip("built without MPI")
+    for kind, words in (("fail", "rank 1: train: injected fault at step 3"),
+                        ("crash", "signal 9")):
+        folder = os.path.join(tmp, kind)
+        os.makedirs(folder)
+        config = write_config(folder, data, train__epochs=50)
+        command = ["timeout", "-k", "5", "60", MPIRUN, "--oversubscribe", "--bind-to", "none",
+                   "-np", "2", MOBILETUNE, "train", "--config", config]
+        result = run(command, expect=1, env={
+            "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "MT_FAULT_RANK": "1", "MT_FAULT_STEP": "3", "MT_FAULT_KIND": kind})
+        # (exit 137 alone is no proof of a hang: mpirun passes on a rank's SIGKILL as 128 + 9)
+        if result.seconds >= 59:
+            fail(f"{kind}: the job hung until the 60 s timeout")
+        if words not in result.output:
+            fail(f"{kind}: the output does not say '{words}':\n{result.output}")
+        print(f"fault ({kind}): job exited {result.returncode} after {result.seconds:.1f} s")
+
+
+# ---- Slurm, for real, on a one-node cluster started by ../shared/tools/slurm_local.sh -------------
+
+SOURCE = os.environ.get("MT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+SLURM_LOCAL = os.path.join(os.environ.get("MT_SHARED_DIR", os.path.join(SOURCE, "..", "shared")),
+                           "tools", "slurm_local.sh")
+
+
+def slurm_job(tmp, name, body_lines=()):
+    """launch/slurm/train.sbatch as shipped, minus --gpus-per-task (this cluster has no GPUs),
+    plus optional lines run before it in the same job."""
+    with open(os.path.join(SOURCE, "launch", "slurm", "train.sbatch")) as f:
+        script = [line for line in f.read().splitlines() if "--gpus-per-task" not in line]
+    train = os.path.join(tmp, "train.sbatch")
+    with open(train, "w") as f:
+        f.write("\n".join(script) + "\n")
+    if not body_lines:
+        return train
+    header = [line for line in script if line.startswith("#!") or line.startswith("#SBATCH")]
+    job = os.path.join(tmp, name + ".sbatch")
+    with open(job, "w") as f:
+        f.write("\n".join(header + list(body_lines) + [f"bash {train}"]) + "\n")
+    return job
+
+
+def slurm_run(job, config, env=None, expect=0):
+    if not os.path.exists(SLURM_LOCAL):
+        skip(f"{SLURM_LOCAL} is absent (../shared/tools)")
+    full = {"MT_ROOT": SOURCE, "MT_BIN": MOBILETUNE, "MT_CONFIG": config}
+    full.update(env or {})
+    result = run(["bash", SLURM_LOCAL, job, "300"], env=full, expect=None)
+    if result.returncode == 2 and "cluster did not come up" in result.output or \
+            "missing /usr/sbin" in result.output:
+        skip("Slurm could not start here:\n" + result.output[-2000:])
+    if (result.returncode != 0) != (expect != 0):
+        print(result.output)
+        fail(f"Slurm job exited {result.returncode}, expected {'0' if expect == 0 else 'non-zero'}")
+    return result
+
+
+def case_slurm(data, tmp):
+    """train.sbatch under srun --mpi=pmix with 2 ranks: a run to the end; then a run that Slurm
+    signals (scancel --signal=USR1, as before a time limit) after its first epoch, which must
+    checkpoint and exit 0, and a resubmission that resumes and finishes; then an injected fault
+    on rank 1 that must fail the job quickly with the rank named."""
+    folder = os.path.join(tmp, "complete")
+    os.makedirs(folder)
+    config = write_config(folder, data, train__epochs=2)
+    result = slurm_run(slurm_job(folder, "train"), config)
+    for words in ("on 2 rank(s)", "done: 2 epochs"):
+        if words not in result.output:
+            fail(f"the Slurm run did not say '{words}':\n" + result.output)
+    print(f"slurm: 2 ranks trained to the end in {result.seconds:.1f} s")
+
+    folder = os.path.join(tmp, "signal")
+    os.makedirs(folder)
+    config = write_config(folder, data, train__epochs=12)
+    log = os.path.join(folder, "run", "train.log")
+    watcher = [f"( while ! grep -q '^epoch 1/' {log} 2>/dev/null; do sleep 0.2; done;",
+               "  scancel --signal=USR1 \"$SLURM_JOB_ID\" ) &"]
+    result = slurm_run(slurm_job(folder, "signalled", watcher), config)
+    if "stop requested (signal): checkpoint written" not in result.output:
+        fail("the signalled job did not checkpoint and stop:\n" + result.output)
+    _, meta = read_safetensors(os.path.join(folder, "run", "last.safetensors"))
+    stopped_at = int(meta["global_step"])
+    result = slurm_run(slurm_job(folder, "train"), config)
+    if "resuming from" not in result.output or "done: 12 epochs" not in result.output:
+        fail("the resubmitted job did not resume and finish:\n" + result.output)
+    _, meta = read_safetensors(os.path.join(folder, "run", "last.safetensors"))
+    print(f"slurm: USR1 stopped the job at step {stopped_at}; the resubmitted job resumed and "
+          f"finished at step {meta['global_step']}")
+
+    folder = os.path.join(tmp, "fault")
+    os.makedirs(folder)
+    config = write_config(folder, data, train__epochs=40)
+    result = slurm_run(slurm_job(folder, "train"), config, expect=1,
+                       env={"MT_FAULT_RANK": "1", "MT_FAULT_STEP": "3"})
+    if "rank 1: train: injected fault at step 3" not in result.output:
+        fail("the failing rank and its error were not named:\n" + result.output)
+    if result.seconds > 90:
+        fail(f"the failed job took {result.seconds:.0f} s to end")
+    print(f"slurm: a failure on rank 1 ended the job (exit {result.returncode}) in "
+          f"{result.seconds:.1f} s including cluster start and stop")
+
+
+CASES = {
+    "resume": case_resume_bit_exact,
+    "nan": case_nan_guard,
+    "cache": case_feature_cache,
+    "eval_predict": case_eval_predict,
+    "config_errors": case_config_errors,
+    "mpi_equivalence": case_mpi_equivalence,
+    "mpi_fault": case_mpi_fault,
+    "slurm": case_slurm,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in CASES:
+        print("usage: trainer_checks.py " + "|".join(CASES))
+        sys.exit(2)
+    data = make_dataset()
+    with tempfile.TemporaryDirectory(prefix="mt-trainer-") as tmp:
+        CASES[sys.argv[1]](data, tmp)
+    print("PASSED")
