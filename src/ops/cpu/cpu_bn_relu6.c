@@ -1,8 +1,9 @@
 /* Training-mode batch norm fused with the ReLU6 that follows it, forward and backward, as OpenMP
- * loops over the backend's layout. Both ops are memory-bound and oneDNN 2.6 has no clip post-op
- * for batch norm, so the fusion is the saving: forward reads x twice and writes y once (instead
- * of BN's passes plus ReLU6's read and write of y), backward applies ReLU6's mask on the fly
- * instead of writing and re-reading the masked gradient.
+ * loops over the backend's layout; the forward without the clip is also the backend's plain
+ * training-mode BN forward (see cpu_norm.c for why). Both ops are memory-bound and oneDNN 2.6 has
+ * no clip post-op for batch norm, so the fusion is the saving: forward reads x twice and writes y
+ * once (instead of BN's passes plus ReLU6's read and write of y), backward applies ReLU6's mask on
+ * the fly instead of writing and re-reading the masked gradient.
  *
  * Sums run per channel in double, per thread, over data shifted by one sample of the channel, so
  * E[x^2] - E[x]^2 keeps its precision when the mean is large against the spread. */
@@ -66,23 +67,28 @@ BN_INLINE void stats_rows(const float *x, size_t hw, int block, int lanes, const
 }
 
 /* y = clip(x * scale + offset, 0, 6) over a plane's rows */
-BN_INLINE void normalize_rows(const float *x, float *y, size_t hw, int block, const float *scale,
-                              const float *offset) {
+BN_INLINE void normalize_rows(const float *x, float *y, size_t hw, int block, bool clip,
+                              const float *scale, const float *offset) {
     for (size_t p = 0; p < hw; p++) {
         const float *xr = x + p * block;
         float *yr = y + p * block;
 #pragma omp simd
         for (int l = 0; l < block; l++) {
             float v = xr[l] * scale[l] + offset[l];
-            v = v > 0.0f ? v : 0.0f;
-            yr[l] = v < 6.0f ? v : 6.0f;
+            if (clip) {
+                v = v > 0.0f ? v : 0.0f;
+                v = v < 6.0f ? v : 6.0f;
+            }
+            yr[l] = v;
         }
     }
 }
 
-/* with g = dy where 0 < y < 6: a += sum of g, b += sum of g * (x - mean) */
+/* with g = dy where 0 < y < 6 (or everywhere when !masked): a += sum of g, b += sum of g * (x -
+ * mean) */
 BN_INLINE void grad_stats_rows(const float *x, const float *y, const float *dy, size_t hw,
-                               int block, int lanes, const float *mean, double *a, double *b) {
+                               int block, int lanes, bool masked, const float *mean, double *a,
+                               double *b) {
     for (size_t p0 = 0; p0 < hw; p0 += CHUNK) {
         size_t p1 = hw - p0 < CHUNK ? hw : p0 + CHUNK;
         float fa[LANES] = {0}, fb[LANES] = {0};
@@ -92,7 +98,7 @@ BN_INLINE void grad_stats_rows(const float *x, const float *y, const float *dy, 
             for (int l = 0; l < lanes; l++) {
                 /* unconditional loads and a non-short-circuit mask: a blend, not a branch */
                 float yv = y[o + l], dv = dy[o + l], xv = x[o + l];
-                float gv = ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
+                float gv = !masked || ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
                 fa[l] += gv;
                 fb[l] += gv * (xv - mean[l]);
             }
@@ -104,14 +110,14 @@ BN_INLINE void grad_stats_rows(const float *x, const float *y, const float *dy, 
 
 /* dx = k*g - kx*(x - mean) - kb over a plane's rows */
 BN_INLINE void grad_rows(const float *x, const float *y, const float *dy, float *dx, size_t hw,
-                         int block, const float *k, const float *kx, const float *kb,
+                         int block, bool masked, const float *k, const float *kx, const float *kb,
                          const float *mean) {
     for (size_t p = 0; p < hw; p++) {
         size_t o = p * block;
 #pragma omp simd
         for (int l = 0; l < block; l++) {
             float yv = y[o + l], dv = dy[o + l];
-            float gv = ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
+            float gv = !masked || ((yv > 0.0f) & (yv < 6.0f)) ? dv : 0.0f;
             dx[o + l] = k[l] * gv - kx[l] * (x[o + l] - mean[l]) - kb[l];
         }
     }
@@ -131,20 +137,18 @@ static void sum_partials(double *part, int threads, int c, double *a, double *b)
     }
 }
 
-mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
-                                                  const mt_batchnorm_desc *desc, const mt_tensor *x,
-                                                  const float *gamma, const float *beta,
-                                                  float *moving_mean, float *moving_variance,
-                                                  mt_tensor *y, float *saved_mean,
-                                                  float *saved_inv_std) {
-    cpu_backend *cpu = cpu_of(backend);
+/* Training-mode BN forward, followed by ReLU6 when `clip`. */
+static mt_status bn_forward(cpu_backend *cpu, const mt_batchnorm_desc *desc, const mt_tensor *x,
+                            const float *gamma, const float *beta, float *moving_mean,
+                            float *moving_variance, mt_tensor *y, float *saved_mean,
+                            float *saved_inv_std, bool clip) {
     mt_shape4 s = desc->shape;
     if (!(desc->epsilon > 0.0f))
         return MT_FAIL(MT_ERR_INVALID, "cpu backend: batch norm epsilon %g must be > 0",
                        (double)desc->epsilon);
     MT_TRY(cpu_check_tensor(cpu, x, s, "batchnorm_relu6_forward_training's x"));
     MT_TRY(cpu_check_tensor(cpu, y, s, "batchnorm_relu6_forward_training's y"));
-    if (x->data == y->data)
+    if (clip && x->data == y->data)
         return MT_FAIL(MT_ERR_INVALID, "cpu backend: batchnorm_relu6_forward_training needs y "
                                        "apart from x (the backward pass reads both)");
     bn_geometry g = geometry_of(cpu, s);
@@ -200,26 +204,48 @@ mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
         const float *xb = xs + (size_t)plane * g.hw * g.block;
         float *yb = ys + (size_t)plane * g.hw * g.block;
         const float *sc = scale + (size_t)cb * g.block, *of = offset + (size_t)cb * g.block;
-        if (g.block == 8)
-            normalize_rows(xb, yb, g.hw, 8, sc, of);
+        if (g.block == 8 && clip)
+            normalize_rows(xb, yb, g.hw, 8, true, sc, of);
+        else if (g.block == 8)
+            normalize_rows(xb, yb, g.hw, 8, false, sc, of);
         else
-            normalize_rows(xb, yb, g.hw, g.block, sc, of);
+            normalize_rows(xb, yb, g.hw, g.block, clip, sc, of);
     }
     return MT_OK;
 }
 
-mt_status mt_cpu_relu6_batchnorm_backward_training(
-    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
-    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
-    mt_tensor *dx, float *dgamma, float *dbeta) {
-    cpu_backend *cpu = cpu_of(backend);
+mt_status mt_cpu_batchnorm_relu6_forward_training(mt_backend *backend,
+                                                  const mt_batchnorm_desc *desc, const mt_tensor *x,
+                                                  const float *gamma, const float *beta,
+                                                  float *moving_mean, float *moving_variance,
+                                                  mt_tensor *y, float *saved_mean,
+                                                  float *saved_inv_std) {
+    return bn_forward(cpu_of(backend), desc, x, gamma, beta, moving_mean, moving_variance, y,
+                      saved_mean, saved_inv_std, true);
+}
+
+mt_status cpu_batchnorm_forward_training_openmp(cpu_backend *cpu, const mt_batchnorm_desc *desc,
+                                                const mt_tensor *x, const float *gamma,
+                                                const float *beta, float *moving_mean,
+                                                float *moving_variance, mt_tensor *y,
+                                                float *saved_mean, float *saved_inv_std) {
+    return bn_forward(cpu, desc, x, gamma, beta, moving_mean, moving_variance, y, saved_mean,
+                      saved_inv_std, false);
+}
+
+/* Training-mode BN backward, through ReLU6's mask when y (ReLU6's output) is given. */
+static mt_status bn_backward(cpu_backend *cpu, const mt_batchnorm_desc *desc, const mt_tensor *x,
+                             const mt_tensor *y, const mt_tensor *dy, const float *gamma,
+                             const float *saved_mean, const float *saved_inv_std, mt_tensor *dx,
+                             float *dgamma, float *dbeta) {
     mt_shape4 s = desc->shape;
-    MT_TRY(cpu_check_tensor(cpu, x, s, "relu6_batchnorm_backward_training's x"));
-    MT_TRY(cpu_check_tensor(cpu, y, s, "relu6_batchnorm_backward_training's y"));
-    MT_TRY(cpu_check_tensor(cpu, dy, s, "relu6_batchnorm_backward_training's dy"));
-    MT_TRY(cpu_check_tensor(cpu, dx, s, "relu6_batchnorm_backward_training's dx"));
+    bool masked = y != NULL;
+    MT_TRY(cpu_check_tensor(cpu, x, s, "BN backward's x"));
+    if (masked) MT_TRY(cpu_check_tensor(cpu, y, s, "BN backward's y (ReLU6's output)"));
+    MT_TRY(cpu_check_tensor(cpu, dy, s, "BN backward's dy"));
+    MT_TRY(cpu_check_tensor(cpu, dx, s, "BN backward's dx"));
     bn_geometry g = geometry_of(cpu, s);
-    const float *xs = x->data, *ys = y->data, *dys = dy->data;
+    const float *xs = x->data, *ys = masked ? y->data : dy->data, *dys = dy->data;
     float *dxs = dx->data;
     double *part;
     int threads;
@@ -234,12 +260,16 @@ mt_status mt_cpu_relu6_batchnorm_backward_training(
             int cb = (int)(plane % g.blocks);
             size_t off = (size_t)plane * g.hw * g.block, c0 = (size_t)cb * g.block;
             const float *xb = xs + off, *yb = ys + off, *db = dys + off;
-            if (g.block == 8) {
-                grad_stats_rows(xb, yb, db, g.hw, 8, 8, saved_mean + c0, sum + c0, sum_x + c0);
+            if (g.block == 8 && masked) {
+                grad_stats_rows(xb, yb, db, g.hw, 8, 8, true, saved_mean + c0, sum + c0,
+                                sum_x + c0);
+            } else if (g.block == 8) {
+                grad_stats_rows(xb, yb, db, g.hw, 8, 8, false, saved_mean + c0, sum + c0,
+                                sum_x + c0);
             } else {
                 for (int l0 = 0; l0 < g.block; l0 += LANES) {
                     int lanes = g.block - l0 < LANES ? g.block - l0 : LANES;
-                    grad_stats_rows(xb + l0, yb + l0, db + l0, g.hw, g.block, lanes,
+                    grad_stats_rows(xb + l0, yb + l0, db + l0, g.hw, g.block, lanes, masked,
                                     saved_mean + c0 + l0, sum + c0 + l0, sum_x + c0 + l0);
                 }
             }
@@ -266,10 +296,21 @@ mt_status mt_cpu_relu6_batchnorm_backward_training(
         int cb = (int)(plane % g.blocks);
         size_t off = (size_t)plane * g.hw * g.block, c0 = (size_t)cb * g.block;
         const float *kc = k + c0, *kxc = kx + c0, *kbc = kb + c0, *mu = saved_mean + c0;
-        if (g.block == 8)
-            grad_rows(xs + off, ys + off, dys + off, dxs + off, g.hw, 8, kc, kxc, kbc, mu);
+        const float *xp = xs + off, *yp = ys + off, *dp = dys + off;
+        if (g.block == 8 && masked)
+            grad_rows(xp, yp, dp, dxs + off, g.hw, 8, true, kc, kxc, kbc, mu);
+        else if (g.block == 8)
+            grad_rows(xp, yp, dp, dxs + off, g.hw, 8, false, kc, kxc, kbc, mu);
         else
-            grad_rows(xs + off, ys + off, dys + off, dxs + off, g.hw, g.block, kc, kxc, kbc, mu);
+            grad_rows(xp, yp, dp, dxs + off, g.hw, g.block, masked, kc, kxc, kbc, mu);
     }
     return MT_OK;
+}
+
+mt_status mt_cpu_relu6_batchnorm_backward_training(
+    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
+    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
+    mt_tensor *dx, float *dgamma, float *dbeta) {
+    return bn_backward(cpu_of(backend), desc, x, y, dy, gamma, saved_mean, saved_inv_std, dx,
+                       dgamma, dbeta);
 }

@@ -173,6 +173,12 @@ mt_status mt_cpu_relu6_batchnorm_backward_training(
     const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
     mt_tensor *dx, float *dgamma, float *dbeta);
 
+/* Training-mode BN forward as the OpenMP passes of the fused op, without the clip. */
+mt_status cpu_batchnorm_forward_training_openmp(cpu_backend *cpu, const mt_batchnorm_desc *desc,
+                                                const mt_tensor *x, const float *gamma,
+                                                const float *beta, float *moving_mean,
+                                                float *moving_variance, mt_tensor *y,
+                                                float *saved_mean, float *saved_inv_std);
 mt_status mt_cpu_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
                                             const mt_tensor *x, const float *gamma,
                                             const float *beta, float *moving_mean,
