@@ -61,10 +61,12 @@ static mt_status add_row(features_run *r, const char *name) {
     return r->pending == r->batch ? flush_rows(r) : MT_OK;
 }
 
-static mt_status run_files(features_run *r, char **files, int count, mt_resize_mode resize) {
+static mt_status run_files(features_run *r, char **files, int count, mt_resize_mode resize,
+                           bool tf_decode) {
     for (int i = 0; i < count; i++) {
         mt_image image = {0};
-        mt_status status = mt_image_decode_file(files[i], r->size, &image);
+        mt_status status =
+            mt_image_decode_file(files[i], tf_decode ? MT_DECODE_TF : r->size, &image);
         if (status == MT_OK) status = mt_image_resize(&image, r->size, resize, r->pixels);
         mt_image_free(&image);
         if (status != MT_OK) return mt_error_context(status, "image '%s'", files[i]);
@@ -101,7 +103,7 @@ int mt_cmd_features(int argc, char **argv) {
     config.input_size = 0;
     config.dropout = 0.0f;
     const char *weights = NULL, *backend_name = "cpu", *db = NULL, *output = NULL;
-    const char *resize_name = "stretch";
+    const char *resize_name = "stretch", *decode = "scaled";
     int threads = 0;
     bool binary = false;
     const cli_option options[] = {
@@ -114,6 +116,8 @@ int mt_cmd_features(int argc, char **argv) {
         {"batch", CLI_INT, &config.batch_size, "B", "images per forward pass"},
         {"resize", CLI_STRING, &resize_name, "MODE",
          "image files: stretch, center-crop or pad (as the packer's --resize)"},
+        {"decode", CLI_STRING, &decode, "MODE",
+         "image files: scaled or tf (as the packer's --decode)"},
         {"db", CLI_STRING, &db, "DB", "a packed dataset (LMDB folder) instead of image files"},
         {"output", CLI_STRING, &output, "FILE", "write here instead of standard output"},
         {"binary", CLI_FLAG, &binary, NULL,
@@ -147,6 +151,8 @@ int mt_cmd_features(int argc, char **argv) {
     if (status == MT_OK && binary && !output)
         status = MT_FAIL(MT_ERR_INVALID, "--binary needs --output FILE");
     if (status == MT_OK) status = mt_resize_mode_parse(resize_name, &resize);
+    if (status == MT_OK && strcmp(decode, "scaled") != 0 && strcmp(decode, "tf") != 0)
+        status = MT_FAIL(MT_ERR_INVALID, "--decode '%s' is not scaled or tf", decode);
     if (status == MT_OK && config.input_size == 0) {
         config.input_size = 160;
         if (db) {
@@ -187,7 +193,8 @@ int mt_cmd_features(int argc, char **argv) {
         }
     }
     if (status == MT_OK)
-        status = db ? run_db(&run, db) : run_files(&run, files, file_count, resize);
+        status = db ? run_db(&run, db)
+                    : run_files(&run, files, file_count, resize, strcmp(decode, "tf") == 0);
     if (run.out != stdout && fclose(run.out) != 0 && status == MT_OK)
         status = MT_FAIL(MT_ERR_IO, "closing '%s' failed", output);
     if (status == MT_OK && output)

@@ -13,10 +13,15 @@ static const float bn_epsilon = 1e-3f;   /* Keras' MobileNetV2 BatchNormalizatio
 static const float bn_momentum = 0.999f; /* ... (momentum=0.999) */
 
 /* A gradient tensor of the backward pass, shared by reference where a residual Add hands the
- * same gradient to both of its inputs. Slots are allocated on the first backward and reused. */
+ * same gradient to both of its inputs. A slot either owns its tensor (allocated on the first
+ * backward, kept for the next ones) or borrows the activation of a layer the backward walk has
+ * passed: once layers above k are done, nothing reads layer k's output again until the next
+ * forward, so its memory can hold a gradient of the same shape. Borrowing most gradients from
+ * dead activations roughly halves the extra memory of the backward pass. */
 typedef struct grad_slot {
     mt_tensor tensor;
-    int refs; /* 0: free */
+    int refs;     /* 0: free */
+    int borrowed; /* -1: owned; else the layer whose activation this is */
 } grad_slot;
 
 struct mt_model {
@@ -45,6 +50,8 @@ struct mt_model {
     mt_tensor acts[MT_MODEL_LAYERS];
     grad_slot slots[GRAD_SLOTS_MAX];
     int slot_count;
+    int walk_at;                /* backward: the layer being processed (outputs >= it are dead) */
+    bool lent[MT_MODEL_LAYERS]; /* activation borrowed by a slot during this backward */
     int grad_of[MT_MODEL_LAYERS];
 
     /* the last forward */
@@ -111,7 +118,7 @@ static double uniform01(uint64_t *state) {
 
 static void free_grad_slots(mt_model *m) {
     for (int i = 0; i < m->slot_count; i++)
-        m->ops->tensor_free(m->backend, &m->slots[i].tensor);
+        if (m->slots[i].borrowed < 0) m->ops->tensor_free(m->backend, &m->slots[i].tensor);
     memset(m->slots, 0, sizeof m->slots);
     m->slot_count = 0;
 }
@@ -144,11 +151,13 @@ static mt_status ensure_activations(mt_model *m, int n) {
     return MT_OK;
 }
 
+static bool same_shape(mt_shape4 a, mt_shape4 b) {
+    return a.n == b.n && a.h == b.h && a.w == b.w && a.c == b.c;
+}
+
 static mt_status slot_acquire(mt_model *m, mt_shape4 shape, int *out) {
     for (int i = 0; i < m->slot_count; i++) {
-        mt_shape4 s = m->slots[i].tensor.shape;
-        if (m->slots[i].refs == 0 && s.n == shape.n && s.h == shape.h && s.w == shape.w &&
-            s.c == shape.c) {
+        if (m->slots[i].refs == 0 && same_shape(m->slots[i].tensor.shape, shape)) {
             m->slots[i].refs = 1;
             *out = i;
             return MT_OK;
@@ -158,11 +167,35 @@ static mt_status slot_acquire(mt_model *m, mt_shape4 shape, int *out) {
         return MT_FAIL(MT_ERR_INTERNAL, "backward needs more than %d gradient tensors",
                        GRAD_SLOTS_MAX);
     int i = m->slot_count;
+    /* A dead activation: layer k's own tensor, k at or above the layer being processed (whose
+     * backward reads only its input), not lent yet. */
+    for (int k = m->walk_at; k < MT_MODEL_BACKBONE_LAYERS; k++) {
+        if (m->owner[k] != k || m->lent[k] || !same_shape(m->acts[k].shape, shape)) continue;
+        m->lent[k] = true;
+        m->slots[i] = (grad_slot){.tensor = m->acts[k], .refs = 1, .borrowed = k};
+        m->slot_count++;
+        *out = i;
+        return MT_OK;
+    }
     MT_TRY(m->ops->tensor_alloc(m->backend, shape, &m->slots[i].tensor));
-    m->slot_count++;
+    m->slots[i].borrowed = -1;
     m->slots[i].refs = 1;
+    m->slot_count++;
     *out = i;
     return MT_OK;
+}
+
+/* After a backward (or a failed one): drop the borrowed slots, keep the owned ones free. */
+static void return_borrowed(mt_model *m) {
+    int kept = 0;
+    for (int i = 0; i < m->slot_count; i++) {
+        if (m->slots[i].borrowed >= 0) continue;
+        m->slots[i].refs = 0;
+        m->slots[kept++] = m->slots[i];
+    }
+    m->slot_count = kept;
+    memset(m->lent, 0, sizeof m->lent);
+    m->walk_at = MT_MODEL_LAYERS;
 }
 
 static void slot_release(mt_model *m, int slot) {
@@ -240,6 +273,7 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
     if (!m) return MT_FAIL(MT_ERR_NOMEM, "out of memory creating the model");
     m->backend = backend;
     m->ops = backend->ops;
+    m->walk_at = MT_MODEL_LAYERS;
     mt_status status = mt_model_layout_create(config, &m->layout);
     if (status != MT_OK) {
         free(m);
@@ -678,6 +712,7 @@ mt_status mt_model_backward(mt_model *m) {
     m->ready_for_backward = false;
     for (int i = 0; i < MT_MODEL_LAYERS; i++)
         m->grad_of[i] = -1;
+    return_borrowed(m);
 
     mt_dense_desc desc = {.batch = n, .in_features = features, .out_features = layout->logit_count};
     const float *x = m->dropout_applied ? m->dropped : m->pooled;
@@ -702,15 +737,16 @@ mt_status mt_model_backward(mt_model *m) {
 
     for (int i = pool - 1; i >= 1; i--) {
         if (!m->needs_grad[i]) continue;
+        m->walk_at = i;
         mt_status status = backward_layer(m, i, n);
         if (status == MT_OK) status = report_layer(m, i);
         if (status != MT_OK) {
-            for (int s = 0; s < m->slot_count; s++)
-                m->slots[s].refs = 0;
+            return_borrowed(m);
             return mt_error_context(status, "backward of layer %d (%s)", i, layout->layers[i].name);
         }
     }
     for (int s = 0; s < m->slot_count; s++)
         MT_ASSERT(m->slots[s].refs == 0);
+    return_borrowed(m);
     return MT_OK;
 }

@@ -58,6 +58,7 @@ else:
     with tempfile.TemporaryDirectory() as tmp:
         text = os.path.join(tmp, "f.txt")
         binary = os.path.join(tmp, "f.bin")
+        b = None
         r = run("features", "--weights", weights, "--batch", "2", "--output", text, *images)
         check(r.returncode == 0, f"features text: {r.stderr}")
         r = run("features", "--weights", weights, "--binary", "--output", binary, *images)
@@ -71,6 +72,28 @@ else:
             # batches of 2 vs 32: the same features; text keeps 7 significant digits
             check(np.allclose(t, b, rtol=1e-5, atol=1e-5), "text == binary")
             check((b >= 0).all() and (b <= 6).all() and b.max() > 1, "ReLU6 range")
+        # a packed database of the same photos gives the same features (same decode + resize)
+        pack = os.environ.get("MT_PACK")
+        if pack and os.path.exists(pack):
+            listing = os.path.join(tmp, "list.txt")
+            with open(listing, "w") as f:
+                for i, path in enumerate(images):
+                    f.write(f"{path} {i % 2}\n")
+            db = os.path.join(tmp, "db")
+            p = subprocess.run([pack, "--size", "160", "--no-progress", listing, db],
+                               capture_output=True, text=True)
+            check(p.returncode == 0, f"pack: {p.stderr}")
+            dbout = os.path.join(tmp, "db.bin")
+            r = run("features", "--weights", weights, "--db", db, "--binary", "--output", dbout)
+            check(r.returncode == 0, f"features --db: {r.stderr}")
+            if r.returncode == 0 and p.returncode == 0 and b is not None:
+                d = np.fromfile(dbout, dtype=np.float32).reshape(-1, 1280)
+                # record order is the packer's; match rows by content
+                check(d.shape == b.shape, f"db shape {d.shape}")
+                for row in b:
+                    check(np.abs(d - row).max(axis=1).min() < 1e-4, "a file's features in the db")
+        else:
+            print("--db part skipped: MT_PACK not set")
         r = run("features", "--weights", weights, os.path.join(tmp, "missing.jpg"))
         check(r.returncode == 1 and "missing.jpg" in r.stderr, f"missing image: {r.stderr}")
         r = run("features", "--weights", weights, "--alpha", "0.35", images[0])
