@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the default data. For now: build mobiletune-pack if needed, pack the cats/dogs
-# photos into data/cats_vs_dogs/{train,val,test} (seeded, stratified 80/10/10) and print the
-# summary and each split's metadata. Training is added here once it exists.
+# The main job on the default data, end to end: build mobiletune, pack the cats/dogs photos into
+# data/cats_vs_dogs/{train,val,test} (seeded, stratified 80/10/10), train the tutorial's frozen
+# run (configs/cats_vs_dogs/frozen.ini: ImageNet MobileNetV2 backbone, new head, 10 epochs) into
+# runs/cats_vs_dogs/frozen, and print the test accuracy. Running it again re-packs the same data
+# and continues the run (--resume auto): a finished run only evaluates again.
 #
 # Default data, first found:
 #   1. ../shared/data/cats_vs_dogs/train (cats/, dogs/): the 2,000 photos beside the repo
@@ -10,7 +12,9 @@
 #
 # Environment (all optional): MT_BUILD_DIR (default build), MT_PACK (use this mobiletune-pack,
 # no build), MT_SHARED_DIR (default ../shared), MT_DATA_OUT (default data/cats_vs_dogs),
-# MT_THREADS (default: all cores), and fetch_cats_dogs.sh's MT_FETCH_URL / MT_DATA_CACHE.
+# MT_THREADS (default: all cores), and fetch_cats_dogs.sh's MT_FETCH_URL / MT_DATA_CACHE;
+# MT_MOBILETUNE (use this mobiletune), MT_TRAIN_ARGS (more `mobiletune train` arguments, e.g.
+# "--set train.epochs=2"), MT_SKIP_TRAIN=1 (pack and stop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +24,10 @@ if [[ -z "$pack" ]]; then
     if [[ ! -f "$build/CMakeCache.txt" ]]; then
         cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
     fi
-    cmake --build "$build" -j "$(nproc)" --target mobiletune-pack
+    cmake --build "$build" -j "$(nproc)" --target mobiletune-pack mobiletune_cli
     pack="$build/data-prep/mobiletune-pack"
 fi
+mobiletune="${MT_MOBILETUNE:-$build/mobiletune}"
 
 shared="${MT_SHARED_DIR:-../shared}/data/cats_vs_dogs/train"
 if [[ -d "$shared/cats" && -d "$shared/dogs" ]]; then
@@ -46,3 +51,19 @@ if [[ -n "${MT_THREADS:-}" ]]; then threads=(--threads "$MT_THREADS"); fi
 for split in train val test; do
     "$pack" info "$out/$split"
 done
+
+if [[ "${MT_SKIP_TRAIN:-0}" == 1 ]]; then exit 0; fi
+
+weights="${MT_SHARED_DIR:-../shared}/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5"
+if [[ ! -f "$weights" ]]; then
+    echo "run-default: $weights is absent; fetching Keras' ImageNet MobileNetV2 weights" >&2
+    if ! weights="$(data-prep/fetch_imagenet_weights.sh)"; then
+        echo "run-default: no ImageNet weights for the frozen run (see above)" >&2
+        exit 1
+    fi
+fi
+echo
+echo "run-default: training configs/cats_vs_dogs/frozen.ini (the tutorial's frozen-backbone run)"
+"$mobiletune" train --config configs/cats_vs_dogs/frozen.ini --resume auto \
+    --set "data.train=$out/train" --set "data.val=$out/val" --set "data.test=$out/test" \
+    --set "model.weights=$weights" ${MT_TRAIN_ARGS:-}

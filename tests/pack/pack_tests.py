@@ -536,7 +536,7 @@ def case_run_default():
     P.need_pack()
     script = os.path.join(os.environ["MT_SOURCE_DIR"], "scripts", "run-default.sh")
     with P.TempDir("default") as tmp:
-        env = dict(os.environ, MT_PACK=P.PACK, MT_FETCH_URL="http://127.0.0.1:9/cats_and_dogs_filtered.zip",
+        env = dict(os.environ, MT_PACK=P.PACK, MT_SKIP_TRAIN="1", MT_FETCH_URL="http://127.0.0.1:9/cats_and_dogs_filtered.zip",
                    MT_DATA_CACHE=os.path.join(tmp, "cache"), MT_SHARED_DIR=os.path.join(tmp, "no-shared"),
                    MT_DATA_OUT=os.path.join(tmp, "out"))
         proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
