@@ -25,6 +25,7 @@ BUILD = os.environ.get("MT_BUILD_DIR", ".")
 PACK = os.environ["MT_PACK"]
 MOBILETUNE = os.path.join(BUILD, "mobiletune")
 MPIRUN = os.environ.get("MT_MPIEXEC", "")
+SOURCE = os.environ.get("MT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 FIXTURE = os.path.join(BUILD, "tests", "trainer", "fixture")
 
 
@@ -341,16 +342,26 @@ def case_mpi_equivalence(data, tmp):
 
 def case_mpi_fault(data, tmp):
     """A rank that fails (or dies) at step 3 takes the whole mpirun job down, non-zero, with the
-    rank and its error named, within 60 s."""
+    rank and its error named, within 60 s; launch/mpirun.sh --dry-run shows what it runs."""
     if not MPIRUN:
         skip("built without MPI")
+    hostfile = os.path.join(tmp, "hosts")
+    with open(hostfile, "w") as f:
+        f.write("# two nodes\nnode1 slots=4\nnode2 slots=4\n")
+    dry = run([os.path.join(SOURCE, "launch", "mpirun.sh"), "--dry-run", "-H", hostfile, "-N", "4",
+               "--", MOBILETUNE, "train"])
+    for words in ("-np 8", "--map-by ppr:4:node", f"--hostfile {hostfile}", "-x OMP_NUM_THREADS",
+                  f"{MOBILETUNE} train"):
+        if words not in dry.stdout:
+            fail(f"mpirun.sh --dry-run does not show '{words}':\n{dry.stdout}")
     for kind, words in (("fail", "rank 1: train: injected fault at step 3"),
                         ("crash", "signal 9")):
         folder = os.path.join(tmp, kind)
         os.makedirs(folder)
         config = write_config(folder, data, train__epochs=50)
-        command = ["timeout", "-k", "5", "60", MPIRUN, "--oversubscribe", "--bind-to", "none",
-                   "-np", "2", MOBILETUNE, "train", "--config", config]
+        # through launch/mpirun.sh, the launcher users run
+        command = ["timeout", "-k", "5", "60", os.path.join(SOURCE, "launch", "mpirun.sh"),
+                   "-n", "2", "-N", "2", "--", MOBILETUNE, "train", "--config", config]
         result = run(command, expect=1, env={
             "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
             "MT_FAULT_RANK": "1", "MT_FAULT_STEP": "3", "MT_FAULT_KIND": kind})
@@ -364,7 +375,6 @@ def case_mpi_fault(data, tmp):
 
 # ---- Slurm, for real, on a one-node cluster started by ../shared/tools/slurm_local.sh -------------
 
-SOURCE = os.environ.get("MT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 SLURM_LOCAL = os.path.join(os.environ.get("MT_SHARED_DIR", os.path.join(SOURCE, "..", "shared")),
                            "tools", "slurm_local.sh")
 
@@ -403,7 +413,7 @@ def slurm_run(job, config, env=None, expect=0):
 
 def case_slurm(data, tmp):
     """train.sbatch under srun --mpi=pmix with 2 ranks: a run to the end; then a run that Slurm
-    signals (scancel --signal=USR1, as before a time limit) after its first epoch, which must
+    signals (scancel --signal=TERM, as on pre-emption) after its first epoch, which must
     checkpoint and exit 0, and a resubmission that resumes and finishes; then an injected fault
     on rank 1 that must fail the job quickly with the rank named."""
     folder = os.path.join(tmp, "complete")
@@ -420,7 +430,7 @@ def case_slurm(data, tmp):
     config = write_config(folder, data, train__epochs=12)
     log = os.path.join(folder, "run", "train.log")
     watcher = [f"( while ! grep -q '^epoch 1/' {log} 2>/dev/null; do sleep 0.2; done;",
-               "  scancel --signal=USR1 \"$SLURM_JOB_ID\" ) &"]
+               "  scancel --signal=TERM \"$SLURM_JOB_ID\" ) &"]
     result = slurm_run(slurm_job(folder, "signalled", watcher), config)
     if "stop requested (signal): checkpoint written" not in result.output:
         fail("the signalled job did not checkpoint and stop:\n" + result.output)
@@ -430,7 +440,7 @@ def case_slurm(data, tmp):
     if "resuming from" not in result.output or "done: 12 epochs" not in result.output:
         fail("the resubmitted job did not resume and finish:\n" + result.output)
     _, meta = read_safetensors(os.path.join(folder, "run", "last.safetensors"))
-    print(f"slurm: USR1 stopped the job at step {stopped_at}; the resubmitted job resumed and "
+    print(f"slurm: SIGTERM stopped the job at step {stopped_at}; the resubmitted job resumed and "
           f"finished at step {meta['global_step']}")
 
     folder = os.path.join(tmp, "fault")
