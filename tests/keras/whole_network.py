@@ -84,12 +84,6 @@ def main():
     if not os.path.isfile(weights) or not os.path.isdir(photos):
         skip(f"{weights} or {photos} is absent (the shared data folder is not here)")
     python = os.environ.get("MT_PYTHON", sys.executable)
-    probe = subprocess.run([python, "-c", "import tensorflow, keras"], capture_output=True,
-                           text=True)
-    if probe.returncode != 0:
-        skip(f"{python} cannot import tensorflow/keras (scripts/install-deps.sh installs "
-             f"tensorflow-cpu into .venv): {probe.stderr.strip().splitlines()[-1:]}")
-
     build = os.environ.get("MT_BUILD_DIR", os.getcwd())
     script = os.path.join(HERE, "keras_reference.py")
     sys.path.insert(0, HERE)
@@ -98,13 +92,24 @@ def main():
     version = f"v{keras_reference.FIXTURE_VERSION}"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
-    failures = 0
-    for backend in args.backends.split(","):
-        images = args.cpu_images if backend == "cpu" else args.reference_images
+    def fixture_of(backend):
         # The fixture depends on the script's fixture version, the photos and the batch: cached
         # per that key, so reruns skip TensorFlow entirely.
-        fixture = os.path.join(build, "keras_fixtures",
-                               f"a{args.alpha}_s{args.size}_n{images}_{version}")
+        images = args.cpu_images if backend == "cpu" else args.reference_images
+        return images, os.path.join(build, "keras_fixtures",
+                                    f"a{args.alpha}_s{args.size}_n{images}_{version}")
+
+    backends = args.backends.split(",")
+    if not all(os.path.isfile(os.path.join(fixture_of(b)[1], "index.txt")) for b in backends):
+        probe = subprocess.run([python, "-c", "import tensorflow, keras"], capture_output=True,
+                               text=True)
+        if probe.returncode != 0:
+            skip(f"{python} cannot import tensorflow/keras (scripts/install-deps.sh installs "
+                 f"tensorflow-cpu into .venv): {probe.stderr.strip().splitlines()[-1:]}")
+
+    failures = 0
+    for backend in backends:
+        images, fixture = fixture_of(backend)
         if not os.path.isfile(os.path.join(fixture, "index.txt")):
             started = time.time()
             subprocess.run([python, script, "fixture", "--weights", weights, "--photos", photos,
