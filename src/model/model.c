@@ -45,6 +45,12 @@ struct mt_model {
     int owner[MT_MODEL_LAYERS];
     int exec_h[MT_MODEL_LAYERS], exec_w[MT_MODEL_LAYERS], exec_c[MT_MODEL_LAYERS];
     bool needs_grad[MT_MODEL_LAYERS];
+    /* activation memory plan: `keep` outputs are read by the backward pass and get their own
+     * tensor; the others (below the lowest trainable layer) share tensors of their shape once
+     * the previous user's last forward reader (`last_use`) has run */
+    bool keep[MT_MODEL_LAYERS];
+    int last_use[MT_MODEL_LAYERS];
+    bool allocated[MT_MODEL_LAYERS]; /* acts[k] owns its memory */
 
     int n; /* batch the activations are sized for (0: none yet) */
     mt_tensor acts[MT_MODEL_LAYERS];
@@ -125,11 +131,16 @@ static void free_grad_slots(mt_model *m) {
 
 static void free_activations(mt_model *m) {
     for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++)
-        if (m->owner[i] == i && m->acts[i].data) m->ops->tensor_free(m->backend, &m->acts[i]);
+        if (m->allocated[i]) m->ops->tensor_free(m->backend, &m->acts[i]);
     memset(m->acts, 0, sizeof m->acts);
+    memset(m->allocated, 0, sizeof m->allocated);
     free_grad_slots(m);
     m->n = 0;
     m->ready_for_backward = false;
+}
+
+static bool same_shape(mt_shape4 a, mt_shape4 b) {
+    return a.n == b.n && a.h == b.h && a.w == b.w && a.c == b.c;
 }
 
 static mt_status ensure_activations(mt_model *m, int n) {
@@ -138,21 +149,31 @@ static mt_status ensure_activations(mt_model *m, int n) {
                        m->layout->config.batch_size);
     if (m->n == n) return MT_OK;
     free_activations(m);
+    int free_after[MT_MODEL_LAYERS]; /* for allocated, shareable tensors: busy until this layer */
     for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
         if (m->owner[i] != i) continue;
-        mt_status status = m->ops->tensor_alloc(m->backend, exec_shape(m, i, n), &m->acts[i]);
+        mt_shape4 shape = exec_shape(m, i, n);
+        int share = -1;
+        for (int k = 0; k < i && !m->keep[i] && share < 0; k++)
+            if (m->allocated[k] && !m->keep[k] && free_after[k] < i &&
+                same_shape(m->acts[k].shape, shape))
+                share = k;
+        if (share >= 0) {
+            m->acts[i] = m->acts[share]; /* same memory, never freed through acts[i] */
+            free_after[share] = m->last_use[i];
+            continue;
+        }
+        mt_status status = m->ops->tensor_alloc(m->backend, shape, &m->acts[i]);
         if (status != MT_OK) {
             free_activations(m);
             return mt_error_context(status, "allocating the activation of layer %s (batch %d)",
                                     m->layout->layers[i].name, n);
         }
+        m->allocated[i] = true;
+        free_after[i] = m->last_use[i];
     }
     m->n = n;
     return MT_OK;
-}
-
-static bool same_shape(mt_shape4 a, mt_shape4 b) {
-    return a.n == b.n && a.h == b.h && a.w == b.w && a.c == b.c;
 }
 
 static mt_status slot_acquire(mt_model *m, mt_shape4 shape, int *out) {
@@ -170,7 +191,8 @@ static mt_status slot_acquire(mt_model *m, mt_shape4 shape, int *out) {
     /* A dead activation: layer k's own tensor, k at or above the layer being processed (whose
      * backward reads only its input), not lent yet. */
     for (int k = m->walk_at; k < MT_MODEL_BACKBONE_LAYERS; k++) {
-        if (m->owner[k] != k || m->lent[k] || !same_shape(m->acts[k].shape, shape)) continue;
+        if (!m->allocated[k] || !m->keep[k] || m->lent[k] || !same_shape(m->acts[k].shape, shape))
+            continue;
         m->lent[k] = true;
         m->slots[i] = (grad_slot){.tensor = m->acts[k], .refs = 1, .borrowed = k};
         m->slot_count++;
@@ -312,6 +334,20 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
             saved += 2 * (size_t)l->out_c;
         }
     }
+
+    for (int j = 1; j < MT_MODEL_BACKBONE_LAYERS; j++) {
+        const mt_layer_info *l = &layout->layers[j];
+        for (int k = 0; k < 2; k++)
+            if (l->inputs[k] >= 0 && j > m->last_use[m->owner[l->inputs[k]]])
+                m->last_use[m->owner[l->inputs[k]]] = j;
+        if (!m->needs_grad[j]) continue;
+        if (l->kind == MT_LAYER_BATCHNORM) m->keep[m->owner[l->inputs[0]]] = true;
+        if (l->kind == MT_LAYER_RELU6) m->keep[m->owner[j]] = true;
+        if ((l->kind == MT_LAYER_CONV || l->kind == MT_LAYER_DEPTHWISE) &&
+            layer_tensor(m, j, 0)->buffer == MT_PARAM_TRAINABLE)
+            m->keep[m->owner[l->inputs[0]]] = true;
+    }
+    m->last_use[m->owner[MT_MODEL_BACKBONE_LAYERS - 1]] = MT_MODEL_BACKBONE_LAYERS; /* the pool */
 
     int batch = config->batch_size;
     size_t features = (size_t)batch * layout->feature_channels;
