@@ -581,10 +581,12 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool tr
     mt_step_result result = {0};
     if (labels) {
         for (int r = 0; r < n; r++) {
-            if (labels[r] < 0) continue;
-            if (labels[r] >= layout->config.classes)
-                return MT_FAIL(MT_ERR_INVALID, "label %d of row %d is out of range for %d classes",
-                               labels[r], r, layout->config.classes);
+            if (labels[r] == -1) continue;
+            if (labels[r] < 0 || labels[r] >= layout->config.classes)
+                return MT_FAIL(
+                    MT_ERR_INVALID,
+                    "label %d of row %d is out of range for %d classes (-1 marks padding)",
+                    labels[r], r, layout->config.classes);
             result.valid++;
             const float *row = m->host_logits + (size_t)r * outs;
             int predicted = 0;
