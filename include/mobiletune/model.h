@@ -193,6 +193,12 @@ mt_status mt_model_copy_weights(mt_model *dst, const mt_model *src);
  * (the model is unchanged on failure). The head keeps its values. */
 mt_status mt_model_load_keras(mt_model *model, const char *path);
 
+/* Write the backbone (all 154 layers' names, every Conv/Depthwise/BN tensor with its moving
+ * statistics) as a Keras 2 `save_weights` HDF5 file, the layout of Keras' own ImageNet no-top
+ * file: `keras.applications.MobileNetV2(include_top=False, alpha=..., weights=None)
+ * .load_weights(path)` reads it. Written to a temporary name and renamed (atomic). */
+mt_status mt_model_save_keras(mt_model *model, const char *path);
+
 typedef struct mt_step_result {
     float loss;  /* mean cross-entropy over the valid rows (0 when none or no labels) */
     int correct; /* valid rows whose prediction equals the label */

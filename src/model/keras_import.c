@@ -1,6 +1,6 @@
 /* Loading a Keras MobileNetV2 backbone from an HDF5 weights file (either of Keras' layouts; the
- * reader in src/io finds tensors by layer and weight name). All tensors are read and checked
- * before any reaches the model, so a failed load leaves the model as it was. */
+ * reader in src/io finds tensors by layer and weight name), and saving one. All tensors are read
+ * and checked before any reaches the model, so a failed load leaves the model as it was. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,5 +74,36 @@ mt_status mt_model_load_keras(mt_model *model, const char *path) {
     mt_keras_h5_close(file);
     free(staging);
     if (status != MT_OK) return mt_error_context(status, "loading Keras weights '%s'", path);
+    return MT_OK;
+}
+
+mt_status mt_model_save_keras(mt_model *model, const char *path) {
+    const mt_model_layout *layout = mt_model_get_layout(model);
+    const char *names[MT_MODEL_BACKBONE_LAYERS];
+    for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++)
+        names[i] = layout->layers[i].name;
+    size_t largest = 0;
+    for (int i = 0; i < layout->tensor_count; i++)
+        if (layout->tensors[i].count > largest) largest = layout->tensors[i].count;
+    float *host = malloc(largest * sizeof *host);
+    if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory saving '%s'", path);
+    mt_keras_h5_writer *writer = NULL;
+    mt_status status = mt_keras_h5_create(path, names, MT_MODEL_BACKBONE_LAYERS, &writer);
+    for (int i = 0; i < layout->tensor_count && status == MT_OK; i++) {
+        const mt_param_tensor *t = &layout->tensors[i];
+        if (t->layer_index >= MT_MODEL_BACKBONE_LAYERS) continue;
+        int64_t shape[4];
+        for (int d = 0; d < t->rank; d++)
+            shape[d] = t->shape[d];
+        status = mt_model_tensor_download(model, t, host);
+        if (status == MT_OK)
+            status = mt_keras_h5_write(writer, t->layer, t->weight, shape, t->rank, host);
+    }
+    if (status == MT_OK)
+        status = mt_keras_h5_finish(writer); /* frees the writer */
+    else
+        mt_keras_h5_abort(writer);
+    free(host);
+    if (status != MT_OK) return mt_error_context(status, "saving Keras weights '%s'", path);
     return MT_OK;
 }
