@@ -106,6 +106,29 @@ int main(void) {
     mt_model_destroy(back);
     mt_test_remove_tree(dir);
 
+    /* copy by name into a model of another mode (other buffer placement): same values */
+    mt_model_config fine = mt_model_config_default();
+    fine.alpha = 0.35f;
+    fine.input_size = 32;
+    fine.batch_size = 1;
+    fine.mode = MT_TRAIN_FINETUNE;
+    mt_model *tuned = NULL;
+    CHECK_OK(mt_model_create(backend, &fine, 8, &tuned));
+    CHECK_OK(mt_model_copy_weights(tuned, narrow));
+    differ = 0;
+    for (int i = 0; i < layout->tensor_count; i++) {
+        const mt_param_tensor *p = &layout->tensors[i];
+        float *x = malloc(p->count * sizeof *x), *y = malloc(p->count * sizeof *y);
+        CHECK(mt_model_tensor_download(narrow, p, x) == MT_OK);
+        CHECK(mt_model_tensor_download(tuned, p, y) == MT_OK); /* p: narrow's entry, by name */
+        differ += memcmp(x, y, p->count * sizeof *x) != 0;
+        free(x);
+        free(y);
+    }
+    CHECK_MSG(differ == 0, "%d tensors differ after mt_model_copy_weights", differ);
+    CHECK(mt_model_copy_weights(tuned, wide) == MT_ERR_INVALID); /* another width */
+    mt_model_destroy(tuned);
+
     mt_model_destroy(wide);
     mt_model_destroy(narrow);
     mt_model_destroy(other);
