@@ -22,9 +22,10 @@
  * printed in the C locale (the programs never call setlocale). */
 #include "mobiletune/record.h"
 
+#include "core/text_buffer.h"
+
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,70 +184,32 @@ static mt_status meta_validate(const mt_dataset_meta *meta) {
 
 /* ---- format --------------------------------------------------------------------------------- */
 
-typedef struct text_buffer {
-    char *data;
-    size_t used, capacity;
-    bool failed;
-} text_buffer;
-
-static void text_append(text_buffer *b, const char *format, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void text_append(text_buffer *b, const char *format, ...) {
-    if (b->failed) return;
-    for (;;) {
-        va_list args;
-        va_start(args, format);
-        size_t room = b->capacity - b->used;
-        int n = vsnprintf(b->data ? b->data + b->used : NULL, room, format, args);
-        va_end(args);
-        if (n < 0) {
-            b->failed = true;
-            return;
-        }
-        if ((size_t)n < room) {
-            b->used += (size_t)n;
-            return;
-        }
-        size_t capacity = b->capacity ? b->capacity : 1024;
-        while (capacity - b->used <= (size_t)n)
-            capacity *= 2;
-        char *grown = realloc(b->data, capacity);
-        if (!grown) {
-            b->failed = true;
-            return;
-        }
-        b->data = grown;
-        b->capacity = capacity;
-    }
-}
-
 mt_status mt_meta_format(const mt_dataset_meta *meta, char **out_text, size_t *out_bytes) {
     *out_text = NULL;
     if (out_bytes) *out_bytes = 0;
     mt_status status = meta_validate(meta);
     if (status != MT_OK) return mt_error_context(MT_ERR_INVALID, "cannot write metadata");
-    text_buffer b = {0};
-    text_append(&b, "%s %d\n", MT_META_MAGIC, MT_META_VERSION);
-    text_append(&b, "records %" PRIu64 "\n", meta->record_count);
-    text_append(&b, "height %d\nwidth %d\nchannels %d\n", meta->height, meta->width,
-                meta->channels);
-    text_append(&b, "encoding %s\n", meta->encoding == MT_ENCODING_JPEG ? "jpeg" : "raw");
-    text_append(&b, "split %s\n", meta->split);
+    mt_text_buffer b = {0};
+    mt_text_buffer_printf(&b, "%s %d\n", MT_META_MAGIC, MT_META_VERSION);
+    mt_text_buffer_printf(&b, "records %" PRIu64 "\n", meta->record_count);
+    mt_text_buffer_printf(&b, "height %d\nwidth %d\nchannels %d\n", meta->height, meta->width,
+                          meta->channels);
+    mt_text_buffer_printf(&b, "encoding %s\n", meta->encoding == MT_ENCODING_JPEG ? "jpeg" : "raw");
+    mt_text_buffer_printf(&b, "split %s\n", meta->split);
     /* 10 significant digits: readable, and far finer than anything the statistics are used for. */
-    text_append(&b, "mean %.10g %.10g %.10g\n", meta->mean[0], meta->mean[1], meta->mean[2]);
-    text_append(&b, "std %.10g %.10g %.10g\n", meta->std[0], meta->std[1], meta->std[2]);
-    text_append(&b, "classes %d\n", meta->class_count);
+    mt_text_buffer_printf(&b, "mean %.10g %.10g %.10g\n", meta->mean[0], meta->mean[1],
+                          meta->mean[2]);
+    mt_text_buffer_printf(&b, "std %.10g %.10g %.10g\n", meta->std[0], meta->std[1], meta->std[2]);
+    mt_text_buffer_printf(&b, "classes %d\n", meta->class_count);
     for (int i = 0; i < meta->class_count; i++)
-        text_append(&b, "class %d %" PRIu64 " %s\n", i, meta->class_counts[i],
-                    meta->class_names[i]);
-    text_append(&b, "options %s\n", meta->options ? meta->options : "");
-    if (b.failed) {
-        free(b.data);
-        return MT_FAIL(MT_ERR_NOMEM, "cannot format the dataset metadata: out of memory");
-    }
-    *out_text = b.data;
-    if (out_bytes) *out_bytes = b.used;
+        mt_text_buffer_printf(&b, "class %d %" PRIu64 " %s\n", i, meta->class_counts[i],
+                              meta->class_names[i]);
+    mt_text_buffer_printf(&b, "options %s\n", meta->options ? meta->options : "");
+    size_t bytes;
+    char *text = mt_text_buffer_take(&b, &bytes);
+    if (!text) return MT_FAIL(MT_ERR_NOMEM, "cannot format the dataset metadata: out of memory");
+    *out_text = text;
+    if (out_bytes) *out_bytes = bytes;
     return MT_OK;
 }
 

@@ -5,6 +5,8 @@
  * so it is small enough to check by reading; anything else in a header is an error. */
 #include "mobiletune/checkpoint.h"
 
+#include "core/text_buffer.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -344,55 +346,26 @@ mt_status mt_checkpoint_get_f32(const mt_checkpoint *checkpoint, const char *nam
 
 /* ---- the JSON header writer --------------------------------------------------------------- */
 
-typedef struct buffer {
-    char *data;
-    size_t size, capacity;
-    bool failed;
-} buffer;
-
-static void put(buffer *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->size + n + 1 > b->capacity) {
-        size_t capacity = (b->size + n + 1) * 2;
-        char *grown = realloc(b->data, capacity);
-        if (!grown) {
-            b->failed = true;
-            return;
-        }
-        b->data = grown;
-        b->capacity = capacity;
-    }
-    memcpy(b->data + b->size, s, n);
-    b->size += n;
-    b->data[b->size] = '\0';
-}
-
-static void put_text(buffer *b, const char *s) {
-    put(b, s, strlen(s));
-}
-
-static void put_json_string(buffer *b, const char *s) {
-    put(b, "\"", 1);
+static void put_json_string(mt_text_buffer *b, const char *s) {
+    mt_text_buffer_append(b, "\"", 1);
     for (const char *p = s; *p; p++) {
         unsigned char c = (unsigned char)*p;
-        char escape[8];
         if (c == '"')
-            put(b, "\\\"", 2);
+            mt_text_buffer_append(b, "\\\"", 2);
         else if (c == '\\')
-            put(b, "\\\\", 2);
+            mt_text_buffer_append(b, "\\\\", 2);
         else if (c == '\n')
-            put(b, "\\n", 2);
+            mt_text_buffer_append(b, "\\n", 2);
         else if (c == '\t')
-            put(b, "\\t", 2);
+            mt_text_buffer_append(b, "\\t", 2);
         else if (c == '\r')
-            put(b, "\\r", 2);
-        else if (c < 0x20) {
-            snprintf(escape, sizeof escape, "\\u%04x", c);
-            put(b, escape, 6);
-        } else
-            put(b, p, 1);
+            mt_text_buffer_append(b, "\\r", 2);
+        else if (c < 0x20)
+            mt_text_buffer_printf(b, "\\u%04x", c);
+        else
+            mt_text_buffer_append(b, p, 1);
     }
-    put(b, "\"", 1);
+    mt_text_buffer_append(b, "\"", 1);
 }
 
 /* Data order: 8-byte types, then 4, then 1, so that every tensor is aligned to its element size
@@ -405,44 +378,40 @@ static int data_order(const mt_checkpoint *checkpoint, int *order) {
     return n;
 }
 
-static mt_status build_header(const mt_checkpoint *checkpoint, const int *order, buffer *b) {
-    put_text(b, "{");
+static mt_status build_header(const mt_checkpoint *checkpoint, const int *order,
+                              mt_text_buffer *b) {
+    mt_text_buffer_append_string(b, "{");
     bool first = true;
     if (checkpoint->meta_count > 0) {
         put_json_string(b, METADATA_KEY);
-        put_text(b, ":{");
+        mt_text_buffer_append_string(b, ":{");
         for (int i = 0; i < checkpoint->meta_count; i++) {
-            if (i) put_text(b, ",");
+            if (i) mt_text_buffer_append_string(b, ",");
             put_json_string(b, checkpoint->meta_keys[i]);
-            put_text(b, ":");
+            mt_text_buffer_append_string(b, ":");
             put_json_string(b, checkpoint->meta_values[i]);
         }
-        put_text(b, "}");
+        mt_text_buffer_append_string(b, "}");
         first = false;
     }
     uint64_t offset = 0;
-    char number[64];
     for (int k = 0; k < checkpoint->count; k++) {
         const mt_checkpoint_tensor *t = &checkpoint->tensors[order[k]];
-        if (!first) put_text(b, ",");
+        if (!first) mt_text_buffer_append_string(b, ",");
         first = false;
         put_json_string(b, t->name);
-        put_text(b, ":{\"dtype\":\"");
-        put_text(b, mt_checkpoint_dtype_name(t->dtype));
-        put_text(b, "\",\"shape\":[");
-        for (int d = 0; d < t->rank; d++) {
-            snprintf(number, sizeof number, "%s%llu", d ? "," : "",
-                     (unsigned long long)t->shape[d]);
-            put_text(b, number);
-        }
-        snprintf(number, sizeof number, "],\"data_offsets\":[%llu,%llu]}",
-                 (unsigned long long)offset, (unsigned long long)(offset + t->bytes));
-        put_text(b, number);
+        mt_text_buffer_append_string(b, ":{\"dtype\":\"");
+        mt_text_buffer_append_string(b, mt_checkpoint_dtype_name(t->dtype));
+        mt_text_buffer_append_string(b, "\",\"shape\":[");
+        for (int d = 0; d < t->rank; d++)
+            mt_text_buffer_printf(b, "%s%llu", d ? "," : "", (unsigned long long)t->shape[d]);
+        mt_text_buffer_printf(b, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
+                              (unsigned long long)(offset + t->bytes));
         offset += t->bytes;
     }
-    put_text(b, "}");
+    mt_text_buffer_append_string(b, "}");
     while (!b->failed && (b->size % 8) != 0)
-        put_text(b, " ");
+        mt_text_buffer_append_string(b, " ");
     if (b->failed) return MT_FAIL(MT_ERR_NOMEM, "checkpoint header: out of memory");
     if (b->size > HEADER_MAX)
         return MT_FAIL(MT_ERR_INVALID, "checkpoint header of %zu bytes is over the format's limit",
@@ -511,8 +480,8 @@ static mt_status sync_folder(const char *path) {
     return MT_OK;
 }
 
-static mt_status write_file(const mt_checkpoint *checkpoint, const int *order, const buffer *header,
-                            writer *w) {
+static mt_status write_file(const mt_checkpoint *checkpoint, const int *order,
+                            const mt_text_buffer *header, writer *w) {
     uint64_t length = header->size;
     unsigned char prefix[8];
     for (int i = 0; i < 8; i++)
@@ -531,11 +500,11 @@ mt_status mt_checkpoint_write(const mt_checkpoint *checkpoint, const char *path)
     int *order = malloc(((size_t)checkpoint->count + 1) * sizeof(int));
     if (!order) return MT_FAIL(MT_ERR_NOMEM, "checkpoint: out of memory");
     data_order(checkpoint, order);
-    buffer header = {0};
+    mt_text_buffer header = {0};
     mt_status status = build_header(checkpoint, order, &header);
     if (status != MT_OK) {
         free(order);
-        free(header.data);
+        mt_text_buffer_free(&header);
         return mt_error_context(status, "writing checkpoint '%s'", path);
     }
     char temp[4200];
@@ -559,7 +528,7 @@ mt_status mt_checkpoint_write(const mt_checkpoint *checkpoint, const char *path)
             status = sync_folder(path);
     }
     free(order);
-    free(header.data);
+    mt_text_buffer_free(&header);
     return status;
 }
 
@@ -632,13 +601,12 @@ static bool read_hex4(parser *ps, unsigned *out) {
 /* A JSON string, decoded, as a new NUL-terminated string (NUL characters are refused). */
 static char *parse_string(parser *ps) {
     if (!expect(ps, '"')) return NULL;
-    buffer b = {0};
-    put(&b, "", 0);
+    mt_text_buffer b = {0};
     while (ps->p < ps->end && *ps->p != '"') {
         unsigned char c = (unsigned char)*ps->p;
         if (c < 0x20) {
             parse_error(ps, "control character in a string");
-            free(b.data);
+            mt_text_buffer_free(&b);
             return NULL;
         }
         if (c != '\\') {
@@ -646,7 +614,7 @@ static char *parse_string(parser *ps) {
             while (ps->p < ps->end && *ps->p != '"' && *ps->p != '\\' &&
                    (unsigned char)*ps->p >= 0x20)
                 ps->p++;
-            put(&b, run, (size_t)(ps->p - run));
+            mt_text_buffer_append(&b, run, (size_t)(ps->p - run));
             continue;
         }
         ps->p++;
@@ -727,21 +695,26 @@ static char *parse_string(parser *ps) {
             parse_error(ps, "bad escape '\\%c'", e);
         }
         if (ps->status != MT_OK) break;
-        put(&b, utf8, n);
+        mt_text_buffer_append(&b, utf8, n);
     }
     if (ps->status == MT_OK && ps->p >= ps->end) parse_error(ps, "unterminated string");
-    if (ps->status == MT_OK && b.failed) ps->status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
     if (ps->status != MT_OK) {
-        free(b.data);
+        mt_text_buffer_free(&b);
+        return NULL;
+    }
+    size_t size;
+    char *text = mt_text_buffer_take(&b, &size);
+    if (!text) {
+        ps->status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
         return NULL;
     }
     ps->p++; /* the closing quote */
-    if (!utf8_valid((const unsigned char *)b.data, b.size)) {
+    if (!utf8_valid((const unsigned char *)text, size)) {
         parse_error(ps, "a string is not valid UTF-8");
-        free(b.data);
+        free(text);
         return NULL;
     }
-    return b.data;
+    return text;
 }
 
 /* A non-negative integer without sign, fraction or exponent. */

@@ -10,6 +10,8 @@
  * a separator and the value is parsed once complete. */
 #include "mobiletune/config.h"
 
+#include "core/text_buffer.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <ini.h>
@@ -796,59 +798,24 @@ mt_status mt_config_check(const mt_train_config *config) {
 
 /* ---- text out ------------------------------------------------------------------------------- */
 
-typedef struct text_buffer {
-    char *data;
-    size_t size, capacity;
-    bool failed;
-} text_buffer;
-
-static void append(text_buffer *b, const char *format, ...) __attribute__((format(printf, 2, 3)));
-
-static void append(text_buffer *b, const char *format, ...) {
-    if (b->failed) return;
-    for (;;) {
-        va_list args;
-        va_start(args, format);
-        int n = vsnprintf(b->data ? b->data + b->size : NULL, b->data ? b->capacity - b->size : 0,
-                          format, args);
-        va_end(args);
-        if (n < 0) {
-            b->failed = true;
-            return;
-        }
-        if (b->data && b->size + (size_t)n < b->capacity) {
-            b->size += (size_t)n;
-            return;
-        }
-        size_t capacity = (b->capacity + (size_t)n + 1) * 2;
-        char *grown = realloc(b->data, capacity);
-        if (!grown) {
-            b->failed = true;
-            return;
-        }
-        b->data = grown;
-        b->capacity = capacity;
-    }
-}
-
 /* Values longer than fit on one inih line continue on indented lines (see the top). */
 enum { INI_PIECE = 150 };
 
 mt_status mt_config_to_ini(const mt_train_config *config, char **text) {
     *text = NULL;
-    text_buffer b = {0};
-    append(&b, "; mobiletune configuration: every option, paths absolute\n");
+    mt_text_buffer b = {0};
+    mt_text_buffer_append_string(&b, "; mobiletune configuration: every option, paths absolute\n");
     const char *section = "";
     char value[MT_CONFIG_PATH_MAX];
     for (int i = 0; i < OPTION_COUNT; i++) {
         const mt_config_option *option = &options[i];
         if (strcmp(section, option->section) != 0) {
             section = option->section;
-            append(&b, "%s[%s]\n", i > 0 ? "\n" : "", section);
+            mt_text_buffer_printf(&b, "%s[%s]\n", i > 0 ? "\n" : "", section);
         }
         mt_status status = mt_config_value_text(config, option, value, sizeof value);
         if (status != MT_OK) {
-            free(b.data);
+            mt_text_buffer_free(&b);
             return status;
         }
         size_t len = strlen(value);
@@ -859,7 +826,7 @@ mt_status mt_config_to_ini(const mt_train_config *config, char **text) {
             while (piece > 1 && (value[piece] == ' ' || value[piece - 1] == ' '))
                 piece--;
         }
-        append(&b, "%s = %.*s\n", option->key, (int)piece, value);
+        mt_text_buffer_printf(&b, "%s = %.*s\n", option->key, (int)piece, value);
         for (size_t at = piece; at < len;) {
             size_t n = len - at;
             if (n > INI_PIECE) {
@@ -867,15 +834,12 @@ mt_status mt_config_to_ini(const mt_train_config *config, char **text) {
                 while (n > 1 && (value[at + n] == ' ' || value[at + n - 1] == ' '))
                     n--;
             }
-            append(&b, "    %.*s\n", (int)n, value + at);
+            mt_text_buffer_printf(&b, "    %.*s\n", (int)n, value + at);
             at += n;
         }
     }
-    if (b.failed) {
-        free(b.data);
-        return MT_FAIL(MT_ERR_NOMEM, "config text: out of memory");
-    }
-    *text = b.data;
+    *text = mt_text_buffer_take(&b, NULL);
+    if (!*text) return MT_FAIL(MT_ERR_NOMEM, "config text: out of memory");
     return MT_OK;
 }
 

@@ -22,12 +22,17 @@ static mt_status add_meta_u64(mt_checkpoint *c, const char *key, uint64_t value)
     return mt_checkpoint_set_meta(c, key, text);
 }
 
-static mt_status add_model_tensors(mt_checkpoint *c, mt_model *model) {
-    const mt_model_layout *layout = mt_model_get_layout(model);
+/* Elements in the layout's largest tensor: one host buffer of that size carries every tensor. */
+static size_t largest_tensor_count(const mt_model_layout *layout) {
     size_t largest = 0;
     for (int i = 0; i < layout->tensor_count; i++)
         if (layout->tensors[i].count > largest) largest = layout->tensors[i].count;
-    float *host = malloc(largest * sizeof *host);
+    return largest;
+}
+
+static mt_status add_model_tensors(mt_checkpoint *c, mt_model *model) {
+    const mt_model_layout *layout = mt_model_get_layout(model);
+    float *host = malloc(largest_tensor_count(layout) * sizeof *host);
     if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory writing a checkpoint");
     mt_status status = MT_OK;
     for (int i = 0; status == MT_OK && i < layout->tensor_count; i++) {
@@ -106,10 +111,7 @@ static mt_status meta_u64(const mt_checkpoint *c, const char *key, uint64_t *out
 static mt_status load_model_tensors(const mt_checkpoint *c, mt_model *model, bool all_required,
                                     int *loaded) {
     const mt_model_layout *layout = mt_model_get_layout(model);
-    size_t largest = 0;
-    for (int i = 0; i < layout->tensor_count; i++)
-        if (layout->tensors[i].count > largest) largest = layout->tensors[i].count;
-    float *host = malloc(largest * sizeof *host);
+    float *host = malloc(largest_tensor_count(layout) * sizeof *host);
     if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory reading a checkpoint");
     mt_status status = MT_OK;
     *loaded = 0;
