@@ -14,6 +14,11 @@ No optimizer update is timed (gradients only), in every framework. Each framewor
 process; modes are interleaved (ours, PyTorch, Keras per mode) so load drift on a shared machine
 hits all three alike. Times are medians over --steps after --warmup steps.
 
+On a machine other jobs share, OpenMP's default active waiting collapses the two OpenMP users
+(mobiletune and PyTorch) 5-15x while TensorFlow's own thread pool degrades gently; measured on a
+busy 2-core box, mobiletune finetune went 7.8 -> 35 img/s with OMP_WAIT_POLICY=PASSIVE (and 39 on
+one thread). Compare on an idle machine; the header prints the load average and the policy.
+
   compare_frameworks.py run --ours build/bench/model/bench_train_step [--threads 2] ...
   compare_frameworks.py torch|keras --mode M ...   (one framework, one mode: prints RESULT)
 """
@@ -177,7 +182,8 @@ def cmd_run(args):
                 break
     print(f"compare_frameworks: batch {args.batch}, {args.size}x{args.size}, {args.threads} "
           f"threads, median of {args.steps} steps after {args.warmup}; {cpu}, "
-          f"{os.cpu_count()} CPUs, load average {' '.join(load_before)}", flush=True)
+          f"{os.cpu_count()} CPUs, load average {' '.join(load_before)}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(default)')}", flush=True)
     rows = []
     for mode in args.modes.split(","):
         entries = {}
