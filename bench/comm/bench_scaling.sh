@@ -19,6 +19,9 @@ batch=${BATCH:-8}
 if [ ! -x "$build/mobiletune" ]; then echo "bench_scaling: build first ($build/mobiletune)" >&2; exit 2; fi
 if [ ! -f "$db/train/data.mdb" ]; then echo "bench_scaling: no packed data at $db (run scripts/run-default.sh)" >&2; exit 2; fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Ranks may outnumber cores here: OpenMP threads that spin while waiting steal them from the
+# other ranks, so wait passively unless told otherwise.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 weights=../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5
 [ -f "$weights" ] || weights=none
 tmp=$(mktemp -d)
