@@ -51,6 +51,17 @@ struct mt_model {
     bool keep[MT_MODEL_LAYERS];
     int last_use[MT_MODEL_LAYERS];
     bool allocated[MT_MODEL_LAYERS]; /* acts[k] owns its memory */
+    /* fusable groups (-1: none): for a conv, the BN that is its output's only reader; for a BN,
+     * the ReLU6 that is its output's only reader. Whether a group runs fused is decided per
+     * forward (the backend's optional ops, the BN mode, whether a backward passes through). */
+    int group_bn[MT_MODEL_LAYERS];
+    int group_relu[MT_MODEL_LAYERS];
+    /* conv outputs that every forward fuses away (the BN always normalizes with the moving
+     * statistics and no backward reaches it): they get no tensor */
+    bool fused_away[MT_MODEL_LAYERS];
+    /* BN layers that the last forward ran fused with their ReLU6 in training mode: the backward
+     * runs the pair at the ReLU6 and skips the BN */
+    bool fused_training[MT_MODEL_LAYERS];
 
     int n; /* batch the activations are sized for (0: none yet) */
     mt_tensor acts[MT_MODEL_LAYERS];
@@ -151,7 +162,7 @@ static mt_status ensure_activations(mt_model *m, int n) {
     free_activations(m);
     int free_after[MT_MODEL_LAYERS]; /* for allocated, shareable tensors: busy until this layer */
     for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
-        if (m->owner[i] != i) continue;
+        if (m->owner[i] != i || m->fused_away[i]) continue;
         mt_shape4 shape = exec_shape(m, i, n);
         int share = -1;
         for (int k = 0; k < i && !m->keep[i] && share < 0; k++)
@@ -306,6 +317,8 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
     for (int i = 0; i < MT_MODEL_LAYERS; i++) {
         m->first_tensor[i] = -1;
         m->grad_of[i] = -1;
+        m->group_bn[i] = -1;
+        m->group_relu[i] = -1;
     }
     for (int t = layout->tensor_count - 1; t >= 0; t--)
         m->first_tensor[layout->tensors[t].layer_index] = t;
@@ -348,6 +361,37 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
             m->keep[m->owner[l->inputs[0]]] = true;
     }
     m->last_use[m->owner[MT_MODEL_BACKBONE_LAYERS - 1]] = MT_MODEL_BACKBONE_LAYERS; /* the pool */
+
+    /* Fusable groups need their output to have exactly one reader (the pool reads the last). */
+    int readers[MT_MODEL_LAYERS] = {0}, reader[MT_MODEL_LAYERS];
+    readers[MT_MODEL_BACKBONE_LAYERS - 1] = 1;
+    reader[MT_MODEL_BACKBONE_LAYERS - 1] = MT_MODEL_BACKBONE_LAYERS;
+    for (int j = 1; j < MT_MODEL_BACKBONE_LAYERS; j++)
+        for (int k = 0; k < 2; k++) {
+            int in = layout->layers[j].inputs[k];
+            if (in < 0) continue;
+            readers[in]++;
+            reader[in] = j;
+        }
+    for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
+        const mt_layer_info *l = &layout->layers[i];
+        if (readers[i] != 1 || reader[i] >= MT_MODEL_BACKBONE_LAYERS) continue;
+        const mt_layer_info *next = &layout->layers[reader[i]];
+        if ((l->kind == MT_LAYER_CONV || l->kind == MT_LAYER_DEPTHWISE) &&
+            next->kind == MT_LAYER_BATCHNORM)
+            m->group_bn[i] = reader[i];
+        if (l->kind == MT_LAYER_BATCHNORM && next->kind == MT_LAYER_RELU6)
+            m->group_relu[i] = reader[i];
+    }
+    /* The fused conv reads its input while it writes the BN's tensor: that tensor must not
+     * share memory with the input, so the input stays busy until the BN. */
+    if (m->ops->conv_bn_relu6_inference_forward)
+        for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
+            int bn = m->group_bn[i], in = m->owner[layout->layers[i].inputs[0]];
+            if (bn < 0) continue;
+            if (m->last_use[in] < bn) m->last_use[in] = bn;
+            m->fused_away[i] = !m->needs_grad[bn] && !layout->layers[bn].bn_training;
+        }
 
     int batch = config->batch_size;
     size_t features = (size_t)batch * layout->feature_channels;
@@ -506,11 +550,35 @@ static mt_batchnorm_desc bn_desc(const mt_model *m, int layer, int n) {
         .shape = exec_shape(m, layer, n), .epsilon = bn_epsilon, .momentum = bn_momentum};
 }
 
+/* Conv layer `i`, its BN and ReLU6 (when there) in one pass, when the backend has the fused
+ * op, the BN normalizes with the moving statistics in this forward and no backward will read
+ * the conv's or the BN's output (nothing at or below the BN trains, or no backward follows).
+ * *last gets the group's last layer, -1 when the group runs as separate ops. */
+static mt_status conv_group_forward(mt_model *m, int i, int n, bool training, int *last) {
+    *last = -1;
+    int bn = m->group_bn[i];
+    if (!m->ops->conv_bn_relu6_inference_forward || bn < 0) return MT_OK;
+    if (training && (m->layout->layers[bn].bn_training || m->needs_grad[bn])) return MT_OK;
+    int relu = m->group_relu[bn];
+    mt_conv_desc conv = conv_desc(m, i, n);
+    mt_batchnorm_desc desc = bn_desc(m, bn, n);
+    mt_tensor *x = act(m, m->layout->layers[i].inputs[0]), *y = act(m, bn);
+    MT_ASSERT(x->data != y->data); /* the memory plan keeps x busy until the BN */
+    MT_TRY(m->ops->conv_bn_relu6_inference_forward(
+        m->backend, &conv, &desc, x, tensor_ptr(m, layer_tensor(m, i, 0)),
+        tensor_ptr(m, layer_tensor(m, bn, 0)), tensor_ptr(m, layer_tensor(m, bn, 1)),
+        tensor_ptr(m, layer_tensor(m, bn, 2)), tensor_ptr(m, layer_tensor(m, bn, 3)), relu >= 0,
+        y));
+    *last = relu >= 0 ? relu : bn;
+    return MT_OK;
+}
+
 static mt_status backbone_forward(mt_model *m, const float *images, int n, bool training) {
     const mt_ops *ops = m->ops;
     mt_backend *be = m->backend;
     MT_TRY(ensure_activations(m, n));
     MT_TRY(ops->tensor_from_nhwc(be, images, act(m, 0)));
+    memset(m->fused_training, 0, sizeof m->fused_training);
     for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
         const mt_layer_info *l = &m->layout->layers[i];
         int in = l->inputs[0];
@@ -518,6 +586,13 @@ static mt_status backbone_forward(mt_model *m, const float *images, int n, bool 
         switch (l->kind) {
         case MT_LAYER_CONV:
         case MT_LAYER_DEPTHWISE: {
+            int last;
+            status = conv_group_forward(m, i, n, training, &last);
+            if (status != MT_OK || last >= 0) {
+                if (last >= 0) i = last;
+                break;
+            }
+            MT_ASSERT(!m->fused_away[i]);
             mt_conv_desc desc = conv_desc(m, i, n);
             status = ops->conv_forward(be, &desc, act(m, in), tensor_ptr(m, layer_tensor(m, i, 0)),
                                        act(m, i));
@@ -529,7 +604,18 @@ static mt_status backbone_forward(mt_model *m, const float *images, int n, bool 
             const float *beta = tensor_ptr(m, layer_tensor(m, i, 1));
             float *mean = tensor_ptr(m, layer_tensor(m, i, 2));
             float *var = tensor_ptr(m, layer_tensor(m, i, 3));
-            if (training && l->bn_training) {
+            int relu = m->group_relu[i];
+            if (training && l->bn_training && relu >= 0 && ops->batchnorm_relu6_forward_training &&
+                ops->relu6_batchnorm_backward_training) {
+                /* y apart from x: BN's input is kept (or read by no one) as its own tensor */
+                float *saved = m->bn_saved + m->bn_saved_offset[i];
+                MT_ASSERT(act(m, in)->data != act(m, i)->data);
+                status = ops->batchnorm_relu6_forward_training(be, &desc, act(m, in), gamma, beta,
+                                                               mean, var, act(m, relu), saved,
+                                                               saved + l->out_c);
+                m->fused_training[i] = true;
+                i = relu;
+            } else if (training && l->bn_training) {
                 float *saved = m->bn_saved + m->bn_saved_offset[i];
                 status = ops->batchnorm_forward_training(be, &desc, act(m, in), gamma, beta, mean,
                                                          var, act(m, i), saved, saved + l->out_c);
@@ -654,11 +740,38 @@ static mt_status report_layer(mt_model *m, int layer) {
     return count ? m->hook(m->hook_user, start, count) : MT_OK;
 }
 
+/* The backward of a BN + ReLU6 pair that the forward ran fused (relu6_batchnorm_backward_training
+ * at the ReLU6 `relu`): reads the BN's input and the ReLU6's output, takes the gradient `dy` at
+ * the ReLU6 and hands the one at the BN's input to the layer below. */
+static mt_status fused_bn_relu6_backward(mt_model *m, int relu, int dy, int n) {
+    int bn = m->layout->layers[relu].inputs[0];
+    int below = m->layout->layers[bn].inputs[0];
+    const mt_layer_info *l = &m->layout->layers[bn];
+    mt_batchnorm_desc desc = bn_desc(m, bn, n);
+    const float *saved = m->bn_saved + m->bn_saved_offset[bn];
+    /* dx may alias dy (same shape); the ReLU6's output, read here, sits below walk_at and so is
+     * never borrowed by the slot */
+    int dx = dy;
+    if (m->slots[dy].refs != 1) MT_TRY(slot_acquire(m, exec_shape(m, below, n), &dx));
+    mt_status status = m->ops->relu6_batchnorm_backward_training(
+        m->backend, &desc, act(m, below), act(m, relu), &m->slots[dy].tensor,
+        tensor_ptr(m, layer_tensor(m, bn, 0)), saved, saved + l->out_c, &m->slots[dx].tensor,
+        grad_ptr(m, layer_tensor(m, bn, 0)), grad_ptr(m, layer_tensor(m, bn, 1)));
+    if (dx != dy) slot_release(m, dy);
+    if (status != MT_OK) {
+        slot_release(m, dx);
+        return status;
+    }
+    return m->needs_grad[below] ? give_grad(m, below, dx) : (slot_release(m, dx), MT_OK);
+}
+
 static mt_status backward_layer(mt_model *m, int i, int n) {
     const mt_ops *ops = m->ops;
     mt_backend *be = m->backend;
     const mt_layer_info *l = &m->layout->layers[i];
     int in = l->inputs[0];
+    /* already done with its ReLU6 (its gradients are ready: the caller reports them) */
+    if (l->kind == MT_LAYER_BATCHNORM && m->fused_training[i]) return MT_OK;
     int dy = m->grad_of[i];
     MT_ASSERT(dy >= 0);
     m->grad_of[i] = -1;
@@ -666,6 +779,7 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
     bool want_dx = in >= 0 && m->needs_grad[in];
     switch (l->kind) {
     case MT_LAYER_RELU6: {
+        if (m->fused_training[in]) return fused_bn_relu6_backward(m, i, dy, n);
         int dx = dy;
         if (m->slots[dy].refs != 1) MT_TRY(slot_acquire(m, dyt->shape, &dx));
         MT_TRY(ops->relu6_backward(be, act(m, i), dyt, &m->slots[dx].tensor));
