@@ -197,7 +197,7 @@ mt_status mt_dataset_fetch(const mt_dataset *ds, MDB_txn *txn, uint64_t index, u
 mt_status mt_dataset_get(mt_dataset *ds, uint64_t index, uint8_t *pixels, int32_t *label,
                          char *name, size_t name_capacity) {
     mt_record record;
-    const uint8_t *src;
+    const uint8_t *src = NULL; /* set by a successful fetch (the optimizer cannot see that) */
     MT_TRY(mt_dataset_fetch(ds, ds->txn, index, ds->scratch, &record, &src));
     if (pixels) memcpy(pixels, src, (size_t)ds->meta.height * (size_t)ds->meta.width * 3);
     if (label) *label = (int32_t)record.label;
