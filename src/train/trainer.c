@@ -76,15 +76,16 @@ static fault_kind fault_at(const trainer *t, uint64_t step) {
 
 /* ---- moving buffers between ranks ----------------------------------------------------------- */
 
-/* Stage a backend buffer through host memory when the backend's memory is not the host's. */
-static mt_status with_host_copy(trainer *t, float *buffer, size_t count, bool read_back,
+/* Run `op` on a backend buffer in place, staged through host memory when the backend's memory is
+ * not the host's. */
+static mt_status with_host_copy(trainer *t, float *buffer, size_t count,
                                 mt_status (*op)(trainer *, float *, size_t)) {
     if (!t->backend->ops->device_memory) return op(t, buffer, count);
     float *host = malloc(count * sizeof *host);
     if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory staging %zu floats", count);
     mt_status status = t->backend->ops->download(t->backend, host, buffer, count * sizeof *host);
     if (status == MT_OK) status = op(t, host, count);
-    if (status == MT_OK && read_back)
+    if (status == MT_OK)
         status = t->backend->ops->upload(t->backend, buffer, host, count * sizeof *host);
     free(host);
     return status;
@@ -99,12 +100,12 @@ static mt_status mean_op(trainer *t, float *host, size_t count) {
 
 static mt_status broadcast_buffer(trainer *t, float *buffer, size_t count) {
     if (t->who.world_size == 1 || count == 0) return MT_OK;
-    return with_host_copy(t, buffer, count, true, broadcast_op);
+    return with_host_copy(t, buffer, count, broadcast_op);
 }
 
 static mt_status average_buffer(trainer *t, float *buffer, size_t count) {
     if (t->who.world_size == 1 || count == 0) return MT_OK;
-    return with_host_copy(t, buffer, count, true, mean_op);
+    return with_host_copy(t, buffer, count, mean_op);
 }
 
 /* BN moving statistics drift apart per replica during an epoch; average them so every rank
