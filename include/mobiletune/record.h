@@ -71,7 +71,8 @@ void mt_record_key(uint64_t index, char key[MT_RECORD_KEY_BYTES + 1]);
 size_t mt_record_encoded_size(const mt_record *record);
 
 /* Serialize `record` (header, payload, name) into `dst`, which holds mt_record_encoded_size()
- * bytes; the CRC is computed here. */
+ * bytes; the CRC is computed here. The payload may already be in place at
+ * dst + MT_RECORD_HEADER_BYTES (it is then not copied); it must not overlap dst otherwise. */
 void mt_record_encode(const mt_record *record, uint8_t *dst);
 
 /* Validate and parse `size` bytes stored under `key` (used in error messages). Every field is

@@ -75,7 +75,8 @@ void mt_record_encode(const mt_record *record, uint8_t *dst) {
     store_u32(dst + 12, record->label);
     store_u32(dst + 16, (uint32_t)record->payload_bytes);
     store_u16(dst + 24, (uint16_t)record->name_bytes);
-    if (record->payload_bytes > 0)
+    /* The packer resizes straight into dst's payload: then there is nothing to copy. */
+    if (record->payload_bytes > 0 && record->payload != dst + MT_RECORD_HEADER_BYTES)
         memcpy(dst + MT_RECORD_HEADER_BYTES, record->payload, record->payload_bytes);
     if (record->name_bytes > 0)
         memcpy(dst + MT_RECORD_HEADER_BYTES + record->payload_bytes, record->name,

@@ -7,6 +7,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* For each output coordinate along one axis: the two source indices and the weight of the
  * second, exactly as TensorFlow's compute_interpolation_weights with half_pixel_centers. */
@@ -35,19 +38,34 @@ static int scaled_round(int a, int b, int c) {
     return v < 1 ? 1 : (int)v;
 }
 
-/* One source row interpolated horizontally at the window's columns: out: cw,3 floats. The
- * row is converted to float first (a vectorized loop; exact, as uint8 -> float is), then the same
- * operations in the same order as TensorFlow's top/bottom lerps, so the result is too. */
-static void lerp_row(const uint8_t *restrict row, size_t row_values, const axis_tap *restrict xt,
-                     int cw, float *restrict rowf, float *restrict out) {
-    for (size_t i = 0; i < row_values; i++)
-        rowf[i] = (float)row[i];
-    for (int x = 0; x < cw; x++) {
-        const float *l = rowf + (size_t)xt[x].lo * 3, *r = rowf + (size_t)xt[x].hi * 3;
+/* One source row interpolated horizontally at the window's columns into out (cw*3 floats, plus
+ * one spare the vector path may write), with the operations of TensorFlow's lerp in its order:
+ * left + (right - left) * frac. The uint8 -> float conversion is exact, so both paths below give
+ * the same bits. */
+static void lerp_row(const uint8_t *restrict row, int row_pixels, const axis_tap *restrict xt,
+                     int cw, float *restrict out) {
+    int x = 0;
+#if defined(__SSE2__)
+    /* A pixel's R, G, B and the byte after it load as one 4-lane vector: a third of the work of
+     * three scalar lerps. Taps are non-decreasing, so once a tap reaches the last pixel (which
+     * has no byte after it) the scalar loop takes the rest of the row. */
+    const __m128i zero = _mm_setzero_si128();
+    for (; x < cw && xt[x].hi < row_pixels - 1; x++) {
+        int32_t lo_bytes, hi_bytes;
+        memcpy(&lo_bytes, row + (size_t)xt[x].lo * 3, 4);
+        memcpy(&hi_bytes, row + (size_t)xt[x].hi * 3, 4);
+        __m128i lo_wide = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(lo_bytes), zero), zero);
+        __m128i hi_wide = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(hi_bytes), zero), zero);
+        __m128 l = _mm_cvtepi32_ps(lo_wide), r = _mm_cvtepi32_ps(hi_wide);
+        __m128 v = _mm_add_ps(l, _mm_mul_ps(_mm_sub_ps(r, l), _mm_set1_ps(xt[x].frac)));
+        _mm_storeu_ps(out + 3 * x, v); /* its 4th lane is overwritten by pixel x + 1 */
+    }
+#endif
+    for (; x < cw; x++) {
+        const uint8_t *l = row + (size_t)xt[x].lo * 3, *r = row + (size_t)xt[x].hi * 3;
         float f = xt[x].frac;
-        out[3 * x] = l[0] + (r[0] - l[0]) * f;
-        out[3 * x + 1] = l[1] + (r[1] - l[1]) * f;
-        out[3 * x + 2] = l[2] + (r[2] - l[2]) * f;
+        for (int c = 0; c < 3; c++)
+            out[3 * x + c] = (float)l[c] + ((float)r[c] - (float)l[c]) * f;
     }
 }
 
@@ -57,16 +75,14 @@ static void lerp_row(const uint8_t *restrict row, size_t row_values, const axis_
  * compiler vectorizes. */
 static mt_status resize_window(const mt_image *src, int rw, int rh, int ox, int oy, int cw, int ch,
                                uint8_t *dst, int size, int dx, int dy) {
-    size_t n = (size_t)cw * 3;
+    size_t n = (size_t)cw * 3, row_floats = n + 1; /* + lerp_row's spare */
     axis_tap *xt = malloc(sizeof(axis_tap) * (size_t)cw);
     axis_tap *yt = malloc(sizeof(axis_tap) * (size_t)ch);
-    float *rows = malloc(sizeof(float) * n * 2);
-    float *rowf = malloc(sizeof(float) * (size_t)src->width * 3);
-    if (!xt || !yt || !rows || !rowf) {
+    float *rows = malloc(sizeof(float) * row_floats * 2);
+    if (!xt || !yt || !rows) {
         free(xt);
         free(yt);
         free(rows);
-        free(rowf);
         return MT_FAIL(MT_ERR_NOMEM, "out of memory resizing %dx%d", src->width, src->height);
     }
     axis_taps(src->width, rw, ox, cw, xt);
@@ -81,13 +97,14 @@ static mt_status resize_window(const mt_image *src, int rw, int rh, int ox, int 
             if (slot < 0) {
                 /* Evict the slot the other row of this pair does not need. */
                 slot = k == 0 ? (cached[0] == want[1] ? 1 : 0) : (slots[0] == 0 ? 1 : 0);
-                lerp_row(src->pixels + (size_t)want[k] * in_stride, in_stride, xt, cw, rowf,
-                         rows + slot * n);
+                lerp_row(src->pixels + (size_t)want[k] * in_stride, src->width, xt, cw,
+                         rows + slot * row_floats);
                 cached[slot] = want[k];
             }
             slots[k] = slot;
         }
-        const float *restrict t = rows + slots[0] * n, *restrict b = rows + slots[1] * n;
+        const float *restrict t = rows + slots[0] * row_floats;
+        const float *restrict b = rows + slots[1] * row_floats;
         float fy = yt[y].frac;
         uint8_t *restrict out = dst + ((size_t)(dy + y) * size + dx) * 3;
         for (size_t i = 0; i < n; i++) {
@@ -99,7 +116,6 @@ static mt_status resize_window(const mt_image *src, int rw, int rh, int ox, int 
     free(xt);
     free(yt);
     free(rows);
-    free(rowf);
     return MT_OK;
 }
 
