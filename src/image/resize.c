@@ -54,8 +54,10 @@ static void lerp_row(const uint8_t *restrict row, int row_pixels, const axis_tap
         int32_t lo_bytes, hi_bytes;
         memcpy(&lo_bytes, row + (size_t)xt[x].lo * 3, 4);
         memcpy(&hi_bytes, row + (size_t)xt[x].hi * 3, 4);
-        __m128i lo_wide = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(lo_bytes), zero), zero);
-        __m128i hi_wide = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(hi_bytes), zero), zero);
+        __m128i lo_wide =
+            _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(lo_bytes), zero), zero);
+        __m128i hi_wide =
+            _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(hi_bytes), zero), zero);
         __m128 l = _mm_cvtepi32_ps(lo_wide), r = _mm_cvtepi32_ps(hi_wide);
         __m128 v = _mm_add_ps(l, _mm_mul_ps(_mm_sub_ps(r, l), _mm_set1_ps(xt[x].frac)));
         _mm_storeu_ps(out + 3 * x, v); /* its 4th lane is overwritten by pixel x + 1 */

@@ -1,9 +1,11 @@
 /* Unit tests of src/image: format detection, decode errors, JPEG round trip and scaled decoding,
- * and the resize arithmetic on cases small enough to work out by hand. (The packer's tests
- * compare real photos against an independent Pillow + numpy implementation.) */
+ * the resize arithmetic on cases small enough to work out by hand, and the resize's vector paths
+ * against the formula written plainly. (The packer's tests compare real photos against an
+ * independent Pillow + numpy implementation.) */
 #include "mobiletune/image.h"
 #include "test_util.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,9 +131,70 @@ static void test_resize(void) {
     CHECK(mt_image_resize(&tiny, 0, MT_RESIZE_STRETCH, out4) == MT_ERR_INVALID);
 }
 
+/* Stretch resize written the plain way, straight from TensorFlow's half-pixel bilinear formula in
+ * float32 and in its order (top and bottom lerps, then the vertical one), one channel at a time. */
+static void reference_stretch(const mt_image *src, int size, uint8_t *dst) {
+    float sx = (float)src->width / (float)size, sy = (float)src->height / (float)size;
+    for (int y = 0; y < size; y++) {
+        float in_y = ((float)y + 0.5f) * sy - 0.5f, fy = in_y - floorf(in_y);
+        int y0 = (int)floorf(in_y), y1 = (int)ceilf(in_y);
+        y0 = y0 < 0 ? 0 : y0;
+        y1 = y1 > src->height - 1 ? src->height - 1 : y1;
+        for (int x = 0; x < size; x++) {
+            float in_x = ((float)x + 0.5f) * sx - 0.5f, fx = in_x - floorf(in_x);
+            int x0 = (int)floorf(in_x), x1 = (int)ceilf(in_x);
+            x0 = x0 < 0 ? 0 : x0;
+            x1 = x1 > src->width - 1 ? src->width - 1 : x1;
+            for (int c = 0; c < 3; c++) {
+#define AT(yy, xx) ((float)src->pixels[((size_t)(yy)*src->width + (xx)) * 3 + c])
+                float top = AT(y0, x0) + (AT(y0, x1) - AT(y0, x0)) * fx;
+                float bottom = AT(y1, x0) + (AT(y1, x1) - AT(y1, x0)) * fx;
+#undef AT
+                float v = top + (bottom - top) * fy;
+                int q = (int)(v + 0.5f);
+                dst[((size_t)y * size + x) * 3 + c] = (uint8_t)(q > 255 ? 255 : q);
+            }
+        }
+    }
+}
+
+/* The vector paths of the resize must give the same bytes as the formula written plainly, on
+ * random pixels (so any lane or edge mistake shows) of sizes that hit every path: up and down,
+ * one pixel wide or high, and right-edge taps. */
+static void test_resize_matches_plain_formula(void) {
+    static const int sides[][2] = {{1, 1},   {1, 37},    {37, 1},    {2, 3},     {5, 160},
+                                   {160, 5}, {161, 160}, {250, 188}, {499, 300}, {321, 480}};
+    static const int sizes[] = {1, 7, 64, 160, 224};
+    uint8_t *got = malloc(224 * 224 * 3), *want = malloc(224 * 224 * 3);
+    unsigned seed = 12345;
+    int mismatched = 0;
+    for (size_t i = 0; i < sizeof sides / sizeof sides[0]; i++) {
+        mt_image src = {.width = sides[i][0], .height = sides[i][1]};
+        src.pixels = malloc((size_t)src.width * src.height * 3);
+        for (size_t k = 0; k < (size_t)src.width * src.height * 3; k++) {
+            seed = seed * 1103515245u + 12345u;
+            src.pixels[k] = (uint8_t)(seed >> 16);
+        }
+        for (size_t j = 0; j < sizeof sizes / sizeof sizes[0]; j++) {
+            int n = sizes[j];
+            CHECK(mt_image_resize(&src, n, MT_RESIZE_STRETCH, got) == MT_OK);
+            reference_stretch(&src, n, want);
+            if (memcmp(got, want, (size_t)n * n * 3) != 0 && mismatched++ < 5)
+                CHECK_MSG(0, "%dx%d -> %d: resize differs from the plain formula", src.width,
+                          src.height, n);
+        }
+        free(src.pixels);
+    }
+    CHECK_MSG(mismatched == 0, "%d of %zu resizes differ", mismatched,
+              sizeof sides / sizeof sides[0] * (sizeof sizes / sizeof sizes[0]));
+    free(got);
+    free(want);
+}
+
 int main(void) {
     test_detect_and_errors();
     test_jpeg_round_trip_and_scaling();
     test_resize();
+    test_resize_matches_plain_formula();
     return mt_test_finish();
 }
