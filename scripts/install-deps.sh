@@ -19,7 +19,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 packages=(
   build-essential cmake pkg-config git ca-certificates curl unzip clang
-  liblmdb-dev lmdb-utils libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libexif-dev zlib1g-dev
+  liblmdb-dev lmdb-utils libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libexif-dev libisal-dev zlib1g-dev
   libhdf5-dev libdnnl-dev ocl-icd-opencl-dev libinih-dev
   libopenmpi-dev openmpi-bin
   slurmctld slurmd slurm-client munge
