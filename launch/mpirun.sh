@@ -47,12 +47,16 @@ threads=${threads:-$(( cores / per_node > 0 ? cores / per_node : 1 ))}
 
 cmd=(mpirun -np "$ranks" --map-by "ppr:${per_node}:node" --bind-to none)
 [ -n "$hostfile" ] && cmd+=(--hostfile "$hostfile")
-# More ranks than cores is fine for testing on a small machine.
-[ "$per_node" -gt "$cores" ] && cmd+=(--oversubscribe)
+# More ranks than cores is fine for testing on a small machine; OpenMP threads must then wait
+# passively, or each rank's spinning threads steal the cores the other ranks need.
+if [ "$per_node" -gt "$cores" ]; then
+  cmd+=(--oversubscribe)
+  export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+fi
 # Environment every rank needs: threads per rank, and NCCL warnings in the job log.
 export OMP_NUM_THREADS=$threads
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-for var in OMP_NUM_THREADS NCCL_DEBUG NCCL_SOCKET_IFNAME \
+for var in OMP_NUM_THREADS OMP_WAIT_POLICY NCCL_DEBUG NCCL_SOCKET_IFNAME \
            NCCL_IB_HCA MT_FAULT_RANK MT_FAULT_STEP MT_ERROR_LOCATION; do
   [ -n "${!var:-}" ] && cmd+=(-x "$var")
 done
