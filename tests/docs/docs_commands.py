@@ -9,8 +9,10 @@
              (what follows mpirun.sh's `--` is checked as a command of its own); `sbatch FILE`
              exists. Usage synopses ([optional] parts) are checked without their brackets' content.
   summary    the documented `build/mobiletune summary` lines run and exit 0
-  record     the Python record reader of docs/formats.md parses a record that mobiletune-pack
-             wrote: magic, CRC, length, label, name and pixels
+  workflow   the README's pack -> train -> eval -> predict on 8 tiny photos (frozen.ini with
+             --set overrides: 32x32, no weights, 1 epoch); then the Python readers of
+             docs/formats.md (a packed record: name, label, pixels) and docs/checkpoints.md (the
+             checkpoint just written) run on what was written
 
 A failure names the file and line and what to fix. Exit 0 pass, 1 fail.
 """
@@ -180,39 +182,102 @@ def run_summaries(summaries):
             fail(where, f"`{' '.join(words)}` exited {run.returncode}: {run.stderr.strip()[:300]}")
 
 
-def check_record_reader():
-    """Run the docs/formats.md reader on a record of a database mobiletune-pack writes."""
-    snippet = next((lines for language, _, lines in code_blocks(os.path.join(SOURCE, "docs", "formats.md"))
-                    if language == "python" and any("MTR1" in l for l in lines)), None)
-    if snippet is None:
-        fail("docs/formats.md", "the Python record reader is gone (this test runs it)")
-        return
+def python_block(doc, marker):
+    """The lines of the ```python block of docs/DOC that contains MARKER."""
+    for language, _, lines in code_blocks(os.path.join(SOURCE, "docs", doc)):
+        if language == "python" and any(marker in line for line in lines):
+            return lines
+    fail(f"docs/{doc}", f"the Python snippet with {marker!r} is gone (this test runs it)")
+    return None
+
+
+def run_snippet(doc, lines, scope):
+    try:
+        exec("\n".join(lines), scope)
+        return True
+    except Exception as e:  # any error in the documented code is the finding
+        fail(f"docs/{doc}", f"the Python snippet fails: {e!r}")
+        return False
+
+
+def check_workflow():
+    """The README's workflow on 8 tiny photos: pack with splits, train (frozen, 1 epoch, 32x32, no
+    weights), eval and predict as documented; then the docs' Python readers of a packed record
+    (docs/formats.md) and of the checkpoint (docs/checkpoints.md)."""
     import lmdb
     import numpy as np
     from PIL import Image
     with tempfile.TemporaryDirectory(prefix="mt-docs-") as tmp:
-        photos = os.path.join(tmp, "photos")
+        photos, colors = os.path.join(tmp, "photos"), {}
         for label, name in enumerate(("ants", "bees")):
             os.makedirs(os.path.join(photos, name))
-            pixels = np.full((40, 50, 3), 60 + 100 * label, np.uint8)
-            Image.fromarray(pixels).save(os.path.join(photos, name, "one.png"))
-        out = os.path.join(tmp, "db")
-        subprocess.run([PACK, "--size", "32", "--no-progress", photos, out], check=True,
-                       capture_output=True)
-        with lmdb.open(out, readonly=True, lock=False) as env, env.begin() as txn:
-            v = bytes(txn.get(b"0000000001"))
-        scope = {"v": v}
-        try:
-            exec("\n".join(snippet), scope)
-        except Exception as e:  # any error in the documented code is the finding
-            fail("docs/formats.md", f"the Python record reader fails on a packed record: {e!r}")
-            return
-        if scope.get("name") != "bees/one.png" or scope.get("label") != 1 or scope.get("h") != 32:
-            fail("docs/formats.md", f"the reader gives name {scope.get('name')!r}, label "
-                                    f"{scope.get('label')!r}, h {scope.get('h')!r} for bees/one.png")
-        image = np.frombuffer(scope["pixels"], "u1").reshape(scope["h"], scope["w"], 3)
-        if not (image == 160).all():
-            fail("docs/formats.md", "the reader's pixels are not the packed ones (all 160)")
+            for i in range(4):
+                colors[f"{name}/{i}.png"] = 40 + 100 * label + 10 * i
+                pixels = np.full((40, 50, 3), colors[f"{name}/{i}.png"], np.uint8)
+                Image.fromarray(pixels).save(os.path.join(photos, name, f"{i}.png"))
+        data, run_dir = os.path.join(tmp, "data"), os.path.join(tmp, "run")
+        steps = [
+            [PACK, "--split", "train=0.5,val=0.25,test=0.25", "--size", "32", "--no-progress",
+             photos, data],
+            [MOBILETUNE, "train", "--config", os.path.join(SOURCE, "configs/cats_vs_dogs/frozen.ini"),
+             "--no-progress"] + [a for kv in (
+                f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test",
+                "data.batch_size=2", "model.input_size=32", "model.weights=none",
+                f"output.run_dir={run_dir}", "output.tensorboard=false", "train.epochs=1")
+                for a in ("--set", kv)],
+            [MOBILETUNE, "eval", "--checkpoint", f"{run_dir}/best.safetensors", "--db", f"{data}/test"],
+            [MOBILETUNE, "predict", "--checkpoint", f"{run_dir}/best.safetensors",
+             os.path.join(photos, "bees", "0.png")],
+        ]
+        for argv in steps:
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+            if run.returncode != 0:
+                fail("README.md (Using it)", f"`{' '.join(argv[:2])} ...` exited {run.returncode}: "
+                                             f"{(run.stderr or run.stdout).strip()[-400:]}")
+                return
+        if "0.png" not in run.stdout:
+            fail("README.md (Using it)", f"predict does not name its image:\n{run.stdout}")
+
+        record_reader = python_block("formats.md", "MTR1")
+        if record_reader:
+            with lmdb.open(f"{data}/train", readonly=True, lock=False) as env, env.begin() as txn:
+                v = bytes(txn.get(b"0000000000"))
+            scope = {"v": v}
+            if run_snippet("formats.md", record_reader, scope):
+                name = scope.get("name")
+                if name not in colors or scope.get("label") != (name or "").startswith("bees"):
+                    fail("docs/formats.md", f"the reader gives name {name!r}, label "
+                                            f"{scope.get('label')!r}")
+                else:
+                    image = np.frombuffer(scope["pixels"], "u1").reshape(scope["h"], scope["w"], 3)
+                    if not (image == colors[name]).all():
+                        fail("docs/formats.md", f"the reader's pixels are not {name}'s")
+
+        checkpoint_reader = python_block("checkpoints.md", "__metadata__")
+        if checkpoint_reader:
+            documented = "runs/cats_vs_dogs/frozen/best.safetensors"
+            lines = [l.replace(documented, f"{run_dir}/best.safetensors") for l in checkpoint_reader]
+            if not any(documented in l for l in checkpoint_reader):
+                fail("docs/checkpoints.md", f"the reader no longer opens {documented}")
+            scope = {}
+            if run_snippet("checkpoints.md", lines, scope):
+                tensors = scope.get("tensors", {})
+                kernels = [k for k in tensors if k.endswith("kernel")]
+                if not kernels or not scope.get("meta"):
+                    fail("docs/checkpoints.md", f"the reader finds {len(tensors)} tensors, "
+                                                f"no kernel or no metadata")
+                # The safetensors package (scripts/install-deps.sh puts it in .venv) as the judge.
+                try:
+                    from safetensors.numpy import load_file
+                except ImportError:
+                    load_file = None
+                if load_file:
+                    want = load_file(f"{run_dir}/best.safetensors")
+                    wrong = sorted(k for k in want if k not in tensors or
+                                   not np.array_equal(tensors[k], want[k]))
+                    if wrong or len(tensors) != len(want):
+                        fail("docs/checkpoints.md", f"the reader's tensors differ from the "
+                                                    f"safetensors package's: {wrong[:5]}")
 
 
 def main():
@@ -222,7 +287,7 @@ def main():
     programs = Programs()
     check_links()
     run_summaries(check_commands(programs))
-    check_record_reader()
+    check_workflow()
     for message in failures:
         print("FAIL", message, file=sys.stderr)
     print("FAILED" if failures else "PASSED", f"({len(failures)} problem(s))")
