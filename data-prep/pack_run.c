@@ -147,6 +147,7 @@ typedef struct write_behind {
     int pending_fd; /* the data file of the latest commit, -1 when nothing waits */
     int error;      /* the first errno a background fdatasync() returned */
     bool stop, started;
+    bool fail_for_test; /* MT_PACK_FAIL_SYNC: every fdatasync() reports EIO (docs/packing.md) */
 } write_behind;
 
 static void *write_behind_main(void *arg) {
@@ -161,6 +162,7 @@ static void *write_behind_main(void *arg) {
         pthread_mutex_unlock(&wb->mutex);
         int rc = fdatasync(fd);
         int saved = errno;
+        if (wb->fail_for_test) rc = -1, saved = EIO;
         pthread_mutex_lock(&wb->mutex);
         if (rc != 0 && saved != EINVAL && wb->error == 0) wb->error = saved;
     }
@@ -172,6 +174,7 @@ static void write_behind_start(write_behind *wb) {
     pthread_mutex_init(&wb->mutex, NULL);
     pthread_cond_init(&wb->cond, NULL);
     wb->pending_fd = -1;
+    wb->fail_for_test = getenv("MT_PACK_FAIL_SYNC") != NULL;
     /* Without the thread the run is only slower: the final sync writes everything. */
     wb->started = pthread_create(&wb->thread, NULL, write_behind_main, wb) == 0;
     if (!wb->started) {
@@ -836,8 +839,10 @@ mt_status pack_run(const pack_options *o) {
     progress_update(&pr, job_count, job_count, skips.count, true);
     int write_error = write_behind_stop(&wb);
     if (status == MT_OK && write_error != 0)
-        status = MT_FAIL(MT_ERR_IO, "%s: writing the database to disk failed: %s", temp,
-                         strerror(write_error));
+        status = MT_FAIL(MT_ERR_IO,
+                         "%s: writing the database to disk failed: %s (nothing was written to "
+                         "%s; check the disk and run again)",
+                         o->output, strerror(write_error), o->output);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (status != MT_OK) goto done;

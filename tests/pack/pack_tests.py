@@ -321,6 +321,14 @@ def case_interrupt():
         f.check(proc.returncode != 0 and "injected failure" in proc.stderr, f"{proc.returncode} {proc.stderr!r}")
         f.check(not os.path.exists(out), "OUT exists after a failed run")
         f.check(not [n for n in os.listdir(tmp) if n.startswith("out.tmp-")], f"temporary folder left: {os.listdir(tmp)}")
+        # A write error met in the background (the write-behind's fdatasync after each commit of
+        # 64 records) fails the run too: 140 photos make two commits before the end.
+        many = P.make_subset(os.path.join(tmp, "many"), 70)
+        proc = P.run_pack(many, out, env={"MT_PACK_FAIL_SYNC": "1"}, check=False)
+        f.check(proc.returncode != 0 and "writing the database to disk failed" in proc.stderr,
+                f"failed background sync: {proc.returncode} {proc.stderr!r}")
+        f.check(not os.path.exists(out), "OUT exists after a failed background sync")
+        f.check(not [n for n in os.listdir(tmp) if n.startswith("out.tmp-")], f"temporary folder left: {os.listdir(tmp)}")
         # kill -9: nothing can clean up, but OUT must not appear.
         P.need_pack()
         child = subprocess.Popen([P.PACK, "--threads", "1", "--no-progress", src, out],
