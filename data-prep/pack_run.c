@@ -7,6 +7,8 @@
 #define _XOPEN_SOURCE 700
 #include "pack.h"
 
+#include "mobiletune/files.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -58,39 +60,11 @@ mt_status pack_remove_tree(const char *path) {
     return MT_OK;
 }
 
-/* fsync a file or folder so the rename that publishes OUT never precedes its contents. */
-static mt_status sync_path(const char *path) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return MT_FAIL(MT_ERR_IO, "%s: cannot open to sync: %s", path, strerror(errno));
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    if (rc != 0 && saved != EINVAL)
-        return MT_FAIL(MT_ERR_IO, "%s: fsync failed: %s", path, strerror(saved));
-    return MT_OK;
-}
-
-static char *parent_of(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) return NULL;
-    size_t n = strlen(copy);
-    while (n > 1 && copy[n - 1] == '/')
-        copy[--n] = '\0';
-    char *slash = strrchr(copy, '/');
-    if (!slash)
-        strcpy(copy, ".");
-    else if (slash == copy)
-        copy[1] = '\0';
-    else
-        *slash = '\0';
-    return copy;
-}
-
 /* Remove OUT.tmp-<pid> folders left by runs that were killed (their process is gone), so a
  * killed run costs disk space only until the next run. */
 static void remove_stale_temps(const char *output) {
-    char *parent = parent_of(output);
-    if (!parent) return;
+    char parent[4096];
+    if (mt_path_parent(output, parent, sizeof parent) != MT_OK) return;
     const char *slash = strrchr(output, '/');
     const char *base = slash ? slash + 1 : output;
     char prefix[512];
@@ -110,26 +84,6 @@ static void remove_stale_temps(const char *output) {
             fprintf(stderr, "mobiletune-pack: removed %s, left by an interrupted run\n", path);
     }
     if (dir) closedir(dir);
-    free(parent);
-}
-
-/* mkdir -p for the folder that will hold OUT. */
-static mt_status make_parents(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
-    for (char *p = copy + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(copy, 0777) != 0 && errno != EEXIST) {
-            mt_status status =
-                MT_FAIL(MT_ERR_IO, "%s: cannot create folder: %s", copy, strerror(errno));
-            free(copy);
-            return status;
-        }
-        *p = '/';
-    }
-    free(copy);
-    return MT_OK;
 }
 
 /* ---- write-behind ---------------------------------------------------------------------------- */
@@ -733,7 +687,11 @@ mt_status pack_run(const pack_options *o) {
     }
 
     remove_stale_temps(o->output);
-    status = make_parents(o->output);
+    {
+        char parent[4096]; /* mkdir -p for the folder that will hold OUT */
+        status = mt_path_parent(o->output, parent, sizeof parent);
+        if (status == MT_OK) status = mt_make_dirs(parent);
+    }
     if (status != MT_OK) goto done;
     snprintf(temp, strlen(o->output) + 32, "%s.tmp-%ld", o->output, (long)getpid());
     if (mkdir(temp, 0777) != 0) {
@@ -897,8 +855,8 @@ mt_status pack_run(const pack_options *o) {
     snprintf(report, sizeof report, "%s/skipped.txt", temp);
     status = write_report(o->report ? o->report : report, o->input, &skips);
     for (int s = 0; s < split_count && status == MT_OK; s++)
-        status = sync_path(dbs[s].path);
-    if (status == MT_OK) status = sync_path(temp);
+        status = mt_sync_path(dbs[s].path);
+    if (status == MT_OK) status = mt_sync_path(temp);
     if (status != MT_OK) goto done;
     if (stat(o->output, &st) == 0) {
         /* --force: move the old one aside first, so OUT is never half old, half new. */
@@ -922,11 +880,7 @@ mt_status pack_run(const pack_options *o) {
         goto done;
     }
     published = true;
-    char *parent = parent_of(o->output);
-    if (parent) {
-        sync_path(parent);
-        free(parent);
-    }
+    mt_sync_parent(o->output); /* published either way: the rename is atomic */
 
     double seconds = now_seconds() - start;
     printf("mobiletune-pack: packed %zu image(s), skipped %zu;", packed, skips.count);

@@ -92,9 +92,6 @@ mt_status mt_metrics_log(mt_metrics *metrics, const mt_metrics_record *record);
 /* Flush and close (NULL is fine). */
 mt_status mt_metrics_close(mt_metrics *metrics);
 
-/* Create a folder and its missing parents (mkdir -p). */
-mt_status mt_make_dirs(const char *path);
-
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,7 @@
  *                           layers without weights)
  *   /<layer>/<layer>/<weight>:0   float32 dataset of Keras' shape */
 #include "mobiletune/keras_h5.h"
+#include "mobiletune/files.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -351,17 +352,6 @@ static mt_status write_weight_names(hid_t file, layer_slot *layer) {
     return status;
 }
 
-/* fsync a file or folder by path: the data, then the rename, must reach the disk. */
-static mt_status sync_path(const char *path, bool folder) {
-    int fd = open(path, folder ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-    if (fd < 0) return MT_FAIL(MT_ERR_IO, "cannot open '%s' to sync it: %s", path, strerror(errno));
-    int rc = fsync(fd);
-    int error = errno;
-    close(fd);
-    if (rc != 0) return MT_FAIL(MT_ERR_IO, "fsync of '%s' failed: %s", path, strerror(error));
-    return MT_OK;
-}
-
 mt_status mt_keras_h5_finish(mt_keras_h5_writer *writer) {
     if (!writer) return MT_FAIL(MT_ERR_INVALID, "mt_keras_h5_finish: no writer");
     mt_h5_quiet quiet;
@@ -387,21 +377,13 @@ mt_status mt_keras_h5_finish(mt_keras_h5_writer *writer) {
         if (H5_CHECK(H5Fclose(file)) < 0) status = MT_ERR_IO;
     }
     mt_h5_quiet_end(&quiet);
-    if (status == MT_OK) status = sync_path(writer->temp_path, false);
+    /* the data, then the rename, must reach the disk */
+    if (status == MT_OK) status = mt_sync_path(writer->temp_path);
     if (status == MT_OK && rename(writer->temp_path, writer->path) != 0)
         status = MT_FAIL(MT_ERR_IO, "cannot rename '%s' to '%s': %s", writer->temp_path,
                          writer->path, strerror(errno));
     if (status == MT_OK) {
-        char *folder = strdup(writer->path);
-        char *slash = folder ? strrchr(folder, '/') : NULL;
-        if (folder) {
-            if (slash == folder)
-                slash[1] = '\0';
-            else if (slash)
-                *slash = '\0';
-            status = sync_path(slash ? folder : ".", true);
-        }
-        free(folder);
+        status = mt_sync_parent(writer->path);
         if (status != MT_OK) status = mt_error_context(status, "wrote '%s' but", writer->path);
         free_writer(writer);
         return status;

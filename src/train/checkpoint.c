@@ -4,6 +4,7 @@
  * The JSON code knows only this header's shape (an object of tensor objects and one string map),
  * so it is small enough to check by reading; anything else in a header is an error. */
 #include "mobiletune/checkpoint.h"
+#include "mobiletune/files.h"
 
 #include "core/text_buffer.h"
 
@@ -458,28 +459,6 @@ static mt_status write_all(writer *w, const void *data, size_t n) {
     return MT_OK;
 }
 
-static mt_status sync_folder(const char *path) {
-    char folder[4096];
-    snprintf(folder, sizeof folder, "%s", path);
-    char *slash = strrchr(folder, '/');
-    if (slash == folder)
-        folder[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    else
-        strcpy(folder, ".");
-    int fd = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return MT_FAIL(MT_ERR_IO, "open folder '%s' for fsync: %s", folder, strerror(errno));
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    /* Some file systems cannot fsync a folder; the rename is still atomic there. */
-    if (rc != 0 && saved != EINVAL && saved != ENOTSUP)
-        return MT_FAIL(MT_ERR_IO, "fsync folder '%s': %s", folder, strerror(saved));
-    return MT_OK;
-}
-
 static mt_status write_file(const mt_checkpoint *checkpoint, const int *order,
                             const mt_text_buffer *header, writer *w) {
     uint64_t length = header->size;
@@ -525,7 +504,7 @@ mt_status mt_checkpoint_write(const mt_checkpoint *checkpoint, const char *path)
         if (status != MT_OK)
             unlink(temp);
         else
-            status = sync_folder(path);
+            status = mt_sync_parent(path);
     }
     free(order);
     mt_text_buffer_free(&header);

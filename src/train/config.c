@@ -9,6 +9,7 @@
  * which inih passes to the handler as more pieces of the same key; the pieces are joined without
  * a separator and the value is parsed once complete. */
 #include "mobiletune/config.h"
+#include "mobiletune/files.h"
 
 #include "core/text_buffer.h"
 
@@ -694,15 +695,8 @@ mt_status mt_config_load_file(mt_train_config *config, const char *path) {
     }
     /* The folder of the INI file, for its relative paths. */
     char folder[MT_CONFIG_PATH_MAX];
-    copy_text(folder, sizeof folder, path);
-    char *slash = strrchr(folder, '/');
-    if (slash == folder)
-        folder[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    else
-        strcpy(folder, ".");
-    mt_status status = mt_config_load_string(config, text, path, folder);
+    mt_status status = mt_path_parent(path, folder, sizeof folder);
+    if (status == MT_OK) status = mt_config_load_string(config, text, path, folder);
     free(text);
     return status;
 }

@@ -2,6 +2,8 @@
  * a hand-encoded tensorflow.Event protobuf; the few fields we write are listed at encode_event). */
 #include "mobiletune/metrics.h"
 
+#include "mobiletune/files.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -59,30 +61,6 @@ uint32_t mt_crc32c(const void *data, size_t size) {
 
 uint32_t mt_crc32c_mask(uint32_t crc) {
     return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
-}
-
-/* ---- folders --------------------------------------------------------------------------------- */
-
-mt_status mt_make_dirs(const char *path) {
-    char buffer[4096];
-    size_t len = strlen(path);
-    if (len == 0 || len >= sizeof buffer)
-        return MT_FAIL(MT_ERR_INVALID, "folder path '%.64s...' is empty or too long", path);
-    memcpy(buffer, path, len + 1);
-    for (char *p = buffer + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char saved = *p;
-            *p = '\0';
-            if (mkdir(buffer, 0755) != 0 && errno != EEXIST)
-                return MT_FAIL(MT_ERR_IO, "cannot create folder '%s': %s", buffer, strerror(errno));
-            *p = saved;
-            if (saved == '\0') break;
-        }
-    }
-    struct stat info;
-    if (stat(path, &info) != 0 || !S_ISDIR(info.st_mode))
-        return MT_FAIL(MT_ERR_IO, "'%s' exists but is not a folder", path);
-    return MT_OK;
 }
 
 /* ---- event files ----------------------------------------------------------------------------- */

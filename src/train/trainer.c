@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mobiletune/files.h"
 #include "mobiletune/metrics.h"
 #include "trainer_internal.h"
 

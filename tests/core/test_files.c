@@ -1,0 +1,65 @@
+/* The file-system helpers behind every publish-by-rename writer: the parent of a path in each
+ * spelling, mkdir -p (and a file in the way), fsync of files and folders, and errors that name
+ * the path. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mobiletune/files.h"
+#include "test_util.h"
+
+static void expect_parent(const char *path, const char *want) {
+    char folder[64];
+    CHECK(mt_path_parent(path, folder, sizeof folder) == MT_OK);
+    CHECK_MSG(strcmp(folder, want) == 0, "parent of '%s' is '%s', want '%s'", path, folder, want);
+}
+
+int main(void) {
+    expect_parent("a/b", "a");
+    expect_parent("a/b/c.txt", "a/b");
+    expect_parent("b", ".");
+    expect_parent("/b", "/");
+    expect_parent("/", "/");
+    expect_parent("a/b/", "a");
+    expect_parent("a//b", "a");
+    expect_parent("./b", ".");
+    char small[4];
+    CHECK(mt_path_parent("abcd/e", small, sizeof small) == MT_ERR_INVALID);
+    CHECK(mt_path_parent("abc/e", small, sizeof small) == MT_OK && strcmp(small, "abc") == 0);
+
+    char root[] = "/tmp/mt-files-XXXXXX";
+    CHECK(mkdtemp(root) != NULL);
+    char deep[256], file[256];
+    snprintf(deep, sizeof deep, "%s/x/y/z", root);
+    CHECK(mt_make_dirs(deep) == MT_OK);
+    struct stat info;
+    CHECK(stat(deep, &info) == 0 && S_ISDIR(info.st_mode));
+    CHECK(mt_make_dirs(deep) == MT_OK); /* already there */
+    snprintf(file, sizeof file, "%s/x/y/f", root);
+    FILE *f = fopen(file, "w");
+    CHECK(f && fputs("data", f) >= 0 && fclose(f) == 0);
+    CHECK(mt_sync_path(file) == MT_OK);
+    CHECK(mt_sync_path(deep) == MT_OK);
+    CHECK(mt_sync_parent(file) == MT_OK);
+    /* a file where a folder should go */
+    char through[300];
+    snprintf(through, sizeof through, "%s/g", file);
+    CHECK(mt_make_dirs(file) == MT_ERR_IO);
+    CHECK_MSG(strstr(mt_last_error(), "not a folder"), "%s", mt_last_error());
+    CHECK(mt_make_dirs(through) == MT_ERR_IO);
+    CHECK_MSG(strstr(mt_last_error(), file), "%s", mt_last_error());
+    /* a missing path is an I/O error that names it */
+    snprintf(through, sizeof through, "%s/missing", root);
+    CHECK(mt_sync_path(through) == MT_ERR_IO);
+    CHECK_MSG(strstr(mt_last_error(), through), "%s", mt_last_error());
+
+    unlink(file);
+    for (int depth = 0; depth < 3; depth++) {
+        rmdir(deep);
+        *strrchr(deep, '/') = '\0';
+    }
+    rmdir(root);
+    return mt_test_finish();
+}
