@@ -44,7 +44,7 @@ mt_status mt_make_dirs(const char *path) {
         if (*p == '/' || *p == '\0') {
             char saved = *p;
             *p = '\0';
-            if (mkdir(buffer, 0755) != 0 && errno != EEXIST)
+            if (mkdir(buffer, 0777) != 0 && errno != EEXIST) /* the umask decides */
                 return MT_FAIL(MT_ERR_IO, "cannot create folder '%s': %s", buffer, strerror(errno));
             *p = saved;
             if (saved == '\0') break;

@@ -131,17 +131,20 @@ static void test_resize(void) {
     CHECK(mt_image_resize(&tiny, 0, MT_RESIZE_STRETCH, out4) == MT_ERR_INVALID);
 }
 
-/* Stretch resize written the plain way, straight from TensorFlow's half-pixel bilinear formula in
- * float32 and in its order (top and bottom lerps, then the vertical one), one channel at a time. */
-static void reference_stretch(const mt_image *src, int size, uint8_t *dst) {
-    float sx = (float)src->width / (float)size, sy = (float)src->height / (float)size;
-    for (int y = 0; y < size; y++) {
-        float in_y = ((float)y + 0.5f) * sy - 0.5f, fy = in_y - floorf(in_y);
+/* The resize written the plain way, straight from TensorFlow's half-pixel bilinear formula in
+ * float32 and in its order (top and bottom lerps, then the vertical one), one channel at a time:
+ * src resized to rw x rh, the window from (ox, oy) of size cw x ch written at (dx, dy) of a
+ * size x size canvas. */
+static void reference_window(const mt_image *src, int rw, int rh, int ox, int oy, int cw, int ch,
+                             uint8_t *dst, int size, int dx, int dy) {
+    float sx = (float)src->width / (float)rw, sy = (float)src->height / (float)rh;
+    for (int y = 0; y < ch; y++) {
+        float in_y = ((float)(y + oy) + 0.5f) * sy - 0.5f, fy = in_y - floorf(in_y);
         int y0 = (int)floorf(in_y), y1 = (int)ceilf(in_y);
         y0 = y0 < 0 ? 0 : y0;
         y1 = y1 > src->height - 1 ? src->height - 1 : y1;
-        for (int x = 0; x < size; x++) {
-            float in_x = ((float)x + 0.5f) * sx - 0.5f, fx = in_x - floorf(in_x);
+        for (int x = 0; x < cw; x++) {
+            float in_x = ((float)(x + ox) + 0.5f) * sx - 0.5f, fx = in_x - floorf(in_x);
             int x0 = (int)floorf(in_x), x1 = (int)ceilf(in_x);
             x0 = x0 < 0 ? 0 : x0;
             x1 = x1 > src->width - 1 ? src->width - 1 : x1;
@@ -152,41 +155,71 @@ static void reference_stretch(const mt_image *src, int size, uint8_t *dst) {
 #undef AT
                 float v = top + (bottom - top) * fy;
                 int q = (int)(v + 0.5f);
-                dst[((size_t)y * size + x) * 3 + c] = (uint8_t)(q > 255 ? 255 : q);
+                dst[((size_t)(y + dy) * size + x + dx) * 3 + c] = (uint8_t)(q > 255 ? 255 : q);
             }
         }
     }
 }
 
+/* round(a * b / c), half up, at least 1: the docs' rule for the scaled side (docs/packing.md). */
+static int scaled_side(int a, int b, int c) {
+    int v = (int)floor((double)a * b / c + 0.5);
+    return v < 1 ? 1 : v;
+}
+
+/* The three framings of docs/packing.md, on top of the plain formula. */
+static void reference_resize(const mt_image *src, int size, mt_resize_mode mode, uint8_t *dst) {
+    int w = src->width, h = src->height;
+    if (mode == MT_RESIZE_STRETCH) {
+        reference_window(src, size, size, 0, 0, size, size, dst, size, 0, 0);
+    } else if (mode == MT_RESIZE_CENTER_CROP) { /* short side to size, centre window */
+        int rw = w <= h ? size : scaled_side(w, size, h);
+        int rh = w <= h ? scaled_side(h, size, w) : size;
+        reference_window(src, rw, rh, (rw - size) / 2, (rh - size) / 2, size, size, dst, size, 0,
+                         0);
+    } else { /* pad: long side to size, centred on black */
+        int rw = w >= h ? size : scaled_side(w, size, h);
+        int rh = w >= h ? scaled_side(h, size, w) : size;
+        rw = rw > size ? size : rw;
+        rh = rh > size ? size : rh;
+        memset(dst, 0, (size_t)size * size * 3);
+        reference_window(src, rw, rh, 0, 0, rw, rh, dst, size, (size - rw) / 2, (size - rh) / 2);
+    }
+}
+
 /* The vector paths of the resize must give the same bytes as the formula written plainly, on
  * random pixels (so any lane or edge mistake shows) of sizes that hit every path: up and down,
- * one pixel wide or high, and right-edge taps. */
+ * one pixel wide or high, right-edge taps, and the crop and pad windows. */
 static void test_resize_matches_plain_formula(void) {
     static const int sides[][2] = {{1, 1},   {1, 37},    {37, 1},    {2, 3},     {5, 160},
                                    {160, 5}, {161, 160}, {250, 188}, {499, 300}, {321, 480}};
     static const int sizes[] = {1, 7, 64, 160, 224};
+    static const mt_resize_mode modes[] = {MT_RESIZE_STRETCH, MT_RESIZE_CENTER_CROP, MT_RESIZE_PAD};
     uint8_t *got = malloc(224 * 224 * 3), *want = malloc(224 * 224 * 3);
     unsigned seed = 12345;
-    int mismatched = 0;
+    int mismatched = 0, runs = 0;
     for (size_t i = 0; i < sizeof sides / sizeof sides[0]; i++) {
         mt_image src = {.width = sides[i][0], .height = sides[i][1]};
+        /* exactly sized, so an ASan build catches a vector load past the end */
         src.pixels = malloc((size_t)src.width * src.height * 3);
         for (size_t k = 0; k < (size_t)src.width * src.height * 3; k++) {
             seed = seed * 1103515245u + 12345u;
             src.pixels[k] = (uint8_t)(seed >> 16);
         }
         for (size_t j = 0; j < sizeof sizes / sizeof sizes[0]; j++) {
-            int n = sizes[j];
-            CHECK(mt_image_resize(&src, n, MT_RESIZE_STRETCH, got) == MT_OK);
-            reference_stretch(&src, n, want);
-            if (memcmp(got, want, (size_t)n * n * 3) != 0 && mismatched++ < 5)
-                CHECK_MSG(0, "%dx%d -> %d: resize differs from the plain formula", src.width,
-                          src.height, n);
+            for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+                int n = sizes[j];
+                runs++;
+                CHECK(mt_image_resize(&src, n, modes[m], got) == MT_OK);
+                reference_resize(&src, n, modes[m], want);
+                if (memcmp(got, want, (size_t)n * n * 3) != 0 && mismatched++ < 5)
+                    CHECK_MSG(0, "%dx%d -> %d (%s): resize differs from the plain formula",
+                              src.width, src.height, n, mt_resize_mode_name(modes[m]));
+            }
         }
         free(src.pixels);
     }
-    CHECK_MSG(mismatched == 0, "%d of %zu resizes differ", mismatched,
-              sizeof sides / sizeof sides[0] * (sizeof sizes / sizeof sizes[0]));
+    CHECK_MSG(mismatched == 0, "%d of %d resizes differ", mismatched, runs);
     free(got);
     free(want);
 }
