@@ -90,7 +90,7 @@ static void remove_stale_temps(const char *output) {
 
 /* Commits leave their pages dirty in the page cache (MDB_NOSYNC); left alone, the kernel writes
  * most of them only when the final sync asks, and the run then waits for the whole database at
- * its end (a third of the 2,000-photo run on this project's CI disk). This thread asks for each
+ * its end (a third of the 2,000-photo run on the development VM's disk). This thread asks for each
  * commit to be written while the workers go on decoding, so the final sync finds little left.
  * Its fdatasync() consumes a writeback error (the kernel reports it once per open file), so the
  * error is kept here and checked by the writer; the final sync alone would not see it. */
@@ -234,13 +234,21 @@ static mt_status db_flush(split_db *db) {
     return MT_OK;
 }
 
-/* The entry that the next record of `db` goes to (committing the batch first when full). */
+/* The entry that the next record of `db` goes to (committing the batch first when full); it
+ * joins the batch when db_claim_entry() fills in its key and size. */
 static mt_status db_next_entry(split_db *db, size_t size, batch_entry **entry) {
     if (db->entry_count == COMMIT_RECORDS ||
         (db->entry_count > 0 && db->batch_bytes + size > COMMIT_BYTES))
         MT_TRY(db_flush(db));
     *entry = &db->entries[db->entry_count];
     return MT_OK;
+}
+
+static void db_claim_entry(split_db *db, batch_entry *e, const char *key, size_t size) {
+    snprintf(e->key, sizeof e->key, "%s", key);
+    e->size = size;
+    db->entry_count++;
+    db->batch_bytes += size;
 }
 
 /* Add a record by taking its buffer: *record and *capacity receive the entry's spare buffer in
@@ -253,12 +261,9 @@ static mt_status db_add_record(split_db *db, const char *key, uint8_t **record, 
     size_t spare_capacity = e->capacity;
     e->bytes = *record;
     e->capacity = *capacity;
-    e->size = size;
     *record = spare;
     *capacity = spare_capacity;
-    snprintf(e->key, sizeof e->key, "%s", key);
-    db->entry_count++;
-    db->batch_bytes += size;
+    db_claim_entry(db, e, key, size);
     return MT_OK;
 }
 
@@ -273,10 +278,7 @@ static mt_status db_add_copy(split_db *db, const char *key, const void *bytes, s
         e->capacity = size;
     }
     memcpy(e->bytes, bytes, size);
-    e->size = size;
-    snprintf(e->key, sizeof e->key, "%s", key);
-    db->entry_count++;
-    db->batch_bytes += size;
+    db_claim_entry(db, e, key, size);
     return MT_OK;
 }
 
