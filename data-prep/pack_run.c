@@ -178,7 +178,7 @@ typedef struct split_db {
     MDB_env *env;
     size_t map_size;
     int map_growths;
-    batch_entry entries[COMMIT_RECORDS + 1];
+    batch_entry entries[COMMIT_RECORDS];
     int entry_count;
     size_t batch_bytes;
     uint64_t planned, records;
@@ -285,7 +285,7 @@ static mt_status db_add_copy(split_db *db, const char *key, const void *bytes, s
 static void db_close(split_db *db) {
     if (db->env) mdb_env_close(db->env);
     db->env = NULL;
-    for (int i = 0; i <= COMMIT_RECORDS; i++) {
+    for (int i = 0; i < COMMIT_RECORDS; i++) {
         free(db->entries[i].bytes);
         db->entries[i] = (batch_entry){0};
     }
