@@ -1,7 +1,7 @@
 /* What the ops harness does not cover of the "cuda" backend: the memory pool hands a freed block
  * back out instead of calling cudaMalloc again, an impossible allocation fails with a message
  * naming what was asked and what cudaMemGetInfo says is free, a device ordinal past the last GPU
- * and a bad MT_CUDA_DEPTHWISE are refused at init, a bad label fails the loss with the row named,
+ * and a bad MT_CUDA_DEPTHWISE or MT_CUDA_POINTWISE are refused at init, a bad label fails the loss with the row named,
  * and the table says its buffers live in device memory. Skips (77) without a GPU. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -88,11 +88,14 @@ int main(void) {
               mt_last_error());
     mt_backend_destroy(none);
 
-    setenv("MT_CUDA_DEPTHWISE", "fastest", 1);
-    mt_backend *bad_env = start(0);
-    CHECK(bad_env == NULL);
-    CHECK_MSG(strstr(mt_last_error(), "MT_CUDA_DEPTHWISE"), "message: %s", mt_last_error());
-    mt_backend_destroy(bad_env);
-    unsetenv("MT_CUDA_DEPTHWISE");
+    const char *choices[] = {"MT_CUDA_DEPTHWISE", "MT_CUDA_POINTWISE"};
+    for (int i = 0; i < 2; i++) {
+        setenv(choices[i], "fastest", 1);
+        mt_backend *bad_env = start(0);
+        CHECK(bad_env == NULL);
+        CHECK_MSG(strstr(mt_last_error(), choices[i]), "message: %s", mt_last_error());
+        mt_backend_destroy(bad_env);
+        unsetenv(choices[i]);
+    }
     return mt_test_finish();
 }

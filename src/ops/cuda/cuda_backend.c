@@ -4,6 +4,7 @@
  * areas. Environment (read once at init):
  *   MT_CUDA_TF32=1           let cuDNN and cuBLAS use TF32 tensor cores (default: exact fp32)
  *   MT_CUDA_DEPTHWISE=auto|own|cudnn   depthwise implementation (auto: time both per shape)
+ *   MT_CUDA_POINTWISE=auto|gemm|cudnn  1x1 convolutions: cuBLAS GEMM or cuDNN (auto: time both)
  *   MT_CUDA_WORKSPACE_MB=512 the largest cuDNN workspace an algorithm may ask for
  *   MT_CUDA_DEBUG=1          log algorithm and implementation choices and pool use to stderr */
 #include <stdarg.h>
@@ -227,6 +228,23 @@ static mt_status cuda_setup(cuda_backend *cu) {
     return MT_OK;
 }
 
+/* An implementation choice from the environment: "auto" or unset (0: time both per shape), `own`
+ * (1: mobiletune's implementation) or "cudnn" (2). */
+static mt_status impl_mode(const char *variable, const char *own, int *mode) {
+    const char *value = getenv(variable);
+    *mode = 0;
+    if (!value || !*value || strcmp(value, "auto") == 0) return MT_OK;
+    if (strcmp(value, own) == 0) {
+        *mode = 1;
+    } else if (strcmp(value, "cudnn") == 0) {
+        *mode = 2;
+    } else {
+        return MT_FAIL(MT_ERR_INVALID, "%s='%s': use auto (time both per shape), %s or cudnn",
+                       variable, value, own);
+    }
+    return MT_OK;
+}
+
 static mt_status cuda_init(mt_backend *backend, const mt_backend_options *options) {
     backend->impl = NULL;
     int count = 0;
@@ -244,18 +262,9 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
                        "cuda backend: device %d does not exist: this machine has %d GPU(s), "
                        "ordinals 0..%d",
                        options->device, count, count - 1);
-    int depthwise_mode = 0;
-    const char *dw = getenv("MT_CUDA_DEPTHWISE");
-    if (dw && *dw && strcmp(dw, "auto") != 0) {
-        if (strcmp(dw, "own") == 0)
-            depthwise_mode = 1;
-        else if (strcmp(dw, "cudnn") == 0)
-            depthwise_mode = 2;
-        else
-            return MT_FAIL(MT_ERR_INVALID,
-                           "MT_CUDA_DEPTHWISE='%s': use auto (time both per shape), own or cudnn",
-                           dw);
-    }
+    int depthwise_mode = 0, pointwise_mode = 0;
+    MT_TRY(impl_mode("MT_CUDA_DEPTHWISE", "own", &depthwise_mode));
+    MT_TRY(impl_mode("MT_CUDA_POINTWISE", "gemm", &pointwise_mode));
     size_t workspace_mb = 512;
     const char *ws = getenv("MT_CUDA_WORKSPACE_MB");
     if (ws && *ws) {
@@ -272,6 +281,7 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
     cu->allow_tf32 = env_flag("MT_CUDA_TF32");
     cu->debug = env_flag("MT_CUDA_DEBUG");
     cu->depthwise_mode = depthwise_mode;
+    cu->pointwise_mode = pointwise_mode;
     cu->workspace_limit = workspace_mb << 20;
     backend->impl = cu;
     mt_status status = cuda_setup(cu);

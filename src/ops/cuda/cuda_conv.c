@@ -28,14 +28,22 @@
  * at a shape's first use of each pass both run (warm-up, and cudnnFind), then each is timed over
  * three runs with CUDA events and the faster one is kept for that shape and pass
  * (MT_CUDA_DEBUG=1 logs the times). MT_CUDA_DEPTHWISE=own|cudnn forces one, which is how the
- * tests check both against the reference. */
+ * tests check both against the reference.
+ *
+ * Pointwise (1x1, stride 1, no padding). On NHWC activations such a convolution is one matrix
+ * product, y[N*H*W][Cout] = x[N*H*W][Cin] * w[Cin][Cout], with Keras' HWIO kernel already the
+ * right row-major matrix: cuBLAS runs it with no weight transform at all, and its backward passes
+ * are the two other products (dense_forward/backward's shapes). These layers are most of the
+ * network's arithmetic; cuBLAS and cuDNN are timed against each other per shape and pass like the
+ * depthwise pair (MT_CUDA_POINTWISE=gemm|cudnn forces one). */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "ops/cuda/cuda_internal.h"
 
 enum conv_pass { PASS_FORWARD, PASS_BACKWARD_DATA, PASS_BACKWARD_FILTER, PASSES };
-enum conv_impl { IMPL_UNDECIDED, IMPL_CUDNN, IMPL_OWN };
+enum conv_impl { IMPL_UNDECIDED, IMPL_CUDNN, IMPL_OWN, IMPL_GEMM };
+static const char *const impl_names[] = {"undecided", "cuDNN", "own", "GEMM"};
 static const char *const pass_names[PASSES] = {"forward", "backward data", "backward filter"};
 
 struct cuda_conv_entry {
@@ -272,7 +280,37 @@ static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *
     return MT_OK;
 }
 
+/* ---- pointwise convolutions as cuBLAS products --------------------------------------------- */
+
+static bool is_pointwise(const mt_conv_desc *d) {
+    return !d->depthwise && d->kernel == 1 && d->stride == 1 && d->pad_top == 0 &&
+           d->pad_left == 0 && d->pad_bottom == 0 && d->pad_right == 0;
+}
+
+/* Row-major matrices seen column-major by cuBLAS (as in cuda_ops.c's dense ops): with
+ * M = N*H*W rows, y^T[Cout][M] = w^T x^T, dx^T[Cin][M] = w dy^T, dw^T[Cout][Cin] = dy^T x. */
+static mt_status run_gemm(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c) {
+    const mt_cuda_conv_geom *g = &e->geom;
+    const long rows = (long)g->n * g->h * g->w;
+    if (rows > 2147483647L)
+        return MT_FAIL(MT_ERR_INVALID, "cuda conv: %ld pixels in one 1x1 convolution exceed "
+                       "cuBLAS' int dimensions: use a smaller batch", rows);
+    const int M = (int)rows, I = g->cin, O = g->cout;
+    const float one = 1.0f, zero = 0.0f;
+    if (c->pass == PASS_FORWARD)
+        CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, O, M, I, &one, c->w, O,
+                                 c->x, I, &zero, c->y, O));
+    else if (c->pass == PASS_BACKWARD_DATA)
+        CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, I, M, O, &one, c->w, O,
+                                 c->dy, O, &zero, c->dx, I));
+    else
+        CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_T, O, I, M, &one, c->dy, O,
+                                 c->x, I, &zero, c->dw, O));
+    return MT_OK;
+}
+
 static mt_status run_impl(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c, int impl) {
+    if (impl == IMPL_GEMM) return run_gemm(cu, e, c);
     return impl == IMPL_CUDNN ? run_cudnn(cu, e, c) : run_own(cu, e, c);
 }
 
@@ -288,6 +326,30 @@ static mt_status time_impl(cuda_backend *cu, cuda_conv_entry *e, const conv_call
     return MT_OK;
 }
 
+/* Run `ours` (our kernel or cuBLAS) and cuDNN on this call, time three more runs of each, and
+ * keep the faster; ours alone when cuDNN fails for the shape. Returns the choice. */
+static mt_status time_both(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c, int ours,
+                           const char *family, int *impl) {
+    const mt_cuda_conv_geom *g = &e->geom;
+    MT_TRY(run_impl(cu, e, c, ours)); /* warm-up */
+    mt_status status = run_cudnn(cu, e, c);
+    if (status != MT_OK) {
+        cuda_debug(cu, "%s %s N%d %dx%dx%d: cuDNN failed (%s) -> %s", family, pass_names[c->pass],
+                   g->n, g->h, g->w, g->cin, mt_last_error(), impl_names[ours]);
+        mt_clear_error();
+        *impl = ours;
+        return MT_OK;
+    }
+    float ours_ms = 0.0f, cudnn_ms = 0.0f;
+    MT_TRY(time_impl(cu, e, c, ours, &ours_ms));
+    MT_TRY(time_impl(cu, e, c, IMPL_CUDNN, &cudnn_ms));
+    *impl = cudnn_ms < ours_ms ? IMPL_CUDNN : ours;
+    cuda_debug(cu, "%s %s N%d %dx%dx%d -> %d k%d s%d: %s %.3f ms, cuDNN %.3f ms -> %s", family,
+               pass_names[c->pass], g->n, g->h, g->w, g->cin, g->cout, g->k, g->stride,
+               impl_names[ours], ours_ms / 3, cudnn_ms / 3, impl_names[*impl]);
+    return MT_OK;
+}
+
 /* The first call of a pass on a shape: decide who runs it from now on, and run it. */
 static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c) {
     int *impl = &e->impl[c->pass];
@@ -297,6 +359,10 @@ static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv
         cuda_debug(cu, "conv %s N%d %dx%dx%d k%d s%d pads t%d b%d l%d r%d: asymmetric, own kernel",
                    pass_names[c->pass], g->n, g->h, g->w, g->cin, g->k, g->stride, e->key.pad_top,
                    e->key.pad_bottom, e->key.pad_left, e->key.pad_right);
+    } else if (is_pointwise(&e->key)) {
+        if (cu->pointwise_mode == 1) *impl = IMPL_GEMM;
+        else if (cu->pointwise_mode == 2) *impl = IMPL_CUDNN;
+        else MT_TRY(time_both(cu, e, c, IMPL_GEMM, "pointwise", impl));
     } else if (!e->key.depthwise) {
         /* correctness before speed: if cuDNN has nothing for this shape, the direct kernel */
         mt_status status = run_cudnn(cu, e, c);
@@ -316,22 +382,7 @@ static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv
     } else if (cu->depthwise_mode == 1) {
         *impl = IMPL_OWN;
     } else {
-        MT_TRY(run_own(cu, e, c)); /* warm-up */
-        mt_status status = run_cudnn(cu, e, c);
-        float own_ms = 0.0f, cudnn_ms = 0.0f;
-        if (status == MT_OK) {
-            MT_TRY(time_impl(cu, e, c, IMPL_OWN, &own_ms));
-            MT_TRY(time_impl(cu, e, c, IMPL_CUDNN, &cudnn_ms));
-            *impl = cudnn_ms < own_ms ? IMPL_CUDNN : IMPL_OWN;
-            cuda_debug(cu, "depthwise %s N%d %dx%dx%d k%d s%d: own %.3f ms, cuDNN %.3f ms -> %s",
-                       pass_names[c->pass], g->n, g->h, g->w, g->cin, g->k, g->stride, own_ms / 3,
-                       cudnn_ms / 3, *impl == IMPL_CUDNN ? "cuDNN" : "own");
-        } else {
-            cuda_debug(cu, "depthwise %s N%d %dx%dx%d: cuDNN failed (%s) -> own",
-                       pass_names[c->pass], g->n, g->h, g->w, g->cin, mt_last_error());
-            mt_clear_error();
-            *impl = IMPL_OWN;
-        }
+        MT_TRY(time_both(cu, e, c, IMPL_OWN, "depthwise", impl));
     }
     return run_impl(cu, e, c, *impl);
 }

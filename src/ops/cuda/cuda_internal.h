@@ -78,6 +78,7 @@ typedef struct cuda_backend {
     bool allow_tf32;    /* MT_CUDA_TF32=1: cuDNN/cuBLAS may use TF32 (off: exact fp32 FMA math) */
     bool debug;         /* MT_CUDA_DEBUG=1: log choices to stderr */
     int depthwise_mode; /* MT_CUDA_DEPTHWISE: 0 auto (time both), 1 own kernels, 2 cuDNN */
+    int pointwise_mode; /* MT_CUDA_POINTWISE: 0 auto (time both), 1 cuBLAS GEMM, 2 cuDNN */
     cuda_pool pool;
     cuda_scratch workspace;  /* cuDNN workspace shared by every convolution */
     size_t workspace_limit;  /* algorithms needing more are skipped */
