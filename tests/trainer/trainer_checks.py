@@ -383,26 +383,50 @@ SLURM_LOCAL = os.path.join(os.environ.get("MT_SHARED_DIR", os.path.join(SOURCE, 
 
 
 def slurm_job(tmp, name, body_lines=()):
-    """launch/slurm/train.sbatch as shipped, minus --gpus-per-task (this cluster has no GPUs),
-    plus optional lines run before it in the same job."""
-    with open(os.path.join(SOURCE, "launch", "slurm", "train.sbatch")) as f:
-        script = [line for line in f.read().splitlines() if "--gpus-per-task" not in line]
-    train = os.path.join(tmp, "train.sbatch")
-    with open(train, "w") as f:
-        f.write("\n".join(script) + "\n")
+    """launch/slurm/train-cpu.sbatch as shipped (the README's Slurm line), or, with body_lines, a
+    job with its #SBATCH header that runs those lines and then the shipped file."""
+    shipped = os.path.join(SOURCE, "launch", "slurm", "train-cpu.sbatch")
     if not body_lines:
-        return train
-    header = [line for line in script if line.startswith("#!") or line.startswith("#SBATCH")]
+        return shipped
+    with open(shipped) as f:
+        header = [line for line in f.read().splitlines()
+                  if line.startswith("#!") or line.startswith("#SBATCH")]
     job = os.path.join(tmp, name + ".sbatch")
+    # (from a job file outside the repository, the shipped file cannot find it by itself)
+    body = list(body_lines) + [f"export MT_ROOT={SOURCE}", f"bash {shipped}"]
     with open(job, "w") as f:
-        f.write("\n".join(header + list(body_lines) + [f"bash {train}"]) + "\n")
+        f.write("\n".join(header + body) + "\n")
     return job
+
+
+def free_port_pair():
+    """A port P with P and P + 1 free (slurmctld and slurmd): another Slurm test running at the
+    same time on this machine must not make this one fail."""
+    import socket
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port > 65000:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    fail("no free pair of ports for the local Slurm")
 
 
 def slurm_run(job, config, env=None, expect=0):
     if not os.path.exists(SLURM_LOCAL):
         skip(f"{SLURM_LOCAL} is absent (../shared/tools)")
-    full = {"MT_ROOT": SOURCE, "MT_BIN": MOBILETUNE, "MT_CONFIG": config}
+    # MT_ROOT is left to the job script, which finds the repository from its own path
+    # The job log goes next to the config (sbatch reads SBATCH_OUTPUT over the file's --output),
+    # never into launch/slurm/, where slurm_local.sh submits the shipped file from.
+    full = {"MT_BIN": MOBILETUNE, "MT_CONFIG": config,
+            "SBATCH_OUTPUT": os.path.join(os.path.dirname(config), "slurm-%j.out"),
+            "SLURM_LOCAL_PORT": str(free_port_pair())}
     full.update(env or {})
     result = run(["bash", SLURM_LOCAL, job, "300"], env=full, expect=None)
     if result.returncode == 2 and "cluster did not come up" in result.output or \
@@ -415,7 +439,7 @@ def slurm_run(job, config, env=None, expect=0):
 
 
 def case_slurm(data, tmp):
-    """train.sbatch under srun --mpi=pmix with 2 ranks: a run to the end; then a run that Slurm
+    """train-cpu.sbatch under srun --mpi=pmix with 2 ranks: a run to the end; then a run that Slurm
     signals (scancel --signal=TERM, as on pre-emption) after its first epoch, which must
     checkpoint and exit 0, and a resubmission that resumes and finishes; then an injected fault
     on rank 1 that must fail the job quickly with the rank named."""
