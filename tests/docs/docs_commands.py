@@ -108,6 +108,9 @@ def check_options(where, program, args, allowed):
 
 
 def check_command(where, words, programs):
+    # `VAR=value program ...`: the environment for the program, which is checked as usual
+    while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+        words = words[1:]
     if not words:
         return
     program, args = words[0], words[1:]
