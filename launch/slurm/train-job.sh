@@ -10,9 +10,9 @@
 # $MT_ROOT/build/mobiletune), MT_CONFIG (default the tutorial's frozen run), MT_ARGS (more
 # arguments for `mobiletune train`, e.g. "--set train.epochs=20").
 #
-# gpu: every task got one GPU from Slurm (--gpus-per-task=1) and the run uses train.backend=cuda.
-# The trainer picks GPU = local rank modulo the visible devices, which is that task's GPU whether
-# Slurm shows each task only its own GPU or all the GPUs of the node, so nothing here sets
+# gpu: the job holds one GPU per task on each node and the run uses train.backend=cuda. The
+# trainer picks GPU = local rank modulo the visible devices, which gives each rank its own GPU
+# whether Slurm shows a task all the node's GPUs or only its own, so nothing here sets
 # CUDA_VISIBLE_DEVICES.
 # cpu: no GPU is reserved, so a config (or MT_ARGS) that asks for the cuda backend is refused here,
 # before any rank starts: on a GPU node it would use GPUs that other jobs own.
@@ -66,6 +66,14 @@ if [ "$kind" = gpu ]; then
   extra="--set train.backend=cuda"
   # NCCL's warnings (a bad fabric, a fallback to sockets) belong in the job log.
   export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+  # One GPU per rank needs as many GPUs as ranks on each node (SLURM_GPUS_PER_NODE may read
+  # "type:8"); fewer means ranks share GPUs, which works over MPI only, and slowly.
+  gpus=${SLURM_GPUS_PER_NODE:-}; gpus=${gpus##*:}
+  tasks=${SLURM_NTASKS_PER_NODE:-}
+  if [[ "$gpus" =~ ^[0-9]+$ && "$tasks" =~ ^[0-9]+$ ]] && [ "$gpus" -lt "$tasks" ]; then
+    echo "$script: warning: $tasks ranks per node share $gpus GPUs: ask --gpus-per-node=$tasks" \
+         "(or fewer --ntasks-per-node) for one GPU per rank" >&2
+  fi
 else
   backend=$(backend_of)
   if [ "$backend" = cuda ]; then
@@ -77,7 +85,7 @@ fi
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 
 echo "$script: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}), ${SLURM_NTASKS:-1} ranks on" \
-     "${SLURM_JOB_NUM_NODES:-1} node(s)${SLURM_GPUS_PER_TASK:+, ${SLURM_GPUS_PER_TASK} GPU per rank}"
+     "${SLURM_JOB_NUM_NODES:-1} node(s)${SLURM_GPUS_PER_NODE:+, GPUs per node: $SLURM_GPUS_PER_NODE}"
 # --kill-on-bad-exit: a rank that fails or dies takes the whole step down, never a hang.
 # shellcheck disable=SC2086
 exec srun --mpi=pmix --kill-on-bad-exit=1 "$MT_BIN" train --config "$MT_CONFIG" --resume auto \

@@ -6,12 +6,14 @@
   mpirun_gpu  launch/mpirun.sh --gpu-per-rank with real Open MPI ranks: each rank sees the entry
               local-rank modulo count of the given GPUs; no GPU at all is a clear error; --dry-run
               passes NCCL_*, MT_* and CUDA_VISIBLE_DEVICES on to every rank.
-  slurm_gpu   on a real one-node Slurm without GPUs (../shared/tools/slurm_local.sh), one job that
+  slurm_gpu   the files' requests (GPUs per node = tasks per node; none for the CPU file); then on
+              a real one-node Slurm without GPUs (../shared/tools/slurm_local.sh), one job that
               submits the README's scripts with `sbatch --test-only`: train-cpu.sbatch is
               accepted, train-gpu.sbatch is refused for its GPU request, launch/slurm/submit.sh
               picks the script from the backend and explains the refusal; the CPU script refuses
-              a cuda run before any rank starts; the GPU script's body starts its ranks with
-              train.backend = cuda (which fail here, quickly, for want of a GPU).
+              a cuda run before any rank starts; the GPU script's body warns when ranks would
+              share GPUs and starts its ranks with train.backend = cuda (which fail here,
+              quickly, for want of a GPU).
 
 (The 2-rank train / SIGTERM -> checkpoint -> resume / rank failure runs of train-cpu.sbatch are
 tests/trainer's trainer_slurm.)
@@ -128,11 +130,37 @@ SLURM_CHECKS = [
     ("submit_cuda", 'MT_ARGS="--set train.backend=cuda" launch/slurm/submit.sh --test-only'),
     ("cpu_refuses_cuda_args", 'MT_ARGS="--set train.backend=cuda" bash launch/slurm/train-cpu.sbatch'),
     ("cpu_refuses_cuda_config", 'MT_CONFIG="$CUDA_CONFIG" bash launch/slurm/train-cpu.sbatch'),
+    # as if the job held one GPU for its two tasks, in Slurm's "type:count" form (srun reads the
+    # variable too, and asks this GPU-less node for it in vain: only the warning is checked)
+    ("gpu_shared", "SLURM_GPUS_PER_NODE=h200:1 bash launch/slurm/train-gpu.sbatch"),
     ("gpu_body", "bash launch/slurm/train-gpu.sbatch"),
 ]
 
 
+def sbatch_requests(name):
+    """The #SBATCH options of a shipped job file, as {option: value}."""
+    requests = {}
+    with open(os.path.join(SLURM_DIR, name)) as f:
+        for line in f:
+            found = re.match(r"^#SBATCH\s+(--[\w-]+)(?:=(\S+))?", line)
+            if found:
+                requests[found.group(1)] = found.group(2)
+    return requests
+
+
 def case_slurm_gpu(tmp):
+    # What the files ask for: the CPU one no GPU at all; the GPU one a GPU for each task of a node
+    # (the trainer's local-rank rule then gives each rank its own) and no --gpus-per-task, which
+    # Slurm accepts only with a total task count, so `sbatch --nodes=2` would not do.
+    cpu, gpu = sbatch_requests("train-cpu.sbatch"), sbatch_requests("train-gpu.sbatch")
+    if any("gpu" in option or option == "--gres" for option in cpu):
+        fail(f"train-cpu.sbatch asks for GPUs: {cpu}")
+    if gpu.get("--gpus-per-node") != gpu.get("--ntasks-per-node") or "--gpus-per-task" in gpu \
+            or "--ntasks" in gpu or not gpu.get("--gpus-per-node"):
+        fail(f"train-gpu.sbatch should ask --gpus-per-node = --ntasks-per-node and no task total: "
+             f"{gpu}")
+    print(f"train-gpu.sbatch asks {gpu['--ntasks-per-node']} tasks and "
+          f"{gpu['--gpus-per-node']} GPUs per node; train-cpu.sbatch no GPU")
     if not os.path.exists(SLURM_LOCAL):
         skip(f"{SLURM_LOCAL} is absent (../shared/tools)")
     if not os.path.exists(MOBILETUNE):
@@ -183,10 +211,12 @@ def case_slurm_gpu(tmp):
            "--set train.backend=cpu")
     expect("cpu_refuses_cuda_args", False, "reserves no GPUs", "train-gpu.sbatch")
     expect("cpu_refuses_cuda_config", False, "reserves no GPUs", "train-gpu.sbatch")
+    expect("gpu_shared", False, "2 ranks per node share 1 GPUs", "--gpus-per-node=2")
     # The GPU script's body in this GPU-less allocation: both ranks start through srun with the
     # cuda backend, which has no device here, and the job step ends non-zero.
     rc, output = checks["gpu_body"]
-    if rc == 0 or "train-gpu.sbatch: job" not in output or "cuda" not in output.lower():
+    if rc == 0 or "train-gpu.sbatch: job" not in output or "cuda" not in output.lower() or \
+            "share" in output:
         fail(f"gpu_body: the GPU script's body should start the cuda run and fail here:\n{output}")
     print(f"gpu_body: exit {rc}: " + " | ".join(l for l in output.splitlines()
                                                   if "cuda" in l.lower())[:200])
