@@ -25,6 +25,7 @@ typedef enum mt_comm_kind {
 } mt_comm_kind;
 
 typedef struct mt_comm mt_comm;
+typedef struct mt_backend mt_backend; /* ops.h */
 
 typedef struct mt_comm_info {
     mt_comm_kind kind;
@@ -59,6 +60,14 @@ mt_status mt_comm_broadcast(mt_comm *comm, void *buffer, size_t bytes, int root)
 /* Gather `bytes` from every rank into `out` (world_size * bytes, rank order), on every rank. */
 mt_status mt_comm_allgather(mt_comm *comm, const void *send, void *out, size_t bytes);
 mt_status mt_comm_barrier(mt_comm *comm);
+
+/* The same on buffers in a backend's memory (comm_backend.c): callers pass the backend and never
+ * look at where the buffer lives; the communicator stages through the backend's upload/download
+ * when it cannot reach that memory itself. No-ops on one rank. */
+mt_status mt_comm_broadcast_backend(mt_comm *comm, mt_backend *backend, void *buffer,
+                                    size_t bytes, int root);
+mt_status mt_comm_allreduce_mean_f32_backend(mt_comm *comm, mt_backend *backend, float *buffer,
+                                             size_t count);
 
 /* Take every rank down with `message` on stderr (prefixed with the rank): MPI_Abort under MPI,
  * exit(code) otherwise. For fatal errors: a rank that simply returned would leave the others

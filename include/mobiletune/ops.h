@@ -90,6 +90,27 @@ typedef struct mt_loss_desc {
     int classes; /* 1: sigmoid binary cross-entropy on one logit; >1: softmax cross-entropy */
 } mt_loss_desc;
 
+/* One optimizer step (the update rules and their Keras semantics are in optimizer.h): fp32, on
+ * the trainable buffer in place. The learning rate and the iteration count are host scalars given
+ * per call; the state ("slots") is backend memory, slot after slot, `count` floats each:
+ *   RMSPROP  velocity, then momentum when momentum > 0
+ *   SGD      momentum when momentum != 0 (no slot otherwise)
+ *   ADAM     momentum, then velocity */
+typedef enum mt_update_rule {
+    MT_UPDATE_RMSPROP = 0, /* the values of mt_optimizer_kind (optimizer.h) */
+    MT_UPDATE_SGD,
+    MT_UPDATE_ADAM,
+} mt_update_rule;
+
+typedef struct mt_optimizer_desc {
+    mt_update_rule rule;
+    size_t count;        /* parameters */
+    float lr;            /* this step's rate (>= 0) */
+    uint64_t iterations; /* steps taken before this one: Adam's bias correction uses t = it + 1 */
+    float rho, momentum, epsilon, beta_1, beta_2, weight_decay;
+    bool nesterov;
+} mt_optimizer_desc;
+
 typedef struct mt_backend mt_backend;
 
 typedef struct mt_backend_options {
@@ -99,8 +120,9 @@ typedef struct mt_backend_options {
 
 typedef struct mt_ops {
     const char *name;
-    /* true when buffers live in device memory the host cannot touch (cuda): the trainer then
-     * stages host-side work (MPI, checkpoints) through upload/download */
+    /* true when buffers live in memory the host cannot touch (cuda; the reference backend's
+     * guarded mode). Only src/comm looks at it (to stage MPI through upload/download): every
+     * other module reaches backend memory through upload/download whatever the backend. */
     bool device_memory;
 
     /* ---- lifetime and memory ---- */
@@ -116,6 +138,8 @@ typedef struct mt_ops {
     mt_status (*tensor_from_nhwc)(mt_backend *backend, const float *host_src, mt_tensor *dst);
     mt_status (*tensor_to_nhwc)(mt_backend *backend, const mt_tensor *src, float *host_dst);
     mt_status (*synchronize)(mt_backend *backend);
+    /* dst = src: `bytes` from one backend buffer to another (not overlapping) */
+    mt_status (*buffer_copy)(mt_backend *backend, void *dst, const void *src, size_t bytes);
 
     /* ---- elementwise on tensors of equal shape ---- */
     mt_status (*tensor_zero)(mt_backend *backend, mt_tensor *tensor);
@@ -197,6 +221,13 @@ typedef struct mt_ops {
                                        const float *logits, const int32_t *labels,
                                        float *loss_host, float *dlogits);
 
+    /* ---- the optimizer ---- */
+    /* params[count] -= update(grads[count]) per desc (see mt_optimizer_desc for the slots'
+     * layout); params, grads and slots in backend memory. slots may be NULL when the rule has
+     * none (SGD without momentum). */
+    mt_status (*optimizer_update)(mt_backend *backend, const mt_optimizer_desc *desc,
+                                  float *params, const float *grads, float *slots);
+
     /* ---- optional fused ops (NULL when a backend lacks them; callers fall back to the
      * separate ops) ---- */
     /* y = relu6(batchnorm_inference(conv(x, w))) in one pass (without the relu6 when `relu6`
@@ -243,6 +274,9 @@ const char *const *mt_backend_names(void);
 /* The tables, for tests that want one directly. */
 extern const mt_ops mt_ops_reference;
 extern const mt_ops mt_ops_cpu;
+/* The reference backend in "guarded device" mode (ops/reference/guarded.c): what
+ * mt_backend_create("reference") gives when MT_REFERENCE_GUARDED=1 is set. */
+extern const mt_ops mt_ops_reference_guarded;
 
 #ifdef __cplusplus
 }

@@ -10,8 +10,10 @@
  *             else           p -= lr*g
  *   Adam:     t = iterations + 1;  a = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
  *             m += (g - m)*(1-beta_1);  v += (g^2 - v)*(1-beta_2);  p -= m*a / (sqrt(v) + eps)
- * All arithmetic is float32, as Keras does it on float32 variables. The state ("slots") is
- * zero-initialized and lives in one array of slot_count * count floats, slot after slot. */
+ * All arithmetic is float32, as Keras does it on float32 variables. The update is the backend's
+ * optimizer_update op (ops.h; every backend applies ops/optimizer_update.h per element) on the
+ * trainable buffer in place. The state ("slots") is zero-initialized backend memory, one array
+ * of slot_count * count floats, slot after slot; only the iteration count lives on the host. */
 #ifndef MOBILETUNE_OPTIMIZER_H
 #define MOBILETUNE_OPTIMIZER_H
 
@@ -19,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mobiletune/ops.h"
 #include "mobiletune/status.h"
 
 #ifdef __cplusplus
@@ -52,10 +55,11 @@ enum { MT_OPTIMIZER_MAX_SLOTS = 2 };
 
 typedef struct mt_optimizer {
     mt_optimizer_params params;
+    mt_backend *backend;                            /* where the state lives and the step runs */
     size_t count;                                   /* parameters */
     int slot_count;                                 /* state arrays of `count` floats each */
     const char *slot_names[MT_OPTIMIZER_MAX_SLOTS]; /* Keras' names: "velocity", "momentum" ... */
-    float *state;        /* slot_count * count floats, slot s at state + s*count */
+    float *state;        /* slot_count * count floats in backend memory, slot s at state + s*count */
     uint64_t iterations; /* steps taken (Keras' optimizer.iterations) */
 } mt_optimizer;
 
@@ -64,19 +68,23 @@ typedef struct mt_optimizer {
 int mt_optimizer_slot_count(const mt_optimizer_params *params);
 
 /* Validate the parameters (ranges as Keras accepts them) and allocate zeroed state for `count`
- * parameters. */
-mt_status mt_optimizer_init(mt_optimizer *optimizer, const mt_optimizer_params *params,
-                            size_t count);
+ * parameters in `backend`'s memory (the backend must outlive the optimizer). */
+mt_status mt_optimizer_init(mt_optimizer *optimizer, mt_backend *backend,
+                            const mt_optimizer_params *params, size_t count);
 void mt_optimizer_free(mt_optimizer *optimizer);
 
-/* Slot `slot`'s array (count floats), for checkpoints. */
+/* Slot `slot`'s array (count floats, backend memory: copy it with the backend's upload/download,
+ * or mt_optimizer_slot_download/upload). NULL for a slot the optimizer does not have. */
 float *mt_optimizer_slot(mt_optimizer *optimizer, int slot);
+mt_status mt_optimizer_slot_download(mt_optimizer *optimizer, int slot, float *host);
+mt_status mt_optimizer_slot_upload(mt_optimizer *optimizer, int slot, const float *host);
 
 /* Zero the state and the iteration count. */
-void mt_optimizer_reset(mt_optimizer *optimizer);
+mt_status mt_optimizer_reset(mt_optimizer *optimizer);
 
-/* One update of params[count] with grads[count] at rate `lr` (host memory; OpenMP over the
- * array), then iterations += 1. count must equal the count given to init. */
+/* One update of params[count] with grads[count] (both backend memory) at rate `lr` by the
+ * backend's optimizer_update op, then iterations += 1. count must equal the count given to
+ * init. */
 mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float *grads,
                             size_t count, float lr);
 

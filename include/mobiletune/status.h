@@ -57,7 +57,11 @@ void mt_clear_error(void);
     do {                                                                                           \
         if (!(cond)) mt_assert_failed(#cond, __FILE__, __LINE__);                                  \
     } while (0)
+#ifdef __cplusplus /* C++ (nvcc, the kernel emulation) spells _Noreturn its own way */
+[[noreturn]] void mt_assert_failed(const char *condition, const char *file, int line);
+#else
 _Noreturn void mt_assert_failed(const char *condition, const char *file, int line);
+#endif
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,8 @@
 /* RMSprop, SGD and Adam with Keras 3's update rules on one flat float array, and the learning-rate
- * schedules. The formulas are in optimizer.h; the order of the float operations below follows
- * Keras' code so that results agree with tf.keras to float rounding. */
+ * schedules. The formulas are in optimizer.h; the update itself is the backend's optimizer_update
+ * op (ops/optimizer_update.h follows Keras' order of float operations so that results agree with
+ * tf.keras to float rounding). This file keeps the bookkeeping: parameters, slots in backend
+ * memory, the iteration count, checkpoints. */
 #include "mobiletune/optimizer.h"
 
 #include <errno.h>
@@ -12,8 +14,10 @@
 
 #include "mobiletune/checkpoint.h"
 
-/* Threads pay off only on big arrays: the frozen head is 1,281 floats. */
-enum { PARALLEL_MIN = 1 << 15 };
+_Static_assert((int)MT_OPTIMIZER_RMSPROP == (int)MT_UPDATE_RMSPROP &&
+                   (int)MT_OPTIMIZER_SGD == (int)MT_UPDATE_SGD &&
+                   (int)MT_OPTIMIZER_ADAM == (int)MT_UPDATE_ADAM,
+               "optimizer kinds and the ops' update rules share their values");
 
 mt_optimizer_params mt_optimizer_params_default(mt_optimizer_kind kind) {
     return (mt_optimizer_params){
@@ -59,8 +63,8 @@ static mt_status check_unit(const char *name, float value, bool closed_top) {
     return MT_OK;
 }
 
-mt_status mt_optimizer_init(mt_optimizer *optimizer, const mt_optimizer_params *params,
-                            size_t count) {
+mt_status mt_optimizer_init(mt_optimizer *optimizer, mt_backend *backend,
+                            const mt_optimizer_params *params, size_t count) {
     memset(optimizer, 0, sizeof *optimizer);
     if (params->kind != MT_OPTIMIZER_RMSPROP && params->kind != MT_OPTIMIZER_SGD &&
         params->kind != MT_OPTIMIZER_ADAM)
@@ -74,7 +78,11 @@ mt_status mt_optimizer_init(mt_optimizer *optimizer, const mt_optimizer_params *
     if (!isfinite(params->epsilon) || params->epsilon <= 0.0f)
         return MT_FAIL(MT_ERR_INVALID, "optimizer epsilon = %g must be > 0 (Keras: 1e-7)",
                        (double)params->epsilon);
+    if (!backend->ops->optimizer_update)
+        return MT_FAIL(MT_ERR_INVALID, "backend '%s' has no optimizer_update op",
+                       backend->ops->name);
     optimizer->params = *params;
+    optimizer->backend = backend;
     optimizer->count = count;
     optimizer->slot_count = mt_optimizer_slot_count(params);
     switch (params->kind) {
@@ -92,15 +100,18 @@ mt_status mt_optimizer_init(mt_optimizer *optimizer, const mt_optimizer_params *
     }
     size_t total = (size_t)optimizer->slot_count * count;
     if (total > 0) {
-        optimizer->state = calloc(total, sizeof(float));
-        if (!optimizer->state)
-            return MT_FAIL(MT_ERR_NOMEM, "optimizer state: cannot allocate %zu floats", total);
+        mt_status status = backend->ops->buffer_alloc(backend, total * sizeof(float),
+                                                      (void **)&optimizer->state);
+        if (status != MT_OK) {
+            optimizer->state = NULL;
+            return mt_error_context(status, "optimizer state: %zu floats", total);
+        }
     }
     return MT_OK;
 }
 
 void mt_optimizer_free(mt_optimizer *optimizer) {
-    free(optimizer->state);
+    if (optimizer->state) optimizer->backend->ops->buffer_free(optimizer->backend, optimizer->state);
     memset(optimizer, 0, sizeof *optimizer);
 }
 
@@ -109,65 +120,32 @@ float *mt_optimizer_slot(mt_optimizer *optimizer, int slot) {
     return optimizer->state + (size_t)slot * optimizer->count;
 }
 
-void mt_optimizer_reset(mt_optimizer *optimizer) {
-    if (optimizer->state)
-        memset(optimizer->state, 0,
-               (size_t)optimizer->slot_count * optimizer->count * sizeof(float));
+mt_status mt_optimizer_slot_download(mt_optimizer *optimizer, int slot, float *host) {
+    float *state = mt_optimizer_slot(optimizer, slot);
+    if (!state) return MT_FAIL(MT_ERR_INVALID, "optimizer has no slot %d", slot);
+    return optimizer->backend->ops->download(optimizer->backend, host, state,
+                                             optimizer->count * sizeof(float));
+}
+
+mt_status mt_optimizer_slot_upload(mt_optimizer *optimizer, int slot, const float *host) {
+    float *state = mt_optimizer_slot(optimizer, slot);
+    if (!state) return MT_FAIL(MT_ERR_INVALID, "optimizer has no slot %d", slot);
+    return optimizer->backend->ops->upload(optimizer->backend, state, host,
+                                           optimizer->count * sizeof(float));
+}
+
+mt_status mt_optimizer_reset(mt_optimizer *optimizer) {
+    size_t total = (size_t)optimizer->slot_count * optimizer->count;
+    if (total) {
+        float *zeros = calloc(total, sizeof *zeros);
+        if (!zeros) return MT_FAIL(MT_ERR_NOMEM, "out of memory resetting the optimizer");
+        mt_status status = optimizer->backend->ops->upload(optimizer->backend, optimizer->state,
+                                                           zeros, total * sizeof *zeros);
+        free(zeros);
+        MT_TRY(status);
+    }
     optimizer->iterations = 0;
-}
-
-/* Keras applies the decay before the update, with the same rate. */
-static void apply_weight_decay(float *p, size_t n, float wd, float lr) {
-#pragma omp parallel for simd if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        p[i] = p[i] - p[i] * wd * lr;
-}
-
-static void rmsprop_step(float *p, const float *g, float *v, float *m, size_t n, float lr,
-                         float rho, float momentum, float eps) {
-    const float one_minus_rho = 1.0f - rho;
-#pragma omp parallel for simd if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float vi = rho * v[i] + one_minus_rho * (g[i] * g[i]);
-        v[i] = vi;
-        float increment = (lr * g[i]) / sqrtf(vi + eps);
-        if (m) {
-            float mi = momentum * m[i] + increment;
-            m[i] = mi;
-            p[i] -= mi;
-        } else {
-            p[i] -= increment;
-        }
-    }
-}
-
-static void sgd_step(float *p, const float *g, float *m, size_t n, float lr, float momentum,
-                     bool nesterov) {
-    if (!m) {
-#pragma omp parallel for simd if (n >= PARALLEL_MIN)
-        for (size_t i = 0; i < n; i++)
-            p[i] -= g[i] * lr;
-        return;
-    }
-#pragma omp parallel for simd if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float mi = m[i] * momentum - g[i] * lr;
-        m[i] = mi;
-        p[i] += nesterov ? mi * momentum - g[i] * lr : mi;
-    }
-}
-
-static void adam_step(float *p, const float *g, float *m, float *v, size_t n, float alpha,
-                      float beta_1, float beta_2, float eps) {
-    const float one_minus_b1 = 1.0f - beta_1, one_minus_b2 = 1.0f - beta_2;
-#pragma omp parallel for simd if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float mi = m[i] + (g[i] - m[i]) * one_minus_b1;
-        float vi = v[i] + (g[i] * g[i] - v[i]) * one_minus_b2;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= (mi * alpha) / (sqrtf(vi) + eps);
-    }
+    return MT_OK;
 }
 
 mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float *grads,
@@ -180,27 +158,14 @@ mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float 
         return MT_FAIL(MT_ERR_INVALID, "optimizer step: learning rate %g must be finite and >= 0",
                        (double)lr);
     const mt_optimizer_params *hp = &optimizer->params;
-    if (hp->weight_decay > 0.0f) apply_weight_decay(params, count, hp->weight_decay, lr);
-    switch (hp->kind) {
-    case MT_OPTIMIZER_RMSPROP:
-        rmsprop_step(params, grads, mt_optimizer_slot(optimizer, 0),
-                     mt_optimizer_slot(optimizer, 1), count, lr, hp->rho, hp->momentum,
-                     hp->epsilon);
-        break;
-    case MT_OPTIMIZER_SGD:
-        sgd_step(params, grads, mt_optimizer_slot(optimizer, 0), count, lr, hp->momentum,
-                 hp->nesterov);
-        break;
-    case MT_OPTIMIZER_ADAM: {
-        /* Keras computes the powers and alpha on float32 scalars. */
-        float t = (float)(optimizer->iterations + 1);
-        float b1_power = powf(hp->beta_1, t), b2_power = powf(hp->beta_2, t);
-        float alpha = lr * sqrtf(1.0f - b2_power) / (1.0f - b1_power);
-        adam_step(params, grads, mt_optimizer_slot(optimizer, 0), mt_optimizer_slot(optimizer, 1),
-                  count, alpha, hp->beta_1, hp->beta_2, hp->epsilon);
-        break;
-    }
-    }
+    mt_optimizer_desc desc = {
+        .rule = (mt_update_rule)hp->kind, .count = count, .lr = lr,
+        .iterations = optimizer->iterations, .rho = hp->rho, .momentum = hp->momentum,
+        .epsilon = hp->epsilon, .beta_1 = hp->beta_1, .beta_2 = hp->beta_2,
+        .weight_decay = hp->weight_decay, .nesterov = hp->nesterov,
+    };
+    MT_TRY(optimizer->backend->ops->optimizer_update(optimizer->backend, &desc, params, grads,
+                                                     optimizer->state));
     optimizer->iterations++;
     return MT_OK;
 }
@@ -210,12 +175,19 @@ mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float 
 
 mt_status mt_optimizer_save(const mt_optimizer *optimizer, mt_checkpoint *checkpoint) {
     char name[64];
-    for (int s = 0; s < optimizer->slot_count; s++) {
+    float *host = optimizer->slot_count ? malloc(optimizer->count * sizeof *host + 1) : NULL;
+    if (optimizer->slot_count && !host)
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory saving the optimizer");
+    mt_status status = MT_OK;
+    for (int s = 0; status == MT_OK && s < optimizer->slot_count; s++) {
         snprintf(name, sizeof name, "optimizer/%s", optimizer->slot_names[s]);
         uint64_t shape[1] = {optimizer->count};
-        MT_TRY(mt_checkpoint_add(checkpoint, name, MT_CHECKPOINT_F32, 1, shape,
-                                 optimizer->state + (size_t)s * optimizer->count));
+        status = mt_optimizer_slot_download((mt_optimizer *)optimizer, s, host);
+        if (status == MT_OK)
+            status = mt_checkpoint_add(checkpoint, name, MT_CHECKPOINT_F32, 1, shape, host);
     }
+    free(host);
+    MT_TRY(status);
     char iterations[32];
     snprintf(iterations, sizeof iterations, "%" PRIu64, optimizer->iterations);
     MT_TRY(mt_checkpoint_set_meta(checkpoint, "optimizer",
@@ -252,11 +224,17 @@ mt_status mt_optimizer_load(mt_optimizer *optimizer, const mt_checkpoint *checkp
                            path, name, !t ? "is missing" : "has another size or dtype",
                            optimizer->count);
     }
-    for (int s = 0; s < optimizer->slot_count; s++) {
+    float *host = optimizer->slot_count ? malloc(optimizer->count * sizeof *host + 1) : NULL;
+    if (optimizer->slot_count && !host)
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory loading the optimizer");
+    mt_status status = MT_OK;
+    for (int s = 0; status == MT_OK && s < optimizer->slot_count; s++) {
         snprintf(name, sizeof name, "optimizer/%s", optimizer->slot_names[s]);
-        MT_TRY(mt_checkpoint_get_f32(checkpoint, name, mt_optimizer_slot(optimizer, s),
-                                     optimizer->count, 0, NULL));
+        status = mt_checkpoint_get_f32(checkpoint, name, host, optimizer->count, 0, NULL);
+        if (status == MT_OK) status = mt_optimizer_slot_upload(optimizer, s, host);
     }
+    free(host);
+    MT_TRY(status);
     optimizer->iterations = iterations;
     return MT_OK;
 }

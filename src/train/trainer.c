@@ -77,36 +77,14 @@ static fault_kind fault_at(const trainer *t, uint64_t step) {
 
 /* ---- moving buffers between ranks ----------------------------------------------------------- */
 
-/* Run `op` on a backend buffer in place, staged through host memory when the backend's memory is
- * not the host's. */
-static mt_status with_host_copy(trainer *t, float *buffer, size_t count,
-                                mt_status (*op)(trainer *, float *, size_t)) {
-    if (!t->backend->ops->device_memory) return op(t, buffer, count);
-    float *host = malloc(count * sizeof *host);
-    if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory staging %zu floats", count);
-    mt_status status = t->backend->ops->download(t->backend, host, buffer, count * sizeof *host);
-    if (status == MT_OK) status = op(t, host, count);
-    if (status == MT_OK)
-        status = t->backend->ops->upload(t->backend, buffer, host, count * sizeof *host);
-    free(host);
-    return status;
-}
-
-static mt_status broadcast_op(trainer *t, float *host, size_t count) {
-    return mt_comm_broadcast(t->comm, host, count * sizeof *host, 0);
-}
-static mt_status mean_op(trainer *t, float *host, size_t count) {
-    return mt_comm_allreduce_mean_f32(t->comm, host, count);
-}
-
+/* Backend buffers go between ranks through src/comm, which knows how to reach the backend's
+ * memory; the trainer never does. */
 static mt_status broadcast_buffer(trainer *t, float *buffer, size_t count) {
-    if (t->who.world_size == 1 || count == 0) return MT_OK;
-    return with_host_copy(t, buffer, count, broadcast_op);
+    return mt_comm_broadcast_backend(t->comm, t->backend, buffer, count * sizeof *buffer, 0);
 }
 
 static mt_status average_buffer(trainer *t, float *buffer, size_t count) {
-    if (t->who.world_size == 1 || count == 0) return MT_OK;
-    return with_host_copy(t, buffer, count, mean_op);
+    return mt_comm_allreduce_mean_f32_backend(t->comm, t->backend, buffer, count);
 }
 
 /* BN moving statistics drift apart per replica during an epoch; average them so every rank
@@ -137,19 +115,17 @@ static mt_status replica_checksum(trainer *t, uint64_t *out) {
     mt_model_frozen(t->model, &buffers[1], &counts[1]);
     mt_model_state(t->model, &buffers[2], &counts[2]);
     uint64_t sum = 0;
-    for (int b = 0; b < 3; b++) {
+    mt_status status = MT_OK;
+    for (int b = 0; status == MT_OK && b < 3; b++) {
         if (counts[b] == 0) continue;
-        float *host = buffers[b];
-        if (t->backend->ops->device_memory) {
-            host = malloc(counts[b] * sizeof *host);
-            if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory for the replica checksum");
-            MT_TRY(t->backend->ops->download(t->backend, host, buffers[b], counts[b] * sizeof *host));
-        }
-        sum = mt_checksum64(host, counts[b] * sizeof *host, sum);
-        if (host != buffers[b]) free(host);
+        float *host = malloc(counts[b] * sizeof *host);
+        if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory for the replica checksum");
+        status = t->backend->ops->download(t->backend, host, buffers[b], counts[b] * sizeof *host);
+        if (status == MT_OK) sum = mt_checksum64(host, counts[b] * sizeof *host, sum);
+        free(host);
     }
     *out = sum;
-    return MT_OK;
+    return status;
 }
 
 /* Rank 0's weights and BN statistics go to every rank; then every rank compares its layout
@@ -310,16 +286,14 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
     if (fault == FAULT_CRASH) raise(SIGKILL);
     if (fault == FAULT_SIGNAL) raise(SIGUSR1);
 
-    /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore. */
-    float *state = NULL, *saved_state = NULL;
+    /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore, in
+     * backend memory (a device-side copy, no trip through the host). */
+    float *state = NULL;
     size_t state_count = 0;
-    if (c->train.nan_policy == MT_NAN_POLICY_SKIP) {
-        mt_model_state(t->model, &state, &state_count);
-        saved_state = malloc(state_count * sizeof *saved_state);
-        if (!saved_state) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
-        MT_TRY(t->backend->ops->download(t->backend, saved_state, state,
-                                         state_count * sizeof *saved_state));
-    }
+    mt_model_state(t->model, &state, &state_count);
+    if (t->state_backup)
+        MT_TRY(t->backend->ops->buffer_copy(t->backend, t->state_backup, state,
+                                            state_count * sizeof *state));
 
     uint64_t dropout_seed = mix64(mix64((uint64_t)c->train.seed ^ 0xD50Full) ^ step) ^
                             (uint64_t)t->who.rank;
@@ -332,10 +306,7 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
     const double reduce_start = now_seconds();
     if (status == MT_OK) status = all_reduce_gradients(t);
     totals->allreduce_seconds += now_seconds() - reduce_start;
-    if (status != MT_OK) {
-        free(saved_state);
-        return status;
-    }
+    if (status != MT_OK) return status;
     if (fault == FAULT_NAN) result.loss = NAN;
 
     /* Every rank must take the same decision: agree on "some rank saw a non-finite loss". */
@@ -351,8 +322,8 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
                              (unsigned long long)t->next_batch + 1);
         } else {
             totals->skipped++;
-            status = t->backend->ops->upload(t->backend, state, saved_state,
-                                             state_count * sizeof *saved_state);
+            status = t->backend->ops->buffer_copy(t->backend, state, t->state_backup,
+                                                  state_count * sizeof *state);
             say(t, "step %llu: non-finite loss, update skipped (train.nan_policy = skip)\n",
                 (unsigned long long)step);
         }
@@ -363,7 +334,6 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
         totals->correct += result.correct;
         totals->valid += result.valid;
     }
-    free(saved_state);
     return status;
 }
 
@@ -588,17 +558,20 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
                                           .device = t->who.local_rank};
     const char *backend_name = mt_config_enum_name("train", "backend", (int)c->train.backend);
     MT_TRY(mt_backend_create(backend_name, &backend_options, &t->backend));
-    if (t->backend->ops->device_memory)
-        return MT_FAIL(MT_ERR_INVALID, "backend '%s' keeps parameters in device memory and this "
-                       "build's optimizer steps host memory: use train.backend = cpu",
-                       backend_name);
     mt_model_config model_config = mt_config_model(c);
     MT_TRY(mt_model_create(t->backend, &model_config, (uint64_t)c->train.seed, &t->model));
     t->layout = mt_model_get_layout(t->model);
     t->layout_checksum = layout_checksum(t->layout);
     mt_model_trainable(t->model, &t->params, &t->grads, &t->trainable_count);
     mt_optimizer_params optimizer = mt_config_optimizer(c);
-    MT_TRY(mt_optimizer_init(&t->optimizer, &optimizer, t->trainable_count));
+    MT_TRY(mt_optimizer_init(&t->optimizer, t->backend, &optimizer, t->trainable_count));
+    if (c->train.nan_policy == MT_NAN_POLICY_SKIP) {
+        float *state;
+        size_t state_count;
+        mt_model_state(t->model, &state, &state_count);
+        MT_TRY(t->backend->ops->buffer_alloc(t->backend, state_count * sizeof *state + 1,
+                                             (void **)&t->state_backup));
+    }
     MT_TRY(open_outputs(t));
 
     /* Weights: a checkpoint to resume (everything), else the configured initial weights. */
@@ -679,6 +652,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
 static void tear_down(trainer *t) {
     mt_loader_close(t->train_loader);
     mt_optimizer_free(&t->optimizer);
+    if (t->state_backup) t->backend->ops->buffer_free(t->backend, t->state_backup);
     mt_model_destroy(t->model);
     mt_backend_destroy(t->backend);
     if (t->metrics) mt_metrics_close(t->metrics);

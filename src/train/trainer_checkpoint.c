@@ -51,12 +51,19 @@ mt_status trainer_save_checkpoint(trainer *t, const char *name) {
     mt_checkpoint *c = NULL;
     MT_TRY(mt_checkpoint_create(&c));
     mt_status status = add_model_tensors(c, t->model);
+    float *slot = NULL;
+    if (status == MT_OK && t->optimizer.slot_count > 0) {
+        slot = malloc(t->trainable_count * sizeof *slot + 1);
+        if (!slot) status = MT_FAIL(MT_ERR_NOMEM, "out of memory writing a checkpoint");
+    }
     for (int s = 0; status == MT_OK && s < t->optimizer.slot_count; s++) {
         char tensor[96];
         snprintf(tensor, sizeof tensor, "optimizer/%s", t->optimizer.slot_names[s]);
         int shape[1] = {(int)t->trainable_count};
-        status = mt_checkpoint_add_f32(c, tensor, 1, shape, mt_optimizer_slot(&t->optimizer, s));
+        status = mt_optimizer_slot_download(&t->optimizer, s, slot);
+        if (status == MT_OK) status = mt_checkpoint_add_f32(c, tensor, 1, shape, slot);
     }
+    free(slot);
     char *config_text = NULL;
     if (status == MT_OK) status = mt_config_to_ini(t->config, &config_text);
     char best[40], checksum[24];
@@ -152,12 +159,18 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path) {
                          t->trainable_count);
     int loaded = 0;
     if (status == MT_OK) status = load_model_tensors(c, t->model, true, &loaded);
+    float *slot = NULL;
+    if (status == MT_OK && t->optimizer.slot_count > 0) {
+        slot = malloc(t->trainable_count * sizeof *slot + 1);
+        if (!slot) status = MT_FAIL(MT_ERR_NOMEM, "out of memory reading a checkpoint");
+    }
     for (int s = 0; status == MT_OK && s < t->optimizer.slot_count; s++) {
         char tensor[96];
         snprintf(tensor, sizeof tensor, "optimizer/%s", t->optimizer.slot_names[s]);
-        status = mt_checkpoint_get_f32(c, tensor, mt_optimizer_slot(&t->optimizer, s),
-                                       t->trainable_count, 0, NULL);
+        status = mt_checkpoint_get_f32(c, tensor, slot, t->trainable_count, 0, NULL);
+        if (status == MT_OK) status = mt_optimizer_slot_upload(&t->optimizer, s, slot);
     }
+    free(slot);
     if (status == MT_OK) status = meta_u64(c, "epoch", &t->epoch);
     if (status == MT_OK) status = meta_u64(c, "next_batch", &t->next_batch);
     if (status == MT_OK) status = meta_u64(c, "global_step", &t->global_step);

@@ -20,6 +20,7 @@ typedef struct trainer {
     float *params, *grads; /* the trainable buffer and its gradients (backend memory) */
     size_t trainable_count;
     mt_optimizer optimizer;
+    float *state_backup; /* nan_policy = skip: the BN statistics before the step (backend memory) */
     mt_lr_schedule schedule;
     mt_loader *train_loader;
     uint64_t train_records;

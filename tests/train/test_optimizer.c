@@ -1,5 +1,7 @@
 /* Optimizer steps against values worked out from Keras 3's formulas (optimizer.h), three steps on
- * four numbers each, plus the schedules, the state bookkeeping and the threaded path.
+ * four numbers each, plus the schedules, the state bookkeeping and the cpu backend's threaded
+ * update against the reference's. The steps run on the reference backend (the oracle), whose
+ * memory is host memory: the arrays below are its buffers as they are.
  *
  * Also a helper for tests/train/keras_optimizers.py: `test_train_optimizer --case IN OUT` runs the
  * case the script wrote (the script compares the result with tf.keras on random arrays). */
@@ -12,6 +14,8 @@
 
 #include "test_util.h"
 
+static mt_backend *REF; /* the reference backend every optimizer here runs on, unless named */
+
 /* Three steps with these gradients from p0. */
 static const float p0[4] = {1.0f, -2.0f, 0.5f, 0.0f};
 static const float grads[3][4] = {
@@ -23,7 +27,7 @@ static const float grads[3][4] = {
 /* Run three steps at lr 0.1 and compare each step's parameters with want[step]. */
 static void check_steps(const char *what, mt_optimizer_params params, const float want[3][4]) {
     mt_optimizer opt;
-    mt_status status = mt_optimizer_init(&opt, &params, 4);
+    mt_status status = mt_optimizer_init(&opt, REF, &params, 4);
     CHECK_MSG(status == MT_OK, "%s: init: %s", what, mt_last_error());
     if (status != MT_OK) return;
     float p[4];
@@ -136,7 +140,7 @@ static void test_bookkeeping(void) {
     CHECK(mt_optimizer_slot_count(&rms) == 2 && mt_optimizer_slot_count(&sgd) == 1);
 
     mt_optimizer opt;
-    CHECK(mt_optimizer_init(&opt, &adam, 4) == MT_OK);
+    CHECK(mt_optimizer_init(&opt, REF, &adam, 4) == MT_OK);
     CHECK(strcmp(opt.slot_names[0], "momentum") == 0 && strcmp(opt.slot_names[1], "velocity") == 0);
     float p[4];
     memcpy(p, p0, sizeof p);
@@ -146,51 +150,74 @@ static void test_bookkeeping(void) {
     CHECK(opt.iterations == 0);
     CHECK(mt_optimizer_step(&opt, p, grads[0], 4, 0.1f) == MT_OK);
     CHECK(mt_optimizer_slot(&opt, 0)[0] != 0.0f && mt_optimizer_slot(&opt, 2) == NULL);
-    mt_optimizer_reset(&opt);
+    CHECK(mt_optimizer_reset(&opt) == MT_OK);
     CHECK(opt.iterations == 0 && mt_optimizer_slot(&opt, 1)[2] == 0.0f);
     mt_optimizer_free(&opt);
 
     mt_optimizer_params bad = mt_optimizer_params_default(MT_OPTIMIZER_RMSPROP);
     bad.rho = 1.0f;
-    CHECK(mt_optimizer_init(&opt, &bad, 4) == MT_ERR_INVALID);
+    CHECK(mt_optimizer_init(&opt, REF, &bad, 4) == MT_ERR_INVALID);
     CHECK(strstr(mt_last_error(), "rho") != NULL);
     bad = mt_optimizer_params_default(MT_OPTIMIZER_ADAM);
     bad.epsilon = 0.0f;
-    CHECK(mt_optimizer_init(&opt, &bad, 4) == MT_ERR_INVALID);
+    CHECK(mt_optimizer_init(&opt, REF, &bad, 4) == MT_ERR_INVALID);
     CHECK(strcmp(mt_optimizer_kind_name(MT_OPTIMIZER_SGD), "sgd") == 0);
 }
 
-/* The OpenMP path (big arrays) gives bit for bit what the serial path gives. */
-static void test_threaded_matches_serial(void) {
-    enum { N = 200000, CHUNK = 1000 };
-    float *p_big = malloc(N * sizeof(float)), *p_small = malloc(N * sizeof(float));
+/* The cpu backend's update (OpenMP over big arrays) gives the reference's bit for bit, for every
+ * rule: both apply the same per-element code (ops/optimizer_update.h) and elements are
+ * independent, so threads cannot change a result. Both backends keep host memory, so the arrays
+ * are passed as they are. */
+static void test_cpu_matches_reference(void) {
+    enum { N = 200000 };
+    mt_backend *cpu = NULL;
+    mt_backend_options options = {.num_threads = 2};
+    if (mt_backend_create("cpu", &options, &cpu) != MT_OK) {
+        printf("skipping the cpu comparison: %s\n", mt_last_error());
+        return;
+    }
+    float *p_cpu = malloc(N * sizeof(float)), *p_ref = malloc(N * sizeof(float));
     float *g = malloc(N * sizeof(float));
-    uint32_t state = 12345;
-    for (int i = 0; i < N; i++) {
-        state = state * 1664525u + 1013904223u;
-        p_big[i] = p_small[i] = (float)(state >> 8) / (float)(1 << 24) - 0.5f;
-        g[i] = p_big[i] * 0.3f - 0.01f;
+    mt_optimizer_params cases[5] = {
+        mt_optimizer_params_default(MT_OPTIMIZER_ADAM),
+        mt_optimizer_params_default(MT_OPTIMIZER_RMSPROP),
+        mt_optimizer_params_default(MT_OPTIMIZER_RMSPROP),
+        mt_optimizer_params_default(MT_OPTIMIZER_SGD),
+        mt_optimizer_params_default(MT_OPTIMIZER_SGD),
+    };
+    cases[0].weight_decay = 0.01f;
+    cases[2].momentum = 0.5f;
+    cases[3].momentum = 0.9f;
+    cases[4].momentum = 0.9f;
+    cases[4].nesterov = true;
+    for (int k = 0; k < 5; k++) {
+        uint32_t state = 12345;
+        for (int i = 0; i < N; i++) {
+            state = state * 1664525u + 1013904223u;
+            p_cpu[i] = p_ref[i] = (float)(state >> 8) / (float)(1 << 24) - 0.5f;
+            g[i] = p_cpu[i] * 0.3f - 0.01f;
+        }
+        mt_optimizer on_cpu, on_ref;
+        CHECK(mt_optimizer_init(&on_cpu, cpu, &cases[k], N) == MT_OK);
+        CHECK(mt_optimizer_init(&on_ref, REF, &cases[k], N) == MT_OK);
+        for (int step = 0; step < 3; step++) {
+            CHECK(mt_optimizer_step(&on_cpu, p_cpu, g, N, 1e-3f) == MT_OK);
+            CHECK(mt_optimizer_step(&on_ref, p_ref, g, N, 1e-3f) == MT_OK);
+        }
+        CHECK_MSG(memcmp(p_cpu, p_ref, N * sizeof(float)) == 0,
+                  "case %d (%s): the cpu backend's steps differ from the reference's", k,
+                  mt_optimizer_kind_name(cases[k].kind));
+        for (int s = 0; s < on_ref.slot_count; s++)
+            CHECK_MSG(memcmp(mt_optimizer_slot(&on_cpu, s), mt_optimizer_slot(&on_ref, s),
+                             N * sizeof(float)) == 0,
+                      "case %d: slot %s differs", k, on_ref.slot_names[s]);
+        mt_optimizer_free(&on_cpu);
+        mt_optimizer_free(&on_ref);
     }
-    mt_optimizer_params params = mt_optimizer_params_default(MT_OPTIMIZER_ADAM);
-    params.weight_decay = 0.01f;
-    mt_optimizer big;
-    mt_optimizer small[N / CHUNK];
-    CHECK(mt_optimizer_init(&big, &params, N) == MT_OK);
-    for (int c = 0; c < N / CHUNK; c++)
-        CHECK(mt_optimizer_init(&small[c], &params, CHUNK) == MT_OK);
-    for (int step = 0; step < 3; step++) {
-        CHECK(mt_optimizer_step(&big, p_big, g, N, 1e-3f) == MT_OK);
-        for (int c = 0; c < N / CHUNK; c++)
-            CHECK(mt_optimizer_step(&small[c], p_small + c * CHUNK, g + c * CHUNK, CHUNK, 1e-3f) ==
-                  MT_OK);
-    }
-    CHECK_MSG(memcmp(p_big, p_small, N * sizeof(float)) == 0, "threaded and serial steps differ");
-    mt_optimizer_free(&big);
-    for (int c = 0; c < N / CHUNK; c++)
-        mt_optimizer_free(&small[c]);
-    free(p_big);
-    free(p_small);
+    free(p_cpu);
+    free(p_ref);
     free(g);
+    mt_backend_destroy(cpu);
 }
 
 static void test_schedules(void) {
@@ -233,12 +260,12 @@ static void test_save_load(void) {
     mt_optimizer_params params = mt_optimizer_params_default(MT_OPTIMIZER_RMSPROP);
     params.momentum = 0.5f;
     mt_optimizer a, b;
-    CHECK(mt_optimizer_init(&a, &params, N) == MT_OK);
+    CHECK(mt_optimizer_init(&a, REF, &params, N) == MT_OK);
     for (int s = 0; s < 6; s++)
         CHECK(mt_optimizer_step(&a, straight, g, N, 0.01f) == MT_OK);
     mt_optimizer_free(&a);
 
-    CHECK(mt_optimizer_init(&a, &params, N) == MT_OK);
+    CHECK(mt_optimizer_init(&a, REF, &params, N) == MT_OK);
     for (int s = 0; s < 3; s++)
         CHECK(mt_optimizer_step(&a, resumed, g, N, 0.01f) == MT_OK);
     mt_checkpoint *c = NULL, *back = NULL;
@@ -255,7 +282,7 @@ static void test_save_load(void) {
     CHECK(mt_checkpoint_find(back, "optimizer/velocity") &&
           mt_checkpoint_find(back, "optimizer/momentum"));
 
-    CHECK(mt_optimizer_init(&b, &params, N) == MT_OK);
+    CHECK(mt_optimizer_init(&b, REF, &params, N) == MT_OK);
     CHECK(mt_optimizer_load(&b, back) == MT_OK);
     CHECK(b.iterations == 3);
     for (int s = 0; s < 3; s++)
@@ -265,12 +292,12 @@ static void test_save_load(void) {
 
     /* Another kind, another size, a missing slot: refused, naming the file. */
     mt_optimizer_params adam = mt_optimizer_params_default(MT_OPTIMIZER_ADAM);
-    CHECK(mt_optimizer_init(&b, &adam, N) == MT_OK);
+    CHECK(mt_optimizer_init(&b, REF, &adam, N) == MT_OK);
     CHECK(mt_optimizer_load(&b, back) == MT_ERR_INVALID);
     CHECK_MSG(strstr(mt_last_error(), path) && strstr(mt_last_error(), "rmsprop"), "message: %s",
               mt_last_error());
     mt_optimizer_free(&b);
-    CHECK(mt_optimizer_init(&b, &params, N - 1) == MT_OK);
+    CHECK(mt_optimizer_init(&b, REF, &params, N - 1) == MT_OK);
     CHECK(mt_optimizer_load(&b, back) == MT_ERR_FORMAT);
     CHECK(strstr(mt_last_error(), "optimizer/velocity") != NULL);
     CHECK(b.iterations == 0 && mt_optimizer_slot(&b, 0)[0] == 0.0f);
@@ -306,7 +333,7 @@ static int run_case(const char *in_path, const char *out_path) {
     float *p = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
     if (fread(p, sizeof(float), n, in) != n) return fprintf(stderr, "short p0\n"), 1;
     mt_optimizer opt;
-    if (mt_optimizer_init(&opt, &params, n) != MT_OK) {
+    if (mt_optimizer_init(&opt, REF, &params, n) != MT_OK) {
         fprintf(stderr, "init: %s\n", mt_last_error());
         return 1;
     }
@@ -330,12 +357,16 @@ static int run_case(const char *in_path, const char *out_path) {
 }
 
 int main(int argc, char **argv) {
+    if (mt_backend_create("reference", NULL, &REF) != MT_OK) {
+        fprintf(stderr, "reference backend: %s\n", mt_last_error());
+        return 1;
+    }
     if (argc == 4 && strcmp(argv[1], "--case") == 0) return run_case(argv[2], argv[3]);
     test_rmsprop();
     test_sgd();
     test_adam();
     test_bookkeeping();
-    test_threaded_matches_serial();
+    test_cpu_matches_reference();
     test_schedules();
     test_save_load();
     return mt_test_finish();

@@ -27,6 +27,9 @@ MOBILETUNE = os.path.join(BUILD, "mobiletune")
 MPIRUN = os.environ.get("MT_MPIEXEC", "")
 SOURCE = os.environ.get("MT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 FIXTURE = os.path.join(BUILD, "tests", "trainer", "fixture")
+# The backend every run trains on: cpu, or (the guarded variants of ctest) reference with
+# MT_REFERENCE_GUARDED=1, whose memory the host cannot touch outside the backend's own ops.
+BACKEND = os.environ.get("MT_TRAINER_BACKEND", "cpu")
 
 
 def fail(message):
@@ -82,7 +85,7 @@ def write_config(folder, data, **overrides):
         "model": {"alpha": "0.35", "input_size": "32", "classes": "2", "dropout": "0.2",
                   "mode": "scratch", "bn_mode": "auto"},
         "optimizer": {"name": "rmsprop", "learning_rate": "1e-3"},
-        "train": {"epochs": "4", "seed": "7", "backend": "cpu", "threads": "1"},
+        "train": {"epochs": "4", "seed": "7", "backend": BACKEND, "threads": "1"},
         "output": {"run_dir": os.path.join(folder, "run")},
     }
     for key, value in overrides.items():
@@ -127,7 +130,7 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
-def compare(a_path, b_path, atol=0.0, names=None):
+def compare(a_path, b_path, atol=0.0, names=None, report=False):
     a, _ = read_safetensors(a_path)
     b, _ = read_safetensors(b_path)
     if set(a) != set(b):
@@ -138,6 +141,8 @@ def compare(a_path, b_path, atol=0.0, names=None):
             fail(f"{name}: shapes {a[name].shape} vs {b[name].shape}")
         diff = float(np.max(np.abs(a[name].astype(np.float64) - b[name]))) if a[name].size else 0.0
         worst = max(worst, diff)
+        if report:
+            print(f"  {name}: {diff:.3g}")
         if not diff <= atol:
             fail(f"{name}: max |difference| {diff:.3g} > {atol:.3g} between {a_path} and {b_path}")
     return worst
@@ -259,7 +264,8 @@ def case_eval_predict(data, tmp):
     checkpoint = f"{folder}/run/last.safetensors"
     with open(f"{folder}/run/metrics.jsonl") as f:
         last = [json.loads(line) for line in f][-1]
-    result = run([MOBILETUNE, "eval", "--checkpoint", checkpoint, "--db", f"{data}/val"])
+    result = run([MOBILETUNE, "eval", "--checkpoint", checkpoint, "--db", f"{data}/val",
+                  "--backend", BACKEND])
     accuracy = float(result.output.split("accuracy ")[1].split()[0])
     if abs(accuracy - last["val_accuracy"]) > 1e-9:
         fail(f"eval accuracy {accuracy} != the run's last val_accuracy {last['val_accuracy']}")
@@ -267,7 +273,7 @@ def case_eval_predict(data, tmp):
         fail("eval printed no confusion matrix with class names:\n" + result.output)
     images = sorted(os.path.join(FIXTURE, "images", c, f) for c in ("left", "right")
                     for f in os.listdir(os.path.join(FIXTURE, "images", c)))
-    result = run([MOBILETUNE, "predict", "--checkpoint", checkpoint] + images)
+    result = run([MOBILETUNE, "predict", "--checkpoint", checkpoint, "--backend", BACKEND] + images)
     lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
     if len(lines) != len(images):
         fail("predict printed %d lines for %d images" % (len(lines), len(images)))
@@ -280,9 +286,55 @@ def case_eval_predict(data, tmp):
     broken = os.path.join(tmp, "broken.jpg")
     with open(broken, "w") as f:
         f.write("not an image")
-    result = run([MOBILETUNE, "predict", "--checkpoint", checkpoint, broken, images[0]], expect=1)
+    result = run([MOBILETUNE, "predict", "--checkpoint", checkpoint, "--backend", BACKEND, broken,
+                  images[0]], expect=1)
     if "broken.jpg" not in result.output or images[0] not in result.output:
         fail("predict did not name the bad file and go on:\n" + result.output)
+
+
+def case_backends(data, tmp):
+    """A checkpoint written on one backend resumes on another (cpu <-> reference: the same
+    explicit-copy code path the cuda backend takes), optimizer slots included: 2 epochs on one
+    backend + 2 resumed on the other end where 4 epochs straight on the first end. Finetune
+    from layer 100 with BN in inference mode and no dropout: the backends then differ only in
+    float summation order (about 1e-6 relative per op on the gradients), and the 12 steps of lr
+    1e-3 after the switch move weights by at most ~12 * lr * 1e-6 / sqrt(1 - rho) ~ 1e-7 more,
+    so 1e-5 holds. Losing the optimizer slots at the switch (RMSprop restarting from a zero
+    velocity: a first step of lr * g / sqrt(0.1 g^2) = 3.2 lr) moves weights by ~1e-3: caught.
+    eval of the same checkpoint agrees across the backends (the printed loss)."""
+    other = "cpu" if BACKEND != "cpu" else "reference"
+    setup = {"model__dropout": 0, "model__mode": "finetune", "model__fine_tune_at": 100,
+             "model__bn_mode": "inference"}
+    straight = os.path.join(tmp, "straight")
+    os.makedirs(straight)
+    run([MOBILETUNE, "train", "--config", write_config(straight, data, train__backend=BACKEND, **setup)])
+    for first, second in ((BACKEND, other), (other, BACKEND)):
+        folder = os.path.join(tmp, f"{first}-{second}")
+        os.makedirs(folder)
+        config = write_config(folder, data, **setup)
+        run([MOBILETUNE, "train", "--config", config, "--set", "train.epochs=2", "--set",
+             f"train.backend={first}"])
+        resumed = run([MOBILETUNE, "train", "--config", config, "--resume", "auto", "--set",
+                       f"train.backend={second}"])
+        if "resuming from" not in resumed.output or f"backend {second}" not in resumed.output:
+            fail(f"the run did not resume on {second}:\n" + resumed.output)
+        _, meta = read_safetensors(f"{folder}/run/last.safetensors")
+        if meta["optimizer_iterations"] != "24":
+            fail(f"{first} -> {second}: {meta['optimizer_iterations']} optimizer steps, not 24")
+        worst = compare(f"{straight}/run/last.safetensors", f"{folder}/run/last.safetensors",
+                        atol=1e-5)
+        print(f"backends: 2 epochs on {first} + 2 resumed on {second} == 4 on {BACKEND} "
+              f"(max diff {worst:.2e})")
+    checkpoint = f"{straight}/run/last.safetensors"
+    losses = []
+    for backend in (BACKEND, other):
+        result = run([MOBILETUNE, "eval", "--checkpoint", checkpoint, "--db", f"{data}/val",
+                      "--backend", backend])
+        losses.append(float(result.output.split("loss ")[1].split()[0].rstrip(",")))
+    # printed with 4 decimals: a rounding step of 1e-4 on top of the backends' 1e-6
+    if abs(losses[0] - losses[1]) > 1.5e-4:
+        fail(f"eval of one checkpoint: loss {losses[0]} on {BACKEND}, {losses[1]} on {other}")
+    print(f"backends: eval loss {losses[0]:.6f} on {BACKEND}, {losses[1]:.6f} on {other}")
 
 
 def case_config_errors(data, tmp):
@@ -489,6 +541,7 @@ CASES = {
     "cache": case_feature_cache,
     "eval_predict": case_eval_predict,
     "config_errors": case_config_errors,
+    "backends": case_backends,
     "mpi_equivalence": case_mpi_equivalence,
     "mpi_fault": case_mpi_fault,
     "slurm": case_slurm,

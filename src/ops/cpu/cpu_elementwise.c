@@ -1,11 +1,12 @@
 /* The memory-bound ops of the "cpu" backend as OpenMP loops over the backend's layout: zero,
- * copy, residual add, zero padding and global average pooling. oneDNN would only add a primitive
+ * copy, residual add, zero padding, global average pooling and the optimizer update. oneDNN would only add a primitive
  * call around the same loop. Indexing follows the layout rule of cpu_internal.h:
  * ((n * C/B + c/B) * H*W + h*W + w) * B + c%B. */
 #include <omp.h>
 #include <string.h>
 
 #include "ops/cpu/cpu_internal.h"
+#include "ops/optimizer_update.h"
 
 mt_status mt_cpu_tensor_zero(mt_backend *backend, mt_tensor *tensor) {
     MT_TRY(cpu_check_tensor(cpu_of(backend), tensor, tensor->shape, "tensor_zero's tensor"));
@@ -148,5 +149,29 @@ mt_status mt_cpu_global_avg_pool_backward(mt_backend *backend, const float *dy, 
             for (int l = 0; l < block; l++)
                 base[p * block + l] = g[l] * scale;
     }
+    return MT_OK;
+}
+
+mt_status mt_cpu_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+    return MT_OK;
+}
+
+/* Threads pay off only on big arrays: the frozen head is 1,281 floats. */
+enum { OPTIMIZER_PARALLEL_MIN = 1 << 15 };
+
+/* The reference's per-element rule (ops/optimizer_update.h) over threads: elements are
+ * independent, so the result is the reference's bit for bit. */
+mt_status mt_cpu_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
+                                  float *params, const float *grads, float *slots) {
+    (void)backend;
+    MT_TRY(mt_update_check("cpu", desc, params, grads, slots));
+    const size_t n = desc->count;
+    const int slot_count = mt_update_slot_count(desc);
+    float *s0 = slot_count > 0 ? slots : NULL, *s1 = slot_count > 1 ? slots + n : NULL;
+    const float step = mt_update_step_size(desc);
+#pragma omp parallel for schedule(static) if (n >= OPTIMIZER_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++)
+        mt_update_element(desc, step, i, params, grads, s0, s1);
     return MT_OK;
 }

@@ -203,6 +203,9 @@ mt_status mt_cpu_relu6_backward(mt_backend *backend, const mt_tensor *y, const m
                                 mt_tensor *dx);
 
 mt_status mt_cpu_tensor_zero(mt_backend *backend, mt_tensor *tensor);
+mt_status mt_cpu_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes);
+mt_status mt_cpu_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
+                                  float *params, const float *grads, float *slots);
 mt_status mt_cpu_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst);
 mt_status mt_cpu_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y);
 mt_status mt_cpu_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,

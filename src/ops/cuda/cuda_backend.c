@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/cuda_optimizer.h"
 
 void cuda_debug(const cuda_backend *cu, const char *format, ...) {
     if (!cu->debug) return;
@@ -370,6 +371,7 @@ const mt_ops mt_ops_cuda = {
     .tensor_from_nhwc = cuda_tensor_from_nhwc,
     .tensor_to_nhwc = cuda_tensor_to_nhwc,
     .synchronize = cuda_synchronize,
+    .buffer_copy = mt_cuda_buffer_copy,
     .tensor_zero = mt_cuda_tensor_zero,
     .tensor_copy = mt_cuda_tensor_copy,
     .add = mt_cuda_add,
@@ -391,4 +393,5 @@ const mt_ops mt_ops_cuda = {
     .dense_forward = mt_cuda_dense_forward,
     .dense_backward = mt_cuda_dense_backward,
     .loss_forward_backward = mt_cuda_loss_forward_backward,
+    .optimizer_update = mt_cuda_optimizer_update,
 };

@@ -30,6 +30,11 @@ mt_status mt_ref_download(mt_backend *backend, void *host_dst, const void *src, 
     return MT_OK;
 }
 
+mt_status mt_ref_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+    return MT_OK;
+}
+
 mt_status mt_ref_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tensor *out) {
     *out = (mt_tensor){0};
     if (shape.n <= 0 || shape.h <= 0 || shape.w <= 0 || shape.c <= 0)

@@ -2,6 +2,8 @@
  * Plain loops over NHWC host arrays, double accumulators for long sums: the oracle every other
  * backend is compared with, so clarity wins over speed everywhere in this folder. */
 #include <omp.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "ops/reference/reference.h"
 
@@ -23,6 +25,13 @@ static mt_status ref_init(mt_backend *backend, const mt_backend_options *options
                        "cores)",
                        options->num_threads);
     backend->impl = NULL; /* nothing to keep: every op is a pure function of its arguments */
+    /* MT_REFERENCE_GUARDED=1: the same ops on memory the host cannot touch (guarded.c), for the
+     * tests that prove no module reads backend memory behind the backend's back */
+    const char *guarded = getenv("MT_REFERENCE_GUARDED");
+    if (backend->ops == &mt_ops_reference && guarded && strcmp(guarded, "1") == 0) {
+        backend->ops = &mt_ops_reference_guarded;
+        return backend->ops->init(backend, options);
+    }
     return MT_OK;
 }
 
@@ -43,6 +52,7 @@ const mt_ops mt_ops_reference = {
     .tensor_from_nhwc = mt_ref_tensor_from_nhwc,
     .tensor_to_nhwc = mt_ref_tensor_to_nhwc,
     .synchronize = mt_ref_synchronize,
+    .buffer_copy = mt_ref_buffer_copy,
     .tensor_zero = mt_ref_tensor_zero,
     .tensor_copy = mt_ref_tensor_copy,
     .add = mt_ref_add,
@@ -64,4 +74,5 @@ const mt_ops mt_ops_reference = {
     .dense_forward = mt_ref_dense_forward,
     .dense_backward = mt_ref_dense_backward,
     .loss_forward_backward = mt_ref_loss_forward_backward,
+    .optimizer_update = mt_ref_optimizer_update,
 };

@@ -22,6 +22,7 @@ void mt_ref_tensor_free(mt_backend *backend, mt_tensor *tensor);
 mt_status mt_ref_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst);
 mt_status mt_ref_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst);
 mt_status mt_ref_synchronize(mt_backend *backend);
+mt_status mt_ref_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes);
 
 /* elementwise.c */
 mt_status mt_ref_tensor_zero(mt_backend *backend, mt_tensor *tensor);
@@ -80,5 +81,9 @@ mt_status mt_ref_dense_backward(mt_backend *backend, const mt_dense_desc *desc, 
 mt_status mt_ref_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
                                        const float *logits, const int32_t *labels, float *loss_host,
                                        float *dlogits);
+
+/* optimizer.c */
+mt_status mt_ref_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
+                                  float *params, const float *grads, float *slots);
 
 #endif

@@ -1,0 +1,30 @@
+/* The optimizer update as one grid-stride kernel: each thread applies the shared per-element rule
+ * (ops/optimizer_update.h, the reference's own code) to its elements. No reductions, so the
+ * result differs from the reference only where the device rounds differently (nvcc may contract
+ * a multiply and an add into an FMA). tests/gpu/test_gpu_kernels_emulated.c runs this file on
+ * the CPU. */
+#include <cuda_runtime.h>
+#include <stddef.h>
+
+#include "ops/cuda/cuda_optimizer.h"
+#include "ops/optimizer_update.h"
+
+static const int OPTIMIZER_THREADS = 256;
+
+__global__ void optimizer_update_kernel(mt_optimizer_desc desc, float step, float *params,
+                                        const float *grads, float *s0, float *s1) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < desc.count;
+         i += (size_t)gridDim.x * blockDim.x)
+        mt_update_element(&desc, step, i, params, grads, s0, s1);
+}
+
+cudaError_t mt_cuda_launch_optimizer_update(cudaStream_t stream, const mt_optimizer_desc *desc,
+                                            float step, float *params, const float *grads,
+                                            float *s0, float *s1) {
+    size_t blocks = (desc->count + OPTIMIZER_THREADS - 1) / OPTIMIZER_THREADS;
+    if (blocks < 1) blocks = 1;
+    if (blocks > 65536) blocks = 65536; /* the grid-stride loop does the rest */
+    optimizer_update_kernel<<<(unsigned)blocks, OPTIMIZER_THREADS, 0, stream>>>(
+        *desc, step, params, grads, s0, s1);
+    return cudaGetLastError();
+}

@@ -1,0 +1,29 @@
+/* The cuda backend's optimizer update (cuda_optimizer.cu: the kernel; cuda_optimizer.c: the op)
+ * and its device-to-device buffer copy. */
+#ifndef MT_OPS_CUDA_OPTIMIZER_H
+#define MT_OPS_CUDA_OPTIMIZER_H
+
+#include <cuda_runtime_api.h>
+
+#include "mobiletune/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One optimizer step over params[desc->count] in place (ops/optimizer_update.h per element):
+ * s0, s1 the rule's slots (NULL where it has none), step = mt_update_step_size(desc) computed
+ * on the host. */
+cudaError_t mt_cuda_launch_optimizer_update(cudaStream_t stream, const mt_optimizer_desc *desc,
+                                            float step, float *params, const float *grads,
+                                            float *s0, float *s1);
+
+/* ops-table entries (cuda_optimizer.c) */
+mt_status mt_cuda_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
+                                   float *params, const float *grads, float *slots);
+mt_status mt_cuda_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
