@@ -4,7 +4,7 @@
  * depthwise and direct convolutions (all three passes, asymmetric pads, a 5x5 kernel whose taps
  * need several passes), batch norm (both modes, both directions, several reduction slices),
  * zero padding, pooling, dropout (mask bit for bit), the dense helpers, the losses (and a bad
- * label), add and ReLU6. The kernels' index arithmetic and reductions are checked on every
+ * label), add and ReLU6, and the optimizer update (cuda_optimizer.cu) for every rule. The kernels' index arithmetic and reductions are checked on every
  * build, GPU or not; what this cannot see is the GPU itself (memory model, launch limits, speed)
  * and the cuDNN/cuBLAS glue: tests/gpu/run.sh covers those on a lent GPU. */
 #include <math.h>
@@ -14,6 +14,8 @@
 
 #include "mobiletune/ops.h"
 #include "ops/cuda/cuda_kernels.h"
+#include "ops/cuda/cuda_optimizer.h"
+#include "ops/optimizer_update.h"
 #include "ops/dropout_hash.h"
 #include "test_util.h"
 
@@ -331,6 +333,35 @@ static void check_elementwise(mt_shape4 s) {
     free(a), free(b), free(dy);
 }
 
+/* ---- the optimizer update --------------------------------------------------------------------- */
+
+/* Three steps of the kernel and of the reference op from the same parameters, gradients and
+ * slots. Both run ops/optimizer_update.h per element, compiled by the same host compiler here:
+ * bit for bit equal (on a GPU nvcc may fuse a multiply-add; tests/ops bounds that at 1e-6). */
+static void check_optimizer(mt_update_rule rule, float momentum, bool nesterov, float decay,
+                            size_t count) {
+    mt_optimizer_desc d = {.rule = rule, .count = count, .lr = 1e-2f, .rho = 0.9f,
+                           .momentum = momentum, .epsilon = 1e-7f, .beta_1 = 0.9f,
+                           .beta_2 = 0.999f, .weight_decay = decay, .nesterov = nesterov};
+    const int slots = mt_update_slot_count(&d);
+    float *g = array(count, -0.1f, 0.1f), *p[2] = {array(count, -1, 1), zeros(count)};
+    float *s[2] = {array((size_t)slots * count + 1, 0, 0.01f), zeros((size_t)slots * count + 1)};
+    memcpy(p[1], p[0], count * sizeof(float));
+    memcpy(s[1], s[0], (size_t)slots * count * sizeof(float));
+    for (int step = 0; step < 3; step++) {
+        d.iterations = (uint64_t)step + 4;
+        REF_OK(mt_ops_reference.optimizer_update(&REF, &d, p[0], g, slots ? s[0] : NULL));
+        KERNEL_OK(mt_cuda_launch_optimizer_update(NULL, &d, mt_update_step_size(&d), p[1], g,
+                                                  slots > 0 ? s[1] : NULL,
+                                                  slots > 1 ? s[1] + count : NULL));
+    }
+    compare("optimizer params", p[1], p[0], count, 0);
+    if (slots) compare("optimizer slots", s[1], s[0], (size_t)slots * count, 0);
+    for (int i = 0; i < 2; i++)
+        free(p[i]), free(s[i]);
+    free(g);
+}
+
 int main(void) {
     mt_backend_options options = {.num_threads = 1};
     REF.ops = &mt_ops_reference;
@@ -371,6 +402,15 @@ int main(void) {
     check_loss(4, 3, cat, -1);
     check_loss(3, 3, none, -1);
     check_loss(3, 3, bad, 1);
+
+    /* rule, momentum, nesterov, weight decay, count (several blocks, a partial last one) */
+    check_optimizer(MT_UPDATE_RMSPROP, 0, false, 0, 1000);
+    check_optimizer(MT_UPDATE_RMSPROP, 0.5f, false, 0.01f, 3001);
+    check_optimizer(MT_UPDATE_SGD, 0, false, 0, 1000);
+    check_optimizer(MT_UPDATE_SGD, 0.9f, false, 0, 1000);
+    check_optimizer(MT_UPDATE_SGD, 0.9f, true, 0, 777);
+    check_optimizer(MT_UPDATE_ADAM, 0, false, 0, 3001);
+    check_optimizer(MT_UPDATE_ADAM, 0, false, 0.004f, 999);
 
     mt_ops_reference.shutdown(&REF);
     return mt_test_finish();

@@ -15,7 +15,10 @@
  *               dx, dgamma, dbeta)                        1e-4
  *   dense, global average pool, losses                    1e-5
  *   memory, copy, zero, add, relu6, zero pad, dropout     1e-6   (should be exact)
- *   dropout mask                                          bitwise equal */
+ *   dropout mask                                          bitwise equal
+ *   optimizer update (parameters and slots, 3 steps)      1e-6   (the same per-element code
+ *       everywhere, ops/optimizer_update.h; the cpu backend is exact, a GPU may contract a
+ *       multiply-add into an FMA: a few ulp per step, ~1e-7 relative) */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -25,7 +28,7 @@
 #include "test_util.h"
 
 static const double TOL_CONV = 1e-4, TOL_BN = 1e-4, TOL_DENSE = 1e-5, TOL_POOL = 1e-5,
-                    TOL_LOSS = 1e-5, TOL_EXACT = 1e-6;
+                    TOL_LOSS = 1e-5, TOL_EXACT = 1e-6, TOL_OPTIMIZER = 1e-6;
 
 /* One backend under test, or the reference. */
 typedef struct side {
@@ -666,6 +669,58 @@ static bool wanted(const char *name) {
     return !filter || strstr(name, filter) != NULL;
 }
 
+/* ---- the optimizer update ---------------------------------------------------------------- */
+
+/* Three steps of `desc` (lr 1e-2, rising iterations) from p, g and slots; p and slots come back.
+ * Also buffer_copy: the final parameters copied to a second buffer must come back equal. */
+static bool optimizer_on(side s, mt_optimizer_desc desc, const float *p, const float *g,
+                         const float *slots, int slot_count, float *p_out, float *slots_out,
+                         float *copy_out) {
+    size_t fb = desc.count * sizeof(float), sb = (size_t)slot_count * fb;
+    void *bp, *bg, *bs = NULL, *bc;
+    if (!buffer_in(s, p, fb, &bp) || !buffer_in(s, g, fb, &bg) ||
+        (slot_count && !buffer_in(s, slots, sb, &bs)) || !buffer_in(s, NULL, fb, &bc))
+        return false;
+    for (int step = 0; step < 3; step++) {
+        desc.iterations = (uint64_t)step + 4; /* mid-run: Adam's bias correction not trivial */
+        RUN(s, optimizer_update, &desc, bp, bg, bs);
+    }
+    RUN(s, buffer_copy, bc, bp, fb);
+    if (!buffer_out(s, bp, p_out, fb) || (slot_count && !buffer_out(s, bs, slots_out, sb)) ||
+        !buffer_out(s, bc, copy_out, fb))
+        return false;
+    void *buffers[] = {bp, bg, bs, bc};
+    for (int i = 0; i < 4; i++)
+        if (buffers[i]) s.o->buffer_free(s.b, buffers[i]);
+    return true;
+}
+
+static void case_optimizer(mt_update_rule rule, float momentum, bool nesterov, float decay,
+                           int slot_count, size_t count) {
+    mt_optimizer_desc desc = {.rule = rule, .count = count, .lr = 1e-2f, .rho = 0.9f,
+                              .momentum = momentum, .epsilon = 1e-7f, .beta_1 = 0.9f,
+                              .beta_2 = 0.999f, .weight_decay = decay, .nesterov = nesterov};
+    float *p = random_array(count, -1, 1), *g = random_array(count, -0.1, 0.1);
+    /* slots as mid-training leaves them: second moments >= 0, first moments of either sign */
+    float *slots = random_array((size_t)slot_count * count + 1, 0, 0.01);
+    float *p_out[2] = {xmalloc(count * 4), xmalloc(count * 4)};
+    float *s_out[2] = {xmalloc((size_t)slot_count * count * 4 + 4),
+                       xmalloc((size_t)slot_count * count * 4 + 4)};
+    float *c_out[2] = {xmalloc(count * 4), xmalloc(count * 4)};
+    if (optimizer_on(REF, desc, p, g, slots, slot_count, p_out[0], s_out[0], c_out[0]) &&
+        optimizer_on(DUT, desc, p, g, slots, slot_count, p_out[1], s_out[1], c_out[1])) {
+        compare("optimizer params", p_out[1], p_out[0], count, TOL_OPTIMIZER);
+        for (int k = 0; k < slot_count; k++)
+            compare(k ? "optimizer slot 1" : "optimizer slot 0", s_out[1] + k * count,
+                    s_out[0] + k * count, count, TOL_OPTIMIZER);
+        compare("buffer_copy", c_out[1], p_out[1], count, 0.0);
+    } else {
+        mt_test_failures++;
+    }
+    free(p), free(g), free(slots);
+    for (int i = 0; i < 2; i++) free(p_out[i]), free(s_out[i]), free(c_out[i]);
+}
+
 static void run_all(void) {
     /* name, then the arguments */
     if (wanted("memory n4 5x5x17")) case_memory((mt_shape4){4, 5, 5, 17});
@@ -719,6 +774,19 @@ static void run_all(void) {
     if (wanted("loss softmax n4 c3 (row 1 padded)")) case_loss(4, 3, cat_labels);
     if (wanted("loss softmax n1 c5")) case_loss(1, 5, one_label);
     if (wanted("loss softmax n3 c3 (all padded)")) case_loss(3, 3, no_labels);
+
+    /* rule, momentum, nesterov, weight decay, slots, count (70,000: the cpu's threaded path) */
+    if (wanted("optimizer rmsprop 1000")) case_optimizer(MT_UPDATE_RMSPROP, 0, false, 0, 1, 1000);
+    if (wanted("optimizer rmsprop momentum 0.5 decay 0.01 70000"))
+        case_optimizer(MT_UPDATE_RMSPROP, 0.5f, false, 0.01f, 2, 70000);
+    if (wanted("optimizer sgd 1000")) case_optimizer(MT_UPDATE_SGD, 0, false, 0, 0, 1000);
+    if (wanted("optimizer sgd momentum 0.9 1000"))
+        case_optimizer(MT_UPDATE_SGD, 0.9f, false, 0, 1, 1000);
+    if (wanted("optimizer sgd nesterov 0.9 1000"))
+        case_optimizer(MT_UPDATE_SGD, 0.9f, true, 0, 1, 1000);
+    if (wanted("optimizer adam 70000")) case_optimizer(MT_UPDATE_ADAM, 0, false, 0, 2, 70000);
+    if (wanted("optimizer adam decay 0.004 999"))
+        case_optimizer(MT_UPDATE_ADAM, 0, false, 0.004f, 2, 999);
 }
 
 int main(int argc, char **argv) {
