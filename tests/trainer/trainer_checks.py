@@ -307,7 +307,8 @@ def case_backends(data, tmp):
              "model__bn_mode": "inference"}
     straight = os.path.join(tmp, "straight")
     os.makedirs(straight)
-    run([MOBILETUNE, "train", "--config", write_config(straight, data, train__backend=BACKEND, **setup)])
+    run([MOBILETUNE, "train", "--config",
+         write_config(straight, data, train__backend=BACKEND, **setup)])
     for first, second in ((BACKEND, other), (other, BACKEND)):
         folder = os.path.join(tmp, f"{first}-{second}")
         os.makedirs(folder)
