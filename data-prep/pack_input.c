@@ -3,6 +3,8 @@
  * image: the listing only stats, so a folder of any size costs memory for its names alone. */
 #include "pack.h"
 
+#include "mobiletune/files.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct name_list {
     char **names;
@@ -192,8 +195,13 @@ static bool is_class_id(const char *s) {
  * (classes 0..max, named by their number); otherwise every label is a class name and ids follow
  * the sorted names, as for a folder. */
 static mt_status list_file(const char *input, pack_input *in, item_list *items) {
-    FILE *file = fopen(input, "r");
-    if (!file) return MT_FAIL(MT_ERR_IO, "%s: cannot open list file: %s", input, strerror(errno));
+    int fd;
+    MT_TRY(mt_file_open_read(input, "list file", &fd));
+    FILE *file = fdopen(fd, "r");
+    if (!file) {
+        close(fd);
+        return MT_FAIL(MT_ERR_NOMEM, "%s: cannot read the list file: %s", input, strerror(errno));
+    }
     char *base = strdup(input);
     if (!base) {
         fclose(file);

@@ -8,10 +8,12 @@
 #include "pack.h"
 
 #include "mobiletune/files.h"
+#include "mobiletune/loader.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <ftw.h>
 #include <math.h>
 #include <pthread.h>
@@ -84,6 +86,153 @@ static void remove_stale_temps(const char *output) {
             fprintf(stderr, "mobiletune-pack: removed %s, left by an interrupted run\n", path);
     }
     if (dir) closedir(dir);
+}
+
+/* ---- what the run may replace ---------------------------------------------------------------- */
+
+/* The first line of every skip report this program writes (write_report below). */
+static const char report_signature[] = "# mobiletune-pack: ";
+
+static bool is_skip_report(const char *path) {
+    int fd;
+    if (mt_file_open_read(path, "report", &fd) != MT_OK) return false;
+    char head[sizeof report_signature] = {0};
+    ssize_t got = read(fd, head, sizeof report_signature - 1);
+    close(fd);
+    return got == (ssize_t)sizeof report_signature - 1 &&
+           memcmp(head, report_signature, sizeof report_signature - 1) == 0;
+}
+
+static bool is_named(const char *name, const char *const *names, int count) {
+    for (int i = 0; i < count; i++)
+        if (strcmp(name, names[i]) == 0) return true;
+    return false;
+}
+
+/* One database folder that mobiletune-pack wrote: only data.mdb (and LMDB's lock.mdb, and at the
+ * top the skip report) inside, and a data.mdb whose metadata record parses. */
+static mt_status check_own_database(const char *output, const char *folder, bool top,
+                                    bool *has_data) {
+    static const char *const files[] = {"data.mdb", "lock.mdb", "skipped.txt"};
+    DIR *dir = opendir(folder);
+    if (!dir) return MT_FAIL(MT_ERR_IO, "%s: cannot read: %s", folder, strerror(errno));
+    mt_status status = MT_OK;
+    struct dirent *entry;
+    *has_data = false;
+    while (status == MT_OK && (entry = readdir(dir)) != NULL) {
+        const char *name = entry->d_name;
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) continue;
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", folder, name);
+        struct stat st;
+        bool regular = lstat(path, &st) == 0 && S_ISREG(st.st_mode);
+        if (regular && is_named(name, files, top ? 3 : 2)) {
+            if (strcmp(name, "data.mdb") == 0) *has_data = true;
+            if (strcmp(name, "skipped.txt") == 0 && !is_skip_report(path))
+                status = MT_FAIL(MT_ERR_INVALID, "%s: not a mobiletune-pack skip report", path);
+        } else if (top && lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+            bool split_data;
+            status = check_own_database(output, path, false, &split_data);
+            if (status == MT_OK && !split_data)
+                status = MT_FAIL(MT_ERR_INVALID, "%s: a folder without data.mdb", path);
+        } else {
+            status = MT_FAIL(MT_ERR_INVALID, "%s was not written by mobiletune-pack", path);
+        }
+    }
+    closedir(dir);
+    if (status == MT_OK && *has_data) {
+        mt_dataset *dataset;
+        status = mt_dataset_open(folder, &dataset);
+        if (status == MT_OK) mt_dataset_close(dataset);
+    }
+    return status;
+}
+
+/* --force replaces OUT only when OUT is a whole output of this program: a database folder, or a
+ * folder of split database folders, with nothing else in it. */
+static mt_status check_replaceable(const char *output) {
+    struct stat st;
+    if (lstat(output, &st) != 0 || !S_ISDIR(st.st_mode))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "%s exists and is not a folder written by mobiletune-pack: --force "
+                       "replaces only such a folder; choose another output path",
+                       output);
+    bool has_data = false;
+    mt_status status = check_own_database(output, output, true, &has_data);
+    if (status == MT_OK && !has_data) {
+        /* A folder of splits: its subfolders were checked; an empty folder is nothing of ours. */
+        DIR *dir = opendir(output);
+        struct dirent *entry;
+        bool any = false;
+        while (dir && (entry = readdir(dir)) != NULL)
+            any = any || (entry->d_type == DT_DIR && entry->d_name[0] != '.');
+        if (dir) closedir(dir);
+        if (!any) status = MT_FAIL(MT_ERR_INVALID, "%s holds no database", output);
+    }
+    if (status != MT_OK)
+        return mt_error_context(status,
+                                "%s: --force replaces only a folder that mobiletune-pack wrote, "
+                                "and this one is not (or no longer) such a folder, so nothing "
+                                "was touched: move it away yourself or choose another output",
+                                output);
+    return MT_OK;
+}
+
+/* Everything the run will create, replace or write, compared by real path with everything it
+ * reads, before anything is touched: OUT must be neither the input, nor inside it, nor hold it
+ * (nor any listed file); --report must not be an input nor any existing file but a skip report. */
+static mt_status check_output_paths(const pack_options *o, const pack_input *in) {
+    char out_real[PATH_MAX], in_real[PATH_MAX], item_real[PATH_MAX], report_real[PATH_MAX];
+    MT_TRY(mt_path_real(o->output, out_real, sizeof out_real));
+    MT_TRY(mt_path_real(o->input, in_real, sizeof in_real));
+    struct stat st;
+    bool folder_input = stat(o->input, &st) == 0 && S_ISDIR(st.st_mode);
+    if (folder_input && mt_path_within(out_real, in_real))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "output %s is %s the input folder %s: choose an output outside it",
+                       o->output, strcmp(out_real, in_real) == 0 ? "the same folder as" : "inside",
+                       o->input);
+    if (mt_path_within(in_real, out_real))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "output %s holds the input %s: replacing it would delete the input; "
+                       "choose another output folder",
+                       o->output, o->input);
+    bool report = o->report != NULL;
+    if (report) {
+        MT_TRY(mt_path_real(o->report, report_real, sizeof report_real));
+        if (strcmp(report_real, in_real) == 0 || (folder_input && mt_path_within(report_real, in_real) &&
+                                                  stat(o->report, &st) == 0))
+            return MT_FAIL(MT_ERR_INVALID, "--report %s is part of the input %s: choose another path",
+                           o->report, o->input);
+        if (mt_path_within(report_real, out_real))
+            return MT_FAIL(MT_ERR_INVALID,
+                           "--report %s lies inside the output %s, which is written as a whole: "
+                           "leave --report out (the report goes to %s/skipped.txt) or choose a "
+                           "path outside it",
+                           o->report, o->output, o->output);
+    }
+    for (size_t i = 0; i < in->item_count; i++) {
+        if (!realpath(in->items[i].path, item_real)) continue; /* it will be skipped, unread */
+        if (mt_path_within(item_real, out_real))
+            return MT_FAIL(MT_ERR_INVALID,
+                           "input file %s lies inside the output %s: choose another output folder",
+                           in->items[i].path, o->output);
+        if (report && strcmp(item_real, report_real) == 0)
+            return MT_FAIL(MT_ERR_INVALID, "--report %s is the input file %s: choose another path",
+                           o->report, in->items[i].path);
+    }
+    if (report && lstat(o->report, &st) == 0 && !is_skip_report(o->report))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "--report %s exists and is not a skip report of mobiletune-pack: it is not "
+                       "overwritten; choose another path",
+                       o->report);
+    if (lstat(o->output, &st) == 0 && !o->force)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "%s already exists: pass --force to replace it (only a folder that "
+                       "mobiletune-pack wrote is replaced), or choose another output folder",
+                       o->output);
+    if (lstat(o->output, &st) == 0) MT_TRY(check_replaceable(o->output));
+    return MT_OK;
 }
 
 /* ---- write-behind ---------------------------------------------------------------------------- */
@@ -577,7 +726,7 @@ static mt_status write_report(const char *path, const char *input, const skip_li
     FILE *f = fopen(path, "w");
     if (!f)
         return MT_FAIL(MT_ERR_IO, "%s: cannot write the skip report: %s", path, strerror(errno));
-    fprintf(f, "# mobiletune-pack: %zu file(s) skipped from %s\n# name<TAB>reason\n", skips->count,
+    fprintf(f, "%s%zu file(s) skipped from %s\n# name<TAB>reason\n", report_signature, skips->count,
             input);
     for (size_t i = 0; i < skips->count; i++)
         fprintf(f, "%s\t%s\n", skips->items[i].name, skips->items[i].reason);
@@ -605,13 +754,13 @@ static void format_options(const pack_options *o, char *text, size_t capacity) {
 mt_status pack_run(const pack_options *o) {
     double start = now_seconds();
     struct stat st;
-    if (stat(o->output, &st) == 0 && !o->force)
-        return MT_FAIL(MT_ERR_INVALID,
-                       "%s already exists: pass --force to replace it, or choose "
-                       "another output folder",
-                       o->output);
     pack_input in;
     MT_TRY(pack_input_list(o->input, &in));
+    mt_status checked = check_output_paths(o, &in);
+    if (checked != MT_OK) {
+        pack_input_free(&in);
+        return checked;
+    }
     pack_input_select(&in, o);
 
     int split_count = o->split_count > 0 ? o->split_count : 1;

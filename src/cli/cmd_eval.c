@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "mobiletune/files.h"
 #include "mobiletune/image.h"
 #include "mobiletune/loader.h"
 #include "mobiletune/trainer.h"
@@ -48,6 +49,7 @@ int mt_cmd_eval(int argc, char **argv) {
     char **names = NULL;
     mt_eval_result result = {0};
     status = mt_comm_init(&argc, &argv, &comm);
+    if (status == MT_OK) status = mt_file_check_regular(checkpoint, "checkpoint");
     if (status == MT_OK)
         status = mt_checkpoint_open_model(checkpoint, backend_name, batch_size, &backend, &model,
                                           &names);
@@ -121,7 +123,9 @@ int mt_cmd_predict(int argc, char **argv) {
     mt_backend *backend = NULL;
     mt_model *model = NULL;
     char **names = NULL;
-    status = mt_checkpoint_open_model(checkpoint, backend_name, 1, &backend, &model, &names);
+    status = mt_file_check_regular(checkpoint, "checkpoint");
+    if (status == MT_OK)
+        status = mt_checkpoint_open_model(checkpoint, backend_name, 1, &backend, &model, &names);
     const mt_model_layout *layout = model ? mt_model_get_layout(model) : NULL;
     const int classes = layout ? layout->config.classes : 0;
     const int size = layout ? layout->config.input_size : 0;

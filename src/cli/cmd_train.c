@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "mobiletune/files.h"
 #include "mobiletune/trainer.h"
 
 static void usage(FILE *out) {
@@ -68,7 +69,11 @@ int mt_cmd_train(int argc, char **argv) {
         }
     }
     mt_status status = MT_OK;
-    if (config_path) status = mt_config_load_file(config, config_path);
+    /* Checked here, before src/train opens them: a FIFO or a folder must not hang the run. */
+    if (config_path) status = mt_file_check_regular(config_path, "--config file");
+    if (status == MT_OK && resume && strcmp(resume, "auto") != 0)
+        status = mt_file_check_regular(resume, "--resume checkpoint");
+    if (status == MT_OK && config_path) status = mt_config_load_file(config, config_path);
     for (int i = 1; status == MT_OK && i < argc; i++)
         if (strcmp(argv[i], "--set") == 0) status = mt_config_set(config, argv[++i]);
     if (status == MT_OK) status = mt_config_check(config);

@@ -4,6 +4,8 @@
  * the packer writes to its skip report. docs/packing.md states the conversions. */
 #include "mobiletune/image.h"
 
+#include "mobiletune/files.h"
+
 #include <errno.h>
 #include <libexif/exif-data.h>
 #include <png.h>
@@ -13,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 
 /* Larger decodes are refused rather than risking gigabytes per thread on a hostile header. */
 enum { MAX_DECODED_PIXELS = 1 << 26 };
@@ -373,12 +376,17 @@ mt_status mt_image_decode(const void *bytes, size_t size, const char *name, int 
 
 mt_status mt_image_decode_file(const char *path, int min_side_hint, mt_image *out) {
     *out = (mt_image){0};
-    FILE *file = fopen(path, "rb");
-    if (!file) return MT_FAIL(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    MT_TRY(mt_file_open_read(path, "image", &fd));
+    FILE *file = fdopen(fd, "rb");
     struct stat st;
-    if (fstat(fileno(file), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(file);
-        return MT_FAIL(MT_ERR_IO, "%s: not a regular file", path);
+    if (!file || fstat(fd, &st) != 0) {
+        mt_status status = MT_FAIL(MT_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+        if (file)
+            fclose(file);
+        else
+            close(fd);
+        return status;
     }
     size_t size = (size_t)st.st_size;
     uint8_t *bytes = malloc(size ? size : 1);

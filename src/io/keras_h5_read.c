@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "io/h5_util.h"
+#include "mobiletune/files.h"
 
 typedef struct entry {
     mt_keras_h5_tensor pub; /* pub.path starts the one allocation holding all four strings */
@@ -227,18 +228,13 @@ static mt_status rebuild_view(mt_keras_h5 *file) {
  * HDF5" or "a .keras zip" instead of HDF5's generic failure. HDF5 looks for its signature at 0
  * and at every power of two from 512 (a user block may precede it); so do we. */
 static mt_status precheck(const char *path) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
-        int error = errno;
-        if (error == ENOENT) return MT_FAIL(MT_ERR_IO, "weights file '%s' does not exist", path);
-        if (error == EACCES)
-            return MT_FAIL(MT_ERR_IO, "weights file '%s' is not readable: permission denied", path);
-        return MT_FAIL(MT_ERR_IO, "cannot open weights file '%s': %s", path, strerror(error));
-    }
+    int fd;
+    MT_TRY(mt_file_open_read(path, "weights file", &fd));
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0) {
+        int error = errno;
         close(fd);
-        return MT_FAIL(MT_ERR_IO, "weights file '%s' is not a regular file", path);
+        return MT_FAIL(MT_ERR_IO, "cannot read weights file '%s': %s", path, strerror(error));
     }
     static const unsigned char signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
     unsigned char head[8] = {0};

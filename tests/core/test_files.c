@@ -1,6 +1,7 @@
 /* The file-system helpers behind every publish-by-rename writer: the parent of a path in each
  * spelling, mkdir -p (and a file in the way), fsync of files and folders, and errors that name
  * the path. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,34 @@ int main(void) {
     snprintf(through, sizeof through, "%s/missing", root);
     CHECK(mt_sync_path(through) == MT_ERR_IO);
     CHECK_MSG(strstr(mt_last_error(), through), "%s", mt_last_error());
+
+    /* Inputs: a regular file passes; a FIFO, a folder and a missing path are refused by name
+     * without blocking (a FIFO with no writer would hang open() forever). */
+    int fd = -1;
+    CHECK(mt_file_check_regular(file, "list file") == MT_OK);
+    CHECK(mt_file_open_read(file, "list file", &fd) == MT_OK && fd >= 0);
+    char data[8] = {0};
+    CHECK(fd >= 0 && read(fd, data, sizeof data) == 4 && memcmp(data, "data", 4) == 0);
+    if (fd >= 0) close(fd);
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/fifo", root);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    CHECK(mt_file_check_regular(fifo, "--config file") == MT_ERR_IO);
+    CHECK_MSG(strstr(mt_last_error(), "FIFO") && strstr(mt_last_error(), fifo) &&
+                  strstr(mt_last_error(), "--config file"),
+              "%s", mt_last_error());
+    CHECK(mt_file_open_read(fifo, "image", &fd) == MT_ERR_IO && fd == -1);
+    CHECK_MSG(strstr(mt_last_error(), "FIFO"), "%s", mt_last_error());
+    CHECK(mt_file_check_regular(deep, "checkpoint") == MT_ERR_IO);
+    CHECK_MSG(strstr(mt_last_error(), "a folder"), "%s", mt_last_error());
+    CHECK(mt_file_check_regular(through, "checkpoint") == MT_ERR_IO);
+    CHECK_MSG(strstr(mt_last_error(), "does not exist"), "%s", mt_last_error());
+    CHECK(mt_folder_check(deep, "dataset") == MT_OK);
+    CHECK(mt_folder_check(fifo, "dataset") == MT_ERR_IO);
+    unlink(fifo);
+    /* A write error: EIO on a file system with room stays EIO; other errors pass unchanged. */
+    CHECK(mt_write_errno(file, EACCES) == EACCES);
+    CHECK(mt_write_errno(file, EIO) == EIO); /* /tmp has more than 1 MiB free */
 
     unlink(file);
     for (int depth = 0; depth < 3; depth++) {

@@ -353,6 +353,83 @@ def case_interrupt():
     return f.finish()
 
 
+def tree_snapshot(root):
+    """{relative path: bytes} of every file under root (symlinks read through)."""
+    snap = {}
+    for folder, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(folder, n)
+            snap[os.path.relpath(full, root)] = open(full, "rb").read()
+    return snap
+
+
+def small_input(root, per_class=2):
+    for c, cls in enumerate(("cats", "dogs")):
+        os.makedirs(os.path.join(root, cls))
+        for i in range(per_class):
+            Image.fromarray(gradient(64, 48, seed=10 * c + i)).save(os.path.join(root, cls, f"{i}.jpg"), quality=90)
+    return root
+
+
+def case_output_safety():
+    """Nothing the packer did not write is deleted or overwritten: OUT equal to, inside or holding
+    the input (also a list file's entries) and a --report on an input or a foreign file are
+    refused before anything is touched; --force replaces only a folder the packer wrote."""
+    with P.TempDir("safety") as tmp:
+        src = small_input(os.path.join(tmp, "in"))
+        before = tree_snapshot(tmp)
+
+        def refused(args, fragment, what):
+            proc = P.run_pack("--no-progress", *args, check=False)
+            f.check(proc.returncode != 0 and fragment in proc.stderr, f"{what}: exit {proc.returncode} {proc.stderr!r}")
+            f.check(tree_snapshot(tmp) == before, f"{what}: files changed")
+            f.check(not [n for n in os.listdir(tmp) if ".tmp-" in n or ".old-" in n], f"{what}: {os.listdir(tmp)}")
+
+        refused(["--force", src, src], "the same folder as the input", "OUT == input")
+        refused(["--force", src, os.path.join(src, "..", "in", "cats")], "inside the input folder", "OUT inside the input")
+        refused(["--force", src, tmp], "holds the input", "OUT a parent of the input")
+        link = os.path.join(tmp, "link")
+        os.symlink(src, link)
+        before = tree_snapshot(tmp)
+        refused(["--force", src, link], "the same folder as the input", "OUT a symlink to the input")
+        refused(["--report", os.path.join(src, "cats", "0.jpg"), src, os.path.join(tmp, "o1")],
+                "part of the input", "--report on an input photo")
+        notes = os.path.join(tmp, "notes.txt")
+        open(notes, "w").write("my notes\n")
+        before = tree_snapshot(tmp)
+        refused(["--report", notes, src, os.path.join(tmp, "o2")], "not a skip report", "--report on a foreign file")
+        # A list file whose entries lie inside OUT: OUT would be replaced under them.
+        mine = os.path.join(tmp, "mine")
+        os.makedirs(mine)
+        Image.fromarray(gradient(32, 32)).save(os.path.join(mine, "keep.jpg"))
+        lst = os.path.join(tmp, "list.txt")
+        open(lst, "w").write("mine/keep.jpg cats\nin/dogs/0.jpg dogs\n")
+        before = tree_snapshot(tmp)
+        refused(["--force", lst, mine], "lies inside the output", "a listed file inside OUT")
+        # --force on a folder the packer did not write: refused, untouched.
+        refused(["--force", src, mine], "was not written by mobiletune-pack", "--force on a foreign folder")
+        # ... and on its own output, also with a stray file added later: only the pure one goes.
+        out = os.path.join(tmp, "out")
+        P.run_pack("--no-progress", src, out)
+        P.run_pack("--no-progress", "--force", "--fraction", "0.5", src, out)
+        meta, recs, _ = P.read_db(out)
+        f.check(len(recs) == 2, f"--force on its own output: {len(recs)} records")
+        open(os.path.join(out, "precious.txt"), "w").write("x")
+        before = tree_snapshot(tmp)
+        refused(["--force", src, out], "precious.txt was not written", "--force on an output with a stray file")
+        os.remove(os.path.join(out, "precious.txt"))
+        # An existing report is rewritten; a split output is replaced as a whole.
+        rep = os.path.join(tmp, "rep.txt")
+        P.run_pack("--no-progress", "--report", rep, src, os.path.join(tmp, "o3"))
+        proc = P.run_pack("--no-progress", "--force", "--report", rep, src, os.path.join(tmp, "o3"), check=False)
+        f.check(proc.returncode == 0, f"rewriting its own report: {proc.stderr!r}")
+        split = os.path.join(tmp, "split")
+        P.run_pack("--no-progress", "--split", "a=0.5,b=0.5", src, split)
+        proc = P.run_pack("--no-progress", "--force", "--split", "a=0.5,b=0.5", src, split, check=False)
+        f.check(proc.returncode == 0, f"--force on its split output: {proc.stderr!r}")
+    return f.finish()
+
+
 def expected_split_counts(n, fraction, cumulative):
     """The documented rule: keep round(n*fraction); split s ends at round(kept*F_s)."""
     kept = int(np.floor(n * fraction + 0.5 + 1e-9))
