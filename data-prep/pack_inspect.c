@@ -3,6 +3,8 @@
  * the way the loader would and more (key sequence, CRC, labels, counts, JPEG decodes). */
 #include "pack.h"
 
+#include "mobiletune/db_check.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -75,6 +77,13 @@ static void free_list(char **list, int count) {
 
 /* Read-only open; a read-only folder (no lock file possible) falls back to MDB_NOLOCK. */
 static mt_status open_readonly(const char *path, MDB_env **env) {
+    /* LMDB trusts the file it maps: its structure is checked by pread first (db_check.h), every
+     * page of it (even info's one lookup follows page numbers), so a corrupt file is reported and
+     * never ends the program with a signal. */
+    char file[4200];
+    snprintf(file, sizeof file, "%s/data.mdb", path);
+    mt_db_summary summary;
+    MT_TRY(mt_db_check(file, true, &summary));
     for (int attempt = 0; attempt < 2; attempt++) {
         LMDB_CHECK(mdb_env_create(env), path);
         unsigned flags = MDB_RDONLY | (attempt ? MDB_NOLOCK : 0);

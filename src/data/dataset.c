@@ -2,8 +2,8 @@
  * API (eval, predict, feature extraction) and the record path the batch loader's threads share.
  *
  * Nothing in the database is trusted. LMDB maps the file, so a data.mdb shorter than the pages its
- * own meta page claims would fault (SIGBUS) on first touch: the file size is checked against the
- * last used page before any page is read through the map. */
+ * own meta page claims would fault (SIGBUS) on first touch, and a corrupt page could send a
+ * lookup anywhere: mt_db_check() reads the structure by pread before LMDB opens the file. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "data/dataset_internal.h"
+#include "mobiletune/db_check.h"
 #include "mobiletune/image.h"
 
 static mt_status meta_read(mt_dataset *ds) {
@@ -62,14 +63,22 @@ static mt_status open_env(mt_dataset *ds) {
     memcpy(file + path_len, "/data.mdb", sizeof "/data.mdb");
     int rc = stat(file, &st);
     int err = errno;
-    free(file);
-    if (rc != 0)
-        return MT_FAIL(MT_ERR_IO,
-                       "dataset '%s': cannot read data.mdb: %s (is it a dataset made "
-                       "by mobiletune-pack?)",
-                       ds->path, strerror(err));
-    if (st.st_size == 0)
+    if (rc != 0 || st.st_size == 0) {
+        free(file);
+        if (rc != 0)
+            return MT_FAIL(MT_ERR_IO,
+                           "dataset '%s': cannot read data.mdb: %s (is it a dataset made "
+                           "by mobiletune-pack?)",
+                           ds->path, strerror(err));
         return MT_FAIL(MT_ERR_FORMAT, "dataset '%s': data.mdb is empty (truncated)", ds->path);
+    }
+    /* Before LMDB maps a single page: its meta pages and every page of the tree are checked by
+     * pread, so a corrupted file is an error here and never a SIGBUS or SIGSEGV later. The walk
+     * reads the branch and leaf pages and one header per record (records live on overflow
+     * pages), a small fraction of the file. */
+    mt_status checked = mt_db_check(file, true, NULL);
+    free(file);
+    if (checked != MT_OK) return mt_error_context(checked, "dataset '%s'", ds->path);
     LMDB_CHECK(mdb_env_create(&ds->env), ds->path);
     /* A packed dataset is immutable (the packer writes a temporary folder and renames it into
      * place), so readers need no lock table: MDB_NOLOCK works in a read-only folder, leaves no

@@ -2,7 +2,9 @@
  * byte of it), records that are well-formed but lie (label out of range, wrong size, bad JPEG),
  * hostile or missing metadata, extra entries. Each must give an error that names the file or the
  * record key, through the random-access API and through the prefetch threads, never a crash (the
- * sanitizer build runs this too). */
+ * sanitizer build runs this too). LMDB's own structure corrupted (meta pages, tree pages) is an
+ * error naming data.mdb too, never a SIGBUS or SIGSEGV. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -309,6 +311,103 @@ static void test_bad_meta(void) {
     mt_test_remove_tree(dir);
 }
 
+/* Flip `mask` into the byte at `offset` of `file` (again to undo). */
+static void flip_byte(const char *file, long offset, uint8_t mask) {
+    FILE *f = fopen(file, "r+b");
+    uint8_t b = 0;
+    CHECK(f && fseek(f, offset, SEEK_SET) == 0 && fread(&b, 1, 1, f) == 1);
+    b ^= mask;
+    CHECK(f && fseek(f, offset, SEEK_SET) == 0 && fwrite(&b, 1, 1, f) == 1);
+    if (f) fclose(f);
+}
+
+/* Open and read every record; returns the status of the first failure (a signal fails the test
+ * by itself). */
+static mt_status open_and_read_all(const char *dir) {
+    mt_dataset *ds = NULL;
+    mt_status st = mt_dataset_open(dir, &ds);
+    for (uint64_t i = 0; st == MT_OK && i < mt_dataset_count(ds); i++) {
+        int32_t label;
+        char name[64];
+        st = mt_dataset_get(ds, i, NULL, &label, name, sizeof name);
+    }
+    mt_dataset_close(ds);
+    return st;
+}
+
+/* LMDB's own structure corrupted (meta pages, branch and leaf pages, overflow headers): the open
+ * checks it by pread before LMDB maps a page, so each case is an error naming data.mdb, never a
+ * SIGBUS or SIGSEGV. The two cases found by hand first, then every byte of the structural pages
+ * of a small database (inline values) and of one whose records live on overflow pages. */
+static void test_lmdb_structure(int height, int width, const char *tag) {
+    const char *dir = mt_test_make_temp_dir(tag);
+    test_db_spec spec = {.count = 12, .height = height, .width = width, .classes = CLASSES};
+    if (!test_db_create(dir, &spec)) {
+        CHECK(false);
+        return;
+    }
+    char file[4200];
+    snprintf(file, sizeof file, "%s/data.mdb", dir);
+    struct stat st;
+    CHECK(stat(file, &st) == 0);
+    CHECK(open_and_read_all(dir) == MT_OK);
+    /* The second meta page's page size (4096 + 40) set to 0xff..: SIGBUS before the check. */
+    for (int i = 0; i < 8; i++)
+        flip_byte(file, 4096 + 40 + i, 0xff);
+    mt_clear_error();
+    CHECK(open_and_read_all(dir) == MT_ERR_FORMAT);
+    CHECK_MSG(strstr(mt_last_error(), file) && strstr(mt_last_error(), "meta page (page 1") &&
+                  strstr(mt_last_error(), "page size"),
+              "%s", mt_last_error());
+    printf("meta page 1 page size: %s\n", mt_last_error());
+    mt_loader_options options = {.world_size = 1, .batch_size = 2, .threads = 2};
+    mt_loader *loader = NULL;
+    CHECK(mt_loader_open(dir, &options, &loader) == MT_ERR_FORMAT && loader == NULL);
+    for (int i = 0; i < 8; i++)
+        flip_byte(file, 4096 + 40 + i, 0xff);
+    /* A node offset of the first data page. */
+    flip_byte(file, 2 * 4096 + 16, 0xff);
+    mt_clear_error();
+    CHECK(open_and_read_all(dir) == MT_ERR_FORMAT);
+    CHECK_MSG(strstr(mt_last_error(), file) && strstr(mt_last_error(), "corrupt LMDB"), "%s",
+              mt_last_error());
+    printf("page 2 node offset: %s\n", mt_last_error());
+    CHECK(mt_loader_open(dir, &options, &loader) == MT_ERR_FORMAT && loader == NULL);
+    flip_byte(file, 2 * 4096 + 16, 0xff);
+    CHECK(open_and_read_all(dir) == MT_OK);
+
+    /* Every byte of each meta page's fields, and of the header and first node offsets of every
+     * page that is not an overflow page, then every 31st byte of the rest of it (a node's header
+     * or key or value: kept few so the test stays fast), flipped whole and in its lowest bit. */
+    uint8_t header[16];
+    long pages = (long)(st.st_size / 4096), mutations = 0, refused = 0;
+    for (long page = 0; page < pages; page++) {
+        FILE *f = fopen(file, "rb");
+        CHECK(f && fseek(f, page * 4096, SEEK_SET) == 0 && fread(header, 1, 16, f) == 16);
+        if (f) fclose(f);
+        if (header[10] & 0x04) continue; /* overflow: the record's bytes, checked by its CRC */
+        long end = page < 2 ? 152 : 4096;
+        for (long at = page * 4096; at < page * 4096 + end; at += at - page * 4096 < 64 ? 1 : 31) {
+            for (int m = 0; m < 2; m++) {
+                uint8_t mask = m ? 0x01 : 0xff;
+                flip_byte(file, at, mask);
+                mt_status got = open_and_read_all(dir);
+                flip_byte(file, at, mask);
+                mutations++;
+                refused += got != MT_OK;
+                CHECK_MSG(got == MT_OK || strstr(mt_last_error(), dir) != NULL,
+                          "flip at %ld: the error does not name the dataset: %s", at,
+                          mt_last_error());
+            }
+        }
+    }
+    printf("%s: %ld mutations of the LMDB structure, %ld refused, none crashed\n", tag, mutations,
+           refused);
+    CHECK(mutations > 500 && refused > 100);
+    CHECK(open_and_read_all(dir) == MT_OK);
+    mt_test_remove_tree(dir);
+}
+
 int main(void) {
     snprintf(base_dir, sizeof base_dir, "%s", mt_test_make_temp_dir("corrupt-base"));
     test_db_spec spec = {.count = N, .height = H, .width = W, .classes = CLASSES};
@@ -320,6 +419,8 @@ int main(void) {
     test_bit_flips();
     test_lying_records();
     test_bad_meta();
+    test_lmdb_structure(H, W, "corrupt-lmdb-inline");
+    test_lmdb_structure(48, 48, "corrupt-lmdb-overflow");
     mt_test_remove_tree(base_dir);
     return mt_test_finish();
 }

@@ -430,6 +430,31 @@ def case_output_safety():
     return f.finish()
 
 
+def case_corrupt_db():
+    """A corrupted LMDB structure (the second meta page's page size; a node offset of the first
+    data page) makes info and verify fail naming data.mdb, never die on a signal."""
+    with P.TempDir("lmdb") as tmp:
+        src = small_input(os.path.join(tmp, "in"), 3)
+        good = os.path.join(tmp, "good")
+        P.run_pack("--no-progress", src, good)
+        for name, offset, data in (("meta", 4096 + 40, b"\xff" * 8), ("node", 2 * 4096 + 16, None)):
+            db = os.path.join(tmp, name)
+            os.makedirs(db)
+            raw = bytearray(open(os.path.join(good, "data.mdb"), "rb").read())
+            if data:
+                raw[offset:offset + len(data)] = data
+            else:
+                raw[offset] ^= 0xFF
+            open(os.path.join(db, "data.mdb"), "wb").write(bytes(raw))
+            for command in ("info", "verify"):
+                proc = P.run_pack(command, db, check=False)
+                f.check(proc.returncode == 1 and "data.mdb: corrupt LMDB" in proc.stderr,
+                        f"{command} of {name}: exit {proc.returncode} {proc.stderr!r}")
+        ok = P.run_pack("verify", good, check=False)
+        f.check(ok.returncode == 0, f"verify of the good one: {ok.stderr!r}")
+    return f.finish()
+
+
 def expected_split_counts(n, fraction, cumulative):
     """The documented rule: keep round(n*fraction); split s ends at round(kept*F_s)."""
     kept = int(np.floor(n * fraction + 0.5 + 1e-9))
