@@ -28,6 +28,7 @@
 #ifndef MOBILETUNE_RECORD_H
 #define MOBILETUNE_RECORD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -102,6 +103,18 @@ mt_status mt_meta_format(const mt_dataset_meta *meta, char **out_text, size_t *o
 mt_status mt_meta_parse(const void *data, size_t size, mt_dataset_meta *out);
 
 void mt_meta_free(mt_dataset_meta *meta);
+
+/* Where two class lists meet (train/val/test databases, a checkpoint's class_names and a
+ * database) they must be the same names in the same order, since a label is a position in the
+ * list: comparing counts alone lets cats/dogs meet dogs/zcats and report accuracy 0 as a result.
+ * True when `a` and `b` are equal; otherwise false, with `message` (`capacity` bytes, may be 0)
+ * saying how they differ: "2 classes against 3 (...)" or "class 0 is 'cats' against 'dogs'". */
+bool mt_class_names_same(const char *const *a, int a_count, const char *const *b, int b_count,
+                         char *message, size_t capacity);
+
+/* mt_class_names_same() on two databases' metadata (what the trainer compares for train/val). */
+bool mt_dataset_meta_same_classes(const mt_dataset_meta *a, const mt_dataset_meta *b,
+                                  char *message, size_t capacity);
 
 #ifdef __cplusplus
 }

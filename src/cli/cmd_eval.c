@@ -16,6 +16,26 @@ static void free_names(char **names, int count) {
     free(names);
 }
 
+/* A label is a position in the class list: a checkpoint of cats/dogs on a database of
+ * dogs/zcats would count every right answer wrong, so the lists must agree by name. */
+static mt_status check_classes(const char *checkpoint, char **names, int classes, const char *db) {
+    mt_dataset *dataset = NULL;
+    MT_TRY(mt_dataset_open(db, &dataset));
+    const mt_dataset_meta *meta = mt_dataset_meta_get(dataset);
+    char message[600];
+    bool same = mt_class_names_same((const char *const *)names, classes,
+                                    (const char *const *)meta->class_names, meta->class_count,
+                                    message, sizeof message);
+    mt_dataset_close(dataset);
+    if (!same)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "checkpoint '%s' and database '%s' have different classes: %s (the "
+                       "checkpoint's first): evaluate on data packed with the classes it was "
+                       "trained on",
+                       checkpoint, db, message);
+    return MT_OK;
+}
+
 int mt_cmd_eval(int argc, char **argv) {
     const char *checkpoint = NULL, *db = NULL, *backend_name = "cpu";
     int batch_size = 32, threads = 2;
@@ -53,8 +73,9 @@ int mt_cmd_eval(int argc, char **argv) {
     if (status == MT_OK)
         status = mt_checkpoint_open_model(checkpoint, backend_name, batch_size, &backend, &model,
                                           &names);
-    if (status == MT_OK) status = mt_evaluate(model, db, comm, threads, &result);
     int classes = model ? mt_model_get_layout(model)->config.classes : 0;
+    if (status == MT_OK) status = check_classes(checkpoint, names, classes, db);
+    if (status == MT_OK) status = mt_evaluate(model, db, comm, threads, &result);
     if (status == MT_OK && mt_comm_get_info(comm).rank == 0) {
         printf("%s on %s: %lld images, loss %.4f, accuracy %.4f\n", checkpoint, db,
                (long long)result.count, result.loss, result.accuracy);

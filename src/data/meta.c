@@ -479,3 +479,43 @@ void mt_meta_free(mt_dataset_meta *meta) {
     free(meta->options);
     memset(meta, 0, sizeof *meta);
 }
+
+/* "cats, dogs" (cut short with "..." beyond `capacity`). */
+static void list_names(const char *const *names, int count, char *text, size_t capacity) {
+    size_t used = 0;
+    text[0] = '\0';
+    for (int i = 0; i < count && used + 1 < capacity; i++) {
+        int n = snprintf(text + used, capacity - used, "%s%s", i ? ", " : "", names[i]);
+        if (n < 0 || (size_t)n >= capacity - used) {
+            if (capacity > 4) memcpy(text + capacity - 4, "...", 4);
+            return;
+        }
+        used += (size_t)n;
+    }
+}
+
+bool mt_class_names_same(const char *const *a, int a_count, const char *const *b, int b_count,
+                         char *message, size_t capacity) {
+    int differ = -1;
+    for (int i = 0; i < a_count && i < b_count && differ < 0; i++)
+        if (strcmp(a[i], b[i]) != 0) differ = i;
+    if (differ < 0 && a_count == b_count) return true;
+    if (capacity == 0) return false;
+    char first[200], second[200];
+    list_names(a, a_count, first, sizeof first);
+    list_names(b, b_count, second, sizeof second);
+    if (differ >= 0)
+        snprintf(message, capacity, "class %d is '%s' against '%s' (classes %s against %s)", differ,
+                 a[differ], b[differ], first, second);
+    else
+        snprintf(message, capacity, "%d classes against %d (%s against %s)", a_count, b_count,
+                 first, second);
+    return false;
+}
+
+bool mt_dataset_meta_same_classes(const mt_dataset_meta *a, const mt_dataset_meta *b,
+                                  char *message, size_t capacity) {
+    return mt_class_names_same((const char *const *)a->class_names, a->class_count,
+                               (const char *const *)b->class_names, b->class_count, message,
+                               capacity);
+}

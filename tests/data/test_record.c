@@ -459,7 +459,30 @@ static void test_python_seeds(void) {
     }
 }
 
+/* Class lists meet by name and order, not by count. */
+static void test_same_classes(void) {
+    const char *cats_dogs[] = {"cats", "dogs"}, *dogs_zcats[] = {"dogs", "zcats"};
+    const char *three[] = {"cats", "dogs", "birds"};
+    char message[300] = "";
+    CHECK(mt_class_names_same(cats_dogs, 2, cats_dogs, 2, message, sizeof message));
+    CHECK(!mt_class_names_same(cats_dogs, 2, dogs_zcats, 2, message, sizeof message));
+    CHECK_MSG(strstr(message, "class 0 is 'cats' against 'dogs'") &&
+                  strstr(message, "cats, dogs against dogs, zcats"),
+              "%s", message);
+    CHECK(!mt_class_names_same(cats_dogs, 2, three, 3, message, sizeof message));
+    CHECK_MSG(strstr(message, "2 classes against 3"), "%s", message);
+    CHECK(!mt_class_names_same(cats_dogs, 2, three, 3, NULL, 0));
+    char tiny[12];
+    CHECK(!mt_class_names_same(cats_dogs, 2, dogs_zcats, 2, tiny, sizeof tiny));
+    CHECK(strlen(tiny) < sizeof tiny);
+    mt_dataset_meta a = {.class_count = 2, .class_names = (char **)cats_dogs};
+    mt_dataset_meta b = {.class_count = 2, .class_names = (char **)dogs_zcats};
+    CHECK(mt_dataset_meta_same_classes(&a, &a, message, sizeof message));
+    CHECK(!mt_dataset_meta_same_classes(&a, &b, message, sizeof message));
+}
+
 int main(void) {
+    test_same_classes();
     test_crc_is_zlib_crc32();
     test_key();
     test_python_seeds();
