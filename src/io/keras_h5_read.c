@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,7 @@ static bool in_group(const char *path, const char *group) {
 typedef struct visit_state {
     mt_keras_h5 *file;
     mt_status status;
+    char message[1024]; /* the failure's own text: H5Lvisit's failure overwrites the last error */
 } visit_state;
 
 /* Split a dataset path into group/layer/weight (see keras_h5.h for the layouts) and append it. */
@@ -147,11 +149,23 @@ static mt_status add_entry(mt_keras_h5 *file, const char *path, const int64_t *s
     e->pub.layer = layer_out;
     e->pub.weight = weight_out;
     e->pub.rank = rank;
-    e->pub.count = 1;
+    /* The dimensions come from the file: a crafted one can multiply past int64 (undefined
+     * behaviour in C), so the count is built with checked arithmetic. */
+    int64_t count = 1;
     for (int i = 0; i < rank; i++) {
         e->pub.shape[i] = shape[i];
-        e->pub.count *= shape[i];
+        if (shape[i] < 0 || __builtin_mul_overflow(count, shape[i], &count)) {
+            char text[160];
+            format_shape(text, sizeof text, shape, rank);
+            file->entry_count--;
+            free(storage);
+            return MT_FAIL(MT_ERR_FORMAT,
+                           "weights file '%s': dataset '%s' has shape %s, more values than a "
+                           "64-bit count holds: the file is corrupt or crafted",
+                           file->path, path, text);
+        }
     }
+    e->pub.count = count;
     e->pub.bits = bits;
     e->var_index = var_index;
     e->ignored =
@@ -195,7 +209,10 @@ static herr_t visit_link(hid_t root, const char *name, const H5L_info_t *info, v
                     shape[i] = (int64_t)dims[i];
                 int bits = (int)(8 * type_size);
                 state->status = add_entry(state->file, name, shape, rank, bits);
-                if (state->status != MT_OK) result = -1;
+                if (state->status != MT_OK) {
+                    snprintf(state->message, sizeof state->message, "%s", mt_last_error());
+                    result = -1;
+                }
             }
         }
     }
@@ -313,10 +330,12 @@ mt_status mt_keras_h5_open(const char *path, mt_keras_h5 **out) {
                                       path);
         goto done;
     }
-    visit_state state = {.file = file, .status = MT_OK};
+    visit_state state = {.file = file, .status = MT_OK, .message = ""};
     if (H5_CHECK(H5Lvisit(file->file, H5_INDEX_NAME, H5_ITER_INC, visit_link, &state)) < 0) {
         status =
-            state.status != MT_OK
+            state.status != MT_OK && state.message[0]
+                ? MT_FAIL(state.status, "%s", state.message)
+            : state.status != MT_OK
                 ? mt_error_context(state.status, "indexing weights file '%s'", path)
                 : mt_error_context(MT_ERR_FORMAT,
                                    "weights file '%s' is corrupt (listing its contents)", path);
@@ -539,6 +558,18 @@ mt_status mt_keras_h5_read(mt_keras_h5 *file, const char *layer_name, const char
                                   file->path, layer_name, wl, weight_name, e->pub.path);
     else
         e->pub.reads++;
+    /* A NaN or Inf weight poisons every output it reaches (a NaN kernel once raised an eval
+     * accuracy to 1.000): refused with the first place it sits. */
+    for (int64_t i = 0; status == MT_OK && i < e->pub.count; i++) {
+        if (isfinite(dst[i])) continue;
+        status = MT_FAIL(MT_ERR_FORMAT,
+                         "weights file '%s': layer '%s' weight '%.*s' (dataset '%s') holds %s at "
+                         "index %lld of %lld: a non-finite weight means a corrupt file or a "
+                         "diverged training; use another weights file",
+                         file->path, layer_name, wl, weight_name, e->pub.path,
+                         isnan(dst[i]) ? "NaN" : "an infinity", (long long)i,
+                         (long long)e->pub.count);
+    }
     mt_h5_close_any(dataset);
     mt_h5_quiet_end(&quiet);
     return status;

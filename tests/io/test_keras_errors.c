@@ -4,6 +4,7 @@
  * and float16 datasets, Keras 3's layers/<layer>/vars/<i>, and one layer name in two sub-models. */
 #include <fcntl.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +194,51 @@ static void test_float_widths(void) {
     expect_open_error(ints, MT_ERR_FORMAT, "no float tensors");
 }
 
+/* Dimensions whose product passes int64 (2^40 * 2^23 = 2^63, still a valid hsize_t count for
+ * HDF5 when the dataset is chunked and never written) are refused, not multiplied past the
+ * range (UBSan found `count *= shape[i]` overflowing); NaN and Inf weights are refused by name
+ * and index. */
+static void test_hostile_tensors(void) {
+    const char *path = temp_path("huge.h5");
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t dims[2] = {(hsize_t)1 << 40, (hsize_t)1 << 23}, chunk[2] = {1, 1};
+    hid_t space = H5Screate_simple(2, dims, NULL);
+    hid_t create = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(create, 2, chunk);
+    hid_t links = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(links, 1);
+    hid_t set = H5Dcreate2(file, "dense/dense/kernel:0", H5T_IEEE_F32LE, space, links, create,
+                           H5P_DEFAULT);
+    CHECK_MSG(set >= 0, "cannot build the huge dataset");
+    H5Dclose(set);
+    H5Pclose(links);
+    H5Pclose(create);
+    H5Sclose(space);
+    H5Fclose(file);
+    expect_open_error(path, MT_ERR_FORMAT, "more values than a 64-bit count holds");
+    CHECK_MSG(strstr(mt_last_error(), "(1099511627776, 8388608)"), "%s", mt_last_error());
+
+    const char *nan_path = temp_path("nan.h5");
+    file = H5Fcreate(nan_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    float kernel[6] = {0.5f, -1.25f, 3.0f, NAN, 1.0f, 2.0f}, bias[3] = {0, INFINITY, 1};
+    hsize_t kernel_dims[2] = {2, 3}, bias_dims[1] = {3};
+    put(file, "dense/dense/kernel:0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, kernel_dims, kernel);
+    put(file, "dense/dense/bias:0", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, bias_dims, bias);
+    H5Fclose(file);
+    mt_keras_h5 *weights = NULL;
+    CHECK_MSG(mt_keras_h5_open(nan_path, &weights) == MT_OK, "%s", mt_last_error());
+    if (!weights) return;
+    float got[6];
+    int64_t shape2[2] = {2, 3}, shape1[1] = {3};
+    CHECK(mt_keras_h5_read(weights, "dense", "kernel", shape2, 2, got) == MT_ERR_FORMAT);
+    CHECK_MSG(strstr(mt_last_error(), "'kernel'") && strstr(mt_last_error(), "NaN at index 3"),
+              "%s", mt_last_error());
+    CHECK(mt_keras_h5_read(weights, "dense", "bias", shape1, 1, got) == MT_ERR_FORMAT);
+    CHECK_MSG(strstr(mt_last_error(), "'bias'") && strstr(mt_last_error(), "infinity at index 1"),
+              "%s", mt_last_error());
+    mt_keras_h5_close(weights);
+}
+
 static void test_keras3_layout(void) {
     const char *path = temp_path("model.weights.h5");
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
@@ -301,6 +347,7 @@ int main(void) {
     snprintf(dir, sizeof dir, "%s", mt_test_make_temp_dir("keras-errors"));
     test_bad_files();
     test_float_widths();
+    test_hostile_tensors();
     test_keras3_layout();
     test_keras3_class_names();
     test_ambiguous();
