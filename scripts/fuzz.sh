@@ -1,9 +1,10 @@
 #!/bin/bash
-# Fuzz the record and metadata parsers with libFuzzer for a bounded time each.
+# Fuzz the record and metadata parsers and the Keras h5 reader with libFuzzer for a bounded time
+# each.
 #   scripts/fuzz.sh [seconds-per-target]     (default 60)
-# Configures a clang build with -DMT_FUZZ=ON in ${MT_FUZZ_BUILD:-build-fuzz}, builds fuzz_record
-# and fuzz_meta (ASan + UBSan), and runs each from a working corpus seeded with the committed seeds
-# in tests/fuzz/corpus/<target>/ (the working corpus grows between runs; the seeds are not touched).
+# Configures a clang build with -DMT_FUZZ=ON in ${MT_FUZZ_BUILD:-build-fuzz}, builds fuzz_record,
+# fuzz_meta and fuzz_h5 (ASan + UBSan), and runs each from a working corpus seeded with the
+# committed seeds in tests/fuzz/corpus/<target>/ (the working corpus grows between runs; the seeds are not touched).
 # Crashes are written to <build>/fuzz-artifacts/ and make the script exit non-zero.
 set -euo pipefail
 seconds="${1:-60}"
@@ -17,11 +18,11 @@ if ! command -v clang >/dev/null; then
 fi
 cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
     -DMT_FUZZ=ON -DMT_WITH_CUDA=OFF -DMT_WITH_MPI=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j"$jobs" --target fuzz_record fuzz_meta
+cmake --build "$build" -j"$jobs" --target fuzz_record fuzz_meta fuzz_h5
 
 status=0
 mkdir -p "$build/fuzz-artifacts"
-for target in record meta; do
+for target in record meta h5; do
     corpus="$build/fuzz-corpus/$target"
     mkdir -p "$corpus"
     cp -n "$root/tests/fuzz/corpus/$target/"* "$corpus/" 2>/dev/null || true
