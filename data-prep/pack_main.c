@@ -35,6 +35,8 @@ static const char usage_text[] =
     "  --report PATH      where to list skipped files (default OUT/skipped.txt)\n"
     "  --force            replace an existing OUT\n"
     "  --map-size BYTES   initial LMDB map size (default: estimated; it doubles when full)\n"
+    "  --max-pixels N     skip images whose header declares more than N pixels (default 67108864,\n"
+    "                     i.e. 8192x8192), before decoding or allocating anything\n"
     "  --progress, --no-progress   force the progress display on or off (default: on a TTY)\n"
     "  -h, --help         this text\n"
     "\n"
@@ -141,6 +143,10 @@ static int pack_main(int argc, char **argv) {
             o.threads = (int)n;
         } else if (strcmp(name, "--report") == 0) {
             o.report = value;
+        } else if (strcmp(name, "--max-pixels") == 0) {
+            if (!parse_long(value, 1, (long long)1 << 40, &n))
+                return usage_error("--max-pixels '%s': want a pixel count, 1..2^40", value);
+            mt_image_set_max_pixels((uint64_t)n);
         } else if (strcmp(name, "--map-size") == 0) {
             if (!parse_long(value, 4096, (long long)1 << 40, &n))
                 return usage_error("--map-size '%s': want bytes, 4096..2^40", value);

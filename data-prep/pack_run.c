@@ -188,10 +188,9 @@ static mt_status check_output_paths(const pack_options *o, const pack_input *in)
     struct stat st;
     bool folder_input = stat(o->input, &st) == 0 && S_ISDIR(st.st_mode);
     if (folder_input && mt_path_within(out_real, in_real))
-        return MT_FAIL(MT_ERR_INVALID,
-                       "output %s is %s the input folder %s: choose an output outside it",
-                       o->output, strcmp(out_real, in_real) == 0 ? "the same folder as" : "inside",
-                       o->input);
+        return MT_FAIL(
+            MT_ERR_INVALID, "output %s is %s the input folder %s: choose an output outside it",
+            o->output, strcmp(out_real, in_real) == 0 ? "the same folder as" : "inside", o->input);
     if (mt_path_within(in_real, out_real))
         return MT_FAIL(MT_ERR_INVALID,
                        "output %s holds the input %s: replacing it would delete the input; "
@@ -200,10 +199,11 @@ static mt_status check_output_paths(const pack_options *o, const pack_input *in)
     bool report = o->report != NULL;
     if (report) {
         MT_TRY(mt_path_real(o->report, report_real, sizeof report_real));
-        if (strcmp(report_real, in_real) == 0 || (folder_input && mt_path_within(report_real, in_real) &&
-                                                  stat(o->report, &st) == 0))
-            return MT_FAIL(MT_ERR_INVALID, "--report %s is part of the input %s: choose another path",
-                           o->report, o->input);
+        if (strcmp(report_real, in_real) == 0 ||
+            (folder_input && mt_path_within(report_real, in_real) && stat(o->report, &st) == 0))
+            return MT_FAIL(MT_ERR_INVALID,
+                           "--report %s is part of the input %s: choose another path", o->report,
+                           o->input);
         if (mt_path_within(report_real, out_real))
             return MT_FAIL(MT_ERR_INVALID,
                            "--report %s lies inside the output %s, which is written as a whole: "

@@ -54,7 +54,8 @@ mt_status mt_folder_check(const char *path, const char *what);
  * check by path. *fd is -1 on failure. */
 mt_status mt_file_open_read(const char *path, const char *what, int *fd);
 
-/* ---- write errors ----------------------------------------------------------------------------- */
+/* ---- write errors -----------------------------------------------------------------------------
+ */
 
 /* The errno a failed write to `path` should be reported with. A write that stops part way
  * because the disk filled up comes back from some libraries (LMDB's page flush) as EIO; when the

@@ -37,6 +37,14 @@ typedef enum mt_image_format {
 
 mt_image_format mt_image_detect(const void *bytes, size_t size);
 
+/* The most pixels (width x height as the file's header declares them, before any scaling or EXIF
+ * rotation) an image may have to be decoded: larger ones are refused from the header alone
+ * (MT_ERR_FORMAT naming the size and the limit), before any allocation. Default 2^26
+ * (e.g. 8192 x 8192). One value for the process, set before decoding threads start. */
+#define MT_IMAGE_DEFAULT_MAX_PIXELS ((uint64_t)1 << 26)
+mt_status mt_image_set_max_pixels(uint64_t pixels);
+uint64_t mt_image_max_pixels(void);
+
 /* A `min_side_hint` asking for TensorFlow's pixels: a full-size JPEG decode with libjpeg's fast
  * integer IDCT, which is what tf.io.decode_jpeg / decode_image do by default, so the decoded
  * pixels are identical to TensorFlow's (and after mt_image_resize within 0.5 of the tutorial's

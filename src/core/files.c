@@ -94,8 +94,8 @@ mt_status mt_path_real(const char *path, char *out, size_t capacity) {
     if (error != ENOENT)
         return MT_FAIL(MT_ERR_IO, "cannot resolve '%s': %s", path, strerror(error));
     if (lstat(path, &info) == 0)
-        return MT_FAIL(MT_ERR_INVALID, "'%s' is a symlink to nothing: remove it or give another path",
-                       path);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "'%s' is a symlink to nothing: remove it or give another path", path);
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/')
         n--;
@@ -126,7 +126,8 @@ bool mt_path_within(const char *inner, const char *outer) {
     return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
 }
 
-/* ---- inputs ------------------------------------------------------------------------------------ */
+/* ---- inputs ------------------------------------------------------------------------------------
+ */
 
 static const char *kind_name(mode_t mode) {
     if (S_ISDIR(mode)) return "a folder";
@@ -186,7 +187,8 @@ mt_status mt_file_open_read(const char *path, const char *what, int *fd) {
     return MT_OK;
 }
 
-/* ---- write errors ------------------------------------------------------------------------------ */
+/* ---- write errors ------------------------------------------------------------------------------
+ */
 
 int mt_write_errno(const char *path, int error) {
     if (error != EIO && error != 0) return error;

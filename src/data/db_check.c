@@ -92,8 +92,9 @@ static mt_status read_at(checker *c, uint64_t offset, void *buffer, size_t bytes
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return MT_FAIL(MT_ERR_IO, "%s: read error: %s", c->path, strerror(errno));
         if (n == 0)
-            return MT_FAIL(MT_ERR_FORMAT, "%s: the file ends at %" PRIu64 " bytes, inside page data",
-                           c->path, c->file_bytes);
+            return MT_FAIL(MT_ERR_FORMAT,
+                           "%s: the file ends at %" PRIu64 " bytes, inside page data", c->path,
+                           c->file_bytes);
         got += (size_t)n;
     }
     return MT_OK;
@@ -117,8 +118,9 @@ static mt_status check_table(const checker *c, int index, const meta *m, const t
     char detail[200];
     if (t->root == NO_PAGE) {
         if (t->depth != 0 || t->entries != 0) {
-            snprintf(detail, sizeof detail, "the empty %s table has depth %u and %" PRIu64
-                     " entries", name, t->depth, t->entries);
+            snprintf(detail, sizeof detail,
+                     "the empty %s table has depth %u and %" PRIu64 " entries", name, t->depth,
+                     t->entries);
             return corrupt(c, "meta page", (uint64_t)index, detail);
         }
         return MT_OK;
@@ -210,8 +212,8 @@ static int compare_keys(const uint8_t *a, size_t an, const uint8_t *b, size_t bn
 static mt_status check_overflow(checker *c, uint64_t leaf, uint64_t page, uint64_t bytes) {
     char detail[200];
     if (page < 2 || page > c->last_page) {
-        snprintf(detail, sizeof detail, "a value's overflow page %" PRIu64 " is outside 2..%" PRIu64,
-                 page, c->last_page);
+        snprintf(detail, sizeof detail,
+                 "a value's overflow page %" PRIu64 " is outside 2..%" PRIu64, page, c->last_page);
         return corrupt(c, "leaf page", leaf, detail);
     }
     uint8_t header[PAGE_HEADER];
@@ -219,8 +221,7 @@ static mt_status check_overflow(checker *c, uint64_t leaf, uint64_t page, uint64
     c->pages_read++;
     uint64_t count = u32(header + 12);
     if (u64(header) != page || (u16(header + 10) & P_KIND) != P_OVERFLOW || count == 0 ||
-        count > c->last_page - page + 1 ||
-        bytes > count * c->page_size - PAGE_HEADER) {
+        count > c->last_page - page + 1 || bytes > count * c->page_size - PAGE_HEADER) {
         snprintf(detail, sizeof detail,
                  "header says page %" PRIu64 " flags 0x%x, %" PRIu64 " pages for a %" PRIu64
                  "-byte value",
@@ -359,8 +360,7 @@ mt_status mt_db_check(const char *data_file, bool walk_pages, mt_db_summary *sum
     MT_TRY(mt_file_open_read(data_file, "LMDB data file", &c.fd));
     struct stat st;
     mt_status status = MT_OK;
-    if (fstat(c.fd, &st) != 0)
-        status = MT_FAIL(MT_ERR_IO, "%s: %s", data_file, strerror(errno));
+    if (fstat(c.fd, &st) != 0) status = MT_FAIL(MT_ERR_IO, "%s: %s", data_file, strerror(errno));
     c.file_bytes = status == MT_OK ? (uint64_t)st.st_size : 0;
     meta m0 = {0}, m1 = {0};
     if (status == MT_OK) status = read_meta(&c, 0, 0, &m0);

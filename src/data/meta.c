@@ -513,8 +513,8 @@ bool mt_class_names_same(const char *const *a, int a_count, const char *const *b
     return false;
 }
 
-bool mt_dataset_meta_same_classes(const mt_dataset_meta *a, const mt_dataset_meta *b,
-                                  char *message, size_t capacity) {
+bool mt_dataset_meta_same_classes(const mt_dataset_meta *a, const mt_dataset_meta *b, char *message,
+                                  size_t capacity) {
     return mt_class_names_same((const char *const *)a->class_names, a->class_count,
                                (const char *const *)b->class_names, b->class_count, message,
                                capacity);

@@ -333,8 +333,7 @@ mt_status mt_keras_h5_open(const char *path, mt_keras_h5 **out) {
     visit_state state = {.file = file, .status = MT_OK, .message = ""};
     if (H5_CHECK(H5Lvisit(file->file, H5_INDEX_NAME, H5_ITER_INC, visit_link, &state)) < 0) {
         status =
-            state.status != MT_OK && state.message[0]
-                ? MT_FAIL(state.status, "%s", state.message)
+            state.status != MT_OK && state.message[0] ? MT_FAIL(state.status, "%s", state.message)
             : state.status != MT_OK
                 ? mt_error_context(state.status, "indexing weights file '%s'", path)
                 : mt_error_context(MT_ERR_FORMAT,
@@ -562,13 +561,13 @@ mt_status mt_keras_h5_read(mt_keras_h5 *file, const char *layer_name, const char
      * accuracy to 1.000): refused with the first place it sits. */
     for (int64_t i = 0; status == MT_OK && i < e->pub.count; i++) {
         if (isfinite(dst[i])) continue;
-        status = MT_FAIL(MT_ERR_FORMAT,
-                         "weights file '%s': layer '%s' weight '%.*s' (dataset '%s') holds %s at "
-                         "index %lld of %lld: a non-finite weight means a corrupt file or a "
-                         "diverged training; use another weights file",
-                         file->path, layer_name, wl, weight_name, e->pub.path,
-                         isnan(dst[i]) ? "NaN" : "an infinity", (long long)i,
-                         (long long)e->pub.count);
+        status =
+            MT_FAIL(MT_ERR_FORMAT,
+                    "weights file '%s': layer '%s' weight '%.*s' (dataset '%s') holds %s at "
+                    "index %lld of %lld: a non-finite weight means a corrupt file or a "
+                    "diverged training; use another weights file",
+                    file->path, layer_name, wl, weight_name, e->pub.path,
+                    isnan(dst[i]) ? "NaN" : "an infinity", (long long)i, (long long)e->pub.count);
     }
     mt_h5_close_any(dataset);
     mt_h5_quiet_end(&quiet);

@@ -6,6 +6,7 @@
 #include "test_util.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +76,62 @@ static void test_jpeg_round_trip_and_scaling(void) {
     mt_image cut;
     CHECK(mt_image_decode(jpeg, size / 2, "cut.jpg", 0, &cut) == MT_ERR_FORMAT);
     CHECK_MSG(strstr(mt_last_error(), "truncated"), "%s", mt_last_error());
+    free(jpeg);
+    mt_image_free(&src);
+}
+
+/* Rewrite the size in a JPEG's SOF0 header (as a hostile file would). */
+static void set_jpeg_size(uint8_t *jpeg, size_t size, int width, int height) {
+    for (size_t i = 2; i + 9 < size; i++) {
+        if (jpeg[i] == 0xFF && (jpeg[i + 1] == 0xC0 || jpeg[i + 1] == 0xC2)) {
+            jpeg[i + 5] = (uint8_t)(height >> 8), jpeg[i + 6] = (uint8_t)height;
+            jpeg[i + 7] = (uint8_t)(width >> 8), jpeg[i + 8] = (uint8_t)width;
+            return;
+        }
+    }
+    CHECK_MSG(0, "no SOF marker found");
+}
+
+/* A header declaring 20000x20000 is refused from the header, whatever scaling the hint allows
+ * (the 1/8 decode would be 2500x2500, under the limit: the check used to come after it and the
+ * decode cost 200 MB and seconds); the limit is configurable and applies to PNG too. */
+static void test_pixel_limit(void) {
+    CHECK(mt_image_max_pixels() == MT_IMAGE_DEFAULT_MAX_PIXELS);
+    mt_image src = make_image(64, 48);
+    uint8_t *jpeg;
+    size_t size;
+    if (mt_image_encode_jpeg(src.pixels, 64, 48, 90, &jpeg, &size) != MT_OK) {
+        CHECK_MSG(0, "encode: %s", mt_last_error());
+        mt_image_free(&src);
+        return;
+    }
+    mt_image im;
+    CHECK(mt_image_decode(jpeg, size, "ok.jpg", 0, &im) == MT_OK);
+    mt_image_free(&im);
+    set_jpeg_size(jpeg, size, 20000, 20000);
+    CHECK(mt_image_decode(jpeg, size, "huge.jpg", 160, &im) == MT_ERR_FORMAT && !im.pixels);
+    CHECK_MSG(strstr(mt_last_error(), "huge.jpg") && strstr(mt_last_error(), "20000x20000") &&
+                  strstr(mt_last_error(), "400000000 pixels") && strstr(mt_last_error(), "limit"),
+              "%s", mt_last_error());
+    set_jpeg_size(jpeg, size, 64, 48);
+    CHECK(mt_image_set_max_pixels(64 * 48 - 1) == MT_OK);
+    CHECK(mt_image_decode(jpeg, size, "small.jpg", 0, &im) == MT_ERR_FORMAT);
+    CHECK_MSG(strstr(mt_last_error(), "limit is 3071"), "%s", mt_last_error());
+    /* A PNG header: 8-byte signature, IHDR with width and height (big-endian) then its CRC; the
+     * limit is checked right after the header is read. */
+    static const uint8_t png[] = {
+        0x89, 'P',  'N',  'G',  '\r', '\n', 0x1a, '\n', /* signature */
+        0,    0,    0,    13,   'I',  'H',  'D',  'R',  0, 0, 0x4e,
+        0x20, 0,    0,    0x4e, 0x20, 8,    2,    0,    0, 0, /* 20000 x 20000, 8-bit RGB */
+        0x6c, 0x12, 0xd1, 0x6e /* CRC-32 of the chunk */};
+    uint8_t bytes[sizeof png];
+    memcpy(bytes, png, sizeof png);
+    CHECK(mt_image_set_max_pixels(MT_IMAGE_DEFAULT_MAX_PIXELS) == MT_OK);
+    CHECK(mt_image_decode(bytes, sizeof bytes, "huge.png", 0, &im) == MT_ERR_FORMAT);
+    CHECK_MSG(strstr(mt_last_error(), "huge.png: PNG of 20000x20000 is too large"), "%s",
+              mt_last_error());
+    CHECK(mt_image_set_max_pixels(0) == MT_ERR_INVALID);
+    CHECK(mt_image_max_pixels() == MT_IMAGE_DEFAULT_MAX_PIXELS);
     free(jpeg);
     mt_image_free(&src);
 }
@@ -225,6 +282,7 @@ static void test_resize_matches_plain_formula(void) {
 }
 
 int main(void) {
+    test_pixel_limit();
     test_detect_and_errors();
     test_jpeg_round_trip_and_scaling();
     test_resize();

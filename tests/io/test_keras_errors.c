@@ -207,8 +207,8 @@ static void test_hostile_tensors(void) {
     H5Pset_chunk(create, 2, chunk);
     hid_t links = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(links, 1);
-    hid_t set = H5Dcreate2(file, "dense/dense/kernel:0", H5T_IEEE_F32LE, space, links, create,
-                           H5P_DEFAULT);
+    hid_t set =
+        H5Dcreate2(file, "dense/dense/kernel:0", H5T_IEEE_F32LE, space, links, create, H5P_DEFAULT);
     CHECK_MSG(set >= 0, "cannot build the huge dataset");
     H5Dclose(set);
     H5Pclose(links);
