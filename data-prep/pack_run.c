@@ -336,6 +336,18 @@ typedef struct split_db {
     write_behind *write_behind; /* asked to write each commit out early; may be NULL */
 } split_db;
 
+/* A failed write to the database: LMDB reports a write the full disk cut short as EIO, so the
+ * file system is asked (mt_write_errno) and a full disk is said in so many words. */
+static mt_status db_write_failed(int rc, const char *call, const char *path) {
+    int error = rc > 0 ? mt_write_errno(path, rc) : rc;
+    if (error == ENOSPC)
+        return MT_FAIL(MT_ERR_IO,
+                       "%s: no space left on device (%s failed): free some space, or pack to "
+                       "another disk, and run again",
+                       path, call);
+    return LMDB_FAIL(rc, call, path);
+}
+
 static mt_status db_open(split_db *db, size_t map_size) {
     LMDB_CHECK(mdb_env_create(&db->env), db->path);
     db->map_size = (map_size + 4095) / 4096 * 4096;
@@ -370,7 +382,7 @@ static mt_status db_flush(split_db *db) {
         } else {
             mdb_txn_abort(txn);
         }
-        if (rc != MDB_MAP_FULL) return LMDB_FAIL(rc, call, db->path);
+        if (rc != MDB_MAP_FULL) return db_write_failed(rc, call, db->path);
         if (db->map_size >= MAX_MAP_SIZE)
             return MT_FAIL(MT_ERR_LMDB, "%s: the map reached %zu bytes and is still full", db->path,
                            db->map_size);
@@ -730,10 +742,12 @@ static mt_status write_report(const char *path, const char *input, const skip_li
             input);
     for (size_t i = 0; i < skips->count; i++)
         fprintf(f, "%s\t%s\n", skips->items[i].name, skips->items[i].reason);
-    int failed = ferror(f);
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) failed = 1;
-    if (fclose(f) != 0) failed = 1;
-    if (failed) return MT_FAIL(MT_ERR_IO, "%s: writing the skip report failed", path);
+    int failed = ferror(f) ? EIO : 0;
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) failed = errno;
+    if (fclose(f) != 0 && !failed) failed = errno;
+    if (failed)
+        return MT_FAIL(MT_ERR_IO, "%s: writing the skip report failed: %s", path,
+                       strerror(mt_write_errno(path, failed)));
     return MT_OK;
 }
 
@@ -951,7 +965,7 @@ mt_status pack_run(const pack_options *o) {
         status = MT_FAIL(MT_ERR_IO,
                          "%s: writing the database to disk failed: %s (nothing was written to "
                          "%s; check the disk and run again)",
-                         o->output, strerror(write_error), o->output);
+                         o->output, strerror(mt_write_errno(temp, write_error)), o->output);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (status != MT_OK) goto done;
@@ -996,7 +1010,7 @@ mt_status pack_run(const pack_options *o) {
         if (status == MT_OK) status = db_flush(db);
         if (status == MT_OK) {
             int rc = mdb_env_sync(db->env, 1);
-            if (rc != MDB_SUCCESS) status = LMDB_FAIL(rc, "mdb_env_sync", db->path);
+            if (rc != MDB_SUCCESS) status = db_write_failed(rc, "mdb_env_sync", db->path);
         }
     }
     if (status != MT_OK) goto done;

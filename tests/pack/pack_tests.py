@@ -455,6 +455,77 @@ def case_corrupt_db():
     return f.finish()
 
 
+def run_pack_bounded(*args, seconds=30):
+    """run_pack with a time limit: a hang is a failure here, not a stuck test."""
+    P.need_pack()
+    try:
+        return subprocess.run([P.PACK, *map(str, args)], capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, "timeout", "", "timed out (hang)")
+
+
+def jpeg_claiming(path, width, height):
+    """A real small JPEG whose SOF0 header claims width x height."""
+    buffer = io.BytesIO()
+    Image.fromarray(gradient(32, 24)).save(buffer, "JPEG", quality=90)
+    data = bytearray(buffer.getvalue())
+    at = data.find(b"\xff\xc0")
+    data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    open(path, "wb").write(bytes(data))
+
+
+def case_input_kinds():
+    """A FIFO as the list file is refused at once (it used to hang); a FIFO among the photos is a
+    listed skip; a JPEG claiming 20000x20000 is skipped from its header, quickly and by name; the
+    limit is --max-pixels."""
+    with P.TempDir("kinds") as tmp:
+        src = small_input(os.path.join(tmp, "in"))
+        fifo = os.path.join(tmp, "list.fifo")
+        os.mkfifo(fifo)
+        proc = run_pack_bounded("--no-progress", fifo, os.path.join(tmp, "o1"))
+        f.check(proc.returncode == 1 and "FIFO" in proc.stderr and fifo in proc.stderr,
+                f"FIFO list file: {proc.returncode} {proc.stderr!r}")
+        os.mkfifo(os.path.join(src, "cats", "pipe.jpg"))
+        jpeg_claiming(os.path.join(src, "dogs", "huge.jpg"), 20000, 20000)
+        start = time.monotonic()
+        proc = run_pack_bounded("--no-progress", "--threads", 1, src, os.path.join(tmp, "o2"))
+        seconds = time.monotonic() - start
+        f.check(proc.returncode == 0 and "packed 4 image(s), skipped 2" in proc.stdout,
+                f"{proc.returncode} {proc.stdout!r} {proc.stderr!r}")
+        report = read_report(os.path.join(tmp, "o2", "skipped.txt"))
+        f.check("not a regular file" in report.get("cats/pipe.jpg", ""), f"pipe: {report}")
+        f.check("20000x20000 is too large" in report.get("dogs/huge.jpg", "") and
+                "400000000 pixels" in report.get("dogs/huge.jpg", ""), f"huge: {report}")
+        print(f"4 photos, a FIFO and a 20000x20000 header packed in {seconds:.2f} s")
+        proc = run_pack_bounded("--no-progress", "--max-pixels", 1000, src, os.path.join(tmp, "o3"))
+        f.check(proc.returncode == 1 and "nothing packed" in proc.stderr, f"--max-pixels 1000: {proc.stderr!r}")
+        proc = run_pack_bounded("--no-progress", "--max-pixels", 0, src, os.path.join(tmp, "o4"))
+        f.check(proc.returncode == 2 and "--max-pixels" in proc.stderr, f"--max-pixels 0: {proc.stderr!r}")
+    return f.finish()
+
+
+def case_full_disk():
+    """A disk that fills up mid-run says "no space left on device" naming the path (LMDB reports
+    the cut-short write as EIO), and leaves no OUT and no temporary folder. Needs a small tmpfs:
+    skipped where mounting is not allowed."""
+    with P.TempDir("full") as tmp:
+        src = small_input(os.path.join(tmp, "in"), 3)
+        disk = os.path.join(tmp, "disk")
+        os.makedirs(disk)
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", disk],
+                                               capture_output=True).returncode != 0:
+            P.skip("cannot mount a small tmpfs here (needs root)")
+        try:
+            out = os.path.join(disk, "out")
+            proc = run_pack_bounded("--no-progress", src, out)
+            f.check(proc.returncode == 1 and "no space left on device" in proc.stderr and
+                    os.path.join(disk, "out.tmp-") in proc.stderr, f"{proc.returncode} {proc.stderr!r}")
+            f.check(os.listdir(disk) == [], f"left on the full disk: {os.listdir(disk)}")
+        finally:
+            subprocess.run(["umount", disk])
+    return f.finish()
+
+
 def expected_split_counts(n, fraction, cumulative):
     """The documented rule: keep round(n*fraction); split s ends at round(kept*F_s)."""
     kept = int(np.floor(n * fraction + 0.5 + 1e-9))
