@@ -80,6 +80,32 @@ int main(void) {
     CHECK(mt_folder_check(deep, "dataset") == MT_OK);
     CHECK(mt_folder_check(fifo, "dataset") == MT_ERR_IO);
     unlink(fifo);
+    /* Real paths, also of paths that do not exist yet: what the packer compares OUT with. */
+    char real[4096], want[4096], link[300];
+    char *root_real = realpath(root, NULL);
+    CHECK(mt_path_real(deep, real, sizeof real) == MT_OK);
+    snprintf(want, sizeof want, "%s/x/y/z", root_real);
+    CHECK_MSG(strcmp(real, want) == 0, "%s vs %s", real, want);
+    snprintf(through, sizeof through, "%s/x/../x/y/new/newer/", root);
+    snprintf(want, sizeof want, "%s/x/y/new/newer", root_real);
+    CHECK(mt_path_real(through, real, sizeof real) == MT_OK);
+    CHECK_MSG(strcmp(real, want) == 0, "%s vs %s", real, want);
+    snprintf(link, sizeof link, "%s/link", root);
+    CHECK(symlink(deep, link) == 0);
+    snprintf(through, sizeof through, "%s/link/out", root);
+    snprintf(want, sizeof want, "%s/x/y/z/out", root_real);
+    CHECK(mt_path_real(through, real, sizeof real) == MT_OK);
+    CHECK_MSG(strcmp(real, want) == 0, "a symlinked parent: %s vs %s", real, want);
+    snprintf(through, sizeof through, "%s/missing/..", root);
+    CHECK(mt_path_real(through, real, sizeof real) == MT_ERR_INVALID);
+    unlink(link);
+    CHECK(symlink("/nonexistent/target", link) == 0);
+    CHECK(mt_path_real(link, real, sizeof real) == MT_ERR_INVALID);
+    CHECK_MSG(strstr(mt_last_error(), "symlink to nothing"), "%s", mt_last_error());
+    unlink(link);
+    free(root_real);
+    CHECK(mt_path_within("/a/b", "/a") && mt_path_within("/a", "/a") && mt_path_within("/a", "/"));
+    CHECK(!mt_path_within("/ab", "/a") && !mt_path_within("/a", "/a/b"));
     /* A write error: EIO on a file system with room stays EIO; other errors pass unchanged. */
     CHECK(mt_write_errno(file, EACCES) == EACCES);
     CHECK(mt_write_errno(file, EIO) == EIO); /* /tmp has more than 1 MiB free */
