@@ -3,15 +3,16 @@
  * the same way, a read that succeeds giving only finite values. Found by this under UBSan: a
  * signed overflow counting a crafted tensor's values.
  *
- * The bytes go to a memfd opened by its /proc path, since the reader (and libhdf5) take a path.
+ * The bytes go to a temporary file, since the reader (and libhdf5, which resolves the real path)
+ * take a path.
  * libhdf5 itself is not hardened against hostile files: what this guards is our code around it
  * (the indexing, the counts, the checks before a read). */
-#define _GNU_SOURCE
+#define _XOPEN_SOURCE 700
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "mobiletune/keras_h5.h"
@@ -26,19 +27,37 @@ static void fail(const char *what) {
     abort();
 }
 
+/* One temporary file per process, rewritten for each input (unlinked at exit). */
+static char temp_path[64];
+static void remove_temp(void) {
+    if (temp_path[0]) unlink(temp_path);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    int fd = memfd_create("fuzz_h5", MFD_CLOEXEC);
-    if (fd < 0) return 0;
+    if (!temp_path[0]) {
+        const char *dir = getenv("TMPDIR");
+        snprintf(temp_path, sizeof temp_path, "%s/fuzz_h5-XXXXXX", dir && *dir ? dir : "/tmp");
+        int made = mkstemp(temp_path);
+        if (made < 0) fail("cannot create a temporary file");
+        close(made);
+        atexit(remove_temp);
+    }
+    int fd = open(temp_path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+    if (fd < 0) fail("cannot rewrite the temporary file");
     size_t written = 0;
     while (written < size) {
         ssize_t n = write(fd, data + written, size - written);
         if (n <= 0) break;
         written += (size_t)n;
     }
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    close(fd);
+    const char *path = temp_path;
     mt_keras_h5 *file = NULL;
-    if (written == size && mt_keras_h5_open(path, &file) == MT_OK) {
+    mt_status opened = written == size ? mt_keras_h5_open(path, &file) : MT_ERR_IO;
+    if (getenv("MT_FUZZ_VERBOSE"))
+        fprintf(stderr, "fuzz_h5: %zu bytes: %s\n", size,
+                opened == MT_OK ? "opened" : mt_last_error());
+    if (opened == MT_OK) {
         size_t count = mt_keras_h5_count(file);
         for (size_t i = 0; i < count; i++) {
             const mt_keras_h5_tensor *t = mt_keras_h5_tensor_at(file, i);
@@ -63,6 +82,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else if (file) {
         fail("a failed open returned a file");
     }
-    close(fd);
     return 0;
 }
