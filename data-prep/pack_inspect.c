@@ -76,14 +76,14 @@ static void free_list(char **list, int count) {
 }
 
 /* Read-only open; a read-only folder (no lock file possible) falls back to MDB_NOLOCK. */
-static mt_status open_readonly(const char *path, MDB_env **env) {
-    /* LMDB trusts the file it maps: its structure is checked by pread first (db_check.h), every
-     * page of it (even info's one lookup follows page numbers), so a corrupt file is reported and
-     * never ends the program with a signal. */
+static mt_status open_readonly(const char *path, mt_db_check_level level, MDB_env **env) {
+    /* LMDB trusts the file it maps: its structure is checked by pread first (db_check.h), the
+     * tree for info (even its one lookup follows page numbers), every page for verify, so a
+     * corrupt file is reported and never ends the program with a signal. */
     char file[4200];
     snprintf(file, sizeof file, "%s/data.mdb", path);
     mt_db_summary summary;
-    MT_TRY(mt_db_check(file, true, &summary));
+    MT_TRY(mt_db_check(file, level, &summary));
     for (int attempt = 0; attempt < 2; attempt++) {
         LMDB_CHECK(mdb_env_create(env), path);
         unsigned flags = MDB_RDONLY | (attempt ? MDB_NOLOCK : 0);
@@ -113,7 +113,7 @@ static mt_status read_meta(const char *path, MDB_txn *txn, MDB_dbi dbi, mt_datas
 
 static mt_status info_one(const char *path) {
     MDB_env *env;
-    MT_TRY(open_readonly(path, &env));
+    MT_TRY(open_readonly(path, MT_DB_CHECK_TREE, &env));
     MDB_txn *txn;
     MDB_dbi dbi;
     int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
@@ -155,7 +155,7 @@ static mt_status info_one(const char *path) {
 static mt_status verify_one(const char *path, uint64_t *bad_out) {
     *bad_out = 0;
     MDB_env *env;
-    MT_TRY(open_readonly(path, &env));
+    MT_TRY(open_readonly(path, MT_DB_CHECK_ALL, &env));
     MDB_txn *txn;
     MDB_dbi dbi;
     MDB_cursor *cursor = NULL;

@@ -25,16 +25,25 @@ typedef struct mt_db_summary {
     uint64_t pages_read;
 } mt_db_summary;
 
-/* Check `data_file` (a data.mdb): both meta pages carry LMDB's magic and data version and the
- * same sane page size (a power of two, 512..65536), the file holds every page up to each meta's
- * last page, and the roots and depths are in range. With `walk`, also every page of the main
- * table reachable from the newest meta: each page's number and kind, node offsets and sizes
- * inside the page and not overlapping, keys in order, child and overflow page numbers within the
- * last page and each page used once, and the page and entry counts equal to the meta page's.
- * Tables with duplicate keys or sub-databases (which mobiletune never writes) are refused.
- * MT_ERR_FORMAT naming the file and the page; MT_ERR_IO when it cannot be read. `summary` may be
- * NULL. */
-mt_status mt_db_check(const char *data_file, bool walk, mt_db_summary *summary);
+typedef enum mt_db_check_level {
+    /* Both meta pages carry LMDB's magic and data version and the same sane page size (a power of
+     * two, 512..65536), the file holds every page up to each meta's last page, and the tables'
+     * roots and depths are in range. */
+    MT_DB_CHECK_META,
+    /* And every branch and leaf page of the main table reachable from the newest meta: each
+     * page's number and kind, node offsets and sizes inside the page, packed and not overlapping,
+     * keys in order, child page numbers within the last page and each page used once, values on
+     * overflow pages lying within the last page, and the page and entry counts equal to the meta
+     * page's. Reads the tree pages only, not the records: what a dataset open does. */
+    MT_DB_CHECK_TREE,
+    /* And the header of every overflow page (its own number, kind and page count): verify. */
+    MT_DB_CHECK_ALL,
+} mt_db_check_level;
+
+/* Check `data_file` (a data.mdb) up to `level`. Tables with duplicate keys or sub-databases (which
+ * mobiletune never writes) are refused from MT_DB_CHECK_TREE on. MT_ERR_FORMAT naming the file
+ * and the page; MT_ERR_IO when it cannot be read. `summary` may be NULL. */
+mt_status mt_db_check(const char *data_file, mt_db_check_level level, mt_db_summary *summary);
 
 #ifdef __cplusplus
 }
