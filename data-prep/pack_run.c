@@ -62,8 +62,11 @@ mt_status pack_remove_tree(const char *path) {
     return MT_OK;
 }
 
+static mt_status check_own_database(const char *folder, bool top, bool need_meta, bool *has_data);
+
 /* Remove OUT.tmp-<pid> folders left by runs that were killed (their process is gone), so a
- * killed run costs disk space only until the next run. */
+ * killed run costs disk space only until the next run; only when they hold nothing but what a
+ * run writes (a folder of that name made by someone else is left alone, with a note). */
 static void remove_stale_temps(const char *output) {
     char parent[4096];
     if (mt_path_parent(output, parent, sizeof parent) != MT_OK) return;
@@ -82,6 +85,11 @@ static void remove_stale_temps(const char *output) {
         if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
         char path[8192];
         snprintf(path, sizeof path, "%s/%s", parent, entry->d_name);
+        bool has_data;
+        if (check_own_database(path, true, false, &has_data) != MT_OK) {
+            fprintf(stderr, "mobiletune-pack: left %s alone: %s\n", path, mt_last_error());
+            continue;
+        }
         if (pack_remove_tree(path) == MT_OK)
             fprintf(stderr, "mobiletune-pack: removed %s, left by an interrupted run\n", path);
     }
@@ -110,9 +118,9 @@ static bool is_named(const char *name, const char *const *names, int count) {
 }
 
 /* One database folder that mobiletune-pack wrote: only data.mdb (and LMDB's lock.mdb, and at the
- * top the skip report) inside, and a data.mdb whose metadata record parses. */
-static mt_status check_own_database(const char *output, const char *folder, bool top,
-                                    bool *has_data) {
+ * top the skip report, or split subfolders) inside, and with `need_meta` a data.mdb whose metadata
+ * record parses (a run's temporary folder has none until its end). */
+static mt_status check_own_database(const char *folder, bool top, bool need_meta, bool *has_data) {
     static const char *const files[] = {"data.mdb", "lock.mdb", "skipped.txt"};
     DIR *dir = opendir(folder);
     if (!dir) return MT_FAIL(MT_ERR_IO, "%s: cannot read: %s", folder, strerror(errno));
@@ -123,7 +131,11 @@ static mt_status check_own_database(const char *output, const char *folder, bool
         const char *name = entry->d_name;
         if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) continue;
         char path[8192];
-        snprintf(path, sizeof path, "%s/%s", folder, name);
+        int length = snprintf(path, sizeof path, "%s/%s", folder, name);
+        if (length < 0 || (size_t)length >= sizeof path) {
+            status = MT_FAIL(MT_ERR_INVALID, "%s/%s: path too long", folder, name);
+            break;
+        }
         struct stat st;
         bool regular = lstat(path, &st) == 0 && S_ISREG(st.st_mode);
         if (regular && is_named(name, files, top ? 3 : 2)) {
@@ -131,16 +143,16 @@ static mt_status check_own_database(const char *output, const char *folder, bool
             if (strcmp(name, "skipped.txt") == 0 && !is_skip_report(path))
                 status = MT_FAIL(MT_ERR_INVALID, "%s: not a mobiletune-pack skip report", path);
         } else if (top && lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-            bool split_data;
-            status = check_own_database(output, path, false, &split_data);
-            if (status == MT_OK && !split_data)
+            bool split_data = false;
+            status = check_own_database(path, false, need_meta, &split_data);
+            if (status == MT_OK && !split_data && need_meta)
                 status = MT_FAIL(MT_ERR_INVALID, "%s: a folder without data.mdb", path);
         } else {
             status = MT_FAIL(MT_ERR_INVALID, "%s was not written by mobiletune-pack", path);
         }
     }
     closedir(dir);
-    if (status == MT_OK && *has_data) {
+    if (status == MT_OK && *has_data && need_meta) {
         mt_dataset *dataset;
         status = mt_dataset_open(folder, &dataset);
         if (status == MT_OK) mt_dataset_close(dataset);
@@ -158,7 +170,7 @@ static mt_status check_replaceable(const char *output) {
                        "replaces only such a folder; choose another output path",
                        output);
     bool has_data = false;
-    mt_status status = check_own_database(output, output, true, &has_data);
+    mt_status status = check_own_database(output, true, true, &has_data);
     if (status == MT_OK && !has_data) {
         /* A folder of splits: its subfolders were checked; an empty folder is nothing of ours. */
         DIR *dir = opendir(output);

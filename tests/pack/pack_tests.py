@@ -418,6 +418,13 @@ def case_output_safety():
         before = tree_snapshot(tmp)
         refused(["--force", src, out], "precious.txt was not written", "--force on an output with a stray file")
         os.remove(os.path.join(out, "precious.txt"))
+        # A folder named like a killed run's temporary folder, holding a photo: left alone.
+        lookalike = os.path.join(tmp, "o5.tmp-999999999")
+        os.makedirs(lookalike)
+        open(os.path.join(lookalike, "photo.jpg"), "w").write("x")
+        proc = P.run_pack("--no-progress", src, os.path.join(tmp, "o5"), check=False)
+        f.check(proc.returncode == 0 and "left " + lookalike + " alone" in proc.stderr and
+                os.path.exists(os.path.join(lookalike, "photo.jpg")), f"look-alike temporary folder: {proc.stderr!r}")
         # An existing report is rewritten; a split output is replaced as a whole.
         rep = os.path.join(tmp, "rep.txt")
         P.run_pack("--no-progress", "--report", rep, src, os.path.join(tmp, "o3"))
