@@ -510,7 +510,8 @@ static void set_reason(slot *s, const char *name, const char *message) {
 }
 
 static mt_status read_whole_file(const char *path, worker_state *w, size_t *size) {
-    int fd = open(path, O_RDONLY);
+    /* Without blocking on a file replaced by a FIFO since the listing. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return MT_FAIL(MT_ERR_IO, "cannot open: %s", strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
