@@ -24,6 +24,10 @@ status=0
 mkdir -p "$build/fuzz-artifacts"
 # libhdf5's own leaks on malformed files (fuzz_h5) are not ours to fix: suppressed by library.
 export LSAN_OPTIONS="suppressions=$root/tests/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+# fuzz_h5 writes each input to a file in $TMPDIR (libhdf5 takes a path); a crashed run cannot
+# remove it, so the files go to a folder of the build that is emptied after the run.
+export TMPDIR="$build/fuzz-tmp"
+mkdir -p "$TMPDIR"
 # A huge malloc returns NULL, as it does outside ASan (libhdf5 asks for what a header claims).
 export ASAN_OPTIONS="allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 # The first frame of a crash report that is not libc's or the sanitizer's own.
@@ -69,5 +73,6 @@ for target in record meta h5; do
     grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::new_units_added)" \
         "$build/fuzz-$target.log" || grep -E "^#[0-9]+: cov" "$build/fuzz-$target.log" | tail -1 || true
     echo "corpus size: $(ls "$corpus" | wc -l) inputs"
+    rm -f "$TMPDIR"/fuzz_h5-*
 done
 exit $status
