@@ -1,13 +1,11 @@
 /* Backend registry: maps a name chosen at start-up to its ops table, and the shape helpers
- * every backend shares. */
+ * every backend shares. The "cuda" backend lives in a module loaded on first use
+ * (cuda_module.h), so that programs built with CUDA still start where CUDA is missing. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "mobiletune/ops.h"
-
-#ifdef MT_HAVE_CUDA
-extern const mt_ops mt_ops_cuda;
-#endif
+#include "ops/cuda_module.h"
 
 /* Each backend folder defines MT_BACKEND_<NAME> when it is part of the build. */
 static const mt_ops *const backend_tables[] = {
@@ -17,18 +15,40 @@ static const mt_ops *const backend_tables[] = {
 #ifdef MT_BACKEND_CPU
     &mt_ops_cpu,
 #endif
-#ifdef MT_HAVE_CUDA
-    &mt_ops_cuda,
-#endif
 };
 enum { BACKEND_COUNT = sizeof backend_tables / sizeof backend_tables[0] };
 _Static_assert(BACKEND_COUNT > 0, "no backend compiled in");
 
+/* src/ops/cuda/CMakeLists.txt defines MT_HAVE_CUDA on the core when it builds the module. */
+#ifdef MT_HAVE_CUDA
+static const char *const module_backend_names[] = {"cuda"};
+#else
+static const char *const module_backend_names[] = {NULL};
+#endif
+enum { MODULE_BACKEND_COUNT = sizeof module_backend_names / sizeof module_backend_names[0] };
+
 const char *const *mt_backend_names(void) {
-    static const char *names[BACKEND_COUNT + 1];
-    for (int i = 0; i < BACKEND_COUNT; i++) names[i] = backend_tables[i]->name;
-    names[BACKEND_COUNT] = NULL;
+    static const char *names[BACKEND_COUNT + MODULE_BACKEND_COUNT + 1];
+    int n = 0;
+    for (int i = 0; i < BACKEND_COUNT; i++) names[n++] = backend_tables[i]->name;
+    for (int i = 0; i < MODULE_BACKEND_COUNT; i++)
+        if (module_backend_names[i]) names[n++] = module_backend_names[i];
+    names[n] = NULL;
     return names;
+}
+
+/* The table of a backend that lives in a module: NULL when `name` is none of them, else loads
+ * the module (an error naming what is missing when it cannot). */
+static mt_status module_backend_table(const char *name, const mt_ops **ops) {
+    *ops = NULL;
+    for (int i = 0; i < MODULE_BACKEND_COUNT; i++) {
+        if (!module_backend_names[i] || strcmp(module_backend_names[i], name) != 0) continue;
+        const mt_cuda_module *module = NULL;
+        mt_status status = mt_cuda_module_load(&module);
+        if (status != MT_OK) return mt_error_context(status, "backend '%s'", name);
+        *ops = module->ops;
+    }
+    return MT_OK;
 }
 
 mt_status mt_backend_create(const char *name, const mt_backend_options *options,
@@ -37,11 +57,13 @@ mt_status mt_backend_create(const char *name, const mt_backend_options *options,
     const mt_ops *ops = NULL;
     for (int i = 0; i < BACKEND_COUNT; i++)
         if (strcmp(backend_tables[i]->name, name) == 0) ops = backend_tables[i];
+    if (!ops) MT_TRY(module_backend_table(name, &ops));
     if (!ops) {
+        const char *const *names = mt_backend_names();
         char available[256] = "";
-        for (int i = 0; i < BACKEND_COUNT; i++) {
+        for (int i = 0; names[i]; i++) {
             strncat(available, i ? ", " : "", sizeof available - strlen(available) - 1);
-            strncat(available, backend_tables[i]->name, sizeof available - strlen(available) - 1);
+            strncat(available, names[i], sizeof available - strlen(available) - 1);
         }
         return MT_FAIL(MT_ERR_INVALID, "unknown backend '%s' (this build has: %s)", name,
                        available);

@@ -2,6 +2,7 @@
  * interface (single process: no MPI), an in-place all-reduce of device memory on a stream of our
  * own, the wait that polls for asynchronous errors, and the error after an abort. Two ranks on one
  * GPU are not possible with NCCL (it refuses); multi-rank runs need mpirun on the GPU machine.
+ * The NCCL functions come from the cuda module's table, as the core library reaches them.
  * Skips (77) without a GPU. */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
@@ -9,7 +10,7 @@
 
 #include "mobiletune/comm.h"
 #include "mobiletune/ops.h"
-#include "ops/cuda/nccl_comm.h"
+#include "ops/cuda_module.h"
 #include "test_util.h"
 
 enum { COUNT = 100003 }; /* odd: no alignment luck */
@@ -20,11 +21,13 @@ int main(void) {
         printf("skipped: no GPU (%s)\n", mt_last_error());
         return MT_TEST_SKIP_CODE;
     }
+    const mt_cuda_module *cuda = NULL;
+    CHECK_OK(mt_cuda_module_load(&cuda)); /* loaded already by mt_backend_create */
     mt_comm *comm = NULL;
     CHECK_OK(mt_comm_init(NULL, NULL, &comm));
     const int world = mt_comm_get_info(comm).world_size;
     mt_nccl *nccl = NULL;
-    CHECK_OK(mt_nccl_init(comm, 0, 60.0, &nccl));
+    CHECK_OK(cuda->nccl_init(comm, 0, 60.0, &nccl));
 
     float *host = malloc(COUNT * sizeof *host), *back = malloc(COUNT * sizeof *back);
     for (int i = 0; i < COUNT; i++)
@@ -34,19 +37,19 @@ int main(void) {
     CHECK_OK(gpu->ops->upload(gpu, device, host, COUNT * sizeof(float)));
     cudaStream_t stream;
     CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
-    CHECK_OK(mt_nccl_allreduce_sum_f32(nccl, device, COUNT, stream));
-    CHECK_OK(mt_nccl_allreduce_sum_f32(nccl, device, COUNT, stream));
-    CHECK_OK(mt_nccl_wait(nccl, stream));
+    CHECK_OK(cuda->nccl_allreduce_sum_f32(nccl, device, COUNT, stream));
+    CHECK_OK(cuda->nccl_allreduce_sum_f32(nccl, device, COUNT, stream));
+    CHECK_OK(cuda->nccl_wait(nccl, stream));
     CHECK_OK(gpu->ops->download(gpu, back, device, COUNT * sizeof(float)));
     int wrong = 0;
     for (int i = 0; i < COUNT; i++)
         wrong += back[i] != host[i] * (float)(world * world);
     CHECK_MSG(wrong == 0, "%d of %d sums wrong (world %d)", wrong, COUNT, world);
 
-    mt_nccl_abort(nccl);
-    CHECK(mt_nccl_allreduce_sum_f32(nccl, device, COUNT, stream) == MT_ERR_COMM);
+    cuda->nccl_abort(nccl);
+    CHECK(cuda->nccl_allreduce_sum_f32(nccl, device, COUNT, stream) == MT_ERR_COMM);
     CHECK_MSG(strstr(mt_last_error(), "aborted"), "message: %s", mt_last_error());
-    mt_nccl_destroy(nccl);
+    cuda->nccl_destroy(nccl);
 
     cudaStreamDestroy(stream);
     gpu->ops->buffer_free(gpu, device);

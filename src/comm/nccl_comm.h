@@ -9,9 +9,13 @@
  *
  * Typical use with a second stream for overlap: enqueue mt_nccl_allreduce_sum_f32 on the
  * communication stream as a bucket's gradients become ready (after a cudaStreamWaitEvent on the
- * compute stream), and mt_nccl_wait on it before the optimizer step. */
-#ifndef MT_OPS_CUDA_NCCL_COMM_H
-#define MT_OPS_CUDA_NCCL_COMM_H
+ * compute stream), and mt_nccl_wait on it before the optimizer step.
+ *
+ * These functions live in the cuda module (libmobiletune_cuda.so), which links NCCL; code in the
+ * core library calls them through mt_cuda_module_load()'s table (src/ops/cuda_module.h), whose
+ * function pointers have exactly these signatures. */
+#ifndef MT_COMM_NCCL_COMM_H
+#define MT_COMM_NCCL_COMM_H
 
 #include <cuda_runtime_api.h>
 #include <stddef.h>
