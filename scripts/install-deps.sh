@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Install everything mobiletune's build, tests and benchmarks need on Debian 12, then nothing is
-# left to do by hand. Idempotent: safe to run again. Needs root (or sudo).
+# left to do by hand. Idempotent: safe to run again.
 #   scripts/install-deps.sh            build + test dependencies (what CI installs)
 #   scripts/install-deps.sh --bench    also the heavier benchmark peers (PyTorch CPU)
+# Not root: apt-get runs through sudo (it asks for your password); without sudo it stops, listing
+# the packages for an administrator to install (run it again afterwards). No apt-get (not Debian
+# or a derivative): it stops, listing the Debian 12 package names to find in your system's package
+# manager; once they are installed, MT_SKIP_APT=1 scripts/install-deps.sh sets up only the .venv.
+# Another apt-based system (Ubuntu, another Debian release): it tries, warning that the names are
+# Debian 12's.
+# CUDA is not installed here (see README.md: it is optional).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +20,6 @@ for arg in "$@"; do
     *) echo "install-deps.sh: unknown option '$arg' (use --bench or nothing)" >&2; exit 2 ;;
   esac
 done
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 packages=(
   build-essential cmake pkg-config git ca-certificates curl unzip clang
@@ -28,11 +32,36 @@ packages=(
 )
 if [ "$with_bench" = 1 ]; then packages+=(python3-torch python3-torchvision); fi
 
+# stop_with_list REASON: what to install by hand, and stop
+stop_with_list() {
+  {
+    echo "install-deps: $1"
+    echo "install-deps: install these Debian 12 packages (or your system's equivalents):"
+    printf '  %s\n' "${packages[*]}"
+    echo "  then run this again; where there is no apt-get, MT_SKIP_APT=1 $0 sets up only .venv"
+  } >&2
+  exit 1
+}
+if [ "${MT_SKIP_APT:-0}" = 1 ]; then
+  echo "install-deps: MT_SKIP_APT=1: not checking the system packages"
+elif ! command -v apt-get > /dev/null || ! command -v dpkg-query > /dev/null; then
+  stop_with_list "no apt-get/dpkg here: this script installs with Debian's package manager only"
+elif ! grep -qs '^ID=debian$' /etc/os-release || ! grep -qs '^VERSION_ID="12"$' /etc/os-release; then
+  echo "install-deps: warning: not Debian 12 ($(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown}")); the package names are Debian 12's" >&2
+fi
+
 missing=()
 for p in "${packages[@]}"; do
+  [ "${MT_SKIP_APT:-0}" = 1 ] && break
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo > /dev/null ||
+      stop_with_list "not root and no sudo: cannot install ${missing[*]}"
+    SUDO="sudo"
+  fi
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q

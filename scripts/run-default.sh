@@ -14,7 +14,14 @@
 # no build), MT_SHARED_DIR (default ../shared), MT_DATA_OUT (default data/cats_vs_dogs),
 # MT_THREADS (default: all cores), and fetch_cats_dogs.sh's MT_FETCH_URL / MT_DATA_CACHE;
 # MT_MOBILETUNE (use this mobiletune), MT_TRAIN_ARGS (more `mobiletune train` arguments, e.g.
-# "--set train.epochs=2"), MT_SKIP_TRAIN=1 (pack and stop).
+# "--set data.random_flip=false"), MT_SKIP_TRAIN=1 (pack and stop).
+#
+# A small slice of the same job (CI runs one; .ci/run), all optional, unset = the full job:
+#   MT_FRACTION   pack this stratified fraction 0<F<=1 of the photos (mobiletune-pack --fraction)
+#   MT_EPOCHS     train this many epochs instead of the config's 10
+#   MT_RUN_DIR    train into this folder instead of runs/cats_vs_dogs/frozen (a slice then never
+#                 resumes, nor is resumed by, the full run; pair it with MT_DATA_OUT)
+# e.g.  MT_FRACTION=0.05 MT_EPOCHS=1 MT_DATA_OUT=data/slice MT_RUN_DIR=runs/slice scripts/run-default.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +54,10 @@ fi
 out="${MT_DATA_OUT:-data/cats_vs_dogs}"
 threads=()
 if [[ -n "${MT_THREADS:-}" ]]; then threads=(--threads "$MT_THREADS"); fi
-"$pack" --split train=0.8,val=0.1,test=0.1 --seed 1 --force "${threads[@]}" "$input" "$out"
+fraction=()
+if [[ -n "${MT_FRACTION:-}" ]]; then fraction=(--fraction "$MT_FRACTION"); fi
+"$pack" --split train=0.8,val=0.1,test=0.1 --seed 1 --force "${threads[@]}" "${fraction[@]}" \
+    "$input" "$out"
 for split in train val test; do
     "$pack" info "$out/$split"
 done
@@ -62,8 +72,11 @@ if [[ ! -f "$weights" ]]; then
         exit 1
     fi
 fi
+slice=()
+if [[ -n "${MT_EPOCHS:-}" ]]; then slice+=(--set "train.epochs=$MT_EPOCHS"); fi
+if [[ -n "${MT_RUN_DIR:-}" ]]; then slice+=(--set "output.run_dir=$MT_RUN_DIR"); fi
 echo
 echo "run-default: training configs/cats_vs_dogs/frozen.ini (the tutorial's frozen-backbone run)"
 "$mobiletune" train --config configs/cats_vs_dogs/frozen.ini --resume auto \
     --set "data.train=$out/train" --set "data.val=$out/val" --set "data.test=$out/test" \
-    --set "model.weights=$weights" ${MT_TRAIN_ARGS:-}
+    --set "model.weights=$weights" "${slice[@]}" ${MT_TRAIN_ARGS:-}
