@@ -8,7 +8,8 @@
 #   - asking for the cuda backend (train --set train.backend=cuda, eval/predict --backend cuda)
 #     exits non-zero with exactly one error line, naming the library that is missing.
 #     cuda_hidden.sh BUILD_DIR
-# Skips (77) when the build has no cuda module, when not root, or when unshare -m is refused.
+# Skips (77) when the build has no cuda module, when not root, when unshare -m is refused, or when
+# the programs are not built (a partial build).
 set -uo pipefail
 
 build=$(cd "${1:?usage: cuda_hidden.sh BUILD_DIR}" && pwd)
@@ -22,11 +23,13 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 # ---- outside the namespace: what can be checked without hiding anything ----
 if [[ "${MT_CUDA_HIDDEN_INSIDE:-0}" != 1 ]]; then
-    [[ -x "$mobiletune" && -x "$pack" ]] || fail "no $mobiletune or $pack: build them first"
     [[ -f "$module" ]] || skip "this build has no cuda module ($module): configured without CUDA"
     [[ $(id -u) == 0 ]] || skip "hiding the CUDA libraries needs root (a mount namespace)"
     command -v unshare > /dev/null || skip "no unshare(1) (util-linux) on this machine"
     unshare -m true 2> /dev/null || skip "unshare -m is not permitted here (a container without CAP_SYS_ADMIN?)"
+    # a partial build (tests/gpu/run.sh builds only the GPU tests): nothing to run here
+    [[ -x "$mobiletune" && -x "$pack" ]] ||
+        skip "$mobiletune or $pack is not built (cmake --build $build --target mobiletune_cli mobiletune-pack)"
     for program in "$mobiletune" "$pack" "$build/libmobiletune.so"; do
         needed=$(readelf -d "$program" | grep NEEDED)
         echo "== readelf -d $program (NEEDED)"
