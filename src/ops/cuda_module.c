@@ -21,9 +21,9 @@
 #define MT_STR_(x) #x
 #define MT_STR(x) MT_STR_(x)
 #define MODULE_NEEDS                                                                               \
-    "install the CUDA " MT_STR(MT_CUDA_MAJOR) " runtime and cuBLAS, cuDNN " MT_STR(                \
-        MT_CUDNN_MAJOR) " and NCCL " MT_STR(MT_NCCL_MAJOR) ", or add their lib folder to "         \
-                                                           "LD_LIBRARY_PATH"
+    "install the CUDA " MT_STR(MT_CUDA_MAJOR) " runtime and cuBLAS, "                              \
+    "cuDNN " MT_STR(MT_CUDNN_MAJOR) " and NCCL " MT_STR(MT_NCCL_MAJOR) ", "                        \
+    "or add their lib folder to LD_LIBRARY_PATH"
 
 enum { MESSAGE_CAPACITY = 2048 };
 
