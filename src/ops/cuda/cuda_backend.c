@@ -182,6 +182,7 @@ static void cuda_shutdown(mt_backend *backend) {
     cuda_debug(cu, "pool: peak %.1f MiB in use, %.1f MiB reserved, %zu cudaMalloc calls",
                (double)cu->pool.peak / 1048576.0, (double)cu->pool.reserved / 1048576.0,
                cu->pool.mallocs);
+    cuda_profile_free(cu);
     cuda_conv_cache_free(cu);
     for (int h = 0; h < CUDA_POOL_BUCKETS; h++) { /* blocks the caller never freed */
         while (cu->pool.live[h]) {
@@ -221,6 +222,7 @@ static mt_status cuda_setup(cuda_backend *cu) {
         CUDA_CHECK(cudaEventCreate(&cu->timing[i]));
     CUDA_CHECK(cudaMallocHost((void **)&cu->host_result, 4 * sizeof(double)));
     CUDA_CHECK(cudaMalloc((void **)&cu->device_result, 4 * sizeof(double)));
+    MT_TRY(cuda_profile_init(cu));
     struct cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, cu->device));
     cuda_debug(cu, "GPU %d: %s, sm_%d%d, %.1f GiB; cuDNN %zu, TF32 %s", cu->device, prop.name,
@@ -305,7 +307,7 @@ static void cuda_buffer_free(mt_backend *backend, void *buffer) {
 
 /* Synchronous: the host buffer may be reused (or be pinned memory the caller rewrites) as soon as
  * this returns. */
-static mt_status cuda_upload(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
+static mt_status upload_op(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
     cuda_backend *cu = cuda_of(backend);
     if (!bytes) return MT_OK;
     CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, cu->stream));
@@ -313,12 +315,22 @@ static mt_status cuda_upload(mt_backend *backend, void *dst, const void *host_sr
     return MT_OK;
 }
 
-static mt_status cuda_download(mt_backend *backend, void *host_dst, const void *src, size_t bytes) {
+static mt_status download_op(mt_backend *backend, void *host_dst, const void *src, size_t bytes) {
     cuda_backend *cu = cuda_of(backend);
     if (!bytes) return MT_OK;
     CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream));
     CUDA_CHECK(cudaStreamSynchronize(cu->stream));
     return MT_OK;
+}
+
+/* the host side of a step (images in, metrics out) shows in MT_CUDA_PROFILE's report too */
+static mt_status cuda_upload(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
+    CUDA_PROFILED(backend, upload_op(backend, dst, host_src, bytes), "upload", "%zu bytes", bytes);
+}
+
+static mt_status cuda_download(mt_backend *backend, void *host_dst, const void *src, size_t bytes) {
+    CUDA_PROFILED(backend, download_op(backend, host_dst, src, bytes), "download", "%zu bytes",
+                  bytes);
 }
 
 static mt_status cuda_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tensor *out) {

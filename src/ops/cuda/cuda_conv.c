@@ -420,26 +420,51 @@ static mt_status conv_run(mt_backend *backend, const mt_conv_desc *d, const conv
     return run_impl(cu, e, c, e->impl[c->pass]);
 }
 
+/* "N128 80x80x32 -> 80x80x16 k1 s1": MT_CUDA_PROFILE's label of a convolution */
+#define CONV_FMT "N%d %dx%dx%d -> %dx%dx%d k%d s%d%s"
+#define CONV_ARGS(d)                                                                               \
+    (d)->input.n, (d)->input.h, (d)->input.w, (d)->input.c, mt_conv_output_shape(d).h,             \
+        mt_conv_output_shape(d).w, (d)->out_channels, (d)->kernel, (d)->stride,                    \
+        (d)->depthwise ? " depthwise" : ""
+
 /* x: N,H,W,Cin; w: HWIO or [k][k][C]; y: N,Ho,Wo,Cout */
-mt_status mt_cuda_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
-                               const float *w, mt_tensor *y) {
+static mt_status conv_forward_op(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
+                                 const float *w, mt_tensor *y) {
     MT_TRY(check_conv("conv_forward", desc, x, y));
     conv_call c = {.pass = PASS_FORWARD, .x = x->data, .w = w, .y = y->data};
     return conv_run(backend, desc, &c);
 }
 
 /* dy: N,Ho,Wo,Cout; w: as above; dx: N,H,W,Cin (overwritten) */
-mt_status mt_cuda_conv_backward_data(mt_backend *backend, const mt_conv_desc *desc,
-                                     const mt_tensor *dy, const float *w, mt_tensor *dx) {
+static mt_status conv_backward_data_op(mt_backend *backend, const mt_conv_desc *desc,
+                                       const mt_tensor *dy, const float *w, mt_tensor *dx) {
     MT_TRY(check_conv("conv_backward_data", desc, dx, dy));
     conv_call c = {.pass = PASS_BACKWARD_DATA, .dy = dy->data, .w = w, .dx = dx->data};
     return conv_run(backend, desc, &c);
 }
 
 /* x: N,H,W,Cin; dy: N,Ho,Wo,Cout; dw: Keras layout (overwritten) */
-mt_status mt_cuda_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
-                                        const mt_tensor *x, const mt_tensor *dy, float *dw) {
+static mt_status conv_backward_weights_op(mt_backend *backend, const mt_conv_desc *desc,
+                                          const mt_tensor *x, const mt_tensor *dy, float *dw) {
     MT_TRY(check_conv("conv_backward_weights", desc, x, dy));
     conv_call c = {.pass = PASS_BACKWARD_FILTER, .x = x->data, .dy = dy->data, .dw = dw};
     return conv_run(backend, desc, &c);
+}
+
+mt_status mt_cuda_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
+                               const float *w, mt_tensor *y) {
+    CUDA_PROFILED(backend, conv_forward_op(backend, desc, x, w, y), "conv_forward", CONV_FMT,
+                  CONV_ARGS(desc));
+}
+
+mt_status mt_cuda_conv_backward_data(mt_backend *backend, const mt_conv_desc *desc,
+                                     const mt_tensor *dy, const float *w, mt_tensor *dx) {
+    CUDA_PROFILED(backend, conv_backward_data_op(backend, desc, dy, w, dx), "conv_backward_data",
+                  CONV_FMT, CONV_ARGS(desc));
+}
+
+mt_status mt_cuda_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
+                                        const mt_tensor *x, const mt_tensor *dy, float *dw) {
+    CUDA_PROFILED(backend, conv_backward_weights_op(backend, desc, x, dy, dw),
+                  "conv_backward_weights", CONV_FMT, CONV_ARGS(desc));
 }

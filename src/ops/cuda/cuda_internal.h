@@ -16,6 +16,7 @@
 
 #include "mobiletune/ops.h"
 #include "ops/cuda/cuda_kernels.h"
+#include "ops/cuda/cuda_profile.h"
 
 /* Every CUDA, cuDNN and cuBLAS call goes through one of these: on failure they record a message
  * naming the call, the file and the line and return MT_ERR_BACKEND from the calling function. */
@@ -69,6 +70,21 @@ typedef struct cuda_scratch {
 
 typedef struct cuda_conv_entry cuda_conv_entry; /* cuda_conv.c */
 
+/* MT_CUDA_PROFILE=1: a CUDA event pair around every op of one step. The window opens when the
+ * loss op (once per step, and it waits for the device anyway) has run `open_after` times
+ * (MT_CUDA_PROFILE_AFTER, default 4: bench_train_step's 3 warm-up steps and the first timed one)
+ * and closes after the next loss: the backward of one step, whatever runs between steps, and the
+ * forward of the next, so every op of a step once. Then the report goes to stderr. */
+typedef struct cuda_profiler {
+    int open_after, losses;
+    bool recording, done;
+    cudaEvent_t start;     /* the window's first event */
+    cudaEvent_t *events;   /* [capacity][2]: each op's start and end */
+    size_t events_created; /* of those, for cuda_profile_free */
+    mt_cuda_profile_op *ops;
+    size_t count, capacity;
+} cuda_profiler;
+
 typedef struct cuda_backend {
     int device;
     cudaStream_t stream;      /* every op, copy and memset */
@@ -89,6 +105,7 @@ typedef struct cuda_backend {
     cudaEvent_t timing[4]; /* the depthwise choice's timing */
     double *host_result;   /* pinned: the loss's result */
     double *device_result;
+    cuda_profiler *profile; /* MT_CUDA_PROFILE=1, else NULL */
 } cuda_backend;
 
 static inline cuda_backend *cuda_of(mt_backend *backend) {
@@ -104,6 +121,24 @@ mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes
 /* Checks a tensor's shape and its bytes against what the op expects. */
 mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want);
 void cuda_conv_cache_free(cuda_backend *cu);
+
+/* ---- MT_CUDA_PROFILE (cuda_ops.c) ---- */
+mt_status cuda_profile_init(cuda_backend *cu); /* reads the environment */
+void cuda_profile_free(cuda_backend *cu);      /* prints a window still open */
+mt_status cuda_profile_begin(cuda_backend *cu, size_t *slot);
+mt_status cuda_profile_end(cuda_backend *cu, size_t slot, mt_status status, const char *op,
+                           const char *shape_format, ...) __attribute__((format(printf, 5, 6)));
+/* The body of a profiled op: `return call;`, with an event pair around it while the window is
+ * open; the shape label (format and arguments) is only formatted then. */
+#define CUDA_PROFILED(backend, call, op, ...)                                                      \
+    do {                                                                                           \
+        cuda_backend *prof_cu_ = cuda_of(backend);                                                 \
+        if (!prof_cu_->profile || !prof_cu_->profile->recording) return (call);                    \
+        size_t prof_slot_;                                                                         \
+        MT_TRY(cuda_profile_begin(prof_cu_, &prof_slot_));                                         \
+        mt_status prof_status_ = (call);                                                           \
+        return cuda_profile_end(prof_cu_, prof_slot_, prof_status_, op, __VA_ARGS__);              \
+    } while (0)
 
 /* ---- the ops, one file per family ---- */
 /* cuda_conv.c */

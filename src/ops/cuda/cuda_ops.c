@@ -1,15 +1,19 @@
 /* The "cuda" backend's ops other than convolution: elementwise, batch normalization, zero padding,
  * pooling, dropout, the dense layer (cuBLAS) and the losses. Each checks its arguments on the
  * host, then enqueues kernels from cuda_kernels.cu on the backend's stream; only the loss waits
- * for the device (its value goes to the host). */
+ * for the device (its value goes to the host). The ops table's entries (at the end) wrap each op
+ * in MT_CUDA_PROFILE's event pair, which also lives here. */
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "ops/cuda/cuda_internal.h"
 #include "ops/dropout_hash.h"
 
 /* ---- elementwise --------------------------------------------------------------------------- */
 
-mt_status mt_cuda_tensor_zero(mt_backend *backend, mt_tensor *tensor) {
+static mt_status tensor_zero_op(mt_backend *backend, mt_tensor *tensor) {
     MT_TRY(cuda_check_tensor("tensor_zero", "tensor", tensor, tensor->shape));
     CUDA_CHECK(cudaMemsetAsync(tensor->data, 0, mt_shape4_count(tensor->shape) * sizeof(float),
                                cuda_of(backend)->stream));
@@ -17,7 +21,7 @@ mt_status mt_cuda_tensor_zero(mt_backend *backend, mt_tensor *tensor) {
 }
 
 /* src, dst: N,H,W,C */
-mt_status mt_cuda_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
+static mt_status tensor_copy_op(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
     MT_TRY(cuda_check_tensor("tensor_copy", "src", src, src->shape));
     MT_TRY(cuda_check_tensor("tensor_copy", "dst", dst, src->shape));
     if (src->data == dst->data) return MT_OK;
@@ -27,7 +31,7 @@ mt_status mt_cuda_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tens
 }
 
 /* a, b, y: N,H,W,C; y may alias a or b (each element is read before it is written) */
-mt_status mt_cuda_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y) {
+static mt_status add_op(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y) {
     MT_TRY(cuda_check_tensor("add", "a", a, a->shape));
     MT_TRY(cuda_check_tensor("add", "b", b, a->shape));
     MT_TRY(cuda_check_tensor("add", "y", y, a->shape));
@@ -37,7 +41,7 @@ mt_status mt_cuda_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *
 }
 
 /* x, y: N,H,W,C; y may alias x */
-mt_status mt_cuda_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
+static mt_status relu6_forward_op(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
     MT_TRY(cuda_check_tensor("relu6_forward", "x", x, x->shape));
     MT_TRY(cuda_check_tensor("relu6_forward", "y", y, x->shape));
     CUDA_CHECK(mt_cuda_launch_relu6_forward(cuda_of(backend)->stream, mt_shape4_count(x->shape),
@@ -46,8 +50,8 @@ mt_status mt_cuda_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tens
 }
 
 /* y (relu6's output), dy, dx: N,H,W,C; dx may alias dy */
-mt_status mt_cuda_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
-                                 mt_tensor *dx) {
+static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
+                                   mt_tensor *dx) {
     MT_TRY(cuda_check_tensor("relu6_backward", "y", y, y->shape));
     MT_TRY(cuda_check_tensor("relu6_backward", "dy", dy, y->shape));
     MT_TRY(cuda_check_tensor("relu6_backward", "dx", dx, y->shape));
@@ -79,11 +83,11 @@ static mt_status bn_prepare(mt_backend *backend, const char *op, const mt_batchn
 }
 
 /* x, y: N,H,W,C; gamma, beta, moving_*, saved_*: [C] */
-mt_status mt_cuda_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                             const mt_tensor *x, const float *gamma,
-                                             const float *beta, float *moving_mean,
-                                             float *moving_variance, mt_tensor *y,
-                                             float *saved_mean, float *saved_inv_std) {
+static mt_status batchnorm_forward_training_op(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                               const mt_tensor *x, const float *gamma,
+                                               const float *beta, float *moving_mean,
+                                               float *moving_variance, mt_tensor *y,
+                                               float *saved_mean, float *saved_inv_std) {
     long m;
     double *scratch;
     MT_TRY(bn_prepare(backend, "batchnorm_forward_training", desc, x, "x", y, "y", &m, &scratch));
@@ -94,10 +98,10 @@ mt_status mt_cuda_batchnorm_forward_training(mt_backend *backend, const mt_batch
 }
 
 /* x, y: N,H,W,C (y may alias x); gamma, beta, moving_*: [C] */
-mt_status mt_cuda_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                              const mt_tensor *x, const float *gamma,
-                                              const float *beta, const float *moving_mean,
-                                              const float *moving_variance, mt_tensor *y) {
+static mt_status batchnorm_forward_inference_op(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                                const mt_tensor *x, const float *gamma,
+                                                const float *beta, const float *moving_mean,
+                                                const float *moving_variance, mt_tensor *y) {
     long m;
     double *scratch;
     MT_TRY(bn_prepare(backend, "batchnorm_forward_inference", desc, x, "x", y, "y", &m, &scratch));
@@ -108,11 +112,11 @@ mt_status mt_cuda_batchnorm_forward_inference(mt_backend *backend, const mt_batc
 }
 
 /* x, dy, dx: N,H,W,C (dx may alias dy); gamma, saved_*, dgamma, dbeta: [C] */
-mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                              const mt_tensor *x, const mt_tensor *dy,
-                                              const float *gamma, const float *saved_mean,
-                                              const float *saved_inv_std, mt_tensor *dx,
-                                              float *dgamma, float *dbeta) {
+static mt_status batchnorm_backward_training_op(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                                const mt_tensor *x, const mt_tensor *dy,
+                                                const float *gamma, const float *saved_mean,
+                                                const float *saved_inv_std, mt_tensor *dx,
+                                                float *dgamma, float *dbeta) {
     long m;
     double *scratch;
     if (!dx)
@@ -127,11 +131,11 @@ mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batc
 }
 
 /* x, dy, dx: N,H,W,C (dx may be NULL or alias dy); gamma, moving_*, dgamma, dbeta: [C] */
-mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                               const mt_tensor *x, const mt_tensor *dy,
-                                               const float *gamma, const float *moving_mean,
-                                               const float *moving_variance, mt_tensor *dx,
-                                               float *dgamma, float *dbeta) {
+static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                                 const mt_tensor *x, const mt_tensor *dy,
+                                                 const float *gamma, const float *moving_mean,
+                                                 const float *moving_variance, mt_tensor *dx,
+                                                 float *dgamma, float *dbeta) {
     long m;
     double *scratch;
     MT_TRY(
@@ -160,8 +164,8 @@ static mt_status check_pad(const char *op, const mt_zero_pad_desc *d, const mt_t
 }
 
 /* x: N,H,W,C; y: N,H+top+bottom,W+left+right,C */
-mt_status mt_cuda_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
-                                   const mt_tensor *x, mt_tensor *y) {
+static mt_status zero_pad_forward_op(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                     const mt_tensor *x, mt_tensor *y) {
     MT_TRY(check_pad("zero_pad_forward", desc, x, y));
     const mt_shape4 i = x->shape, o = y->shape;
     CUDA_CHECK(mt_cuda_launch_zero_pad_forward(cuda_of(backend)->stream, i.n, i.h, i.w, i.c, o.h,
@@ -170,8 +174,8 @@ mt_status mt_cuda_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *
 }
 
 /* dy: N,H+top+bottom,W+left+right,C; dx: N,H,W,C */
-mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
-                                    const mt_tensor *dy, mt_tensor *dx) {
+static mt_status zero_pad_backward_op(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                      const mt_tensor *dy, mt_tensor *dx) {
     MT_TRY(check_pad("zero_pad_backward", desc, dx, dy));
     const mt_shape4 i = dx->shape, o = dy->shape;
     CUDA_CHECK(mt_cuda_launch_zero_pad_backward(cuda_of(backend)->stream, i.n, i.h, i.w, i.c, o.h,
@@ -182,7 +186,7 @@ mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc 
 /* ---- head ---------------------------------------------------------------------------------- */
 
 /* x: N,H,W,C; y: N,C */
-mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y) {
+static mt_status global_avg_pool_forward_op(mt_backend *backend, const mt_tensor *x, float *y) {
     MT_TRY(cuda_check_tensor("global_avg_pool_forward", "x", x, x->shape));
     const mt_shape4 s = x->shape;
     CUDA_CHECK(mt_cuda_launch_avg_pool_forward(cuda_of(backend)->stream, s.n, (long)s.h * s.w, s.c,
@@ -191,7 +195,7 @@ mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *
 }
 
 /* dy: N,C; dx: N,H,W,C */
-mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx) {
+static mt_status global_avg_pool_backward_op(mt_backend *backend, const float *dy, mt_tensor *dx) {
     MT_TRY(cuda_check_tensor("global_avg_pool_backward", "dx", dx, dx->shape));
     const mt_shape4 s = dx->shape;
     CUDA_CHECK(mt_cuda_launch_avg_pool_backward(cuda_of(backend)->stream, s.n, (long)s.h * s.w, s.c,
@@ -206,8 +210,8 @@ static mt_status check_rate(const char *op, float rate) {
 }
 
 /* x, y, mask: [count] (y may alias x) */
-mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
-                                  const float *x, float *y, uint8_t *mask) {
+static mt_status dropout_forward_op(mt_backend *backend, size_t count, float rate, uint64_t seed,
+                                    const float *x, float *y, uint8_t *mask) {
     MT_TRY(check_rate("dropout_forward", rate));
     if (!count) return MT_OK;
     CUDA_CHECK(mt_cuda_launch_dropout_forward(cuda_of(backend)->stream, count, seed,
@@ -217,8 +221,8 @@ mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate,
 }
 
 /* mask, dy, dx: [count] (dx may alias dy) */
-mt_status mt_cuda_dropout_backward(mt_backend *backend, size_t count, float rate,
-                                   const uint8_t *mask, const float *dy, float *dx) {
+static mt_status dropout_backward_op(mt_backend *backend, size_t count, float rate,
+                                     const uint8_t *mask, const float *dy, float *dx) {
     MT_TRY(check_rate("dropout_backward", rate));
     if (!count) return MT_OK;
     CUDA_CHECK(mt_cuda_launch_dropout_backward(cuda_of(backend)->stream, count,
@@ -237,8 +241,8 @@ static mt_status check_dense(const char *op, const mt_dense_desc *d) {
  * cuBLAS' column-major view: y^T = w^T x^T and so on. */
 
 /* x: [N][in]; w: [in][out]; b: [out]; y: [N][out] = x*w + b */
-mt_status mt_cuda_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
-                                const float *w, const float *b, float *y) {
+static mt_status dense_forward_op(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                  const float *w, const float *b, float *y) {
     MT_TRY(check_dense("dense_forward", desc));
     cuda_backend *cu = cuda_of(backend);
     const int N = desc->batch, I = desc->in_features, O = desc->out_features;
@@ -250,8 +254,9 @@ mt_status mt_cuda_dense_forward(mt_backend *backend, const mt_dense_desc *desc, 
 }
 
 /* dx: [N][in] = dy*w^T; dw: [in][out] = x^T*dy; db: [out] = column sums of dy; each may be NULL */
-mt_status mt_cuda_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
-                                 const float *w, const float *dy, float *dx, float *dw, float *db) {
+static mt_status dense_backward_op(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                   const float *w, const float *dy, float *dx, float *dw,
+                                   float *db) {
     MT_TRY(check_dense("dense_backward", desc));
     cuda_backend *cu = cuda_of(backend);
     const int N = desc->batch, I = desc->in_features, O = desc->out_features;
@@ -268,9 +273,9 @@ mt_status mt_cuda_dense_backward(mt_backend *backend, const mt_dense_desc *desc,
 
 /* logits: [N][classes]; labels: int32 [N] (-1 = padding row); dlogits: [N][classes] or NULL.
  * The one op that waits: the loss value crosses to the host. */
-mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
-                                        const float *logits, const int32_t *labels,
-                                        float *loss_host, float *dlogits) {
+static mt_status loss_forward_backward_op(mt_backend *backend, const mt_loss_desc *desc,
+                                          const float *logits, const int32_t *labels,
+                                          float *loss_host, float *dlogits) {
     const int N = desc->batch, K = desc->classes;
     if (N <= 0 || K <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda loss: bad shape batch %d, classes %d", N, K);
@@ -291,4 +296,258 @@ mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc 
     }
     *loss_host = (float)cu->host_result[0];
     return MT_OK;
+}
+
+/* ---- MT_CUDA_PROFILE ----------------------------------------------------------------------- */
+
+mt_status cuda_profile_init(cuda_backend *cu) {
+    const char *v = getenv("MT_CUDA_PROFILE");
+    if (!v || !*v || strcmp(v, "0") == 0) return MT_OK;
+    if (strcmp(v, "1") != 0)
+        return MT_FAIL(MT_ERR_INVALID, "MT_CUDA_PROFILE='%s': use 1 (profile one step) or 0", v);
+    int after = 4;
+    const char *a = getenv("MT_CUDA_PROFILE_AFTER");
+    if (a && *a) {
+        char *end;
+        long n = strtol(a, &end, 10);
+        if (*end || n < 0 || n > 1000000)
+            return MT_FAIL(MT_ERR_INVALID,
+                           "MT_CUDA_PROFILE_AFTER='%s': expected the number of steps (loss ops) "
+                           "to let pass before the profiled one, >= 0",
+                           a);
+        after = (int)n;
+    }
+    cuda_profiler *p = calloc(1, sizeof *p);
+    if (!p) return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for MT_CUDA_PROFILE");
+    cu->profile = p;
+    p->open_after = after;
+    CUDA_CHECK(cudaEventCreate(&p->start));
+    if (after == 0) { /* from the first op on */
+        CUDA_CHECK(cudaEventRecord(p->start, cu->stream));
+        p->recording = true;
+    }
+    return MT_OK;
+}
+
+/* Waits for the window's last event, prints the report on stderr and stops recording. */
+static mt_status profile_close(cuda_backend *cu) {
+    cuda_profiler *p = cu->profile;
+    p->recording = false;
+    p->done = true;
+    if (!p->count) return MT_OK;
+    CUDA_CHECK(cudaEventSynchronize(p->events[2 * p->count - 1]));
+    for (size_t i = 0; i < p->count; i++)
+        CUDA_CHECK(cudaEventElapsedTime(&p->ops[i].ms, p->events[2 * i], p->events[2 * i + 1]));
+    float window = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&window, p->start, p->events[2 * p->count - 1]));
+    if (mt_cuda_profile_print(stderr, p->ops, p->count, window, 20) != 0)
+        return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory printing MT_CUDA_PROFILE's report");
+    return MT_OK;
+}
+
+void cuda_profile_free(cuda_backend *cu) {
+    cuda_profiler *p = cu->profile;
+    if (!p) return;
+    if (p->recording && p->count) {
+        fprintf(stderr, "mobiletune cuda profile: the program ended inside the profiled step "
+                        "(fewer steps than MT_CUDA_PROFILE_AFTER + 1?); what it recorded:\n");
+        if (profile_close(cu) != MT_OK) {
+            fprintf(stderr, "mobiletune cuda profile: %s\n", mt_last_error());
+            mt_clear_error();
+        }
+    }
+    for (size_t i = 0; i < p->events_created; i++)
+        (void)cudaEventDestroy(p->events[i]);
+    if (p->start) (void)cudaEventDestroy(p->start);
+    free(p->events);
+    free(p->ops);
+    free(p);
+    cu->profile = NULL;
+}
+
+mt_status cuda_profile_begin(cuda_backend *cu, size_t *slot) {
+    cuda_profiler *p = cu->profile;
+    if (p->count == p->capacity) { /* before the start event: creating events is host work */
+        size_t capacity = p->capacity ? 2 * p->capacity : 512;
+        cudaEvent_t *events = realloc(p->events, 2 * capacity * sizeof *events);
+        if (events) p->events = events;
+        mt_cuda_profile_op *ops = realloc(p->ops, capacity * sizeof *ops);
+        if (ops) p->ops = ops;
+        if (!events || !ops) return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory profiling");
+        while (p->events_created < 2 * capacity) {
+            CUDA_CHECK(cudaEventCreate(&p->events[p->events_created]));
+            p->events_created++;
+        }
+        p->capacity = capacity;
+    }
+    *slot = p->count;
+    CUDA_CHECK(cudaEventRecord(p->events[2 * *slot], cu->stream));
+    return MT_OK;
+}
+
+mt_status cuda_profile_end(cuda_backend *cu, size_t slot, mt_status status, const char *op,
+                           const char *shape_format, ...) {
+    cuda_profiler *p = cu->profile;
+    CUDA_CHECK(cudaEventRecord(p->events[2 * slot + 1], cu->stream));
+    mt_cuda_profile_op *o = &p->ops[slot];
+    o->op = op;
+    o->ms = 0.0f;
+    va_list args;
+    va_start(args, shape_format);
+    vsnprintf(o->shape, sizeof o->shape, shape_format, args);
+    va_end(args);
+    p->count = slot + 1;
+    return status;
+}
+
+/* The loss op ran (once per step): open the window after `open_after` of them, close it at the
+ * next. */
+static mt_status profile_loss_done(cuda_backend *cu) {
+    cuda_profiler *p = cu->profile;
+    if (!p || p->done) return MT_OK;
+    if (p->recording) return profile_close(cu);
+    if (++p->losses == p->open_after) {
+        CUDA_CHECK(cudaEventRecord(p->start, cu->stream));
+        p->recording = true;
+    }
+    return MT_OK;
+}
+
+/* ---- the ops table's entries: each op, profiled while MT_CUDA_PROFILE's window is open ----- */
+
+#define SHAPE_FMT "N%d %dx%dx%d"
+#define SHAPE_ARGS(s) (s).n, (s).h, (s).w, (s).c
+
+mt_status mt_cuda_tensor_zero(mt_backend *backend, mt_tensor *tensor) {
+    CUDA_PROFILED(backend, tensor_zero_op(backend, tensor), "tensor_zero", SHAPE_FMT,
+                  SHAPE_ARGS(tensor->shape));
+}
+
+mt_status mt_cuda_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
+    CUDA_PROFILED(backend, tensor_copy_op(backend, src, dst), "tensor_copy", SHAPE_FMT,
+                  SHAPE_ARGS(src->shape));
+}
+
+mt_status mt_cuda_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y) {
+    CUDA_PROFILED(backend, add_op(backend, a, b, y), "add", SHAPE_FMT, SHAPE_ARGS(a->shape));
+}
+
+mt_status mt_cuda_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
+    CUDA_PROFILED(backend, relu6_forward_op(backend, x, y), "relu6_forward", SHAPE_FMT,
+                  SHAPE_ARGS(x->shape));
+}
+
+mt_status mt_cuda_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
+                                 mt_tensor *dx) {
+    CUDA_PROFILED(backend, relu6_backward_op(backend, y, dy, dx), "relu6_backward", SHAPE_FMT,
+                  SHAPE_ARGS(y->shape));
+}
+
+mt_status mt_cuda_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                             const mt_tensor *x, const float *gamma,
+                                             const float *beta, float *moving_mean,
+                                             float *moving_variance, mt_tensor *y,
+                                             float *saved_mean, float *saved_inv_std) {
+    CUDA_PROFILED(backend,
+                  batchnorm_forward_training_op(backend, desc, x, gamma, beta, moving_mean,
+                                                moving_variance, y, saved_mean, saved_inv_std),
+                  "batchnorm_forward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+}
+
+mt_status mt_cuda_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                              const mt_tensor *x, const float *gamma,
+                                              const float *beta, const float *moving_mean,
+                                              const float *moving_variance, mt_tensor *y) {
+    CUDA_PROFILED(backend,
+                  batchnorm_forward_inference_op(backend, desc, x, gamma, beta, moving_mean,
+                                                 moving_variance, y),
+                  "batchnorm_forward_inference", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+}
+
+mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                              const mt_tensor *x, const mt_tensor *dy,
+                                              const float *gamma, const float *saved_mean,
+                                              const float *saved_inv_std, mt_tensor *dx,
+                                              float *dgamma, float *dbeta) {
+    CUDA_PROFILED(backend,
+                  batchnorm_backward_training_op(backend, desc, x, dy, gamma, saved_mean,
+                                                 saved_inv_std, dx, dgamma, dbeta),
+                  "batchnorm_backward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+}
+
+mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                               const mt_tensor *x, const mt_tensor *dy,
+                                               const float *gamma, const float *moving_mean,
+                                               const float *moving_variance, mt_tensor *dx,
+                                               float *dgamma, float *dbeta) {
+    CUDA_PROFILED(backend,
+                  batchnorm_backward_inference_op(backend, desc, x, dy, gamma, moving_mean,
+                                                  moving_variance, dx, dgamma, dbeta),
+                  "batchnorm_backward_inference", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+}
+
+mt_status mt_cuda_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                   const mt_tensor *x, mt_tensor *y) {
+    CUDA_PROFILED(backend, zero_pad_forward_op(backend, desc, x, y), "zero_pad_forward", SHAPE_FMT,
+                  SHAPE_ARGS(desc->input));
+}
+
+mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                    const mt_tensor *dy, mt_tensor *dx) {
+    CUDA_PROFILED(backend, zero_pad_backward_op(backend, desc, dy, dx), "zero_pad_backward",
+                  SHAPE_FMT, SHAPE_ARGS(desc->input));
+}
+
+mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y) {
+    CUDA_PROFILED(backend, global_avg_pool_forward_op(backend, x, y), "global_avg_pool_forward",
+                  SHAPE_FMT, SHAPE_ARGS(x->shape));
+}
+
+mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx) {
+    CUDA_PROFILED(backend, global_avg_pool_backward_op(backend, dy, dx), "global_avg_pool_backward",
+                  SHAPE_FMT, SHAPE_ARGS(dx->shape));
+}
+
+mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+                                  const float *x, float *y, uint8_t *mask) {
+    CUDA_PROFILED(backend, dropout_forward_op(backend, count, rate, seed, x, y, mask),
+                  "dropout_forward", "%zu values", count);
+}
+
+mt_status mt_cuda_dropout_backward(mt_backend *backend, size_t count, float rate,
+                                   const uint8_t *mask, const float *dy, float *dx) {
+    CUDA_PROFILED(backend, dropout_backward_op(backend, count, rate, mask, dy, dx),
+                  "dropout_backward", "%zu values", count);
+}
+
+mt_status mt_cuda_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                const float *w, const float *b, float *y) {
+    CUDA_PROFILED(backend, dense_forward_op(backend, desc, x, w, b, y), "dense_forward",
+                  "N%d %d -> %d", desc->batch, desc->in_features, desc->out_features);
+}
+
+mt_status mt_cuda_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                 const float *w, const float *dy, float *dx, float *dw, float *db) {
+    CUDA_PROFILED(backend, dense_backward_op(backend, desc, x, w, dy, dx, dw, db), "dense_backward",
+                  "N%d %d -> %d%s", desc->batch, desc->in_features, desc->out_features,
+                  dx ? "" : " (no dx)");
+}
+
+/* The profiled step ends here (see cuda_profiler). */
+mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
+                                        const float *logits, const int32_t *labels,
+                                        float *loss_host, float *dlogits) {
+    cuda_backend *cu = cuda_of(backend);
+    mt_status status;
+    if (cu->profile && cu->profile->recording) {
+        size_t slot;
+        MT_TRY(cuda_profile_begin(cu, &slot));
+        status = loss_forward_backward_op(backend, desc, logits, labels, loss_host, dlogits);
+        status = cuda_profile_end(cu, slot, status, "loss_forward_backward", "N%d classes %d",
+                                  desc->batch, desc->classes);
+    } else {
+        status = loss_forward_backward_op(backend, desc, logits, labels, loss_host, dlogits);
+    }
+    MT_TRY(status);
+    return profile_loss_done(cu);
 }
