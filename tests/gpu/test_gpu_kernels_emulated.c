@@ -2,7 +2,8 @@
  * emulation of the CUDA launch (tests/gpu/emu: blocks in turn, a block's threads as real threads,
  * __syncthreads as a barrier) and compared with the reference backend: weight layout transforms,
  * depthwise and direct convolutions (all three passes, asymmetric pads, a 5x5 kernel whose taps
- * need several passes), batch norm (both modes, both directions, several reduction slices),
+ * need several passes), batch norm (both modes, both directions, several reduction slices; the
+ * legacy double kernels and the fp32 fused ones with and without ReLU6),
  * zero padding, pooling, dropout (mask bit for bit), the dense helpers, the losses (and a bad
  * label), add and ReLU6, and the optimizer update (cuda_optimizer.cu) for every rule. The kernels' index arithmetic and reductions are checked on every
  * build, GPU or not; what this cannot see is the GPU itself (memory model, launch limits, speed)
@@ -216,6 +217,106 @@ static void check_batchnorm(mt_shape4 s, float offset) {
     free(x), free(dy), free(gamma), free(beta), free(scratch);
 }
 
+/* The fp32 fused kernels (the default), against the reference, relu6 on and off:
+ *   forward training: y, saved mean and inverse std, the moving statistics;
+ *   forward inference (also in place);
+ *   backward training: relu6_backward then batchnorm_backward_training of the reference, with
+ *   the reference's y as ReLU6's output, and the plain backward (y NULL); dgamma/dbeta NULL.
+ * Error model (fp32, u = 2^-24). A thread sums at most R = BN_ROWS_PER_THREAD (64) rows, the block
+ * adds at most 256 such sums (its rows), the slices are added in double: recursive summation
+ * bounds the error of each sum by (R + rows - 1) u sum|terms| <= 320 u sum|terms|, in practice
+ * sqrt of that. Statistics: the forward sums run on x - k with k the channel's value in row 0, so
+ * sum|terms| = sum|x - k| <= M (sigma + |mean - k|) and the variance's relative error is at most
+ * 320 u (1 + (mean - k)^2 / var): for these inputs (uniform, |mean - k| <= 2 sigma) below 2.0e-4
+ * in the worst case and ~1e-6 in practice, against 1e-5 here; a large mean (offset 8) costs
+ * nothing since k sits in the data. y, dx are then a few fp32 roundings of O(1) terms. dgamma
+ * and dbeta are sums of M terms of random sign, whose size relative to sum|terms| is about
+ * 1/sqrt(M): bound 320 u sqrt(M) ~ 6e-4 for M = 2704, practice ~1e-6. The test's tolerance is
+ * 1e-5 of the largest value for every output, as for the legacy double kernels; measured here
+ * (emulated, these shapes): at most 6e-7. */
+static void check_batchnorm_fused(mt_shape4 s, float offset, bool misaligned) {
+    const int C = s.c;
+    const long m = (long)s.n * s.h * s.w;
+    size_t count = mt_shape4_count(s);
+    mt_batchnorm_desc d = {.shape = s, .epsilon = 1e-3f, .momentum = 0.99f};
+    /* misaligned: every array starts 4 bytes after a 16-byte boundary, forcing the scalar path */
+    const size_t skew = misaligned ? 1 : 0;
+    float *xbuf = array(count + 4, -1 + offset, 3 + offset), *x = xbuf + skew;
+    float *dybuf = array(count + 4, -1, 1), *dy = dybuf + skew;
+    float *gamma = array(C, 0.5f, 1.5f), *beta = array(C, 0.5f, 2.5f);
+    float *mm[2] = {array(C, -1, 1), zeros(C)}, *mv[2] = {array(C, 0.2f, 2), zeros(C)};
+    float *ybuf[2] = {zeros(count + 4), zeros(count + 4)}, *y[2] = {ybuf[0] + skew, ybuf[1] + skew};
+    float *dxbuf[2] = {zeros(count + 4), zeros(count + 4)};
+    float *dx[2] = {dxbuf[0] + skew, dxbuf[1] + skew};
+    float *rdy = zeros(count);
+    float *sm[2] = {zeros(C), zeros(C)}, *si[2] = {zeros(C), zeros(C)};
+    float *dg[2] = {zeros(C), zeros(C)}, *db[2] = {zeros(C), zeros(C)};
+    float *scratch = zeros(mt_cuda_bn_fused_scratch_floats(m, C));
+    unsigned *counters = calloc((size_t)mt_cuda_bn_fused_counters(C), sizeof *counters);
+    mt_tensor tx = wrap(s, x), tdy = wrap(s, dy), ty = wrap(s, y[0]), tdx = wrap(s, dx[0]);
+    mt_tensor trdy = wrap(s, rdy);
+    char what[160];
+#define FUSED_COMPARE(label, pair, len)                                                            \
+    do {                                                                                           \
+        snprintf(what, sizeof what, "fused bn %dx%dx%dx%d%s %s", s.n, s.h, s.w, s.c,               \
+                 misaligned ? " (scalar)" : "", label);                                            \
+        compare(what, (pair)[1], (pair)[0], len, 1e-5);                                            \
+    } while (0)
+    for (int relu6 = 0; relu6 < 2; relu6++) {
+        memcpy(mm[1], mm[0], C * sizeof(float)), memcpy(mv[1], mv[0], C * sizeof(float));
+        REF_OK(mt_ops_reference.batchnorm_forward_training(&REF, &d, &tx, gamma, beta, mm[0], mv[0],
+                                                           &ty, sm[0], si[0]));
+        if (relu6) REF_OK(mt_ops_reference.relu6_forward(&REF, &ty, &ty));
+        KERNEL_OK(mt_cuda_launch_bn_fused_forward_training(NULL, m, C, d.epsilon, d.momentum, relu6,
+                                                           x, gamma, beta, mm[1], mv[1], y[1],
+                                                           sm[1], si[1], scratch, counters));
+        FUSED_COMPARE(relu6 ? "training y = relu6(bn)" : "training y", y, count);
+        FUSED_COMPARE("saved mean", sm, C);
+        FUSED_COMPARE("saved inv std", si, C);
+        FUSED_COMPARE("moving mean", mm, C);
+        FUSED_COMPARE("moving variance", mv, C);
+        for (int i = 0; i < mt_cuda_bn_fused_counters(C); i++)
+            CHECK_MSG(counters[i] == 0, "fused bn: counter %d left at %u", i, counters[i]);
+
+        /* backward from the same statistics and (with relu6) the same ReLU6 output */
+        if (relu6)
+            REF_OK(mt_ops_reference.relu6_backward(&REF, &ty, &tdy, &trdy));
+        else
+            memcpy(rdy, dy, count * sizeof(float));
+        REF_OK(mt_ops_reference.batchnorm_backward_training(&REF, &d, &tx, &trdy, gamma, sm[0],
+                                                            si[0], &tdx, dg[0], db[0]));
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward_training(NULL, m, C, x, relu6 ? y[0] : NULL, dy,
+                                                            gamma, sm[0], si[0], dx[1], dg[1],
+                                                            db[1], scratch, counters));
+        FUSED_COMPARE(relu6 ? "training dx (through relu6)" : "training dx", dx, count);
+        FUSED_COMPARE("training dgamma", dg, C);
+        FUSED_COMPARE("training dbeta", db, C);
+        /* dx in place of dy, no dgamma/dbeta */
+        float *inplace = zeros(count + 4), *ip = inplace + skew;
+        memcpy(ip, dy, count * sizeof(float));
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward_training(NULL, m, C, x, relu6 ? y[0] : NULL, ip,
+                                                            gamma, sm[0], si[0], ip, NULL, NULL,
+                                                            scratch, counters));
+        float *pair[2] = {dx[0], ip};
+        FUSED_COMPARE("training dx = dy in place, no dgamma/dbeta", pair, count);
+        free(inplace);
+    }
+    REF_OK(mt_ops_reference.batchnorm_forward_inference(&REF, &d, &tx, gamma, beta, mm[0], mv[0],
+                                                        &ty));
+    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, m, C, d.epsilon, x, gamma, beta,
+                                                        mm[0], mv[0], y[1]));
+    FUSED_COMPARE("inference y", y, count);
+    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, m, C, d.epsilon, x, gamma, beta,
+                                                        mm[0], mv[0], x));
+    float *inplace[2] = {y[0], x};
+    FUSED_COMPARE("inference y = x in place", inplace, count);
+#undef FUSED_COMPARE
+    for (int i = 0; i < 2; i++)
+        free(mm[i]), free(mv[i]), free(ybuf[i]), free(dxbuf[i]), free(sm[i]), free(si[i]),
+            free(dg[i]), free(db[i]);
+    free(xbuf), free(dybuf), free(rdy), free(gamma), free(beta), free(scratch), free(counters);
+}
+
 /* ---- everything else --------------------------------------------------------------------------
  */
 
@@ -387,6 +488,15 @@ int main(void) {
     check_batchnorm((mt_shape4){1, 3, 3, 17}, 0);
     check_batchnorm((mt_shape4){4, 16, 16, 17}, 8); /* 1024 rows: 4 slices; a large mean */
     check_batchnorm((mt_shape4){2, 15, 15, 40}, 0);
+    /* fused fp32: float4 (C % 4 == 0) and scalar (C = 17, or misaligned); several slices
+     * (M > rows per block: 2704 rows of C = 24 make 2 slices of 2688); C = 1288 needs 2 columns
+     * of blocks (322 float4 groups); a large mean */
+    check_batchnorm_fused((mt_shape4){4, 5, 5, 24}, 0, false);
+    check_batchnorm_fused((mt_shape4){4, 26, 26, 24}, 0, false);
+    check_batchnorm_fused((mt_shape4){4, 16, 16, 17}, 8, false);
+    check_batchnorm_fused((mt_shape4){4, 16, 16, 40}, 8, true);
+    check_batchnorm_fused((mt_shape4){2, 2, 3, 1288}, 0, false);
+    check_batchnorm_fused((mt_shape4){1, 3, 3, 1288}, 0, true);
 
     check_pad((mt_shape4){4, 8, 8, 3}, 0, 0, 1, 1);
     check_pad((mt_shape4){1, 4, 6, 40}, 0, 1, 2, 0);

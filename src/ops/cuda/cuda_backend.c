@@ -223,6 +223,7 @@ static mt_status cuda_setup(cuda_backend *cu) {
     CUDA_CHECK(cudaMallocHost((void **)&cu->host_result, 4 * sizeof(double)));
     CUDA_CHECK(cudaMalloc((void **)&cu->device_result, 4 * sizeof(double)));
     MT_TRY(cuda_profile_init(cu));
+    MT_TRY(cuda_bn_configure(cu));
     struct cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, cu->device));
     cuda_debug(cu, "GPU %d: %s, sm_%d%d, %.1f GiB; cuDNN %zu, TF32 %s", cu->device, prop.name,
@@ -406,4 +407,6 @@ const mt_ops mt_ops_cuda = {
     .dense_backward = mt_cuda_dense_backward,
     .loss_forward_backward = mt_cuda_loss_forward_backward,
     .optimizer_update = mt_cuda_optimizer_update,
+    .batchnorm_relu6_forward_training = mt_cuda_batchnorm_relu6_forward_training,
+    .relu6_batchnorm_backward_training = mt_cuda_relu6_batchnorm_backward_training,
 };

@@ -106,6 +106,9 @@ typedef struct cuda_backend {
     double *host_result;   /* pinned: the loss's result */
     double *device_result;
     cuda_profiler *profile; /* MT_CUDA_PROFILE=1, else NULL */
+    bool bn_legacy;         /* MT_CUDA_BN=legacy: the double-precision BN kernels, unfused */
+    unsigned *bn_counters;  /* the fused BN kernels' tickets (zero between launches); pool */
+    int bn_counter_count;
 } cuda_backend;
 
 static inline cuda_backend *cuda_of(mt_backend *backend) {
@@ -121,6 +124,9 @@ mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes
 /* Checks a tensor's shape and its bytes against what the op expects. */
 mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want);
 void cuda_conv_cache_free(cuda_backend *cu);
+
+/* MT_CUDA_BN=fused (default) | legacy (cuda_ops.c) */
+mt_status cuda_bn_configure(cuda_backend *cu);
 
 /* ---- MT_CUDA_PROFILE (cuda_ops.c) ---- */
 mt_status cuda_profile_init(cuda_backend *cu); /* reads the environment */
@@ -170,6 +176,16 @@ mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batc
                                               const float *gamma, const float *saved_mean,
                                               const float *saved_inv_std, mt_tensor *dx,
                                               float *dgamma, float *dbeta);
+mt_status mt_cuda_batchnorm_relu6_forward_training(mt_backend *backend,
+                                                   const mt_batchnorm_desc *desc,
+                                                   const mt_tensor *x, const float *gamma,
+                                                   const float *beta, float *moving_mean,
+                                                   float *moving_variance, mt_tensor *y,
+                                                   float *saved_mean, float *saved_inv_std);
+mt_status mt_cuda_relu6_batchnorm_backward_training(
+    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
+    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
+    mt_tensor *dx, float *dgamma, float *dbeta);
 mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
                                                const mt_tensor *x, const mt_tensor *dy,
                                                const float *gamma, const float *moving_mean,

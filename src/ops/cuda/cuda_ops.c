@@ -62,10 +62,26 @@ static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, cons
 
 /* ---- batch normalization ------------------------------------------------------------------- */
 
-/* Checks the descriptor and the tensors, and returns M (rows) and the reduction scratch. */
+/* Two implementations: the fused fp32 kernels (default: statistics in one launch, normalize and
+ * ReLU6 in one, float4 loads) and, as MT_CUDA_BN=legacy, the first double-precision ones (5
+ * launches forward, 4 backward, ReLU6 separate), kept to bypass the new ones on a GPU. */
+mt_status cuda_bn_configure(cuda_backend *cu) {
+    const char *v = getenv("MT_CUDA_BN");
+    if (!v || !*v || strcmp(v, "fused") == 0) return MT_OK;
+    if (strcmp(v, "legacy") != 0)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "MT_CUDA_BN='%s': use fused (fp32 kernels, the default) or legacy (the "
+                       "double-precision unfused ones)",
+                       v);
+    cu->bn_legacy = true;
+    return MT_OK;
+}
+
+/* Checks the descriptor and the tensors, and returns M (rows) and the reduction scratch of the
+ * legacy kernels or the fused ones. */
 static mt_status bn_prepare(mt_backend *backend, const char *op, const mt_batchnorm_desc *d,
                             const mt_tensor *a, const char *a_name, const mt_tensor *b,
-                            const char *b_name, long *m, double **scratch) {
+                            const char *b_name, bool legacy, long *m, void **scratch) {
     if (!(d->epsilon >= 0.0f) || !(d->momentum >= 0.0f && d->momentum <= 1.0f))
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: epsilon %g must be >= 0 and momentum %g in [0, 1]",
                        op, d->epsilon, d->momentum);
@@ -76,25 +92,75 @@ static mt_status bn_prepare(mt_backend *backend, const char *op, const mt_batchn
     if (b) MT_TRY(cuda_check_tensor(op, b_name, b, d->shape));
     *m = (long)d->shape.n * d->shape.h * d->shape.w;
     cuda_backend *cu = cuda_of(backend);
-    void *p;
-    MT_TRY(cuda_scratch_get(cu, &cu->partials, mt_cuda_bn_scratch_doubles(*m, d->shape.c) * 8, &p));
-    *scratch = p;
+    size_t bytes = legacy ? mt_cuda_bn_scratch_doubles(*m, d->shape.c) * sizeof(double)
+                          : mt_cuda_bn_fused_scratch_floats(*m, d->shape.c) * sizeof(float);
+    return cuda_scratch_get(cu, &cu->partials, bytes, scratch);
+}
+
+/* The fused kernels' tickets for C channels: zeroed pool memory, grown (never shrunk) on demand;
+ * the old block goes back to the pool in stream order, so no launch still using it is affected. */
+static mt_status bn_counters(mt_backend *backend, int c, unsigned **out) {
+    cuda_backend *cu = cuda_of(backend);
+    int need = mt_cuda_bn_fused_counters(c);
+    if (need > cu->bn_counter_count) {
+        if (need < 64) need = 64;
+        void *p;
+        MT_TRY(backend->ops->buffer_alloc(backend, (size_t)need * sizeof(unsigned), &p));
+        if (cu->bn_counters) backend->ops->buffer_free(backend, cu->bn_counters);
+        cu->bn_counters = p;
+        cu->bn_counter_count = need;
+    }
+    *out = cu->bn_counters;
     return MT_OK;
 }
 
-/* x, y: N,H,W,C; gamma, beta, moving_*, saved_*: [C] */
+/* x, y: N,H,W,C (y apart from x); gamma, beta, moving_*, saved_*: [C]; y = relu6(BN(x)) when
+ * relu6 */
+static mt_status bn_forward_training(mt_backend *backend, const char *op,
+                                     const mt_batchnorm_desc *desc, const mt_tensor *x,
+                                     const float *gamma, const float *beta, float *moving_mean,
+                                     float *moving_variance, mt_tensor *y, float *saved_mean,
+                                     float *saved_inv_std, bool relu6) {
+    cuda_backend *cu = cuda_of(backend);
+    long m;
+    void *scratch;
+    MT_TRY(bn_prepare(backend, op, desc, x, "x", y, "y", cu->bn_legacy, &m, &scratch));
+    if (relu6 && x->data == y->data)
+        return MT_FAIL(MT_ERR_INVALID, "cuda %s: y must not alias x (the backward reads both)", op);
+    const int c = desc->shape.c;
+    if (cu->bn_legacy) {
+        CUDA_CHECK(mt_cuda_launch_bn_forward_training(
+            cu->stream, m, c, desc->epsilon, desc->momentum, x->data, gamma, beta, moving_mean,
+            moving_variance, y->data, saved_mean, saved_inv_std, scratch));
+        if (relu6)
+            CUDA_CHECK(mt_cuda_launch_relu6_forward(cu->stream, (size_t)m * c, y->data, y->data));
+        return MT_OK;
+    }
+    unsigned *counters;
+    MT_TRY(bn_counters(backend, c, &counters));
+    CUDA_CHECK(mt_cuda_launch_bn_fused_forward_training(
+        cu->stream, m, c, desc->epsilon, desc->momentum, relu6, x->data, gamma, beta, moving_mean,
+        moving_variance, y->data, saved_mean, saved_inv_std, scratch, counters));
+    return MT_OK;
+}
+
 static mt_status batchnorm_forward_training_op(mt_backend *backend, const mt_batchnorm_desc *desc,
                                                const mt_tensor *x, const float *gamma,
                                                const float *beta, float *moving_mean,
                                                float *moving_variance, mt_tensor *y,
                                                float *saved_mean, float *saved_inv_std) {
-    long m;
-    double *scratch;
-    MT_TRY(bn_prepare(backend, "batchnorm_forward_training", desc, x, "x", y, "y", &m, &scratch));
-    CUDA_CHECK(mt_cuda_launch_bn_forward_training(
-        cuda_of(backend)->stream, m, desc->shape.c, desc->epsilon, desc->momentum, x->data, gamma,
-        beta, moving_mean, moving_variance, y->data, saved_mean, saved_inv_std, scratch));
-    return MT_OK;
+    return bn_forward_training(backend, "batchnorm_forward_training", desc, x, gamma, beta,
+                               moving_mean, moving_variance, y, saved_mean, saved_inv_std, false);
+}
+
+static mt_status batchnorm_relu6_forward_training_op(mt_backend *backend,
+                                                     const mt_batchnorm_desc *desc,
+                                                     const mt_tensor *x, const float *gamma,
+                                                     const float *beta, float *moving_mean,
+                                                     float *moving_variance, mt_tensor *y,
+                                                     float *saved_mean, float *saved_inv_std) {
+    return bn_forward_training(backend, "batchnorm_relu6_forward_training", desc, x, gamma, beta,
+                               moving_mean, moving_variance, y, saved_mean, saved_inv_std, true);
 }
 
 /* x, y: N,H,W,C (y may alias x); gamma, beta, moving_*: [C] */
@@ -102,32 +168,72 @@ static mt_status batchnorm_forward_inference_op(mt_backend *backend, const mt_ba
                                                 const mt_tensor *x, const float *gamma,
                                                 const float *beta, const float *moving_mean,
                                                 const float *moving_variance, mt_tensor *y) {
+    cuda_backend *cu = cuda_of(backend);
     long m;
-    double *scratch;
-    MT_TRY(bn_prepare(backend, "batchnorm_forward_inference", desc, x, "x", y, "y", &m, &scratch));
-    CUDA_CHECK(mt_cuda_launch_bn_forward_inference(cuda_of(backend)->stream, m, desc->shape.c,
-                                                   desc->epsilon, x->data, gamma, beta, moving_mean,
-                                                   moving_variance, y->data, scratch));
+    void *scratch;
+    MT_TRY(bn_prepare(backend, "batchnorm_forward_inference", desc, x, "x", y, "y", cu->bn_legacy,
+                      &m, &scratch));
+    if (cu->bn_legacy)
+        CUDA_CHECK(mt_cuda_launch_bn_forward_inference(cu->stream, m, desc->shape.c, desc->epsilon,
+                                                       x->data, gamma, beta, moving_mean,
+                                                       moving_variance, y->data, scratch));
+    else
+        CUDA_CHECK(mt_cuda_launch_bn_fused_forward_inference(
+            cu->stream, m, desc->shape.c, desc->epsilon, x->data, gamma, beta, moving_mean,
+            moving_variance, y->data));
     return MT_OK;
 }
 
-/* x, dy, dx: N,H,W,C (dx may alias dy); gamma, saved_*, dgamma, dbeta: [C] */
+/* x, dy, dx: N,H,W,C (dx may alias dy); gamma, saved_*, dgamma, dbeta: [C]. y: NULL, or the
+ * ReLU6's output of a fused forward (dy is then the gradient at y). */
+static mt_status bn_backward_training(mt_backend *backend, const char *op,
+                                      const mt_batchnorm_desc *desc, const mt_tensor *x,
+                                      const mt_tensor *y, const mt_tensor *dy, const float *gamma,
+                                      const float *saved_mean, const float *saved_inv_std,
+                                      mt_tensor *dx, float *dgamma, float *dbeta) {
+    cuda_backend *cu = cuda_of(backend);
+    long m;
+    void *scratch;
+    if (!dx) return MT_FAIL(MT_ERR_INVALID, "cuda %s: dx must not be NULL", op);
+    MT_TRY(bn_prepare(backend, op, desc, x, "x", dy, "dy", cu->bn_legacy, &m, &scratch));
+    MT_TRY(cuda_check_tensor(op, "dx", dx, desc->shape));
+    if (y) MT_TRY(cuda_check_tensor(op, "y", y, desc->shape));
+    const int c = desc->shape.c;
+    if (cu->bn_legacy) {
+        const float *g = dy->data;
+        if (y) { /* ReLU6's backward into dx, then BN's in place */
+            CUDA_CHECK(mt_cuda_launch_relu6_backward(cu->stream, (size_t)m * c, y->data, dy->data,
+                                                     dx->data));
+            g = dx->data;
+        }
+        CUDA_CHECK(mt_cuda_launch_bn_backward(cu->stream, m, c, desc->epsilon, 1, x->data, g, gamma,
+                                              saved_mean, saved_inv_std, dx->data, dgamma, dbeta,
+                                              scratch));
+        return MT_OK;
+    }
+    unsigned *counters;
+    MT_TRY(bn_counters(backend, c, &counters));
+    CUDA_CHECK(mt_cuda_launch_bn_fused_backward_training(
+        cu->stream, m, c, x->data, y ? y->data : NULL, dy->data, gamma, saved_mean, saved_inv_std,
+        dx->data, dgamma, dbeta, scratch, counters));
+    return MT_OK;
+}
+
 static mt_status batchnorm_backward_training_op(mt_backend *backend, const mt_batchnorm_desc *desc,
                                                 const mt_tensor *x, const mt_tensor *dy,
                                                 const float *gamma, const float *saved_mean,
                                                 const float *saved_inv_std, mt_tensor *dx,
                                                 float *dgamma, float *dbeta) {
-    long m;
-    double *scratch;
-    if (!dx)
-        return MT_FAIL(MT_ERR_INVALID, "cuda batchnorm_backward_training: dx must not be NULL");
-    MT_TRY(
-        bn_prepare(backend, "batchnorm_backward_training", desc, x, "x", dy, "dy", &m, &scratch));
-    MT_TRY(cuda_check_tensor("batchnorm_backward_training", "dx", dx, desc->shape));
-    CUDA_CHECK(mt_cuda_launch_bn_backward(cuda_of(backend)->stream, m, desc->shape.c, desc->epsilon,
-                                          1, x->data, dy->data, gamma, saved_mean, saved_inv_std,
-                                          dx->data, dgamma, dbeta, scratch));
-    return MT_OK;
+    return bn_backward_training(backend, "batchnorm_backward_training", desc, x, NULL, dy, gamma,
+                                saved_mean, saved_inv_std, dx, dgamma, dbeta);
+}
+
+static mt_status relu6_batchnorm_backward_training_op(
+    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
+    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
+    mt_tensor *dx, float *dgamma, float *dbeta) {
+    return bn_backward_training(backend, "relu6_batchnorm_backward_training", desc, x, y, dy, gamma,
+                                saved_mean, saved_inv_std, dx, dgamma, dbeta);
 }
 
 /* x, dy, dx: N,H,W,C (dx may be NULL or alias dy); gamma, moving_*, dgamma, dbeta: [C] */
@@ -137,9 +243,10 @@ static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_b
                                                  const float *moving_variance, mt_tensor *dx,
                                                  float *dgamma, float *dbeta) {
     long m;
-    double *scratch;
-    MT_TRY(
-        bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy", &m, &scratch));
+    void *scratch;
+    /* the double-precision kernels whatever MT_CUDA_BN says (not on the fused path yet) */
+    MT_TRY(bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy", true, &m,
+                      &scratch));
     if (dx) MT_TRY(cuda_check_tensor("batchnorm_backward_inference", "dx", dx, desc->shape));
     CUDA_CHECK(mt_cuda_launch_bn_backward(cuda_of(backend)->stream, m, desc->shape.c, desc->epsilon,
                                           0, x->data, dy->data, gamma, moving_mean, moving_variance,
@@ -473,6 +580,29 @@ mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batc
                   batchnorm_backward_training_op(backend, desc, x, dy, gamma, saved_mean,
                                                  saved_inv_std, dx, dgamma, dbeta),
                   "batchnorm_backward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+}
+
+mt_status mt_cuda_batchnorm_relu6_forward_training(mt_backend *backend,
+                                                   const mt_batchnorm_desc *desc,
+                                                   const mt_tensor *x, const float *gamma,
+                                                   const float *beta, float *moving_mean,
+                                                   float *moving_variance, mt_tensor *y,
+                                                   float *saved_mean, float *saved_inv_std) {
+    CUDA_PROFILED(backend,
+                  batchnorm_relu6_forward_training_op(backend, desc, x, gamma, beta, moving_mean,
+                                                      moving_variance, y, saved_mean,
+                                                      saved_inv_std),
+                  "batchnorm_relu6_forward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+}
+
+mt_status mt_cuda_relu6_batchnorm_backward_training(
+    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
+    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
+    mt_tensor *dx, float *dgamma, float *dbeta) {
+    CUDA_PROFILED(backend,
+                  relu6_batchnorm_backward_training_op(backend, desc, x, y, dy, gamma, saved_mean,
+                                                       saved_inv_std, dx, dgamma, dbeta),
+                  "relu6_batchnorm_backward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
 }
 
 mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,

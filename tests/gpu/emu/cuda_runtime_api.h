@@ -55,6 +55,17 @@ static inline int atomicMin(int *p, int v) {
 static inline int atomicAdd(int *p, int v) {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
 }
+static inline unsigned atomicAdd(unsigned *p, unsigned v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+/* blocks run one after another here: memory is ordered already */
+static inline void __threadfence() {}
+template <class T> static inline T __ldcg(const T *p) {
+    return *p;
+}
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 static inline cudaError_t cudaGetLastError() {
     return cudaSuccess;
 }
