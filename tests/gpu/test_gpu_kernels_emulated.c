@@ -128,6 +128,16 @@ static void check_conv(const char *name, int n, int size, int cin, int cout, int
         KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights(NULL, &g, x, dy, partials, dw[1]));
     }
     char what[160];
+    if (depthwise) { /* the register-blocked kernels (the default) on the same data */
+        float *ys = zeros(ny), *dxs = zeros(nx);
+        KERNEL_OK(mt_cuda_launch_depthwise_forward_strip(NULL, &g, x, w, ys));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_data_strip(NULL, &g, dy, w, dxs));
+        snprintf(what, sizeof what, "%s forward (strips)", name);
+        compare(what, ys, y[0], ny, 1e-5);
+        snprintf(what, sizeof what, "%s backward data (strips)", name);
+        compare(what, dxs, dx[0], nx, 1e-5);
+        free(ys), free(dxs);
+    }
     snprintf(what, sizeof what, "%s forward", name);
     compare(what, y[1], y[0], ny, 1e-5);
     snprintf(what, sizeof what, "%s backward data", name);
@@ -483,6 +493,8 @@ int main(void) {
     check_conv("depthwise 3x3/2 n1 9x9 c17 VALID", 1, 9, 17, 17, 3, 2, 0, 0, true);
     check_conv("depthwise 5x5/1 n2 7x7 c33 pads 2,2", 2, 7, 33, 33, 5, 1, 2, 2, true);
     check_conv("depthwise 3x3/1 n4 16x16 c40 (several slices)", 4, 16, 40, 40, 3, 1, 1, 1, true);
+    check_conv("depthwise 3x3/3 n2 10x10 c8 pads 1,1 (stride 3)", 2, 10, 8, 8, 3, 3, 1, 1, true);
+    check_conv("depthwise 3x3/2 n2 9x9 c12 pads 1,1", 2, 9, 12, 12, 3, 2, 1, 1, true);
 
     check_batchnorm((mt_shape4){4, 5, 5, 24}, 0);
     check_batchnorm((mt_shape4){1, 3, 3, 17}, 0);

@@ -223,7 +223,7 @@ static mt_status cuda_setup(cuda_backend *cu) {
     CUDA_CHECK(cudaMallocHost((void **)&cu->host_result, 4 * sizeof(double)));
     CUDA_CHECK(cudaMalloc((void **)&cu->device_result, 4 * sizeof(double)));
     MT_TRY(cuda_profile_init(cu));
-    MT_TRY(cuda_bn_configure(cu));
+    MT_TRY(cuda_kernels_configure(cu));
     struct cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, cu->device));
     cuda_debug(cu, "GPU %d: %s, sm_%d%d, %.1f GiB; cuDNN %zu, TF32 %s", cu->device, prop.name,

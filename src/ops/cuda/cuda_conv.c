@@ -261,12 +261,19 @@ static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *
     const mt_cuda_conv_geom *g = &e->geom;
     const bool dw = e->key.depthwise;
     if (c->pass == PASS_FORWARD) {
-        CUDA_CHECK(dw ? mt_cuda_launch_depthwise_forward(cu->stream, g, c->x, c->w, c->y)
-                      : mt_cuda_launch_direct_conv_forward(cu->stream, g, c->x, c->w, c->y));
+        if (dw && !cu->depthwise_legacy)
+            CUDA_CHECK(mt_cuda_launch_depthwise_forward_strip(cu->stream, g, c->x, c->w, c->y));
+        else
+            CUDA_CHECK(dw ? mt_cuda_launch_depthwise_forward(cu->stream, g, c->x, c->w, c->y)
+                          : mt_cuda_launch_direct_conv_forward(cu->stream, g, c->x, c->w, c->y));
     } else if (c->pass == PASS_BACKWARD_DATA) {
-        CUDA_CHECK(
-            dw ? mt_cuda_launch_depthwise_backward_data(cu->stream, g, c->dy, c->w, c->dx)
-               : mt_cuda_launch_direct_conv_backward_data(cu->stream, g, c->dy, c->w, c->dx));
+        if (dw && !cu->depthwise_legacy)
+            CUDA_CHECK(
+                mt_cuda_launch_depthwise_backward_data_strip(cu->stream, g, c->dy, c->w, c->dx));
+        else
+            CUDA_CHECK(
+                dw ? mt_cuda_launch_depthwise_backward_data(cu->stream, g, c->dy, c->w, c->dx)
+                   : mt_cuda_launch_direct_conv_backward_data(cu->stream, g, c->dy, c->w, c->dx));
     } else {
         size_t weights = (size_t)g->k * g->k * g->cin * (dw ? 1 : g->cout);
         size_t parts = (size_t)mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
@@ -293,13 +300,15 @@ static mt_status run_gemm(cuda_backend *cu, cuda_conv_entry *e, const conv_call 
     const mt_cuda_conv_geom *g = &e->geom;
     const long rows = (long)g->n * g->h * g->w;
     if (rows > 2147483647L)
-        return MT_FAIL(MT_ERR_INVALID, "cuda conv: %ld pixels in one 1x1 convolution exceed "
-                       "cuBLAS' int dimensions: use a smaller batch", rows);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda conv: %ld pixels in one 1x1 convolution exceed "
+                       "cuBLAS' int dimensions: use a smaller batch",
+                       rows);
     const int M = (int)rows, I = g->cin, O = g->cout;
     const float one = 1.0f, zero = 0.0f;
     if (c->pass == PASS_FORWARD)
-        CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, O, M, I, &one, c->w, O,
-                                 c->x, I, &zero, c->y, O));
+        CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, O, M, I, &one, c->w, O, c->x,
+                                 I, &zero, c->y, O));
     else if (c->pass == PASS_BACKWARD_DATA)
         CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, I, M, O, &one, c->w, O,
                                  c->dy, O, &zero, c->dx, I));
@@ -360,9 +369,12 @@ static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv
                    pass_names[c->pass], g->n, g->h, g->w, g->cin, g->k, g->stride, e->key.pad_top,
                    e->key.pad_bottom, e->key.pad_left, e->key.pad_right);
     } else if (is_pointwise(&e->key)) {
-        if (cu->pointwise_mode == 1) *impl = IMPL_GEMM;
-        else if (cu->pointwise_mode == 2) *impl = IMPL_CUDNN;
-        else MT_TRY(time_both(cu, e, c, IMPL_GEMM, "pointwise", impl));
+        if (cu->pointwise_mode == 1)
+            *impl = IMPL_GEMM;
+        else if (cu->pointwise_mode == 2)
+            *impl = IMPL_CUDNN;
+        else
+            MT_TRY(time_both(cu, e, c, IMPL_GEMM, "pointwise", impl));
     } else if (!e->key.depthwise) {
         /* correctness before speed: if cuDNN has nothing for this shape, the direct kernel */
         mt_status status = run_cudnn(cu, e, c);

@@ -792,6 +792,101 @@ __global__ void bn_fused_dx_kernel(long m, int C, const float *x, const float *y
     }
 }
 
+/* ---- depthwise, register-blocked (the default; MT_CUDA_DEPTHWISE_KERNEL=legacy runs the
+ * one-output-per-thread kernels above) ----
+ * A thread owns DW_TW consecutive positions along W of one row (n, h) and V channels (V = 4: one
+ * float4, when C % 4 == 0 and the pointers are 16-byte aligned), with the DW_TW x V sums in
+ * registers: the index arithmetic (64-bit) happens once per thread instead of once per output,
+ * each weight vector is loaded once per tap for the whole strip, and loads are float4. Consecutive
+ * threads take consecutive channel groups, so a warp reads whole 16-byte-aligned pixel segments.
+ * S: the stride when 1 or 2 (the tap-to-output mapping of the backward then has no division),
+ * else 0 (read from the geometry). */
+const int DW_TW = 4;
+
+/* y: N,Ho,Wo,C from x: N,H,W,C and w: [k][k][C] */
+template <int V>
+__global__ void depthwise_forward_strip_kernel(mt_cuda_conv_geom g, const float *x, const float *w,
+                                               float *y) {
+    const int C = g.cin, groups = C / V, strips = (g.wo + DW_TW - 1) / DW_TW;
+    const size_t count = (size_t)g.n * g.ho * strips * groups;
+    GRID_STRIDE(i, count) {
+        const int c0 = (int)(i % groups) * V;
+        size_t t = i / groups;
+        const int ow0 = (int)(t % strips) * DW_TW;
+        t /= strips;
+        const int oh = (int)(t % g.ho), n = (int)(t / g.ho);
+        float acc[DW_TW][V], xv[V], wv[V];
+        for (int s = 0; s < DW_TW; s++)
+            for (int v = 0; v < V; v++)
+                acc[s][v] = 0.0f;
+        for (int kh = 0; kh < g.k; kh++) {
+            const int ih = oh * g.stride + kh - g.pad_top;
+            if (ih < 0 || ih >= g.h) continue;
+            const float *row = x + ((size_t)n * g.h + ih) * g.w * C + c0;
+            for (int kw = 0; kw < g.k; kw++) {
+                vec_io<V>::load(w + (size_t)(kh * g.k + kw) * C + c0, wv);
+                for (int s = 0; s < DW_TW; s++) {
+                    const int iw = (ow0 + s) * g.stride + kw - g.pad_left;
+                    if (ow0 + s >= g.wo || iw < 0 || iw >= g.w) continue;
+                    vec_io<V>::load(row + (size_t)iw * C, xv);
+                    for (int v = 0; v < V; v++)
+                        acc[s][v] = fmaf(xv[v], wv[v], acc[s][v]);
+                }
+            }
+        }
+        float *out = y + (((size_t)n * g.ho + oh) * g.wo + ow0) * C + c0;
+        for (int s = 0; s < DW_TW && ow0 + s < g.wo; s++)
+            vec_io<V>::store(out + (size_t)s * C, acc[s]);
+    }
+}
+
+/* The output position that tap kk maps input position i to, or -1; S > 0: the stride known at
+ * compile time. */
+template <int S> __device__ int strip_output_index(int i, int pad, int kk, int stride, int size) {
+    int t = i + pad - kk;
+    if (S == 1) return t >= 0 && t < size ? t : -1;
+    if (S == 2) return t >= 0 && !(t & 1) && (t >> 1) < size ? t >> 1 : -1;
+    return output_index(i, pad, kk, stride, size);
+}
+
+/* dx: N,H,W,C from dy: N,Ho,Wo,C and w: [k][k][C] */
+template <int V, int S>
+__global__ void depthwise_backward_data_strip_kernel(mt_cuda_conv_geom g, const float *dy,
+                                                     const float *w, float *dx) {
+    const int C = g.cin, groups = C / V, strips = (g.w + DW_TW - 1) / DW_TW;
+    const size_t count = (size_t)g.n * g.h * strips * groups;
+    GRID_STRIDE(i, count) {
+        const int c0 = (int)(i % groups) * V;
+        size_t t = i / groups;
+        const int iw0 = (int)(t % strips) * DW_TW;
+        t /= strips;
+        const int ih = (int)(t % g.h), n = (int)(t / g.h);
+        float acc[DW_TW][V], gv[V], wv[V];
+        for (int s = 0; s < DW_TW; s++)
+            for (int v = 0; v < V; v++)
+                acc[s][v] = 0.0f;
+        for (int kh = 0; kh < g.k; kh++) {
+            const int oh = strip_output_index<S>(ih, g.pad_top, kh, g.stride, g.ho);
+            if (oh < 0) continue;
+            const float *row = dy + ((size_t)n * g.ho + oh) * g.wo * C + c0;
+            for (int kw = 0; kw < g.k; kw++) {
+                vec_io<V>::load(w + (size_t)(kh * g.k + kw) * C + c0, wv);
+                for (int s = 0; s < DW_TW; s++) {
+                    if (iw0 + s >= g.w) continue;
+                    const int ow = strip_output_index<S>(iw0 + s, g.pad_left, kw, g.stride, g.wo);
+                    if (ow < 0) continue;
+                    vec_io<V>::load(row + (size_t)ow * C, gv);
+                    for (int v = 0; v < V; v++)
+                        acc[s][v] = fmaf(gv[v], wv[v], acc[s][v]);
+                }
+            }
+        }
+        float *out = dx + (((size_t)n * g.h + ih) * g.w + iw0) * C + c0;
+        for (int s = 0; s < DW_TW && iw0 + s < g.w; s++)
+            vec_io<V>::store(out + (size_t)s * C, acc[s]);
+    }
+}
+
 } // namespace
 
 /* ---- launchers ------------------------------------------------------------------------------ */
@@ -1119,6 +1214,42 @@ cudaError_t mt_cuda_launch_bn_fused_backward_training(
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     dxk<<<p.apply_grid, p.block, 0, stream>>>(m, c, x, y, dy, saved_mean, coef, dx);
+    return cudaGetLastError();
+}
+
+} // extern "C"
+
+/* ---- register-blocked depthwise ---- */
+
+extern "C" {
+
+cudaError_t mt_cuda_launch_depthwise_forward_strip(cudaStream_t stream, const mt_cuda_conv_geom *g,
+                                                   const float *x, const float *w, float *y) {
+    const int vec = g->cin % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y) ? 4 : 1;
+    const size_t count =
+        (size_t)g->n * g->ho * ((g->wo + DW_TW - 1) / DW_TW) * (size_t)(g->cin / vec);
+    auto kernel = vec == 4 ? depthwise_forward_strip_kernel<4> : depthwise_forward_strip_kernel<1>;
+    kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, x, w, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_depthwise_backward_data_strip(cudaStream_t stream,
+                                                         const mt_cuda_conv_geom *g,
+                                                         const float *dy, const float *w,
+                                                         float *dx) {
+    const int vec = g->cin % 4 == 0 && aligned16(dy) && aligned16(w) && aligned16(dx) ? 4 : 1;
+    const size_t count =
+        (size_t)g->n * g->h * ((g->w + DW_TW - 1) / DW_TW) * (size_t)(g->cin / vec);
+    auto kernel = depthwise_backward_data_strip_kernel<1, 0>;
+    if (vec == 4)
+        kernel = g->stride == 1   ? depthwise_backward_data_strip_kernel<4, 1>
+                 : g->stride == 2 ? depthwise_backward_data_strip_kernel<4, 2>
+                                  : depthwise_backward_data_strip_kernel<4, 0>;
+    else
+        kernel = g->stride == 1   ? depthwise_backward_data_strip_kernel<1, 1>
+                 : g->stride == 2 ? depthwise_backward_data_strip_kernel<1, 2>
+                                  : depthwise_backward_data_strip_kernel<1, 0>;
+    kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
     return cudaGetLastError();
 }
 

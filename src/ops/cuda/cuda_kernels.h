@@ -48,6 +48,14 @@ cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, const mt
 cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream,
                                                       const mt_cuda_conv_geom *g, const float *x,
                                                       const float *dy, float *partials, float *dw);
+/* The same two passes register-blocked (each thread a strip of 4 positions along W, float4
+ * channels when C % 4 == 0): the default; the two above stay as MT_CUDA_DEPTHWISE_KERNEL=legacy */
+cudaError_t mt_cuda_launch_depthwise_forward_strip(cudaStream_t stream, const mt_cuda_conv_geom *g,
+                                                   const float *x, const float *w, float *y);
+cudaError_t mt_cuda_launch_depthwise_backward_data_strip(cudaStream_t stream,
+                                                         const mt_cuda_conv_geom *g,
+                                                         const float *dy, const float *w,
+                                                         float *dx);
 /* x: N,H,W,Cin; w: [k][k][Cin][Cout]; y: N,Ho,Wo,Cout */
 cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
                                                const float *x, const float *w, float *y);

@@ -62,19 +62,27 @@ static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, cons
 
 /* ---- batch normalization ------------------------------------------------------------------- */
 
-/* Two implementations: the fused fp32 kernels (default: statistics in one launch, normalize and
- * ReLU6 in one, float4 loads) and, as MT_CUDA_BN=legacy, the first double-precision ones (5
- * launches forward, 4 backward, ReLU6 separate), kept to bypass the new ones on a GPU. */
-mt_status cuda_bn_configure(cuda_backend *cu) {
-    const char *v = getenv("MT_CUDA_BN");
-    if (!v || !*v || strcmp(v, "fused") == 0) return MT_OK;
+/* MT_CUDA_BN and MT_CUDA_DEPTHWISE_KERNEL: where a new kernel replaced an old one, the old one
+ * stays selectable, to bypass the new one quickly on a GPU.
+ * BN: the fused fp32 kernels (default: statistics in one launch, normalize and ReLU6 in one,
+ * float4 loads) or the first double-precision ones (legacy: 5 launches forward, 4 backward,
+ * ReLU6 separate). Depthwise forward and backward data: register-blocked strips (default) or
+ * one output per thread (legacy); cuda_conv.c still times our kernel against cuDNN's. */
+static mt_status kernel_choice(const char *name, const char *what, bool *legacy) {
+    const char *v = getenv(name);
+    *legacy = false;
+    if (!v || !*v || strcmp(v, "new") == 0) return MT_OK;
     if (strcmp(v, "legacy") != 0)
-        return MT_FAIL(MT_ERR_INVALID,
-                       "MT_CUDA_BN='%s': use fused (fp32 kernels, the default) or legacy (the "
-                       "double-precision unfused ones)",
-                       v);
-    cu->bn_legacy = true;
+        return MT_FAIL(MT_ERR_INVALID, "%s='%s': use new (%s, the default) or legacy", name, v,
+                       what);
+    *legacy = true;
     return MT_OK;
+}
+
+mt_status cuda_kernels_configure(cuda_backend *cu) {
+    MT_TRY(kernel_choice("MT_CUDA_BN", "fused fp32 batch norm", &cu->bn_legacy));
+    return kernel_choice("MT_CUDA_DEPTHWISE_KERNEL", "register-blocked depthwise kernels",
+                         &cu->depthwise_legacy);
 }
 
 /* Checks the descriptor and the tensors, and returns M (rows) and the reduction scratch of the
