@@ -229,7 +229,7 @@ static void check_batchnorm(mt_shape4 s, float offset) {
 
 /* The fp32 fused kernels (the default), against the reference, relu6 on and off:
  *   forward training: y, saved mean and inverse std, the moving statistics;
- *   forward inference (also in place);
+ *   forward inference (also in place), backward inference (dx alone, dgamma alone);
  *   backward training: relu6_backward then batchnorm_backward_training of the reference, with
  *   the reference's y as ReLU6's output, and the plain backward (y NULL); dgamma/dbeta NULL.
  * Error model (fp32, u = 2^-24). A thread sums at most R = BN_ROWS_PER_THREAD (64) rows, the block
@@ -295,18 +295,18 @@ static void check_batchnorm_fused(mt_shape4 s, float offset, bool misaligned) {
             memcpy(rdy, dy, count * sizeof(float));
         REF_OK(mt_ops_reference.batchnorm_backward_training(&REF, &d, &tx, &trdy, gamma, sm[0],
                                                             si[0], &tdx, dg[0], db[0]));
-        KERNEL_OK(mt_cuda_launch_bn_fused_backward_training(NULL, m, C, x, relu6 ? y[0] : NULL, dy,
-                                                            gamma, sm[0], si[0], dx[1], dg[1],
-                                                            db[1], scratch, counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 1, x, relu6 ? y[0] : NULL,
+                                                   dy, gamma, sm[0], si[0], dx[1], dg[1], db[1],
+                                                   scratch, counters));
         FUSED_COMPARE(relu6 ? "training dx (through relu6)" : "training dx", dx, count);
         FUSED_COMPARE("training dgamma", dg, C);
         FUSED_COMPARE("training dbeta", db, C);
         /* dx in place of dy, no dgamma/dbeta */
         float *inplace = zeros(count + 4), *ip = inplace + skew;
         memcpy(ip, dy, count * sizeof(float));
-        KERNEL_OK(mt_cuda_launch_bn_fused_backward_training(NULL, m, C, x, relu6 ? y[0] : NULL, ip,
-                                                            gamma, sm[0], si[0], ip, NULL, NULL,
-                                                            scratch, counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 1, x, relu6 ? y[0] : NULL,
+                                                   ip, gamma, sm[0], si[0], ip, NULL, NULL, scratch,
+                                                   counters));
         float *pair[2] = {dx[0], ip};
         FUSED_COMPARE("training dx = dy in place, no dgamma/dbeta", pair, count);
         free(inplace);
@@ -320,6 +320,23 @@ static void check_batchnorm_fused(mt_shape4 s, float offset, bool misaligned) {
                                                         mm[0], mv[0], x));
     float *inplace[2] = {y[0], x};
     FUSED_COMPARE("inference y = x in place", inplace, count);
+    /* inference backward: every output, then dx alone (one launch), then dgamma/dbeta alone */
+    REF_OK(mt_ops_reference.batchnorm_backward_inference(&REF, &d, &tx, &tdy, gamma, mm[0], mv[0],
+                                                         &tdx, dg[0], db[0]));
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 0, x, NULL, dy, gamma, mm[0],
+                                               mv[0], dx[1], dg[1], db[1], scratch, counters));
+    FUSED_COMPARE("inference dx", dx, count);
+    FUSED_COMPARE("inference dgamma", dg, C);
+    FUSED_COMPARE("inference dbeta", db, C);
+    memset(dx[1], 0, count * sizeof(float)), memset(dg[1], 0, C * sizeof(float));
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 0, x, NULL, dy, gamma, mm[0],
+                                               mv[0], dx[1], NULL, NULL, scratch, counters));
+    FUSED_COMPARE("inference dx (no dgamma/dbeta)", dx, count);
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 0, x, NULL, dy, gamma, mm[0],
+                                               mv[0], NULL, dg[1], NULL, scratch, counters));
+    FUSED_COMPARE("inference dgamma (no dx)", dg, C);
+    for (int i = 0; i < mt_cuda_bn_fused_counters(C); i++)
+        CHECK_MSG(counters[i] == 0, "fused bn: counter %d left at %u", i, counters[i]);
 #undef FUSED_COMPARE
     for (int i = 0; i < 2; i++)
         free(mm[i]), free(mv[i]), free(ybuf[i]), free(dxbuf[i]), free(sm[i]), free(si[i]),

@@ -720,13 +720,15 @@ __global__ void bn_fused_apply_kernel(long m, int C, int inference, int relu6, f
     }
 }
 
-/* Training backward, statistics: with g = dy, masked to 0 where ReLU6's output y is at a bound
- * when y is given (the fused ReLU6's backward), the sums of g and g * (x - mean) -> dgamma,
- * dbeta (each may be NULL) and coef [3][C] of dx = coef0 * g + coef1 * (x - mean) + coef2. */
+/* Backward, statistics: with g = dy, masked to 0 where ReLU6's output y is at a bound when y is
+ * given (the fused ReLU6's backward), the sums of g and g * (x - mean) -> dgamma, dbeta (each
+ * may be NULL) and, in training, coef [3][C] of dx = coef0 * g + coef1 * (x - mean) + coef2.
+ * Training: mean, second = the saved mean and inverse std; inference: the moving mean and
+ * variance (the statistics are constants: no coef, dx is gamma * inv_std * g). */
 template <int V>
-__global__ void bn_fused_grad_kernel(long m, int C, long rows_per_block, const float *x,
-                                     const float *y, const float *dy, const float *gamma,
-                                     const float *saved_mean, const float *saved_inv_std,
+__global__ void bn_fused_grad_kernel(long m, int C, long rows_per_block, int inference,
+                                     float epsilon, const float *x, const float *y, const float *dy,
+                                     const float *gamma, const float *mean, const float *second,
                                      float *dgamma, float *dbeta, float *coef, float *partials,
                                      unsigned *counters) {
     const int g = blockIdx.x * blockDim.x + threadIdx.x, c0 = g * V;
@@ -736,7 +738,7 @@ __global__ void bn_fused_grad_kernel(long m, int C, long rows_per_block, const f
         mu[i] = 0.0f, sg[i] = 0.0f, sgx[i] = 0.0f, yv[i] = 1.0f;
     if (active) {
         for (int i = 0; i < V; i++)
-            mu[i] = saved_mean[c0 + i];
+            mu[i] = mean[c0 + i];
         const long begin = (long)blockIdx.y * rows_per_block;
         const long end = begin + rows_per_block < m ? begin + rows_per_block : m;
         for (long r = begin + threadIdx.y; r < end; r += blockDim.y) {
@@ -757,31 +759,41 @@ __global__ void bn_fused_grad_kernel(long m, int C, long rows_per_block, const f
     if (threadIdx.y != 0 || !active) return;
     for (int i = 0; i < V; i++) {
         const int c = c0 + i;
-        const double istd = saved_inv_std[c], k1 = (double)gamma[c] * istd;
+        const double istd =
+            inference ? 1.0 / sqrt((double)second[c] + (double)epsilon) : (double)second[c];
         if (dbeta) dbeta[c] = (float)tg[i];
         if (dgamma) dgamma[c] = (float)(tgx[i] * istd);
+        if (inference) continue;
+        const double k1 = (double)gamma[c] * istd;
         coef[c] = (float)k1;
         coef[C + c] = (float)(-k1 * istd * istd * tgx[i] / (double)m);
         coef[2 * C + c] = (float)(-k1 * tg[i] / (double)m);
     }
 }
 
-/* dx = coef0 * g + coef1 * (x - mean) + coef2, g = dy masked as above; dx may alias dy */
+/* dx = coef0 * g + coef1 * (x - mean) + coef2, g = dy masked as above (training), or
+ * dx = gamma * inv_std * dy with inv_std from the moving variance (inference: x unread); dx may
+ * alias dy */
 template <int V>
-__global__ void bn_fused_dx_kernel(long m, int C, const float *x, const float *y, const float *dy,
-                                   const float *saved_mean, const float *coef, float *dx) {
+__global__ void bn_fused_dx_kernel(long m, int C, int inference, float epsilon, const float *x,
+                                   const float *y, const float *dy, const float *gamma,
+                                   const float *mean, const float *second, const float *coef,
+                                   float *dx) {
     const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (c0 >= C) return;
     float mu[V], k1[V], k2[V], k3[V], xv[V], gv[V], yv[V];
     for (int i = 0; i < V; i++) {
         const int c = c0 + i;
-        mu[i] = saved_mean[c], k1[i] = coef[c], k2[i] = coef[C + c], k3[i] = coef[2 * C + c];
-        yv[i] = 1.0f;
+        if (inference)
+            mu[i] = 0.0f, k1[i] = gamma[c] / sqrtf(second[c] + epsilon), k2[i] = k3[i] = 0.0f;
+        else
+            mu[i] = mean[c], k1[i] = coef[c], k2[i] = coef[C + c], k3[i] = coef[2 * C + c];
+        yv[i] = 1.0f, xv[i] = 0.0f;
     }
     for (long r = (long)blockIdx.y * blockDim.y + threadIdx.y; r < m;
          r += (long)gridDim.y * blockDim.y) {
         const size_t at = (size_t)r * C + c0;
-        vec_io<V>::load(x + at, xv);
+        if (!inference) vec_io<V>::load(x + at, xv);
         vec_io<V>::load(dy + at, gv);
         if (y) vec_io<V>::load(y + at, yv);
         for (int i = 0; i < V; i++) {
@@ -1200,20 +1212,28 @@ cudaError_t mt_cuda_launch_bn_fused_forward_inference(cudaStream_t stream, long 
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_bn_fused_backward_training(
-    cudaStream_t stream, long m, int c, const float *x, const float *y, const float *dy,
-    const float *gamma, const float *saved_mean, const float *saved_inv_std, float *dx,
-    float *dgamma, float *dbeta, float *scratch, unsigned *counters) {
+cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c, float epsilon,
+                                             int training, const float *x, const float *y,
+                                             const float *dy, const float *gamma,
+                                             const float *stat_mean, const float *stat_second,
+                                             float *dx, float *dgamma, float *dbeta, float *scratch,
+                                             unsigned *counters) {
     const bool vectorizable = aligned16(x) && aligned16(dy) && aligned16(dx) && aligned16(y);
     const bn_plan p = bn_make_plan(m, c, vectorizable);
+    const int inference = !training;
     float *coef = scratch + (size_t)p.grid.y * c * 2;
     auto grad = p.vec == 4 ? bn_fused_grad_kernel<4> : bn_fused_grad_kernel<1>;
     auto dxk = p.vec == 4 ? bn_fused_dx_kernel<4> : bn_fused_dx_kernel<1>;
-    grad<<<p.grid, p.block, 0, stream>>>(m, c, p.rows_per_block, x, y, dy, gamma, saved_mean,
-                                         saved_inv_std, dgamma, dbeta, coef, scratch, counters);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    dxk<<<p.apply_grid, p.block, 0, stream>>>(m, c, x, y, dy, saved_mean, coef, dx);
+    if (training || dgamma || dbeta) {
+        grad<<<p.grid, p.block, 0, stream>>>(m, c, p.rows_per_block, inference, epsilon, x, y, dy,
+                                             gamma, stat_mean, stat_second, dgamma, dbeta, coef,
+                                             scratch, counters);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    if (dx)
+        dxk<<<p.apply_grid, p.block, 0, stream>>>(m, c, inference, epsilon, x, y, dy, gamma,
+                                                  stat_mean, stat_second, coef, dx);
     return cudaGetLastError();
 }
 

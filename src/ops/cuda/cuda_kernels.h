@@ -107,7 +107,7 @@ cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float
  * cuda_kernels.cu. Scratch: mt_cuda_bn_fused_scratch_floats(M, C) floats; counters:
  * mt_cuda_bn_fused_counters(C) unsigned ints, zero before the first launch (each launch leaves
  * them zero again). Launches: forward training 2 (statistics, normalize [+ ReLU6]), forward
- * inference 1, backward training 2 (sums with dgamma/dbeta, dx). */
+ * inference 1, backward 2 (sums with dgamma/dbeta, dx; inference without dgamma/dbeta: 1). */
 size_t mt_cuda_bn_fused_scratch_floats(long m, int c);
 int mt_cuda_bn_fused_counters(int c);
 /* relu6: y = relu6(BN(x)), else y = BN(x); y must not alias x */
@@ -121,12 +121,16 @@ cudaError_t mt_cuda_launch_bn_fused_forward_inference(cudaStream_t stream, long 
                                                       const float *gamma, const float *beta,
                                                       const float *moving_mean,
                                                       const float *moving_variance, float *y);
-/* y: ReLU6's output when the forward was fused (dy is the gradient at y and is masked where
- * y <= 0 or y >= 6), else NULL. dx required (may alias dy); dgamma, dbeta may be NULL. */
-cudaError_t mt_cuda_launch_bn_fused_backward_training(
-    cudaStream_t stream, long m, int c, const float *x, const float *y, const float *dy,
-    const float *gamma, const float *saved_mean, const float *saved_inv_std, float *dx,
-    float *dgamma, float *dbeta, float *scratch, unsigned *counters);
+/* Training (stat_* = saved mean and inverse std): y is ReLU6's output when the forward was fused
+ * (dy is the gradient at y and is masked where y <= 0 or y >= 6), else NULL; dx required.
+ * Inference (stat_* = moving mean and variance, y NULL): dx may be NULL. dx may alias dy; dgamma,
+ * dbeta may be NULL. */
+cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c, float epsilon,
+                                             int training, const float *x, const float *y,
+                                             const float *dy, const float *gamma,
+                                             const float *stat_mean, const float *stat_second,
+                                             float *dx, float *dgamma, float *dbeta, float *scratch,
+                                             unsigned *counters);
 
 /* ---- zero padding, pooling, dropout, dense helpers, loss ---- */
 /* x: N,H,W,C; y: N,Ho,Wo,C with x at (top, left) */

@@ -221,9 +221,9 @@ static mt_status bn_backward_training(mt_backend *backend, const char *op,
     }
     unsigned *counters;
     MT_TRY(bn_counters(backend, c, &counters));
-    CUDA_CHECK(mt_cuda_launch_bn_fused_backward_training(
-        cu->stream, m, c, x->data, y ? y->data : NULL, dy->data, gamma, saved_mean, saved_inv_std,
-        dx->data, dgamma, dbeta, scratch, counters));
+    CUDA_CHECK(mt_cuda_launch_bn_fused_backward(
+        cu->stream, m, c, desc->epsilon, 1, x->data, y ? y->data : NULL, dy->data, gamma,
+        saved_mean, saved_inv_std, dx->data, dgamma, dbeta, scratch, counters));
     return MT_OK;
 }
 
@@ -250,15 +250,24 @@ static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_b
                                                  const float *gamma, const float *moving_mean,
                                                  const float *moving_variance, mt_tensor *dx,
                                                  float *dgamma, float *dbeta) {
+    cuda_backend *cu = cuda_of(backend);
     long m;
     void *scratch;
-    /* the double-precision kernels whatever MT_CUDA_BN says (not on the fused path yet) */
-    MT_TRY(bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy", true, &m,
-                      &scratch));
+    MT_TRY(bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy",
+                      cu->bn_legacy, &m, &scratch));
     if (dx) MT_TRY(cuda_check_tensor("batchnorm_backward_inference", "dx", dx, desc->shape));
-    CUDA_CHECK(mt_cuda_launch_bn_backward(cuda_of(backend)->stream, m, desc->shape.c, desc->epsilon,
-                                          0, x->data, dy->data, gamma, moving_mean, moving_variance,
-                                          dx ? dx->data : NULL, dgamma, dbeta, scratch));
+    const int c = desc->shape.c;
+    if (cu->bn_legacy) {
+        CUDA_CHECK(mt_cuda_launch_bn_backward(cu->stream, m, c, desc->epsilon, 0, x->data, dy->data,
+                                              gamma, moving_mean, moving_variance,
+                                              dx ? dx->data : NULL, dgamma, dbeta, scratch));
+        return MT_OK;
+    }
+    unsigned *counters;
+    MT_TRY(bn_counters(backend, c, &counters));
+    CUDA_CHECK(mt_cuda_launch_bn_fused_backward(
+        cu->stream, m, c, desc->epsilon, 0, x->data, NULL, dy->data, gamma, moving_mean,
+        moving_variance, dx ? dx->data : NULL, dgamma, dbeta, scratch, counters));
     return MT_OK;
 }
 
