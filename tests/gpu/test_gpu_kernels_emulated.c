@@ -129,9 +129,15 @@ static void check_conv(const char *name, int n, int size, int cin, int cout, int
     }
     char what[160];
     if (depthwise) { /* the register-blocked kernels (the default) on the same data */
-        float *ys = zeros(ny), *dxs = zeros(nx);
+        float *ys = zeros(ny), *dxs = zeros(nx), *dws = zeros(nw);
+        float *rows_partials = zeros(mt_cuda_depthwise_weights_rows_partials(&g));
         KERNEL_OK(mt_cuda_launch_depthwise_forward_strip(NULL, &g, x, w, ys));
         KERNEL_OK(mt_cuda_launch_depthwise_backward_data_strip(NULL, &g, dy, w, dxs));
+        KERNEL_OK(
+            mt_cuda_launch_depthwise_backward_weights_rows(NULL, &g, x, dy, rows_partials, dws));
+        snprintf(what, sizeof what, "%s backward weights (rows)", name);
+        compare(what, dws, dw[0], nw, 1e-5);
+        free(dws), free(rows_partials);
         snprintf(what, sizeof what, "%s forward (strips)", name);
         compare(what, ys, y[0], ny, 1e-5);
         snprintf(what, sizeof what, "%s backward data (strips)", name);
@@ -512,6 +518,8 @@ int main(void) {
     check_conv("depthwise 3x3/1 n4 16x16 c40 (several slices)", 4, 16, 40, 40, 3, 1, 1, 1, true);
     check_conv("depthwise 3x3/3 n2 10x10 c8 pads 1,1 (stride 3)", 2, 10, 8, 8, 3, 3, 1, 1, true);
     check_conv("depthwise 3x3/2 n2 9x9 c12 pads 1,1", 2, 9, 12, 12, 3, 2, 1, 1, true);
+    /* 258 float4 groups: 2 columns of blocks; 32 output rows of 16 per slice: 2 slices */
+    check_conv("depthwise 3x3/1 n8 4x4 c1032 pads 1,1", 8, 4, 1032, 1032, 3, 1, 1, 1, true);
 
     check_batchnorm((mt_shape4){4, 5, 5, 24}, 0);
     check_batchnorm((mt_shape4){1, 3, 3, 17}, 0);

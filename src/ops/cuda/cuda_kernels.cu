@@ -11,6 +11,13 @@
 #include "ops/cuda/cuda_kernels.h"
 #include "ops/dropout_hash.h"
 
+/* loops unrolled by nvcc (so arrays they index stay in registers); nothing under the emulation */
+#ifdef __CUDACC__
+#define MT_UNROLL _Pragma("unroll")
+#else
+#define MT_UNROLL
+#endif
+
 namespace {
 
 const int THREADS = 256;
@@ -899,6 +906,67 @@ __global__ void depthwise_backward_data_strip_kernel(mt_cuda_conv_geom g, const 
     }
 }
 
+/* Partial weight gradients of taps [tap0, tap0 + taps) over this block's slice of the N*Ho output
+ * rows: block (lanes, rows) as for BN (threadIdx.x: a group of V channels, threadIdx.y: an output
+ * row of the slice), grid (cols, parts). A thread walks whole output rows (one division per row,
+ * none per position), with the taps x V sums in registers (the tap loops are unrolled to
+ * MAX_TAPS so the compiler can keep them there). partials: [part][k*k][C]; the block's rows are
+ * added in a fixed order, the parts then by sum_parts_kernel in double. */
+template <int V>
+__global__ void depthwise_backward_weights_rows_kernel(mt_cuda_conv_geom g, const float *x,
+                                                       const float *dy, int tap0, int taps,
+                                                       long rows_per_block, float *partials) {
+    const int C = g.cin, kk = g.k * g.k;
+    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    const bool active = c0 < C;
+    const long rows = (long)g.n * g.ho;
+    const long begin = (long)blockIdx.y * rows_per_block;
+    const long end = begin + rows_per_block < rows ? begin + rows_per_block : rows;
+    float acc[MAX_TAPS][V], dv[V], xv[V];
+    int tap_h[MAX_TAPS], tap_w[MAX_TAPS];
+    MT_UNROLL
+    for (int tt = 0; tt < MAX_TAPS; tt++) {
+        tap_h[tt] = (tap0 + tt) / g.k - g.pad_top, tap_w[tt] = (tap0 + tt) % g.k - g.pad_left;
+        for (int v = 0; v < V; v++)
+            acc[tt][v] = 0.0f;
+    }
+    if (active) {
+        for (long r = begin + threadIdx.y; r < end; r += blockDim.y) {
+            const int oh = (int)(r % g.ho), n = (int)(r / g.ho);
+            const float *dyrow = dy + (size_t)r * g.wo * C + c0;
+            const float *image = x + (size_t)n * g.h * g.w * C + c0;
+            for (int ow = 0; ow < g.wo; ow++) {
+                vec_io<V>::load(dyrow + (size_t)ow * C, dv);
+                MT_UNROLL
+                for (int tt = 0; tt < MAX_TAPS; tt++) {
+                    const int ih = oh * g.stride + tap_h[tt], iw = ow * g.stride + tap_w[tt];
+                    if (tt >= taps || ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
+                    vec_io<V>::load(image + ((size_t)ih * g.w + iw) * C, xv);
+                    for (int v = 0; v < V; v++)
+                        acc[tt][v] = fmaf(dv[v], xv[v], acc[tt][v]);
+                }
+            }
+        }
+    }
+    __shared__ float part[BN_THREADS * BN_MAX_V];
+    const int t = threadIdx.y * blockDim.x + threadIdx.x;
+    MT_UNROLL
+    for (int tt = 0; tt < MAX_TAPS; tt++) {
+        if (tt >= taps) break;
+        for (int v = 0; v < V; v++)
+            part[t * V + v] = acc[tt][v];
+        __syncthreads();
+        if (threadIdx.y == 0 && active)
+            for (int v = 0; v < V; v++) {
+                float s = 0.0f;
+                for (unsigned y = 0; y < blockDim.y; y++)
+                    s += part[(y * blockDim.x + threadIdx.x) * V + v];
+                partials[((size_t)blockIdx.y * kk + tap0 + tt) * C + c0 + v] = s;
+            }
+        __syncthreads();
+    }
+}
+
 } // namespace
 
 /* ---- launchers ------------------------------------------------------------------------------ */
@@ -1270,6 +1338,66 @@ cudaError_t mt_cuda_launch_depthwise_backward_data_strip(cudaStream_t stream,
                  : g->stride == 2 ? depthwise_backward_data_strip_kernel<1, 2>
                                   : depthwise_backward_data_strip_kernel<1, 0>;
     kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
+    return cudaGetLastError();
+}
+
+} // extern "C"
+
+namespace {
+
+/* The launch of depthwise_backward_weights_rows_kernel: about 64 positions per thread. */
+struct dw_weights_plan {
+    int vec;
+    dim3 block, grid;
+    long rows_per_block;
+};
+
+dw_weights_plan dw_weights_make_plan(const mt_cuda_conv_geom *g, bool vectorizable) {
+    dw_weights_plan p;
+    p.vec = vectorizable && g->cin % 4 == 0 ? 4 : 1;
+    const int groups = g->cin / p.vec;
+    const int cols = (groups + BN_THREADS - 1) / BN_THREADS;
+    const int lanes = (groups + cols - 1) / cols;
+    const int rows = BN_THREADS / lanes > 0 ? BN_THREADS / lanes : 1;
+    const long out_rows = (long)g->n * g->ho;
+    long per_thread = (64 + g->wo - 1) / g->wo;
+    long parts = (out_rows + rows * per_thread - 1) / (rows * per_thread);
+    if (parts > 65535) {
+        per_thread = (out_rows + (long)rows * 65535 - 1) / ((long)rows * 65535);
+        parts = (out_rows + rows * per_thread - 1) / (rows * per_thread);
+    }
+    p.block = dim3((unsigned)lanes, (unsigned)rows);
+    p.grid = dim3((unsigned)cols, (unsigned)parts);
+    p.rows_per_block = rows * per_thread;
+    return p;
+}
+
+} // namespace
+
+extern "C" {
+
+size_t mt_cuda_depthwise_weights_rows_partials(const mt_cuda_conv_geom *g) {
+    const dw_weights_plan a = dw_weights_make_plan(g, false), b = dw_weights_make_plan(g, true);
+    const size_t parts = a.grid.y > b.grid.y ? a.grid.y : b.grid.y;
+    return parts * g->k * g->k * g->cin;
+}
+
+cudaError_t mt_cuda_launch_depthwise_backward_weights_rows(cudaStream_t stream,
+                                                           const mt_cuda_conv_geom *g,
+                                                           const float *x, const float *dy,
+                                                           float *partials, float *dw) {
+    const dw_weights_plan p = dw_weights_make_plan(g, aligned16(x) && aligned16(dy));
+    const int kk = g->k * g->k;
+    auto kernel = p.vec == 4 ? depthwise_backward_weights_rows_kernel<4>
+                             : depthwise_backward_weights_rows_kernel<1>;
+    for (int tap0 = 0; tap0 < kk; tap0 += MAX_TAPS) {
+        const int taps = kk - tap0 < MAX_TAPS ? kk - tap0 : MAX_TAPS;
+        kernel<<<p.grid, p.block, 0, stream>>>(*g, x, dy, tap0, taps, p.rows_per_block, partials);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    const size_t count = (size_t)kk * g->cin;
+    sum_parts_kernel<<<grid_for(count), THREADS, 0, stream>>>(partials, (int)p.grid.y, count, dw);
     return cudaGetLastError();
 }
 

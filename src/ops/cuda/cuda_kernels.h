@@ -56,6 +56,14 @@ cudaError_t mt_cuda_launch_depthwise_backward_data_strip(cudaStream_t stream,
                                                          const mt_cuda_conv_geom *g,
                                                          const float *dy, const float *w,
                                                          float *dx);
+/* The weight gradient with whole output rows per thread and float4 channels (the default; the
+ * kernel above stays as MT_CUDA_DEPTHWISE_KERNEL=legacy): partials holds
+ * mt_cuda_depthwise_weights_rows_partials(g) floats */
+size_t mt_cuda_depthwise_weights_rows_partials(const mt_cuda_conv_geom *g);
+cudaError_t mt_cuda_launch_depthwise_backward_weights_rows(cudaStream_t stream,
+                                                           const mt_cuda_conv_geom *g,
+                                                           const float *x, const float *dy,
+                                                           float *partials, float *dw);
 /* x: N,H,W,Cin; w: [k][k][Cin][Cout]; y: N,Ho,Wo,Cout */
 cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
                                                const float *x, const float *w, float *y);
