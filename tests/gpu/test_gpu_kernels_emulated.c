@@ -4,6 +4,7 @@
  * depthwise and direct convolutions (all three passes, asymmetric pads, a 5x5 kernel whose taps
  * need several passes), batch norm (both modes, both directions, several reduction slices; the
  * legacy double kernels and the fp32 fused ones with and without ReLU6),
+ * fp32 <-> bf16/fp16 casts (every 16-bit pattern decoded, ties and subnormals encoded),
  * zero padding, pooling, dropout (mask bit for bit), the dense helpers, the losses (and a bad
  * label), add and ReLU6, and the optimizer update (cuda_optimizer.cu) for every rule. The kernels' index arithmetic and reductions are checked on every
  * build, GPU or not; what this cannot see is the GPU itself (memory model, launch limits, speed)
@@ -350,6 +351,124 @@ static void check_batchnorm_fused(mt_shape4 s, float offset, bool misaligned) {
     free(xbuf), free(dybuf), free(rdy), free(gamma), free(beta), free(scratch), free(counters);
 }
 
+/* ---- precision casts ------------------------------------------------------------------------- */
+
+/* The value of a 16-bit pattern with `mant` mantissa bits and exponent bias `bias` (1 sign, the
+ * rest exponent), from the IEEE definition in double. */
+static double ref_decode(unsigned bits, int mant, int bias) {
+    const int e = (int)(bits >> mant) & ((1 << (15 - mant)) - 1), emax = (1 << (15 - mant)) - 1;
+    const double m = (double)(bits & ((1u << mant) - 1));
+    const double sign = bits & 0x8000u ? -1.0 : 1.0;
+    if (e == emax) return m ? NAN : sign * INFINITY;
+    if (e == 0) return sign * ldexp(m, 1 - bias - mant);
+    return sign * ldexp(1.0 + ldexp(m, -mant), e - bias);
+}
+
+/* x rounded to the format in double: the spacing at x's binade (the subnormal one below 2^emin),
+ * nearbyint's ties to even, infinity above the largest finite value. */
+static double ref_round(float x, int mant, int emin, double max_finite) {
+    if (isnan(x)) return NAN;
+    const double a = fabs((double)x);
+    if (a == 0.0 || isinf(x)) return x;
+    int e;
+    frexp(a, &e);
+    const int lead = e - 1 < emin ? emin : e - 1;
+    const double step = ldexp(1.0, lead - mant);
+    double r = nearbyint(a / step) * step;
+    if (r > max_finite) r = INFINITY;
+    return copysign(r, (double)x);
+}
+
+static void check_casts(void) {
+    static const struct {
+        const char *name;
+        int format, mant, bias, emin;
+        double max_finite;
+    } formats[] = {{"bf16", 0, 7, 127, -126, 0x1.fep127}, {"fp16", 1, 10, 15, -14, 65504.0}};
+    enum { RANDOM = 20000 };
+    static const float specials[] = {0.0f,
+                                     -0.0f,
+                                     1.0f,
+                                     -1.0f,
+                                     1.00390625f /* 1 + 2^-8: bf16 tie, to even (1) */,
+                                     1.01171875f /* 1 + 3*2^-8: bf16 tie, up */,
+                                     1.00048828125f /* 1 + 2^-11: fp16 tie */,
+                                     1.00146484375f /* 1 + 3*2^-11: fp16 tie, up */,
+                                     65504.0f,
+                                     65519.99f,
+                                     65520.0f,
+                                     1e9f,
+                                     2.98023224e-8f /* 2^-25: fp16 subnormal tie, to 0 */,
+                                     8.94069672e-8f /* 3*2^-25: up */,
+                                     6.10351562e-5f /* 2^-14 */,
+                                     6.09755516e-5f /* just below: the largest subnormal region */,
+                                     1e-30f,
+                                     1.17549435e-38f,
+                                     1e-45f,
+                                     3.40282347e38f,
+                                     INFINITY,
+                                     -INFINITY,
+                                     NAN};
+    const size_t nspecial = sizeof specials / sizeof specials[0], count = nspecial + RANDOM;
+    float *x = malloc(count * sizeof *x), *back = malloc(count * sizeof *back);
+    uint16_t *half = malloc(count * sizeof *half);
+    float *all = malloc(65536 * sizeof *all);
+    uint16_t *patterns = malloc(65536 * sizeof *patterns);
+    if (!x || !back || !half || !all || !patterns) abort();
+    memcpy(x, specials, sizeof specials);
+    for (size_t i = nspecial; i < count; i++) { /* random bit patterns: every binade, both signs */
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        uint32_t u = (uint32_t)(rng >> 32);
+        if (i % 2) u = (u & 0x807fffffu) | ((uint32_t)(96 + rng % 64) << 23); /* near fp16 range */
+        memcpy(&x[i], &u, sizeof u);
+    }
+    for (unsigned i = 0; i < 65536; i++)
+        patterns[i] = (uint16_t)i;
+    for (int f = 0; f < 2; f++) {
+        const int mant = formats[f].mant, bias = formats[f].bias;
+        /* decoding every pattern is exact */
+        KERNEL_OK(mt_cuda_launch_cast_to_f32(NULL, 65536, formats[f].format, patterns, all));
+        int wrong = 0, first = -1;
+        for (unsigned i = 0; i < 65536; i++) {
+            const double want = ref_decode(i, mant, bias);
+            const bool ok = isnan(want)
+                                ? isnan(all[i])
+                                : (double)all[i] == want && !signbit(all[i]) == !signbit(want);
+            if (!ok && wrong++ == 0) first = (int)i;
+        }
+        CHECK_MSG(wrong == 0, "%s -> fp32: %d of 65536 patterns wrong, first 0x%04x: got %.9g",
+                  formats[f].name, wrong, (unsigned)first, first >= 0 ? all[first] : 0.0);
+        /* encoding: the pattern's value is x rounded to nearest, ties to even */
+        KERNEL_OK(mt_cuda_launch_cast_from_f32(NULL, count, formats[f].format, x, half));
+        wrong = 0, first = -1;
+        for (size_t i = 0; i < count; i++) {
+            const double want = ref_round(x[i], mant, formats[f].emin, formats[f].max_finite);
+            const double got = ref_decode(half[i], mant, bias);
+            const bool ok =
+                isnan(want) ? isnan(got) : got == want && !signbit(got) == !signbit(want);
+            if (!ok && wrong++ == 0) first = (int)i;
+        }
+        CHECK_MSG(
+            wrong == 0,
+            "fp32 -> %s: %d of %zu values wrong, first %.9g -> 0x%04x (%.9g), "
+            "want %.9g",
+            formats[f].name, wrong, count, first >= 0 ? x[first] : 0.0,
+            first >= 0 ? half[first] : 0u, first >= 0 ? ref_decode(half[first], mant, bias) : 0.0,
+            first >= 0 ? ref_round(x[first], mant, formats[f].emin, formats[f].max_finite) : 0.0);
+        /* and back: the round trip of an fp16/bf16 value is the identity */
+        KERNEL_OK(mt_cuda_launch_cast_to_f32(NULL, count, formats[f].format, half, back));
+        KERNEL_OK(mt_cuda_launch_cast_from_f32(NULL, count, formats[f].format, back, patterns));
+        wrong = 0;
+        for (size_t i = 0; i < count; i++)
+            wrong += isnan(back[i]) ? !isnan(ref_decode(patterns[i], mant, bias))
+                                    : patterns[i] != half[i];
+        CHECK_MSG(wrong == 0, "%s round trip: %d values changed", formats[f].name, wrong);
+        for (unsigned i = 0; i < 65536; i++)
+            patterns[i] = (uint16_t)i;
+    }
+    free(x), free(back), free(half), free(all), free(patterns);
+}
+
 /* ---- everything else --------------------------------------------------------------------------
  */
 
@@ -535,6 +654,7 @@ int main(void) {
     check_batchnorm_fused((mt_shape4){2, 2, 3, 1288}, 0, false);
     check_batchnorm_fused((mt_shape4){1, 3, 3, 1288}, 0, true);
 
+    check_casts();
     check_pad((mt_shape4){4, 8, 8, 3}, 0, 0, 1, 1);
     check_pad((mt_shape4){1, 4, 6, 40}, 0, 1, 2, 0);
     check_pool((mt_shape4){4, 5, 5, 40});

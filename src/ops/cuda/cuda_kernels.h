@@ -140,6 +140,15 @@ cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c,
                                              float *dx, float *dgamma, float *dbeta, float *scratch,
                                              unsigned *counters);
 
+/* ---- precision casts (groundwork of train.precision = bf16 | fp16) ---- */
+/* y[i] = x[i] rounded to the nearest bf16 (format 0) or fp16 (format 1), ties to even, as the
+ * 16-bit pattern; fp16 overflow gives infinity, NaN stays NaN */
+cudaError_t mt_cuda_launch_cast_from_f32(cudaStream_t stream, size_t count, int format,
+                                         const float *x, uint16_t *y);
+/* the exact fp32 value of each bf16 (0) or fp16 (1) pattern */
+cudaError_t mt_cuda_launch_cast_to_f32(cudaStream_t stream, size_t count, int format,
+                                       const uint16_t *x, float *y);
+
 /* ---- zero padding, pooling, dropout, dense helpers, loss ---- */
 /* x: N,H,W,C; y: N,Ho,Wo,C with x at (top, left) */
 cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, int n, int h, int w, int c, int ho,
