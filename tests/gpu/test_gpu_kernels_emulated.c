@@ -661,7 +661,8 @@ int main(void) {
     check_dropout(5120, 0.5f, (1ULL << 40) + 3);
     check_dropout(160, 0.2f, 7);
     check_dense_helpers(5, 40);
-    check_elementwise((mt_shape4){4, 5, 5, 17});
+    check_elementwise((mt_shape4){4, 5, 5, 17}); /* 1700 values: the float4 kernels */
+    check_elementwise((mt_shape4){1, 3, 3, 17}); /* 153: the scalar ones */
 
     static const int32_t bin[4] = {1, 0, -1, 1}, cat[4] = {2, -1, 0, 1}, none[3] = {-1, -1, -1},
                          bad[3] = {0, 3, 5};
