@@ -119,16 +119,24 @@ static void check_conv(const char *name, int n, int size, int cin, int cout, int
     REF_OK(mt_ops_reference.conv_backward_data(&REF, &d, &tdy, w, &tdx));
     REF_OK(mt_ops_reference.conv_backward_weights(&REF, &d, &tx, &tdy, dw[0]));
     float *partials = zeros((size_t)mt_cuda_reduce_parts((long)n * o.h * o.w) * nw);
+    char what[160];
     if (depthwise) {
         KERNEL_OK(mt_cuda_launch_depthwise_forward(NULL, &g, x, w, y[1]));
         KERNEL_OK(mt_cuda_launch_depthwise_backward_data(NULL, &g, dy, w, dx[1]));
         KERNEL_OK(mt_cuda_launch_depthwise_backward_weights(NULL, &g, x, dy, partials, dw[1]));
-    } else {
+    } else if (mt_cuda_direct_weights_rows_supported(&g)) { /* Conv1's kernel (the default) */
+        float *dws = zeros(nw), *rows_partials = zeros(mt_cuda_direct_weights_rows_partials(&g));
+        KERNEL_OK(
+            mt_cuda_launch_direct_conv_backward_weights_rows(NULL, &g, x, dy, rows_partials, dws));
+        snprintf(what, sizeof what, "%s backward weights (rows)", name);
+        compare(what, dws, dw[0], nw, 1e-5);
+        free(dws), free(rows_partials);
+    }
+    if (!depthwise) {
         KERNEL_OK(mt_cuda_launch_direct_conv_forward(NULL, &g, x, w, y[1]));
         KERNEL_OK(mt_cuda_launch_direct_conv_backward_data(NULL, &g, dy, w, dx[1]));
         KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights(NULL, &g, x, dy, partials, dw[1]));
     }
-    char what[160];
     if (depthwise) { /* the register-blocked kernels (the default) on the same data */
         float *ys = zeros(ny), *dxs = zeros(nx), *dws = zeros(nw);
         float *rows_partials = zeros(mt_cuda_depthwise_weights_rows_partials(&g));
@@ -624,6 +632,9 @@ int main(void) {
     check_transforms();
     /* name, n, size, cin, cout, kernel, stride, pad top/left, pad bottom/right, depthwise */
     check_conv("direct 3x3/2 n4 8x8 3->24 pads 0,1", 4, 8, 3, 24, 3, 2, 0, 1, false);
+    /* Conv1's shape: 3 -> 32 (float4), 3 -> 6 (scalar), over several slices of rows */
+    check_conv("direct 3x3/2 n8 32x32 3->32 pads 0,1", 8, 32, 3, 32, 3, 2, 0, 1, false);
+    check_conv("direct 3x3/1 n2 40x40 3->6 pads 1,1", 2, 40, 3, 6, 3, 1, 1, 1, false);
     check_conv("direct 3x3/2 n1 9x9 17->24 pads 1,1", 1, 9, 17, 24, 3, 2, 1, 1, false);
     check_conv("direct 3x3/2 n2 6x6 40->17 pads 0,1", 2, 6, 40, 17, 3, 2, 0, 1, false);
     check_conv("direct 3x3/1 n1 7x7 3->17 pads 1,1", 1, 7, 3, 17, 3, 1, 1, 1, false);

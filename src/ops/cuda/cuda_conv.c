@@ -278,12 +278,19 @@ static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *
         size_t weights = (size_t)g->k * g->k * g->cin * (dw ? 1 : g->cout);
         size_t parts = (size_t)mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
         size_t floats = parts * weights;
-        if (dw && !cu->depthwise_legacy) floats = mt_cuda_depthwise_weights_rows_partials(g);
+        const bool dw_rows = dw && !cu->depthwise_legacy;
+        const bool direct_rows =
+            !dw && !cu->direct_legacy && mt_cuda_direct_weights_rows_supported(g);
+        if (dw_rows) floats = mt_cuda_depthwise_weights_rows_partials(g);
+        if (direct_rows) floats = mt_cuda_direct_weights_rows_partials(g);
         void *partials;
         MT_TRY(cuda_scratch_get(cu, &cu->partials, floats * sizeof(float), &partials));
-        if (dw && !cu->depthwise_legacy)
+        if (dw_rows)
             CUDA_CHECK(mt_cuda_launch_depthwise_backward_weights_rows(cu->stream, g, c->x, c->dy,
                                                                       partials, c->dw));
+        else if (direct_rows)
+            CUDA_CHECK(mt_cuda_launch_direct_conv_backward_weights_rows(cu->stream, g, c->x, c->dy,
+                                                                        partials, c->dw));
         else
             CUDA_CHECK(dw ? mt_cuda_launch_depthwise_backward_weights(cu->stream, g, c->x, c->dy,
                                                                       partials, c->dw)

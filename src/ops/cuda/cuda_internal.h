@@ -108,6 +108,7 @@ typedef struct cuda_backend {
     cuda_profiler *profile; /* MT_CUDA_PROFILE=1, else NULL */
     bool bn_legacy;         /* MT_CUDA_BN=legacy: the double-precision BN kernels, unfused */
     bool depthwise_legacy;  /* MT_CUDA_DEPTHWISE_KERNEL=legacy: one output per thread */
+    bool direct_legacy;     /* MT_CUDA_DIRECT_KERNEL=legacy: Conv1's weight gradient per weight */
     unsigned *bn_counters;  /* the fused BN kernels' tickets (zero between launches); pool */
     int bn_counter_count;
 } cuda_backend;
@@ -126,7 +127,8 @@ mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes
 mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want);
 void cuda_conv_cache_free(cuda_backend *cu);
 
-/* MT_CUDA_BN, MT_CUDA_DEPTHWISE_KERNEL = new (default) | legacy (cuda_ops.c) */
+/* MT_CUDA_BN, MT_CUDA_DEPTHWISE_KERNEL, MT_CUDA_DIRECT_KERNEL = new (default) | legacy
+ * (cuda_ops.c) */
 mt_status cuda_kernels_configure(cuda_backend *cu);
 
 /* ---- MT_CUDA_PROFILE (cuda_ops.c) ---- */

@@ -1062,6 +1062,73 @@ __global__ void relu6_backward4_kernel(size_t count4, const float *y, const floa
     }
 }
 
+/* Direct convolution's weight gradient for a small input depth (Conv1: 3x3 over RGB): the
+ * K*K*CIN taps are compile-time, so a thread keeps all of them for V output channels in
+ * registers (K*K*CIN*V sums) while it walks whole output rows (one division per row, the input
+ * pixel's CIN values read once per tap for V channels). Block (lanes over groups of V output
+ * channels, rows), grid (cols, parts); partials [part][K*K*CIN][Cout], rows of the block added in
+ * a fixed order, parts by sum_parts_kernel in double. */
+template <int V, int K, int CIN>
+__global__ void direct_backward_weights_rows_kernel(mt_cuda_conv_geom g, const float *x,
+                                                    const float *dy, long rows_per_block,
+                                                    float *partials) {
+    const int KC = K * K * CIN, cout = g.cout;
+    const int co0 = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    const bool active = co0 < cout;
+    const long rows = (long)g.n * g.ho;
+    const long begin = (long)blockIdx.y * rows_per_block;
+    const long end = begin + rows_per_block < rows ? begin + rows_per_block : rows;
+    float acc[K * K * CIN][V], dv[V];
+    MT_UNROLL
+    for (int j = 0; j < KC; j++)
+        for (int v = 0; v < V; v++)
+            acc[j][v] = 0.0f;
+    if (active) {
+        for (long r = begin + threadIdx.y; r < end; r += blockDim.y) {
+            const int oh = (int)(r % g.ho), n = (int)(r / g.ho);
+            const float *dyrow = dy + (size_t)r * g.wo * cout + co0;
+            const float *image = x + (size_t)n * g.h * g.w * CIN;
+            for (int ow = 0; ow < g.wo; ow++) {
+                vec_io<V>::load(dyrow + (size_t)ow * cout, dv);
+                MT_UNROLL
+                for (int kh = 0; kh < K; kh++) {
+                    const int ih = oh * g.stride + kh - g.pad_top;
+                    if (ih < 0 || ih >= g.h) continue;
+                    MT_UNROLL
+                    for (int kw = 0; kw < K; kw++) {
+                        const int iw = ow * g.stride + kw - g.pad_left;
+                        if (iw < 0 || iw >= g.w) continue;
+                        const float *px = image + ((size_t)ih * g.w + iw) * CIN;
+                        MT_UNROLL
+                        for (int ci = 0; ci < CIN; ci++) {
+                            const float xv = px[ci];
+                            for (int v = 0; v < V; v++)
+                                acc[(kh * K + kw) * CIN + ci][v] =
+                                    fmaf(xv, dv[v], acc[(kh * K + kw) * CIN + ci][v]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    __shared__ float part[BN_THREADS * BN_MAX_V];
+    const int t = threadIdx.y * blockDim.x + threadIdx.x;
+    MT_UNROLL
+    for (int j = 0; j < KC; j++) {
+        for (int v = 0; v < V; v++)
+            part[t * V + v] = acc[j][v];
+        __syncthreads();
+        if (threadIdx.y == 0 && active)
+            for (int v = 0; v < V; v++) {
+                float s = 0.0f;
+                for (unsigned y = 0; y < blockDim.y; y++)
+                    s += part[(y * blockDim.x + threadIdx.x) * V + v];
+                partials[((size_t)blockIdx.y * KC + j) * cout + co0 + v] = s;
+            }
+        __syncthreads();
+    }
+}
+
 } // namespace
 
 /* ---- launchers ------------------------------------------------------------------------------ */
@@ -1519,6 +1586,50 @@ cudaError_t mt_cuda_launch_cast_from_f32(cudaStream_t stream, size_t count, int 
 cudaError_t mt_cuda_launch_cast_to_f32(cudaStream_t stream, size_t count, int format,
                                        const uint16_t *x, float *y) {
     cast_to_f32_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, format, x, y);
+    return cudaGetLastError();
+}
+
+} // extern "C"
+
+/* ---- direct convolution's weight gradient for 3x3 over 3 channels ---- */
+
+namespace {
+
+/* as dw_weights_make_plan, over groups of output channels */
+dw_weights_plan direct_weights_make_plan(const mt_cuda_conv_geom *g, bool vectorizable) {
+    mt_cuda_conv_geom as_depthwise = *g;
+    as_depthwise.cin = g->cout; /* the lanes run over output channels here */
+    return dw_weights_make_plan(&as_depthwise, vectorizable);
+}
+
+} // namespace
+
+extern "C" {
+
+int mt_cuda_direct_weights_rows_supported(const mt_cuda_conv_geom *g) {
+    return g->k == 3 && g->cin == 3;
+}
+
+size_t mt_cuda_direct_weights_rows_partials(const mt_cuda_conv_geom *g) {
+    const dw_weights_plan a = direct_weights_make_plan(g, false);
+    const dw_weights_plan b = direct_weights_make_plan(g, true);
+    const size_t parts = a.grid.y > b.grid.y ? a.grid.y : b.grid.y;
+    return parts * g->k * g->k * g->cin * g->cout;
+}
+
+cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows(cudaStream_t stream,
+                                                             const mt_cuda_conv_geom *g,
+                                                             const float *x, const float *dy,
+                                                             float *partials, float *dw) {
+    if (!mt_cuda_direct_weights_rows_supported(g)) return cudaErrorInvalidValue;
+    const dw_weights_plan p = direct_weights_make_plan(g, aligned16(dy));
+    auto kernel = p.vec == 4 ? direct_backward_weights_rows_kernel<4, 3, 3>
+                             : direct_backward_weights_rows_kernel<1, 3, 3>;
+    kernel<<<p.grid, p.block, 0, stream>>>(*g, x, dy, p.rows_per_block, partials);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    const size_t count = (size_t)g->k * g->k * g->cin * g->cout;
+    sum_parts_kernel<<<grid_for(count), THREADS, 0, stream>>>(partials, (int)p.grid.y, count, dw);
     return cudaGetLastError();
 }
 

@@ -77,6 +77,16 @@ cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream,
                                                         const float *dy, float *partials,
                                                         float *dw);
 
+/* The weight gradient with every tap in registers, for 3x3 over 3 input channels (Conv1; the
+ * default there, the kernel above otherwise and as MT_CUDA_DIRECT_KERNEL=legacy): partials holds
+ * mt_cuda_direct_weights_rows_partials(g) floats; cudaErrorInvalidValue for other shapes */
+int mt_cuda_direct_weights_rows_supported(const mt_cuda_conv_geom *g);
+size_t mt_cuda_direct_weights_rows_partials(const mt_cuda_conv_geom *g);
+cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows(cudaStream_t stream,
+                                                             const mt_cuda_conv_geom *g,
+                                                             const float *x, const float *dy,
+                                                             float *partials, float *dw);
+
 /* ---- elementwise on `count` floats ---- */
 cudaError_t mt_cuda_launch_add(cudaStream_t stream, size_t count, const float *a, const float *b,
                                float *y);

@@ -62,12 +62,14 @@ static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, cons
 
 /* ---- batch normalization ------------------------------------------------------------------- */
 
-/* MT_CUDA_BN and MT_CUDA_DEPTHWISE_KERNEL: where a new kernel replaced an old one, the old one
- * stays selectable, to bypass the new one quickly on a GPU.
+/* MT_CUDA_BN, MT_CUDA_DEPTHWISE_KERNEL, MT_CUDA_DIRECT_KERNEL: where a new kernel replaced an
+ * old one, the old one stays selectable, to bypass the new one quickly on a GPU.
  * BN: the fused fp32 kernels (default: statistics in one launch, normalize and ReLU6 in one,
  * float4 loads) or the first double-precision ones (legacy: 5 launches forward, 4 backward,
  * ReLU6 separate). Depthwise forward and backward data: register-blocked strips (default) or
- * one output per thread (legacy); cuda_conv.c still times our kernel against cuDNN's. */
+ * one output per thread (legacy); cuda_conv.c still times our kernel against cuDNN's. Direct
+ * convolution's weight gradient for 3x3 over 3 channels (Conv1): every tap in registers (default)
+ * or one thread per weight (legacy). */
 static mt_status kernel_choice(const char *name, const char *what, bool *legacy) {
     const char *v = getenv(name);
     *legacy = false;
@@ -81,8 +83,10 @@ static mt_status kernel_choice(const char *name, const char *what, bool *legacy)
 
 mt_status cuda_kernels_configure(cuda_backend *cu) {
     MT_TRY(kernel_choice("MT_CUDA_BN", "fused fp32 batch norm", &cu->bn_legacy));
-    return kernel_choice("MT_CUDA_DEPTHWISE_KERNEL", "register-blocked depthwise kernels",
-                         &cu->depthwise_legacy);
+    MT_TRY(kernel_choice("MT_CUDA_DEPTHWISE_KERNEL", "register-blocked depthwise kernels",
+                         &cu->depthwise_legacy));
+    return kernel_choice("MT_CUDA_DIRECT_KERNEL", "Conv1's register-blocked weight gradient",
+                         &cu->direct_legacy);
 }
 
 /* Checks the descriptor and the tensors, and returns M (rows) and the reduction scratch of the
