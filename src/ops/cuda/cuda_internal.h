@@ -150,6 +150,9 @@ mt_status cuda_profile_end(cuda_backend *cu, size_t slot, mt_status status, cons
     } while (0)
 
 /* ---- the ops, one file per family ---- */
+/* cuda_ops.c: mt_cuda_optimizer_update (cuda_optimizer.c) inside MT_CUDA_PROFILE's event pair */
+mt_status mt_cuda_optimizer_update_profiled(mt_backend *backend, const mt_optimizer_desc *desc,
+                                            float *params, const float *grads, float *slots);
 /* cuda_conv.c */
 mt_status mt_cuda_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
                                const float *w, mt_tensor *y);

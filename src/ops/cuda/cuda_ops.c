@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/cuda_optimizer.h"
 #include "ops/dropout_hash.h"
 
 /* ---- elementwise --------------------------------------------------------------------------- */
@@ -682,6 +683,13 @@ mt_status mt_cuda_dense_backward(mt_backend *backend, const mt_dense_desc *desc,
     CUDA_PROFILED(backend, dense_backward_op(backend, desc, x, w, dy, dx, dw, db), "dense_backward",
                   "N%d %d -> %d%s", desc->batch, desc->in_features, desc->out_features,
                   dx ? "" : " (no dx)");
+}
+
+/* the optimizer's kernel lives in cuda_optimizer.c; its table entry is this profiled one */
+mt_status mt_cuda_optimizer_update_profiled(mt_backend *backend, const mt_optimizer_desc *desc,
+                                            float *params, const float *grads, float *slots) {
+    CUDA_PROFILED(backend, mt_cuda_optimizer_update(backend, desc, params, grads, slots),
+                  "optimizer_update", "%zu parameters", desc->count);
 }
 
 /* The profiled step ends here (see cuda_profiler). */
