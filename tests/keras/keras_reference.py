@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 # Bump when what `fixture` writes changes: whole_network.py caches fixtures under this version.
-FIXTURE_VERSION = 1
+FIXTURE_VERSION = 2
 
 WEIGHT_ORDER = {
     "Conv2D": ["kernel"],
@@ -215,6 +215,123 @@ def feature_count(alpha):
     return rounded + 8 if rounded < 0.9 * value else rounded
 
 
+# ---- away from the ReLU6 kinks ----------------------------------------------------------------
+
+# Unit roundoff of float32 and the distance, in units of u times a layer's RMS pre-activation,
+# that every pre-activation of every ReLU6 keeps from its kinks at 0 and 6 (see ERROR MODEL in
+# whole_network.py: a float32 forward is within ~20 u x RMS of the float64 one there, measured).
+U_FP32 = 2.0 ** -24
+KINK_MARGIN_U = 256.0
+
+
+def run_layers(model, x, training, visit=None):
+    """The functional model's forward, layer by layer in Keras' order (topological for
+    MobileNetV2), so `visit(layer, value)` can change a BN's beta before its ReLU6 reads it.
+    Returns the output."""
+    values = {id(model.inputs[0]): x}
+    for layer in model.layers[1:]:
+        ins = layer.input
+        args = [values[id(t)] for t in ins] if isinstance(ins, (list, tuple)) else values[id(ins)]
+        out = layer(args, training=training)
+        if visit is not None:
+            out = visit(layer, out)
+        values[id(layer.output)] = out
+    return out
+
+
+def kink_shifts(values, tau, window):
+    """Smallest |s| <= window such that no value of `values` + s is within tau of 0 or 6: the
+    shifts to avoid are the intervals centred on -v and 6 - v; the answer is the point nearest 0
+    in the gaps between them (a channel whose values all crowd one kink is moved wholly past it)."""
+    near = values[(np.abs(values) < window + tau) | (np.abs(values - 6.0) < window + tau)]
+    centres = np.sort(np.concatenate([-near, 6.0 - near]))
+    if centres.size == 0 or np.min(np.abs(centres)) >= tau:
+        return 0.0
+    margin = 1.01 * tau
+    lo = np.concatenate([[-np.inf], centres + margin])  # gap k: (centres[k-1], centres[k])
+    hi = np.concatenate([centres - margin, [np.inf]])
+    open_gap = lo <= hi
+    best = np.clip(0.0, lo[open_gap], hi[open_gap])
+    s = float(best[np.argmin(np.abs(best))])
+    if abs(s) > window:
+        raise SystemExit(f"keras_reference: no beta shift within {window} clears the ReLU6 kinks")
+    return s
+
+
+def move_off_kinks(tf, model, images, margin_u=KINK_MARGIN_U, window=0.5):
+    """Shifts the beta of every BN that feeds a ReLU6, per channel and by the least that works, so
+    that in both BN modes (moving and batch statistics) every pre-activation of the batch is at
+    least margin_u * u * RMS(layer) from the kinks at 0 and 6. A pre-activation that close to a
+    kink takes the other side of it in a float32 forward, and its whole gradient path flips (in
+    training mode spread over the channel's batch statistics): the comparison would measure where
+    float32 rounding fell, not the code. Betas are rounded to float32 here (both Keras models and
+    ours run the same float32 values). Returns {layer: shift} and the largest |shift|."""
+    relu_inputs = {id(l.input): l for l in model.layers if type(l).__name__ == "ReLU"}
+    x = tf.constant(images.astype(model.dtype))
+    shifts = {}
+    moving = {l.name: [w.numpy().copy() for w in l.weights] for l in model.layers
+              if type(l).__name__ == "BatchNormalization"}
+
+    def both_modes(layer, value_infer, value_train):
+        if id(layer.output) not in relu_inputs:
+            return value_infer, value_train
+        gamma, beta = layer.gamma.numpy(), layer.beta.numpy()
+        p = [value_infer.numpy(), value_train.numpy()]
+        tau = margin_u * U_FP32 * max(float(np.sqrt(np.mean(v ** 2))) for v in p)
+        shift = np.zeros_like(beta)
+        for c in range(beta.shape[0]):
+            shift[c] = kink_shifts(np.concatenate([v[..., c].ravel() for v in p]), tau, window)
+        if not np.any(shift):
+            return value_infer, value_train
+        new_beta = (beta + shift).astype(np.float32).astype(beta.dtype)
+        layer.beta.assign(new_beta)
+        shifts[layer.name] = new_beta - beta
+        # BN's output is gamma * xhat + beta: the shift adds exactly (xhat does not depend on beta)
+        return value_infer + (new_beta - beta), value_train + (new_beta - beta)
+
+    # Both modes in lock step, so one beta serves both.
+    values = {id(model.inputs[0]): (x, x)}
+    for layer in model.layers[1:]:
+        ins = layer.input
+        pairs = [values[id(t)] for t in ins] if isinstance(ins, (list, tuple)) else [values[id(ins)]]
+        outs = []
+        for mode, training in ((0, False), (1, True)):
+            args = [p[mode] for p in pairs] if isinstance(ins, (list, tuple)) else pairs[0][mode]
+            outs.append(layer(args, training=training))
+        if layer.name in moving:  # the training call updated the moving statistics: undo
+            layer.set_weights([w if i < 2 else moving[layer.name][i] for i, w in
+                               enumerate(w.numpy() for w in layer.weights)])
+        values[id(layer.output)] = both_modes(layer, *outs)
+    worst = max((float(np.max(np.abs(s))) for s in shifts.values()), default=0.0)
+    return shifts, worst
+
+
+def kink_distance(tf, model, images):
+    """The least distance of any ReLU6 pre-activation to 0 or 6, in u x RMS of its layer, over
+    both BN modes (the check that move_off_kinks worked, in the precision of `model`)."""
+    relu_inputs = {id(l.input) for l in model.layers if type(l).__name__ == "ReLU"}
+    x = tf.constant(images.astype(model.dtype))
+    least = np.inf
+    for training in (False, True):
+        moving = {l.name: [w.numpy().copy() for w in l.weights] for l in model.layers
+                  if type(l).__name__ == "BatchNormalization"}
+
+        def visit(layer, out):
+            nonlocal least
+            if id(layer.output) in relu_inputs:
+                v = out.numpy()
+                rms = float(np.sqrt(np.mean(v ** 2)))
+                d = float(np.min(np.minimum(np.abs(v), np.abs(v - 6.0))))
+                least = min(least, d / (U_FP32 * rms))
+            return out
+
+        run_layers(model, x, training, visit)
+        for l in model.layers:
+            if l.name in moving:
+                l.set_weights(moving[l.name])
+    return least
+
+
 # ---- the fixture ------------------------------------------------------------------------------
 
 
@@ -266,18 +383,36 @@ def cmd_fixture(args):
     labels = np.array([i % 2 for i in range(args.images)], np.int32)  # 0 cat, 1 dog
 
     tensors = [("input", images), ("head/kernel", head_w), ("head/bias", head_b), ("labels", labels)]
+    # The network both sides run: the file's weights with some BN betas moved off the ReLU6
+    # kinks for this batch (move_off_kinks), found in float64.
+    model64 = build_backbone(keras, args.alpha, args.size, "float64")
+    load_backbone_weights(model64, args.weights)
+    shifts, worst = move_off_kinks(tf, model64, images)
+    least = kink_distance(tf, model64, images)
+    print(f"keras_reference: moved {sum(int(np.count_nonzero(s)) for s in shifts.values())} BN "
+          f"betas in {len(shifts)} layers off the ReLU6 kinks (largest shift {worst:.2g}); every "
+          f"pre-activation is now >= {least:.0f} u x RMS from 0 and 6")
+    if least < KINK_MARGIN_U / 2:
+        raise SystemExit(f"keras_reference: a pre-activation is still {least:.1f} u x RMS from a "
+                         f"ReLU6 kink after move_off_kinks (wanted {KINK_MARGIN_U})")
     for dtype in ("float32", "float64"):
-        model = build_backbone(keras, args.alpha, args.size, dtype)
-        loaded = load_backbone_weights(model, args.weights)
+        model = model64 if dtype == "float64" else build_backbone(keras, args.alpha, args.size)
         if dtype == "float32":
+            loaded = load_backbone_weights(model, args.weights)
             check_keras_loader(model, args.weights, args.alpha)
             print(f"keras_reference: loaded {loaded} values from {args.weights}")
+            # weight/...: the file as Keras loads it (keras_run checks our importer against it)
+            for name, var in [(f"weight/{l}/{w}", v) for (l, w, v) in weight_names(model)]:
+                tensors.append((name, var.numpy()))
+            for layer in model.layers:
+                if layer.name in shifts:
+                    layer.beta.assign(model64.get_layer(layer.name).beta.numpy().astype(np.float32))
+            # network/...: the weights both sides run with
+            for name, var in [(f"network/{l}/{w}", v) for (l, w, v) in weight_names(model)]:
+                tensors.append((name, var.numpy()))
         results = keras_pass(tf, model, images, head_w, head_b, labels, dtype)
         suffix = "" if dtype == "float32" else "@f64"
         tensors += [(name + suffix, value) for name, value in results]
-        if dtype == "float32":
-            for name, var in [(f"weight/{l}/{w}", v) for (l, w, v) in weight_names(model)]:
-                tensors.append((name, var.numpy()))
     meta = {
         "alpha": args.alpha,
         "size": args.size,

@@ -8,9 +8,9 @@
  *             --out DIR [--threads T]
  *
  * Feeding both sides the same float batch keeps JPEG decoding and resizing out of the comparison.
- * The network runs on the weights Keras ran with (the fixture's copy), so a difference is the
- * network's; the importer is checked separately: mt_model_load_keras on --weights must give
- * exactly those tensors.
+ * The network runs on the weights Keras ran with (the fixture's network/...), so a difference is
+ * the network's; the importer is checked separately: mt_model_load_keras on --weights must give
+ * exactly the tensors Keras loaded from the file (weight/...).
  * Exit 0 on success, 1 on any error (printed). */
 #include <errno.h>
 #include <stdbool.h>
@@ -171,14 +171,15 @@ static int run_mode(mt_backend *backend, const run_options *o, mt_bn_mode bn_mod
     const mt_model_layout *layout = mt_model_get_layout(model);
     char name[512];
     int shape[4];
-    /* The weights Keras ran with, tensor by tensor from the fixture, so this checks the
-     * network alone (the importer is checked against the same tensors in main). */
+    /* The weights Keras ran with (the fixture's network/...: the file's, with some BN betas
+     * moved off the ReLU6 kinks for this batch), so this checks the network alone (the importer
+     * is checked against the file's own tensors, weight/..., in main). */
     for (int i = 0; i < layout->tensor_count; i++) {
         const mt_param_tensor *t = &layout->tensors[i];
         if (t->layer_index >= MT_MODEL_BACKBONE_LAYERS) continue;
         float *value = malloc(t->count * sizeof(float));
         if (!value) return 1;
-        snprintf(name, sizeof name, "weight/%s", t->name);
+        snprintf(name, sizeof name, "network/%s", t->name);
         if (fixture_read(o->fixture, name, "f4", t->count, value)) return 1;
         RUN_CHECK(mt_model_tensor_upload(model, t, value));
         free(value);
