@@ -37,8 +37,9 @@ static mt_status check_bn(const mt_batchnorm_desc *d) {
 
 static const unsigned bn_flags = dnnl_use_scale | dnnl_use_shift;
 
-/* The OpenMP reductions: BN_LANES channels at a time, in float over BN_CHUNK positions. */
-enum { BN_LANES = 64, BN_CHUNK = 128 };
+/* The OpenMP reductions: BN_LANES channels at a time, in double (as in cpu_bn_relu6.c: float
+ * partial sums of gradients that nearly cancel lose tens to hundreds of u). */
+enum { BN_LANES = 64 };
 
 /* Inference-mode BN backward over one plane's rows (`lanes` channels, row stride `block`):
  * a += sum of dy, b += sum of dy * (x - mean). Always inlined so that the callers' constant 8
@@ -46,21 +47,18 @@ enum { BN_LANES = 64, BN_CHUNK = 128 };
 static inline __attribute__((always_inline)) void
 inference_grad_sums(const float *x, const float *dy, size_t hw, int block, int lanes,
                     const float *mean, double *a, double *b) {
-    for (size_t p0 = 0; p0 < hw; p0 += BN_CHUNK) {
-        size_t p1 = hw - p0 < BN_CHUNK ? hw : p0 + BN_CHUNK;
-        float fa[BN_LANES] = {0}, fb[BN_LANES] = {0};
-        for (size_t p = p0; p < p1; p++) {
-            size_t o = p * block;
+    double da[BN_LANES] = {0}, db[BN_LANES] = {0};
+    for (size_t p = 0; p < hw; p++) {
+        size_t o = p * block;
 #pragma omp simd
-            for (int l = 0; l < lanes; l++) {
-                float g = dy[o + l];
-                fa[l] += g;
-                fb[l] += g * (x[o + l] - mean[l]);
-            }
+        for (int l = 0; l < lanes; l++) {
+            double g = dy[o + l];
+            da[l] += g;
+            db[l] += g * ((double)x[o + l] - (double)mean[l]);
         }
-        for (int l = 0; l < lanes; l++)
-            a[l] += fa[l], b[l] += fb[l];
     }
+    for (int l = 0; l < lanes; l++)
+        a[l] += da[l], b[l] += db[l];
 }
 
 /* dx = dy * scale over one plane's rows */
