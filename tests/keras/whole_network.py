@@ -7,27 +7,37 @@ on fewer images on `reference`, then compares pooled features, both BN modes' on
 and the moving statistics with `keras_reference.py compare`. Exit 0 pass, 1 fail, 77 skipped
 (../shared or TensorFlow absent).
 
-Tolerances (errors against the same Keras model run in float64, the truth both float32
-implementations approximate; Keras' own float32 error is printed beside ours):
-  features   max |ours - truth| / max |truth| <= 1e-4. fp32 sums of ~50 layers in another order
-             differ by a few 1e-6 of the feature scale (Keras float32 itself: ~3e-6); 1e-4 leaves
-             30x headroom and still catches any wrong padding, epsilon or layer (>= 1e-2).
-  gradients  per tensor ||ours - truth|| / ||truth|| <= 1e-3 (BN inference) or 1e-2 (BN training),
-             or 10x Keras' own float32 error on that tensor, whichever is larger: where an
-             activation sits on a ReLU6 kink, float32 and float64 take different sides, and the
-             layers below differ by up to ~1e-3 (inference) / ~5e-3 (training, where batch
-             statistics spread it over whole channels); Keras float32 shows exactly this.
-             Over all tensors together: <= 1e-3 / 1e-2 or 3x Keras. A 5% error in one BN gamma
-             fails on `reference`; on `cpu` (training-mode gradients 1-6% off in the lowest
-             layers, 2-8x Keras' float32 error) the bar is ~6% per tensor, so 20% is checked.
-             Why `cpu` is off there: one ReLU6 mask flip. Dumping both layouts' tensors showed
-             forward activations equal to ~1e-6 and exactly 1 of the 192,000 outputs of
-             block_15_depthwise_relu on the other side of zero (2.9e-6 vs 0): its gradient moves
-             that channel's batch-statistics backward by 3e-3, and every layer below inherits it.
-             With MT_ONEDNN_LAYOUT=nhwc the first flip falls at block_7 instead (3e-4 overall);
-             where it falls is float32 rounding, not a defect of either layout.
-  moving statistics: the update (new - loaded) within 1e-3, or 3x Keras' float32 error (rounding
-             a float32 store of the new value is a large part of a small update).
+Truth and limits. The truth is the same Keras model run in float64. The limits come from our error
+model (keras_reference.py, "comparison: the error model"): a relative L2 error of
+HEADROOM x C x u x sqrt(D) per quantity, u the unit roundoff (2^-24 here), D = 52 layers deep,
+C per quantity measured on the three float32 runs (reference, cpu nChw8c, cpu nhwc). At fp32:
+features 4.1e-5 (L2) / 8.3e-5 (max), gradients with BN on moving statistics 2.1e-5 overall and
+1.1e-4 per tensor, with BN on batch statistics 5.5e-5 overall and 6.6e-4 per tensor. Keras' own
+float32 error is printed beside ours for information and enters no limit: it depends on the CPU
+TensorFlow runs on (its training-mode gradients were 5.5e-3 off on an AVX2 machine, 1.5e-3 on an
+AVX-512 one), so a limit built on it made the suite's result depend on the machine.
+
+The ReLU6 kinks. A pre-activation within float32 rounding of 0 or 6 takes either side in a
+float32 run, and the one element's gradient is then passed or dropped; in training mode BN's
+backward spreads it over the channel's batch statistics and every layer below inherits it. On
+the original weights the cpu backend (nChw8c) was 1.07e-2 off in training mode, nhwc 3.3e-4,
+reference 8e-5: a kink effect, not a precision loss. Proof (done once with a temporary dump of our
+ReLU6 outputs, not part of the test): the nChw8c run's masks differed from float64's at 7 of the
+network's pre-activations, all within 2.8e-6 of zero; the flip at block_15_depthwise_relu
+(float64 -2.8e-6, ours +2.9e-6, dL/dy 3.1e-3) alone moves the gradients by 1.08e-2 of their norm;
+recomputing the float64 gradients with our run's own masks left 6.1e-6 (nChw8c) and 5.8e-6
+(nhwc), the same. So the fixture removes the kinks instead of allowing for them:
+move_off_kinks shifts the BN betas that feed ReLU6s, per channel and by the least that works
+(466 of 17,000 betas, mostly by ~1e-5; whole near-dead channels by up to 0.19), until every
+pre-activation of the batch is >= 256 u x RMS of its layer from both kinks in both BN modes (our
+float32 runs are within ~20 u x RMS at the kinks' distance, measured). Both sides run those
+weights (the fixture's network/...); the importer is still checked against the file's own.
+What is left is rounding, and held tight. (Removing the kinks showed a real precision loss too:
+the cpu backend's training-mode BN summed its statistics in float, ~300 u of the variance on real
+channels; fixed, training-mode gradients went from 6.5e-6 to 2.3e-6; ops_cpu_bn_precision.)
+
+That the limits bite is checked on every run: our own output with one BN gamma gradient 1% off
+(a missed BN backward term is far larger) and with the features 0.1% off must be rejected.
 """
 
 import os
@@ -44,32 +54,33 @@ def skip(reason):
     sys.exit(SKIP)
 
 
-def tolerances_bite(python, script, fixture, ours, images, env, factor):
-    """The comparison must be able to fail: our passing output with one BN gamma gradient off by
-    `factor` (a plausible bug: a missed term in BN backward) must be rejected. 5% on `reference`;
-    20% on `cpu`, whose training-mode gradients of the lower layers are themselves 1-6% off the
-    float64 truth (Keras' float32: 0.5-1%): the error enters at block_16_expand_BN, a
-    training-mode BN over 8x5x5 values per channel whose backward cancels badly in float32."""
+def tolerances_bite(python, script, fixture, ours, images, env):
+    """The comparison must be able to fail: our passing output with one training-mode BN gamma
+    gradient 1% off, or with the pooled features 0.1% off, must be rejected (both are >= 15x
+    the limits of the error model, and a defect such as a missed BN backward term, a wrong ReLU6
+    gradient or a wrong padding is far larger)."""
     import numpy as np
 
     import keras_reference
 
     tensors = keras_reference.read_tensors(ours)
-    name = "grad_train/block_5_depthwise_BN/gamma"
-    if name not in tensors:
-        print(f"FAIL: our run has no {name}")
-        return False
-    bad = [(k, v * np.float32(1 + factor) if k == name else np.array(v))
-           for k, v in tensors.items()]
-    folder = ours + "_perturbed"
-    keras_reference.write_tensors(folder, bad)
-    run = subprocess.run([python, script, "compare", "--fixture", fixture, "--ours", folder,
-                          "--images", str(images)], env=env, capture_output=True, text=True)
-    if run.returncode == 0:
-        print(f"FAIL: compare accepted {name} off by {factor:.0%}:\n{run.stdout}")
-        return False
-    print(f"whole_network: compare rejects {name} off by {factor:.0%} (as it must)")
-    return True
+    ok = True
+    for name, factor in (("grad_train/block_5_depthwise_BN/gamma", 0.01), ("features", 0.001)):
+        if name not in tensors:
+            print(f"FAIL: our run has no {name}")
+            return False
+        bad = [(k, v * np.float32(1 + factor) if k == name else np.array(v))
+               for k, v in tensors.items()]
+        folder = ours + "_perturbed"
+        keras_reference.write_tensors(folder, bad)
+        run = subprocess.run([python, script, "compare", "--fixture", fixture, "--ours", folder,
+                              "--images", str(images)], env=env, capture_output=True, text=True)
+        if run.returncode == 0:
+            print(f"FAIL: compare accepted {name} off by {factor:.1%}:\n{run.stdout}")
+            ok = False
+        else:
+            print(f"whole_network: compare rejects {name} off by {factor:.1%} (as it must)")
+    return ok
 
 
 def main():
@@ -141,8 +152,7 @@ def main():
                                   f"{args.size}x{args.size}"], env=env)
         if compare.returncode != 0:
             failures += 1
-        elif not tolerances_bite(python, script, fixture, ours, images, env,
-                                 0.05 if backend == "reference" else 0.20):
+        elif not tolerances_bite(python, script, fixture, ours, images, env):
             failures += 1
     if failures:
         print(f"FAIL: {failures} backend(s) disagree with Keras")
