@@ -461,16 +461,16 @@ def cmd_layers(args):
 # rounding fell (1e-2 of all gradients from a single element at fp32), not of the code.
 #
 # quantity            C    measured (u), worst of reference / cpu blocked / cpu nhwc   limit
-#   features L2       6    7 / 41 / 35    pooled backbone output, inference mode    690 u = 4.1e-5
+#   features L2       6    9 / 41 / 35    pooled backbone output, inference mode    690 u = 4.1e-5
 #   features max      12   12 / 77 / 58   max |d| / max |f|                         1382 u = 8.2e-5
-#   loss              1    2 / 5 / 5      a mean of n cross-entropies               115 u = 6.9e-6
-#   grad_infer all    3    5 / 12 / 17    all gradients, BN on moving statistics    346 u = 2.1e-5
-#   grad_infer tensor 16   11 / 94 / 70   per tensor (relative to its norm, floor)  1843 u = 1.1e-4
-#   grad_train all    8    11 / 39 / 46   all gradients, BN on batch statistics     922 u = 5.5e-5
-#   grad_train tensor 96   24 / 649 / 391 per tensor: training-mode BN backward     11059 u = 6.6e-4
+#   loss              1    8 / 4 / 5      a mean of n cross-entropies               115 u = 6.9e-6
+#   grad_infer all    3    13 / 12 / 17   all gradients, BN on moving statistics    346 u = 2.1e-5
+#   grad_infer tensor 16   28 / 94 / 70   per tensor (relative to its norm, floor)  1843 u = 1.1e-4
+#   grad_train all    8    39 / 39 / 46   all gradients, BN on batch statistics     922 u = 5.5e-5
+#   grad_train tensor 96   81 / 649 / 391 per tensor: training-mode BN backward     11059 u = 6.6e-4
 #                                         cancels (sum of g, sum of g x-hat) and its
 #                                         1/sigma amplifies, most in the lowest layers
-# (8 photos at 160x160 for cpu, 2 for reference in the ctest; the reference's column is from 8.)
+# (as the ctest runs them: 2 photos at 160x160 on reference, 8 on cpu; after the cpu BN fix.)
 # Per tensor, the error is relative to max(its norm, GRAD_FLOOR x the median tensor norm): some
 # gradients are zero analytically (in training mode a BN beta whose consumers are all 1x1 convs
 # into training-mode BNs: a per-channel shift cancels), and their float values are the rounding
