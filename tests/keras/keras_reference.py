@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 # Bump when what `fixture` writes changes: whole_network.py caches fixtures under this version.
-FIXTURE_VERSION = 2
+FIXTURE_VERSION = 3
 
 WEIGHT_ORDER = {
     "Conv2D": ["kernel"],
@@ -218,10 +218,14 @@ def feature_count(alpha):
 # ---- away from the ReLU6 kinks ----------------------------------------------------------------
 
 # Unit roundoff of float32 and the distance, in units of u times a layer's RMS pre-activation,
-# that every pre-activation of every ReLU6 keeps from its kinks at 0 and 6 (see ERROR MODEL in
-# whole_network.py: a float32 forward is within ~20 u x RMS of the float64 one there, measured).
+# that every pre-activation of every ReLU6 keeps from its kinks at 0 and 6. Measured with a
+# temporary dump of our ReLU6 outputs (8 photos): our float32 pre-activations are 4-15 u x RMS off
+# float64 (rms over a layer) and up to ~900 u x RMS in the worst element (the cpu backend's
+# training mode, channels whose batch spread is small against their input's errors); with 512,
+# the pre-activation nearest a kink in any channel is still >= 1.8x that channel's largest error
+# (reference: 6.5x). 1024 cannot be cleared by shifting betas (channels crowding a kink).
 U_FP32 = 2.0 ** -24
-KINK_MARGIN_U = 256.0
+KINK_MARGIN_U = 512.0
 
 
 def kink_shifts(values, tau, window):
@@ -243,7 +247,7 @@ def kink_shifts(values, tau, window):
     return s
 
 
-def move_off_kinks(tf, model, images, margin_u=KINK_MARGIN_U, window=0.5):
+def move_off_kinks(tf, model, images, margin_u=KINK_MARGIN_U, window=1.0):
     """Shifts the beta of every BN that feeds a ReLU6, per channel and by the least that works, so
     that in both BN modes (moving and batch statistics) every pre-activation of the batch is at
     least margin_u * u * RMS(layer) from the kinks at 0 and 6. A pre-activation that close to a
@@ -454,20 +458,20 @@ def cmd_layers(args):
 #      accumulating in double; cpu blocked nChw8c and cpu nhwc, oneDNN accumulating in float),
 #      rounded up: what one layer contributes in units of u, as the measurements give it.
 # The limit is HEADROOM x E: 16x, so another machine's kernels, accumulation order or batch stay
-# inside while a real defect does not (a wrong term is >= 1e-2 of a tensor: >= 10x the widest
+# inside while a real defect does not (a wrong term is >= 1e-2 of a tensor: >= 9x the widest
 # limit below at fp32). The ReLU6 kinks are out of the model on purpose: the fixture moves every
 # pre-activation >= KINK_MARGIN_U u x RMS away from them (move_off_kinks), where a float32 run
 # that took the other side would flip one element's whole gradient path, a difference of where
 # rounding fell (1e-2 of all gradients from a single element at fp32), not of the code.
 #
-# quantity            C    measured (u), worst of reference / cpu blocked / cpu nhwc   limit
-#   features L2       6    9 / 41 / 35    pooled backbone output, inference mode    690 u = 4.1e-5
-#   features max      12   12 / 77 / 58   max |d| / max |f|                         1382 u = 8.2e-5
-#   loss              1    8 / 4 / 5      a mean of n cross-entropies               115 u = 6.9e-6
-#   grad_infer all    3    13 / 12 / 17   all gradients, BN on moving statistics    346 u = 2.1e-5
-#   grad_infer tensor 16   28 / 94 / 70   per tensor (relative to its norm, floor)  1843 u = 1.1e-4
-#   grad_train all    8    39 / 39 / 46   all gradients, BN on batch statistics     922 u = 5.5e-5
-#   grad_train tensor 96   81 / 649 / 391 per tensor: training-mode BN backward     11059 u = 6.6e-4
+# quantity            C    measured (u): reference / cpu blocked / cpu nhwc            limit
+#   features L2       6    8 / 41 / 40    pooled backbone output, inference mode    692 u = 4.1e-5
+#   features max      12   11 / 79 / 73   max |d| / max |f|                         1384 u = 8.2e-5
+#   loss              1    2 / 5 / 6      a mean of n cross-entropies               115 u = 6.9e-6
+#   grad_infer all    4    6 / 20 / 20    all gradients, BN on moving statistics    461 u = 2.7e-5
+#   grad_infer tensor 16   9 / 70 / 37    per tensor (relative to its norm, floor)  1846 u = 1.1e-4
+#   grad_train all    10   28 / 47 / 56   all gradients, BN on batch statistics     1154 u = 6.9e-5
+#   grad_train tensor 160  57 / 824 / 1049 per tensor: training-mode BN backward    18459 u = 1.1e-3
 #                                         cancels (sum of g, sum of g x-hat) and its
 #                                         1/sigma amplifies, most in the lowest layers
 # (as the ctest runs them: 2 photos at 160x160 on reference, 8 on cpu; after the cpu BN fix.)
@@ -479,7 +483,7 @@ def cmd_layers(args):
 # MOVING_TOL plus the float32 rounding of storing the new value (a few u of |new|, large against a
 # 1e-3 update): a wrong momentum is 10x the update, Bessel's correction 2% of it.
 # The GPU checks reuse this table with their u (and their own C where they measure one): note
-# that at tf32/bf16 KINK_MARGIN_U x u x RMS is 0.1-1 x RMS, beyond what shifting betas can clear,
+# that at tf32/bf16 KINK_MARGIN_U x u x RMS is 0.25-2 x RMS, beyond what shifting betas can clear,
 # so there the kink effect must be bounded another way (e.g. the float64 truth recomputed with
 # the run's own ReLU6 masks).
 
@@ -490,10 +494,10 @@ ERROR_C = {
     "features_l2": 6.0,
     "features_max": 12.0,
     "loss": 1.0,
-    "grad_infer_all": 3.0,
+    "grad_infer_all": 4.0,
     "grad_infer_tensor": 16.0,
-    "grad_train_all": 8.0,
-    "grad_train_tensor": 96.0,
+    "grad_train_all": 10.0,
+    "grad_train_tensor": 160.0,
 }
 GRAD_FLOOR = 0.1
 MOVING_TOL = {"moving_mean": 1e-2, "moving_variance": 1e-2}
