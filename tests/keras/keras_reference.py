@@ -288,10 +288,11 @@ def move_off_kinks(tf, model, images, margin_u=KINK_MARGIN_U, window=1.0):
     values = {id(model.inputs[0]): (x, x)}
     for layer in model.layers[1:]:
         ins = layer.input
-        pairs = [values[id(t)] for t in ins] if isinstance(ins, (list, tuple)) else [values[id(ins)]]
+        many = isinstance(ins, (list, tuple))
+        pairs = [values[id(t)] for t in ins] if many else [values[id(ins)]]
         outs = []
         for mode, training in ((0, False), (1, True)):
-            args = [p[mode] for p in pairs] if isinstance(ins, (list, tuple)) else pairs[0][mode]
+            args = [p[mode] for p in pairs] if many else pairs[0][mode]
             outs.append(layer(args, training=training))
         if layer.name in moving:  # the training call updated the moving statistics: undo
             layer.set_weights([w if i < 2 else moving[layer.name][i] for i, w in
