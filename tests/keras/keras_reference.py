@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 # Bump when what `fixture` writes changes: whole_network.py caches fixtures under this version.
-FIXTURE_VERSION = 3
+FIXTURE_VERSION = 4
 
 WEIGHT_ORDER = {
     "Conv2D": ["kernel"],
@@ -312,8 +312,6 @@ def keras_pass(tf, model, images, head_w, head_b, labels, dtype):
     b = tf.constant(head_b.astype(dtype))
     y = tf.constant(labels.astype(dtype)[:, None])
     out = []
-    features = tf.reduce_mean(model(x, training=False), axis=[1, 2])
-    out.append(("features", features.numpy()))
 
     names = weight_names(model)
     trainable = [(l, wn, v) for (l, wn, v) in names if wn not in ("moving_mean", "moving_variance")]
@@ -326,6 +324,8 @@ def keras_pass(tf, model, images, head_w, head_b, labels, dtype):
             pooled = tf.reduce_mean(model(x, training=training), axis=[1, 2])
             logits = tf.matmul(pooled, w) + b
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
+        if not training:  # the pooled features are the inference-mode pass's, no extra forward
+            out.append(("features", pooled.numpy()))
         variables = [v for (_, _, v) in trainable]
         grads = tape.gradient(loss, variables + [w, b])
         out.append((f"loss_{tag}", np.array([loss.numpy()])))
