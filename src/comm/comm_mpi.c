@@ -20,6 +20,13 @@
         }                                                                                          \
     } while (0)
 
+static mt_status mpi_error(const mt_comm *comm, int rc, const char *call) {
+    char text[MPI_MAX_ERROR_STRING];
+    int length = 0;
+    MPI_Error_string(rc, text, &length);
+    return MT_FAIL(MT_ERR_COMM, "rank %d: %s failed: %s", comm->info.rank, call, text);
+}
+
 static MPI_Datatype mpi_type(mt_reduce_type type, size_t *element_bytes) {
     switch (type) {
     case MT_REDUCE_F32: *element_bytes = 4; return MPI_FLOAT;
@@ -43,6 +50,45 @@ static mt_status mpi_allreduce(mt_comm *comm, void *buffer, size_t count, mt_red
         done += chunk;
     }
     return MT_OK;
+}
+
+struct mt_comm_request {
+    MPI_Request request;
+};
+
+static mt_status mpi_iallreduce(mt_comm *comm, void *buffer, size_t count, mt_reduce_type type,
+                                mt_reduce_op op, mt_comm_request **out) {
+    *out = NULL;
+    if (count > (size_t)INT_MAX)
+        return MT_FAIL(MT_ERR_INVALID, "non-blocking all-reduce of %zu elements is over MPI's "
+                       "count limit: use smaller buckets", count);
+    size_t element_bytes;
+    MPI_Datatype datatype = mpi_type(type, &element_bytes);
+    mt_comm_request *request = malloc(sizeof *request);
+    if (!request) return MT_FAIL(MT_ERR_NOMEM, "out of memory starting an all-reduce");
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buffer, (int)count, datatype,
+                            op == MT_REDUCE_MAX ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD,
+                            &request->request);
+    if (rc != MPI_SUCCESS) {
+        free(request);
+        return mpi_error(comm, rc, "MPI_Iallreduce");
+    }
+    *out = request;
+    return MT_OK;
+}
+
+static mt_status mpi_test(mt_comm *comm, mt_comm_request *request, bool *done) {
+    int flag = 0;
+    MPI_CHECK(comm, MPI_Test(&request->request, &flag, MPI_STATUS_IGNORE));
+    *done = flag != 0;
+    if (flag) free(request);
+    return MT_OK;
+}
+
+static mt_status mpi_wait(mt_comm *comm, mt_comm_request *request) {
+    int rc = MPI_Wait(&request->request, MPI_STATUS_IGNORE);
+    free(request);
+    return rc == MPI_SUCCESS ? MT_OK : mpi_error(comm, rc, "MPI_Wait");
 }
 
 static mt_status mpi_broadcast(mt_comm *comm, void *buffer, size_t bytes, int root) {
@@ -80,6 +126,9 @@ static void mpi_finalize(mt_comm *comm) {
 
 static const mt_comm_impl mpi_impl = {
     .allreduce = mpi_allreduce,
+    .iallreduce = mpi_iallreduce,
+    .test = mpi_test,
+    .wait = mpi_wait,
     .broadcast = mpi_broadcast,
     .allgather = mpi_allgather,
     .barrier = mpi_barrier,
