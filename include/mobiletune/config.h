@@ -38,6 +38,14 @@ typedef enum mt_config_backend {
     MT_CONFIG_BACKEND_CUDA,
 } mt_config_backend;
 
+/* train.comm: how ranks all-reduce (the same order as mt_comm_choice in comm.h). */
+typedef enum mt_config_comm {
+    MT_CONFIG_COMM_AUTO = 0,
+    MT_CONFIG_COMM_NONE,
+    MT_CONFIG_COMM_MPI,
+    MT_CONFIG_COMM_NCCL,
+} mt_config_comm;
+
 typedef enum mt_cache_features {
     MT_CACHE_FEATURES_AUTO = 0, /* frozen mode: cache (both flip views when flips are on) */
     MT_CACHE_FEATURES_ON,       /* the same */
@@ -86,6 +94,8 @@ typedef struct mt_train_config {
         mt_nan_policy nan_policy;
         mt_config_backend backend;
         int threads;
+        mt_config_comm comm;
+        double bucket_mb; /* gradient all-reduce bucket, MiB; 0: one call after backward */
         mt_cache_features cache_features;
         mt_precision precision;
     } train;

@@ -31,6 +31,7 @@ _Static_assert(sizeof(mt_optimizer_kind) == sizeof(int), "enum options are store
 _Static_assert(sizeof(mt_lr_schedule_kind) == sizeof(int), "enum options are stored as int");
 _Static_assert(sizeof(mt_nan_policy) == sizeof(int), "enum options are stored as int");
 _Static_assert(sizeof(mt_config_backend) == sizeof(int), "enum options are stored as int");
+_Static_assert(sizeof(mt_config_comm) == sizeof(int), "enum options are stored as int");
 _Static_assert(sizeof(mt_cache_features) == sizeof(int), "enum options are stored as int");
 _Static_assert(sizeof(mt_precision) == sizeof(int), "enum options are stored as int");
 
@@ -146,6 +147,13 @@ static const mt_config_option options[] = {
      0, "Compute backend: reference (plain C, slow), cpu (oneDNN) or cuda (cuDNN)."},
     {"train", "threads", MT_CONFIG_INT, FIELD(train.threads), "0", NULL, 0, 1024, 0, 0,
      "CPU threads for the compute backend (0: all cores)."},
+    {"train", "comm", MT_CONFIG_ENUM, FIELD(train.comm), "auto", "auto|none|mpi|nccl", 0, 0, 0, 0,
+     "How ranks all-reduce: auto is nccl for backend cuda when each rank on a node has a GPU of "
+     "its own, else mpi (one rank: none); mpi stages GPU memory through host copies; nccl needs "
+     "backend cuda, NCCL and one GPU per rank (NCCL refuses two ranks on one GPU)."},
+    {"train", "bucket_mb", MT_CONFIG_FLOAT, FIELD(train.bucket_mb), "4", NULL, 0, 1024, 0, 0,
+     "Gradient all-reduce bucket in MiB: buckets start during backward as soon as their layers' "
+     "gradients are final, top of the network first (0: one all-reduce after backward)."},
     {"train", "cache_features", MT_CONFIG_ENUM, FIELD(train.cache_features), "auto", "auto|on|off",
      0, 0, 0, 0,
      "frozen mode: compute the frozen backbone's pooled features once (with random_flip, of each "

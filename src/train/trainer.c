@@ -250,12 +250,10 @@ typedef struct epoch_totals {
     int64_t correct, valid;
     int64_t skipped; /* steps dropped by nan_policy = skip */
     int64_t steps;
-    double allreduce_seconds; /* wall time of the gradient all-reduce within the steps */
+    double allreduce_seconds; /* host time in the gradient all-reduce within the steps */
+    uint64_t buckets, buckets_done_in_backward; /* all-reduces started; complete before finish */
 } epoch_totals;
 
-static mt_status all_reduce_gradients(trainer *t) {
-    return average_buffer(t, t->grads, t->trainable_count);
-}
 
 /* Gather cached features (the flipped view where the loader would flip) and labels for this
  * rank's batch `b` of the epoch. */
@@ -302,10 +300,22 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
         features ? mt_model_forward_head(t->model, features, labels, n, true, dropout_seed, NULL,
                                          &result)
                  : mt_model_forward(t->model, images, labels, n, true, dropout_seed, NULL, &result);
+    /* The gradient all-reduce runs in buckets from inside backward (the model's hook) and ends
+     * in mt_grad_sync_finish; the host time it took, whatever backward did not hide, is the
+     * step's all-reduce share. */
+    mt_grad_sync_stats before = {0}, after = {0};
+    if (t->grad_sync) {
+        before = mt_grad_sync_get_stats(t->grad_sync);
+        mt_grad_sync_begin(t->grad_sync);
+    }
     if (status == MT_OK) status = mt_model_backward(t->model);
-    const double reduce_start = now_seconds();
-    if (status == MT_OK) status = all_reduce_gradients(t);
-    totals->allreduce_seconds += now_seconds() - reduce_start;
+    if (status == MT_OK && t->grad_sync) status = mt_grad_sync_finish(t->grad_sync);
+    if (t->grad_sync) {
+        after = mt_grad_sync_get_stats(t->grad_sync);
+        totals->allreduce_seconds += after.comm_seconds - before.comm_seconds;
+        totals->buckets += after.buckets - before.buckets;
+        totals->buckets_done_in_backward += after.done_in_backward - before.done_in_backward;
+    }
     if (status != MT_OK) return status;
     if (fault == FAULT_NAN) result.loss = NAN;
 
@@ -572,6 +582,11 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         MT_TRY(t->backend->ops->buffer_alloc(t->backend, state_count * sizeof *state + 1,
                                              (void **)&t->state_backup));
     }
+    if (t->who.world_size > 1) {
+        MT_TRY(mt_grad_sync_create(t->comm, t->backend, t->grads, t->trainable_count,
+                                   (size_t)(c->train.bucket_mb * 1048576.0), &t->grad_sync));
+        mt_model_set_grad_hook(t->model, mt_grad_sync_ready, t->grad_sync);
+    }
     MT_TRY(open_outputs(t));
 
     /* Weights: a checkpoint to resume (everything), else the configured initial weights. */
@@ -633,8 +648,12 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     say(t, "mobiletune: %s on %d rank(s), backend %s, %d classes at %dx%d, alpha %g\n",
         mt_train_mode_name(model_config.mode), t->who.world_size, backend_name, c->model.classes,
         c->model.input_size, c->model.input_size, c->model.alpha);
-    say(t, "  %zu trainable parameters of %zu (the rest frozen); all-reduce per step: %zu bytes\n",
+    say(t, "  %zu trainable parameters of %zu (the rest frozen); all-reduce per step: %zu bytes",
         t->trainable_count, t->layout->total_params, t->trainable_count * sizeof(float));
+    if (c->train.bucket_mb > 0)
+        say(t, ", in buckets of %g MiB started during backward\n", c->train.bucket_mb);
+    else
+        say(t, ", in one call after backward (train.bucket_mb = 0)\n");
     say(t, "  %llu training images, %llu steps per epoch of %d x %d images\n",
         (unsigned long long)t->train_records, (unsigned long long)t->steps_per_epoch,
         t->who.world_size, c->data.batch_size);
@@ -653,6 +672,7 @@ static void tear_down(trainer *t) {
     mt_loader_close(t->train_loader);
     mt_optimizer_free(&t->optimizer);
     if (t->state_backup) t->backend->ops->buffer_free(t->backend, t->state_backup);
+    mt_grad_sync_destroy(t->grad_sync);
     mt_model_destroy(t->model);
     mt_backend_destroy(t->backend);
     if (t->metrics) mt_metrics_close(t->metrics);
@@ -692,6 +712,10 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
         seconds, totals->steps ? 1e3 * seconds / (double)totals->steps : 0.0,
         seconds > 0 ? 100.0 * totals->allreduce_seconds / seconds : 0.0,
         totals->skipped ? "  (non-finite steps skipped)" : "");
+    if (totals->buckets > 0 && totals->steps > 0)
+        say(t, "  gradients: %.3g buckets/step, %.0f%% of them complete before backward ended\n",
+            (double)totals->buckets / (double)totals->steps,
+            100.0 * (double)totals->buckets_done_in_backward / (double)totals->buckets);
     if (is_root(t)) {
         mt_metrics_record record = mt_metrics_record_empty(MT_METRICS_EPOCH, epoch,
                                                            (int64_t)t->global_step);

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 
+#include "mobiletune/grad_sync.h"
 #include "mobiletune/loader.h"
 #include "mobiletune/metrics.h"
 #include "mobiletune/optimizer.h"
@@ -21,6 +22,7 @@ typedef struct trainer {
     size_t trainable_count;
     mt_optimizer optimizer;
     float *state_backup; /* nan_policy = skip: the BN statistics before the step (backend memory) */
+    mt_grad_sync *grad_sync; /* the bucketed gradient all-reduce; NULL on one rank */
     mt_lr_schedule schedule;
     mt_loader *train_loader;
     uint64_t train_records;

@@ -382,11 +382,16 @@ def case_mpi_equivalence(data, tmp):
         single, _ = mpi_train(os.path.join(tmp, f"{mode}1"), data, 1, 12, model__mode=mode,
                               model__bn_mode="inference", train__epochs=2, **extra)
         for ranks in (2, 3):
+            # gradients in buckets of 10 KB (smaller than several layers) with 2 ranks, in one
+            # call after backward (bucket_mb = 0) with 3: both must give the 1-rank result
+            bucket_mb = "0.01" if ranks == 2 else "0"
             multi, output = mpi_train(os.path.join(tmp, f"{mode}{ranks}"), data, ranks,
                                       12 // ranks, model__mode=mode, model__bn_mode="inference",
-                                      train__epochs=2, **extra)
+                                      train__epochs=2, train__bucket_mb=bucket_mb, **extra)
             if f"on {ranks} rank(s)" not in output:
                 fail(f"mpirun -np {ranks} did not run {ranks} ranks:\n{output}")
+            if mode == "finetune" and ranks == 2 and "buckets/step" not in output:
+                fail(f"train.bucket_mb = {bucket_mb} printed no bucket figures:\n{output}")
             worst = compare(single, multi, atol=2e-5)
             print(f"{mode}: {ranks} ranks x {12 // ranks} == 1 rank x 12 (max diff {worst:.2e})")
         if mode == "frozen" and "all-reduce per step: 5124 bytes" not in output:
