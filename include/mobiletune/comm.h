@@ -1,7 +1,8 @@
 /* Communication between data-parallel ranks behind one small interface (STYLE.md 5):
  *   none  one process, every collective is a no-op or a copy
  *   mpi   Open MPI: CPU ranks, and GPU ranks that share a device
- *   nccl  GPU ranks, one device each (issue 6; bootstrapped through MPI)
+ *   nccl  GPU ranks, one device each: the gradient all-reduce runs on NCCL (grad_sync.h), every
+ *         other collective (flags, weights at start-up, BN statistics) stays on MPI
  *
  * The bootstrap (who am I, how many are we, which GPU is mine) is separate from the collectives,
  * and both are separate from the training loop, which only ever calls the functions below on
@@ -13,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mobiletune/ops.h"
 #include "mobiletune/status.h"
 
 #ifdef __cplusplus
@@ -22,7 +24,11 @@ extern "C" {
 typedef enum mt_comm_kind {
     MT_COMM_NONE = 0,
     MT_COMM_MPI = 1,
+    MT_COMM_NCCL = 2,
 } mt_comm_kind;
+
+/* "none", "mpi", "nccl" */
+const char *mt_comm_kind_name(mt_comm_kind kind);
 
 typedef struct mt_comm mt_comm;
 typedef struct mt_backend mt_backend; /* ops.h */
@@ -73,6 +79,49 @@ mt_status mt_comm_allreduce_mean_f32_backend(mt_comm *comm, mt_backend *backend,
  * exit(code) otherwise. For fatal errors: a rank that simply returned would leave the others
  * waiting in a collective. */
 _Noreturn void mt_comm_abort(mt_comm *comm, int code, const char *message);
+
+/* ---- choosing how gradients travel (train.comm) ---------------------------------------------- */
+
+/* What the user asked for: the order of train.comm's values (config.h's mt_config_comm). */
+typedef enum mt_comm_choice {
+    MT_COMM_CHOICE_AUTO = 0,
+    MT_COMM_CHOICE_NONE,
+    MT_COMM_CHOICE_MPI,
+    MT_COMM_CHOICE_NCCL,
+} mt_comm_choice;
+
+/* What the choice depends on, as one rank sees it. */
+typedef struct mt_comm_facts {
+    int world_size;      /* ranks in the job */
+    int local_size;      /* ranks on this rank's node */
+    int visible_devices; /* GPUs this rank sees (0: none, or no CUDA) */
+    bool device_backend; /* the backend keeps tensors in GPU memory (cuda) */
+    bool nccl_available; /* NCCL can be used: built or loaded with the cuda backend */
+} mt_comm_facts;
+
+/* One rank's decision, a pure function: auto is nccl for a GPU backend on several ranks when
+ * every rank of the node has a GPU of its own (local ranks <= visible GPUs: NCCL refuses two
+ * ranks on one GPU), mpi otherwise, none on one rank; none on several ranks, and nccl without a
+ * GPU backend, without NCCL or with ranks sharing a GPU, are errors that say what to change.
+ * nccl on one rank is allowed (one GPU, one communicator: the path can be tried alone). */
+mt_status mt_comm_decide(mt_comm_choice choice, const mt_comm_facts *facts, mt_comm_kind *out);
+
+/* The GPU a rank uses: its local rank modulo the GPUs it sees (0 when it sees none). */
+int mt_comm_gpu_for_rank(int local_rank, int visible_devices);
+
+/* GPUs this process sees through the cuda backend (CUDA_VISIBLE_DEVICES applies); 0 without
+ * CUDA or without a usable driver. */
+int mt_comm_visible_gpus(void);
+
+/* Collective, after the backend exists: the ranks compare `agreement` (a checksum of the options
+ * every rank must share, e.g. train.comm and train.backend; a mismatch is an error naming the
+ * rank), each decides (mt_comm_decide), and the ranks agree: an error on any rank fails every
+ * rank, and under auto one rank that must use mpi (a node with more ranks than GPUs) makes every
+ * rank use mpi. For nccl, the ranks then join the NCCL communicator on the backend's GPU
+ * (mt_backend.options.device), its unique id broadcast over MPI. mt_comm_get_info(comm).kind
+ * says the result. */
+mt_status mt_comm_select(mt_comm *comm, mt_comm_choice choice, mt_backend *backend,
+                         uint64_t agreement);
 
 /* FNV-1a 64 of bytes, for comparing replicas and layouts across ranks cheaply. */
 uint64_t mt_checksum64(const void *data, size_t bytes, uint64_t seed);

@@ -86,6 +86,7 @@ mt_status mt_comm_init(int *argc, char ***argv, mt_comm **out) {
 
 void mt_comm_finalize(mt_comm *comm) {
     if (!comm) return;
+    if (comm->nccl) mt_comm_nccl_api_get()->destroy(comm->nccl);
     comm->impl->finalize(comm);
     free(comm);
 }
@@ -142,4 +143,122 @@ uint64_t mt_checksum64(const void *data, size_t bytes, uint64_t seed) {
         hash *= 1099511628211ull;
     }
     return hash;
+}
+
+/* ---- train.comm ---------------------------------------------------------------------------- */
+
+const char *mt_comm_kind_name(mt_comm_kind kind) {
+    switch (kind) {
+    case MT_COMM_NONE: return "none";
+    case MT_COMM_MPI: return "mpi";
+    case MT_COMM_NCCL: return "nccl";
+    }
+    return "?";
+}
+
+#ifndef MT_HAVE_CUDA
+const mt_comm_nccl_api *mt_comm_nccl_api_get(void) {
+    return NULL;
+}
+#endif
+
+int mt_comm_gpu_for_rank(int local_rank, int visible_devices) {
+    return visible_devices > 0 && local_rank >= 0 ? local_rank % visible_devices : 0;
+}
+
+int mt_comm_visible_gpus(void) {
+    const mt_comm_nccl_api *api = mt_comm_nccl_api_get();
+    return api ? api->visible_devices() : 0;
+}
+
+mt_status mt_comm_decide(mt_comm_choice choice, const mt_comm_facts *f, mt_comm_kind *out) {
+    *out = MT_COMM_NONE;
+    const bool own_gpu = f->visible_devices > 0 && f->local_size <= f->visible_devices;
+    switch (choice) {
+    case MT_COMM_CHOICE_NONE:
+        if (f->world_size > 1)
+            return MT_FAIL(MT_ERR_INVALID, "train.comm = none, but the job runs %d ranks: each "
+                           "would train alone; use train.comm = auto or mpi, or start one process",
+                           f->world_size);
+        return MT_OK;
+    case MT_COMM_CHOICE_MPI:
+        *out = f->world_size > 1 ? MT_COMM_MPI : MT_COMM_NONE; /* one rank: nothing to reduce */
+        return MT_OK;
+    case MT_COMM_CHOICE_NCCL:
+        if (!f->device_backend)
+            return MT_FAIL(MT_ERR_INVALID, "train.comm = nccl needs train.backend = cuda (this "
+                           "backend keeps its tensors in host memory): use train.comm = mpi or "
+                           "auto");
+        if (!f->nccl_available)
+            return MT_FAIL(MT_ERR_INVALID, "train.comm = nccl, but NCCL is not available: this "
+                           "mobiletune has no cuda module with NCCL, or no GPU is visible; use "
+                           "train.comm = mpi or auto");
+        if (!own_gpu)
+            return MT_FAIL(MT_ERR_INVALID, "train.comm = nccl with %d ranks on this node and %d "
+                           "visible GPU(s): NCCL refuses two ranks on one GPU; start at most %d "
+                           "rank(s) per node (srun --gpus-per-task=1, or launch/mpirun.sh -N) or "
+                           "use train.comm = mpi (auto picks it)", f->local_size,
+                           f->visible_devices, f->visible_devices);
+        *out = MT_COMM_NCCL;
+        return MT_OK;
+    case MT_COMM_CHOICE_AUTO:
+        if (f->world_size <= 1) return MT_OK;
+        *out = f->device_backend && f->nccl_available && own_gpu ? MT_COMM_NCCL : MT_COMM_MPI;
+        return MT_OK;
+    }
+    return MT_FAIL(MT_ERR_INVALID, "train.comm: unknown choice %d", (int)choice);
+}
+
+/* Every NCCL wait gives up after this long: a peer that is stuck (not dead: mpirun ends the job
+ * when a rank dies) becomes an error, and mt_comm_abort ends the job, within a minute. */
+#define NCCL_TIMEOUT_S 45.0
+
+static const char *const choice_names[] = {"auto", "none", "mpi", "nccl"};
+
+mt_status mt_comm_select(mt_comm *comm, mt_comm_choice choice, mt_backend *backend,
+                         uint64_t agreement) {
+    const int world = comm->info.world_size;
+    if ((int)choice < 0 || (int)choice > MT_COMM_CHOICE_NCCL)
+        return MT_FAIL(MT_ERR_INVALID, "train.comm: unknown choice %d", (int)choice);
+    if (world > 1) {
+        uint64_t *all = calloc((size_t)world, sizeof *all);
+        if (!all) return MT_FAIL(MT_ERR_NOMEM, "out of memory comparing options across ranks");
+        mt_status status = mt_comm_allgather(comm, &agreement, all, sizeof agreement);
+        int differs = -1;
+        for (int r = 1; status == MT_OK && r < world && differs < 0; r++)
+            if (all[r] != all[0]) differs = r;
+        free(all);
+        MT_TRY(status);
+        if (differs >= 0)
+            return MT_FAIL(MT_ERR_INVALID, "rank %d runs other train.comm/train.backend/"
+                           "train.bucket_mb values than rank 0: every rank must read the same "
+                           "config", differs);
+    }
+    mt_comm_facts facts = {
+        .world_size = world,
+        .local_size = comm->info.local_size,
+        .device_backend = backend->ops->device_memory,
+    };
+    /* asking CUDA costs a driver start-up: only for a GPU backend, which has one anyway */
+    if (facts.device_backend) facts.visible_devices = mt_comm_visible_gpus();
+    facts.nccl_available = mt_comm_nccl_api_get() != NULL && facts.visible_devices > 0;
+    mt_comm_kind kind = MT_COMM_NONE;
+    mt_status decided = mt_comm_decide(choice, &facts, &kind);
+    if (world > 1) {
+        /* any rank's error fails all; under auto, one node with more ranks than GPUs makes the
+         * whole job use MPI (every rank must run the same all-reduce) */
+        int32_t flags[2] = {decided != MT_OK, kind == MT_COMM_MPI};
+        MT_TRY(mt_comm_allreduce_max_i32(comm, flags, 2));
+        if (decided != MT_OK) return decided;
+        if (flags[0])
+            return MT_FAIL(MT_ERR_INVALID, "another rank cannot use train.comm = %s (its message "
+                           "says why)", choice_names[choice]);
+        if (flags[1]) kind = MT_COMM_MPI;
+    } else if (decided != MT_OK) {
+        return decided;
+    }
+    if (kind == MT_COMM_NCCL)
+        MT_TRY(mt_comm_nccl_api_get()->init(comm, backend, NCCL_TIMEOUT_S, &comm->nccl));
+    if (kind == MT_COMM_NCCL) comm->info.kind = kind; /* else: as started (none, or mpi) */
+    return MT_OK;
 }

@@ -31,10 +31,32 @@ typedef struct mt_comm_impl {
     void (*finalize)(mt_comm *comm);
 } mt_comm_impl;
 
+/* The NCCL side (nccl_comm.c, compiled with the cuda backend). The comm code reaches it only
+ * through this table, so that it can come from the runtime-loaded cuda module instead. */
+typedef struct mt_comm_nccl_api {
+    int (*visible_devices)(void); /* GPUs the process sees; 0 when CUDA cannot start */
+    /* Join the communicator of every rank of `comm` on the backend's GPU (unique id broadcast
+     * over comm's MPI); timeout_s bounds every later wait. */
+    mt_status (*init)(mt_comm *comm, mt_backend *backend, double timeout_s, void **out);
+    /* Enqueue the mean over ranks of `count` floats at `buffer` (backend memory) on the backend's
+     * communication stream, ordered after everything its compute stream was given so far. */
+    mt_status (*bucket_start)(void *nccl, mt_backend *backend, float *buffer, size_t count);
+    /* After the step's last bucket: the compute stream waits for the communication stream (the
+     * host does not); asynchronous NCCL errors are polled, and the host waits only if the
+     * previous step's collectives are still pending (at most one step ahead; a stuck peer is an
+     * error after the timeout). */
+    mt_status (*step_end)(void *nccl, mt_backend *backend);
+    void (*destroy)(void *nccl);
+} mt_comm_nccl_api;
+
+/* The table, or NULL when this mobiletune has no NCCL. */
+const mt_comm_nccl_api *mt_comm_nccl_api_get(void);
+
 struct mt_comm {
     const mt_comm_impl *impl;
     mt_comm_info info;
     void *state;
+    void *nccl; /* the NCCL communicator when info.kind is MT_COMM_NCCL */
 };
 
 #ifdef MT_HAVE_MPI

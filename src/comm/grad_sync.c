@@ -26,6 +26,7 @@ struct mt_grad_sync {
     size_t count;
     size_t bucket_elems; /* 0: one call after backward */
     float scale;         /* 1 / world size */
+    const mt_comm_nccl_api *nccl; /* train.comm = nccl: buckets go to NCCL on the GPU */
 
     /* this backward: [reported, count) is final; [reported, pending_end) not yet started */
     size_t reported, pending_end;
@@ -67,8 +68,9 @@ mt_status mt_grad_sync_create(mt_comm *comm, mt_backend *backend, float *grads, 
     s->bucket_elems = bucket_bytes / sizeof(float);
     if (bucket_bytes > 0 && s->bucket_elems == 0) s->bucket_elems = 1;
     s->scale = 1.0f / (float)comm->info.world_size;
-    /* one rank has nothing to move: no staging, whatever the backend */
-    if (backend->ops->device_memory && comm->info.world_size > 1 && count > 0) {
+    if (comm->info.kind == MT_COMM_NCCL) s->nccl = mt_comm_nccl_api_get();
+    /* one rank has nothing to move, NCCL reduces in device memory: no staging */
+    if (backend->ops->device_memory && comm->info.world_size > 1 && count > 0 && !s->nccl) {
         s->host = malloc(count * sizeof *s->host);
         if (!s->host) {
             free(s);
@@ -104,19 +106,37 @@ static float *host_view(mt_grad_sync *s, size_t offset) {
     return (staged(s) ? s->host : s->grads) + offset;
 }
 
+static mt_status reserve_bucket(mt_grad_sync *s) {
+    if (s->bucket_used < s->bucket_cap) return MT_OK;
+    int cap = s->bucket_cap ? 2 * s->bucket_cap : 64;
+    bucket *grown = realloc(s->buckets, (size_t)cap * sizeof *grown);
+    if (!grown) return MT_FAIL(MT_ERR_NOMEM, "out of memory for gradient buckets");
+    s->buckets = grown;
+    s->bucket_cap = cap;
+    return MT_OK;
+}
+
+/* NCCL: the bucket is enqueued on the communication stream behind an event of the compute
+ * stream; the host does not wait, and it is complete (for the GPU) when the compute stream
+ * passes mt_grad_sync_finish's event. */
+static mt_status launch_nccl(mt_grad_sync *s, size_t offset, size_t count) {
+    MT_TRY(s->nccl->bucket_start(s->comm->nccl, s->backend, s->grads + offset, count));
+    MT_TRY(reserve_bucket(s));
+    s->buckets[s->bucket_used++] = (bucket){.offset = offset, .count = count};
+    s->stats.buckets++;
+    if (s->reported > 0) s->stats.launched_in_backward++;
+    trace(s, MT_GRAD_EVENT_LAUNCH, offset, count);
+    return MT_OK;
+}
+
 static mt_status launch(mt_grad_sync *s, size_t offset, size_t count) {
+    if (s->nccl) return launch_nccl(s, offset, count);
     if (staged(s))
         MT_TRY(s->backend->ops->download(s->backend, s->host + offset, s->grads + offset,
                                          count * sizeof(float)));
     for (size_t done = 0; done < count;) {
         size_t piece = count - done < (size_t)PIECE_MAX ? count - done : (size_t)PIECE_MAX;
-        if (s->bucket_used == s->bucket_cap) {
-            int cap = s->bucket_cap ? 2 * s->bucket_cap : 64;
-            bucket *grown = realloc(s->buckets, (size_t)cap * sizeof *grown);
-            if (!grown) return MT_FAIL(MT_ERR_NOMEM, "out of memory for gradient buckets");
-            s->buckets = grown;
-            s->bucket_cap = cap;
-        }
+        MT_TRY(reserve_bucket(s));
         bucket *b = &s->buckets[s->bucket_used];
         *b = (bucket){.offset = offset + done, .count = piece};
         MT_TRY(s->comm->impl->iallreduce(s->comm, host_view(s, b->offset), piece, MT_REDUCE_F32,
@@ -183,7 +203,7 @@ mt_status mt_grad_sync_ready(void *user, size_t offset, size_t count) {
         status = launch(s, s->reported, s->pending_end - s->reported);
         s->pending_end = s->reported;
     }
-    if (status == MT_OK) status = progress(s);
+    if (status == MT_OK && !s->nccl) status = progress(s); /* NCCL progresses on its own */
     s->stats.comm_seconds += now_seconds() - start;
     return status;
 }
@@ -199,6 +219,12 @@ mt_status mt_grad_sync_finish(mt_grad_sync *s) {
         s->pending_end = 0;
     }
     const double wait_start = now_seconds();
+    if (s->nccl) {
+        MT_TRY(s->nccl->step_end(s->comm->nccl, s->backend));
+        for (; s->first_in_flight < s->bucket_used; s->first_in_flight++)
+            trace(s, MT_GRAD_EVENT_DONE, s->buckets[s->first_in_flight].offset,
+                  s->buckets[s->first_in_flight].count);
+    }
     for (; s->first_in_flight < s->bucket_used; s->first_in_flight++) {
         bucket *b = &s->buckets[s->first_in_flight];
         if (b->request) {

@@ -8,13 +8,21 @@
 #include <string.h>
 #include <time.h>
 
+#include <cuda_runtime_api.h>
+
+#include "comm/comm_internal.h"
 #include "comm/nccl_comm.h"
-#include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/cuda_export.h"
 
 struct mt_nccl {
     ncclComm_t comm; /* NULL once aborted */
     int rank, world_size, device;
     double timeout_s;
+    /* the training path (the table at the end): a bucket's gradients written on the compute
+     * stream -> `ready` -> the all-reduce on the communication stream -> `done` -> the compute
+     * stream goes on; `done` also tells the next step whether this one's collectives ended */
+    cudaEvent_t ready, done;
+    bool done_recorded;
 };
 
 static double now_s(void) {
@@ -152,6 +160,8 @@ void mt_nccl_abort(mt_nccl *nccl) {
 
 void mt_nccl_destroy(mt_nccl *nccl) {
     if (!nccl) return;
+    if (nccl->ready) (void)cudaEventDestroy(nccl->ready);
+    if (nccl->done) (void)cudaEventDestroy(nccl->done);
     if (nccl->comm) {
         ncclResult_t r = ncclCommFinalize(nccl->comm);
         if ((r == ncclSuccess || r == ncclInProgress) && settle(nccl, "ncclCommFinalize") == MT_OK)
@@ -160,4 +170,92 @@ void mt_nccl_destroy(mt_nccl *nccl) {
             mt_nccl_abort(nccl);
     }
     free(nccl);
+}
+
+/* ---- the gradient path of train.comm = nccl (comm_internal.h's table) ---------------------- */
+
+static mt_status cuda_failed(const mt_nccl *nccl, const char *call, cudaError_t e) {
+    return MT_FAIL(MT_ERR_COMM, "rank %d (GPU %d): %s failed: %s", nccl->rank, nccl->device, call,
+                   cudaGetErrorString(e));
+}
+
+static mt_status api_init(mt_comm *comm, mt_backend *backend, double timeout_s, void **out) {
+    *out = NULL;
+    cudaStream_t compute, stream;
+    MT_TRY(mt_cuda_backend_streams(backend, &compute, &stream)); /* a cuda backend, or an error */
+    mt_nccl *nccl = NULL;
+    MT_TRY(mt_nccl_init(comm, backend->options.device, timeout_s, &nccl));
+    /* timing off: these events only order streams, and cheaper so */
+    cudaError_t e = cudaEventCreateWithFlags(&nccl->ready, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&nccl->done, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        mt_status status = cuda_failed(nccl, "cudaEventCreateWithFlags", e);
+        mt_nccl_destroy(nccl);
+        return status;
+    }
+    *out = nccl;
+    return MT_OK;
+}
+
+static mt_status api_bucket_start(void *handle, mt_backend *backend, float *buffer, size_t count) {
+    mt_nccl *nccl = handle;
+    cudaStream_t compute, stream;
+    MT_TRY(mt_cuda_backend_streams(backend, &compute, &stream));
+    if (!nccl->comm)
+        return MT_FAIL(MT_ERR_COMM, "rank %d: all-reduce on an aborted NCCL communicator",
+                       nccl->rank);
+    /* the hook runs when backward has enqueued the bucket's last layer: the event marks that
+     * point of the compute stream, and the communication stream starts after it */
+    cudaError_t e = cudaEventRecord(nccl->ready, compute);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(stream, nccl->ready, 0);
+    if (e != cudaSuccess) return cuda_failed(nccl, "ordering the all-reduce after backward", e);
+    /* ncclAvg: the mean in one pass (NCCL >= 2.10) */
+    NCCL_CHECK(nccl, ncclAllReduce(buffer, buffer, count, ncclFloat32, ncclAvg, nccl->comm,
+                                   stream));
+    return settle(nccl, "ncclAllReduce"); /* the enqueue itself (non-blocking communicator) */
+}
+
+static mt_status api_step_end(void *handle, mt_backend *backend) {
+    mt_nccl *nccl = handle;
+    cudaStream_t compute, stream;
+    MT_TRY(mt_cuda_backend_streams(backend, &compute, &stream));
+    /* the previous step's collectives: normally long done (the step downloaded its loss since);
+     * if not, wait for them here, polling NCCL's errors, so that the host is at most one step
+     * ahead and a stuck peer becomes an error within the timeout */
+    if (nccl->done_recorded) {
+        const double deadline = now_s() + nccl->timeout_s;
+        for (;;) {
+            cudaError_t e = cudaEventQuery(nccl->done);
+            if (e == cudaSuccess) break;
+            if (e != cudaErrorNotReady) return cuda_failed(nccl, "cudaEventQuery", e);
+            mt_status status = nccl_state(nccl, "all-reduce");
+            if (status != MT_OK && status != MT_END) return status;
+            if (now_s() > deadline) return timed_out(nccl, "all-reduce");
+            pause_briefly();
+        }
+    }
+    /* one look at the asynchronous error state, without waiting */
+    mt_status status = nccl_state(nccl, "all-reduce");
+    if (status != MT_OK && status != MT_END) return status;
+    cudaError_t e = cudaEventRecord(nccl->done, stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(compute, nccl->done, 0);
+    if (e != cudaSuccess) return cuda_failed(nccl, "ordering the optimizer after the all-reduce", e);
+    nccl->done_recorded = true;
+    return MT_OK;
+}
+
+static void api_destroy(void *handle) {
+    mt_nccl_destroy(handle);
+}
+
+static const mt_comm_nccl_api nccl_api = {
+    .visible_devices = mt_cuda_visible_devices,
+    .init = api_init,
+    .bucket_start = api_bucket_start,
+    .step_end = api_step_end,
+    .destroy = api_destroy,
+};
+
+const mt_comm_nccl_api *mt_comm_nccl_api_get(void) {
+    return &nccl_api;
 }

@@ -16,6 +16,12 @@
 #include "mobiletune/metrics.h"
 #include "trainer_internal.h"
 
+_Static_assert((int)MT_CONFIG_COMM_AUTO == (int)MT_COMM_CHOICE_AUTO &&
+                   (int)MT_CONFIG_COMM_NONE == (int)MT_COMM_CHOICE_NONE &&
+                   (int)MT_CONFIG_COMM_MPI == (int)MT_COMM_CHOICE_MPI &&
+                   (int)MT_CONFIG_COMM_NCCL == (int)MT_COMM_CHOICE_NCCL,
+               "train.comm's values are mt_comm_choice's, in order");
+
 static volatile sig_atomic_t stop_signal = 0;
 
 void mt_train_request_stop(int signal_number) {
@@ -564,10 +570,21 @@ static mt_status open_outputs(trainer *t) {
 static mt_status set_up(trainer *t, const mt_train_options *options) {
     const mt_train_config *c = t->config;
     t->who = mt_comm_get_info(t->comm);
-    mt_backend_options backend_options = {.num_threads = c->train.threads,
-                                          .device = t->who.local_rank};
+    /* GPU = local rank modulo the GPUs this rank sees: one each when there are enough, shared
+     * (MPI only) when not */
+    const bool cuda = c->train.backend == MT_CONFIG_BACKEND_CUDA;
+    mt_backend_options backend_options = {
+        .num_threads = c->train.threads,
+        .device = cuda ? mt_comm_gpu_for_rank(t->who.local_rank, mt_comm_visible_gpus()) : 0};
     const char *backend_name = mt_config_enum_name("train", "backend", (int)c->train.backend);
     MT_TRY(mt_backend_create(backend_name, &backend_options, &t->backend));
+    /* How gradients travel (train.comm), once every rank has the same options; NCCL joins here */
+    const double bucket_mb = c->train.bucket_mb;
+    uint64_t agreement = mt_checksum64(&c->train.comm, sizeof c->train.comm, 0);
+    agreement = mt_checksum64(&c->train.backend, sizeof c->train.backend, agreement);
+    agreement = mt_checksum64(&bucket_mb, sizeof bucket_mb, agreement);
+    MT_TRY(mt_comm_select(t->comm, (mt_comm_choice)c->train.comm, t->backend, agreement));
+    t->who = mt_comm_get_info(t->comm);
     mt_model_config model_config = mt_config_model(c);
     MT_TRY(mt_model_create(t->backend, &model_config, (uint64_t)c->train.seed, &t->model));
     t->layout = mt_model_get_layout(t->model);
@@ -645,9 +662,11 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     if (t->use_feature_cache && t->train_records >= (1u << 24))
         t->use_feature_cache = false; /* record indices travel as floats in the gather */
 
-    say(t, "mobiletune: %s on %d rank(s), backend %s, %d classes at %dx%d, alpha %g\n",
+    say(t, "mobiletune: %s on %d rank(s), backend %s, %d classes at %dx%d, alpha %g%s%s\n",
         mt_train_mode_name(model_config.mode), t->who.world_size, backend_name, c->model.classes,
-        c->model.input_size, c->model.input_size, c->model.alpha);
+        c->model.input_size, c->model.input_size, c->model.alpha,
+        t->who.world_size > 1 ? ", gradients over " : "",
+        t->who.world_size > 1 ? mt_comm_kind_name(t->who.kind) : "");
     say(t, "  %zu trainable parameters of %zu (the rest frozen); all-reduce per step: %zu bytes",
         t->trainable_count, t->layout->total_params, t->trainable_count * sizeof(float));
     if (c->train.bucket_mb > 0)

@@ -356,7 +356,12 @@ def case_config_errors(data, tmp):
                   write_config(folder, data, data__train="/nonexistent/train")], expect=1)
     if "/nonexistent/train" not in result.output:
         fail("missing data folder not named:\n" + result.output)
-    print("config errors: unknown key, bad value and missing file are named")
+    # train.comm = nccl where NCCL cannot run (the cpu backend) says what to change
+    result = run([MOBILETUNE, "train", "--config", write_config(folder, data),
+                  "--set", "train.comm=nccl"], expect=1)
+    if "train.comm = nccl needs train.backend = cuda" not in result.output:
+        fail("train.comm = nccl on the cpu backend not refused clearly:\n" + result.output)
+    print("config errors: unknown key, bad value, missing file and nccl on a CPU are named")
 
 
 def mpi_train(folder, data, ranks, batch, **overrides):

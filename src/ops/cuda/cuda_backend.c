@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/cuda/cuda_export.h"
 #include "ops/cuda/cuda_internal.h"
 #include "ops/cuda/cuda_optimizer.h"
 
@@ -410,3 +411,23 @@ const mt_ops mt_ops_cuda = {
     .batchnorm_relu6_forward_training = mt_cuda_batchnorm_relu6_forward_training,
     .relu6_batchnorm_backward_training = mt_cuda_relu6_batchnorm_backward_training,
 };
+
+/* ---- for the NCCL path in src/comm (cuda_export.h) ---------------------------------------- */
+
+int mt_cuda_visible_devices(void) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear it: a later, unrelated call must not report it */
+        return 0;
+    }
+    return count;
+}
+
+mt_status mt_cuda_backend_streams(mt_backend *backend, cudaStream_t *compute, cudaStream_t *comm) {
+    if (backend->ops != &mt_ops_cuda || !backend->impl)
+        return MT_FAIL(MT_ERR_INVALID, "backend '%s' has no CUDA streams (NCCL needs the cuda "
+                       "backend)", backend->ops->name);
+    *compute = cuda_of(backend)->stream;
+    *comm = cuda_of(backend)->comm_stream;
+    return MT_OK;
+}
