@@ -99,7 +99,7 @@ generator() { [[ ! -f "$1/CMakeCache.txt" ]] && command -v ninja > /dev/null && 
 # (MT_GPU_BUILD_DIR and MT_GPU_STANDALONE=1 exist to try this script on a machine without GPU)
 build=${MT_GPU_BUILD_DIR:-$root/build-gpu}
 targets=(test_ops_backend_vs_reference test_gpu_backend test_gpu_model test_gpu_nccl
-    bench_train_step)
+    test_gpu_grad_sync bench_train_step)
 kind=full
 if [[ "${MT_GPU_STANDALONE:-0}" == 1 ]] ||
     ! piece configure_full 60 cmake -S "$root" -B "$build" $(generator "$build") \
