@@ -7,7 +7,8 @@
 #
 #   bench/comm/bench_scaling.sh [BUILD_DIR] [DB]
 #     BUILD_DIR  default build; DB default data/cats_vs_dogs (mobiletune-pack --split output)
-#   env: RANKS="1 2 4", MODES="scratch finetune frozen", STEPS=6 (per run), BATCH=8 (per rank)
+#   env: RANKS="1 2 4", MODES="scratch finetune frozen", STEPS=6 (per run), BATCH=8 (per rank),
+#        BUCKET_MB=4 (train.bucket_mb; 0: one all-reduce after backward, to see what overlap gains)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -39,7 +40,8 @@ for mode in $modes; do
           --set "model.weights=$weights" --set model.init_checkpoint=none
           --set train.epochs=2 --set "train.steps_per_epoch=$steps" --set "data.batch_size=$batch"
           --set "train.threads=$threads" --set data.random_flip=false --set train.cache_features=off
-          --set output.keep_last=false --set output.keep_best=false --set output.tensorboard=false)
+          --set output.keep_last=false --set output.keep_best=false --set output.tensorboard=false
+          --set "train.bucket_mb=${BUCKET_MB:-4}")
     if [ "$ranks" = 1 ]; then
       out=$("$build/mobiletune" "${args[@]}" 2>&1)
     else

@@ -669,7 +669,9 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         t->who.world_size > 1 ? mt_comm_kind_name(t->who.kind) : "");
     say(t, "  %zu trainable parameters of %zu (the rest frozen); all-reduce per step: %zu bytes",
         t->trainable_count, t->layout->total_params, t->trainable_count * sizeof(float));
-    if (c->train.bucket_mb > 0)
+    if (t->who.world_size == 1)
+        say(t, " (one rank: none done)\n");
+    else if (c->train.bucket_mb > 0)
         say(t, ", in buckets of %g MiB started during backward\n", c->train.bucket_mb);
     else
         say(t, ", in one call after backward (train.bucket_mb = 0)\n");
