@@ -7,6 +7,9 @@
  *    mt_comm_allreduce_mean_f32 bit for bit, whatever algorithm MPI picks for each bucket. The
  *    trace must show every bucket started right after the range that completes it (its lowest
  *    layer), in decreasing offset order, whole layers only, each as small as the size allows.
+ *    The same once more on a "device" backend whose gradient buffer is mapped inaccessible except
+ *    inside its upload/download (a stand-in for GPU memory with train.comm = mpi): every bucket
+ *    must be staged through those copies, and a host access to the buffer crashes the test.
  * 2. The model's own backward (reference backend, scratch at 32x32: 150-odd layer ranges) with the
  *    synchronizer as its hook: the same mean as one call on the same gradients, buckets started
  *    while backward still had layers to go.
@@ -14,6 +17,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "mobiletune/grad_sync.h"
 #include "mobiletune/model.h"
@@ -83,6 +88,56 @@ static void check_trace(mt_grad_sync *sync, size_t total, size_t bucket_elems, c
               launches, mt_grad_sync_bucket_count(sync));
 }
 
+/* ---- a backend whose memory the host cannot touch ---- */
+
+static void *device_region;
+static size_t device_region_bytes;
+static int device_copies;
+
+static void device_open(bool open) {
+    if (mprotect(device_region, device_region_bytes, open ? PROT_READ | PROT_WRITE : PROT_NONE))
+        abort();
+}
+
+static bool in_device(const void *p, size_t bytes) {
+    const char *c = p, *base = device_region;
+    return c >= base && c + bytes <= base + device_region_bytes;
+}
+
+static mt_status device_upload(mt_backend *backend, void *dst, const void *host_src,
+                               size_t bytes) {
+    if (!in_device(dst, bytes)) return MT_FAIL(MT_ERR_INTERNAL, "upload outside device memory");
+    device_open(true);
+    memcpy(dst, host_src, bytes);
+    device_open(false);
+    device_copies++;
+    return MT_OK;
+}
+
+static mt_status device_download(mt_backend *backend, void *host_dst, const void *src,
+                                 size_t bytes) {
+    if (!in_device(src, bytes)) return MT_FAIL(MT_ERR_INTERNAL, "download outside device memory");
+    device_open(true);
+    memcpy(host_dst, src, bytes);
+    device_open(false);
+    device_copies++;
+    return MT_OK;
+}
+
+/* The gradient buffer: host memory, or the guarded region of the device backend. */
+static float *grad_buffer(mt_backend *backend, size_t count) {
+    if (!backend->ops->device_memory) return malloc(count * sizeof(float));
+    long page = sysconf(_SC_PAGESIZE);
+    device_region_bytes = (count * sizeof(float) + (size_t)page - 1) / (size_t)page * (size_t)page;
+    device_region = mmap(NULL, device_region_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return device_region == MAP_FAILED ? NULL : device_region;
+}
+
+static void grad_buffer_free(mt_backend *backend, float *buffer) {
+    if (!backend->ops->device_memory) free(buffer);
+    else munmap(buffer, device_region_bytes);
+}
+
 static void synthetic(mt_comm *comm, mt_backend *backend) {
     const mt_comm_info who = mt_comm_get_info(comm);
     /* layer sizes, bottom (offset 0) to top; reported from the top */
@@ -102,12 +157,16 @@ static void synthetic(mt_comm *comm, mt_backend *backend) {
         return;
     }
     const size_t sizes[] = {1, 100, 4000, 5000, 12000, total, 10 * total, 0};
-    float *reduced = malloc(total * sizeof *reduced);
+    float *reduced = grad_buffer(backend, total), *back = malloc(total * sizeof *back);
+    if (!reduced) {
+        CHECK_MSG(false, "no memory for the gradients");
+        return;
+    }
+    const mt_ops *ops = backend->ops;
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
-        char what[64];
-        snprintf(what, sizeof what, "synthetic, buckets of %zu floats", sizes[k]);
-        for (size_t i = 0; i < total; i++)
-            reduced[i] = (float)((int)((i * 7 + (size_t)who.rank * 13) % 1000) - 500) / 64.0f;
+        char what[96];
+        snprintf(what, sizeof what, "synthetic%s, buckets of %zu floats",
+                 ops->device_memory ? " (device memory)" : "", sizes[k]);
         mt_grad_sync *sync = NULL;
         if (mt_grad_sync_create(comm, backend, reduced, total, sizes[k] * sizeof(float), &sync) !=
             MT_OK) {
@@ -115,7 +174,8 @@ static void synthetic(mt_comm *comm, mt_backend *backend) {
             continue;
         }
         for (int step = 0; step < 2; step++) { /* the second step reuses the buckets */
-            if (step == 1) memcpy(reduced, grads, total * sizeof *reduced);
+            if (ops->upload(backend, reduced, grads, total * sizeof *grads) != MT_OK) break;
+            device_copies = 0;
             mt_grad_sync_begin(sync);
             mt_status status = MT_OK;
             for (int l = LAYERS - 1; status == MT_OK && l >= 0; l--) {
@@ -124,7 +184,14 @@ static void synthetic(mt_comm *comm, mt_backend *backend) {
             }
             if (status == MT_OK) status = mt_grad_sync_finish(sync);
             CHECK_MSG(status == MT_OK, "%s: %s", what, mt_last_error());
-            CHECK_MSG(memcmp(reduced, want, total * sizeof *want) == 0,
+            /* staged: one download and one upload per bucket (one rank moves nothing) */
+            if (ops->device_memory)
+                CHECK_MSG(device_copies == (who.world_size > 1
+                                                ? 2 * mt_grad_sync_bucket_count(sync) : 0),
+                          "%s: %d copies for %d buckets", what, device_copies,
+                          mt_grad_sync_bucket_count(sync));
+            if (ops->download(backend, back, reduced, total * sizeof *back) != MT_OK) break;
+            CHECK_MSG(memcmp(back, want, total * sizeof *want) == 0,
                       "%s, step %d: not the one-call mean", what, step);
             check_trace(sync, total, sizes[k], what);
         }
@@ -151,7 +218,8 @@ static void synthetic(mt_comm *comm, mt_backend *backend) {
     }
     free(grads);
     free(want);
-    free(reduced);
+    free(back);
+    grad_buffer_free(backend, reduced);
 }
 
 /* Scratch at 32x32 (every layer trains) or frozen, one backward through the model with the
@@ -252,6 +320,14 @@ int main(int argc, char **argv) {
     mt_backend *backend = NULL;
     CHECK_OK(mt_backend_create("reference", NULL, &backend));
     synthetic(comm, backend);
+    /* the reference backend with its memory made "device" memory (see device_upload) */
+    mt_ops device_ops = *backend->ops;
+    device_ops.name = "guarded test device";
+    device_ops.device_memory = true;
+    device_ops.upload = device_upload;
+    device_ops.download = device_download;
+    mt_backend device = {.ops = &device_ops, .impl = backend->impl};
+    synthetic(comm, &device);
     /* 4 KB: smaller than many layers (block_16's 1x1 convs hold 100 KB at alpha 0.35) */
     model_case(comm, backend, MT_TRAIN_SCRATCH, 4096);
     model_case(comm, backend, MT_TRAIN_SCRATCH, 64 * 1024);
