@@ -599,7 +599,8 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         MT_TRY(t->backend->ops->buffer_alloc(t->backend, state_count * sizeof *state + 1,
                                              (void **)&t->state_backup));
     }
-    if (t->who.world_size > 1) {
+    /* one rank has nothing to reduce, except over NCCL, which a one-GPU run may try alone */
+    if (t->who.world_size > 1 || t->who.kind == MT_COMM_NCCL) {
         MT_TRY(mt_grad_sync_create(t->comm, t->backend, t->grads, t->trainable_count,
                                    (size_t)(c->train.bucket_mb * 1048576.0), &t->grad_sync));
         mt_model_set_grad_hook(t->model, mt_grad_sync_ready, t->grad_sync);
@@ -665,11 +666,10 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     say(t, "mobiletune: %s on %d rank(s), backend %s, %d classes at %dx%d, alpha %g%s%s\n",
         mt_train_mode_name(model_config.mode), t->who.world_size, backend_name, c->model.classes,
         c->model.input_size, c->model.input_size, c->model.alpha,
-        t->who.world_size > 1 ? ", gradients over " : "",
-        t->who.world_size > 1 ? mt_comm_kind_name(t->who.kind) : "");
+        t->grad_sync ? ", gradients over " : "", t->grad_sync ? mt_comm_kind_name(t->who.kind) : "");
     say(t, "  %zu trainable parameters of %zu (the rest frozen); all-reduce per step: %zu bytes",
         t->trainable_count, t->layout->total_params, t->trainable_count * sizeof(float));
-    if (t->who.world_size == 1)
+    if (!t->grad_sync)
         say(t, " (one rank: none done)\n");
     else if (c->train.bucket_mb > 0)
         say(t, ", in buckets of %g MiB started during backward\n", c->train.bucket_mb);
