@@ -260,7 +260,6 @@ typedef struct epoch_totals {
     uint64_t buckets, buckets_done_in_backward; /* all-reduces started; complete before finish */
 } epoch_totals;
 
-
 /* Gather cached features (the flipped view where the loader would flip) and labels for this
  * rank's batch `b` of the epoch. */
 static void cached_batch(const trainer *t, const uint64_t *permutation, uint64_t b, float *features,
