@@ -109,6 +109,10 @@ typedef struct mt_optimizer_desc {
     uint64_t iterations; /* steps taken before this one: Adam's bias correction uses t = it + 1 */
     float rho, momentum, epsilon, beta_1, beta_2, weight_decay;
     bool nesterov;
+    /* floats from slot 0 to slot 1; 0 means `count`. A range of a larger buffer (one gradient
+     * bucket, updated as soon as its all-reduce is done) passes the whole buffer's count, with
+     * params, grads and slots pointing at the range's first element. */
+    size_t slot_stride;
 } mt_optimizer_desc;
 
 typedef struct mt_backend mt_backend;

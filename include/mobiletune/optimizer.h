@@ -88,6 +88,15 @@ mt_status mt_optimizer_reset(mt_optimizer *optimizer);
 mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float *grads,
                             size_t count, float lr);
 
+/* The same step in pieces, for updating each gradient bucket as soon as its all-reduce is done:
+ * mt_optimizer_update_range for elements [offset, offset+count) of the buffers (params and grads
+ * point at element 0; the state's slots are offset alike), each element exactly once per step,
+ * in any order, then mt_optimizer_step_done (iterations += 1). Elements are independent, so the
+ * result is mt_optimizer_step's bit for bit. */
+mt_status mt_optimizer_update_range(mt_optimizer *optimizer, float *params, const float *grads,
+                                    size_t offset, size_t count, float lr);
+void mt_optimizer_step_done(mt_optimizer *optimizer);
+
 /* ---- checkpoints ------------------------------------------------------------------------------
  */
 

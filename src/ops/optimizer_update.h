@@ -41,6 +41,11 @@ MT_UPDATE_FN int mt_update_slot_count(const mt_optimizer_desc *d) {
     return 0;
 }
 
+/* Floats from slot 0 to slot 1 (mt_optimizer_desc.slot_stride; 0 is count). */
+MT_UPDATE_FN size_t mt_update_slot_stride(const mt_optimizer_desc *d) {
+    return d->slot_stride ? d->slot_stride : d->count;
+}
+
 #if !defined(__CUDACC__)
 /* The argument checks every backend's optimizer_update makes first (`backend_name` names it). */
 static inline mt_status mt_update_check(const char *backend_name, const mt_optimizer_desc *d,

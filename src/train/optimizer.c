@@ -148,12 +148,12 @@ mt_status mt_optimizer_reset(mt_optimizer *optimizer) {
     return MT_OK;
 }
 
-mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float *grads,
-                            size_t count, float lr) {
-    if (count != optimizer->count)
+mt_status mt_optimizer_update_range(mt_optimizer *optimizer, float *params, const float *grads,
+                                    size_t offset, size_t count, float lr) {
+    if (offset > optimizer->count || count > optimizer->count - offset)
         return MT_FAIL(MT_ERR_INVALID,
-                       "optimizer step on %zu parameters, but the optimizer was set up for %zu",
-                       count, optimizer->count);
+                       "optimizer update of parameters [%zu, %zu), but the optimizer was set up "
+                       "for %zu", offset, offset + count, optimizer->count);
     if (!isfinite(lr) || lr < 0.0f)
         return MT_FAIL(MT_ERR_INVALID, "optimizer step: learning rate %g must be finite and >= 0",
                        (double)lr);
@@ -163,10 +163,25 @@ mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float 
         .iterations = optimizer->iterations, .rho = hp->rho, .momentum = hp->momentum,
         .epsilon = hp->epsilon, .beta_1 = hp->beta_1, .beta_2 = hp->beta_2,
         .weight_decay = hp->weight_decay, .nesterov = hp->nesterov,
+        .slot_stride = optimizer->count,
     };
-    MT_TRY(optimizer->backend->ops->optimizer_update(optimizer->backend, &desc, params, grads,
-                                                     optimizer->state));
+    return optimizer->backend->ops->optimizer_update(
+        optimizer->backend, &desc, params + offset, grads + offset,
+        optimizer->state ? optimizer->state + offset : NULL);
+}
+
+void mt_optimizer_step_done(mt_optimizer *optimizer) {
     optimizer->iterations++;
+}
+
+mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float *grads,
+                            size_t count, float lr) {
+    if (count != optimizer->count)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "optimizer step on %zu parameters, but the optimizer was set up for %zu",
+                       count, optimizer->count);
+    MT_TRY(mt_optimizer_update_range(optimizer, params, grads, 0, count, lr));
+    mt_optimizer_step_done(optimizer);
     return MT_OK;
 }
 

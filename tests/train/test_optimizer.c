@@ -220,6 +220,64 @@ static void test_cpu_matches_reference(void) {
     mt_backend_destroy(cpu);
 }
 
+/* A step in ranges (gradient buckets, updated as their all-reduces finish: the top of the buffer
+ * first, sizes from one element up) is the whole step bit for bit, slots included, on the
+ * reference and the cpu backend, for every rule with two slots and one without; a range past the
+ * end is refused. */
+static void test_ranges(void) {
+    enum { N = 70001 };
+    static const size_t cuts[] = {N, 50000, 49999, 1000, 3, 0}; /* ranges [cuts[i+1], cuts[i]) */
+    mt_backend *cpu = NULL;
+    mt_backend_options options = {.num_threads = 2};
+    mt_backend *backends[2] = {REF, NULL};
+    if (mt_backend_create("cpu", &options, &cpu) == MT_OK) backends[1] = cpu;
+    float *whole = malloc(N * sizeof(float)), *ranged = malloc(N * sizeof(float));
+    float *g = malloc(N * sizeof(float));
+    mt_optimizer_params cases[4] = {
+        mt_optimizer_params_default(MT_OPTIMIZER_ADAM),
+        mt_optimizer_params_default(MT_OPTIMIZER_RMSPROP),
+        mt_optimizer_params_default(MT_OPTIMIZER_SGD),
+        mt_optimizer_params_default(MT_OPTIMIZER_SGD),
+    };
+    cases[1].momentum = 0.5f; /* two slots */
+    cases[2].momentum = 0.9f;
+    cases[2].nesterov = true;
+    for (int b = 0; b < 2 && backends[b]; b++) {
+        for (int k = 0; k < 4; k++) {
+            for (int i = 0; i < N; i++) {
+                whole[i] = ranged[i] = sinf(0.37f * (float)i);
+                g[i] = cosf(0.11f * (float)i) * 0.2f;
+            }
+            mt_optimizer a, r;
+            CHECK(mt_optimizer_init(&a, backends[b], &cases[k], N) == MT_OK);
+            CHECK(mt_optimizer_init(&r, backends[b], &cases[k], N) == MT_OK);
+            for (int step = 0; step < 3; step++) {
+                CHECK(mt_optimizer_step(&a, whole, g, N, 1e-2f) == MT_OK);
+                for (size_t c = 0; cuts[c] > 0; c++)
+                    CHECK(mt_optimizer_update_range(&r, ranged, g, cuts[c + 1],
+                                                    cuts[c] - cuts[c + 1], 1e-2f) == MT_OK);
+                mt_optimizer_step_done(&r);
+            }
+            CHECK(r.iterations == 3);
+            CHECK_MSG(memcmp(whole, ranged, N * sizeof(float)) == 0,
+                      "%s, case %d (%s): ranged steps differ from whole steps",
+                      backends[b]->ops->name, k, mt_optimizer_kind_name(cases[k].kind));
+            for (int s = 0; s < a.slot_count; s++)
+                CHECK_MSG(memcmp(mt_optimizer_slot(&a, s), mt_optimizer_slot(&r, s),
+                                 N * sizeof(float)) == 0,
+                          "%s, case %d: slot %s differs", backends[b]->ops->name, k,
+                          a.slot_names[s]);
+            CHECK(mt_optimizer_update_range(&r, ranged, g, N - 2, 3, 1e-2f) == MT_ERR_INVALID);
+            mt_optimizer_free(&a);
+            mt_optimizer_free(&r);
+        }
+    }
+    free(whole);
+    free(ranged);
+    free(g);
+    mt_backend_destroy(cpu);
+}
+
 static void test_schedules(void) {
     mt_lr_schedule constant = {.kind = MT_LR_CONSTANT, .base_lr = 0.5};
     CHECK(mt_lr_schedule_at(&constant, 0) == 0.5 && mt_lr_schedule_at(&constant, 1000) == 0.5);
@@ -367,6 +425,7 @@ int main(int argc, char **argv) {
     test_adam();
     test_bookkeeping();
     test_cpu_matches_reference();
+    test_ranges();
     test_schedules();
     test_save_load();
     return mt_test_finish();
