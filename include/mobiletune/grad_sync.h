@@ -50,17 +50,32 @@ void mt_grad_sync_begin(mt_grad_sync *sync);
  * completes, if any, and tests the buckets in flight. */
 mt_status mt_grad_sync_ready(void *user, size_t offset, size_t count);
 
-/* After backward: every element must have been reported. Starts what is left (everything, with
- * bucket_bytes = 0), waits for every bucket, and leaves the mean over ranks in `grads`. */
+/* After backward: every element must have been reported (an error otherwise). Starts what is
+ * left (everything, with bucket_bytes = 0); with NCCL, checks the previous step's collectives and
+ * NCCL's asynchronous errors (see comm_internal.h). Other collectives may follow (e.g. the
+ * trainer's flags) while the buckets are in flight. */
+mt_status mt_grad_sync_end_backward(mt_grad_sync *sync);
+
+/* The next bucket in start order (the top of the network first), once its mean is in `grads`:
+ * its range in *offset, *count, for the optimizer to update it while later buckets are still in
+ * flight. MPI: waits for that bucket only (and stages it back). NCCL: the backend's compute
+ * stream waits for that bucket's all-reduce, the host does not. MT_END when every bucket of the
+ * step was handed out. Every bucket must be waited for before the next mt_grad_sync_begin. */
+mt_status mt_grad_sync_wait_bucket(mt_grad_sync *sync, size_t *offset, size_t *count);
+
+/* Every bucket not handed out yet waited for (e.g. a step whose update is skipped). */
+mt_status mt_grad_sync_wait_all(mt_grad_sync *sync);
+
+/* mt_grad_sync_end_backward, then every bucket waited for: the mean over ranks in `grads`. */
 mt_status mt_grad_sync_finish(mt_grad_sync *sync);
 
 typedef struct mt_grad_sync_stats {
     uint64_t steps;                /* finished backward passes */
     uint64_t buckets;              /* all-reduces started */
     uint64_t launched_in_backward; /* of which started before backward's last range */
-    uint64_t done_in_backward;     /* of which seen complete before mt_grad_sync_finish */
+    uint64_t done_in_backward;     /* of which seen complete before backward ended */
     double comm_seconds; /* host time inside the synchronizer: starts, tests, staging, waits */
-    double wait_seconds; /* of which waiting in mt_grad_sync_finish */
+    double wait_seconds; /* of which in mt_grad_sync_wait_bucket (and so in finish) */
 } mt_grad_sync_stats;
 
 mt_grad_sync_stats mt_grad_sync_get_stats(const mt_grad_sync *sync);
@@ -75,7 +90,7 @@ typedef enum mt_grad_event_kind {
     MT_GRAD_EVENT_READY = 0, /* the hook reported [offset, offset+count) */
     MT_GRAD_EVENT_LAUNCH,    /* an all-reduce of [offset, offset+count) started */
     MT_GRAD_EVENT_DONE,      /* that all-reduce was seen complete (mean in place) */
-    MT_GRAD_EVENT_FINISH,    /* mt_grad_sync_finish was called (backward had ended) */
+    MT_GRAD_EVENT_FINISH,    /* mt_grad_sync_end_backward was called (backward had ended) */
 } mt_grad_event_kind;
 
 typedef struct mt_grad_sync_event {

@@ -39,12 +39,15 @@ typedef struct mt_comm_nccl_api {
      * over comm's MPI); timeout_s bounds every later wait. */
     mt_status (*init)(mt_comm *comm, mt_backend *backend, double timeout_s, void **out);
     /* Enqueue the mean over ranks of `count` floats at `buffer` (backend memory) on the backend's
-     * communication stream, ordered after everything its compute stream was given so far. */
-    mt_status (*bucket_start)(void *nccl, mt_backend *backend, float *buffer, size_t count);
-    /* After the step's last bucket: the compute stream waits for the communication stream (the
-     * host does not); asynchronous NCCL errors are polled, and the host waits only if the
-     * previous step's collectives are still pending (at most one step ahead; a stuck peer is an
-     * error after the timeout). */
+     * communication stream, ordered after everything its compute stream was given so far; an
+     * event marks its end (bucket `bucket` of the step, 0 first). */
+    mt_status (*bucket_start)(void *nccl, mt_backend *backend, int bucket, float *buffer,
+                              size_t count);
+    /* The compute stream waits for bucket `bucket`'s all-reduce (the host does not). */
+    mt_status (*bucket_wait)(void *nccl, mt_backend *backend, int bucket);
+    /* At the end of backward: one look at NCCL's asynchronous error state, without waiting. (At
+     * a step's first bucket the host waits, polling, only if the previous step's collectives are
+     * still pending: at most one step ahead, and a stuck peer is an error after the timeout.) */
     mt_status (*step_end)(void *nccl, mt_backend *backend);
     void (*destroy)(void *nccl);
 } mt_comm_nccl_api;

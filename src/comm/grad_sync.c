@@ -31,7 +31,10 @@ struct mt_grad_sync {
     /* this backward: [reported, count) is final; [reported, pending_end) not yet started */
     size_t reported, pending_end;
     bucket *buckets;
-    int bucket_used, bucket_cap, first_in_flight;
+    int bucket_used, bucket_cap;
+    int first_in_flight; /* buckets before it are complete (mean in place) */
+    int next_returned;   /* buckets before it were handed out by mt_grad_sync_wait_bucket */
+    bool ended;          /* mt_grad_sync_end_backward was called */
     int buckets_per_step;
     mt_grad_sync_event *events;
     size_t event_used, event_cap;
@@ -93,7 +96,8 @@ void mt_grad_sync_destroy(mt_grad_sync *s) {
 
 void mt_grad_sync_begin(mt_grad_sync *s) {
     s->reported = s->pending_end = s->count;
-    s->bucket_used = s->first_in_flight = 0;
+    s->bucket_used = s->first_in_flight = s->next_returned = 0;
+    s->ended = false;
     s->event_used = 0;
 }
 
@@ -120,7 +124,8 @@ static mt_status reserve_bucket(mt_grad_sync *s) {
  * stream; the host does not wait, and it is complete (for the GPU) when the compute stream
  * passes mt_grad_sync_finish's event. */
 static mt_status launch_nccl(mt_grad_sync *s, size_t offset, size_t count) {
-    MT_TRY(s->nccl->bucket_start(s->comm->nccl, s->backend, s->grads + offset, count));
+    MT_TRY(s->nccl->bucket_start(s->comm->nccl, s->backend, s->bucket_used, s->grads + offset,
+                                 count));
     MT_TRY(reserve_bucket(s));
     s->buckets[s->bucket_used++] = (bucket){.offset = offset, .count = count};
     s->stats.buckets++;
@@ -208,7 +213,7 @@ mt_status mt_grad_sync_ready(void *user, size_t offset, size_t count) {
     return status;
 }
 
-mt_status mt_grad_sync_finish(mt_grad_sync *s) {
+mt_status mt_grad_sync_end_backward(mt_grad_sync *s) {
     const double start = now_seconds();
     trace(s, MT_GRAD_EVENT_FINISH, 0, 0);
     if (s->reported != 0)
@@ -218,28 +223,56 @@ mt_status mt_grad_sync_finish(mt_grad_sync *s) {
         MT_TRY(launch(s, 0, s->pending_end));
         s->pending_end = 0;
     }
-    const double wait_start = now_seconds();
+    /* NCCL: the previous step's collectives and the asynchronous error state, without waiting
+     * for this step's */
+    if (s->nccl) MT_TRY(s->nccl->step_end(s->comm->nccl, s->backend));
+    s->ended = true;
+    s->buckets_per_step = s->bucket_used;
+    s->stats.steps++;
+    s->stats.comm_seconds += now_seconds() - start;
+    return MT_OK;
+}
+
+mt_status mt_grad_sync_wait_bucket(mt_grad_sync *s, size_t *offset, size_t *count) {
+    if (!s->ended)
+        return MT_FAIL(MT_ERR_INTERNAL, "gradient buckets waited for before the end of backward "
+                       "(mt_grad_sync_end_backward)");
+    if (s->next_returned >= s->bucket_used) return MT_END;
+    const double start = now_seconds();
+    const int i = s->next_returned;
+    bucket *b = &s->buckets[i];
     if (s->nccl) {
-        MT_TRY(s->nccl->step_end(s->comm->nccl, s->backend));
-        for (; s->first_in_flight < s->bucket_used; s->first_in_flight++)
-            trace(s, MT_GRAD_EVENT_DONE, s->buckets[s->first_in_flight].offset,
-                  s->buckets[s->first_in_flight].count);
-    }
-    for (; s->first_in_flight < s->bucket_used; s->first_in_flight++) {
-        bucket *b = &s->buckets[s->first_in_flight];
+        /* the compute stream waits for this bucket's all-reduce; the host does not */
+        MT_TRY(s->nccl->bucket_wait(s->comm->nccl, s->backend, i));
+        trace(s, MT_GRAD_EVENT_DONE, b->offset, b->count);
+    } else if (i >= s->first_in_flight) { /* buckets complete in start order: i is the first */
         if (b->request) {
             mt_comm_request *request = b->request;
             b->request = NULL;
             MT_TRY(s->comm->impl->wait(s->comm, request));
         }
         MT_TRY(complete(s, b));
+        s->first_in_flight = i + 1;
     }
-    const double end = now_seconds();
-    s->buckets_per_step = s->bucket_used;
-    s->stats.steps++;
-    s->stats.wait_seconds += end - wait_start;
-    s->stats.comm_seconds += end - start;
+    s->next_returned = i + 1;
+    *offset = b->offset;
+    *count = b->count;
+    const double spent = now_seconds() - start;
+    s->stats.wait_seconds += spent;
+    s->stats.comm_seconds += spent;
     return MT_OK;
+}
+
+mt_status mt_grad_sync_wait_all(mt_grad_sync *s) {
+    size_t offset, count;
+    mt_status status;
+    while ((status = mt_grad_sync_wait_bucket(s, &offset, &count)) == MT_OK) continue;
+    return status == MT_END ? MT_OK : status;
+}
+
+mt_status mt_grad_sync_finish(mt_grad_sync *s) {
+    MT_TRY(mt_grad_sync_end_backward(s));
+    return mt_grad_sync_wait_all(s);
 }
 
 mt_grad_sync_stats mt_grad_sync_get_stats(const mt_grad_sync *s) {

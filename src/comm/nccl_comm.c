@@ -19,10 +19,13 @@ struct mt_nccl {
     int rank, world_size, device;
     double timeout_s;
     /* the training path (the table at the end): a bucket's gradients written on the compute
-     * stream -> `ready` -> the all-reduce on the communication stream -> `done` -> the compute
-     * stream goes on; `done` also tells the next step whether this one's collectives ended */
-    cudaEvent_t ready, done;
-    bool done_recorded;
+     * stream -> `ready` -> its all-reduce on the communication stream -> `done[k]` -> the
+     * compute stream's update of that bucket; the step's last `done` also tells the next step
+     * whether this one's collectives ended */
+    cudaEvent_t ready;
+    cudaEvent_t *done;
+    int done_count; /* events created */
+    int last_done;  /* the previous step's last bucket, -1: none yet */
 };
 
 static double now_s(void) {
@@ -161,7 +164,8 @@ void mt_nccl_abort(mt_nccl *nccl) {
 void mt_nccl_destroy(mt_nccl *nccl) {
     if (!nccl) return;
     if (nccl->ready) (void)cudaEventDestroy(nccl->ready);
-    if (nccl->done) (void)cudaEventDestroy(nccl->done);
+    for (int i = 0; i < nccl->done_count; i++) (void)cudaEventDestroy(nccl->done[i]);
+    free(nccl->done);
     if (nccl->comm) {
         ncclResult_t r = ncclCommFinalize(nccl->comm);
         if ((r == ncclSuccess || r == ncclInProgress) && settle(nccl, "ncclCommFinalize") == MT_OK)
@@ -185,9 +189,9 @@ static mt_status api_init(mt_comm *comm, mt_backend *backend, double timeout_s, 
     MT_TRY(mt_cuda_backend_streams(backend, &compute, &stream)); /* a cuda backend, or an error */
     mt_nccl *nccl = NULL;
     MT_TRY(mt_nccl_init(comm, backend->options.device, timeout_s, &nccl));
+    nccl->last_done = -1;
     /* timing off: these events only order streams, and cheaper so */
     cudaError_t e = cudaEventCreateWithFlags(&nccl->ready, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&nccl->done, cudaEventDisableTiming);
     if (e != cudaSuccess) {
         mt_status status = cuda_failed(nccl, "cudaEventCreateWithFlags", e);
         mt_nccl_destroy(nccl);
@@ -197,13 +201,48 @@ static mt_status api_init(mt_comm *comm, mt_backend *backend, double timeout_s, 
     return MT_OK;
 }
 
-static mt_status api_bucket_start(void *handle, mt_backend *backend, float *buffer, size_t count) {
+/* done[bucket], created the first time a step has that many buckets (the same every step) */
+static mt_status done_event(mt_nccl *nccl, int bucket) {
+    if (bucket < nccl->done_count) return MT_OK;
+    cudaEvent_t *grown = realloc(nccl->done, (size_t)(bucket + 1) * sizeof *grown);
+    if (!grown) return MT_FAIL(MT_ERR_NOMEM, "out of memory for CUDA events");
+    nccl->done = grown;
+    for (; nccl->done_count <= bucket; nccl->done_count++) {
+        cudaError_t e = cudaEventCreateWithFlags(&nccl->done[nccl->done_count],
+                                                 cudaEventDisableTiming);
+        if (e != cudaSuccess) return cuda_failed(nccl, "cudaEventCreateWithFlags", e);
+    }
+    return MT_OK;
+}
+
+/* At a step's first bucket, before its events are recorded again: the previous step's last
+ * all-reduce has normally long ended (that step downloaded its loss since); if not, wait for it
+ * here, polling NCCL's errors, so that the host runs at most one step ahead of the collectives
+ * and a stuck peer becomes an error within the timeout. */
+static mt_status previous_step_done(mt_nccl *nccl) {
+    if (nccl->last_done < 0) return MT_OK;
+    const double deadline = now_s() + nccl->timeout_s;
+    for (;;) {
+        cudaError_t e = cudaEventQuery(nccl->done[nccl->last_done]);
+        if (e == cudaSuccess) return MT_OK;
+        if (e != cudaErrorNotReady) return cuda_failed(nccl, "cudaEventQuery", e);
+        mt_status status = nccl_state(nccl, "all-reduce");
+        if (status != MT_OK && status != MT_END) return status;
+        if (now_s() > deadline) return timed_out(nccl, "all-reduce");
+        pause_briefly();
+    }
+}
+
+static mt_status api_bucket_start(void *handle, mt_backend *backend, int bucket, float *buffer,
+                                  size_t count) {
     mt_nccl *nccl = handle;
     cudaStream_t compute, stream;
     MT_TRY(mt_cuda_backend_streams(backend, &compute, &stream));
     if (!nccl->comm)
         return MT_FAIL(MT_ERR_COMM, "rank %d: all-reduce on an aborted NCCL communicator",
                        nccl->rank);
+    MT_TRY(done_event(nccl, bucket));
+    if (bucket == 0) MT_TRY(previous_step_done(nccl));
     /* the hook runs when backward has enqueued the bucket's last layer: the event marks that
      * point of the compute stream, and the communication stream starts after it */
     cudaError_t e = cudaEventRecord(nccl->ready, compute);
@@ -212,36 +251,29 @@ static mt_status api_bucket_start(void *handle, mt_backend *backend, float *buff
     /* ncclAvg: the mean in one pass (NCCL >= 2.10) */
     NCCL_CHECK(nccl, ncclAllReduce(buffer, buffer, count, ncclFloat32, ncclAvg, nccl->comm,
                                    stream));
-    return settle(nccl, "ncclAllReduce"); /* the enqueue itself (non-blocking communicator) */
+    MT_TRY(settle(nccl, "ncclAllReduce")); /* the enqueue itself (non-blocking communicator) */
+    e = cudaEventRecord(nccl->done[bucket], stream);
+    if (e != cudaSuccess) return cuda_failed(nccl, "cudaEventRecord after the all-reduce", e);
+    return MT_OK;
 }
 
-static mt_status api_step_end(void *handle, mt_backend *backend) {
+static mt_status api_bucket_wait(void *handle, mt_backend *backend, int bucket) {
     mt_nccl *nccl = handle;
     cudaStream_t compute, stream;
     MT_TRY(mt_cuda_backend_streams(backend, &compute, &stream));
-    /* the previous step's collectives: normally long done (the step downloaded its loss since);
-     * if not, wait for them here, polling NCCL's errors, so that the host is at most one step
-     * ahead and a stuck peer becomes an error within the timeout */
-    if (nccl->done_recorded) {
-        const double deadline = now_s() + nccl->timeout_s;
-        for (;;) {
-            cudaError_t e = cudaEventQuery(nccl->done);
-            if (e == cudaSuccess) break;
-            if (e != cudaErrorNotReady) return cuda_failed(nccl, "cudaEventQuery", e);
-            mt_status status = nccl_state(nccl, "all-reduce");
-            if (status != MT_OK && status != MT_END) return status;
-            if (now_s() > deadline) return timed_out(nccl, "all-reduce");
-            pause_briefly();
-        }
-    }
-    /* one look at the asynchronous error state, without waiting */
-    mt_status status = nccl_state(nccl, "all-reduce");
-    if (status != MT_OK && status != MT_END) return status;
-    cudaError_t e = cudaEventRecord(nccl->done, stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(compute, nccl->done, 0);
-    if (e != cudaSuccess) return cuda_failed(nccl, "ordering the optimizer after the all-reduce", e);
-    nccl->done_recorded = true;
+    if (bucket < 0 || bucket >= nccl->done_count)
+        return MT_FAIL(MT_ERR_INTERNAL, "NCCL bucket %d was never started", bucket);
+    cudaError_t e = cudaStreamWaitEvent(compute, nccl->done[bucket], 0);
+    if (e != cudaSuccess) return cuda_failed(nccl, "ordering the update after the all-reduce", e);
+    nccl->last_done = bucket;
     return MT_OK;
+}
+
+static mt_status api_step_end(void *handle, mt_backend *backend) {
+    (void)backend;
+    /* one look at the asynchronous error state, without waiting */
+    mt_status status = nccl_state(handle, "all-reduce");
+    return status == MT_END ? MT_OK : status;
 }
 
 static void api_destroy(void *handle) {
@@ -252,6 +284,7 @@ static const mt_comm_nccl_api nccl_api = {
     .visible_devices = mt_cuda_visible_devices,
     .init = api_init,
     .bucket_start = api_bucket_start,
+    .bucket_wait = api_bucket_wait,
     .step_end = api_step_end,
     .destroy = api_destroy,
 };

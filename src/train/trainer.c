@@ -260,6 +260,22 @@ typedef struct epoch_totals {
     uint64_t buckets, buckets_done_in_backward; /* all-reduces started; complete before finish */
 } epoch_totals;
 
+/* The optimizer's step at this step's rate: over the whole buffer on one rank; else bucket by
+ * bucket, each as soon as its all-reduce is done (top of the network first), while the later
+ * buckets are still in flight. */
+static mt_status update_step(trainer *t) {
+    const float lr = (float)mt_lr_schedule_at(&t->schedule, t->optimizer.iterations);
+    if (!t->grad_sync)
+        return mt_optimizer_step(&t->optimizer, t->params, t->grads, t->trainable_count, lr);
+    size_t offset, count;
+    mt_status status;
+    while ((status = mt_grad_sync_wait_bucket(t->grad_sync, &offset, &count)) == MT_OK)
+        MT_TRY(mt_optimizer_update_range(&t->optimizer, t->params, t->grads, offset, count, lr));
+    if (status != MT_END) return status;
+    mt_optimizer_step_done(&t->optimizer);
+    return MT_OK;
+}
+
 /* Gather cached features (the flipped view where the loader would flip) and labels for this
  * rank's batch `b` of the epoch. */
 static void cached_batch(const trainer *t, const uint64_t *permutation, uint64_t b, float *features,
@@ -305,37 +321,33 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
         features ? mt_model_forward_head(t->model, features, labels, n, true, dropout_seed, NULL,
                                          &result)
                  : mt_model_forward(t->model, images, labels, n, true, dropout_seed, NULL, &result);
-    /* The gradient all-reduce runs in buckets from inside backward (the model's hook) and ends
-     * in mt_grad_sync_finish; the host time it took, whatever backward did not hide, is the
-     * step's all-reduce share. */
-    mt_grad_sync_stats before = {0}, after = {0};
+    /* The gradient all-reduce runs in buckets from inside backward (the model's hook); after it,
+     * the optimizer updates each bucket as soon as that bucket's mean is in place (update_step).
+     * The host time in the all-reduce, whatever backward did not hide, is the step's all-reduce
+     * share. */
+    mt_grad_sync_stats before = {0};
     if (t->grad_sync) {
         before = mt_grad_sync_get_stats(t->grad_sync);
         mt_grad_sync_begin(t->grad_sync);
     }
     if (status == MT_OK) status = mt_model_backward(t->model);
-    if (status == MT_OK && t->grad_sync) status = mt_grad_sync_finish(t->grad_sync);
-    if (t->grad_sync) {
-        after = mt_grad_sync_get_stats(t->grad_sync);
-        totals->allreduce_seconds += after.comm_seconds - before.comm_seconds;
-        totals->buckets += after.buckets - before.buckets;
-        totals->buckets_done_in_backward += after.done_in_backward - before.done_in_backward;
-    }
-    if (status != MT_OK) return status;
-    if (fault == FAULT_NAN) result.loss = NAN;
+    if (status == MT_OK && t->grad_sync) status = mt_grad_sync_end_backward(t->grad_sync);
+    if (status == MT_OK && fault == FAULT_NAN) result.loss = NAN;
 
     /* Every rank must take the same decision: agree on "some rank saw a non-finite loss". */
     int32_t flags[2] = {!isfinite(result.loss), stop_signal != 0};
-    status = mt_comm_allreduce_max_i32(t->comm, flags, 2);
+    if (status == MT_OK) status = mt_comm_allreduce_max_i32(t->comm, flags, 2);
     *stop = status == MT_OK && flags[1]; /* agreed: every rank stops after this same step */
     if (status == MT_OK && flags[0]) {
-        if (c->train.nan_policy == MT_NAN_POLICY_STOP) {
+        /* the buckets in flight end before anything else moves; their means go unused */
+        if (t->grad_sync) status = mt_grad_sync_wait_all(t->grad_sync);
+        if (status == MT_OK && c->train.nan_policy == MT_NAN_POLICY_STOP) {
             status = MT_FAIL(MT_ERR_INVALID, "the loss is NaN or Inf at step %llu (epoch %llu, "
                              "batch %llu): lower optimizer.learning_rate, or set "
                              "train.nan_policy = skip to drop such steps",
                              (unsigned long long)step, (unsigned long long)t->epoch + 1,
                              (unsigned long long)t->next_batch + 1);
-        } else {
+        } else if (status == MT_OK) {
             totals->skipped++;
             status = t->backend->ops->buffer_copy(t->backend, state, t->state_backup,
                                                   state_count * sizeof *state);
@@ -343,11 +355,16 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
                 (unsigned long long)step);
         }
     } else if (status == MT_OK) {
-        float lr = (float)mt_lr_schedule_at(&t->schedule, t->optimizer.iterations);
-        status = mt_optimizer_step(&t->optimizer, t->params, t->grads, t->trainable_count, lr);
+        status = update_step(t);
         totals->loss_sum += (double)result.loss * result.valid;
         totals->correct += result.correct;
         totals->valid += result.valid;
+    }
+    if (t->grad_sync) {
+        const mt_grad_sync_stats after = mt_grad_sync_get_stats(t->grad_sync);
+        totals->allreduce_seconds += after.comm_seconds - before.comm_seconds;
+        totals->buckets += after.buckets - before.buckets;
+        totals->buckets_done_in_backward += after.done_in_backward - before.done_in_backward;
     }
     return status;
 }

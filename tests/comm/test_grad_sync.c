@@ -183,12 +183,37 @@ static void synthetic(mt_comm *comm, mt_backend *backend) {
                 busy_work(2);
                 status = mt_grad_sync_ready(sync, offsets[l], layers[l]);
             }
-            if (status == MT_OK) status = mt_grad_sync_finish(sync);
+            if (step == 0) {
+                if (status == MT_OK) status = mt_grad_sync_finish(sync);
+            } else {
+                /* bucket by bucket, as the optimizer takes them: the top first, each one's mean
+                 * in place when it is handed out, every element once */
+                CHECK(mt_grad_sync_wait_bucket(sync, &(size_t){0}, &(size_t){0}) ==
+                      MT_ERR_INTERNAL); /* before the end of backward */
+                if (status == MT_OK) status = mt_grad_sync_end_backward(sync);
+                size_t offset, count, end = total;
+                while (status == MT_OK &&
+                       (status = mt_grad_sync_wait_bucket(sync, &offset, &count)) == MT_OK) {
+                    CHECK_MSG(offset + count == end, "%s: bucket [%zu, %zu) handed out after "
+                              "[%zu, ...)", what, offset, offset + count, end);
+                    end = offset;
+                    if (ops->download(backend, back, reduced + offset, count * sizeof *back) ==
+                        MT_OK)
+                        CHECK_MSG(memcmp(back, want + offset, count * sizeof *back) == 0,
+                                  "%s: bucket [%zu, %zu) handed out before its mean was in "
+                                  "place", what, offset, offset + count);
+                }
+                if (status == MT_END) status = MT_OK;
+                CHECK_MSG(end == 0, "%s: buckets handed out down to %zu only", what, end);
+                CHECK(mt_grad_sync_wait_bucket(sync, &offset, &count) == MT_END);
+            }
             CHECK_MSG(status == MT_OK, "%s: %s", what, mt_last_error());
-            /* staged: one download and one upload per bucket (one rank moves nothing) */
+            /* staged: one download and one upload per bucket (one rank moves nothing), plus the
+             * test's own look at each bucket in step 1 */
             if (ops->device_memory)
-                CHECK_MSG(device_copies == (who.world_size > 1
-                                                ? 2 * mt_grad_sync_bucket_count(sync) : 0),
+                CHECK_MSG(device_copies == (who.world_size > 1 ? 2 : 0) *
+                                                   mt_grad_sync_bucket_count(sync) +
+                                               step * mt_grad_sync_bucket_count(sync),
                           "%s: %d copies for %d buckets", what, device_copies,
                           mt_grad_sync_bucket_count(sync));
             if (ops->download(backend, back, reduced, total * sizeof *back) != MT_OK) break;
