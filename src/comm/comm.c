@@ -4,6 +4,9 @@
 #include <string.h>
 
 #include "comm_internal.h"
+#ifdef MT_HAVE_CUDA
+#include "ops/cuda_module.h"
+#endif
 
 int mt_comm_launched_by_mpi(void) {
     /* Open MPI's mpirun sets OMPI_COMM_WORLD_SIZE; srun --mpi=pmix sets PMIX_RANK; a bare srun
@@ -156,11 +159,18 @@ const char *mt_comm_kind_name(mt_comm_kind kind) {
     return "?";
 }
 
-#ifndef MT_HAVE_CUDA
+/* NCCL lives in the cuda module: loaded on first use; NULL without it (no CUDA in this build, or
+ * the module or its libraries missing on this machine: mt_cuda_module_load says which). */
 const mt_comm_nccl_api *mt_comm_nccl_api_get(void) {
+#ifdef MT_HAVE_CUDA
+    const mt_cuda_module *module = NULL;
+    if (mt_cuda_module_load(&module) != MT_OK || !mt_cuda_module_has(module, comm_nccl_api))
+        return NULL;
+    return module->comm_nccl_api();
+#else
     return NULL;
-}
 #endif
+}
 
 int mt_comm_gpu_for_rank(int local_rank, int visible_devices) {
     return visible_devices > 0 && local_rank >= 0 ? local_rank % visible_devices : 0;

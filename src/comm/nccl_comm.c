@@ -289,6 +289,6 @@ static const mt_comm_nccl_api nccl_api = {
     .destroy = api_destroy,
 };
 
-const mt_comm_nccl_api *mt_comm_nccl_api_get(void) {
+const void *mt_nccl_training_api(void) {
     return &nccl_api;
 }

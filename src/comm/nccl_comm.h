@@ -43,4 +43,8 @@ void mt_nccl_abort(mt_nccl *nccl);
 /* Finalizes (flushing pending work, within the timeout, else aborts) and frees. NULL is fine. */
 void mt_nccl_destroy(mt_nccl *nccl);
 
+/* The training path's table (comm_internal.h's mt_comm_nccl_api), for the cuda module's table:
+ * buckets on the backend's communication stream, ordered by events (grad_sync.h). */
+const void *mt_nccl_training_api(void);
+
 #endif

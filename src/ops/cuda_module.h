@@ -38,6 +38,9 @@ typedef struct mt_cuda_module {
     mt_status (*nccl_wait)(mt_nccl *nccl, struct CUstream_st *stream);
     void (*nccl_abort)(mt_nccl *nccl);
     void (*nccl_destroy)(mt_nccl *nccl);
+    /* src/comm's NCCL training path (train.comm = nccl): returns a const mt_comm_nccl_api *
+     * (src/comm/comm_internal.h), opaque here so that src/ops needs no src/comm type. */
+    const void *(*comm_nccl_api)(void);
 } mt_cuda_module;
 
 /* The module's one exported function (defined in src/ops/cuda/cuda_module_entry.c, in the

@@ -1,7 +1,7 @@
-/* What the cuda backend lends to code outside src/ops (the NCCL path of src/comm/nccl_comm.c):
- * how many GPUs there are and the backend's two streams. The comm code reaches these, never the
- * backend's internals; they are entries of the cuda module's table once the backend is loaded at
- * run time. Nothing in src/ops includes a src/comm header. */
+/* What the cuda backend lends to the NCCL path of src/comm/nccl_comm.c, which is built into the
+ * same cuda module: how many GPUs there are and the backend's two streams. The comm code reaches
+ * these, never the backend's internals; the core reaches the NCCL path only through the module's
+ * table (src/ops/cuda_module.h: comm_nccl_api). */
 #ifndef MT_OPS_CUDA_EXPORT_H
 #define MT_OPS_CUDA_EXPORT_H
 

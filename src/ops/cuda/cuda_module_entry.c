@@ -21,6 +21,7 @@ __attribute__((visibility("default"))) const mt_cuda_module *mt_cuda_module_entr
         .nccl_wait = mt_nccl_wait,
         .nccl_abort = mt_nccl_abort,
         .nccl_destroy = mt_nccl_destroy,
+        .comm_nccl_api = mt_nccl_training_api,
     };
     return &module;
 }
