@@ -29,6 +29,7 @@ packages=(
   slurmctld slurmd slurm-client munge
   python3 python3-venv python3-pip python3-numpy python3-h5py python3-pil python3-lmdb
   gnuplot-nox
+  libprotobuf-c-dev protobuf-c-compiler libonnx-dev  # mobiletune export --format onnx (onnx.proto -> C)
 )
 if [ "$with_bench" = 1 ]; then packages+=(python3-torch python3-torchvision); fi
 
@@ -78,5 +79,9 @@ fi
 # The independent reader the checkpoint test uses (it falls back to numpy without it).
 if ! .venv/bin/python -c 'import safetensors' 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check safetensors
+fi
+# ONNX's checker and ONNX Runtime: what tests/export checks `mobiletune export --format onnx` with.
+if ! .venv/bin/python -c 'import onnx, onnxruntime' 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check onnx onnxruntime
 fi
 echo "install-deps: done"

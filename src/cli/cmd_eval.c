@@ -114,11 +114,13 @@ static mt_status load_input(const char *path, int size, mt_resize_mode mode, flo
 
 int mt_cmd_predict(int argc, char **argv) {
     const char *checkpoint = NULL, *backend_name = "cpu", *resize = "stretch";
+    int digits = 4;
     const cli_option options[] = {
         {"checkpoint", CLI_STRING, &checkpoint, "FILE", "a training checkpoint (.safetensors)"},
         {"backend", CLI_STRING, &backend_name, "NAME", "reference, cpu or cuda"},
         {"resize", CLI_STRING, &resize, "MODE",
          "stretch, center-crop or pad: the mode the training data was packed with"},
+        {"digits", CLI_INT, &digits, "N", "decimals of each probability (1..17)"},
     };
     const cli_spec spec = {
         .command = "predict",
@@ -137,6 +139,8 @@ int mt_cmd_predict(int argc, char **argv) {
     if (status == MT_OK && (!checkpoint || image_count == 0))
         status = MT_FAIL(MT_ERR_INVALID, "--checkpoint and at least one image are needed");
     if (status == MT_OK) status = mt_resize_mode_parse(resize, &mode);
+    if (status == MT_OK && (digits < 1 || digits > 17))
+        status = MT_FAIL(MT_ERR_INVALID, "--digits %d is not in 1..17", digits);
     if (status != MT_OK) {
         free(images);
         return cli_fail("predict", status);
@@ -176,7 +180,7 @@ int mt_cmd_predict(int argc, char **argv) {
         for (int k = 1; k < classes; k++)
             if (probability[k] > probability[best]) best = k;
         printf("%s\t%s", images[i], names[best]);
-        for (int k = 0; k < classes; k++) printf("\t%s=%.4f", names[k], probability[k]);
+        for (int k = 0; k < classes; k++) printf("\t%s=%.*f", names[k], digits, probability[k]);
         printf("\n");
     }
     if (status == MT_OK && !input) status = MT_FAIL(MT_ERR_NOMEM, "out of memory");

@@ -18,6 +18,7 @@ static const command commands[] = {
     {"summary", mt_cmd_summary, "print the network's layers and parameter counts, Keras-style"},
     {"features", mt_cmd_features,
      "write the pooled backbone features of images or of a packed dataset"},
+    {"export", mt_cmd_export, "the trained classifier for other runtimes (docs/deploy.md)"},
 };
 
 static void usage(FILE *out) {

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""ctest export_*: `mobiletune export` checked by the runtimes that will run its files.
+
+  onnx   for (alpha, input size, classes) in CASES: a checkpoint with real Keras backbone weights
+         (../shared/weights) and a seeded head; `mobiletune export --format onnx`; onnx.checker
+         (full check, shape inference) passes and the opset is the one documented; ONNX Runtime
+         (its default graph optimizations, and none) on 8 real photos gives the probabilities
+         `mobiletune predict --digits 9` prints, within 1e-5; the class names travel in the
+         metadata; the command's refusals (existing output, unknown format).
+
+Tolerance. `predict` runs mobiletune's cpu backend (oneDNN) in float32 with BN applied after each
+convolution; the ONNX graph has BN folded into the kernels (rounded once from double) and ONNX
+Runtime sums in its own order. Both are float32 evaluations of the same real-valued network,
+each off by a few ulps per layer; over ~50 layers of unit-scale activations that is ~1e-6
+relative in the logits (a few units), and a probability moves at most 1/4 of a logit's change:
+1e-5 leaves a margin of a few over that, and a wrong transpose, pad or fold is off by > 1e-2.
+
+Skips (exit 77) with the reason when ../shared's photos or weights, or the Python packages
+(onnx, onnxruntime: scripts/install-deps.sh puts them in .venv), are absent.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+SHARED = os.environ.get("MT_SHARED_DIR", os.path.join(os.path.dirname(__file__), "../../../shared"))
+WEIGHTS = {1.0: "mobilenet_v2_1.0_224_imagenet_no_top.h5",
+           0.35: "teachable_machine_catdog_0.35_224.h5"}
+# alpha, input size, classes: both widths, both heads (one logit / softmax), three input sizes
+CASES = [(1.0, 160, 2), (1.0, 96, 5), (0.35, 224, 5), (0.35, 128, 2)]
+TOLERANCE = 1e-5
+failures = []
+
+
+def fail(message):
+    failures.append(message)
+    print("FAIL: " + message)
+
+
+def skip(message):
+    print("SKIP: " + message)
+    sys.exit(77)
+
+
+def run(command, expect=0):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != expect:
+        fail(f"{' '.join(command)} exited {result.returncode}, expected {expect}:\n"
+             f"{result.stdout}{result.stderr}")
+    return result
+
+
+def photos():
+    folder = os.path.join(SHARED, "data", "cats_vs_dogs", "train")
+    found = []
+    for animal in ("cats", "dogs"):
+        for i in range(4):
+            path = os.path.join(folder, animal, f"{animal[:-1]}.{i}.jpg")
+            if not os.path.exists(path):
+                skip(f"no photo {path} (../shared is absent)")
+            found.append(path)
+    return found
+
+
+def predict(cli, checkpoint, images):
+    """{image: [probability per class]} as `mobiletune predict --digits 9` prints them."""
+    result = run([cli, "predict", "--checkpoint", checkpoint, "--digits", "9"] + images)
+    table = {}
+    for line in result.stdout.strip().split("\n"):
+        fields = line.split("\t")
+        table[fields[0]] = [float(f.split("=", 1)[1]) for f in fields[2:]]
+    return table
+
+
+def make_case(args, tmp, alpha, size, classes, images):
+    weights = os.path.join(SHARED, "weights", WEIGHTS[alpha])
+    if not os.path.exists(weights):
+        skip(f"no weights file {weights} (../shared is absent)")
+    name = f"a{alpha}_s{size}_c{classes}"
+    checkpoint = os.path.join(tmp, name + ".safetensors")
+    inputs = os.path.join(tmp, name + ".f32")
+    run([args.fixture, "checkpoint", str(alpha), str(size), str(classes), weights, "7", checkpoint])
+    run([args.fixture, "inputs", str(size), inputs] + images)
+    return name, checkpoint, inputs
+
+
+def docs_snippet(model_path, image):
+    """docs/deploy.md's ONNX Runtime example, run on this model and photo: it must print every
+    class with a probability."""
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    text = open(os.path.join(source, "docs", "deploy.md"), encoding="utf-8").read()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python")]
+    snippet = [b for b in blocks if "onnxruntime" in b]
+    if len(snippet) != 1:
+        fail(f"docs/deploy.md has {len(snippet)} python blocks using onnxruntime, expected 1")
+        return ""
+    code = snippet[0].replace('"catdog.onnx"', repr(model_path)).replace('"cat.jpg"', repr(image))
+    result = run([sys.executable, "-c", code])
+    return result.stdout
+
+
+def check_onnx(args):
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+    except ImportError as error:
+        skip(f"{error.name} is not installed in {sys.executable}: run scripts/install-deps.sh "
+             f"(pip install onnx onnxruntime into .venv)")
+    images = photos()
+    with tempfile.TemporaryDirectory() as tmp:
+        for alpha, size, classes in CASES:
+            name, checkpoint, inputs = make_case(args, tmp, alpha, size, classes, images)
+            model_path = os.path.join(tmp, name + ".onnx")
+            run([args.cli, "export", "--checkpoint", checkpoint, "--format", "onnx",
+                 "--output", model_path])
+            if not os.path.exists(model_path):
+                continue
+            model = onnx.load(model_path)
+            try:
+                onnx.checker.check_model(model, full_check=True)
+            except Exception as error:  # the checker's own exception types vary by version
+                fail(f"{name}: onnx.checker: {error}")
+            opsets = {o.domain: o.version for o in model.opset_import}
+            if opsets != {"": 13}:
+                fail(f"{name}: opset_import {opsets}, expected the default domain at 13")
+            meta = {p.key: p.value for p in model.metadata_props}
+            wanted = "\n".join(f"class{k}" for k in range(classes))
+            if meta.get("class_names") != wanted or meta.get("input_size") != str(size):
+                fail(f"{name}: metadata {meta}")
+            ops = {n.op_type for n in model.graph.node}
+            if "Dropout" in ops or "BatchNormalization" in ops:
+                fail(f"{name}: the graph still has {ops & {'Dropout', 'BatchNormalization'}}")
+            batch = np.fromfile(inputs, dtype=np.float32).reshape(len(images), size, size, 3)
+            want = predict(args.cli, checkpoint, images)
+            if len(want) != len(images):
+                fail(f"{name}: predict printed {len(want)} rows for {len(images)} images")
+                continue
+            expected = np.array([want[i] for i in images])
+            for level in ("default", "none"):
+                options = ort.SessionOptions()
+                if level == "none":
+                    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                session = ort.InferenceSession(model_path, options,
+                                               providers=["CPUExecutionProvider"])
+                got = session.run(["probabilities"], {"input": batch})[0]
+                if got.shape != (len(images), classes):
+                    fail(f"{name}: ONNX Runtime output shape {got.shape}")
+                    continue
+                worst = float(np.max(np.abs(got - expected)))
+                print(f"{name} onnxruntime ({level} optimizations): max |p - predict| = "
+                      f"{worst:.2e}; probabilities span [{expected.min():.4f}, "
+                      f"{expected.max():.4f}]")
+                if not worst <= TOLERANCE:
+                    fail(f"{name}: ONNX Runtime ({level}) differs from predict by {worst:.3e} "
+                         f"> {TOLERANCE}:\n{got}\nvs\n{expected}")
+        printed = docs_snippet(model_path, images[0])
+        if not all(f"'class{k}':" in printed for k in range(classes)):
+            fail("docs/deploy.md's ONNX Runtime example did not print the classes: " + printed)
+        # refusals: an existing file is not replaced without --overwrite; unknown formats
+        existing = os.path.join(tmp, "mine.onnx")
+        with open(existing, "w") as f:
+            f.write("not ours")
+        result = run([args.cli, "export", "--checkpoint", checkpoint, "--format", "onnx",
+                      "--output", existing], expect=2)
+        if "--overwrite" not in result.stderr or open(existing).read() != "not ours":
+            fail("an existing --output was not refused untouched: " + result.stderr)
+        result = run([args.cli, "export", "--checkpoint", checkpoint, "--format", "pb",
+                      "--output", os.path.join(tmp, "x.pb")], expect=2)
+        if "'pb'" not in result.stderr:
+            fail("an unknown --format was not named: " + result.stderr)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["onnx"])
+    parser.add_argument("--cli", required=True)
+    parser.add_argument("--fixture", required=True)
+    args = parser.parse_args()
+    check_onnx(args)
+    if failures:
+        print(f"{len(failures)} check(s) failed")
+        return 1
+    print("all export checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
