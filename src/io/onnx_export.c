@@ -82,7 +82,7 @@ static void add_initializer(builder *b, const char *name, const int64_t *dims, i
         !grow(b, (void ***)&b->initializers, &b->initializer_count, &b->initializer_capacity))
         return;
     onnx__tensor_proto__init(t);
-    memcpy(shape, dims, (size_t)rank * sizeof *shape);
+    if (rank) memcpy(shape, dims, (size_t)rank * sizeof *shape); /* scalars: dims is NULL */
     memcpy(raw, values, count * sizeof(float));
     t->name = text(b, "%s", name);
     t->n_dims = (size_t)rank;
