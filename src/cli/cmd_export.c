@@ -2,17 +2,104 @@
  * dropout) in a format other runtimes run: ONNX (written here, in C), or a Keras file and
  * TensorFlow Lite (written by scripts/export_keras.py in the project's venv). docs/deploy.md. */
 #include <errno.h>
+#include <spawn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
+#include "mobiletune/keras_h5.h"
 #include "mobiletune/onnx_export.h"
 #include "mobiletune/trainer.h"
+
+extern char **environ;
+
+#ifndef MT_SOURCE_DIR
+#define MT_SOURCE_DIR "."
+#endif
 
 static void free_names(char **names, int count) {
     for (int i = 0; names && i < count; i++) free(names[i]);
     free(names);
+}
+
+/* Every tensor of the classifier (all MT_MODEL_LAYERS layers, head included) in Keras'
+ * save_weights layout, for scripts/export_keras.py to put into the Keras model by layer name. */
+static mt_status save_whole_weights(mt_model *model, const char *path) {
+    const mt_model_layout *layout = mt_model_get_layout(model);
+    const char *names[MT_MODEL_LAYERS];
+    size_t largest = 0;
+    for (int i = 0; i < MT_MODEL_LAYERS; i++) names[i] = layout->layers[i].name;
+    for (int i = 0; i < layout->tensor_count; i++)
+        if (layout->tensors[i].count > largest) largest = layout->tensors[i].count;
+    float *host = malloc(largest * sizeof *host);
+    if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    mt_keras_h5_writer *writer = NULL;
+    mt_status status = mt_keras_h5_create(path, names, MT_MODEL_LAYERS, &writer);
+    for (int i = 0; status == MT_OK && i < layout->tensor_count; i++) {
+        const mt_param_tensor *p = &layout->tensors[i];
+        int64_t shape[4];
+        for (int d = 0; d < p->rank; d++) shape[d] = p->shape[d];
+        status = mt_model_tensor_download(model, p, host);
+        if (status == MT_OK) status = mt_keras_h5_write(writer, p->layer, p->weight, shape, p->rank, host);
+    }
+    if (status == MT_OK) status = mt_keras_h5_finish(writer);
+    else mt_keras_h5_abort(writer);
+    free(host);
+    return status;
+}
+
+/* Run scripts/export_keras.py with the project's venv (MOBILETUNE_PYTHON overrides it) on the
+ * weights just written. The script prints its own one-line errors. */
+static mt_status run_converter(const mt_model_layout *layout, const char *weights,
+                               const char *format, const char *output, bool *said) {
+    const char *python = getenv("MOBILETUNE_PYTHON");
+    if (!python || !*python) python = MT_SOURCE_DIR "/.venv/bin/python";
+    const char *script = MT_SOURCE_DIR "/scripts/export_keras.py";
+    if (access(python, X_OK) != 0)
+        return MT_FAIL(MT_ERR_INVALID, "--format %s needs TensorFlow, and there is no Python at "
+                       "'%s': run scripts/install-deps.sh (it makes .venv with tensorflow-cpu) or "
+                       "set MOBILETUNE_PYTHON", format, python);
+    char alpha[32], size[16], classes[16];
+    snprintf(alpha, sizeof alpha, "%g", layout->config.alpha);
+    snprintf(size, sizeof size, "%d", layout->config.input_size);
+    snprintf(classes, sizeof classes, "%d", layout->config.classes);
+    char *const args[] = {(char *)python, (char *)script, "--weights", (char *)weights,
+                          "--alpha", alpha, "--size", size, "--classes", classes,
+                          "--format", (char *)format, "--output", (char *)output, NULL};
+    fflush(stdout);
+    pid_t pid;
+    int error = posix_spawn(&pid, python, NULL, NULL, args, environ);
+    if (error != 0)
+        return MT_FAIL(MT_ERR_IO, "cannot run %s: %s", python, strerror(error));
+    int wstatus = 0;
+    while (waitpid(pid, &wstatus, 0) < 0)
+        if (errno != EINTR) return MT_FAIL(MT_ERR_IO, "waitpid: %s", strerror(errno));
+    if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) return MT_OK;
+    *said = WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 3; /* a missing package, one line */
+    if (*said) return MT_FAIL(MT_ERR_INVALID, "--format %s needs TensorFlow", format);
+    return MT_FAIL(MT_ERR_FORMAT, "%s %s failed (%s %d)", python, script,
+                   WIFEXITED(wstatus) ? "exit status" : "signal",
+                   WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : WTERMSIG(wstatus));
+}
+
+static mt_status export_keras(mt_model *model, const char *format, const char *output,
+                              bool *said) {
+    const char *tmp = getenv("TMPDIR");
+    char folder[4096], weights[4160];
+    snprintf(folder, sizeof folder, "%s/mobiletune-export-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(folder))
+        return MT_FAIL(MT_ERR_IO, "cannot create a temporary folder '%s': %s", folder,
+                       strerror(errno));
+    snprintf(weights, sizeof weights, "%s/classifier.h5", folder);
+    mt_status status = save_whole_weights(model, weights);
+    if (status == MT_OK) status = run_converter(mt_model_get_layout(model), weights, format, output, said);
+    remove(weights);
+    rmdir(folder);
+    return status;
 }
 
 int mt_cmd_export(int argc, char **argv) {
@@ -20,16 +107,18 @@ int mt_cmd_export(int argc, char **argv) {
     bool overwrite = false;
     const cli_option options[] = {
         {"checkpoint", CLI_STRING, &checkpoint, "FILE", "a training checkpoint (.safetensors)"},
-        {"format", CLI_STRING, &format, "NAME", "onnx"},
+        {"format", CLI_STRING, &format, "NAME", "onnx, keras (.keras file) or tflite"},
         {"output", CLI_STRING, &output, "FILE", "the file to write"},
         {"overwrite", CLI_FLAG, &overwrite, NULL, "replace FILE when it exists"},
     };
     const cli_spec spec = {
         .command = "export",
-        .usage = "--checkpoint FILE --format onnx --output FILE",
+        .usage = "--checkpoint FILE --format onnx|keras|tflite --output FILE [--overwrite]",
         .description = "Write the whole classifier (input NHWC float32 RGB in [-1, 1], output "
-                       "class probabilities)\nfor another runtime: onnx (opset 13) for ONNX "
-                       "Runtime and friends. docs/deploy.md.",
+                       "class probabilities)\nfor another runtime: onnx (opset 13, written here), "
+                       "keras (a Keras 3 .keras file) or tflite\n(float32, TensorFlow's "
+                       "converter); keras and tflite run scripts/export_keras.py with the\n"
+                       "project's .venv (MOBILETUNE_PYTHON overrides it). docs/deploy.md.",
         .options = options,
         .option_count = sizeof options / sizeof options[0],
     };
@@ -41,8 +130,14 @@ int mt_cmd_export(int argc, char **argv) {
     if (status == MT_OK && (!checkpoint || !format || !output))
         status = MT_FAIL(MT_ERR_INVALID, "--checkpoint, --format and --output are all needed "
                          "(see --help)");
-    if (status == MT_OK && strcmp(format, "onnx") != 0)
-        status = MT_FAIL(MT_ERR_INVALID, "--format '%s' is not one of: onnx", format);
+    const bool onnx = status == MT_OK && strcmp(format, "onnx") == 0;
+    if (status == MT_OK && !onnx && strcmp(format, "keras") != 0 && strcmp(format, "tflite") != 0)
+        status = MT_FAIL(MT_ERR_INVALID, "--format '%s' is not one of: onnx, keras, tflite", format);
+    const size_t length = output ? strlen(output) : 0;
+    if (status == MT_OK && strcmp(format, "keras") == 0 &&
+        (length < 6 || strcmp(output + length - 6, ".keras") != 0))
+        status = MT_FAIL(MT_ERR_INVALID, "--output '%s': a Keras file's name ends in .keras "
+                         "(Keras 3 reads the format from it)", output);
     struct stat info;
     if (status == MT_OK && !overwrite && stat(output, &info) == 0)
         status = MT_FAIL(MT_ERR_INVALID, "'%s' exists: pass --overwrite to replace it, or "
@@ -52,18 +147,21 @@ int mt_cmd_export(int argc, char **argv) {
     mt_backend *backend = NULL;
     mt_model *model = NULL;
     char **names = NULL;
+    bool said = false; /* the converter printed the error itself */
     /* no arithmetic happens here: the reference backend only holds the weights */
     status = mt_checkpoint_open_model(checkpoint, "reference", 1, &backend, &model, &names);
     const mt_model_layout *layout = model ? mt_model_get_layout(model) : NULL;
     const int classes = layout ? layout->config.classes : 0;
     if (status == MT_OK)
-        status = mt_model_save_onnx(model, output, (const char *const *)names);
+        status = onnx ? mt_model_save_onnx(model, output, (const char *const *)names)
+                      : export_keras(model, format, output, &said);
     if (status == MT_OK)
-        printf("%s: MobileNetV2 alpha %g, %dx%d input, %d classes -> %s (ONNX opset %d)\n",
-               checkpoint, layout->config.alpha, layout->config.input_size,
-               layout->config.input_size, classes, output, MT_ONNX_OPSET);
+        printf("%s: MobileNetV2 alpha %g, %dx%d input, %d classes -> %s (%s)\n", checkpoint,
+               layout->config.alpha, layout->config.input_size, layout->config.input_size,
+               classes, output, onnx ? "ONNX opset 13" : format);
     free_names(names, classes);
     mt_model_destroy(model);
     mt_backend_destroy(backend);
+    if (said) return CLI_EXIT_FAILURE;
     return status == MT_OK ? CLI_EXIT_OK : cli_fail("export", status);
 }

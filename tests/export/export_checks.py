@@ -29,6 +29,8 @@ WEIGHTS = {1.0: "mobilenet_v2_1.0_224_imagenet_no_top.h5",
            0.35: "teachable_machine_catdog_0.35_224.h5"}
 # alpha, input size, classes: both widths, both heads (one logit / softmax), three input sizes
 CASES = [(1.0, 160, 2), (1.0, 96, 5), (0.35, 224, 5), (0.35, 128, 2)]
+if os.environ.get("MT_EXPORT_CASES"):  # e.g. "3": a quicker run by hand on some cases only
+    CASES = [CASES[int(i)] for i in os.environ["MT_EXPORT_CASES"].split(",")]
 TOLERANCE = 1e-5
 failures = []
 
@@ -172,13 +174,82 @@ def check_onnx(args):
             fail("an unknown --format was not named: " + result.stderr)
 
 
+def check_tflite(args):
+    """--format tflite and --format keras: the TFLite interpreter and the Keras file itself give
+    predict's probabilities within 1e-5 (same tolerance and reasoning as ONNX: TensorFlow folds
+    BN and sums in its own order in float32); without TensorFlow the command fails in one line."""
+    try:
+        import numpy as np
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+        import keras
+    except ImportError as error:
+        skip(f"{error.name} is not installed in {sys.executable}: run scripts/install-deps.sh")
+    images = photos()
+    with tempfile.TemporaryDirectory() as tmp:
+        for alpha, size, classes in CASES:
+            name, checkpoint, inputs = make_case(args, tmp, alpha, size, classes, images)
+            batch = np.fromfile(inputs, dtype=np.float32).reshape(len(images), size, size, 3)
+            want = predict(args.cli, checkpoint, images)
+            if len(want) != len(images):
+                fail(f"{name}: predict printed {len(want)} rows for {len(images)} images")
+                continue
+            expected = np.array([want[i] for i in images])
+            results = {}
+            tflite_path = os.path.join(tmp, name + ".tflite")
+            run([args.cli, "export", "--checkpoint", checkpoint, "--format", "tflite",
+                 "--output", tflite_path])
+            if os.path.exists(tflite_path):
+                interpreter = tf.lite.Interpreter(model_path=tflite_path)
+                source = interpreter.get_input_details()[0]
+                target = interpreter.get_output_details()[0]
+                interpreter.resize_tensor_input(source["index"], [len(images), size, size, 3])
+                interpreter.allocate_tensors()
+                interpreter.set_tensor(source["index"], batch)
+                interpreter.invoke()
+                results["tflite"] = interpreter.get_tensor(target["index"])
+            keras_path = os.path.join(tmp, name + ".keras")
+            run([args.cli, "export", "--checkpoint", checkpoint, "--format", "keras",
+                 "--output", keras_path])
+            if os.path.exists(keras_path):
+                model = keras.saving.load_model(keras_path)
+                if any("dropout" in layer.name for layer in model.layers):
+                    fail(f"{name}: the Keras model still has a dropout layer")
+                results["keras"] = np.asarray(model.predict(batch, verbose=0))
+            for runtime, got in results.items():
+                if got.shape != (len(images), classes):
+                    fail(f"{name}: {runtime} output shape {got.shape}")
+                    continue
+                worst = float(np.max(np.abs(got - expected)))
+                print(f"{name} {runtime}: max |p - predict| = {worst:.2e}")
+                if not worst <= TOLERANCE:
+                    fail(f"{name}: {runtime} differs from predict by {worst:.3e} > {TOLERANCE}:\n"
+                         f"{got}\nvs\n{expected}")
+        # without TensorFlow: one line that says what to install, exit 1, no file
+        env = dict(os.environ, MOBILETUNE_PYTHON="/usr/bin/python3")
+        probe = subprocess.run(["/usr/bin/python3", "-c", "import tensorflow"], capture_output=True)
+        if probe.returncode != 0:
+            missing = os.path.join(tmp, "none.tflite")
+            result = subprocess.run([args.cli, "export", "--checkpoint", checkpoint, "--format",
+                                     "tflite", "--output", missing], capture_output=True,
+                                    text=True, env=env, timeout=120)
+            lines = result.stderr.strip().split("\n")
+            if (result.returncode != 1 or len(lines) != 1 or "tensorflow" not in lines[0]
+                    or "install-deps.sh" not in lines[0] or os.path.exists(missing)):
+                fail(f"without TensorFlow: exit {result.returncode}, stderr {result.stderr!r}")
+        result = run([args.cli, "export", "--checkpoint", checkpoint, "--format", "keras",
+                      "--output", os.path.join(tmp, "model.h5")], expect=2)
+        if ".keras" not in result.stderr:
+            fail("a Keras --output not ending in .keras was not refused: " + result.stderr)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["onnx"])
+    parser.add_argument("what", choices=["onnx", "tflite"])
     parser.add_argument("--cli", required=True)
     parser.add_argument("--fixture", required=True)
     args = parser.parse_args()
-    check_onnx(args)
+    {"onnx": check_onnx, "tflite": check_tflite}[args.what](args)
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1
