@@ -87,19 +87,20 @@ def make_case(args, tmp, alpha, size, classes, images):
     return name, checkpoint, inputs
 
 
-def docs_snippet(model_path, image):
-    """docs/deploy.md's ONNX Runtime example, run on this model and photo: it must print every
-    class with a probability."""
+def docs_snippet(marker, replacements):
+    """Run docs/deploy.md's one python block containing `marker`, with the file names replaced
+    by this test's; its stdout."""
     source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
     text = open(os.path.join(source, "docs", "deploy.md"), encoding="utf-8").read()
     blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python")]
-    snippet = [b for b in blocks if "onnxruntime" in b]
+    snippet = [b for b in blocks if marker in b]
     if len(snippet) != 1:
-        fail(f"docs/deploy.md has {len(snippet)} python blocks using onnxruntime, expected 1")
+        fail(f"docs/deploy.md has {len(snippet)} python blocks using {marker}, expected 1")
         return ""
-    code = snippet[0].replace('"catdog.onnx"', repr(model_path)).replace('"cat.jpg"', repr(image))
-    result = run([sys.executable, "-c", code])
-    return result.stdout
+    code = snippet[0]
+    for old, new in replacements.items():
+        code = code.replace(old, new)
+    return run([sys.executable, "-c", code]).stdout
 
 
 def check_onnx(args):
@@ -157,7 +158,9 @@ def check_onnx(args):
                 if not worst <= TOLERANCE:
                     fail(f"{name}: ONNX Runtime ({level}) differs from predict by {worst:.3e} "
                          f"> {TOLERANCE}:\n{got}\nvs\n{expected}")
-        printed = docs_snippet(model_path, images[0]) if os.path.exists(model_path) else ""
+        printed = docs_snippet("onnxruntime", {'"catdog.onnx"': repr(model_path),
+                                               '"cat.jpg"': repr(images[0])}) \
+            if os.path.exists(model_path) else ""
         if not all(f"'class{k}':" in printed for k in range(classes)):
             fail("docs/deploy.md's ONNX Runtime example did not print the classes: " + printed)
         # refusals: an existing file is not replaced without --overwrite; unknown formats
@@ -225,6 +228,12 @@ def check_tflite(args):
                 if not worst <= TOLERANCE:
                     fail(f"{name}: {runtime} differs from predict by {worst:.3e} > {TOLERANCE}:\n"
                          f"{got}\nvs\n{expected}")
+        if os.path.exists(keras_path) and os.path.exists(tflite_path):
+            printed = docs_snippet("tf.lite.Interpreter", {
+                '"catdog.keras"': repr(keras_path), '"catdog.tflite"': repr(tflite_path),
+                "160, 160": f"{size}, {size}"})
+            if printed.count("[[") != 2:
+                fail("docs/deploy.md's Keras/TFLite example did not print two results: " + printed)
         # without TensorFlow: one line that says what to install, exit 1, no file
         env = dict(os.environ, MOBILETUNE_PYTHON="/usr/bin/python3")
         probe = subprocess.run(["/usr/bin/python3", "-c", "import tensorflow"], capture_output=True)
