@@ -155,10 +155,14 @@ int mt_cmd_export(int argc, char **argv) {
     if (status == MT_OK)
         status = onnx ? mt_model_save_onnx(model, output, (const char *const *)names)
                       : export_keras(model, format, output, &said);
-    if (status == MT_OK)
+    if (status == MT_OK) {
+        char what[32];
+        if (onnx) snprintf(what, sizeof what, "ONNX opset %d", MT_ONNX_OPSET);
+        else snprintf(what, sizeof what, "%s", format);
         printf("%s: MobileNetV2 alpha %g, %dx%d input, %d classes -> %s (%s)\n", checkpoint,
                layout->config.alpha, layout->config.input_size, layout->config.input_size,
-               classes, output, onnx ? "ONNX opset 13" : format);
+               classes, output, what);
+    }
     free_names(names, classes);
     mt_model_destroy(model);
     mt_backend_destroy(backend);
