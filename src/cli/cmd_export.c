@@ -55,7 +55,8 @@ static mt_status save_whole_weights(mt_model *model, const char *path) {
 /* Run scripts/export_keras.py with the project's venv (MOBILETUNE_PYTHON overrides it) on the
  * weights just written. The script prints its own one-line errors. */
 static mt_status run_converter(const mt_model_layout *layout, const char *weights,
-                               const char *format, const char *output, bool *said) {
+                               const char *format, const char *output, const char *int8_db,
+                               bool *said) {
     const char *python = getenv("MOBILETUNE_PYTHON");
     if (!python || !*python) python = MT_SOURCE_DIR "/.venv/bin/python";
     const char *script = MT_SOURCE_DIR "/scripts/export_keras.py";
@@ -69,7 +70,8 @@ static mt_status run_converter(const mt_model_layout *layout, const char *weight
     snprintf(classes, sizeof classes, "%d", layout->config.classes);
     char *const args[] = {(char *)python, (char *)script, "--weights", (char *)weights,
                           "--alpha", alpha, "--size", size, "--classes", classes,
-                          "--format", (char *)format, "--output", (char *)output, NULL};
+                          "--format", (char *)format, "--output", (char *)output,
+                          int8_db ? "--int8-db" : NULL, (char *)int8_db, NULL};
     fflush(stdout);
     pid_t pid;
     int error = posix_spawn(&pid, python, NULL, NULL, args, environ);
@@ -87,7 +89,7 @@ static mt_status run_converter(const mt_model_layout *layout, const char *weight
 }
 
 static mt_status export_keras(mt_model *model, const char *format, const char *output,
-                              bool *said) {
+                              const char *int8_db, bool *said) {
     const char *tmp = getenv("TMPDIR");
     char folder[4096], weights[4160];
     snprintf(folder, sizeof folder, "%s/mobiletune-export-XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -96,24 +98,28 @@ static mt_status export_keras(mt_model *model, const char *format, const char *o
                        strerror(errno));
     snprintf(weights, sizeof weights, "%s/classifier.h5", folder);
     mt_status status = save_whole_weights(model, weights);
-    if (status == MT_OK) status = run_converter(mt_model_get_layout(model), weights, format, output, said);
+    if (status == MT_OK)
+        status = run_converter(mt_model_get_layout(model), weights, format, output, int8_db, said);
     remove(weights);
     rmdir(folder);
     return status;
 }
 
 int mt_cmd_export(int argc, char **argv) {
-    const char *checkpoint = NULL, *format = NULL, *output = NULL;
+    const char *checkpoint = NULL, *format = NULL, *output = NULL, *int8_db = NULL;
     bool overwrite = false;
     const cli_option options[] = {
         {"checkpoint", CLI_STRING, &checkpoint, "FILE", "a training checkpoint (.safetensors)"},
         {"format", CLI_STRING, &format, "NAME", "onnx, keras (.keras file) or tflite"},
         {"output", CLI_STRING, &output, "FILE", "the file to write"},
         {"overwrite", CLI_FLAG, &overwrite, NULL, "replace FILE when it exists"},
+        {"int8-db", CLI_STRING, &int8_db, "DB",
+         "tflite: quantize to int8, calibrated on this packed split (its accuracy is printed)"},
     };
     const cli_spec spec = {
         .command = "export",
-        .usage = "--checkpoint FILE --format onnx|keras|tflite --output FILE [--overwrite]",
+        .usage = "--checkpoint FILE --format onnx|keras|tflite --output FILE [--overwrite] "
+                 "[--int8-db DB]",
         .description = "Write the whole classifier (input NHWC float32 RGB in [-1, 1], output "
                        "class probabilities)\nfor another runtime: onnx (opset 13, written here), "
                        "keras (a Keras 3 .keras file) or tflite\n(float32, TensorFlow's "
@@ -133,6 +139,8 @@ int mt_cmd_export(int argc, char **argv) {
     const bool onnx = status == MT_OK && strcmp(format, "onnx") == 0;
     if (status == MT_OK && !onnx && strcmp(format, "keras") != 0 && strcmp(format, "tflite") != 0)
         status = MT_FAIL(MT_ERR_INVALID, "--format '%s' is not one of: onnx, keras, tflite", format);
+    if (status == MT_OK && int8_db && strcmp(format, "tflite") != 0)
+        status = MT_FAIL(MT_ERR_INVALID, "--int8-db is for --format tflite only");
     const size_t length = output ? strlen(output) : 0;
     if (status == MT_OK && strcmp(format, "keras") == 0 &&
         (length < 6 || strcmp(output + length - 6, ".keras") != 0))
@@ -154,7 +162,7 @@ int mt_cmd_export(int argc, char **argv) {
     const int classes = layout ? layout->config.classes : 0;
     if (status == MT_OK)
         status = onnx ? mt_model_save_onnx(model, output, (const char *const *)names)
-                      : export_keras(model, format, output, &said);
+                      : export_keras(model, format, output, int8_db, &said);
     if (status == MT_OK) {
         char what[32];
         if (onnx) snprintf(what, sizeof what, "ONNX opset %d", MT_ONNX_OPSET);

@@ -234,6 +234,7 @@ def check_tflite(args):
                 "160, 160": f"{size}, {size}"})
             if printed.count("[[") != 2:
                 fail("docs/deploy.md's Keras/TFLite example did not print two results: " + printed)
+        check_int8(args, tmp, checkpoint, size, tflite_path, tf, np)
         # without TensorFlow: one line that says what to install, exit 1, no file
         env = dict(os.environ, MOBILETUNE_PYTHON="/usr/bin/python3")
         probe = subprocess.run(["/usr/bin/python3", "-c", "import tensorflow"], capture_output=True)
@@ -252,11 +253,51 @@ def check_tflite(args):
             fail("a Keras --output not ending in .keras was not refused: " + result.stderr)
 
 
+def check_int8(args, tmp, checkpoint, size, float_path, tf, np):
+    """--int8-db: an int8 model (int8 tensors, under half the float file's size) and its report.
+    The fixture's head is random, so the photos are labelled here by predict's own answer for
+    12 of them and against it for 4: the float32 accuracy the report prints must then be exactly
+    0.75 (the packer's pixels are predict's), which a label or class-order slip would change."""
+    import re
+    photos_dir = os.path.join(tmp, "photos")
+    sources = [os.path.join(SHARED, "data", "cats_vs_dogs", "train", animal,
+                            f"{animal[:-1]}.{i}.jpg") for animal in ("cats", "dogs") for i in range(8)]
+    want = predict(args.cli, checkpoint, sources)
+    if len(want) != len(sources):
+        fail("predict did not label the 16 photos")
+        return
+    for folder in ("a", "b"):
+        os.makedirs(os.path.join(photos_dir, folder))
+    for n, source in enumerate(sources):
+        label = int(np.argmax(want[source])) if n < 12 else 1 - int(np.argmax(want[source]))
+        os.symlink(source, os.path.join(photos_dir, "ab"[label], f"{n}.jpg"))
+    db = os.path.join(tmp, "packed")
+    run([args.pack, "--size", str(size), photos_dir, db])
+    model_path = os.path.join(tmp, "int8.tflite")
+    result = run([args.cli, "export", "--checkpoint", checkpoint, "--format", "tflite",
+                  "--output", model_path, "--int8-db", db])
+    found = re.search(r"^int8: accuracy ([0-9.]+) on 16 images of .* \(float32: ([0-9.]+)\)",
+                      result.stdout, re.M)
+    if not found or not os.path.exists(model_path):
+        fail("--int8-db printed no accuracy line or wrote no file: " + result.stdout)
+        return
+    print(found.group(0))
+    if found.group(2) != "0.7500":
+        fail(f"--int8-db's float32 accuracy is {found.group(2)}, predict's is 0.7500")
+    interpreter = tf.lite.Interpreter(model_path=model_path)
+    kinds = {d["dtype"] for d in interpreter.get_tensor_details()}
+    if np.int8 not in kinds:
+        fail(f"the --int8-db model has no int8 tensors ({kinds})")
+    if os.path.getsize(model_path) * 2 > os.path.getsize(float_path):
+        fail("the int8 model is not under half the float one's size")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["onnx", "tflite"])
     parser.add_argument("--cli", required=True)
     parser.add_argument("--fixture", required=True)
+    parser.add_argument("--pack", help="mobiletune-pack (for --int8-db)")
     args = parser.parse_args()
     {"onnx": check_onnx, "tflite": check_tflite}[args.what](args)
     if failures:
