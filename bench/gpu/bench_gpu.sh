@@ -1,37 +1,80 @@
 #!/usr/bin/env bash
-# images/s of one training step (forward + backward, batch 128, 160x160) of mobiletune's cuda
-# backend in the three training modes, fp32 and with TF32 allowed, beside PyTorch on the same GPU
-# (torch_baseline.py: fp32, AMP eager, AMP + torch.compile), printed as ratios; plus the cpu
-# backend once when it is built (the full project), for the GPU-over-CPU figure.
+# images/s of one training step (forward + backward, 160x160) of mobiletune's cuda backend beside
+# PyTorch on the same GPU (torch_baseline.py: torchvision mobilenet_v2, channels_last, eager with
+# autocast, and torch.compile), as a table of ratios (issue 12 point 5).
 #   bench/gpu/bench_gpu.sh BENCH_TRAIN_STEP [OUT_DIR]      (tests/gpu/run.sh calls it)
-# Never run by ctest. Each piece runs under `timeout`; a piece that fails leaves a note and the
-# rest still runs.
+# MT_BENCH_DEADLINE_S (default 300): no case starts after it; the cases are ranked, so a short run
+# still yields the important ones, for both frameworks: they run in rounds (the round's
+# mobiletune cases, one process each, then one PyTorch process for the same cases).
+# MT_BENCH_CASES overrides the ranking ("mode:precision:batch,...").
+# Each case: 3 warm-up steps (every shape's cuDNN algorithm search happens there, before timing:
+# mobiletune picks per shape on first use, torch runs with cudnn.benchmark), then 10 timed steps.
+# Precisions: fp32 (TF32 off), tf32, bf16, fp16. A precision mobiletune's binary refuses (before
+# train.precision has it: `bench_train_step --precision`) is skipped with a note, once.
+# Writes OUT_DIR/bench_results.txt (RESULT lines) and OUT_DIR/bench_table.txt. Never run by ctest.
 set -u
 bin=${1:?usage: bench_gpu.sh BENCH_TRAIN_STEP [OUT_DIR]}
 out=${2:-.}
 here=$(cd "$(dirname "$0")" && pwd)
 python=${MT_TORCH_PYTHON:-python3}
+deadline=$((SECONDS + ${MT_BENCH_DEADLINE_S:-300}))
+mkdir -p "$out"
 results=$out/bench_results.txt
 : > "$results"
-common=(--batch 128 --size 160 --fine-tune-at 100)
 
-ours() { # variant, then environment assignments, then bench_train_step arguments
-    local variant=$1; shift
-    env "$@" | grep '^RESULT' | sed "s/^RESULT /RESULT framework=mobiletune variant=$variant /" \
-        >> "$results"
+# the ranking: finetune and scratch in bf16 at batch 32 and 128 first, then fp32, then fp16,
+# frozen, batch 256, TF32
+ranked=${MT_BENCH_CASES:-finetune:bf16:32,scratch:bf16:32,finetune:bf16:128,scratch:bf16:128,\
+finetune:fp32:32,scratch:fp32:32,finetune:fp32:128,scratch:fp32:128,\
+finetune:fp16:32,scratch:fp16:32,finetune:fp16:128,scratch:fp16:128,\
+frozen:bf16:128,frozen:fp32:128,finetune:bf16:256,scratch:bf16:256,finetune:fp32:256,\
+scratch:fp32:256,frozen:bf16:256,finetune:tf32:128,scratch:tf32:128}
+IFS=, read -r -a cases <<< "$ranked"
+rounds=(4 4 100) # cases per round
+declare -A refused=()
+
+ours() { # MODE PRECISION BATCH
+    local mode=$1 precision=$2 batch=$3 envs=() flags=() log rc
+    case $precision in
+    fp32) ;;
+    tf32) envs=(MT_CUDA_TF32=1) ;;
+    *) flags=(--precision "$precision") ;;
+    esac
+    if [[ -n ${refused[$precision]:-} ]]; then return; fi
+    log=$(mktemp)
+    env "${envs[@]}" timeout 60 "$bin" --backend cuda --mode "$mode" --batch "$batch" --size 160 \
+        --fine-tune-at 100 --steps 10 --warmup 3 "${flags[@]}" > "$log" 2>&1
+    rc=$?
+    if ((rc == 0)) && grep -q '^RESULT' "$log"; then
+        grep '^RESULT' "$log" | sed "s/^RESULT /RESULT framework=mobiletune variant=$precision /" \
+            >> "$results"
+    elif [[ $precision != fp32 ]] && grep -qiE 'usage|unknown|precision|not supported' "$log"; then
+        refused[$precision]=1
+        echo "NOTE mobiletune refuses $precision: $(grep -m1 -iE 'usage|unknown|precision|not supported' "$log" | cut -c1-160)" >> "$results"
+    else
+        echo "NOTE mobiletune $mode $precision batch $batch failed (rc $rc): $(tail -1 "$log" | cut -c1-200)" >> "$results"
+    fi
+    cat "$log" >> "$out/bench_mobiletune.log"
+    rm -f "$log"
 }
-for mode in scratch finetune frozen; do
-    ours fp32 timeout 90 "$bin" --backend cuda --mode "$mode" "${common[@]}" --steps 20 --warmup 3
-    ours tf32 MT_CUDA_TF32=1 timeout 90 "$bin" --backend cuda --mode "$mode" "${common[@]}" \
-        --steps 20 --warmup 3
-done
-# the cpu backend exists only in the full build; two steps are enough for a first figure
-ours fp32 timeout 120 "$bin" --backend cpu --mode scratch "${common[@]}" --steps 2 --warmup 1 \
-    2>/dev/null || true
 
-timeout 150 "$python" "$here/torch_baseline.py" run --variants fp32,amp >> "$results" 2>&1 ||
-    echo "NOTE torch eager run failed or timed out (rc $?)" >> "$results"
-timeout 150 "$python" "$here/torch_baseline.py" run --variants amp_compile --modes scratch \
-    >> "$results" 2>&1 || echo "NOTE torch.compile run failed or timed out (rc $?)" >> "$results"
+i=0
+for n in "${rounds[@]}"; do
+    chunk=("${cases[@]:i:n}")
+    i=$((i + n))
+    ((${#chunk[@]})) || break
+    for c in "${chunk[@]}"; do
+        ((SECONDS < deadline - 5)) || break 2
+        IFS=: read -r mode precision batch <<< "$c"
+        ours "$mode" "$precision" "$batch"
+    done
+    left=$((deadline - SECONDS))
+    ((left > 15)) || break
+    # PyTorch: one process for the round; torch.compile (slow to build) only for the top case
+    timeout $((left + 5)) "$python" "$here/torch_baseline.py" run \
+        --cases "$(IFS=,; echo "${chunk[*]}")" --compile-first "$((i <= 4 ? 1 : 0))" \
+        --deadline-s "$((left - 5))" >> "$results" 2>> "$out/bench_torch.log" ||
+        echo "NOTE torch run ended with rc $? (bench_torch.log)" >> "$results"
+done
 grep -v '^RESULT' "$results" | head -20
-"$python" "$here/torch_baseline.py" report "$results"
+"$python" "$here/torch_baseline.py" report "$results" | tee "$out/bench_table.txt"

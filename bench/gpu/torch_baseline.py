@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """PyTorch on the same GPU as mobiletune's cuda backend, and the ratios between the two.
 
-torchvision's mobilenet_v2 (random weights, channels_last) at 160x160, batch 128, one forward +
-backward per step and no optimizer update, as bench_train_step measures; the three training modes
-mapped onto torchvision's blocks as bench/model/compare_frameworks.py does (features[k+1] is
-Keras' block_k; fine-tune from Keras layer 100 = block_11's depthwise on; frozen and fine-tune
-run the backbone's BN with moving statistics). Variants:
-  fp32          fp32 with TF32 off (mobiletune's default arithmetic)
-  amp           fp16 autocast + GradScaler, eager
-  amp_compile   the same under torch.compile (skipped with a note when it fails)
+torchvision's mobilenet_v2 (random weights, channels_last) at 160x160, one forward + backward per
+step and no optimizer update, as bench_train_step measures; the three training modes mapped onto
+torchvision's blocks as bench/model/compare_frameworks.py does (features[k+1] is Keras' block_k;
+fine-tune from Keras layer 100 = block_11's depthwise on; frozen and fine-tune run the backbone's
+BN with moving statistics). Precisions: fp32 (TF32 off), tf32, bf16 (autocast), fp16 (autocast +
+GradScaler); each eager, and under torch.compile for the first cases of a run (skipped with a
+note when it fails). 3 warm-up steps (cudnn.benchmark searches there), then 10 steps timed with
+CUDA events; the GPU memory peak per case.
 
-  torch_baseline.py run --modes scratch,finetune,frozen --variants fp32,amp   # RESULT lines
+  torch_baseline.py run --cases finetune:bf16:32,scratch:bf16:128 [--compile-first 2]
+                        [--deadline-s 120]                     # RESULT lines, in that order
   torch_baseline.py report RESULTS_FILE       # ratios of mobiletune's lines to torch's
 
 The input batch stays on the GPU (torch's best case); mobiletune's step includes uploading the
@@ -20,7 +21,8 @@ import statistics
 import sys
 import time
 
-BANDWIDTH_BOUND_IMG_S = 80000.0  # fully fused fp16 training of MobileNetV2 at 160 on one H100
+# the memory-bandwidth bound of fused bf16 training of MobileNetV2 at 160 (issue 12)
+BANDWIDTH_BOUND_IMG_S = {"H200": 115000.0, "H100": 80000.0}
 
 
 def build_model(mode, classes):
@@ -44,42 +46,49 @@ def build_model(mode, classes):
     return model
 
 
-def bench(args, mode, variant):
+def bench(args, mode, precision, batch, compiled):
     import torch
 
     torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32; AMP runs in fp16 anyway
-    torch.backends.cuda.matmul.allow_tf32 = False
+    tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32  # fp32 means fp32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.cuda.reset_peak_memory_stats()
     model = build_model(mode, 2)
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
-    amp = variant.startswith("amp")
-    fn = torch.compile(model) if variant.endswith("compile") else model
-    x = (torch.rand(args.batch, 3, args.size, args.size, device="cuda") * 2 - 1).contiguous(
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    fn = torch.compile(model) if compiled else model
+    x = (torch.rand(batch, 3, args.size, args.size, device="cuda") * 2 - 1).contiguous(
         memory_format=torch.channels_last)
-    y = (torch.arange(args.batch, device="cuda") % 2).float().unsqueeze(1)
+    y = (torch.arange(batch, device="cuda") % 2).float().unsqueeze(1)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     def step():
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        with torch.autocast("cuda", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss = loss_fn(fn(x), y)
         scaler.scale(loss).backward()
         for p in params:
             p.grad = None
 
-    times = []
-    for i in range(args.warmup + args.steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+    for _ in range(args.warmup):
         step()
-        torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(args.steps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1000.0)
     median = statistics.median(times)
-    print(f"RESULT framework=torch variant={variant} mode={mode} batch={args.batch} "
-          f"size={args.size} trainable={trainable} median_s={median:.4f} "
-          f"images_per_s={args.batch / median:.2f} "
+    variant = precision + ("_compile" if compiled else "")
+    print(f"RESULT framework=torch variant={variant} mode={mode} batch={batch} "
+          f"size={args.size} trainable={trainable} median_s={median:.5f} "
+          f"images_per_s={batch / median:.2f} "
+          f"gpu_peak_mb={torch.cuda.max_memory_allocated() / 2**20:.0f} "
           f"device={torch.cuda.get_device_name(0).replace(' ', '_')}", flush=True)
 
 
@@ -87,16 +96,23 @@ def cmd_run(args):
     import torch
 
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
-          f"{torch.cuda.get_device_name(0)}", flush=True)
+          f"{torch.cuda.get_device_name(0)}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + args.deadline_s
     failed = 0
-    for variant in args.variants.split(","):
-        for mode in args.modes.split(","):
-            try:
-                bench(args, mode, variant)
-            except Exception as e:  # torch.compile may not work on this machine: say so, go on
-                print(f"NOTE torch {variant} {mode} failed: {type(e).__name__}: {e}"[:400],
-                      flush=True)
-                failed += 1
+    cases = [(m, p, int(b)) for m, p, b in (c.split(":") for c in args.cases.split(","))]
+    # eager first, then torch.compile (slow to build) for the first cases
+    runs = [c + (False,) for c in cases] + [c + (True,) for c in cases[:args.compile_first]]
+    for mode, precision, batch, compiled in runs:
+        if time.monotonic() > deadline:
+            print(f"NOTE torch: deadline reached before {mode} {precision} {batch}"
+                  f"{' compiled' if compiled else ''}", flush=True)
+            break
+        try:
+            bench(args, mode, precision, batch, compiled)
+        except Exception as e:  # torch.compile may not work on this machine: say so, go on
+            print(f"NOTE torch {precision}{'_compile' if compiled else ''} {mode} {batch} failed: "
+                  f"{type(e).__name__}: {e}"[:400], flush=True)
+            failed += 1
     return 1 if failed else 0
 
 
@@ -111,40 +127,47 @@ def parse(path):
 
 def cmd_report(args):
     rows = parse(args.results)
-    ours = [r for r in rows if r.get("framework", "mobiletune") == "mobiletune"]
-    torch_rows = {(r["variant"], r["mode"]): float(r["images_per_s"])
-                  for r in rows if r.get("framework") == "torch"}
-    if not ours:
-        print("no mobiletune results")
-        return 1
-    variants = sorted({v for v, _ in torch_rows})
-    header = f"{'mobiletune':<22}{'mode':<10}{'img/s':>10}  " + "".join(
-        f"{'vs torch ' + v:>22}" for v in variants) + f"{'of 80k bound':>14}"
-    print(header)
-    for r in ours:
-        ips = float(r["images_per_s"])
-        name = f"{r.get('backend', '?')} {r.get('variant', 'fp32')}"
-        cells = []
-        for v in variants:
-            t = torch_rows.get((v, r["mode"]))
-            cells.append(f"{ips / t:>20.2f}x " if t else f"{'-':>21} ")
-        print(f"{name:<22}{r['mode']:<10}{ips:>10.1f}  " + "".join(cells) +
-              f"{ips / BANDWIDTH_BOUND_IMG_S:>13.1%}")
-    for (v, m), t in sorted(torch_rows.items()):
-        print(f"torch {v:<16}{m:<10}{t:>10.1f}")
-    return 0
+    ours = {(r["mode"], r.get("variant", "fp32"), r["batch"]): float(r["images_per_s"])
+            for r in rows if r.get("framework", "mobiletune") == "mobiletune"}
+    torch_rows = {(r["mode"], r["variant"], r["batch"]): r for r in rows
+                  if r.get("framework") == "torch"}
+    device = next((r["device"] for r in torch_rows.values()), "")
+    bound = next((v for k, v in BANDWIDTH_BOUND_IMG_S.items() if k in device), None)
+    cases = []
+    for r in rows:  # in the order they ran (the ranking)
+        key = (r["mode"], r.get("variant", "fp32").replace("_compile", ""), r["batch"])
+        if key not in cases:
+            cases.append(key)
+    print(f"{'mode':<9}{'prec':<6}{'batch':>6}{'mobiletune':>12}{'torch':>10}{'ratio':>8}"
+          f"{'compiled':>10}{'ratio':>8}{'torch MB':>10}" + (f"{'of bound':>10}" if bound else ""))
+    for mode, prec, batch in cases:
+        m = ours.get((mode, prec, batch))
+        t = torch_rows.get((mode, prec, batch))
+        c = torch_rows.get((mode, prec + "_compile", batch))
+        ti = float(t["images_per_s"]) if t else None
+        ci = float(c["images_per_s"]) if c else None
+        cell = lambda v, w, f: f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"
+        print(f"{mode:<9}{prec:<6}{batch:>6}" + cell(m, 12, ".0f") + cell(ti, 10, ".0f") +
+              cell(m / ti if m and ti else None, 8, ".2f") + cell(ci, 10, ".0f") +
+              cell(m / ci if m and ci else None, 8, ".2f") +
+              cell(float(t["gpu_peak_mb"]) if t and "gpu_peak_mb" in t else None, 10, ".0f") +
+              (cell(m / bound * 100 if m else None, 9, ".1f") + ("%" if m else "") if bound else ""))
+    if bound:
+        print(f"bound: {bound:.0f} img/s ({device}); ratio = mobiletune / torch at the same case")
+    return 0 if cases else 1
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
-    run.add_argument("--modes", default="scratch,finetune,frozen")
-    run.add_argument("--variants", default="fp32,amp")
-    run.add_argument("--batch", type=int, default=128)
+    run.add_argument("--cases", default="finetune:bf16:32,scratch:bf16:32,finetune:bf16:128,"
+                     "scratch:bf16:128")
+    run.add_argument("--compile-first", type=int, default=2)
+    run.add_argument("--deadline-s", type=float, default=600)
     run.add_argument("--size", type=int, default=160)
-    run.add_argument("--steps", type=int, default=20)
-    run.add_argument("--warmup", type=int, default=5)
+    run.add_argument("--steps", type=int, default=10)
+    run.add_argument("--warmup", type=int, default=3)
     report = sub.add_parser("report")
     report.add_argument("results")
     args = parser.parse_args()

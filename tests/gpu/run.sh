@@ -1,140 +1,421 @@
 #!/usr/bin/env bash
-# The one script a session with a lent GPU runs (issue 6; docs/gpu.md), from the repository root:
-#     run(command="bash tests/gpu/run.sh", timeout_s=540)
-# It finds cuDNN and NCCL (the CUDA toolkit's, else the Python wheels'), builds for sm_90 into
-# build-gpu with MPI off (the full project when its dependencies are on the machine, else the
-# reduced tests/gpu/standalone build, which needs only CUDA, cuDNN, NCCL and OpenMP), runs
-# nvidia-smi, the GPU tests (ops vs reference, both depthwise implementations forced, backend
-# checks, a whole training step vs reference), a compute-sanitizer pass when time is left, and
-# bench/gpu (mobiletune cuda vs PyTorch on the same GPU). Logs and summary.txt go to $OUT (or
-# ./gpu-out). Every piece runs under `timeout`, inside a total budget of 470 s
-# (MT_GPU_BUDGET_S). A quick rerun after a fix: MT_GPU_SKIP_BENCH=1 bash tests/gpu/run.sh
+# The one script a short visit to a GPU machine runs (issue 11 point 8, issue 12 point 5;
+# docs/gpu.md). Prepared HERE, on the CPU machine, first:
+#     bash tests/gpu/prepare.sh                       (-> .gpu-bundle/, about 45 MB, prints it)
+# then, from the repository root, the device call:
+#     run(command="bash tests/gpu/run.sh", carry=[".gpu-bundle"], timeout_s=420)
+# The GPU machine (../shared/device/README.md) has CUDA 13, cuDNN and NCCL as Python wheels and
+# PyTorch, but none of mobiletune's other libraries, no Open MPI and no ../shared: .gpu-bundle
+# brings the binaries built here (sm_90) with their libraries and Open MPI, a slice of the photos,
+# the ImageNet weights and the golden training step. Nothing is compiled there.
+#
+# At most MT_GPU_BUDGET_S (360) seconds; every step runs under `timeout` with its own budget (the
+# table is printed first and adds up to the total), and never eats into the budgets of the steps
+# after it. Steps:
+#   probe       nvidia-smi, the machine, CUDA/cuDNN/NCCL found, every binary's libraries resolve
+#   cuda_start  the cuda backend starts (FAILS the run when it cannot, naming why)
+#   ops_tests   the GPU tests as ctest runs them (.gpu-bundle/tests.tsv), each on its own
+#   golden      one training step (alpha 1.0, 160x160, batch 32) against the reference backend's,
+#               computed here (tests/gpu/golden_step.c has the tolerances and their reason)
+#   train_*     `mobiletune train` of frozen, finetune, scratch (configs/cats_vs_dogs) for 2 epochs
+#               on the photo slice with train.backend=cuda: loss falling, accuracies printed
+#   mpi_nccl1   1 rank under mpirun with train.comm=nccl
+#   mpi_share2  2 ranks sharing the GPU under mpirun (train.comm left to auto: MPI)
+#   profile     MT_CUDA_PROFILE=1 of one step, where the binary supports it (optional)
+#   bench       bench/gpu/bench_gpu.sh with the time left, cases ranked (optional)
+# Output ($OUT, else ./gpu-out): summary.txt (the verdict), logs.tgz (every log, written by an
+# EXIT trap), bench_results.txt, bench_table.txt, profile.txt: never more than 8 files. The
+# verdict is printed last; exit 0 only when no required step failed.
+#
+# Trying it without a GPU (only to test this script, on the CPU machine):
+#   MT_GPU_EXPECTED=0 bash tests/gpu/run.sh     CUDA failures become SKIP, training and the MPI
+#                    runs use the cpu backend on a few steps; MT_GPU_BUDGET_SCALE stretches budgets
+#   tests/gpu/try_here.sh                       the same with the system's copies of the bundled
+#                    libraries and Open MPI hidden (a mount namespace), as on the GPU machine
+#   MT_GPU_SIMULATE_SLOW=STEP                   that step sleeps instead (its timeout must hit)
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/gpu-out}
+bundle=${MT_GPU_BUNDLE:-$root/.gpu-bundle}
+expected=${MT_GPU_EXPECTED:-1}
+scale=${MT_GPU_BUDGET_SCALE:-1}
+total=$((${MT_GPU_BUDGET_S:-360} * scale))
+slow=${MT_GPU_SIMULATE_SLOW:-}
+start=$SECONDS
 mkdir -p "$out"
+work=$(mktemp -d "${TMPDIR:-/tmp}/mobiletune-gpu-run.XXXXXX")
+logs=$work/logs
+mkdir -p "$logs"
 summary=$out/summary.txt
 : > "$summary"
-budget=${MT_GPU_BUDGET_S:-470}
-start=$SECONDS
-jobs=$(nproc 2>/dev/null || echo 8)
+
+# ---- the steps, in order, and their budgets (seconds; they add up to at most the total) ------
+steps=(probe cuda_start ops_tests golden train_frozen train_finetune train_scratch mpi_nccl1
+    mpi_share2 profile bench verdict)
+declare -A budget=([probe]=20 [cuda_start]=15 [ops_tests]=45 [golden]=40 [train_frozen]=35
+    [train_finetune]=35 [train_scratch]=35 [mpi_nccl1]=25 [mpi_share2]=40 [profile]=15 [bench]=45
+    [verdict]=10)
+declare -A optional=([profile]=1 [bench]=1)
+declare -A status=() detail=() took=()
+sum=0
+for s in "${steps[@]}"; do
+    budget[$s]=$((budget[$s] * scale))
+    sum=$((sum + budget[$s]))
+done
+# the bench takes what the others leave: its budget is the minimum it gets
+((sum <= total)) || { echo "run.sh: the step budgets ($sum s) exceed the total ($total s)"; exit 2; }
 
 note() { echo "$*" | tee -a "$summary"; }
-left() { echo $((budget - (SECONDS - start))); }
-# piece NAME SECONDS COMMAND...: run with a timeout capped by what is left, log to $out/NAME.log
-piece() {
-    local name=$1 want=$2
-    shift 2
-    local t0=$SECONDS cap
-    cap=$(left)
-    ((cap > want)) && cap=$want
-    if ((cap < 5)); then
-        note "$(printf '%-34s SKIPPED (out of time)' "$name")"
+left() { echo $((total - (SECONDS - start))); }
+# seconds the steps after $1 are owed
+owed_after() {
+    local s seen=0 n=0
+    for s in "${steps[@]}"; do
+        ((seen)) && n=$((n + budget[$s]))
+        [[ $s == "$1" ]] && seen=1
+    done
+    echo "$n"
+}
+# cap STEP: its timeout: its budget, or everything the later steps are not owed when "greedy"
+cap() {
+    local c greedy=${2:-0} free
+    free=$(($(left) - $(owed_after "$1")))
+    if ((greedy)); then c=$free; else c=${budget[$1]}; ((c > free)) && c=$free; fi
+    ((c < 0)) && c=0
+    echo "$c"
+}
+set_status() { # STEP STATUS DETAIL
+    [[ ${quiet:-} == "$1" ]] && return
+    status[$1]=$2
+    detail[$1]=$3
+    note "$(printf '%-5s %-15s %s' "$2" "$1" "$3")"
+}
+# run_logged STEP SECONDS LOGNAME COMMAND...: under timeout, output to logs/LOGNAME.log; rc
+run_logged() {
+    local step=$1 secs=$2 name=$3
+    shift 3
+    if ((secs < 3)); then
+        echo "out of time (timeout $secs s)" > "$logs/$name.log"
         return 124
     fi
-    timeout --kill-after=5 "$cap" "$@" > "$out/$name.log" 2>&1
-    local rc=$?
-    note "$(printf '%-34s rc=%-4d %4ds%s' "$name" "$rc" $((SECONDS - t0)) \
-        "$( ((rc == 124)) && echo ' (timed out)')")"
-    return $rc
+    if [[ -n $slow && $slow == "$step" ]]; then set -- sleep 100000; fi
+    echo "+ $* (timeout ${secs}s)" > "$logs/$name.log"
+    timeout --kill-after=5 "$secs" "$@" >> "$logs/$name.log" 2>&1
+}
+first_error() { # the first line of a log that says what went wrong
+    grep -m1 -iE 'error|fail|refus|cannot|not found|unknown|invalid|abort|denied' "$1" 2> /dev/null |
+        cut -c1-200
 }
 
-note "mobiletune GPU run, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
-
-# ---- what the machine has (recorded for the issue note) ----
-probe() {
-    nvidia-smi
-    echo "== nvcc: $(nvcc --version 2>&1 | tail -1)"
-    echo "== os: $(. /etc/os-release 2>/dev/null; echo "$PRETTY_NAME"), $(ldd --version 2>&1 | head -1)"
-    echo "== cmake: $(cmake --version 2>&1 | head -1); ninja: $(ninja --version 2>&1)"
-    echo "== gcc: $(gcc --version 2>&1 | head -1)"
-    python3 -c 'import torch, torchvision; print("== torch", torch.__version__, "torchvision",
-torchvision.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1
-    for h in lmdb.h turbojpeg.h hdf5.h dnnl.h ini.h mpi.h; do
-        printf '== %s: ' "$h"
-        ls /usr/include/"$h" /usr/include/*/"$h" /usr/include/*/*/"$h" /usr/local/include/"$h" \
-            2>/dev/null | head -1
+verdict_done=0
+verdict() {
+    ((verdict_done)) && return
+    verdict_done=1
+    local s failed=() passed=0 skipped=0
+    {
         echo
-    done
+        echo "==== mobiletune GPU run: verdict ($(date -u '+%Y-%m-%d %H:%M UTC'), $((SECONDS - start)) s of $total) ===="
+        for s in "${steps[@]}"; do
+            [[ $s == verdict ]] && continue
+            [[ -n ${status[$s]:-} ]] || { status[$s]=SKIP; detail[$s]="not reached"; }
+            printf '%-5s %-15s %5s  %s\n' "${status[$s]}" "$s" "${took[$s]:-}" "${detail[$s]}"
+            case ${status[$s]} in
+            PASS) passed=$((passed + 1)) ;;
+            FAIL) failed+=("$s") ;;
+            *) skipped=$((skipped + 1))
+                if [[ $expected == 1 && -z ${optional[$s]:-} ]]; then failed+=("$s"); fi ;;
+            esac
+        done
+        if ((${#failed[@]})); then
+            echo "RESULT: FAIL (${failed[*]}); $passed passed, $skipped skipped; logs in logs.tgz"
+        else
+            echo "RESULT: PASS ($passed passed, $skipped skipped$([[ $expected == 1 ]] || echo ', no GPU expected'))"
+        fi
+    } | tee -a "$summary"
+    ((${#failed[@]} == 0))
 }
-export PATH=/usr/local/cuda/bin:$PATH
-export -f probe
-piece probe 30 bash -c probe
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1 |
-    sed 's/^/GPU: /' | tee -a "$summary"
-grep '^== ' "$out/probe.log" >> "$summary"
+on_exit() {
+    local rc=$?
+    trap - EXIT TERM INT
+    verdict
+    local v=$?
+    ((rc == 0)) && rc=$((v == 0 ? 0 : 1))
+    # the run folders' small files go with the logs (not the checkpoints)
+    find "$work/runs" -maxdepth 2 -type f \( -name '*.jsonl' -o -name '*.log' -o -name '*.ini' \) \
+        2> /dev/null | while read -r f; do
+        cp "$f" "$logs/run_$(basename "$(dirname "$f")")_$(basename "$f")"
+    done
+    tar -C "$work" -czf "$out/logs.tgz" logs 2> /dev/null
+    rm -rf "$work"
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'note "interrupted"; exit 124' TERM INT
 
-# ---- cuDNN and NCCL: the toolkit's, or the wheels' (nvidia-cudnn-cu13, nvidia-nccl-cu13) ----
-wheel_dir() { python3 -c "import $1 as m; print(list(m.__path__)[0])" 2>/dev/null; }
-cudnn_inc="" cudnn_lib="" nccl_inc="" nccl_lib=""
-if [[ -f /usr/local/cuda/include/cudnn.h ]]; then
-    cudnn_inc=/usr/local/cuda/include
-    cudnn_lib=$(ls /usr/local/cuda/lib64/libcudnn.so* /usr/local/cuda/lib/libcudnn.so* 2>/dev/null | head -1)
+note "mobiletune GPU run, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$root" rev-parse --short HEAD 2> /dev/null || echo '?'), GPU expected: $expected"
+note "budgets (s): $(for s in "${steps[@]}"; do printf '%s %s, ' "$s" "${budget[$s]}"; done)sum $sum of $total"
+
+# ---- probe: the bundle, the machine, the libraries ------------------------------------------
+t0=$SECONDS
+probe_ok=1 probe_msg=""
+if [[ ! -f $bundle/MANIFEST || ! -f $bundle/tools.tar.xz ]]; then
+    set_status probe FAIL "no $bundle (run tests/gpu/prepare.sh here, carry .gpu-bundle)"
+    exit 1
 fi
-if [[ -z "$cudnn_lib" ]] && d=$(wheel_dir nvidia.cudnn) && [[ -n "$d" ]]; then
-    cudnn_inc=$d/include
-    cudnn_lib=$(ls "$d"/lib 2>/dev/null | grep -E '^libcudnn\.so' | head -1)
-    [[ -n "$cudnn_lib" ]] && cudnn_lib=$d/lib/$cudnn_lib
+tools=$work/tools
+mkdir -p "$tools"
+if ! (xz -dc "$bundle/tools.tar.xz" 2> /dev/null || python3 -c 'import lzma, sys
+sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$bundle/tools.tar.xz") |
+    tar -C "$tools" -xf -; then
+    set_status probe FAIL "cannot unpack $bundle/tools.tar.xz"
+    exit 1
 fi
-if [[ -f /usr/local/cuda/include/nccl.h ]]; then
-    nccl_inc=/usr/local/cuda/include
-    nccl_lib=$(ls /usr/local/cuda/lib64/libnccl.so* /usr/local/cuda/lib/libnccl.so* 2>/dev/null | head -1)
-fi
-if [[ -z "$nccl_lib" ]] && d=$(wheel_dir nvidia.nccl) && [[ -n "$d" ]]; then
-    nccl_inc=$d/include
-    nccl_lib=$(ls "$d"/lib 2>/dev/null | grep -E '^libnccl\.so' | head -1)
-    [[ -n "$nccl_lib" ]] && nccl_lib=$d/lib/$nccl_lib
-fi
-note "cuDNN: ${cudnn_lib:-not found} (headers ${cudnn_inc:-not found}); NCCL: ${nccl_lib:-not found}"
-for lib in "$cudnn_lib" "$nccl_lib"; do
-    [[ -n "$lib" ]] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+cp "$bundle/MANIFEST" "$logs/MANIFEST"
+export PATH=$tools/mpi/usr/bin:/usr/local/cuda/bin:$PATH
+mpilib=$tools/mpi/usr/lib/x86_64-linux-gnu
+# CUDA's libraries: the toolkit's, then the Python wheels' (cuDNN and NCCL live only there)
+cuda_dirs=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d $d ]] && cuda_dirs+=":$d"
 done
-cuda_flags=(-DMT_WITH_MPI=OFF -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=RelWithDebInfo
-    "-DMT_CUDNN_INCLUDE=$cudnn_inc" "-DMT_CUDNN_LIBRARY=$cudnn_lib"
-    "-DMT_NCCL_INCLUDE=$nccl_inc" "-DMT_NCCL_LIBRARY=$nccl_lib")
-# Ninja when there is one, unless the folder was configured before with another generator
-generator() { [[ ! -f "$1/CMakeCache.txt" ]] && command -v ninja > /dev/null && echo "-GNinja"; }
-
-# ---- build: the full project if it configures and builds, else the standalone GPU build ----
-# (MT_GPU_BUILD_DIR and MT_GPU_STANDALONE=1 exist to try this script on a machine without GPU)
-build=${MT_GPU_BUILD_DIR:-$root/build-gpu}
-targets=(test_ops_backend_vs_reference test_gpu_backend test_gpu_model test_gpu_nccl
-    test_gpu_grad_sync bench_train_step)
-kind=full
-if [[ "${MT_GPU_STANDALONE:-0}" == 1 ]] ||
-    ! piece configure_full 60 cmake -S "$root" -B "$build" $(generator "$build") \
-        -DMT_WITH_CUDA=ON "${cuda_flags[@]}" ||
-    ! piece build_full 180 cmake --build "$build" -j "$jobs" --target "${targets[@]}"; then
-    kind=standalone
-    build=$build-standalone
-    piece configure_standalone 60 cmake -S "$root/tests/gpu/standalone" -B "$build" \
-        $(generator "$build") "${cuda_flags[@]}" || { note "RESULT: configure failed"; exit 1; }
-    piece build_standalone 180 cmake --build "$build" -j "$jobs" --target "${targets[@]}" ||
-        { note "RESULT: build failed"; exit 1; }
+for d in $(python3 -c 'import nvidia; print(" ".join(nvidia.__path__))' 2> /dev/null); do
+    for lib in $(find "$d" -maxdepth 4 \( -name 'libcudnn.so.*' -o -name 'libnccl.so.*' -o \
+        -name 'libcublas.so.*' -o -name 'libcudart.so.*' -o -name 'libnvrtc.so.*' \) 2> /dev/null); do
+        case ":$cuda_dirs:" in *":$(dirname "$lib"):"*) ;; *) cuda_dirs+=":$(dirname "$lib")" ;; esac
+    done
+done
+export LD_LIBRARY_PATH=$tools/bin:$tools/lib:$mpilib:$mpilib/openmpi/lib:$mpilib/pmix2/lib$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# Open MPI relocated: OPAL_PREFIX moves every folder it derives from its prefix; PMIx's plugins
+export OPAL_PREFIX=$tools/mpi/usr
+export PMIX_INSTALL_PREFIX=$mpilib/pmix2
+export PMIX_MCA_mca_base_component_path=$mpilib/pmix2/lib/pmix
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMPI_MCA_plm=isolated
+export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_mca_base_component_show_load_errors=0
+export OMP_WAIT_POLICY=PASSIVE
+export NVIDIA_TF32_OVERRIDE=0 # fp32 tolerances: cuDNN and cuBLAS off TF32 (bench sets its own)
+bin=$tools/bin
+{
+    echo "== MANIFEST"; cat "$bundle/MANIFEST"
+    echo "== nvidia-smi"; nvidia-smi 2>&1 | head -20
+    echo "== os: $(. /etc/os-release 2> /dev/null; echo "${PRETTY_NAME:-?}"), $(ldd --version 2>&1 | head -1)"
+    echo "== nvcc: $(nvcc --version 2>&1 | tail -1)"
+    echo "== torch: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())' 2>&1 | tail -1)"
+    echo "== CUDA library folders:${cuda_dirs//:/ }"
+    echo "== system mpirun: $(command -v -a mpirun | grep -v "$tools" | head -1)"
+    echo "== LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+} > "$logs/probe.log" 2>&1
+gpu_name=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)
+command -v nvidia-smi > /dev/null || gpu_name="none (no nvidia-smi)"
+note "GPU: $gpu_name"
+# every binary's libraries resolve (the ones carried, the system's, CUDA's)
+missing=$(for f in "$bin"/* "$tools/mpi/usr/bin/orterun" "$tools/mpi/usr/bin/orted"; do
+    [[ -f $f && ! $f == *.tsv ]] || continue
+    ldd "$f" 2>&1 | awk -v f="$(basename "$f")" '/not found/ {print $1 " (" f ")"}'
+done | sort -u | tr '\n' ' ')
+echo "== missing libraries: ${missing:-none}" >> "$logs/probe.log"
+if [[ -n $missing ]]; then
+    probe_ok=0
+    probe_msg="libraries not found: $missing"
 fi
-note "build: $kind ($build)"
-bench_bin=$(find "$build" -name bench_train_step -type f -perm -u+x | head -1)
-harness=$(find "$build" -name test_ops_backend_vs_reference -type f -perm -u+x | head -1)
+if ((probe_ok)); then
+    set_status probe PASS "$(grep -c . "$bundle/tests.tsv") GPU tests, $(ls "$bin" | wc -l) files; CUDA libs from${cuda_dirs//:/ }"
+else
+    set_status probe "$([[ $expected == 1 ]] && echo FAIL || echo SKIP)" "$probe_msg"
+fi
+took[probe]="$((SECONDS - t0))s"
 
-# ---- tests: NVIDIA_TF32_OVERRIDE=0 keeps cuDNN/cuBLAS at the fp32 tolerances ----
-export NVIDIA_TF32_OVERRIDE=0
-(cd "$build" && piece ctest_gpu 150 ctest -V -R 'cuda|gpu' -E emulated --timeout 120)
-grep -E '^ *[0-9]+/[0-9]+ Test|tests passed|FAIL' "$out/ctest_gpu.log" | head -40 >> "$summary"
-# the choices made (algorithms, depthwise own vs cuDNN, pool use) at the model's shapes
-MT_CUDA_DEBUG=1 piece model_choices 60 "$bench_bin" --backend cuda --mode scratch --batch 128 \
-    --size 160 --steps 1 --warmup 0
-grep -c 'depthwise.*->' "$out/model_choices.log" | sed 's/^/depthwise choices logged: /' >> "$summary"
+# ---- cuda_start ------------------------------------------------------------------------------
+t0=$SECONDS
+run_logged cuda_start "$(cap cuda_start)" cuda_start "$bin/gpu_golden_step" probe cuda
+rc=$?
+took[cuda_start]="$((SECONDS - t0))s"
+if ((rc == 0)); then
+    set_status cuda_start PASS "$(tail -1 "$logs/cuda_start.log")"
+    gpu=1
+else
+    why=$(grep -m1 'cannot start' "$logs/cuda_start.log" | cut -c1-300)
+    [[ -n $why ]] || why="rc $rc: $(tail -1 "$logs/cuda_start.log" | cut -c1-200)"
+    gpu=0
+    if [[ $expected == 1 ]]; then
+        set_status cuda_start FAIL "a GPU was expected but CUDA cannot start: $why"
+        exit 1 # everything after needs it: the verdict says so now
+    fi
+    set_status cuda_start SKIP "no GPU (MT_GPU_EXPECTED=0): $why"
+fi
+backend=cuda
+((gpu)) || backend=cpu
+# skip-or-fail for a step that needs the GPU
+nogpu() { set_status "$1" SKIP "no GPU (MT_GPU_EXPECTED=0)"; }
 
-# ---- benchmark (MT_GPU_SKIP_BENCH=1: a quick rerun of the tests after a fix) ----
-if [[ "${MT_GPU_SKIP_BENCH:-0}" != 1 ]]; then
-    piece bench_gpu 200 bash "$root/bench/gpu/bench_gpu.sh" "$bench_bin" "$out"
-    sed -n '/^mobiletune /,$p' "$out/bench_gpu.log" >> "$summary"
+# ---- ops_tests: the GPU tests as ctest runs them --------------------------------------------
+t0=$SECONDS
+tests_cap=$(cap ops_tests)
+deadline=$((SECONDS + tests_cap))
+n=0 pass=0 skip=0 fails=""
+while IFS=$'\t' read -r name envs exe args; do
+    [[ -n $name ]] || continue
+    n=$((n + 1))
+    [[ $envs == - ]] && envs=""
+    # shellcheck disable=SC2086 # the arguments are words
+    run_logged ops_tests $((deadline - SECONDS)) "test_$name" env ${envs//;/ } "$bin/$exe" $args
+    rc=$?
+    case $rc in
+    0) pass=$((pass + 1)) ;;
+    77) skip=$((skip + 1)) ;;
+    *) fails+=" $name(rc $rc$( ((rc == 124)) && echo ', timed out'))" ;;
+    esac
+done < "$bundle/tests.tsv"
+took[ops_tests]="$((SECONDS - t0))s"
+if [[ -n $fails ]]; then
+    set_status ops_tests FAIL "$pass of $n passed; failed:$fails"
+elif ((skip)); then
+    if ((gpu)); then set_status ops_tests FAIL "$skip of $n skipped although CUDA started"
+    else set_status ops_tests SKIP "$skip of $n skipped (no GPU), $pass passed"; fi
+else
+    set_status ops_tests PASS "$pass of $n passed"
 fi
 
-# ---- memory checker over the ops harness, when time is left ----
-if command -v compute-sanitizer > /dev/null && (($(left) > 60)); then
-    piece sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$harness" cuda
-    grep -E 'ERROR SUMMARY|Invalid' "$out/sanitizer.log" | head -5 >> "$summary"
+# ---- golden: one whole training step against the reference backend's ------------------------
+t0=$SECONDS
+weights=$bundle/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5
+# without a GPU the cpu backend stands in, so the comparison itself runs here
+run_logged golden "$(cap golden)" golden "$bin/gpu_golden_step" check "$bundle/golden/step.bin" \
+    --backend "$backend" --weights "$weights"
+rc=$?
+took[golden]="$((SECONDS - t0))s"
+g=$(grep -E '^(ok|FAIL) +(loss|gradients)' "$logs/golden.log" | sed -E 's/^(ok|FAIL) +//; s/ within tolerance//; s/: \|diff\|/ |diff|/' |
+    cut -c1-110 | paste -sd ';' -)
+case $rc in
+0) set_status golden PASS "$backend vs reference: $g" ;;
+124) set_status golden FAIL "timed out" ;;
+1) set_status golden FAIL "$backend vs reference: $g (logs/golden.log lists the tensors)" ;;
+*) set_status golden FAIL "rc $rc: $(first_error "$logs/golden.log")" ;;
+esac
+
+# ---- training: the three modes, 2 epochs on the photo slice ---------------------------------
+# train_run STEP LOGNAME MODE LAUNCHER... -- EXTRA --set ARGS
+train_args() { # MODE RUN_NAME: the common --set arguments
+    local mode=$1 run=$2 a
+    a=(--config "$root/configs/cats_vs_dogs/$mode.ini"
+        --set "data.train=$bundle/data/train" --set "data.val=$bundle/data/val"
+        --set "data.test=$bundle/data/test"
+        --set "model.init_checkpoint=none" --set "output.run_dir=$work/runs/$run"
+        --set "output.tensorboard=false" --set "train.epochs=2" --set "train.backend=$backend"
+        --no-progress)
+    # the ImageNet weights where the config starts from them (scratch starts from random ones)
+    grep -qE '^weights *= *none' "$root/configs/cats_vs_dogs/$mode.ini" ||
+        a+=(--set "model.weights=$weights")
+    # without a GPU: a few steps on the cpu backend, only to try this script
+    ((gpu)) || a+=(--set train.steps_per_epoch=2 --set train.cache_features=off)
+    printf '%s\n' "${a[@]}"
+}
+# read the run's epoch lines: "loss A -> B, acc ..., val_acc ..., test ..."
+train_summary() { # LOG
+    local log=$1 e1 e2 test head
+    head=$(grep -m1 -oE 'on [0-9]+ rank\(s\), backend [a-z]+' "$log")
+    e1=$(grep -m1 -E '^epoch 1/' "$log")
+    e2=$(grep -E '^epoch [0-9]+/' "$log" | tail -1)
+    test=$(grep -m1 -E '^test:' "$log" | sed -E 's/.*accuracy ([0-9.]+).*/\1/')
+    [[ -n $e1 && -n $e2 ]] || return 1
+    python3 - "$e1" "$e2" "${test:-?}" "$head" << 'EOF'
+import re, sys
+def field(line, key):
+    m = re.search(r"(?:^|\s)" + key + r" ([0-9.naif+-]+)", line)
+    return float(m.group(1)) if m else float("nan")
+e1, e2, test, head = sys.argv[1:5]
+l1, l2 = field(e1, "loss"), field(e2, "loss")
+v1, v2 = field(e1, "val_loss"), field(e2, "val_loss")
+ok = l2 < l1 or v2 < v1
+how = "loss falls" if l2 < l1 else ("val_loss falls" if v2 < v1 else "LOSS DOES NOT FALL")
+print(("ok " if ok else "bad ") + f"{how}: loss {l1:.4f} -> {l2:.4f}, val_loss {v1:.4f} -> "
+      f"{v2:.4f}, acc {field(e2, 'acc'):.3f}, val_acc {field(e2, 'val_acc'):.3f}, test acc {test}"
+      f" ({head})")
+EOF
+}
+train_step() { # STEP MODE LAUNCHER...
+    local step=$1 mode=$2 rc summary
+    shift 2
+    local t0=$SECONDS args
+    mapfile -t args < <(train_args "$mode" "$step")
+    run_logged "$step" "$(cap "$step")" "$step" "$@" "$bin/mobiletune" train "${args[@]}" \
+        "${extra[@]}"
+    rc=$?
+    took[$step]="$((SECONDS - t0))s"
+    summary=$(train_summary "$logs/$step.log")
+    if ((rc == 124)); then
+        set_status "$step" FAIL "timed out${summary:+ (${summary#* })}"
+    elif ((rc != 0)); then
+        set_status "$step" FAIL "rc $rc: $(first_error "$logs/$step.log")"
+    elif [[ -z $summary ]]; then
+        set_status "$step" FAIL "no epoch lines in the log"
+    elif [[ $summary == ok* ]]; then
+        set_status "$step" PASS "${summary#ok }"
+    else
+        set_status "$step" FAIL "${summary#bad }"
+    fi
+}
+extra=()
+for mode in frozen finetune scratch; do
+    train_step "train_$mode" "$mode"
+done
+
+# ---- MPI: 1 rank over NCCL, 2 ranks sharing the GPU -----------------------------------------
+mpirun_cmd=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x OPAL_PREFIX
+    -x PMIX_INSTALL_PREFIX -x PMIX_MCA_mca_base_component_path -x NVIDIA_TF32_OVERRIDE
+    -x OMP_WAIT_POLICY)
+if ((gpu)); then
+    extra=(--set train.comm=nccl --set train.steps_per_epoch=10)
+    train_step mpi_nccl1 finetune "${mpirun_cmd[@]}" -np 1
+else
+    extra=() # NCCL needs the GPU: the launch alone is tried here
+    quiet=mpi_nccl1 train_step mpi_nccl1 finetune "${mpirun_cmd[@]}" -np 1
+    if [[ $(grep -c '^epoch' "$logs/mpi_nccl1.log") -ge 2 ]]; then
+        set_status mpi_nccl1 SKIP "no GPU: mpirun -np 1 ran on the cpu backend without NCCL"
+    else
+        set_status mpi_nccl1 FAIL "mpirun -np 1 on cpu: $(first_error "$logs/mpi_nccl1.log")"
+    fi
 fi
-grep -h 'cuDNN failed' "$out"/*.log 2>/dev/null | sort -u | head -5 | sed 's/^/WARNING: /' >> "$summary"
-note "total $((SECONDS - start)) s"
+extra=(--set train.steps_per_epoch=10)
+((gpu)) || extra=()
+train_step mpi_share2 finetune "${mpirun_cmd[@]}" -np 2
+grep -m1 -iE 'rank|comm|nccl|all-reduce' "$logs/mpi_share2.log" > /dev/null &&
+    grep -iE '^mobiletune:|all-reduce per step' "$logs/mpi_share2.log" | head -2 >> "$summary"
+
+# ---- profile: MT_CUDA_PROFILE=1 over one step (where the binary supports it) -----------------
+t0=$SECONDS
+if ((gpu)); then
+    MT_CUDA_PROFILE=1 run_logged profile "$(cap profile)" profile "$bin/bench_train_step" \
+        --backend cuda --mode finetune --batch 32 --size 160 --steps 1 --warmup 1
+    rc=$?
+    cp "$logs/profile.log" "$out/profile.txt"
+    if ((rc != 0)); then set_status profile FAIL "rc $rc: $(first_error "$logs/profile.log")"
+    elif grep -qiE 'profile|share' "$logs/profile.log"; then set_status profile PASS "profile.txt"
+    else set_status profile SKIP "the binary prints no profile (MT_CUDA_PROFILE not supported yet)"; fi
+else
+    nogpu profile
+fi
+took[profile]="$((SECONDS - t0))s"
+
+# ---- bench: the time left, ranked cases (bench/gpu/bench_gpu.sh) ------------------------------
+t0=$SECONDS
+if ((gpu)) || [[ ${MT_GPU_BENCH_ANYWAY:-0} == 1 ]]; then
+    bcap=$(cap bench 1)
+    # the bench stops starting cases at its own deadline, 10 s before ours
+    run_logged bench "$bcap" bench env MT_BENCH_DEADLINE_S=$((bcap - 10)) \
+        bash "$root/bench/gpu/bench_gpu.sh" "$bin/bench_train_step" "$work/bench"
+    rc=$?
+    cp "$work/bench/bench_results.txt" "$out/bench_results.txt" 2> /dev/null
+    cp "$work/bench/bench_table.txt" "$out/bench_table.txt" 2> /dev/null
+    cases=$(grep -c '^RESULT' "$out/bench_results.txt" 2> /dev/null)
+    if ((rc == 0 || rc == 124)) && ((${cases:-0} > 0)); then
+        set_status bench PASS "${cases} results in ${bcap}s$( ((rc == 124)) && echo ' (cut at the deadline)'); bench_table.txt"
+    else
+        set_status bench FAIL "rc $rc, ${cases:-0} results: $(first_error "$logs/bench.log")"
+    fi
+    [[ -f $out/bench_table.txt ]] && head -12 "$out/bench_table.txt" >> "$summary"
+else
+    nogpu bench
+fi
+took[bench]="$((SECONDS - t0))s"
+exit 0 # on_exit prints the verdict and sets the exit code
