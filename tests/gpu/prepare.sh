@@ -56,15 +56,16 @@ fi
 
 # ---- 1. the build: everything, so a new GPU test or a runtime-loaded module comes along -------
 step "build in $build"
+mkdir -p "$build"
 if [[ ! -f $build/CMakeCache.txt ]]; then
     cmake -S "$root" -B "$build" -GNinja -DMT_WITH_CUDA=ON -DMT_WITH_MPI=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON \
-        > "$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; die "configure failed"; }
+        > "$build/prepare-configure.log" 2>&1 || { tail -30 "$build/prepare-configure.log"; die "configure failed"; }
 fi
 grep -q '^MT_WITH_CUDA:STRING=ON' "$build/CMakeCache.txt" ||
     die "$build is not configured with MT_WITH_CUDA=ON: remove it and rerun"
-cmake --build "$build" -j "$jobs" > "$build.build.log" 2>&1 ||
-    { grep -E 'error|FAILED' "$build.build.log" | head -20; die "build failed (log: $build.build.log)"; }
+cmake --build "$build" -j "$jobs" > "$build/prepare-build.log" 2>&1 ||
+    { grep -E 'error|FAILED' "$build/prepare-build.log" | head -20; die "build failed (log: $build/prepare-build.log)"; }
 
 stage=$build/gpu-stage
 rm -rf "$stage"

@@ -100,7 +100,13 @@ run_logged() {
     fi
     if [[ -n $slow && $slow == "$step" ]]; then set -- sleep 100000; fi
     echo "+ $* (timeout ${secs}s)" > "$logs/$name.log"
-    timeout --kill-after=5 "$secs" "$@" >> "$logs/$name.log" 2>&1
+    # in the background and waited for, so a TERM to this script is handled at once (see below)
+    timeout --kill-after=5 "$secs" "$@" >> "$logs/$name.log" 2>&1 &
+    child=$! current=$step
+    wait "$child"
+    local rc=$?
+    child=""
+    return "$rc"
 }
 first_error() { # the first line of a log that says what went wrong
     grep -m1 -iE 'error|fail|refus|cannot|not found|unknown|invalid|abort|denied' "$1" 2> /dev/null |
@@ -111,28 +117,31 @@ verdict_done=0
 verdict() {
     ((verdict_done)) && return
     verdict_done=1
-    local s failed=() passed=0 skipped=0
-    {
-        echo
-        echo "==== mobiletune GPU run: verdict ($(date -u '+%Y-%m-%d %H:%M UTC'), $((SECONDS - start)) s of $total) ===="
-        for s in "${steps[@]}"; do
-            [[ $s == verdict ]] && continue
-            [[ -n ${status[$s]:-} ]] || { status[$s]=SKIP; detail[$s]="not reached"; }
-            printf '%-5s %-15s %5s  %s\n' "${status[$s]}" "$s" "${took[$s]:-}" "${detail[$s]}"
-            case ${status[$s]} in
-            PASS) passed=$((passed + 1)) ;;
-            FAIL) failed+=("$s") ;;
-            *) skipped=$((skipped + 1))
-                if [[ $expected == 1 && -z ${optional[$s]:-} ]]; then failed+=("$s"); fi ;;
-            esac
-        done
-        if ((${#failed[@]})); then
-            echo "RESULT: FAIL (${failed[*]}); $passed passed, $skipped skipped; logs in logs.tgz"
-        else
-            echo "RESULT: PASS ($passed passed, $skipped skipped$([[ $expected == 1 ]] || echo ', no GPU expected'))"
-        fi
-    } | tee -a "$summary"
-    ((${#failed[@]} == 0))
+    local s failed=() unreached=() passed=0 skipped=0 first="" text
+    # built in this shell (a pipeline would count in a subshell), printed at the end
+    text=$'\n'"==== mobiletune GPU run: verdict ($(date -u '+%Y-%m-%d %H:%M UTC'), $((SECONDS - start)) s of $total) ===="
+    for s in "${steps[@]}"; do
+        [[ $s == verdict ]] && continue
+        [[ -n ${status[$s]:-} ]] || { status[$s]=SKIP; detail[$s]="not reached"; }
+        text+=$'\n'$(printf '%-5s %-15s %5s  %s' "${status[$s]}" "$s" "${took[$s]:-}" "${detail[$s]}")
+        case ${status[$s]} in
+        PASS) passed=$((passed + 1)) ;;
+        FAIL) failed+=("$s")
+            [[ -n $first ]] || first="$s: ${detail[$s]}" ;;
+        *) skipped=$((skipped + 1))
+            # a required step that did not run counts against a run that expected a GPU
+            if [[ $expected == 1 && -z ${optional[$s]:-} ]]; then unreached+=("$s"); fi ;;
+        esac
+    done
+    if ((${#failed[@]} + ${#unreached[@]})); then
+        text+=$'\n'"failed: ${failed[*]:-none}; not run: ${unreached[*]:-none}; $passed passed; logs in logs.tgz"
+        text+=$'\n'"RESULT: FAIL ${first:0:380}"
+        [[ -n $first ]] || text+="(required steps did not run)"
+    else
+        text+=$'\n'"RESULT: PASS ($passed passed, $skipped skipped$([[ $expected == 1 ]] || echo ', no GPU expected'))"
+    fi
+    printf '%s\n' "$text" | tee -a "$summary"
+    ((${#failed[@]} + ${#unreached[@]} == 0))
 }
 on_exit() {
     local rc=$?
@@ -150,7 +159,17 @@ on_exit() {
     exit "$rc"
 }
 trap on_exit EXIT
-trap 'note "interrupted"; exit 124' TERM INT
+# stopped from outside (the device call's own limit): end the running step, verdict, logs
+child=""
+current=""
+interrupted() {
+    [[ -n $child ]] && kill -TERM "$child" 2> /dev/null
+    wait
+    [[ -n $current && -z ${status[$current]:-} ]] &&
+        set_status "$current" FAIL "interrupted (the script was stopped from outside)"
+    exit 124
+}
+trap interrupted TERM INT
 
 note "mobiletune GPU run, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$root" rev-parse --short HEAD 2> /dev/null || echo '?'), GPU expected: $expected"
 note "budgets (s): $(for s in "${steps[@]}"; do printf '%s %s, ' "$s" "${budget[$s]}"; done)sum $sum of $total"
@@ -171,7 +190,17 @@ sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$bundle/tools.tar.xz") 
     exit 1
 fi
 cp "$bundle/MANIFEST" "$logs/MANIFEST"
+# a bundle made from another commit than this tree's runs other code than the tree has
+bundle_commit=$(sed -n 's/^commit //p' "$bundle/MANIFEST")
+tree_commit=$(git -C "$root" rev-parse HEAD 2> /dev/null)
+note "bundle: $bundle_commit$([[ -n $tree_commit && ${bundle_commit%% *} != "$tree_commit" ]] &&
+    echo " -- WARNING: the tree is at $tree_commit (rerun tests/gpu/prepare.sh)")"
 export PATH=$tools/mpi/usr/bin:/usr/local/cuda/bin:$PATH
+# Python (PyTorch, the log readers) keeps the machine's own libraries, not the bundle's
+printf '#!/bin/sh\nLD_LIBRARY_PATH=%q exec %q "$@"\n' "${LD_LIBRARY_PATH:-}" \
+    "$(command -v python3 || echo python3)" > "$work/python3"
+chmod +x "$work/python3"
+export MT_TORCH_PYTHON=$work/python3
 mpilib=$tools/mpi/usr/lib/x86_64-linux-gnu
 # CUDA's libraries: the toolkit's, then the Python wheels' (cuDNN and NCCL live only there)
 cuda_dirs=""
@@ -318,7 +347,7 @@ train_summary() { # LOG
     e2=$(grep -E '^epoch [0-9]+/' "$log" | tail -1)
     test=$(grep -m1 -E '^test:' "$log" | sed -E 's/.*accuracy ([0-9.]+).*/\1/')
     [[ -n $e1 && -n $e2 ]] || return 1
-    python3 - "$e1" "$e2" "${test:-?}" "$head" << 'EOF'
+    "$work/python3" - "$e1" "$e2" "${test:-?}" "$head" << 'EOF'
 import re, sys
 def field(line, key):
     m = re.search(r"(?:^|\s)" + key + r" ([0-9.naif+-]+)", line)
@@ -334,7 +363,7 @@ print(("ok " if ok else "bad ") + f"{how}: loss {l1:.4f} -> {l2:.4f}, val_loss {
 EOF
 }
 train_step() { # STEP MODE LAUNCHER...
-    local step=$1 mode=$2 rc summary
+    local step=$1 mode=$2 rc result
     shift 2
     local t0=$SECONDS args
     mapfile -t args < <(train_args "$mode" "$step")
@@ -342,17 +371,17 @@ train_step() { # STEP MODE LAUNCHER...
         "${extra[@]}"
     rc=$?
     took[$step]="$((SECONDS - t0))s"
-    summary=$(train_summary "$logs/$step.log")
+    result=$(train_summary "$logs/$step.log")
     if ((rc == 124)); then
-        set_status "$step" FAIL "timed out${summary:+ (${summary#* })}"
+        set_status "$step" FAIL "timed out${result:+ (${result#* })}"
     elif ((rc != 0)); then
         set_status "$step" FAIL "rc $rc: $(first_error "$logs/$step.log")"
-    elif [[ -z $summary ]]; then
+    elif [[ -z $result ]]; then
         set_status "$step" FAIL "no epoch lines in the log"
-    elif [[ $summary == ok* ]]; then
-        set_status "$step" PASS "${summary#ok }"
+    elif [[ $result == ok* ]]; then
+        set_status "$step" PASS "${result#ok }"
     else
-        set_status "$step" FAIL "${summary#bad }"
+        set_status "$step" FAIL "${result#bad }"
     fi
 }
 extra=()
