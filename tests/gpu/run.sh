@@ -240,7 +240,8 @@ note "GPU: $gpu_name"
 # every binary's libraries resolve (the ones carried, the system's, CUDA's)
 missing=$(for f in "$bin"/* "$tools/mpi/usr/bin/orterun" "$tools/mpi/usr/bin/orted"; do
     [[ -f $f && ! $f == *.tsv ]] || continue
-    ldd "$f" 2>&1 | awk -v f="$(basename "$f")" '/not found/ {print $1 " (" f ")"}'
+    ldd "$f" 2>&1 | awk -v f="$(basename "$f")" '/not found/ {print $1 " (" f ")"}
+        /error while loading shared libraries/ {sub(/.*libraries: /, ""); print $0 " (" f ")"}'
 done | sort -u | tr '\n' ' ')
 echo "== missing libraries: ${missing:-none}" >> "$logs/probe.log"
 if [[ -n $missing ]]; then

@@ -4,15 +4,16 @@
 # system's Open MPI and PMIx, are hidden, so a library or an Open MPI file the bundle lacks fails
 # here and not there. Without a GPU (MT_GPU_EXPECTED=0): CUDA steps are skipped, training and the
 # MPI runs go to the cpu backend for a few steps. Run tests/gpu/prepare.sh first.
-#   tests/gpu/try_here.sh [OUT_DIR]          (extra environment, e.g. MT_GPU_SIMULATE_SLOW, passes)
+#   tests/gpu/try_here.sh [OUT_DIR]     (the environment passes: MT_GPU_SIMULATE_SLOW, MT_GPU_BUNDLE...)
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bundle=${MT_GPU_BUNDLE:-$root/.gpu-bundle}
 out=${1:-$root/gpu-out}
 [[ -f $bundle/tools.tar.xz ]] || { echo "try_here.sh: run tests/gpu/prepare.sh first"; exit 2; }
 [[ $(id -u) == 0 ]] || { echo "try_here.sh: needs root (a mount namespace)"; exit 2; }
-libs=$(tar -tJf "$bundle/tools.tar.xz" | sed -n 's#^lib/\(.\+\)$#\1#p')
-export root out libs
+# MT_TRY_HIDE: more library names to hide (to see a bundle that lacks one fail)
+libs="$(tar -tJf "$bundle/tools.tar.xz" | sed -n 's#^lib/\(.\+\)$#\1#p') ${MT_TRY_HIDE:-}"
+export root out libs MT_GPU_BUNDLE=$bundle
 export MT_GPU_EXPECTED=${MT_GPU_EXPECTED:-0} MT_GPU_BUDGET_SCALE=${MT_GPU_BUDGET_SCALE:-4}
 exec unshare -m bash -c '
     set -u
