@@ -198,6 +198,7 @@ tar -C "$stage" -cf - bin lib mpi | xz -T"$jobs" -6 > "$bundle/tools.tar.xz"
     echo "tests/gpu/prepare.sh"
     echo "commit $(git -C "$root" rev-parse HEAD 2> /dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD 2> /dev/null || echo ' (with local changes)')"
     echo "date $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "build $build"
     echo "photos fraction $fraction"
     (cd "$bundle" && du -b tools.tar.xz data weights golden tests.tsv)
 } > "$bundle/MANIFEST"

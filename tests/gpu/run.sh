@@ -156,6 +156,11 @@ on_exit() {
     done
     tar -C "$work" -czf "$out/logs.tgz" logs 2> /dev/null
     rm -rf "$work"
+    if [[ -n ${made_build_dir:-} ]]; then # our links, then the folders we made, if empty
+        find "$build_dir" -maxdepth 1 -type l -lname "$bin/*" -delete 2> /dev/null
+        d=$build_dir
+        while rmdir "$d" 2> /dev/null && [[ $d != "$made_build_dir" ]]; do d=$(dirname "$d"); done
+    fi
     exit "$rc"
 }
 trap on_exit EXIT
@@ -224,6 +229,20 @@ export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_mca_base_component_sho
 export OMP_WAIT_POLICY=PASSIVE
 export NVIDIA_TF32_OVERRIDE=0 # fp32 tolerances: cuDNN and cuBLAS off TF32 (bench sets its own)
 bin=$tools/bin
+# A runtime-loaded module the build made (the cuda backend's libmobiletune_cuda.so) is found
+# beside the programs and through LD_LIBRARY_PATH; should a program look in the folder it was
+# built in instead, that folder is made here too, when it does not exist, with links to the
+# modules (removed at exit: nothing of the machine's is touched)
+made_build_dir=""
+build_dir=$(sed -n 's/^build //p' "$bundle/MANIFEST" | head -1)
+if [[ -n $build_dir && ! -e $build_dir ]] && compgen -G "$bin/lib*.so*" > /dev/null; then
+    made_top=$build_dir
+    while [[ ! -e $(dirname "$made_top") ]]; do made_top=$(dirname "$made_top"); done
+    if mkdir -p "$build_dir" 2> /dev/null; then
+        made_build_dir=$made_top
+        for m in "$bin"/lib*.so*; do ln -s "$m" "$build_dir/"; done
+    fi
+fi
 {
     echo "== MANIFEST"; cat "$bundle/MANIFEST"
     echo "== nvidia-smi"; nvidia-smi 2>&1 | head -20
