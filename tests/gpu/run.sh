@@ -227,6 +227,11 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMPI_MCA_plm=isolated
 export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_mca_base_component_show_load_errors=0
 export OMP_WAIT_POLICY=PASSIVE
+# shared memory in /tmp (a container's /dev/shm may be small); no hwloc plugins of the machine's
+# own (another version) next to the carried libhwloc
+export OMPI_MCA_btl_vader_backing_directory=/tmp
+mkdir -p "$work/no-plugins"
+export HWLOC_PLUGINS_PATH=$work/no-plugins
 export NVIDIA_TF32_OVERRIDE=0 # fp32 tolerances: cuDNN and cuBLAS off TF32 (bench sets its own)
 bin=$tools/bin
 # A runtime-loaded module the build made (the cuda backend's libmobiletune_cuda.so) is found
@@ -412,7 +417,7 @@ done
 # ---- MPI: 1 rank over NCCL, 2 ranks sharing the GPU -----------------------------------------
 mpirun_cmd=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x OPAL_PREFIX
     -x PMIX_INSTALL_PREFIX -x PMIX_MCA_mca_base_component_path -x NVIDIA_TF32_OVERRIDE
-    -x OMP_WAIT_POLICY)
+    -x OMP_WAIT_POLICY -x HWLOC_PLUGINS_PATH)
 if ((gpu)); then
     extra=(--set train.comm=nccl --set train.steps_per_epoch=10)
     train_step mpi_nccl1 finetune "${mpirun_cmd[@]}" -np 1
