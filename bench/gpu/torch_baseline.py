@@ -10,8 +10,8 @@ GradScaler); each eager, and under torch.compile for the first cases of a run (s
 note when it fails). 3 warm-up steps (cudnn.benchmark searches there), then 10 steps timed with
 CUDA events; the GPU memory peak per case.
 
-  torch_baseline.py run --cases finetune:bf16:32,scratch:bf16:128 [--compile-first 2]
-                        [--deadline-s 120]                     # RESULT lines, in that order
+  torch_baseline.py run --cases finetune:bf16:32,scratch:bf16:128 [--compile-first N]
+                        [--compiled-only] [--deadline-s 120]   # RESULT lines, in that order
   torch_baseline.py report RESULTS_FILE       # ratios of mobiletune's lines to torch's
 
 The input batch stays on the GPU (torch's best case); mobiletune's step includes uploading the
@@ -101,7 +101,8 @@ def cmd_run(args):
     failed = 0
     cases = [(m, p, int(b)) for m, p, b in (c.split(":") for c in args.cases.split(","))]
     # eager first, then torch.compile (slow to build) for the first cases
-    runs = [c + (False,) for c in cases] + [c + (True,) for c in cases[:args.compile_first]]
+    runs = [] if args.compiled_only else [c + (False,) for c in cases]
+    runs += [c + (True,) for c in cases[:len(cases) if args.compiled_only else args.compile_first]]
     for mode, precision, batch, compiled in runs:
         if time.monotonic() > deadline:
             print(f"NOTE torch: deadline reached before {mode} {precision} {batch}"
@@ -163,7 +164,9 @@ def main():
     run = sub.add_parser("run")
     run.add_argument("--cases", default="finetune:bf16:32,scratch:bf16:32,finetune:bf16:128,"
                      "scratch:bf16:128")
-    run.add_argument("--compile-first", type=int, default=2)
+    run.add_argument("--compile-first", type=int, default=0)
+    run.add_argument("--compiled-only", action="store_true",
+                     help="only the torch.compile runs of the cases")
     run.add_argument("--deadline-s", type=float, default=600)
     run.add_argument("--size", type=int, default=160)
     run.add_argument("--steps", type=int, default=10)
