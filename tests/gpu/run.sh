@@ -212,7 +212,7 @@ cuda_dirs=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [[ -d $d ]] && cuda_dirs+=":$d"
 done
-for d in $(python3 -c 'import nvidia; print(" ".join(nvidia.__path__))' 2> /dev/null); do
+for d in $(timeout 30 python3 -c "import nvidia; print(' '.join(nvidia.__path__))" 2> /dev/null); do
     for lib in $(find "$d" -maxdepth 4 \( -name 'libcudnn.so.*' -o -name 'libnccl.so.*' -o \
         -name 'libcublas.so.*' -o -name 'libcudart.so.*' -o -name 'libnvrtc.so.*' \) 2> /dev/null); do
         case ":$cuda_dirs:" in *":$(dirname "$lib"):"*) ;; *) cuda_dirs+=":$(dirname "$lib")" ;; esac
@@ -250,15 +250,15 @@ if [[ -n $build_dir && ! -e $build_dir ]] && compgen -G "$bin/lib*.so*" > /dev/n
 fi
 {
     echo "== MANIFEST"; cat "$bundle/MANIFEST"
-    echo "== nvidia-smi"; nvidia-smi 2>&1 | head -20
+    echo "== nvidia-smi"; timeout 20 nvidia-smi 2>&1 | head -20
     echo "== os: $(. /etc/os-release 2> /dev/null; echo "${PRETTY_NAME:-?}"), $(ldd --version 2>&1 | head -1)"
     echo "== nvcc: $(nvcc --version 2>&1 | tail -1)"
-    echo "== torch: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())' 2>&1 | tail -1)"
+    echo "== torch: $(timeout 60 python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())' 2>&1 | tail -1)"
     echo "== CUDA library folders:${cuda_dirs//:/ }"
     echo "== system mpirun: $(command -v -a mpirun | grep -v "$tools" | head -1)"
     echo "== LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 } > "$logs/probe.log" 2>&1
-gpu_name=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)
+gpu_name=$(timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)
 command -v nvidia-smi > /dev/null || gpu_name="none (no nvidia-smi)"
 note "GPU: $gpu_name"
 # every binary's libraries resolve (the ones carried, the system's, CUDA's)
