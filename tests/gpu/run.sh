@@ -238,6 +238,11 @@ bin=$tools/bin
 # beside the programs and through LD_LIBRARY_PATH; should a program look in the folder it was
 # built in instead, that folder is made here too, when it does not exist, with links to the
 # modules (removed at exit: nothing of the machine's is touched)
+mpi_x=() # what mpirun passes on besides the fixed list below
+if [[ -f $bin/libmobiletune_cuda.so ]]; then
+    export MT_CUDA_MODULE=$bin/libmobiletune_cuda.so # the module's own override (cuda_module.c)
+    mpi_x=(-x MT_CUDA_MODULE)
+fi
 made_build_dir=""
 build_dir=$(sed -n 's/^build //p' "$bundle/MANIFEST" | head -1)
 if [[ -n $build_dir && ! -e $build_dir ]] && compgen -G "$bin/lib*.so*" > /dev/null; then
@@ -423,7 +428,7 @@ done
 # ---- MPI: 1 rank over NCCL, 2 ranks sharing the GPU -----------------------------------------
 mpirun_cmd=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x OPAL_PREFIX
     -x PMIX_INSTALL_PREFIX -x PMIX_MCA_mca_base_component_path -x NVIDIA_TF32_OVERRIDE
-    -x OMP_WAIT_POLICY -x HWLOC_PLUGINS_PATH)
+    -x OMP_WAIT_POLICY -x HWLOC_PLUGINS_PATH "${mpi_x[@]}")
 if ((gpu)); then
     extra=(--set train.comm=nccl --set train.steps_per_epoch=10)
     train_step mpi_nccl1 finetune "${mpirun_cmd[@]}" -np 1
