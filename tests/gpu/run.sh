@@ -33,6 +33,7 @@
 #   tests/gpu/try_here.sh                       the same with the system's copies of the bundled
 #                    libraries and Open MPI hidden (a mount namespace), as on the GPU machine
 #   MT_GPU_SIMULATE_SLOW=STEP                   that step sleeps instead (its timeout must hit)
+#   MT_GPU_EXPECTED=0 MT_GPU_PRETEND=1           the GPU-side branches, on the cpu backend
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/gpu-out}
@@ -304,6 +305,12 @@ else
 fi
 backend=cuda
 ((gpu)) || backend=cpu
+# MT_GPU_PRETEND=1 (only to try this script's GPU-side branches on a CPU machine): carry on as if
+# CUDA had started, with the cpu backend wherever a step trains or checks the golden step
+if [[ ${MT_GPU_PRETEND:-0} == 1 && $expected == 0 ]]; then
+    gpu=1
+    note "MT_GPU_PRETEND=1: the GPU branches run, on the cpu backend"
+fi
 # skip-or-fail for a step that needs the GPU
 nogpu() { set_status "$1" SKIP "no GPU (MT_GPU_EXPECTED=0)"; }
 
@@ -476,7 +483,8 @@ if ((gpu)) || [[ ${MT_GPU_BENCH_ANYWAY:-0} == 1 ]]; then
     if ((rc == 0 || rc == 124)) && ((${cases:-0} > 0)); then
         set_status bench PASS "${cases} results in ${bcap}s$( ((rc == 124)) && echo ' (cut at the deadline)'); bench_table.txt"
     else
-        set_status bench FAIL "rc $rc, ${cases:-0} results: $(first_error "$logs/bench.log")"
+        why=$(grep -m1 -E '^NOTE (mobiletune .* failed|torch)' "$out/bench_results.txt" 2> /dev/null)
+        set_status bench FAIL "rc $rc, ${cases:-0} results: ${why:-$(first_error "$logs/bench.log")}"
     fi
     [[ -f $out/bench_table.txt ]] && head -12 "$out/bench_table.txt" >> "$summary"
 else
