@@ -86,8 +86,8 @@ enum { ROUND_MARGIN = 4 };
 static const double unit_roundoff = 5.9604644775390625e-08; /* 2^-24 */
 
 typedef struct error_model {
-    double forward;                       /* eps of the logits and the loss */
-    double below[MT_MODEL_LAYERS + 1];    /* eps of the gradients of layer i (rounding) */
+    double forward;                    /* eps of the logits and the loss */
+    double below[MT_MODEL_LAYERS + 1]; /* eps of the gradients of layer i (rounding) */
 } error_model;
 
 static void error_model_build(const mt_model_layout *layout, int batch, error_model *em) {
@@ -230,7 +230,8 @@ static int write_golden(const options *o, const step_output *s) {
     for (int i = 0; i < layout->tensor_count; i++) {
         const mt_param_tensor *t = &layout->tensors[i];
         if (t->buffer == MT_PARAM_STATE)
-            fprintf(f, "state %s %zu %.9g\n", t->name, t->count, l2(s->state + t->offset, t->count));
+            fprintf(f, "state %s %zu %.9g\n", t->name, t->count,
+                    l2(s->state + t->offset, t->count));
     }
     fputs("data\n", f);
     bool ok = fwrite(s->logits, sizeof(float), logits, f) == logits;
@@ -262,8 +263,10 @@ static bool header_expect(FILE *f, const char *key, const char *want) {
         return false;
     }
     if (want && strcmp(v, want) != 0) {
-        fprintf(stderr, "gpu_golden_step: golden file has %s %s, this check %s %s: rerun "
-                        "tests/gpu/prepare.sh or pass the same options\n", key, v, key, want);
+        fprintf(stderr,
+                "gpu_golden_step: golden file has %s %s, this check %s %s: rerun "
+                "tests/gpu/prepare.sh or pass the same options\n",
+                key, v, key, want);
         return false;
     }
     return true;
@@ -311,9 +314,10 @@ static int check_golden(const options *o, step_output *s) {
             if (!fgets(line, sizeof line, f) ||
                 sscanf(line, "%15s %255s %zu %lf", kind, name, &count, &norm) != 4 ||
                 strcmp(name, t->name) != 0 || count != t->count) {
-                fprintf(stderr, "gpu_golden_step: golden file: tensor line '%s' does not match "
-                                "'%s' (%zu values): rerun tests/gpu/prepare.sh\n", line, t->name,
-                        t->count);
+                fprintf(stderr,
+                        "gpu_golden_step: golden file: tensor line '%s' does not match "
+                        "'%s' (%zu values): rerun tests/gpu/prepare.sh\n",
+                        line, t->name, t->count);
                 goto done;
             }
             total += count;
@@ -376,15 +380,16 @@ static int check_golden(const options *o, step_output *s) {
         if (rel > tol) {
             bad++;
             if (bad <= 20)
-                printf("FAIL gradient %-44s rel L2 %.2e (tol %.2e, norm %.3e)\n", t->name, rel,
-                       tol, n);
+                printf("FAIL gradient %-44s rel L2 %.2e (tol %.2e, norm %.3e)\n", t->name, rel, tol,
+                       n);
         }
         if (rel / tol > worst_ratio) worst_ratio = rel / tol, worst_name = t->name;
         rg += t->count;
     }
     printf("%-4s gradients: %d of %d tensors within tolerance; whole gradient rel L2 %.2e; "
-           "closest to its limit: %s at %.0f%% of it\n", bad ? "FAIL" : "ok", compared - bad,
-           compared, all_diff / fmax(all_norm, 1e-30), worst_name, 100 * worst_ratio);
+           "closest to its limit: %s at %.0f%% of it\n",
+           bad ? "FAIL" : "ok", compared - bad, compared, all_diff / fmax(all_norm, 1e-30),
+           worst_name, 100 * worst_ratio);
     failures += bad > 0 || compared == 0;
 
     /* BN moving statistics after the step (momentum 0.999: the old values plus 0.001 of the
@@ -427,19 +432,30 @@ int main(int argc, char **argv) {
     }
     if (argc < 3 || (strcmp(argv[1], "write") != 0 && strcmp(argv[1], "check") != 0))
         return usage();
-    options o = {.command = argv[1], .file = argv[2], .weights = "none", .alpha = 1.0f,
-                 .size = 160, .batch = 32};
+    options o = {.command = argv[1],
+                 .file = argv[2],
+                 .weights = "none",
+                 .alpha = 1.0f,
+                 .size = 160,
+                 .batch = 32};
     o.backend = strcmp(o.command, "write") == 0 ? "reference" : "cuda";
     for (int i = 3; i < argc; i++) {
         if (i + 1 >= argc) return usage();
         const char *k = argv[i], *v = argv[++i];
-        if (strcmp(k, "--backend") == 0) o.backend = v;
-        else if (strcmp(k, "--weights") == 0) o.weights = v;
-        else if (strcmp(k, "--alpha") == 0) o.alpha = strtof(v, NULL);
-        else if (strcmp(k, "--size") == 0) o.size = atoi(v);
-        else if (strcmp(k, "--batch") == 0) o.batch = atoi(v);
-        else if (strcmp(k, "--break") == 0) o.broken = v;
-        else return usage();
+        if (strcmp(k, "--backend") == 0)
+            o.backend = v;
+        else if (strcmp(k, "--weights") == 0)
+            o.weights = v;
+        else if (strcmp(k, "--alpha") == 0)
+            o.alpha = strtof(v, NULL);
+        else if (strcmp(k, "--size") == 0)
+            o.size = atoi(v);
+        else if (strcmp(k, "--batch") == 0)
+            o.batch = atoi(v);
+        else if (strcmp(k, "--break") == 0)
+            o.broken = v;
+        else
+            return usage();
     }
     mt_backend *backend = NULL;
     if (mt_backend_create(o.backend, NULL, &backend) != MT_OK) {

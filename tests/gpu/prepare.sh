@@ -60,12 +60,14 @@ mkdir -p "$build"
 if [[ ! -f $build/CMakeCache.txt ]]; then
     cmake -S "$root" -B "$build" -GNinja -DMT_WITH_CUDA=ON -DMT_WITH_MPI=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON \
-        > "$build/prepare-configure.log" 2>&1 || { tail -30 "$build/prepare-configure.log"; die "configure failed"; }
+        > "$build/prepare-configure.log" 2>&1 ||
+        { tail -30 "$build/prepare-configure.log"; die "configure failed"; }
 fi
 grep -q '^MT_WITH_CUDA:STRING=ON' "$build/CMakeCache.txt" ||
     die "$build is not configured with MT_WITH_CUDA=ON: remove it and rerun"
 cmake --build "$build" -j "$jobs" > "$build/prepare-build.log" 2>&1 ||
-    { grep -E 'error|FAILED' "$build/prepare-build.log" | head -20; die "build failed (log: $build/prepare-build.log)"; }
+    { grep -E 'error|FAILED' "$build/prepare-build.log" | head -20
+      die "build failed (log: $build/prepare-build.log)"; }
 
 stage=$build/gpu-stage
 rm -rf "$stage"
@@ -83,7 +85,8 @@ for t in data.get("tests", []):
     props = {p["name"]: p["value"] for p in t.get("properties", [])}
     labels = props.get("LABELS", [])
     cmd = t.get("command") or []
-    # the GPU tests (ctest -R 'cuda|gpu' or label gpu); the emulated kernels and the golden tool are CPU tests that CI runs
+    # the GPU tests (ctest -R 'cuda|gpu' or label gpu); the emulated kernels and the golden
+    # tool are CPU tests that CI runs
     name = t["name"]
     if not ("gpu" in labels or "cuda" in name or "gpu" in name) or not cmd or \
             name in ("gpu_kernels_emulated", "gpu_golden_tool"):
@@ -119,7 +122,8 @@ mv "$stage/tests.tsv" "$stage/bin/tests.tsv"
 # ---- 3. Open MPI and PMIx, in Debian's layout under mpi/ -------------------------------------
 step "Open MPI runtime"
 for pkg in openmpi-bin libopenmpi3 openmpi-common libpmix2; do
-    dpkg -L "$pkg" > /dev/null 2>&1 || die "Debian package $pkg is not installed (scripts/install-deps.sh)"
+    dpkg -L "$pkg" > /dev/null 2>&1 ||
+        die "Debian package $pkg is not installed (scripts/install-deps.sh)"
     dpkg -L "$pkg" | grep -vE '^/usr/share/(doc|man|lintian)/|\.a$|/include/' |
         while read -r f; do
             if [[ -f $f || -L $f ]] && [[ ! -d $f ]]; then
@@ -196,7 +200,8 @@ cp "$stage/bin/tests.tsv" "$bundle/tests.tsv"
 tar -C "$stage" -cf - bin lib mpi | xz -T"$jobs" -6 > "$bundle/tools.tar.xz"
 {
     echo "tests/gpu/prepare.sh"
-    echo "commit $(git -C "$root" rev-parse HEAD 2> /dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD 2> /dev/null || echo ' (with local changes)')"
+    echo "commit $(git -C "$root" rev-parse HEAD 2> /dev/null || echo unknown)$(
+        git -C "$root" diff --quiet HEAD 2> /dev/null || echo ' (with local changes)')"
     echo "date $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "build $build"
     echo "photos fraction $fraction"
