@@ -454,11 +454,11 @@ train_step mpi_share2 finetune "${mpirun_cmd[@]}" -np 2
 grep -m1 -iE 'rank|comm|nccl|all-reduce' "$logs/mpi_share2.log" > /dev/null &&
     grep -iE '^mobiletune:|all-reduce per step' "$logs/mpi_share2.log" | head -2 >> "$summary"
 
-# ---- profile: MT_CUDA_PROFILE=1 over one step (where the binary supports it) -----------------
+# ---- profile: MT_CUDA_PROFILE=1 (the window is the step after the 4th loss: warm-up 3) -------
 t0=$SECONDS
 if ((gpu)); then
     MT_CUDA_PROFILE=1 run_logged profile "$(cap profile)" profile "$bin/bench_train_step" \
-        --backend cuda --mode finetune --batch 32 --size 160 --steps 1 --warmup 1
+        --backend cuda --mode finetune --batch 32 --size 160 --warmup 3 --steps 3
     rc=$?
     cp "$logs/profile.log" "$out/profile.txt"
     if ((rc != 0)); then set_status profile FAIL "rc $rc: $(first_error "$logs/profile.log")"
