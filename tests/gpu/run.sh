@@ -109,9 +109,13 @@ run_logged() {
     child=""
     return "$rc"
 }
-first_error() { # the first line of a log that says what went wrong
-    grep -m1 -iE 'error|fail|refus|cannot|not found|unknown|invalid|abort|denied' "$1" 2> /dev/null |
-        cut -c1-200
+first_error() { # the first line of a log that says what went wrong: the programs' own first
+    local line
+    line=$(grep -m1 -iE '^(mobiletune[^:]*|bench_train_step|gpu_golden_step|test_[a-z_]+): .*(error|fail|refus|cannot|not found|unknown|invalid|needs|no such|abort)' \
+        "$1" 2> /dev/null)
+    [[ -n $line ]] || line=$(grep -m1 -iE 'error|fail|refus|cannot|not found|unknown|invalid|abort|denied' \
+        "$1" 2> /dev/null)
+    echo "${line:0:200}"
 }
 
 verdict_done=0
