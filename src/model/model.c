@@ -74,6 +74,8 @@ struct mt_model {
     /* the last forward */
     bool ready_for_backward, head_only, dropout_applied;
     int last_n;
+    /* the last backbone forward's kept outputs are intact (no backward has reused them) */
+    bool outputs_intact;
 
     mt_grad_ready_fn hook;
     void *hook_user;
@@ -148,6 +150,7 @@ static void free_activations(mt_model *m) {
     free_grad_slots(m);
     m->n = 0;
     m->ready_for_backward = false;
+    m->outputs_intact = false;
 }
 
 static bool same_shape(mt_shape4 a, mt_shape4 b) {
@@ -576,6 +579,7 @@ static mt_status conv_group_forward(mt_model *m, int i, int n, bool training, in
 static mt_status backbone_forward(mt_model *m, const float *images, int n, bool training) {
     const mt_ops *ops = m->ops;
     mt_backend *be = m->backend;
+    m->outputs_intact = false;
     MT_TRY(ensure_activations(m, n));
     MT_TRY(ops->tensor_from_nhwc(be, images, act(m, 0)));
     memset(m->fused_training, 0, sizeof m->fused_training);
@@ -639,6 +643,7 @@ static mt_status backbone_forward(mt_model *m, const float *images, int n, bool 
         if (status != MT_OK)
             return mt_error_context(status, "forward of layer %d (%s)", i, l->name);
     }
+    m->outputs_intact = true;
     return ops->global_avg_pool_forward(be, act(m, MT_MODEL_BACKBONE_LAYERS - 1), m->pooled);
 }
 
@@ -715,7 +720,29 @@ mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_
     MT_TRY(m->ops->upload(m->backend, m->pooled, features,
                           (size_t)n * m->layout->feature_channels * sizeof(float)));
     m->head_only = true;
+    m->outputs_intact = false; /* the backbone's outputs are no longer this batch's */
     return head_forward(m, labels, n, training, dropout_seed, logits_host, out);
+}
+
+mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {
+    const mt_model_layout *layout = m->layout;
+    if (layer < 1 || layer >= MT_MODEL_BACKBONE_LAYERS)
+        return MT_FAIL(MT_ERR_INVALID, "layer %d: backbone layers are 1 to %d", layer,
+                       MT_MODEL_BACKBONE_LAYERS - 1);
+    const char *name = layout->layers[layer].name;
+    if (!m->outputs_intact)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "output of layer %s: needs a forward just before (backward reuses the "
+                       "activations)",
+                       name);
+    /* only a kept output is still this layer's own: the others share memory with later layers
+     * (or are overwritten in place by a ReLU6, or never exist when fused) */
+    if (m->owner[layer] != layer || !m->keep[layer] || !m->allocated[layer] || m->fused_away[layer])
+        return MT_FAIL(MT_ERR_INVALID,
+                       "output of layer %s: not kept by the forward in this mode (only the "
+                       "outputs a backward reads are)",
+                       name);
+    return m->ops->tensor_to_nhwc(m->backend, &m->acts[layer], host);
 }
 
 mt_status mt_model_features(mt_model *m, const float *images, int n, float *features) {
@@ -846,6 +873,7 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
 }
 
 mt_status mt_model_backward(mt_model *m) {
+    m->outputs_intact = false;
     if (!m->ready_for_backward)
         return MT_FAIL(MT_ERR_INVALID,
                        "backward needs a forward with training = true and labels just before it");

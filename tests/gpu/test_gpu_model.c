@@ -2,8 +2,24 @@
  * the reference backend, from the same seed: logits, loss, every trainable gradient, the BN
  * moving statistics after the step and the pooled features, in each training mode (scratch with
  * batch statistics, fine-tune and frozen with moving statistics and the backward stop). Run twice
- * on cuda, so the second step also exercises the cached algorithms and the reused pool blocks.
- * Skips (77) without a GPU. */
+ * on the device, so the second step also exercises the cached algorithms and the reused pool
+ * blocks. Skips (77) without a GPU.
+ *
+ * MT_GPU_MODEL_DEVICE=cpu runs the same test with the cpu backend as the device (the ctest
+ * gpu_model_cpu, in CI without a GPU), so every line of it, the kink shifts and the bite check
+ * included, runs on every push; MT_GPU_MODEL_NO_KINK_SHIFT=1 leaves the betas alone (to see
+ * what the kinks do).
+ *
+ * ReLU6 kinks. A pre-activation within float32 rounding of 0 or 6 may land on either side in
+ * two fp32 runs that sum in different orders (cuBLAS GEMMs vs cuDNN vs the reference), which
+ * flips that element's gradient and, through training-mode BN's batch statistics, every
+ * gradient below: outside any rounding error model (docs/model.md, "the error model"). As the
+ * Keras comparison does (tests/keras/keras_reference.py), the test first moves the betas of the
+ * BNs that feed a ReLU6, per channel and by the least that works, until every pre-activation
+ * on the gradient path is at least 512 u x its layer's RMS from both kinks, layer by layer
+ * (a shift changes every layer above), and gives both models those betas. The limits are then
+ * the error model's, doubled: each fp32 run is within the model's limit of the exact result,
+ * so two runs are within twice it of each other. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,12 +30,13 @@
 
 enum { N = 4, SIZE = 64 };
 
-static float largest(const float *v, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        m = fmaxf(m, fabsf(v[i]));
-    return m;
+/* the error model of docs/model.md: HEADROOM x C x u x sqrt(D), twice (two fp32 runs) */
+static const double unit_roundoff = 5.9604644775390625e-08; /* fp32, 2^-24 */
+static double model_limit(double c) {
+    return 2.0 * 16.0 * c * unit_roundoff * sqrt(52.0);
 }
+/* the kink margin, in units of u x the layer's RMS (docs/model.md) */
+static const double kink_margin_u = 512.0;
 
 static float *download(mt_backend *b, const float *device, size_t count) {
     float *host = malloc(count * sizeof *host);
@@ -29,6 +46,28 @@ static float *download(mt_backend *b, const float *device, size_t count) {
         return NULL;
     }
     return host;
+}
+
+static double norm2(const float *v, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)v[i] * v[i];
+    return sqrt(s);
+}
+
+/* ||got - want|| / max(||want||, floor); 0 when both are zero */
+static double rel_l2(const float *got, const float *want, size_t n, double floor) {
+    double d = 0.0;
+    for (size_t i = 0; i < n; i++)
+        d += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
+    double scale = fmax(norm2(want, n), floor);
+    return scale > 0.0 ? sqrt(d) / scale : sqrt(d);
+}
+
+static bool within(const char *what, double error, double limit) {
+    if (error <= limit) return true;
+    printf("  %s: relative L2 error %.3g over the limit %.3g\n", what, error, limit);
+    return false;
 }
 
 /* one forward + backward; logits and the result on the host */
@@ -42,7 +81,194 @@ static bool step(mt_model *m, const float *images, const int32_t *labels, float 
     return true;
 }
 
-static void compare_mode(mt_backend *ref, mt_backend *gpu, mt_train_mode mode, int classes) {
+/* ---- the kink shifts ---------------------------------------------------------------------- */
+
+typedef struct interval {
+    double lo, hi;
+} interval;
+
+static int interval_order(const void *a, const void *b) {
+    double x = ((const interval *)a)->lo, y = ((const interval *)b)->lo;
+    return (x > y) - (x < y);
+}
+
+/* The least |d| such that every v + d of the channel is at least `margin` from 0 and from 6:
+ * d must avoid the open intervals (-v - margin, -v + margin) and (6 - v - margin, ...); merged,
+ * the one holding 0 (if any) is left by its nearer end. `spans` has room for 2 x count. */
+static double least_shift(const double *v, size_t count, size_t stride, double margin,
+                          interval *spans) {
+    size_t k = 0;
+    for (size_t i = 0; i < count; i++) {
+        double x = v[i * stride];
+        spans[k++] = (interval){-x - margin, -x + margin};
+        spans[k++] = (interval){6.0 - x - margin, 6.0 - x + margin};
+    }
+    qsort(spans, k, sizeof *spans, interval_order);
+    for (size_t i = 0; i < k;) {
+        double lo = spans[i].lo, hi = spans[i].hi;
+        for (i++; i < k && spans[i].lo <= hi; i++)
+            hi = fmax(hi, spans[i].hi);
+        if (lo < 0.0 && 0.0 < hi) return hi < -lo ? hi : lo;
+    }
+    return 0.0;
+}
+
+typedef struct kink_pass {
+    long near;   /* pre-activations within the margin of 0 or 6 */
+    int layers;  /* BN + ReLU6 pairs on the gradient path (pre-activations inspected) */
+    int shifted; /* layers whose betas moved */
+} kink_pass;
+
+/* The pre-activations z (n x h x w x c, double) of BN layer `bn` in the model's last forward,
+ * from the BN's input and its statistics as the forward used them (batch statistics in
+ * training mode, biased variance; else the moving ones). false when the BN's input is not kept
+ * (the layer is off the gradient path, where a kink cannot move a gradient). */
+static bool pre_activations(mt_model *m, int bn, double *z, float *x, float *param) {
+    const mt_model_layout *layout = mt_model_get_layout(m);
+    const mt_layer_info *l = &layout->layers[bn];
+    if (mt_model_layer_output(m, l->inputs[0], x) != MT_OK) return false;
+    size_t c = (size_t)l->out_c, rows = (size_t)N * l->out_h * l->out_w;
+    const char *names[4] = {"gamma", "beta", "moving_mean", "moving_variance"};
+    float *p[4];
+    for (int k = 0; k < 4; k++) {
+        p[k] = param + k * c;
+        if (mt_model_tensor_download(m, mt_model_layout_find(layout, l->name, names[k]), p[k]) !=
+            MT_OK) {
+            fprintf(stderr, "kinks: %s\n", mt_last_error());
+            mt_test_failures++;
+            return false;
+        }
+    }
+    for (size_t ch = 0; ch < c; ch++) {
+        double mean = p[2][ch], var = p[3][ch];
+        if (l->bn_training) {
+            double s = 0.0, q = 0.0;
+            for (size_t r = 0; r < rows; r++)
+                s += x[r * c + ch];
+            mean = s / (double)rows;
+            for (size_t r = 0; r < rows; r++)
+                q += (x[r * c + ch] - mean) * (x[r * c + ch] - mean);
+            var = q / (double)rows;
+        }
+        double scale = p[0][ch] / sqrt(var + 1e-3); /* Keras' epsilon */
+        for (size_t r = 0; r < rows; r++)
+            z[r * c + ch] = (x[r * c + ch] - mean) * scale + p[1][ch];
+    }
+    return true;
+}
+
+/* One pass over the BN + ReLU6 pairs from the bottom: count the kink-near pre-activations and,
+ * when `a_shift`, move the betas of a layer that has some (in `a` and `b`) and run the forward
+ * again before looking at the next layer. `a`'s training forwards move its BN moving
+ * statistics: the caller restores them. */
+static bool kink_pass_run(mt_model *a, mt_model *b, const float *images, const int32_t *labels,
+                          bool shift, kink_pass *out) {
+    const mt_model_layout *layout = mt_model_get_layout(a);
+    size_t most = 0;
+    for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
+        const mt_layer_info *l = &layout->layers[i];
+        size_t size = (size_t)N * l->out_h * l->out_w * l->out_c;
+        if (size > most) most = size;
+    }
+    double *z = malloc(most * sizeof *z);
+    float *x = malloc(most * sizeof *x), *param = malloc(4 * 2048 * sizeof *param);
+    interval *spans = malloc(2 * most * sizeof *spans);
+    mt_step_result r;
+    bool ok = z && x && param && spans &&
+              mt_model_forward(a, images, labels, N, true, 11, NULL, &r) == MT_OK;
+    *out = (kink_pass){0};
+    for (int i = 1; ok && i < MT_MODEL_BACKBONE_LAYERS; i++) {
+        const mt_layer_info *relu = &layout->layers[i];
+        if (relu->kind != MT_LAYER_RELU6) continue;
+        int bn = relu->inputs[0];
+        const mt_layer_info *l = &layout->layers[bn];
+        if (l->kind != MT_LAYER_BATCHNORM || !pre_activations(a, bn, z, x, param)) continue;
+        size_t c = (size_t)l->out_c, count = (size_t)N * l->out_h * l->out_w * c;
+        double sum = 0.0;
+        for (size_t k = 0; k < count; k++)
+            sum += z[k] * z[k];
+        double margin = kink_margin_u * unit_roundoff * sqrt(sum / (double)count);
+        long near = 0;
+        for (size_t k = 0; k < count; k++)
+            near += fabs(z[k]) < margin || fabs(z[k] - 6.0) < margin;
+        out->layers++;
+        out->near += near;
+        if (!shift || near == 0) continue;
+        /* 1.5x the margin: our double z is not the float run's, and beta + d rounds */
+        float *beta = param + c;
+        for (size_t ch = 0; ch < c; ch++)
+            beta[ch] = (float)(beta[ch] + least_shift(z + ch, count / c, c, 1.5 * margin, spans));
+        const mt_param_tensor *t = mt_model_layout_find(layout, l->name, "beta");
+        ok = mt_model_tensor_upload(a, t, beta) == MT_OK &&
+             mt_model_tensor_upload(b, t, beta) == MT_OK &&
+             mt_model_forward(a, images, labels, N, true, 11, NULL, &r) == MT_OK;
+        out->shifted++;
+    }
+    if (!ok) fprintf(stderr, "kinks: %s\n", mt_last_error());
+    free(z), free(x), free(param), free(spans);
+    return ok;
+}
+
+/* Count, shift, count again; the reference model's BN moving statistics as they were. */
+static bool kink_shift(mt_model *a, mt_model *b, const float *images, const int32_t *labels) {
+    float *state;
+    size_t count;
+    mt_model_state(a, &state, &count);
+    mt_backend *be = mt_model_backend(a);
+    float *saved = download(be, state, count);
+    kink_pass before = {0}, moved = {0}, after = {0};
+    bool no_shift = getenv("MT_GPU_MODEL_NO_KINK_SHIFT") != NULL;
+    bool ok = saved && kink_pass_run(a, b, images, labels, false, &before) &&
+              (no_shift || kink_pass_run(a, b, images, labels, true, &moved)) &&
+              kink_pass_run(a, b, images, labels, false, &after) &&
+              be->ops->upload(be, state, saved, count * sizeof *saved) == MT_OK;
+    if (ok)
+        printf("  kinks: %ld pre-activations within %.0f u x RMS of 0 or 6 in %d layers before, "
+               "%ld after (%d layers' betas moved)%s\n",
+               before.near, kink_margin_u, before.layers, after.near, no_shift ? 0 : moved.shifted,
+               no_shift ? " [MT_GPU_MODEL_NO_KINK_SHIFT]" : "");
+    CHECK(ok);
+    if (ok && !no_shift) CHECK_MSG(after.near == 0, "%ld kink-near values left", after.near);
+    free(saved);
+    return ok;
+}
+
+/* ---- the comparison ----------------------------------------------------------------------- */
+
+/* Per trainable tensor: relative L2 against max(its norm, 0.1 x the median tensor norm)
+ * (docs/model.md: some gradients are zero analytically, and a float run computes rounding
+ * there); returns the number of tensors over `limit`. */
+static int compare_gradients(const mt_model_layout *layout, const float *got, const float *want,
+                             double limit, bool quiet, double *worst) {
+    double norms[2048];
+    int k = 0;
+    for (int i = 0; i < layout->tensor_count && k < 2048; i++)
+        if (layout->tensors[i].buffer == MT_PARAM_TRAINABLE)
+            norms[k++] = norm2(want + layout->tensors[i].offset, layout->tensors[i].count);
+    for (int i = 1; i < k; i++) /* insertion sort: a few hundred */
+        for (int j = i; j > 0 && norms[j - 1] > norms[j]; j--) {
+            double t = norms[j];
+            norms[j] = norms[j - 1], norms[j - 1] = t;
+        }
+    double floor = k ? 0.1 * norms[k / 2] : 0.0;
+    int bad = 0;
+    *worst = 0.0;
+    for (int i = 0; i < layout->tensor_count; i++) {
+        const mt_param_tensor *t = &layout->tensors[i];
+        if (t->buffer != MT_PARAM_TRAINABLE) continue;
+        double e = rel_l2(got + t->offset, want + t->offset, t->count, floor);
+        *worst = fmax(*worst, e);
+        if (e > limit) {
+            if (!quiet && bad < 8)
+                printf("  %s: relative L2 error %.3g over the limit %.3g\n", t->name, e, limit);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+static void compare_mode(mt_backend *ref, mt_backend *dev, const char *device, mt_train_mode mode,
+                         int classes) {
     mt_model_config config = mt_model_config_default();
     config.alpha = 0.35f;
     config.input_size = SIZE;
@@ -52,12 +278,13 @@ static void compare_mode(mt_backend *ref, mt_backend *gpu, mt_train_mode mode, i
     config.dropout = 0.2f;
     mt_model *a = NULL, *b = NULL;
     if (mt_model_create(ref, &config, 5, &a) != MT_OK ||
-        mt_model_create(gpu, &config, 5, &b) != MT_OK) {
+        mt_model_create(dev, &config, 5, &b) != MT_OK) {
         fprintf(stderr, "create (%s): %s\n", mt_train_mode_name(mode), mt_last_error());
         mt_test_failures++;
         mt_model_destroy(a), mt_model_destroy(b);
         return;
     }
+    printf("%s, %d classes:\n", mt_train_mode_name(mode), classes);
     const mt_model_layout *layout = mt_model_get_layout(a);
     size_t pixels = (size_t)N * SIZE * SIZE * 3;
     float *images = malloc(pixels * sizeof *images);
@@ -70,68 +297,102 @@ static void compare_mode(mt_backend *ref, mt_backend *gpu, mt_train_mode mode, i
     const int outs = layout->logit_count;
     float la[N * 8], lb[N * 8];
     mt_step_result ra, rb;
-    /* cuda twice: the second step runs on cached algorithms and reused memory; BN in scratch
-     * moves the statistics, so the reference model takes the same two steps */
-    bool ok = step(a, images, labels, la, &ra) && step(b, images, labels, lb, &rb) &&
-              step(a, images, labels, la, &ra) && step(b, images, labels, lb, &rb);
+    float *sa, *sb;
+    size_t state;
+    mt_model_state(a, &sa, &state);
+    mt_model_state(b, &sb, &state);
+    float *initial = NULL;
+    bool ok = kink_shift(a, b, images, labels) && (initial = download(ref, sa, state)) != NULL;
+    /* the device twice: the second step runs on cached algorithms and reused memory; BN in
+     * scratch moves the statistics, so the reference model takes the same two steps */
+    ok = ok && step(a, images, labels, la, &ra) && step(b, images, labels, lb, &rb) &&
+         step(a, images, labels, la, &ra) && step(b, images, labels, lb, &rb);
     CHECK(ok);
     if (!ok) goto done;
-    CHECK(mt_test_arrays_close("logits", lb, la, (size_t)N * outs, 1e-3, 1e-3));
-    CHECK_CLOSE(rb.loss, ra.loss, 1e-4, 1e-3);
+
+    /* forward quantities: the pooled features' C (6; the head's dense adds one layer to 52);
+     * gradients: C per BN mode, for the whole buffer and per tensor */
+    bool batch_stats = mode == MT_TRAIN_SCRATCH;
+    CHECK(within("logits", rel_l2(lb, la, (size_t)N * outs, 0.0), model_limit(6)));
+    CHECK(within("loss", fabs((double)rb.loss - ra.loss) / fabs(ra.loss), model_limit(1)));
     CHECK(ra.valid == rb.valid && ra.correct == rb.correct);
 
     float *ga, *gb;
     size_t count;
     mt_model_trainable(a, NULL, &ga, &count);
     mt_model_trainable(b, NULL, &gb, &count);
-    float *ha = download(ref, ga, count), *hb = download(gpu, gb, count);
+    float *ha = download(ref, ga, count), *hb = download(dev, gb, count);
     CHECK(ha && hb);
-    int bad = 0, compared = 0;
-    for (int i = 0; ha && hb && i < layout->tensor_count; i++) {
-        const mt_param_tensor *t = &layout->tensors[i];
-        if (t->buffer != MT_PARAM_TRAINABLE) continue;
-        float scale = largest(ha + t->offset, t->count);
-        compared++;
-        if (!mt_test_arrays_close(t->name, hb + t->offset, ha + t->offset, t->count,
-                                  2e-3 * scale + 1e-6, 2e-2))
-            bad++;
+    int compared = 0;
+    for (int i = 0; i < layout->tensor_count; i++)
+        compared += layout->tensors[i].buffer == MT_PARAM_TRAINABLE;
+    double per_tensor = model_limit(batch_stats ? 160 : 16);
+    if (ha && hb) {
+        double all = rel_l2(hb, ha, count, 0.0), worst, bitten;
+        CHECK(within("all gradients", all, model_limit(batch_stats ? 10 : 4)));
+        int bad = compare_gradients(layout, hb, ha, per_tensor, false, &worst);
+        printf("  gradients: all %.3g (limit %.3g), worst tensor %.3g (limit %.3g)\n", all,
+               model_limit(batch_stats ? 10 : 4), worst, per_tensor);
+        CHECK_MSG(bad == 0, "%s: %d of %d gradient tensors differ", mt_train_mode_name(mode), bad,
+                  compared);
+        /* the check bites: 1% off in the largest gradient tensor is caught */
+        int largest = -1;
+        double most = -1.0;
+        for (int i = 0; i < layout->tensor_count; i++) {
+            const mt_param_tensor *t = &layout->tensors[i];
+            double n2 = norm2(ha + t->offset, t->count);
+            if (t->buffer == MT_PARAM_TRAINABLE && n2 > most) most = n2, largest = i;
+        }
+        const mt_param_tensor *t = &layout->tensors[largest];
+        for (size_t k = 0; k < t->count; k++)
+            hb[t->offset + k] *= 1.01f;
+        CHECK_MSG(compare_gradients(layout, hb, ha, per_tensor, true, &bitten) >= 1,
+                  "a 1%% error in %s's gradient was not caught", t->name);
     }
-    CHECK_MSG(bad == 0, "%s: %d of %d gradient tensors differ", mt_train_mode_name(mode), bad,
-              compared);
     CHECK(compared > 0);
 
-    float *sa, *sb;
-    size_t state;
-    mt_model_state(a, &sa, &state);
-    mt_model_state(b, &sb, &state);
-    float *hsa = download(ref, sa, state), *hsb = download(gpu, sb, state);
-    CHECK(hsa && hsb && mt_test_arrays_close("BN moving statistics", hsb, hsa, state, 1e-4, 1e-3));
+    /* the moving statistics' change over the two steps (momentum 0.999 leaves 0.2% of the
+     * batch statistics in them): forward quantities, variances, the features' max-norm C */
+    float *hsa = download(ref, sa, state), *hsb = download(dev, sb, state);
+    CHECK(hsa && hsb);
+    if (hsa && hsb) {
+        for (size_t k = 0; k < state; k++)
+            hsa[k] -= initial[k], hsb[k] -= initial[k];
+        CHECK(
+            within("BN moving statistics' change", rel_l2(hsb, hsa, state, 0.0), model_limit(12)));
+    }
 
     size_t f = (size_t)N * layout->feature_channels;
     float *fa = malloc(f * sizeof *fa), *fb = malloc(f * sizeof *fb);
     CHECK(mt_model_features(a, images, N, fa) == MT_OK);
     CHECK(mt_model_features(b, images, N, fb) == MT_OK);
-    CHECK(mt_test_arrays_close("features", fb, fa, f, 1e-3 * largest(fa, f), 1e-3));
-    printf("%s, %d classes: loss %.6f (reference) %.6f (cuda), %d gradient tensors compared\n",
-           mt_train_mode_name(mode), classes, ra.loss, rb.loss, compared);
+    CHECK(within("features", rel_l2(fb, fa, f, 0.0), model_limit(6)));
+    printf("  loss %.6f (reference) %.6f (%s), %d gradient tensors compared\n", ra.loss, rb.loss,
+           device, compared);
     free(fa), free(fb), free(hsa), free(hsb), free(ha), free(hb);
 done:
+    free(initial);
     free(images);
     mt_model_destroy(a);
     mt_model_destroy(b);
 }
 
 int main(void) {
-    mt_backend *gpu = NULL, *ref = NULL;
-    if (mt_backend_create("cuda", NULL, &gpu) != MT_OK) {
-        printf("skipped: no GPU (%s)\n", mt_last_error());
-        return MT_TEST_SKIP_CODE;
+    mt_backend *dev = NULL, *ref = NULL;
+    const char *device = getenv("MT_GPU_MODEL_DEVICE");
+    if (!device || !*device) device = "cuda";
+    if (mt_backend_create(device, NULL, &dev) != MT_OK) {
+        if (strcmp(device, "cuda") == 0) {
+            printf("skipped: no GPU (%s)\n", mt_last_error());
+            return MT_TEST_SKIP_CODE;
+        }
+        CHECK_OK(mt_backend_create(device, NULL, &dev)); /* fails with the error */
     }
     CHECK_OK(mt_backend_create("reference", NULL, &ref));
-    compare_mode(ref, gpu, MT_TRAIN_SCRATCH, 2);
-    compare_mode(ref, gpu, MT_TRAIN_FINETUNE, 3);
-    compare_mode(ref, gpu, MT_TRAIN_FROZEN, 2);
+    compare_mode(ref, dev, device, MT_TRAIN_SCRATCH, 2);
+    compare_mode(ref, dev, device, MT_TRAIN_FINETUNE, 3);
+    compare_mode(ref, dev, device, MT_TRAIN_FROZEN, 2);
     mt_backend_destroy(ref);
-    mt_backend_destroy(gpu);
+    mt_backend_destroy(dev);
     return mt_test_finish();
 }
