@@ -90,19 +90,42 @@ typedef enum mt_comm_choice {
     MT_COMM_CHOICE_NCCL,
 } mt_comm_choice;
 
+/* Whether the ranks use GPUs of their own, from the GPUs they report (mt_comm_gpus_sharing). */
+typedef enum mt_comm_gpu_sharing {
+    MT_COMM_GPUS_UNKNOWN = 0, /* not reported (a cuda module without device_uuid): the counts
+                                 decide, local ranks <= visible GPUs */
+    MT_COMM_GPUS_DISTINCT,    /* every rank on a GPU no other rank uses */
+    MT_COMM_GPUS_SHARED,      /* two ranks (of one node) on the same GPU */
+} mt_comm_gpu_sharing;
+
 /* What the choice depends on, as one rank sees it. */
 typedef struct mt_comm_facts {
-    int world_size;      /* ranks in the job */
-    int local_size;      /* ranks on this rank's node */
-    int visible_devices; /* GPUs this rank sees (0: none, or no CUDA) */
-    bool device_backend; /* the backend keeps tensors in GPU memory (cuda) */
-    bool nccl_available; /* NCCL can be used: built or loaded with the cuda backend */
+    int world_size;                  /* ranks in the job */
+    int local_size;                  /* ranks on this rank's node */
+    int visible_devices;             /* GPUs this rank sees (0: none, or no CUDA) */
+    bool device_backend;             /* the backend keeps tensors in GPU memory (cuda) */
+    bool nccl_available;             /* NCCL can be used: built or loaded with the cuda backend */
+    mt_comm_gpu_sharing gpu_sharing; /* from the ranks' GPU UUIDs (0: unknown) */
 } mt_comm_facts;
 
+/* The GPU a rank will use, as it reports it: the device's UUID, the same for one physical GPU in
+ * every process whatever its CUDA_VISIBLE_DEVICES (and different on another node). */
+typedef struct mt_comm_gpu_id {
+    uint8_t uuid[16];
+    uint8_t known; /* 0: this rank could not tell (no UUID from its cuda module) */
+} mt_comm_gpu_id;
+
+/* A pure function of every rank's report: SHARED when two ranks name the same GPU, DISTINCT
+ * when all differ, UNKNOWN when any rank could not tell. UUIDs are unique across machines, so
+ * the reports of the whole job answer the question per node. */
+mt_comm_gpu_sharing mt_comm_gpus_sharing(const mt_comm_gpu_id *ids, int count);
+
 /* One rank's decision, a pure function: auto is nccl for a GPU backend on several ranks when
- * every rank of the node has a GPU of its own (local ranks <= visible GPUs: NCCL refuses two
- * ranks on one GPU), mpi otherwise, none on one rank; none on several ranks, and nccl without a
- * GPU backend, without NCCL or with ranks sharing a GPU, are errors that say what to change.
+ * every rank has a GPU of its own, mpi otherwise (NCCL refuses two ranks on one GPU), none on
+ * one rank. "Its own GPU" comes from the ranks' reports (gpu_sharing), which hold whatever each
+ * rank's CUDA_VISIBLE_DEVICES (srun --gpus-per-task, launch/mpirun.sh --gpu-per-rank); without
+ * them, from the counts (local ranks <= visible GPUs). none on several ranks, and nccl without
+ * a GPU backend, without NCCL or with ranks sharing a GPU, are errors that say what to change.
  * nccl on one rank is allowed (one GPU, one communicator: the path can be tried alone). */
 mt_status mt_comm_decide(mt_comm_choice choice, const mt_comm_facts *facts, mt_comm_kind *out);
 
@@ -116,8 +139,8 @@ int mt_comm_visible_gpus(void);
 /* Collective, after the backend exists: the ranks compare `agreement` (a checksum of the options
  * every rank must share, e.g. train.comm and train.backend; a mismatch is an error naming the
  * rank), each decides (mt_comm_decide), and the ranks agree: an error on any rank fails every
- * rank, and under auto one rank that must use mpi (a node with more ranks than GPUs) makes every
- * rank use mpi. For nccl, the ranks then join the NCCL communicator on the backend's GPU
+ * rank, and under auto one rank that must use mpi (two ranks on one GPU) makes every rank use
+ * mpi. With a GPU backend the ranks first exchange the UUIDs of their GPUs (facts.gpu_sharing). For nccl, the ranks then join the NCCL communicator on the backend's GPU
  * (mt_backend.options.device), its unique id broadcast over MPI. mt_comm_get_info(comm).kind
  * says the result. */
 mt_status mt_comm_select(mt_comm *comm, mt_comm_choice choice, mt_backend *backend,

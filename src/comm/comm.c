@@ -181,9 +181,41 @@ int mt_comm_visible_gpus(void) {
     return api ? api->visible_devices() : 0;
 }
 
+/* The UUID of GPU `device` through the cuda module; an error without it (no CUDA in this build,
+ * or a module from before device_uuid). */
+static mt_status gpu_uuid(int device, uint8_t out[16]) {
+#ifdef MT_HAVE_CUDA
+    const mt_cuda_module *module = NULL;
+    MT_TRY(mt_cuda_module_load(&module));
+    if (!mt_cuda_module_has(module, device_uuid))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "the cuda module (%s) is older than this mobiletune: it "
+                       "cannot name its GPU; rebuild or reinstall it",
+                       MT_CUDA_MODULE_FILE);
+    return module->device_uuid(device, out);
+#else
+    (void)device, (void)out;
+    return MT_FAIL(MT_ERR_INVALID, "this mobiletune was built without CUDA");
+#endif
+}
+
+mt_comm_gpu_sharing mt_comm_gpus_sharing(const mt_comm_gpu_id *ids, int count) {
+    for (int i = 0; i < count; i++)
+        if (!ids[i].known) return MT_COMM_GPUS_UNKNOWN;
+    for (int i = 0; i < count; i++)
+        for (int j = i + 1; j < count; j++) /* ranks of a job: a few thousand at most */
+            if (memcmp(ids[i].uuid, ids[j].uuid, sizeof ids[i].uuid) == 0)
+                return MT_COMM_GPUS_SHARED;
+    return MT_COMM_GPUS_DISTINCT;
+}
+
 mt_status mt_comm_decide(mt_comm_choice choice, const mt_comm_facts *f, mt_comm_kind *out) {
     *out = MT_COMM_NONE;
-    const bool own_gpu = f->visible_devices > 0 && f->local_size <= f->visible_devices;
+    /* the ranks' reports when there are some: with per-rank CUDA_VISIBLE_DEVICES every rank sees
+     * one GPU, and only the reports tell whether those are different GPUs */
+    bool own_gpu = f->visible_devices > 0 && f->local_size <= f->visible_devices;
+    if (f->gpu_sharing != MT_COMM_GPUS_UNKNOWN)
+        own_gpu = f->visible_devices > 0 && f->gpu_sharing == MT_COMM_GPUS_DISTINCT;
     switch (choice) {
     case MT_COMM_CHOICE_NONE:
         if (f->world_size > 1)
@@ -203,6 +235,14 @@ mt_status mt_comm_decide(mt_comm_choice choice, const mt_comm_facts *f, mt_comm_
             return MT_FAIL(MT_ERR_INVALID, "train.comm = nccl, but NCCL is not available: this "
                            "mobiletune has no cuda module with NCCL, or no GPU is visible; use "
                            "train.comm = mpi or auto");
+        if (!own_gpu && f->gpu_sharing == MT_COMM_GPUS_SHARED)
+            return MT_FAIL(MT_ERR_INVALID,
+                           "train.comm = nccl, but two ranks on one node use the "
+                           "same GPU (local rank modulo the GPUs each sees, through its "
+                           "CUDA_VISIBLE_DEVICES): NCCL refuses two ranks on one GPU; give each "
+                           "rank its own GPU (srun --gpus-per-task=1, launch/mpirun.sh "
+                           "--gpu-per-rank, or at most as many ranks per node as GPUs) or use "
+                           "train.comm = mpi (auto picks it)");
         if (!own_gpu)
             return MT_FAIL(MT_ERR_INVALID, "train.comm = nccl with %d ranks on this node and %d "
                            "visible GPU(s): NCCL refuses two ranks on one GPU; start at most %d "
@@ -252,6 +292,19 @@ mt_status mt_comm_select(mt_comm *comm, mt_comm_choice choice, mt_backend *backe
     /* asking CUDA costs a driver start-up: only for a GPU backend, which has one anyway */
     if (facts.device_backend) facts.visible_devices = mt_comm_visible_gpus();
     facts.nccl_available = mt_comm_nccl_api_get() != NULL && facts.visible_devices > 0;
+    if (facts.device_backend && world > 1) {
+        /* every rank names the GPU it uses (collective: every rank has the same backend, by the
+         * agreement above); a rank that cannot leaves the decision to the counts */
+        mt_comm_gpu_id mine = {{0}, 0};
+        if (facts.visible_devices > 0 && gpu_uuid(backend->options.device, mine.uuid) == MT_OK)
+            mine.known = 1;
+        mt_comm_gpu_id *ids = calloc((size_t)world, sizeof *ids);
+        if (!ids) return MT_FAIL(MT_ERR_NOMEM, "out of memory comparing GPUs across ranks");
+        mt_status status = mt_comm_allgather(comm, &mine, ids, sizeof mine);
+        if (status == MT_OK) facts.gpu_sharing = mt_comm_gpus_sharing(ids, world);
+        free(ids);
+        MT_TRY(status);
+    }
     mt_comm_kind kind = MT_COMM_NONE;
     mt_status decided = mt_comm_decide(choice, &facts, &kind);
     if (world > 1) {

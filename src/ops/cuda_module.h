@@ -41,6 +41,9 @@ typedef struct mt_cuda_module {
     /* src/comm's NCCL training path (train.comm = nccl): returns a const mt_comm_nccl_api *
      * (src/comm/comm_internal.h), opaque here so that src/ops needs no src/comm type. */
     const void *(*comm_nccl_api)(void);
+    /* The UUID of GPU `device` (ordinal among the visible ones): equal across processes for the
+     * same physical GPU, whatever their CUDA_VISIBLE_DEVICES (src/ops/cuda/cuda_export.h). */
+    mt_status (*device_uuid)(int device, uint8_t out[16]);
 } mt_cuda_module;
 
 /* The module's one exported function (defined in src/ops/cuda/cuda_module_entry.c, in the

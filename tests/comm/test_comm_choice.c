@@ -1,5 +1,6 @@
 /* train.comm: the decision (mt_comm_decide, a pure function) over the cases that matter on a
- * cluster, the GPU a rank takes, and mt_comm_select's errors with real ranks on a CPU backend
+ * cluster, from the counts and from the GPUs the ranks report (per-rank CUDA_VISIBLE_DEVICES),
+ * the GPU a rank takes, and mt_comm_select's errors with real ranks on a CPU backend
  * (mpirun -np 2) or alone. The NCCL join itself needs GPUs (tests/gpu). */
 #include <string.h>
 
@@ -20,6 +21,77 @@ static void decide_fails(mt_comm_choice choice, mt_comm_facts facts, const char 
     CHECK_MSG(status == MT_ERR_INVALID && strstr(mt_last_error(), words),
               "choice %d: want an error with '%s', got %s: %s", (int)choice, words,
               mt_status_name(status), status == MT_OK ? "" : mt_last_error());
+}
+
+/* One node of `ranks` ranks, rank r seeing the physical GPUs masks[r] (its CUDA_VISIBLE_DEVICES,
+ * in order; counts[r] of them): each takes the ordinal the trainer gives it (local rank modulo
+ * the GPUs it sees) and reports that physical GPU's UUID (here: its number, in one byte, after
+ * a node tag). Returns the sharing the reports show, and the facts rank `who` decides on. */
+static mt_comm_gpu_sharing node_reports(int ranks, const int masks[][8], const int *counts, int who,
+                                        mt_comm_facts *facts) {
+    mt_comm_gpu_id ids[16];
+    for (int r = 0; r < ranks; r++) {
+        memset(&ids[r], 0, sizeof ids[r]);
+        int ordinal = mt_comm_gpu_for_rank(r, counts[r]);
+        ids[r].uuid[0] = 0x42;
+        ids[r].uuid[15] = (uint8_t)masks[r][ordinal];
+        ids[r].known = 1;
+    }
+    *facts = (mt_comm_facts){.world_size = ranks,
+                             .local_size = ranks,
+                             .visible_devices = counts[who],
+                             .device_backend = true,
+                             .nccl_available = true};
+    facts->gpu_sharing = mt_comm_gpus_sharing(ids, ranks);
+    return facts->gpu_sharing;
+}
+
+/* auto and nccl when ranks report their GPUs, whatever each one's visibility mask */
+static void reported_gpus(void) {
+    int masks[16][8], counts[16];
+    mt_comm_facts facts;
+    /* 8 ranks, each seeing 1 different GPU (srun --gpus-per-task=1, mpirun.sh --gpu-per-rank):
+     * the counts alone (8 ranks, 1 visible) would say MPI; the reports say NCCL */
+    for (int r = 0; r < 8; r++)
+        masks[r][0] = r, counts[r] = 1;
+    CHECK(node_reports(8, masks, counts, 3, &facts) == MT_COMM_GPUS_DISTINCT);
+    CHECK(decide_ok(MT_COMM_CHOICE_AUTO, facts) == MT_COMM_NCCL);
+    CHECK(decide_ok(MT_COMM_CHOICE_NCCL, facts) == MT_COMM_NCCL);
+    mt_comm_facts counts_only = facts;
+    counts_only.gpu_sharing = MT_COMM_GPUS_UNKNOWN;
+    CHECK(decide_ok(MT_COMM_CHOICE_AUTO, counts_only) == MT_COMM_MPI);
+    /* 2 ranks on the same GPU through different masks: rank 0 sees "1,0" and takes ordinal 0,
+     * physical 1; rank 1 sees "1" and takes 1 % 1 = 0, physical 1. Rank 0's counts (2 ranks,
+     * 2 visible) would say NCCL; the reports say MPI, and nccl is refused */
+    masks[0][0] = 1, masks[0][1] = 0, counts[0] = 2;
+    masks[1][0] = 1, counts[1] = 1;
+    CHECK(node_reports(2, masks, counts, 0, &facts) == MT_COMM_GPUS_SHARED);
+    CHECK(decide_ok(MT_COMM_CHOICE_AUTO, facts) == MT_COMM_MPI);
+    decide_fails(MT_COMM_CHOICE_NCCL, facts, "two ranks on one node use the same GPU");
+    decide_fails(MT_COMM_CHOICE_NCCL, facts, "NCCL refuses two ranks on one GPU");
+    /* 8 ranks seeing all 8 GPUs: local rank modulo 8, one each, NCCL */
+    for (int r = 0; r < 16; r++) {
+        for (int g = 0; g < 8; g++)
+            masks[r][g] = g;
+        counts[r] = 8;
+    }
+    CHECK(node_reports(8, masks, counts, 5, &facts) == MT_COMM_GPUS_DISTINCT);
+    CHECK(decide_ok(MT_COMM_CHOICE_AUTO, facts) == MT_COMM_NCCL);
+    /* ... and 16 ranks on them: rank r and r + 8 share GPU r, MPI */
+    CHECK(node_reports(16, masks, counts, 5, &facts) == MT_COMM_GPUS_SHARED);
+    CHECK(decide_ok(MT_COMM_CHOICE_AUTO, facts) == MT_COMM_MPI);
+    /* a rank that cannot tell leaves the decision to the counts */
+    mt_comm_gpu_id ids[3] = {{{1}, 1}, {{2}, 1}, {{3}, 0}};
+    CHECK(mt_comm_gpus_sharing(ids, 3) == MT_COMM_GPUS_UNKNOWN);
+    ids[2].known = 1;
+    CHECK(mt_comm_gpus_sharing(ids, 3) == MT_COMM_GPUS_DISTINCT);
+    ids[2].uuid[0] = 1;
+    CHECK(mt_comm_gpus_sharing(ids, 3) == MT_COMM_GPUS_SHARED);
+    /* the reports count only with a GPU backend that sees a GPU */
+    facts.gpu_sharing = MT_COMM_GPUS_DISTINCT;
+    facts.visible_devices = 0;
+    facts.nccl_available = false;
+    CHECK(decide_ok(MT_COMM_CHOICE_AUTO, facts) == MT_COMM_MPI);
 }
 
 static void decisions(void) {
@@ -70,6 +142,7 @@ static void decisions(void) {
 
 int main(int argc, char **argv) {
     decisions();
+    reported_gpus();
     mt_comm *comm = NULL;
     CHECK_OK(mt_comm_init(&argc, &argv, &comm));
     const mt_comm_info who = mt_comm_get_info(comm);

@@ -423,6 +423,14 @@ int mt_cuda_visible_devices(void) {
     return count;
 }
 
+mt_status mt_cuda_device_uuid(int device, uint8_t out[16]) {
+    struct cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    _Static_assert(sizeof prop.uuid.bytes == 16, "cudaUUID_t is no longer 16 bytes");
+    memcpy(out, prop.uuid.bytes, 16);
+    return MT_OK;
+}
+
 mt_status mt_cuda_backend_streams(mt_backend *backend, cudaStream_t *compute, cudaStream_t *comm) {
     if (backend->ops != &mt_ops_cuda || !backend->impl)
         return MT_FAIL(MT_ERR_INVALID, "backend '%s' has no CUDA streams (NCCL needs the cuda "

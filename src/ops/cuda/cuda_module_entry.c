@@ -2,6 +2,7 @@
  * dlopen(). Everything else in libmobiletune_cuda.so is hidden (-fvisibility=hidden), so the
  * module cannot interpose on the core's symbols. */
 #include "comm/nccl_comm.h"
+#include "ops/cuda/cuda_export.h"
 #include "ops/cuda/cuda_internal.h"
 #include "ops/cuda_module.h"
 
@@ -22,6 +23,7 @@ __attribute__((visibility("default"))) const mt_cuda_module *mt_cuda_module_entr
         .nccl_abort = mt_nccl_abort,
         .nccl_destroy = mt_nccl_destroy,
         .comm_nccl_api = mt_nccl_training_api,
+        .device_uuid = mt_cuda_device_uuid,
     };
     return &module;
 }
