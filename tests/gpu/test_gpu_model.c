@@ -311,10 +311,15 @@ static void compare_mode(mt_backend *ref, mt_backend *dev, const char *device, m
     if (!ok) goto done;
 
     /* forward quantities: the pooled features' C (6; the head's dense adds one layer to 52);
+     * the loss too: it is a smooth function of the logits, whose relative error it inherits
+     * times a factor of order 1 (the table's C = 1 for the loss was measured on trained weights
+     * and real photos; here cpu vs reference already differs by ~50 u in scratch);
      * gradients: C per BN mode, for the whole buffer and per tensor */
     bool batch_stats = mode == MT_TRAIN_SCRATCH;
-    CHECK(within("logits", rel_l2(lb, la, (size_t)N * outs, 0.0), model_limit(6)));
-    CHECK(within("loss", fabs((double)rb.loss - ra.loss) / fabs(ra.loss), model_limit(1)));
+    double logits_error = rel_l2(lb, la, (size_t)N * outs, 0.0);
+    double loss_error = fabs((double)rb.loss - ra.loss) / fabs(ra.loss);
+    CHECK(within("logits", logits_error, model_limit(6)));
+    CHECK(within("loss", loss_error, model_limit(6)));
     CHECK(ra.valid == rb.valid && ra.correct == rb.correct);
 
     float *ga, *gb;
@@ -367,8 +372,10 @@ static void compare_mode(mt_backend *ref, mt_backend *dev, const char *device, m
     CHECK(mt_model_features(a, images, N, fa) == MT_OK);
     CHECK(mt_model_features(b, images, N, fb) == MT_OK);
     CHECK(within("features", rel_l2(fb, fa, f, 0.0), model_limit(6)));
-    printf("  loss %.6f (reference) %.6f (%s), %d gradient tensors compared\n", ra.loss, rb.loss,
-           device, compared);
+    printf("  loss %.6f (reference) %.6f (%s), %d gradient tensors compared; relative L2: logits "
+           "%.3g, loss %.3g (limits %.3g, %.3g)\n",
+           ra.loss, rb.loss, device, compared, logits_error, loss_error, model_limit(6),
+           model_limit(6));
     free(fa), free(fb), free(hsa), free(hsb), free(ha), free(hb);
 done:
     free(initial);
