@@ -345,8 +345,9 @@ static void compare_mode(mt_backend *ref, mt_backend *dev, const char *device, m
         double most = -1.0;
         for (int i = 0; i < layout->tensor_count; i++) {
             const mt_param_tensor *t = &layout->tensors[i];
+            if (t->buffer != MT_PARAM_TRAINABLE) continue;
             double n2 = norm2(ha + t->offset, t->count);
-            if (t->buffer == MT_PARAM_TRAINABLE && n2 > most) most = n2, largest = i;
+            if (n2 > most) most = n2, largest = i;
         }
         const mt_param_tensor *t = &layout->tensors[largest];
         for (size_t k = 0; k < t->count; k++)
