@@ -71,8 +71,18 @@ mt_status mt_checkpoint_set_meta(mt_checkpoint *checkpoint, const char *key, con
  * removed), MT_CHECKPOINT_TEST_KILL_AT=N kills the process with SIGKILL (it stays behind). */
 mt_status mt_checkpoint_write(const mt_checkpoint *checkpoint, const char *path);
 
-/* Read and validate a whole file. */
+/* Read and validate a whole file. Every tensor's CRC-32 (metadata "crc32:<name>", written by
+ * mt_checkpoint_write for every tensor) is checked and the entries are not listed as metadata; a
+ * file that has none (written by another tool) is read without. */
 mt_status mt_checkpoint_read(const char *path, mt_checkpoint **out);
+
+/* After a read: how many tensors had their checksum checked (0: the file has none). */
+int mt_checkpoint_checksums_verified(const mt_checkpoint *checkpoint);
+
+/* MT_ERR_FORMAT naming the tensor and the index of the first NaN or infinity in F32 tensor
+ * `name`, or in every F32 tensor when `name` is NULL. Weights are checked where they are loaded
+ * (a checkpoint may hold any float: the format does not forbid them). */
+mt_status mt_checkpoint_check_finite(const mt_checkpoint *checkpoint, const char *name);
 
 int mt_checkpoint_tensor_count(const mt_checkpoint *checkpoint);
 /* Tensors in file order (by offset) after a read, in insertion order while building. */

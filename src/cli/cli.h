@@ -53,5 +53,6 @@ int mt_cmd_train(int argc, char **argv);
 int mt_cmd_eval(int argc, char **argv);
 int mt_cmd_predict(int argc, char **argv);
 int mt_cmd_export(int argc, char **argv);
+int mt_cmd_verify(int argc, char **argv);
 
 #endif

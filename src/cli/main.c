@@ -19,6 +19,7 @@ static const command commands[] = {
     {"features", mt_cmd_features,
      "write the pooled backbone features of images or of a packed dataset"},
     {"export", mt_cmd_export, "the trained classifier for other runtimes (docs/deploy.md)"},
+    {"verify", mt_cmd_verify, "check checkpoints: structure, per-tensor checksums, finite weights"},
 };
 
 static void usage(FILE *out) {

@@ -10,6 +10,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <isa-l/crc.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -27,6 +29,10 @@
 /* The safetensors reference implementation refuses larger headers, and so do we. */
 enum { HEADER_MAX = 100000000 };
 static const char METADATA_KEY[] = "__metadata__";
+/* Each tensor's CRC-32 (zlib's, Python's zlib.crc32) is the metadata entry "crc32:<name>", 8 hex
+ * digits; written for every tensor, checked and removed from the metadata list on read. */
+static const char CRC_PREFIX[] = "crc32:";
+enum { CRC_PREFIX_LENGTH = sizeof CRC_PREFIX - 1 };
 
 struct mt_checkpoint {
     char path[4096];
@@ -35,6 +41,7 @@ struct mt_checkpoint {
     int meta_count, meta_capacity;
     char **meta_keys, **meta_values;
     void *storage; /* after a read: all the tensors' data, tensors point into it */
+    int checksums_verified; /* after a read: tensors whose crc32 entry matched */
 };
 
 const char *mt_checkpoint_dtype_name(mt_checkpoint_dtype dtype) {
@@ -264,6 +271,9 @@ static mt_status meta_put(mt_checkpoint *checkpoint, char *key, char *value) {
 
 mt_status mt_checkpoint_set_meta(mt_checkpoint *checkpoint, const char *key, const char *value) {
     MT_TRY(check_name("metadata key", key));
+    if (strncmp(key, CRC_PREFIX, CRC_PREFIX_LENGTH) == 0)
+        return MT_FAIL(MT_ERR_INVALID, "checkpoint metadata key '%s': the prefix '%s' is reserved "
+                       "for the tensors' checksums", key, CRC_PREFIX);
     if (!utf8_valid((const unsigned char *)value, strlen(value)))
         return MT_FAIL(MT_ERR_INVALID, "checkpoint metadata '%s': value is not valid UTF-8", key);
     char *k = strdup(key), *v = strdup(value);
@@ -383,7 +393,7 @@ static mt_status build_header(const mt_checkpoint *checkpoint, const int *order,
                               mt_text_buffer *b) {
     mt_text_buffer_append_string(b, "{");
     bool first = true;
-    if (checkpoint->meta_count > 0) {
+    if (checkpoint->meta_count > 0 || checkpoint->count > 0) {
         put_json_string(b, METADATA_KEY);
         mt_text_buffer_append_string(b, ":{");
         for (int i = 0; i < checkpoint->meta_count; i++) {
@@ -391,6 +401,18 @@ static mt_status build_header(const mt_checkpoint *checkpoint, const int *order,
             put_json_string(b, checkpoint->meta_keys[i]);
             mt_text_buffer_append_string(b, ":");
             put_json_string(b, checkpoint->meta_values[i]);
+        }
+        for (int k = 0; k < checkpoint->count; k++) {
+            const mt_checkpoint_tensor *t = &checkpoint->tensors[order[k]];
+            if (strlen(t->name) + CRC_PREFIX_LENGTH >= MT_CHECKPOINT_NAME_MAX)
+                return MT_FAIL(MT_ERR_INVALID, "tensor name '%s' is too long for its checksum "
+                               "entry (at most %d bytes)", t->name,
+                               MT_CHECKPOINT_NAME_MAX - 1 - CRC_PREFIX_LENGTH);
+            if (checkpoint->meta_count > 0 || k > 0) mt_text_buffer_append_string(b, ",");
+            char key[MT_CHECKPOINT_NAME_MAX];
+            snprintf(key, sizeof key, "%s%s", CRC_PREFIX, t->name);
+            put_json_string(b, key);
+            mt_text_buffer_printf(b, ":\"%08x\"", (unsigned)crc32_gzip_refl(0, t->data, t->bytes));
         }
         mt_text_buffer_append_string(b, "}");
         first = false;
@@ -450,7 +472,8 @@ static mt_status write_all(writer *w, const void *data, size_t n) {
         ssize_t done = write(w->fd, p, chunk);
         if (done < 0) {
             if (errno == EINTR) continue;
-            return MT_FAIL(MT_ERR_IO, "writing '%s': %s", w->path, strerror(errno));
+            return MT_FAIL(MT_ERR_IO, "writing '%s': %s", w->path,
+                           strerror(mt_write_errno(w->path, errno)));
         }
         p += done;
         n -= (size_t)done;
@@ -471,7 +494,9 @@ static mt_status write_file(const mt_checkpoint *checkpoint, const int *order,
         const mt_checkpoint_tensor *t = &checkpoint->tensors[order[k]];
         MT_TRY(write_all(w, t->data, t->bytes));
     }
-    if (fsync(w->fd) != 0) return MT_FAIL(MT_ERR_IO, "fsync '%s': %s", w->path, strerror(errno));
+    if (fsync(w->fd) != 0)
+        return MT_FAIL(MT_ERR_IO, "fsync '%s': %s", w->path,
+                       strerror(mt_write_errno(w->path, errno)));
     return MT_OK;
 }
 
@@ -494,11 +519,13 @@ mt_status mt_checkpoint_write(const mt_checkpoint *checkpoint, const char *path)
                 .kill_at = env_limit("MT_CHECKPOINT_TEST_KILL_AT")};
     w.fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (w.fd < 0) {
-        status = MT_FAIL(MT_ERR_IO, "cannot create checkpoint '%s': %s", temp, strerror(errno));
+        status = MT_FAIL(MT_ERR_IO, "cannot create checkpoint '%s': %s", temp,
+                         strerror(mt_write_errno(temp, errno)));
     } else {
         status = write_file(checkpoint, order, &header, &w);
         if (close(w.fd) != 0 && status == MT_OK)
-            status = MT_FAIL(MT_ERR_IO, "closing '%s': %s", temp, strerror(errno));
+            status = MT_FAIL(MT_ERR_IO, "closing '%s': %s", temp,
+                             strerror(mt_write_errno(temp, errno)));
         if (status == MT_OK && rename(temp, path) != 0)
             status = MT_FAIL(MT_ERR_IO, "renaming '%s' to '%s': %s", temp, path, strerror(errno));
         if (status != MT_OK)
@@ -952,6 +979,72 @@ static mt_status read_exact(int fd, void *data, size_t n, uint64_t offset, const
     return MT_OK;
 }
 
+/* Check every "crc32:<name>" entry against its tensor's bytes and take it out of the metadata
+ * list (it describes the file, not the run). A file with checksums must have one per tensor; a
+ * file without any (written by another tool) is read as it is, and `mobiletune verify` says so. */
+static mt_status verify_checksums(mt_checkpoint *checkpoint) {
+    const char *path = checkpoint->path;
+    int kept = 0, found = 0;
+    mt_status status = MT_OK;
+    for (int i = 0; i < checkpoint->meta_count; i++) {
+        char *key = checkpoint->meta_keys[i], *value = checkpoint->meta_values[i];
+        if (strncmp(key, CRC_PREFIX, CRC_PREFIX_LENGTH) != 0) {
+            checkpoint->meta_keys[kept] = key;
+            checkpoint->meta_values[kept++] = value;
+            continue;
+        }
+        const char *name = key + CRC_PREFIX_LENGTH;
+        const mt_checkpoint_tensor *t = mt_checkpoint_find(checkpoint, name);
+        char *end = NULL;
+        unsigned long stored = strtoul(value, &end, 16);
+        if (status != MT_OK) {
+        } else if (!t) {
+            status = MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': checksum entry '%s' names no tensor "
+                             "(a damaged header)", path, key);
+        } else if (strlen(value) != 8 || *end != '\0' || value[0] == '-' || value[0] == '+' ||
+                   value[0] == ' ') {
+            status = MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': checksum of tensor '%s' is '%s', not "
+                             "8 hex digits (a damaged header)", path, name, value);
+        } else {
+            uint32_t computed = crc32_gzip_refl(0, t->data, t->bytes);
+            if (computed != (uint32_t)stored)
+                status = MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': tensor '%s' does not match its "
+                                 "checksum (crc32 %s stored, %08x computed): the file is damaged; "
+                                 "use another checkpoint (e.g. best.safetensors)",
+                                 path, name, value, (unsigned)computed);
+            found++;
+        }
+        free(key);
+        free(value);
+    }
+    checkpoint->meta_count = kept;
+    if (status == MT_OK && found > 0 && found != checkpoint->count)
+        status = MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': %d of %d tensors have a checksum entry "
+                         "(a damaged header)", path, found, checkpoint->count);
+    checkpoint->checksums_verified = found;
+    return status;
+}
+
+int mt_checkpoint_checksums_verified(const mt_checkpoint *checkpoint) {
+    return checkpoint->checksums_verified;
+}
+
+mt_status mt_checkpoint_check_finite(const mt_checkpoint *checkpoint, const char *name) {
+    for (int i = 0; i < checkpoint->count; i++) {
+        const mt_checkpoint_tensor *t = &checkpoint->tensors[i];
+        if (t->dtype != MT_CHECKPOINT_F32 || (name && strcmp(name, t->name) != 0)) continue;
+        const float *x = t->data;
+        for (uint64_t k = 0; k < t->count; k++)
+            if (!isfinite(x[k]))
+                return MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': tensor '%s' holds %g at index "
+                               "%llu: non-finite weights are refused (a damaged file or a run "
+                               "that diverged; use an earlier checkpoint)",
+                               display_path(checkpoint), t->name, (double)x[k],
+                               (unsigned long long)k);
+    }
+    return MT_OK;
+}
+
 static mt_status read_into(int fd, const char *path, mt_checkpoint *checkpoint) {
     struct stat info;
     if (fstat(fd, &info) != 0)
@@ -1019,6 +1112,7 @@ static mt_status read_into(int fd, const char *path, mt_checkpoint *checkpoint) 
     }
     free(tensors);
     free(header);
+    if (status == MT_OK) status = verify_checksums(checkpoint);
     return status;
 }
 
@@ -1027,14 +1121,14 @@ mt_status mt_checkpoint_read(const char *path, mt_checkpoint **out) {
     mt_checkpoint *checkpoint = calloc(1, sizeof *checkpoint);
     if (!checkpoint) return MT_FAIL(MT_ERR_NOMEM, "checkpoint '%s': out of memory", path);
     snprintf(checkpoint->path, sizeof checkpoint->path, "%s", path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        mt_status status =
-            MT_FAIL(MT_ERR_IO, "cannot open checkpoint '%s': %s", path, strerror(errno));
+    /* opened as a regular file only: a FIFO named as a checkpoint must not hang the run */
+    int fd = -1;
+    mt_status status = mt_file_open_read(path, "checkpoint", &fd);
+    if (status != MT_OK) {
         mt_checkpoint_free(checkpoint);
         return status;
     }
-    mt_status status = read_into(fd, path, checkpoint);
+    status = read_into(fd, path, checkpoint);
     close(fd);
     if (status != MT_OK) {
         mt_checkpoint_free(checkpoint);

@@ -126,6 +126,8 @@ static mt_status load_model_tensors(const mt_checkpoint *c, mt_model *model, boo
         const mt_param_tensor *p = &layout->tensors[i];
         if (!all_required && !mt_checkpoint_find(c, p->name)) continue;
         status = mt_checkpoint_get_f32(c, p->name, host, p->count, p->rank, p->shape);
+        /* a NaN in the weights does not fail a forward pass: it is refused here, by name */
+        if (status == MT_OK) status = mt_checkpoint_check_finite(c, p->name);
         if (status == MT_OK) status = mt_model_tensor_upload(model, p, host);
         if (status == MT_OK) (*loaded)++;
     }
@@ -168,6 +170,7 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path) {
         char tensor[96];
         snprintf(tensor, sizeof tensor, "optimizer/%s", t->optimizer.slot_names[s]);
         status = mt_checkpoint_get_f32(c, tensor, slot, t->trainable_count, 0, NULL);
+        if (status == MT_OK) status = mt_checkpoint_check_finite(c, tensor);
         if (status == MT_OK) status = mt_optimizer_slot_upload(&t->optimizer, s, slot);
     }
     free(slot);

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 
 import numpy as np
 
@@ -53,6 +54,10 @@ def check_sample(tensors, metadata, how):
     check(tensors["scalar"].shape == () and float(tensors["scalar"]) == 42.0, "F32 scalar")
     check(tensors["empty"].shape == (0, 7), "empty tensor")
     check(list(tensors["odd"]) == [1, 2, 3], "odd blob")
+    # every tensor's checksum, verified as docs/checkpoints.md says
+    for name, array in tensors.items():
+        check(metadata.get("crc32:" + name) == "%08x" % zlib.crc32(array.tobytes()),
+              f"crc32 of {name}")
     check(metadata.get("config") == CONFIG, f"config text {metadata.get('config')!r}")
     check(metadata.get("epoch") == "4" and metadata.get("format") == "mobiletune-checkpoint-1",
           "metadata")

@@ -141,6 +141,23 @@ static void test_round_trip(void) {
     mt_checkpoint_free(back);
     mt_checkpoint_free(empty);
 
+    /* Checksums: one per tensor, checked on read and not listed as metadata; the key prefix
+     * is reserved. Non-finite values are the loader's to refuse, by tensor and index. */
+    EXPECT_OK(mt_checkpoint_read(path, &back));
+    if (back) {
+        CHECK(mt_checkpoint_checksums_verified(back) == mt_checkpoint_tensor_count(c));
+        CHECK(mt_checkpoint_meta(back, "crc32:scalar") == NULL);
+        EXPECT_OK(mt_checkpoint_check_finite(back, "head/dense/kernel"));
+        CHECK(mt_checkpoint_check_finite(back, "specials") == MT_ERR_FORMAT);
+        CHECK_MSG(strstr(mt_last_error(), "'specials'") && strstr(mt_last_error(), "index 1") &&
+                      strstr(mt_last_error(), path),
+                  "message: %s", mt_last_error());
+        CHECK(mt_checkpoint_check_finite(back, NULL) == MT_ERR_FORMAT);
+    }
+    mt_checkpoint_free(back);
+    back = NULL;
+    CHECK(mt_checkpoint_set_meta(c, "crc32:scalar", "00000000") == MT_ERR_INVALID);
+
     CHECK(mt_checkpoint_write(c, "/nonexistent-folder/x.safetensors") == MT_ERR_IO);
     CHECK(strstr(mt_last_error(), "/nonexistent-folder/x.safetensors") != NULL);
     CHECK(mt_checkpoint_read(temp_path("missing.safetensors"), &back) == MT_ERR_IO);
@@ -265,6 +282,18 @@ static void test_damaged(void) {
     }
     printf("header mutations: %d refused, %d accepted (JSON-neutral)\n", refused, accepted);
     CHECK(refused > 1000);
+
+    /* Every single bit of the data flipped (the header intact): refused by the tensor's
+     * checksum, naming the tensor. Before the checksums these all loaded. */
+    int flips = 0;
+    for (size_t at = 8 + (size_t)header_size; at < size; at++) {
+        memcpy(copy, bytes, size);
+        copy[at] ^= (unsigned char)(1u << (at % 8));
+        spit(bad, copy, size);
+        expect_corrupt(bad, "does not match its checksum", "a flipped data bit");
+        flips++;
+    }
+    CHECK(flips > 40);
     free(copy);
     free(bytes);
 
