@@ -586,6 +586,8 @@ static mt_status open_outputs(trainer *t) {
 static mt_status set_up(trainer *t, const mt_train_options *options) {
     const mt_train_config *c = t->config;
     t->who = mt_comm_get_info(t->comm);
+    /* Before anything whose size depends on the config (and before NCCL's bootstrap). */
+    MT_TRY(trainer_agree_on_config(t));
     /* GPU = local rank modulo the GPUs this rank sees: one each when there are enough, shared
      * (MPI only) when not */
     const bool cuda = c->train.backend == MT_CONFIG_BACKEND_CUDA;

@@ -48,6 +48,11 @@ typedef struct trainer {
     mt_metrics *metrics; /* metrics.jsonl and TensorBoard events */
 } trainer;
 
+/* The first collective of a run (fixed size): every rank hashes the whole effective config (the
+ * per-node options excepted), the data's class lists and record counts and the initial weights'
+ * contents; a difference fails every rank with the first differing option named (trainer_agree.c). */
+mt_status trainer_agree_on_config(trainer *t);
+
 /* Write `checkpoints/<name>.safetensors` atomically (rank 0 only). */
 mt_status trainer_save_checkpoint(trainer *t, const char *name);
 /* Restore everything a checkpoint holds: weights, BN statistics, optimizer state, position. */

@@ -403,6 +403,44 @@ def case_mpi_equivalence(data, tmp):
             fail("frozen mode should reduce 1,281 floats (5,124 bytes) per step:\n" + output)
 
 
+def case_mpi_disagree(data, tmp):
+    """Two ranks started with configs that differ in one option: every rank ends, non-zero, with
+    a message naming the option and both values; no signal, no hang. Before the agreement
+    exchange model.mode and fine_tune_at crashed in a broadcast, train.epochs and cache_features
+    hung and the rest trained on unnoticed. Per-node options (train.threads) may differ."""
+    if not MPIRUN:
+        skip("built without MPI")
+    folder = os.path.join(tmp, "disagree")
+    os.makedirs(folder)
+    config = write_config(folder, data, model__mode="frozen", train__epochs=1)
+    base = [MOBILETUNE, "train", "--config", config, "--no-progress"]
+    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    cases = [("model.mode", "finetune", "frozen"), ("model.fine_tune_at", "120", "100"),
+             ("train.epochs", "2", "1"), ("train.cache_features", "off", "auto"),
+             ("optimizer.learning_rate", "0.01", "0.001"), ("train.seed", "8", "7"),
+             ("model.dropout", "0.5", "0.2")]
+    for option, theirs, ours in cases:
+        command = ["timeout", "-k", "5", "60", MPIRUN, "--oversubscribe", "--bind-to", "none",
+                   "-np", "1"] + base + [":", "-np", "1"] + base + ["--set", f"{option}={theirs}"]
+        result = run(command, env=env, expect=1)
+        if result.returncode in (124, 137) or result.seconds > 55:
+            fail(f"{option} differing: the job hung ({result.seconds:.0f} s)")
+        if "Segmentation fault" in result.output or "signal 11" in result.output:
+            fail(f"{option} differing: a rank crashed:\n{result.output}")
+        wanted = f"{option} is '{ours}' on rank 0 but '{theirs}' on rank 1"
+        if wanted not in result.output:
+            fail(f"{option} differing: no message with '{wanted}':\n{result.output}")
+        print(f"{option} differing: refused by every rank in {result.seconds:.1f} s")
+    # a per-node option may differ: the run goes on
+    command = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", "1"] + base + \
+        [":", "-np", "1"] + base + ["--set", "train.threads=2", "--set", "output.run_dir=" +
+                                    os.path.join(folder, "run")]
+    result = run(command, env=env)
+    if "on 2 rank(s)" not in result.output:
+        fail("train.threads differing stopped the run:\n" + result.output)
+    print("train.threads differing (per node): the run goes on")
+
+
 def case_mpi_fault(data, tmp):
     """A rank that fails (or dies) at step 3 takes the whole mpirun job down, non-zero, with the
     rank and its error named, within 60 s; launch/mpirun.sh --dry-run shows what it runs."""
@@ -555,6 +593,7 @@ CASES = {
     "backends": case_backends,
     "mpi_equivalence": case_mpi_equivalence,
     "mpi_fault": case_mpi_fault,
+    "mpi_disagree": case_mpi_disagree,
     "slurm": case_slurm,
 }
 
