@@ -33,6 +33,9 @@ typedef struct mt_train_options {
      * one, else start fresh (what a requeued Slurm job wants); otherwise a checkpoint path. */
     const char *resume;
     bool progress; /* a progress line with ETA on rank 0's stderr (when it is a terminal) */
+    /* a resume may change options that change the training (seed, learning rate, ...): without
+     * this, such a change is an error naming the options */
+    bool allow_changes;
 } mt_train_options;
 
 typedef struct mt_train_result {

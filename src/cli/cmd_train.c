@@ -13,16 +13,28 @@
 static void usage(FILE *out) {
     fprintf(out,
             "usage: mobiletune train --config FILE [--set SECTION.KEY=VALUE]... [--resume auto|PATH]\n"
-            "                        [--no-progress]\n\n"
+            "                        [--allow-changes] [--no-progress]\n\n"
             "Train MobileNetV2 as the config says: one process, or one rank per MPI process when\n"
             "started by mpirun/srun (launch/). --resume auto continues from the run folder's\n"
-            "last checkpoint when it has one. SIGTERM or SIGUSR1 (Slurm's warning before the time\n"
-            "limit) stops at the next step with a checkpoint, exit code 0.\n\n"
+            "last checkpoint when it has one; a resume with options changed since the checkpoint\n"
+            "(seed, learning rate, ...) is refused, naming them, unless --allow-changes.\n"
+            "SIGTERM, SIGUSR1 (Slurm's warning before the time limit), SIGINT (Ctrl-C) and SIGHUP\n"
+            "stop at the next step with a checkpoint, exit code 0; a second SIGINT stops at once.\n\n"
             "Config options (the INI file's sections and keys; docs/config.md):\n\n");
     mt_config_print_help(out);
 }
 
+static volatile sig_atomic_t interrupted = 0;
+
+/* The first signal asks for a checkpoint at the next step; a second Ctrl-C means "now": the
+ * default action ends the process (the last checkpoint written stays as it is, writes are atomic). */
 static void on_stop_signal(int signal_number) {
+    if (signal_number == SIGINT && interrupted) {
+        signal(SIGINT, SIG_DFL);
+        raise(SIGINT);
+        return;
+    }
+    if (signal_number == SIGINT) interrupted = 1;
     mt_train_request_stop(signal_number);
 }
 
@@ -40,7 +52,7 @@ static int fail(mt_comm *comm, mt_status status) {
 
 int mt_cmd_train(int argc, char **argv) {
     const char *config_path = NULL, *resume = NULL;
-    bool progress = true;
+    bool progress = true, allow_changes = false;
     mt_train_config *config = malloc(sizeof *config);
     if (!config) return cli_fail("train", MT_FAIL(MT_ERR_NOMEM, "out of memory"));
     mt_config_defaults(config);
@@ -61,6 +73,8 @@ int mt_cmd_train(int argc, char **argv) {
             i++;
         } else if (strcmp(arg, "--no-progress") == 0) {
             progress = false;
+        } else if (strcmp(arg, "--allow-changes") == 0) {
+            allow_changes = true;
         } else {
             fprintf(stderr, "mobiletune train: unknown or incomplete argument '%s' (see --help)\n",
                     arg);
@@ -92,8 +106,11 @@ int mt_cmd_train(int argc, char **argv) {
     sigemptyset(&action.sa_mask);
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGUSR1, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGHUP, &action, NULL);
 
-    mt_train_options options = {.resume = resume, .progress = progress};
+    mt_train_options options = {
+        .resume = resume, .progress = progress, .allow_changes = allow_changes};
     mt_train_result result;
     status = mt_train(config, comm, &options, &result);
     free(config);

@@ -565,6 +565,11 @@ static mt_status open_outputs(trainer *t) {
     snprintf(t->checkpoint_dir, sizeof t->checkpoint_dir, "%s", c->output.run_dir);
     if (!is_root(t)) return MT_OK;
     MT_TRY(mt_make_dirs(c->output.run_dir));
+    int stale = 0;
+    MT_TRY(trainer_remove_stale_temps(c->output.run_dir, &stale));
+    if (stale > 0)
+        printf("removed %d temporary checkpoint file(s) of a run killed mid-write in %s\n", stale,
+               c->output.run_dir);
     char path[MT_CONFIG_PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/train.log", c->output.run_dir);
     t->log = fopen(path, "a");
@@ -581,6 +586,42 @@ static mt_status open_outputs(trainer *t) {
     free(ini);
     if (status != MT_OK) return status;
     return mt_metrics_open(c->output.run_dir, c->output.tensorboard, &t->metrics);
+}
+
+/* --resume PATH writes its checkpoints into output.run_dir: when that folder already holds a
+ * last.safetensors and PATH lies elsewhere, that is another run's, and the resume would overwrite
+ * it. Continuing the folder's own run is --resume auto (or PATH inside the folder). */
+static mt_status check_resume_target(trainer *t, const char *path) {
+    char last[MT_CONFIG_PATH_MAX + 64], folder[MT_CONFIG_PATH_MAX], real_run[MT_CONFIG_PATH_MAX];
+    char real_folder[MT_CONFIG_PATH_MAX];
+    snprintf(last, sizeof last, "%s/last.safetensors", t->checkpoint_dir);
+    if (!file_exists(last)) return MT_OK;
+    MT_TRY(mt_path_parent(path, folder, sizeof folder));
+    MT_TRY(mt_path_real(folder, real_folder, sizeof real_folder));
+    MT_TRY(mt_path_real(t->checkpoint_dir, real_run, sizeof real_run));
+    if (strcmp(real_folder, real_run) == 0) return MT_OK;
+    return MT_FAIL(MT_ERR_INVALID, "--resume %s: the run folder already holds '%s', of another "
+                   "run, which this one would overwrite: continue that run with --resume auto, or "
+                   "set output.run_dir to a new folder to resume %s there", path, last, path);
+}
+
+/* val and test must list the training data's classes, in the same order (labels are positions). */
+static mt_status check_split_classes(const mt_train_config *c, const mt_dataset_meta *train) {
+    const char *splits[2] = {c->data.val, c->data.test}, *names[2] = {"data.val", "data.test"};
+    for (int i = 0; i < 2; i++) {
+        if (!splits[i][0]) continue;
+        mt_dataset *other = NULL;
+        MT_TRY(mt_dataset_open(splits[i], &other));
+        char message[512];
+        bool same = mt_dataset_meta_same_classes(train, mt_dataset_meta_get(other), message,
+                                                 sizeof message);
+        mt_dataset_close(other);
+        if (!same)
+            return MT_FAIL(MT_ERR_INVALID, "%s '%s' lists other classes than data.train '%s': %s "
+                           "(train's first); pack every split from the same class folders",
+                           names[i], splits[i], c->data.train, message);
+    }
+    return MT_OK;
 }
 
 static mt_status set_up(trainer *t, const mt_train_options *options) {
@@ -623,9 +664,9 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
                                    (size_t)(c->train.bucket_mb * 1048576.0), &t->grad_sync));
         mt_model_set_grad_hook(t->model, mt_grad_sync_ready, t->grad_sync);
     }
-    MT_TRY(open_outputs(t));
-
-    /* Weights: a checkpoint to resume (everything), else the configured initial weights. */
+    /* Weights: a checkpoint to resume (everything), else the configured initial weights. Which
+     * one is decided before open_outputs writes anything into the run folder. */
+    snprintf(t->checkpoint_dir, sizeof t->checkpoint_dir, "%s", c->output.run_dir);
     char resume_path[MT_CONFIG_PATH_MAX + 64] = "";
     if (options->resume && options->resume[0]) {
         if (strcmp(options->resume, "auto") == 0) {
@@ -633,6 +674,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
             if (!file_exists(resume_path)) resume_path[0] = '\0';
         } else {
             snprintf(resume_path, sizeof resume_path, "%s", options->resume);
+            MT_TRY(check_resume_target(t, resume_path));
         }
     } else {
         char last[MT_CONFIG_PATH_MAX + 64];
@@ -641,12 +683,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
             return MT_FAIL(MT_ERR_INVALID, "'%s' already holds a checkpoint: continue it with "
                            "--resume auto, or choose another output.run_dir (or delete it)", last);
     }
-    if (!resume_path[0]) {
-        if (c->model.weights[0]) MT_TRY(mt_model_load_keras(t->model, c->model.weights));
-        if (c->model.init_checkpoint[0])
-            MT_TRY(trainer_init_from_checkpoint(t, c->model.init_checkpoint));
-    }
-
+    MT_TRY(open_outputs(t));
     mt_loader_options loader = {
         .rank = t->who.rank, .world_size = t->who.world_size, .batch_size = c->data.batch_size,
         .seed = (uint64_t)c->train.seed, .shuffle = c->data.shuffle, .drop_remainder = true,
@@ -660,6 +697,16 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
                        "= %d, input_size = %d: pack at --size %d or change the config",
                        c->data.train, meta->class_count, meta->width, meta->height,
                        c->model.classes, c->model.input_size, c->model.input_size);
+    MT_TRY(check_split_classes(c, meta));
+    /* the weights after the data: an init_checkpoint's classes are compared with the data's */
+    if (!resume_path[0]) {
+        if (c->model.weights[0]) {
+            MT_TRY(mt_file_check_regular(c->model.weights, "model.weights file"));
+            MT_TRY(mt_model_load_keras(t->model, c->model.weights));
+        }
+        if (c->model.init_checkpoint[0])
+            MT_TRY(trainer_init_from_checkpoint(t, c->model.init_checkpoint));
+    }
     t->train_records = meta->record_count;
     t->steps_per_epoch = mt_loader_batch_count(t->train_loader);
     if (c->train.steps_per_epoch > 0 && (uint64_t)c->train.steps_per_epoch < t->steps_per_epoch)
@@ -667,7 +714,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     MT_TRY(mt_config_lr_schedule(c, (long)t->steps_per_epoch, t->who.world_size, &t->schedule));
 
     if (resume_path[0]) {
-        MT_TRY(trainer_load_checkpoint(t, resume_path));
+        MT_TRY(trainer_load_checkpoint(t, resume_path, options->allow_changes));
         say(t, "resuming from %s at epoch %llu, batch %llu (step %llu)\n", resume_path,
             (unsigned long long)t->epoch + 1, (unsigned long long)t->next_batch,
             (unsigned long long)t->global_step);

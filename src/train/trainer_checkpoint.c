@@ -5,10 +5,15 @@
  *   metadata: format, position (epoch, next_batch, global_step), optimizer iterations, the best
  *   validation accuracy, the seed (with global_step it fixes every later shuffle, flip and dropout
  *   mask: the RNG state), the layout checksum and the whole config as INI text. */
+#include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mobiletune/checkpoint.h"
 #include "trainer_internal.h"
@@ -135,7 +140,84 @@ static mt_status load_model_tensors(const mt_checkpoint *c, mt_model *model, boo
     return status;
 }
 
-mt_status trainer_load_checkpoint(trainer *t, const char *path) {
+/* A checkpoint's class_names (one per line) against the training data's list: a label is a
+ * position in the list, so cats/dogs weights on dogs/zcats data would train and report nonsense.
+ * A safetensors file without class_names (not written by mobiletune) is not checked. */
+static mt_status check_class_names(const mt_checkpoint *c, const char *path, const char *what,
+                                   const mt_dataset_meta *data, const char *data_path) {
+    const char *text = mt_checkpoint_meta(c, "class_names");
+    if (!text || !data) return MT_OK;
+    int count = 1;
+    for (const char *p = text; *p; p++) count += *p == '\n';
+    char *copy = strdup(text);
+    const char **names = calloc((size_t)count, sizeof *names);
+    if (!copy || !names) {
+        free(copy);
+        free(names);
+        return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    }
+    int n = 0;
+    for (char *p = copy; p; n++) {
+        names[n] = p;
+        p = strchr(p, '\n');
+        if (p) *p++ = '\0';
+    }
+    char message[512];
+    bool same = mt_class_names_same(names, n, (const char *const *)data->class_names,
+                                    data->class_count, message, sizeof message);
+    free(names);
+    free(copy);
+    if (!same)
+        return MT_FAIL(MT_ERR_INVALID, "%s '%s' was trained on other classes than '%s' holds: %s "
+                       "(the checkpoint's first, the data's second); labels are positions in the "
+                       "list, so pack the data with the same classes", what, path, data_path,
+                       message);
+    return MT_OK;
+}
+
+/* Options a resume may change without a word: where things are and how often to report, not
+ * what is computed. Per-node options and train.epochs (running on for more epochs) among them. */
+static bool resume_may_change(const mt_config_option *o) {
+    static const char *const free_keys[] = {
+        "data.train", "data.val", "data.test", "data.prefetch", "data.loader_threads",
+        "model.weights", "model.init_checkpoint", "train.epochs", "train.eval_every",
+        "train.threads", "train.backend", "train.comm", "train.bucket_mb"};
+    char name[96];
+    snprintf(name, sizeof name, "%s.%s", o->section, o->key);
+    if (strcmp(o->section, "output") == 0) return true;
+    for (size_t i = 0; i < sizeof free_keys / sizeof free_keys[0]; i++)
+        if (strcmp(name, free_keys[i]) == 0) return true;
+    return false;
+}
+
+/* The options that differ between the checkpoint's config and this run's, as
+ * "optimizer.learning_rate 0.001 -> 0.01, ..." (empty when none do). */
+static mt_status changed_options(const mt_checkpoint *c, const char *path,
+                                 const mt_train_config *now, char *out, size_t capacity) {
+    out[0] = '\0';
+    const char *text = mt_checkpoint_meta(c, "config");
+    if (!text) return MT_OK; /* the format check has refused it already */
+    mt_train_config *then = malloc(sizeof *then);
+    if (!then) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    mt_config_defaults(then);
+    mt_status status = mt_config_load_string(then, text, path, NULL);
+    size_t used = 0;
+    for (int i = 0; status == MT_OK && i < mt_config_option_count(); i++) {
+        const mt_config_option *o = mt_config_option_at(i);
+        if (resume_may_change(o)) continue;
+        char a[256], b[256];
+        if (mt_config_value_text(then, o, a, sizeof a) != MT_OK ||
+            mt_config_value_text(now, o, b, sizeof b) != MT_OK || strcmp(a, b) == 0)
+            continue;
+        if (used < capacity)
+            used += (size_t)snprintf(out + used, capacity - used, "%s%s.%s %s -> %s",
+                                     used ? ", " : "", o->section, o->key, a, b);
+    }
+    free(then);
+    return status;
+}
+
+mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_changes) {
     mt_checkpoint *c = NULL;
     MT_TRY(mt_checkpoint_read(path, &c));
     mt_status status = MT_OK;
@@ -153,6 +235,17 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path) {
         status = MT_FAIL(MT_ERR_INVALID, "checkpoint '%s' used optimizer %s, this run uses %s",
                          path, optimizer ? optimizer : "?",
                          mt_optimizer_kind_name(t->optimizer.params.kind));
+    if (status == MT_OK)
+        status = check_class_names(c, path, "checkpoint", mt_loader_meta(t->train_loader),
+                                   t->config->data.train);
+    char changed[1024] = "";
+    if (status == MT_OK) status = changed_options(c, path, t->config, changed, sizeof changed);
+    if (status == MT_OK && changed[0] && !allow_changes)
+        status = MT_FAIL(MT_ERR_INVALID, "resuming '%s' with changed options: %s; a resumed run "
+                         "continues the same training, so restore them, or add --allow-changes "
+                         "to go on with the new values", path, changed);
+    if (status == MT_OK && changed[0] && t->who.rank == 0)
+        printf("resuming with changed options (--allow-changes): %s\n", changed);
     uint64_t count = 0;
     if (status == MT_OK) status = meta_u64(c, "trainable_count", &count);
     if (status == MT_OK && count != t->trainable_count)
@@ -188,13 +281,53 @@ mt_status trainer_init_from_checkpoint(trainer *t, const char *path) {
     mt_checkpoint *c = NULL;
     MT_TRY(mt_checkpoint_read(path, &c));
     int loaded = 0;
-    mt_status status = load_model_tensors(c, t->model, false, &loaded);
+    mt_status status = check_class_names(c, path, "model.init_checkpoint",
+                                         mt_loader_meta(t->train_loader), t->config->data.train);
+    if (status == MT_OK) status = load_model_tensors(c, t->model, false, &loaded);
     if (status == MT_OK && loaded == 0)
         status = MT_FAIL(MT_ERR_FORMAT, "'%s' holds none of this model's tensors (names like "
                          "'Conv1/kernel')", path);
     mt_checkpoint_free(c);
     if (status == MT_OK && t->who.rank == 0)
         printf("initialized %d of %d tensors from %s\n", loaded, t->layout->tensor_count, path);
+    return status;
+}
+
+/* mt_checkpoint_write's temporary files are "<name>.safetensors.tmp-<pid>"; one whose process
+ * is gone (killed mid-write) is never read again. Only that exact pattern, and only when no
+ * process has that pid (kill(pid, 0) says ESRCH): the run folder may hold the user's own files. */
+static bool stale_temp_name(const char *name, long *pid) {
+    const char *mark = strstr(name, ".safetensors.tmp-");
+    if (!mark || mark == name) return false;
+    const char *digits = mark + strlen(".safetensors.tmp-");
+    char *end = NULL;
+    if (*digits < '1' || *digits > '9') return false;
+    errno = 0;
+    *pid = strtol(digits, &end, 10);
+    return errno == 0 && *end == '\0' && *pid > 0;
+}
+
+mt_status trainer_remove_stale_temps(const char *dir, int *removed) {
+    *removed = 0;
+    DIR *d = opendir(dir);
+    if (!d) return MT_OK; /* a new run folder */
+    struct dirent *entry;
+    mt_status status = MT_OK;
+    while (status == MT_OK && (entry = readdir(d)) != NULL) {
+        long pid = 0;
+        if (!stale_temp_name(entry->d_name, &pid) || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to ask */
+        char path[MT_CONFIG_PATH_MAX + 300];
+        snprintf(path, sizeof path, "%s/%s", dir, entry->d_name);
+        struct stat st;
+        if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        if (unlink(path) != 0)
+            status = MT_FAIL(MT_ERR_IO, "cannot remove the stale temporary checkpoint '%s' "
+                             "(process %ld is gone): %s", path, pid, strerror(errno));
+        else
+            (*removed)++;
+    }
+    closedir(d);
     return status;
 }
 

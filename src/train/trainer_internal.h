@@ -55,10 +55,15 @@ mt_status trainer_agree_on_config(trainer *t);
 
 /* Write `checkpoints/<name>.safetensors` atomically (rank 0 only). */
 mt_status trainer_save_checkpoint(trainer *t, const char *name);
-/* Restore everything a checkpoint holds: weights, BN statistics, optimizer state, position. */
-mt_status trainer_load_checkpoint(trainer *t, const char *path);
+/* Restore everything a checkpoint holds: weights, BN statistics, optimizer state, position.
+ * The checkpoint's classes must be the data's; options changed since it was written (seed,
+ * learning rate, ...) are an error naming them unless `allow_changes`. The loader must be open. */
+mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_changes);
+/* Remove mt_checkpoint_write's "<name>.safetensors.tmp-<pid>" files in `dir` whose process is
+ * gone (a run killed mid-write); *removed counts them. */
+mt_status trainer_remove_stale_temps(const char *dir, int *removed);
 /* Initialize weights from a checkpoint's tensors only (init_checkpoint: e.g. finetune from the
- * frozen run), matching tensors by name. */
+ * frozen run), matching tensors by name; its classes must be the data's (loader open). */
 mt_status trainer_init_from_checkpoint(trainer *t, const char *path);
 
 #endif

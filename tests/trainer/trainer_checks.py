@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -403,6 +404,173 @@ def case_mpi_equivalence(data, tmp):
             fail("frozen mode should reduce 1,281 floats (5,124 bytes) per step:\n" + output)
 
 
+def patch_tensor(src, dst, name, index, value, fix_checksum):
+    """Copy checkpoint `src` to `dst` with element `index` of tensor `name` set to `value`; with
+    `fix_checksum` its crc32 entry is rewritten to match (same length: the header keeps its size),
+    so that only the value check can catch it."""
+    with open(src, "rb") as f:
+        blob = bytearray(f.read())
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    begin, end = header[name]["data_offsets"]
+    at = 8 + length + begin + 4 * index
+    old_crc = "%08x" % zlib.crc32(bytes(blob[8 + length + begin:8 + length + end]))
+    blob[at:at + 4] = struct.pack("<f", value)
+    if fix_checksum:
+        new_crc = "%08x" % zlib.crc32(bytes(blob[8 + length + begin:8 + length + end]))
+        key = f'"crc32:{name}":"{old_crc}"'.encode()
+        where = blob.find(key, 8, 8 + length)
+        if where < 0:
+            fail(f"no checksum entry for {name} in {src}")
+        blob[where:where + len(key)] = f'"crc32:{name}":"{new_crc}"'.encode()
+    with open(dst, "wb") as f:
+        f.write(blob)
+
+
+def start_and_signal(config, signals, env=None, gap=0.0):
+    """Start a long run, wait for its first epoch's checkpoint, send `signals` in a row."""
+    run_dir = os.path.join(os.path.dirname(config), "run")
+    process = subprocess.Popen([MOBILETUNE, "train", "--config", config, "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, **(env or {})))
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(run_dir, "last.safetensors")):
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            fail("the run ended or took too long before its first checkpoint:\n" +
+                 process.communicate()[0])
+        time.sleep(0.05)
+    for i, number in enumerate(signals):
+        if i:
+            time.sleep(gap)
+        process.send_signal(number)
+    output, _ = process.communicate(timeout=120)
+    return process.returncode, output
+
+
+def case_integrity(data, tmp):
+    """Signals, stale temporary files, resume guards, checkpoint integrity and class lists:
+    SIGINT and SIGHUP checkpoint like SIGTERM (a second SIGINT ends at once); a dead process's
+    *.safetensors.tmp-PID is removed at the next start (nothing else is); a resume with changed
+    hyperparameters names them and needs --allow-changes; --resume PATH from elsewhere into a
+    folder holding another run's last.safetensors is refused; a NaN in a checkpoint is refused
+    by tensor and index; mobiletune verify; val/test/init_checkpoint with other classes."""
+    runs = {}
+    for name, signals in (("int", [signal.SIGINT]), ("hup", [signal.SIGHUP])):
+        folder = os.path.join(tmp, name)
+        os.makedirs(folder)
+        config = write_config(folder, data, train__epochs=400)
+        code, output = start_and_signal(config, signals)
+        if code != 0 or "stop requested" not in output:
+            fail(f"{signals[0].name} did not stop the run with a checkpoint (exit {code}):\n" +
+                 output)
+        runs[name] = config
+        print(f"{signals[0].name}: checkpoint written, exit 0")
+    # Two signals sent back to back can merge into one pending signal, so the second waits a
+    # moment; on the slow reference backend a step outlasts it. A run that still ended cleanly
+    # (the step was shorter) is tried again.
+    for attempt in range(4):
+        folder = os.path.join(tmp, f"twice{attempt}")
+        os.makedirs(folder)
+        code, output = start_and_signal(
+            write_config(folder, data, train__epochs=400, train__backend="reference"),
+            [signal.SIGINT, signal.SIGINT], gap=0.02 * (attempt + 1))
+        if code != 0:
+            break
+    if code != -signal.SIGINT:
+        fail(f"a second SIGINT did not end the run at once (exit {code}):\n{output}")
+    print("SIGINT twice: ended at once by the signal")
+
+    # stale temporary files: only a dead process's, only mobiletune's naming
+    folder = os.path.dirname(runs["int"])
+    run_dir = os.path.join(folder, "run")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = os.path.join(run_dir, f"last.safetensors.tmp-{dead.pid}")
+    alive = os.path.join(run_dir, f"best.safetensors.tmp-{os.getpid()}")
+    others = [os.path.join(run_dir, n) for n in ("notes.tmp-1", "last.safetensors.tmp-x1")]
+    for path in [stale, alive] + others:
+        with open(path, "wb") as f:
+            f.write(b"partial")
+
+    # a resume with another seed or learning rate: refused, naming both; --allow-changes goes on
+    _, meta = read_safetensors(os.path.join(run_dir, "last.safetensors"))
+    epochs = int(meta["epoch"]) + 1
+    changed = run([MOBILETUNE, "train", "--config", runs["int"], "--resume", "auto", "--set",
+                   "train.seed=8", "--set", "optimizer.learning_rate=0.01", "--set",
+                   f"train.epochs={epochs}"], expect=1)
+    for words in ("train.seed 7 -> 8", "optimizer.learning_rate 0.001 -> 0.01",
+                  "--allow-changes"):
+        if words not in changed.output:
+            fail(f"a resume with changed options does not say '{words}':\n{changed.output}")
+    if os.path.exists(stale) or not all(os.path.exists(p) for p in [alive] + others):
+        fail("the stale temporary file was not removed, or another file was")
+    print("stale *.safetensors.tmp-PID of a dead process removed at the start, nothing else")
+    allowed = run([MOBILETUNE, "train", "--config", runs["int"], "--resume", "auto", "--set",
+                   "train.seed=8", "--set", f"train.epochs={epochs}", "--allow-changes"])
+    if "changed options" not in allowed.output or "train.seed 7 -> 8" not in allowed.output:
+        fail("--allow-changes did not say what changed:\n" + allowed.output)
+    print("resume with changed seed / learning rate: refused naming them; --allow-changes goes on")
+
+    # --resume PATH from another run's folder into a folder holding its own last checkpoint
+    other = os.path.join(os.path.dirname(runs["hup"]), "run", "last.safetensors")
+    with open(other, "rb") as f:
+        before = f.read()
+    refused = run([MOBILETUNE, "train", "--config", runs["hup"], "--resume",
+                   os.path.join(run_dir, "last.safetensors")], expect=1)
+    if "of another run" not in refused.output:
+        fail("--resume PATH over another run's last.safetensors was not refused:\n" +
+             refused.output)
+    with open(other, "rb") as f:
+        if f.read() != before:
+            fail("the run folder's last.safetensors was changed")
+    print("--resume PATH into a folder holding another run's checkpoint: refused, untouched")
+
+    # a NaN in the weights (checksum rewritten to match): refused by name and index, by resume,
+    # init_checkpoint and verify; a flipped bit without: refused by its checksum
+    good = other  # seed 7, as write_config's: only the NaN differs
+    nan = os.path.join(tmp, "nan.safetensors")
+    patch_tensor(good, nan, "Conv1/kernel", 5, float("nan"), fix_checksum=True)
+    flipped = os.path.join(tmp, "flipped.safetensors")
+    patch_tensor(good, flipped, "Conv1/kernel", 5, 1e30, fix_checksum=False)
+    fresh = os.path.join(tmp, "fresh")
+    os.makedirs(fresh)
+    for how in (["--resume", nan], ["--set", f"model.init_checkpoint={nan}"]):
+        result = run([MOBILETUNE, "train", "--config", write_config(fresh, data)] + how, expect=1)
+        if "'Conv1/kernel'" not in result.output or "index 5" not in result.output:
+            fail(f"a NaN weight was not refused by name and index ({how[0]}):\n{result.output}")
+    ok = run([MOBILETUNE, "verify", good])
+    if "checksums match" not in ok.output or "all finite" not in ok.output:
+        fail("verify of a good checkpoint:\n" + ok.output)
+    result = run([MOBILETUNE, "verify", nan], expect=1)
+    if "'Conv1/kernel'" not in result.output or "index 5" not in result.output:
+        fail("verify did not name the NaN:\n" + result.output)
+    result = run([MOBILETUNE, "verify", flipped], expect=1)
+    if "Conv1/kernel" not in result.output or "checksum" not in result.output:
+        fail("verify did not refuse a changed tensor by its checksum:\n" + result.output)
+    print("NaN weights refused by tensor and index (resume, init_checkpoint, verify); "
+          "a changed tensor refused by its checksum")
+
+    # class lists: the same folders under other names (dogs/zcats) are other classes
+    renamed = os.path.join(tmp, "renamed")
+    for old, new in (("left", "dogs"), ("right", "zcats")):
+        shutil.copytree(os.path.join(FIXTURE, "images", old), os.path.join(renamed, "img", new))
+    run([PACK, "--size", "32", "--split", "train=0.75,val=0.25", "--seed", "1", "--threads", "2",
+         os.path.join(renamed, "img"), os.path.join(renamed, "packed")])
+    other_val = os.path.join(renamed, "packed", "val")
+    for how, words in ((["--set", f"data.val={other_val}"], "data.val"),
+                       (["--set", f"data.test={other_val}"], "data.test"),
+                       (["--set", f"data.train={renamed}/packed/train", "--set",
+                         f"data.val={other_val}", "--set", f"model.init_checkpoint={good}"],
+                        "model.init_checkpoint")):
+        shutil.rmtree(fresh)
+        os.makedirs(fresh)
+        result = run([MOBILETUNE, "train", "--config", write_config(fresh, data)] + how, expect=1)
+        if words not in result.output or "classes" not in result.output:
+            fail(f"{words} with other classes was not refused:\n{result.output}")
+    print("val, test and init_checkpoint with other class names: refused")
+
+
 def case_mpi_disagree(data, tmp):
     """Two ranks started with configs that differ in one option: every rank ends, non-zero, with
     a message naming the option and both values; no signal, no hang. Before the agreement
@@ -590,6 +758,7 @@ CASES = {
     "cache": case_feature_cache,
     "eval_predict": case_eval_predict,
     "config_errors": case_config_errors,
+    "integrity": case_integrity,
     "backends": case_backends,
     "mpi_equivalence": case_mpi_equivalence,
     "mpi_fault": case_mpi_fault,
