@@ -1,9 +1,9 @@
 #!/bin/bash
-# Fuzz the record and metadata parsers and the Keras h5 reader with libFuzzer for a bounded time
+# Fuzz the record and metadata parsers, the Keras h5 reader and the checkpoint reader with libFuzzer for a bounded time
 # each.
 #   scripts/fuzz.sh [seconds-per-target]     (default 60)
 # Configures a clang build with -DMT_FUZZ=ON in ${MT_FUZZ_BUILD:-build-fuzz}, builds fuzz_record,
-# fuzz_meta and fuzz_h5 (ASan + UBSan), and runs each from a working corpus seeded with the
+# fuzz_meta, fuzz_h5 and fuzz_checkpoint (ASan + UBSan), and runs each from a working corpus seeded with the
 # committed seeds in tests/fuzz/corpus/<target>/ (the working corpus grows between runs; the seeds are not touched).
 # Crashes are written to <build>/fuzz-artifacts/ and make the script exit non-zero.
 set -euo pipefail
@@ -18,7 +18,7 @@ if ! command -v clang >/dev/null; then
 fi
 cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
     -DMT_FUZZ=ON -DMT_WITH_CUDA=OFF -DMT_WITH_MPI=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j"$jobs" --target fuzz_record fuzz_meta fuzz_h5
+cmake --build "$build" -j"$jobs" --target fuzz_record fuzz_meta fuzz_h5 fuzz_checkpoint
 
 status=0
 mkdir -p "$build/fuzz-artifacts"
@@ -37,7 +37,7 @@ first_frame() {
     grep -E '^ +#[0-9]+ ' "$1" | grep -vE "$skip" | head -1
 }
 
-for target in record meta h5; do
+for target in record meta h5 checkpoint; do
     corpus="$build/fuzz-corpus/$target"
     mkdir -p "$corpus"
     cp -n "$root/tests/fuzz/corpus/$target/"* "$corpus/" 2>/dev/null || true
@@ -73,6 +73,6 @@ for target in record meta h5; do
     grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::new_units_added)" \
         "$build/fuzz-$target.log" || grep -E "^#[0-9]+: cov" "$build/fuzz-$target.log" | tail -1 || true
     echo "corpus size: $(ls "$corpus" | wc -l) inputs"
-    rm -f "$TMPDIR"/fuzz_h5-*
+    rm -f "$TMPDIR"/fuzz_h5-* "$TMPDIR"/fuzz_ckpt-*
 done
 exit $status
