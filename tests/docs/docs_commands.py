@@ -12,7 +12,7 @@
   workflow   the README's pack -> train -> eval -> predict on 8 tiny photos (frozen.ini with
              --set overrides: 32x32, no weights, 1 epoch); then the Python readers of
              docs/formats.md (a packed record: name, label, pixels) and docs/checkpoints.md (the
-             checkpoint just written) run on what was written
+             checkpoint just written, and its checksum snippet) run on what was written
 
 A failure names the file and line and what to fix. Exit 0 pass, 1 fail.
 """
@@ -269,6 +269,10 @@ def check_workflow():
                 if not kernels or not scope.get("meta"):
                     fail("docs/checkpoints.md", f"the reader finds {len(tensors)} tensors, "
                                                 f"no kernel or no metadata")
+                # the checksum snippet runs on the reader's variables and passes on a good file
+                checksums = python_block("checkpoints.md", "zlib.crc32")
+                if checksums and not run_snippet("checkpoints.md", checksums, scope):
+                    fail("docs/checkpoints.md", "the checksum snippet fails on a good checkpoint")
                 # The safetensors package (scripts/install-deps.sh puts it in .venv) as the judge.
                 try:
                     from safetensors.numpy import load_file
