@@ -40,7 +40,7 @@ struct mt_checkpoint {
     mt_checkpoint_tensor *tensors; /* names and (when built) data are owned per tensor */
     int meta_count, meta_capacity;
     char **meta_keys, **meta_values;
-    void *storage; /* after a read: all the tensors' data, tensors point into it */
+    void *storage;          /* after a read: all the tensors' data, tensors point into it */
     int checksums_verified; /* after a read: tensors whose crc32 entry matched */
 };
 
@@ -272,8 +272,10 @@ static mt_status meta_put(mt_checkpoint *checkpoint, char *key, char *value) {
 mt_status mt_checkpoint_set_meta(mt_checkpoint *checkpoint, const char *key, const char *value) {
     MT_TRY(check_name("metadata key", key));
     if (strncmp(key, CRC_PREFIX, CRC_PREFIX_LENGTH) == 0)
-        return MT_FAIL(MT_ERR_INVALID, "checkpoint metadata key '%s': the prefix '%s' is reserved "
-                       "for the tensors' checksums", key, CRC_PREFIX);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "checkpoint metadata key '%s': the prefix '%s' is reserved "
+                       "for the tensors' checksums",
+                       key, CRC_PREFIX);
     if (!utf8_valid((const unsigned char *)value, strlen(value)))
         return MT_FAIL(MT_ERR_INVALID, "checkpoint metadata '%s': value is not valid UTF-8", key);
     char *k = strdup(key), *v = strdup(value);
@@ -405,9 +407,10 @@ static mt_status build_header(const mt_checkpoint *checkpoint, const int *order,
         for (int k = 0; k < checkpoint->count; k++) {
             const mt_checkpoint_tensor *t = &checkpoint->tensors[order[k]];
             if (strlen(t->name) + CRC_PREFIX_LENGTH >= MT_CHECKPOINT_NAME_MAX)
-                return MT_FAIL(MT_ERR_INVALID, "tensor name '%s' is too long for its checksum "
-                               "entry (at most %d bytes)", t->name,
-                               MT_CHECKPOINT_NAME_MAX - 1 - CRC_PREFIX_LENGTH);
+                return MT_FAIL(MT_ERR_INVALID,
+                               "tensor name '%s' is too long for its checksum "
+                               "entry (at most %d bytes)",
+                               t->name, MT_CHECKPOINT_NAME_MAX - 1 - CRC_PREFIX_LENGTH);
             if (checkpoint->meta_count > 0 || k > 0) mt_text_buffer_append_string(b, ",");
             char key[MT_CHECKPOINT_NAME_MAX];
             snprintf(key, sizeof key, "%s%s", CRC_PREFIX, t->name);
@@ -524,8 +527,8 @@ mt_status mt_checkpoint_write(const mt_checkpoint *checkpoint, const char *path)
     } else {
         status = write_file(checkpoint, order, &header, &w);
         if (close(w.fd) != 0 && status == MT_OK)
-            status = MT_FAIL(MT_ERR_IO, "closing '%s': %s", temp,
-                             strerror(mt_write_errno(temp, errno)));
+            status =
+                MT_FAIL(MT_ERR_IO, "closing '%s': %s", temp, strerror(mt_write_errno(temp, errno)));
         if (status == MT_OK && rename(temp, path) != 0)
             status = MT_FAIL(MT_ERR_IO, "renaming '%s' to '%s': %s", temp, path, strerror(errno));
         if (status != MT_OK)
@@ -999,16 +1002,21 @@ static mt_status verify_checksums(mt_checkpoint *checkpoint) {
         unsigned long stored = strtoul(value, &end, 16);
         if (status != MT_OK) {
         } else if (!t) {
-            status = MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': checksum entry '%s' names no tensor "
-                             "(a damaged header)", path, key);
+            status = MT_FAIL(MT_ERR_FORMAT,
+                             "checkpoint '%s': checksum entry '%s' names no tensor "
+                             "(a damaged header)",
+                             path, key);
         } else if (strlen(value) != 8 || *end != '\0' || value[0] == '-' || value[0] == '+' ||
                    value[0] == ' ') {
-            status = MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': checksum of tensor '%s' is '%s', not "
-                             "8 hex digits (a damaged header)", path, name, value);
+            status = MT_FAIL(MT_ERR_FORMAT,
+                             "checkpoint '%s': checksum of tensor '%s' is '%s', not "
+                             "8 hex digits (a damaged header)",
+                             path, name, value);
         } else {
             uint32_t computed = crc32_gzip_refl(0, t->data, t->bytes);
             if (computed != (uint32_t)stored)
-                status = MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': tensor '%s' does not match its "
+                status = MT_FAIL(MT_ERR_FORMAT,
+                                 "checkpoint '%s': tensor '%s' does not match its "
                                  "checksum (crc32 %s stored, %08x computed): the file is damaged; "
                                  "use another checkpoint (e.g. best.safetensors)",
                                  path, name, value, (unsigned)computed);
@@ -1019,8 +1027,10 @@ static mt_status verify_checksums(mt_checkpoint *checkpoint) {
     }
     checkpoint->meta_count = kept;
     if (status == MT_OK && found > 0 && found != checkpoint->count)
-        status = MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': %d of %d tensors have a checksum entry "
-                         "(a damaged header)", path, found, checkpoint->count);
+        status = MT_FAIL(MT_ERR_FORMAT,
+                         "checkpoint '%s': %d of %d tensors have a checksum entry "
+                         "(a damaged header)",
+                         path, found, checkpoint->count);
     checkpoint->checksums_verified = found;
     return status;
 }
@@ -1036,7 +1046,8 @@ mt_status mt_checkpoint_check_finite(const mt_checkpoint *checkpoint, const char
         const float *x = t->data;
         for (uint64_t k = 0; k < t->count; k++)
             if (!isfinite(x[k]))
-                return MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': tensor '%s' holds %g at index "
+                return MT_FAIL(MT_ERR_FORMAT,
+                               "checkpoint '%s': tensor '%s' holds %g at index "
                                "%llu: non-finite weights are refused (a damaged file or a run "
                                "that diverged; use an earlier checkpoint)",
                                display_path(checkpoint), t->name, (double)x[k],

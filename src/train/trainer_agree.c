@@ -49,9 +49,9 @@ static mt_status data_text(const char *path, char *out, size_t capacity) {
     mt_dataset *dataset = NULL;
     MT_TRY(mt_dataset_open(path, &dataset));
     const mt_dataset_meta *meta = mt_dataset_meta_get(dataset);
-    size_t used = (size_t)snprintf(out, capacity, "%llu records at %dx%d, classes",
-                                   (unsigned long long)meta->record_count, meta->width,
-                                   meta->height);
+    size_t used =
+        (size_t)snprintf(out, capacity, "%llu records at %dx%d, classes",
+                         (unsigned long long)meta->record_count, meta->width, meta->height);
     for (int k = 0; k < meta->class_count && used < capacity; k++)
         used += (size_t)snprintf(out + used, capacity - used, "%s%s", k ? "," : " ",
                                  meta->class_names[k]);
@@ -114,7 +114,9 @@ static mt_status row_text(const mt_train_config *c, int row, char *name, size_t 
     }
     int extra = row - options - 1;
     switch (extra) {
-    case 0: case 1: case 2: {
+    case 0:
+    case 1:
+    case 2: {
         const char *path = extra == 0 ? c->data.train : extra == 1 ? c->data.val : c->data.test;
         snprintf(name, name_capacity, "what %s holds", extra_rows[extra]);
         return data_text(path, value, capacity);
@@ -136,18 +138,21 @@ mt_status trainer_agree_on_config(trainer *t) {
     const mt_train_config *c = t->config;
     const int rows = 1 + mt_config_option_count() + EXTRA_ROWS;
     if (rows > AGREE_ROWS)
-        return MT_FAIL(MT_ERR_INTERNAL, "the option table has outgrown the agreement exchange "
-                       "(%d rows > %d): raise AGREE_ROWS", rows, AGREE_ROWS);
-    /* a local failure (a database that does not open) still takes part in the exchange, as a
-     * row that cannot match, so no rank is left waiting; the error is reported after it */
+        return MT_FAIL(MT_ERR_INTERNAL,
+                       "the option table has outgrown the agreement exchange "
+                       "(%d rows > %d): raise AGREE_ROWS",
+                       rows, AGREE_ROWS);
+    /* a local failure (a database that does not open) still takes part in the exchange, so no
+     * rank is left waiting; the error is reported after it */
     uint64_t mine[AGREE_ROWS] = {0};
     mt_status local = MT_OK;
     char name[128], value[AGREE_TEXT];
     for (int r = 0; r < rows; r++) {
         mt_status status = row_text(c, r, name, sizeof name, value, sizeof value);
         if (status != MT_OK && local == MT_OK) local = status;
-        mine[r] = status == MT_OK ? mt_checksum64(value, strlen(value), (uint64_t)r)
-                                  : (uint64_t)t->who.rank + 1;
+        /* an unreadable row hashes to 0 on every rank: ranks failing alike report their own
+         * error after the exchange, a rank failing alone differs from the others here */
+        mine[r] = status == MT_OK ? mt_checksum64(value, strlen(value), (uint64_t)r) : 0;
     }
     char local_error[2048] = "";
     if (local != MT_OK) snprintf(local_error, sizeof local_error, "%s", mt_last_error());
@@ -176,7 +181,8 @@ mt_status trainer_agree_on_config(trainer *t) {
         if (status == MT_OK) {
             texts[AGREE_TEXT - 1] = '\0';
             texts[(size_t)other * AGREE_TEXT + AGREE_TEXT - 1] = '\0';
-            status = MT_FAIL(MT_ERR_INVALID, "the ranks run different configs: %s is '%s' on rank "
+            status = MT_FAIL(MT_ERR_INVALID,
+                             "the ranks run different configs: %s is '%s' on rank "
                              "0 but '%s' on rank %d; start every rank with the same config and "
                              "data (only data.loader_threads, data.prefetch and train.threads "
                              "may differ)%s%s",
