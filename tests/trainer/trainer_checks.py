@@ -208,7 +208,7 @@ def case_nan_guard(data, tmp):
     if meta["optimizer_iterations"] != str(int(meta["global_step"]) - 1):
         fail(f"the skipped step was applied: {meta['optimizer_iterations']} optimizer steps in "
              f"{meta['global_step']}")
-    # a real non-finite loss, not an injected one: start from weights holding an Inf
+    # an Inf in a checkpoint's weights is refused where it is loaded, naming tensor and index
     tensors, meta = read_safetensors(f"{skip_dir}/run/last.safetensors")
     tensors["dense/bias"] = np.array([np.inf], dtype=np.float32)
     bad = os.path.join(tmp, "inf.safetensors")
@@ -218,9 +218,22 @@ def case_nan_guard(data, tmp):
     os.makedirs(real)
     result = run([MOBILETUNE, "train", "--config",
                   write_config(real, data, model__init_checkpoint=bad)], expect=1)
+    if "'dense/bias' holds inf at index 0" not in result.output:
+        fail("an Inf in the init_checkpoint was not refused by name:\n" + result.output)
+    # a real non-finite loss, not an injected one: finite weights so large that the logits
+    # overflow (3e38 is finite in float32; their sum over the features is not)
+    tensors["dense/bias"] = np.array([3e38], dtype=np.float32)
+    tensors["dense/kernel"] = np.full(tensors["dense/kernel"].shape, 3e38, dtype=np.float32)
+    write_safetensors(bad, {k: v for k, v in tensors.items() if "/" in k and
+                            not k.startswith("optimizer/")})
+    shutil.rmtree(real)
+    os.makedirs(real)
+    result = run([MOBILETUNE, "train", "--config",
+                  write_config(real, data, model__init_checkpoint=bad)], expect=1)
     if "NaN or Inf at step 0" not in result.output:
-        fail("an Inf in the weights did not stop the run at step 0:\n" + result.output)
-    print("nan guard: stop names the step, skip drops exactly one update, an Inf weight is caught")
+        fail("overflowing weights did not stop the run at step 0:\n" + result.output)
+    print("nan guard: stop names the step, skip drops exactly one update, an Inf weight is refused "
+          "by name, a real overflow is caught")
 
 
 def case_feature_cache(data, tmp):
