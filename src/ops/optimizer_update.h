@@ -46,6 +46,13 @@ MT_UPDATE_FN size_t mt_update_slot_stride(const mt_optimizer_desc *d) {
     return d->slot_stride ? d->slot_stride : d->count;
 }
 
+/* Slot k (0 or 1) of `slots`, or NULL when the rule keeps fewer slots: the s0/s1 arguments of
+ * mt_update_element. */
+MT_UPDATE_FN float *mt_update_slot(const mt_optimizer_desc *d, float *slots, int k) {
+    if (k >= mt_update_slot_count(d)) return NULL;
+    return k == 0 ? slots : slots + mt_update_slot_stride(d); /* slots is NULL when count is 0 */
+}
+
 #if !defined(__CUDACC__)
 /* The argument checks every backend's optimizer_update makes first (`backend_name` names it). */
 static inline mt_status mt_update_check(const char *backend_name, const mt_optimizer_desc *d,

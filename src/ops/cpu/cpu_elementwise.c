@@ -167,9 +167,7 @@ mt_status mt_cpu_optimizer_update(mt_backend *backend, const mt_optimizer_desc *
     (void)backend;
     MT_TRY(mt_update_check("cpu", desc, params, grads, slots));
     const size_t n = desc->count;
-    const int slot_count = mt_update_slot_count(desc);
-    float *s0 = slot_count > 0 ? slots : NULL;
-    float *s1 = slot_count > 1 ? slots + mt_update_slot_stride(desc) : NULL;
+    float *s0 = mt_update_slot(desc, slots, 0), *s1 = mt_update_slot(desc, slots, 1);
     const float step = mt_update_step_size(desc);
 #pragma omp parallel for schedule(static) if (n >= OPTIMIZER_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++)

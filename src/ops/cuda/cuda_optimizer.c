@@ -10,9 +10,7 @@ mt_status mt_cuda_optimizer_update(mt_backend *backend, const mt_optimizer_desc 
                                    float *params, const float *grads, float *slots) {
     MT_TRY(mt_update_check("cuda", desc, params, grads, slots));
     if (!desc->count) return MT_OK;
-    const int slot_count = mt_update_slot_count(desc);
-    float *s0 = slot_count > 0 ? slots : NULL;
-    float *s1 = slot_count > 1 ? slots + mt_update_slot_stride(desc) : NULL;
+    float *s0 = mt_update_slot(desc, slots, 0), *s1 = mt_update_slot(desc, slots, 1);
     CUDA_CHECK(mt_cuda_launch_optimizer_update(cuda_of(backend)->stream, desc,
                                                mt_update_step_size(desc), params, grads, s0, s1));
     return MT_OK;
