@@ -87,10 +87,10 @@ int mt_grad_sync_bucket_count(const mt_grad_sync *sync);
 
 /* What happened during the last backward, in order, for tests and for the docs' timeline. */
 typedef enum mt_grad_event_kind {
-    MT_GRAD_EVENT_READY = 0, /* the hook reported [offset, offset+count) */
-    MT_GRAD_EVENT_LAUNCH,    /* an all-reduce of [offset, offset+count) started */
-    MT_GRAD_EVENT_DONE,      /* that all-reduce was seen complete (mean in place) */
-    MT_GRAD_EVENT_FINISH,    /* mt_grad_sync_end_backward was called (backward had ended) */
+    MT_GRAD_EVENT_READY = 0,    /* the hook reported [offset, offset+count) */
+    MT_GRAD_EVENT_LAUNCH,       /* an all-reduce of [offset, offset+count) started */
+    MT_GRAD_EVENT_DONE,         /* that all-reduce was seen complete (mean in place) */
+    MT_GRAD_EVENT_END_BACKWARD, /* mt_grad_sync_end_backward was called (backward had ended) */
 } mt_grad_event_kind;
 
 typedef struct mt_grad_sync_event {

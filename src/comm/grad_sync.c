@@ -215,7 +215,7 @@ mt_status mt_grad_sync_ready(void *user, size_t offset, size_t count) {
 
 mt_status mt_grad_sync_end_backward(mt_grad_sync *s) {
     const double start = now_seconds();
-    trace(s, MT_GRAD_EVENT_FINISH, 0, 0);
+    trace(s, MT_GRAD_EVENT_END_BACKWARD, 0, 0);
     if (s->reported != 0)
         return MT_FAIL(MT_ERR_INTERNAL, "backward reported gradients [%zu, %zu) of %zu: the "
                        "rest would be all-reduced stale", s->reported, s->count, s->count);

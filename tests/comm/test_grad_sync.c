@@ -81,7 +81,7 @@ static void check_trace(mt_grad_sync *sync, size_t total, size_t bucket_elems, c
             pending = 0;
             break;
         case MT_GRAD_EVENT_DONE: break;
-        case MT_GRAD_EVENT_FINISH: finished = true; break;
+        case MT_GRAD_EVENT_END_BACKWARD: finished = true; break;
         }
     }
     CHECK_MSG(launched_end == 0, "%s: buckets cover [%zu, %zu) only", what, launched_end, total);
