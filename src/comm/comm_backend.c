@@ -9,18 +9,19 @@
 #include "mobiletune/ops.h"
 
 /* Run `collective` on `bytes` of backend memory at `buffer`, staged through host memory when the
- * backend's memory is not the host's. `upload_back`: the collective changed the bytes. */
+ * backend's memory is not the host's: downloaded first when `reads_own` (the collective reads
+ * this rank's bytes: an all-reduce always, a broadcast on its root only), uploaded after. */
 static mt_status staged(mt_comm *comm, mt_backend *backend, void *buffer, size_t bytes,
-                        bool upload_back, mt_status (*collective)(mt_comm *, void *, size_t, int),
+                        bool reads_own, mt_status (*collective)(mt_comm *, void *, size_t, int),
                         int root) {
     if (!backend->ops->device_memory) return collective(comm, buffer, bytes, root);
     void *host = malloc(bytes);
     if (!host)
         return MT_FAIL(MT_ERR_NOMEM, "out of memory staging %zu bytes of backend '%s' for MPI",
                        bytes, backend->ops->name);
-    mt_status status = backend->ops->download(backend, host, buffer, bytes);
+    mt_status status = reads_own ? backend->ops->download(backend, host, buffer, bytes) : MT_OK;
     if (status == MT_OK) status = collective(comm, host, bytes, root);
-    if (status == MT_OK && upload_back) status = backend->ops->upload(backend, buffer, host, bytes);
+    if (status == MT_OK) status = backend->ops->upload(backend, buffer, host, bytes);
     free(host);
     return status;
 }
@@ -37,8 +38,8 @@ static mt_status mean_bytes(mt_comm *comm, void *host, size_t bytes, int root) {
 mt_status mt_comm_broadcast_backend(mt_comm *comm, mt_backend *backend, void *buffer,
                                     size_t bytes, int root) {
     if (comm->info.world_size == 1 || bytes == 0) return MT_OK;
-    /* every rank uploads: only the root's bytes were already there */
-    return staged(comm, backend, buffer, bytes, true, broadcast_bytes, root);
+    /* every rank uploads (the root's bytes come back unchanged) */
+    return staged(comm, backend, buffer, bytes, comm->info.rank == root, broadcast_bytes, root);
 }
 
 mt_status mt_comm_allreduce_mean_f32_backend(mt_comm *comm, mt_backend *backend, float *buffer,
