@@ -222,6 +222,17 @@ mt_status mt_model_forward_head(mt_model *model, const float *features, const in
                                 int n, bool training, uint64_t dropout_seed, float *logits_host,
                                 mt_step_result *out);
 
+/* A training forward (training = true, no logits) that does not wait for the device: the
+ * step's mean loss, rows predicted right and finiteness are added to `accum` (MT_ACCUM_COUNT
+ * doubles of backend memory, zeroed by the caller; ops.h loss_accumulate, which records `step`
+ * for the first non-finite loss) instead of coming back in `out`, which holds only `valid`.
+ * Either images (as mt_model_forward) or features (as mt_model_forward_head), the other NULL;
+ * labels are checked on the host as there. mt_model_backward may follow. */
+mt_status mt_model_forward_accumulate(mt_model *model, const float *images,
+                                      const float *features, const int32_t *labels, int n,
+                                      uint64_t dropout_seed, uint64_t step, double *accum,
+                                      mt_step_result *out);
+
 /* Called during backward each time the gradients of one layer are final: elements
  * [offset, offset+count) of the gradient buffer. Ranges arrive in decreasing offset order and
  * together cover the whole buffer exactly once per backward. A non-OK return aborts backward. */

@@ -113,7 +113,32 @@ typedef struct mt_optimizer_desc {
      * bucket, updated as soon as its all-reduce is done) passes the whole buffer's count, with
      * params, grads and slots pointing at the range's first element. */
     size_t slot_stride;
+    /* NULL, or one double of backend memory (loss_accumulate's MT_ACCUM_SKIP): when it is
+     * nonzero the op changes nothing, so a non-finite step is skipped without the host looking */
+    const double *skip;
 } mt_optimizer_desc;
+
+/* The slots of loss_accumulate's accumulator (doubles: counts and step numbers stay exact). */
+enum {
+    MT_ACCUM_LOSS_SUM = 0, /* sum over the finite steps of mean loss x valid rows */
+    MT_ACCUM_CORRECT,      /* rows predicted right, over the finite steps */
+    MT_ACCUM_VALID,        /* rows with a label, over the finite steps */
+    MT_ACCUM_SKIP,         /* 1 when the last step's loss was not finite, else 0 */
+    MT_ACCUM_SKIPPED,      /* steps whose loss was not finite */
+    MT_ACCUM_FIRST_SKIP,   /* the `step` of the first of them (valid when SKIPPED > 0) */
+    MT_ACCUM_COUNT = 8     /* doubles in the accumulator (two spare) */
+};
+
+/* The prediction of one row of logits, as every backend's loss_accumulate and the host's
+ * accuracy count make it: the logit's sign for one logit, else the first largest logit (NaN
+ * compares false: a row of NaN predicts 0). */
+static inline int mt_accum_predicted(const float *row, int classes) {
+    if (classes == 1) return row[0] > 0.0f;
+    int predicted = 0;
+    for (int k = 1; k < classes; k++)
+        if (row[k] > row[predicted]) predicted = k;
+    return predicted;
+}
 
 typedef struct mt_backend mt_backend;
 
@@ -224,6 +249,20 @@ typedef struct mt_ops {
     mt_status (*loss_forward_backward)(mt_backend *backend, const mt_loss_desc *desc,
                                        const float *logits, const int32_t *labels,
                                        float *loss_host, float *dlogits);
+    /* The training step's loss without a trip to the host: the same mean loss and dlogits
+     * (not NULL) as loss_forward_backward, but the results go into `accum`, MT_ACCUM_COUNT
+     * doubles of backend memory the caller zeroes and downloads when it wants them (the
+     * trainer: once per logging interval), and the labels are trusted (the caller checked them
+     * on the host; an out-of-range label counts as a padding row). Per call:
+     *   finite mean:  [MT_ACCUM_LOSS_SUM] += mean x valid rows, [MT_ACCUM_CORRECT] += rows
+     *                 whose prediction (mt_accum_predicted) is the label, [MT_ACCUM_VALID] +=
+     *                 valid rows, [MT_ACCUM_SKIP] = 0
+     *   NaN or Inf:   [MT_ACCUM_SKIP] = 1, [MT_ACCUM_SKIPPED] += 1, and [MT_ACCUM_FIRST_SKIP]
+     *                 = `step` when it is the first since the zeroing (nothing else changes)
+     * [MT_ACCUM_SKIP] is the optimizer's skip flag (mt_optimizer_desc.skip). */
+    mt_status (*loss_accumulate)(mt_backend *backend, const mt_loss_desc *desc,
+                                 const float *logits, const int32_t *labels, float *dlogits,
+                                 uint64_t step, double *accum);
 
     /* ---- the optimizer ---- */
     /* params[count] -= update(grads[count]) per desc (see mt_optimizer_desc for the slots'

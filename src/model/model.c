@@ -647,9 +647,12 @@ static mt_status backbone_forward(mt_model *m, const float *images, int n, bool 
     return ops->global_avg_pool_forward(be, act(m, MT_MODEL_BACKBONE_LAYERS - 1), m->pooled);
 }
 
-/* Dropout, dense, loss on m->pooled (n rows); logits downloaded for the accuracy count. */
+/* Dropout, dense, loss on m->pooled (n rows); logits downloaded for the accuracy count, except
+ * with an accumulator (accum not NULL: a training step that leaves the loss, the accuracy and
+ * the finiteness in backend memory, loss_accumulate; nothing waits for the device). */
 static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool training,
-                              uint64_t dropout_seed, float *logits_host, mt_step_result *out) {
+                              uint64_t dropout_seed, float *logits_host, mt_step_result *out,
+                              uint64_t step, double *accum) {
     const mt_ops *ops = m->ops;
     mt_backend *be = m->backend;
     const mt_model_layout *layout = m->layout;
@@ -666,8 +669,10 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool tr
     mt_dense_desc desc = {.batch = n, .in_features = features, .out_features = outs};
     MT_TRY(ops->dense_forward(be, &desc, x, tensor_ptr(m, layer_tensor(m, dense, 0)),
                               tensor_ptr(m, layer_tensor(m, dense, 1)), m->logits));
-    MT_TRY(ops->download(be, m->host_logits, m->logits, (size_t)n * outs * sizeof(float)));
-    if (logits_host) memcpy(logits_host, m->host_logits, (size_t)n * outs * sizeof(float));
+    if (!accum) {
+        MT_TRY(ops->download(be, m->host_logits, m->logits, (size_t)n * outs * sizeof(float)));
+        if (logits_host) memcpy(logits_host, m->host_logits, (size_t)n * outs * sizeof(float));
+    }
 
     mt_step_result result = {0};
     if (labels) {
@@ -679,20 +684,18 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool tr
                     "label %d of row %d is out of range for %d classes (-1 marks padding)",
                     labels[r], r, layout->config.classes);
             result.valid++;
-            const float *row = m->host_logits + (size_t)r * outs;
-            int predicted = 0;
-            if (outs == 1) {
-                predicted = row[0] > 0.0f;
-            } else {
-                for (int c = 1; c < outs; c++)
-                    if (row[c] > row[predicted]) predicted = c;
-            }
-            result.correct += predicted == labels[r];
+            if (!accum)
+                result.correct +=
+                    mt_accum_predicted(m->host_logits + (size_t)r * outs, outs) == labels[r];
         }
         MT_TRY(ops->upload(be, m->labels, labels, (size_t)n * sizeof(int32_t)));
         mt_loss_desc loss = {.batch = n, .classes = outs};
-        MT_TRY(ops->loss_forward_backward(be, &loss, m->logits, m->labels, &result.loss,
-                                          training ? m->dlogits : NULL));
+        if (accum)
+            MT_TRY(ops->loss_accumulate(be, &loss, m->logits, m->labels, m->dlogits, step,
+                                        accum));
+        else
+            MT_TRY(ops->loss_forward_backward(be, &loss, m->logits, m->labels, &result.loss,
+                                              training ? m->dlogits : NULL));
     }
     m->ready_for_backward = training && labels;
     m->last_n = n;
@@ -706,7 +709,7 @@ mt_status mt_model_forward(mt_model *m, const float *images, const int32_t *labe
     m->ready_for_backward = false;
     MT_TRY(backbone_forward(m, images, n, training));
     m->head_only = false;
-    return head_forward(m, labels, n, training, dropout_seed, logits_host, out);
+    return head_forward(m, labels, n, training, dropout_seed, logits_host, out, 0, NULL);
 }
 
 mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_t *labels, int n,
@@ -721,7 +724,30 @@ mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_
                           (size_t)n * m->layout->feature_channels * sizeof(float)));
     m->head_only = true;
     m->outputs_intact = false; /* the backbone's outputs are no longer this batch's */
-    return head_forward(m, labels, n, training, dropout_seed, logits_host, out);
+    return head_forward(m, labels, n, training, dropout_seed, logits_host, out, 0, NULL);
+}
+
+mt_status mt_model_forward_accumulate(mt_model *m, const float *images, const float *features,
+                                      const int32_t *labels, int n, uint64_t dropout_seed,
+                                      uint64_t step, double *accum, mt_step_result *out) {
+    m->ready_for_backward = false;
+    if (!labels || !accum || !images == !features)
+        return MT_FAIL(MT_ERR_INVALID, "mt_model_forward_accumulate needs labels, an accumulator "
+                       "and either images or features");
+    if (images) {
+        MT_TRY(backbone_forward(m, images, n, true));
+        m->head_only = false;
+    } else {
+        if (n < 1 || n > m->layout->config.batch_size)
+            return MT_FAIL(MT_ERR_INVALID,
+                           "batch of %d feature rows: the model was created for 1 to %d", n,
+                           m->layout->config.batch_size);
+        MT_TRY(m->ops->upload(m->backend, m->pooled, features,
+                              (size_t)n * m->layout->feature_channels * sizeof(float)));
+        m->head_only = true;
+        m->outputs_intact = false; /* the backbone's outputs are no longer this batch's */
+    }
+    return head_forward(m, labels, n, true, dropout_seed, NULL, out, step, accum);
 }
 
 mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {

@@ -163,7 +163,7 @@ mt_status mt_optimizer_update_range(mt_optimizer *optimizer, float *params, cons
         .iterations = optimizer->iterations, .rho = hp->rho, .momentum = hp->momentum,
         .epsilon = hp->epsilon, .beta_1 = hp->beta_1, .beta_2 = hp->beta_2,
         .weight_decay = hp->weight_decay, .nesterov = hp->nesterov,
-        .slot_stride = optimizer->count,
+        .slot_stride = optimizer->count, .skip = optimizer->skip,
     };
     return optimizer->backend->ops->optimizer_update(
         optimizer->backend, &desc, params + offset, grads + offset,

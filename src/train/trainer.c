@@ -294,6 +294,32 @@ static void cached_batch(const trainer *t, const uint64_t *permutation, uint64_t
     }
 }
 
+/* The message of nan_policy = stop for the non-finite loss of global step `step`, one of this
+ * epoch's steps up to the current one. */
+static mt_status nonfinite_stop(const trainer *t, uint64_t step) {
+    const uint64_t batch = t->next_batch - (t->global_step - step);
+    return MT_FAIL(MT_ERR_INVALID, "the loss is NaN or Inf at step %llu (epoch %llu, batch %llu): "
+                   "lower optimizer.learning_rate, or set train.nan_policy = skip to drop such "
+                   "steps", (unsigned long long)step, (unsigned long long)t->epoch + 1,
+                   (unsigned long long)batch + 1);
+}
+
+/* The accumulator's totals since the last read into `totals`, the device's zeroed again: once per
+ * logging interval and at the end of the epoch's steps (not check_every_step, whose totals come
+ * step by step). A non-finite step (the backend skipped its update) stops the run naming it. */
+static mt_status read_accumulator(trainer *t, epoch_totals *totals) {
+    if (t->check_every_step) return MT_OK;
+    const mt_ops *ops = t->backend->ops;
+    double accum[MT_ACCUM_COUNT], zeros[MT_ACCUM_COUNT] = {0};
+    MT_TRY(ops->download(t->backend, accum, t->accum, sizeof accum));
+    MT_TRY(ops->upload(t->backend, t->accum, zeros, sizeof zeros));
+    totals->loss_sum += accum[MT_ACCUM_LOSS_SUM];
+    totals->correct += (int64_t)accum[MT_ACCUM_CORRECT];
+    totals->valid += (int64_t)accum[MT_ACCUM_VALID];
+    if (accum[MT_ACCUM_SKIPPED] > 0) return nonfinite_stop(t, (uint64_t)accum[MT_ACCUM_FIRST_SKIP]);
+    return MT_OK;
+}
+
 static mt_status train_step(trainer *t, const float *images, const float *features,
                             const int32_t *labels, int n, epoch_totals *totals, bool *stop) {
     const mt_train_config *c = t->config;
@@ -304,6 +330,11 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
                        (unsigned long long)step);
     if (fault == FAULT_CRASH) raise(SIGKILL);
     if (fault == FAULT_SIGNAL) raise(SIGUSR1);
+    /* the accumulator before the step: an injected NaN loss puts it back as loss_accumulate
+     * leaves it after a non-finite loss (a NaN pixel would not do: ReLU6 swallows NaN) */
+    double before_fault[MT_ACCUM_COUNT];
+    if (fault == FAULT_NAN)
+        MT_TRY(t->backend->ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
 
     /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore, in
      * backend memory (a device-side copy, no trip through the host). */
@@ -317,10 +348,14 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
     uint64_t dropout_seed = mix64(mix64((uint64_t)c->train.seed ^ 0xD50Full) ^ step) ^
                             (uint64_t)t->who.rank;
     mt_step_result result;
-    mt_status status =
-        features ? mt_model_forward_head(t->model, features, labels, n, true, dropout_seed, NULL,
-                                         &result)
-                 : mt_model_forward(t->model, images, labels, n, true, dropout_seed, NULL, &result);
+    mt_status status = mt_model_forward_accumulate(t->model, images, features, labels, n,
+                                                   dropout_seed, step, t->accum, &result);
+    if (status == MT_OK && fault == FAULT_NAN) {
+        if (before_fault[MT_ACCUM_SKIPPED] == 0.0) before_fault[MT_ACCUM_FIRST_SKIP] = (double)step;
+        before_fault[MT_ACCUM_SKIPPED] += 1.0;
+        before_fault[MT_ACCUM_SKIP] = 1.0;
+        status = t->backend->ops->upload(t->backend, t->accum, before_fault, sizeof before_fault);
+    }
     /* The gradient all-reduce runs in buckets from inside backward (the model's hook); after it,
      * the optimizer updates each bucket as soon as that bucket's mean is in place (update_step).
      * The host time in the all-reduce, whatever backward did not hide, is the step's all-reduce
@@ -332,21 +367,39 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
     }
     if (status == MT_OK) status = mt_model_backward(t->model);
     if (status == MT_OK && t->grad_sync) status = mt_grad_sync_end_backward(t->grad_sync);
-    if (status == MT_OK && fault == FAULT_NAN) result.loss = NAN;
 
-    /* Every rank must take the same decision: agree on "some rank saw a non-finite loss". */
-    int32_t flags[2] = {!isfinite(result.loss), stop_signal != 0};
+    /* One rank with nan_policy = stop: nothing to agree on and nothing for the host to decide
+     * per step; the backend skips a non-finite step's update itself (the optimizer's skip flag)
+     * and the read at the logging interval stops the run naming the step. */
+    if (!t->check_every_step) {
+        *stop = stop_signal != 0;
+        if (status == MT_OK) status = update_step(t);
+        if (t->grad_sync) {
+            const mt_grad_sync_stats after = mt_grad_sync_get_stats(t->grad_sync);
+            totals->allreduce_seconds += after.comm_seconds - before.comm_seconds;
+            totals->buckets += after.buckets - before.buckets;
+            totals->buckets_done_in_backward += after.done_in_backward - before.done_in_backward;
+        }
+        return status;
+    }
+    /* Else this step's part of the accumulator comes to the host now, and every rank must take
+     * the same decision: agree on "some rank saw a non-finite loss". */
+    double accum[MT_ACCUM_COUNT];
+    if (status == MT_OK)
+        status = t->backend->ops->download(t->backend, accum, t->accum, sizeof accum);
+    int32_t flags[2] = {status == MT_OK && accum[MT_ACCUM_SKIP] != 0.0, stop_signal != 0};
     if (status == MT_OK) status = mt_comm_allreduce_max_i32(t->comm, flags, 2);
     *stop = status == MT_OK && flags[1]; /* agreed: every rank stops after this same step */
+    if (status == MT_OK) {
+        result.loss = (float)(accum[MT_ACCUM_LOSS_SUM] - t->accum_seen[MT_ACCUM_LOSS_SUM]);
+        result.correct = (int)(accum[MT_ACCUM_CORRECT] - t->accum_seen[MT_ACCUM_CORRECT]);
+        memcpy(t->accum_seen, accum, sizeof accum);
+    }
     if (status == MT_OK && flags[0]) {
         /* the buckets in flight end before anything else moves; their means go unused */
         if (t->grad_sync) status = mt_grad_sync_wait_all(t->grad_sync);
         if (status == MT_OK && c->train.nan_policy == MT_NAN_POLICY_STOP) {
-            status = MT_FAIL(MT_ERR_INVALID, "the loss is NaN or Inf at step %llu (epoch %llu, "
-                             "batch %llu): lower optimizer.learning_rate, or set "
-                             "train.nan_policy = skip to drop such steps",
-                             (unsigned long long)step, (unsigned long long)t->epoch + 1,
-                             (unsigned long long)t->next_batch + 1);
+            status = nonfinite_stop(t, step);
         } else if (status == MT_OK) {
             totals->skipped++;
             status = t->backend->ops->buffer_copy(t->backend, state, t->state_backup,
@@ -356,7 +409,7 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
         }
     } else if (status == MT_OK) {
         status = update_step(t);
-        totals->loss_sum += (double)result.loss * result.valid;
+        totals->loss_sum += (double)result.loss; /* already x valid rows (the accumulator's) */
         totals->correct += result.correct;
         totals->valid += result.valid;
     }
@@ -540,11 +593,14 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
             uint64_t done = t->next_batch - first;
             double rate = (double)done * batch * t->who.world_size / elapsed;
             double eta = elapsed / (double)done * (double)(t->steps_per_epoch - t->next_batch);
+            status = read_accumulator(t, totals); /* the logging interval's one wait */
+            if (status != MT_OK) break;
             show_progress(t, t->next_batch, t->steps_per_epoch, totals, rate, eta);
             last_shown = elapsed;
         }
     }
     if (progress && is_root(t)) fprintf(stderr, "\r%*s\r", 110, "");
+    if (status == MT_OK) status = read_accumulator(t, totals); /* the epoch's (or stop's) totals */
     free(permutation);
     free(features);
     free(labels);
@@ -651,6 +707,10 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     mt_model_trainable(t->model, &t->params, &t->grads, &t->trainable_count);
     mt_optimizer_params optimizer = mt_config_optimizer(c);
     MT_TRY(mt_optimizer_init(&t->optimizer, t->backend, &optimizer, t->trainable_count));
+    MT_TRY(t->backend->ops->buffer_alloc(t->backend, MT_ACCUM_COUNT * sizeof(double),
+                                         (void **)&t->accum));
+    t->check_every_step = c->train.nan_policy == MT_NAN_POLICY_SKIP || t->who.world_size > 1;
+    if (!t->check_every_step) t->optimizer.skip = t->accum + MT_ACCUM_SKIP;
     if (c->train.nan_policy == MT_NAN_POLICY_SKIP) {
         float *state;
         size_t state_count;
@@ -758,6 +818,7 @@ static void tear_down(trainer *t) {
     mt_loader_close(t->train_loader);
     mt_optimizer_free(&t->optimizer);
     if (t->state_backup) t->backend->ops->buffer_free(t->backend, t->state_backup);
+    if (t->accum) t->backend->ops->buffer_free(t->backend, t->accum);
     mt_grad_sync_destroy(t->grad_sync);
     mt_model_destroy(t->model);
     mt_backend_destroy(t->backend);

@@ -573,6 +573,42 @@ static void check_loss(int batch, int classes, const int32_t *labels, int bad_ro
     free(z), free(dz[0]), free(dz[1]);
 }
 
+/* loss_accumulate over three steps (the second with a NaN logit) into the kernel's and the
+ * reference's accumulators: the loss sums (double sums of the same float means: a few float
+ * ulps of the mean, 1e-6), the counts and the skip bookkeeping exactly, dlogits as the loss's. */
+static void check_loss_accumulate(int batch, int classes, const int32_t *labels) {
+    size_t nz = (size_t)batch * classes;
+    float *z = array(nz, -4, 4), *dz[2] = {zeros(nz), zeros(nz)};
+    double accum[2][MT_ACCUM_COUNT] = {{0}};
+    mt_loss_desc d = {.batch = batch, .classes = classes};
+    const uint64_t steps[3] = {40, 41, 42};
+    int labelled = -1; /* the NaN goes into a labelled row (a padding row's logits are unused) */
+    for (int n = batch - 1; n >= 0; n--)
+        if (labels[n] >= 0) labelled = n;
+    const bool nan_step = labelled >= 0;
+    for (int s = 0; s < 3; s++) {
+        for (size_t i = 0; i < nz; i++)
+            z[i] = uniform(-4, 4);
+        if (s == 1 && nan_step) z[(size_t)labelled * classes] = NAN;
+        REF_OK(mt_ops_reference.loss_accumulate(&REF, &d, z, labels, dz[0], steps[s], accum[0]));
+        KERNEL_OK(mt_cuda_launch_loss_accumulate(NULL, batch, classes, z, labels, dz[1], steps[s],
+                                                 accum[1]));
+        if (s != 1 || !nan_step) compare("loss_accumulate dlogits", dz[1], dz[0], nz, 1e-6);
+        CHECK_MSG(accum[1][MT_ACCUM_SKIP] == (s == 1 && nan_step ? 1.0 : 0.0),
+                  "loss_accumulate: skip flag %g after step %d", accum[1][MT_ACCUM_SKIP], s);
+    }
+    float got = (float)accum[1][MT_ACCUM_LOSS_SUM], want = (float)accum[0][MT_ACCUM_LOSS_SUM];
+    compare("loss_accumulate loss sum", &got, &want, 1, 1e-6);
+    for (int k = MT_ACCUM_CORRECT; k < MT_ACCUM_COUNT; k++)
+        CHECK_MSG(accum[1][k] == accum[0][k], "loss_accumulate slot %d: %g, reference %g", k,
+                  accum[1][k], accum[0][k]);
+    CHECK_MSG(nan_step ? accum[0][MT_ACCUM_SKIPPED] == 1.0 && accum[0][MT_ACCUM_FIRST_SKIP] == 41.0
+                       : accum[0][MT_ACCUM_SKIPPED] == 0.0 && accum[0][MT_ACCUM_VALID] == 0.0,
+              "reference loss_accumulate: %g skipped, first %g (want 1, step 41, or none)",
+              accum[0][MT_ACCUM_SKIPPED], accum[0][MT_ACCUM_FIRST_SKIP]);
+    free(z), free(dz[0]), free(dz[1]);
+}
+
 static void check_elementwise(mt_shape4 s) {
     size_t n = mt_shape4_count(s);
     float *a = array(n, -3, 9), *b = array(n, -3, 9), *dy = array(n, -1, 1);
@@ -618,6 +654,18 @@ static void check_optimizer(mt_update_rule rule, float momentum, bool nesterov, 
     }
     compare("optimizer params", p[1], p[0], count, 0);
     if (slots) compare("optimizer slots", s[1], s[0], (size_t)slots * count, 0);
+    /* a step whose skip flag (loss_accumulate's, in device memory) is set changes nothing */
+    double skip = 1.0;
+    d.skip = &skip;
+    float *kept = zeros(count);
+    memcpy(kept, p[1], count * sizeof(float));
+    REF_OK(mt_ops_reference.optimizer_update(&REF, &d, p[0], g, slots ? s[0] : NULL));
+    KERNEL_OK(mt_cuda_launch_optimizer_update(NULL, &d, mt_update_step_size(&d), p[1], g,
+                                              slots > 0 ? s[1] : NULL,
+                                              slots > 1 ? s[1] + count : NULL));
+    compare("optimizer params, skipped step", p[1], kept, count, 0);
+    compare("reference params, skipped step", p[0], kept, count, 0);
+    free(kept);
     for (int i = 0; i < 2; i++)
         free(p[i]), free(s[i]);
     free(g);
@@ -681,6 +729,9 @@ int main(void) {
     check_loss(4, 3, cat, -1);
     check_loss(3, 3, none, -1);
     check_loss(3, 3, bad, 1);
+    check_loss_accumulate(4, 1, bin);
+    check_loss_accumulate(4, 3, cat);
+    check_loss_accumulate(3, 3, none);
 
     /* rule, momentum, nesterov, weight decay, count (several blocks, a partial last one) */
     check_optimizer(MT_UPDATE_RMSPROP, 0, false, 0, 1000);

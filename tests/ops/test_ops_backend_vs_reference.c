@@ -628,17 +628,34 @@ static void case_dense(int batch, int in, int outf) {
     free(x), free(w), free(b), free(dy);
 }
 
+/* accum_out: loss_accumulate's accumulator after two steps (7 and 8) on these logits, the
+ * second with the first labelled row's logit made NaN (when a row is labelled) */
 static bool loss_on(side s, const mt_loss_desc *d, const float *logits, const int32_t *labels,
-                    float *loss_out, float *loss_nograd_out, float *dlogits_out) {
+                    float *loss_out, float *loss_nograd_out, float *dlogits_out,
+                    double *accum_out) {
     size_t zb = (size_t)d->batch * d->classes * 4, lb = (size_t)d->batch * 4;
-    void *bz, *bl, *bdz;
+    void *bz, *bl, *bdz, *bacc;
     if (!buffer_in(s, logits, zb, &bz) || !buffer_in(s, labels, lb, &bl) ||
-        !buffer_in(s, NULL, zb, &bdz))
+        !buffer_in(s, NULL, zb, &bdz) || !buffer_in(s, NULL, MT_ACCUM_COUNT * 8, &bacc))
         return false;
     RUN(s, loss_forward_backward, d, bz, bl, loss_out, bdz);
     RUN(s, loss_forward_backward, d, bz, bl, loss_nograd_out, NULL);
     if (!buffer_out(s, bdz, dlogits_out, zb)) return false;
+    RUN(s, loss_accumulate, d, bz, bl, bdz, 7, bacc);
+    float *poisoned = xmalloc(zb);
+    memcpy(poisoned, logits, zb);
+    for (int n = 0; n < d->batch; n++)
+        if (labels[n] >= 0) {
+            poisoned[(size_t)n * d->classes] = NAN;
+            break;
+        }
+    bool ok = s.o->upload(s.b, bz, poisoned, zb) == MT_OK;
+    free(poisoned);
+    if (!ok) return false;
+    RUN(s, loss_accumulate, d, bz, bl, bdz, 8, bacc);
+    if (!buffer_out(s, bacc, accum_out, MT_ACCUM_COUNT * 8)) return false;
     s.o->buffer_free(s.b, bz), s.o->buffer_free(s.b, bl), s.o->buffer_free(s.b, bdz);
+    s.o->buffer_free(s.b, bacc);
     return true;
 }
 
@@ -648,11 +665,31 @@ static void case_loss(int batch, int classes, const int32_t *labels) {
     float *z = random_array(nz, -4, 4);
     z[0] = 30.0f; /* a confident logit: the stable forms must agree there too */
     float loss[2], loss_nograd[2], *dz[2] = {xmalloc(nz * 4), xmalloc(nz * 4)};
-    if (loss_on(REF, &d, z, labels, &loss[0], &loss_nograd[0], dz[0]) &&
-        loss_on(DUT, &d, z, labels, &loss[1], &loss_nograd[1], dz[1])) {
+    double accum[2][MT_ACCUM_COUNT];
+    if (loss_on(REF, &d, z, labels, &loss[0], &loss_nograd[0], dz[0], accum[0]) &&
+        loss_on(DUT, &d, z, labels, &loss[1], &loss_nograd[1], dz[1], accum[1])) {
         compare("loss", &loss[1], &loss[0], 1, TOL_LOSS);
         compare("loss (dlogits NULL)", &loss_nograd[1], &loss[0], 1, TOL_LOSS);
         compare("dlogits", dz[1], dz[0], nz, TOL_LOSS);
+        /* the accumulated loss: the mean's tolerance; counts and skip bookkeeping exactly */
+        float got = (float)accum[1][MT_ACCUM_LOSS_SUM], want = (float)accum[0][MT_ACCUM_LOSS_SUM];
+        compare("loss_accumulate loss sum", &got, &want, 1, TOL_LOSS);
+        checks_run++;
+        for (int k = MT_ACCUM_CORRECT; k < MT_ACCUM_COUNT; k++)
+            if (accum[1][k] != accum[0][k]) {
+                fprintf(stderr, "FAIL %s: loss_accumulate slot %d: %g, reference %g\n",
+                        current_case, k, accum[1][k], accum[0][k]);
+                mt_test_failures++;
+            }
+        bool labelled = false;
+        for (int n = 0; n < batch; n++)
+            labelled |= labels[n] >= 0;
+        if (accum[0][MT_ACCUM_SKIPPED] != (labelled ? 1.0 : 0.0) ||
+            (labelled && (accum[0][MT_ACCUM_FIRST_SKIP] != 8.0 || accum[0][MT_ACCUM_SKIP] != 1.0))) {
+            fprintf(stderr, "FAIL %s: reference loss_accumulate missed the NaN step\n",
+                    current_case);
+            mt_test_failures++;
+        }
     } else {
         mt_test_failures++;
     }

@@ -407,6 +407,7 @@ const mt_ops mt_ops_cpu = {
     .dense_forward = mt_cpu_dense_forward,
     .dense_backward = mt_cpu_dense_backward,
     .loss_forward_backward = mt_cpu_loss_forward_backward,
+    .loss_accumulate = mt_cpu_loss_accumulate,
     .optimizer_update = mt_cpu_optimizer_update,
     .conv_bn_relu6_inference_forward = mt_cpu_conv_bn_relu6_inference_forward,
     .batchnorm_relu6_forward_training = mt_cpu_batchnorm_relu6_forward_training,

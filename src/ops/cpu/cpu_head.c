@@ -7,6 +7,7 @@
 
 #include "ops/cpu/cpu_internal.h"
 #include "ops/dropout_hash.h"
+#include "ops/loss_accum.h"
 
 static mt_status check_rate(float rate) {
     if (!(rate >= 0.0f && rate < 1.0f))
@@ -126,5 +127,15 @@ mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
         }
     }
     *loss_host = (float)(total * per_row);
+    return MT_OK;
+}
+
+/* loss_forward_backward's mean, then the accumulator's bookkeeping (ops/loss_accum.h) */
+mt_status mt_cpu_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
+                                 const float *logits, const int32_t *labels, float *dlogits,
+                                 uint64_t step, double *accum) {
+    float mean = 0.0f;
+    MT_TRY(mt_cpu_loss_forward_backward(backend, desc, logits, labels, &mean, dlogits));
+    mt_loss_accum_add(accum, desc, logits, labels, mean, step);
     return MT_OK;
 }

@@ -407,6 +407,7 @@ const mt_ops mt_ops_cuda = {
     .dense_forward = mt_cuda_dense_forward,
     .dense_backward = mt_cuda_dense_backward,
     .loss_forward_backward = mt_cuda_loss_forward_backward,
+    .loss_accumulate = mt_cuda_loss_accumulate,
     .optimizer_update = mt_cuda_optimizer_update_profiled,
     .batchnorm_relu6_forward_training = mt_cuda_batchnorm_relu6_forward_training,
     .relu6_batchnorm_backward_training = mt_cuda_relu6_batchnorm_backward_training,

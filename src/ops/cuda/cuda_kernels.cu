@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "mobiletune/ops.h" /* MT_ACCUM_* */
 #include "ops/cuda/cuda_kernels.h"
 #include "ops/dropout_hash.h"
 
@@ -505,17 +506,34 @@ __global__ void column_sums_kernel(int rows, int cols, const float *a, float *su
 
 /* ---- losses: one block; rows are few (a batch), classes few (a head) ---------------------- */
 
+/* result (accum NULL): the mean, the valid rows, the first bad label's row. accum (not NULL):
+ * loss_accumulate's bookkeeping (ops.h, the same as ops/loss_accum.h's on the host) instead, a
+ * bad label counting as a padding row (the host checked them), and no result. */
 __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *labels,
-                            float *dlogits, double *result) {
-    __shared__ int valid, bad;
+                            float *dlogits, double *result, double *accum,
+                            unsigned long long step) {
+    __shared__ int valid, bad, correct;
     __shared__ double totals[THREADS];
-    if (threadIdx.x == 0) valid = 0, bad = N;
+    if (threadIdx.x == 0) valid = 0, bad = N, correct = 0;
     __syncthreads();
     const int limit = K == 1 ? 2 : K;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
         int t = labels[n];
         if (t >= limit || t < -1) atomicMin(&bad, n);
-        if (t >= 0) atomicAdd(&valid, 1);
+        if (t >= 0 && t < limit) {
+            atomicAdd(&valid, 1);
+            if (accum) { /* the prediction as ops.h's mt_accum_predicted (a host function) */
+                const float *z = logits + (size_t)n * K;
+                int predicted = 0;
+                if (K == 1) {
+                    predicted = z[0] > 0.0f;
+                } else {
+                    for (int k = 1; k < K; k++)
+                        if (z[k] > z[predicted]) predicted = k;
+                }
+                if (predicted == t) atomicAdd(&correct, 1);
+            }
+        }
     }
     __syncthreads();
     const double inv_valid = valid > 0 ? 1.0 / valid : 0.0;
@@ -557,9 +575,23 @@ __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *la
         double s = 0.0;
         for (int i = 0; i < (int)blockDim.x; i++)
             s += totals[i];
-        result[0] = s * inv_valid;
-        result[1] = valid;
-        result[2] = bad < N ? bad : -1;
+        if (!accum) {
+            result[0] = s * inv_valid;
+            result[1] = valid;
+            result[2] = bad < N ? bad : -1;
+        } else {
+            const float mean = (float)(s * inv_valid); /* the host backends' rounding */
+            if (!isfinite(mean)) {
+                if (accum[MT_ACCUM_SKIPPED] == 0.0) accum[MT_ACCUM_FIRST_SKIP] = (double)step;
+                accum[MT_ACCUM_SKIPPED] += 1.0;
+                accum[MT_ACCUM_SKIP] = 1.0;
+            } else {
+                accum[MT_ACCUM_LOSS_SUM] += (double)mean * valid;
+                accum[MT_ACCUM_CORRECT] += correct;
+                accum[MT_ACCUM_VALID] += valid;
+                accum[MT_ACCUM_SKIP] = 0.0;
+            }
+        }
     }
 }
 
@@ -1368,7 +1400,16 @@ cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, 
 
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,
                                 const int32_t *labels, float *dlogits, double *result) {
-    loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, result);
+    loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, result, NULL,
+                                           0ull);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_loss_accumulate(cudaStream_t stream, int batch, int classes,
+                                           const float *logits, const int32_t *labels,
+                                           float *dlogits, uint64_t step, double *accum) {
+    loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, NULL, accum,
+                                           (unsigned long long)step);
     return cudaGetLastError();
 }
 

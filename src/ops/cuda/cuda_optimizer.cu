@@ -13,6 +13,7 @@ static const int OPTIMIZER_THREADS = 256;
 
 __global__ void optimizer_update_kernel(mt_optimizer_desc desc, float step, float *params,
                                         const float *grads, float *s0, float *s1) {
+    if (desc.skip && *desc.skip != 0.0) return; /* a non-finite step (loss_accumulate) */
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < desc.count;
          i += (size_t)gridDim.x * blockDim.x)
         mt_update_element(&desc, step, i, params, grads, s0, s1);

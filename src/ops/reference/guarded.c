@@ -259,6 +259,10 @@ GUARDED(loss_forward_backward,
         (mt_backend * backend, const mt_loss_desc *desc, const float *logits,
          const int32_t *labels, float *loss_host, float *dlogits),
         (backend, desc, logits, labels, loss_host, dlogits))
+GUARDED(loss_accumulate,
+        (mt_backend * backend, const mt_loss_desc *desc, const float *logits,
+         const int32_t *labels, float *dlogits, uint64_t step, double *accum),
+        (backend, desc, logits, labels, dlogits, step, accum))
 GUARDED(optimizer_update,
         (mt_backend * backend, const mt_optimizer_desc *desc, float *params, const float *grads,
          float *slots),
@@ -300,5 +304,6 @@ const mt_ops mt_ops_reference_guarded = {
     .dense_forward = guarded_dense_forward,
     .dense_backward = guarded_dense_backward,
     .loss_forward_backward = guarded_loss_forward_backward,
+    .loss_accumulate = guarded_loss_accumulate,
     .optimizer_update = guarded_optimizer_update,
 };

@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "ops/dropout_hash.h"
+#include "ops/loss_accum.h"
 #include "ops/reference/reference.h"
 
 /* x: N,H,W,C; y: N,C = mean over H,W */
@@ -193,5 +194,15 @@ mt_status mt_ref_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
         }
     }
     *loss_host = (float)(total * inv_valid);
+    return MT_OK;
+}
+
+/* loss_forward_backward's mean, then the accumulator's bookkeeping (ops/loss_accum.h) */
+mt_status mt_ref_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
+                                 const float *logits, const int32_t *labels, float *dlogits,
+                                 uint64_t step, double *accum) {
+    float mean = 0.0f;
+    MT_TRY(mt_ref_loss_forward_backward(backend, desc, logits, labels, &mean, dlogits));
+    mt_loss_accum_add(accum, desc, logits, labels, mean, step);
     return MT_OK;
 }

@@ -74,5 +74,6 @@ const mt_ops mt_ops_reference = {
     .dense_forward = mt_ref_dense_forward,
     .dense_backward = mt_ref_dense_backward,
     .loss_forward_backward = mt_ref_loss_forward_backward,
+    .loss_accumulate = mt_ref_loss_accumulate,
     .optimizer_update = mt_ref_optimizer_update,
 };

@@ -1,0 +1,34 @@
+/* loss_accumulate's bookkeeping for the backends whose memory the host reaches (reference, cpu):
+ * the backend computes the step's mean loss with its own loss_forward_backward, then this adds
+ * it, the valid rows and the rows predicted right to the accumulator (the rules are in ops.h;
+ * cuda_kernels.cu's loss_accumulate_kernel does the same on the device). */
+#ifndef MOBILETUNE_OPS_LOSS_ACCUM_H
+#define MOBILETUNE_OPS_LOSS_ACCUM_H
+
+#include <math.h>
+
+#include "mobiletune/ops.h"
+
+static inline void mt_loss_accum_add(double *accum, const mt_loss_desc *desc, const float *logits,
+                                     const int32_t *labels, float mean, uint64_t step) {
+    if (!isfinite(mean)) {
+        if (accum[MT_ACCUM_SKIPPED] == 0.0) accum[MT_ACCUM_FIRST_SKIP] = (double)step;
+        accum[MT_ACCUM_SKIPPED] += 1.0;
+        accum[MT_ACCUM_SKIP] = 1.0;
+        return;
+    }
+    const int limit = desc->classes == 1 ? 2 : desc->classes;
+    int valid = 0, correct = 0;
+    for (int n = 0; n < desc->batch; n++) {
+        if (labels[n] < 0 || labels[n] >= limit) continue;
+        valid++;
+        correct += mt_accum_predicted(logits + (size_t)n * desc->classes, desc->classes) ==
+                   labels[n];
+    }
+    accum[MT_ACCUM_LOSS_SUM] += (double)mean * valid;
+    accum[MT_ACCUM_CORRECT] += correct;
+    accum[MT_ACCUM_VALID] += valid;
+    accum[MT_ACCUM_SKIP] = 0.0;
+}
+
+#endif
