@@ -172,7 +172,11 @@ void mt_model_destroy(mt_model *model);
 const mt_model_layout *mt_model_get_layout(const mt_model *model);
 mt_backend *mt_model_backend(const mt_model *model);
 
-/* The trainable parameters and their gradients: `count` floats each, in backend memory. */
+/* The trainable parameters and their gradients: `count` floats each, in backend memory. One more
+ * float follows the gradients, grads[count]: the skip flag mt_model_forward_accumulate sets (1
+ * for a non-finite loss, else 0), there so that the gradient all-reduce carries it along (a
+ * mean over ranks is nonzero when any rank's flag is) for the optimizer to read (mt_optimizer's
+ * skip). */
 void mt_model_trainable(mt_model *model, float **params, float **grads, size_t *count);
 /* The frozen parameters and the BN state, for checkpoints (backend memory). */
 void mt_model_frozen(mt_model *model, float **params, size_t *count);
@@ -225,7 +229,8 @@ mt_status mt_model_forward_head(mt_model *model, const float *features, const in
 /* A training forward (training = true, no logits) that does not wait for the device: the
  * step's mean loss, rows predicted right and finiteness are added to `accum` (MT_ACCUM_COUNT
  * doubles of backend memory, zeroed by the caller; ops.h loss_accumulate, which records `step`
- * for the first non-finite loss) instead of coming back in `out`, which holds only `valid`.
+ * for the first non-finite loss) instead of coming back in `out`, which holds only `valid`; the
+ * skip flag goes to the float after the gradients (mt_model_trainable).
  * Either images (as mt_model_forward) or features (as mt_model_forward_head), the other NULL;
  * labels are checked on the host as there. mt_model_backward may follow. */
 mt_status mt_model_forward_accumulate(mt_model *model, const float *images,

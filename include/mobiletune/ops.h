@@ -113,9 +113,10 @@ typedef struct mt_optimizer_desc {
      * bucket, updated as soon as its all-reduce is done) passes the whole buffer's count, with
      * params, grads and slots pointing at the range's first element. */
     size_t slot_stride;
-    /* NULL, or one double of backend memory (loss_accumulate's MT_ACCUM_SKIP): when it is
-     * nonzero the op changes nothing, so a non-finite step is skipped without the host looking */
-    const double *skip;
+    /* NULL, or one float of backend memory (loss_accumulate's skip flag, after the all-reduce):
+     * when it is nonzero the op changes nothing, so a non-finite step is skipped without the
+     * host looking */
+    const float *skip;
 } mt_optimizer_desc;
 
 /* The slots of loss_accumulate's accumulator (doubles: counts and step numbers stay exact). */
@@ -123,9 +124,9 @@ enum {
     MT_ACCUM_LOSS_SUM = 0, /* sum over the finite steps of mean loss x valid rows */
     MT_ACCUM_CORRECT,      /* rows predicted right, over the finite steps */
     MT_ACCUM_VALID,        /* rows with a label, over the finite steps */
-    MT_ACCUM_SKIP,         /* 1 when the last step's loss was not finite, else 0 */
     MT_ACCUM_SKIPPED,      /* steps whose loss was not finite */
     MT_ACCUM_FIRST_SKIP,   /* the `step` of the first of them (valid when SKIPPED > 0) */
+    MT_ACCUM_COPIED,       /* buffer_copy_if's count: copies made (the trainer: steps skipped) */
     MT_ACCUM_COUNT = 8     /* doubles in the accumulator (two spare) */
 };
 
@@ -169,6 +170,11 @@ typedef struct mt_ops {
     mt_status (*synchronize)(mt_backend *backend);
     /* dst = src: `bytes` from one backend buffer to another (not overlapping) */
     mt_status (*buffer_copy)(mt_backend *backend, void *dst, const void *src, size_t bytes);
+    /* The same when the float at `flag` (backend memory) is nonzero, and then *count += 1 (count:
+     * a double of backend memory, or NULL); nothing otherwise. The host does not look: the
+     * trainer restores the BN statistics of a step skipped for a non-finite loss with it. */
+    mt_status (*buffer_copy_if)(mt_backend *backend, void *dst, const void *src, size_t bytes,
+                                const float *flag, double *count);
 
     /* ---- elementwise on tensors of equal shape ---- */
     mt_status (*tensor_zero)(mt_backend *backend, mt_tensor *tensor);
@@ -256,13 +262,14 @@ typedef struct mt_ops {
      * on the host; an out-of-range label counts as a padding row). Per call:
      *   finite mean:  [MT_ACCUM_LOSS_SUM] += mean x valid rows, [MT_ACCUM_CORRECT] += rows
      *                 whose prediction (mt_accum_predicted) is the label, [MT_ACCUM_VALID] +=
-     *                 valid rows, [MT_ACCUM_SKIP] = 0
-     *   NaN or Inf:   [MT_ACCUM_SKIP] = 1, [MT_ACCUM_SKIPPED] += 1, and [MT_ACCUM_FIRST_SKIP]
-     *                 = `step` when it is the first since the zeroing (nothing else changes)
-     * [MT_ACCUM_SKIP] is the optimizer's skip flag (mt_optimizer_desc.skip). */
+     *                 valid rows, *skip = 0
+     *   NaN or Inf:   *skip = 1, [MT_ACCUM_SKIPPED] += 1, and [MT_ACCUM_FIRST_SKIP] = `step`
+     *                 when it is the first since the zeroing (nothing else changes)
+     * skip: one float of backend memory, the optimizer's skip flag (mt_optimizer_desc.skip; the
+     * trainer's rides the gradient all-reduce, so that every rank skips when one must). */
     mt_status (*loss_accumulate)(mt_backend *backend, const mt_loss_desc *desc,
                                  const float *logits, const int32_t *labels, float *dlogits,
-                                 uint64_t step, double *accum);
+                                 uint64_t step, double *accum, float *skip);
 
     /* ---- the optimizer ---- */
     /* params[count] -= update(grads[count]) per desc (see mt_optimizer_desc for the slots'

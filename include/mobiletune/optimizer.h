@@ -61,9 +61,10 @@ typedef struct mt_optimizer {
     const char *slot_names[MT_OPTIMIZER_MAX_SLOTS]; /* Keras' names: "velocity", "momentum" ... */
     float *state;        /* slot_count * count floats in backend memory, slot s at state + s*count */
     uint64_t iterations; /* steps taken (Keras' optimizer.iterations) */
-    /* NULL, or the backend's skip flag for every update (mt_optimizer_desc.skip: the trainer's
-     * loss accumulator, so a non-finite step changes nothing without the host looking) */
-    const double *skip;
+    /* NULL, or the skip flag every update reads in backend memory (mt_optimizer_desc.skip: the
+     * trainer's, after the gradients, so a non-finite step changes nothing without the host
+     * looking) */
+    const float *skip;
 } mt_optimizer;
 
 /* Slots of an optimizer: RMSprop velocity (+ momentum when momentum > 0), SGD momentum when

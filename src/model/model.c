@@ -400,7 +400,9 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
     size_t features = (size_t)batch * layout->feature_channels;
     size_t logits = (size_t)batch * layout->logit_count;
     if ((status = alloc_buffer(m, layout->trainable_count * sizeof(float), (void **)&m->params)) ||
-        (status = alloc_buffer(m, layout->trainable_count * sizeof(float), (void **)&m->grads)) ||
+        /* + the skip flag after the gradients (mt_model_trainable) */
+        (status = alloc_buffer(m, (layout->trainable_count + 1) * sizeof(float),
+                               (void **)&m->grads)) ||
         (status = alloc_buffer(m, layout->frozen_count * sizeof(float), (void **)&m->frozen)) ||
         (status = alloc_buffer(m, layout->state_count * sizeof(float), (void **)&m->state)) ||
         (status = alloc_buffer(m, saved * sizeof(float), (void **)&m->bn_saved)) ||
@@ -692,7 +694,7 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool tr
         mt_loss_desc loss = {.batch = n, .classes = outs};
         if (accum)
             MT_TRY(ops->loss_accumulate(be, &loss, m->logits, m->labels, m->dlogits, step,
-                                        accum));
+                                        accum, m->grads + layout->trainable_count));
         else
             MT_TRY(ops->loss_forward_backward(be, &loss, m->logits, m->labels, &result.loss,
                                               training ? m->dlogits : NULL));

@@ -6,15 +6,17 @@
 #define MOBILETUNE_OPS_LOSS_ACCUM_H
 
 #include <math.h>
+#include <string.h>
 
 #include "mobiletune/ops.h"
 
-static inline void mt_loss_accum_add(double *accum, const mt_loss_desc *desc, const float *logits,
-                                     const int32_t *labels, float mean, uint64_t step) {
+static inline void mt_loss_accum_add(double *accum, float *skip, const mt_loss_desc *desc,
+                                     const float *logits, const int32_t *labels, float mean,
+                                     uint64_t step) {
     if (!isfinite(mean)) {
         if (accum[MT_ACCUM_SKIPPED] == 0.0) accum[MT_ACCUM_FIRST_SKIP] = (double)step;
         accum[MT_ACCUM_SKIPPED] += 1.0;
-        accum[MT_ACCUM_SKIP] = 1.0;
+        *skip = 1.0f;
         return;
     }
     const int limit = desc->classes == 1 ? 2 : desc->classes;
@@ -28,7 +30,15 @@ static inline void mt_loss_accum_add(double *accum, const mt_loss_desc *desc, co
     accum[MT_ACCUM_LOSS_SUM] += (double)mean * valid;
     accum[MT_ACCUM_CORRECT] += correct;
     accum[MT_ACCUM_VALID] += valid;
-    accum[MT_ACCUM_SKIP] = 0.0;
+    *skip = 0.0f;
+}
+
+/* buffer_copy_if on host memory */
+static inline void mt_host_buffer_copy_if(void *dst, const void *src, size_t bytes,
+                                          const float *flag, double *count) {
+    if (*flag == 0.0f) return;
+    if (bytes) memcpy(dst, src, bytes);
+    if (count) *count += 1.0;
 }
 
 #endif

@@ -249,6 +249,10 @@ static mt_status build_feature_cache(trainer *t, const char *db, int views, uint
     return status;
 }
 
+/* Several ranks agree on signals and non-finite losses every this many steps (and at the end of
+ * each epoch): a signal stops every rank at most this many steps after it arrived. */
+enum { AGREE_EVERY = 16 };
+
 /* ---- one step -------------------------------------------------------------------------------- */
 
 typedef struct epoch_totals {
@@ -269,8 +273,12 @@ static mt_status update_step(trainer *t) {
         return mt_optimizer_step(&t->optimizer, t->params, t->grads, t->trainable_count, lr);
     size_t offset, count;
     mt_status status;
-    while ((status = mt_grad_sync_wait_bucket(t->grad_sync, &offset, &count)) == MT_OK)
-        MT_TRY(mt_optimizer_update_range(&t->optimizer, t->params, t->grads, offset, count, lr));
+    while ((status = mt_grad_sync_wait_bucket(t->grad_sync, &offset, &count)) == MT_OK) {
+        /* the top bucket carries the skip flag after the gradients: not a parameter */
+        if (offset + count > t->trainable_count) count = t->trainable_count - offset;
+        if (count) MT_TRY(mt_optimizer_update_range(&t->optimizer, t->params, t->grads, offset,
+                                                    count, lr));
+    }
     if (status != MT_END) return status;
     mt_optimizer_step_done(&t->optimizer);
     return MT_OK;
@@ -304,11 +312,14 @@ static mt_status nonfinite_stop(const trainer *t, uint64_t step) {
                    (unsigned long long)batch + 1);
 }
 
-/* The accumulator's totals since the last read into `totals`, the device's zeroed again: once per
- * logging interval and at the end of the epoch's steps (not check_every_step, whose totals come
- * step by step). A non-finite step (the backend skipped its update) stops the run naming it. */
-static mt_status read_accumulator(trainer *t, epoch_totals *totals) {
-    if (t->check_every_step) return MT_OK;
+/* The accumulator's totals since the last read into `totals`, the device's zeroed again, and
+ * the ranks' agreement on what the steps since then saw: once per logging interval (one rank),
+ * every AGREE_EVERY steps (several: every rank reads at the same steps, so the one collective
+ * here pairs up), and at the end of the epoch's steps. Non-finite steps were already skipped by
+ * the backend (every rank skipped the same ones: the skip flag rode the gradient all-reduce);
+ * here nan_policy = stop stops the run naming the first, skip reports it. *stop: a signal
+ * reached some rank; every rank stops after this same step. */
+static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) {
     const mt_ops *ops = t->backend->ops;
     double accum[MT_ACCUM_COUNT], zeros[MT_ACCUM_COUNT] = {0};
     MT_TRY(ops->download(t->backend, accum, t->accum, sizeof accum));
@@ -316,25 +327,54 @@ static mt_status read_accumulator(trainer *t, epoch_totals *totals) {
     totals->loss_sum += accum[MT_ACCUM_LOSS_SUM];
     totals->correct += (int64_t)accum[MT_ACCUM_CORRECT];
     totals->valid += (int64_t)accum[MT_ACCUM_VALID];
-    if (accum[MT_ACCUM_SKIPPED] > 0) return nonfinite_stop(t, (uint64_t)accum[MT_ACCUM_FIRST_SKIP]);
+    /* this rank's: a signal, its non-finite steps, the first of them */
+    double mine[3] = {stop_signal != 0, accum[MT_ACCUM_SKIPPED], accum[MT_ACCUM_FIRST_SKIP]};
+    double *all = mine;
+    if (t->who.world_size > 1) {
+        all = malloc((size_t)t->who.world_size * sizeof mine);
+        if (!all) return MT_FAIL(MT_ERR_NOMEM, "out of memory agreeing on the step flags");
+        mt_status status = mt_comm_allgather(t->comm, mine, all, sizeof mine);
+        if (status != MT_OK) {
+            free(all);
+            return status;
+        }
+    }
+    bool signalled = false;
+    double nonfinite = 0, first = 0; /* over every rank */
+    for (int r = 0; r < t->who.world_size; r++) {
+        const double *theirs = all + 3 * r;
+        signalled |= theirs[0] != 0;
+        if (theirs[1] > 0 && (nonfinite == 0 || theirs[2] < first)) first = theirs[2];
+        nonfinite += theirs[1];
+    }
+    if (all != mine) free(all);
+    *stop = signalled;
+    if (nonfinite == 0) return MT_OK;
+    if (t->config->train.nan_policy == MT_NAN_POLICY_STOP)
+        return nonfinite_stop(t, (uint64_t)first);
+    /* the steps skipped (on every rank: the BN statistics restored with buffer_copy_if, which
+     * counted them) took no optimizer step: Keras' iterations count only the updates */
+    const uint64_t skipped = (uint64_t)accum[MT_ACCUM_COPIED];
+    totals->skipped += (int64_t)skipped;
+    t->optimizer.iterations -= skipped <= t->optimizer.iterations ? skipped : 0;
+    say(t, "step %llu: non-finite loss, update skipped (train.nan_policy = skip)",
+        (unsigned long long)first);
+    if (skipped > 1) say(t, "; %llu steps skipped since the last report", (unsigned long long)skipped);
+    say(t, "\n");
     return MT_OK;
 }
 
 static mt_status train_step(trainer *t, const float *images, const float *features,
-                            const int32_t *labels, int n, epoch_totals *totals, bool *stop) {
+                            const int32_t *labels, int n, epoch_totals *totals) {
     const mt_train_config *c = t->config;
     const uint64_t step = t->global_step;
+    const mt_ops *ops = t->backend->ops;
     fault_kind fault = fault_at(t, step);
     if (fault == FAULT_FAIL)
         return MT_FAIL(MT_ERR_INTERNAL, "injected fault at step %llu (MT_FAULT_STEP)",
                        (unsigned long long)step);
     if (fault == FAULT_CRASH) raise(SIGKILL);
     if (fault == FAULT_SIGNAL) raise(SIGUSR1);
-    /* the accumulator before the step: an injected NaN loss puts it back as loss_accumulate
-     * leaves it after a non-finite loss (a NaN pixel would not do: ReLU6 swallows NaN) */
-    double before_fault[MT_ACCUM_COUNT];
-    if (fault == FAULT_NAN)
-        MT_TRY(t->backend->ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
 
     /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore, in
      * backend memory (a device-side copy, no trip through the host). */
@@ -342,77 +382,47 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
     size_t state_count = 0;
     mt_model_state(t->model, &state, &state_count);
     if (t->state_backup)
-        MT_TRY(t->backend->ops->buffer_copy(t->backend, t->state_backup, state,
-                                            state_count * sizeof *state));
+        MT_TRY(ops->buffer_copy(t->backend, t->state_backup, state, state_count * sizeof *state));
 
     uint64_t dropout_seed = mix64(mix64((uint64_t)c->train.seed ^ 0xD50Full) ^ step) ^
                             (uint64_t)t->who.rank;
+    /* the accumulator before the step: an injected NaN loss puts it back as loss_accumulate
+     * leaves it after a non-finite loss (a NaN pixel would not do: ReLU6 swallows NaN) */
+    double before_fault[MT_ACCUM_COUNT];
+    if (fault == FAULT_NAN)
+        MT_TRY(ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
+    /* The loss, the accuracy and the skip flag stay in backend memory: nothing here waits. */
     mt_step_result result;
     mt_status status = mt_model_forward_accumulate(t->model, images, features, labels, n,
                                                    dropout_seed, step, t->accum, &result);
+    float *skip_flag = t->grads + t->trainable_count; /* mt_model_trainable */
     if (status == MT_OK && fault == FAULT_NAN) {
         if (before_fault[MT_ACCUM_SKIPPED] == 0.0) before_fault[MT_ACCUM_FIRST_SKIP] = (double)step;
         before_fault[MT_ACCUM_SKIPPED] += 1.0;
-        before_fault[MT_ACCUM_SKIP] = 1.0;
-        status = t->backend->ops->upload(t->backend, t->accum, before_fault, sizeof before_fault);
+        const float one = 1.0f;
+        status = ops->upload(t->backend, t->accum, before_fault, sizeof before_fault);
+        if (status == MT_OK) status = ops->upload(t->backend, skip_flag, &one, sizeof one);
     }
-    /* The gradient all-reduce runs in buckets from inside backward (the model's hook); after it,
-     * the optimizer updates each bucket as soon as that bucket's mean is in place (update_step).
-     * The host time in the all-reduce, whatever backward did not hide, is the step's all-reduce
-     * share. */
+    /* The gradient all-reduce runs in buckets from inside backward (the model's hook), the skip
+     * flag first (it rides the top bucket: a nonzero mean means some rank must skip, and so
+     * every rank does); after it, the optimizer updates each bucket as soon as that bucket's
+     * mean is in place (update_step), or, with the flag set, leaves it (the backend reads the
+     * flag). The host time in the all-reduce, whatever backward did not hide, is the step's
+     * all-reduce share. */
     mt_grad_sync_stats before = {0};
     if (t->grad_sync) {
         before = mt_grad_sync_get_stats(t->grad_sync);
         mt_grad_sync_begin(t->grad_sync);
+        if (status == MT_OK) status = mt_grad_sync_ready(t->grad_sync, t->trainable_count, 1);
     }
     if (status == MT_OK) status = mt_model_backward(t->model);
     if (status == MT_OK && t->grad_sync) status = mt_grad_sync_end_backward(t->grad_sync);
-
-    /* One rank with nan_policy = stop: nothing to agree on and nothing for the host to decide
-     * per step; the backend skips a non-finite step's update itself (the optimizer's skip flag)
-     * and the read at the logging interval stops the run naming the step. */
-    if (!t->check_every_step) {
-        *stop = stop_signal != 0;
-        if (status == MT_OK) status = update_step(t);
-        if (t->grad_sync) {
-            const mt_grad_sync_stats after = mt_grad_sync_get_stats(t->grad_sync);
-            totals->allreduce_seconds += after.comm_seconds - before.comm_seconds;
-            totals->buckets += after.buckets - before.buckets;
-            totals->buckets_done_in_backward += after.done_in_backward - before.done_in_backward;
-        }
-        return status;
-    }
-    /* Else this step's part of the accumulator comes to the host now, and every rank must take
-     * the same decision: agree on "some rank saw a non-finite loss". */
-    double accum[MT_ACCUM_COUNT];
-    if (status == MT_OK)
-        status = t->backend->ops->download(t->backend, accum, t->accum, sizeof accum);
-    int32_t flags[2] = {status == MT_OK && accum[MT_ACCUM_SKIP] != 0.0, stop_signal != 0};
-    if (status == MT_OK) status = mt_comm_allreduce_max_i32(t->comm, flags, 2);
-    *stop = status == MT_OK && flags[1]; /* agreed: every rank stops after this same step */
-    if (status == MT_OK) {
-        result.loss = (float)(accum[MT_ACCUM_LOSS_SUM] - t->accum_seen[MT_ACCUM_LOSS_SUM]);
-        result.correct = (int)(accum[MT_ACCUM_CORRECT] - t->accum_seen[MT_ACCUM_CORRECT]);
-        memcpy(t->accum_seen, accum, sizeof accum);
-    }
-    if (status == MT_OK && flags[0]) {
-        /* the buckets in flight end before anything else moves; their means go unused */
-        if (t->grad_sync) status = mt_grad_sync_wait_all(t->grad_sync);
-        if (status == MT_OK && c->train.nan_policy == MT_NAN_POLICY_STOP) {
-            status = nonfinite_stop(t, step);
-        } else if (status == MT_OK) {
-            totals->skipped++;
-            status = t->backend->ops->buffer_copy(t->backend, state, t->state_backup,
-                                                  state_count * sizeof *state);
-            say(t, "step %llu: non-finite loss, update skipped (train.nan_policy = skip)\n",
-                (unsigned long long)step);
-        }
-    } else if (status == MT_OK) {
-        status = update_step(t);
-        totals->loss_sum += (double)result.loss; /* already x valid rows (the accumulator's) */
-        totals->correct += result.correct;
-        totals->valid += result.valid;
-    }
+    if (status == MT_OK) status = update_step(t);
+    /* a skipped step's BN statistics come back from the copy, on the same word */
+    if (status == MT_OK && t->state_backup)
+        status = ops->buffer_copy_if(t->backend, state, t->state_backup,
+                                     state_count * sizeof *state, skip_flag,
+                                     t->accum + MT_ACCUM_COPIED);
     if (t->grad_sync) {
         const mt_grad_sync_stats after = mt_grad_sync_get_stats(t->grad_sync);
         totals->allreduce_seconds += after.comm_seconds - before.comm_seconds;
@@ -571,7 +581,7 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
     while (status == MT_OK && t->next_batch < t->steps_per_epoch && !stop) {
         if (t->use_feature_cache) {
             cached_batch(t, permutation, t->next_batch, features, labels);
-            status = train_step(t, NULL, features, labels, batch, totals, &stop);
+            status = train_step(t, NULL, features, labels, batch, totals);
         } else {
             mt_batch *next = NULL;
             status = mt_loader_next(t->train_loader, &next);
@@ -580,7 +590,7 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
                                  "batches", (unsigned long long)t->next_batch,
                                  (unsigned long long)t->steps_per_epoch);
             if (status != MT_OK) break;
-            status = train_step(t, next->images, NULL, next->labels, next->size, totals, &stop);
+            status = train_step(t, next->images, NULL, next->labels, next->size, totals);
             mt_loader_release(t->train_loader, next);
         }
         if (status != MT_OK) break;
@@ -588,19 +598,29 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
         t->next_batch++;
         t->global_step++;
         double elapsed = now_seconds() - start;
-        if (progress && is_root(t) && (elapsed - last_shown > 0.25 ||
-                                       t->next_batch == t->steps_per_epoch)) {
+        /* The host reads the accumulator (the one wait for the device) at the logging interval:
+         * one rank, when the progress line is due (a signal needs no read: it is this process's
+         * own); several ranks, every AGREE_EVERY steps, the same steps on every rank, which
+         * agree there on signals and non-finite steps. */
+        bool due = progress && is_root(t) && (elapsed - last_shown > 0.25 ||
+                                              t->next_batch == t->steps_per_epoch);
+        bool read = t->who.world_size > 1 ? t->global_step % AGREE_EVERY == 0 : due;
+        if (t->who.world_size == 1) stop = stop_signal != 0;
+        if (read) status = read_accumulator(t, totals, &stop);
+        if (status != MT_OK) break;
+        if (due && read) {
             uint64_t done = t->next_batch - first;
             double rate = (double)done * batch * t->who.world_size / elapsed;
             double eta = elapsed / (double)done * (double)(t->steps_per_epoch - t->next_batch);
-            status = read_accumulator(t, totals); /* the logging interval's one wait */
-            if (status != MT_OK) break;
             show_progress(t, t->next_batch, t->steps_per_epoch, totals, rate, eta);
             last_shown = elapsed;
         }
     }
     if (progress && is_root(t)) fprintf(stderr, "\r%*s\r", 110, "");
-    if (status == MT_OK) status = read_accumulator(t, totals); /* the epoch's (or stop's) totals */
+    /* the epoch's (or the stop's) last totals and word on non-finite steps, on every rank */
+    bool stop_at_end = false;
+    if (status == MT_OK) status = read_accumulator(t, totals, &stop_at_end);
+    stop |= stop_at_end;
     free(permutation);
     free(features);
     free(labels);
@@ -709,8 +729,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     MT_TRY(mt_optimizer_init(&t->optimizer, t->backend, &optimizer, t->trainable_count));
     MT_TRY(t->backend->ops->buffer_alloc(t->backend, MT_ACCUM_COUNT * sizeof(double),
                                          (void **)&t->accum));
-    t->check_every_step = c->train.nan_policy == MT_NAN_POLICY_SKIP || t->who.world_size > 1;
-    if (!t->check_every_step) t->optimizer.skip = t->accum + MT_ACCUM_SKIP;
+    t->optimizer.skip = t->grads + t->trainable_count; /* the skip flag (mt_model_trainable) */
     if (c->train.nan_policy == MT_NAN_POLICY_SKIP) {
         float *state;
         size_t state_count;
@@ -720,7 +739,8 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     }
     /* one rank has nothing to reduce, except over NCCL, which a one-GPU run may try alone */
     if (t->who.world_size > 1 || t->who.kind == MT_COMM_NCCL) {
-        MT_TRY(mt_grad_sync_create(t->comm, t->backend, t->grads, t->trainable_count,
+        /* the gradients and the skip flag after them */
+        MT_TRY(mt_grad_sync_create(t->comm, t->backend, t->grads, t->trainable_count + 1,
                                    (size_t)(c->train.bucket_mb * 1048576.0), &t->grad_sync));
         mt_model_set_grad_hook(t->model, mt_grad_sync_ready, t->grad_sync);
     }

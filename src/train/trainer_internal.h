@@ -24,11 +24,6 @@ typedef struct trainer {
     /* the step's loss, accuracy and non-finite steps, in backend memory (MT_ACCUM_COUNT doubles,
      * ops.h loss_accumulate), read back once per logging interval */
     double *accum;
-    /* the host looks at every step's finiteness (one small download and an all-reduce): with
-     * nan_policy = skip (the BN statistics are restored on the host's word) and on several
-     * ranks (all of them must skip the same steps); else only at the reads */
-    bool check_every_step;
-    double accum_seen[MT_ACCUM_COUNT]; /* check_every_step: the accumulator after the last step */
     float *state_backup; /* nan_policy = skip: the BN statistics before the step (backend memory) */
     mt_grad_sync *grad_sync; /* the bucketed gradient all-reduce; NULL on one rank */
     mt_lr_schedule schedule;

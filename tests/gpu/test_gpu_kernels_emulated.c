@@ -580,6 +580,7 @@ static void check_loss_accumulate(int batch, int classes, const int32_t *labels)
     size_t nz = (size_t)batch * classes;
     float *z = array(nz, -4, 4), *dz[2] = {zeros(nz), zeros(nz)};
     double accum[2][MT_ACCUM_COUNT] = {{0}};
+    float skip[2] = {-1, -1};
     mt_loss_desc d = {.batch = batch, .classes = classes};
     const uint64_t steps[3] = {40, 41, 42};
     int labelled = -1; /* the NaN goes into a labelled row (a padding row's logits are unused) */
@@ -590,12 +591,15 @@ static void check_loss_accumulate(int batch, int classes, const int32_t *labels)
         for (size_t i = 0; i < nz; i++)
             z[i] = uniform(-4, 4);
         if (s == 1 && nan_step) z[(size_t)labelled * classes] = NAN;
-        REF_OK(mt_ops_reference.loss_accumulate(&REF, &d, z, labels, dz[0], steps[s], accum[0]));
+        REF_OK(mt_ops_reference.loss_accumulate(&REF, &d, z, labels, dz[0], steps[s], accum[0],
+                                                &skip[0]));
         KERNEL_OK(mt_cuda_launch_loss_accumulate(NULL, batch, classes, z, labels, dz[1], steps[s],
-                                                 accum[1]));
+                                                 accum[1], &skip[1]));
         if (s != 1 || !nan_step) compare("loss_accumulate dlogits", dz[1], dz[0], nz, 1e-6);
-        CHECK_MSG(accum[1][MT_ACCUM_SKIP] == (s == 1 && nan_step ? 1.0 : 0.0),
-                  "loss_accumulate: skip flag %g after step %d", accum[1][MT_ACCUM_SKIP], s);
+        for (int k = 0; k < 2; k++)
+            CHECK_MSG(skip[k] == (s == 1 && nan_step ? 1.0f : 0.0f),
+                      "loss_accumulate (%s): skip flag %g after step %d",
+                      k ? "kernel" : "reference", (double)skip[k], s);
     }
     float got = (float)accum[1][MT_ACCUM_LOSS_SUM], want = (float)accum[0][MT_ACCUM_LOSS_SUM];
     compare("loss_accumulate loss sum", &got, &want, 1, 1e-6);
@@ -607,6 +611,26 @@ static void check_loss_accumulate(int batch, int classes, const int32_t *labels)
               "reference loss_accumulate: %g skipped, first %g (want 1, step 41, or none)",
               accum[0][MT_ACCUM_SKIPPED], accum[0][MT_ACCUM_FIRST_SKIP]);
     free(z), free(dz[0]), free(dz[1]);
+}
+
+/* buffer_copy_if: copies (words, or bytes when unaligned) and counts only when the flag is set */
+static void check_buffer_copy_if(size_t bytes, size_t misalign) {
+    unsigned char *src = malloc(bytes + 8), *dst = calloc(bytes + 8, 1), *want = calloc(bytes + 8, 1);
+    if (!src || !dst || !want) abort();
+    for (size_t i = 0; i < bytes + 8; i++)
+        src[i] = (unsigned char)(i * 7 + 3);
+    double count = 0;
+    for (int set = 0; set < 2; set++) {
+        const float flag = (float)set;
+        KERNEL_OK(mt_cuda_launch_buffer_copy_if(NULL, dst + misalign, src + misalign, bytes,
+                                                &flag, &count));
+        REF_OK(mt_ops_reference.buffer_copy_if(&REF, want + misalign, src + misalign, bytes,
+                                               &flag, NULL));
+        CHECK_MSG(memcmp(dst, want, bytes + 8) == 0, "buffer_copy_if %zu bytes at +%zu, flag %d",
+                  bytes, misalign, set);
+    }
+    CHECK_MSG(count == 1.0, "buffer_copy_if counted %g copies, want 1", count);
+    free(src), free(dst), free(want);
 }
 
 static void check_elementwise(mt_shape4 s) {
@@ -655,7 +679,7 @@ static void check_optimizer(mt_update_rule rule, float momentum, bool nesterov, 
     compare("optimizer params", p[1], p[0], count, 0);
     if (slots) compare("optimizer slots", s[1], s[0], (size_t)slots * count, 0);
     /* a step whose skip flag (loss_accumulate's, in device memory) is set changes nothing */
-    double skip = 1.0;
+    float skip = 1.0f;
     d.skip = &skip;
     float *kept = zeros(count);
     memcpy(kept, p[1], count * sizeof(float));
@@ -732,6 +756,8 @@ int main(void) {
     check_loss_accumulate(4, 1, bin);
     check_loss_accumulate(4, 3, cat);
     check_loss_accumulate(3, 3, none);
+    check_buffer_copy_if(4 * 3001, 0); /* several blocks of words */
+    check_buffer_copy_if(37, 1);       /* bytes */
 
     /* rule, momentum, nesterov, weight decay, count (several blocks, a partial last one) */
     check_optimizer(MT_UPDATE_RMSPROP, 0, false, 0, 1000);

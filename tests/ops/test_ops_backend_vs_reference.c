@@ -632,16 +632,17 @@ static void case_dense(int batch, int in, int outf) {
  * second with the first labelled row's logit made NaN (when a row is labelled) */
 static bool loss_on(side s, const mt_loss_desc *d, const float *logits, const int32_t *labels,
                     float *loss_out, float *loss_nograd_out, float *dlogits_out,
-                    double *accum_out) {
+                    double *accum_out, float *skip_out) {
     size_t zb = (size_t)d->batch * d->classes * 4, lb = (size_t)d->batch * 4;
-    void *bz, *bl, *bdz, *bacc;
+    void *bz, *bl, *bdz, *bacc, *bskip;
     if (!buffer_in(s, logits, zb, &bz) || !buffer_in(s, labels, lb, &bl) ||
-        !buffer_in(s, NULL, zb, &bdz) || !buffer_in(s, NULL, MT_ACCUM_COUNT * 8, &bacc))
+        !buffer_in(s, NULL, zb, &bdz) || !buffer_in(s, NULL, MT_ACCUM_COUNT * 8, &bacc) ||
+        !buffer_in(s, NULL, sizeof(float), &bskip))
         return false;
     RUN(s, loss_forward_backward, d, bz, bl, loss_out, bdz);
     RUN(s, loss_forward_backward, d, bz, bl, loss_nograd_out, NULL);
     if (!buffer_out(s, bdz, dlogits_out, zb)) return false;
-    RUN(s, loss_accumulate, d, bz, bl, bdz, 7, bacc);
+    RUN(s, loss_accumulate, d, bz, bl, bdz, 7, bacc, bskip);
     float *poisoned = xmalloc(zb);
     memcpy(poisoned, logits, zb);
     for (int n = 0; n < d->batch; n++)
@@ -652,10 +653,14 @@ static bool loss_on(side s, const mt_loss_desc *d, const float *logits, const in
     bool ok = s.o->upload(s.b, bz, poisoned, zb) == MT_OK;
     free(poisoned);
     if (!ok) return false;
-    RUN(s, loss_accumulate, d, bz, bl, bdz, 8, bacc);
-    if (!buffer_out(s, bacc, accum_out, MT_ACCUM_COUNT * 8)) return false;
+    RUN(s, loss_accumulate, d, bz, bl, bdz, 8, bacc, bskip);
+    /* the flag then restores a buffer: buffer_copy_if counts into the accumulator's slot */
+    RUN(s, buffer_copy_if, bdz, bz, zb, bskip, (double *)bacc + MT_ACCUM_COPIED);
+    if (!buffer_out(s, bacc, accum_out, MT_ACCUM_COUNT * 8) ||
+        !buffer_out(s, bskip, skip_out, sizeof(float)))
+        return false;
     s.o->buffer_free(s.b, bz), s.o->buffer_free(s.b, bl), s.o->buffer_free(s.b, bdz);
-    s.o->buffer_free(s.b, bacc);
+    s.o->buffer_free(s.b, bacc), s.o->buffer_free(s.b, bskip);
     return true;
 }
 
@@ -666,8 +671,9 @@ static void case_loss(int batch, int classes, const int32_t *labels) {
     z[0] = 30.0f; /* a confident logit: the stable forms must agree there too */
     float loss[2], loss_nograd[2], *dz[2] = {xmalloc(nz * 4), xmalloc(nz * 4)};
     double accum[2][MT_ACCUM_COUNT];
-    if (loss_on(REF, &d, z, labels, &loss[0], &loss_nograd[0], dz[0], accum[0]) &&
-        loss_on(DUT, &d, z, labels, &loss[1], &loss_nograd[1], dz[1], accum[1])) {
+    float skip[2];
+    if (loss_on(REF, &d, z, labels, &loss[0], &loss_nograd[0], dz[0], accum[0], &skip[0]) &&
+        loss_on(DUT, &d, z, labels, &loss[1], &loss_nograd[1], dz[1], accum[1], &skip[1])) {
         compare("loss", &loss[1], &loss[0], 1, TOL_LOSS);
         compare("loss (dlogits NULL)", &loss_nograd[1], &loss[0], 1, TOL_LOSS);
         compare("dlogits", dz[1], dz[0], nz, TOL_LOSS);
@@ -684,8 +690,14 @@ static void case_loss(int batch, int classes, const int32_t *labels) {
         bool labelled = false;
         for (int n = 0; n < batch; n++)
             labelled |= labels[n] >= 0;
+        if (skip[1] != skip[0]) {
+            fprintf(stderr, "FAIL %s: loss_accumulate skip flag %g, reference %g\n", current_case,
+                    (double)skip[1], (double)skip[0]);
+            mt_test_failures++;
+        }
         if (accum[0][MT_ACCUM_SKIPPED] != (labelled ? 1.0 : 0.0) ||
-            (labelled && (accum[0][MT_ACCUM_FIRST_SKIP] != 8.0 || accum[0][MT_ACCUM_SKIP] != 1.0))) {
+            accum[0][MT_ACCUM_COPIED] != (labelled ? 1.0 : 0.0) ||
+            (labelled && (accum[0][MT_ACCUM_FIRST_SKIP] != 8.0 || skip[0] != 1.0f))) {
             fprintf(stderr, "FAIL %s: reference loss_accumulate missed the NaN step\n",
                     current_case);
             mt_test_failures++;

@@ -378,14 +378,16 @@ def case_config_errors(data, tmp):
     print("config errors: unknown key, bad value, missing file and nccl on a CPU are named")
 
 
-def mpi_train(folder, data, ranks, batch, **overrides):
-    os.makedirs(folder)
+def mpi_train(folder, data, ranks, batch, env=None, resume=False, **overrides):
+    if not resume:
+        os.makedirs(folder)
     config = write_config(folder, data, data__batch_size=batch, model__dropout=0, **overrides)
-    command = [MOBILETUNE, "train", "--config", config]
+    command = [MOBILETUNE, "train", "--config", config] + (["--resume", "auto"] if resume else [])
     if ranks > 1:
         command = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + command
-    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    result = run(command, env=env)
+    full_env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    full_env.update(env or {})
+    result = run(command, env=full_env)
     return f"{folder}/run/last.safetensors", result.output
 
 
@@ -622,6 +624,56 @@ def case_mpi_disagree(data, tmp):
     print("train.threads differing (per node): the run goes on")
 
 
+def case_mpi_flags(data, tmp):
+    """Ranks agree on non-finite losses and signals without a collective per step. A NaN loss on
+    rank 1 at step 3 (nan_policy = skip) makes every rank skip that update (the skip flag rides
+    the gradient all-reduce): 2 ranks end where 1 rank that skipped step 3 ends (the tolerance of
+    mpi_equivalence), with one optimizer step fewer than steps. A SIGUSR1 on rank 1 at step 3
+    stops both ranks after the same step, the next agreement (every 16 steps: step 16 of an
+    epoch of 24), with a checkpoint there from which 2 ranks resume bit-exactly."""
+    if not MPIRUN:
+        skip("built without MPI")
+    nan = {"MT_FAULT_STEP": "3", "MT_FAULT_KIND": "nan"}
+    extra = dict(model__mode="finetune", model__fine_tune_at="100", model__bn_mode="inference",
+                 train__epochs=2, train__nan_policy="skip")
+    single, output1 = mpi_train(os.path.join(tmp, "nan1"), data, 1, 12,
+                                env=dict(nan, MT_FAULT_RANK="0"), **extra)
+    multi, output2 = mpi_train(os.path.join(tmp, "nan2"), data, 2, 6,
+                               env=dict(nan, MT_FAULT_RANK="1"), **extra)
+    for output in (output1, output2):
+        if "step 3: non-finite loss, update skipped" not in output:
+            fail("the skipped step was not reported:\n" + output)
+    _, meta = read_safetensors(multi)
+    if meta["optimizer_iterations"] != str(int(meta["global_step"]) - 1):
+        fail(f"rank 0 did not skip rank 1's non-finite step: {meta['optimizer_iterations']} "
+             f"optimizer steps in {meta['global_step']}")
+    worst = compare(single, multi, atol=2e-5)
+    print(f"flags: a NaN on rank 1 skipped the step on both ranks (max diff {worst:.2e} to 1 rank)")
+
+    straight, _ = mpi_train(os.path.join(tmp, "straight"), data, 2, 1, train__epochs=1)
+    folder = os.path.join(tmp, "signal")
+    stopped, output = mpi_train(folder, data, 2, 1, train__epochs=1,
+                                env={"MT_FAULT_RANK": "1", "MT_FAULT_STEP": "3",
+                                     "MT_FAULT_KIND": "signal"})
+    if "stop requested" not in output:
+        fail("SIGUSR1 on rank 1 did not stop the job with a checkpoint:\n" + output)
+    _, meta = read_safetensors(stopped)
+    if (meta["epoch"], meta["next_batch"], meta["global_step"]) != ("0", "16", "16"):
+        fail(f"checkpoint position after the stop (want the agreement at step 16): {meta}")
+    mpi_train(folder, data, 2, 1, resume=True, train__epochs=1)
+    # the stop averages the ranks' BN moving statistics (as the end of an epoch does), which the
+    # straight run does only at its end: those differ by float rounding of the mean (~1e-10);
+    # weights and optimizer state (batch statistics train, not moving ones) bit for bit
+    worst = compare(straight, stopped, atol=1e-6)
+    tensors_a, _ = read_safetensors(straight)
+    tensors_b, _ = read_safetensors(stopped)
+    for name, value in tensors_a.items():
+        if "moving_" not in name and not np.array_equal(value, tensors_b[name]):
+            fail(f"{name} differs after the resume (only BN moving statistics may)")
+    print(f"flags: SIGUSR1 on rank 1 at step 3 stopped both ranks at step 16; resumed to the "
+          f"straight run (weights bit for bit, moving statistics within {worst:.1e})")
+
+
 def case_mpi_fault(data, tmp):
     """A rank that fails (or dies) at step 3 takes the whole mpirun job down, non-zero, with the
     rank and its error named, within 60 s; launch/mpirun.sh --dry-run shows what it runs."""
@@ -774,6 +826,7 @@ CASES = {
     "integrity": case_integrity,
     "backends": case_backends,
     "mpi_equivalence": case_mpi_equivalence,
+    "mpi_flags": case_mpi_flags,
     "mpi_fault": case_mpi_fault,
     "mpi_disagree": case_mpi_disagree,
     "slurm": case_slurm,

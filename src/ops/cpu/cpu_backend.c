@@ -386,6 +386,7 @@ const mt_ops mt_ops_cpu = {
     .tensor_to_nhwc = cpu_tensor_to_nhwc,
     .synchronize = cpu_synchronize,
     .buffer_copy = mt_cpu_buffer_copy,
+    .buffer_copy_if = mt_cpu_buffer_copy_if,
     .tensor_zero = mt_cpu_tensor_zero,
     .tensor_copy = mt_cpu_tensor_copy,
     .add = mt_cpu_add,

@@ -166,7 +166,7 @@ mt_status mt_cpu_optimizer_update(mt_backend *backend, const mt_optimizer_desc *
                                   float *params, const float *grads, float *slots) {
     (void)backend;
     MT_TRY(mt_update_check("cpu", desc, params, grads, slots));
-    if (desc->skip && *desc->skip != 0.0) return MT_OK; /* a non-finite step (loss_accumulate) */
+    if (desc->skip && *desc->skip != 0.0f) return MT_OK; /* a non-finite step (loss_accumulate) */
     const size_t n = desc->count;
     float *s0 = mt_update_slot(desc, slots, 0), *s1 = mt_update_slot(desc, slots, 1);
     const float step = mt_update_step_size(desc);

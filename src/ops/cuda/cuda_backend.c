@@ -386,6 +386,7 @@ const mt_ops mt_ops_cuda = {
     .tensor_to_nhwc = cuda_tensor_to_nhwc,
     .synchronize = cuda_synchronize,
     .buffer_copy = mt_cuda_buffer_copy,
+    .buffer_copy_if = mt_cuda_buffer_copy_if,
     .tensor_zero = mt_cuda_tensor_zero,
     .tensor_copy = mt_cuda_tensor_copy,
     .add = mt_cuda_add,

@@ -216,6 +216,6 @@ mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc 
                                         float *loss_host, float *dlogits);
 mt_status mt_cuda_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
                                   const float *logits, const int32_t *labels, float *dlogits,
-                                  uint64_t step, double *accum);
+                                  uint64_t step, double *accum, float *skip);
 
 #endif

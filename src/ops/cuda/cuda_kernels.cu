@@ -511,7 +511,7 @@ __global__ void column_sums_kernel(int rows, int cols, const float *a, float *su
  * bad label counting as a padding row (the host checked them), and no result. */
 __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *labels,
                             float *dlogits, double *result, double *accum,
-                            unsigned long long step) {
+                            unsigned long long step, float *skip) {
     __shared__ int valid, bad, correct;
     __shared__ double totals[THREADS];
     if (threadIdx.x == 0) valid = 0, bad = N, correct = 0;
@@ -584,12 +584,12 @@ __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *la
             if (!isfinite(mean)) {
                 if (accum[MT_ACCUM_SKIPPED] == 0.0) accum[MT_ACCUM_FIRST_SKIP] = (double)step;
                 accum[MT_ACCUM_SKIPPED] += 1.0;
-                accum[MT_ACCUM_SKIP] = 1.0;
+                *skip = 1.0f;
             } else {
                 accum[MT_ACCUM_LOSS_SUM] += (double)mean * valid;
                 accum[MT_ACCUM_CORRECT] += correct;
                 accum[MT_ACCUM_VALID] += valid;
-                accum[MT_ACCUM_SKIP] = 0.0;
+                *skip = 0.0f;
             }
         }
     }
@@ -1401,15 +1401,16 @@ cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, 
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,
                                 const int32_t *labels, float *dlogits, double *result) {
     loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, result, NULL,
-                                           0ull);
+                                           0ull, NULL);
     return cudaGetLastError();
 }
 
 cudaError_t mt_cuda_launch_loss_accumulate(cudaStream_t stream, int batch, int classes,
                                            const float *logits, const int32_t *labels,
-                                           float *dlogits, uint64_t step, double *accum) {
+                                           float *dlogits, uint64_t step, double *accum,
+                                           float *skip) {
     loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, NULL, accum,
-                                           (unsigned long long)step);
+                                           (unsigned long long)step, skip);
     return cudaGetLastError();
 }
 

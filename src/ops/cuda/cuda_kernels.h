@@ -187,10 +187,11 @@ cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, 
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,
                                 const int32_t *labels, float *dlogits, double *result);
 /* ops.h's loss_accumulate: the same kernel, its results added to accum (device,
- * MT_ACCUM_COUNT doubles); nothing crosses to the host */
+ * MT_ACCUM_COUNT doubles) and the skip flag (device float); nothing crosses to the host */
 cudaError_t mt_cuda_launch_loss_accumulate(cudaStream_t stream, int batch, int classes,
                                            const float *logits, const int32_t *labels,
-                                           float *dlogits, uint64_t step, double *accum);
+                                           float *dlogits, uint64_t step, double *accum,
+                                           float *skip);
 
 #ifdef __cplusplus
 }

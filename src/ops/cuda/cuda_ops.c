@@ -431,14 +431,15 @@ static mt_status loss_forward_backward_op(mt_backend *backend, const mt_loss_des
  * (the caller checked them on the host: a bad one counts as a padding row here). */
 static mt_status loss_accumulate_op(mt_backend *backend, const mt_loss_desc *desc,
                                     const float *logits, const int32_t *labels, float *dlogits,
-                                    uint64_t step, double *accum) {
+                                    uint64_t step, double *accum, float *skip) {
     const int N = desc->batch, K = desc->classes;
     if (N <= 0 || K <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda loss: bad shape batch %d, classes %d", N, K);
-    if (!dlogits || !accum)
-        return MT_FAIL(MT_ERR_INVALID, "cuda loss_accumulate: dlogits and accum are required");
+    if (!dlogits || !accum || !skip)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda loss_accumulate: dlogits, accum and skip are required");
     CUDA_CHECK(mt_cuda_launch_loss_accumulate(cuda_of(backend)->stream, N, K, logits, labels,
-                                              dlogits, step, accum));
+                                              dlogits, step, accum, skip));
     return MT_OK;
 }
 
@@ -729,17 +730,17 @@ mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc 
 /* The training step's loss (the trainer's per-step op; same profile window as the above). */
 mt_status mt_cuda_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
                                   const float *logits, const int32_t *labels, float *dlogits,
-                                  uint64_t step, double *accum) {
+                                  uint64_t step, double *accum, float *skip) {
     cuda_backend *cu = cuda_of(backend);
     mt_status status;
     if (cu->profile && cu->profile->recording) {
         size_t slot;
         MT_TRY(cuda_profile_begin(cu, &slot));
-        status = loss_accumulate_op(backend, desc, logits, labels, dlogits, step, accum);
+        status = loss_accumulate_op(backend, desc, logits, labels, dlogits, step, accum, skip);
         status = cuda_profile_end(cu, slot, status, "loss_accumulate", "N%d classes %d",
                                   desc->batch, desc->classes);
     } else {
-        status = loss_accumulate_op(backend, desc, logits, labels, dlogits, step, accum);
+        status = loss_accumulate_op(backend, desc, logits, labels, dlogits, step, accum, skip);
     }
     MT_TRY(status);
     return profile_loss_done(cu);

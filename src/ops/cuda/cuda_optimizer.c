@@ -22,3 +22,11 @@ mt_status mt_cuda_buffer_copy(mt_backend *backend, void *dst, const void *src, s
                                cuda_of(backend)->stream));
     return MT_OK;
 }
+
+mt_status mt_cuda_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
+                                 const float *flag, double *count) {
+    if (!flag) return MT_FAIL(MT_ERR_INVALID, "cuda buffer_copy_if: the flag is required");
+    CUDA_CHECK(mt_cuda_launch_buffer_copy_if(cuda_of(backend)->stream, dst, src, bytes, flag,
+                                             count));
+    return MT_OK;
+}

@@ -13,7 +13,7 @@ static const int OPTIMIZER_THREADS = 256;
 
 __global__ void optimizer_update_kernel(mt_optimizer_desc desc, float step, float *params,
                                         const float *grads, float *s0, float *s1) {
-    if (desc.skip && *desc.skip != 0.0) return; /* a non-finite step (loss_accumulate) */
+    if (desc.skip && *desc.skip != 0.0f) return; /* a non-finite step (loss_accumulate) */
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < desc.count;
          i += (size_t)gridDim.x * blockDim.x)
         mt_update_element(&desc, step, i, params, grads, s0, s1);
@@ -27,5 +27,33 @@ cudaError_t mt_cuda_launch_optimizer_update(cudaStream_t stream, const mt_optimi
     if (blocks > 65536) blocks = 65536; /* the grid-stride loop does the rest */
     optimizer_update_kernel<<<(unsigned)blocks, OPTIMIZER_THREADS, 0, stream>>>(
         *desc, step, params, grads, s0, s1);
+    return cudaGetLastError();
+}
+
+/* buffer_copy_if: every thread reads the flag (device memory: the host never sees it), copies
+ * its words when it is set; one thread counts. 4-byte words when everything is aligned to them
+ * (the BN statistics are floats), else bytes. */
+__global__ void buffer_copy_if_kernel(unsigned char *dst, const unsigned char *src, size_t bytes,
+                                      const float *flag, double *count) {
+    if (*flag == 0.0f) return;
+    const size_t first = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    if (first == 0 && count) *count += 1.0;
+    if (((size_t)dst | (size_t)src | bytes) % 4 == 0) {
+        for (size_t i = first; i < bytes / 4; i += stride)
+            ((unsigned *)dst)[i] = ((const unsigned *)src)[i];
+    } else {
+        for (size_t i = first; i < bytes; i += stride)
+            dst[i] = src[i];
+    }
+}
+
+cudaError_t mt_cuda_launch_buffer_copy_if(cudaStream_t stream, void *dst, const void *src,
+                                          size_t bytes, const float *flag, double *count) {
+    size_t blocks = (bytes / 4 + OPTIMIZER_THREADS - 1) / OPTIMIZER_THREADS;
+    if (blocks < 1) blocks = 1;
+    if (blocks > 4096) blocks = 4096; /* the grid-stride loop does the rest */
+    buffer_copy_if_kernel<<<(unsigned)blocks, OPTIMIZER_THREADS, 0, stream>>>(
+        (unsigned char *)dst, (const unsigned char *)src, bytes, flag, count);
     return cudaGetLastError();
 }

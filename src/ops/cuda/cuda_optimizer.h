@@ -18,10 +18,17 @@ cudaError_t mt_cuda_launch_optimizer_update(cudaStream_t stream, const mt_optimi
                                             float step, float *params, const float *grads,
                                             float *s0, float *s1);
 
+/* ops.h's buffer_copy_if: dst = src (`bytes`) when *flag (device) is nonzero, and *count += 1
+ * (count may be NULL); nothing otherwise */
+cudaError_t mt_cuda_launch_buffer_copy_if(cudaStream_t stream, void *dst, const void *src,
+                                          size_t bytes, const float *flag, double *count);
+
 /* ops-table entries (cuda_optimizer.c) */
 mt_status mt_cuda_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
                                    float *params, const float *grads, float *slots);
 mt_status mt_cuda_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes);
+mt_status mt_cuda_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
+                                 const float *flag, double *count);
 
 #ifdef __cplusplus
 }

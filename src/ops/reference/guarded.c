@@ -183,6 +183,10 @@ GUARDED(download, (mt_backend * backend, void *dst, const void *src, size_t byte
         (backend, dst, src, bytes))
 GUARDED(buffer_copy, (mt_backend * backend, void *dst, const void *src, size_t bytes),
         (backend, dst, src, bytes))
+GUARDED(buffer_copy_if,
+        (mt_backend * backend, void *dst, const void *src, size_t bytes, const float *flag,
+         double *count),
+        (backend, dst, src, bytes, flag, count))
 GUARDED(tensor_from_nhwc, (mt_backend * backend, const float *src, mt_tensor *dst),
         (backend, src, dst))
 GUARDED(tensor_to_nhwc, (mt_backend * backend, const mt_tensor *src, float *dst),
@@ -261,8 +265,8 @@ GUARDED(loss_forward_backward,
         (backend, desc, logits, labels, loss_host, dlogits))
 GUARDED(loss_accumulate,
         (mt_backend * backend, const mt_loss_desc *desc, const float *logits,
-         const int32_t *labels, float *dlogits, uint64_t step, double *accum),
-        (backend, desc, logits, labels, dlogits, step, accum))
+         const int32_t *labels, float *dlogits, uint64_t step, double *accum, float *skip),
+        (backend, desc, logits, labels, dlogits, step, accum, skip))
 GUARDED(optimizer_update,
         (mt_backend * backend, const mt_optimizer_desc *desc, float *params, const float *grads,
          float *slots),
@@ -283,6 +287,7 @@ const mt_ops mt_ops_reference_guarded = {
     .tensor_to_nhwc = guarded_tensor_to_nhwc,
     .synchronize = mt_ref_synchronize,
     .buffer_copy = guarded_buffer_copy,
+    .buffer_copy_if = guarded_buffer_copy_if,
     .tensor_zero = guarded_tensor_zero,
     .tensor_copy = guarded_tensor_copy,
     .add = guarded_add,

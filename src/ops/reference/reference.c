@@ -53,6 +53,7 @@ const mt_ops mt_ops_reference = {
     .tensor_to_nhwc = mt_ref_tensor_to_nhwc,
     .synchronize = mt_ref_synchronize,
     .buffer_copy = mt_ref_buffer_copy,
+    .buffer_copy_if = mt_ref_buffer_copy_if,
     .tensor_zero = mt_ref_tensor_zero,
     .tensor_copy = mt_ref_tensor_copy,
     .add = mt_ref_add,
