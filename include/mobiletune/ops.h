@@ -258,8 +258,9 @@ typedef struct mt_ops {
     /* The training step's loss without a trip to the host: the same mean loss and dlogits
      * (not NULL) as loss_forward_backward, but the results go into `accum`, MT_ACCUM_COUNT
      * doubles of backend memory the caller zeroes and downloads when it wants them (the
-     * trainer: once per logging interval), and the labels are trusted (the caller checked them
-     * on the host; an out-of-range label counts as a padding row). Per call:
+     * trainer: once per logging interval). The labels are the caller's to check on the host:
+     * cuda counts an out-of-range one as a padding row rather than wait to report it (the CPU
+     * backends fail as loss_forward_backward does). Per call:
      *   finite mean:  [MT_ACCUM_LOSS_SUM] += mean x valid rows, [MT_ACCUM_CORRECT] += rows
      *                 whose prediction (mt_accum_predicted) is the label, [MT_ACCUM_VALID] +=
      *                 valid rows, *skip = 0

@@ -814,6 +814,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         t->grad_sync ? ", gradients over " : "", t->grad_sync ? mt_comm_kind_name(t->who.kind) : "");
     say(t, "  %zu trainable parameters of %zu (the rest frozen); all-reduce per step: %zu bytes",
         t->trainable_count, t->layout->total_params, t->trainable_count * sizeof(float));
+    if (t->grad_sync) say(t, " (+ 4 for the skip flag)");
     if (!t->grad_sync)
         say(t, " (one rank: none done)\n");
     else if (c->train.bucket_mb > 0)
