@@ -231,9 +231,10 @@ mt_status mt_model_forward_head(mt_model *model, const float *features, const in
  * doubles of backend memory, zeroed by the caller; ops.h loss_accumulate, which records `step`
  * for the first non-finite loss) instead of coming back in `out`, which holds only `valid`; the
  * skip flag goes to the float after the gradients (mt_model_trainable).
- * Either images (as mt_model_forward) or features (as mt_model_forward_head), the other NULL;
+ * Either images (as mt_model_forward; with images_u8, N,H,W,3 uint8 pixels instead, which the
+ * backend scales: ops.h tensor_from_u8) or features (as mt_model_forward_head), the other NULL;
  * labels are checked on the host as there. mt_model_backward may follow. */
-mt_status mt_model_forward_accumulate(mt_model *model, const float *images,
+mt_status mt_model_forward_accumulate(mt_model *model, const void *images, bool images_u8,
                                       const float *features, const int32_t *labels, int n,
                                       uint64_t dropout_seed, uint64_t step, double *accum,
                                       mt_step_result *out);

@@ -141,6 +141,16 @@ static inline int mt_accum_predicted(const float *row, int classes) {
     return predicted;
 }
 
+/* One pixel value as the network's input: x/127.5 - 1 in float, the two operations Keras'
+ * preprocess_input performs (x /= 127.5; x -= 1), so every backend and the loader agree bit for
+ * bit (a division and a subtraction: nothing a compiler may fuse). */
+static inline float mt_u8_to_input(uint8_t value) {
+    float x = (float)value;
+    x /= 127.5f;
+    x -= 1.0f;
+    return x;
+}
+
 typedef struct mt_backend mt_backend;
 
 typedef struct mt_backend_options {
@@ -164,6 +174,15 @@ typedef struct mt_ops {
     mt_status (*download)(mt_backend *backend, void *host_dst, const void *src, size_t bytes);
     mt_status (*tensor_alloc)(mt_backend *backend, mt_shape4 shape, mt_tensor *out); /* zeroed */
     void (*tensor_free)(mt_backend *backend, mt_tensor *tensor);
+    /* Host memory the backend copies from fastest (cuda: page-locked, cudaHostAlloc; the CPU
+     * backends: malloc), aligned for float, for the loader's batch buffers. Not backend memory:
+     * the host reads and writes it (loader threads included). */
+    mt_status (*host_alloc)(mt_backend *backend, size_t bytes, void **out);
+    void (*host_free)(mt_backend *backend, void *buffer);
+    /* host: N,H,W,3 uint8 pixels -> tensor of x/127.5 - 1 in float (Keras' preprocess_input:
+     * mt_u8_to_input, the loader's MT_LOADER_FLOAT32 values bit for bit), scaled by the backend
+     * (cuda: on the GPU, so a quarter of the bytes crosses to it) */
+    mt_status (*tensor_from_u8)(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst);
     /* host: N,H,W,C float -> tensor in backend layout, and back */
     mt_status (*tensor_from_nhwc)(mt_backend *backend, const float *host_src, mt_tensor *dst);
     mt_status (*tensor_to_nhwc)(mt_backend *backend, const mt_tensor *src, float *host_dst);

@@ -578,12 +578,17 @@ static mt_status conv_group_forward(mt_model *m, int i, int n, bool training, in
     return MT_OK;
 }
 
-static mt_status backbone_forward(mt_model *m, const float *images, int n, bool training) {
+/* images: float (Keras' preprocess_input already applied), or uint8 pixels the backend scales */
+static mt_status backbone_forward(mt_model *m, const void *images, bool images_u8, int n,
+                                  bool training) {
     const mt_ops *ops = m->ops;
     mt_backend *be = m->backend;
     m->outputs_intact = false;
     MT_TRY(ensure_activations(m, n));
-    MT_TRY(ops->tensor_from_nhwc(be, images, act(m, 0)));
+    if (images_u8)
+        MT_TRY(ops->tensor_from_u8(be, images, act(m, 0)));
+    else
+        MT_TRY(ops->tensor_from_nhwc(be, images, act(m, 0)));
     memset(m->fused_training, 0, sizeof m->fused_training);
     for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
         const mt_layer_info *l = &m->layout->layers[i];
@@ -709,7 +714,7 @@ mt_status mt_model_forward(mt_model *m, const float *images, const int32_t *labe
                            bool training, uint64_t dropout_seed, float *logits_host,
                            mt_step_result *out) {
     m->ready_for_backward = false;
-    MT_TRY(backbone_forward(m, images, n, training));
+    MT_TRY(backbone_forward(m, images, false, n, training));
     m->head_only = false;
     return head_forward(m, labels, n, training, dropout_seed, logits_host, out, 0, NULL);
 }
@@ -729,15 +734,16 @@ mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_
     return head_forward(m, labels, n, training, dropout_seed, logits_host, out, 0, NULL);
 }
 
-mt_status mt_model_forward_accumulate(mt_model *m, const float *images, const float *features,
-                                      const int32_t *labels, int n, uint64_t dropout_seed,
-                                      uint64_t step, double *accum, mt_step_result *out) {
+mt_status mt_model_forward_accumulate(mt_model *m, const void *images, bool images_u8,
+                                      const float *features, const int32_t *labels, int n,
+                                      uint64_t dropout_seed, uint64_t step, double *accum,
+                                      mt_step_result *out) {
     m->ready_for_backward = false;
     if (!labels || !accum || !images == !features)
         return MT_FAIL(MT_ERR_INVALID, "mt_model_forward_accumulate needs labels, an accumulator "
                        "and either images or features");
     if (images) {
-        MT_TRY(backbone_forward(m, images, n, true));
+        MT_TRY(backbone_forward(m, images, images_u8, n, true));
         m->head_only = false;
     } else {
         if (n < 1 || n > m->layout->config.batch_size)
@@ -775,7 +781,7 @@ mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {
 
 mt_status mt_model_features(mt_model *m, const float *images, int n, float *features) {
     m->ready_for_backward = false;
-    MT_TRY(backbone_forward(m, images, n, false));
+    MT_TRY(backbone_forward(m, images, false, n, false));
     return m->ops->download(m->backend, features, m->pooled,
                             (size_t)n * m->layout->feature_channels * sizeof(float));
 }

@@ -364,7 +364,7 @@ static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) 
     return MT_OK;
 }
 
-static mt_status train_step(trainer *t, const float *images, const float *features,
+static mt_status train_step(trainer *t, const void *images, bool images_u8, const float *features,
                             const int32_t *labels, int n, epoch_totals *totals) {
     const mt_train_config *c = t->config;
     const uint64_t step = t->global_step;
@@ -393,8 +393,8 @@ static mt_status train_step(trainer *t, const float *images, const float *featur
         MT_TRY(ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
     /* The loss, the accuracy and the skip flag stay in backend memory: nothing here waits. */
     mt_step_result result;
-    mt_status status = mt_model_forward_accumulate(t->model, images, features, labels, n,
-                                                   dropout_seed, step, t->accum, &result);
+    mt_status status = mt_model_forward_accumulate(t->model, images, images_u8, features, labels,
+                                                   n, dropout_seed, step, t->accum, &result);
     float *skip_flag = t->grads + t->trainable_count; /* mt_model_trainable */
     if (status == MT_OK && fault == FAULT_NAN) {
         if (before_fault[MT_ACCUM_SKIPPED] == 0.0) before_fault[MT_ACCUM_FIRST_SKIP] = (double)step;
@@ -581,7 +581,7 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
     while (status == MT_OK && t->next_batch < t->steps_per_epoch && !stop) {
         if (t->use_feature_cache) {
             cached_batch(t, permutation, t->next_batch, features, labels);
-            status = train_step(t, NULL, features, labels, batch, totals);
+            status = train_step(t, NULL, false, features, labels, batch, totals);
         } else {
             mt_batch *next = NULL;
             status = mt_loader_next(t->train_loader, &next);
@@ -590,7 +590,8 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
                                  "batches", (unsigned long long)t->next_batch,
                                  (unsigned long long)t->steps_per_epoch);
             if (status != MT_OK) break;
-            status = train_step(t, next->images, NULL, next->labels, next->size, totals);
+            status = train_step(t, next->images, next->output == MT_LOADER_UINT8, NULL,
+                                next->labels, next->size, totals);
             mt_loader_release(t->train_loader, next);
         }
         if (status != MT_OK) break;
@@ -627,6 +628,20 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
     *seconds = now_seconds() - start;
     *stopped = stop;
     return status;
+}
+
+/* The training loader's batch buffers come from the backend's host_alloc (cuda: page-locked, so
+ * the upload is a straight DMA). */
+static void *loader_host_alloc(size_t bytes, void *user) {
+    mt_backend *backend = user;
+    void *buffer = NULL;
+    return backend->ops->host_alloc(backend, bytes, &buffer) == MT_OK ? buffer : NULL;
+}
+
+static void loader_host_free(void *buffer, size_t bytes, void *user) {
+    (void)bytes;
+    mt_backend *backend = user;
+    backend->ops->host_free(backend, buffer);
 }
 
 /* ---- set-up and the run ------------------------------------------------------------------------ */
@@ -769,6 +784,11 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         .seed = (uint64_t)c->train.seed, .shuffle = c->data.shuffle, .drop_remainder = true,
         .random_flip = c->data.random_flip, .threads = c->data.loader_threads,
         .ring_depth = c->data.prefetch,
+        /* where the backend's memory is not the host's (cuda; the guarded reference), the
+         * pixels cross as uint8, a quarter of the bytes, and the backend scales them
+         * (tensor_from_u8); the CPU backends take floats the loader threads made */
+        .output = t->backend->ops->device_memory ? MT_LOADER_UINT8 : MT_LOADER_FLOAT32,
+        .allocator = {loader_host_alloc, loader_host_free, t->backend},
     };
     MT_TRY(mt_loader_open(c->data.train, &loader, &t->train_loader));
     const mt_dataset_meta *meta = mt_loader_meta(t->train_loader);

@@ -633,6 +633,21 @@ static void check_buffer_copy_if(size_t bytes, size_t misalign) {
     free(src), free(dst), free(want);
 }
 
+/* the input scaling: every uint8 value (several blocks), the kernel against the reference op */
+static void check_u8_to_input(void) {
+    const size_t n = 256 * 6; /* a whole number of pixels of 3 values */
+    uint8_t *src = malloc(n);
+    float *got = zeros(n), *want = zeros(n);
+    if (!src) abort();
+    for (size_t i = 0; i < n; i++)
+        src[i] = (uint8_t)(i * 5 % 256);
+    KERNEL_OK(mt_cuda_launch_u8_to_input(NULL, n, src, got));
+    mt_tensor t = wrap((mt_shape4){1, 1, (int)n / 3, 3}, want);
+    REF_OK(mt_ops_reference.tensor_from_u8(&REF, src, &t));
+    compare("u8_to_input", got, want, n, 0);
+    free(src), free(got), free(want);
+}
+
 static void check_elementwise(mt_shape4 s) {
     size_t n = mt_shape4_count(s);
     float *a = array(n, -3, 9), *b = array(n, -3, 9), *dy = array(n, -1, 1);
@@ -758,6 +773,7 @@ int main(void) {
     check_loss_accumulate(3, 3, none);
     check_buffer_copy_if(4 * 3001, 0); /* several blocks of words */
     check_buffer_copy_if(37, 1);       /* bytes */
+    check_u8_to_input();
 
     /* rule, momentum, nesterov, weight decay, count (several blocks, a partial last one) */
     check_optimizer(MT_UPDATE_RMSPROP, 0, false, 0, 1000);

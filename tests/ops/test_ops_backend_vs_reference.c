@@ -197,6 +197,7 @@ enum {
     MEM_ZEROED_BUFFER,
     MEM_COPY,
     MEM_CLEARED,
+    MEM_FROM_U8,
     MEM_OUTPUTS
 };
 
@@ -218,6 +219,14 @@ static bool memory_on(side s, mt_shape4 shape, const float *x, float *out[MEM_OU
     if (!tensor_out(s, &copy, out[MEM_COPY])) return false;
     RUN(s, tensor_zero, &copy);
     if (!tensor_out(s, &copy, out[MEM_CLEARED])) return false;
+    /* every pixel value, from the backend's host buffer (pinned on cuda) */
+    uint8_t *pixels = NULL;
+    RUN(s, host_alloc, count, (void **)&pixels);
+    for (size_t i = 0; i < count; i++)
+        pixels[i] = (uint8_t)(i * 37 % 256);
+    RUN(s, tensor_from_u8, pixels, &copy);
+    s.o->host_free(s.b, pixels);
+    if (!tensor_out(s, &copy, out[MEM_FROM_U8])) return false;
     s.o->tensor_free(s.b, &t), s.o->tensor_free(s.b, &fresh), s.o->tensor_free(s.b, &copy);
     s.o->buffer_free(s.b, buffer), s.o->buffer_free(s.b, fresh_buffer);
     return true;
@@ -238,6 +247,16 @@ static void case_memory(mt_shape4 shape) {
         compare("buffer_alloc zeroed", r[1][MEM_ZEROED_BUFFER], r[0][MEM_ZEROED_BUFFER], count, 0);
         compare("tensor_copy", r[1][MEM_COPY], x, count, 0);
         compare("tensor_zero", r[1][MEM_CLEARED], r[0][MEM_CLEARED], count, 0);
+        /* Keras' preprocess_input, x /= 127.5; x -= 1, written out here: exact */
+        float *want = xmalloc(count * 4);
+        for (size_t i = 0; i < count; i++) {
+            float v = (float)(uint8_t)(i * 37 % 256);
+            v /= 127.5f;
+            want[i] = v - 1.0f;
+        }
+        compare("tensor_from_u8", r[1][MEM_FROM_U8], want, count, 0);
+        compare("tensor_from_u8 (reference)", r[0][MEM_FROM_U8], want, count, 0);
+        free(want);
     } else {
         mt_test_failures++;
     }

@@ -362,6 +362,32 @@ static mt_status cpu_tensor_from_nhwc(mt_backend *backend, const float *host_src
     return convert(backend, dst->shape, CPU_REORDER_FROM_NHWC, host_src, dst->data);
 }
 
+/* the loader's batch buffers: plain host memory (malloc aligns for float) */
+static mt_status cpu_host_alloc(mt_backend *backend, size_t bytes, void **out) {
+    (void)backend;
+    *out = malloc(bytes ? bytes : 1);
+    if (!*out) return MT_FAIL(MT_ERR_NOMEM, "out of memory for %zu bytes of host buffer", bytes);
+    return MT_OK;
+}
+
+static void cpu_host_free(mt_backend *backend, void *buffer) {
+    (void)backend;
+    free(buffer);
+}
+
+/* Scaled on the host into a float copy, then the usual reorder into the backend's layout. */
+static mt_status cpu_tensor_from_u8(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst) {
+    MT_TRY(cpu_check_tensor(cpu_of(backend), dst, dst->shape, "tensor_from_u8's destination"));
+    const size_t count = mt_shape4_count(dst->shape);
+    float *scaled = malloc((count ? count : 1) * sizeof *scaled);
+    if (!scaled) return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory scaling a batch");
+    for (size_t i = 0; i < count; i++)
+        scaled[i] = mt_u8_to_input(host_src[i]);
+    mt_status status = convert(backend, dst->shape, CPU_REORDER_FROM_NHWC, scaled, dst->data);
+    free(scaled);
+    return status;
+}
+
 static mt_status cpu_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
     MT_TRY(cpu_check_tensor(cpu_of(backend), src, src->shape, "tensor_to_nhwc's source"));
     return convert(backend, src->shape, CPU_REORDER_TO_NHWC, src->data, host_dst);
@@ -382,6 +408,9 @@ const mt_ops mt_ops_cpu = {
     .download = cpu_download,
     .tensor_alloc = cpu_tensor_alloc,
     .tensor_free = cpu_tensor_free,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .tensor_from_u8 = cpu_tensor_from_u8,
     .tensor_from_nhwc = cpu_tensor_from_nhwc,
     .tensor_to_nhwc = cpu_tensor_to_nhwc,
     .synchronize = cpu_synchronize,

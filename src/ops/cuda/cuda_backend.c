@@ -361,6 +361,38 @@ static mt_status cuda_tensor_from_nhwc(mt_backend *backend, const float *host_sr
     return cuda_upload(backend, dst->data, host_src, mt_shape4_count(dst->shape) * sizeof(float));
 }
 
+/* Page-locked: the DMA engine reads it directly (no staging copy), and copies from it can be
+ * asynchronous. */
+static mt_status cuda_host_alloc(mt_backend *backend, size_t bytes, void **out) {
+    (void)backend;
+    CUDA_CHECK(cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault));
+    return MT_OK;
+}
+
+static void cuda_host_free(mt_backend *backend, void *buffer) {
+    (void)backend;
+    if (buffer) (void)cudaFreeHost(buffer);
+}
+
+/* The pixels cross as uint8 into a pool block, the kernel scales them into the tensor; the
+ * block goes back to the pool behind the kernel (one stream: its next user is ordered after). */
+static mt_status cuda_tensor_from_u8(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst) {
+    MT_TRY(cuda_check_tensor("tensor_from_u8", "dst", dst, dst->shape));
+    const size_t count = mt_shape4_count(dst->shape);
+    void *pixels = NULL;
+    MT_TRY(cuda_buffer_alloc(backend, count, &pixels));
+    mt_status status = cuda_upload(backend, pixels, host_src, count);
+    if (status == MT_OK) {
+        cudaError_t error = mt_cuda_launch_u8_to_input(cuda_of(backend)->stream, count, pixels,
+                                                       dst->data);
+        if (error != cudaSuccess)
+            status = MT_FAIL(MT_ERR_BACKEND, "cuda: scaling the input batch: %s",
+                             cudaGetErrorString(error));
+    }
+    cuda_buffer_free(backend, pixels);
+    return status;
+}
+
 static mt_status cuda_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
     MT_TRY(cuda_check_tensor("tensor_to_nhwc", "src", src, src->shape));
     return cuda_download(backend, host_dst, src->data, mt_shape4_count(src->shape) * sizeof(float));
@@ -382,6 +414,9 @@ const mt_ops mt_ops_cuda = {
     .download = cuda_download,
     .tensor_alloc = cuda_tensor_alloc,
     .tensor_free = cuda_tensor_free,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .tensor_from_u8 = cuda_tensor_from_u8,
     .tensor_from_nhwc = cuda_tensor_from_nhwc,
     .tensor_to_nhwc = cuda_tensor_to_nhwc,
     .synchronize = cuda_synchronize,

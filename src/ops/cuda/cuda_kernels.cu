@@ -504,6 +504,19 @@ __global__ void column_sums_kernel(int rows, int cols, const float *a, float *su
     }
 }
 
+/* ---- the input: uint8 pixels to x/127.5 - 1 (ops.h mt_u8_to_input, a host function: the same
+ * two operations here, division and subtraction, which nvcc does not fuse) ------------------ */
+
+__global__ void u8_to_input_kernel(size_t n, const uint8_t *src, float *dst) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float x = (float)src[i];
+        x /= 127.5f;
+        x -= 1.0f;
+        dst[i] = x;
+    }
+}
+
 /* ---- losses: one block; rows are few (a batch), classes few (a head) ---------------------- */
 
 /* result (accum NULL): the mean, the valid rows, the first bad label's row. accum (not NULL):
@@ -1402,6 +1415,12 @@ cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, con
                                 const int32_t *labels, float *dlogits, double *result) {
     loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, result, NULL,
                                            0ull, NULL);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_u8_to_input(cudaStream_t stream, size_t count, const uint8_t *src,
+                                       float *dst) {
+    u8_to_input_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, src, dst);
     return cudaGetLastError();
 }
 

@@ -187,6 +187,8 @@ GUARDED(buffer_copy_if,
         (mt_backend * backend, void *dst, const void *src, size_t bytes, const float *flag,
          double *count),
         (backend, dst, src, bytes, flag, count))
+GUARDED(tensor_from_u8, (mt_backend * backend, const uint8_t *src, mt_tensor *dst),
+        (backend, src, dst))
 GUARDED(tensor_from_nhwc, (mt_backend * backend, const float *src, mt_tensor *dst),
         (backend, src, dst))
 GUARDED(tensor_to_nhwc, (mt_backend * backend, const mt_tensor *src, float *dst),
@@ -283,6 +285,10 @@ const mt_ops mt_ops_reference_guarded = {
     .download = guarded_download,
     .tensor_alloc = guarded_tensor_alloc,
     .tensor_free = guarded_tensor_free,
+    /* host memory (the loader's threads write it): plain malloc, never guarded */
+    .host_alloc = mt_ref_host_alloc,
+    .host_free = mt_ref_host_free,
+    .tensor_from_u8 = guarded_tensor_from_u8,
     .tensor_from_nhwc = guarded_tensor_from_nhwc,
     .tensor_to_nhwc = guarded_tensor_to_nhwc,
     .synchronize = mt_ref_synchronize,

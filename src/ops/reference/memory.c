@@ -64,6 +64,28 @@ mt_status mt_ref_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt
     return MT_OK;
 }
 
+/* malloc's alignment (16 bytes on the platforms we build for) is enough for float */
+mt_status mt_ref_host_alloc(mt_backend *backend, size_t bytes, void **out) {
+    (void)backend;
+    *out = malloc(bytes ? bytes : 1);
+    if (!*out) return MT_FAIL(MT_ERR_NOMEM, "out of memory for %zu bytes of host buffer", bytes);
+    return MT_OK;
+}
+
+void mt_ref_host_free(mt_backend *backend, void *buffer) {
+    (void)backend;
+    free(buffer);
+}
+
+mt_status mt_ref_tensor_from_u8(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst) {
+    (void)backend;
+    float *out = dst->data;
+    const size_t count = mt_shape4_count(dst->shape);
+    for (size_t i = 0; i < count; i++)
+        out[i] = mt_u8_to_input(host_src[i]);
+    return MT_OK;
+}
+
 mt_status mt_ref_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
     memmove(host_dst, src->data, mt_shape4_count(src->shape) * sizeof(float));
     return MT_OK;

@@ -20,6 +20,9 @@ mt_status mt_ref_download(mt_backend *backend, void *host_dst, const void *src, 
 mt_status mt_ref_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tensor *out);
 void mt_ref_tensor_free(mt_backend *backend, mt_tensor *tensor);
 mt_status mt_ref_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst);
+mt_status mt_ref_host_alloc(mt_backend *backend, size_t bytes, void **out);
+void mt_ref_host_free(mt_backend *backend, void *buffer);
+mt_status mt_ref_tensor_from_u8(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst);
 mt_status mt_ref_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst);
 mt_status mt_ref_synchronize(mt_backend *backend);
 mt_status mt_ref_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes);
