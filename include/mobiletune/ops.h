@@ -287,9 +287,9 @@ typedef struct mt_ops {
      *                 when it is the first since the zeroing (nothing else changes)
      * skip: one float of backend memory, the optimizer's skip flag (mt_optimizer_desc.skip; the
      * trainer's rides the gradient all-reduce, so that every rank skips when one must). */
-    mt_status (*loss_accumulate)(mt_backend *backend, const mt_loss_desc *desc,
-                                 const float *logits, const int32_t *labels, float *dlogits,
-                                 uint64_t step, double *accum, float *skip);
+    mt_status (*loss_accumulate)(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
+                                 const int32_t *labels, float *dlogits, uint64_t step,
+                                 double *accum, float *skip);
 
     /* ---- the optimizer ---- */
     /* params[count] -= update(grads[count]) per desc (see mt_optimizer_desc for the slots'

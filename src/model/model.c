@@ -401,8 +401,8 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
     size_t logits = (size_t)batch * layout->logit_count;
     if ((status = alloc_buffer(m, layout->trainable_count * sizeof(float), (void **)&m->params)) ||
         /* + the skip flag after the gradients (mt_model_trainable) */
-        (status = alloc_buffer(m, (layout->trainable_count + 1) * sizeof(float),
-                               (void **)&m->grads)) ||
+        (status =
+             alloc_buffer(m, (layout->trainable_count + 1) * sizeof(float), (void **)&m->grads)) ||
         (status = alloc_buffer(m, layout->frozen_count * sizeof(float), (void **)&m->frozen)) ||
         (status = alloc_buffer(m, layout->state_count * sizeof(float), (void **)&m->state)) ||
         (status = alloc_buffer(m, saved * sizeof(float), (void **)&m->bn_saved)) ||
@@ -698,8 +698,8 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool tr
         MT_TRY(ops->upload(be, m->labels, labels, (size_t)n * sizeof(int32_t)));
         mt_loss_desc loss = {.batch = n, .classes = outs};
         if (accum)
-            MT_TRY(ops->loss_accumulate(be, &loss, m->logits, m->labels, m->dlogits, step,
-                                        accum, m->grads + layout->trainable_count));
+            MT_TRY(ops->loss_accumulate(be, &loss, m->logits, m->labels, m->dlogits, step, accum,
+                                        m->grads + layout->trainable_count));
         else
             MT_TRY(ops->loss_forward_backward(be, &loss, m->logits, m->labels, &result.loss,
                                               training ? m->dlogits : NULL));
@@ -741,7 +741,7 @@ mt_status mt_model_forward_accumulate(mt_model *m, const void *images, bool imag
     m->ready_for_backward = false;
     if (!labels || !accum || !images == !features)
         return MT_FAIL(MT_ERR_INVALID, "mt_model_forward_accumulate needs labels, an accumulator "
-                       "and either images or features");
+                                       "and either images or features");
     if (images) {
         MT_TRY(backbone_forward(m, images, images_u8, n, true));
         m->head_only = false;

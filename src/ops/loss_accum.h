@@ -24,8 +24,8 @@ static inline void mt_loss_accum_add(double *accum, float *skip, const mt_loss_d
     for (int n = 0; n < desc->batch; n++) {
         if (labels[n] < 0 || labels[n] >= limit) continue;
         valid++;
-        correct += mt_accum_predicted(logits + (size_t)n * desc->classes, desc->classes) ==
-                   labels[n];
+        correct +=
+            mt_accum_predicted(logits + (size_t)n * desc->classes, desc->classes) == labels[n];
     }
     accum[MT_ACCUM_LOSS_SUM] += (double)mean * valid;
     accum[MT_ACCUM_CORRECT] += correct;

@@ -159,11 +159,19 @@ mt_status mt_optimizer_update_range(mt_optimizer *optimizer, float *params, cons
                        (double)lr);
     const mt_optimizer_params *hp = &optimizer->params;
     mt_optimizer_desc desc = {
-        .rule = (mt_update_rule)hp->kind, .count = count, .lr = lr,
-        .iterations = optimizer->iterations, .rho = hp->rho, .momentum = hp->momentum,
-        .epsilon = hp->epsilon, .beta_1 = hp->beta_1, .beta_2 = hp->beta_2,
-        .weight_decay = hp->weight_decay, .nesterov = hp->nesterov,
-        .slot_stride = optimizer->count, .skip = optimizer->skip,
+        .rule = (mt_update_rule)hp->kind,
+        .count = count,
+        .lr = lr,
+        .iterations = optimizer->iterations,
+        .rho = hp->rho,
+        .momentum = hp->momentum,
+        .epsilon = hp->epsilon,
+        .beta_1 = hp->beta_1,
+        .beta_2 = hp->beta_2,
+        .weight_decay = hp->weight_decay,
+        .nesterov = hp->nesterov,
+        .slot_stride = optimizer->count,
+        .skip = optimizer->skip,
     };
     return optimizer->backend->ops->optimizer_update(
         optimizer->backend, &desc, params + offset, grads + offset,

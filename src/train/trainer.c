@@ -276,8 +276,9 @@ static mt_status update_step(trainer *t) {
     while ((status = mt_grad_sync_wait_bucket(t->grad_sync, &offset, &count)) == MT_OK) {
         /* the top bucket carries the skip flag after the gradients: not a parameter */
         if (offset + count > t->trainable_count) count = t->trainable_count - offset;
-        if (count) MT_TRY(mt_optimizer_update_range(&t->optimizer, t->params, t->grads, offset,
-                                                    count, lr));
+        if (count)
+            MT_TRY(
+                mt_optimizer_update_range(&t->optimizer, t->params, t->grads, offset, count, lr));
     }
     if (status != MT_END) return status;
     mt_optimizer_step_done(&t->optimizer);
@@ -306,9 +307,11 @@ static void cached_batch(const trainer *t, const uint64_t *permutation, uint64_t
  * epoch's steps up to the current one. */
 static mt_status nonfinite_stop(const trainer *t, uint64_t step) {
     const uint64_t batch = t->next_batch - (t->global_step - step);
-    return MT_FAIL(MT_ERR_INVALID, "the loss is NaN or Inf at step %llu (epoch %llu, batch %llu): "
+    return MT_FAIL(MT_ERR_INVALID,
+                   "the loss is NaN or Inf at step %llu (epoch %llu, batch %llu): "
                    "lower optimizer.learning_rate, or set train.nan_policy = skip to drop such "
-                   "steps", (unsigned long long)step, (unsigned long long)t->epoch + 1,
+                   "steps",
+                   (unsigned long long)step, (unsigned long long)t->epoch + 1,
                    (unsigned long long)batch + 1);
 }
 
@@ -359,7 +362,8 @@ static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) 
     t->optimizer.iterations -= skipped <= t->optimizer.iterations ? skipped : 0;
     say(t, "step %llu: non-finite loss, update skipped (train.nan_policy = skip)",
         (unsigned long long)first);
-    if (skipped > 1) say(t, "; %llu steps skipped since the last report", (unsigned long long)skipped);
+    if (skipped > 1)
+        say(t, "; %llu steps skipped since the last report", (unsigned long long)skipped);
     say(t, "\n");
     return MT_OK;
 }
@@ -393,8 +397,8 @@ static mt_status train_step(trainer *t, const void *images, bool images_u8, cons
         MT_TRY(ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
     /* The loss, the accuracy and the skip flag stay in backend memory: nothing here waits. */
     mt_step_result result;
-    mt_status status = mt_model_forward_accumulate(t->model, images, images_u8, features, labels,
-                                                   n, dropout_seed, step, t->accum, &result);
+    mt_status status = mt_model_forward_accumulate(t->model, images, images_u8, features, labels, n,
+                                                   dropout_seed, step, t->accum, &result);
     float *skip_flag = t->grads + t->trainable_count; /* mt_model_trainable */
     if (status == MT_OK && fault == FAULT_NAN) {
         if (before_fault[MT_ACCUM_SKIPPED] == 0.0) before_fault[MT_ACCUM_FIRST_SKIP] = (double)step;
@@ -420,9 +424,9 @@ static mt_status train_step(trainer *t, const void *images, bool images_u8, cons
     if (status == MT_OK) status = update_step(t);
     /* a skipped step's BN statistics come back from the copy, on the same word */
     if (status == MT_OK && t->state_backup)
-        status = ops->buffer_copy_if(t->backend, state, t->state_backup,
-                                     state_count * sizeof *state, skip_flag,
-                                     t->accum + MT_ACCUM_COPIED);
+        status =
+            ops->buffer_copy_if(t->backend, state, t->state_backup, state_count * sizeof *state,
+                                skip_flag, t->accum + MT_ACCUM_COPIED);
     if (t->grad_sync) {
         const mt_grad_sync_stats after = mt_grad_sync_get_stats(t->grad_sync);
         totals->allreduce_seconds += after.comm_seconds - before.comm_seconds;
@@ -603,8 +607,8 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
          * one rank, when the progress line is due (a signal needs no read: it is this process's
          * own); several ranks, every AGREE_EVERY steps, the same steps on every rank, which
          * agree there on signals and non-finite steps. */
-        bool due = progress && is_root(t) && (elapsed - last_shown > 0.25 ||
-                                              t->next_batch == t->steps_per_epoch);
+        bool due = progress && is_root(t) &&
+                   (elapsed - last_shown > 0.25 || t->next_batch == t->steps_per_epoch);
         bool read = t->who.world_size > 1 ? t->global_step % AGREE_EVERY == 0 : due;
         if (t->who.world_size == 1) stop = stop_signal != 0;
         if (read) status = read_accumulator(t, totals, &stop);
@@ -780,9 +784,14 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     }
     MT_TRY(open_outputs(t));
     mt_loader_options loader = {
-        .rank = t->who.rank, .world_size = t->who.world_size, .batch_size = c->data.batch_size,
-        .seed = (uint64_t)c->train.seed, .shuffle = c->data.shuffle, .drop_remainder = true,
-        .random_flip = c->data.random_flip, .threads = c->data.loader_threads,
+        .rank = t->who.rank,
+        .world_size = t->who.world_size,
+        .batch_size = c->data.batch_size,
+        .seed = (uint64_t)c->train.seed,
+        .shuffle = c->data.shuffle,
+        .drop_remainder = true,
+        .random_flip = c->data.random_flip,
+        .threads = c->data.loader_threads,
         .ring_depth = c->data.prefetch,
         /* where the backend's memory is not the host's (cuda; the guarded reference), the
          * pixels cross as uint8, a quarter of the bytes, and the backend scales them

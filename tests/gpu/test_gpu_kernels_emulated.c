@@ -615,17 +615,18 @@ static void check_loss_accumulate(int batch, int classes, const int32_t *labels)
 
 /* buffer_copy_if: copies (words, or bytes when unaligned) and counts only when the flag is set */
 static void check_buffer_copy_if(size_t bytes, size_t misalign) {
-    unsigned char *src = malloc(bytes + 8), *dst = calloc(bytes + 8, 1), *want = calloc(bytes + 8, 1);
+    unsigned char *src = malloc(bytes + 8), *dst = calloc(bytes + 8, 1),
+                  *want = calloc(bytes + 8, 1);
     if (!src || !dst || !want) abort();
     for (size_t i = 0; i < bytes + 8; i++)
         src[i] = (unsigned char)(i * 7 + 3);
     double count = 0;
     for (int set = 0; set < 2; set++) {
         const float flag = (float)set;
-        KERNEL_OK(mt_cuda_launch_buffer_copy_if(NULL, dst + misalign, src + misalign, bytes,
-                                                &flag, &count));
-        REF_OK(mt_ops_reference.buffer_copy_if(&REF, want + misalign, src + misalign, bytes,
-                                               &flag, NULL));
+        KERNEL_OK(mt_cuda_launch_buffer_copy_if(NULL, dst + misalign, src + misalign, bytes, &flag,
+                                                &count));
+        REF_OK(mt_ops_reference.buffer_copy_if(&REF, want + misalign, src + misalign, bytes, &flag,
+                                               NULL));
         CHECK_MSG(memcmp(dst, want, bytes + 8) == 0, "buffer_copy_if %zu bytes at +%zu, flag %d",
                   bytes, misalign, set);
     }

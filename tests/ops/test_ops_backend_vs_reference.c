@@ -650,8 +650,8 @@ static void case_dense(int batch, int in, int outf) {
 /* accum_out: loss_accumulate's accumulator after two steps (7 and 8) on these logits, the
  * second with the first labelled row's logit made NaN (when a row is labelled) */
 static bool loss_on(side s, const mt_loss_desc *d, const float *logits, const int32_t *labels,
-                    float *loss_out, float *loss_nograd_out, float *dlogits_out,
-                    double *accum_out, float *skip_out) {
+                    float *loss_out, float *loss_nograd_out, float *dlogits_out, double *accum_out,
+                    float *skip_out) {
     size_t zb = (size_t)d->batch * d->classes * 4, lb = (size_t)d->batch * 4;
     void *bz, *bl, *bdz, *bacc, *bskip;
     if (!buffer_in(s, logits, zb, &bz) || !buffer_in(s, labels, lb, &bl) ||

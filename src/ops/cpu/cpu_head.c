@@ -131,9 +131,9 @@ mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
 }
 
 /* loss_forward_backward's mean, then the accumulator's bookkeeping (ops/loss_accum.h) */
-mt_status mt_cpu_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
-                                 const float *logits, const int32_t *labels, float *dlogits,
-                                 uint64_t step, double *accum, float *skip) {
+mt_status mt_cpu_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
+                                 const int32_t *labels, float *dlogits, uint64_t step,
+                                 double *accum, float *skip) {
     float mean = 0.0f;
     MT_TRY(mt_cpu_loss_forward_backward(backend, desc, logits, labels, &mean, dlogits));
     mt_loss_accum_add(accum, skip, desc, logits, labels, mean, step);
@@ -141,7 +141,7 @@ mt_status mt_cpu_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
 }
 
 mt_status mt_cpu_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
-                                 const float *flag, double *count) {
+                                const float *flag, double *count) {
     (void)backend;
     mt_host_buffer_copy_if(dst, src, bytes, flag, count);
     return MT_OK;

@@ -383,8 +383,8 @@ static mt_status cuda_tensor_from_u8(mt_backend *backend, const uint8_t *host_sr
     MT_TRY(cuda_buffer_alloc(backend, count, &pixels));
     mt_status status = cuda_upload(backend, pixels, host_src, count);
     if (status == MT_OK) {
-        cudaError_t error = mt_cuda_launch_u8_to_input(cuda_of(backend)->stream, count, pixels,
-                                                       dst->data);
+        cudaError_t error =
+            mt_cuda_launch_u8_to_input(cuda_of(backend)->stream, count, pixels, dst->data);
         if (error != cudaSuccess)
             status = MT_FAIL(MT_ERR_BACKEND, "cuda: scaling the input batch: %s",
                              cudaGetErrorString(error));

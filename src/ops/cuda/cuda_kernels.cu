@@ -523,8 +523,8 @@ __global__ void u8_to_input_kernel(size_t n, const uint8_t *src, float *dst) {
  * loss_accumulate's bookkeeping (ops.h, the same as ops/loss_accum.h's on the host) instead, a
  * bad label counting as a padding row (the host checked them), and no result. */
 __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *labels,
-                            float *dlogits, double *result, double *accum,
-                            unsigned long long step, float *skip) {
+                            float *dlogits, double *result, double *accum, unsigned long long step,
+                            float *skip) {
     __shared__ int valid, bad, correct;
     __shared__ double totals[THREADS];
     if (threadIdx.x == 0) valid = 0, bad = N, correct = 0;

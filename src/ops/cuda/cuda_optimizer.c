@@ -26,7 +26,7 @@ mt_status mt_cuda_buffer_copy(mt_backend *backend, void *dst, const void *src, s
 mt_status mt_cuda_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
                                  const float *flag, double *count) {
     if (!flag) return MT_FAIL(MT_ERR_INVALID, "cuda buffer_copy_if: the flag is required");
-    CUDA_CHECK(mt_cuda_launch_buffer_copy_if(cuda_of(backend)->stream, dst, src, bytes, flag,
-                                             count));
+    CUDA_CHECK(
+        mt_cuda_launch_buffer_copy_if(cuda_of(backend)->stream, dst, src, bytes, flag, count));
     return MT_OK;
 }

@@ -266,8 +266,8 @@ GUARDED(loss_forward_backward,
          const int32_t *labels, float *loss_host, float *dlogits),
         (backend, desc, logits, labels, loss_host, dlogits))
 GUARDED(loss_accumulate,
-        (mt_backend * backend, const mt_loss_desc *desc, const float *logits,
-         const int32_t *labels, float *dlogits, uint64_t step, double *accum, float *skip),
+        (mt_backend * backend, const mt_loss_desc *desc, const float *logits, const int32_t *labels,
+         float *dlogits, uint64_t step, double *accum, float *skip),
         (backend, desc, logits, labels, dlogits, step, accum, skip))
 GUARDED(optimizer_update,
         (mt_backend * backend, const mt_optimizer_desc *desc, float *params, const float *grads,

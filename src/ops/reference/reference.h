@@ -84,11 +84,11 @@ mt_status mt_ref_dense_backward(mt_backend *backend, const mt_dense_desc *desc, 
 mt_status mt_ref_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
                                        const float *logits, const int32_t *labels, float *loss_host,
                                        float *dlogits);
-mt_status mt_ref_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
-                                 const float *logits, const int32_t *labels, float *dlogits,
-                                 uint64_t step, double *accum, float *skip);
+mt_status mt_ref_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
+                                 const int32_t *labels, float *dlogits, uint64_t step,
+                                 double *accum, float *skip);
 mt_status mt_ref_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
-                                 const float *flag, double *count);
+                                const float *flag, double *count);
 
 /* optimizer.c */
 mt_status mt_ref_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
