@@ -25,6 +25,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import local_slurm  # noqa: E402  (tests/common)
+
 SOURCE = os.path.abspath(os.environ.get("MT_SOURCE_DIR",
                                         os.path.join(os.path.dirname(__file__), "..", "..")))
 BUILD = os.environ.get("MT_BUILD_DIR", os.path.join(SOURCE, "build"))
@@ -102,22 +105,10 @@ def case_mpirun_gpu(tmp):
 
 
 def free_port_pair():
-    """A port P with P and P + 1 free (slurmctld, slurmd), so that a Slurm test running at the same
-    time elsewhere on the machine cannot make this one fail."""
-    import socket
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            if port > 65000:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    fail("no free pair of ports for the local Slurm")
+    port = local_slurm.free_port_pair()
+    if port is None:
+        fail("no free pair of ports for the local Slurm")
+    return port
 
 
 # Each check of the Slurm job: a name, the shell lines, run in the job with the repository as the

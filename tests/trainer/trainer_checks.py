@@ -22,6 +22,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import local_slurm  # noqa: E402  (tests/common)
+
 BUILD = os.environ.get("MT_BUILD_DIR", ".")
 PACK = os.environ["MT_PACK"]
 MOBILETUNE = os.path.join(BUILD, "mobiletune")
@@ -734,22 +737,10 @@ def slurm_job(tmp, name, body_lines=()):
 
 
 def free_port_pair():
-    """A port P with P and P + 1 free (slurmctld and slurmd): another Slurm test running at the
-    same time on this machine must not make this one fail."""
-    import socket
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            if port > 65000:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    fail("no free pair of ports for the local Slurm")
+    port = local_slurm.free_port_pair()
+    if port is None:
+        fail("no free pair of ports for the local Slurm")
+    return port
 
 
 def slurm_run(job, config, env=None, expect=0):
