@@ -719,10 +719,8 @@ mt_status mt_model_forward(mt_model *m, const float *images, const int32_t *labe
     return head_forward(m, labels, n, training, dropout_seed, logits_host, out, 0, NULL);
 }
 
-mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_t *labels, int n,
-                                bool training, uint64_t dropout_seed, float *logits_host,
-                                mt_step_result *out) {
-    m->ready_for_backward = false;
+/* Cached pooled features (n rows) become the head's input: the backbone is skipped. */
+static mt_status head_input_upload(mt_model *m, const float *features, int n) {
     if (n < 1 || n > m->layout->config.batch_size)
         return MT_FAIL(MT_ERR_INVALID,
                        "batch of %d feature rows: the model was created for 1 to %d", n,
@@ -731,6 +729,14 @@ mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_
                           (size_t)n * m->layout->feature_channels * sizeof(float)));
     m->head_only = true;
     m->outputs_intact = false; /* the backbone's outputs are no longer this batch's */
+    return MT_OK;
+}
+
+mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_t *labels, int n,
+                                bool training, uint64_t dropout_seed, float *logits_host,
+                                mt_step_result *out) {
+    m->ready_for_backward = false;
+    MT_TRY(head_input_upload(m, features, n));
     return head_forward(m, labels, n, training, dropout_seed, logits_host, out, 0, NULL);
 }
 
@@ -746,14 +752,7 @@ mt_status mt_model_forward_accumulate(mt_model *m, const void *images, bool imag
         MT_TRY(backbone_forward(m, images, images_u8, n, true));
         m->head_only = false;
     } else {
-        if (n < 1 || n > m->layout->config.batch_size)
-            return MT_FAIL(MT_ERR_INVALID,
-                           "batch of %d feature rows: the model was created for 1 to %d", n,
-                           m->layout->config.batch_size);
-        MT_TRY(m->ops->upload(m->backend, m->pooled, features,
-                              (size_t)n * m->layout->feature_channels * sizeof(float)));
-        m->head_only = true;
-        m->outputs_intact = false; /* the backbone's outputs are no longer this batch's */
+        MT_TRY(head_input_upload(m, features, n));
     }
     return head_forward(m, labels, n, true, dropout_seed, NULL, out, step, accum);
 }
