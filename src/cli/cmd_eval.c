@@ -61,6 +61,9 @@ int mt_cmd_eval(int argc, char **argv) {
     if (status == MT_END) return CLI_EXIT_OK;
     if (status == MT_OK && (!checkpoint || !db))
         status = MT_FAIL(MT_ERR_INVALID, "--checkpoint and --db are both needed (see --help)");
+    if (status == MT_OK && batch_size < 1)
+        status = MT_FAIL(MT_ERR_INVALID, "--batch-size %d: give at least 1 image per forward pass",
+                         batch_size);
     if (status != MT_OK) return cli_fail("eval", status);
 
     mt_comm *comm = NULL;

@@ -1,5 +1,5 @@
 """Input checks of `mobiletune` (issue 14): a FIFO given where a file is expected is refused at
-once, naming it (it used to hang in open()), and `eval` compares the checkpoint's class names with
+once, naming it (it used to hang in open()), `eval --batch-size` below 1 is refused, and `eval` compares the checkpoint's class names with
 the database's by name and order (cats/dogs against dogs/zcats used to print accuracy 0, exit 0).
 Every command runs with a time limit, so a hang fails the test instead of stalling it."""
 import os
@@ -81,6 +81,12 @@ def main():
         check(other.returncode != 0 and "different classes" in other.stderr and
               "class 0 is 'left' against 'right'" in other.stderr and "accuracy" not in other.stdout,
               f"eval on other classes: exit {other.returncode} {other.stdout!r} {other.stderr!r}")
+        for size in ("0", "-3"):  # used to fall back silently to the checkpoint's batch size
+            empty = run(MOBILETUNE, "eval", "--checkpoint", checkpoint, "--db", f"{tmp}/pa/val",
+                        "--batch-size", size)
+            check(empty.returncode != 0 and f"--batch-size {size}" in empty.stderr and
+                  "accuracy" not in empty.stdout,
+                  f"eval --batch-size {size}: exit {empty.returncode} {empty.stderr!r}")
     if failures:
         print(f"FAILED: {failures} check(s)", file=sys.stderr)
         return 1
