@@ -5,6 +5,7 @@
  * only once complete. */
 /* nftw() is an XSI interface. */
 #define _XOPEN_SOURCE 700
+#include "core/clock.h"
 #include "pack.h"
 
 #include "mobiletune/files.h"
@@ -38,12 +39,6 @@ static volatile sig_atomic_t interrupted = 0;
 static void on_signal(int sig) {
     (void)sig;
     interrupted = 1;
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* ---- folders --------------------------------------------------------------------------------- */
@@ -690,7 +685,7 @@ typedef struct progress {
 
 static void progress_update(progress *pr, size_t done, size_t total, size_t skipped, bool final) {
     if (!pr->enabled) return;
-    double t = now_seconds();
+    double t = mt_clock_monotonic();
     double interval = pr->tty ? 0.2 : 10.0;
     if (!final && t - pr->last < interval) return;
     pr->last = t;
@@ -779,7 +774,7 @@ static void format_options(const pack_options *o, char *text, size_t capacity) {
 }
 
 mt_status pack_run(const pack_options *o) {
-    double start = now_seconds();
+    double start = mt_clock_monotonic();
     struct stat st;
     pack_input in;
     MT_TRY(pack_input_list(o->input, &in));
@@ -923,7 +918,7 @@ mt_status pack_run(const pack_options *o) {
     }
     const char *fail_after_text = getenv("MT_PACK_FAIL_AFTER"); /* a test hook, see docs */
     long long fail_after = fail_after_text ? atoll(fail_after_text) : -1;
-    progress pr = {.tty = isatty(STDERR_FILENO) != 0, .start = now_seconds()};
+    progress pr = {.tty = isatty(STDERR_FILENO) != 0, .start = mt_clock_monotonic()};
     pr.enabled = o->progress < 0 ? true : o->progress == 1;
     if (o->progress < 0 && !pr.tty) pr.enabled = true; /* plain lines, every 10 s */
     pr.last = pr.start;
@@ -1060,7 +1055,7 @@ mt_status pack_run(const pack_options *o) {
     published = true;
     mt_sync_parent(o->output); /* published either way: the rename is atomic */
 
-    double seconds = now_seconds() - start;
+    double seconds = mt_clock_monotonic() - start;
     printf("mobiletune-pack: packed %zu image(s), skipped %zu;", packed, skips.count);
     for (int s = 0; s < split_count; s++)
         printf(" %s %llu%s", dbs[s].name, (unsigned long long)dbs[s].records,

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "mobiletune/loader.h"
 
 #ifndef MT_PACK_PATH
@@ -24,20 +25,6 @@
 #ifndef MT_SHARED_DIR
 #define MT_SHARED_DIR "../shared"
 #endif
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* CPU seconds of the whole process (every thread): on a shared machine the wall-clock rate moves
- * with everyone else's load, the work per CPU-second much less. */
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct rate {
     double wall, cpu; /* batches per wall second, batches per CPU second */
@@ -132,7 +119,7 @@ static rate baseline(const char *db, int batch, int batches) {
     uint64_t *perm = malloc(n * sizeof *perm);
     mt_shard_permutation(n, 1, 0, true, perm);
     int w = m->width;
-    double t0 = now(), c0 = cpu_now();
+    double t0 = mt_clock_monotonic(), c0 = mt_clock_process_cpu();
     uint64_t pos = 0;
     for (int b = 0; b < batches; b++)
         for (int i = 0; i < batch; i++, pos++) {
@@ -151,7 +138,7 @@ static rate baseline(const char *db, int batch, int batches) {
                             (float)img[((size_t)y * w + sx) * 3 + c] / 127.5f - 1.0f;
                     }
         }
-    rate r = {batches / (now() - t0), batches / (cpu_now() - c0)};
+    rate r = {batches / (mt_clock_monotonic() - t0), batches / (mt_clock_process_cpu() - c0)};
     volatile float sink = out[0];
     (void)sink;
     free(img);
@@ -177,7 +164,7 @@ static rate loader_rate(const char *db, int threads, int batch, int batches) {
         fprintf(stderr, "bench_loader: %s\n", mt_last_error());
         exit(1);
     }
-    double t0 = now(), c0 = cpu_now();
+    double t0 = mt_clock_monotonic(), c0 = mt_clock_process_cpu();
     int done = 0;
     for (uint64_t epoch = 0; done < batches; epoch++) {
         if (mt_loader_start_epoch(l, epoch, 0) != MT_OK) break;
@@ -192,7 +179,7 @@ static rate loader_rate(const char *db, int threads, int batch, int batches) {
             exit(1);
         }
     }
-    rate r = {done / (now() - t0), done / (cpu_now() - c0)};
+    rate r = {done / (mt_clock_monotonic() - t0), done / (mt_clock_process_cpu() - c0)};
     mt_loader_close(l);
     return r;
 }

@@ -11,13 +11,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "mobiletune/model.h"
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static double peak_rss_mib(void) {
     struct rusage usage;
@@ -87,7 +82,7 @@ int main(int argc, char **argv) {
         mt_step_result result;
         double start = 0.0;
         for (int step = 0; step <= steps; step++) {
-            if (step == 1) start = now();
+            if (step == 1) start = mt_clock_monotonic();
             if (mt_model_forward(model, images, labels, batch, true, (uint64_t)step, NULL,
                                  &result) != MT_OK)
                 return die("forward");
@@ -96,7 +91,7 @@ int main(int argc, char **argv) {
                 printf("%-9s peak RSS after create %.1f MiB, after the first step %.1f MiB\n", name,
                        after_create, peak_rss_mib());
         }
-        double seconds = now() - start;
+        double seconds = mt_clock_monotonic() - start;
         double rate = steps * batch / seconds;
         if (baseline == 0.0) baseline = rate;
         printf("%-9s %8.1f images/s (forward+backward)  %.2fx the first mode  loss %.4f\n", name,

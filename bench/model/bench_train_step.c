@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "mobiletune/model.h"
 #include "mobiletune/ops.h"
 
@@ -31,12 +32,6 @@
             return 1;                                                                              \
         }                                                                                          \
     } while (0)
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static int compare_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -109,12 +104,12 @@ int main(int argc, char **argv) {
         labels[i] = i % 2;
 
     for (int s = 0; s < warmup + steps; s++) {
-        double start = now();
+        double start = mt_clock_monotonic();
         mt_step_result result = {0};
         BENCH_TRY(mt_model_forward(model, images, labels, batch, true, (uint64_t)s, NULL, &result));
         BENCH_TRY(mt_model_backward(model));
         BENCH_TRY(backend->ops->synchronize(backend));
-        if (s >= warmup) times[s - warmup] = now() - start;
+        if (s >= warmup) times[s - warmup] = mt_clock_monotonic() - start;
     }
     qsort(times, (size_t)steps, sizeof *times, compare_double);
     double median = steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);

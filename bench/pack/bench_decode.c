@@ -10,13 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "mobiletune/image.h"
-
-static double cpu_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv) {
     if (argc != 3) {
@@ -31,7 +26,7 @@ int main(int argc, char **argv) {
     }
     char path[8192];
     long decoded = 0, failed = 0;
-    double start = cpu_seconds();
+    double start = mt_clock_process_cpu();
     while (fgets(path, sizeof path, list)) {
         path[strcspn(path, "\n")] = '\0';
         mt_image image;
@@ -42,7 +37,7 @@ int main(int argc, char **argv) {
         mt_image_free(&image);
         decoded++;
     }
-    double seconds = cpu_seconds() - start;
+    double seconds = mt_clock_process_cpu() - start;
     fclose(list);
     printf("decoded %ld images in %.4f CPU-seconds (%ld failed)\n", decoded, seconds, failed);
     return decoded > 0 ? 0 : 1;

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "mobiletune/grad_sync.h"
 
 #include "comm_internal.h"
@@ -41,12 +42,6 @@ struct mt_grad_sync {
 
     mt_grad_sync_stats stats;
 };
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void trace(mt_grad_sync *s, mt_grad_event_kind kind, size_t offset, size_t count) {
     if (s->event_used == s->event_cap) {
@@ -195,7 +190,7 @@ static mt_status progress(mt_grad_sync *s) {
 
 mt_status mt_grad_sync_ready(void *user, size_t offset, size_t count) {
     mt_grad_sync *s = user;
-    const double start = now_seconds();
+    const double start = mt_clock_monotonic();
     trace(s, MT_GRAD_EVENT_READY, offset, count);
     if (offset + count != s->reported || offset > s->reported)
         return MT_FAIL(MT_ERR_INTERNAL, "gradient range [%zu, %zu) reported while [%zu, %zu) "
@@ -209,12 +204,12 @@ mt_status mt_grad_sync_ready(void *user, size_t offset, size_t count) {
         s->pending_end = s->reported;
     }
     if (status == MT_OK && !s->nccl) status = progress(s); /* NCCL progresses on its own */
-    s->stats.comm_seconds += now_seconds() - start;
+    s->stats.comm_seconds += mt_clock_monotonic() - start;
     return status;
 }
 
 mt_status mt_grad_sync_end_backward(mt_grad_sync *s) {
-    const double start = now_seconds();
+    const double start = mt_clock_monotonic();
     trace(s, MT_GRAD_EVENT_END_BACKWARD, 0, 0);
     if (s->reported != 0)
         return MT_FAIL(MT_ERR_INTERNAL, "backward reported gradients [%zu, %zu) of %zu: the "
@@ -229,7 +224,7 @@ mt_status mt_grad_sync_end_backward(mt_grad_sync *s) {
     s->ended = true;
     s->buckets_per_step = s->bucket_used;
     s->stats.steps++;
-    s->stats.comm_seconds += now_seconds() - start;
+    s->stats.comm_seconds += mt_clock_monotonic() - start;
     return MT_OK;
 }
 
@@ -238,7 +233,7 @@ mt_status mt_grad_sync_wait_bucket(mt_grad_sync *s, size_t *offset, size_t *coun
         return MT_FAIL(MT_ERR_INTERNAL, "gradient buckets waited for before the end of backward "
                        "(mt_grad_sync_end_backward)");
     if (s->next_returned >= s->bucket_used) return MT_END;
-    const double start = now_seconds();
+    const double start = mt_clock_monotonic();
     const int i = s->next_returned;
     bucket *b = &s->buckets[i];
     if (s->nccl) {
@@ -257,7 +252,7 @@ mt_status mt_grad_sync_wait_bucket(mt_grad_sync *s, size_t *offset, size_t *coun
     s->next_returned = i + 1;
     *offset = b->offset;
     *count = b->count;
-    const double spent = now_seconds() - start;
+    const double spent = mt_clock_monotonic() - start;
     s->stats.wait_seconds += spent;
     s->stats.comm_seconds += spent;
     return MT_OK;

@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include "comm/comm_internal.h"
+#include "core/clock.h"
 #include "comm/nccl_comm.h"
 #include "ops/cuda/cuda_export.h"
 
@@ -27,12 +28,6 @@ struct mt_nccl {
     int done_count; /* events created */
     int last_done;  /* the previous step's last bucket, -1: none yet */
 };
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static void pause_briefly(void) {
     struct timespec t = {.tv_sec = 0, .tv_nsec = 50000};
@@ -81,11 +76,11 @@ static mt_status timed_out(mt_nccl *nccl, const char *what) {
 
 /* Until the communicator's pending operation (init, an enqueue) has settled. */
 static mt_status settle(mt_nccl *nccl, const char *what) {
-    const double deadline = now_s() + nccl->timeout_s;
+    const double deadline = mt_clock_monotonic() + nccl->timeout_s;
     for (;;) {
         mt_status status = nccl_state(nccl, what);
         if (status != MT_END) return status;
-        if (now_s() > deadline) return timed_out(nccl, what);
+        if (mt_clock_monotonic() > deadline) return timed_out(nccl, what);
         pause_briefly();
     }
 }
@@ -141,7 +136,7 @@ mt_status mt_nccl_allreduce_sum_f32(mt_nccl *nccl, float *device_buffer, size_t 
 }
 
 mt_status mt_nccl_wait(mt_nccl *nccl, cudaStream_t stream) {
-    const double deadline = now_s() + nccl->timeout_s;
+    const double deadline = mt_clock_monotonic() + nccl->timeout_s;
     for (;;) {
         cudaError_t e = cudaStreamQuery(stream);
         if (e == cudaSuccess) return MT_OK;
@@ -150,7 +145,7 @@ mt_status mt_nccl_wait(mt_nccl *nccl, cudaStream_t stream) {
                            nccl->rank, cudaGetErrorString(e));
         mt_status status = nccl_state(nccl, "all-reduce");
         if (status != MT_OK && status != MT_END) return status;
-        if (now_s() > deadline) return timed_out(nccl, "all-reduce");
+        if (mt_clock_monotonic() > deadline) return timed_out(nccl, "all-reduce");
         pause_briefly();
     }
 }
@@ -221,14 +216,14 @@ static mt_status done_event(mt_nccl *nccl, int bucket) {
  * and a stuck peer becomes an error within the timeout. */
 static mt_status previous_step_done(mt_nccl *nccl) {
     if (nccl->last_done < 0) return MT_OK;
-    const double deadline = now_s() + nccl->timeout_s;
+    const double deadline = mt_clock_monotonic() + nccl->timeout_s;
     for (;;) {
         cudaError_t e = cudaEventQuery(nccl->done[nccl->last_done]);
         if (e == cudaSuccess) return MT_OK;
         if (e != cudaErrorNotReady) return cuda_failed(nccl, "cudaEventQuery", e);
         mt_status status = nccl_state(nccl, "all-reduce");
         if (status != MT_OK && status != MT_END) return status;
-        if (now_s() > deadline) return timed_out(nccl, "all-reduce");
+        if (mt_clock_monotonic() > deadline) return timed_out(nccl, "all-reduce");
         pause_briefly();
     }
 }

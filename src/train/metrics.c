@@ -1,5 +1,6 @@
 /* The metrics logs: metrics.jsonl and TensorBoard event files (records with masked CRC32C around
  * a hand-encoded tensorflow.Event protobuf; the few fields we write are listed at encode_event). */
+#include "core/clock.h"
 #include "mobiletune/metrics.h"
 
 #include "mobiletune/files.h"
@@ -69,12 +70,6 @@ struct mt_event_writer {
     FILE *file;
     char path[4400];
 };
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 typedef struct proto {
     unsigned char data[512];
@@ -176,7 +171,7 @@ mt_status mt_event_writer_open(const char *folder, mt_event_writer **out) {
     host[sizeof host - 1] = '\0';
     for (char *c = host; *c; c++)
         if (*c == '/' || *c == ' ') *c = '_';
-    double started = now_seconds();
+    double started = mt_clock_wall();
     int fd = -1;
     for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
         if (attempt == 0)
@@ -214,7 +209,7 @@ mt_status mt_event_writer_scalar(mt_event_writer *w, const char *tag, int64_t st
         return MT_FAIL(MT_ERR_INVALID, "event file '%s': tag '%.40s' must be 1..200 characters",
                        w->path, tag);
     proto p = {.size = 0};
-    if (!encode_event(&p, wall_time > 0 ? wall_time : now_seconds(), step, NULL, tag, value))
+    if (!encode_event(&p, wall_time > 0 ? wall_time : mt_clock_wall(), step, NULL, tag, value))
         return MT_FAIL(MT_ERR_INTERNAL, "event for tag '%s' does not fit", tag);
     return write_record(w, p.data, p.size);
 }
@@ -312,7 +307,7 @@ static mt_status scalar(mt_event_writer *w, const char *tag, int64_t step, doubl
 }
 
 mt_status mt_metrics_log(mt_metrics *m, const mt_metrics_record *r) {
-    double wall_time = now_seconds();
+    double wall_time = mt_clock_wall();
     bool epoch = r->kind == MT_METRICS_EPOCH;
     fprintf(m->jsonl, "{\"kind\":\"%s\",\"epoch\":%d,\"step\":%lld,\"time\":%.3f",
             epoch ? "epoch" : "step", r->epoch, (long long)r->step, wall_time);

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "mobiletune/files.h"
 #include "mobiletune/metrics.h"
 #include "trainer_internal.h"
@@ -26,12 +27,6 @@ static volatile sig_atomic_t stop_signal = 0;
 
 void mt_train_request_stop(int signal_number) {
     stop_signal = signal_number ? signal_number : SIGTERM;
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* splitmix64: independent dropout streams per (seed, step, rank) from one seed. */
@@ -562,7 +557,7 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
                            bool *stopped) {
     const mt_train_config *c = t->config;
     const int batch = c->data.batch_size;
-    const double start = now_seconds();
+    const double start = mt_clock_monotonic();
     double last_shown = 0;
     uint64_t *permutation = NULL;
     float *features = NULL;
@@ -602,7 +597,7 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
         totals->steps++;
         t->next_batch++;
         t->global_step++;
-        double elapsed = now_seconds() - start;
+        double elapsed = mt_clock_monotonic() - start;
         /* The host reads the accumulator (the one wait for the device) at the logging interval:
          * one rank, when the progress line is due (a signal needs no read: it is this process's
          * own); several ranks, every AGREE_EVERY steps, the same steps on every rank, which
@@ -629,7 +624,7 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
     free(permutation);
     free(features);
     free(labels);
-    *seconds = now_seconds() - start;
+    *seconds = mt_clock_monotonic() - start;
     *stopped = stop;
     return status;
 }
@@ -939,13 +934,13 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
 
 mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_options *options,
                    mt_train_result *result) {
-    const double start = now_seconds();
+    const double start = mt_clock_monotonic();
     *result = (mt_train_result){.val_loss = NAN, .val_accuracy = NAN, .test_loss = NAN,
                                 .test_accuracy = NAN};
     trainer t = {.config = config, .comm = comm};
     mt_status status = set_up(&t, options);
     if (status == MT_OK && t.use_feature_cache && t.epoch < (uint64_t)config->train.epochs) {
-        double cache_start = now_seconds();
+        double cache_start = mt_clock_monotonic();
         status = build_feature_cache(&t, config->data.train, t.cache_views, t.train_records,
                                      &t.feature_cache, &t.label_cache);
         uint64_t vectors = t.train_records * (uint64_t)t.cache_views;
@@ -961,7 +956,7 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
         }
         say(&t, "  cached %llu feature vectors (training%s) in %.1f s\n",
             (unsigned long long)vectors, config->data.val[0] ? " and validation" : "",
-            now_seconds() - cache_start);
+            mt_clock_monotonic() - cache_start);
     }
     result->used_feature_cache = t.use_feature_cache;
     const bool progress = options->progress && isatty(STDERR_FILENO);
@@ -998,7 +993,7 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
         }
     }
     result->steps_done = t.global_step;
-    result->seconds = now_seconds() - start;
+    result->seconds = mt_clock_monotonic() - start;
     tear_down(&t);
     return status;
 }
