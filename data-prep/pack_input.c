@@ -3,6 +3,7 @@
  * image: the listing only stats, so a folder of any size costs memory for its names alone. */
 #include "pack.h"
 
+#include "core/splitmix64.h"
 #include "mobiletune/files.h"
 
 #include <dirent.h>
@@ -343,15 +344,6 @@ void pack_input_free(pack_input *in) {
 
 /* ---- selection ------------------------------------------------------------------------------- */
 
-/* splitmix64: a small, well-mixed generator whose output we define ourselves, so a seed gives
- * the same split on every platform and library version. */
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* round(n * f), half up; the epsilon keeps 0.1*10 = 0.99999... from rounding differently from
  * what a person computes. */
 static size_t round_count(size_t n, double f) {
@@ -371,7 +363,7 @@ void pack_input_select(pack_input *in, const pack_options *options) {
         /* Fisher-Yates with a per-class stream, so adding a class leaves the others' splits. */
         uint64_t state = options->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(c + 1));
         for (size_t i = n; i > 1; i--) {
-            size_t j = (size_t)(splitmix64(&state) % i);
+            size_t j = (size_t)(mt_splitmix64_next(&state) % i);
             size_t t = members[i - 1];
             members[i - 1] = members[j];
             members[j] = t;

@@ -1,23 +1,15 @@
 /* The sharding arithmetic of the loader (the rule is in loader.h and docs/formats.md): pure
  * functions of (seed, epoch, counts) so that every rank derives the same permutation without
  * communicating, and so that tests can check the exactly-once property without a database. */
+#include "core/splitmix64.h"
 #include "mobiletune/loader.h"
-
-/* splitmix64's output function: a bijective 64-bit mixer with full avalanche. Fixed-width integer
- * arithmetic only, so every platform produces the same sequence. */
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 typedef struct rng {
     uint64_t state;
 } rng;
 
 static uint64_t rng_next(rng *r) {
-    r->state += 0x9E3779B97F4A7C15ull;
-    return mix64(r->state);
+    return mt_splitmix64_next(&r->state);
 }
 
 /* Uniform in [0, bound) without modulo bias: reject the short top range. */
@@ -33,7 +25,7 @@ static uint64_t rng_below(rng *r, uint64_t bound) {
 enum { STREAM_PERMUTATION = 1, STREAM_FLIP = 2 };
 
 static uint64_t stream_seed(uint64_t seed, uint64_t epoch, uint64_t stream) {
-    return mix64(mix64(seed ^ mix64(stream)) + epoch);
+    return mt_mix64(mt_mix64(seed ^ mt_mix64(stream)) + epoch);
 }
 
 uint64_t mt_shard_batch_count(uint64_t record_count, int world_size, int batch_size,
@@ -66,5 +58,5 @@ uint64_t mt_shard_position(uint64_t record_count, int rank, int world_size, int 
 }
 
 bool mt_shard_flip(uint64_t seed, uint64_t epoch, uint64_t index) {
-    return (mix64(stream_seed(seed, epoch, STREAM_FLIP) ^ mix64(index)) >> 63) != 0;
+    return (mt_mix64(stream_seed(seed, epoch, STREAM_FLIP) ^ mt_mix64(index)) >> 63) != 0;
 }

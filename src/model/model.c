@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/splitmix64.h"
 #include "mobiletune/model.h"
 
 enum { GRAD_SLOTS_MAX = 64 };
@@ -121,16 +122,9 @@ static void free_buffer(mt_model *m, void *buffer) {
     if (buffer) m->ops->buffer_free(m->backend, buffer);
 }
 
-/* splitmix64: the weight initializer's random stream (a pure function of seed and tensor). */
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
+/* the weight initializer's random stream (a pure function of seed and tensor) */
 static double uniform01(uint64_t *state) {
-    return (double)(splitmix64(state) >> 11) * (1.0 / 9007199254740992.0);
+    return (double)(mt_splitmix64_next(state) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* ---- activations and gradient slots ------------------------------------------------------ */

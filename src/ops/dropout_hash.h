@@ -8,18 +8,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/splitmix64.h"
+
 #if defined(__CUDACC__)
 #define MT_DROPOUT_FN static inline __host__ __device__
 #else
 #define MT_DROPOUT_FN static inline
 #endif
-
-/* SplitMix64's finalizer: a bijective mixer with good avalanche, cheap on CPU and GPU. */
-MT_DROPOUT_FN uint64_t mt_dropout_mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-    return z ^ (z >> 31);
-}
 
 /* Elements whose 24-bit hash is below this are dropped: round(rate * 2^24), computed once on the
  * host so that no backend's float rounding can change the decision. rate in [0, 1). */
@@ -33,7 +28,7 @@ MT_DROPOUT_FN uint32_t mt_dropout_threshold(float rate) {
 /* true when element `index` is kept: its 24-bit hash (uniform in [0, 2^24)) >= threshold. */
 MT_DROPOUT_FN bool mt_dropout_keep(uint64_t seed, uint64_t index, uint32_t threshold) {
     /* Mixing the seed first keeps the streams of nearby seeds (0, 1, 2, ...) unrelated. */
-    uint64_t h = mt_dropout_mix64(mt_dropout_mix64(seed) + index);
+    uint64_t h = mt_mix64(mt_mix64(seed) + index);
     return (uint32_t)(h >> 40) >= threshold;
 }
 

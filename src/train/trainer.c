@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/clock.h"
+#include "core/splitmix64.h"
 #include "mobiletune/files.h"
 #include "mobiletune/metrics.h"
 #include "trainer_internal.h"
@@ -27,14 +28,6 @@ static volatile sig_atomic_t stop_signal = 0;
 
 void mt_train_request_stop(int signal_number) {
     stop_signal = signal_number ? signal_number : SIGTERM;
-}
-
-/* splitmix64: independent dropout streams per (seed, step, rank) from one seed. */
-static uint64_t mix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
 }
 
 static bool is_root(const trainer *t) {
@@ -383,8 +376,10 @@ static mt_status train_step(trainer *t, const void *images, bool images_u8, cons
     if (t->state_backup)
         MT_TRY(ops->buffer_copy(t->backend, t->state_backup, state, state_count * sizeof *state));
 
-    uint64_t dropout_seed = mix64(mix64((uint64_t)c->train.seed ^ 0xD50Full) ^ step) ^
-                            (uint64_t)t->who.rank;
+    /* independent dropout streams per (seed, step, rank) from one seed */
+    uint64_t dropout_seed =
+        mt_splitmix64_at(mt_splitmix64_at((uint64_t)c->train.seed ^ 0xD50Full) ^ step) ^
+        (uint64_t)t->who.rank;
     /* the accumulator before the step: an injected NaN loss puts it back as loss_accumulate
      * leaves it after a non-finite loss (a NaN pixel would not do: ReLU6 swallows NaN) */
     double before_fault[MT_ACCUM_COUNT];
