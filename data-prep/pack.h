@@ -9,18 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data/lmdb_check.h"
 #include "mobiletune/image.h"
 #include "mobiletune/record.h"
 #include "mobiletune/status.h"
-
-/* A failed LMDB call: names the call and LMDB's reason; evaluates to MT_ERR_LMDB. */
-#define LMDB_FAIL(rc, call, path)                                                                  \
-    MT_FAIL(MT_ERR_LMDB, "%s: %s failed: %s", (path), (call), mdb_strerror(rc))
-#define LMDB_CHECK(call, path)                                                                     \
-    do {                                                                                           \
-        int lmdb_check_rc_ = (call);                                                               \
-        if (lmdb_check_rc_ != MDB_SUCCESS) return LMDB_FAIL(lmdb_check_rc_, #call, (path));        \
-    } while (0)
 
 enum { PACK_MAX_SPLITS = 16 };
 

@@ -5,17 +5,9 @@
 
 #include <lmdb.h>
 
+#include "data/lmdb_check.h"
 #include "mobiletune/loader.h"
 #include "mobiletune/record.h"
-
-/* Every LMDB call is checked; the message names the call and the dataset. */
-#define LMDB_CHECK(call, path)                                                                     \
-    do {                                                                                           \
-        int lmdb_rc_ = (call);                                                                     \
-        if (lmdb_rc_ != MDB_SUCCESS)                                                               \
-            return MT_FAIL(MT_ERR_LMDB, "dataset '%s': %s failed: %s", (path), #call,              \
-                           mdb_strerror(lmdb_rc_));                                                \
-    } while (0)
 
 struct mt_dataset {
     char *path;
