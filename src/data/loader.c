@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "data/dataset_internal.h"
+#include "data/mirror.h"
 
 enum { DEFAULT_RING_DEPTH = 4, MAX_THREADS = 256, MAX_RING_DEPTH = 1024 };
 
@@ -98,13 +99,7 @@ static void convert_image(const uint8_t *src, bool flip, mt_batch *b, int i) {
          * than a scalar reversed read or swapping floats afterwards. */
         uint8_t mirrored[3 * MT_MAX_IMAGE_SIDE];
         for (int y = 0; y < h; y++) {
-            const uint8_t *row = src + (size_t)y * row_values;
-            for (int x = 0; x < w; x++) {
-                const uint8_t *p = row + 3 * (size_t)(w - 1 - x);
-                mirrored[3 * x + 0] = p[0];
-                mirrored[3 * x + 1] = p[1];
-                mirrored[3 * x + 2] = p[2];
-            }
+            mt_mirror_row(mirrored, src + (size_t)y * row_values, w, 3);
             scale_to_float(mirrored, dst + (size_t)y * row_values, row_values);
         }
     } else {
@@ -113,12 +108,8 @@ static void convert_image(const uint8_t *src, bool flip, mt_batch *b, int i) {
             memcpy(dst, src, pixels);
             return;
         }
-        for (int y = 0; y < h; y++) {
-            const uint8_t *row = src + (size_t)y * row_values;
-            uint8_t *out = dst + (size_t)y * row_values;
-            for (int x = 0; x < w; x++)
-                memcpy(out + 3 * x, row + (size_t)(w - 1 - x) * 3, 3);
-        }
+        for (int y = 0; y < h; y++)
+            mt_mirror_row(dst + (size_t)y * row_values, src + (size_t)y * row_values, w, 3);
     }
 }
 

@@ -14,6 +14,7 @@
 
 #include "core/clock.h"
 #include "core/splitmix64.h"
+#include "data/mirror.h"
 #include "mobiletune/files.h"
 #include "mobiletune/metrics.h"
 #include "trainer_internal.h"
@@ -162,14 +163,12 @@ static mt_status agree_on_replica(trainer *t) {
  * on, the features of the mirrored image are cached too, and each epoch picks the view the loader
  * would have produced (mt_shard_flip): the same training as running the backbone every step. */
 static void mirror_images(float *images, int n, int height, int width) {
+    float original[3 * MT_MAX_IMAGE_SIDE]; /* one row; the loader checks width against the cap */
+    const size_t row_floats = (size_t)width * 3;
     for (int i = 0; i < n * height; i++) {
-        float *row = images + (size_t)i * width * 3;
-        for (int a = 0, b = width - 1; a < b; a++, b--)
-            for (int ch = 0; ch < 3; ch++) {
-                float swap = row[a * 3 + ch];
-                row[a * 3 + ch] = row[b * 3 + ch];
-                row[b * 3 + ch] = swap;
-            }
+        float *row = images + (size_t)i * row_floats;
+        memcpy(original, row, row_floats * sizeof *row);
+        mt_mirror_row(row, original, width, 3 * sizeof *row);
     }
 }
 
