@@ -8,6 +8,10 @@
 #include <string.h>
 #include <unistd.h>
 
+/* a numeric macro's digits inside a string literal */
+#define PACK_STR_(x) #x
+#define PACK_STR(x) PACK_STR_(x)
+
 static const char usage_text[] =
     "usage: mobiletune-pack [pack] [options] INPUT OUT\n"
     "       mobiletune-pack info DB\n"
@@ -20,7 +24,8 @@ static const char usage_text[] =
     "OUT is the LMDB folder, or with --split the folder holding one LMDB per split.\n"
     "\n"
     "options:\n"
-    "  --size N           output side in pixels (default 160, at most 4096)\n"
+    "  --size N           output side in pixels (default 160, at most "
+    PACK_STR(MT_MAX_IMAGE_SIDE) ")\n"
     "  --resize MODE      stretch (default; bilinear like tf.image.resize), center-crop, pad\n"
     "  --decode MODE      scaled (default; JPEG DCT scaling when much larger than SIZE) or tf\n"
     "                     (full size, fast IDCT: TensorFlow's decode_jpeg pixels; slower)\n"
@@ -112,7 +117,8 @@ static int pack_main(int argc, char **argv) {
             o.progress = 0;
         } else if (strcmp(name, "--size") == 0) {
             if (!parse_long(value, 1, MT_MAX_IMAGE_SIDE, &n))
-                return usage_error("--size '%s': want an integer 1..4096", value);
+                return usage_error("--size '%s': want an integer 1.." PACK_STR(MT_MAX_IMAGE_SIDE),
+                                   value);
             o.size = (int)n;
         } else if (strcmp(name, "--resize") == 0) {
             if (mt_resize_mode_parse(value, &o.resize) != MT_OK)

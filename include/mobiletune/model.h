@@ -46,6 +46,21 @@ enum {
     MT_MODEL_NAME_MAX = 64,
 };
 
+/* The input sides a model accepts, the same at every entry point (the config's model.input_size,
+ * mt_model_create, `mobiletune summary --size`): multiples of 32, the network's total stride, so
+ * every stride-2 stage halves exactly. mobiletune-pack --size is bounded by MT_MAX_IMAGE_SIDE
+ * (record.h) instead: a database stores images of any side the record format holds, and only the
+ * model checks that the side is one it accepts. */
+enum {
+    MT_MODEL_INPUT_SIZE_MIN = 32,
+    MT_MODEL_INPUT_SIZE_STEP = 32,
+    MT_MODEL_INPUT_SIZE_MAX = 1024,
+};
+
+/* fine_tune_at's default, the tutorial's value; its range is 1 .. MT_MODEL_BACKBONE_LAYERS - 1.
+ * A macro (not an enum) so that the config table can spell it as its text default. */
+#define MT_MODEL_FINE_TUNE_AT_DEFAULT 100
+
 typedef enum mt_train_mode {
     MT_TRAIN_SCRATCH = 0, /* everything trainable, weights from initializers (or any file) */
     MT_TRAIN_FROZEN,      /* backbone frozen, head trainable (the tutorial's first phase) */
@@ -62,11 +77,12 @@ typedef enum mt_bn_mode {
 
 typedef struct mt_model_config {
     float alpha;    /* width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4 */
-    int input_size; /* square input side, a multiple of 32 (>= 32); 160 in the tutorial */
+    int input_size; /* square side, MT_MODEL_INPUT_SIZE_MIN..MAX by STEP; 160 in the tutorial */
     int classes;    /* >= 2; 2 -> one logit with sigmoid cross-entropy */
     float dropout;  /* head dropout rate in [0, 1); 0.2 in the tutorial */
     mt_train_mode mode;
-    int fine_tune_at; /* MT_TRAIN_FINETUNE: first trainable backbone layer index, 1..153 */
+    int fine_tune_at; /* MT_TRAIN_FINETUNE: first trainable backbone layer index, 1..153
+                       * (MT_MODEL_BACKBONE_LAYERS - 1) */
     mt_bn_mode bn_mode;
     int batch_size; /* the largest batch a step will see (activations are sized for it) */
 } mt_model_config;

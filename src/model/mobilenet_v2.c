@@ -44,7 +44,7 @@ mt_model_config mt_model_config_default(void) {
         .classes = 2,
         .dropout = 0.2f,
         .mode = MT_TRAIN_SCRATCH,
-        .fine_tune_at = 100,
+        .fine_tune_at = MT_MODEL_FINE_TUNE_AT_DEFAULT,
         .bn_mode = MT_BN_AUTO,
         .batch_size = 32,
     };
@@ -110,11 +110,13 @@ static mt_status validate(const mt_model_config *c) {
             MT_ERR_INVALID,
             "model alpha %g is not one of Keras' widths (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)",
             (double)c->alpha);
-    if (c->input_size < 32 || c->input_size % 32 != 0 || c->input_size > 4096)
+    if (c->input_size < MT_MODEL_INPUT_SIZE_MIN || c->input_size % MT_MODEL_INPUT_SIZE_STEP != 0 ||
+        c->input_size > MT_MODEL_INPUT_SIZE_MAX)
         return MT_FAIL(MT_ERR_INVALID,
-                       "model input size %d must be a multiple of 32 between 32 and 4096 "
+                       "model input size %d must be a multiple of %d between %d and %d "
                        "(160 and 224 are the usual ones)",
-                       c->input_size);
+                       c->input_size, MT_MODEL_INPUT_SIZE_STEP, MT_MODEL_INPUT_SIZE_MIN,
+                       MT_MODEL_INPUT_SIZE_MAX);
     if (c->classes < 2 || c->classes > 100000)
         return MT_FAIL(MT_ERR_INVALID, "model classes %d must be at least 2", c->classes);
     if (!(c->dropout >= 0.0f && c->dropout < 1.0f))

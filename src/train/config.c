@@ -36,6 +36,9 @@ _Static_assert(sizeof(mt_cache_features) == sizeof(int), "enum options are store
 _Static_assert(sizeof(mt_precision) == sizeof(int), "enum options are stored as int");
 
 #define FIELD(f) offsetof(mt_train_config, f), sizeof(((mt_train_config *)0)->f)
+/* a numeric macro's digits as a text default (the table's defaults are the INI text) */
+#define CONFIG_STR_(x) #x
+#define CONFIG_STR(x) CONFIG_STR_(x)
 
 /* The one table. Enum allowed lists follow the order of the C enums. */
 static const mt_config_option options[] = {
@@ -64,7 +67,8 @@ static const mt_config_option options[] = {
     /* ---- [model] ---- */
     {"model", "alpha", MT_CONFIG_FLOAT, FIELD(model.alpha), "1.0", "0.35|0.5|0.75|1.0|1.3|1.4", 0,
      10, 0, 0, "MobileNetV2 width multiplier."},
-    {"model", "input_size", MT_CONFIG_INT, FIELD(model.input_size), "160", NULL, 32, 1024, 32, 0,
+    {"model", "input_size", MT_CONFIG_INT, FIELD(model.input_size), "160", NULL,
+     MT_MODEL_INPUT_SIZE_MIN, MT_MODEL_INPUT_SIZE_MAX, MT_MODEL_INPUT_SIZE_STEP, 0,
      "Square input side in pixels (the packed images must have this size)."},
     {"model", "classes", MT_CONFIG_INT, FIELD(model.classes), "2", NULL, 2, 100000, 0, 0,
      "Classes; 2 gives one logit with sigmoid cross-entropy, as in the tutorial."},
@@ -74,7 +78,8 @@ static const mt_config_option options[] = {
      0, 0,
      "What trains: everything from random weights, only the head on a frozen backbone, or the "
      "head plus backbone layers from `fine_tune_at` on."},
-    {"model", "fine_tune_at", MT_CONFIG_INT, FIELD(model.fine_tune_at), "100", NULL, 1, 153, 0, 0,
+    {"model", "fine_tune_at", MT_CONFIG_INT, FIELD(model.fine_tune_at),
+     CONFIG_STR(MT_MODEL_FINE_TUNE_AT_DEFAULT), NULL, 1, MT_MODEL_BACKBONE_LAYERS - 1, 0, 0,
      "finetune: first trainable backbone layer, by Keras' layer index (the tutorial: 100)."},
     {"model", "bn_mode", MT_CONFIG_ENUM, FIELD(model.bn_mode), "auto", "auto|trainable|inference",
      0, 0, 0, 0,

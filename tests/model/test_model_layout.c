@@ -195,6 +195,16 @@ int main(int argc, char **argv) {
     bad.classes = 1;
     CHECK(mt_model_layout_create(&bad, &none) == MT_ERR_INVALID);
     CHECK(none == NULL);
+    /* the input-size limits are the ones the config table documents (model.h's constants):
+     * the largest side builds, one step more is refused, naming the limit */
+    mt_model_layout_free(make(1.0f, MT_MODEL_INPUT_SIZE_MAX, 2, MT_TRAIN_FROZEN, 100));
+    bad = mt_model_config_default();
+    bad.input_size = MT_MODEL_INPUT_SIZE_MAX + MT_MODEL_INPUT_SIZE_STEP;
+    CHECK(mt_model_layout_create(&bad, &none) == MT_ERR_INVALID &&
+          strstr(mt_last_error(), "between 32 and 1024"));
+    bad.input_size = MT_MODEL_INPUT_SIZE_MIN - MT_MODEL_INPUT_SIZE_STEP / 2;
+    CHECK(mt_model_layout_create(&bad, &none) == MT_ERR_INVALID);
+    CHECK(mt_model_config_default().fine_tune_at == MT_MODEL_FINE_TUNE_AT_DEFAULT);
     mt_train_mode mode;
     CHECK(mt_train_mode_parse("finetune", &mode) == MT_OK && mode == MT_TRAIN_FINETUNE);
     CHECK(mt_train_mode_parse("fine", &mode) == MT_ERR_INVALID);
