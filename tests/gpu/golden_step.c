@@ -8,14 +8,19 @@
  *   gpu_golden_step check FILE [options]   the step on --backend (default cuda), compared
  *   gpu_golden_step probe BACKEND          creates the backend, says whether it started (0/2)
  * options: --backend NAME --weights H5|none --alpha A --size S --batch N
- *          --break TENSOR (check: scale that tensor's computed gradient by 1.05, to see it fail)
+ *          --break TENSOR (check: scale that tensor's computed gradient by 1.01, to see it fail)
  * check exits 0 when every comparison holds, 1 when one does not, 77 when the backend cannot be
  * created and MT_GOLDEN_SKIP_OK=1 (a CPU-only try of tests/gpu/run.sh), else 2.
  *
- * The file: text lines (the configuration, the loss, then one line per tensor: kind, name, count,
- * L2 norm) up to "data", then the raw float32 values in the same order: logits, every trainable
- * tensor's gradient (whole, in the Keras layout of the trainable buffer), the BN moving statistics
- * after the step. About 9 MB at the default size. */
+ * `write` first moves the BN betas off the ReLU6 kinks (kink_shift.h) on its backend; the file
+ * keeps those betas and `check` runs its step with them, so both sides compute the same function
+ * and the limits are the rounding error model's (below).
+ *
+ * The file (format 2): text lines (the configuration, the loss, then one line per tensor: kind,
+ * name, count, L2 norm) up to "data", then the raw float32 values in the same order: logits,
+ * every trainable tensor's gradient (whole, in the Keras layout of the trainable buffer), the
+ * step's change of the BN moving statistics, every BN beta the step ran with. About 9 MB at the
+ * default size. */
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -24,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kink_shift.h"
 #include "mobiletune/model.h"
 
 enum { MAX_LOGITS = 4096 };
@@ -47,6 +53,11 @@ static void make_inputs(int n, int size, float *images, int32_t *labels) {
         labels[i] = i % 2;
 }
 
+/* a BN beta: moved off the ReLU6 kinks by `write`, stored, and loaded by `check` */
+static bool is_beta(const mt_param_tensor *t) {
+    return strcmp(t->weight, "beta") == 0;
+}
+
 static double l2(const float *v, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++)
@@ -63,81 +74,29 @@ static double l2_diff(const float *a, const float *b, size_t n) {
     return sqrt(s);
 }
 
-/* ---- the error model of the comparison ----------------------------------------------------
- * Two correct fp32 implementations of a layer differ in the order of their sums. A sum of K
- * products rounded in a different order differs, relative to the sum of the magnitudes, by about
- * sqrt(K) u (rounding errors of random sign; K u is the worst case), u = 2^-24. BN in training
- * mode adds its statistics, sums over M = N*H*W. These relative differences add up along the path
- * a value takes: the forward from the input to the loss, then the backward from the loss down to
- * the layer of a gradient (each backward layer: a data-gradient sum of K' terms and, for its own
- * weights, a sum over M positions). So eps(layer) = u * (sum over the forward of sqrt(K)+sqrt(M)
- * + sum over the layers above and at it of sqrt(K')+sqrt(M)), computed from the layout below
- * (about 4e-4 for the loss and 8e-4 for the lowest gradients at alpha 1.0, 160, batch 32).
- * ROUND_MARGIN: rounding is not perfectly random (blocked or tensor-core-free cuDNN kernels sum
- * in long chains) - a factor 4 over the estimate, well below any real bug (a wrong index or
- * missing term is an O(1) relative error).
- * ReLU6 kinks: an activation within eps of 0 or 6 may be clipped on one backend and not on the
- * other. With pre-activations spread like a unit normal, the fraction of such flips is at most
- * 2 * 0.4 * eps (density of N(0,1) <= 0.4, two sides), and each flipped position changes one
- * data-gradient element by O(its size), so the relative L2 change of a gradient below a ReLU6
- * is up to sqrt(0.8 * ROUND_MARGIN * eps) (about 0.035 at the bottom). The head's dense layer
- * (no ReLU6 above it) and the loss get the rounding bound alone. */
-enum { ROUND_MARGIN = 4 };
+/* ---- the limits: docs/model.md, "How close to Keras, and why: the error model" -------------
+ * Per quantity a relative L2 error of HEADROOM x C x u x sqrt(D) (HEADROOM 16, D = 52 layers, u =
+ * 2^-24, C what one layer contributes, measured against float64 Keras), twice: each fp32 run is
+ * within that of the exact result, so two runs are within twice it of each other (as in
+ * test_gpu_model.c). The step is in scratch mode, BN on batch statistics: C = 10 for the whole
+ * gradient, 160 per tensor (relative to max(its norm, 0.1 x the median tensor norm): a BN beta
+ * that reaches a batch-statistics BN through linear layers only has an analytically zero
+ * gradient, and what a float run gives there is rounding of sums the size of a typical
+ * gradient), 6 for the logits and the loss (the pooled features' C: the head's dense adds one
+ * layer), 12 for the change of the BN moving statistics (the features' max-norm C).
+ * The ReLU6 kinks are outside the model; `write` removes them (kink_shift.h: the betas feeding a
+ * ReLU6 move until no pre-activation is within KINK_MARGIN_U u x its layer's RMS of 0 or 6) and
+ * stores those betas in the file, and `check` runs with them. */
 static const double unit_roundoff = 5.9604644775390625e-08; /* 2^-24 */
+static const double kink_margin_u = 512.0;                  /* docs/model.md */
 
-typedef struct error_model {
-    double forward;                    /* eps of the logits and the loss */
-    double below[MT_MODEL_LAYERS + 1]; /* eps of the gradients of layer i (rounding) */
-} error_model;
-
-static void error_model_build(const mt_model_layout *layout, int batch, error_model *em) {
-    double fwd = 0, per_layer[MT_MODEL_LAYERS] = {0};
-    for (int i = 0; i < MT_MODEL_LAYERS; i++) {
-        const mt_layer_info *l = &layout->layers[i];
-        double m = (double)batch * l->out_h * l->out_w;
-        const mt_layer_info *in = l->inputs[0] >= 0 ? &layout->layers[l->inputs[0]] : l;
-        double k = 0, kback = 0;
-        switch (l->kind) {
-        case MT_LAYER_CONV:
-            k = (double)l->kernel * l->kernel * in->out_c;
-            kback = (double)l->kernel * l->kernel * l->out_c;
-            break;
-        case MT_LAYER_DEPTHWISE:
-            k = kback = (double)l->kernel * l->kernel;
-            break;
-        case MT_LAYER_DENSE:
-            k = in->out_c;
-            kback = l->out_c;
-            break;
-        case MT_LAYER_BATCHNORM:
-            k = kback = 0;
-            break;
-        case MT_LAYER_GLOBAL_POOL:
-            k = kback = (double)in->out_h * in->out_w;
-            m = 0;
-            break;
-        default:
-            m = 0;
-            break;
-        }
-        if (l->kind == MT_LAYER_BATCHNORM && !l->bn_training) m = 0;
-        fwd += sqrt(k) + sqrt(m);
-        per_layer[i] = sqrt(kback) + sqrt(m);
-    }
-    em->forward = unit_roundoff * fwd;
-    double above = 0;
-    for (int i = MT_MODEL_LAYERS - 1; i >= 0; i--) {
-        above += per_layer[i];
-        em->below[i] = unit_roundoff * (fwd + above);
-    }
+static double model_limit(double c) {
+    return 2.0 * 16.0 * c * unit_roundoff * sqrt(52.0);
 }
 
-/* the tolerance of a gradient tensor of layer `index`: rounding, plus the kink bound below the
- * head (every backbone layer has a ReLU6 above it: out_relu is the backbone's last layer) */
-static double gradient_tolerance(const error_model *em, int index) {
-    double eps = ROUND_MARGIN * em->below[index];
-    if (index < MT_MODEL_BACKBONE_LAYERS) eps = fmax(eps, sqrt(0.8 * eps));
-    return eps;
+static int norm_order(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 /* ---- the step ------------------------------------------------------------------------------ */
@@ -147,11 +106,16 @@ typedef struct step_output {
     const mt_model_layout *layout;
     mt_step_result result;
     float logits[MAX_LOGITS];
+    float *images;
+    int32_t *labels;
     float *grads; /* trainable_count, host */
-    float *state; /* state_count, host */
+    float *state; /* state_count: the step's change of the BN moving statistics, host */
+    float *betas; /* beta_count: every BN beta as the step ran with it, host */
+    size_t beta_count;
 } step_output;
 
-static int run_step(const options *o, mt_backend *backend, step_output *s) {
+/* the model with its weights, and the step's inputs */
+static int step_setup(const options *o, mt_backend *backend, step_output *s) {
     mt_model_config config = mt_model_config_default();
     config.alpha = o->alpha;
     config.input_size = o->size;
@@ -172,41 +136,105 @@ static int run_step(const options *o, mt_backend *backend, step_output *s) {
         fprintf(stderr, "gpu_golden_step: --batch %d: at most %d logits\n", o->batch, MAX_LOGITS);
         return 2;
     }
+    for (int i = 0; i < s->layout->tensor_count; i++)
+        if (is_beta(&s->layout->tensors[i])) s->beta_count += s->layout->tensors[i].count;
     size_t pixels = (size_t)o->batch * o->size * o->size * 3;
-    float *images = malloc(pixels * sizeof *images);
-    int32_t *labels = malloc((size_t)o->batch * sizeof *labels);
+    s->images = malloc(pixels * sizeof *s->images);
+    s->labels = malloc((size_t)o->batch * sizeof *s->labels);
     s->grads = malloc(s->layout->trainable_count * sizeof *s->grads);
     s->state = malloc((s->layout->state_count + 1) * sizeof *s->state);
-    if (!images || !labels || !s->grads || !s->state) {
+    s->betas = malloc((s->beta_count + 1) * sizeof *s->betas);
+    if (!s->images || !s->labels || !s->grads || !s->state || !s->betas) {
         fprintf(stderr, "gpu_golden_step: out of memory\n");
-        free(images), free(labels);
         return 2;
     }
-    make_inputs(o->batch, o->size, images, labels);
-    int rc = 0;
+    make_inputs(o->batch, o->size, s->images, s->labels);
+    return 0;
+}
+
+/* the model's betas to s->betas (upload false) or from it (upload true), in layout order */
+static int betas_copy(step_output *s, bool upload) {
+    float *b = s->betas;
+    for (int i = 0; i < s->layout->tensor_count; i++) {
+        const mt_param_tensor *t = &s->layout->tensors[i];
+        if (!is_beta(t)) continue;
+        if ((upload ? mt_model_tensor_upload(s->model, t, b)
+                    : mt_model_tensor_download(s->model, t, b)) != MT_OK) {
+            fprintf(stderr, "gpu_golden_step: %s: %s\n", t->name, mt_last_error());
+            return 2;
+        }
+        b += t->count;
+    }
+    return 0;
+}
+
+/* one forward (training) + backward; the logits, gradients and the change of the moving
+ * statistics to the host */
+static int step_run(const options *o, mt_backend *backend, step_output *s) {
     float *grads, *state;
     size_t count, state_count;
-    if (mt_model_forward(s->model, images, labels, o->batch, true, 11, s->logits, &s->result) !=
-            MT_OK ||
-        mt_model_backward(s->model) != MT_OK) {
+    mt_model_trainable(s->model, NULL, &grads, &count);
+    mt_model_state(s->model, &state, &state_count);
+    float *before = malloc((state_count + 1) * sizeof *before);
+    int rc = 0;
+    if (!before) {
+        fprintf(stderr, "gpu_golden_step: out of memory\n");
+        return 2;
+    }
+    /* explicit downloads: the buffers live in backend memory */
+    if (backend->ops->download(backend, before, state, state_count * sizeof *state) != MT_OK ||
+        mt_model_forward(s->model, s->images, s->labels, o->batch, true, 11, s->logits,
+                         &s->result) != MT_OK ||
+        mt_model_backward(s->model) != MT_OK ||
+        backend->ops->download(backend, s->grads, grads, count * sizeof *grads) != MT_OK ||
+        backend->ops->download(backend, s->state, state, state_count * sizeof *state) != MT_OK) {
         fprintf(stderr, "gpu_golden_step: step on '%s': %s\n", o->backend, mt_last_error());
         rc = 2;
     } else {
-        /* explicit downloads: the buffers live in backend memory */
-        mt_model_trainable(s->model, NULL, &grads, &count);
-        mt_model_state(s->model, &state, &state_count);
-        if (backend->ops->download(backend, s->grads, grads, count * sizeof *grads) != MT_OK ||
-            backend->ops->download(backend, s->state, state, state_count * sizeof *state) !=
-                MT_OK) {
-            fprintf(stderr, "gpu_golden_step: download: %s\n", mt_last_error());
-            rc = 2;
-        }
+        for (size_t i = 0; i < state_count; i++)
+            s->state[i] -= before[i];
     }
-    free(images), free(labels);
+    free(before);
     return rc;
 }
 
+/* write: move the betas off the ReLU6 kinks on this backend (the reference), then the step */
+static int write_step(const options *o, mt_backend *backend, step_output *s) {
+    kink_report k;
+    if (!kink_shift(s->model, NULL, s->images, s->labels, o->batch, kink_margin_u, true, &k)) {
+        fprintf(stderr, "gpu_golden_step: the ReLU6 kink shifts on '%s' failed\n", o->backend);
+        return 2;
+    }
+    printf("kinks: %ld pre-activations within %.0f u x RMS of 0 or 6 in %d layers before, %ld "
+           "after (%d layers' betas moved)\n",
+           k.before, kink_margin_u, k.layers, k.after, k.shifted);
+    if (k.after != 0) {
+        fprintf(stderr,
+                "gpu_golden_step: %ld pre-activations still within %.0f u x RMS of a ReLU6 kink "
+                "after the beta shifts: the step would be outside the error model\n",
+                k.after, kink_margin_u);
+        return 2;
+    }
+    int rc = betas_copy(s, false);
+    return rc ? rc : step_run(o, backend, s);
+}
+
 /* ---- the file ------------------------------------------------------------------------------ */
+
+static const char *const golden_magic = "mobiletune golden step 2\n";
+
+/* the tensor lines and the data blocks: 0 gradients, 1 the moving statistics' change, 2 betas */
+static bool in_block(const mt_param_tensor *t, int block) {
+    return block == 0 ? t->buffer == MT_PARAM_TRAINABLE
+                      : block == 1 ? t->buffer == MT_PARAM_STATE : is_beta(t);
+}
+
+static const float *block_data(const step_output *s, const mt_param_tensor *t, int block,
+                               const float *betas_at) {
+    return block == 0 ? s->grads + t->offset : block == 1 ? s->state + t->offset : betas_at;
+}
+
+static const char *const block_kind[3] = {"grad", "state", "beta"};
 
 static int write_golden(const options *o, const step_output *s) {
     const mt_model_layout *layout = s->layout;
@@ -218,40 +246,38 @@ static int write_golden(const options *o, const step_output *s) {
         fprintf(stderr, "gpu_golden_step: cannot write '%s': %s\n", tmp, strerror(errno));
         return 2;
     }
-    fprintf(f, "mobiletune golden step 1\nbackend %s\nalpha %.9g\nsize %d\nbatch %d\n", o->backend,
-            o->alpha, o->size, o->batch);
+    fprintf(f, "%sbackend %s\nalpha %.9g\nsize %d\nbatch %d\n", golden_magic, o->backend, o->alpha,
+            o->size, o->batch);
     fprintf(f, "loss %.9g\ncorrect %d\nvalid %d\nlogits %zu\n", s->result.loss, s->result.correct,
             s->result.valid, logits);
-    for (int i = 0; i < layout->tensor_count; i++) {
-        const mt_param_tensor *t = &layout->tensors[i];
-        if (t->buffer == MT_PARAM_TRAINABLE)
-            fprintf(f, "grad %s %zu %.9g\n", t->name, t->count, l2(s->grads + t->offset, t->count));
-    }
-    for (int i = 0; i < layout->tensor_count; i++) {
-        const mt_param_tensor *t = &layout->tensors[i];
-        if (t->buffer == MT_PARAM_STATE)
-            fprintf(f, "state %s %zu %.9g\n", t->name, t->count,
-                    l2(s->state + t->offset, t->count));
+    for (int block = 0; block < 3; block++) {
+        const float *b = s->betas;
+        for (int i = 0; i < layout->tensor_count; i++) {
+            const mt_param_tensor *t = &layout->tensors[i];
+            if (!in_block(t, block)) continue;
+            fprintf(f, "%s %s %zu %.9g\n", block_kind[block], t->name, t->count,
+                    l2(block_data(s, t, block, b), t->count));
+            if (block == 2) b += t->count;
+        }
     }
     fputs("data\n", f);
     bool ok = fwrite(s->logits, sizeof(float), logits, f) == logits;
-    for (int i = 0; ok && i < layout->tensor_count; i++) {
-        const mt_param_tensor *t = &layout->tensors[i];
-        if (t->buffer == MT_PARAM_TRAINABLE)
-            ok = fwrite(s->grads + t->offset, sizeof(float), t->count, f) == t->count;
-    }
-    for (int i = 0; ok && i < layout->tensor_count; i++) {
-        const mt_param_tensor *t = &layout->tensors[i];
-        if (t->buffer == MT_PARAM_STATE)
-            ok = fwrite(s->state + t->offset, sizeof(float), t->count, f) == t->count;
+    for (int block = 0; block < 3; block++) {
+        const float *b = s->betas;
+        for (int i = 0; ok && i < layout->tensor_count; i++) {
+            const mt_param_tensor *t = &layout->tensors[i];
+            if (!in_block(t, block)) continue;
+            ok = fwrite(block_data(s, t, block, b), sizeof(float), t->count, f) == t->count;
+            if (block == 2) b += t->count;
+        }
     }
     if (fclose(f) != 0 || !ok || rename(tmp, o->file) != 0) {
         fprintf(stderr, "gpu_golden_step: writing '%s' failed: %s\n", o->file, strerror(errno));
         remove(tmp);
         return 2;
     }
-    printf("wrote %s: backend %s, loss %.6f, %zu gradient values\n", o->file, o->backend,
-           s->result.loss, layout->trainable_count);
+    printf("wrote %s: backend %s, loss %.6f, %zu gradient values, %zu betas\n", o->file, o->backend,
+           s->result.loss, layout->trainable_count, s->beta_count);
     return 0;
 }
 
@@ -272,7 +298,36 @@ static bool header_expect(FILE *f, const char *key, const char *want) {
     return true;
 }
 
-static int check_golden(const options *o, step_output *s) {
+/* The per-tensor comparison of the gradients (see the limits above); the number of tensors over
+ * `limit`, printing the first 20; the worst ratio to the limit and its tensor. */
+static int compare_gradients(const mt_model_layout *layout, const float *got, const float *want,
+                             double limit, double *worst, const char **worst_name) {
+    int k = 0;
+    *worst = 0, *worst_name = "-";
+    double *norms = malloc((size_t)layout->tensor_count * sizeof *norms);
+    if (!norms) return layout->tensor_count; /* counted as failures */
+    for (int i = 0; i < layout->tensor_count; i++)
+        if (layout->tensors[i].buffer == MT_PARAM_TRAINABLE)
+            norms[k++] = l2(want + layout->tensors[i].offset, layout->tensors[i].count);
+    qsort(norms, (size_t)k, sizeof *norms, norm_order);
+    double floor = k ? 0.1 * norms[k / 2] : 0.0;
+    free(norms);
+    int bad = 0;
+    for (int i = 0; i < layout->tensor_count; i++) {
+        const mt_param_tensor *t = &layout->tensors[i];
+        if (t->buffer != MT_PARAM_TRAINABLE) continue;
+        double n = l2(want + t->offset, t->count);
+        double d = l2_diff(got + t->offset, want + t->offset, t->count);
+        double rel = d / fmax(fmax(n, floor), 1e-30);
+        if (rel / limit > *worst) *worst = rel / limit, *worst_name = t->name;
+        if (rel > limit && ++bad <= 20)
+            printf("FAIL gradient %-44s rel L2 %.2e (limit %.2e, norm %.3e, floor %.3e)\n",
+                   t->name, rel, limit, n, floor);
+    }
+    return bad;
+}
+
+static int check_golden(const options *o, mt_backend *backend, step_output *s) {
     const mt_model_layout *layout = s->layout;
     FILE *f = fopen(o->file, "rb");
     if (!f) {
@@ -283,8 +338,11 @@ static int check_golden(const options *o, step_output *s) {
     char line[512], want[64], ref_backend[64] = "?";
     int rc = 2;
     float *ref = NULL;
-    if (!fgets(line, sizeof line, f) || strcmp(line, "mobiletune golden step 1\n") != 0) {
-        fprintf(stderr, "gpu_golden_step: '%s' is not a golden step file\n", o->file);
+    if (!fgets(line, sizeof line, f) || strcmp(line, golden_magic) != 0) {
+        fprintf(stderr,
+                "gpu_golden_step: '%s' is not a golden step file of this version (%.*s): rerun "
+                "tests/gpu/prepare.sh\n",
+                o->file, (int)strlen(golden_magic) - 1, golden_magic);
         goto done;
     }
     if (!fgets(line, sizeof line, f) || sscanf(line, "backend %63s", ref_backend) != 1) goto bad;
@@ -301,23 +359,23 @@ static int check_golden(const options *o, step_output *s) {
                &ref_valid, &logits) != 4 ||
         logits != (size_t)o->batch * layout->logit_count)
         goto bad;
-    /* the tensor lines must name our trainable and state tensors in our order */
+    /* the tensor lines must name our tensors in our order */
     size_t total = logits;
-    for (int pass = 0; pass < 2; pass++) {
-        mt_param_buffer want_buffer = pass == 0 ? MT_PARAM_TRAINABLE : MT_PARAM_STATE;
+    for (int block = 0; block < 3; block++) {
         for (int i = 0; i < layout->tensor_count; i++) {
             const mt_param_tensor *t = &layout->tensors[i];
-            if (t->buffer != want_buffer) continue;
+            if (!in_block(t, block)) continue;
             char kind[16], name[256];
             size_t count;
             double norm;
             if (!fgets(line, sizeof line, f) ||
                 sscanf(line, "%15s %255s %zu %lf", kind, name, &count, &norm) != 4 ||
-                strcmp(name, t->name) != 0 || count != t->count) {
+                strcmp(kind, block_kind[block]) != 0 || strcmp(name, t->name) != 0 ||
+                count != t->count) {
                 fprintf(stderr,
                         "gpu_golden_step: golden file: tensor line '%s' does not match "
-                        "'%s' (%zu values): rerun tests/gpu/prepare.sh\n",
-                        line, t->name, t->count);
+                        "'%s %s' (%zu values): rerun tests/gpu/prepare.sh\n",
+                        line, block_kind[block], t->name, t->count);
                 goto done;
             }
             total += count;
@@ -326,97 +384,56 @@ static int check_golden(const options *o, step_output *s) {
     if (!fgets(line, sizeof line, f) || strcmp(line, "data\n") != 0) goto bad;
     ref = malloc(total * sizeof *ref);
     if (!ref || fread(ref, sizeof *ref, total, f) != total) goto bad;
+    const float *ref_grads = ref + logits, *ref_state = ref_grads + layout->trainable_count;
+    const float *ref_betas = ref_state + layout->state_count;
 
-    error_model em;
-    error_model_build(layout, o->batch, &em);
+    /* the step with the betas the reference ran with (off the ReLU6 kinks) */
+    memcpy(s->betas, ref_betas, s->beta_count * sizeof *s->betas);
+    if ((rc = betas_copy(s, true)) != 0 || (rc = step_run(o, backend, s)) != 0) goto done;
+
     int failures = 0;
-    /* the loss and the logits: the forward's rounding alone (a logit or the loss may be a small
-     * difference of large terms, so relative to the largest logit, and 1 for the loss) */
-    double tol_fwd = ROUND_MARGIN * em.forward, largest = 0, worst = 0;
-    for (size_t i = 0; i < logits; i++)
-        largest = fmax(largest, fabs(ref[i]));
-    for (size_t i = 0; i < logits; i++)
-        worst = fmax(worst, fabs((double)s->logits[i] - ref[i]));
-    double loss_diff = fabs((double)s->result.loss - ref_loss);
-    bool logits_ok = worst <= tol_fwd * fmax(largest, 1.0);
-    bool loss_ok = loss_diff <= tol_fwd * fmax(fabs(ref_loss), 1.0);
+    double limit_fwd = model_limit(6);
+    double logits_error = l2_diff(s->logits, ref, logits) / fmax(l2(ref, logits), 1e-30);
+    double loss_error = fabs((double)s->result.loss - ref_loss) / fmax(fabs(ref_loss), 1e-30);
+    bool logits_ok = logits_error <= limit_fwd, loss_ok = loss_error <= limit_fwd;
     printf("golden step: %s against %s (alpha %.2f, %dx%d, batch %d)\n", o->backend, ref_backend,
            o->alpha, o->size, o->size, o->batch);
-    printf("%-4s loss %.7f vs %.7f: |diff| %.2e (tol %.2e)\n", loss_ok ? "ok" : "FAIL",
-           s->result.loss, ref_loss, loss_diff, tol_fwd * fmax(fabs(ref_loss), 1.0));
-    printf("%-4s logits: max |diff| %.2e (tol %.2e); correct %d vs %d of %d\n",
-           logits_ok ? "ok" : "FAIL", worst, tol_fwd * fmax(largest, 1.0), s->result.correct,
-           ref_correct, ref_valid);
+    printf("%-4s loss %.7f vs %.7f: rel |diff| %.2e (limit %.2e)\n", loss_ok ? "ok" : "FAIL",
+           s->result.loss, ref_loss, loss_error, limit_fwd);
+    printf("%-4s logits: rel L2 %.2e (limit %.2e); correct %d vs %d of %d\n",
+           logits_ok ? "ok" : "FAIL", logits_error, limit_fwd, s->result.correct, ref_correct,
+           ref_valid);
     failures += !loss_ok + !logits_ok;
 
-    /* every gradient tensor: relative L2 difference against the tensor's own norm. A tensor
-     * whose norm is below 1e-3 of the RMS-scaled whole gradient is compared against that floor
-     * (a nearly zero gradient is all rounding). A BN beta is compared against the larger of its
-     * norm and its gamma's: both are sums over the same N*H*W positions (of dy, of dy * xhat with
-     * |xhat| ~ 1), so their rounding errors have the same absolute size, and beta's sum can
-     * cancel to nothing: in scratch mode every *_project_BN/beta gradient is exactly zero in
-     * exact arithmetic (a per-channel shift that reaches, through linear layers only, a conv
-     * followed by a batch-statistics BN is removed by that BN), and what both backends give is
-     * rounding alone (1.6e-8 for expanded_conv_project_BN/beta). */
-    const float *rg = ref + logits;
-    const float **ref_of = calloc((size_t)layout->tensor_count, sizeof *ref_of);
-    if (!ref_of) {
-        fprintf(stderr, "gpu_golden_step: out of memory\n");
-        goto done;
-    }
-    double all_norm = 0, all_diff = 0;
-    size_t all_count = 0;
+    /* every gradient tensor, and the whole gradient */
+    int compared = 0;
     for (int i = 0; i < layout->tensor_count; i++) {
         const mt_param_tensor *t = &layout->tensors[i];
         if (t->buffer != MT_PARAM_TRAINABLE) continue;
+        compared++;
         if (o->broken && strcmp(t->name, o->broken) == 0)
             for (size_t j = 0; j < t->count; j++)
-                s->grads[t->offset + j] *= 1.05f;
-        double n = l2(rg, t->count), d = l2_diff(s->grads + t->offset, rg, t->count);
-        all_norm += n * n, all_diff += d * d, all_count += t->count;
-        ref_of[i] = rg;
-        rg += t->count;
+                s->grads[t->offset + j] *= 1.01f;
     }
-    all_norm = sqrt(all_norm), all_diff = sqrt(all_diff);
-    rg = ref + logits;
-    int compared = 0, bad = 0;
-    double worst_ratio = 0;
-    const char *worst_name = "-";
-    for (int i = 0; i < layout->tensor_count; i++) {
-        const mt_param_tensor *t = &layout->tensors[i];
-        if (t->buffer != MT_PARAM_TRAINABLE) continue;
-        double floor = 1e-3 * all_norm * sqrt((double)t->count / (double)all_count);
-        double n = l2(rg, t->count), d = l2_diff(s->grads + t->offset, rg, t->count);
-        double scale = fmax(n, floor);
-        const mt_param_tensor *gamma =
-            strcmp(t->weight, "beta") == 0 ? mt_model_layout_find(layout, t->layer, "gamma") : NULL;
-        if (gamma && ref_of[gamma - layout->tensors])
-            scale = fmax(scale, l2(ref_of[gamma - layout->tensors], gamma->count));
-        double rel = d / scale, tol = gradient_tolerance(&em, t->layer_index);
-        compared++;
-        if (rel > tol) {
-            bad++;
-            if (bad <= 20)
-                printf("FAIL gradient %-44s rel L2 %.2e (tol %.2e, norm %.3e)\n", t->name, rel, tol,
-                       n);
-        }
-        if (rel / tol > worst_ratio) worst_ratio = rel / tol, worst_name = t->name;
-        rg += t->count;
-    }
-    printf("%-4s gradients: %d of %d tensors within tolerance; whole gradient rel L2 %.2e; "
-           "closest to its limit: %s at %.0f%% of it\n",
-           bad ? "FAIL" : "ok", compared - bad, compared, all_diff / fmax(all_norm, 1e-30),
-           worst_name, 100 * worst_ratio);
-    failures += bad > 0 || compared == 0;
-    free(ref_of);
+    double limit_all = model_limit(10), limit_tensor = model_limit(160), worst;
+    const char *worst_name;
+    int bad = compare_gradients(layout, s->grads, ref_grads, limit_tensor, &worst,
+                                &worst_name);
+    double all = l2_diff(s->grads, ref_grads, layout->trainable_count) /
+                 fmax(l2(ref_grads, layout->trainable_count), 1e-30);
+    bool all_ok = all <= limit_all;
+    printf("%-4s gradients: %d of %d tensors within tolerance (limit %.2e); whole gradient rel L2 "
+           "%.2e (limit %.2e); closest to its limit: %s at %.0f%% of it\n",
+           bad || !all_ok ? "FAIL" : "ok", compared - bad, compared, limit_tensor, all, limit_all,
+           worst_name, 100 * worst);
+    failures += bad > 0 || !all_ok || compared == 0;
 
-    /* BN moving statistics after the step (momentum 0.999: the old values plus 0.001 of the
-     * batch's): the forward's rounding */
-    const float *rs = rg;
-    double sn = l2(rs, layout->state_count), sd = l2_diff(s->state, rs, layout->state_count);
-    bool state_ok = sd <= tol_fwd * fmax(sn, 1e-30);
-    printf("%-4s BN moving statistics: rel L2 %.2e (tol %.2e)\n", state_ok ? "ok" : "FAIL",
-           sd / fmax(sn, 1e-30), tol_fwd);
+    /* the step's change of the BN moving statistics (momentum 0.999: 0.001 of the batch's) */
+    double sn = l2(ref_state, layout->state_count);
+    double sd = l2_diff(s->state, ref_state, layout->state_count) / fmax(sn, 1e-30);
+    bool state_ok = sd <= model_limit(12);
+    printf("%-4s BN moving statistics' change: rel L2 %.2e (limit %.2e)\n",
+           state_ok ? "ok" : "FAIL", sd, model_limit(12));
     failures += !state_ok;
     printf("%s\n", failures ? "GOLDEN STEP FAILED" : "GOLDEN STEP PASSED");
     rc = failures ? 1 : 0;
@@ -424,6 +441,7 @@ static int check_golden(const options *o, step_output *s) {
 bad:
     fprintf(stderr, "gpu_golden_step: '%s' is truncated or malformed: rerun tests/gpu/prepare.sh\n",
             o->file);
+    rc = 2;
 done:
     free(ref);
     fclose(f);
@@ -483,9 +501,14 @@ int main(int argc, char **argv) {
         return skip && strcmp(skip, "1") == 0 ? 77 : 2;
     }
     step_output s = {0};
-    int rc = run_step(&o, backend, &s);
-    if (rc == 0) rc = o.command[0] == 'w' ? write_golden(&o, &s) : check_golden(&o, &s);
-    free(s.grads), free(s.state);
+    int rc = step_setup(&o, backend, &s);
+    if (rc == 0 && o.command[0] == 'w') {
+        rc = write_step(&o, backend, &s);
+        if (rc == 0) rc = write_golden(&o, &s);
+    } else if (rc == 0) {
+        rc = check_golden(&o, backend, &s);
+    }
+    free(s.images), free(s.labels), free(s.grads), free(s.state), free(s.betas);
     mt_model_destroy(s.model);
     mt_backend_destroy(backend);
     return rc;

@@ -17,7 +17,8 @@
  * Keras comparison does (tests/keras/keras_reference.py), the test first moves the betas of the
  * BNs that feed a ReLU6, per channel and by the least that works, until every pre-activation
  * on the gradient path is at least 512 u x its layer's RMS from both kinks, layer by layer
- * (a shift changes every layer above), and gives both models those betas. The limits are then
+ * (a shift changes every layer above; kink_shift.c, shared with the golden step), and gives
+ * both models those betas. The limits are then
  * the error model's, doubled: each fp32 run is within the model's limit of the exact result,
  * so two runs are within twice it of each other. */
 #include <math.h>
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kink_shift.h"
 #include "mobiletune/model.h"
 #include "test_util.h"
 
@@ -81,155 +83,20 @@ static bool step(mt_model *m, const float *images, const int32_t *labels, float 
     return true;
 }
 
-/* ---- the kink shifts ---------------------------------------------------------------------- */
+/* ---- the kink shifts (kink_shift.c) ---------------------------------------------------------- */
 
-typedef struct interval {
-    double lo, hi;
-} interval;
-
-static int interval_order(const void *a, const void *b) {
-    double x = ((const interval *)a)->lo, y = ((const interval *)b)->lo;
-    return (x > y) - (x < y);
-}
-
-/* The least |d| such that every v + d of the channel is at least `margin` from 0 and from 6:
- * d must avoid the open intervals (-v - margin, -v + margin) and (6 - v - margin, ...); merged,
- * the one holding 0 (if any) is left by its nearer end. `spans` has room for 2 x count. */
-static double least_shift(const double *v, size_t count, size_t stride, double margin,
-                          interval *spans) {
-    size_t k = 0;
-    for (size_t i = 0; i < count; i++) {
-        double x = v[i * stride];
-        spans[k++] = (interval){-x - margin, -x + margin};
-        spans[k++] = (interval){6.0 - x - margin, 6.0 - x + margin};
-    }
-    qsort(spans, k, sizeof *spans, interval_order);
-    for (size_t i = 0; i < k;) {
-        double lo = spans[i].lo, hi = spans[i].hi;
-        for (i++; i < k && spans[i].lo <= hi; i++)
-            hi = fmax(hi, spans[i].hi);
-        if (lo < 0.0 && 0.0 < hi) return hi < -lo ? hi : lo;
-    }
-    return 0.0;
-}
-
-typedef struct kink_pass {
-    long near;   /* pre-activations within the margin of 0 or 6 */
-    int layers;  /* BN + ReLU6 pairs on the gradient path (pre-activations inspected) */
-    int shifted; /* layers whose betas moved */
-} kink_pass;
-
-/* The pre-activations z (n x h x w x c, double) of BN layer `bn` in the model's last forward,
- * from the BN's input and its statistics as the forward used them (batch statistics in
- * training mode, biased variance; else the moving ones). false when the BN's input is not kept
- * (the layer is off the gradient path, where a kink cannot move a gradient). */
-static bool pre_activations(mt_model *m, int bn, double *z, float *x, float *param) {
-    const mt_model_layout *layout = mt_model_get_layout(m);
-    const mt_layer_info *l = &layout->layers[bn];
-    if (mt_model_layer_output(m, l->inputs[0], x) != MT_OK) return false;
-    size_t c = (size_t)l->out_c, rows = (size_t)N * l->out_h * l->out_w;
-    const char *names[4] = {"gamma", "beta", "moving_mean", "moving_variance"};
-    float *p[4];
-    for (int k = 0; k < 4; k++) {
-        p[k] = param + k * c;
-        if (mt_model_tensor_download(m, mt_model_layout_find(layout, l->name, names[k]), p[k]) !=
-            MT_OK) {
-            fprintf(stderr, "kinks: %s\n", mt_last_error());
-            mt_test_failures++;
-            return false;
-        }
-    }
-    for (size_t ch = 0; ch < c; ch++) {
-        double mean = p[2][ch], var = p[3][ch];
-        if (l->bn_training) {
-            double s = 0.0, q = 0.0;
-            for (size_t r = 0; r < rows; r++)
-                s += x[r * c + ch];
-            mean = s / (double)rows;
-            for (size_t r = 0; r < rows; r++)
-                q += (x[r * c + ch] - mean) * (x[r * c + ch] - mean);
-            var = q / (double)rows;
-        }
-        double scale = p[0][ch] / sqrt(var + 1e-3); /* Keras' epsilon */
-        for (size_t r = 0; r < rows; r++)
-            z[r * c + ch] = (x[r * c + ch] - mean) * scale + p[1][ch];
-    }
-    return true;
-}
-
-/* One pass over the BN + ReLU6 pairs from the bottom: count the kink-near pre-activations and,
- * when `a_shift`, move the betas of a layer that has some (in `a` and `b`) and run the forward
- * again before looking at the next layer. `a`'s training forwards move its BN moving
- * statistics: the caller restores them. */
-static bool kink_pass_run(mt_model *a, mt_model *b, const float *images, const int32_t *labels,
-                          bool shift, kink_pass *out) {
-    const mt_model_layout *layout = mt_model_get_layout(a);
-    size_t most = 0;
-    for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
-        const mt_layer_info *l = &layout->layers[i];
-        size_t size = (size_t)N * l->out_h * l->out_w * l->out_c;
-        if (size > most) most = size;
-    }
-    double *z = malloc(most * sizeof *z);
-    float *x = malloc(most * sizeof *x), *param = malloc(4 * 2048 * sizeof *param);
-    interval *spans = malloc(2 * most * sizeof *spans);
-    mt_step_result r;
-    bool ok = z && x && param && spans &&
-              mt_model_forward(a, images, labels, N, true, 11, NULL, &r) == MT_OK;
-    *out = (kink_pass){0};
-    for (int i = 1; ok && i < MT_MODEL_BACKBONE_LAYERS; i++) {
-        const mt_layer_info *relu = &layout->layers[i];
-        if (relu->kind != MT_LAYER_RELU6) continue;
-        int bn = relu->inputs[0];
-        const mt_layer_info *l = &layout->layers[bn];
-        if (l->kind != MT_LAYER_BATCHNORM || !pre_activations(a, bn, z, x, param)) continue;
-        size_t c = (size_t)l->out_c, count = (size_t)N * l->out_h * l->out_w * c;
-        double sum = 0.0;
-        for (size_t k = 0; k < count; k++)
-            sum += z[k] * z[k];
-        double margin = kink_margin_u * unit_roundoff * sqrt(sum / (double)count);
-        long near = 0;
-        for (size_t k = 0; k < count; k++)
-            near += fabs(z[k]) < margin || fabs(z[k] - 6.0) < margin;
-        out->layers++;
-        out->near += near;
-        if (!shift || near == 0) continue;
-        /* 1.5x the margin: our double z is not the float run's, and beta + d rounds */
-        float *beta = param + c;
-        for (size_t ch = 0; ch < c; ch++)
-            beta[ch] = (float)(beta[ch] + least_shift(z + ch, count / c, c, 1.5 * margin, spans));
-        const mt_param_tensor *t = mt_model_layout_find(layout, l->name, "beta");
-        ok = mt_model_tensor_upload(a, t, beta) == MT_OK &&
-             mt_model_tensor_upload(b, t, beta) == MT_OK &&
-             mt_model_forward(a, images, labels, N, true, 11, NULL, &r) == MT_OK;
-        out->shifted++;
-    }
-    if (!ok) fprintf(stderr, "kinks: %s\n", mt_last_error());
-    free(z), free(x), free(param), free(spans);
-    return ok;
-}
-
-/* Count, shift, count again; the reference model's BN moving statistics as they were. */
-static bool kink_shift(mt_model *a, mt_model *b, const float *images, const int32_t *labels) {
-    float *state;
-    size_t count;
-    mt_model_state(a, &state, &count);
-    mt_backend *be = mt_model_backend(a);
-    float *saved = download(be, state, count);
-    kink_pass before = {0}, moved = {0}, after = {0};
+/* Count, shift, count again, on the reference model `a`, giving `b` the same betas. */
+static bool kinks_clear(mt_model *a, mt_model *b, const float *images, const int32_t *labels) {
     bool no_shift = getenv("MT_GPU_MODEL_NO_KINK_SHIFT") != NULL;
-    bool ok = saved && kink_pass_run(a, b, images, labels, false, &before) &&
-              (no_shift || kink_pass_run(a, b, images, labels, true, &moved)) &&
-              kink_pass_run(a, b, images, labels, false, &after) &&
-              be->ops->upload(be, state, saved, count * sizeof *saved) == MT_OK;
+    kink_report k;
+    bool ok = kink_shift(a, b, images, labels, N, kink_margin_u, !no_shift, &k);
     if (ok)
         printf("  kinks: %ld pre-activations within %.0f u x RMS of 0 or 6 in %d layers before, "
                "%ld after (%d layers' betas moved)%s\n",
-               before.near, kink_margin_u, before.layers, after.near, no_shift ? 0 : moved.shifted,
+               k.before, kink_margin_u, k.layers, k.after, k.shifted,
                no_shift ? " [MT_GPU_MODEL_NO_KINK_SHIFT]" : "");
     CHECK(ok);
-    if (ok && !no_shift) CHECK_MSG(after.near == 0, "%ld kink-near values left", after.near);
-    free(saved);
+    if (ok && !no_shift) CHECK_MSG(k.after == 0, "%ld kink-near values left", k.after);
     return ok;
 }
 
@@ -302,7 +169,7 @@ static void compare_mode(mt_backend *ref, mt_backend *dev, const char *device, m
     mt_model_state(a, &sa, &state);
     mt_model_state(b, &sb, &state);
     float *initial = NULL;
-    bool ok = kink_shift(a, b, images, labels) && (initial = download(ref, sa, state)) != NULL;
+    bool ok = kinks_clear(a, b, images, labels) && (initial = download(ref, sa, state)) != NULL;
     /* the device twice: the second step runs on cached algorithms and reused memory; BN in
      * scratch moves the statistics, so the reference model takes the same two steps */
     ok = ok && step(a, images, labels, la, &ra) && step(b, images, labels, lb, &rb) &&
