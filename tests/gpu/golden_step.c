@@ -225,8 +225,9 @@ static const char *const golden_magic = "mobiletune golden step 2\n";
 
 /* the tensor lines and the data blocks: 0 gradients, 1 the moving statistics' change, 2 betas */
 static bool in_block(const mt_param_tensor *t, int block) {
-    return block == 0 ? t->buffer == MT_PARAM_TRAINABLE
-                      : block == 1 ? t->buffer == MT_PARAM_STATE : is_beta(t);
+    return block == 0   ? t->buffer == MT_PARAM_TRAINABLE
+           : block == 1 ? t->buffer == MT_PARAM_STATE
+                        : is_beta(t);
 }
 
 static const float *block_data(const step_output *s, const mt_param_tensor *t, int block,
@@ -321,8 +322,8 @@ static int compare_gradients(const mt_model_layout *layout, const float *got, co
         double rel = d / fmax(fmax(n, floor), 1e-30);
         if (rel / limit > *worst) *worst = rel / limit, *worst_name = t->name;
         if (rel > limit && ++bad <= 20)
-            printf("FAIL gradient %-44s rel L2 %.2e (limit %.2e, norm %.3e, floor %.3e)\n",
-                   t->name, rel, limit, n, floor);
+            printf("FAIL gradient %-44s rel L2 %.2e (limit %.2e, norm %.3e, floor %.3e)\n", t->name,
+                   rel, limit, n, floor);
     }
     return bad;
 }
@@ -417,8 +418,7 @@ static int check_golden(const options *o, mt_backend *backend, step_output *s) {
     }
     double limit_all = model_limit(10), limit_tensor = model_limit(160), worst;
     const char *worst_name;
-    int bad = compare_gradients(layout, s->grads, ref_grads, limit_tensor, &worst,
-                                &worst_name);
+    int bad = compare_gradients(layout, s->grads, ref_grads, limit_tensor, &worst, &worst_name);
     double all = l2_diff(s->grads, ref_grads, layout->trainable_count) /
                  fmax(l2(ref_grads, layout->trainable_count), 1e-30);
     bool all_ok = all <= limit_all;

@@ -16,10 +16,10 @@
 #include "mobiletune/model.h"
 
 typedef struct kink_report {
-    long before;  /* pre-activations within the margin of 0 or 6, before the shifts */
-    long after;   /* the same, after them (0 when the shifts worked) */
-    int layers;   /* BN + ReLU6 pairs on the gradient path (pre-activations inspected) */
-    int shifted;  /* layers whose betas moved */
+    long before; /* pre-activations within the margin of 0 or 6, before the shifts */
+    long after;  /* the same, after them (0 when the shifts worked) */
+    int layers;  /* BN + ReLU6 pairs on the gradient path (pre-activations inspected) */
+    int shifted; /* layers whose betas moved */
 } kink_report;
 
 /* Counts the kink-near pre-activations of `a`'s training forward on (images, labels, n rows),
