@@ -287,8 +287,10 @@ static void test_help(void) {
     free(text);
 }
 
-/* configs/cats_vs_dogs/{scratch,frozen,finetune}.ini: the tutorial's three runs. */
-static void test_shipped_configs(void) {
+/* configs/SET/{scratch,frozen,finetune}.ini: cats_vs_dogs holds the tutorial's three runs (with
+ * its flip, finetune from frozen's best checkpoint), cats_vs_dogs_20pct the write-up's 20% protocol
+ * (issue 13: no augmentation, finetune from frozen's final weights). */
+static void test_shipped_configs(const char *set, bool flip, const char *frozen_checkpoint) {
     const char *source = getenv("MT_SOURCE_DIR");
     if (!source) {
         printf("note: MT_SOURCE_DIR unset, shipped configs not checked\n");
@@ -298,7 +300,7 @@ static void test_shipped_configs(void) {
     const mt_train_mode modes[] = {MT_TRAIN_SCRATCH, MT_TRAIN_FROZEN, MT_TRAIN_FINETUNE};
     for (int i = 0; i < 3; i++) {
         char path[4200], want[4300];
-        snprintf(path, sizeof path, "%s/configs/cats_vs_dogs/%s.ini", source, names[i]);
+        snprintf(path, sizeof path, "%s/configs/%s/%s.ini", source, set, names[i]);
         mt_train_config config;
         mt_config_defaults(&config);
         EXPECT_OK(mt_config_load_file(&config, path));
@@ -307,12 +309,12 @@ static void test_shipped_configs(void) {
         CHECK(config.train.epochs == 10 && config.model.dropout == 0.2);
         CHECK(config.optimizer.name == MT_OPTIMIZER_RMSPROP);
         CHECK(config.optimizer.learning_rate == (i == 2 ? 1e-5 : 1e-4));
-        CHECK(config.data.random_flip);
+        CHECK_MSG(config.data.random_flip == flip, "%s/%s: random_flip", set, names[i]);
         char *root = realpath(source, NULL);
-        snprintf(want, sizeof want, "%s/data/cats_vs_dogs/train", root);
+        snprintf(want, sizeof want, "%s/data/%s/train", root, set);
         CHECK_MSG(strcmp(config.data.train, want) == 0, "%s: train = %s", names[i],
                   config.data.train);
-        snprintf(want, sizeof want, "%s/runs/cats_vs_dogs/%s", root, names[i]);
+        snprintf(want, sizeof want, "%s/runs/%s/%s", root, set, names[i]);
         CHECK_MSG(strcmp(config.output.run_dir, want) == 0, "%s: run_dir = %s", names[i],
                   config.output.run_dir);
         if (i > 0) {
@@ -329,7 +331,9 @@ static void test_shipped_configs(void) {
         }
         if (i == 2) {
             CHECK(config.model.fine_tune_at == 100);
-            CHECK(strstr(config.model.init_checkpoint, "runs/cats_vs_dogs/frozen/best") != NULL);
+            snprintf(want, sizeof want, "runs/%s/frozen/%s.safetensors", set, frozen_checkpoint);
+            CHECK_MSG(strstr(config.model.init_checkpoint, want) != NULL, "%s: init_checkpoint = %s",
+                      set, config.model.init_checkpoint);
         }
         free(root);
     }
@@ -342,7 +346,8 @@ int main(void) {
     test_load_errors();
     test_round_trip();
     test_help();
-    test_shipped_configs();
+    test_shipped_configs("cats_vs_dogs", true, "best");
+    test_shipped_configs("cats_vs_dogs_20pct", false, "last");
     mt_test_remove_tree(temp_dir);
     return mt_test_finish();
 }
