@@ -304,14 +304,16 @@ def cmd_run(args):
             if run == "finetune":
                 keras_cmd += ["--init-weights", os.path.join(work, f"keras-frozen-seed{seed}.weights.h5")]
             log_path = os.path.join(work, f"keras-{run}-seed{seed}.log")
+            # into the log as it comes (one line per epoch), so a long run can be followed
             with open(log_path, "w") as log:
-                proc = subprocess.run(keras_cmd, stdout=subprocess.PIPE, stderr=log, text=True,
-                                      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-                log.write(proc.stdout)
+                proc = subprocess.run(keras_cmd, stdout=log, stderr=subprocess.STDOUT,
+                                      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                                               PYTHONUNBUFFERED="1"))
             theirs = None
-            for line in proc.stdout.splitlines():
-                if line.startswith("RESULT "):
-                    theirs = json.loads(line[len("RESULT "):])
+            with open(log_path) as log:
+                for line in log:
+                    if line.startswith("RESULT "):
+                        theirs = json.loads(line[len("RESULT "):])
             if proc.returncode != 0 or theirs is None:
                 raise SystemExit(f"keras_side_by_side: Keras {run} (seed {seed}) failed with "
                                  f"status {proc.returncode}; its output is in {log_path}")
