@@ -332,8 +332,8 @@ static void test_shipped_configs(const char *set, bool flip, const char *frozen_
         if (i == 2) {
             CHECK(config.model.fine_tune_at == 100);
             snprintf(want, sizeof want, "runs/%s/frozen/%s.safetensors", set, frozen_checkpoint);
-            CHECK_MSG(strstr(config.model.init_checkpoint, want) != NULL, "%s: init_checkpoint = %s",
-                      set, config.model.init_checkpoint);
+            CHECK_MSG(strstr(config.model.init_checkpoint, want) != NULL,
+                      "%s: init_checkpoint = %s", set, config.model.init_checkpoint);
         }
         free(root);
     }
