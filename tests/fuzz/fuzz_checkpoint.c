@@ -7,13 +7,13 @@
  * The reader takes a path, so the bytes go to a temporary file (one per process). With
  * MT_FUZZ_EXPECT=ok|refused (the replay test of a named seed) the outcome is checked as well. */
 #define _XOPEN_SOURCE 700
-#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "fuzz_temp_file.h"
 #include "mobiletune/checkpoint.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -23,33 +23,8 @@ static void fail(const char *what) {
     abort();
 }
 
-static char temp_path[64];
-static void remove_temp(void) {
-    if (temp_path[0]) unlink(temp_path);
-}
-
-static void write_temp(const uint8_t *data, size_t size) {
-    if (!temp_path[0]) {
-        const char *dir = getenv("TMPDIR");
-        snprintf(temp_path, sizeof temp_path, "%s/fuzz_ckpt-XXXXXX", dir && *dir ? dir : "/tmp");
-        int made = mkstemp(temp_path);
-        if (made < 0) fail("cannot create a temporary file");
-        close(made);
-        atexit(remove_temp);
-    }
-    int fd = open(temp_path, O_WRONLY | O_TRUNC | O_CLOEXEC);
-    if (fd < 0) fail("cannot rewrite the temporary file");
-    size_t written = 0;
-    while (written < size) {
-        ssize_t n = write(fd, data + written, size - written);
-        if (n <= 0) fail("cannot write the temporary file");
-        written += (size_t)n;
-    }
-    close(fd);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    write_temp(data, size);
+    const char *temp_path = fuzz_temp_write("fuzz_ckpt", data, size);
     const char *expect = getenv("MT_FUZZ_EXPECT");
     mt_checkpoint *c = NULL;
     mt_status status = mt_checkpoint_read(temp_path, &c);

@@ -12,9 +12,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <fcntl.h>
 #include <unistd.h>
 
+#include "fuzz_temp_file.h"
 #include "mobiletune/keras_h5.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -27,33 +27,10 @@ static void fail(const char *what) {
     abort();
 }
 
-/* One temporary file per process, rewritten for each input (unlinked at exit). */
-static char temp_path[64];
-static void remove_temp(void) {
-    if (temp_path[0]) unlink(temp_path);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!temp_path[0]) {
-        const char *dir = getenv("TMPDIR");
-        snprintf(temp_path, sizeof temp_path, "%s/fuzz_h5-XXXXXX", dir && *dir ? dir : "/tmp");
-        int made = mkstemp(temp_path);
-        if (made < 0) fail("cannot create a temporary file");
-        close(made);
-        atexit(remove_temp);
-    }
-    int fd = open(temp_path, O_WRONLY | O_TRUNC | O_CLOEXEC);
-    if (fd < 0) fail("cannot rewrite the temporary file");
-    size_t written = 0;
-    while (written < size) {
-        ssize_t n = write(fd, data + written, size - written);
-        if (n <= 0) break;
-        written += (size_t)n;
-    }
-    close(fd);
-    const char *path = temp_path;
+    const char *path = fuzz_temp_write("fuzz_h5", data, size);
     mt_keras_h5 *file = NULL;
-    mt_status opened = written == size ? mt_keras_h5_open(path, &file) : MT_ERR_IO;
+    mt_status opened = mt_keras_h5_open(path, &file);
     if (getenv("MT_FUZZ_VERBOSE"))
         fprintf(stderr, "fuzz_h5: %zu bytes: %s\n", size,
                 opened == MT_OK ? "opened" : mt_last_error());
