@@ -83,7 +83,15 @@ mt_status mt_grad_sync_create(mt_comm *comm, mt_backend *backend, float *grads, 
 
 void mt_grad_sync_destroy(mt_grad_sync *s) {
     if (!s) return;
-    free(s->host);
+    /* After an error a bucket may still be in flight: MPI may yet write into its host buffer,
+     * a collective request cannot be cancelled, and waiting for it can hang when a peer is the
+     * one that failed. The process is on its way down (the trainer aborts the job), so such a
+     * staging buffer is left to it rather than freed under MPI's feet. */
+    bool in_flight = false;
+    if (!s->nccl)
+        for (int i = s->first_in_flight; i < s->bucket_used; i++)
+            if (s->buckets[i].request) in_flight = true;
+    if (!in_flight) free(s->host);
     free(s->buckets);
     free(s->events);
     free(s);
