@@ -155,6 +155,16 @@ static mt_status check_own_database(const char *folder, bool top, bool need_meta
     return status;
 }
 
+/* Some file systems (XFS without ftype, NFS, ...) report DT_UNKNOWN: ask lstat then. */
+static bool entry_is_folder(const char *parent, const struct dirent *entry) {
+    if (entry->d_type != DT_UNKNOWN) return entry->d_type == DT_DIR;
+    char path[PATH_MAX];
+    struct stat st;
+    if (snprintf(path, sizeof path, "%s/%s", parent, entry->d_name) >= (int)sizeof path)
+        return false;
+    return lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 /* --force replaces OUT only when OUT is a whole output of this program: a database folder, or a
  * folder of split database folders, with nothing else in it. */
 static mt_status check_replaceable(const char *output) {
@@ -172,7 +182,7 @@ static mt_status check_replaceable(const char *output) {
         struct dirent *entry;
         bool any = false;
         while (dir && (entry = readdir(dir)) != NULL)
-            any = any || (entry->d_type == DT_DIR && entry->d_name[0] != '.');
+            any = any || (entry->d_name[0] != '.' && entry_is_folder(output, entry));
         if (dir) closedir(dir);
         if (!any) status = MT_FAIL(MT_ERR_INVALID, "%s holds no database", output);
     }
