@@ -24,7 +24,7 @@ done
 packages=(
   build-essential cmake pkg-config git ca-certificates curl unzip clang
   liblmdb-dev lmdb-utils libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libexif-dev libisal-dev zlib1g-dev
-  libhdf5-dev libdnnl-dev ocl-icd-opencl-dev libinih-dev
+  libhdf5-dev libdnnl-dev ocl-icd-opencl-dev libinih-dev libjansson-dev
   libopenmpi-dev openmpi-bin
   slurmctld slurmd slurm-client munge
   python3 python3-venv python3-pip python3-numpy python3-h5py python3-pil python3-lmdb

@@ -10,9 +10,9 @@
  * A checkpoint is built in memory (tensors are copied in), then written atomically: to
  * `<path>.tmp-<pid>`, fsync'ed, renamed over `path`, and the folder fsync'ed, so a crash at any
  * moment leaves either the previous file or the new one, never a mix. Reading loads the whole
- * file and validates everything before anything is used: header length, JSON syntax (a strict
- * parser for just this header), dtypes, shapes, offsets in bounds, sizes matching shapes, no
- * overlap or gap, no duplicate names. Errors name the file and the tensor. */
+ * file and validates everything before anything is used: header length, JSON syntax (libjansson,
+ * duplicate keys refused; then only this header's shape), dtypes, shapes, offsets in bounds, sizes
+ * matching shapes, no overlap or gap, no duplicate names. Errors name the file and the tensor. */
 #ifndef MOBILETUNE_CHECKPOINT_H
 #define MOBILETUNE_CHECKPOINT_H
 

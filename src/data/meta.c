@@ -23,6 +23,7 @@
 #include "mobiletune/record.h"
 
 #include "core/text_buffer.h"
+#include "core/utf8.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -42,31 +43,6 @@ static const uint64_t MAX_RECORDS = 9999999999ull;
 
 /* ---- validation shared by format and parse ----------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 when invalid (overlong forms,
- * surrogates and code points above U+10FFFF included). */
-static size_t utf8_sequence(const uint8_t *s, size_t n) {
-    uint8_t c = s[0];
-    if (c < 0x80) return 1;
-    size_t len;
-    uint32_t cp, min;
-    if ((c & 0xE0) == 0xC0) {
-        len = 2, cp = c & 0x1F, min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-        len = 3, cp = c & 0x0F, min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-        len = 4, cp = c & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
-
 /* Valid UTF-8 with no control characters (newline included when !allow_newline). Returns the
  * offset of the first bad byte, or n when all are fine. */
 static size_t text_check(const char *text, size_t n, bool allow_newline) {
@@ -78,7 +54,7 @@ static size_t text_check(const char *text, size_t n, bool allow_newline) {
             i++;
             continue;
         }
-        size_t len = utf8_sequence(s + i, n - i);
+        size_t len = mt_utf8_sequence(s + i, n - i);
         if (len == 0) return i;
         i += len;
     }

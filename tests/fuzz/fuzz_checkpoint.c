@@ -1,4 +1,4 @@
-/* Fuzz target for the checkpoint reader (src/train/checkpoint.c): any bytes, read as a
+/* Fuzz target for the checkpoint reader (src/io/safetensors*.c): any bytes, read as a
  * safetensors checkpoint, must load or fail with MT_ERR_FORMAT (never a crash, a leak or an
  * undefined operation), and whatever loads must be consistent: tensors inside the data, bytes
  * matching shapes, every checksum checked or none present, and the finiteness check answering

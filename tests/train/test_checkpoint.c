@@ -331,7 +331,7 @@ static void test_damaged(void) {
     write_raw(bad, "{\"__metadata__\":{\"k\":\"a\\u0000b\"}}", 0);
     expect_corrupt(bad, "NUL", "an escaped NUL");
     write_raw(bad, "{\"__metadata__\":{\"k\":\"\\ud800\"}}", 0);
-    expect_corrupt(bad, "surrogate", "a lone surrogate");
+    expect_corrupt(bad, "invalid Unicode '\\uD800'", "a lone surrogate");
     write_raw(bad, "[1,2]   ", 0);
     expect_corrupt(bad, "not a JSON object", "an array header");
     write_raw(bad, "{}  x", 0);
