@@ -604,23 +604,17 @@ static void process_job(worker_state *w, const job *j, slot *s) {
         set_reason(s, name, mt_last_error());
         return;
     }
-    mt_image image;
-    if (mt_image_decode(w->file, size, name, o->tf_decode ? MT_DECODE_TF : o->size, &image) !=
-        MT_OK) {
-        set_reason(s, name, mt_last_error());
-        return;
-    }
     /* Raw pixels are resized straight into the record's payload, saving a copy. */
     size_t raw_bytes = (size_t)o->size * o->size * 3;
     if (!o->encoded && !slot_reserve(s, MT_RECORD_HEADER_BYTES + raw_bytes + name_bytes)) {
-        mt_image_free(&image);
         set_reason(s, name, "out of memory for its record");
         return;
     }
     uint8_t *pixels = o->encoded ? w->pixels : s->record + MT_RECORD_HEADER_BYTES;
-    mt_status status = mt_image_resize(&image, o->size, o->resize, pixels);
-    mt_image_free(&image);
-    if (status != MT_OK) {
+    const mt_preprocess prep = {.size = o->size,
+                                .resize = o->resize,
+                                .decode = o->tf_decode ? MT_DECODE_FULL_TF : MT_DECODE_SCALED};
+    if (mt_image_preprocess(w->file, size, name, &prep, pixels) != MT_OK) {
         set_reason(s, name, mt_last_error());
         return;
     }

@@ -63,8 +63,7 @@ mt_status mt_image_decode(const void *bytes, size_t size, const char *name, int 
                           mt_image *out);
 
 /* Read `path` and decode it as mt_image_decode() does (MT_ERR_IO when it cannot be read).
- * mobiletune-pack passes its --size as `min_side_hint`: pass the same, then mt_image_resize(), to
- * reproduce its pixels exactly (what `predict` does). */
+ * To reproduce mobiletune-pack's pixels, use mt_image_preprocess_file() below. */
 mt_status mt_image_decode_file(const char *path, int min_side_hint, mt_image *out);
 
 void mt_image_free(mt_image *image);
@@ -77,6 +76,34 @@ mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, ui
 /* "stretch" / "center-crop" / "pad" <-> mode. */
 mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out);
 const char *mt_resize_mode_name(mt_resize_mode mode);
+
+/* ---- file -> stored pixels: the one preprocessing of mobiletune-pack, predict and features ----
+ */
+
+/* How a JPEG is decoded before the resize (--decode): */
+typedef enum mt_decode_mode {
+    MT_DECODE_SCALED = 0, /* "scaled": DCT scaling with the output side as the hint (fast) */
+    MT_DECODE_FULL_TF,    /* "tf": full size, TensorFlow's pixels (MT_DECODE_TF above) */
+} mt_decode_mode;
+
+/* "scaled" / "tf" <-> mode. */
+mt_status mt_decode_mode_parse(const char *text, mt_decode_mode *out);
+const char *mt_decode_mode_name(mt_decode_mode mode);
+
+/* The options that decide the pixels (--size, --resize, --decode): the packer stores what these
+ * give, so `predict` and `features` given the same ones see the same bytes. */
+typedef struct mt_preprocess {
+    int size; /* output side: size x size RGB */
+    mt_resize_mode resize;
+    mt_decode_mode decode;
+} mt_preprocess;
+
+/* Decode the image held in bytes[0..n) and resize it as `p` says into pixels (size,size,3 HWC,
+ * uint8: the layout of a raw record's payload). `name` only appears in error messages. */
+mt_status mt_image_preprocess(const void *bytes, size_t n, const char *name, const mt_preprocess *p,
+                              uint8_t *pixels);
+/* The same for the file at `path` (MT_ERR_IO when it cannot be read). */
+mt_status mt_image_preprocess_file(const char *path, const mt_preprocess *p, uint8_t *pixels);
 
 /* Encode RGB pixels (pixels: height,width,3) as a baseline JPEG of `quality` (1..100), 4:4:4.
  * *out_bytes is malloc'd (free with free()). */

@@ -9,6 +9,7 @@
 #include "mobiletune/files.h"
 #include "mobiletune/image.h"
 #include "mobiletune/loader.h"
+#include "mobiletune/ops.h"
 #include "mobiletune/trainer.h"
 
 static void free_names(char **names, int count) {
@@ -101,33 +102,34 @@ int mt_cmd_eval(int argc, char **argv) {
     return code;
 }
 
-/* Decode, resize and scale one image to the model's input: x/127.5 - 1 (Keras' preprocessing). */
-static mt_status load_input(const char *path, int size, mt_resize_mode mode, float *input) {
-    mt_image image = {0};
-    MT_TRY(mt_image_decode_file(path, size, &image));
-    uint8_t *pixels = malloc((size_t)size * size * 3);
-    mt_status status = pixels ? mt_image_resize(&image, size, mode, pixels)
-                              : MT_FAIL(MT_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; status == MT_OK && i < (size_t)size * size * 3; i++)
-        input[i] = (float)pixels[i] / 127.5f - 1.0f;
+/* One image file as the model's input: the packer's pixels (mt_image_preprocess_file), scaled as
+ * the loader scales them (mt_u8_to_input: Keras' x/127.5 - 1, bit for bit). */
+static mt_status load_input(const char *path, const mt_preprocess *prep, float *input) {
+    size_t count = (size_t)prep->size * prep->size * 3;
+    uint8_t *pixels = malloc(count);
+    if (!pixels) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    mt_status status = mt_image_preprocess_file(path, prep, pixels);
+    for (size_t i = 0; status == MT_OK && i < count; i++)
+        input[i] = mt_u8_to_input(pixels[i]);
     free(pixels);
-    mt_image_free(&image);
     return status;
 }
 
 int mt_cmd_predict(int argc, char **argv) {
-    const char *checkpoint = NULL, *backend_name = "cpu", *resize = "stretch";
+    const char *checkpoint = NULL, *backend_name = "cpu", *resize = "stretch", *decode = "scaled";
     int digits = 4;
     const cli_option options[] = {
         {"checkpoint", CLI_STRING, &checkpoint, "FILE", "a training checkpoint (.safetensors)"},
         {"backend", CLI_STRING, &backend_name, "NAME", "reference, cpu or cuda"},
         {"resize", CLI_STRING, &resize, "MODE",
          "stretch, center-crop or pad: the mode the training data was packed with"},
+        {"decode", CLI_STRING, &decode, "MODE",
+         "scaled or tf: the JPEG decode the training data was packed with"},
         {"digits", CLI_INT, &digits, "N", "decimals of each probability (1..17)"},
     };
     const cli_spec spec = {
         .command = "predict",
-        .usage = "--checkpoint FILE [--resize MODE] IMAGE...",
+        .usage = "--checkpoint FILE [--resize MODE] [--decode MODE] IMAGE...",
         .description = "Class probabilities of each image (JPEG or PNG), one line per image: the "
                        "path, the\npredicted class, then every class with its probability.",
         .options = options,
@@ -138,10 +140,12 @@ int mt_cmd_predict(int argc, char **argv) {
     int image_count = 0;
     mt_status status = cli_parse(&spec, argc, argv, &images, &image_count);
     if (status == MT_END) return CLI_EXIT_OK;
-    mt_resize_mode mode = MT_RESIZE_STRETCH;
+    mt_preprocess prep = {0};
     if (status == MT_OK && (!checkpoint || image_count == 0))
         status = MT_FAIL(MT_ERR_INVALID, "--checkpoint and at least one image are needed");
-    if (status == MT_OK) status = mt_resize_mode_parse(resize, &mode);
+    if (status == MT_OK) status = mt_resize_mode_parse(resize, &prep.resize);
+    if (status == MT_OK && mt_decode_mode_parse(decode, &prep.decode) != MT_OK)
+        status = mt_error_context(MT_ERR_INVALID, "--decode");
     if (status == MT_OK && (digits < 1 || digits > 17))
         status = MT_FAIL(MT_ERR_INVALID, "--digits %d is not in 1..17", digits);
     if (status != MT_OK) {
@@ -157,12 +161,13 @@ int mt_cmd_predict(int argc, char **argv) {
     const mt_model_layout *layout = model ? mt_model_get_layout(model) : NULL;
     const int classes = layout ? layout->config.classes : 0;
     const int size = layout ? layout->config.input_size : 0;
+    prep.size = size;
     float *input = status == MT_OK ? malloc((size_t)size * size * 3 * sizeof *input) : NULL;
     int failures = 0;
     for (int i = 0; status == MT_OK && input && i < image_count; i++) {
         float logits[1024];
         double probability[1024];
-        mt_status one = classes <= 1024 ? load_input(images[i], size, mode, input)
+        mt_status one = classes <= 1024 ? load_input(images[i], &prep, input)
                                         : MT_FAIL(MT_ERR_INVALID, "too many classes to print");
         if (one == MT_OK) one = mt_model_forward(model, input, NULL, 1, false, 0, logits, NULL);
         if (one != MT_OK) {
@@ -175,15 +180,19 @@ int mt_cmd_predict(int argc, char **argv) {
             probability[0] = 1.0 - probability[1];
         } else {
             double top = logits[0], sum = 0;
-            for (int k = 1; k < classes; k++) top = fmax(top, logits[k]);
-            for (int k = 0; k < classes; k++) sum += probability[k] = exp(logits[k] - top);
-            for (int k = 0; k < classes; k++) probability[k] /= sum;
+            for (int k = 1; k < classes; k++)
+                top = fmax(top, logits[k]);
+            for (int k = 0; k < classes; k++)
+                sum += probability[k] = exp(logits[k] - top);
+            for (int k = 0; k < classes; k++)
+                probability[k] /= sum;
         }
         int best = 0;
         for (int k = 1; k < classes; k++)
             if (probability[k] > probability[best]) best = k;
         printf("%s\t%s", images[i], names[best]);
-        for (int k = 0; k < classes; k++) printf("\t%s=%.*f", names[k], digits, probability[k]);
+        for (int k = 0; k < classes; k++)
+            printf("\t%s=%.*f", names[k], digits, probability[k]);
         printf("\n");
     }
     if (status == MT_OK && !input) status = MT_FAIL(MT_ERR_NOMEM, "out of memory");

@@ -10,6 +10,7 @@
 #include "mobiletune/image.h"
 #include "mobiletune/loader.h"
 #include "mobiletune/model.h"
+#include "mobiletune/ops.h"
 
 typedef struct features_run {
     mt_model *model;
@@ -26,7 +27,7 @@ typedef struct features_run {
 
 static void to_float(const uint8_t *pixels, size_t count, float *dst) {
     for (size_t i = 0; i < count; i++)
-        dst[i] = (float)pixels[i] / 127.5f - 1.0f;
+        dst[i] = mt_u8_to_input(pixels[i]);
 }
 
 static mt_status flush_rows(features_run *r) {
@@ -61,14 +62,9 @@ static mt_status add_row(features_run *r, const char *name) {
     return r->pending == r->batch ? flush_rows(r) : MT_OK;
 }
 
-static mt_status run_files(features_run *r, char **files, int count, mt_resize_mode resize,
-                           bool tf_decode) {
+static mt_status run_files(features_run *r, char **files, int count, const mt_preprocess *prep) {
     for (int i = 0; i < count; i++) {
-        mt_image image = {0};
-        mt_status status =
-            mt_image_decode_file(files[i], tf_decode ? MT_DECODE_TF : r->size, &image);
-        if (status == MT_OK) status = mt_image_resize(&image, r->size, resize, r->pixels);
-        mt_image_free(&image);
+        mt_status status = mt_image_preprocess_file(files[i], prep, r->pixels);
         if (status != MT_OK) return mt_error_context(status, "image '%s'", files[i]);
         MT_TRY(add_row(r, files[i]));
     }
@@ -143,16 +139,16 @@ int mt_cmd_features(int argc, char **argv) {
         free(files);
         return CLI_EXIT_OK;
     }
-    mt_resize_mode resize = MT_RESIZE_STRETCH;
+    mt_preprocess prep = {0};
     if (status == MT_OK && !weights)
         status = MT_FAIL(MT_ERR_INVALID, "--weights FILE is required (a Keras .h5 file)");
     if (status == MT_OK && (file_count > 0) == (db != NULL))
         status = MT_FAIL(MT_ERR_INVALID, "give either image files or --db DB (see --help)");
     if (status == MT_OK && binary && !output)
         status = MT_FAIL(MT_ERR_INVALID, "--binary needs --output FILE");
-    if (status == MT_OK) status = mt_resize_mode_parse(resize_name, &resize);
-    if (status == MT_OK && strcmp(decode, "scaled") != 0 && strcmp(decode, "tf") != 0)
-        status = MT_FAIL(MT_ERR_INVALID, "--decode '%s' is not scaled or tf", decode);
+    if (status == MT_OK) status = mt_resize_mode_parse(resize_name, &prep.resize);
+    if (status == MT_OK && mt_decode_mode_parse(decode, &prep.decode) != MT_OK)
+        status = mt_error_context(MT_ERR_INVALID, "--decode");
     if (status == MT_OK && config.input_size == 0) {
         config.input_size = 160;
         if (db) {
@@ -192,9 +188,8 @@ int mt_cmd_features(int argc, char **argv) {
             status = MT_FAIL(MT_ERR_IO, "cannot create '%s'", output);
         }
     }
-    if (status == MT_OK)
-        status = db ? run_db(&run, db)
-                    : run_files(&run, files, file_count, resize, strcmp(decode, "tf") == 0);
+    prep.size = run.size;
+    if (status == MT_OK) status = db ? run_db(&run, db) : run_files(&run, files, file_count, &prep);
     if (run.out != stdout && fclose(run.out) != 0 && status == MT_OK)
         status = MT_FAIL(MT_ERR_IO, "closing '%s' failed", output);
     if (status == MT_OK && output)

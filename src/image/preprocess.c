@@ -1,0 +1,54 @@
+/* File -> the pixels mobiletune-pack stores: decode (scaled or TensorFlow's full-size decode),
+ * then the square resize. The packer, `predict` and `features` all call this, so the options
+ * --size/--resize/--decode mean the same pixels in each (tests/image/test_preprocess.c checks a
+ * packed photo against predict's path byte for byte). */
+#include "mobiletune/image.h"
+
+#include <string.h>
+
+static const struct {
+    const char *name;
+    mt_decode_mode mode;
+} DECODE_MODES[] = {{"scaled", MT_DECODE_SCALED}, {"tf", MT_DECODE_FULL_TF}};
+
+mt_status mt_decode_mode_parse(const char *text, mt_decode_mode *out) {
+    for (size_t i = 0; i < sizeof DECODE_MODES / sizeof DECODE_MODES[0]; i++) {
+        if (text && strcmp(text, DECODE_MODES[i].name) == 0) {
+            *out = DECODE_MODES[i].mode;
+            return MT_OK;
+        }
+    }
+    return MT_FAIL(MT_ERR_INVALID, "unknown decode mode '%s': use scaled or tf",
+                   text ? text : "(null)");
+}
+
+const char *mt_decode_mode_name(mt_decode_mode mode) {
+    for (size_t i = 0; i < sizeof DECODE_MODES / sizeof DECODE_MODES[0]; i++)
+        if (DECODE_MODES[i].mode == mode) return DECODE_MODES[i].name;
+    return "?";
+}
+
+/* The scaled decode's hint is the output side: the DCT scale keeps both sides >= it, so the
+ * resize only ever shrinks a little (docs/packing.md). */
+static int decode_hint(const mt_preprocess *p) {
+    return p->decode == MT_DECODE_FULL_TF ? MT_DECODE_TF : p->size;
+}
+
+static mt_status resize_and_free(mt_image *image, const mt_preprocess *p, uint8_t *pixels) {
+    mt_status status = mt_image_resize(image, p->size, p->resize, pixels);
+    mt_image_free(image);
+    return status;
+}
+
+mt_status mt_image_preprocess(const void *bytes, size_t n, const char *name, const mt_preprocess *p,
+                              uint8_t *pixels) {
+    mt_image image;
+    MT_TRY(mt_image_decode(bytes, n, name, decode_hint(p), &image));
+    return resize_and_free(&image, p, pixels);
+}
+
+mt_status mt_image_preprocess_file(const char *path, const mt_preprocess *p, uint8_t *pixels) {
+    mt_image image;
+    MT_TRY(mt_image_decode_file(path, decode_hint(p), &image));
+    return resize_and_free(&image, p, pixels);
+}
