@@ -130,9 +130,12 @@ enum {
     MT_ACCUM_COUNT = 8     /* doubles in the accumulator (two spare) */
 };
 
-/* The prediction of one row of logits, as every backend's loss_accumulate and the host's
- * accuracy count make it: the logit's sign for one logit, else the first largest logit (NaN
- * compares false: a row of NaN predicts 0). */
+/* The prediction of one row of logits, as every backend's loss_accumulate (the cuda kernel's
+ * too: a host and device function) and the host's accuracy count make it: the logit's sign for
+ * one logit, else the first largest logit (NaN compares false: a row of NaN predicts 0). */
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
 static inline int mt_accum_predicted(const float *row, int classes) {
     if (classes == 1) return row[0] > 0.0f;
     int predicted = 0;

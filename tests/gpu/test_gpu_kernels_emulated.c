@@ -5,10 +5,12 @@
  * need several passes), batch norm (both modes, both directions, several reduction slices; the
  * legacy double kernels and the fp32 fused ones with and without ReLU6),
  * fp32 <-> bf16/fp16 casts (every 16-bit pattern decoded, ties and subnormals encoded),
- * zero padding, pooling, dropout (mask bit for bit), the dense helpers, the losses (and a bad
- * label), add and ReLU6, and the optimizer update (cuda_optimizer.cu) for every rule. The kernels' index arithmetic and reductions are checked on every
- * build, GPU or not; what this cannot see is the GPU itself (memory model, launch limits, speed)
- * and the cuDNN/cuBLAS glue: tests/gpu/run.sh covers those on a lent GPU. */
+ * zero padding, pooling, dropout (mask bit for bit), the dense helpers, the losses (the shared
+ * per-row formula of ops/loss_row.h bit for bit, and a bad label), add and ReLU6, and the
+ * optimizer update (cuda_optimizer.cu) for every rule. The kernels' index arithmetic and
+ * reductions are checked on every build, GPU or not; what this cannot see is the GPU itself
+ * (memory model, launch limits, speed) and the cuDNN/cuBLAS glue: tests/gpu/run.sh covers those
+ * on a lent GPU. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include "ops/cuda/cuda_optimizer.h"
 #include "ops/optimizer_update.h"
 #include "ops/dropout_hash.h"
+#include "ops/loss_row.h"
 #include "test_util.h"
 
 static mt_backend REF;
@@ -556,6 +559,7 @@ static void check_loss(int batch, int classes, const int32_t *labels, int bad_ro
     size_t nz = (size_t)batch * classes;
     float *z = array(nz, -4, 4), *dz[2] = {zeros(nz), zeros(nz)};
     z[0] = 30.0f;
+    if (nz > 2) z[nz - 1] = -75.0f; /* where exp(z) underflows a naive sigmoid's float */
     double result[3] = {-1, -1, -2};
     KERNEL_OK(mt_cuda_launch_loss(NULL, batch, classes, z, labels, dz[1], result));
     CHECK_MSG((int)result[2] == bad_row, "loss: bad row %d, expected %d", (int)result[2], bad_row);
@@ -566,6 +570,21 @@ static void check_loss(int batch, int classes, const int32_t *labels, int bad_ro
         float got = (float)result[0];
         compare("loss", &got, &loss, 1, 1e-6);
         compare("dlogits", dz[1], dz[0], nz, 1e-6);
+        /* Under the emulation the kernel runs the reference's per-row formula (ops/loss_row.h)
+         * on the same libm, and with a row per thread it sums the rows in the reference's order:
+         * any difference at all, even in the double mean, is a formula of the kernel's own. */
+        int valid = 0;
+        for (int n = 0; n < batch; n++)
+            valid += labels[n] >= 0;
+        const double inv_valid = valid ? 1.0 / valid : 0.0;
+        double total = 0.0;
+        for (int n = 0; n < batch; n++)
+            total += mt_loss_row(z + (size_t)n * classes, classes, labels[n], inv_valid, NULL);
+        CHECK_MSG(result[0] == total * inv_valid,
+                  "loss: %.17g, ops/loss_row.h's %.17g: not the shared formula", result[0],
+                  total * inv_valid);
+        CHECK_MSG(memcmp(dz[1], dz[0], nz * sizeof(float)) == 0,
+                  "dlogits: not bit for bit the reference's (a formula of the kernel's own?)");
         KERNEL_OK(mt_cuda_launch_loss(NULL, batch, classes, z, labels, NULL, result));
         got = (float)result[0];
         compare("loss (no dlogits)", &got, &loss, 1, 1e-6);

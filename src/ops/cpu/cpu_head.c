@@ -8,6 +8,7 @@
 #include "ops/cpu/cpu_internal.h"
 #include "ops/dropout_hash.h"
 #include "ops/loss_accum.h"
+#include "ops/loss_row.h"
 
 static mt_status check_rate(float rate) {
     if (!(rate >= 0.0f && rate < 1.0f))
@@ -80,9 +81,9 @@ mt_status mt_cpu_dense_backward(mt_backend *backend, const mt_dense_desc *desc, 
 }
 
 /* logits, dlogits: [N][classes]; labels: [N], -1 = a padding row (no loss, zero gradient).
- * One logit: binary cross-entropy of sigmoid(z), max(z,0) - z t + log(1 + e^-|z|), gradient
- * sigmoid(z) - t. Several: softmax cross-entropy, logsumexp(z) - z_t, gradient softmax - onehot.
- * Mean over the valid rows, so gradients are divided by their count. */
+ * Binary (one logit) or softmax cross-entropy, each row by ops/loss_row.h (the reference's
+ * formula, so the two agree to the last bit). Mean over the valid rows, so gradients are divided
+ * by their count. */
 mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
                                        const float *logits, const int32_t *labels, float *loss_host,
                                        float *dlogits) {
@@ -90,7 +91,7 @@ mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
     if (rows <= 0 || classes <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cpu backend: loss over %d rows of %d classes", rows,
                        classes);
-    int limit = classes == 1 ? 2 : classes, valid = 0;
+    int limit = mt_loss_label_limit(classes), valid = 0;
     for (int r = 0; r < rows; r++) {
         if (labels[r] < -1 || labels[r] >= limit)
             return MT_FAIL(MT_ERR_INVALID,
@@ -99,33 +100,9 @@ mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
         valid += labels[r] >= 0;
     }
     double per_row = valid ? 1.0 / valid : 0.0, total = 0.0;
-    for (int r = 0; r < rows; r++) {
-        const float *z = logits + (size_t)r * classes;
-        float *dz = dlogits ? dlogits + (size_t)r * classes : NULL;
-        int t = labels[r];
-        if (t < 0) {
-            if (dz) memset(dz, 0, (size_t)classes * sizeof *dz);
-            continue;
-        }
-        if (classes == 1) {
-            double v = z[0], e = exp(-fabs(v));
-            total += (v > 0 ? v : 0) - v * t + log1p(e);
-            double sigmoid = v >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
-            if (dz) dz[0] = (float)((sigmoid - t) * per_row);
-        } else {
-            double top = z[0];
-            for (int k = 1; k < classes; k++)
-                if (z[k] > top) top = z[k];
-            double sum = 0.0;
-            for (int k = 0; k < classes; k++)
-                sum += exp(z[k] - top);
-            double lse = top + log(sum);
-            total += lse - z[t];
-            if (dz)
-                for (int k = 0; k < classes; k++)
-                    dz[k] = (float)((exp(z[k] - lse) - (k == t)) * per_row);
-        }
-    }
+    for (int r = 0; r < rows; r++)
+        total += mt_loss_row(logits + (size_t)r * classes, classes, labels[r], per_row,
+                             dlogits ? dlogits + (size_t)r * classes : NULL);
     *loss_host = (float)(total * per_row);
     return MT_OK;
 }

@@ -12,6 +12,7 @@
 #include "mobiletune/ops.h" /* MT_ACCUM_* */
 #include "ops/cuda/cuda_kernels.h"
 #include "ops/dropout_hash.h"
+#include "ops/loss_row.h"
 
 /* loops unrolled by nvcc (so arrays they index stay in registers); nothing under the emulation */
 #ifdef __CUDACC__
@@ -529,58 +530,24 @@ __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *la
     __shared__ double totals[THREADS];
     if (threadIdx.x == 0) valid = 0, bad = N, correct = 0;
     __syncthreads();
-    const int limit = K == 1 ? 2 : K;
+    const int limit = mt_loss_label_limit(K);
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
         int t = labels[n];
         if (t >= limit || t < -1) atomicMin(&bad, n);
         if (t >= 0 && t < limit) {
             atomicAdd(&valid, 1);
-            if (accum) { /* the prediction as ops.h's mt_accum_predicted (a host function) */
-                const float *z = logits + (size_t)n * K;
-                int predicted = 0;
-                if (K == 1) {
-                    predicted = z[0] > 0.0f;
-                } else {
-                    for (int k = 1; k < K; k++)
-                        if (z[k] > z[predicted]) predicted = k;
-                }
-                if (predicted == t) atomicAdd(&correct, 1);
-            }
+            if (accum && mt_accum_predicted(logits + (size_t)n * K, K) == t)
+                atomicAdd(&correct, 1);
         }
     }
     __syncthreads();
     const double inv_valid = valid > 0 ? 1.0 / valid : 0.0;
     double total = 0.0;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
-        const float *z = logits + (size_t)n * K;
-        float *dz = dlogits ? dlogits + (size_t)n * K : NULL;
         const int t = labels[n];
-        if (t < 0 || t >= limit) {
-            if (dz)
-                for (int k = 0; k < K; k++)
-                    dz[k] = 0.0f;
-            continue;
-        }
-        if (K == 1) {
-            const double zz = z[0];
-            total += fmax(zz, 0.0) - zz * t + log1p(exp(-fabs(zz)));
-            if (dz) {
-                double s = zz >= 0 ? 1.0 / (1.0 + exp(-zz)) : exp(zz) / (1.0 + exp(zz));
-                dz[0] = (float)((s - t) * inv_valid);
-            }
-        } else {
-            double mx = z[0];
-            for (int k = 1; k < K; k++)
-                mx = fmax(mx, (double)z[k]);
-            double sum = 0.0;
-            for (int k = 0; k < K; k++)
-                sum += exp(z[k] - mx);
-            const double log_sum = log(sum) + mx;
-            total += log_sum - z[t];
-            if (dz)
-                for (int k = 0; k < K; k++)
-                    dz[k] = (float)((exp(z[k] - log_sum) - (k == t ? 1.0 : 0.0)) * inv_valid);
-        }
+        /* the reference's per-row formula (ops/loss_row.h); a bad label is a padding row here */
+        total += mt_loss_row(logits + (size_t)n * K, K, t < limit ? t : -1, inv_valid,
+                             dlogits ? dlogits + (size_t)n * K : NULL);
     }
     totals[threadIdx.x] = total;
     __syncthreads();

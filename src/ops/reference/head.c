@@ -6,6 +6,7 @@
 
 #include "ops/dropout_hash.h"
 #include "ops/loss_accum.h"
+#include "ops/loss_row.h"
 #include "ops/reference/reference.h"
 
 /* x: N,H,W,C; y: N,C = mean over H,W */
@@ -138,18 +139,15 @@ mt_status mt_ref_dense_backward(mt_backend *backend, const mt_dense_desc *desc, 
 }
 
 /* logits: [N][classes]; labels: int32 [N], -1 = padding row; dlogits: [N][classes] or NULL.
- *   classes == 1: binary cross-entropy of sigmoid(z) with label t in {0,1}:
- *       loss = max(z,0) - z*t + log1p(exp(-|z|)),   dloss/dz = sigmoid(z) - t
- *   classes > 1: softmax cross-entropy with label t in [0, classes):
- *       loss = logsumexp(z) - z[t],                  dloss/dz = softmax(z) - onehot(t)
- * Both are the mean over the V rows with label >= 0, so the gradient is divided by V. */
+ * Binary (one logit) or softmax cross-entropy, each row by ops/loss_row.h; the mean over the V
+ * rows with label >= 0, so the gradient is divided by V. */
 mt_status mt_ref_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
                                        const float *logits, const int32_t *labels, float *loss_host,
                                        float *dlogits) {
     const int N = desc->batch, K = desc->classes;
     if (N <= 0 || K <= 0)
         return MT_FAIL(MT_ERR_INVALID, "loss: bad shape batch %d, classes %d", N, K);
-    const int label_limit = K == 1 ? 2 : K;
+    const int label_limit = mt_loss_label_limit(K);
     int valid = 0;
     for (int n = 0; n < N; n++) {
         if (labels[n] >= label_limit || labels[n] < -1)
@@ -161,38 +159,9 @@ mt_status mt_ref_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
     }
     const double inv_valid = valid > 0 ? 1.0 / valid : 0.0;
     double total = 0.0;
-    for (int n = 0; n < N; n++) {
-        const float *z = logits + (size_t)n * K;
-        float *dz = dlogits ? dlogits + (size_t)n * K : NULL;
-        const int t = labels[n];
-        if (t < 0) {
-            if (dz)
-                for (int k = 0; k < K; k++)
-                    dz[k] = 0.0f;
-            continue;
-        }
-        if (K == 1) {
-            const double zz = z[0];
-            total += fmax(zz, 0.0) - zz * t + log1p(exp(-fabs(zz)));
-            if (dz) {
-                /* sigmoid without overflow for either sign of z */
-                double s = zz >= 0 ? 1.0 / (1.0 + exp(-zz)) : exp(zz) / (1.0 + exp(zz));
-                dz[0] = (float)((s - t) * inv_valid);
-            }
-        } else {
-            double max = z[0];
-            for (int k = 1; k < K; k++)
-                max = fmax(max, (double)z[k]);
-            double sum = 0.0;
-            for (int k = 0; k < K; k++)
-                sum += exp(z[k] - max);
-            const double log_sum = log(sum) + max;
-            total += log_sum - z[t];
-            if (dz)
-                for (int k = 0; k < K; k++)
-                    dz[k] = (float)((exp(z[k] - log_sum) - (k == t ? 1.0 : 0.0)) * inv_valid);
-        }
-    }
+    for (int n = 0; n < N; n++)
+        total += mt_loss_row(logits + (size_t)n * K, K, labels[n], inv_valid,
+                             dlogits ? dlogits + (size_t)n * K : NULL);
     *loss_host = (float)(total * inv_valid);
     return MT_OK;
 }
