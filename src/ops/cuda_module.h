@@ -17,7 +17,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "mobiletune/comm.h"
 #include "mobiletune/ops.h"
 
 #define MT_CUDA_MODULE_ABI 1
@@ -26,6 +25,9 @@
 
 struct CUstream_st;
 typedef struct mt_nccl mt_nccl;
+/* mobiletune/comm.h's communicator, by name only: src/ops does not include src/comm
+ * (docs/architecture.md) */
+typedef struct mt_comm mt_comm;
 
 typedef struct mt_cuda_module {
     uint32_t abi;  /* MT_CUDA_MODULE_ABI of the module's build */
