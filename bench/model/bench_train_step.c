@@ -7,8 +7,13 @@
  *                    [--threads 0]
  *
  * BN follows the tutorial (MT_BN_AUTO): batch statistics in scratch, moving statistics when the
- * backbone is frozen or fine-tuned. Inputs are random values in [-1,1] (speed does not depend on
- * them). Prints one machine-readable line:
+ * backbone is frozen or fine-tuned. Inputs are random pixels (speed does not depend on them), fed
+ * as the trainer feeds them (src/train/trainer.c): on a backend with device memory (cuda) uint8
+ * pixels, labels and flip flags in host_alloc's page-locked buffers, uploaded on the copy stream
+ * while the previous step computes and scaled and flipped on the device (ops.h's input
+ * pipeline); on the CPU backends the float batch the loader threads would have made. The loss
+ * stays on the device (mt_model_forward_accumulate), as in training. Prints one machine-readable
+ * line:
  *   RESULT mode=<m> backend=<b> batch=<n> size=<s> threads=<t> median_s=<x> images_per_s=<y>
  *          peak_rss_mb=<z>
  * Never run by ctest. */
@@ -90,25 +95,65 @@ int main(int argc, char **argv) {
     mt_model *model = NULL;
     BENCH_TRY(mt_model_create(backend, &config, 42, &model));
 
+    const mt_ops *ops = backend->ops;
+    const bool staged = ops->device_memory;
     size_t pixels = (size_t)batch * (size_t)size * (size_t)size * 3;
-    float *images = malloc(pixels * sizeof(float));
-    int32_t *labels = malloc((size_t)batch * sizeof(int32_t));
+    float *images = staged ? NULL : malloc(pixels * sizeof(float));
     double *times = malloc((size_t)steps * sizeof(double));
-    if (!images || !labels || !times) return 1;
+    if ((!staged && !images) || !times) return 1;
+    /* two host buffers of each, as the loader's ring: one is copied while the other waits */
+    uint8_t *u8[2] = {NULL, NULL}, *flips[2] = {NULL, NULL};
+    int32_t *labels[2] = {NULL, NULL};
+    for (int b = 0; b < 2; b++) {
+        BENCH_TRY(ops->host_alloc(backend, staged ? pixels : 1, (void **)&u8[b]));
+        BENCH_TRY(ops->host_alloc(backend, (size_t)batch * sizeof(int32_t), (void **)&labels[b]));
+        BENCH_TRY(ops->host_alloc(backend, (size_t)batch, (void **)&flips[b]));
+        for (int i = 0; i < batch; i++)
+            labels[b][i] = i % 2, flips[b][i] = (uint8_t)((i + b) % 2); /* random_flip's half */
+    }
     uint32_t seed = 12345u;
     for (size_t i = 0; i < pixels; i++) {
         seed = seed * 1664525u + 1013904223u;
-        images[i] = (float)(seed >> 8) / 8388608.0f - 1.0f;
+        const uint8_t value = (uint8_t)(seed >> 24);
+        if (staged)
+            u8[0][i] = u8[1][i] = value;
+        else
+            images[i] = mt_u8_to_input(value);
     }
-    for (int i = 0; i < batch; i++)
-        labels[i] = i % 2;
+    double *accum = NULL; /* the step's loss and accuracy, never read: they stay on the device */
+    BENCH_TRY(ops->buffer_alloc(backend, MT_ACCUM_COUNT * sizeof(double), (void **)&accum));
+    if (staged) {
+        const mt_input_batch first = {.n = batch,
+                                      .height = size,
+                                      .width = size,
+                                      .pixels = u8[0],
+                                      .labels = labels[0],
+                                      .flips = flips[0]};
+        BENCH_TRY(ops->input_upload(backend, 0, &first));
+    }
 
     for (int s = 0; s < warmup + steps; s++) {
         double start = mt_clock_monotonic();
         mt_step_result result = {0};
-        BENCH_TRY(mt_model_forward(model, images, labels, batch, true, (uint64_t)s, NULL, &result));
+        mt_model_input input = {.images = images, .labels = labels[0], .n = batch};
+        if (staged) input = (mt_model_input){.staged = true, .slot = s % 2, .n = batch};
+        BENCH_TRY(
+            mt_model_forward_accumulate(model, &input, (uint64_t)s, (uint64_t)s, accum, &result));
         BENCH_TRY(mt_model_backward(model));
-        BENCH_TRY(backend->ops->synchronize(backend));
+        if (staged) {
+            /* the next batch goes up while this step computes (the trainer's overlap), from the
+             * buffer whose last copy (a step ago) the host waits for first */
+            const int next = (s + 1) % 2;
+            BENCH_TRY(ops->input_wait(backend, next));
+            const mt_input_batch up = {.n = batch,
+                                       .height = size,
+                                       .width = size,
+                                       .pixels = u8[next],
+                                       .labels = labels[next],
+                                       .flips = flips[next]};
+            BENCH_TRY(ops->input_upload(backend, next, &up));
+        }
+        BENCH_TRY(ops->synchronize(backend));
         if (s >= warmup) times[s - warmup] = mt_clock_monotonic() - start;
     }
     qsort(times, (size_t)steps, sizeof *times, compare_double);
@@ -120,10 +165,15 @@ int main(int argc, char **argv) {
            "images_per_s=%.2f peak_rss_mb=%.1f\n",
            mode_name, backend_name, batch, size, threads, layout->trainable_count, median,
            batch / median, usage_info.ru_maxrss / 1024.0);
+    ops->buffer_free(backend, accum);
+    for (int b = 0; b < 2; b++) {
+        ops->host_free(backend, u8[b]);
+        ops->host_free(backend, labels[b]);
+        ops->host_free(backend, flips[b]);
+    }
     mt_model_destroy(model);
     mt_backend_destroy(backend);
     free(images);
-    free(labels);
     free(times);
     return 0;
 }

@@ -14,8 +14,9 @@
  *   !drop_remainder (evaluation): steps = ceil(N / (W*B)); positions >= N are padding (label -1,
  *                               zero pixels), counted out of mt_batch.valid; every sample is seen
  *                               exactly once across ranks and every rank has `steps` batches.
- * Random flips are decided by a hash of (seed, epoch, record index), so the output is identical
- * whatever the thread count or ring depth.
+ * Random flips are decided by a hash of (seed, epoch, record index) (mt_shard_flip), so the output
+ * is identical whatever the thread count or ring depth; float output comes flipped, uint8 output
+ * comes as stored with a flag per image for the consumer (the GPU) to flip.
  *
  * Use (one loader per rank; the ring refills while the caller computes):
  *     mt_loader_options o = {.rank = r, .world_size = w, .batch_size = 32, .seed = seed,
@@ -89,13 +90,18 @@ bool mt_shard_flip(uint64_t seed, uint64_t epoch, uint64_t index);
 /* ---- the batch loader ------------------------------------------------------------------------ */
 
 typedef enum mt_loader_output {
-    MT_LOADER_FLOAT32 = 0, /* x/127.5 - 1 in float32: Keras mobilenet_v2.preprocess_input */
-    MT_LOADER_UINT8 = 1,   /* the stored pixels */
+    /* x/127.5 - 1 in float32 (Keras mobilenet_v2.preprocess_input), flipped where random_flip
+     * decided (mt_batch.flips all 0) */
+    MT_LOADER_FLOAT32 = 0,
+    /* the stored pixels, never flipped here: mt_batch.flips says which images the consumer
+     * mirrors (the backend, on the device: ops.h input_convert) */
+    MT_LOADER_UINT8 = 1,
 } mt_loader_output;
 
-/* Where batch image buffers come from (e.g. cudaHostAlloc'd pinned memory). alloc returns a
- * buffer of `bytes` (aligned for float) or NULL; free gives it back. Called only from
- * mt_loader_open / mt_loader_close, ring_depth times each. NULL functions: malloc/free. */
+/* Where batch buffers come from (e.g. cudaHostAlloc'd pinned memory, so that images, labels and
+ * flips can be copied to a GPU asynchronously). alloc returns a buffer of `bytes` (aligned for
+ * float) or NULL: one batch's images, labels and flip flags; free gives it back. Called only
+ * from mt_loader_open / mt_loader_close, ring_depth times each. NULL functions: malloc/free. */
 typedef struct mt_loader_allocator {
     void *(*alloc)(size_t bytes, void *user);
     void (*free)(void *buffer, size_t bytes, void *user);
@@ -124,6 +130,8 @@ typedef struct mt_batch {
     mt_loader_output output;
     void *images;      /* images: size,H,W,C (NHWC) float32 or uint8 */
     int32_t *labels;   /* [size]; -1 for padding */
+    uint8_t *flips;    /* [size]: 1 where the consumer mirrors the image left to right
+                        * (MT_LOADER_UINT8 with random_flip: mt_shard_flip's decision); 0 else */
     uint64_t *records; /* [size] record index per slot; UINT64_MAX for padding */
 } mt_batch;
 

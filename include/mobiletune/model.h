@@ -242,16 +242,37 @@ mt_status mt_model_forward_head(mt_model *model, const float *features, const in
                                 int n, bool training, uint64_t dropout_seed, float *logits_host,
                                 mt_step_result *out);
 
+/* The input of mt_model_forward_accumulate: exactly one of
+ *   images    host N,H,W,3 float in [-1,1] (as mt_model_forward), with host labels
+ *   features  host n x feature_channels (as mt_model_forward_head: the head only), with host
+ *             labels
+ *   staged    a batch the caller put into the backend's staging slot `slot` (ops.h input_upload:
+ *             uint8 pixels, labels and flip flags, copied while the previous step computes);
+ *             the forward begins with input_convert, which scales and flips the pixels and
+ *             places the labels in backend memory. labels is not read: check the host's copy
+ *             with mt_model_check_labels before the upload.
+ * n: the batch's rows (<= batch_size). */
+typedef struct mt_model_input {
+    const float *images;
+    const float *features;
+    bool staged;
+    int slot;
+    const int32_t *labels;
+    int n;
+} mt_model_input;
+
+/* MT_ERR_INVALID naming the row when a label is outside [0, classes) and not -1 (padding);
+ * *valid (may be NULL) gets the rows with a label. */
+mt_status mt_model_check_labels(const mt_model *model, const int32_t *labels, int n, int *valid);
+
 /* A training forward (training = true, no logits) that does not wait for the device: the
  * step's mean loss, rows predicted right and finiteness are added to `accum` (MT_ACCUM_COUNT
  * doubles of backend memory, zeroed by the caller; ops.h loss_accumulate, which records `step`
- * for the first non-finite loss) instead of coming back in `out`, which holds only `valid`; the
- * skip flag goes to the float after the gradients (mt_model_trainable).
- * Either images (as mt_model_forward; with images_u8, N,H,W,3 uint8 pixels instead, which the
- * backend scales: ops.h tensor_from_u8) or features (as mt_model_forward_head), the other NULL;
- * labels are checked on the host as there. mt_model_backward may follow. */
-mt_status mt_model_forward_accumulate(mt_model *model, const void *images, bool images_u8,
-                                      const float *features, const int32_t *labels, int n,
+ * for the first non-finite loss) instead of coming back in `out`, which holds only `valid` (0
+ * for a staged input); the skip flag goes to the float after the gradients
+ * (mt_model_trainable). Host labels are checked as mt_model_forward does. mt_model_backward
+ * may follow. */
+mt_status mt_model_forward_accumulate(mt_model *model, const mt_model_input *input,
                                       uint64_t dropout_seed, uint64_t step, double *accum,
                                       mt_step_result *out);
 

@@ -154,6 +154,36 @@ static inline float mt_u8_to_input(uint8_t value) {
     return x;
 }
 
+/* ---- the input pipeline ----
+ * A training batch goes from the loader's host buffers into the network's input in three ops,
+ * so that the copy of batch k overlaps the compute of batch k-1 and neither side waits for the
+ * other. The backend has two staging slots (0 and 1) in its own memory; the caller alternates
+ * them, one batch per slot from input_upload to input_convert:
+ *   input_upload(slot, batch)     enqueue the copy of pixels, labels and flip flags into the slot
+ *   input_convert(slot, x, y)     the first op of the step: x = scaled (and flipped) pixels,
+ *                                 y = labels, both in backend memory; the slot is empty again
+ *   input_wait(slot)              the copy has read the host buffers: the host may reuse them
+ * The trainer's step k: input_upload(k % 2, batch k), then input_wait((k-1) % 2) and give batch
+ * k-1's buffers back to the loader (that copy finished a step ago: nothing waits), then the
+ * step's ops, starting with input_convert(k % 2). Uploading into a slot that still holds a batch
+ * or converting an empty one is MT_ERR_INVALID (a caller's bug: a batch would be lost).
+ *   cuda:  input_upload is cudaMemcpyAsync on the backend's copy stream (from host_alloc's
+ *          page-locked memory: a DMA that runs while the GPU computes), ordered after an event
+ *          the compute stream recorded behind the slot's last input_convert (a slot is not
+ *          overwritten before the conversion that read it ran), then records a copy event;
+ *          input_convert makes the compute stream wait for that event (cudaStreamWaitEvent: the
+ *          GPU waits, never the host) and scales and flips on the GPU; input_wait synchronizes
+ *          the host with the copy event alone.
+ *   CPU backends: input_upload copies at once (input_wait has nothing to wait for). */
+typedef struct mt_input_batch {
+    int n, height, width;  /* N,H,W of the pixels (3 channels) */
+    const uint8_t *pixels; /* host N,H,W,3 as stored (host_alloc memory for an asynchronous
+                            * copy; any host memory works, cuda then copies before returning) */
+    const int32_t *labels; /* host [n], -1 for padding; the caller checks their range on the
+                            * host before the upload (the device does not report a bad one) */
+    const uint8_t *flips;  /* host [n]: nonzero mirrors image i left to right; NULL: none */
+} mt_input_batch;
+
 typedef struct mt_backend mt_backend;
 
 typedef struct mt_backend_options {
@@ -182,10 +212,18 @@ typedef struct mt_ops {
      * the host reads and writes it (loader threads included). */
     mt_status (*host_alloc)(mt_backend *backend, size_t bytes, void **out);
     void (*host_free)(mt_backend *backend, void *buffer);
-    /* host: N,H,W,3 uint8 pixels -> tensor of x/127.5 - 1 in float (Keras' preprocess_input:
-     * mt_u8_to_input, the loader's MT_LOADER_FLOAT32 values bit for bit), scaled by the backend
-     * (cuda: on the GPU, so a quarter of the bytes crosses to it) */
-    mt_status (*tensor_from_u8)(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst);
+    /* ---- the input pipeline (a training batch: see mt_input_batch above) ---- */
+    /* Enqueue the copy of `batch` into staging slot `slot` (0 or 1), which must be empty (its
+     * last batch converted). The host buffers must stay unchanged until input_wait(slot). */
+    mt_status (*input_upload)(mt_backend *backend, int slot, const mt_input_batch *batch);
+    /* Empty the slot into the network's input: images (N,H,W,3 tensor, the batch's shape) =
+     * mt_u8_to_input of the pixels, image i mirrored left to right where flips[i] is nonzero;
+     * labels (int32 [n] of backend memory, or NULL) = the batch's labels. Ordered after the
+     * slot's copy on the device, without the host waiting for it. */
+    mt_status (*input_convert)(mt_backend *backend, int slot, mt_tensor *images, int32_t *labels);
+    /* Returns once the slot's last copy has read its host buffers (they may then be rewritten);
+     * waits for that copy alone, nothing the compute does. */
+    mt_status (*input_wait)(mt_backend *backend, int slot);
     /* host: N,H,W,C float -> tensor in backend layout, and back */
     mt_status (*tensor_from_nhwc)(mt_backend *backend, const float *host_src, mt_tensor *dst);
     mt_status (*tensor_to_nhwc)(mt_backend *backend, const mt_tensor *src, float *host_dst);

@@ -37,6 +37,7 @@ struct mt_loader {
     mt_loader_options opt;
     uint64_t steps;     /* batches per epoch on this rank */
     size_t image_bytes; /* per batch */
+    size_t batch_bytes; /* the allocator's buffer per batch: images, labels, flips */
 
     int depth;
     slot *slots;
@@ -85,7 +86,8 @@ static void scale_to_float(const uint8_t *restrict src, float *restrict dst, siz
     }
 }
 
-/* Pixels of one image into slot i of the batch, flipped horizontally when asked. */
+/* Pixels of one image into slot i of the batch, flipped horizontally when asked: float output
+ * here, uint8 output by its consumer (b->flips). */
 static void convert_image(const uint8_t *src, bool flip, mt_batch *b, int i) {
     int h = b->height, w = b->width;
     size_t pixels = (size_t)h * (size_t)w * 3, row_values = (size_t)w * 3;
@@ -103,13 +105,9 @@ static void convert_image(const uint8_t *src, bool flip, mt_batch *b, int i) {
             scale_to_float(mirrored, dst + (size_t)y * row_values, row_values);
         }
     } else {
-        uint8_t *dst = (uint8_t *)b->images + (size_t)i * pixels;
-        if (!flip) {
-            memcpy(dst, src, pixels);
-            return;
-        }
-        for (int y = 0; y < h; y++)
-            mt_mirror_row(dst + (size_t)y * row_values, src + (size_t)y * row_values, w, 3);
+        /* as stored: the flag tells the consumer (ops.h input_convert) to mirror it */
+        memcpy((uint8_t *)b->images + (size_t)i * pixels, src, pixels);
+        b->flips[i] = flip;
     }
 }
 
@@ -122,6 +120,7 @@ static mt_status fill_batch(mt_loader *l, worker *wk, mt_batch *b, uint64_t epoc
     b->epoch = epoch;
     b->index = batch_index;
     b->valid = 0;
+    memset(b->flips, 0, (size_t)b->size);
     for (int i = 0; i < b->size; i++) {
         uint64_t position =
             mt_shard_position(n, o->rank, o->world_size, o->batch_size, batch_index, i);
@@ -254,6 +253,10 @@ static mt_status loader_setup(mt_loader *l, const char *path) {
     size_t pixels = (size_t)m->height * (size_t)m->width * 3;
     l->image_bytes =
         (size_t)o->batch_size * pixels * (o->output == MT_LOADER_FLOAT32 ? sizeof(float) : 1);
+    /* one buffer per batch, so that the allocator's pinned memory covers all a GPU copies */
+    const size_t labels_at = (l->image_bytes + 63) / 64 * 64;
+    const size_t flips_at = labels_at + ((size_t)o->batch_size * sizeof(int32_t) + 63) / 64 * 64;
+    l->batch_bytes = flips_at + (size_t)o->batch_size;
     l->perm = malloc(m->record_count * sizeof *l->perm);
     l->slots = calloc((size_t)l->depth, sizeof *l->slots);
     l->worker_count = o->threads > 0 ? o->threads : 1;
@@ -267,14 +270,15 @@ static mt_status loader_setup(mt_loader *l, const char *path) {
                         .width = m->width,
                         .channels = 3,
                         .output = o->output};
-        b->images = l->opt.allocator.alloc(l->image_bytes, l->opt.allocator.user);
-        b->labels = malloc((size_t)o->batch_size * sizeof *b->labels);
+        b->images = l->opt.allocator.alloc(l->batch_bytes, l->opt.allocator.user);
         b->records = malloc((size_t)o->batch_size * sizeof *b->records);
-        if (!b->images || !b->labels || !b->records)
+        if (!b->images || !b->records)
             return MT_FAIL(MT_ERR_NOMEM,
                            "loader for '%s': cannot allocate a %zu-byte batch "
                            "buffer",
-                           path, l->image_bytes);
+                           path, l->batch_bytes);
+        b->labels = (int32_t *)((uint8_t *)b->images + labels_at);
+        b->flips = (uint8_t *)b->images + flips_at;
     }
     for (int t = 0; t < l->worker_count; t++) {
         worker *wk = &l->workers[t];
@@ -331,8 +335,7 @@ void mt_loader_close(mt_loader *l) {
     if (l->slots) {
         for (int s = 0; s < l->depth; s++) {
             mt_batch *b = &l->slots[s].batch;
-            if (b->images) l->opt.allocator.free(b->images, l->image_bytes, l->opt.allocator.user);
-            free(b->labels);
+            if (b->images) l->opt.allocator.free(b->images, l->batch_bytes, l->opt.allocator.user);
             free(b->records);
         }
         free(l->slots);

@@ -572,15 +572,17 @@ static mt_status conv_group_forward(mt_model *m, int i, int n, bool training, in
     return MT_OK;
 }
 
-/* images: float (Keras' preprocess_input already applied), or uint8 pixels the backend scales */
-static mt_status backbone_forward(mt_model *m, const void *images, bool images_u8, int n,
+/* images: host float (Keras' preprocess_input already applied); or, with staged_slot >= 0, the
+ * batch in that staging slot (ops.h input_convert: its pixels scaled and flipped, its labels
+ * into m->labels, on the device) */
+static mt_status backbone_forward(mt_model *m, const float *images, int staged_slot, int n,
                                   bool training) {
     const mt_ops *ops = m->ops;
     mt_backend *be = m->backend;
     m->outputs_intact = false;
     MT_TRY(ensure_activations(m, n));
-    if (images_u8)
-        MT_TRY(ops->tensor_from_u8(be, images, act(m, 0)));
+    if (staged_slot >= 0)
+        MT_TRY(ops->input_convert(be, staged_slot, act(m, 0), m->labels));
     else
         MT_TRY(ops->tensor_from_nhwc(be, images, act(m, 0)));
     memset(m->fused_training, 0, sizeof m->fused_training);
@@ -648,12 +650,29 @@ static mt_status backbone_forward(mt_model *m, const void *images, bool images_u
     return ops->global_avg_pool_forward(be, act(m, MT_MODEL_BACKBONE_LAYERS - 1), m->pooled);
 }
 
+mt_status mt_model_check_labels(const mt_model *m, const int32_t *labels, int n, int *valid) {
+    const int classes = m->layout->config.classes;
+    int count = 0;
+    for (int r = 0; r < n; r++) {
+        if (labels[r] == -1) continue;
+        if (labels[r] < 0 || labels[r] >= classes)
+            return MT_FAIL(MT_ERR_INVALID,
+                           "label %d of row %d is out of range for %d classes (-1 marks padding)",
+                           labels[r], r, classes);
+        count++;
+    }
+    if (valid) *valid = count;
+    return MT_OK;
+}
+
 /* Dropout, dense, loss on m->pooled (n rows); logits downloaded for the accuracy count, except
  * with an accumulator (accum not NULL: a training step that leaves the loss, the accuracy and
- * the finiteness in backend memory, loss_accumulate; nothing waits for the device). */
-static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool training,
-                              uint64_t dropout_seed, float *logits_host, mt_step_result *out,
-                              uint64_t step, double *accum) {
+ * the finiteness in backend memory, loss_accumulate; nothing waits for the device).
+ * labels_staged: m->labels holds the batch's labels already (input_convert put them there);
+ * labels is NULL then. */
+static mt_status head_forward(mt_model *m, const int32_t *labels, bool labels_staged, int n,
+                              bool training, uint64_t dropout_seed, float *logits_host,
+                              mt_step_result *out, uint64_t step, double *accum) {
     const mt_ops *ops = m->ops;
     mt_backend *be = m->backend;
     const mt_model_layout *layout = m->layout;
@@ -677,19 +696,15 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool tr
 
     mt_step_result result = {0};
     if (labels) {
-        for (int r = 0; r < n; r++) {
-            if (labels[r] == -1) continue;
-            if (labels[r] < 0 || labels[r] >= layout->config.classes)
-                return MT_FAIL(
-                    MT_ERR_INVALID,
-                    "label %d of row %d is out of range for %d classes (-1 marks padding)",
-                    labels[r], r, layout->config.classes);
-            result.valid++;
-            if (!accum)
+        MT_TRY(mt_model_check_labels(m, labels, n, &result.valid));
+        if (!accum)
+            for (int r = 0; r < n; r++)
                 result.correct +=
+                    labels[r] >= 0 &&
                     mt_accum_predicted(m->host_logits + (size_t)r * outs, outs) == labels[r];
-        }
         MT_TRY(ops->upload(be, m->labels, labels, (size_t)n * sizeof(int32_t)));
+    }
+    if (labels || labels_staged) {
         mt_loss_desc loss = {.batch = n, .classes = outs};
         if (accum)
             MT_TRY(ops->loss_accumulate(be, &loss, m->logits, m->labels, m->dlogits, step, accum,
@@ -698,7 +713,7 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, int n, bool tr
             MT_TRY(ops->loss_forward_backward(be, &loss, m->logits, m->labels, &result.loss,
                                               training ? m->dlogits : NULL));
     }
-    m->ready_for_backward = training && labels;
+    m->ready_for_backward = training && (labels || labels_staged);
     m->last_n = n;
     if (out) *out = result;
     return MT_OK;
@@ -708,9 +723,9 @@ mt_status mt_model_forward(mt_model *m, const float *images, const int32_t *labe
                            bool training, uint64_t dropout_seed, float *logits_host,
                            mt_step_result *out) {
     m->ready_for_backward = false;
-    MT_TRY(backbone_forward(m, images, false, n, training));
+    MT_TRY(backbone_forward(m, images, -1, n, training));
     m->head_only = false;
-    return head_forward(m, labels, n, training, dropout_seed, logits_host, out, 0, NULL);
+    return head_forward(m, labels, false, n, training, dropout_seed, logits_host, out, 0, NULL);
 }
 
 /* Cached pooled features (n rows) become the head's input: the backbone is skipped. */
@@ -731,24 +746,28 @@ mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_
                                 mt_step_result *out) {
     m->ready_for_backward = false;
     MT_TRY(head_input_upload(m, features, n));
-    return head_forward(m, labels, n, training, dropout_seed, logits_host, out, 0, NULL);
+    return head_forward(m, labels, false, n, training, dropout_seed, logits_host, out, 0, NULL);
 }
 
-mt_status mt_model_forward_accumulate(mt_model *m, const void *images, bool images_u8,
-                                      const float *features, const int32_t *labels, int n,
-                                      uint64_t dropout_seed, uint64_t step, double *accum,
-                                      mt_step_result *out) {
+mt_status mt_model_forward_accumulate(mt_model *m, const mt_model_input *in, uint64_t dropout_seed,
+                                      uint64_t step, double *accum, mt_step_result *out) {
     m->ready_for_backward = false;
-    if (!labels || !accum || !images == !features)
-        return MT_FAIL(MT_ERR_INVALID, "mt_model_forward_accumulate needs labels, an accumulator "
-                                       "and either images or features");
-    if (images) {
-        MT_TRY(backbone_forward(m, images, images_u8, n, true));
-        m->head_only = false;
+    const int given = (in->images != NULL) + (in->features != NULL) + in->staged;
+    if (!accum || given != 1 || (!in->staged && !in->labels))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "mt_model_forward_accumulate needs an accumulator and one input: images "
+                       "or features (each with labels), or a staged batch");
+    if (in->staged && in->slot != 0 && in->slot != 1)
+        return MT_FAIL(MT_ERR_INVALID, "a staged batch in slot %d: the staging slots are 0 and 1",
+                       in->slot);
+    if (in->features) {
+        MT_TRY(head_input_upload(m, in->features, in->n));
     } else {
-        MT_TRY(head_input_upload(m, features, n));
+        MT_TRY(backbone_forward(m, in->images, in->staged ? in->slot : -1, in->n, true));
+        m->head_only = false;
     }
-    return head_forward(m, labels, n, true, dropout_seed, NULL, out, step, accum);
+    const int32_t *labels = in->staged ? NULL : in->labels;
+    return head_forward(m, labels, in->staged, in->n, true, dropout_seed, NULL, out, step, accum);
 }
 
 mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {
@@ -774,7 +793,7 @@ mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {
 
 mt_status mt_model_features(mt_model *m, const float *images, int n, float *features) {
     m->ready_for_backward = false;
-    MT_TRY(backbone_forward(m, images, false, n, false));
+    MT_TRY(backbone_forward(m, images, -1, n, false));
     return m->ops->download(m->backend, features, m->pooled,
                             (size_t)n * m->layout->feature_channels * sizeof(float));
 }

@@ -355,8 +355,7 @@ static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) 
     return MT_OK;
 }
 
-static mt_status train_step(trainer *t, const void *images, bool images_u8, const float *features,
-                            const int32_t *labels, int n, epoch_totals *totals) {
+static mt_status train_step(trainer *t, const mt_model_input *input, epoch_totals *totals) {
     const mt_train_config *c = t->config;
     const uint64_t step = t->global_step;
     const mt_ops *ops = t->backend->ops;
@@ -386,8 +385,8 @@ static mt_status train_step(trainer *t, const void *images, bool images_u8, cons
         MT_TRY(ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
     /* The loss, the accuracy and the skip flag stay in backend memory: nothing here waits. */
     mt_step_result result;
-    mt_status status = mt_model_forward_accumulate(t->model, images, images_u8, features, labels, n,
-                                                   dropout_seed, step, t->accum, &result);
+    mt_status status =
+        mt_model_forward_accumulate(t->model, input, dropout_seed, step, t->accum, &result);
     float *skip_flag = t->grads + t->trainable_count; /* mt_model_trainable */
     if (status == MT_OK && fault == FAULT_NAN) {
         if (before_fault[MT_ACCUM_SKIPPED] == 0.0) before_fault[MT_ACCUM_FIRST_SKIP] = (double)step;
@@ -546,6 +545,66 @@ static void show_progress(const trainer *t, uint64_t done, uint64_t total,
 
 /* ---- the epoch --------------------------------------------------------------------------------- */
 
+/* ---- the input pipeline (ops.h): batch k goes up while batch k-1 computes ------------------- */
+
+/* A loader batch the trainer still holds: its copy to the backend may be running. */
+typedef struct held_batch {
+    mt_batch *batch;
+    int slot;
+} held_batch;
+
+/* Hand a held batch back to the loader once the backend's copy has read it (the copy was
+ * enqueued a step earlier and is long done: input_wait waits for it alone, not for compute). */
+static mt_status release_held(trainer *t, held_batch *held) {
+    if (!held->batch) return MT_OK;
+    mt_status status = t->backend->ops->input_wait(t->backend, held->slot);
+    /* the loader gets it back even after a failed wait (the run ends with that error): the
+     * next epoch must not find it held */
+    mt_loader_release(t->train_loader, held->batch);
+    held->batch = NULL;
+    return status;
+}
+
+/* One step on a uint8 batch: its labels checked on the host, the batch enqueued to the backend's
+ * staging slot (the copy overlaps the previous step's compute, still running on the device),
+ * the previous batch given back to the loader, then the step, which starts by converting the
+ * slot on the device. The new batch is held until the next step's upload; with a one-batch
+ * loader ring it is released at once (after its own copy: the host waits for that copy). */
+static mt_status staged_step(trainer *t, mt_batch *batch, held_batch *held, int *slot,
+                             epoch_totals *totals) {
+    const mt_ops *ops = t->backend->ops;
+    mt_status status = mt_model_check_labels(t->model, batch->labels, batch->size, NULL);
+    if (status != MT_OK) {
+        mt_loader_release(t->train_loader, batch);
+        return status;
+    }
+    const mt_input_batch staged = {.n = batch->size,
+                                   .height = batch->height,
+                                   .width = batch->width,
+                                   .pixels = batch->images,
+                                   .labels = batch->labels,
+                                   .flips = batch->flips};
+    const int mine = *slot;
+    status = ops->input_upload(t->backend, mine, &staged);
+    if (status != MT_OK) {
+        mt_loader_release(t->train_loader, batch);
+        return status;
+    }
+    *slot = 1 - mine;
+    held_batch current = {batch, mine};
+    status = release_held(t, held);
+    if (status == MT_OK) {
+        const mt_model_input input = {.staged = true, .slot = mine, .n = batch->size};
+        status = train_step(t, &input, totals);
+    }
+    if (status == MT_OK && t->config->data.prefetch >= 2) {
+        *held = current;
+        return MT_OK;
+    }
+    mt_status released = release_held(t, &current);
+    return status != MT_OK ? status : released;
+}
+
 /* Run the epoch's remaining steps; *stopped when the ranks agreed to stop early (a signal). */
 static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, double *seconds,
                            bool *stopped) {
@@ -571,10 +630,13 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
     }
     const uint64_t first = t->next_batch;
     bool stop = false;
+    held_batch held = {0}; /* the previous uint8 batch, until this step's upload is enqueued */
+    int slot = 0;          /* the staging slot of the next uint8 batch */
     while (status == MT_OK && t->next_batch < t->steps_per_epoch && !stop) {
         if (t->use_feature_cache) {
             cached_batch(t, permutation, t->next_batch, features, labels);
-            status = train_step(t, NULL, false, features, labels, batch, totals);
+            const mt_model_input input = {.features = features, .labels = labels, .n = batch};
+            status = train_step(t, &input, totals);
         } else {
             mt_batch *next = NULL;
             status = mt_loader_next(t->train_loader, &next);
@@ -583,9 +645,14 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
                                  "batches", (unsigned long long)t->next_batch,
                                  (unsigned long long)t->steps_per_epoch);
             if (status != MT_OK) break;
-            status = train_step(t, next->images, next->output == MT_LOADER_UINT8, NULL,
-                                next->labels, next->size, totals);
-            mt_loader_release(t->train_loader, next);
+            if (next->output == MT_LOADER_UINT8) {
+                status = staged_step(t, next, &held, &slot, totals);
+            } else {
+                const mt_model_input input = {
+                    .images = next->images, .labels = next->labels, .n = next->size};
+                status = train_step(t, &input, totals);
+                mt_loader_release(t->train_loader, next);
+            }
         }
         if (status != MT_OK) break;
         totals->steps++;
@@ -610,6 +677,9 @@ static mt_status run_epoch(trainer *t, bool progress, epoch_totals *totals, doub
             last_shown = elapsed;
         }
     }
+    /* the loader needs every batch back before the next epoch starts */
+    mt_status released = release_held(t, &held);
+    if (status == MT_OK) status = released;
     if (progress && is_root(t)) fprintf(stderr, "\r%*s\r", 110, "");
     /* the epoch's (or the stop's) last totals and word on non-finite steps, on every rank */
     bool stop_at_end = false;
@@ -783,8 +853,9 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         .threads = c->data.loader_threads,
         .ring_depth = c->data.prefetch,
         /* where the backend's memory is not the host's (cuda; the guarded reference), the
-         * pixels cross as uint8, a quarter of the bytes, and the backend scales them
-         * (tensor_from_u8); the CPU backends take floats the loader threads made */
+         * pixels cross as uint8, a quarter of the bytes, with flip flags, and the backend
+         * scales and flips them (ops.h input pipeline, staged_step); the CPU backends take
+         * floats the loader threads made (and flipped) */
         .output = t->backend->ops->device_memory ? MT_LOADER_UINT8 : MT_LOADER_FLOAT32,
         .allocator = {loader_host_alloc, loader_host_free, t->backend},
     };
@@ -854,6 +925,9 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
 }
 
 static void tear_down(trainer *t) {
+    /* after a failed step a batch's copy may still read the loader's buffers: let it end (the
+     * error is reported already; this one would say nothing new) */
+    if (t->backend && t->train_loader) (void)t->backend->ops->synchronize(t->backend);
     mt_loader_close(t->train_loader);
     mt_optimizer_free(&t->optimizer);
     if (t->state_backup) t->backend->ops->buffer_free(t->backend, t->state_backup);

@@ -54,12 +54,15 @@ static void test_pixels(const char *dir) {
                     uint8_t want[H * W * 3];
                     if (i >= b->valid) {
                         memset(want, 0, sizeof want);
-                        CHECK(b->labels[i] == -1);
+                        CHECK(b->labels[i] == -1 && b->flips[i] == 0);
                     } else {
                         int rec = (int)b->records[i];
                         bool flip = mt_shard_flip(3, epoch, (uint64_t)rec);
                         flipped += flip, straight += !flip;
-                        expected_pixels(rec, flip, want);
+                        /* uint8 comes as stored, with the decision as a flag for the consumer
+                         * (the backend's input_convert); float comes flipped, flags 0 */
+                        expected_pixels(rec, flip && !out, want);
+                        CHECK_MSG(b->flips[i] == (out ? flip : 0), "flip flag of slot %d", i);
                         CHECK(b->labels[i] == test_db_label(rec, CLASSES));
                         total++;
                     }
@@ -216,7 +219,10 @@ static void test_allocator_and_ring(const char *dir) {
                            .allocator = {.alloc = pool_alloc, .free = pool_free, .user = &p}};
     mt_loader *l;
     TEST_MUST(mt_loader_open(dir, &o, &l));
-    CHECK(p.handed == 3 && p.bytes == 4 * H * W * 3 * sizeof(float));
+    /* one buffer per batch: images, then labels and flip flags (64-byte aligned), so that
+     * pinned memory covers everything a GPU copies */
+    const size_t images = 4 * H * W * 3 * sizeof(float), labels_at = (images + 63) / 64 * 64;
+    CHECK(p.handed == 3 && p.bytes == labels_at + 64 + 4);
     TEST_MUST(mt_loader_start_epoch(l, 0, 0));
     mt_batch *held[3];
     for (int k = 0; k < 3; k++) {
@@ -225,6 +231,9 @@ static void test_allocator_and_ring(const char *dir) {
         for (int i = 0; i < p.handed; i++)
             ours |= held[k]->images == p.blocks[i];
         CHECK(ours);
+        const uint8_t *base = held[k]->images;
+        CHECK((const uint8_t *)held[k]->labels == base + labels_at);
+        CHECK(held[k]->flips == base + labels_at + 64);
         /* Without shuffle the records come in order. */
         CHECK(held[k]->records[0] == (uint64_t)k * 4);
     }

@@ -6,11 +6,11 @@
  * legacy double kernels and the fp32 fused ones with and without ReLU6),
  * fp32 <-> bf16/fp16 casts (every 16-bit pattern decoded, ties and subnormals encoded),
  * zero padding, pooling, dropout (mask bit for bit), the dense helpers, the losses (the shared
- * per-row formula of ops/loss_row.h bit for bit, and a bad label), add and ReLU6, and the
- * optimizer update (cuda_optimizer.cu) for every rule. The kernels' index arithmetic and
- * reductions are checked on every build, GPU or not; what this cannot see is the GPU itself
- * (memory model, launch limits, speed) and the cuDNN/cuBLAS glue: tests/gpu/run.sh covers those
- * on a lent GPU. */
+ * per-row formula of ops/loss_row.h bit for bit, and a bad label), the input conversion (scale
+ * and flip), add and ReLU6, and the optimizer update (cuda_optimizer.cu) for every rule. The
+ * kernels' index arithmetic and reductions are checked on every build, GPU or not; what this
+ * cannot see is the GPU itself (memory model, launch limits, speed) and the cuDNN/cuBLAS glue:
+ * tests/gpu/run.sh covers those on a lent GPU. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,6 +42,12 @@ static float *array(size_t count, float lo, float hi) {
 
 static float *zeros(size_t count) {
     float *a = calloc(count ? count : 1, sizeof *a);
+    if (!a) abort();
+    return a;
+}
+
+static int32_t *zeros_i32(int count) {
+    int32_t *a = calloc(count ? (size_t)count : 1, sizeof *a);
     if (!a) abort();
     return a;
 }
@@ -653,19 +659,30 @@ static void check_buffer_copy_if(size_t bytes, size_t misalign) {
     free(src), free(dst), free(want);
 }
 
-/* the input scaling: every uint8 value (several blocks), the kernel against the reference op */
-static void check_u8_to_input(void) {
-    const size_t n = 256 * 6; /* a whole number of pixels of 3 values */
-    uint8_t *src = malloc(n);
-    float *got = zeros(n), *want = zeros(n);
-    if (!src) abort();
-    for (size_t i = 0; i < n; i++)
+/* the input conversion (scale + flip), the kernel against the reference op, which gets the
+ * same batch through its staging slot; an odd width (the middle column maps to itself), every
+ * uint8 value, several blocks of threads, flip flags 0, 1 and another nonzero value */
+static void check_input_convert(int n, int h, int w) {
+    const size_t count = (size_t)n * h * w * 3;
+    uint8_t *src = malloc(count), *flips = malloc((size_t)n);
+    int32_t *labels = malloc((size_t)n * sizeof *labels), *labels_out = zeros_i32(n);
+    float *got = zeros(count), *want = zeros(count);
+    if (!src || !flips || !labels) abort();
+    for (size_t i = 0; i < count; i++)
         src[i] = (uint8_t)(i * 5 % 256);
-    KERNEL_OK(mt_cuda_launch_u8_to_input(NULL, n, src, got));
-    mt_tensor t = wrap((mt_shape4){1, 1, (int)n / 3, 3}, want);
-    REF_OK(mt_ops_reference.tensor_from_u8(&REF, src, &t));
-    compare("u8_to_input", got, want, n, 0);
-    free(src), free(got), free(want);
+    for (int i = 0; i < n; i++)
+        flips[i] = (uint8_t)(i % 3 == 1 ? 1 : i % 3 == 2 ? 7 : 0), labels[i] = i;
+    KERNEL_OK(mt_cuda_launch_input_convert(NULL, n, h, w, src, flips, got));
+    const mt_input_batch batch = {
+        .n = n, .height = h, .width = w, .pixels = src, .labels = labels, .flips = flips};
+    mt_tensor t = wrap((mt_shape4){n, h, w, 3}, want);
+    REF_OK(mt_ops_reference.input_upload(&REF, 0, &batch));
+    REF_OK(mt_ops_reference.input_convert(&REF, 0, &t, labels_out));
+    compare("input_convert", got, want, count, 0);
+    CHECK(memcmp(labels, labels_out, (size_t)n * sizeof *labels) == 0);
+    /* the flips did something: image 1 is not its unflipped self */
+    CHECK(want[(size_t)h * w * 3] != mt_u8_to_input(src[(size_t)h * w * 3]));
+    free(src), free(flips), free(labels), free(labels_out), free(got), free(want);
 }
 
 static void check_elementwise(mt_shape4 s) {
@@ -793,7 +810,8 @@ int main(void) {
     check_loss_accumulate(3, 3, none);
     check_buffer_copy_if(4 * 3001, 0); /* several blocks of words */
     check_buffer_copy_if(37, 1);       /* bytes */
-    check_u8_to_input();
+    check_input_convert(3, 5, 7);
+    check_input_convert(4, 16, 24); /* 4608 values: several blocks */
 
     /* rule, momentum, nesterov, weight decay, count (several blocks, a partial last one) */
     check_optimizer(MT_UPDATE_RMSPROP, 0, false, 0, 1000);

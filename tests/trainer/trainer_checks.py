@@ -189,6 +189,42 @@ def case_resume_bit_exact(data, tmp):
     print("resume: bit-exact after a resume at an epoch boundary and after SIGUSR1 mid-epoch")
 
 
+def case_input_paths(data, tmp):
+    """With random_flip on, training on uint8 batches that the backend scales and flips (the
+    cuda path: ops.h's input pipeline, two staging slots, batch k uploaded while batch k-1
+    computes) is bit for bit training on the loader's float batches: the reference backend
+    plain (float batches) and guarded (device memory, so uint8 batches), 2 epochs each, the
+    same checkpoint. Also with a one-batch loader ring (each batch released after its own copy)
+    stopped by SIGUSR1 mid-epoch and resumed. The same run without flips ends elsewhere (the
+    comparison can fail)."""
+    flips = {"data__random_flip": "true", "train__backend": "reference", "train__epochs": "2"}
+    runs = {}
+    for name, guarded, extra in (("float", "0", {}), ("staged", "1", {}),
+                                 ("staged-ring1", "1", {"data__prefetch": "1"}),
+                                 ("noflip", "0", {"data__random_flip": "false"})):
+        folder = os.path.join(tmp, name)
+        os.makedirs(folder)
+        config = write_config(folder, data, **{**flips, **extra})
+        env = {"MT_REFERENCE_GUARDED": guarded}
+        if name == "staged-ring1":
+            stop = {"MT_FAULT_RANK": "0", "MT_FAULT_STEP": "8", "MT_FAULT_KIND": "signal"}
+            first = run([MOBILETUNE, "train", "--config", config], env={**env, **stop})
+            if "stop requested" not in first.output:
+                fail("SIGUSR1 did not stop the staged run:\n" + first.output)
+            run([MOBILETUNE, "train", "--config", config, "--resume", "auto"], env=env)
+        else:
+            run([MOBILETUNE, "train", "--config", config], env=env)
+        runs[name] = f"{folder}/run/last.safetensors"
+    compare(runs["float"], runs["staged"], atol=0.0)
+    compare(runs["float"], runs["staged-ring1"], atol=0.0)
+    a, _ = read_safetensors(runs["float"])
+    b, _ = read_safetensors(runs["noflip"])
+    if all(np.array_equal(a[name], b[name]) for name in a):
+        fail("training without flips ended at the same weights: the flips changed nothing")
+    print("input paths: float batches == uint8 batches flipped by the backend, bit for bit "
+          "(also with a one-batch ring, stopped and resumed)")
+
+
 def case_nan_guard(data, tmp):
     """A non-finite loss stops the run naming the step; with nan_policy = skip the step's update
     is dropped and training goes on to a finite model."""
@@ -816,6 +852,7 @@ CASES = {
     "config_errors": case_config_errors,
     "integrity": case_integrity,
     "backends": case_backends,
+    "input_paths": case_input_paths,
     "mpi_equivalence": case_mpi_equivalence,
     "mpi_flags": case_mpi_flags,
     "mpi_fault": case_mpi_fault,

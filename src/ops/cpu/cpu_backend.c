@@ -248,6 +248,8 @@ static void cpu_shutdown(mt_backend *backend) {
     free(cpu->scratch);
     free(cpu->temp);
     free(cpu->reduce);
+    for (int slot = 0; slot < 2; slot++)
+        free(cpu->input[slot].buffer);
     free(cpu);
     backend->impl = NULL;
 }
@@ -375,17 +377,94 @@ static void cpu_host_free(mt_backend *backend, void *buffer) {
     free(buffer);
 }
 
-/* Scaled on the host into a float copy, then the usual reorder into the backend's layout. */
-static mt_status cpu_tensor_from_u8(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst) {
-    MT_TRY(cpu_check_tensor(cpu_of(backend), dst, dst->shape, "tensor_from_u8's destination"));
-    const size_t count = mt_shape4_count(dst->shape);
-    float *scaled = malloc((count ? count : 1) * sizeof *scaled);
+/* ---- the input pipeline: two host staging slots, copied into at once ---- */
+
+static mt_status input_slot_check(const char *op, int slot) {
+    if (slot != 0 && slot != 1)
+        return MT_FAIL(MT_ERR_INVALID, "cpu backend %s: staging slot %d, want 0 or 1", op, slot);
+    return MT_OK;
+}
+
+static mt_status cpu_input_upload(mt_backend *backend, int slot, const mt_input_batch *batch) {
+    MT_TRY(input_slot_check("input_upload", slot));
+    cpu_input_slot *s = &cpu_of(backend)->input[slot];
+    if (s->full)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cpu backend input_upload: staging slot %d still holds a batch nobody "
+                       "converted (input_convert empties it; alternate the slots)",
+                       slot);
+    if (batch->n <= 0 || batch->height <= 0 || batch->width <= 0 || !batch->pixels ||
+        !batch->labels)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cpu backend input_upload: a batch of %d images of %dx%d without "
+                       "pixels or labels",
+                       batch->n, batch->height, batch->width);
+    const size_t n = (size_t)batch->n, pixels = n * (size_t)batch->height * batch->width * 3;
+    const size_t bytes = n * sizeof(int32_t) + n + pixels;
+    if (bytes > s->bytes) {
+        free(s->buffer);
+        s->bytes = 0;
+        s->buffer = malloc(bytes);
+        if (!s->buffer)
+            return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory staging a %zu-byte batch",
+                           bytes);
+        s->bytes = bytes;
+    }
+    memcpy(s->buffer, batch->labels, n * sizeof(int32_t));
+    if (batch->flips)
+        memcpy(s->buffer + n * sizeof(int32_t), batch->flips, n);
+    else
+        memset(s->buffer + n * sizeof(int32_t), 0, n);
+    memcpy(s->buffer + n * sizeof(int32_t) + n, batch->pixels, pixels);
+    s->n = batch->n, s->height = batch->height, s->width = batch->width;
+    s->full = true;
+    return MT_OK;
+}
+
+/* Scaled (and mirrored) on the host, one image row per iteration across the threads, straight
+ * into the tensor when its layout is plain NHWC (3 channels always are), else into a float copy
+ * that the usual reorder converts. */
+static mt_status cpu_input_convert(mt_backend *backend, int slot, mt_tensor *images,
+                                   int32_t *labels) {
+    MT_TRY(input_slot_check("input_convert", slot));
+    cpu_backend *cpu = cpu_of(backend);
+    cpu_input_slot *s = &cpu->input[slot];
+    if (!s->full)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cpu backend input_convert: staging slot %d is empty (input_upload a "
+                       "batch into it first)",
+                       slot);
+    const mt_shape4 shape = {s->n, s->height, s->width, 3};
+    MT_TRY(cpu_check_tensor(cpu, images, shape, "input_convert's images"));
+    const bool plain = cpu_block_of(cpu, shape) == shape.c;
+    const size_t count = mt_shape4_count(shape);
+    float *scaled = plain ? images->data : malloc(count * sizeof *scaled);
     if (!scaled) return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory scaling a batch");
-    for (size_t i = 0; i < count; i++)
-        scaled[i] = mt_u8_to_input(host_src[i]);
-    mt_status status = convert(backend, dst->shape, CPU_REORDER_FROM_NHWC, scaled, dst->data);
-    free(scaled);
+    const size_t n = (size_t)s->n;
+    const uint8_t *flips = s->buffer + n * sizeof(int32_t), *pixels = flips + n;
+    const int h = s->height, w = s->width;
+#pragma omp parallel for schedule(static)
+    for (int row = 0; row < s->n * h; row++) {
+        const bool flip = flips[row / h] != 0;
+        const uint8_t *from = pixels + (size_t)row * w * 3;
+        float *to = scaled + (size_t)row * w * 3;
+        for (int x = 0; x < w; x++)
+            for (int c = 0; c < 3; c++)
+                to[x * 3 + c] = mt_u8_to_input(from[(flip ? w - 1 - x : x) * 3 + c]);
+    }
+    mt_status status = MT_OK;
+    if (!plain) {
+        status = convert(backend, shape, CPU_REORDER_FROM_NHWC, scaled, images->data);
+        free(scaled);
+    }
+    if (labels) memcpy(labels, s->buffer, n * sizeof *labels);
+    s->full = false;
     return status;
+}
+
+static mt_status cpu_input_wait(mt_backend *backend, int slot) {
+    (void)backend;
+    return input_slot_check("input_wait", slot); /* input_upload copied before it returned */
 }
 
 static mt_status cpu_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
@@ -410,7 +489,9 @@ const mt_ops mt_ops_cpu = {
     .tensor_free = cpu_tensor_free,
     .host_alloc = cpu_host_alloc,
     .host_free = cpu_host_free,
-    .tensor_from_u8 = cpu_tensor_from_u8,
+    .input_upload = cpu_input_upload,
+    .input_convert = cpu_input_convert,
+    .input_wait = cpu_input_wait,
     .tensor_from_nhwc = cpu_tensor_from_nhwc,
     .tensor_to_nhwc = cpu_tensor_to_nhwc,
     .synchronize = cpu_synchronize,

@@ -90,6 +90,15 @@ typedef struct cpu_entry {
     void *act_buf;
 } cpu_entry;
 
+/* One of the input pipeline's two staging slots (ops.h mt_input_batch): host memory, copied
+ * into at once by input_upload; labels [n], flips [n], then pixels N,H,W,3. */
+typedef struct cpu_input_slot {
+    uint8_t *buffer;
+    size_t bytes;
+    int n, height, width;
+    bool full; /* uploaded, not yet converted */
+} cpu_input_slot;
+
 typedef struct cpu_backend {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
@@ -102,6 +111,7 @@ typedef struct cpu_backend {
     size_t temp_floats;
     double *reduce; /* per-thread partial sums of the OpenMP reductions */
     size_t reduce_doubles;
+    cpu_input_slot input[2];
 } cpu_backend;
 
 static inline cpu_backend *cpu_of(mt_backend *backend) {

@@ -180,6 +180,7 @@ static void cuda_shutdown(mt_backend *backend) {
     if (!cu) return;
     (void)cudaSetDevice(cu->device);
     if (cu->stream) (void)cudaStreamSynchronize(cu->stream);
+    if (cu->copy_stream) (void)cudaStreamSynchronize(cu->copy_stream);
     cuda_debug(cu, "pool: peak %.1f MiB in use, %.1f MiB reserved, %zu cudaMalloc calls",
                (double)cu->pool.peak / 1048576.0, (double)cu->pool.reserved / 1048576.0,
                cu->pool.mallocs);
@@ -203,6 +204,13 @@ static void cuda_shutdown(mt_backend *backend) {
     if (cu->host_result) (void)cudaFreeHost(cu->host_result);
     if (cu->cublas) (void)cublasDestroy(cu->cublas);
     if (cu->cudnn) (void)cudnnDestroy(cu->cudnn);
+    for (int slot = 0; slot < 2; slot++) {
+        cuda_input_slot *in = &cu->input[slot];
+        if (in->buffer) (void)cudaFree(in->buffer);
+        if (in->copied) (void)cudaEventDestroy(in->copied);
+        if (in->consumed) (void)cudaEventDestroy(in->consumed);
+    }
+    if (cu->copy_stream) (void)cudaStreamDestroy(cu->copy_stream);
     if (cu->comm_stream) (void)cudaStreamDestroy(cu->comm_stream);
     if (cu->stream) (void)cudaStreamDestroy(cu->stream);
     free(cu);
@@ -212,7 +220,12 @@ static void cuda_shutdown(mt_backend *backend) {
 static mt_status cuda_setup(cuda_backend *cu) {
     CUDA_CHECK(cudaSetDevice(cu->device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&cu->copy_stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&cu->comm_stream, cudaStreamNonBlocking));
+    for (int slot = 0; slot < 2; slot++) { /* ordering only: no timing */
+        CUDA_CHECK(cudaEventCreateWithFlags(&cu->input[slot].copied, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&cu->input[slot].consumed, cudaEventDisableTiming));
+    }
     CUDNN_CHECK(cudnnCreate(&cu->cudnn));
     CUDNN_CHECK(cudnnSetStream(cu->cudnn, cu->stream));
     CUBLAS_CHECK(cublasCreate(&cu->cublas));
@@ -374,23 +387,116 @@ static void cuda_host_free(mt_backend *backend, void *buffer) {
     if (buffer) (void)cudaFreeHost(buffer);
 }
 
-/* The pixels cross as uint8 into a pool block, the kernel scales them into the tensor; the
- * block goes back to the pool behind the kernel (one stream: its next user is ordered after). */
-static mt_status cuda_tensor_from_u8(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst) {
-    MT_TRY(cuda_check_tensor("tensor_from_u8", "dst", dst, dst->shape));
-    const size_t count = mt_shape4_count(dst->shape);
-    void *pixels = NULL;
-    MT_TRY(cuda_buffer_alloc(backend, count, &pixels));
-    mt_status status = cuda_upload(backend, pixels, host_src, count);
-    if (status == MT_OK) {
-        cudaError_t error =
-            mt_cuda_launch_u8_to_input(cuda_of(backend)->stream, count, pixels, dst->data);
-        if (error != cudaSuccess)
-            status = MT_FAIL(MT_ERR_BACKEND, "cuda: scaling the input batch: %s",
-                             cudaGetErrorString(error));
+/* ---- the input pipeline (ops.h): the copy stream, two staging slots, events between ---- */
+
+static mt_status input_slot_of(cuda_backend *cu, const char *op, int slot, cuda_input_slot **out) {
+    if (slot != 0 && slot != 1)
+        return MT_FAIL(MT_ERR_INVALID, "cuda %s: staging slot %d, want 0 or 1", op, slot);
+    *out = &cu->input[slot];
+    return MT_OK;
+}
+
+/* A slot grows (the first batch, or a larger one) only when both streams are idle: a copy may
+ * still write the old buffer, a conversion still read it. Rare: the batch shape is fixed. */
+static mt_status input_slot_reserve(cuda_backend *cu, cuda_input_slot *s, size_t bytes) {
+    if (bytes <= s->bytes) return MT_OK;
+    CUDA_CHECK(cudaStreamSynchronize(cu->copy_stream));
+    CUDA_CHECK(cudaStreamSynchronize(cu->stream));
+    CUDA_CHECK(cudaFree(s->buffer));
+    s->buffer = NULL, s->bytes = 0;
+    cudaError_t e = cudaMalloc((void **)&s->buffer, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return MT_FAIL(MT_ERR_NOMEM,
+                       "cuda: out of device memory for a %zu-byte input staging slot on GPU "
+                       "%d: %s. Lower the batch size or free the GPU",
+                       bytes, cu->device, cudaGetErrorString(e));
     }
-    cuda_buffer_free(backend, pixels);
-    return status;
+    s->bytes = bytes;
+    return MT_OK;
+}
+
+/* Labels, flips and pixels on the copy stream, behind the slot's last conversion; nothing here
+ * waits (from page-locked memory cudaMemcpyAsync returns at once). */
+static mt_status cuda_input_upload(mt_backend *backend, int slot, const mt_input_batch *batch) {
+    cuda_backend *cu = cuda_of(backend);
+    cuda_input_slot *s = NULL;
+    MT_TRY(input_slot_of(cu, "input_upload", slot, &s));
+    if (s->full)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda input_upload: staging slot %d still holds a batch nobody converted "
+                       "(input_convert empties it; alternate the slots)",
+                       slot);
+    if (batch->n <= 0 || batch->height <= 0 || batch->width <= 0 || !batch->pixels ||
+        !batch->labels)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda input_upload: a batch of %d images of %dx%d without pixels or "
+                       "labels",
+                       batch->n, batch->height, batch->width);
+    const size_t n = (size_t)batch->n, pixels = n * (size_t)batch->height * batch->width * 3;
+    MT_TRY(input_slot_reserve(cu, s, n * sizeof(int32_t) + n + pixels));
+    uint8_t *labels = s->buffer, *flips = labels + n * sizeof(int32_t), *staged = flips + n;
+    CUDA_CHECK(cudaStreamWaitEvent(cu->copy_stream, s->consumed, 0));
+    CUDA_CHECK(cudaMemcpyAsync(labels, batch->labels, n * sizeof(int32_t), cudaMemcpyHostToDevice,
+                               cu->copy_stream));
+    if (batch->flips)
+        CUDA_CHECK(
+            cudaMemcpyAsync(flips, batch->flips, n, cudaMemcpyHostToDevice, cu->copy_stream));
+    else
+        CUDA_CHECK(cudaMemsetAsync(flips, 0, n, cu->copy_stream));
+    CUDA_CHECK(
+        cudaMemcpyAsync(staged, batch->pixels, pixels, cudaMemcpyHostToDevice, cu->copy_stream));
+    CUDA_CHECK(cudaEventRecord(s->copied, cu->copy_stream));
+    s->n = batch->n, s->height = batch->height, s->width = batch->width;
+    s->full = true;
+    return MT_OK;
+}
+
+/* The compute stream waits for the slot's copy (the GPU does; the host goes on), scales and
+ * flips into the tensor, copies the labels, and records that the slot was read. */
+static mt_status input_convert_op(mt_backend *backend, int slot, mt_tensor *images,
+                                  int32_t *labels) {
+    cuda_backend *cu = cuda_of(backend);
+    cuda_input_slot *s = NULL;
+    MT_TRY(input_slot_of(cu, "input_convert", slot, &s));
+    if (!s->full)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda input_convert: staging slot %d is empty (input_upload a batch into "
+                       "it first)",
+                       slot);
+    MT_TRY(cuda_check_tensor("input_convert", "images", images,
+                             (mt_shape4){s->n, s->height, s->width, 3}));
+    const size_t n = (size_t)s->n;
+    const uint8_t *flips = s->buffer + n * sizeof(int32_t), *pixels = flips + n;
+    CUDA_CHECK(cudaStreamWaitEvent(cu->stream, s->copied, 0));
+    cudaError_t error = mt_cuda_launch_input_convert(cu->stream, s->n, s->height, s->width, pixels,
+                                                     flips, images->data);
+    if (error != cudaSuccess)
+        return MT_FAIL(MT_ERR_BACKEND, "cuda: converting the input batch: %s",
+                       cudaGetErrorString(error));
+    if (labels)
+        CUDA_CHECK(cudaMemcpyAsync(labels, s->buffer, n * sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                                   cu->stream));
+    CUDA_CHECK(cudaEventRecord(s->consumed, cu->stream));
+    s->full = false;
+    return MT_OK;
+}
+
+static mt_status cuda_input_convert(mt_backend *backend, int slot, mt_tensor *images,
+                                    int32_t *labels) {
+    CUDA_PROFILED(backend, input_convert_op(backend, slot, images, labels), "input_convert",
+                  "N%d %dx%dx%d", images->shape.n, images->shape.h, images->shape.w,
+                  images->shape.c);
+}
+
+/* The host waits for the copy alone (a step ago, when the trainer asks: long done), never for
+ * the compute stream. */
+static mt_status cuda_input_wait(mt_backend *backend, int slot) {
+    cuda_backend *cu = cuda_of(backend);
+    cuda_input_slot *s = NULL;
+    MT_TRY(input_slot_of(cu, "input_wait", slot, &s));
+    CUDA_CHECK(cudaEventSynchronize(s->copied));
+    return MT_OK;
 }
 
 static mt_status cuda_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
@@ -399,6 +505,7 @@ static mt_status cuda_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, 
 }
 
 static mt_status cuda_synchronize(mt_backend *backend) {
+    CUDA_CHECK(cudaStreamSynchronize(cuda_of(backend)->copy_stream));
     CUDA_CHECK(cudaStreamSynchronize(cuda_of(backend)->stream));
     return MT_OK;
 }
@@ -416,7 +523,9 @@ const mt_ops mt_ops_cuda = {
     .tensor_free = cuda_tensor_free,
     .host_alloc = cuda_host_alloc,
     .host_free = cuda_host_free,
-    .tensor_from_u8 = cuda_tensor_from_u8,
+    .input_upload = cuda_input_upload,
+    .input_convert = cuda_input_convert,
+    .input_wait = cuda_input_wait,
     .tensor_from_nhwc = cuda_tensor_from_nhwc,
     .tensor_to_nhwc = cuda_tensor_to_nhwc,
     .synchronize = cuda_synchronize,

@@ -1,9 +1,10 @@
 /* Private state and helpers of the "cuda" backend (cuDNN + cuBLAS + mobiletune's kernels), shared
  * by its C files. Activations are plain NHWC float in device memory (layout 0), the layout cuDNN's
  * NHWC kernels and our own kernels read directly; every other buffer is device memory in ops.h's
- * documented layout. All work is enqueued on one stream (`stream`), so ordering between ops,
- * copies and pool reuse needs no events; `comm_stream` is reserved for the gradient all-reduce.
- * See docs/gpu.md for the design. */
+ * documented layout. Every op, copy and memset is enqueued on one stream (`stream`), so ordering
+ * between ops, copies and pool reuse needs no events. Two other streams, each ordered with it
+ * by events: `copy_stream` carries the input batches into the staging slots (ops.h's input
+ * pipeline), `comm_stream` the gradient all-reduce (src/comm/nccl_comm.c). See docs/gpu.md. */
 #ifndef MT_OPS_CUDA_INTERNAL_H
 #define MT_OPS_CUDA_INTERNAL_H
 
@@ -85,10 +86,24 @@ typedef struct cuda_profiler {
     size_t count, capacity;
 } cuda_profiler;
 
+/* One of the input pipeline's two staging slots (ops.h mt_input_batch): its own cudaMalloc,
+ * outside the pool (the copy stream writes it), holding labels [n], flips [n], then pixels
+ * N,H,W,3. `copied` is recorded on the copy stream behind an upload, `consumed` on the compute
+ * stream behind the conversion that read the slot; the next upload waits for it. */
+typedef struct cuda_input_slot {
+    uint8_t *buffer;
+    size_t bytes;
+    int n, height, width;
+    bool full; /* uploaded, not yet converted */
+    cudaEvent_t copied, consumed;
+} cuda_input_slot;
+
 typedef struct cuda_backend {
     int device;
     cudaStream_t stream;      /* every op, copy and memset */
-    cudaStream_t comm_stream; /* reserved: gradient all-reduce overlapped with backward */
+    cudaStream_t copy_stream; /* the input batches' uploads (ops.h input_upload) */
+    cudaStream_t comm_stream; /* the gradient all-reduce, overlapped with backward */
+    cuda_input_slot input[2];
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
     bool allow_tf32;    /* MT_CUDA_TF32=1: cuDNN/cuBLAS may use TF32 (off: exact fp32 FMA math) */

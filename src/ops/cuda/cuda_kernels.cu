@@ -506,12 +506,20 @@ __global__ void column_sums_kernel(int rows, int cols, const float *a, float *su
 }
 
 /* ---- the input: uint8 pixels to x/127.5 - 1 (ops.h mt_u8_to_input, a host function: the same
- * two operations here, division and subtraction, which nvcc does not fuse) ------------------ */
+ * two operations here, division and subtraction, which nvcc does not fuse), each image mirrored
+ * left to right where its flip flag is set (ops.h input_convert) ----------------------------- */
 
-__global__ void u8_to_input_kernel(size_t n, const uint8_t *src, float *dst) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+__global__ void input_convert_kernel(size_t count, int height, int width, const uint8_t *src,
+                                     const uint8_t *flips, float *dst) {
+    const size_t row = (size_t)width * 3, image = row * (size_t)height;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x) {
-        float x = (float)src[i];
+        size_t from = i;
+        if (flips[i / image]) {
+            const size_t in_row = i % row, x = in_row / 3, c = in_row % 3;
+            from = i - in_row + ((size_t)width - 1 - x) * 3 + c;
+        }
+        float x = (float)src[from];
         x /= 127.5f;
         x -= 1.0f;
         dst[i] = x;
@@ -1385,9 +1393,11 @@ cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, con
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_u8_to_input(cudaStream_t stream, size_t count, const uint8_t *src,
-                                       float *dst) {
-    u8_to_input_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, src, dst);
+cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, int n, int height, int width,
+                                         const uint8_t *src, const uint8_t *flips, float *dst) {
+    const size_t count = (size_t)n * (size_t)height * (size_t)width * 3;
+    input_convert_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, height, width, src, flips,
+                                                                  dst);
     return cudaGetLastError();
 }
 

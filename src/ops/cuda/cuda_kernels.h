@@ -182,9 +182,10 @@ cudaError_t mt_cuda_launch_broadcast_rows(cudaStream_t stream, int rows, int col
                                           float *y);
 cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, const float *a,
                                        float *sums);
-/* dst[i] = mt_u8_to_input(src[i]) (ops.h): the input batch scaled on the device */
-cudaError_t mt_cuda_launch_u8_to_input(cudaStream_t stream, size_t count, const uint8_t *src,
-                                       float *dst);
+/* ops.h input_convert on the device: dst (N,H,W,3 float) = mt_u8_to_input of src (N,H,W,3
+ * uint8), image i mirrored left to right where flips[i] (device, [n]) is nonzero */
+cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, int n, int height, int width,
+                                         const uint8_t *src, const uint8_t *flips, float *dst);
 /* Mean cross-entropy of ops.h's loss_forward_backward. result (device, 3 doubles): the mean
  * loss, the number of valid rows, the first row with a bad label (-1 when none). */
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,

@@ -25,6 +25,7 @@ typedef struct guarded_region {
 } guarded_region;
 
 typedef struct guarded_state {
+    mt_ref_state ref; /* first: the reference ops find their state at backend->impl */
     guarded_region *regions;
     size_t count, capacity;
     /* the regions merged into runs of adjacent mappings (mmap tends to place new mappings next
@@ -123,7 +124,8 @@ static void region_unmap(mt_backend *backend, void *base) {
 /* ---- lifetime and memory ---- */
 
 static mt_status guarded_init(mt_backend *backend, const mt_backend_options *options) {
-    MT_TRY(mt_ops_reference.init(backend, options));
+    backend->impl = NULL;
+    MT_TRY(mt_ref_check_options(options));
     backend->impl = calloc(1, sizeof(guarded_state));
     if (!backend->impl) return MT_FAIL(MT_ERR_NOMEM, "reference-guarded backend: out of memory");
     return MT_OK;
@@ -132,6 +134,7 @@ static mt_status guarded_init(mt_backend *backend, const mt_backend_options *opt
 static void guarded_shutdown(mt_backend *backend) {
     guarded_state *g = state_of(backend);
     if (!g) return;
+    mt_ref_input_free(backend);
     for (size_t i = 0; i < g->count; i++) munmap(g->regions[i].base, g->regions[i].length);
     free(g->regions);
     free(g->runs);
@@ -187,8 +190,11 @@ GUARDED(buffer_copy_if,
         (mt_backend * backend, void *dst, const void *src, size_t bytes, const float *flag,
          double *count),
         (backend, dst, src, bytes, flag, count))
-GUARDED(tensor_from_u8, (mt_backend * backend, const uint8_t *src, mt_tensor *dst),
-        (backend, src, dst))
+GUARDED(input_upload, (mt_backend * backend, int slot, const mt_input_batch *batch),
+        (backend, slot, batch))
+GUARDED(input_convert, (mt_backend * backend, int slot, mt_tensor *images, int32_t *labels),
+        (backend, slot, images, labels))
+GUARDED(input_wait, (mt_backend * backend, int slot), (backend, slot))
 GUARDED(tensor_from_nhwc, (mt_backend * backend, const float *src, mt_tensor *dst),
         (backend, src, dst))
 GUARDED(tensor_to_nhwc, (mt_backend * backend, const mt_tensor *src, float *dst),
@@ -288,7 +294,9 @@ const mt_ops mt_ops_reference_guarded = {
     /* host memory (the loader's threads write it): plain malloc, never guarded */
     .host_alloc = mt_ref_host_alloc,
     .host_free = mt_ref_host_free,
-    .tensor_from_u8 = guarded_tensor_from_u8,
+    .input_upload = guarded_input_upload,
+    .input_convert = guarded_input_convert,
+    .input_wait = guarded_input_wait,
     .tensor_from_nhwc = guarded_tensor_from_nhwc,
     .tensor_to_nhwc = guarded_tensor_to_nhwc,
     .synchronize = mt_ref_synchronize,

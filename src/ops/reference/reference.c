@@ -1,6 +1,7 @@
-/* The reference backend's ops table, its (stateless) lifetime and the checks its ops share.
- * Plain loops over NHWC host arrays, double accumulators for long sums: the oracle every other
- * backend is compared with, so clarity wins over speed everywhere in this folder. */
+/* The reference backend's ops table, its lifetime (its state: two input staging slots) and the
+ * checks its ops share. Plain loops over NHWC host arrays, double accumulators for long sums: the
+ * oracle every other backend is compared with, so clarity wins over speed everywhere in this
+ * folder. */
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,13 +19,18 @@ mt_status mt_ref_check_shape(const char *op, const char *what, mt_shape4 got, mt
                    op, what, got.n, got.h, got.w, got.c, want.n, want.h, want.w, want.c);
 }
 
-static mt_status ref_init(mt_backend *backend, const mt_backend_options *options) {
+mt_status mt_ref_check_options(const mt_backend_options *options) {
     if (options->num_threads < 0)
         return MT_FAIL(MT_ERR_INVALID,
                        "reference backend: num_threads %d is negative (0 = all "
                        "cores)",
                        options->num_threads);
-    backend->impl = NULL; /* nothing to keep: every op is a pure function of its arguments */
+    return MT_OK;
+}
+
+static mt_status ref_init(mt_backend *backend, const mt_backend_options *options) {
+    backend->impl = NULL;
+    MT_TRY(mt_ref_check_options(options));
     /* MT_REFERENCE_GUARDED=1: the same ops on memory the host cannot touch (guarded.c), for the
      * tests that prove no module reads backend memory behind the backend's back */
     const char *guarded = getenv("MT_REFERENCE_GUARDED");
@@ -32,10 +38,16 @@ static mt_status ref_init(mt_backend *backend, const mt_backend_options *options
         backend->ops = &mt_ops_reference_guarded;
         return backend->ops->init(backend, options);
     }
+    /* the only state: the input pipeline's staging slots (every op is otherwise a pure
+     * function of its arguments) */
+    backend->impl = calloc(1, sizeof(mt_ref_state));
+    if (!backend->impl) return MT_FAIL(MT_ERR_NOMEM, "reference backend: out of memory");
     return MT_OK;
 }
 
 static void ref_shutdown(mt_backend *backend) {
+    mt_ref_input_free(backend);
+    free(backend->impl);
     backend->impl = NULL;
 }
 
@@ -51,7 +63,9 @@ const mt_ops mt_ops_reference = {
     .tensor_free = mt_ref_tensor_free,
     .host_alloc = mt_ref_host_alloc,
     .host_free = mt_ref_host_free,
-    .tensor_from_u8 = mt_ref_tensor_from_u8,
+    .input_upload = mt_ref_input_upload,
+    .input_convert = mt_ref_input_convert,
+    .input_wait = mt_ref_input_wait,
     .tensor_from_nhwc = mt_ref_tensor_from_nhwc,
     .tensor_to_nhwc = mt_ref_tensor_to_nhwc,
     .synchronize = mt_ref_synchronize,

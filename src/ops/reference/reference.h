@@ -1,10 +1,29 @@
 /* Private declarations of the reference backend: one function per ops-table entry (defined in
- * the op-family files) and the small checks they share. Tensors are plain NHWC float arrays in
- * host memory; every buffer is host memory. */
+ * the op-family files), its small state and the checks its ops share. Tensors are plain NHWC
+ * float arrays in host memory; every buffer is host memory. */
 #ifndef MT_OPS_REFERENCE_H
 #define MT_OPS_REFERENCE_H
 
 #include "mobiletune/ops.h"
+
+/* The backend's only state (backend->impl; the guarded mode's state begins with it): the input
+ * pipeline's two staging slots. A slot's buffer is backend memory (backend->ops->buffer_alloc:
+ * guarded in the guarded mode), labels [capacity] then flips [capacity] then pixels. */
+typedef struct mt_ref_input_slot {
+    void *buffer;
+    size_t bytes;
+    int n, height, width;
+    bool full; /* uploaded, not yet converted */
+} mt_ref_input_slot;
+
+typedef struct mt_ref_state {
+    mt_ref_input_slot input[2];
+} mt_ref_state;
+
+/* ref_init's checks of the options (the guarded mode's init runs them too) */
+mt_status mt_ref_check_options(const mt_backend_options *options);
+/* Frees the staging slots (both modes' shutdown). */
+void mt_ref_input_free(mt_backend *backend);
 
 /* Threads for an OpenMP region: the backend's num_threads option, or OpenMP's default. */
 int mt_ref_threads(const mt_backend *backend);
@@ -22,7 +41,9 @@ void mt_ref_tensor_free(mt_backend *backend, mt_tensor *tensor);
 mt_status mt_ref_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst);
 mt_status mt_ref_host_alloc(mt_backend *backend, size_t bytes, void **out);
 void mt_ref_host_free(mt_backend *backend, void *buffer);
-mt_status mt_ref_tensor_from_u8(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst);
+mt_status mt_ref_input_upload(mt_backend *backend, int slot, const mt_input_batch *batch);
+mt_status mt_ref_input_convert(mt_backend *backend, int slot, mt_tensor *images, int32_t *labels);
+mt_status mt_ref_input_wait(mt_backend *backend, int slot);
 mt_status mt_ref_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst);
 mt_status mt_ref_synchronize(mt_backend *backend);
 mt_status mt_ref_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes);
