@@ -74,6 +74,7 @@ typedef struct mt_train_config {
         mt_train_mode mode;
         int fine_tune_at;
         mt_bn_mode bn_mode;
+        double bn_momentum;
         char weights[MT_CONFIG_PATH_MAX];         /* Keras h5, "" for none */
         char init_checkpoint[MT_CONFIG_PATH_MAX]; /* safetensors, "" for none */
     } model;

@@ -86,6 +86,12 @@ static const mt_config_option options[] = {
      "Batch normalization in training steps: auto is trainable for scratch and inference (moving "
      "statistics, as `base_model(training=False)`) for frozen and finetune. Frozen BN layers "
      "always run in inference mode."},
+    {"model", "bn_momentum", MT_CONFIG_FLOAT, FIELD(model.bn_momentum), "0.999", NULL, 0, 0.999999,
+     0, 0,
+     "Momentum of the BN moving statistics (Keras' BatchNormalization `momentum`; MobileNetV2's "
+     "0.999). A training-mode BN layer's statistics cover 1 - momentum^steps of the way from their "
+     "initial values: scratch runs of a few thousand steps want about 0.99 (each evaluation warns "
+     "while they cover less than 90%)."},
     {"model", "weights", MT_CONFIG_PATH, FIELD(model.weights), "none", NULL, 0, 0, 0,
      MT_CONFIG_MUST_EXIST,
      "Keras HDF5 weights for the backbone (e.g. ImageNet's no-top file), or none for Keras' "
@@ -966,6 +972,7 @@ mt_model_config mt_config_model(const mt_train_config *config) {
         .mode = config->model.mode,
         .fine_tune_at = config->model.fine_tune_at,
         .bn_mode = config->model.bn_mode,
+        .bn_momentum = (float)config->model.bn_momentum,
         .batch_size = config->data.batch_size,
     };
 }
