@@ -57,8 +57,12 @@ static const mt_config_option options[] = {
     {"data", "shuffle", MT_CONFIG_BOOL, FIELD(data.shuffle), "true", NULL, 0, 0, 0, 0,
      "A fresh permutation of the training split every epoch, drawn from (seed, epoch)."},
     {"data", "random_flip", MT_CONFIG_BOOL, FIELD(data.random_flip), "false", NULL, 0, 0, 0, 0,
-     "Flip half of the training images horizontally (the tutorial's RandomFlip('horizontal'); "
-     "its RandomRotation(0.2) is not implemented)."},
+     "Flip half of the training images horizontally (the tutorial's RandomFlip('horizontal'))."},
+    {"data", "random_rotation", MT_CONFIG_FLOAT, FIELD(data.random_rotation), "0.0", NULL, 0, 1, 0,
+     0,
+     "Rotate each training image by an angle drawn uniformly in [-f, f] x 2 pi (Keras' "
+     "RandomRotation(f): bilinear, fill mode reflect; the current tutorial's 0.2), in the loader "
+     "threads; 0: off. Frozen mode then runs the backbone every step (no feature cache)."},
     {"data", "prefetch", MT_CONFIG_INT, FIELD(data.prefetch), "4", NULL, 1, 64, 0, 0,
      "Batches the loader prepares ahead of the step."},
     {"data", "loader_threads", MT_CONFIG_INT, FIELD(data.loader_threads), "2", NULL, 0, 64, 0, 0,

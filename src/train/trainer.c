@@ -785,6 +785,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         .shuffle = c->data.shuffle,
         .drop_remainder = true,
         .random_flip = c->data.random_flip,
+        .random_rotation = c->data.random_rotation,
         .threads = c->data.loader_threads,
         .ring_depth = c->data.prefetch,
         /* where the backend's memory is not the host's (cuda; the guarded reference), the
@@ -824,9 +825,12 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     }
     MT_TRY(agree_on_replica(t));
 
-    /* The only augmentation is the flip, so caching both views is exact: auto and on cache. */
+    /* With the flip alone, caching both views is exact: auto and on cache. A rotation draws a
+     * new angle per image and epoch, so its features cannot be computed once: the backbone runs
+     * every step whatever cache_features says (the log says why). */
     t->use_feature_cache = model_config.mode == MT_TRAIN_FROZEN &&
-                           c->train.cache_features != MT_CACHE_FEATURES_OFF;
+                           c->train.cache_features != MT_CACHE_FEATURES_OFF &&
+                           c->data.random_rotation == 0.0;
     t->cache_views = c->data.random_flip ? 2 : 1;
     if (t->use_feature_cache && t->train_records >= (1u << 24))
         t->use_feature_cache = false; /* record indices travel as floats in the gather */
@@ -849,7 +853,11 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         t->who.world_size, c->data.batch_size);
     if (model_config.mode == MT_TRAIN_FROZEN)
         say(t, "  frozen backbone: %s\n",
-            !t->use_feature_cache
+            !t->use_feature_cache && c->data.random_rotation != 0.0
+                ? "run in inference mode every step (data.random_rotation: every epoch rotates "
+                  "the images anew, so their features cannot be cached; the cache serves flips "
+                  "alone)"
+            : !t->use_feature_cache
                 ? "run in inference mode every step (train.cache_features = off)"
             : t->cache_views == 2
                 ? "pooled features of every image and of its mirror image computed once and "

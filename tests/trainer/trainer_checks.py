@@ -272,6 +272,20 @@ def case_feature_cache(data, tmp):
             fail("the head did not train")
         print(f"feature cache (random_flip={flip}): head weights agree with the uncached path "
               f"(max diff {worst:.2e})")
+    # a random rotation draws new pixels every epoch: no cache, whatever cache_features says,
+    # and the log says why
+    for setting in ("auto", "on"):
+        folder = os.path.join(tmp, "rotate" + setting)
+        os.makedirs(folder)
+        result = run([MOBILETUNE, "train", "--config",
+                      write_config(folder, data, model__mode="frozen", data__random_flip="true",
+                                   data__random_rotation="0.2", train__cache_features=setting,
+                                   train__epochs=1)])
+        if "data.random_rotation: every epoch rotates" not in result.output or \
+                "feature vectors" in result.output:
+            fail(f"frozen with random_rotation (cache_features={setting}) did not say it runs "
+                 "the backbone every step:\n" + result.output)
+    print("feature cache: not used with random_rotation, and the log says so")
 
 
 def time_split(output):
