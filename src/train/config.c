@@ -172,8 +172,9 @@ static const mt_config_option options[] = {
     {"train", "cache_features", MT_CONFIG_ENUM, FIELD(train.cache_features), "auto", "auto|on|off",
      0, 0, 0, 0,
      "frozen mode: compute the frozen backbone's pooled features once (with random_flip, of each "
-     "image and of its mirror image) so every epoch runs only the head; exact, since the flip is "
-     "the only augmentation. auto and on: cache; off: run the backbone every step."},
+     "image and of its mirror image) so every epoch runs only the head; exact, as a flip has two "
+     "views. auto and on: cache (not with data.random_rotation, whose angles change every "
+     "epoch); off: run the backbone every step."},
     {"train", "precision", MT_CONFIG_ENUM, FIELD(train.precision), "fp32", "fp32", 0, 0, 0, 0,
      "Arithmetic precision (only fp32 so far)."},
 
