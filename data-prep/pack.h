@@ -32,6 +32,11 @@ typedef struct pack_options {
     int split_count; /* 0: one database, split "all" */
     pack_split_spec splits[PACK_MAX_SPLITS];
     const char *split_text; /* as given, for the options line */
+    /* a pre-split INPUT (pack_input.split_folder_count > 0): a seeded stratified fraction of its
+     * validation folder becomes the test split (0: none); pack_plan_folder_splits fills `splits`
+     * with the folders' splits and sets `folder_splits` */
+    double test_from_val;
+    bool folder_splits;
     uint64_t seed;
     double fraction;
     int threads;
@@ -46,8 +51,12 @@ typedef struct pack_item {
     char *path; /* as opened */
     char *name; /* as recorded: relative to the input folder or as written in the list */
     uint32_t label;
-    int split; /* index into options.splits; -1 when not selected */
+    int split;  /* index into options.splits; -1 when not selected */
+    int folder; /* pre-split input: the split folder it came from (PACK_FOLDER_*), else -1 */
 } pack_item;
+
+/* The split folders a pre-split INPUT may hold, in output order; OUT/<name> each. */
+enum { PACK_FOLDER_TRAIN = 0, PACK_FOLDER_VAL, PACK_FOLDER_TEST, PACK_FOLDER_COUNT };
 
 /* A file dropped before decoding (a directory named x.jpg, a hidden file ...). */
 typedef struct pack_skip {
@@ -58,6 +67,10 @@ typedef struct pack_skip {
 typedef struct pack_input {
     int class_count;
     char **class_names;
+    /* INPUT's subfolders are splits (train/, validation/ or val/, test/), each of class folders:
+     * the folder found per PACK_FOLDER_* ("" for none; "validation" or "val" for VAL) */
+    int split_folder_count;
+    char split_folders[PACK_FOLDER_COUNT][16];
     pack_item *items;
     size_t item_count;
     pack_skip *skips;
@@ -69,7 +82,13 @@ typedef struct pack_input {
 mt_status pack_input_list(const char *input, pack_input *in);
 void pack_input_free(pack_input *in);
 
-/* Assign each item a split (or -1) from the seeded stratified --fraction and --split rules. */
+/* A pre-split input: refuse --split, check --test-from-val, and set options->splits to the
+ * folders' splits (train, val, test, as present; test also from --test-from-val). Otherwise
+ * refuse --test-from-val. */
+mt_status pack_plan_folder_splits(const pack_input *in, pack_options *options);
+
+/* Assign each item a split (or -1) from the seeded stratified --fraction and --split rules; for
+ * a pre-split input, from its folder (and --test-from-val), after --fraction per folder. */
 void pack_input_select(pack_input *in, const pack_options *options);
 
 /* Parse "train=0.8,val=0.1,test=0.1" into options->splits. */

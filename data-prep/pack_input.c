@@ -109,7 +109,7 @@ static mt_status add_item(item_list *list, char *path, char *name, uint32_t labe
         list->capacity = capacity;
     }
     list->items[list->count++] =
-        (pack_item){.path = path, .name = name, .label = label, .split = -1};
+        (pack_item){.path = path, .name = name, .label = label, .split = -1, .folder = -1};
     return MT_OK;
 }
 
@@ -136,43 +136,173 @@ static mt_status add_path(pack_input *in, item_list *items, char *path, char *na
     return add_item(items, path, name, label);
 }
 
-static mt_status list_folder(const char *input, pack_input *in, item_list *items) {
+/* The class folders of `dir` into `classes` (other entries become skips named `prefix`/entry). */
+static mt_status list_class_folders(const char *dir, const char *prefix, pack_input *in,
+                                    name_list *classes) {
     name_list top = {0};
-    MT_TRY(list_dir(input, &top));
-    name_list classes = {0};
+    MT_TRY(list_dir(dir, &top));
     mt_status status = MT_OK;
     for (size_t i = 0; i < top.count && status == MT_OK; i++) {
-        char *path = join_path(input, top.names[i]);
+        char *path = join_path(dir, top.names[i]);
         struct stat st;
         if (!path) {
             status = MT_FAIL(MT_ERR_NOMEM, "out of memory");
         } else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-            status = name_list_add(&classes, top.names[i]);
+            status = name_list_add(classes, top.names[i]);
+        } else if (prefix) {
+            char *name = join_path(prefix, top.names[i]);
+            status = name ? add_skip(in, name, "not inside a class subfolder")
+                          : MT_FAIL(MT_ERR_NOMEM, "out of memory");
+            free(name);
         } else {
             status = add_skip(in, top.names[i], "not inside a class subfolder");
         }
         free(path);
     }
     name_list_free(&top);
-    if (status == MT_OK && classes.count == 0)
+    if (status == MT_OK && classes->count == 0)
         status = MT_FAIL(MT_ERR_INVALID,
                          "%s: no class subfolders: put each class's images in "
                          "its own subfolder (e.g. %s/cats, %s/dogs) or pass a 'path label' list "
                          "file",
-                         input, input, input);
-    if (status == MT_OK && classes.count > MT_MAX_CLASSES)
-        status = MT_FAIL(MT_ERR_INVALID, "%s: %zu class subfolders, more than %d", input,
-                         classes.count, MT_MAX_CLASSES);
-    for (size_t c = 0; c < classes.count && status == MT_OK; c++) {
-        char *dir = join_path(input, classes.names[c]);
+                         dir, dir, dir);
+    if (status == MT_OK && classes->count > MT_MAX_CLASSES)
+        status = MT_FAIL(MT_ERR_INVALID, "%s: %zu class subfolders, more than %d", dir,
+                         classes->count, MT_MAX_CLASSES);
+    return status;
+}
+
+/* The files of each class folder of `dir` as items (named `prefix`/class/file, or class/file). */
+static mt_status list_class_files(const char *dir, const char *prefix, const name_list *classes,
+                                  int folder, pack_input *in, item_list *items) {
+    mt_status status = MT_OK;
+    for (size_t c = 0; c < classes->count && status == MT_OK; c++) {
+        char *class_dir = join_path(dir, classes->names[c]);
+        char *class_name =
+            prefix ? join_path(prefix, classes->names[c]) : strdup(classes->names[c]);
         name_list files = {0};
-        status = dir ? list_dir(dir, &files) : MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        status = class_dir && class_name ? list_dir(class_dir, &files)
+                                         : MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        size_t first = items->count;
         for (size_t f = 0; f < files.count && status == MT_OK; f++)
-            status = add_path(in, items, join_path(dir, files.names[f]),
-                              join_path(classes.names[c], files.names[f]), (uint32_t)c);
+            status = add_path(in, items, join_path(class_dir, files.names[f]),
+                              join_path(class_name, files.names[f]), (uint32_t)c);
+        for (size_t i = first; i < items->count; i++)
+            items->items[i].folder = folder;
         name_list_free(&files);
+        free(class_dir);
+        free(class_name);
+    }
+    return status;
+}
+
+/* Which split a folder name stands for in a pre-split INPUT (-1: none). */
+static int split_folder_kind(const char *name) {
+    if (strcmp(name, "train") == 0) return PACK_FOLDER_TRAIN;
+    if (strcmp(name, "validation") == 0 || strcmp(name, "val") == 0) return PACK_FOLDER_VAL;
+    if (strcmp(name, "test") == 0) return PACK_FOLDER_TEST;
+    return -1;
+}
+
+/* INPUT is pre-split when every subfolder it holds is named train, validation, val or test,
+ * train is among them, and each of them holds a subfolder (its class folders): a class folder
+ * named "train" holds image files, not folders, so a folder of classes is never taken for one
+ * of splits. `dirs` are INPUT's subfolders. */
+static mt_status detect_split_folders(const char *input, const name_list *dirs, pack_input *in,
+                                      bool *presplit) {
+    *presplit = false;
+    if (dirs->count == 0) return MT_OK;
+    int found[PACK_FOLDER_COUNT] = {-1, -1, -1};
+    for (size_t i = 0; i < dirs->count; i++) {
+        int kind = split_folder_kind(dirs->names[i]);
+        if (kind < 0) return MT_OK;
+        if (found[kind] >= 0)
+            return MT_FAIL(MT_ERR_INVALID,
+                           "%s holds both %s/ and %s/: a pre-split folder has one validation "
+                           "folder; rename or move one of them",
+                           input, dirs->names[found[kind]], dirs->names[i]);
+        found[kind] = (int)i;
+    }
+    if (found[PACK_FOLDER_TRAIN] < 0) return MT_OK;
+    for (size_t i = 0; i < dirs->count; i++) {
+        char *dir = join_path(input, dirs->names[i]);
+        name_list entries = {0};
+        mt_status status = dir ? list_dir(dir, &entries) : MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        bool has_folder = false;
+        for (size_t e = 0; e < entries.count && status == MT_OK && !has_folder; e++) {
+            char *path = join_path(dir, entries.names[e]);
+            struct stat st;
+            has_folder = path && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+            free(path);
+        }
+        name_list_free(&entries);
+        free(dir);
+        if (status != MT_OK) return status;
+        if (!has_folder) return MT_OK;
+    }
+    for (int k = 0; k < PACK_FOLDER_COUNT; k++)
+        if (found[k] >= 0) {
+            snprintf(in->split_folders[k], sizeof in->split_folders[k], "%s",
+                     dirs->names[found[k]]);
+            in->split_folder_count++;
+        }
+    *presplit = true;
+    return MT_OK;
+}
+
+/* "a, b, c" of a class list, cut to fit. */
+static void describe_classes(const name_list *classes, char *out, size_t capacity) {
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < classes->count && used + 1 < capacity; i++)
+        used +=
+            (size_t)snprintf(out + used, capacity - used, "%s%s", i ? ", " : "", classes->names[i]);
+}
+
+static mt_status list_folder(const char *input, pack_input *in, item_list *items) {
+    name_list dirs = {0};
+    mt_status status = list_class_folders(input, NULL, in, &dirs);
+    bool presplit = false;
+    if (status == MT_OK) status = detect_split_folders(input, &dirs, in, &presplit);
+    name_list classes = {0};
+    if (status == MT_OK && !presplit) {
+        classes = dirs;
+        dirs = (name_list){0};
+        status = list_class_files(input, NULL, &classes, -1, in, items);
+    }
+    /* Pre-split: every split folder's classes, which must be the first one's (train's), so one
+     * class list (ids by sorted name, as for a folder) serves every split. */
+    for (int k = 0; presplit && status == MT_OK && k < PACK_FOLDER_COUNT; k++) {
+        const char *folder = in->split_folders[k];
+        if (!folder[0]) continue;
+        char *dir = join_path(input, folder);
+        name_list these = {0};
+        status = dir ? list_class_folders(dir, folder, in, &these)
+                     : MT_FAIL(MT_ERR_NOMEM, "out of memory");
+        if (status == MT_OK && classes.names) {
+            bool same = these.count == classes.count;
+            for (size_t c = 0; same && c < these.count; c++)
+                same = strcmp(these.names[c], classes.names[c]) == 0;
+            if (!same) {
+                char a[512], b[512];
+                describe_classes(&classes, a, sizeof a);
+                describe_classes(&these, b, sizeof b);
+                status = MT_FAIL(MT_ERR_INVALID,
+                                 "%s/%s/ holds the classes %s but %s/%s/ holds %s: the split "
+                                 "folders of a pre-split input must hold the same class folders "
+                                 "(labels are positions in one class list)",
+                                 input, in->split_folders[PACK_FOLDER_TRAIN], a, input, folder, b);
+            }
+        }
+        if (status == MT_OK) status = list_class_files(dir, folder, &these, k, in, items);
+        if (status == MT_OK && !classes.names) {
+            classes = these;
+            these = (name_list){0};
+        }
+        name_list_free(&these);
         free(dir);
     }
+    name_list_free(&dirs);
     if (status == MT_OK) {
         in->class_count = (int)classes.count;
         in->class_names = classes.names; /* ownership moves */
@@ -352,33 +482,106 @@ static size_t round_count(size_t n, double f) {
     return v > (double)n ? n : (size_t)v;
 }
 
+static const char *const folder_split_names[PACK_FOLDER_COUNT] = {"train", "val", "test"};
+
+mt_status pack_plan_folder_splits(const pack_input *in, pack_options *options) {
+    options->folder_splits = in->split_folder_count > 0;
+    if (!options->folder_splits) {
+        if (options->test_from_val > 0)
+            return MT_FAIL(MT_ERR_INVALID,
+                           "--test-from-val applies to an input split into folders (train/, "
+                           "validation/ ...), and %s is not one: use --split instead",
+                           options->input);
+        return MT_OK;
+    }
+    if (options->split_count > 0)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "%s is already split into folders (%s/ ...): leave out --split (each "
+                       "folder becomes OUT/<split>; --test-from-val F makes a test split from "
+                       "the validation folder)",
+                       options->input, in->split_folders[PACK_FOLDER_TRAIN]);
+    if (options->test_from_val > 0 && !in->split_folders[PACK_FOLDER_VAL][0])
+        return MT_FAIL(MT_ERR_INVALID,
+                       "--test-from-val: %s has no validation/ or val/ folder to take the test "
+                       "split from",
+                       options->input);
+    if (options->test_from_val > 0 && in->split_folders[PACK_FOLDER_TEST][0])
+        return MT_FAIL(MT_ERR_INVALID,
+                       "--test-from-val: %s has a test/ folder already: leave out "
+                       "--test-from-val to pack it as the test split",
+                       options->input);
+    options->split_count = 0;
+    for (int k = 0; k < PACK_FOLDER_COUNT; k++) {
+        bool present =
+            in->split_folders[k][0] || (k == PACK_FOLDER_TEST && options->test_from_val > 0);
+        if (!present) continue;
+        pack_split_spec *spec = &options->splits[options->split_count++];
+        snprintf(spec->name, sizeof spec->name, "%s", folder_split_names[k]);
+        spec->fraction = 0; /* not used: the folders decide */
+    }
+    return MT_OK;
+}
+
+/* The position of split `name` in options->splits (-1: none). */
+static int split_index(const pack_options *options, const char *name) {
+    for (int s = 0; s < options->split_count; s++)
+        if (strcmp(options->splits[s].name, name) == 0) return s;
+    return -1;
+}
+
+/* One group of items (a class; for a pre-split input, a class within one split folder, -1 for
+ * none) shuffled by its own seeded stream, cut to --fraction and given its splits. */
+static void select_group(pack_input *in, const pack_options *options, int folder, int c,
+                         size_t *members) {
+    size_t n = 0;
+    for (size_t i = 0; i < in->item_count; i++)
+        if (in->items[i].label == (uint32_t)c && in->items[i].folder == folder) members[n++] = i;
+    /* Fisher-Yates with a per-class stream, so adding a class leaves the others' splits; a split
+     * folder has a stream of its own too */
+    uint64_t state = options->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(c + 1));
+    if (folder >= 0) state ^= 0x9E3779B97F4A7C15ull * (uint64_t)(folder + 1);
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)(mt_splitmix64_next(&state) % i);
+        size_t t = members[i - 1];
+        members[i - 1] = members[j];
+        members[j] = t;
+    }
+    size_t kept = round_count(n, options->fraction);
+    if (folder >= 0) {
+        /* the folder's own split; the validation folder's first round(kept * test_from_val) of
+         * the shuffle go to test */
+        const int own = split_index(options, folder_split_names[folder]);
+        const int test = split_index(options, "test");
+        size_t to_test = folder == PACK_FOLDER_VAL && options->test_from_val > 0
+                             ? round_count(kept, options->test_from_val)
+                             : 0;
+        for (size_t k = 0; k < kept; k++)
+            in->items[members[k]].split = k < to_test ? test : own;
+        return;
+    }
+    int split_count = options->split_count > 0 ? options->split_count : 1;
+    double cumulative = 0;
+    size_t begin = 0;
+    for (int s = 0; s < split_count; s++) {
+        cumulative += options->split_count > 0 ? options->splits[s].fraction : 1.0;
+        size_t end = s == split_count - 1 ? kept : round_count(kept, cumulative);
+        if (end < begin) end = begin;
+        for (size_t k = begin; k < end; k++)
+            in->items[members[k]].split = s;
+        begin = end;
+    }
+}
+
 void pack_input_select(pack_input *in, const pack_options *options) {
     size_t *members = malloc((in->item_count ? in->item_count : 1) * sizeof *members);
     MT_ASSERT(members);
-    int split_count = options->split_count > 0 ? options->split_count : 1;
     for (int c = 0; c < in->class_count; c++) {
-        size_t n = 0;
-        for (size_t i = 0; i < in->item_count; i++)
-            if (in->items[i].label == (uint32_t)c) members[n++] = i;
-        /* Fisher-Yates with a per-class stream, so adding a class leaves the others' splits. */
-        uint64_t state = options->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(c + 1));
-        for (size_t i = n; i > 1; i--) {
-            size_t j = (size_t)(mt_splitmix64_next(&state) % i);
-            size_t t = members[i - 1];
-            members[i - 1] = members[j];
-            members[j] = t;
+        if (!options->folder_splits) {
+            select_group(in, options, -1, c, members);
+            continue;
         }
-        size_t kept = round_count(n, options->fraction);
-        double cumulative = 0;
-        size_t begin = 0;
-        for (int s = 0; s < split_count; s++) {
-            cumulative += options->split_count > 0 ? options->splits[s].fraction : 1.0;
-            size_t end = s == split_count - 1 ? kept : round_count(kept, cumulative);
-            if (end < begin) end = begin;
-            for (size_t k = begin; k < end; k++)
-                in->items[members[k]].split = s;
-            begin = end;
-        }
+        for (int folder = 0; folder < PACK_FOLDER_COUNT; folder++)
+            select_group(in, options, folder, c, members);
     }
     free(members);
 }

@@ -22,6 +22,9 @@ static const char usage_text[] =
     "names) or a list file of 'path label' lines (label: a class name, or an integer id when\n"
     "every label is one; relative paths are relative to the list file's folder).\n"
     "OUT is the LMDB folder, or with --split the folder holding one LMDB per split.\n"
+    "A folder whose subfolders are splits (train/, validation/ or val/, test/, each with one\n"
+    "folder per class, as in the tutorial's cats_and_dogs_filtered.zip) is packed into\n"
+    "OUT/train, OUT/val, OUT/test with one class list; --split does not apply to it.\n"
     "\n"
     "options:\n"
     "  --size N           output side in pixels (default 160, at most "
@@ -34,6 +37,8 @@ static const char usage_text[] =
     "  --split SPEC       e.g. train=0.8,val=0.1,test=0.1: stratified by class, fractions add to "
     "1;\n"
     "                     OUT/<name> per split (default: one database OUT, split \"all\")\n"
+    "  --test-from-val F  INPUT split into folders (below): a stratified fraction 0<F<1 of\n"
+    "                     validation/ becomes OUT/test, the rest OUT/val (the tutorial: 0.2)\n"
     "  --fraction F       pack a stratified fraction 0<F<=1 of the input first (default 1)\n"
     "  --seed N           seed of the --fraction and --split shuffles (default 1)\n"
     "  --threads N        decoding threads (default: all cores); output is identical for any N\n"
@@ -134,6 +139,12 @@ static int pack_main(int argc, char **argv) {
         } else if (strcmp(name, "--split") == 0) {
             if (pack_parse_split(value, &o) != MT_OK) return usage_error("%s", mt_last_error());
             o.split_text = value;
+        } else if (strcmp(name, "--test-from-val") == 0) {
+            char *end;
+            o.test_from_val = strtod(value, &end);
+            if (*end != '\0' || !(o.test_from_val > 0) || !(o.test_from_val < 1))
+                return usage_error("--test-from-val '%s': want a number in (0, 1), e.g. 0.2",
+                                   value);
         } else if (strcmp(name, "--fraction") == 0) {
             char *end;
             o.fraction = strtod(value, &end);

@@ -765,29 +765,53 @@ static mt_status write_report(const char *path, const char *input, const skip_li
 
 /* The options line stored in the metadata: every option that shaped the pixels or the split. */
 static void format_options(const pack_options *o, char *text, size_t capacity) {
-    int n = snprintf(
-        text, capacity,
-        "--size %d --resize %s --decode %s%s --quality %d --seed %llu --fraction %g%s%s "
-        "input=%s",
-        o->size, mt_resize_mode_name(o->resize), o->tf_decode ? "tf" : "scaled",
-        o->encoded ? " --encoded" : "", o->quality, (unsigned long long)o->seed, o->fraction,
-        o->split_count ? " --split " : "", o->split_count ? o->split_text : "", o->input);
+    char splits[64] = "";
+    if (o->folder_splits && o->test_from_val > 0)
+        snprintf(splits, sizeof splits, " --test-from-val %g (split folders)", o->test_from_val);
+    else if (o->folder_splits)
+        snprintf(splits, sizeof splits, " (split folders)");
+    int n =
+        snprintf(text, capacity,
+                 "--size %d --resize %s --decode %s%s --quality %d --seed %llu --fraction %g%s%s%s "
+                 "input=%s",
+                 o->size, mt_resize_mode_name(o->resize), o->tf_decode ? "tf" : "scaled",
+                 o->encoded ? " --encoded" : "", o->quality, (unsigned long long)o->seed,
+                 o->fraction, o->split_count && !o->folder_splits ? " --split " : "",
+                 o->split_count && !o->folder_splits ? o->split_text : "", splits, o->input);
     (void)n;
     for (char *p = text; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
 }
 
-mt_status pack_run(const pack_options *o) {
+mt_status pack_run(const pack_options *given) {
     double start = mt_clock_monotonic();
     struct stat st;
     pack_input in;
-    MT_TRY(pack_input_list(o->input, &in));
-    mt_status checked = check_output_paths(o, &in);
+    MT_TRY(pack_input_list(given->input, &in));
+    /* a pre-split input decides the splits: from here on, the options with them filled in */
+    pack_options planned = *given;
+    const pack_options *o = &planned;
+    mt_status checked = pack_plan_folder_splits(&in, &planned);
+    if (checked == MT_OK) checked = check_output_paths(o, &in);
     if (checked != MT_OK) {
         pack_input_free(&in);
         return checked;
     }
     pack_input_select(&in, o);
+    if (o->folder_splits) {
+        static const char *const out_names[PACK_FOLDER_COUNT] = {"train", "val", "test"};
+        printf("mobiletune-pack: %s is split into folders:", o->input);
+        const char *separator = " ";
+        for (int k = 0; k < PACK_FOLDER_COUNT; k++)
+            if (in.split_folders[k][0]) {
+                printf("%s%s/ -> %s/%s", separator, in.split_folders[k], o->output, out_names[k]);
+                separator = ", ";
+            }
+        if (o->test_from_val > 0)
+            printf("; test: a seeded stratified %g of %s/ -> %s/test", o->test_from_val,
+                   in.split_folders[PACK_FOLDER_VAL], o->output);
+        printf("\n");
+    }
 
     int split_count = o->split_count > 0 ? o->split_count : 1;
     split_db *dbs = calloc((size_t)split_count, sizeof *dbs);

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The main job on the default data, end to end: build mobiletune, pack the cats/dogs photos into
-# data/cats_vs_dogs/{train,val,test} (seeded, stratified 80/10/10), train the tutorial's frozen
-# run (configs/cats_vs_dogs/frozen.ini: ImageNet MobileNetV2 backbone, new head, 10 epochs) into
+# data/cats_vs_dogs/{train,val,test} (below), train the tutorial's frozen run
+# (configs/cats_vs_dogs/frozen.ini: ImageNet MobileNetV2 backbone, new head, 10 epochs) into
 # runs/cats_vs_dogs/frozen, and print the test accuracy. Running it again re-packs the same data
 # and continues the run (--resume auto): a finished run only evaluates again.
 #
 # Default data, first found:
-#   1. ../shared/data/cats_vs_dogs/train (cats/, dogs/): the 2,000 photos beside the repo
-#   2. the tutorial's public cats_and_dogs_filtered.zip, downloaded by data-prep/fetch_cats_dogs.sh
+#   1. ../shared/data/cats_vs_dogs/train (cats/, dogs/): the 2,000 photos beside the repo, split
+#      80/10/10 (seeded, stratified)
+#   2. the tutorial's public cats_and_dogs_filtered.zip, downloaded by data-prep/fetch_cats_dogs.sh:
+#      its own train/ and validation/ folders, as the tutorial uses them: train/ is the training
+#      split; a fifth of validation/ is the test split (the tutorial's
+#      `validation_dataset.take(val_batches // 5)`; here a seeded, stratified fifth: --seed 1
+#      --test-from-val 0.2) and the rest stays the validation split
 # Neither: a message saying so and exit 1.
 #
 # Environment (all optional): MT_BUILD_DIR (default build), MT_PACK (use this mobiletune-pack,
@@ -39,6 +44,7 @@ mobiletune="${MT_MOBILETUNE:-$build/mobiletune}"
 shared="${MT_SHARED_DIR:-../shared}/data/cats_vs_dogs/train"
 if [[ -d "$shared/cats" && -d "$shared/dogs" ]]; then
     input="$shared"
+    splits=(--split train=0.8,val=0.1,test=0.1)
     echo "run-default: using the shared photos in $input"
 else
     echo "run-default: $shared is absent; fetching the public cats_and_dogs_filtered archive" >&2
@@ -48,7 +54,8 @@ else
         echo "  $pack --split train=0.8,val=0.1,test=0.1 YOUR_FOLDER data/cats_vs_dogs" >&2
         exit 1
     fi
-    input="$fetched/train"
+    input="$fetched"
+    splits=(--test-from-val 0.2)
 fi
 
 out="${MT_DATA_OUT:-data/cats_vs_dogs}"
@@ -56,8 +63,7 @@ threads=()
 if [[ -n "${MT_THREADS:-}" ]]; then threads=(--threads "$MT_THREADS"); fi
 fraction=()
 if [[ -n "${MT_FRACTION:-}" ]]; then fraction=(--fraction "$MT_FRACTION"); fi
-"$pack" --split train=0.8,val=0.1,test=0.1 --seed 1 --force "${threads[@]}" "${fraction[@]}" \
-    "$input" "$out"
+"$pack" "${splits[@]}" --seed 1 --force "${threads[@]}" "${fraction[@]}" "$input" "$out"
 for split in train val test; do
     "$pack" info "$out/$split"
 done

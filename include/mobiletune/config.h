@@ -47,7 +47,8 @@ typedef enum mt_config_comm {
 } mt_config_comm;
 
 typedef enum mt_cache_features {
-    MT_CACHE_FEATURES_AUTO = 0, /* frozen mode: cache (both flip views when flips are on) */
+    MT_CACHE_FEATURES_AUTO = 0, /* frozen mode: cache (both flip views when flips are on; not
+                                 * with random_rotation) */
     MT_CACHE_FEATURES_ON,       /* the same */
     MT_CACHE_FEATURES_OFF,      /* run the frozen backbone every step */
 } mt_cache_features;
@@ -64,6 +65,7 @@ typedef struct mt_train_config {
         char train[MT_CONFIG_PATH_MAX], val[MT_CONFIG_PATH_MAX], test[MT_CONFIG_PATH_MAX];
         int batch_size; /* per rank */
         bool shuffle, random_flip;
+        double random_rotation; /* Keras RandomRotation factor, 0: off */
         int prefetch;       /* batches buffered ahead */
         int loader_threads; /* decode threads per rank */
     } data;
@@ -74,6 +76,7 @@ typedef struct mt_train_config {
         mt_train_mode mode;
         int fine_tune_at;
         mt_bn_mode bn_mode;
+        double bn_momentum;
         char weights[MT_CONFIG_PATH_MAX];         /* Keras h5, "" for none */
         char init_checkpoint[MT_CONFIG_PATH_MAX]; /* safetensors, "" for none */
     } model;

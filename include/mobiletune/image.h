@@ -73,6 +73,14 @@ void mt_image_free(mt_image *image);
  * dst: size,size,3 (HWC). */
 mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, uint8_t *dst);
 
+/* Keras' RandomRotation for one angle (radians; positive turns the picture counter-clockwise as
+ * displayed): every output pixel reads the input at the inverse rotation of its centre about the
+ * image centre ((width-1)/2, (height-1)/2), bilinearly, and points outside the input are reflected
+ * back in (fill_mode "reflect": d c b a | a b c d | d c b a). src: height,width,3 uint8;
+ * dst: height,width,3 float in pixel units (0..255), not rounded. The random draw of the angle is
+ * the loader's (mt_shard_rotation). */
+void mt_image_rotate(const uint8_t *src, int height, int width, double angle, float *dst);
+
 /* "stretch" / "center-crop" / "pad" <-> mode. */
 mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out);
 const char *mt_resize_mode_name(mt_resize_mode mode);

@@ -14,9 +14,10 @@
  *   !drop_remainder (evaluation): steps = ceil(N / (W*B)); positions >= N are padding (label -1,
  *                               zero pixels), counted out of mt_batch.valid; every sample is seen
  *                               exactly once across ranks and every rank has `steps` batches.
- * Random flips are decided by a hash of (seed, epoch, record index) (mt_shard_flip), so the output
- * is identical whatever the thread count or ring depth; float output comes flipped, uint8 output
- * comes as stored with a flag per image for the consumer (the GPU) to flip.
+ * Random flips and rotations are decided by a hash of (seed, epoch, record index) (mt_shard_flip,
+ * mt_shard_rotation), so the output is identical whatever the thread count or ring depth; float
+ * output comes flipped, uint8 output comes unflipped with a flag per image for the consumer (the
+ * GPU) to flip.
  *
  * Use (one loader per rank; the ring refills while the caller computes):
  *     mt_loader_options o = {.rank = r, .world_size = w, .batch_size = 32, .seed = seed,
@@ -87,6 +88,11 @@ uint64_t mt_shard_position(uint64_t record_count, int rank, int world_size, int 
 /* Whether record `index` is flipped horizontally in `epoch` (when random_flip is on). */
 bool mt_shard_flip(uint64_t seed, uint64_t epoch, uint64_t index);
 
+/* The angle (radians) record `index` is rotated by in `epoch` when random_rotation = `factor`:
+ * uniform in [-factor * 2 pi, factor * 2 pi), Keras' RandomRotation(factor) draw, from a stream
+ * of its own (unrelated to the flip and the permutation). */
+double mt_shard_rotation(uint64_t seed, uint64_t epoch, uint64_t index, double factor);
+
 /* ---- the batch loader ------------------------------------------------------------------------ */
 
 typedef enum mt_loader_output {
@@ -119,6 +125,10 @@ typedef struct mt_loader_options {
     int ring_depth;      /* batches buffered ahead (>= 1; 0 means the default, 4) */
     mt_loader_output output;
     mt_loader_allocator allocator;
+    /* Keras RandomRotation(random_rotation) of every sample, seeded per (epoch, record); 0: off.
+     * The rotation comes first, the flip after it (Keras' flip-then-rotate with the angle's sign
+     * turned: the same distribution, the angle's being symmetric), on both outputs */
+    double random_rotation;
 } mt_loader_options;
 
 /* One batch. Owned by the loader; valid until mt_loader_release(). */

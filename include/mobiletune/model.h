@@ -84,10 +84,12 @@ typedef struct mt_model_config {
     int fine_tune_at; /* MT_TRAIN_FINETUNE: first trainable backbone layer index, 1..153
                        * (MT_MODEL_BACKBONE_LAYERS - 1) */
     mt_bn_mode bn_mode;
-    int batch_size; /* the largest batch a step will see (activations are sized for it) */
+    float bn_momentum; /* BN moving statistics: moving = moving*m + batch*(1-m); Keras 0.999 */
+    int batch_size;    /* the largest batch a step will see (activations are sized for it) */
 } mt_model_config;
 
-/* alpha 1.0, 160, 2 classes, dropout 0.2, scratch, fine_tune_at 100, BN auto, batch 32. */
+/* alpha 1.0, 160, 2 classes, dropout 0.2, scratch, fine_tune_at 100, BN auto, BN momentum 0.999,
+ * batch 32. */
 mt_model_config mt_model_config_default(void);
 
 mt_status mt_train_mode_parse(const char *text, mt_train_mode *out); /* scratch|frozen|finetune */
@@ -97,7 +99,7 @@ typedef enum mt_layer_kind {
     MT_LAYER_INPUT = 0,
     MT_LAYER_CONV,      /* Conv2D, no bias */
     MT_LAYER_DEPTHWISE, /* DepthwiseConv2D, multiplier 1, no bias */
-    MT_LAYER_BATCHNORM, /* epsilon 1e-3, momentum 0.999 */
+    MT_LAYER_BATCHNORM, /* epsilon 1e-3, momentum config.bn_momentum (Keras: 0.999) */
     MT_LAYER_RELU6,     /* Keras ReLU(6.) */
     MT_LAYER_ZERO_PAD,  /* ZeroPadding2D ((0,1),(0,1)) before a stride-2 depthwise conv */
     MT_LAYER_ADD,       /* residual Add */

@@ -47,6 +47,11 @@ typedef struct mt_train_result {
     bool stopped_by_signal;          /* a checkpoint was written and the run can be resumed */
     bool used_feature_cache;
     double seconds;
+    /* where `seconds` went (the rest: set-up, weights, BN averaging, waiting on ranks) */
+    double cache_seconds;      /* frozen mode's feature cache */
+    double step_seconds;       /* the training steps, loader waits included */
+    double eval_seconds;       /* validation and test */
+    double checkpoint_seconds; /* writing checkpoints */
 } mt_train_result;
 
 /* Train per `config` (already checked). Errors name the step, the file or the rank. */

@@ -7,6 +7,7 @@
  * One mutex guards the ring state; the pixel work happens outside it. A worker's failure is kept
  * (status + message, since messages are per-thread) and handed to the caller by mt_loader_next. */
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 
 #include "data/dataset_internal.h"
 #include "data/mirror.h"
+#include "mobiletune/image.h"
 
 enum { DEFAULT_RING_DEPTH = 4, MAX_THREADS = 256, MAX_RING_DEPTH = 1024 };
 
@@ -30,6 +32,7 @@ typedef struct worker {
     bool started;
     MDB_txn *txn;
     uint8_t *scratch; /* H*W*3 for JPEG records */
+    float *rotated;   /* H*W*3: a rotated image before scaling (random_rotation only) */
 } worker;
 
 struct mt_loader {
@@ -111,6 +114,42 @@ static void convert_image(const uint8_t *src, bool flip, mt_batch *b, int i) {
     }
 }
 
+/* A rotated image (pixel units, mt_image_rotate) into slot i of the batch, flipped horizontally
+ * when asked: scaled as Keras scales (x /= 127.5; x -= 1) for float output, rounded to the nearest
+ * uint8 for uint8 output (the backend then scales it: at most half a level from the float path),
+ * which, as in convert_image, leaves the flip to its consumer (b->flips). */
+static void convert_rotated(const float *src, bool flip, mt_batch *b, int i) {
+    int h = b->height, w = b->width;
+    size_t pixels = (size_t)h * (size_t)w * 3, row_values = (size_t)w * 3;
+    float mirrored[3 * MT_MAX_IMAGE_SIDE];
+    if (b->output != MT_LOADER_FLOAT32) {
+        b->flips[i] = flip;
+        flip = false;
+    }
+    for (int y = 0; y < h; y++) {
+        const float *in = src + (size_t)y * row_values;
+        if (flip) {
+            mt_mirror_row(mirrored, in, w, 3 * sizeof(float));
+            in = mirrored;
+        }
+        if (b->output == MT_LOADER_FLOAT32) {
+            float *dst = (float *)b->images + (size_t)i * pixels + (size_t)y * row_values;
+            for (size_t k = 0; k < row_values; k++) {
+                float x = in[k];
+                x /= 127.5f;
+                x -= 1.0f;
+                dst[k] = x;
+            }
+        } else {
+            uint8_t *dst = (uint8_t *)b->images + (size_t)i * pixels + (size_t)y * row_values;
+            for (size_t k = 0; k < row_values; k++) {
+                /* a bilinear mix of uint8 values lies in [0, 255] */
+                dst[k] = (uint8_t)(in[k] + 0.5f);
+            }
+        }
+    }
+}
+
 static mt_status fill_batch(mt_loader *l, worker *wk, mt_batch *b, uint64_t epoch,
                             uint64_t batch_index) {
     const mt_loader_options *o = &l->opt;
@@ -136,7 +175,13 @@ static mt_status fill_batch(mt_loader *l, worker *wk, mt_batch *b, uint64_t epoc
         const uint8_t *pixels;
         MT_TRY(mt_dataset_fetch(l->ds, wk->txn, index, wk->scratch, &record, &pixels));
         bool flip = o->random_flip && mt_shard_flip(o->seed, epoch, index);
-        convert_image(pixels, flip, b, i);
+        if (o->random_rotation != 0.0) {
+            double angle = mt_shard_rotation(o->seed, epoch, index, o->random_rotation);
+            mt_image_rotate(pixels, b->height, b->width, angle, wk->rotated);
+            convert_rotated(wk->rotated, flip, b, i);
+        } else {
+            convert_image(pixels, flip, b, i);
+        }
         b->labels[i] = (int32_t)record.label;
         b->records[i] = index;
         b->valid++;
@@ -227,6 +272,11 @@ static mt_status check_options(const mt_loader_options *o, const char *path) {
                        "loader for '%s': ring depth %d, want 0 (default) or "
                        "1..%d",
                        path, o->ring_depth, MAX_RING_DEPTH);
+    if (!(fabs(o->random_rotation) <= 1.0))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "loader for '%s': random rotation %g is not a fraction of a turn in "
+                       "[-1, 1]",
+                       path, o->random_rotation);
     if (o->output != MT_LOADER_FLOAT32 && o->output != MT_LOADER_UINT8)
         return MT_FAIL(MT_ERR_INVALID, "loader for '%s': unknown output type %d", path,
                        (int)o->output);
@@ -285,6 +335,10 @@ static mt_status loader_setup(mt_loader *l, const char *path) {
         wk->loader = l;
         wk->scratch = malloc(pixels);
         if (!wk->scratch) return MT_FAIL(MT_ERR_NOMEM, "loader for '%s': out of memory", path);
+        if (o->random_rotation != 0.0) {
+            wk->rotated = malloc(pixels * sizeof *wk->rotated);
+            if (!wk->rotated) return MT_FAIL(MT_ERR_NOMEM, "loader for '%s': out of memory", path);
+        }
         LMDB_CHECK(mdb_txn_begin(l->ds->env, NULL, MDB_RDONLY, &wk->txn), path);
     }
     if (o->threads > 0)
@@ -329,6 +383,7 @@ void mt_loader_close(mt_loader *l) {
             if (l->workers[t].started) pthread_join(l->workers[t].thread, NULL);
             if (l->workers[t].txn) mdb_txn_abort(l->workers[t].txn);
             free(l->workers[t].scratch);
+            free(l->workers[t].rotated);
         }
         free(l->workers);
     }

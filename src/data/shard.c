@@ -1,6 +1,8 @@
 /* The sharding arithmetic of the loader (the rule is in loader.h and docs/formats.md): pure
  * functions of (seed, epoch, counts) so that every rank derives the same permutation without
  * communicating, and so that tests can check the exactly-once property without a database. */
+#include <math.h>
+
 #include "core/splitmix64.h"
 #include "mobiletune/loader.h"
 
@@ -22,7 +24,7 @@ static uint64_t rng_below(rng *r, uint64_t bound) {
 }
 
 /* Distinct streams per purpose, so the flip of record i is unrelated to where it lands. */
-enum { STREAM_PERMUTATION = 1, STREAM_FLIP = 2 };
+enum { STREAM_PERMUTATION = 1, STREAM_FLIP = 2, STREAM_ROTATION = 3 };
 
 static uint64_t stream_seed(uint64_t seed, uint64_t epoch, uint64_t stream) {
     return mt_mix64(mt_mix64(seed ^ mt_mix64(stream)) + epoch);
@@ -59,4 +61,11 @@ uint64_t mt_shard_position(uint64_t record_count, int rank, int world_size, int 
 
 bool mt_shard_flip(uint64_t seed, uint64_t epoch, uint64_t index) {
     return (mt_mix64(stream_seed(seed, epoch, STREAM_FLIP) ^ mt_mix64(index)) >> 63) != 0;
+}
+
+double mt_shard_rotation(uint64_t seed, uint64_t epoch, uint64_t index, double factor) {
+    /* 53 bits of the record's hash: u uniform in [0, 1) on a grid of 2^-53 */
+    const uint64_t bits = mt_mix64(stream_seed(seed, epoch, STREAM_ROTATION) ^ mt_mix64(index));
+    const double u = (double)(bits >> 11) * 0x1.0p-53;
+    return (2.0 * u - 1.0) * factor * 2.0 * M_PI;
 }

@@ -46,6 +46,7 @@ mt_model_config mt_model_config_default(void) {
         .mode = MT_TRAIN_SCRATCH,
         .fine_tune_at = MT_MODEL_FINE_TUNE_AT_DEFAULT,
         .bn_mode = MT_BN_AUTO,
+        .bn_momentum = 0.999f, /* Keras' MobileNetV2 BatchNormalization(momentum=0.999) */
         .batch_size = 32,
     };
 }
@@ -133,6 +134,9 @@ static mt_status validate(const mt_model_config *c) {
     if ((unsigned)c->bn_mode > MT_BN_INFERENCE)
         return MT_FAIL(MT_ERR_INVALID, "model bn_mode %d is not auto, trainable or inference",
                        (int)c->bn_mode);
+    if (!(c->bn_momentum >= 0.0f && c->bn_momentum < 1.0f))
+        return MT_FAIL(MT_ERR_INVALID, "model bn_momentum %g must be in [0, 1) (Keras: 0.999)",
+                       (double)c->bn_momentum);
     if (c->batch_size < 1 || c->batch_size > 65536)
         return MT_FAIL(MT_ERR_INVALID, "model batch size %d must be between 1 and 65536",
                        c->batch_size);

@@ -10,8 +10,7 @@
 
 enum { GRAD_SLOTS_MAX = 64 };
 
-static const float bn_epsilon = 1e-3f;   /* Keras' MobileNetV2 BatchNormalization(epsilon=1e-3) */
-static const float bn_momentum = 0.999f; /* ... (momentum=0.999) */
+static const float bn_epsilon = 1e-3f; /* Keras' MobileNetV2 BatchNormalization(epsilon=1e-3) */
 
 /* A gradient tensor of the backward pass, shared by reference where a residual Add hands the
  * same gradient to both of its inputs. A slot either owns its tensor (allocated on the first
@@ -545,8 +544,9 @@ static mt_conv_desc conv_desc(const mt_model *m, int layer, int n) {
 }
 
 static mt_batchnorm_desc bn_desc(const mt_model *m, int layer, int n) {
-    return (mt_batchnorm_desc){
-        .shape = exec_shape(m, layer, n), .epsilon = bn_epsilon, .momentum = bn_momentum};
+    return (mt_batchnorm_desc){.shape = exec_shape(m, layer, n),
+                               .epsilon = bn_epsilon,
+                               .momentum = m->layout->config.bn_momentum};
 }
 
 /* Conv layer `i`, its BN and ReLU6 (when there) in one pass, when the backend has the fused

@@ -57,8 +57,12 @@ static const mt_config_option options[] = {
     {"data", "shuffle", MT_CONFIG_BOOL, FIELD(data.shuffle), "true", NULL, 0, 0, 0, 0,
      "A fresh permutation of the training split every epoch, drawn from (seed, epoch)."},
     {"data", "random_flip", MT_CONFIG_BOOL, FIELD(data.random_flip), "false", NULL, 0, 0, 0, 0,
-     "Flip half of the training images horizontally (the tutorial's RandomFlip('horizontal'); "
-     "its RandomRotation(0.2) is not implemented)."},
+     "Flip half of the training images horizontally (the tutorial's RandomFlip('horizontal'))."},
+    {"data", "random_rotation", MT_CONFIG_FLOAT, FIELD(data.random_rotation), "0.0", NULL, 0, 1, 0,
+     0,
+     "Rotate each training image by an angle drawn uniformly in [-f, f] x 2 pi (Keras' "
+     "RandomRotation(f): bilinear, fill mode reflect; the current tutorial's 0.2), in the loader "
+     "threads; 0: off. Frozen mode then runs the backbone every step (no feature cache)."},
     {"data", "prefetch", MT_CONFIG_INT, FIELD(data.prefetch), "4", NULL, 1, 64, 0, 0,
      "Batches the loader prepares ahead of the step."},
     {"data", "loader_threads", MT_CONFIG_INT, FIELD(data.loader_threads), "2", NULL, 0, 64, 0, 0,
@@ -86,6 +90,12 @@ static const mt_config_option options[] = {
      "Batch normalization in training steps: auto is trainable for scratch and inference (moving "
      "statistics, as `base_model(training=False)`) for frozen and finetune. Frozen BN layers "
      "always run in inference mode."},
+    {"model", "bn_momentum", MT_CONFIG_FLOAT, FIELD(model.bn_momentum), "0.999", NULL, 0, 0.999999,
+     0, 0,
+     "Momentum of the BN moving statistics (Keras' BatchNormalization `momentum`; MobileNetV2's "
+     "0.999). A training-mode BN layer's statistics cover 1 - momentum^steps of the way from their "
+     "initial values: scratch runs of a few thousand steps want about 0.99 (each evaluation warns "
+     "while they cover less than 90%)."},
     {"model", "weights", MT_CONFIG_PATH, FIELD(model.weights), "none", NULL, 0, 0, 0,
      MT_CONFIG_MUST_EXIST,
      "Keras HDF5 weights for the backbone (e.g. ImageNet's no-top file), or none for Keras' "
@@ -162,8 +172,9 @@ static const mt_config_option options[] = {
     {"train", "cache_features", MT_CONFIG_ENUM, FIELD(train.cache_features), "auto", "auto|on|off",
      0, 0, 0, 0,
      "frozen mode: compute the frozen backbone's pooled features once (with random_flip, of each "
-     "image and of its mirror image) so every epoch runs only the head; exact, since the flip is "
-     "the only augmentation. auto and on: cache; off: run the backbone every step."},
+     "image and of its mirror image) so every epoch runs only the head; exact, as a flip has two "
+     "views. auto and on: cache (not with data.random_rotation, whose angles change every "
+     "epoch); off: run the backbone every step."},
     {"train", "precision", MT_CONFIG_ENUM, FIELD(train.precision), "fp32", "fp32", 0, 0, 0, 0,
      "Arithmetic precision (only fp32 so far)."},
 
@@ -966,6 +977,7 @@ mt_model_config mt_config_model(const mt_train_config *config) {
         .mode = config->model.mode,
         .fine_tune_at = config->model.fine_tune_at,
         .bn_mode = config->model.bn_mode,
+        .bn_momentum = (float)config->model.bn_momentum,
         .batch_size = config->data.batch_size,
     };
 }

@@ -802,6 +802,11 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     MT_TRY(mt_model_create(t->backend, &model_config, (uint64_t)c->train.seed, &t->model));
     t->layout = mt_model_get_layout(t->model);
     t->layout_checksum = layout_checksum(t->layout);
+    for (int i = 0; i < MT_MODEL_LAYERS; i++)
+        t->bn_training_layers += t->layout->layers[i].bn_training;
+    /* A weights file (Keras' ImageNet h5) or an init_checkpoint brings moving statistics that
+     * already describe the network they come with; only the initializer's (0 and 1) are far off. */
+    t->bn_statistics_from_init = !c->model.weights[0] && !c->model.init_checkpoint[0];
     mt_model_trainable(t->model, &t->params, &t->grads, &t->trainable_count);
     mt_optimizer_params optimizer = mt_config_optimizer(c);
     MT_TRY(mt_optimizer_init(&t->optimizer, t->backend, &optimizer, t->trainable_count));
@@ -850,6 +855,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         .shuffle = c->data.shuffle,
         .drop_remainder = true,
         .random_flip = c->data.random_flip,
+        .random_rotation = c->data.random_rotation,
         .threads = c->data.loader_threads,
         .ring_depth = c->data.prefetch,
         /* where the backend's memory is not the host's (cuda; the guarded reference), the
@@ -890,9 +896,12 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     }
     MT_TRY(agree_on_replica(t));
 
-    /* The only augmentation is the flip, so caching both views is exact: auto and on cache. */
+    /* With the flip alone, caching both views is exact: auto and on cache. A rotation draws a
+     * new angle per image and epoch, so its features cannot be computed once: the backbone runs
+     * every step whatever cache_features says (the log says why). */
     t->use_feature_cache = model_config.mode == MT_TRAIN_FROZEN &&
-                           c->train.cache_features != MT_CACHE_FEATURES_OFF;
+                           c->train.cache_features != MT_CACHE_FEATURES_OFF &&
+                           c->data.random_rotation == 0.0;
     t->cache_views = c->data.random_flip ? 2 : 1;
     if (t->use_feature_cache && t->train_records >= (1u << 24))
         t->use_feature_cache = false; /* record indices travel as floats in the gather */
@@ -915,7 +924,11 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         t->who.world_size, c->data.batch_size);
     if (model_config.mode == MT_TRAIN_FROZEN)
         say(t, "  frozen backbone: %s\n",
-            !t->use_feature_cache
+            !t->use_feature_cache && c->data.random_rotation != 0.0
+                ? "run in inference mode every step (data.random_rotation: every epoch rotates "
+                  "the images anew, so their features cannot be cached; the cache serves flips "
+                  "alone)"
+            : !t->use_feature_cache
                 ? "run in inference mode every step (train.cache_features = off)"
             : t->cache_views == 2
                 ? "pooled features of every image and of its mirror image computed once and "
@@ -943,6 +956,40 @@ static void tear_down(trainer *t) {
     free(t->val_label_cache);
 }
 
+/* Before an evaluation: say when the BN moving statistics it normalizes with are still mostly
+ * their initial values. The rule: a BN layer counts when its training steps update its moving
+ * statistics (training mode: bn_training, i.e. trainable BN with bn_mode trainable, scratch's
+ * default) and those statistics started from the initializer's mean 0 and variance 1 (no
+ * model.weights, no init_checkpoint: ImageNet's statistics or an earlier run's already fit the
+ * network they come with, and frozen or inference-mode BN layers never move). After s updates
+ * with momentum m such statistics are m^s initial value and 1 - m^s batch statistics, so while
+ * 1 - m^s < 0.9 the evaluation measures mostly the initializer (scratch at Keras' 0.999: about
+ * chance). s counts the optimizer's updates since the start, resumed runs included (their
+ * statistics come back from the checkpoint; steps skipped by nan_policy = skip restore them).
+ * The fix offered is the largest momentum with 1 - m^s >= 0.9, i.e. m <= 0.1^(1/s), rounded
+ * down to 4 decimals so that it still holds, for this evaluation and for the run's last step. */
+static void warn_bn_coverage(trainer *t, const char *what) {
+    if (t->bn_training_layers == 0 || !t->bn_statistics_from_init) return;
+    const double m = t->config->model.bn_momentum;
+    const uint64_t steps = t->optimizer.iterations;
+    const double covered = 1.0 - pow(m, (double)steps);
+    if (covered >= 0.9) return;
+    say(t, "  warning: %s normalizes with BN moving statistics that have covered %.1f%% of the "
+        "way from their initial values (1 - %g^%llu, %d BN layers in training mode); ",
+        what, 100.0 * covered, m, (unsigned long long)steps, t->bn_training_layers);
+    if (steps == 0) {
+        say(t, "no training step has updated them yet\n");
+        return;
+    }
+    const double now = floor(pow(0.1, 1.0 / (double)steps) * 1e4) / 1e4;
+    say(t, "model.bn_momentum = %g would have covered 90%%", now);
+    const uint64_t total = (uint64_t)t->config->train.epochs * t->steps_per_epoch;
+    if (total > steps)
+        say(t, " (%g by the last of %llu steps)", floor(pow(0.1, 1.0 / (double)total) * 1e4) / 1e4,
+            (unsigned long long)total);
+    say(t, "\n");
+}
+
 static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double seconds,
                               mt_train_result *result) {
     const mt_train_config *c = t->config;
@@ -956,6 +1003,8 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
     bool evaluate = c->data.val[0] && c->train.eval_every > 0 &&
                     (epoch % c->train.eval_every == 0 || epoch == c->train.epochs);
     mt_eval_result val = {.loss = NAN, .accuracy = NAN};
+    const double eval_start = mt_clock_monotonic();
+    if (evaluate) warn_bn_coverage(t, "validation");
     if (evaluate && t->val_feature_cache) {
         MT_TRY(evaluate_cached(t, &val));
         result->val_loss = val.loss;
@@ -966,6 +1015,7 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
         result->val_loss = val.loss;
         result->val_accuracy = val.accuracy;
     }
+    t->eval_seconds += mt_clock_monotonic() - eval_start;
     say(t, "epoch %d/%d  loss %.4f  acc %.4f", epoch, c->train.epochs, loss, accuracy);
     if (evaluate) say(t, "  val_loss %.4f  val_acc %.4f", val.loss, val.accuracy);
     say(t, "  %.1f img/s  %.1f s  (%.0f ms/step, all-reduce %.1f%%)%s\n", images_per_second,
@@ -993,11 +1043,25 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
     result->best_val_accuracy = t->best_val_accuracy;
     t->epoch++;
     t->next_batch = 0;
+    const double checkpoint_start = mt_clock_monotonic();
     if (improved && c->output.keep_best) MT_TRY(trainer_save_checkpoint(t, "best"));
     bool periodic = c->output.checkpoint_every > 0 && epoch % c->output.checkpoint_every == 0;
     if (c->output.keep_last && (periodic || epoch == c->train.epochs))
         MT_TRY(trainer_save_checkpoint(t, "last"));
+    t->checkpoint_seconds += mt_clock_monotonic() - checkpoint_start;
     return MT_OK;
+}
+
+/* One line at the end of a run: where its wall time went. The phases do not overlap (each is
+ * timed around its own calls), so "the rest" (set-up, loading weights, BN averaging, waiting on
+ * other ranks) is the total minus them and is never negative. */
+static void say_time_split(trainer *t, const mt_train_result *r) {
+    const double rest = r->seconds - r->cache_seconds - r->step_seconds - r->eval_seconds -
+                        r->checkpoint_seconds;
+    say(t, "time: %.1f s = feature cache %.1f s + training steps %.1f s + evaluation %.1f s + "
+        "checkpoints %.1f s + the rest %.1f s (set-up, weights, BN averaging)\n", r->seconds,
+        r->cache_seconds, r->step_seconds, r->eval_seconds, r->checkpoint_seconds,
+        rest > 0 ? rest : 0.0);
 }
 
 mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_options *options,
@@ -1022,9 +1086,10 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
                                              &t.val_feature_cache, &t.val_label_cache);
             vectors += t.val_records;
         }
+        t.cache_seconds = mt_clock_monotonic() - cache_start;
         say(&t, "  cached %llu feature vectors (training%s) in %.1f s\n",
             (unsigned long long)vectors, config->data.val[0] ? " and validation" : "",
-            mt_clock_monotonic() - cache_start);
+            t.cache_seconds);
     }
     result->used_feature_cache = t.use_feature_cache;
     const bool progress = options->progress && isatty(STDERR_FILENO);
@@ -1033,11 +1098,14 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
         double seconds = 0;
         bool stopped = false;
         status = run_epoch(&t, progress, &totals, &seconds, &stopped);
+        t.step_seconds += seconds;
         if (status != MT_OK) break;
         if (stopped) {
             /* Slurm's warning before the time limit or pre-emption: save and leave cleanly. */
             status = average_bn_statistics(&t);
+            const double checkpoint_start = mt_clock_monotonic();
             if (status == MT_OK) status = trainer_save_checkpoint(&t, "last");
+            t.checkpoint_seconds += mt_clock_monotonic() - checkpoint_start;
             if (status == MT_OK) {
                 say(&t, "stop requested (signal): checkpoint written at epoch %llu, batch %llu; "
                     "continue with --resume auto\n", (unsigned long long)t.epoch + 1,
@@ -1051,7 +1119,10 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
     }
     if (status == MT_OK && !result->stopped_by_signal && config->data.test[0]) {
         mt_eval_result test;
+        const double eval_start = mt_clock_monotonic();
+        warn_bn_coverage(&t, "the test evaluation");
         status = mt_evaluate(t.model, config->data.test, comm, config->data.loader_threads, &test);
+        t.eval_seconds += mt_clock_monotonic() - eval_start;
         if (status == MT_OK) {
             result->test_loss = test.loss;
             result->test_accuracy = test.accuracy;
@@ -1062,6 +1133,11 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
     }
     result->steps_done = t.global_step;
     result->seconds = mt_clock_monotonic() - start;
+    result->cache_seconds = t.cache_seconds;
+    result->step_seconds = t.step_seconds;
+    result->eval_seconds = t.eval_seconds;
+    result->checkpoint_seconds = t.checkpoint_seconds;
+    if (status == MT_OK) say_time_split(&t, result);
     tear_down(&t);
     return status;
 }

@@ -45,6 +45,15 @@ typedef struct trainer {
     float *val_feature_cache;
     int32_t *val_label_cache;
 
+    /* BN layers whose moving statistics a training step updates (bn_training), and whether
+     * those statistics started from the initializer's values (mean 0, variance 1) rather than
+     * from a file: the evaluation warning's condition (trainer.c warn_bn_coverage) */
+    int bn_training_layers;
+    bool bn_statistics_from_init;
+
+    /* wall time per phase of the run, for the closing line (mt_train_result has the same) */
+    double cache_seconds, step_seconds, eval_seconds, checkpoint_seconds;
+
     /* rank 0's outputs */
     char checkpoint_dir[MT_CONFIG_PATH_MAX + 32];
     FILE *log;

@@ -2,12 +2,14 @@
  * mt_shard_flip says), labels, determinism across prefetch thread counts and ring depths, resuming
  * an epoch at a batch index, caller-supplied buffers, the random-access API, JPEG records, and a
  * database in a folder the process cannot write. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "mobiletune/image.h"
 #include "mobiletune/loader.h"
 #include "test_db.h"
 #include "test_util.h"
@@ -90,6 +92,105 @@ static void test_pixels(const char *dir) {
     /* The scale's fixed points. */
     CHECK(keras_scale(0) == -1.0f && keras_scale(255) == 1.0f);
     CHECK_CLOSE(keras_scale(128), 0.0039215686, 1e-7, 0);
+}
+
+/* random_rotation: every image of a batch is mt_image_rotate of its record by
+ * mt_shard_rotation's angle, then flipped where mt_shard_flip says (uint8 output: flagged in b->flips instead); float output scaled as Keras
+ * scales, uint8 output rounded to the nearest level (both exactly, from the same rotated floats);
+ * the same batches for 0 and 3 threads; angles within [-factor*2pi, factor*2pi). */
+static uint64_t fnv_bytes(const void *data, size_t n, uint64_t h) {
+    const uint8_t *bytes = data;
+    for (size_t k = 0; k < n; k++)
+        h = (h ^ bytes[k]) * 1099511628211ull;
+    return h;
+}
+
+static void test_rotation(const char *dir) {
+    const double factor = 0.2;
+    uint64_t digests[2][2] = {{0}};
+    for (int out = 0; out <= 1; out++)
+        for (int threads = 0; threads <= 3; threads += 3) {
+            mt_loader_options o = {.world_size = 1,
+                                   .batch_size = 4,
+                                   .seed = 5,
+                                   .shuffle = true,
+                                   .drop_remainder = true,
+                                   .random_flip = true,
+                                   .random_rotation = factor,
+                                   .threads = threads,
+                                   .output = out ? MT_LOADER_UINT8 : MT_LOADER_FLOAT32};
+            mt_loader *l;
+            TEST_MUST(mt_loader_open(dir, &o, &l));
+            int bad = 0, turned = 0, checked = 0;
+            uint64_t digest = 0;
+            for (uint64_t epoch = 0; epoch < 2; epoch++) {
+                TEST_MUST(mt_loader_start_epoch(l, epoch, 0));
+                mt_batch *b;
+                while (mt_loader_next(l, &b) == MT_OK) {
+                    digest = fnv_bytes(
+                        b->images, (size_t)b->size * H * W * 3 * (out ? 1 : sizeof(float)), digest);
+                    for (int i = 0; i < b->valid; i++) {
+                        uint64_t rec = b->records[i];
+                        double angle = mt_shard_rotation(5, epoch, rec, factor);
+                        CHECK(angle >= -factor * 2 * M_PI && angle < factor * 2 * M_PI);
+                        turned += fabs(angle) > 0.1;
+                        uint8_t src[H * W * 3];
+                        float rotated[H * W * 3];
+                        test_db_pixels((int)rec, H, W, src);
+                        mt_image_rotate(src, H, W, angle, rotated);
+                        /* uint8 output leaves the flip to the consumer: unflipped, flagged */
+                        bool flip = mt_shard_flip(5, epoch, rec);
+                        CHECK(b->flips[i] == (out && flip));
+                        bool mirrored = flip && !out;
+                        for (int y = 0; y < H; y++)
+                            for (int x = 0; x < W; x++)
+                                for (int c = 0; c < 3; c++) {
+                                    float v =
+                                        rotated[(y * W + (mirrored ? W - 1 - x : x)) * 3 + c];
+                                    size_t k = ((size_t)i * H * W + (size_t)y * W + x) * 3 + c;
+                                    if (out) {
+                                        bad += ((const uint8_t *)b->images)[k] !=
+                                               (uint8_t)floorf(v + 0.5f); /* nearest, ties up */
+                                    } else {
+                                        float want = v;
+                                        want /= 127.5f;
+                                        want -= 1.0f;
+                                        bad += ((const float *)b->images)[k] != want;
+                                    }
+                                }
+                        checked++;
+                    }
+                    mt_loader_release(l, b);
+                }
+            }
+            CHECK_MSG(bad == 0, "rotation (%s, %d threads): %d values differ",
+                      out ? "uint8" : "float", threads, bad);
+            CHECK(checked == 2 * 28 && turned > checked / 2);
+            digests[out][threads / 3] = digest;
+            mt_loader_close(l);
+        }
+    CHECK(digests[0][0] == digests[0][1] && digests[1][0] == digests[1][1]);
+    /* a rotation is not the identity: the loader without it gives other pixels */
+    mt_loader_options plain = {.world_size = 1,
+                               .batch_size = 4,
+                               .seed = 5,
+                               .shuffle = true,
+                               .drop_remainder = true,
+                               .random_flip = true};
+    mt_loader *l;
+    TEST_MUST(mt_loader_open(dir, &plain, &l));
+    TEST_MUST(mt_loader_start_epoch(l, 0, 0));
+    uint64_t digest = 0;
+    mt_batch *b;
+    while (mt_loader_next(l, &b) == MT_OK) {
+        digest = fnv_bytes(b->images, (size_t)b->size * H * W * 3 * sizeof(float), digest);
+        mt_loader_release(l, b);
+    }
+    mt_loader_close(l);
+    CHECK(digest != digests[0][0]);
+    /* more than a full turn either way is refused */
+    plain.random_rotation = 1.5;
+    CHECK(mt_loader_open(dir, &plain, &l) == MT_ERR_INVALID);
 }
 
 /* A digest of every batch of two epochs, for comparing configurations. */
@@ -401,6 +502,7 @@ int main(void) {
         return mt_test_finish();
     }
     test_pixels(dir);
+    test_rotation(dir);
     test_determinism(dir);
     test_allocator_and_ring(dir);
     test_random_access(dir);

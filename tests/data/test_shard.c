@@ -3,6 +3,7 @@
  * epochs: every sample exactly once per epoch across ranks up to the documented remainder, the
  * same batch count on every rank, a different order every epoch, the same order for the same seed.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -134,6 +135,29 @@ static void test_pure(void) {
     }
     CHECK_MSG(flips > 4700 && flips < 5300, "%d of 10000 flipped", flips);
     CHECK_MSG(changed > 4700 && changed < 5300, "%d of 10000 changed between epochs", changed);
+
+    /* Rotation angles: a function of (seed, epoch, record), within [-f*2pi, f*2pi), spread
+     * uniformly (each tenth of the range holds 1000 +- 5 sigma = 150 of 10000), new each epoch,
+     * unrelated to the flip, and scaled by the factor. */
+    const double f = 0.2, range = f * 2 * M_PI;
+    int bins[10] = {0}, same_sign_as_flip = 0;
+    double sum = 0;
+    for (uint64_t i = 0; i < 10000; i++) {
+        double a = mt_shard_rotation(5, 1, i, f);
+        CHECK(a == mt_shard_rotation(5, 1, i, f));
+        CHECK(a >= -range && a < range);
+        CHECK(a != mt_shard_rotation(5, 2, i, f) && a != mt_shard_rotation(6, 1, i, f));
+        CHECK(fabs(mt_shard_rotation(5, 1, i, 0.1) * 2 - a) < 1e-12);
+        bins[(int)((a + range) / (2 * range) * 10)]++;
+        sum += a;
+        same_sign_as_flip += (a > 0) == mt_shard_flip(5, 1, i);
+    }
+    for (int b = 0; b < 10; b++)
+        CHECK_MSG(bins[b] > 850 && bins[b] < 1150, "tenth %d of the angle range: %d of 10000", b,
+                  bins[b]);
+    CHECK_MSG(fabs(sum / 10000) < 0.05 * range, "mean angle %g", sum / 10000);
+    CHECK_MSG(same_sign_as_flip > 4700 && same_sign_as_flip < 5300,
+              "the angle's sign follows the flip in %d of 10000", same_sign_as_flip);
 }
 
 /* Real loaders, one per rank, over a 37-record database. */

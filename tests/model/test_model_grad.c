@@ -308,6 +308,60 @@ static void check_state_and_short_batch(mt_backend *backend) {
     mt_model_destroy(model);
 }
 
+/* model.bn_momentum reaches the BN layers: one training forward from the initial moving mean 0
+ * leaves bn_Conv1's moving mean at (1 - m) x the batch mean of its input (Conv1's output), for
+ * Keras' 0.999 and for 0.5. Tolerance: the reference's double-precision batch mean rounded to
+ * float, against ours summed in double from the same float activations: a few float ulps. */
+static void check_bn_momentum(mt_backend *backend) {
+    const float momenta[2] = {0.999f, 0.5f};
+    for (int k = 0; k < 2; k++) {
+        mt_model_config config = mt_model_config_default();
+        config.alpha = 0.35f;
+        config.input_size = 32;
+        config.batch_size = 2;
+        config.bn_momentum = momenta[k];
+        mt_model *model = NULL;
+        if (mt_model_create(backend, &config, 1, &model) != MT_OK) {
+            CHECK_MSG(false, "create: %s", mt_last_error());
+            return;
+        }
+        const mt_model_layout *layout = mt_model_get_layout(model);
+        const mt_layer_info *conv = &layout->layers[1];
+        const mt_param_tensor *mean = mt_model_layout_find(layout, "bn_Conv1", "moving_mean");
+        CHECK(conv->kind == MT_LAYER_CONV && mean && (int)mean->count == conv->out_c);
+        float images[2 * 32 * 32 * 3];
+        for (size_t i = 0; i < sizeof images / sizeof images[0]; i++)
+            images[i] = uniform(-1, 1);
+        int32_t labels[2] = {0, 1};
+        mt_step_result r;
+        CHECK(mt_model_forward(model, images, labels, 2, true, 0, NULL, &r) == MT_OK);
+        const size_t pixels = (size_t)2 * conv->out_h * conv->out_w;
+        float *out = malloc(pixels * conv->out_c * sizeof *out);
+        float moving[64];
+        CHECK(out && conv->out_c <= 64);
+        if (out && conv->out_c <= 64 && mt_model_layer_output(model, 1, out) == MT_OK &&
+            mt_model_tensor_download(model, mean, moving) == MT_OK) {
+            for (int c = 0; c < conv->out_c; c++) {
+                double sum = 0;
+                for (size_t p = 0; p < pixels; p++)
+                    sum += out[p * conv->out_c + c];
+                double want = (1.0 - momenta[k]) * (sum / (double)pixels);
+                CHECK_CLOSE(moving[c], want, 1e-7, 1e-5);
+            }
+        } else {
+            CHECK_MSG(false, "bn_momentum %g: %s", (double)momenta[k], mt_last_error());
+        }
+        free(out);
+        mt_model_destroy(model);
+    }
+    /* out of [0, 1): refused by name */
+    mt_model_config config = mt_model_config_default();
+    config.bn_momentum = 1.0f;
+    mt_model *model = NULL;
+    CHECK(mt_model_create(backend, &config, 1, &model) == MT_ERR_INVALID);
+    CHECK(strstr(mt_last_error(), "bn_momentum") != NULL);
+}
+
 int main(void) {
     mt_backend *backend = NULL;
     CHECK_OK(mt_backend_create("reference", NULL, &backend));
@@ -334,6 +388,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(backend, &cases[i]);
     check_state_and_short_batch(backend);
+    check_bn_momentum(backend);
     mt_backend_destroy(backend);
     return mt_test_finish();
 }

@@ -606,6 +606,144 @@ def case_splits():
     return f.finish()
 
 
+def presplit_input(root, counts, classes=("cats", "dogs"), extra=None):
+    """A folder of split folders, each of class folders of small generated PNGs:
+    counts = {"train": 6, "validation": 10, ...} images per class; extra = {split: [class...]}
+    adds class folders to one split."""
+    for split, n in counts.items():
+        for c, cls in enumerate(list(classes) + list((extra or {}).get(split, []))):
+            os.makedirs(os.path.join(root, split, cls))
+            for i in range(n):
+                Image.fromarray(gradient(24 + c, 20, seed=100 * c + i)).save(
+                    os.path.join(root, split, cls, f"{cls}.{i}.png"))
+    return root
+
+
+def split_names(out, split):
+    meta, recs, _ = P.read_db(os.path.join(out, split))
+    return meta, {r["name"] for r in recs}, recs
+
+
+def case_split_folders():
+    """A folder whose subfolders are splits packs into OUT/<split> in one run, one class list for
+    all; --test-from-val takes a seeded stratified fraction of validation/ as the test split;
+    different classes across split folders, --split on such an input and the rest are refused
+    naming the folders; a folder of classes named like splits still packs as classes."""
+    with P.TempDir("presplit") as tmp:
+        # train/, val/ and test/ folders: each packed as it is
+        src = presplit_input(os.path.join(tmp, "a"), {"train": 5, "val": 3, "test": 2})
+        with open(os.path.join(src, "README.txt"), "w") as out:
+            out.write("not an image")
+        out = os.path.join(tmp, "a-out")
+        proc = P.run_pack("--size", 32, src, out)
+        f.check("is split into folders" in proc.stdout, f"no word on the split folders: {proc.stdout!r}")
+        f.check(sorted(os.listdir(out)) == ["skipped.txt", "test", "train", "val"], str(os.listdir(out)))
+        for split, n in (("train", 5), ("val", 3), ("test", 2)):
+            meta, names, recs = split_names(out, split)
+            f.check(meta["class_list"] == [(0, n, "cats"), (1, n, "dogs")], f"{split}: {meta['class_list']}")
+            f.check(meta["split"] == split, f"{split}: meta split {meta['split']!r}")
+            f.check(all(r["name"].startswith(f"{split}/") for r in recs), f"{split}: record names")
+            f.check(all(r["label"] == (0 if "/cats/" in r["name"] else 1) for r in recs), f"{split}: labels")
+            want = {f"{split}/{c}/{c}.{i}.png" for c in ("cats", "dogs") for i in range(n)}
+            f.check(names == want, f"{split}: {sorted(names)}")
+        f.check("README.txt\tnot inside a class subfolder" in open(os.path.join(out, "skipped.txt")).read(),
+                "a file beside the split folders is not listed as skipped")
+
+        # the tutorial's archive: train/ and validation/; a fifth of validation/ becomes test
+        src = presplit_input(os.path.join(tmp, "b"), {"train": 4, "validation": 10})
+        runs = {}
+        for seed in (1, 2, 1):
+            out = os.path.join(tmp, f"b-out-{seed}-{len(runs)}")
+            P.run_pack("--size", 32, "--test-from-val", 0.2, "--seed", seed, src, out)
+            meta, test, _ = split_names(out, "test")
+            f.check(meta["class_list"] == [(0, 2, "cats"), (1, 2, "dogs")], f"test: {meta['class_list']}")
+            meta, val, _ = split_names(out, "val")
+            f.check(meta["class_list"] == [(0, 8, "cats"), (1, 8, "dogs")], f"val: {meta['class_list']}")
+            f.check(not test & val, "test and val overlap")
+            f.check(test | val == {f"validation/{c}/{c}.{i}.png" for c in ("cats", "dogs") for i in range(10)},
+                    "test + val is not the validation folder")
+            _, train, _ = split_names(out, "train")
+            f.check(len(train) == 8, f"train: {len(train)} records")
+            runs.setdefault(seed, []).append(test)
+        f.check(runs[1][0] == runs[1][1], "the same seed drew another test split")
+        f.check(runs[1][0] != runs[2][0], "--seed does not change the test split")
+        # --fraction applies per split folder and class
+        out = os.path.join(tmp, "b-half")
+        P.run_pack("--size", 32, "--fraction", 0.5, src, out)
+        counts = {s: [c[1] for c in split_names(out, s)[0]["class_list"]] for s in ("train", "val")}
+        f.check(counts == {"train": [2, 2], "val": [5, 5]}, f"--fraction 0.5: {counts}")
+
+        # other classes in one split folder: refused, naming both folders and their classes
+        src = presplit_input(os.path.join(tmp, "c"), {"train": 2, "validation": 2},
+                             extra={"validation": ["zebras"]})
+        bad = P.run_pack("--size", 32, src, os.path.join(tmp, "c-out"), check=False)
+        f.check(bad.returncode != 0 and "train/ holds the classes cats, dogs but" in bad.stderr and
+                "validation/ holds cats, dogs, zebras" in bad.stderr, f"other classes: {bad.stderr!r}")
+        f.check(not os.path.exists(os.path.join(tmp, "c-out")), "output written for mismatched classes")
+        # --split on a pre-split input, --test-from-val beside a test/ folder or without split
+        # folders: refused with the fix
+        src = os.path.join(tmp, "a")
+        bad = P.run_pack("--split", "train=0.8,val=0.2", src, os.path.join(tmp, "x"), check=False)
+        f.check(bad.returncode != 0 and "leave out --split" in bad.stderr, f"--split: {bad.stderr!r}")
+        bad = P.run_pack("--test-from-val", 0.2, src, os.path.join(tmp, "x"), check=False)
+        f.check(bad.returncode != 0 and "has a test/ folder already" in bad.stderr, f"test/: {bad.stderr!r}")
+        plain = small_input(os.path.join(tmp, "plain"))
+        bad = P.run_pack("--test-from-val", 0.2, plain, os.path.join(tmp, "x"), check=False)
+        f.check(bad.returncode != 0 and "use --split instead" in bad.stderr, f"plain: {bad.stderr!r}")
+        bad = P.run_pack("--test-from-val", 1, src, os.path.join(tmp, "x"), check=False)
+        f.check(bad.returncode == 2 and "(0, 1)" in bad.stderr, f"--test-from-val 1: {bad.stderr!r}")
+        both = presplit_input(os.path.join(tmp, "d"), {"train": 1, "val": 1, "validation": 1})
+        bad = P.run_pack(both, os.path.join(tmp, "x"), check=False)
+        f.check(bad.returncode != 0 and "both val/ and validation/" in bad.stderr, f"both: {bad.stderr!r}")
+        f.check(not os.path.exists(os.path.join(tmp, "x")), "output written for a refused input")
+
+        # classes that happen to be named train and test (image files inside): still classes
+        src = os.path.join(tmp, "e")
+        for c, cls in enumerate(("test", "train")):
+            os.makedirs(os.path.join(src, cls))
+            for i in range(2):
+                Image.fromarray(gradient(24, 20, seed=i + 10 * c)).save(os.path.join(src, cls, f"{i}.png"))
+        out = os.path.join(tmp, "e-out")
+        proc = P.run_pack("--size", 32, src, out)
+        meta, _, _ = P.read_db(out)
+        f.check("split into folders" not in proc.stdout, "classes named train/test taken for splits")
+        f.check(meta["class_list"] == [(0, 2, "test"), (1, 2, "train")], str(meta["class_list"]))
+    return f.finish()
+
+
+def case_run_default_archive():
+    """scripts/run-default.sh on a user's machine (no ../shared photos): the downloaded archive's
+    own train/ and validation/ folders, a seeded fifth of validation/ as the test split. The
+    archive here is a small generated one with the layout of cats_and_dogs_filtered.zip, fetched
+    from a file:// URL."""
+    P.need_pack()
+    import zipfile
+    script = os.path.join(os.environ["MT_SOURCE_DIR"], "scripts", "run-default.sh")
+    with P.TempDir("archive") as tmp:
+        src = presplit_input(os.path.join(tmp, "cats_and_dogs_filtered"), {"train": 6, "validation": 5})
+        with open(os.path.join(src, "vectorize.py"), "w") as out:
+            out.write("# the real archive has this file beside the split folders\n")
+        archive = os.path.join(tmp, "cats_and_dogs_filtered.zip")
+        with zipfile.ZipFile(archive, "w") as z:
+            for folder, _, names in os.walk(src):
+                for n in names:
+                    full = os.path.join(folder, n)
+                    z.write(full, os.path.relpath(full, tmp))
+        env = dict(os.environ, MT_PACK=P.PACK, MT_SKIP_TRAIN="1", MT_FETCH_URL="file://" + archive,
+                   MT_DATA_CACHE=os.path.join(tmp, "cache"), MT_SHARED_DIR=os.path.join(tmp, "no-shared"),
+                   MT_DATA_OUT=os.path.join(tmp, "out"))
+        proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=300)
+        f.check(proc.returncode == 0, f"{proc.returncode} {proc.stderr!r}")
+        f.check("train 12, val 8, test 2" in proc.stdout, f"summary: {proc.stdout!r}")
+        for split, n in (("train", 6), ("val", 4), ("test", 1)):
+            meta, _, recs = split_names(os.path.join(tmp, "out"), split)
+            f.check(meta["class_list"] == [(0, n, "cats"), (1, n, "dogs")], f"{split}: {meta['class_list']}")
+            source = "train/" if split == "train" else "validation/"
+            f.check(all(r["name"].startswith(source) for r in recs), f"{split}: not from {source}")
+            f.check("--seed 1" in meta["options"], f"{split}: options {meta['options']!r}")
+    return f.finish()
+
+
 def flip_byte_in_file(path, needle_offset):
     data = bytearray(open(path, "rb").read())
     data[needle_offset] ^= 0x10

@@ -70,6 +70,9 @@ static void test_defaults(void) {
     CHECK(config.data.shuffle && !config.data.random_flip);
     CHECK(config.model.alpha == 1.0 && config.model.input_size == 160);
     CHECK(config.model.mode == MT_TRAIN_FROZEN && config.model.bn_mode == MT_BN_AUTO);
+    /* Keras' MobileNetV2 BN momentum, the same in the model's own default */
+    CHECK(config.model.bn_momentum == 0.999);
+    CHECK(mt_config_model(&config).bn_momentum == mt_model_config_default().bn_momentum);
     CHECK(config.model.weights[0] == '\0' && config.data.train[0] == '\0');
     CHECK(config.optimizer.name == MT_OPTIMIZER_RMSPROP);
     CHECK(config.optimizer.rho == 0.9 && config.optimizer.epsilon == 1e-7);
@@ -105,6 +108,7 @@ static void test_load_values(void) {
                                              "mode = FineTune\n"
                                              "fine_tune_at = 120\n"
                                              "weights = none\n"
+                                             "bn_momentum = 0.99\n"
                                              "[optimizer]\n"
                                              "name = adam\n"
                                              "learning_rate = 3e-4\n"
@@ -139,6 +143,7 @@ static void test_load_values(void) {
 
     mt_model_config model = mt_config_model(&config);
     CHECK(model.alpha == 0.35f && model.mode == MT_TRAIN_FINETUNE && model.batch_size == 8);
+    CHECK(config.model.bn_momentum == 0.99 && model.bn_momentum == 0.99f);
     mt_optimizer_params params = mt_config_optimizer(&config);
     CHECK(params.kind == MT_OPTIMIZER_ADAM && params.beta_2 == 0.999f);
     mt_lr_schedule schedule;
@@ -164,6 +169,11 @@ static void test_load_values(void) {
 }
 
 static void test_load_errors(void) {
+    /* a momentum of 1 would never move the statistics: out of range, with the range named */
+    expect_load_error("[model]\nbn_momentum = 1\n",
+                      (const char *[]){":2:", "bn_momentum", "out of range [0, 0.999999]", NULL});
+    expect_load_error("[model]\nbn_momentum = -0.5\n",
+                      (const char *[]){":2:", "bn_momentum", NULL});
     expect_load_error(
         "[optimizer]\nlearning_rat = 0.1\n",
         (const char *[]){":2:", "learning_rat", "did you mean [optimizer] learning_rate", NULL});

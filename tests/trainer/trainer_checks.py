@@ -10,6 +10,7 @@ Checkpoints are compared with an independent safetensors reader (struct + json +
 """
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -307,6 +308,141 @@ def case_feature_cache(data, tmp):
             fail("the head did not train")
         print(f"feature cache (random_flip={flip}): head weights agree with the uncached path "
               f"(max diff {worst:.2e})")
+    # a random rotation draws new pixels every epoch: no cache, whatever cache_features says,
+    # and the log says why
+    for setting in ("auto", "on"):
+        folder = os.path.join(tmp, "rotate" + setting)
+        os.makedirs(folder)
+        result = run([MOBILETUNE, "train", "--config",
+                      write_config(folder, data, model__mode="frozen", data__random_flip="true",
+                                   data__random_rotation="0.2", train__cache_features=setting,
+                                   train__epochs=1)])
+        if "data.random_rotation: every epoch rotates" not in result.output or \
+                "feature vectors" in result.output:
+            fail(f"frozen with random_rotation (cache_features={setting}) did not say it runs "
+                 "the backbone every step:\n" + result.output)
+    print("feature cache: not used with random_rotation, and the log says so")
+
+
+def time_split(output):
+    """The closing 'time: T s = feature cache a s + training steps b s + ...' line, checked: every
+    part >= 0 and the parts adding up to the total within the rounding of six values printed to
+    0.1 s (0.05 each)."""
+    lines = [line for line in output.splitlines() if line.startswith("time: ")]
+    if len(lines) != 1:
+        fail("not one closing time line:\n" + output)
+    match = re.fullmatch(r"time: ([\d.]+) s = feature cache ([\d.]+) s \+ training steps "
+                         r"([\d.]+) s \+ evaluation ([\d.]+) s \+ checkpoints ([\d.]+) s \+ "
+                         r"the rest ([\d.]+) s \(.*\)", lines[0])
+    if not match:
+        fail("the time line does not split the run into its phases: " + lines[0])
+    total, *parts = (float(x) for x in match.groups())
+    if abs(sum(parts) - total) > 6 * 0.05 + 1e-9:
+        fail(f"the phases add up to {sum(parts):.1f} s, not the total {total:.1f} s: {lines[0]}")
+    return dict(zip(["cache", "steps", "eval", "checkpoints", "rest"], parts))
+
+
+def bn_warnings(output):
+    return [line for line in output.splitlines() if "warning:" in line and "BN moving" in line]
+
+
+def strip_config_key(path, key):
+    """Rewrite checkpoint `path` as one written before option `key` existed: the line gone from
+    its stored config (the metadata is not covered by the tensors' checksums)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    config = header["__metadata__"]["config"]
+    kept = [line for line in config.split("\n") if not line.startswith(key + " =")]
+    if len(kept) != len(config.split("\n")) - 1:
+        fail(f"no '{key} =' line in the config of {path}")
+    header["__metadata__"]["config"] = "\n".join(kept)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + blob[8 + length:])
+
+
+def case_bn_report(data, tmp):
+    """What a run tells about itself: the BN coverage warning at each evaluation while scratch's
+    moving statistics are mostly their initial values (naming model.bn_momentum and a value
+    that fixes it, and silent once that value is used, and where no BN layer trains from its
+    initial statistics); model.bn_momentum through resume (an old checkpoint without it reads as
+    0.999); the closing line splitting the wall time into phases."""
+    # 6 steps per epoch, 4 epochs: 1 - 0.999^24 = 2.4% covered at the last evaluation
+    folder = os.path.join(tmp, "default")
+    os.makedirs(folder)
+    result = run([MOBILETUNE, "train", "--config", write_config(folder, data)])
+    warnings = bn_warnings(result.output)
+    if len(warnings) != 4 or "model.bn_momentum = " not in warnings[-1]:
+        fail("scratch at momentum 0.999 did not warn at each of its 4 evaluations naming "
+             "model.bn_momentum:\n" + result.output)
+    # the fix offered for the last evaluation (24 steps): the largest m with 1 - m^24 >= 0.9,
+    # to 4 decimals, rounded down: 0.1^(1/24) = 0.90851...
+    fix = re.search(r"model\.bn_momentum = ([\d.]+) would", warnings[-1]).group(1)
+    if fix != "0.9085" or "2.4%" not in warnings[-1]:
+        fail("the last warning's coverage or fix is not 2.4% and 0.9085: " + warnings[-1])
+    with open(os.path.join(folder, "run", "train.log")) as f:
+        logged = f.read()
+    if bn_warnings(logged) != warnings:
+        fail("the warnings are not in train.log")
+    parts = time_split(result.output)
+    time_split(logged)
+    if parts["steps"] <= 0 or parts["cache"] != 0:
+        fail(f"scratch's time split has no training steps or a feature cache: {parts}")
+
+    # the offered value: the last evaluation is silent (1 - 0.9085^24 = 0.900...)
+    fixed = os.path.join(tmp, "fixed")
+    os.makedirs(fixed)
+    config = write_config(fixed, data, model__bn_momentum=fix, train__epochs=2)
+    result = run([MOBILETUNE, "train", "--config", config])
+    if len(bn_warnings(result.output)) != 2:
+        fail(f"momentum {fix} at 12 of 24 steps should still warn twice:\n" + result.output)
+    result = run([MOBILETUNE, "train", "--config", config, "--set", "train.epochs=4",
+                  "--resume", "auto"])
+    if len(bn_warnings(result.output)) != 1:
+        fail(f"momentum {fix}, resumed for epochs 3 and 4, should warn at 18 steps (82%) only:\n"
+             + result.output)
+    lines = result.output.splitlines()
+    last_epoch = [i for i, line in enumerate(lines) if line.startswith("epoch 4/4")]
+    if not last_epoch or "warning:" in lines[last_epoch[0] - 1]:
+        fail(f"momentum {fix} still warned at step 24:\n" + result.output)
+    if "resuming from" not in result.output:
+        fail("the fixed run did not resume:\n" + result.output)
+    _, meta = read_safetensors(f"{fixed}/run/last.safetensors")
+    if f"bn_momentum = {fix}" not in meta["config"]:
+        fail("the checkpoint's config lost model.bn_momentum:\n" + meta["config"])
+    # resuming with another momentum is a changed option, named
+    result = run([MOBILETUNE, "train", "--config", config, "--set", "train.epochs=5",
+                  "--set", "model.bn_momentum=0.99", "--resume", "auto"], expect=1)
+    if f"model.bn_momentum {fix} -> 0.99" not in result.output:
+        fail("a resume with another bn_momentum was not refused by name:\n" + result.output)
+
+    # a checkpoint from before the option: its runs had Keras' 0.999
+    strip_config_key(f"{folder}/run/last.safetensors", "bn_momentum")
+    result = run([MOBILETUNE, "train", "--config", os.path.join(folder, "config.ini"),
+                  "--set", "train.epochs=5", "--set", "model.bn_momentum=0.99", "--resume",
+                  "auto"], expect=1)
+    if "model.bn_momentum 0.999 -> 0.99" not in result.output:
+        fail("an old checkpoint did not read as bn_momentum 0.999:\n" + result.output)
+    result = run([MOBILETUNE, "train", "--config", os.path.join(folder, "config.ini"),
+                  "--set", "train.epochs=5", "--resume", "auto"])
+    if "resuming from" not in result.output or "changed options" in result.output:
+        fail("an old checkpoint did not resume at the default momentum:\n" + result.output)
+
+    # no BN layer in training mode (scratch with bn_mode inference; frozen): no warning
+    for name, overrides in (("inference", {"model__bn_mode": "inference", "train__epochs": 1}),
+                            ("frozen", {"model__mode": "frozen", "train__epochs": 1})):
+        other = os.path.join(tmp, name)
+        os.makedirs(other)
+        result = run([MOBILETUNE, "train", "--config", write_config(other, data, **overrides)])
+        if bn_warnings(result.output):
+            fail(f"{name}: a BN warning without BN layers in training mode:\n" + result.output)
+        time_split(result.output)
+    print("bn report: scratch warns at 0.999 with the fix 0.9085, which silences the last "
+          "evaluation; resume keeps bn_momentum (old checkpoints read 0.999); no warning "
+          "without training-mode BN; the time split adds up")
 
 
 def case_eval_predict(data, tmp):
@@ -849,6 +985,7 @@ CASES = {
     "nan": case_nan_guard,
     "cache": case_feature_cache,
     "eval_predict": case_eval_predict,
+    "bn_report": case_bn_report,
     "config_errors": case_config_errors,
     "integrity": case_integrity,
     "backends": case_backends,
