@@ -95,8 +95,8 @@ static void test_pixels(const char *dir) {
 }
 
 /* random_rotation: every image of a batch is mt_image_rotate of its record by
- * mt_shard_rotation's angle, then flipped where mt_shard_flip says (uint8 output: flagged in b->flips instead); float output scaled as Keras
- * scales, uint8 output rounded to the nearest level (both exactly, from the same rotated floats);
+ * mt_shard_rotation's angle, then flipped where mt_shard_flip says (uint8 output: flagged in
+ * b->flips instead); float output scaled as Keras scales, uint8 output rounded to the nearest level (both exactly, from the same rotated floats);
  * the same batches for 0 and 3 threads; angles within [-factor*2pi, factor*2pi). */
 static uint64_t fnv_bytes(const void *data, size_t n, uint64_t h) {
     const uint8_t *bytes = data;
