@@ -2,7 +2,8 @@
  * handles, a size-class memory pool (after the first step every allocation is a reuse, so the
  * step loop never calls cudaMalloc), copies between host and device, and the grow-only scratch
  * areas. Environment (read once at init):
- *   MT_CUDA_TF32=1           let cuDNN and cuBLAS use TF32 tensor cores (default: exact fp32)
+ *   MT_CUDA_TF32=1           as train.precision = tf32 (its older spelling): cuDNN and cuBLAS
+ *                            may use TF32 tensor cores (default: exact fp32)
  *   MT_CUDA_DEPTHWISE=auto|own|cudnn   depthwise implementation (auto: time both per shape)
  *   MT_CUDA_POINTWISE=auto|gemm|cudnn  1x1 convolutions: cuBLAS GEMM or cuDNN (auto: time both)
  *   MT_CUDA_WORKSPACE_MB=512 the largest cuDNN workspace an algorithm may ask for
@@ -252,6 +253,14 @@ static mt_status impl_mode(const char *variable, const char *own, int *mode) {
 
 static mt_status cuda_init(mt_backend *backend, const mt_backend_options *options) {
     backend->impl = NULL;
+    /* 16-bit tensors are not in the kernels yet (issue 12: the reference emulates them) */
+    if (options->precision == MT_COMPUTE_BF16 || options->precision == MT_COMPUTE_FP16)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda backend: train.precision = %s is not implemented on the GPU yet: "
+                       "set train.precision = tf32 (or fp32); train.backend = reference runs "
+                       "%s emulated, slowly",
+                       mt_compute_precision_name(options->precision),
+                       mt_compute_precision_name(options->precision));
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
@@ -283,7 +292,8 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
     cuda_backend *cu = calloc(1, sizeof *cu);
     if (!cu) return MT_FAIL(MT_ERR_NOMEM, "cuda backend: out of host memory");
     cu->device = options->device;
-    cu->allow_tf32 = env_flag("MT_CUDA_TF32");
+    /* train.precision = tf32; MT_CUDA_TF32=1, its older spelling, still turns it on */
+    cu->allow_tf32 = options->precision == MT_COMPUTE_TF32 || env_flag("MT_CUDA_TF32");
     cu->debug = env_flag("MT_CUDA_DEBUG");
     cu->depthwise_mode = depthwise_mode;
     cu->pointwise_mode = pointwise_mode;
@@ -422,6 +432,7 @@ const mt_ops mt_ops_cuda = {
     .synchronize = cuda_synchronize,
     .buffer_copy = mt_cuda_buffer_copy,
     .buffer_copy_if = mt_cuda_buffer_copy_if,
+    .buffer_scale = mt_cuda_buffer_scale,
     .tensor_zero = mt_cuda_tensor_zero,
     .tensor_copy = mt_cuda_tensor_copy,
     .add = mt_cuda_add,

@@ -187,6 +187,8 @@ GUARDED(buffer_copy_if,
         (mt_backend * backend, void *dst, const void *src, size_t bytes, const float *flag,
          double *count),
         (backend, dst, src, bytes, flag, count))
+GUARDED(buffer_scale, (mt_backend * backend, float *x, size_t count, float factor, float *flag),
+        (backend, x, count, factor, flag))
 GUARDED(tensor_from_u8, (mt_backend * backend, const uint8_t *src, mt_tensor *dst),
         (backend, src, dst))
 GUARDED(tensor_from_nhwc, (mt_backend * backend, const float *src, mt_tensor *dst),
@@ -294,6 +296,7 @@ const mt_ops mt_ops_reference_guarded = {
     .synchronize = mt_ref_synchronize,
     .buffer_copy = guarded_buffer_copy,
     .buffer_copy_if = guarded_buffer_copy_if,
+    .buffer_scale = guarded_buffer_scale,
     .tensor_zero = guarded_tensor_zero,
     .tensor_copy = guarded_tensor_copy,
     .add = guarded_add,

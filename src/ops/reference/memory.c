@@ -61,7 +61,7 @@ void mt_ref_tensor_free(mt_backend *backend, mt_tensor *tensor) {
 
 mt_status mt_ref_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst) {
     memmove(dst->data, host_src, mt_shape4_count(dst->shape) * sizeof(float));
-    return MT_OK;
+    return mt_ref_stored(backend, dst);
 }
 
 /* malloc's alignment (16 bytes on the platforms we build for) is enough for float */
@@ -78,12 +78,11 @@ void mt_ref_host_free(mt_backend *backend, void *buffer) {
 }
 
 mt_status mt_ref_tensor_from_u8(mt_backend *backend, const uint8_t *host_src, mt_tensor *dst) {
-    (void)backend;
     float *out = dst->data;
     const size_t count = mt_shape4_count(dst->shape);
     for (size_t i = 0; i < count; i++)
         out[i] = mt_u8_to_input(host_src[i]);
-    return MT_OK;
+    return mt_ref_stored(backend, dst);
 }
 
 mt_status mt_ref_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
