@@ -487,6 +487,20 @@ static void check_casts(void) {
                 break;
             }
         }
+        /* the fp32 -> 16 bits -> fp32 kernel (the conv weights' rounding) in place, against the
+         * C rounding */
+        memcpy(back, x, count * sizeof *back);
+        KERNEL_OK(mt_cuda_launch_round_f32(NULL, count, formats[f].format, back, back));
+        wrong = 0, first = -1;
+        for (size_t i = 0; i < count; i++) {
+            const float want = formats[f].format ? mt_round_fp16(x[i]) : mt_round_bf16(x[i]);
+            if ((isnan(want) ? !isnan(back[i]) : memcmp(&want, &back[i], sizeof want) != 0) &&
+                wrong++ == 0)
+                first = (int)i;
+        }
+        CHECK_MSG(wrong == 0, "round_f32 %s: %d of %zu values differ from ops/precision.c's, "
+                  "first %.9g -> %.9g", formats[f].name, wrong, count, first >= 0 ? x[first] : 0.0,
+                  first >= 0 ? back[first] : 0.0);
         /* and back: the round trip of an fp16/bf16 value is the identity */
         KERNEL_OK(mt_cuda_launch_cast_to_f32(NULL, count, formats[f].format, half, back));
         KERNEL_OK(mt_cuda_launch_cast_from_f32(NULL, count, formats[f].format, back, patterns));

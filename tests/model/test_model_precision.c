@@ -3,6 +3,8 @@
  * model of reduced-precision storage written down below; and fp16's loss scale: with the loss
  * gradient scaled by 2^15 (mt_model_set_loss_scale) and the gradients divided by it again
  * (buffer_scale), small gradients that fp16 storage flushes to zero survive.
+ *     test_model_precision [BACKEND]   (the 16-bit runs on BACKEND, e.g. cuda; the fp32 truth on
+ *                                       the reference; cuda skips with 77 without a GPU)
  *
  * The error model of 16-bit storage. Every stored tensor is one rounding to the nearest 16-bit
  * value: a relative error of at most u per element (u = 2^-8 bf16, 2^-11 fp16: half the spacing
@@ -99,7 +101,9 @@ static bool step(mt_backend *backend, mt_model *model, const float *images, cons
            backend->ops->download(backend, out->grads, grads, count * sizeof(float)) == MT_OK;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    /* the backend of the 16-bit runs (the fp32 truth is always the reference) */
+    const char *device = argc > 1 ? argv[1] : "reference";
     const mt_compute_precision precisions[] = {MT_COMPUTE_FP32, MT_COMPUTE_BF16, MT_COMPUTE_FP16};
     mt_backend *backends[3] = {NULL};
     mt_model *models[3] = {NULL};
@@ -114,7 +118,13 @@ int main(void) {
     config.dropout = 0.0f;
     for (int p = 0; p < 3; p++) {
         mt_backend_options options = {.num_threads = 2, .precision = precisions[p]};
-        CHECK_OK(mt_backend_create("reference", &options, &backends[p]));
+        const char *name = p ? device : "reference";
+        if (p && strcmp(name, "reference") != 0 &&
+            mt_backend_create(name, &options, &backends[p]) != MT_OK) {
+            printf("skipped: backend %s: %s\n", name, mt_last_error());
+            return MT_TEST_SKIP_CODE;
+        }
+        if (!backends[p]) CHECK_OK(mt_backend_create(name, &options, &backends[p]));
         CHECK_OK(mt_model_create(backends[p], &config, 5, &models[p]));
     }
     perturb(models, 3);

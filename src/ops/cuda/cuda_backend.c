@@ -125,8 +125,18 @@ static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
     return MT_OK;
 }
 
+mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
+    return pool_alloc(cu, bytes, out);
+}
+
 /* Work still queued on the stream may use the block: reuse is safe because every later user is
  * on the same stream. */
+static void pool_release(cuda_backend *cu, void *ptr);
+
+void cuda_pool_release(cuda_backend *cu, void *ptr) {
+    pool_release(cu, ptr);
+}
+
 static void pool_release(cuda_backend *cu, void *ptr) {
     if (!ptr) return;
     cuda_pool *pool = &cu->pool;
@@ -186,6 +196,7 @@ static void cuda_shutdown(mt_backend *backend) {
                cu->pool.mallocs);
     cuda_profile_free(cu);
     cuda_conv_cache_free(cu);
+    cuda_precision_free(cu); /* pool blocks: before the pool goes */
     for (int h = 0; h < CUDA_POOL_BUCKETS; h++) { /* blocks the caller never freed */
         while (cu->pool.live[h]) {
             cuda_block *b = cu->pool.live[h];
@@ -253,14 +264,6 @@ static mt_status impl_mode(const char *variable, const char *own, int *mode) {
 
 static mt_status cuda_init(mt_backend *backend, const mt_backend_options *options) {
     backend->impl = NULL;
-    /* 16-bit tensors are not in the kernels yet (issue 12: the reference emulates them) */
-    if (options->precision == MT_COMPUTE_BF16 || options->precision == MT_COMPUTE_FP16)
-        return MT_FAIL(MT_ERR_INVALID,
-                       "cuda backend: train.precision = %s is not implemented on the GPU yet: "
-                       "set train.precision = tf32 (or fp32); train.backend = reference runs "
-                       "%s emulated, slowly",
-                       mt_compute_precision_name(options->precision),
-                       mt_compute_precision_name(options->precision));
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
@@ -300,6 +303,12 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
     cu->workspace_limit = workspace_mb << 20;
     backend->impl = cu;
     mt_status status = cuda_setup(cu);
+    /* bf16 / fp16: 16-bit tensors (cuda_precision.c), the same backend otherwise */
+    if (status == MT_OK &&
+        (options->precision == MT_COMPUTE_BF16 || options->precision == MT_COMPUTE_FP16)) {
+        status = cuda_precision_init(cu, options->precision);
+        if (status == MT_OK) backend->ops = cuda_precision_table();
+    }
     if (status != MT_OK) cuda_shutdown(backend);
     return status;
 }
@@ -480,7 +489,8 @@ mt_status mt_cuda_device_uuid(int device, uint8_t out[16]) {
 }
 
 mt_status mt_cuda_backend_streams(mt_backend *backend, cudaStream_t *compute, cudaStream_t *comm) {
-    if (backend->ops != &mt_ops_cuda || !backend->impl)
+    if ((backend->ops != &mt_ops_cuda && backend->ops != cuda_precision_table()) ||
+        !backend->impl)
         return MT_FAIL(MT_ERR_INVALID, "backend '%s' has no CUDA streams (NCCL needs the cuda "
                        "backend)", backend->ops->name);
     *compute = cuda_of(backend)->stream;
