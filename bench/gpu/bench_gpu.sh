@@ -10,8 +10,9 @@
 # MT_BENCH_CASES overrides the ranking ("mode:precision:batch,...").
 # Each case: 3 warm-up steps (every shape's cuDNN algorithm search happens there, before timing:
 # mobiletune picks per shape on first use, torch runs with cudnn.benchmark), then 10 timed steps.
-# Precisions: fp32 (TF32 off), tf32, bf16, fp16. A precision mobiletune's binary refuses (before
-# train.precision has it: `bench_train_step --precision`) is skipped with a note, once.
+# Precisions: fp32 (TF32 off), tf32, bf16, fp16 (`bench_train_step --precision`; bf16/fp16 run
+# cuda's fp32-staged 16-bit tensors until the tensor-core path lands, docs/gpu.md "Precision"). A
+# precision mobiletune's binary refuses is skipped with a note, once.
 # Writes OUT_DIR/bench_results.txt (RESULT lines) and OUT_DIR/bench_table.txt. Never run by ctest.
 set -u
 bin=${1:?usage: bench_gpu.sh BENCH_TRAIN_STEP [OUT_DIR]}

@@ -4,7 +4,7 @@
  *
  *   bench_train_step [--backend cpu] [--mode scratch|frozen|finetune] [--fine-tune-at 100]
  *                    [--batch 32] [--size 160] [--alpha 1.0] [--steps 5] [--warmup 2]
- *                    [--threads 0]
+ *                    [--threads 0] [--precision fp32|tf32|bf16|fp16]
  *
  * BN follows the tutorial (MT_BN_AUTO): batch statistics in scratch, moving statistics when the
  * backbone is frozen or fine-tuned. Inputs are random pixels (speed does not depend on them), fed
@@ -46,7 +46,7 @@ static int compare_double(const void *a, const void *b) {
 static int usage(void) {
     fprintf(stderr, "usage: bench_train_step [--backend cpu] [--mode scratch|frozen|finetune] "
                     "[--fine-tune-at 100] [--batch 32] [--size 160] [--alpha 1.0] [--steps 5] "
-                    "[--warmup 2] [--threads 0]\n");
+                    "[--warmup 2] [--threads 0] [--precision fp32|tf32|bf16|fp16]\n");
     return 2;
 }
 
@@ -54,6 +54,7 @@ int main(int argc, char **argv) {
     const char *backend_name = "cpu", *mode_name = "scratch";
     int fine_tune_at = 100, batch = 32, size = 160, steps = 5, warmup = 2, threads = 0;
     float alpha = 1.0f;
+    mt_compute_precision precision = MT_COMPUTE_FP32;
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) return usage();
         const char *a = argv[i], *v = argv[++i];
@@ -75,7 +76,13 @@ int main(int argc, char **argv) {
             warmup = atoi(v);
         else if (!strcmp(a, "--threads"))
             threads = atoi(v);
-        else
+        else if (!strcmp(a, "--precision")) {
+            int p = 0;
+            while (p < 4 && strcmp(v, mt_compute_precision_name((mt_compute_precision)p)) != 0)
+                p++;
+            if (p == 4) return usage();
+            precision = (mt_compute_precision)p;
+        } else
             return usage();
     }
     if (batch < 1 || steps < 1 || warmup < 0) return usage();
@@ -89,7 +96,8 @@ int main(int argc, char **argv) {
     config.batch_size = batch;
     config.bn_mode = MT_BN_AUTO;
 
-    mt_backend_options options = {.num_threads = threads};
+    /* the precision of train.precision (ops.h); the loss scale is the trainer's, not timed here */
+    mt_backend_options options = {.num_threads = threads, .precision = precision};
     mt_backend *backend = NULL;
     BENCH_TRY(mt_backend_create(backend_name, &options, &backend));
     mt_model *model = NULL;

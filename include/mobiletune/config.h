@@ -53,8 +53,12 @@ typedef enum mt_cache_features {
     MT_CACHE_FEATURES_OFF,      /* run the frozen backbone every step */
 } mt_cache_features;
 
+/* train.precision: the values of mt_compute_precision (ops.h), in the same order. */
 typedef enum mt_precision {
     MT_PRECISION_FP32 = 0,
+    MT_PRECISION_TF32,
+    MT_PRECISION_BF16,
+    MT_PRECISION_FP16,
 } mt_precision;
 
 /* Every option's value. Path fields are absolute, or "" for none. Enum fields hold the index of

@@ -43,6 +43,9 @@ typedef struct mt_metrics_record {
     double lr;
     double images_per_second;
     double seconds; /* of the step(s) or the epoch */
+    /* train.precision = fp16: the dynamic loss scale at the end, and the updates it skipped in
+     * the epoch (non-finite gradients); absent otherwise */
+    double loss_scale, skipped_steps;
 } mt_metrics_record;
 
 /* A record with every value absent. */

@@ -289,6 +289,12 @@ void mt_model_set_grad_hook(mt_model *model, mt_grad_ready_fn fn, void *user);
  * training = true and labels. */
 mt_status mt_model_backward(mt_model *model);
 
+/* The factor backward multiplies the loss gradient by before it goes down the network (1, the
+ * default, changes nothing): fp16's loss scale, so that small gradients survive in 16-bit
+ * tensors. The weight gradients then come out `scale` times too large; the caller divides them
+ * (ops.h buffer_scale) before the optimizer. */
+void mt_model_set_loss_scale(mt_model *model, float scale);
+
 /* The output of backbone layer `layer` in the last forward, host NHWC (n x out_h x out_w x
  * out_c, the executed shape), for tests that inspect activations (e.g. the pre-activations of a
  * BN from its input). Only outputs the forward keeps for the backward (a trainable BN's input,

@@ -6,7 +6,7 @@
  *
  * Memory model. Activations are mt_tensor: a 4-D N,H,W,C tensor whose bytes live in the backend's
  * memory (host for CPU backends, device for CUDA) in the backend's own layout (NHWC for reference;
- * oneDNN may use blocked formats). The model never looks inside: it converts at the edges only
+ * oneDNN may use blocked formats) and element type (fp32, or 16 bits: "Precision" below). The model never looks inside: it converts at the edges only
  * (tensor_from_nhwc for the input batch; global_avg_pool's output is a plain row-major N,C matrix).
  * Everything else -- parameters, gradients, BN statistics, matrices of the head, labels -- is a
  * plain buffer in backend memory with a documented layout:
@@ -186,9 +186,49 @@ typedef struct mt_input_batch {
 
 typedef struct mt_backend mt_backend;
 
+/* Precision (train.precision; the values of mt_precision in config.h, in the same order). A
+ * backend's arithmetic is fixed when it is created (mt_backend_options.precision), so no op takes
+ * a type argument and the model does not change with it:
+ *   FP32  fp32 storage, fp32 math
+ *   TF32  fp32 storage; cuda lets cuDNN and cuBLAS use TF32 tensor-core math (10-bit mantissa
+ *         products, fp32 accumulation). The CPU backends have no TF32 and run it as fp32: a
+ *         documented no-op, so a tf32 config still runs (and tests) anywhere.
+ *   BF16, FP16  every mt_tensor -- the backbone's activations and the gradients flowing back
+ *         through them -- is stored in the 16-bit type: each op that writes a tensor rounds its
+ *         result (to nearest, ties to even; ops/precision.h) as it stores it. Everything else
+ *         stays fp32: convolutions accumulate in fp32 (on the weights rounded to the 16-bit
+ *         type, as the tensor cores read them: forward and backward-data; backward-weights
+ *         takes the stored tensors and writes fp32), BN computes its statistics and its
+ *         normalization in fp32 from the stored values, and every plain buffer (parameters,
+ *         weight gradients, BN statistics, the head's matrices, the loss, the optimizer) is
+ *         fp32. The cuda backend stores tensors as bf16/fp16 (tensor_alloc sizes them; the
+ *         bytes per element are mt_precision_tensor_bytes); the reference backend emulates it
+ *         on float storage, rounding exactly where cuda stores 16 bits, so it stays the truth
+ *         the GPU's bf16 is compared with; the cpu backend refuses both (it is fp32 only).
+ * Nothing outside the backends looks at it but the trainer (fp16's loss scale). */
+typedef enum mt_compute_precision {
+    MT_COMPUTE_FP32 = 0,
+    MT_COMPUTE_TF32,
+    MT_COMPUTE_BF16,
+    MT_COMPUTE_FP16,
+} mt_compute_precision;
+
+/* "fp32", "tf32", "bf16", "fp16" (the option's values); "?" for anything else */
+static inline const char *mt_compute_precision_name(mt_compute_precision precision) {
+    static const char *const names[] = {"fp32", "tf32", "bf16", "fp16"};
+    return (unsigned)precision < 4 ? names[precision] : "?";
+}
+
+/* Bytes of one tensor element in a backend that stores its tensors in the precision's type (cuda;
+ * the reference emulates 16 bits on 4) */
+static inline size_t mt_precision_tensor_bytes(mt_compute_precision precision) {
+    return precision == MT_COMPUTE_BF16 || precision == MT_COMPUTE_FP16 ? 2 : 4;
+}
+
 typedef struct mt_backend_options {
     int num_threads; /* CPU threads; 0 = all cores */
     int device;      /* GPU ordinal for "cuda" (the local rank) */
+    mt_compute_precision precision; /* see above; 0 (fp32) when not set */
 } mt_backend_options;
 
 typedef struct mt_ops {
@@ -235,6 +275,13 @@ typedef struct mt_ops {
      * trainer restores the BN statistics of a step skipped for a non-finite loss with it. */
     mt_status (*buffer_copy_if)(mt_backend *backend, void *dst, const void *src, size_t bytes,
                                 const float *flag, double *count);
+
+    /* x[count] *= factor, fp32 in backend memory, in place; then, when `flag` (one float of
+     * backend memory) is not NULL and some x is not finite, *flag = 1 (left as it is otherwise).
+     * fp16's loss scale: the loss gradient times the scale before backward, the gradients times
+     * 1/scale (a power of two: exact) and checked before the optimizer reads the flag. */
+    mt_status (*buffer_scale)(mt_backend *backend, float *x, size_t count, float factor,
+                              float *flag);
 
     /* ---- elementwise on tensors of equal shape ---- */
     mt_status (*tensor_zero)(mt_backend *backend, mt_tensor *tensor);

@@ -63,6 +63,7 @@ struct mt_model {
      * runs the pair at the ReLU6 and skips the BN */
     bool fused_training[MT_MODEL_LAYERS];
 
+    float loss_scale; /* mt_model_set_loss_scale (1: none) */
     int n; /* batch the activations are sized for (0: none yet) */
     mt_tensor acts[MT_MODEL_LAYERS];
     grad_slot slots[GRAD_SLOTS_MAX];
@@ -303,6 +304,7 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
     m->backend = backend;
     m->ops = backend->ops;
     m->walk_at = MT_MODEL_LAYERS;
+    m->loss_scale = 1.0f;
     mt_status status = mt_model_layout_create(config, &m->layout);
     if (status != MT_OK) {
         free(m);
@@ -918,6 +920,10 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
     }
 }
 
+void mt_model_set_loss_scale(mt_model *m, float scale) {
+    m->loss_scale = scale;
+}
+
 mt_status mt_model_backward(mt_model *m) {
     m->outputs_intact = false;
     if (!m->ready_for_backward)
@@ -940,6 +946,9 @@ mt_status mt_model_backward(mt_model *m) {
         m->grad_of[i] = -1;
     return_borrowed(m);
 
+    if (m->loss_scale != 1.0f)
+        MT_TRY(ops->buffer_scale(be, m->dlogits, (size_t)n * layout->logit_count, m->loss_scale,
+                                 NULL));
     mt_dense_desc desc = {.batch = n, .in_features = features, .out_features = layout->logit_count};
     const float *x = m->dropout_applied ? m->dropped : m->pooled;
     const mt_param_tensor *kernel = layer_tensor(m, dense, 0), *bias = layer_tensor(m, dense, 1);

@@ -72,6 +72,11 @@ mt_status mt_backend_create(const char *name, const mt_backend_options *options,
     if (!backend) return MT_FAIL(MT_ERR_NOMEM, "out of memory creating backend '%s'", name);
     backend->ops = ops;
     if (options) backend->options = *options;
+    if ((unsigned)backend->options.precision > MT_COMPUTE_FP16) {
+        free(backend);
+        return MT_FAIL(MT_ERR_INVALID, "backend '%s': precision %d is none of fp32, tf32, bf16, "
+                       "fp16 (train.precision)", name, (int)options->precision);
+    }
     mt_status status = ops->init(backend, &backend->options);
     if (status != MT_OK) {
         free(backend);

@@ -33,6 +33,16 @@ static inline void mt_loss_accum_add(double *accum, float *skip, const mt_loss_d
     *skip = 0.0f;
 }
 
+/* buffer_scale on host memory (ops.h): the product rounded once per element */
+static inline void mt_host_buffer_scale(float *x, size_t count, float factor, float *flag) {
+    int finite = 1;
+    for (size_t i = 0; i < count; i++) {
+        x[i] *= factor;
+        finite &= isfinite(x[i]) != 0;
+    }
+    if (flag && !finite) *flag = 1.0f;
+}
+
 /* buffer_copy_if on host memory */
 static inline void mt_host_buffer_copy_if(void *dst, const void *src, size_t bytes,
                                           const float *flag, double *count) {

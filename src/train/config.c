@@ -175,8 +175,14 @@ static const mt_config_option options[] = {
      "image and of its mirror image) so every epoch runs only the head; exact, as a flip has two "
      "views. auto and on: cache (not with data.random_rotation, whose angles change every "
      "epoch); off: run the backbone every step."},
-    {"train", "precision", MT_CONFIG_ENUM, FIELD(train.precision), "fp32", "fp32", 0, 0, 0, 0,
-     "Arithmetic precision (only fp32 so far)."},
+    {"train", "precision", MT_CONFIG_ENUM, FIELD(train.precision), "fp32", "fp32|tf32|bf16|fp16",
+     0, 0, 0, 0,
+     "Arithmetic precision. fp32: exact fp32 math. tf32: fp32 storage, TF32 tensor-core math in "
+     "cuDNN and cuBLAS (cuda only; the CPU backends run it as fp32). bf16 and fp16: activations "
+     "and gradients of the backbone stored in 16 bits, convolutions with fp32 accumulation, BN "
+     "statistics, the head, the loss, the master weights and the optimizer in fp32; fp16 adds "
+     "Keras' dynamic loss scaling (start 2^15, x2 after 2000 finite steps, /2 and the update "
+     "skipped on inf/NaN). bf16/fp16 need backend cuda or reference (reference: emulated)."},
 
     /* ---- [output] ---- */
     {"output", "run_dir", MT_CONFIG_PATH, FIELD(output.run_dir), "runs/default", NULL, 0, 0, 0, 0,
@@ -806,6 +812,16 @@ mt_status mt_config_check(const mt_train_config *config) {
                        "%s: warmup_epochs = %g is also set; give warmup in epochs or in steps, "
                        "not both",
                        where, config->optimizer.warmup_epochs);
+    }
+    const bool reduced = config->train.precision == MT_PRECISION_BF16 ||
+                         config->train.precision == MT_PRECISION_FP16;
+    if (reduced && config->train.backend == MT_CONFIG_BACKEND_CPU) {
+        describe_origin(config, option_index("train", "precision"), where, sizeof where);
+        return MT_FAIL(MT_ERR_INVALID,
+                       "%s: the cpu backend (oneDNN) computes in fp32 only; set train.backend = "
+                       "cuda for bf16/fp16 training (or reference, which emulates it slowly), or "
+                       "train.precision = fp32",
+                       where);
     }
     if (config->optimizer.nesterov && config->optimizer.name != MT_OPTIMIZER_SGD) {
         describe_origin(config, option_index("optimizer", "nesterov"), where, sizeof where);

@@ -27,6 +27,8 @@ mt_metrics_record mt_metrics_record_empty(mt_metrics_kind kind, int epoch, int64
         .lr = MT_METRIC_ABSENT,
         .images_per_second = MT_METRIC_ABSENT,
         .seconds = MT_METRIC_ABSENT,
+        .loss_scale = MT_METRIC_ABSENT,
+        .skipped_steps = MT_METRIC_ABSENT,
     };
 }
 
@@ -91,6 +93,8 @@ mt_status mt_metrics_log(mt_metrics *m, const mt_metrics_record *r) {
     json_field(m->jsonl, "lr", r->lr);
     json_field(m->jsonl, "images_per_second", r->images_per_second);
     json_field(m->jsonl, "seconds", r->seconds);
+    json_field(m->jsonl, "loss_scale", r->loss_scale);
+    json_field(m->jsonl, "skipped_steps", r->skipped_steps);
     fputs("}\n", m->jsonl);
     if (fflush(m->jsonl) != 0 || ferror(m->jsonl))
         return MT_FAIL(MT_ERR_IO, "writing '%s': %s", m->jsonl_path, strerror(errno));
@@ -103,6 +107,8 @@ mt_status mt_metrics_log(mt_metrics *m, const mt_metrics_record *r) {
         MT_TRY(
             scalar(m->train, "epoch_images_per_second", r->epoch, wall_time, r->images_per_second));
         MT_TRY(scalar(m->train, "epoch_seconds", r->epoch, wall_time, r->seconds));
+        MT_TRY(scalar(m->train, "epoch_loss_scale", r->epoch, wall_time, r->loss_scale));
+        MT_TRY(scalar(m->train, "epoch_skipped_steps", r->epoch, wall_time, r->skipped_steps));
         MT_TRY(scalar(m->validation, "epoch_loss", r->epoch, wall_time, r->val_loss));
         MT_TRY(scalar(m->validation, "epoch_accuracy", r->epoch, wall_time, r->val_accuracy));
     } else {

@@ -245,17 +245,55 @@ enum { AGREE_EVERY = 16 };
 typedef struct epoch_totals {
     double loss_sum; /* loss x valid rows */
     int64_t correct, valid;
-    int64_t skipped; /* steps dropped by nan_policy = skip */
+    int64_t skipped; /* steps dropped by nan_policy = skip, or (fp16) by the loss scale */
     int64_t steps;
     double allreduce_seconds; /* host time in the gradient all-reduce within the steps */
     uint64_t buckets, buckets_done_in_backward; /* all-reduces started; complete before finish */
 } epoch_totals;
 
+/* fp16's update (Keras' LossScaleOptimizer): every bucket's all-reduce first (the gradients are
+ * the mean over the ranks of scale x the gradient: the same scale on every rank, a power of two,
+ * so dividing after the mean is dividing before it, exactly), then the gradients divided by the
+ * scale, any non-finite one setting the skip flag that the optimizer reads (and with it every
+ * rank, since each divides the same all-reduced values), then one optimizer step over the whole
+ * buffer. Bucket-by-bucket updates cannot be had here: a late bucket's overflow must stop the
+ * early buckets' updates too. The host then reads the flag (one float, the one wait per step in
+ * fp16) and moves the scale on (loss_scale.h); a skipped update is no optimizer iteration. */
+_Static_assert((int)MT_PRECISION_FP32 == (int)MT_COMPUTE_FP32 &&
+                   (int)MT_PRECISION_TF32 == (int)MT_COMPUTE_TF32 &&
+                   (int)MT_PRECISION_BF16 == (int)MT_COMPUTE_BF16 &&
+                   (int)MT_PRECISION_FP16 == (int)MT_COMPUTE_FP16,
+               "train.precision's values are mt_compute_precision's");
+
+static mt_status update_step_scaled(trainer *t, float lr, epoch_totals *totals) {
+    const mt_ops *ops = t->backend->ops;
+    float *skip_flag = t->grads + t->trainable_count; /* mt_model_trainable */
+    if (t->grad_sync) {
+        size_t offset, count;
+        mt_status status;
+        while ((status = mt_grad_sync_wait_bucket(t->grad_sync, &offset, &count)) == MT_OK) {
+        }
+        if (status != MT_END) return status;
+    }
+    MT_TRY(ops->buffer_scale(t->backend, t->grads, t->trainable_count,
+                             1.0f / t->loss_scale.scale, skip_flag));
+    MT_TRY(mt_optimizer_step(&t->optimizer, t->params, t->grads, t->trainable_count, lr));
+    float flag = 0.0f;
+    MT_TRY(ops->download(t->backend, &flag, skip_flag, sizeof flag));
+    float divisor = 0.0f;
+    if (!mt_loss_scale_update(&t->loss_scale, flag == 0.0f, &divisor)) {
+        t->optimizer.iterations -= t->optimizer.iterations > 0;
+        totals->skipped++;
+    }
+    return MT_OK;
+}
+
 /* The optimizer's step at this step's rate: over the whole buffer on one rank; else bucket by
  * bucket, each as soon as its all-reduce is done (top of the network first), while the later
  * buckets are still in flight. */
-static mt_status update_step(trainer *t) {
+static mt_status update_step(trainer *t, epoch_totals *totals) {
     const float lr = (float)mt_lr_schedule_at(&t->schedule, t->optimizer.iterations);
+    if (t->loss_scaling) return update_step_scaled(t, lr, totals);
     if (!t->grad_sync)
         return mt_optimizer_step(&t->optimizer, t->params, t->grads, t->trainable_count, lr);
     size_t offset, count;
@@ -345,8 +383,10 @@ static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) 
     /* the steps skipped (on every rank: the BN statistics restored with buffer_copy_if, which
      * counted them) took no optimizer step: Keras' iterations count only the updates */
     const uint64_t skipped = (uint64_t)accum[MT_ACCUM_COPIED];
-    totals->skipped += (int64_t)skipped;
-    t->optimizer.iterations -= skipped <= t->optimizer.iterations ? skipped : 0;
+    if (!t->loss_scaling) { /* fp16 counted them step by step (update_step_scaled) */
+        totals->skipped += (int64_t)skipped;
+        t->optimizer.iterations -= skipped <= t->optimizer.iterations ? skipped : 0;
+    }
     say(t, "step %llu: non-finite loss, update skipped (train.nan_policy = skip)",
         (unsigned long long)first);
     if (skipped > 1)
@@ -383,6 +423,7 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
     double before_fault[MT_ACCUM_COUNT];
     if (fault == FAULT_NAN)
         MT_TRY(ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
+    if (t->loss_scaling) mt_model_set_loss_scale(t->model, t->loss_scale.scale);
     /* The loss, the accuracy and the skip flag stay in backend memory: nothing here waits. */
     mt_step_result result;
     mt_status status =
@@ -409,7 +450,7 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
     }
     if (status == MT_OK) status = mt_model_backward(t->model);
     if (status == MT_OK && t->grad_sync) status = mt_grad_sync_end_backward(t->grad_sync);
-    if (status == MT_OK) status = update_step(t);
+    if (status == MT_OK) status = update_step(t, totals);
     /* a skipped step's BN statistics come back from the copy, on the same word */
     if (status == MT_OK && t->state_backup)
         status =
@@ -788,7 +829,8 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     const bool cuda = c->train.backend == MT_CONFIG_BACKEND_CUDA;
     mt_backend_options backend_options = {
         .num_threads = c->train.threads,
-        .device = cuda ? mt_comm_gpu_for_rank(t->who.local_rank, mt_comm_visible_gpus()) : 0};
+        .device = cuda ? mt_comm_gpu_for_rank(t->who.local_rank, mt_comm_visible_gpus()) : 0,
+        .precision = (mt_compute_precision)c->train.precision};
     const char *backend_name = mt_config_enum_name("train", "backend", (int)c->train.backend);
     MT_TRY(mt_backend_create(backend_name, &backend_options, &t->backend));
     /* How gradients travel (train.comm), once every rank has the same options; NCCL joins here */
@@ -813,6 +855,8 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
     MT_TRY(t->backend->ops->buffer_alloc(t->backend, MT_ACCUM_COUNT * sizeof(double),
                                          (void **)&t->accum));
     t->optimizer.skip = t->grads + t->trainable_count; /* the skip flag (mt_model_trainable) */
+    t->loss_scaling = c->train.precision == MT_PRECISION_FP16;
+    mt_loss_scale_init(&t->loss_scale); /* a resumed checkpoint's state replaces it */
     if (c->train.nan_policy == MT_NAN_POLICY_SKIP) {
         float *state;
         size_t state_count;
@@ -1022,6 +1066,9 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
         seconds, totals->steps ? 1e3 * seconds / (double)totals->steps : 0.0,
         seconds > 0 ? 100.0 * totals->allreduce_seconds / seconds : 0.0,
         totals->skipped ? "  (non-finite steps skipped)" : "");
+    if (t->loss_scaling)
+        say(t, "  loss scale %g, %lld update(s) skipped for non-finite gradients this epoch\n",
+            (double)t->loss_scale.scale, (long long)totals->skipped);
     if (totals->buckets > 0 && totals->steps > 0)
         say(t, "  gradients: %.3g buckets/step, %.0f%% of them complete before backward ended\n",
             (double)totals->buckets / (double)totals->steps,
@@ -1036,6 +1083,10 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
         record.lr = mt_lr_schedule_at(&t->schedule, t->optimizer.iterations);
         record.images_per_second = images_per_second;
         record.seconds = seconds;
+        if (t->loss_scaling) {
+            record.loss_scale = t->loss_scale.scale;
+            record.skipped_steps = (double)totals->skipped;
+        }
         MT_TRY(mt_metrics_log(t->metrics, &record));
     }
     bool improved = evaluate && val.accuracy > t->best_val_accuracy;

@@ -2,12 +2,14 @@
  *   every model tensor under its Keras name "<layer>/<weight>" with its Keras shape (trainable,
  *   frozen and BN moving statistics alike), so Python reads a checkpoint as named weights;
  *   "optimizer/<slot>" for each optimizer slot, flat over the trainable buffer;
- *   metadata: format, position (epoch, next_batch, global_step), optimizer iterations, the best
+ *   metadata: format, position (epoch, next_batch, global_step), optimizer iterations, fp16's
+ *   loss-scale state (loss_scale, loss_scale_good_steps, loss_scale_skipped), the best
  *   validation accuracy, the seed (with global_step it fixes every later shuffle, flip and dropout
  *   mask: the RNG state), the layout checksum and the whole config as INI text. */
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <stdio.h>
@@ -102,6 +104,16 @@ mt_status trainer_save_checkpoint(trainer *t, const char *name) {
     };
     for (size_t i = 0; status == MT_OK && i < sizeof numbers / sizeof numbers[0]; i++)
         status = add_meta_u64(c, numbers[i].key, numbers[i].value);
+    if (status == MT_OK && t->loss_scaling) {
+        /* %a: the float's exact bits as text (strtof reads them back unchanged) */
+        char scale[48];
+        snprintf(scale, sizeof scale, "%a", (double)t->loss_scale.scale);
+        status = mt_checkpoint_set_meta(c, "loss_scale", scale);
+        if (status == MT_OK)
+            status = add_meta_u64(c, "loss_scale_good_steps", (uint64_t)t->loss_scale.good_steps);
+        if (status == MT_OK)
+            status = add_meta_u64(c, "loss_scale_skipped", (uint64_t)t->loss_scale.skipped);
+    }
     if (status == MT_OK) status = mt_checkpoint_write(c, path);
     free(config_text);
     mt_checkpoint_free(c);
@@ -217,6 +229,29 @@ static mt_status changed_options(const mt_checkpoint *c, const char *path,
     return status;
 }
 
+/* fp16's loss-scale state. A checkpoint without it (written in fp32, tf32 or bf16, or before the
+ * state was stored: a resume with --allow-changes into fp16) starts Keras' initial state. */
+static mt_status load_loss_scale(const mt_checkpoint *c, const char *path, mt_loss_scale *s) {
+    mt_loss_scale_init(s);
+    const char *scale = mt_checkpoint_meta(c, "loss_scale");
+    if (!scale) return MT_OK;
+    char *end = NULL;
+    const float value = strtof(scale, &end);
+    if (end == scale || *end != '\0' || !(value > 0.0f) || isinf(value))
+        return MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': loss_scale '%s' is not a positive number",
+                       path, scale);
+    uint64_t good = 0, skipped = 0;
+    MT_TRY(meta_u64(c, "loss_scale_good_steps", &good));
+    MT_TRY(meta_u64(c, "loss_scale_skipped", &skipped));
+    if (good >= (uint64_t)s->growth_steps)
+        return MT_FAIL(MT_ERR_FORMAT, "checkpoint '%s': loss_scale_good_steps %llu is not below "
+                       "the growth period %d", path, (unsigned long long)good, s->growth_steps);
+    s->scale = value;
+    s->good_steps = (int32_t)good;
+    s->skipped = (int64_t)skipped;
+    return MT_OK;
+}
+
 mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_changes) {
     mt_checkpoint *c = NULL;
     MT_TRY(mt_checkpoint_read(path, &c));
@@ -271,6 +306,7 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_chang
     if (status == MT_OK) status = meta_u64(c, "next_batch", &t->next_batch);
     if (status == MT_OK) status = meta_u64(c, "global_step", &t->global_step);
     if (status == MT_OK) status = meta_u64(c, "optimizer_iterations", &t->optimizer.iterations);
+    if (status == MT_OK && t->loss_scaling) status = load_loss_scale(c, path, &t->loss_scale);
     const char *best = mt_checkpoint_meta(c, "best_val_accuracy");
     if (status == MT_OK) t->best_val_accuracy = best ? strtod(best, NULL) : 0.0;
     mt_checkpoint_free(c);

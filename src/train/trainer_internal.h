@@ -10,6 +10,7 @@
 #include "mobiletune/metrics.h"
 #include "mobiletune/optimizer.h"
 #include "mobiletune/trainer.h"
+#include "ops/loss_scale.h"
 
 typedef struct trainer {
     const mt_train_config *config;
@@ -26,6 +27,10 @@ typedef struct trainer {
     double *accum;
     float *state_backup; /* nan_policy = skip: the BN statistics before the step (backend memory) */
     mt_grad_sync *grad_sync; /* the bucketed gradient all-reduce; NULL on one rank */
+    /* train.precision = fp16: Keras' dynamic loss scale (host state, read by every step; in the
+     * checkpoint, so a resume continues it) */
+    bool loss_scaling;
+    mt_loss_scale loss_scale;
     mt_lr_schedule schedule;
     mt_loader *train_loader;
     uint64_t train_records;

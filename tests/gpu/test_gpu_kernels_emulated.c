@@ -21,7 +21,9 @@
 #include "ops/cuda/cuda_optimizer.h"
 #include "ops/optimizer_update.h"
 #include "ops/dropout_hash.h"
+#include "ops/loss_accum.h"
 #include "ops/loss_row.h"
+#include "ops/precision.h"
 #include "test_util.h"
 
 static mt_backend REF;
@@ -472,6 +474,42 @@ static void check_casts(void) {
             formats[f].name, wrong, count, first >= 0 ? x[first] : 0.0,
             first >= 0 ? half[first] : 0u, first >= 0 ? ref_decode(half[first], mant, bias) : 0.0,
             first >= 0 ? ref_round(x[first], mant, formats[f].emin, formats[f].max_finite) : 0.0);
+        /* the same patterns as the C rounding the reference backend's bf16/fp16 emulation uses
+         * (src/ops/precision.c): the reference is what a GPU run in that precision must match */
+        wrong = 0, first = -1;
+        for (size_t i = 0; i < count; i++) {
+            const uint16_t want =
+                formats[f].format ? mt_f32_to_fp16_bits(x[i]) : mt_f32_to_bf16_bits(x[i]);
+            const bool nan = isnan(x[i]);
+            if ((nan ? !isnan(ref_decode(half[i], mant, bias)) : half[i] != want) && wrong++ == 0)
+                first = (int)i;
+        }
+        CHECK_MSG(wrong == 0, "fp32 -> %s: %d of %zu patterns differ from ops/precision.c's, first "
+                  "%.9g -> 0x%04x", formats[f].name, wrong, count, first >= 0 ? x[first] : 0.0,
+                  first >= 0 ? half[first] : 0u);
+        for (unsigned i = 0; i < 65536; i++) {
+            const float want = formats[f].format ? mt_fp16_bits_to_f32((uint16_t)i)
+                                                 : mt_bf16_bits_to_f32((uint16_t)i);
+            if (isnan(want) ? !isnan(all[i]) : memcmp(&want, &all[i], sizeof want) != 0) {
+                CHECK_MSG(0, "%s 0x%04x -> fp32: %.9g, ops/precision.c %.9g", formats[f].name, i,
+                          all[i], want);
+                break;
+            }
+        }
+        /* the fp32 -> 16 bits -> fp32 kernel (the conv weights' rounding) in place, against the
+         * C rounding */
+        memcpy(back, x, count * sizeof *back);
+        KERNEL_OK(mt_cuda_launch_round_f32(NULL, count, formats[f].format, back, back));
+        wrong = 0, first = -1;
+        for (size_t i = 0; i < count; i++) {
+            const float want = formats[f].format ? mt_round_fp16(x[i]) : mt_round_bf16(x[i]);
+            if ((isnan(want) ? !isnan(back[i]) : memcmp(&want, &back[i], sizeof want) != 0) &&
+                wrong++ == 0)
+                first = (int)i;
+        }
+        CHECK_MSG(wrong == 0, "round_f32 %s: %d of %zu values differ from ops/precision.c's, "
+                  "first %.9g -> %.9g", formats[f].name, wrong, count, first >= 0 ? x[first] : 0.0,
+                  first >= 0 ? back[first] : 0.0);
         /* and back: the round trip of an fp16/bf16 value is the identity */
         KERNEL_OK(mt_cuda_launch_cast_to_f32(NULL, count, formats[f].format, half, back));
         KERNEL_OK(mt_cuda_launch_cast_from_f32(NULL, count, formats[f].format, back, patterns));
@@ -484,6 +522,26 @@ static void check_casts(void) {
             patterns[i] = (uint16_t)i;
     }
     free(x), free(back), free(half), free(all), free(patterns);
+}
+
+/* buffer_scale (fp16's loss scale) against the host rule every CPU backend uses */
+static void check_buffer_scale(void) {
+    enum { COUNT = 5000 };
+    float *x = array(COUNT, -4, 4), *y = malloc(COUNT * sizeof *y);
+    if (!y) abort();
+    memcpy(y, x, COUNT * sizeof *y);
+    float flags[2] = {0, 0};
+    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, 0.25f, &flags[1]));
+    mt_host_buffer_scale(y, COUNT, 0.25f, &flags[0]);
+    compare("buffer_scale x 1/4", x, y, COUNT, 0);
+    CHECK_MSG(flags[0] == 0.0f && flags[1] == 0.0f, "buffer_scale: finite products set the flag");
+    x[COUNT - 1] = y[COUNT - 1] = 3e38f;
+    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, 2.0f, &flags[1]));
+    mt_host_buffer_scale(y, COUNT, 2.0f, &flags[0]);
+    CHECK_MSG(flags[1] == 1.0f && flags[0] == 1.0f, "buffer_scale: an overflow left the flag %g",
+              flags[1]);
+    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, 1.0f, NULL)); /* no flag */
+    free(x), free(y);
 }
 
 /* ---- everything else --------------------------------------------------------------------------
@@ -790,6 +848,7 @@ int main(void) {
     check_batchnorm_fused((mt_shape4){1, 3, 3, 1288}, 0, true);
 
     check_casts();
+    check_buffer_scale();
     check_pad((mt_shape4){4, 8, 8, 3}, 0, 0, 1, 1);
     check_pad((mt_shape4){1, 4, 6, 40}, 0, 1, 2, 0);
     check_pool((mt_shape4){4, 5, 5, 40});

@@ -20,7 +20,18 @@
  *   dropout mask                                          bitwise equal
  *   optimizer update (parameters and slots, 3 steps)      1e-6   (the same per-element code
  *       everywhere, ops/optimizer_update.h; the cpu backend is exact, a GPU may contract a
- *       multiply-add into an FMA: a few ulp per step, ~1e-7 relative) */
+ *       multiply-add into an FMA: a few ulp per step, ~1e-7 relative)
+ *
+ * MT_TEST_PRECISION=bf16|fp16|tf32 creates both backends in that precision (ops.h "Precision":
+ * the reference emulates 16-bit storage by rounding each op's tensor outputs). Both sides then
+ * store the same rounded inputs and weights, and what each computes before its final rounding
+ * differs by the fp32 tolerance above; that final rounding to 16 bits can then land on the two
+ * sides of a rounding boundary, a difference of one spacing, at most 2u |y| <= 2u max|y| (u =
+ * 2^-8 bf16, 2^-11 fp16). So every tolerance grows by 2u. tf32 (fp32 storage, TF32 products in
+ * cuDNN/cuBLAS: 10-bit mantissas, u = 2^-11) adds the products' rounding instead: a sum of K
+ * products with independent errors of at most u |x w| each stays within u x sum|x w|, which is
+ * below u x K x max|x| max|w|; the harness' convolutions have K <= 3x3x40 = 360 and inputs in
+ * [-1, 1], so 2^-11 x sqrt(360) ~ 9e-3 with the errors' random signs, 1e-2 to hold. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,6 +39,9 @@
 
 #include "mobiletune/ops.h"
 #include "test_util.h"
+
+/* MT_TEST_PRECISION: the tolerance every comparison gains (see above; 0 in fp32) */
+static double tol_precision = 0.0;
 
 static const double TOL_CONV = 1e-4, TOL_BN = 1e-4, TOL_DENSE = 1e-5, TOL_POOL = 1e-5,
                     TOL_LOSS = 1e-5, TOL_EXACT = 1e-6, TOL_OPTIMIZER = 1e-6;
@@ -148,6 +162,7 @@ static bool arrays_agree(const float *got, const float *want, size_t count, doub
 
 static void compare(const char *what, const float *got, const float *want, size_t count,
                     double tol) {
+    tol += tol_precision;
     double ratio;
     size_t worst;
     checks_run++;
@@ -847,6 +862,53 @@ static bool wanted(const char *name) {
     return !filter || strstr(name, filter) != NULL;
 }
 
+/* ---- buffer_scale (fp16's loss scale) ----------------------------------------------------- */
+
+/* x times 1/8 with the flag (all finite: the flag stays 0), then times 2^127 (some overflow: the
+ * flag becomes 1), then times 1 without a flag; x and both flags come back */
+static bool scale_on(side s, const float *x, size_t count, float *x_out, float flags[2]) {
+    void *bx, *bflag;
+    const float zero = 0.0f;
+    if (!buffer_in(s, x, count * sizeof(float), &bx) || !buffer_in(s, &zero, sizeof zero, &bflag))
+        return false;
+    RUN(s, buffer_scale, bx, count, 0.125f, bflag);
+    if (!buffer_out(s, bflag, &flags[0], sizeof(float))) return false;
+    RUN(s, buffer_scale, bx, count, 0x1p127f, bflag);
+    RUN(s, buffer_scale, bx, count, 1.0f, NULL);
+    if (!buffer_out(s, bflag, &flags[1], sizeof(float)) ||
+        !buffer_out(s, bx, x_out, count * sizeof(float)))
+        return false;
+    s.o->buffer_free(s.b, bx);
+    s.o->buffer_free(s.b, bflag);
+    return true;
+}
+
+static void case_buffer_scale(size_t count) {
+    float *x = random_array(count, -4, 4), *out[2] = {xmalloc(count * 4), xmalloc(count * 4)};
+    x[count / 2] = 3e38f; /* finite until the second product */
+    float flags[2][2];
+    if (scale_on(REF, x, count, out[0], flags[0]) && scale_on(DUT, x, count, out[1], flags[1])) {
+        /* products by powers of two: exact, so equal (infinities included: compare only the
+         * finite ones, then the pattern of infinities) */
+        size_t bad = 0;
+        for (size_t i = 0; i < count; i++)
+            bad += memcmp(&out[0][i], &out[1][i], sizeof(float)) != 0;
+        checks_run++;
+        if (bad || flags[1][0] != 0.0f || flags[1][1] != 1.0f || flags[0][0] != 0.0f ||
+            flags[0][1] != 1.0f) {
+            fprintf(stderr, "FAIL %s: %zu products differ; flags %g %g (reference %g %g), want 0 "
+                    "then 1\n", current_case, bad, flags[1][0], flags[1][1], flags[0][0],
+                    flags[0][1]);
+            mt_test_failures++;
+        } else {
+            printf("ok   %-52s %-22s bitwise equal, flags 0 then 1\n", current_case, "x, flag");
+        }
+    } else {
+        mt_test_failures++;
+    }
+    free(x), free(out[0]), free(out[1]);
+}
+
 /* ---- the optimizer update ---------------------------------------------------------------- */
 
 /* Three steps of `desc` (lr 1e-2, rising iterations) from p, g and slots; p and slots come back.
@@ -957,6 +1019,7 @@ static void run_all(void) {
     if (wanted("loss softmax n3 c3 (all padded)")) case_loss(3, 3, no_labels);
 
     /* rule, momentum, nesterov, weight decay, slots, count (70,000: the cpu's threaded path) */
+    if (wanted("buffer_scale 70001")) case_buffer_scale(70001);
     if (wanted("optimizer rmsprop 1000")) case_optimizer(MT_UPDATE_RMSPROP, 0, false, 0, 1, 1000);
     if (wanted("optimizer rmsprop momentum 0.5 decay 0.01 70000"))
         case_optimizer(MT_UPDATE_RMSPROP, 0.5f, false, 0.01f, 2, 70000);
@@ -983,6 +1046,29 @@ int main(int argc, char **argv) {
     check_harness();
 
     mt_backend_options options = {.num_threads = 0, .device = 0};
+    const char *precision = getenv("MT_TEST_PRECISION");
+    if (precision && *precision && strcmp(precision, "fp32") != 0) {
+        static const struct {
+            const char *name;
+            mt_compute_precision value;
+            double tol;
+        } known[] = {{"tf32", MT_COMPUTE_TF32, 1e-2},
+                     {"bf16", MT_COMPUTE_BF16, 2 * 0x1p-8},
+                     {"fp16", MT_COMPUTE_FP16, 2 * 0x1p-11}};
+        bool found = false;
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            if (strcmp(precision, known[i].name) == 0) {
+                options.precision = known[i].value;
+                tol_precision = known[i].tol;
+                found = true;
+            }
+        if (!found) {
+            fprintf(stderr, "MT_TEST_PRECISION=%s: expected fp32, tf32, bf16 or fp16\n",
+                    precision);
+            return 2;
+        }
+        printf("precision %s: every tolerance + %.2g\n", precision, tol_precision);
+    }
     mt_status status = mt_backend_create(name, &options, &DUT.b);
     if (status != MT_OK) {
         if (strcmp(name, "cuda") == 0) {

@@ -527,6 +527,93 @@ def case_backends(data, tmp):
     print(f"backends: eval loss {losses[0]:.6f} on {BACKEND}, {losses[1]:.6f} on {other}")
 
 
+def check_loss_scale(run_dir, steps):
+    """fp16's loss-scale state in a run's last checkpoint after `steps` steps from the start (no
+    growth yet: that takes 2000 finite steps): the scale is 2^15 halved once per skipped
+    update, each skip cost one optimizer iteration, the metrics count the same skips, and the
+    model is finite. Returns the skips."""
+    tensors, meta = read_safetensors(f"{run_dir}/last.safetensors")
+    state = {k: meta.get(k) for k in ("loss_scale", "loss_scale_good_steps", "loss_scale_skipped",
+                                      "optimizer_iterations", "global_step")}
+    if None in state.values() or int(state["global_step"]) != steps:
+        fail(f"{run_dir}: loss-scale state missing or wrong position: {state}")
+    skipped = int(state["loss_scale_skipped"])
+    if float.fromhex(state["loss_scale"]) != 2.0 ** (15 - skipped):
+        fail(f"{run_dir}: the scale is not 2^15 halved per skip: {state}")
+    if int(state["optimizer_iterations"]) != steps - skipped:
+        fail(f"{run_dir}: a skipped update counted as an optimizer iteration: {state}")
+    if int(state["loss_scale_good_steps"]) > steps - skipped:
+        fail(f"{run_dir}: more finite steps in a row than finite steps: {state}")
+    with open(f"{run_dir}/metrics.jsonl") as f:
+        epochs = [json.loads(line) for line in f if '"epoch"' in line.split(",")[0]]
+    if (sum(e["skipped_steps"] for e in epochs) != skipped or
+            epochs[-1]["loss_scale"] != 2.0 ** (15 - skipped)):
+        fail(f"{run_dir}: metrics.jsonl's skipped_steps and loss_scale disagree with the "
+             f"checkpoint's {state}: {epochs}")
+    if not all(np.all(np.isfinite(t)) for t in tensors.values()):
+        fail(f"{run_dir}: non-finite values in the model")
+    return skipped
+
+
+def case_precision(data, tmp):
+    """train.precision on the CPU: fp16 on the reference backend (its bf16/fp16 emulation) keeps
+    Keras' loss-scale state in the checkpoint, so 2 epochs + --resume + 2 equal 4 straight bit
+    for bit, and metrics.jsonl records the scale and the skipped updates; an overflow in the
+    backward pass (a dense kernel so large that the pooled features' gradient passes fp16's
+    65504 at scale 2^15) skips updates and halves the scale, Keras' way, until the gradients
+    fit, and the model stays finite; bf16 on the cpu backend is refused naming the option and
+    the fix; tf32 on the cpu backend is fp32 (a documented no-op), bit for bit."""
+    ref = {"train__backend": "reference", "train__precision": "fp16"}
+    straight = os.path.join(tmp, "straight")
+    os.makedirs(straight)
+    run([MOBILETUNE, "train", "--config", write_config(straight, data, **ref), "--no-progress"])
+    halves = os.path.join(tmp, "halves")
+    os.makedirs(halves)
+    config = write_config(halves, data, **ref)
+    run([MOBILETUNE, "train", "--config", config, "--set", "train.epochs=2"])
+    check_loss_scale(f"{halves}/run", 12)
+    run([MOBILETUNE, "train", "--config", config, "--resume", "auto"])
+    compare(f"{straight}/run/last.safetensors", f"{halves}/run/last.safetensors", atol=0.0)
+    check_loss_scale(f"{straight}/run", 24)
+
+    # overflow: the head's kernel x 1e4 (the logits stay finite in fp32, the loss too), so the
+    # gradient of the pooled features is ~1e4 x 2^15 x dlogit: inf in fp16 until the scale
+    # has come down far enough; each such step is skipped (no update, no iteration)
+    tensors, _ = read_safetensors(f"{straight}/run/last.safetensors")
+    weights = {k: v for k, v in tensors.items() if "/" in k and not k.startswith("optimizer/")}
+    weights["dense/kernel"] = weights["dense/kernel"] * 1e4
+    big = os.path.join(tmp, "big.safetensors")
+    write_safetensors(big, weights)
+    overflow = os.path.join(tmp, "overflow")
+    os.makedirs(overflow)
+    result = run([MOBILETUNE, "train", "--config",
+                  write_config(overflow, data, model__init_checkpoint=big, train__epochs=2,
+                               optimizer__learning_rate=1e-6, **ref)])
+    skipped = check_loss_scale(f"{overflow}/run", 12)
+    if skipped < 1 or "update(s) skipped for non-finite gradients" not in result.output:
+        fail("the overflowing gradients skipped no update:\n" + result.output)
+
+    # bf16 on the cpu backend: refused, naming the option and the fix
+    refused = os.path.join(tmp, "refused")
+    os.makedirs(refused)
+    result = run([MOBILETUNE, "train", "--config",
+                  write_config(refused, data, train__backend="cpu", train__precision="bf16")],
+                 expect=1)
+    if "precision = bf16" not in result.output or "train.backend = cuda" not in result.output:
+        fail("bf16 on the cpu backend was not refused clearly:\n" + result.output)
+    # tf32 on a CPU backend is fp32
+    for precision in ("fp32", "tf32"):
+        folder = os.path.join(tmp, precision)
+        os.makedirs(folder)
+        run([MOBILETUNE, "train", "--config",
+             write_config(folder, data, train__backend="cpu", train__epochs=1,
+                          train__precision=precision)])
+    compare(f"{tmp}/fp32/run/last.safetensors", f"{tmp}/tf32/run/last.safetensors", atol=0.0)
+    print(f"precision: fp16 resume bit-exact with the loss-scale state; an overflow skipped {skipped} "
+          f"update(s) and halved the scale to 2^{15 - skipped}; bf16 on cpu refused; tf32 on cpu "
+          f"== fp32")
+
+
 def case_config_errors(data, tmp):
     """Errors name the file, the line and the key."""
     folder = os.path.join(tmp, "cfg")
@@ -987,6 +1074,7 @@ CASES = {
     "eval_predict": case_eval_predict,
     "bn_report": case_bn_report,
     "config_errors": case_config_errors,
+    "precision": case_precision,
     "integrity": case_integrity,
     "backends": case_backends,
     "input_paths": case_input_paths,

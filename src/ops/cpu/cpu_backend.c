@@ -255,6 +255,15 @@ static void cpu_shutdown(mt_backend *backend) {
 }
 
 static mt_status cpu_init(mt_backend *backend, const mt_backend_options *options) {
+    /* oneDNN could run bf16 on AVX512-BF16/AMX machines only, and none of its primitives here is
+     * set up for it: refuse rather than train in fp32 under a bf16 label. tf32 has no CPU
+     * meaning: fp32, as ops.h documents. */
+    if (options && (options->precision == MT_COMPUTE_BF16 || options->precision == MT_COMPUTE_FP16))
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cpu backend: train.precision = %s is not supported (oneDNN runs fp32 "
+                       "here): set train.backend = cuda (or reference, which emulates it, "
+                       "slowly), or train.precision = fp32",
+                       mt_compute_precision_name(options->precision));
     cpu_backend *cpu = calloc(1, sizeof *cpu);
     if (!cpu) return MT_FAIL(MT_ERR_NOMEM, "cpu backend: out of memory");
     backend->impl = cpu;
@@ -497,6 +506,7 @@ const mt_ops mt_ops_cpu = {
     .synchronize = cpu_synchronize,
     .buffer_copy = mt_cpu_buffer_copy,
     .buffer_copy_if = mt_cpu_buffer_copy_if,
+    .buffer_scale = mt_cpu_buffer_scale,
     .tensor_zero = mt_cpu_tensor_zero,
     .tensor_copy = mt_cpu_tensor_copy,
     .add = mt_cpu_add,

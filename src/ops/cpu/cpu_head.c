@@ -117,6 +117,13 @@ mt_status mt_cpu_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc, 
     return MT_OK;
 }
 
+mt_status mt_cpu_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+                              float *flag) {
+    (void)backend;
+    mt_host_buffer_scale(x, count, factor, flag);
+    return MT_OK;
+}
+
 mt_status mt_cpu_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
                                 const float *flag, double *count) {
     (void)backend;

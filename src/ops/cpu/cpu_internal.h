@@ -239,6 +239,8 @@ mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
 mt_status mt_cpu_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
                                  const int32_t *labels, float *dlogits, uint64_t step,
                                  double *accum, float *skip);
+mt_status mt_cpu_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+                              float *flag);
 mt_status mt_cpu_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
                                 const float *flag, double *count);
 

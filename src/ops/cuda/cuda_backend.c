@@ -2,7 +2,8 @@
  * handles, a size-class memory pool (after the first step every allocation is a reuse, so the
  * step loop never calls cudaMalloc), copies between host and device, and the grow-only scratch
  * areas. Environment (read once at init):
- *   MT_CUDA_TF32=1           let cuDNN and cuBLAS use TF32 tensor cores (default: exact fp32)
+ *   MT_CUDA_TF32=1           as train.precision = tf32 (its older spelling): cuDNN and cuBLAS
+ *                            may use TF32 tensor cores (default: exact fp32)
  *   MT_CUDA_DEPTHWISE=auto|own|cudnn   depthwise implementation (auto: time both per shape)
  *   MT_CUDA_POINTWISE=auto|gemm|cudnn  1x1 convolutions: cuBLAS GEMM or cuDNN (auto: time both)
  *   MT_CUDA_WORKSPACE_MB=512 the largest cuDNN workspace an algorithm may ask for
@@ -124,8 +125,18 @@ static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
     return MT_OK;
 }
 
+mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
+    return pool_alloc(cu, bytes, out);
+}
+
 /* Work still queued on the stream may use the block: reuse is safe because every later user is
  * on the same stream. */
+static void pool_release(cuda_backend *cu, void *ptr);
+
+void cuda_pool_release(cuda_backend *cu, void *ptr) {
+    pool_release(cu, ptr);
+}
+
 static void pool_release(cuda_backend *cu, void *ptr) {
     if (!ptr) return;
     cuda_pool *pool = &cu->pool;
@@ -186,6 +197,7 @@ static void cuda_shutdown(mt_backend *backend) {
                cu->pool.mallocs);
     cuda_profile_free(cu);
     cuda_conv_cache_free(cu);
+    cuda_precision_free(cu); /* pool blocks: before the pool goes */
     for (int h = 0; h < CUDA_POOL_BUCKETS; h++) { /* blocks the caller never freed */
         while (cu->pool.live[h]) {
             cuda_block *b = cu->pool.live[h];
@@ -296,13 +308,20 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
     cuda_backend *cu = calloc(1, sizeof *cu);
     if (!cu) return MT_FAIL(MT_ERR_NOMEM, "cuda backend: out of host memory");
     cu->device = options->device;
-    cu->allow_tf32 = env_flag("MT_CUDA_TF32");
+    /* train.precision = tf32; MT_CUDA_TF32=1, its older spelling, still turns it on */
+    cu->allow_tf32 = options->precision == MT_COMPUTE_TF32 || env_flag("MT_CUDA_TF32");
     cu->debug = env_flag("MT_CUDA_DEBUG");
     cu->depthwise_mode = depthwise_mode;
     cu->pointwise_mode = pointwise_mode;
     cu->workspace_limit = workspace_mb << 20;
     backend->impl = cu;
     mt_status status = cuda_setup(cu);
+    /* bf16 / fp16: 16-bit tensors (cuda_precision.c), the same backend otherwise */
+    if (status == MT_OK &&
+        (options->precision == MT_COMPUTE_BF16 || options->precision == MT_COMPUTE_FP16)) {
+        status = cuda_precision_init(cu, options->precision);
+        if (status == MT_OK) backend->ops = cuda_precision_table();
+    }
     if (status != MT_OK) cuda_shutdown(backend);
     return status;
 }
@@ -531,6 +550,7 @@ const mt_ops mt_ops_cuda = {
     .synchronize = cuda_synchronize,
     .buffer_copy = mt_cuda_buffer_copy,
     .buffer_copy_if = mt_cuda_buffer_copy_if,
+    .buffer_scale = mt_cuda_buffer_scale,
     .tensor_zero = mt_cuda_tensor_zero,
     .tensor_copy = mt_cuda_tensor_copy,
     .add = mt_cuda_add,
@@ -578,7 +598,8 @@ mt_status mt_cuda_device_uuid(int device, uint8_t out[16]) {
 }
 
 mt_status mt_cuda_backend_streams(mt_backend *backend, cudaStream_t *compute, cudaStream_t *comm) {
-    if (backend->ops != &mt_ops_cuda || !backend->impl)
+    if ((backend->ops != &mt_ops_cuda && backend->ops != cuda_precision_table()) ||
+        !backend->impl)
         return MT_FAIL(MT_ERR_INVALID, "backend '%s' has no CUDA streams (NCCL needs the cuda "
                        "backend)", backend->ops->name);
     *compute = cuda_of(backend)->stream;

@@ -70,6 +70,7 @@ typedef struct cuda_scratch {
 } cuda_scratch;
 
 typedef struct cuda_conv_entry cuda_conv_entry; /* cuda_conv.c */
+typedef struct cuda_precision_state cuda_precision_state; /* cuda_precision.c */
 
 /* MT_CUDA_PROFILE=1: a CUDA event pair around every op of one step. The window opens when the
  * loss op (once per step, and it waits for the device anyway) has run `open_after` times
@@ -126,6 +127,7 @@ typedef struct cuda_backend {
     bool direct_legacy;     /* MT_CUDA_DIRECT_KERNEL=legacy: Conv1's weight gradient per weight */
     unsigned *bn_counters;  /* the fused BN kernels' tickets (zero between launches); pool */
     int bn_counter_count;
+    cuda_precision_state *precision; /* train.precision = bf16 | fp16, else NULL */
 } cuda_backend;
 
 static inline cuda_backend *cuda_of(mt_backend *backend) {
@@ -137,6 +139,15 @@ void cuda_debug(const cuda_backend *cu, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* cuda_backend.c */
+extern const mt_ops mt_ops_cuda;
+/* the memory pool (no zeroing; the block may be reused by later work on the stream as soon as it
+ * is released) */
+mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out);
+void cuda_pool_release(cuda_backend *cu, void *ptr);
+/* cuda_precision.c: 16-bit tensors. The table is mt_ops_cuda with its tensor ops wrapped. */
+mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision);
+void cuda_precision_free(cuda_backend *cu);
+const mt_ops *cuda_precision_table(void);
 mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out);
 /* Checks a tensor's shape and its bytes against what the op expects. */
 mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want);

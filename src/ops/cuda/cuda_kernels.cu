@@ -1047,6 +1047,13 @@ __global__ void cast_to_f32_kernel(size_t count, int format, const uint16_t *x, 
     GRID_STRIDE(i, count) y[i] = format ? f16_to_f32(x[i]) : bits_float((uint32_t)x[i] << 16);
 }
 
+/* the value a 16-bit store would keep, in fp32: the conv weights as 16-bit math reads them */
+__global__ void round_f32_kernel(size_t count, int format, const float *x, float *y) {
+    GRID_STRIDE(i, count) {
+        y[i] = format ? f16_to_f32(f32_to_f16(x[i])) : bits_float((uint32_t)f32_to_bf16(x[i]) << 16);
+    }
+}
+
 /* ---- elementwise on float4: count % 4 == 0 and 16-byte aligned pointers (the launchers check);
  * the same arithmetic as the scalar kernels, a quarter of the load and store instructions ---- */
 
@@ -1624,6 +1631,12 @@ cudaError_t mt_cuda_launch_cast_from_f32(cudaStream_t stream, size_t count, int 
 cudaError_t mt_cuda_launch_cast_to_f32(cudaStream_t stream, size_t count, int format,
                                        const uint16_t *x, float *y) {
     cast_to_f32_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, format, x, y);
+    return cudaGetLastError();
+}
+
+cudaError_t mt_cuda_launch_round_f32(cudaStream_t stream, size_t count, int format,
+                                     const float *x, float *y) {
+    round_f32_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, format, x, y);
     return cudaGetLastError();
 }
 

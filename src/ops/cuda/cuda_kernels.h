@@ -150,7 +150,7 @@ cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c,
                                              float *dx, float *dgamma, float *dbeta, float *scratch,
                                              unsigned *counters);
 
-/* ---- precision casts (groundwork of train.precision = bf16 | fp16) ---- */
+/* ---- precision casts (train.precision = bf16 | fp16: cuda_precision.c) ---- */
 /* y[i] = x[i] rounded to the nearest bf16 (format 0) or fp16 (format 1), ties to even, as the
  * 16-bit pattern; fp16 overflow gives infinity, NaN stays NaN */
 cudaError_t mt_cuda_launch_cast_from_f32(cudaStream_t stream, size_t count, int format,
@@ -158,6 +158,10 @@ cudaError_t mt_cuda_launch_cast_from_f32(cudaStream_t stream, size_t count, int 
 /* the exact fp32 value of each bf16 (0) or fp16 (1) pattern */
 cudaError_t mt_cuda_launch_cast_to_f32(cudaStream_t stream, size_t count, int format,
                                        const uint16_t *x, float *y);
+/* y[i] = x[i] rounded to bf16 (0) / fp16 (1) and widened back: fp32 values the format holds
+ * (y may alias x) */
+cudaError_t mt_cuda_launch_round_f32(cudaStream_t stream, size_t count, int format,
+                                     const float *x, float *y);
 
 /* ---- zero padding, pooling, dropout, dense helpers, loss ---- */
 /* x: N,H,W,C; y: N,Ho,Wo,C with x at (top, left) */

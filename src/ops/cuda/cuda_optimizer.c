@@ -30,3 +30,10 @@ mt_status mt_cuda_buffer_copy_if(mt_backend *backend, void *dst, const void *src
         mt_cuda_launch_buffer_copy_if(cuda_of(backend)->stream, dst, src, bytes, flag, count));
     return MT_OK;
 }
+
+mt_status mt_cuda_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+                               float *flag) {
+    if (!count) return MT_OK;
+    CUDA_CHECK(mt_cuda_launch_buffer_scale(cuda_of(backend)->stream, x, count, factor, flag));
+    return MT_OK;
+}

@@ -57,3 +57,26 @@ cudaError_t mt_cuda_launch_buffer_copy_if(cudaStream_t stream, void *dst, const 
         (unsigned char *)dst, (const unsigned char *)src, bytes, flag, count);
     return cudaGetLastError();
 }
+
+/* buffer_scale: fp16's loss scale and its unscaling. Every thread that meets a non-finite product
+ * writes the same 1 into the flag (a benign race: no read, one value). |v| <= FLT_MAX is false
+ * for infinities and NaN alike, without relying on a math library's isfinite. */
+__global__ void buffer_scale_kernel(float *x, size_t count, float factor, float *flag) {
+    bool finite = true;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float v = x[i] * factor;
+        x[i] = v;
+        finite = finite && fabsf(v) <= 3.402823466e38f;
+    }
+    if (!finite && flag) *flag = 1.0f;
+}
+
+cudaError_t mt_cuda_launch_buffer_scale(cudaStream_t stream, float *x, size_t count, float factor,
+                                        float *flag) {
+    size_t blocks = (count + OPTIMIZER_THREADS - 1) / OPTIMIZER_THREADS;
+    if (blocks < 1) blocks = 1;
+    if (blocks > 4096) blocks = 4096; /* the grid-stride loop does the rest */
+    buffer_scale_kernel<<<(unsigned)blocks, OPTIMIZER_THREADS, 0, stream>>>(x, count, factor, flag);
+    return cudaGetLastError();
+}

@@ -23,12 +23,19 @@ cudaError_t mt_cuda_launch_optimizer_update(cudaStream_t stream, const mt_optimi
 cudaError_t mt_cuda_launch_buffer_copy_if(cudaStream_t stream, void *dst, const void *src,
                                           size_t bytes, const float *flag, double *count);
 
+/* ops.h's buffer_scale: x[i] *= factor; *flag = 1 when some product is not finite (flag may be
+ * NULL) */
+cudaError_t mt_cuda_launch_buffer_scale(cudaStream_t stream, float *x, size_t count, float factor,
+                                        float *flag);
+
 /* ops-table entries (cuda_optimizer.c) */
 mt_status mt_cuda_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
                                    float *params, const float *grads, float *slots);
 mt_status mt_cuda_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes);
 mt_status mt_cuda_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
                                  const float *flag, double *count);
+mt_status mt_cuda_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+                               float *flag);
 
 #ifdef __cplusplus
 }

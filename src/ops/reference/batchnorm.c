@@ -57,7 +57,7 @@ mt_status mt_ref_batchnorm_forward_training(mt_backend *backend, const mt_batchn
         moving_mean[c] = (float)(moving_mean[c] * momentum + mean * (1.0 - momentum));
         moving_variance[c] = (float)(moving_variance[c] * momentum + var * (1.0 - momentum));
     }
-    return MT_OK;
+    return mt_ref_stored(backend, y);
 }
 
 /* x, y: N,H,W,C (y may alias x); gamma, beta, moving_*: [C] */
@@ -77,7 +77,7 @@ mt_status mt_ref_batchnorm_forward_inference(mt_backend *backend, const mt_batch
             py[m * C + c] =
                 (float)(gamma[c] * (px[m * C + c] - (double)moving_mean[c]) * inv_std + beta[c]);
     }
-    return MT_OK;
+    return mt_ref_stored(backend, y);
 }
 
 /* x, dy, dx: N,H,W,C (dx may alias dy); gamma, saved_*, dgamma, dbeta: [C] */
@@ -110,7 +110,7 @@ mt_status mt_ref_batchnorm_backward_training(mt_backend *backend, const mt_batch
         if (dgamma) dgamma[c] = (float)sum_dy_xhat;
         if (dbeta) dbeta[c] = (float)sum_dy;
     }
-    return MT_OK;
+    return mt_ref_stored(backend, dx);
 }
 
 /* x, dy, dx: N,H,W,C (dx may be NULL or alias dy); gamma, moving_*, dgamma, dbeta: [C] */
@@ -142,5 +142,5 @@ mt_status mt_ref_batchnorm_backward_inference(mt_backend *backend, const mt_batc
         if (dgamma) dgamma[c] = (float)sum_dy_xhat;
         if (dbeta) dbeta[c] = (float)sum_dy;
     }
-    return MT_OK;
+    return dx ? mt_ref_stored(backend, dx) : MT_OK;
 }

@@ -11,6 +11,11 @@
 
 #include "ops/reference/reference.h"
 
+/* the kernel's floats: [k][k][cin][cout], or [k][k][c] for depthwise */
+static size_t conv_weight_count(const mt_conv_desc *d) {
+    return (size_t)d->kernel * d->kernel * d->input.c * (d->depthwise ? 1 : d->out_channels);
+}
+
 static mt_status check_conv(const char *op, const mt_conv_desc *d, mt_shape4 x_shape,
                             mt_shape4 y_shape) {
     if (d->kernel <= 0 || d->stride <= 0 || d->pad_top < 0 || d->pad_left < 0 ||
@@ -118,11 +123,17 @@ static void conv_forward_depthwise(mt_backend *backend, const mt_conv_desc *d, c
 mt_status mt_ref_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
                               const float *w, mt_tensor *y) {
     MT_TRY(check_conv("conv_forward", desc, x->shape, y->shape));
-    if (desc->depthwise) {
+    float *owned = NULL;
+    w = mt_ref_conv_weights(backend, w, conv_weight_count(desc), &owned);
+    if (!w) return MT_ERR_NOMEM;
+    mt_status status = MT_OK;
+    if (desc->depthwise)
         conv_forward_depthwise(backend, desc, x->data, w, y->data, y->shape);
-        return MT_OK;
-    }
-    return conv_forward_regular(backend, desc, x->data, w, y->data, y->shape);
+    else
+        status = conv_forward_regular(backend, desc, x->data, w, y->data, y->shape);
+    free(owned);
+    MT_TRY(status);
+    return mt_ref_stored(backend, y);
 }
 
 /* ---- backward data: dx = transposed convolution of dy with w ---------------------------- */
@@ -196,11 +207,15 @@ static void conv_backward_data_depthwise(mt_backend *backend, const mt_conv_desc
 mt_status mt_ref_conv_backward_data(mt_backend *backend, const mt_conv_desc *desc,
                                     const mt_tensor *dy, const float *w, mt_tensor *dx) {
     MT_TRY(check_conv("conv_backward_data", desc, dx->shape, dy->shape));
+    float *owned = NULL;
+    w = mt_ref_conv_weights(backend, w, conv_weight_count(desc), &owned);
+    if (!w) return MT_ERR_NOMEM;
     if (desc->depthwise)
         conv_backward_data_depthwise(backend, desc, dy->data, w, dx->data, dy->shape);
     else
         conv_backward_data_regular(backend, desc, dy->data, w, dx->data, dy->shape);
-    return MT_OK;
+    free(owned);
+    return mt_ref_stored(backend, dx);
 }
 
 /* ---- backward weights: dw = correlation of x and dy over batch and output positions ------- */

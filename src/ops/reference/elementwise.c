@@ -13,7 +13,7 @@ mt_status mt_ref_tensor_zero(mt_backend *backend, mt_tensor *tensor) {
 mt_status mt_ref_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
     MT_TRY(mt_ref_check_shape("tensor_copy", "dst", dst->shape, src->shape));
     memmove(dst->data, src->data, mt_shape4_count(src->shape) * sizeof(float));
-    return MT_OK;
+    return mt_ref_stored(backend, dst);
 }
 
 /* a, b, y: N,H,W,C; y may alias a or b (each element is read before it is written) */
@@ -26,7 +26,7 @@ mt_status mt_ref_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b
 #pragma omp parallel for num_threads(mt_ref_threads(backend)) schedule(static)
     for (long i = 0; i < count; i++)
         py[i] = pa[i] + pb[i];
-    return MT_OK;
+    return mt_ref_stored(backend, y);
 }
 
 /* x, y: N,H,W,C; y may alias x */
@@ -40,7 +40,7 @@ mt_status mt_ref_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tenso
         float v = px[i];
         py[i] = v < 0.0f ? 0.0f : v > 6.0f ? 6.0f : v;
     }
-    return MT_OK;
+    return mt_ref_stored(backend, y);
 }
 
 /* y (relu6's output), dy, dx: N,H,W,C; dx may alias dy. The gradient is taken from y, not x:
@@ -55,5 +55,5 @@ mt_status mt_ref_relu6_backward(mt_backend *backend, const mt_tensor *y, const m
 #pragma omp parallel for num_threads(mt_ref_threads(backend)) schedule(static)
     for (long i = 0; i < count; i++)
         pdx[i] = py[i] > 0.0f && py[i] < 6.0f ? pdy[i] : 0.0f;
-    return MT_OK;
+    return mt_ref_stored(backend, dx);
 }

@@ -195,6 +195,8 @@ GUARDED(input_upload, (mt_backend * backend, int slot, const mt_input_batch *bat
 GUARDED(input_convert, (mt_backend * backend, int slot, mt_tensor *images, int32_t *labels),
         (backend, slot, images, labels))
 GUARDED(input_wait, (mt_backend * backend, int slot), (backend, slot))
+GUARDED(buffer_scale, (mt_backend * backend, float *x, size_t count, float factor, float *flag),
+        (backend, x, count, factor, flag))
 GUARDED(tensor_from_nhwc, (mt_backend * backend, const float *src, mt_tensor *dst),
         (backend, src, dst))
 GUARDED(tensor_to_nhwc, (mt_backend * backend, const mt_tensor *src, float *dst),
@@ -302,6 +304,7 @@ const mt_ops mt_ops_reference_guarded = {
     .synchronize = mt_ref_synchronize,
     .buffer_copy = guarded_buffer_copy,
     .buffer_copy_if = guarded_buffer_copy_if,
+    .buffer_scale = guarded_buffer_scale,
     .tensor_zero = guarded_tensor_zero,
     .tensor_copy = guarded_tensor_copy,
     .add = guarded_add,

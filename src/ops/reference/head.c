@@ -39,7 +39,7 @@ mt_status mt_ref_global_avg_pool_backward(mt_backend *backend, const float *dy, 
                     (float)((double)dy[(size_t)n * s.c + c] / (double)hw);
         }
     }
-    return MT_OK;
+    return mt_ref_stored(backend, dx);
 }
 
 static mt_status check_rate(const char *op, float rate) {

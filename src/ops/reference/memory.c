@@ -61,7 +61,7 @@ void mt_ref_tensor_free(mt_backend *backend, mt_tensor *tensor) {
 
 mt_status mt_ref_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst) {
     memmove(dst->data, host_src, mt_shape4_count(dst->shape) * sizeof(float));
-    return MT_OK;
+    return mt_ref_stored(backend, dst);
 }
 
 /* malloc's alignment (16 bytes on the platforms we build for) is enough for float */
@@ -151,7 +151,7 @@ mt_status mt_ref_input_convert(mt_backend *backend, int slot, mt_tensor *images,
             }
     if (labels) memcpy(labels, staged_labels, (size_t)n * sizeof *labels);
     s->full = false;
-    return MT_OK;
+    return mt_ref_stored(backend, images); /* the first activation, in the storage precision */
 }
 
 mt_status mt_ref_input_wait(mt_backend *backend, int slot) {

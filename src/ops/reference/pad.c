@@ -39,7 +39,7 @@ mt_status mt_ref_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *d
             }
         }
     }
-    return MT_OK;
+    return mt_ref_stored(backend, y);
 }
 
 /* dy: N,H+top+bottom,W+left+right,C; dx: N,H,W,C */
@@ -60,5 +60,5 @@ mt_status mt_ref_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *
             }
         }
     }
-    return MT_OK;
+    return mt_ref_stored(backend, dx);
 }

@@ -2,10 +2,14 @@
  * checks its ops share. Plain loops over NHWC host arrays, double accumulators for long sums: the
  * oracle every other backend is compared with, so clarity wins over speed everywhere in this
  * folder. */
+#include <math.h>
 #include <omp.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/loss_accum.h"
+#include "ops/precision.h"
 #include "ops/reference/reference.h"
 
 int mt_ref_threads(const mt_backend *backend) {
@@ -17,6 +21,37 @@ mt_status mt_ref_check_shape(const char *op, const char *what, mt_shape4 got, mt
     if (got.n == want.n && got.h == want.h && got.w == want.w && got.c == want.c) return MT_OK;
     return MT_FAIL(MT_ERR_INVALID, "%s: %s has shape %dx%dx%dx%d (N,H,W,C), expected %dx%dx%dx%d",
                    op, what, got.n, got.h, got.w, got.c, want.n, want.h, want.w, want.c);
+}
+
+static mt_compute_precision precision_of(const mt_backend *backend) {
+    return backend ? backend->options.precision : MT_COMPUTE_FP32;
+}
+
+mt_status mt_ref_stored(const mt_backend *backend, mt_tensor *t) {
+    mt_round_to_storage(precision_of(backend), t->data, mt_shape4_count(t->shape));
+    return MT_OK;
+}
+
+const float *mt_ref_conv_weights(const mt_backend *backend, const float *w, size_t count,
+                                 float **owned) {
+    *owned = NULL;
+    const mt_compute_precision precision = precision_of(backend);
+    if (mt_precision_tensor_bytes(precision) == sizeof(float)) return w;
+    *owned = malloc((count ? count : 1) * sizeof **owned);
+    if (!*owned) {
+        MT_FAIL(MT_ERR_NOMEM, "reference backend: out of memory rounding %zu conv weights", count);
+        return NULL;
+    }
+    memcpy(*owned, w, count * sizeof **owned);
+    mt_round_to_storage(precision, *owned, count);
+    return *owned;
+}
+
+mt_status mt_ref_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+                              float *flag) {
+    (void)backend;
+    mt_host_buffer_scale(x, count, factor, flag);
+    return MT_OK;
 }
 
 mt_status mt_ref_check_options(const mt_backend_options *options) {
@@ -71,6 +106,7 @@ const mt_ops mt_ops_reference = {
     .synchronize = mt_ref_synchronize,
     .buffer_copy = mt_ref_buffer_copy,
     .buffer_copy_if = mt_ref_buffer_copy_if,
+    .buffer_scale = mt_ref_buffer_scale,
     .tensor_zero = mt_ref_tensor_zero,
     .tensor_copy = mt_ref_tensor_copy,
     .add = mt_ref_add,

@@ -31,6 +31,19 @@ int mt_ref_threads(const mt_backend *backend);
 /* MT_ERR_INVALID naming the op, the argument and both shapes when `got` differs from `want`. */
 mt_status mt_ref_check_shape(const char *op, const char *what, mt_shape4 got, mt_shape4 want);
 
+/* Reduced precision (ops.h "Precision"): the reference keeps float storage and rounds, to the
+ * backend's bf16 or fp16, every tensor an op writes, right where the cuda backend stores 16 bits;
+ * fp32 and tf32 change nothing. mt_ref_stored rounds `t` and returns MT_OK (an op's last line). */
+mt_status mt_ref_stored(const mt_backend *backend, mt_tensor *t);
+/* The conv weights as a reduced-precision backend's convolutions read them: `w` itself in fp32
+ * and tf32, else a rounded copy in *owned (free it; NULL when none was made). NULL when out of
+ * memory (an error is set). */
+const float *mt_ref_conv_weights(const mt_backend *backend, const float *w, size_t count,
+                                 float **owned);
+/* x[count] *= factor; flag = 1 when some x is not finite (ops.h buffer_scale) */
+mt_status mt_ref_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+                              float *flag);
+
 /* memory.c */
 mt_status mt_ref_buffer_alloc(mt_backend *backend, size_t bytes, void **out);
 void mt_ref_buffer_free(mt_backend *backend, void *buffer);

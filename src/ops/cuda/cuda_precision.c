@@ -1,0 +1,531 @@
+/* train.precision = bf16 | fp16 on the cuda backend (ops.h "Precision"), first stage: every
+ * mt_tensor is stored in 16 bits (tensor_alloc sizes it), so activations and the gradients that
+ * flow back through them take half the memory, and every op computes exactly what the reference
+ * backend's emulation computes: its 16-bit tensor inputs widened into pooled fp32 staging
+ * buffers (exact), the fp32 op of mt_ops_cuda run on them, its tensor outputs narrowed back
+ * (round to nearest, ties to even: the cast kernels, tested against ops/precision.c). The conv
+ * weights go in rounded to the 16-bit type, as the reference's convolutions read them; the
+ * rounded copies are made once per update, not per call: kept per weight pointer and dropped
+ * when an op that can write that memory touches it (upload, buffer_copy, buffer_copy_if,
+ * buffer_scale, optimizer_update on an overlapping range; any buffer_free).
+ *
+ * What this stage is not yet: the tensor-core path (cuDNN convolutions on
+ * CUDNN_DATA_BFLOAT16/HALF data with fp32 compute, cuBLAS GEMM on bf16 inputs, the own kernels
+ * reading and writing 16 bits): the staging casts cost bandwidth rather than save it. Each
+ * wrapper below is the place where that op's 16-bit kernel replaces the widen/narrow pair, one
+ * op at a time, with the same tests (MT_TEST_PRECISION=bf16 test_ops_backend_vs_reference cuda
+ * against the reference's emulation). */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/cuda_optimizer.h"
+
+/* A rounded copy of one conv kernel (see the top). */
+typedef struct weight_copy {
+    const float *source;
+    size_t count;
+    float *rounded; /* pool memory */
+} weight_copy;
+
+struct cuda_precision_state {
+    int format; /* 0 bf16, 1 fp16 (the cast kernels' argument) */
+    weight_copy *weights;
+    size_t weight_count, weight_capacity;
+};
+
+mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision) {
+    cu->precision = calloc(1, sizeof *cu->precision);
+    if (!cu->precision) return MT_FAIL(MT_ERR_NOMEM, "cuda backend: out of host memory");
+    cu->precision->format = precision == MT_COMPUTE_FP16;
+    return MT_OK;
+}
+
+void cuda_precision_free(cuda_backend *cu) {
+    if (!cu->precision) return;
+    for (size_t i = 0; i < cu->precision->weight_count; i++)
+        cuda_pool_release(cu, cu->precision->weights[i].rounded);
+    free(cu->precision->weights);
+    free(cu->precision);
+    cu->precision = NULL;
+}
+
+/* ---- the rounded conv weights ------------------------------------------------------------- */
+
+/* Drops the copies whose source overlaps [dst, dst + bytes); bytes 0: every copy. */
+static void weights_touched(cuda_backend *cu, const void *dst, size_t bytes) {
+    cuda_precision_state *p = cu->precision;
+    const uintptr_t lo = (uintptr_t)dst, hi = lo + bytes;
+    size_t kept = 0;
+    for (size_t i = 0; i < p->weight_count; i++) {
+        const weight_copy *w = &p->weights[i];
+        const uintptr_t wlo = (uintptr_t)w->source, whi = wlo + w->count * sizeof(float);
+        if (bytes == 0 || (wlo < hi && lo < whi))
+            cuda_pool_release(cu, w->rounded);
+        else
+            p->weights[kept++] = *w;
+    }
+    p->weight_count = kept;
+}
+
+static mt_status rounded_weights(cuda_backend *cu, const float *w, size_t count,
+                                 const float **out) {
+    cuda_precision_state *p = cu->precision;
+    for (size_t i = 0; i < p->weight_count; i++)
+        if (p->weights[i].source == w && p->weights[i].count == count) {
+            *out = p->weights[i].rounded;
+            return MT_OK;
+        }
+    if (p->weight_count == p->weight_capacity) {
+        size_t capacity = p->weight_capacity ? 2 * p->weight_capacity : 64;
+        weight_copy *grown = realloc(p->weights, capacity * sizeof *grown);
+        if (!grown) return MT_FAIL(MT_ERR_NOMEM, "cuda backend: out of host memory");
+        p->weights = grown;
+        p->weight_capacity = capacity;
+    }
+    void *rounded = NULL;
+    MT_TRY(cuda_pool_alloc(cu, count * sizeof(float), &rounded));
+    cudaError_t e = mt_cuda_launch_round_f32(cu->stream, count, p->format, w, rounded);
+    if (e != cudaSuccess) {
+        cuda_pool_release(cu, rounded);
+        return MT_FAIL(MT_ERR_BACKEND, "cuda: rounding conv weights: %s", cudaGetErrorString(e));
+    }
+    p->weights[p->weight_count++] = (weight_copy){w, count, rounded};
+    *out = rounded;
+    return MT_OK;
+}
+
+static size_t conv_weight_count(const mt_conv_desc *d) {
+    return (size_t)d->kernel * d->kernel * d->input.c * (d->depthwise ? 1 : d->out_channels);
+}
+
+/* ---- staging: up to four 16-bit tensors of one op, each with its fp32 view ---------------- */
+
+enum { STAGE_MAX = 4 };
+
+typedef struct stage {
+    const mt_tensor *narrow[STAGE_MAX]; /* the op's tensors */
+    mt_tensor wide[STAGE_MAX];          /* their fp32 views (pool memory) */
+    int count;
+} stage;
+
+/* The fp32 view of `t` (NULL stays NULL): the same view for the same memory, so an op whose
+ * output aliases an input (relu6 in place, dx = dy) keeps doing so; widened (`load`) for inputs. */
+static mt_status stage_view(cuda_backend *cu, stage *s, const mt_tensor *t, bool load,
+                            mt_tensor **out) {
+    *out = NULL;
+    if (!t) return MT_OK;
+    for (int i = 0; i < s->count; i++)
+        if (s->narrow[i]->data == t->data) {
+            *out = &s->wide[i];
+            return MT_OK;
+        }
+    if (s->count == STAGE_MAX) return MT_FAIL(MT_ERR_INTERNAL, "cuda: too many staged tensors");
+    const size_t count = mt_shape4_count(t->shape);
+    if (!t->data || t->bytes < count * sizeof(uint16_t))
+        return MT_FAIL(MT_ERR_INVALID, "cuda: a 16-bit tensor of %zu elements holds %zu bytes",
+                       count, t->bytes);
+    void *data = NULL;
+    MT_TRY(cuda_pool_alloc(cu, count * sizeof(float), &data));
+    s->narrow[s->count] = t;
+    s->wide[s->count] =
+        (mt_tensor){.shape = t->shape, .data = data, .bytes = count * sizeof(float)};
+    *out = &s->wide[s->count++];
+    if (load)
+        CUDA_CHECK(
+            mt_cuda_launch_cast_to_f32(cu->stream, count, cu->precision->format, t->data, data));
+    return MT_OK;
+}
+
+static mt_status stage_in(cuda_backend *cu, stage *s, const mt_tensor *t, mt_tensor **out) {
+    return stage_view(cu, s, t, true, out);
+}
+
+static mt_status stage_out(cuda_backend *cu, stage *s, const mt_tensor *t, mt_tensor **out) {
+    return stage_view(cu, s, t, false, out);
+}
+
+/* After the op: narrows `outputs` (views from stage_out/stage_in) into their 16-bit tensors when
+ * the op succeeded, and gives every view back to the pool (the stream orders later users). */
+static mt_status stage_finish(cuda_backend *cu, stage *s, mt_status status, mt_tensor *out0,
+                              mt_tensor *out1) {
+    mt_tensor *outputs[2] = {out0, out1};
+    for (int o = 0; o < 2 && status == MT_OK; o++) {
+        if (!outputs[o]) continue;
+        const int i = (int)(outputs[o] - s->wide);
+        const size_t count = mt_shape4_count(s->wide[i].shape);
+        cudaError_t e = mt_cuda_launch_cast_from_f32(cu->stream, count, cu->precision->format,
+                                                     s->wide[i].data, s->narrow[i]->data);
+        if (e != cudaSuccess)
+            status =
+                MT_FAIL(MT_ERR_BACKEND, "cuda: storing a 16-bit tensor: %s", cudaGetErrorString(e));
+    }
+    for (int i = 0; i < s->count; i++)
+        cuda_pool_release(cu, s->wide[i].data);
+    s->count = 0;
+    return status;
+}
+
+/* ---- memory ------------------------------------------------------------------------------- */
+
+static mt_status p16_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tensor *out) {
+    *out = (mt_tensor){0};
+    if (shape.n <= 0 || shape.h <= 0 || shape.w <= 0 || shape.c <= 0)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "cuda backend: tensor shape %dx%dx%dx%d (N,H,W,C) has a non-positive "
+                       "dimension",
+                       shape.n, shape.h, shape.w, shape.c);
+    const size_t bytes = mt_shape4_count(shape) * sizeof(uint16_t);
+    void *data = NULL;
+    MT_TRY(mt_ops_cuda.buffer_alloc(backend, bytes, &data)); /* zeroed: +0 in both formats */
+    *out = (mt_tensor){.shape = shape, .data = data, .bytes = bytes};
+    return MT_OK;
+}
+
+static mt_status p16_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *w;
+    MT_TRY(stage_out(cu, &s, dst, &w));
+    return stage_finish(cu, &s, mt_ops_cuda.tensor_from_nhwc(backend, host_src, w), w, NULL);
+}
+
+static mt_status p16_input_convert(mt_backend *backend, int slot, mt_tensor *images,
+                                  int32_t *labels) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *w;
+    MT_TRY(stage_out(cu, &s, images, &w));
+    return stage_finish(cu, &s, mt_ops_cuda.input_convert(backend, slot, w, labels), w, NULL);
+}
+
+static mt_status p16_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *w;
+    mt_status status = stage_in(cu, &s, src, &w);
+    if (status == MT_OK) status = mt_ops_cuda.tensor_to_nhwc(backend, w, host_dst);
+    return stage_finish(cu, &s, status, NULL, NULL);
+}
+
+static mt_status p16_tensor_zero(mt_backend *backend, mt_tensor *tensor) {
+    CUDA_CHECK(cudaMemsetAsync(tensor->data, 0, mt_shape4_count(tensor->shape) * sizeof(uint16_t),
+                               cuda_of(backend)->stream));
+    return MT_OK;
+}
+
+static mt_status p16_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
+    mt_shape4 a = src->shape, b = dst->shape;
+    if (a.n != b.n || a.h != b.h || a.w != b.w || a.c != b.c)
+        return MT_FAIL(MT_ERR_INVALID, "cuda tensor_copy: shapes %dx%dx%dx%d and %dx%dx%dx%d", a.n,
+                       a.h, a.w, a.c, b.n, b.h, b.w, b.c);
+    if (src->data == dst->data) return MT_OK;
+    CUDA_CHECK(cudaMemcpyAsync(dst->data, src->data, mt_shape4_count(a) * sizeof(uint16_t),
+                               cudaMemcpyDeviceToDevice, cuda_of(backend)->stream));
+    return MT_OK;
+}
+
+/* the writes that may change conv weights: the copies of what they touch are dropped first */
+
+static void p16_buffer_free(mt_backend *backend, void *buffer) {
+    weights_touched(cuda_of(backend), NULL, 0);
+    mt_ops_cuda.buffer_free(backend, buffer);
+}
+
+static void p16_tensor_free(mt_backend *backend, mt_tensor *tensor) {
+    mt_ops_cuda.tensor_free(backend, tensor); /* tensors are never conv weights */
+}
+
+static mt_status p16_upload(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
+    weights_touched(cuda_of(backend), dst, bytes);
+    return mt_ops_cuda.upload(backend, dst, host_src, bytes);
+}
+
+static mt_status p16_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes) {
+    weights_touched(cuda_of(backend), dst, bytes);
+    return mt_ops_cuda.buffer_copy(backend, dst, src, bytes);
+}
+
+static mt_status p16_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
+                                    const float *flag, double *count) {
+    weights_touched(cuda_of(backend), dst, bytes);
+    return mt_ops_cuda.buffer_copy_if(backend, dst, src, bytes, flag, count);
+}
+
+static mt_status p16_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+                                  float *flag) {
+    weights_touched(cuda_of(backend), x, count * sizeof(float));
+    return mt_ops_cuda.buffer_scale(backend, x, count, factor, flag);
+}
+
+static mt_status p16_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
+                                      float *params, const float *grads, float *slots) {
+    weights_touched(cuda_of(backend), params, desc->count * sizeof(float));
+    return mt_ops_cuda.optimizer_update(backend, desc, params, grads, slots);
+}
+
+/* ---- the ops on tensors ------------------------------------------------------------------- */
+
+static mt_status p16_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b,
+                         mt_tensor *y) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wa, *wb, *wy;
+    mt_status status = stage_in(cu, &s, a, &wa);
+    if (status == MT_OK) status = stage_in(cu, &s, b, &wb);
+    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
+    if (status == MT_OK) status = mt_ops_cuda.add(backend, wa, wb, wy);
+    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
+}
+
+static mt_status p16_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wy;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
+    if (status == MT_OK) status = mt_ops_cuda.relu6_forward(backend, wx, wy);
+    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
+}
+
+static mt_status p16_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
+                                    mt_tensor *dx) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wy, *wdy, *wdx;
+    mt_status status = stage_in(cu, &s, y, &wy);
+    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
+    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
+    if (status == MT_OK) status = mt_ops_cuda.relu6_backward(backend, wy, wdy, wdx);
+    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
+}
+
+static mt_status p16_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
+                                  const float *w, mt_tensor *y) {
+    cuda_backend *cu = cuda_of(backend);
+    const float *rw = NULL;
+    MT_TRY(rounded_weights(cu, w, conv_weight_count(desc), &rw));
+    stage s = {0};
+    mt_tensor *wx, *wy;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
+    if (status == MT_OK) status = mt_ops_cuda.conv_forward(backend, desc, wx, rw, wy);
+    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
+}
+
+static mt_status p16_conv_backward_data(mt_backend *backend, const mt_conv_desc *desc,
+                                        const mt_tensor *dy, const float *w, mt_tensor *dx) {
+    cuda_backend *cu = cuda_of(backend);
+    const float *rw = NULL;
+    MT_TRY(rounded_weights(cu, w, conv_weight_count(desc), &rw));
+    stage s = {0};
+    mt_tensor *wdy, *wdx;
+    mt_status status = stage_in(cu, &s, dy, &wdy);
+    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
+    if (status == MT_OK) status = mt_ops_cuda.conv_backward_data(backend, desc, wdy, rw, wdx);
+    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
+}
+
+static mt_status p16_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
+                                           const mt_tensor *x, const mt_tensor *dy, float *dw) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wdy;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
+    if (status == MT_OK) status = mt_ops_cuda.conv_backward_weights(backend, desc, wx, wdy, dw);
+    return stage_finish(cu, &s, status, NULL, NULL);
+}
+
+static mt_status p16_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                                const mt_tensor *x, const float *gamma,
+                                                const float *beta, float *moving_mean,
+                                                float *moving_variance, mt_tensor *y,
+                                                float *saved_mean, float *saved_inv_std) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wy;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
+    if (status == MT_OK)
+        status =
+            mt_ops_cuda.batchnorm_forward_training(backend, desc, wx, gamma, beta, moving_mean,
+                                                   moving_variance, wy, saved_mean, saved_inv_std);
+    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
+}
+
+static mt_status p16_batchnorm_relu6_forward_training(mt_backend *backend,
+                                                      const mt_batchnorm_desc *desc,
+                                                      const mt_tensor *x, const float *gamma,
+                                                      const float *beta, float *moving_mean,
+                                                      float *moving_variance, mt_tensor *y,
+                                                      float *saved_mean, float *saved_inv_std) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wy;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
+    if (status == MT_OK)
+        status = mt_ops_cuda.batchnorm_relu6_forward_training(backend, desc, wx, gamma, beta,
+                                                              moving_mean, moving_variance, wy,
+                                                              saved_mean, saved_inv_std);
+    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
+}
+
+static mt_status p16_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                                 const mt_tensor *x, const float *gamma,
+                                                 const float *beta, const float *moving_mean,
+                                                 const float *moving_variance, mt_tensor *y) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wy;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
+    if (status == MT_OK)
+        status = mt_ops_cuda.batchnorm_forward_inference(backend, desc, wx, gamma, beta,
+                                                         moving_mean, moving_variance, wy);
+    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
+}
+
+static mt_status p16_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                                 const mt_tensor *x, const mt_tensor *dy,
+                                                 const float *gamma, const float *saved_mean,
+                                                 const float *saved_inv_std, mt_tensor *dx,
+                                                 float *dgamma, float *dbeta) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wdy, *wdx;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
+    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
+    if (status == MT_OK)
+        status = mt_ops_cuda.batchnorm_backward_training(backend, desc, wx, wdy, gamma, saved_mean,
+                                                         saved_inv_std, wdx, dgamma, dbeta);
+    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
+}
+
+static mt_status p16_relu6_batchnorm_backward_training(
+    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
+    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
+    mt_tensor *dx, float *dgamma, float *dbeta) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wy, *wdy, *wdx;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_in(cu, &s, y, &wy);
+    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
+    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
+    if (status == MT_OK)
+        status = mt_ops_cuda.relu6_batchnorm_backward_training(
+            backend, desc, wx, wy, wdy, gamma, saved_mean, saved_inv_std, wdx, dgamma, dbeta);
+    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
+}
+
+static mt_status p16_batchnorm_backward_inference(mt_backend *backend,
+                                                  const mt_batchnorm_desc *desc, const mt_tensor *x,
+                                                  const mt_tensor *dy, const float *gamma,
+                                                  const float *moving_mean,
+                                                  const float *moving_variance, mt_tensor *dx,
+                                                  float *dgamma, float *dbeta) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wdy, *wdx = NULL;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
+    if (status == MT_OK && dx) status = stage_out(cu, &s, dx, &wdx);
+    if (status == MT_OK)
+        status = mt_ops_cuda.batchnorm_backward_inference(
+            backend, desc, wx, wdy, gamma, moving_mean, moving_variance, wdx, dgamma, dbeta);
+    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
+}
+
+static mt_status p16_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                      const mt_tensor *x, mt_tensor *y) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx, *wy;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
+    if (status == MT_OK) status = mt_ops_cuda.zero_pad_forward(backend, desc, wx, wy);
+    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
+}
+
+static mt_status p16_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                       const mt_tensor *dy, mt_tensor *dx) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wdy, *wdx;
+    mt_status status = stage_in(cu, &s, dy, &wdy);
+    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
+    if (status == MT_OK) status = mt_ops_cuda.zero_pad_backward(backend, desc, wdy, wdx);
+    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
+}
+
+static mt_status p16_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wx;
+    mt_status status = stage_in(cu, &s, x, &wx);
+    if (status == MT_OK) status = mt_ops_cuda.global_avg_pool_forward(backend, wx, y);
+    return stage_finish(cu, &s, status, NULL, NULL);
+}
+
+static mt_status p16_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx) {
+    cuda_backend *cu = cuda_of(backend);
+    stage s = {0};
+    mt_tensor *wdx;
+    mt_status status = stage_out(cu, &s, dx, &wdx);
+    if (status == MT_OK) status = mt_ops_cuda.global_avg_pool_backward(backend, dy, wdx);
+    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
+}
+
+/* mt_ops_cuda with the entries above: everything on plain fp32 buffers (the head, the loss,
+ * host memory) stays mt_ops_cuda's own. Built once, at the first bf16/fp16 backend's init (a
+ * table of another file's functions cannot be a constant initializer in C). */
+static mt_ops table16;
+static pthread_once_t table16_once = PTHREAD_ONCE_INIT;
+
+static void table16_build(void) {
+    mt_ops t = mt_ops_cuda;
+    t.buffer_free = p16_buffer_free;
+    t.upload = p16_upload;
+    t.tensor_alloc = p16_tensor_alloc;
+    t.tensor_free = p16_tensor_free;
+    t.input_convert = p16_input_convert;
+    t.tensor_from_nhwc = p16_tensor_from_nhwc;
+    t.tensor_to_nhwc = p16_tensor_to_nhwc;
+    t.buffer_copy = p16_buffer_copy;
+    t.buffer_copy_if = p16_buffer_copy_if;
+    t.buffer_scale = p16_buffer_scale;
+    t.tensor_zero = p16_tensor_zero;
+    t.tensor_copy = p16_tensor_copy;
+    t.add = p16_add;
+    t.relu6_forward = p16_relu6_forward;
+    t.relu6_backward = p16_relu6_backward;
+    t.conv_forward = p16_conv_forward;
+    t.conv_backward_data = p16_conv_backward_data;
+    t.conv_backward_weights = p16_conv_backward_weights;
+    t.batchnorm_forward_training = p16_batchnorm_forward_training;
+    t.batchnorm_forward_inference = p16_batchnorm_forward_inference;
+    t.batchnorm_backward_training = p16_batchnorm_backward_training;
+    t.batchnorm_backward_inference = p16_batchnorm_backward_inference;
+    t.zero_pad_forward = p16_zero_pad_forward;
+    t.zero_pad_backward = p16_zero_pad_backward;
+    t.global_avg_pool_forward = p16_global_avg_pool_forward;
+    t.global_avg_pool_backward = p16_global_avg_pool_backward;
+    t.optimizer_update = p16_optimizer_update;
+    t.batchnorm_relu6_forward_training =
+        mt_ops_cuda.batchnorm_relu6_forward_training ? p16_batchnorm_relu6_forward_training : NULL;
+    t.relu6_batchnorm_backward_training = mt_ops_cuda.relu6_batchnorm_backward_training
+                                              ? p16_relu6_batchnorm_backward_training
+                                              : NULL;
+    t.conv_bn_relu6_inference_forward = NULL; /* no 16-bit wrapper (cuda has none today) */
+    table16 = t;
+}
+
+const mt_ops *cuda_precision_table(void) {
+    pthread_once(&table16_once, table16_build);
+    return &table16;
+}
