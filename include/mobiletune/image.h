@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mobiletune/enum_names.h"
 #include "mobiletune/status.h"
 
 #ifdef __cplusplus
@@ -51,6 +52,14 @@ uint64_t mt_image_max_pixels(void);
  * image_dataset_from_directory). Slower than a scaled decode. No effect on PNG. */
 #define MT_DECODE_TF (-1)
 
+/* The --decode option of pack and features: a scaled decode (min_side_hint = the output side) or
+ * TensorFlow's pixels (MT_DECODE_TF). */
+typedef enum mt_decode_mode {
+    MT_DECODE_MODE_SCALED = 0,
+    MT_DECODE_MODE_TF,
+} mt_decode_mode;
+extern const mt_enum_names mt_decode_mode_names; /* scaled|tf */
+
 /* Decode a JPEG or PNG held in memory to RGB: grayscale, palette, CMYK/YCCK (plain and Adobe
  * inverted), 16-bit and alpha (dropped) all become 8-bit RGB, and the EXIF orientation is applied.
  * `name` only appears in error messages. `min_side_hint` > 0 lets a JPEG decode at a reduced
@@ -74,7 +83,8 @@ void mt_image_free(mt_image *image);
  * dst: size,size,3 (HWC). */
 mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, uint8_t *dst);
 
-/* "stretch" / "center-crop" / "pad" <-> mode. */
+/* "stretch" / "center-crop" / "pad" <-> mode (the --resize option of pack, predict, features). */
+extern const mt_enum_names mt_resize_mode_names;
 mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out);
 const char *mt_resize_mode_name(mt_resize_mode mode);
 

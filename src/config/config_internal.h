@@ -21,10 +21,17 @@ const char *config_type_name(mt_config_type type);
 void config_copy_text(char *dst, size_t capacity, const char *src);
 /* The n-th ('|'-separated) entry of an allowed list into buffer; false past the end. */
 bool config_allowed_entry(const char *allowed, int n, char *buffer, size_t capacity);
-/* Parse `text` for `option` into its field in `config` (relative paths against base_dir); on
- * failure false and the reason in `why`. */
+/* Parse `text` for `option` into its field in the struct at `base` (an mt_train_config, or a
+ * command's arguments; relative paths against base_dir); on failure false and the reason in
+ * `why` ("out of range [1, 4096]"). */
 bool config_parse_value(const mt_config_option *option, const char *text, const char *base_dir,
-                        mt_train_config *config, char *why, size_t why_capacity);
+                        void *base, char *why, size_t why_capacity);
+/* The value of `option` in the struct at `base` as text, as the INI spells it. */
+mt_status config_value_text(const mt_config_option *option, const void *base, char *buffer,
+                            size_t capacity);
+
+/* help.c: the allowed values in words ("1..65536", "rmsprop|sgd|adam", "existing file or none"). */
+void config_describe_values(const mt_config_option *option, char *buffer, size_t capacity);
 
 /* suggest.c: " (did you mean [train] epochs?)" or "" into buffer. */
 void config_suggest(const char *section, const char *key, char *buffer, size_t capacity);

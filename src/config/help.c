@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static void describe_values(const mt_config_option *option, char *buffer, size_t capacity) {
+void config_describe_values(const mt_config_option *option, char *buffer, size_t capacity) {
     switch (option->type) {
     case MT_CONFIG_INT:
         if (option->multiple_of > 0)
@@ -17,16 +17,22 @@ static void describe_values(const mt_config_option *option, char *buffer, size_t
         if (option->allowed)
             snprintf(buffer, capacity, "%s", option->allowed);
         else
-            snprintf(buffer, capacity, "%g..%g", option->min, option->max);
+            snprintf(buffer, capacity, "%g%s..%g", option->min,
+                     option->flags & MT_CONFIG_ABOVE_MIN ? " (excluded)" : "", option->max);
         break;
     case MT_CONFIG_BOOL:
         snprintf(buffer, capacity, "true|false");
         break;
     case MT_CONFIG_ENUM:
-        snprintf(buffer, capacity, "%s", option->allowed);
+        mt_enum_join(option->names, "|", buffer, capacity);
         break;
     case MT_CONFIG_STRING:
+    case MT_CONFIG_TEXT:
+    case MT_CONFIG_TEXT_LIST:
         snprintf(buffer, capacity, "text");
+        break;
+    case MT_CONFIG_FLAG:
+        buffer[0] = '\0';
         break;
     case MT_CONFIG_PATH:
         snprintf(buffer, capacity, "%s or none",
@@ -47,7 +53,7 @@ void mt_config_print_help(FILE *out) {
             section = option->section;
             fprintf(out, "\n[%s]\n", section);
         }
-        describe_values(option, values, sizeof values);
+        config_describe_values(option, values, sizeof values);
         fprintf(out, "  %-26s %-6s default %-12s (%s)\n      %s\n", option->key,
                 config_type_name(option->type), option->default_text, values, option->help);
     }
@@ -87,7 +93,7 @@ void mt_config_write_markdown(FILE *out) {
                     "|---|---|---|---|---|\n",
                     section);
         }
-        describe_values(option, values, sizeof values);
+        config_describe_values(option, values, sizeof values);
         fprintf(out, "| `%s` | %s | `%s` | %s | %s |\n", option->key,
                 config_type_name(option->type), option->default_text, values, option->help);
     }

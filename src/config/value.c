@@ -31,15 +31,22 @@ bool config_allowed_entry(const char *allowed, int n, char *buffer, size_t capac
     return true;
 }
 
-/* Parse `text` for `option` into the field at `config`; on failure a reason in `why`. */
+/* "[model] alpha" for config options, "--size" for command-line ones (in internal errors). */
+static void option_label(const mt_config_option *option, char *buffer, size_t capacity) {
+    if (option->section)
+        snprintf(buffer, capacity, "[%s] %s", option->section, option->key);
+    else
+        snprintf(buffer, capacity, "--%s", option->key);
+}
+
 bool config_parse_value(const mt_config_option *option, const char *text, const char *base_dir,
-                        mt_train_config *config, char *why, size_t why_capacity) {
-    void *field = (char *)config + option->offset;
+                        void *base, char *why, size_t why_capacity) {
+    void *field = (char *)base + option->offset;
     switch (option->type) {
     case MT_CONFIG_INT: {
         char *end = NULL;
         errno = 0;
-        long value = strtol(text, &end, 10);
+        long long value = strtoll(text, &end, 10);
         if (text[0] == '\0' || *end != '\0' || errno == ERANGE) {
             snprintf(why, why_capacity, "not an integer");
             return false;
@@ -52,7 +59,10 @@ bool config_parse_value(const mt_config_option *option, const char *text, const 
             snprintf(why, why_capacity, "not a multiple of %d", option->multiple_of);
             return false;
         }
-        *(int *)field = (int)value;
+        if (option->size == sizeof(int64_t))
+            *(int64_t *)field = (int64_t)value;
+        else
+            *(int *)field = (int)value; /* the range is within int: checked by the tests */
         return true;
     }
     case MT_CONFIG_FLOAT: {
@@ -72,11 +82,16 @@ bool config_parse_value(const mt_config_option *option, const char *text, const 
                 snprintf(why, why_capacity, "not one of %s", option->allowed);
                 return false;
             }
-        } else if (value < option->min || value > option->max) {
-            snprintf(why, why_capacity, "out of range [%g, %g]", option->min, option->max);
+        } else if (value < option->min || value > option->max ||
+                   (option->flags & MT_CONFIG_ABOVE_MIN && value == option->min)) {
+            snprintf(why, why_capacity, "out of range %c%g, %g]",
+                     option->flags & MT_CONFIG_ABOVE_MIN ? '(' : '[', option->min, option->max);
             return false;
         }
-        *(double *)field = value;
+        if (option->size == sizeof(float))
+            *(float *)field = (float)value;
+        else
+            *(double *)field = value;
         return true;
     }
     case MT_CONFIG_BOOL: {
@@ -90,14 +105,14 @@ bool config_parse_value(const mt_config_option *option, const char *text, const 
         return false;
     }
     case MT_CONFIG_ENUM: {
-        char entry[64];
-        for (int i = 0; config_allowed_entry(option->allowed, i, entry, sizeof entry); i++) {
-            if (strcasecmp(entry, text) == 0) {
-                *(int *)field = i;
-                return true;
-            }
+        int value;
+        if (mt_enum_find(option->names, text, &value)) {
+            *(int *)field = value;
+            return true;
         }
-        snprintf(why, why_capacity, "not one of %s", option->allowed);
+        char names[160];
+        snprintf(why, why_capacity, "not one of %s",
+                 mt_enum_join(option->names, "|", names, sizeof names));
         return false;
     }
     case MT_CONFIG_STRING:
@@ -117,8 +132,24 @@ bool config_parse_value(const mt_config_option *option, const char *text, const 
             return false;
         }
         return true;
+    case MT_CONFIG_TEXT:
+        *(const char **)field = text;
+        return true;
+    case MT_CONFIG_TEXT_LIST: {
+        mt_config_text_list *list = field;
+        if (list->count >= list->capacity) {
+            snprintf(why, why_capacity, "given more than %d times", list->capacity);
+            return false;
+        }
+        list->items[list->count++] = text;
+        return true;
     }
-    snprintf(why, why_capacity, "unknown option type");
+    case MT_CONFIG_FLAG:
+        break;
+    }
+    char label[96];
+    option_label(option, label, sizeof label);
+    snprintf(why, why_capacity, "%s: takes no value", label);
     return false;
 }
 
@@ -134,27 +165,39 @@ static void format_double(double value, char *buffer, size_t capacity) {
     }
 }
 
-mt_status mt_config_value_text(const mt_train_config *config, const mt_config_option *option,
-                               char *buffer, size_t capacity) {
-    const void *field = (const char *)config + option->offset;
+mt_status config_value_text(const mt_config_option *option, const void *base, char *buffer,
+                            size_t capacity) {
+    const void *field = (const char *)base + option->offset;
+    char label[96];
+    option_label(option, label, sizeof label);
     int n = 0;
     switch (option->type) {
     case MT_CONFIG_INT:
-        n = snprintf(buffer, capacity, "%d", *(const int *)field);
+        if (option->size == sizeof(int64_t))
+            n = snprintf(buffer, capacity, "%lld", (long long)*(const int64_t *)field);
+        else
+            n = snprintf(buffer, capacity, "%d", *(const int *)field);
         break;
     case MT_CONFIG_FLOAT:
-        format_double(*(const double *)field, buffer, capacity);
+        format_double(option->size == sizeof(float) ? (double)*(const float *)field
+                                                    : *(const double *)field,
+                      buffer, capacity);
         n = (int)strlen(buffer);
         break;
     case MT_CONFIG_BOOL:
         n = snprintf(buffer, capacity, "%s", *(const bool *)field ? "true" : "false");
         break;
+    case MT_CONFIG_FLAG:
+        if (option->size == sizeof(int))
+            n = snprintf(buffer, capacity, "%d", *(const int *)field);
+        else
+            n = snprintf(buffer, capacity, "%s", *(const bool *)field ? "true" : "false");
+        break;
     case MT_CONFIG_ENUM: {
-        char entry[64];
-        if (!config_allowed_entry(option->allowed, *(const int *)field, entry, sizeof entry))
-            return MT_FAIL(MT_ERR_INTERNAL, "[%s] %s holds %d, not an index of %s", option->section,
-                           option->key, *(const int *)field, option->allowed);
-        n = snprintf(buffer, capacity, "%s", entry);
+        int value = *(const int *)field;
+        if (value < 0 || value >= option->names->count)
+            return MT_FAIL(MT_ERR_INTERNAL, "%s holds %d, not a value of its enum", label, value);
+        n = snprintf(buffer, capacity, "%s", mt_enum_name(option->names, value));
         break;
     }
     case MT_CONFIG_STRING:
@@ -165,21 +208,29 @@ mt_status mt_config_value_text(const mt_train_config *config, const mt_config_op
         n = snprintf(buffer, capacity, "%s", path[0] ? path : "none");
         break;
     }
+    case MT_CONFIG_TEXT: {
+        const char *text = *(const char *const *)field;
+        n = snprintf(buffer, capacity, "%s", text ? text : "");
+        break;
+    }
+    case MT_CONFIG_TEXT_LIST:
+        n = snprintf(buffer, capacity, "%d given", ((const mt_config_text_list *)field)->count);
+        break;
     }
     if (n < 0 || (size_t)n >= capacity)
-        return MT_FAIL(MT_ERR_INVALID, "[%s] %s: value longer than %zu characters", option->section,
-                       option->key, capacity - 1);
+        return MT_FAIL(MT_ERR_INVALID, "%s: value longer than %zu characters", label, capacity - 1);
     return MT_OK;
 }
 
+mt_status mt_config_value_text(const mt_train_config *config, const mt_config_option *option,
+                               char *buffer, size_t capacity) {
+    return config_value_text(option, config, buffer, capacity);
+}
+
 const char *mt_config_enum_name(const char *section, const char *key, int value) {
-    /* Static storage per option, filled on first use (options never change). */
-    static _Thread_local char names[MT_CONFIG_MAX_OPTIONS][64];
     int i = config_option_index(section, key);
     if (i < 0 || config_options[i].type != MT_CONFIG_ENUM) return "?";
-    if (!config_allowed_entry(config_options[i].allowed, value, names[i], sizeof names[i]))
-        return "?";
-    return names[i];
+    return mt_enum_name(config_options[i].names, value);
 }
 
 void mt_config_defaults(mt_train_config *config) {

@@ -372,10 +372,9 @@ mt_status mt_checkpoint_open_model(const char *path, const char *backend_name, i
         status = mt_config_load_string(config, config_text, path, NULL);
     }
     if (status == MT_OK) {
-        if (!backend_name)
-            backend_name = mt_config_enum_name("train", "backend", (int)config->train.backend);
         mt_backend_options options = {.num_threads = config->train.threads};
-        status = mt_backend_create(backend_name, &options, backend);
+        status = backend_name ? mt_backend_create(backend_name, &options, backend)
+                              : mt_backend_create_kind(config->train.backend, &options, backend);
     }
     if (status == MT_OK) {
         mt_model_config model_config = mt_config_model(config);
