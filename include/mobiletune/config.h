@@ -137,10 +137,11 @@ typedef enum mt_config_type {
 } mt_config_type;
 
 enum {
-    MT_CONFIG_MUST_EXIST = 1 << 0, /* a path: mt_config_check wants it to exist when set */
-    MT_CONFIG_IS_DIR = 1 << 1,     /* ... as a folder (else a regular file) */
-    MT_CONFIG_ABOVE_MIN = 1 << 2,  /* a float: the range excludes min, (min, max] */
-    MT_CONFIG_CLEARS = 1 << 3,     /* a flag: sets false/0 (e.g. --no-progress) */
+    MT_CONFIG_MUST_EXIST = 1 << 0,   /* a path: mt_config_check wants it to exist when set */
+    MT_CONFIG_IS_DIR = 1 << 1,       /* ... as a folder (else a regular file) */
+    MT_CONFIG_ABOVE_MIN = 1 << 2,    /* a float: the range excludes min, (min, max] */
+    MT_CONFIG_CLEARS = 1 << 3,       /* a flag: sets false/0 (e.g. --no-progress) */
+    MT_CONFIG_HIDE_DEFAULT = 1 << 4, /* --help: the help text says the default in words */
 };
 
 /* The texts a repeated option collected, in order (items: capacity entries, the caller's). */

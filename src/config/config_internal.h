@@ -35,6 +35,9 @@ void config_describe_values(const mt_config_option *option, char *buffer, size_t
 
 /* suggest.c: " (did you mean [train] epochs?)" or "" into buffer. */
 void config_suggest(const char *section, const char *key, char *buffer, size_t capacity);
+/* The row of `rows` whose key is nearest to `key` (those in `section` preferred; NULL: any), or
+ * -1 when none is near enough to be a typo of it. */
+int config_nearest(const char *key, const char *section, const mt_config_option *rows, int count);
 
 /* paths.c */
 /* `value` made absolute against base_dir and cleaned lexically into out; false when too long. */

@@ -10,15 +10,18 @@ void config_describe_values(const mt_config_option *option, char *buffer, size_t
         if (option->multiple_of > 0)
             snprintf(buffer, capacity, "%.0f..%.0f, multiple of %d", option->min, option->max,
                      option->multiple_of);
+        else if (option->max >= 9.2e18) /* INT64_MAX: no upper limit worth printing */
+            snprintf(buffer, capacity, "%.0f or more", option->min);
         else
             snprintf(buffer, capacity, "%.0f..%.0f", option->min, option->max);
         break;
     case MT_CONFIG_FLOAT:
         if (option->allowed)
             snprintf(buffer, capacity, "%s", option->allowed);
+        else if (option->flags & MT_CONFIG_ABOVE_MIN)
+            snprintf(buffer, capacity, "above %g, at most %g", option->min, option->max);
         else
-            snprintf(buffer, capacity, "%g%s..%g", option->min,
-                     option->flags & MT_CONFIG_ABOVE_MIN ? " (excluded)" : "", option->max);
+            snprintf(buffer, capacity, "%g..%g", option->min, option->max);
         break;
     case MT_CONFIG_BOOL:
         snprintf(buffer, capacity, "true|false");

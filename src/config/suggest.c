@@ -1,5 +1,5 @@
-/* "did you mean ...?" for an unknown key: a few aliases from other trainers, else the nearest key
- * by edit distance (the same section preferred). */
+/* "did you mean ...?" for an unknown key or command-line option: a few aliases from other
+ * trainers, else the nearest name by edit distance (the same section preferred). */
 #include "config/config_internal.h"
 
 #include <stdint.h>
@@ -43,16 +43,22 @@ void config_suggest(const char *section, const char *key, char *buffer, size_t c
         }
     }
     buffer[0] = '\0';
+    int best = config_nearest(key, section, config_options, config_option_count);
+    if (best >= 0)
+        snprintf(buffer, capacity, " (did you mean [%s] %s?)", config_options[best].section,
+                 config_options[best].key);
+}
+
+int config_nearest(const char *key, const char *section, const mt_config_option *rows, int count) {
     int best = -1;
     size_t best_distance = SIZE_MAX;
-    for (int i = 0; i < config_option_count; i++) {
-        size_t d = edit_distance(key, config_options[i].key);
-        if (strcmp(config_options[i].section, section) != 0) d += 1; /* prefer the same section */
+    for (int i = 0; i < count; i++) {
+        size_t d = edit_distance(key, rows[i].key);
+        /* prefer the same section */
+        if (section && (!rows[i].section || strcmp(rows[i].section, section) != 0)) d += 1;
         if (d < best_distance) best_distance = d, best = i;
     }
     size_t limit = strlen(key) / 3 + 1;
     if (limit < 2) limit = 2;
-    if (best >= 0 && best_distance <= limit)
-        snprintf(buffer, capacity, " (did you mean [%s] %s?)", config_options[best].section,
-                 config_options[best].key);
+    return best >= 0 && best_distance <= limit ? best : -1;
 }

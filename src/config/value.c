@@ -3,7 +3,9 @@
 #include "config/config_internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,8 +53,16 @@ bool config_parse_value(const mt_config_option *option, const char *text, const 
             snprintf(why, why_capacity, "not an integer");
             return false;
         }
-        if ((double)value < option->min || (double)value > option->max) {
-            snprintf(why, why_capacity, "out of range [%.0f, %.0f]", option->min, option->max);
+        /* min = max = 0: no range of its own (command lines), only the field's */
+        bool ranged = option->min != 0 || option->max != 0;
+        double min = ranged                            ? option->min
+                     : option->size == sizeof(int64_t) ? (double)INT64_MIN
+                                                       : INT_MIN;
+        double max = ranged                            ? option->max
+                     : option->size == sizeof(int64_t) ? (double)INT64_MAX
+                                                       : INT_MAX;
+        if ((double)value < min || (double)value > max) {
+            snprintf(why, why_capacity, "out of range [%.0f, %.0f]", min, max);
             return false;
         }
         if (option->multiple_of > 0 && value % option->multiple_of != 0) {
@@ -82,8 +92,9 @@ bool config_parse_value(const mt_config_option *option, const char *text, const 
                 snprintf(why, why_capacity, "not one of %s", option->allowed);
                 return false;
             }
-        } else if (value < option->min || value > option->max ||
-                   (option->flags & MT_CONFIG_ABOVE_MIN && value == option->min)) {
+        } else if ((option->min != 0 || option->max != 0) &&
+                   (value < option->min || value > option->max ||
+                    (option->flags & MT_CONFIG_ABOVE_MIN && value == option->min))) {
             snprintf(why, why_capacity, "out of range %c%g, %g]",
                      option->flags & MT_CONFIG_ABOVE_MIN ? '(' : '[', option->min, option->max);
             return false;

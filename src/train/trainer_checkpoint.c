@@ -354,7 +354,7 @@ static mt_status split_class_names(const char *text, int count, const char *path
     return MT_OK;
 }
 
-mt_status mt_checkpoint_open_model(const char *path, const char *backend_name, int batch_size,
+mt_status mt_checkpoint_open_model(const char *path, int backend_kind, int batch_size,
                                    mt_backend **backend, mt_model **model, char ***class_names) {
     *backend = NULL;
     *model = NULL;
@@ -373,8 +373,10 @@ mt_status mt_checkpoint_open_model(const char *path, const char *backend_name, i
     }
     if (status == MT_OK) {
         mt_backend_options options = {.num_threads = config->train.threads};
-        status = backend_name ? mt_backend_create(backend_name, &options, backend)
-                              : mt_backend_create_kind(config->train.backend, &options, backend);
+        mt_backend_kind kind = backend_kind == MT_BACKEND_OF_CHECKPOINT
+                                   ? config->train.backend
+                                   : (mt_backend_kind)backend_kind;
+        status = mt_backend_create_kind(kind, &options, backend);
     }
     if (status == MT_OK) {
         mt_model_config model_config = mt_config_model(config);
