@@ -367,6 +367,10 @@ mt_status mt_checkpoint_open_model(const char *path, int backend_kind, int batch
     if (status == MT_OK && !config_text)
         status = MT_FAIL(MT_ERR_FORMAT, "'%s' has no config metadata: not a mobiletune "
                          "training checkpoint", path);
+    /* The INI text is the checkpoint's record of its config (the file format: human-readable,
+     * keyed by name, so checkpoints of older versions read with today's defaults for what they
+     * lack), so it is read here with the config's reader; nothing in this process turns a config
+     * into text to read it back. */
     if (status == MT_OK) {
         mt_config_defaults(config);
         status = mt_config_load_string(config, config_text, path, NULL);
