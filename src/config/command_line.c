@@ -78,8 +78,11 @@ mt_status cli_parse(const cli_spec *spec, void *args, int argc, char **argv, cha
             value = argv[++i];
         }
         char why[256];
-        if (!config_parse_value(o, value, ".", args, why, sizeof why))
+        if (config_parse_value(o, value, ".", args, why, sizeof why)) continue;
+        /* numbers bare, words quoted: "--batch-size 0: ...", "--format 'pb': ..." */
+        if (o->type == MT_CONFIG_INT || o->type == MT_CONFIG_FLOAT)
             return MT_FAIL(MT_ERR_INVALID, "--%s %s: %s", o->key, value, why);
+        return MT_FAIL(MT_ERR_INVALID, "--%s '%s': %s", o->key, value, why);
     }
     return MT_OK;
 }

@@ -162,7 +162,7 @@ static void test_errors(void) {
                  NULL);
     expect_error("--fraction 0: out of range (0, 1]", "--fraction", "0", NULL);
     expect_error("--scale nan: not a finite number", "--scale", "nan", NULL);
-    expect_error("--mode fine: not one of scratch|frozen|finetune", "--mode", "fine", NULL);
+    expect_error("--mode 'fine': not one of scratch|frozen|finetune", "--mode", "fine", NULL);
     expect_error("unknown option '--cuont' (did you mean --count?", "--cuont", "3", NULL);
     expect_error("unknown option '--zzzzzz' (see --help)", "--zzzzzz", NULL);
     expect_error("--verbose takes no value", "--verbose=yes", NULL);
