@@ -5,6 +5,8 @@
 
 #include "mobiletune/db_check.h"
 
+#include "config/command_line.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -260,23 +262,50 @@ static mt_status verify_one(const char *path, uint64_t *bad_out) {
     return status;
 }
 
-static bool wants_help(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return true;
-    return false;
+static const cli_spec info_spec = {
+    .program = "mobiletune-pack info",
+    .usage = "DB",
+    .description = "Print the metadata of a packed dataset: DB is the folder mobiletune-pack wrote "
+                   "(one LMDB,\nor the folder of split LMDBs written with --split, each shown).",
+    .positional = true,
+};
+
+static const cli_spec verify_spec = {
+    .program = "mobiletune-pack verify",
+    .usage = "DB",
+    .description = "Check every record of a packed dataset (or of each split under DB): keys "
+                   "numbered without gaps,\nrecord header and CRC, label below the class count, "
+                   "size and encoding as in the metadata,\nJPEG payloads decode, per-class and "
+                   "total counts match the metadata. Exits 1 naming each\nbad key.",
+    .positional = true,
+};
+
+/* The one DB argument of info/verify: 0 with *db set, else the exit code (0 after --help). */
+static int parse_db(const cli_spec *spec, int argc, char **argv, const char **db) {
+    char **positional = NULL;
+    int count = 0;
+    mt_status status = cli_parse(spec, NULL, argc, argv, &positional, &count);
+    *db = status == MT_OK && count == 1 ? positional[0] : NULL;
+    free(positional);
+    if (status == MT_END) return 0;
+    if (status != MT_OK) {
+        fprintf(stderr, "%s: %s\n", spec->program, mt_last_error());
+        return 2;
+    }
+    if (!*db) {
+        cli_print_help(spec, NULL, stderr);
+        return 2;
+    }
+    return 0;
 }
 
 int pack_info_main(int argc, char **argv) {
-    if (wants_help(argc, argv) || argc != 2) {
-        FILE *f = wants_help(argc, argv) ? stdout : stderr;
-        fprintf(f, "usage: mobiletune-pack info DB\n\n"
-                   "Print the metadata of a packed dataset: DB is the folder mobiletune-pack wrote "
-                   "(one LMDB,\nor the folder of split LMDBs written with --split, each shown).\n");
-        return wants_help(argc, argv) ? 0 : 2;
-    }
+    const char *db = NULL;
+    int code = parse_db(&info_spec, argc, argv, &db);
+    if (!db) return code;
     char **dbs;
     int count;
-    mt_status status = find_databases(argv[1], &dbs, &count);
+    mt_status status = find_databases(db, &dbs, &count);
     for (int i = 0; i < count && status == MT_OK; i++)
         status = info_one(dbs[i]);
     free_list(dbs, count);
@@ -288,18 +317,12 @@ int pack_info_main(int argc, char **argv) {
 }
 
 int pack_verify_main(int argc, char **argv) {
-    if (wants_help(argc, argv) || argc != 2) {
-        FILE *f = wants_help(argc, argv) ? stdout : stderr;
-        fprintf(f, "usage: mobiletune-pack verify DB\n\n"
-                   "Check every record of a packed dataset (or of each split under DB): keys "
-                   "numbered without gaps,\nrecord header and CRC, label below the class count, "
-                   "size and encoding as in the metadata,\nJPEG payloads decode, per-class and "
-                   "total counts match the metadata. Exits 1 naming each\nbad key.\n");
-        return wants_help(argc, argv) ? 0 : 2;
-    }
+    const char *db = NULL;
+    int code = parse_db(&verify_spec, argc, argv, &db);
+    if (!db) return code;
     char **dbs;
     int count;
-    mt_status status = find_databases(argv[1], &dbs, &count);
+    mt_status status = find_databases(db, &dbs, &count);
     uint64_t total_bad = 0;
     for (int i = 0; i < count && status == MT_OK; i++) {
         uint64_t bad;

@@ -613,7 +613,7 @@ static void process_job(worker_state *w, const job *j, slot *s) {
     uint8_t *pixels = o->encoded ? w->pixels : s->record + MT_RECORD_HEADER_BYTES;
     const mt_preprocess prep = {.size = o->size,
                                 .resize = o->resize,
-                                .decode = o->tf_decode ? MT_DECODE_FULL_TF : MT_DECODE_SCALED};
+                                .decode = o->tf_decode ? MT_DECODE_MODE_TF : MT_DECODE_MODE_SCALED};
     if (mt_image_preprocess(w->file, size, name, &prep, pixels) != MT_OK) {
         set_reason(s, name, mt_last_error());
         return;

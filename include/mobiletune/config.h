@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "mobiletune/enum_names.h"
 #include "mobiletune/model.h"
 #include "mobiletune/optimizer.h"
 #include "mobiletune/status.h"
@@ -27,16 +28,21 @@ enum {
     MT_CONFIG_MAX_OPTIONS = 96,
 };
 
+/* Each enum option's values are named by one table (mobiletune/enum_names.h), defined by the
+ * module that owns the enum: model.h (mode, bn_mode), optimizer.h (name, schedule), ops.h
+ * (backend) and these, of the config's own enums. */
+
 typedef enum mt_nan_policy {
     MT_NAN_POLICY_STOP = 0, /* stop with a message naming the step */
     MT_NAN_POLICY_SKIP,     /* drop the step's update and go on */
 } mt_nan_policy;
+extern const mt_enum_names mt_nan_policy_names; /* stop|skip */
 
-typedef enum mt_config_backend {
-    MT_CONFIG_BACKEND_REFERENCE = 0,
-    MT_CONFIG_BACKEND_CPU,
-    MT_CONFIG_BACKEND_CUDA,
-} mt_config_backend;
+/* train.backend: ops.h's backend kinds (mt_backend_create_kind), under the config's names. */
+typedef mt_backend_kind mt_config_backend;
+#define MT_CONFIG_BACKEND_REFERENCE MT_BACKEND_KIND_REFERENCE
+#define MT_CONFIG_BACKEND_CPU MT_BACKEND_KIND_CPU
+#define MT_CONFIG_BACKEND_CUDA MT_BACKEND_KIND_CUDA
 
 /* train.comm: how ranks all-reduce (the same order as mt_comm_choice in comm.h). */
 typedef enum mt_config_comm {
@@ -45,6 +51,7 @@ typedef enum mt_config_comm {
     MT_CONFIG_COMM_MPI,
     MT_CONFIG_COMM_NCCL,
 } mt_config_comm;
+extern const mt_enum_names mt_config_comm_names; /* auto|none|mpi|nccl */
 
 typedef enum mt_cache_features {
     MT_CACHE_FEATURES_AUTO = 0, /* frozen mode: cache (both flip views when flips are on; not
@@ -52,6 +59,7 @@ typedef enum mt_cache_features {
     MT_CACHE_FEATURES_ON,       /* the same */
     MT_CACHE_FEATURES_OFF,      /* run the frozen backbone every step */
 } mt_cache_features;
+extern const mt_enum_names mt_cache_features_names; /* auto|on|off */
 
 /* train.precision: the values of mt_compute_precision (ops.h), in the same order. */
 typedef enum mt_precision {
@@ -60,10 +68,10 @@ typedef enum mt_precision {
     MT_PRECISION_BF16,
     MT_PRECISION_FP16,
 } mt_precision;
+extern const mt_enum_names mt_precision_names; /* fp32 */
 
-/* Every option's value. Path fields are absolute, or "" for none. Enum fields hold the index of
- * the value in the option's allowed list (the C enums above and in model.h/optimizer.h follow
- * the same order). */
+/* Every option's value. Path fields are absolute, or "" for none. Enum fields hold the enum's
+ * value, which its name table spells. */
 typedef struct mt_train_config {
     struct {
         char train[MT_CONFIG_PATH_MAX], val[MT_CONFIG_PATH_MAX], test[MT_CONFIG_PATH_MAX];
@@ -120,30 +128,48 @@ typedef struct mt_train_config {
 
 /* ---- the option table --------------------------------------------------------------------- */
 
+/* The same rows describe the options of every command line (src/config/command_line.h): there
+ * `key` is the long option's name, `section` is NULL, the offsets point into the command's own
+ * struct of arguments, and the last three types are for them. */
 typedef enum mt_config_type {
-    MT_CONFIG_INT = 0,
-    MT_CONFIG_FLOAT,
+    MT_CONFIG_INT = 0, /* int, or int64_t when the field has its size */
+    MT_CONFIG_FLOAT,   /* double, or float when the field has its size */
     MT_CONFIG_BOOL,
-    MT_CONFIG_STRING,
-    MT_CONFIG_ENUM,
-    MT_CONFIG_PATH,
+    MT_CONFIG_STRING,    /* copied into a char array of `size` */
+    MT_CONFIG_ENUM,      /* an int holding a value of the enum `names` spells */
+    MT_CONFIG_PATH,      /* made absolute into a char array of `size`; "none" or "" for none */
+    MT_CONFIG_TEXT,      /* a `const char *` pointing at the text given (argv) */
+    MT_CONFIG_TEXT_LIST, /* an mt_config_text_list: each use of the option adds one text */
+    MT_CONFIG_FLAG,      /* no value: sets its bool (or int) to true/1, or with CLEARS false/0 */
 } mt_config_type;
 
 enum {
-    MT_CONFIG_MUST_EXIST = 1 << 0, /* a path: mt_config_check wants it to exist when set */
-    MT_CONFIG_IS_DIR = 1 << 1,     /* ... as a folder (else a regular file) */
+    MT_CONFIG_MUST_EXIST = 1 << 0,   /* a path: mt_config_check wants it to exist when set */
+    MT_CONFIG_IS_DIR = 1 << 1,       /* ... as a folder (else a regular file) */
+    MT_CONFIG_ABOVE_MIN = 1 << 2,    /* a float: the range excludes min, (min, max] */
+    MT_CONFIG_CLEARS = 1 << 3,       /* a flag: sets false/0 (e.g. --no-progress) */
+    MT_CONFIG_HIDE_DEFAULT = 1 << 4, /* --help: the help text says the default in words */
 };
 
+/* The texts a repeated option collected, in order (items: capacity entries, the caller's). */
+typedef struct mt_config_text_list {
+    const char **items;
+    int count, capacity;
+} mt_config_text_list;
+
+/* One row of the table, written with designated initializers; fields left out are 0/NULL. */
 typedef struct mt_config_option {
     const char *section, *key;
     mt_config_type type;
     size_t offset; /* into mt_train_config */
     size_t size;   /* of the field (strings and paths: the capacity) */
     const char *default_text;
-    const char *allowed; /* enum: "a|b|c"; float: an optional list of allowed values */
-    double min, max;     /* int, float: inclusive range */
-    int multiple_of;     /* int: 0 or the required divisor */
+    const mt_enum_names *names; /* enum: the enum's name table */
+    const char *allowed;        /* float: an optional list of allowed values, "0.5|1.0" */
+    double min, max;            /* int, float: inclusive range */
+    int multiple_of;            /* int: 0 or the required divisor */
     unsigned flags;
+    const char *metavar; /* command lines: what the value is in --help, "N", "FILE" */
     const char *help;
 } mt_config_option;
 

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mobiletune/enum_names.h"
 #include "mobiletune/status.h"
 
 #ifdef __cplusplus
@@ -51,6 +52,14 @@ uint64_t mt_image_max_pixels(void);
  * image_dataset_from_directory). Slower than a scaled decode. No effect on PNG. */
 #define MT_DECODE_TF (-1)
 
+/* The --decode option of pack, predict and features: a scaled decode (min_side_hint = the output
+ * side: DCT scaling, fast) or TensorFlow's pixels at full size (MT_DECODE_TF). */
+typedef enum mt_decode_mode {
+    MT_DECODE_MODE_SCALED = 0,
+    MT_DECODE_MODE_TF,
+} mt_decode_mode;
+extern const mt_enum_names mt_decode_mode_names; /* scaled|tf */
+
 /* Decode a JPEG or PNG held in memory to RGB: grayscale, palette, CMYK/YCCK (plain and Adobe
  * inverted), 16-bit and alpha (dropped) all become 8-bit RGB, and the EXIF orientation is applied.
  * `name` only appears in error messages. `min_side_hint` > 0 lets a JPEG decode at a reduced
@@ -81,20 +90,15 @@ mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, ui
  * the loader's (mt_shard_rotation). */
 void mt_image_rotate(const uint8_t *src, int height, int width, double angle, float *dst);
 
-/* "stretch" / "center-crop" / "pad" <-> mode. */
+/* "stretch" / "center-crop" / "pad" <-> mode (the --resize option of pack, predict, features). */
+extern const mt_enum_names mt_resize_mode_names;
 mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out);
 const char *mt_resize_mode_name(mt_resize_mode mode);
 
 /* ---- file -> stored pixels: the one preprocessing of mobiletune-pack, predict and features ----
  */
 
-/* How a JPEG is decoded before the resize (--decode): */
-typedef enum mt_decode_mode {
-    MT_DECODE_SCALED = 0, /* "scaled": DCT scaling with the output side as the hint (fast) */
-    MT_DECODE_FULL_TF,    /* "tf": full size, TensorFlow's pixels (MT_DECODE_TF above) */
-} mt_decode_mode;
-
-/* "scaled" / "tf" <-> mode. */
+/* "scaled" / "tf" <-> mode (mt_decode_mode above). */
 mt_status mt_decode_mode_parse(const char *text, mt_decode_mode *out);
 const char *mt_decode_mode_name(mt_decode_mode mode);
 

@@ -32,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mobiletune/enum_names.h"
 #include "mobiletune/ops.h"
 #include "mobiletune/status.h"
 
@@ -91,6 +92,10 @@ typedef struct mt_model_config {
 /* alpha 1.0, 160, 2 classes, dropout 0.2, scratch, fine_tune_at 100, BN auto, BN momentum 0.999,
  * batch 32. */
 mt_model_config mt_model_config_default(void);
+
+/* The names of the modes (the config's model.mode and model.bn_mode, `summary --mode/--bn`). */
+extern const mt_enum_names mt_train_mode_names; /* scratch|frozen|finetune */
+extern const mt_enum_names mt_bn_mode_names;    /* auto|trainable|inference */
 
 mt_status mt_train_mode_parse(const char *text, mt_train_mode *out); /* scratch|frozen|finetune */
 const char *mt_train_mode_name(mt_train_mode mode);

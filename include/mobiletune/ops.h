@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mobiletune/enum_names.h"
 #include "mobiletune/status.h"
 
 #ifdef __cplusplus
@@ -422,9 +423,21 @@ struct mt_backend {
     mt_backend_options options;
 };
 
-/* "reference", "cpu", "cuda" (when built with CUDA). Error lists the available names. */
+/* Every backend mobiletune knows, whether this build has it or not (train.backend's values). */
+typedef enum mt_backend_kind {
+    MT_BACKEND_KIND_REFERENCE = 0, /* plain C, the truth */
+    MT_BACKEND_KIND_CPU,           /* oneDNN */
+    MT_BACKEND_KIND_CUDA,          /* cuDNN and our kernels, in the cuda module */
+} mt_backend_kind;
+extern const mt_enum_names mt_backend_kind_names; /* reference|cpu|cuda */
+
+/* "reference", "cpu", "cuda" (when built with CUDA), ignoring case. Error lists the available
+ * names. */
 mt_status mt_backend_create(const char *name, const mt_backend_options *options,
                             mt_backend **out);
+/* The same by kind (the config's train.backend). */
+mt_status mt_backend_create_kind(mt_backend_kind kind, const mt_backend_options *options,
+                                 mt_backend **out);
 void mt_backend_destroy(mt_backend *backend);
 /* Names of the backends compiled in, NULL-terminated. */
 const char *const *mt_backend_names(void);

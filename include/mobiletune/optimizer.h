@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "mobiletune/ops.h"
+#include "mobiletune/enum_names.h"
 #include "mobiletune/status.h"
 
 #ifdef __cplusplus
@@ -33,6 +34,7 @@ typedef enum mt_optimizer_kind {
     MT_OPTIMIZER_SGD,
     MT_OPTIMIZER_ADAM,
 } mt_optimizer_kind;
+extern const mt_enum_names mt_optimizer_kind_names; /* rmsprop|sgd|adam: optimizer.name */
 
 typedef struct mt_optimizer_params {
     mt_optimizer_kind kind;
@@ -123,6 +125,7 @@ typedef enum mt_lr_schedule_kind {
     MT_LR_COSINE, /* base * (f + (1-f) * (1 + cos(pi * min(1, (step-warmup)/(total-warmup))))/2) */
 } mt_lr_schedule_kind;
 
+extern const mt_enum_names mt_lr_schedule_kind_names; /* constant|step|cosine */
 const char *mt_lr_schedule_kind_name(mt_lr_schedule_kind kind);
 
 typedef struct mt_lr_schedule {

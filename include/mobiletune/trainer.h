@@ -74,11 +74,14 @@ typedef struct mt_eval_result {
 mt_status mt_evaluate(mt_model *model, const char *db, mt_comm *comm, int threads,
                       mt_eval_result *result);
 
+/* mt_checkpoint_open_model's backend: the one the checkpoint's run trained on. */
+enum { MT_BACKEND_OF_CHECKPOINT = -1 };
+
 /* A model for inference from a training checkpoint: the [model] options and class names come
- * from the checkpoint's metadata, the weights from its tensors. `backend_name` NULL means the
- * checkpoint's train.backend. class_names (may be NULL) gets a malloc'd array of
- * model classes malloc'd strings (free each, then the array). */
-mt_status mt_checkpoint_open_model(const char *path, const char *backend_name, int batch_size,
+ * from the checkpoint's metadata, the weights from its tensors. `backend` is an mt_backend_kind,
+ * or MT_BACKEND_OF_CHECKPOINT for the checkpoint's train.backend. class_names (may be NULL) gets
+ * a malloc'd array of model classes malloc'd strings (free each, then the array). */
+mt_status mt_checkpoint_open_model(const char *path, int backend_kind, int batch_size,
                                    mt_backend **backend, mt_model **model, char ***class_names);
 
 #ifdef __cplusplus

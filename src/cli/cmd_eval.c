@@ -37,34 +37,64 @@ static mt_status check_classes(const char *checkpoint, char **names, int classes
     return MT_OK;
 }
 
+typedef struct eval_args {
+    const char *checkpoint, *db;
+    mt_backend_kind backend;
+    int batch_size, threads;
+} eval_args;
+
+#define ARG(f) CLI_FIELD(eval_args, f)
+static const mt_config_option eval_options[] = {
+    {.key = "checkpoint",
+     .type = MT_CONFIG_TEXT,
+     ARG(checkpoint),
+     .metavar = "FILE",
+     .help = "a training checkpoint (.safetensors)"},
+    {.key = "db",
+     .type = MT_CONFIG_TEXT,
+     ARG(db),
+     .metavar = "DB",
+     .help = "a packed split (mobiletune-pack output)"},
+    {.key = "backend",
+     .type = MT_CONFIG_ENUM,
+     ARG(backend),
+     .names = &mt_backend_kind_names,
+     .metavar = "NAME",
+     .help = "compute backend"},
+    {.key = "batch-size",
+     .type = MT_CONFIG_INT,
+     ARG(batch_size),
+     .min = 1,
+     .max = 65536,
+     .metavar = "N",
+     .help = "images per forward pass"},
+    {.key = "threads",
+     .type = MT_CONFIG_INT,
+     ARG(threads),
+     .metavar = "N",
+     .help = "loader threads"},
+};
+#undef ARG
+
+static const cli_spec eval_spec = {
+    .program = "mobiletune eval",
+    .usage = "--checkpoint FILE --db DB [--backend NAME] [--batch-size N]",
+    .description = "Loss, accuracy and confusion matrix of a trained model on a packed split, "
+                   "every image once\n(across all ranks when started by mpirun).",
+    .options = eval_options,
+    .option_count = sizeof eval_options / sizeof eval_options[0],
+};
+
 int mt_cmd_eval(int argc, char **argv) {
-    const char *checkpoint = NULL, *db = NULL, *backend_name = "cpu";
-    int batch_size = 32, threads = 2;
-    const cli_option options[] = {
-        {"checkpoint", CLI_STRING, &checkpoint, "FILE", "a training checkpoint (.safetensors)"},
-        {"db", CLI_STRING, &db, "DB", "a packed split (mobiletune-pack output)"},
-        {"backend", CLI_STRING, &backend_name, "NAME", "reference, cpu or cuda"},
-        {"batch-size", CLI_INT, &batch_size, "N", "images per forward pass"},
-        {"threads", CLI_INT, &threads, "N", "loader threads"},
-    };
-    const cli_spec spec = {
-        .command = "eval",
-        .usage = "--checkpoint FILE --db DB [--backend NAME] [--batch-size N]",
-        .description = "Loss, accuracy and confusion matrix of a trained model on a packed split, "
-                       "every image once\n(across all ranks when started by mpirun).",
-        .options = options,
-        .option_count = sizeof options / sizeof options[0],
-    };
+    eval_args args = {.backend = MT_BACKEND_KIND_CPU, .batch_size = 32, .threads = 2};
     char **positional = NULL;
     int positional_count = 0;
-    mt_status status = cli_parse(&spec, argc, argv, &positional, &positional_count);
+    mt_status status = cli_parse(&eval_spec, &args, argc, argv, &positional, &positional_count);
     free(positional);
     if (status == MT_END) return CLI_EXIT_OK;
+    const char *checkpoint = args.checkpoint, *db = args.db;
     if (status == MT_OK && (!checkpoint || !db))
         status = MT_FAIL(MT_ERR_INVALID, "--checkpoint and --db are both needed (see --help)");
-    if (status == MT_OK && batch_size < 1)
-        status = MT_FAIL(MT_ERR_INVALID, "--batch-size %d: give at least 1 image per forward pass",
-                         batch_size);
     if (status != MT_OK) return cli_fail("eval", status);
 
     mt_comm *comm = NULL;
@@ -75,11 +105,11 @@ int mt_cmd_eval(int argc, char **argv) {
     status = mt_comm_init(&argc, &argv, &comm);
     if (status == MT_OK) status = mt_file_check_regular(checkpoint, "checkpoint");
     if (status == MT_OK)
-        status = mt_checkpoint_open_model(checkpoint, backend_name, batch_size, &backend, &model,
-                                          &names);
+        status = mt_checkpoint_open_model(checkpoint, args.backend, args.batch_size, &backend,
+                                          &model, &names);
     int classes = model ? mt_model_get_layout(model)->config.classes : 0;
     if (status == MT_OK) status = check_classes(checkpoint, names, classes, db);
-    if (status == MT_OK) status = mt_evaluate(model, db, comm, threads, &result);
+    if (status == MT_OK) status = mt_evaluate(model, db, comm, args.threads, &result);
     if (status == MT_OK && mt_comm_get_info(comm).rank == 0) {
         printf("%s on %s: %lld images, loss %.4f, accuracy %.4f\n", checkpoint, db,
                (long long)result.count, result.loss, result.accuracy);
@@ -115,39 +145,73 @@ static mt_status load_input(const char *path, const mt_preprocess *prep, float *
     return status;
 }
 
+typedef struct predict_args {
+    const char *checkpoint;
+    mt_backend_kind backend;
+    mt_resize_mode resize;
+    mt_decode_mode decode;
+    int digits;
+} predict_args;
+
+#define ARG(f) CLI_FIELD(predict_args, f)
+static const mt_config_option predict_options[] = {
+    {.key = "checkpoint",
+     .type = MT_CONFIG_TEXT,
+     ARG(checkpoint),
+     .metavar = "FILE",
+     .help = "a training checkpoint (.safetensors)"},
+    {.key = "backend",
+     .type = MT_CONFIG_ENUM,
+     ARG(backend),
+     .names = &mt_backend_kind_names,
+     .metavar = "NAME",
+     .help = "compute backend"},
+    {.key = "resize",
+     .type = MT_CONFIG_ENUM,
+     ARG(resize),
+     .names = &mt_resize_mode_names,
+     .metavar = "MODE",
+     .help = "the mode the training data was packed with"},
+    {.key = "decode",
+     .type = MT_CONFIG_ENUM,
+     ARG(decode),
+     .names = &mt_decode_mode_names,
+     .metavar = "MODE",
+     .help = "the JPEG decode the training data was packed with"},
+    {.key = "digits",
+     .type = MT_CONFIG_INT,
+     ARG(digits),
+     .min = 1,
+     .max = 17,
+     .metavar = "N",
+     .help = "decimals of each probability"},
+};
+#undef ARG
+
+static const cli_spec predict_spec = {
+    .program = "mobiletune predict",
+    .usage = "--checkpoint FILE [--resize MODE] [--decode MODE] IMAGE...",
+    .description = "Class probabilities of each image (JPEG or PNG), one line per image: the "
+                   "path, the\npredicted class, then every class with its probability.",
+    .options = predict_options,
+    .option_count = sizeof predict_options / sizeof predict_options[0],
+    .positional = true,
+};
+
 int mt_cmd_predict(int argc, char **argv) {
-    const char *checkpoint = NULL, *backend_name = "cpu", *resize = "stretch", *decode = "scaled";
-    int digits = 4;
-    const cli_option options[] = {
-        {"checkpoint", CLI_STRING, &checkpoint, "FILE", "a training checkpoint (.safetensors)"},
-        {"backend", CLI_STRING, &backend_name, "NAME", "reference, cpu or cuda"},
-        {"resize", CLI_STRING, &resize, "MODE",
-         "stretch, center-crop or pad: the mode the training data was packed with"},
-        {"decode", CLI_STRING, &decode, "MODE",
-         "scaled or tf: the JPEG decode the training data was packed with"},
-        {"digits", CLI_INT, &digits, "N", "decimals of each probability (1..17)"},
-    };
-    const cli_spec spec = {
-        .command = "predict",
-        .usage = "--checkpoint FILE [--resize MODE] [--decode MODE] IMAGE...",
-        .description = "Class probabilities of each image (JPEG or PNG), one line per image: the "
-                       "path, the\npredicted class, then every class with its probability.",
-        .options = options,
-        .option_count = sizeof options / sizeof options[0],
-        .positional = true,
-    };
+    predict_args args = {.backend = MT_BACKEND_KIND_CPU, .resize = MT_RESIZE_STRETCH, .digits = 4};
     char **images = NULL;
     int image_count = 0;
-    mt_status status = cli_parse(&spec, argc, argv, &images, &image_count);
-    if (status == MT_END) return CLI_EXIT_OK;
-    mt_preprocess prep = {0};
+    mt_status status = cli_parse(&predict_spec, &args, argc, argv, &images, &image_count);
+    if (status == MT_END) {
+        free(images);
+        return CLI_EXIT_OK;
+    }
+    const char *checkpoint = args.checkpoint;
+    mt_preprocess prep = {.resize = args.resize, .decode = args.decode};
+    const int digits = args.digits;
     if (status == MT_OK && (!checkpoint || image_count == 0))
         status = MT_FAIL(MT_ERR_INVALID, "--checkpoint and at least one image are needed");
-    if (status == MT_OK) status = mt_resize_mode_parse(resize, &prep.resize);
-    if (status == MT_OK && mt_decode_mode_parse(decode, &prep.decode) != MT_OK)
-        status = mt_error_context(MT_ERR_INVALID, "--decode");
-    if (status == MT_OK && (digits < 1 || digits > 17))
-        status = MT_FAIL(MT_ERR_INVALID, "--digits %d is not in 1..17", digits);
     if (status != MT_OK) {
         free(images);
         return cli_fail("predict", status);
@@ -157,7 +221,7 @@ int mt_cmd_predict(int argc, char **argv) {
     char **names = NULL;
     status = mt_file_check_regular(checkpoint, "checkpoint");
     if (status == MT_OK)
-        status = mt_checkpoint_open_model(checkpoint, backend_name, 1, &backend, &model, &names);
+        status = mt_checkpoint_open_model(checkpoint, args.backend, 1, &backend, &model, &names);
     const mt_model_layout *layout = model ? mt_model_get_layout(model) : NULL;
     const int classes = layout ? layout->config.classes : 0;
     const int size = layout ? layout->config.input_size : 0;

@@ -105,51 +105,87 @@ static mt_status export_keras(mt_model *model, const char *format, const char *o
     return status;
 }
 
+typedef enum export_format { EXPORT_ONNX = 0, EXPORT_KERAS, EXPORT_TFLITE } export_format;
+static const char *const export_format_names_[] = {
+    [EXPORT_ONNX] = "onnx", [EXPORT_KERAS] = "keras", [EXPORT_TFLITE] = "tflite"};
+static const mt_enum_names export_format_names = MT_ENUM_NAMES(export_format_names_);
+
+typedef struct export_args {
+    const char *checkpoint, *output, *int8_db;
+    int format; /* an export_format; -1 until given */
+    bool overwrite;
+} export_args;
+
+#define ARG(f) CLI_FIELD(export_args, f)
+static const mt_config_option export_options[] = {
+    {.key = "checkpoint",
+     .type = MT_CONFIG_TEXT,
+     ARG(checkpoint),
+     .metavar = "FILE",
+     .help = "a training checkpoint (.safetensors)"},
+    {.key = "format",
+     .type = MT_CONFIG_ENUM,
+     ARG(format),
+     .names = &export_format_names,
+     .metavar = "NAME",
+     .help = "the runtime's format (keras: a .keras file)"},
+    {.key = "output",
+     .type = MT_CONFIG_TEXT,
+     ARG(output),
+     .metavar = "FILE",
+     .help = "the file to write"},
+    {.key = "overwrite",
+     .type = MT_CONFIG_FLAG,
+     ARG(overwrite),
+     .help = "replace FILE when it exists"},
+    {.key = "int8-db",
+     .type = MT_CONFIG_TEXT,
+     ARG(int8_db),
+     .metavar = "DB",
+     .help = "tflite: quantize to int8, calibrated on this packed split (its accuracy is printed)"},
+};
+#undef ARG
+
+static const cli_spec export_spec = {
+    .program = "mobiletune export",
+    .usage = "--checkpoint FILE --format onnx|keras|tflite --output FILE [--overwrite] "
+             "[--int8-db DB]",
+    .description = "Write the whole classifier (input NHWC float32 RGB in [-1, 1], output "
+                   "class probabilities)\nfor another runtime: onnx (opset 13, written here), "
+                   "keras (a Keras 3 .keras file) or tflite\n(float32, TensorFlow's "
+                   "converter); keras and tflite run scripts/export_keras.py with the\n"
+                   "project's .venv (MOBILETUNE_PYTHON overrides it). docs/deploy.md.",
+    .options = export_options,
+    .option_count = sizeof export_options / sizeof export_options[0],
+};
+
 int mt_cmd_export(int argc, char **argv) {
-    const char *checkpoint = NULL, *format = NULL, *output = NULL, *int8_db = NULL;
-    bool overwrite = false;
-    const cli_option options[] = {
-        {"checkpoint", CLI_STRING, &checkpoint, "FILE", "a training checkpoint (.safetensors)"},
-        {"format", CLI_STRING, &format, "NAME", "onnx, keras (.keras file) or tflite"},
-        {"output", CLI_STRING, &output, "FILE", "the file to write"},
-        {"overwrite", CLI_FLAG, &overwrite, NULL, "replace FILE when it exists"},
-        {"int8-db", CLI_STRING, &int8_db, "DB",
-         "tflite: quantize to int8, calibrated on this packed split (its accuracy is printed)"},
-    };
-    const cli_spec spec = {
-        .command = "export",
-        .usage = "--checkpoint FILE --format onnx|keras|tflite --output FILE [--overwrite] "
-                 "[--int8-db DB]",
-        .description = "Write the whole classifier (input NHWC float32 RGB in [-1, 1], output "
-                       "class probabilities)\nfor another runtime: onnx (opset 13, written here), "
-                       "keras (a Keras 3 .keras file) or tflite\n(float32, TensorFlow's "
-                       "converter); keras and tflite run scripts/export_keras.py with the\n"
-                       "project's .venv (MOBILETUNE_PYTHON overrides it). docs/deploy.md.",
-        .options = options,
-        .option_count = sizeof options / sizeof options[0],
-    };
+    export_args args = {.format = -1};
     char **positional = NULL;
     int positional_count = 0;
-    mt_status status = cli_parse(&spec, argc, argv, &positional, &positional_count);
+    mt_status status = cli_parse(&export_spec, &args, argc, argv, &positional, &positional_count);
     free(positional);
     if (status == MT_END) return CLI_EXIT_OK;
-    if (status == MT_OK && (!checkpoint || !format || !output))
+    const char *checkpoint = args.checkpoint, *output = args.output, *int8_db = args.int8_db;
+    /* the name the converter script takes */
+    const char *format = mt_enum_name(&export_format_names, args.format);
+    if (status == MT_OK && (!checkpoint || args.format < 0 || !output))
         status = MT_FAIL(MT_ERR_INVALID, "--checkpoint, --format and --output are all needed "
-                         "(see --help)");
-    const bool onnx = status == MT_OK && strcmp(format, "onnx") == 0;
-    if (status == MT_OK && !onnx && strcmp(format, "keras") != 0 && strcmp(format, "tflite") != 0)
-        status = MT_FAIL(MT_ERR_INVALID, "--format '%s' is not one of: onnx, keras, tflite", format);
-    if (status == MT_OK && int8_db && strcmp(format, "tflite") != 0)
+                                         "(see --help)");
+    const bool onnx = status == MT_OK && args.format == EXPORT_ONNX;
+    if (status == MT_OK && int8_db && args.format != EXPORT_TFLITE)
         status = MT_FAIL(MT_ERR_INVALID, "--int8-db is for --format tflite only");
     const size_t length = output ? strlen(output) : 0;
-    if (status == MT_OK && strcmp(format, "keras") == 0 &&
+    if (status == MT_OK && args.format == EXPORT_KERAS &&
         (length < 6 || strcmp(output + length - 6, ".keras") != 0))
         status = MT_FAIL(MT_ERR_INVALID, "--output '%s': a Keras file's name ends in .keras "
                          "(Keras 3 reads the format from it)", output);
     struct stat info;
-    if (status == MT_OK && !overwrite && stat(output, &info) == 0)
-        status = MT_FAIL(MT_ERR_INVALID, "'%s' exists: pass --overwrite to replace it, or "
-                         "choose another --output", output);
+    if (status == MT_OK && !args.overwrite && stat(output, &info) == 0)
+        status = MT_FAIL(MT_ERR_INVALID,
+                         "'%s' exists: pass --overwrite to replace it, or "
+                         "choose another --output",
+                         output);
     if (status != MT_OK) return cli_fail("export", status);
 
     mt_backend *backend = NULL;
@@ -157,7 +193,8 @@ int mt_cmd_export(int argc, char **argv) {
     char **names = NULL;
     bool said = false; /* the converter printed the error itself */
     /* no arithmetic happens here: the reference backend only holds the weights */
-    status = mt_checkpoint_open_model(checkpoint, "reference", 1, &backend, &model, &names);
+    status = mt_checkpoint_open_model(checkpoint, MT_BACKEND_KIND_REFERENCE, 1, &backend, &model,
+                                      &names);
     const mt_model_layout *layout = model ? mt_model_get_layout(model) : NULL;
     const int classes = layout ? layout->config.classes : 0;
     if (status == MT_OK)

@@ -94,61 +94,116 @@ static mt_status run_db(features_run *r, const char *path) {
     return status;
 }
 
+typedef struct features_args {
+    mt_model_config model;
+    const char *weights, *db, *output;
+    mt_backend_kind backend;
+    int threads;
+    mt_resize_mode resize;
+    mt_decode_mode decode;
+    bool binary;
+} features_args;
+
+#define ARG(f) CLI_FIELD(features_args, f)
+static const mt_config_option features_options[] = {
+    {.key = "weights",
+     .type = MT_CONFIG_TEXT,
+     ARG(weights),
+     .metavar = "FILE",
+     .help = "Keras HDF5 weights of the backbone (required)"},
+    {.key = "alpha",
+     .type = MT_CONFIG_FLOAT,
+     ARG(model.alpha),
+     .metavar = "A",
+     .help = "width multiplier the weights were saved with"},
+    {.key = "size",
+     .type = MT_CONFIG_INT,
+     ARG(model.input_size),
+     .metavar = "S",
+     .help = "input side, a multiple of 32 (0: the database's, else 160)"},
+    {.key = "backend",
+     .type = MT_CONFIG_ENUM,
+     ARG(backend),
+     .names = &mt_backend_kind_names,
+     .metavar = "NAME",
+     .help = "compute backend"},
+    {.key = "threads",
+     .type = MT_CONFIG_INT,
+     ARG(threads),
+     .metavar = "T",
+     .help = "CPU threads (0: all cores)"},
+    {.key = "batch",
+     .type = MT_CONFIG_INT,
+     ARG(model.batch_size),
+     .metavar = "B",
+     .help = "images per forward pass"},
+    {.key = "resize",
+     .type = MT_CONFIG_ENUM,
+     ARG(resize),
+     .names = &mt_resize_mode_names,
+     .metavar = "MODE",
+     .help = "image files: as the packer's --resize"},
+    {.key = "decode",
+     .type = MT_CONFIG_ENUM,
+     ARG(decode),
+     .names = &mt_decode_mode_names,
+     .metavar = "MODE",
+     .help = "image files: as the packer's --decode"},
+    {.key = "db",
+     .type = MT_CONFIG_TEXT,
+     ARG(db),
+     .metavar = "DB",
+     .help = "a packed dataset (LMDB folder) instead of image files"},
+    {.key = "output",
+     .type = MT_CONFIG_TEXT,
+     ARG(output),
+     .metavar = "FILE",
+     .help = "write here instead of standard output"},
+    {.key = "binary",
+     .type = MT_CONFIG_FLAG,
+     ARG(binary),
+     .help = "write raw float32 rows (N x features, host byte order), no names"},
+};
+#undef ARG
+
+static const cli_spec features_spec = {
+    .program = "mobiletune features",
+    .usage = "--weights FILE [--alpha A] [--size S] [--backend NAME] [--output FILE "
+             "[--binary]] (IMAGE... | --db DB)",
+    .description =
+        "Run the backbone in inference mode and write the globally average-pooled features\n"
+        "(1280 per image up to alpha 1.0) of each image: one line per image, its name then\n"
+        "the values, or with --binary a raw float32 matrix in input order. Pixels are\n"
+        "scaled to [-1, 1] as Keras' mobilenet_v2.preprocess_input does.",
+    .options = features_options,
+    .option_count = sizeof features_options / sizeof features_options[0],
+    .positional = true,
+};
+
 int mt_cmd_features(int argc, char **argv) {
-    mt_model_config config = mt_model_config_default();
-    config.input_size = 0;
-    config.dropout = 0.0f;
-    const char *weights = NULL, *backend_name = "cpu", *db = NULL, *output = NULL;
-    const char *resize_name = "stretch", *decode = "scaled";
-    int threads = 0;
-    bool binary = false;
-    const cli_option options[] = {
-        {"weights", CLI_STRING, &weights, "FILE", "Keras HDF5 weights of the backbone (required)"},
-        {"alpha", CLI_FLOAT, &config.alpha, "A", "width multiplier the weights were saved with"},
-        {"size", CLI_INT, &config.input_size, "S",
-         "input side, a multiple of 32 (0: the database's, else 160)"},
-        {"backend", CLI_STRING, &backend_name, "NAME", "reference or cpu"},
-        {"threads", CLI_INT, &threads, "T", "CPU threads (0: all cores)"},
-        {"batch", CLI_INT, &config.batch_size, "B", "images per forward pass"},
-        {"resize", CLI_STRING, &resize_name, "MODE",
-         "image files: stretch, center-crop or pad (as the packer's --resize)"},
-        {"decode", CLI_STRING, &decode, "MODE",
-         "image files: scaled or tf (as the packer's --decode)"},
-        {"db", CLI_STRING, &db, "DB", "a packed dataset (LMDB folder) instead of image files"},
-        {"output", CLI_STRING, &output, "FILE", "write here instead of standard output"},
-        {"binary", CLI_FLAG, &binary, NULL,
-         "write raw float32 rows (N x features, host byte order), no names"},
-    };
-    const cli_spec spec = {
-        .command = "features",
-        .usage = "--weights FILE [--alpha A] [--size S] [--backend NAME] [--output FILE "
-                 "[--binary]] (IMAGE... | --db DB)",
-        .description =
-            "Run the backbone in inference mode and write the globally average-pooled features\n"
-            "(1280 per image up to alpha 1.0) of each image: one line per image, its name then\n"
-            "the values, or with --binary a raw float32 matrix in input order. Pixels are\n"
-            "scaled to [-1, 1] as Keras' mobilenet_v2.preprocess_input does.",
-        .options = options,
-        .option_count = sizeof options / sizeof options[0],
-        .positional = true,
-    };
+    features_args args = {.model = mt_model_config_default(),
+                          .backend = MT_BACKEND_KIND_CPU,
+                          .resize = MT_RESIZE_STRETCH,
+                          .decode = MT_DECODE_MODE_SCALED};
+    args.model.input_size = 0;
+    args.model.dropout = 0.0f;
     char **files = NULL;
     int file_count = 0;
-    mt_status status = cli_parse(&spec, argc, argv, &files, &file_count);
+    mt_status status = cli_parse(&features_spec, &args, argc, argv, &files, &file_count);
     if (status == MT_END) {
         free(files);
         return CLI_EXIT_OK;
     }
-    mt_preprocess prep = {0};
+    mt_preprocess prep = {.resize = args.resize, .decode = args.decode};
+    mt_model_config config = args.model;
+    const char *weights = args.weights, *db = args.db, *output = args.output;
+    const bool binary = args.binary;
     if (status == MT_OK && !weights)
         status = MT_FAIL(MT_ERR_INVALID, "--weights FILE is required (a Keras .h5 file)");
     if (status == MT_OK && (file_count > 0) == (db != NULL))
         status = MT_FAIL(MT_ERR_INVALID, "give either image files or --db DB (see --help)");
     if (status == MT_OK && binary && !output)
         status = MT_FAIL(MT_ERR_INVALID, "--binary needs --output FILE");
-    if (status == MT_OK) status = mt_resize_mode_parse(resize_name, &prep.resize);
-    if (status == MT_OK && mt_decode_mode_parse(decode, &prep.decode) != MT_OK)
-        status = mt_error_context(MT_ERR_INVALID, "--decode");
     if (status == MT_OK && config.input_size == 0) {
         config.input_size = 160;
         if (db) {
@@ -165,8 +220,8 @@ int mt_cmd_features(int argc, char **argv) {
 
     mt_backend *backend = NULL;
     features_run run = {.binary = binary, .out = stdout};
-    mt_backend_options backend_options = {.num_threads = threads};
-    status = mt_backend_create(backend_name, &backend_options, &backend);
+    mt_backend_options backend_options = {.num_threads = args.threads};
+    status = mt_backend_create_kind(args.backend, &backend_options, &backend);
     if (status == MT_OK) status = mt_model_create(backend, &config, 0, &run.model);
     if (status == MT_OK) status = mt_model_load_keras(run.model, weights);
     if (status == MT_OK) {

@@ -56,49 +56,70 @@ static void print_tensors(const mt_model_layout *layout) {
     }
 }
 
+typedef struct summary_args {
+    mt_model_config model;
+    bool tensors;
+} summary_args;
+
+#define ARG(f) CLI_FIELD(summary_args, f)
+static const mt_config_option summary_options[] = {
+    {.key = "alpha",
+     .type = MT_CONFIG_FLOAT,
+     ARG(model.alpha),
+     .metavar = "A",
+     .help = "width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4"},
+    {.key = "size",
+     .type = MT_CONFIG_INT,
+     ARG(model.input_size),
+     .metavar = "S",
+     .help = "input side in pixels, a multiple of 32"},
+    {.key = "classes",
+     .type = MT_CONFIG_INT,
+     ARG(model.classes),
+     .metavar = "C",
+     .help = "classes of the head (2: one sigmoid logit)"},
+    {.key = "mode",
+     .type = MT_CONFIG_ENUM,
+     ARG(model.mode),
+     .names = &mt_train_mode_names,
+     .metavar = "MODE",
+     .help = "what trains"},
+    {.key = "fine-tune-at",
+     .type = MT_CONFIG_INT,
+     ARG(model.fine_tune_at),
+     .metavar = "K",
+     .help = "finetune: first trainable Keras layer index"},
+    {.key = "bn",
+     .type = MT_CONFIG_ENUM,
+     ARG(model.bn_mode),
+     .names = &mt_bn_mode_names,
+     .metavar = "BN",
+     .help = "BN during training, trainable: with batch statistics"},
+    {.key = "tensors",
+     .type = MT_CONFIG_FLAG,
+     ARG(tensors),
+     .help = "also list every parameter tensor with its buffer and offset"},
+};
+
+static const cli_spec summary_spec = {
+    .program = "mobiletune summary",
+    .usage = "[--alpha A] [--size S] [--classes C] [--mode MODE] [--fine-tune-at K]",
+    .description = "Print Keras' MobileNetV2(include_top=False) layer by layer with Keras' "
+                   "indices and names,\nthen the head (pooling, dropout, dense), and the "
+                   "parameter totals of the training mode.",
+    .options = summary_options,
+    .option_count = sizeof summary_options / sizeof summary_options[0],
+};
+
 int mt_cmd_summary(int argc, char **argv) {
-    mt_model_config config = mt_model_config_default();
-    const char *mode = "scratch";
-    const char *bn = "auto";
-    bool tensors = false;
-    const cli_option options[] = {
-        {"alpha", CLI_FLOAT, &config.alpha, "A",
-         "width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4"},
-        {"size", CLI_INT, &config.input_size, "S", "input side in pixels, a multiple of 32"},
-        {"classes", CLI_INT, &config.classes, "C", "classes of the head (2: one sigmoid logit)"},
-        {"mode", CLI_STRING, &mode, "MODE", "scratch, frozen or finetune"},
-        {"fine-tune-at", CLI_INT, &config.fine_tune_at, "K",
-         "finetune: first trainable Keras layer index"},
-        {"bn", CLI_STRING, &bn, "BN",
-         "BN during training: auto, trainable (batch statistics) or inference"},
-        {"tensors", CLI_FLAG, &tensors, NULL,
-         "also list every parameter tensor with its buffer and offset"},
-    };
-    const cli_spec spec = {
-        .command = "summary",
-        .usage = "[--alpha A] [--size S] [--classes C] [--mode MODE] [--fine-tune-at K]",
-        .description = "Print Keras' MobileNetV2(include_top=False) layer by layer with Keras' "
-                       "indices and names,\nthen the head (pooling, dropout, dense), and the "
-                       "parameter totals of the training mode.",
-        .options = options,
-        .option_count = sizeof options / sizeof options[0],
-    };
+    summary_args args = {.model = mt_model_config_default()};
     char **positional = NULL;
     int positional_count = 0;
-    mt_status status = cli_parse(&spec, argc, argv, &positional, &positional_count);
+    mt_status status = cli_parse(&summary_spec, &args, argc, argv, &positional, &positional_count);
     free(positional);
     if (status == MT_END) return CLI_EXIT_OK;
-    if (status == MT_OK) status = mt_train_mode_parse(mode, &config.mode);
-    if (status == MT_OK) {
-        if (strcmp(bn, "auto") == 0)
-            config.bn_mode = MT_BN_AUTO;
-        else if (strcmp(bn, "trainable") == 0)
-            config.bn_mode = MT_BN_TRAINABLE;
-        else if (strcmp(bn, "inference") == 0)
-            config.bn_mode = MT_BN_INFERENCE;
-        else
-            status = MT_FAIL(MT_ERR_INVALID, "--bn '%s' is not auto, trainable or inference", bn);
-    }
+    const mt_model_config config = args.model;
+    const bool tensors = args.tensors;
     mt_model_layout *layout = NULL;
     if (status == MT_OK) status = mt_model_layout_create(&config, &layout);
     if (status != MT_OK) return cli_fail("summary", status);

@@ -10,19 +10,57 @@
 #include "mobiletune/files.h"
 #include "mobiletune/trainer.h"
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: mobiletune train --config FILE [--set SECTION.KEY=VALUE]... [--resume auto|PATH]\n"
-            "                        [--allow-changes] [--no-progress]\n\n"
-            "Train MobileNetV2 as the config says: one process, or one rank per MPI process when\n"
-            "started by mpirun/srun (launch/). --resume auto continues from the run folder's\n"
-            "last checkpoint when it has one; a resume with options changed since the checkpoint\n"
-            "(seed, learning rate, ...) is refused, naming them, unless --allow-changes.\n"
-            "SIGTERM, SIGUSR1 (Slurm's warning before the time limit), SIGINT (Ctrl-C) and SIGHUP\n"
-            "stop at the next step with a checkpoint, exit code 0; a second SIGINT stops at once.\n\n"
-            "Config options (the INI file's sections and keys; docs/config.md):\n\n");
-    mt_config_print_help(out);
-}
+typedef struct train_args {
+    const char *config, *resume;
+    mt_config_text_list set; /* the --set overrides, applied in order after the file */
+    bool progress, allow_changes;
+} train_args;
+
+#define ARG(f) CLI_FIELD(train_args, f)
+static const mt_config_option train_options[] = {
+    {.key = "config",
+     .type = MT_CONFIG_TEXT,
+     ARG(config),
+     .metavar = "FILE",
+     .help = "the INI file of the run"},
+    {.key = "set",
+     .type = MT_CONFIG_TEXT_LIST,
+     ARG(set),
+     .metavar = "SECTION.KEY=VALUE",
+     .help = "override one option of the file (repeat for more)"},
+    {.key = "resume",
+     .type = MT_CONFIG_TEXT,
+     ARG(resume),
+     .metavar = "auto|PATH",
+     .help = "continue from a checkpoint (auto: the run folder's last one, if any)"},
+    {.key = "allow-changes",
+     .type = MT_CONFIG_FLAG,
+     ARG(allow_changes),
+     .help = "resume even when options changed since the checkpoint"},
+    {.key = "no-progress",
+     .type = MT_CONFIG_FLAG,
+     ARG(progress),
+     .flags = MT_CONFIG_CLEARS,
+     .help = "no progress line"},
+};
+#undef ARG
+
+static const cli_spec train_spec = {
+    .program = "mobiletune train",
+    .usage = "--config FILE [--set SECTION.KEY=VALUE]... [--resume auto|PATH]\n"
+             "                        [--allow-changes] [--no-progress]",
+    .description =
+        "Train MobileNetV2 as the config says: one process, or one rank per MPI process when\n"
+        "started by mpirun/srun (launch/). --resume auto continues from the run folder's\n"
+        "last checkpoint when it has one; a resume with options changed since the checkpoint\n"
+        "(seed, learning rate, ...) is refused, naming them, unless --allow-changes.\n"
+        "SIGTERM, SIGUSR1 (Slurm's warning before the time limit), SIGINT (Ctrl-C) and SIGHUP\n"
+        "stop at the next step with a checkpoint, exit code 0; a second SIGINT stops at once.",
+    .options = train_options,
+    .option_count = sizeof train_options / sizeof train_options[0],
+    .epilogue = "Config options (the INI file's sections and keys; docs/config.md):\n\n",
+    .print_more = mt_config_print_help,
+};
 
 static volatile sig_atomic_t interrupted = 0;
 
@@ -51,45 +89,33 @@ static int fail(mt_comm *comm, mt_status status) {
 }
 
 int mt_cmd_train(int argc, char **argv) {
-    const char *config_path = NULL, *resume = NULL;
-    bool progress = true, allow_changes = false;
+    train_args args = {.progress = true};
+    args.set.items = calloc((size_t)(argc > 0 ? argc : 1), sizeof *args.set.items);
+    args.set.capacity = argc;
     mt_train_config *config = malloc(sizeof *config);
-    if (!config) return cli_fail("train", MT_FAIL(MT_ERR_NOMEM, "out of memory"));
-    mt_config_defaults(config);
-
-    /* First pass: the options that are not --set; the file must be loaded before overrides. */
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        bool has_value = i + 1 < argc;
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
-            usage(stdout);
-            free(config);
-            return CLI_EXIT_OK;
-        } else if (strcmp(arg, "--config") == 0 && has_value) {
-            config_path = argv[++i];
-        } else if (strcmp(arg, "--resume") == 0 && has_value) {
-            resume = argv[++i];
-        } else if (strcmp(arg, "--set") == 0 && has_value) {
-            i++;
-        } else if (strcmp(arg, "--no-progress") == 0) {
-            progress = false;
-        } else if (strcmp(arg, "--allow-changes") == 0) {
-            allow_changes = true;
-        } else {
-            fprintf(stderr, "mobiletune train: unknown or incomplete argument '%s' (see --help)\n",
-                    arg);
-            free(config);
-            return CLI_EXIT_USAGE;
-        }
+    char **positional = NULL;
+    int positional_count = 0;
+    mt_status status = config && args.set.items ? MT_OK : MT_FAIL(MT_ERR_NOMEM, "out of memory");
+    if (status == MT_OK)
+        status = cli_parse(&train_spec, &args, argc, argv, &positional, &positional_count);
+    free(positional);
+    if (status == MT_END) {
+        free(args.set.items);
+        free(config);
+        return CLI_EXIT_OK;
     }
-    mt_status status = MT_OK;
+    const char *config_path = args.config, *resume = args.resume;
+    if (status == MT_OK) mt_config_defaults(config);
     /* Checked here, before src/train opens them: a FIFO or a folder must not hang the run. */
-    if (config_path) status = mt_file_check_regular(config_path, "--config file");
+    if (status == MT_OK && config_path)
+        status = mt_file_check_regular(config_path, "--config file");
     if (status == MT_OK && resume && strcmp(resume, "auto") != 0)
         status = mt_file_check_regular(resume, "--resume checkpoint");
+    /* the file first, then the overrides in order */
     if (status == MT_OK && config_path) status = mt_config_load_file(config, config_path);
-    for (int i = 1; status == MT_OK && i < argc; i++)
-        if (strcmp(argv[i], "--set") == 0) status = mt_config_set(config, argv[++i]);
+    for (int i = 0; status == MT_OK && i < args.set.count; i++)
+        status = mt_config_set(config, args.set.items[i]);
+    free(args.set.items);
     if (status == MT_OK) status = mt_config_check(config);
     if (status != MT_OK) {
         free(config);
@@ -110,7 +136,7 @@ int mt_cmd_train(int argc, char **argv) {
     sigaction(SIGHUP, &action, NULL);
 
     mt_train_options options = {
-        .resume = resume, .progress = progress, .allow_changes = allow_changes};
+        .resume = resume, .progress = args.progress, .allow_changes = args.allow_changes};
     mt_train_result result;
     status = mt_train(config, comm, &options, &result);
     free(config);

@@ -36,7 +36,7 @@ static mt_status verify_one(const char *path) {
 
 int mt_cmd_verify(int argc, char **argv) {
     const cli_spec spec = {
-        .command = "verify",
+        .program = "mobiletune verify",
         .usage = "CHECKPOINT...",
         .description = "Check checkpoints (safetensors files) without loading a model: the "
                        "structure, every tensor's\nCRC-32 and that every float is finite. Exit "
@@ -45,7 +45,7 @@ int mt_cmd_verify(int argc, char **argv) {
     };
     char **positional = NULL;
     int count = 0;
-    mt_status status = cli_parse(&spec, argc, argv, &positional, &count);
+    mt_status status = cli_parse(&spec, NULL, argc, argv, &positional, &count);
     if (status == MT_END) {
         free(positional);
         return CLI_EXIT_OK;

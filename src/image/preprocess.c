@@ -6,32 +6,24 @@
 
 #include <string.h>
 
-static const struct {
-    const char *name;
-    mt_decode_mode mode;
-} DECODE_MODES[] = {{"scaled", MT_DECODE_SCALED}, {"tf", MT_DECODE_FULL_TF}};
-
 mt_status mt_decode_mode_parse(const char *text, mt_decode_mode *out) {
-    for (size_t i = 0; i < sizeof DECODE_MODES / sizeof DECODE_MODES[0]; i++) {
-        if (text && strcmp(text, DECODE_MODES[i].name) == 0) {
-            *out = DECODE_MODES[i].mode;
-            return MT_OK;
-        }
+    int mode;
+    if (mt_enum_find(&mt_decode_mode_names, text, &mode)) {
+        *out = (mt_decode_mode)mode;
+        return MT_OK;
     }
     return MT_FAIL(MT_ERR_INVALID, "unknown decode mode '%s': use scaled or tf",
                    text ? text : "(null)");
 }
 
 const char *mt_decode_mode_name(mt_decode_mode mode) {
-    for (size_t i = 0; i < sizeof DECODE_MODES / sizeof DECODE_MODES[0]; i++)
-        if (DECODE_MODES[i].mode == mode) return DECODE_MODES[i].name;
-    return "?";
+    return mt_enum_name(&mt_decode_mode_names, (int)mode);
 }
 
 /* The scaled decode's hint is the output side: the DCT scale keeps both sides >= it, so the
  * resize only ever shrinks a little (docs/packing.md). */
 static int decode_hint(const mt_preprocess *p) {
-    return p->decode == MT_DECODE_FULL_TF ? MT_DECODE_TF : p->size;
+    return p->decode == MT_DECODE_MODE_TF ? MT_DECODE_TF : p->size;
 }
 
 static mt_status resize_and_free(mt_image *image, const mt_preprocess *p, uint8_t *pixels) {

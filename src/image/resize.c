@@ -152,31 +152,25 @@ mt_status mt_image_resize(const mt_image *src, int size, mt_resize_mode mode, ui
     return MT_FAIL(MT_ERR_INVALID, "mt_image_resize: unknown resize mode %d", (int)mode);
 }
 
+static const char *const resize_mode_names[] = {[MT_RESIZE_STRETCH] = "stretch",
+                                                [MT_RESIZE_CENTER_CROP] = "center-crop",
+                                                [MT_RESIZE_PAD] = "pad"};
+const mt_enum_names mt_resize_mode_names = MT_ENUM_NAMES(resize_mode_names);
+
+static const char *const decode_mode_names[] = {
+    [MT_DECODE_MODE_SCALED] = "scaled", [MT_DECODE_MODE_TF] = "tf"};
+const mt_enum_names mt_decode_mode_names = MT_ENUM_NAMES(decode_mode_names);
+
 mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out) {
-    static const struct {
-        const char *name;
-        mt_resize_mode mode;
-    } modes[] = {{"stretch", MT_RESIZE_STRETCH},
-                 {"center-crop", MT_RESIZE_CENTER_CROP},
-                 {"pad", MT_RESIZE_PAD}};
-    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
-        if (text && strcmp(text, modes[i].name) == 0) {
-            *out = modes[i].mode;
-            return MT_OK;
-        }
+    int mode;
+    if (mt_enum_find(&mt_resize_mode_names, text, &mode)) {
+        *out = (mt_resize_mode)mode;
+        return MT_OK;
     }
     return MT_FAIL(MT_ERR_INVALID, "unknown resize mode '%s': use stretch, center-crop or pad",
                    text ? text : "(null)");
 }
 
 const char *mt_resize_mode_name(mt_resize_mode mode) {
-    switch (mode) {
-    case MT_RESIZE_STRETCH:
-        return "stretch";
-    case MT_RESIZE_CENTER_CROP:
-        return "center-crop";
-    case MT_RESIZE_PAD:
-        return "pad";
-    }
-    return "unknown";
+    return mt_enum_name(&mt_resize_mode_names, (int)mode);
 }

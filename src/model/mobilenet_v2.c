@@ -51,20 +51,27 @@ mt_model_config mt_model_config_default(void) {
     };
 }
 
-static const char *const mode_names[] = {"scratch", "frozen", "finetune"};
+static const char *const train_mode_names[] = {
+    [MT_TRAIN_SCRATCH] = "scratch", [MT_TRAIN_FROZEN] = "frozen", [MT_TRAIN_FINETUNE] = "finetune"};
+const mt_enum_names mt_train_mode_names = MT_ENUM_NAMES(train_mode_names);
+
+static const char *const bn_mode_names[] = {
+    [MT_BN_AUTO] = "auto", [MT_BN_TRAINABLE] = "trainable", [MT_BN_INFERENCE] = "inference"};
+const mt_enum_names mt_bn_mode_names = MT_ENUM_NAMES(bn_mode_names);
 
 mt_status mt_train_mode_parse(const char *text, mt_train_mode *out) {
-    for (int i = 0; i < 3; i++)
-        if (strcmp(text, mode_names[i]) == 0) {
-            *out = (mt_train_mode)i;
-            return MT_OK;
-        }
-    return MT_FAIL(MT_ERR_INVALID, "unknown training mode '%s' (use scratch, frozen or finetune)",
-                   text);
+    int mode;
+    if (!mt_enum_find(&mt_train_mode_names, text, &mode)) {
+        char names[64];
+        return MT_FAIL(MT_ERR_INVALID, "unknown training mode '%s' (use %s)", text,
+                       mt_enum_join(&mt_train_mode_names, NULL, names, sizeof names));
+    }
+    *out = (mt_train_mode)mode;
+    return MT_OK;
 }
 
 const char *mt_train_mode_name(mt_train_mode mode) {
-    return (unsigned)mode < 3 ? mode_names[mode] : "?";
+    return mt_enum_name(&mt_train_mode_names, (int)mode);
 }
 
 const char *mt_layer_kind_name(mt_layer_kind kind) {

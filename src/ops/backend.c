@@ -7,67 +7,83 @@
 #include "mobiletune/ops.h"
 #include "ops/cuda_module.h"
 
-/* Each backend folder defines MT_BACKEND_<NAME> when it is part of the build. */
-static const mt_ops *const backend_tables[] = {
-#ifdef MT_BACKEND_REFERENCE
-    &mt_ops_reference,
-#endif
-#ifdef MT_BACKEND_CPU
-    &mt_ops_cpu,
-#endif
-};
-enum { BACKEND_COUNT = sizeof backend_tables / sizeof backend_tables[0] };
-_Static_assert(BACKEND_COUNT > 0, "no backend compiled in");
+static const char *const backend_kind_names[] = {[MT_BACKEND_KIND_REFERENCE] = "reference",
+                                                 [MT_BACKEND_KIND_CPU] = "cpu",
+                                                 [MT_BACKEND_KIND_CUDA] = "cuda"};
+const mt_enum_names mt_backend_kind_names = MT_ENUM_NAMES(backend_kind_names);
 
-/* src/ops/cuda/CMakeLists.txt defines MT_HAVE_CUDA on the core when it builds the module. */
-#ifdef MT_HAVE_CUDA
-static const char *const module_backend_names[] = {"cuda"};
+/* The table of a backend compiled into the core: each backend folder defines MT_BACKEND_<NAME>
+ * when it is part of the build. NULL for the others (and for those in a module). */
+static const mt_ops *core_table(mt_backend_kind kind) {
+    switch (kind) {
+    case MT_BACKEND_KIND_REFERENCE:
+#ifdef MT_BACKEND_REFERENCE
+        return &mt_ops_reference;
 #else
-static const char *const module_backend_names[] = {NULL};
+        return NULL;
 #endif
-enum { MODULE_BACKEND_COUNT = sizeof module_backend_names / sizeof module_backend_names[0] };
+    case MT_BACKEND_KIND_CPU:
+#ifdef MT_BACKEND_CPU
+        return &mt_ops_cpu;
+#else
+        return NULL;
+#endif
+    case MT_BACKEND_KIND_CUDA:
+        break;
+    }
+    return NULL;
+}
+
+/* Whether a backend lives in a module this build has: src/ops/cuda/CMakeLists.txt defines
+ * MT_HAVE_CUDA on the core when it builds the cuda module. */
+static bool in_module(mt_backend_kind kind) {
+#ifdef MT_HAVE_CUDA
+    return kind == MT_BACKEND_KIND_CUDA;
+#else
+    (void)kind;
+    return false;
+#endif
+}
 
 const char *const *mt_backend_names(void) {
-    static const char *names[BACKEND_COUNT + MODULE_BACKEND_COUNT + 1];
+    static const char *names[sizeof backend_kind_names / sizeof backend_kind_names[0] + 1];
     int n = 0;
-    for (int i = 0; i < BACKEND_COUNT; i++) names[n++] = backend_tables[i]->name;
-    for (int i = 0; i < MODULE_BACKEND_COUNT; i++)
-        if (module_backend_names[i]) names[n++] = module_backend_names[i];
+    for (int kind = 0; kind < mt_backend_kind_names.count; kind++)
+        if (core_table((mt_backend_kind)kind) || in_module((mt_backend_kind)kind))
+            names[n++] = backend_kind_names[kind];
     names[n] = NULL;
     return names;
 }
 
-/* The table of a backend that lives in a module: NULL when `name` is none of them, else loads
- * the module (an error naming what is missing when it cannot). */
-static mt_status module_backend_table(const char *name, const mt_ops **ops) {
-    *ops = NULL;
-    for (int i = 0; i < MODULE_BACKEND_COUNT; i++) {
-        if (!module_backend_names[i] || strcmp(module_backend_names[i], name) != 0) continue;
+static mt_status unknown_backend(const char *name) {
+    const char *const *names = mt_backend_names();
+    char available[256] = "";
+    for (int i = 0; names[i]; i++) {
+        strncat(available, i ? ", " : "", sizeof available - strlen(available) - 1);
+        strncat(available, names[i], sizeof available - strlen(available) - 1);
+    }
+    return MT_FAIL(MT_ERR_INVALID, "unknown backend '%s' (this build has: %s)", name, available);
+}
+
+mt_status mt_backend_create(const char *name, const mt_backend_options *options, mt_backend **out) {
+    *out = NULL;
+    int kind;
+    if (!mt_enum_find(&mt_backend_kind_names, name, &kind)) return unknown_backend(name);
+    return mt_backend_create_kind((mt_backend_kind)kind, options, out);
+}
+
+mt_status mt_backend_create_kind(mt_backend_kind kind, const mt_backend_options *options,
+                                 mt_backend **out) {
+    *out = NULL;
+    const char *name = mt_enum_name(&mt_backend_kind_names, (int)kind);
+    const mt_ops *ops = core_table(kind);
+    if (!ops && in_module(kind)) {
         const mt_cuda_module *module = NULL;
         mt_status status = mt_cuda_module_load(&module);
         if (status != MT_OK) return mt_error_context(status, "backend '%s'", name);
-        *ops = module->ops;
+        ops = module->ops;
     }
-    return MT_OK;
-}
-
-mt_status mt_backend_create(const char *name, const mt_backend_options *options,
-                            mt_backend **out) {
-    *out = NULL;
-    const mt_ops *ops = NULL;
-    for (int i = 0; i < BACKEND_COUNT; i++)
-        if (strcmp(backend_tables[i]->name, name) == 0) ops = backend_tables[i];
-    if (!ops) MT_TRY(module_backend_table(name, &ops));
-    if (!ops) {
-        const char *const *names = mt_backend_names();
-        char available[256] = "";
-        for (int i = 0; names[i]; i++) {
-            strncat(available, i ? ", " : "", sizeof available - strlen(available) - 1);
-            strncat(available, names[i], sizeof available - strlen(available) - 1);
-        }
-        return MT_FAIL(MT_ERR_INVALID, "unknown backend '%s' (this build has: %s)", name,
-                       available);
-    }
+    if (!ops) return unknown_backend(name);
     mt_backend *backend = calloc(1, sizeof *backend);
     if (!backend) return MT_FAIL(MT_ERR_NOMEM, "out of memory creating backend '%s'", name);
     backend->ops = ops;

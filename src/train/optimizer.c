@@ -32,16 +32,12 @@ mt_optimizer_params mt_optimizer_params_default(mt_optimizer_kind kind) {
     };
 }
 
+static const char *const optimizer_kind_names[] = {
+    [MT_OPTIMIZER_RMSPROP] = "rmsprop", [MT_OPTIMIZER_SGD] = "sgd", [MT_OPTIMIZER_ADAM] = "adam"};
+const mt_enum_names mt_optimizer_kind_names = MT_ENUM_NAMES(optimizer_kind_names);
+
 const char *mt_optimizer_kind_name(mt_optimizer_kind kind) {
-    switch (kind) {
-    case MT_OPTIMIZER_RMSPROP:
-        return "rmsprop";
-    case MT_OPTIMIZER_SGD:
-        return "sgd";
-    case MT_OPTIMIZER_ADAM:
-        return "adam";
-    }
-    return "unknown";
+    return mt_enum_name(&mt_optimizer_kind_names, (int)kind);
 }
 
 int mt_optimizer_slot_count(const mt_optimizer_params *params) {
@@ -264,16 +260,12 @@ mt_status mt_optimizer_load(mt_optimizer *optimizer, const mt_checkpoint *checkp
 
 /* ---- schedules ------------------------------------------------------------------------------ */
 
+static const char *const lr_schedule_kind_names[] = {
+    [MT_LR_CONSTANT] = "constant", [MT_LR_STEP] = "step", [MT_LR_COSINE] = "cosine"};
+const mt_enum_names mt_lr_schedule_kind_names = MT_ENUM_NAMES(lr_schedule_kind_names);
+
 const char *mt_lr_schedule_kind_name(mt_lr_schedule_kind kind) {
-    switch (kind) {
-    case MT_LR_CONSTANT:
-        return "constant";
-    case MT_LR_STEP:
-        return "step";
-    case MT_LR_COSINE:
-        return "cosine";
-    }
-    return "unknown";
+    return mt_enum_name(&mt_lr_schedule_kind_names, (int)kind);
 }
 
 double mt_lr_schedule_at(const mt_lr_schedule *s, uint64_t step) {

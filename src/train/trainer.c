@@ -831,8 +831,7 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         .num_threads = c->train.threads,
         .device = cuda ? mt_comm_gpu_for_rank(t->who.local_rank, mt_comm_visible_gpus()) : 0,
         .precision = (mt_compute_precision)c->train.precision};
-    const char *backend_name = mt_config_enum_name("train", "backend", (int)c->train.backend);
-    MT_TRY(mt_backend_create(backend_name, &backend_options, &t->backend));
+    MT_TRY(mt_backend_create_kind(c->train.backend, &backend_options, &t->backend));
     /* How gradients travel (train.comm), once every rank has the same options; NCCL joins here */
     const double bucket_mb = c->train.bucket_mb;
     uint64_t agreement = mt_checksum64(&c->train.comm, sizeof c->train.comm, 0);
@@ -951,8 +950,8 @@ static mt_status set_up(trainer *t, const mt_train_options *options) {
         t->use_feature_cache = false; /* record indices travel as floats in the gather */
 
     say(t, "mobiletune: %s on %d rank(s), backend %s, %d classes at %dx%d, alpha %g%s%s\n",
-        mt_train_mode_name(model_config.mode), t->who.world_size, backend_name, c->model.classes,
-        c->model.input_size, c->model.input_size, c->model.alpha,
+        mt_train_mode_name(model_config.mode), t->who.world_size, t->backend->ops->name,
+        c->model.classes, c->model.input_size, c->model.input_size, c->model.alpha,
         t->grad_sync ? ", gradients over " : "", t->grad_sync ? mt_comm_kind_name(t->who.kind) : "");
     say(t, "  %zu trainable parameters of %zu (the rest frozen); all-reduce per step: %zu bytes",
         t->trainable_count, t->layout->total_params, t->trainable_count * sizeof(float));

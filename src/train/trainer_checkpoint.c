@@ -390,7 +390,7 @@ static mt_status split_class_names(const char *text, int count, const char *path
     return MT_OK;
 }
 
-mt_status mt_checkpoint_open_model(const char *path, const char *backend_name, int batch_size,
+mt_status mt_checkpoint_open_model(const char *path, int backend_kind, int batch_size,
                                    mt_backend **backend, mt_model **model, char ***class_names) {
     *backend = NULL;
     *model = NULL;
@@ -403,15 +403,20 @@ mt_status mt_checkpoint_open_model(const char *path, const char *backend_name, i
     if (status == MT_OK && !config_text)
         status = MT_FAIL(MT_ERR_FORMAT, "'%s' has no config metadata: not a mobiletune "
                          "training checkpoint", path);
+    /* The INI text is the checkpoint's record of its config (the file format: human-readable,
+     * keyed by name, so checkpoints of older versions read with today's defaults for what they
+     * lack), so it is read here with the config's reader; nothing in this process turns a config
+     * into text to read it back. */
     if (status == MT_OK) {
         mt_config_defaults(config);
         status = mt_config_load_string(config, config_text, path, NULL);
     }
     if (status == MT_OK) {
-        if (!backend_name)
-            backend_name = mt_config_enum_name("train", "backend", (int)config->train.backend);
         mt_backend_options options = {.num_threads = config->train.threads};
-        status = mt_backend_create(backend_name, &options, backend);
+        mt_backend_kind kind = backend_kind == MT_BACKEND_OF_CHECKPOINT
+                                   ? config->train.backend
+                                   : (mt_backend_kind)backend_kind;
+        status = mt_backend_create_kind(kind, &options, backend);
     }
     if (status == MT_OK) {
         mt_model_config model_config = mt_config_model(config);

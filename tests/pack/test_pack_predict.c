@@ -126,7 +126,7 @@ int main(int argc, char **argv) {
     fclose(f);
 
     const mt_resize_mode resizes[] = {MT_RESIZE_STRETCH, MT_RESIZE_CENTER_CROP, MT_RESIZE_PAD};
-    const mt_decode_mode decodes[] = {MT_DECODE_SCALED, MT_DECODE_FULL_TF};
+    const mt_decode_mode decodes[] = {MT_DECODE_MODE_SCALED, MT_DECODE_MODE_TF};
     for (int r = 0; r < 3; r++)
         for (int d = 0; d < 2; d++) {
             mt_preprocess prep = {.size = SIZE, .resize = resizes[r], .decode = decodes[d]};
@@ -134,9 +134,9 @@ int main(int argc, char **argv) {
         }
     /* the two decodes differ on the big JPEG, so the comparison above can tell them apart */
     uint8_t *scaled = malloc(SIZE * SIZE * 3), *full = malloc(SIZE * SIZE * 3);
-    mt_preprocess prep = {.size = SIZE, .resize = MT_RESIZE_STRETCH, .decode = MT_DECODE_SCALED};
+    mt_preprocess prep = {.size = SIZE, .resize = MT_RESIZE_STRETCH, .decode = MT_DECODE_MODE_SCALED};
     CHECK(mt_image_preprocess_file(paths[0], &prep, scaled) == MT_OK);
-    prep.decode = MT_DECODE_FULL_TF;
+    prep.decode = MT_DECODE_MODE_TF;
     CHECK(mt_image_preprocess_file(paths[0], &prep, full) == MT_OK);
     CHECK(memcmp(scaled, full, SIZE * SIZE * 3) != 0);
     free(scaled);

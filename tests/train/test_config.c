@@ -349,6 +349,46 @@ static void test_shipped_configs(const char *set, bool flip, const char *frozen_
     }
 }
 
+/* Every enum option reads its names from the enum's own table: each value's name parses to that
+ * value in the config and comes back from mt_config_enum_name, and the modules' own names agree. */
+static void test_enum_names(void) {
+    int enum_options = 0;
+    for (int i = 0; i < mt_config_option_count(); i++) {
+        const mt_config_option *o = mt_config_option_at(i);
+        if (o->type != MT_CONFIG_ENUM) continue;
+        enum_options++;
+        CHECK_MSG(o->names && o->names->count > 0, "[%s] %s has no name table", o->section, o->key);
+        for (int v = 0; o->names && v < o->names->count; v++) {
+            mt_train_config config;
+            mt_config_defaults(&config);
+            char set[128];
+            snprintf(set, sizeof set, "%s.%s=%s", o->section, o->key, o->names->names[v]);
+            EXPECT_OK(mt_config_set(&config, set));
+            int got = *(const int *)((const char *)&config + o->offset);
+            CHECK_MSG(got == v, "%s stored %d", set, got);
+            CHECK(strcmp(mt_config_enum_name(o->section, o->key, v), o->names->names[v]) == 0);
+        }
+    }
+    CHECK(enum_options >= 9);
+    CHECK(strcmp(mt_train_mode_name(MT_TRAIN_FROZEN), "frozen") == 0);
+    CHECK(strcmp(mt_optimizer_kind_name(MT_OPTIMIZER_ADAM), "adam") == 0);
+    CHECK(strcmp(mt_lr_schedule_kind_name(MT_LR_STEP), "step") == 0);
+    CHECK(strcmp(mt_enum_name(&mt_backend_kind_names, MT_BACKEND_KIND_CUDA), "cuda") == 0);
+    CHECK(strcmp(mt_enum_name(&mt_bn_mode_names, 7), "?") == 0);
+    int value = -1;
+    CHECK(mt_enum_find(&mt_bn_mode_names, "Inference", &value) && value == MT_BN_INFERENCE);
+    CHECK(!mt_enum_find(&mt_bn_mode_names, "infer", &value));
+    char joined[64];
+    CHECK(strcmp(mt_enum_join(&mt_train_mode_names, NULL, joined, sizeof joined),
+                 "scratch, frozen or finetune") == 0);
+    CHECK(strcmp(mt_enum_join(&mt_nan_policy_names, "|", joined, sizeof joined), "stop|skip") == 0);
+    /* the error names the allowed values from the table */
+    mt_train_config config;
+    mt_config_defaults(&config);
+    CHECK(mt_config_set(&config, "train.nan_policy=ignore") == MT_ERR_INVALID);
+    CHECK_MSG(strstr(mt_last_error(), "not one of stop|skip") != NULL, "%s", mt_last_error());
+}
+
 int main(void) {
     strcpy(temp_dir, mt_test_make_temp_dir("config"));
     test_defaults();
@@ -356,6 +396,7 @@ int main(void) {
     test_load_errors();
     test_round_trip();
     test_help();
+    test_enum_names();
     test_shipped_configs("cats_vs_dogs", true, "best");
     test_shipped_configs("cats_vs_dogs_20pct", false, "last");
     mt_test_remove_tree(temp_dir);
