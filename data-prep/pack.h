@@ -27,7 +27,7 @@ typedef struct pack_options {
     int size;
     mt_resize_mode resize;
     bool encoded;
-    bool tf_decode; /* --decode tf: full-size JPEG decode identical to TensorFlow's */
+    mt_decode_mode decode; /* --decode tf: full-size JPEG decode identical to TensorFlow's */
     int quality;
     int split_count; /* 0: one database, split "all" */
     pack_split_spec splits[PACK_MAX_SPLITS];

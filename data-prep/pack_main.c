@@ -12,7 +12,6 @@
 /* The command line: pack_options plus what is turned into it after parsing. */
 typedef struct pack_args {
     pack_options o;
-    mt_decode_mode decode;
     const char *split;
     int64_t max_pixels;
 } pack_args;
@@ -37,7 +36,7 @@ static const mt_config_option pack_option_rows[] = {
      .help = "stretch: bilinear like tf.image.resize"},
     {.key = "decode",
      .type = MT_CONFIG_ENUM,
-     ARG(decode),
+     ARG(o.decode),
      .names = &mt_decode_mode_names,
      .metavar = "MODE",
      .help = "scaled: JPEG DCT scaling when much larger than SIZE; tf: full size, fast IDCT "
@@ -64,7 +63,7 @@ static const mt_config_option pack_option_rows[] = {
      ARG(o.test_from_val),
      .min = 0,
      .max = 1,
-     .flags = MT_CONFIG_ABOVE_MIN | MT_CONFIG_HIDE_DEFAULT,
+     .flags = MT_CONFIG_ABOVE_MIN | MT_CONFIG_BELOW_MAX | MT_CONFIG_HIDE_DEFAULT,
      .metavar = "F",
      .help = "INPUT split into folders (below): a stratified fraction 0<F<1 of validation/ "
              "becomes OUT/test, the rest OUT/val (the tutorial: 0.2)"},
@@ -162,8 +161,8 @@ static pack_args pack_defaults(void) {
                              .seed = 1,
                              .fraction = 1.0,
                              .threads = cores > 0 ? (int)cores : 1,
-                             .progress = -1},
-                       .decode = MT_DECODE_MODE_SCALED,
+                             .progress = -1,
+                             .decode = MT_DECODE_MODE_SCALED},
                        .max_pixels = (int64_t)MT_IMAGE_DEFAULT_MAX_PIXELS};
 }
 
@@ -182,9 +181,6 @@ static int pack_main(int argc, char **argv) {
     if (status == MT_OK && positional_count != 2)
         status = MT_FAIL(MT_ERR_INVALID, "want INPUT and OUT, e.g. mobiletune-pack "
                                          "../shared/data/cats_vs_dogs/train data/cats_vs_dogs");
-    if (status == MT_OK && o.test_from_val >= 1)
-        status = MT_FAIL(MT_ERR_INVALID, "--test-from-val %g: want a number in (0, 1), e.g. 0.2",
-                         o.test_from_val);
     if (status == MT_OK && args.split) {
         status = pack_parse_split(args.split, &o);
         o.split_text = args.split;
@@ -194,7 +190,6 @@ static int pack_main(int argc, char **argv) {
         free(positional);
         return usage_error("%s", mt_last_error());
     }
-    o.tf_decode = args.decode == MT_DECODE_MODE_TF;
     o.input = positional[0];
     /* "out/" and "out" are the same folder; the temporary folder is named after it. */
     char *output = strdup(positional[1]);

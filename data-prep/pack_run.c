@@ -613,7 +613,7 @@ static void process_job(worker_state *w, const job *j, slot *s) {
     uint8_t *pixels = o->encoded ? w->pixels : s->record + MT_RECORD_HEADER_BYTES;
     const mt_preprocess prep = {.size = o->size,
                                 .resize = o->resize,
-                                .decode = o->tf_decode ? MT_DECODE_MODE_TF : MT_DECODE_MODE_SCALED};
+                                .decode = o->decode};
     if (mt_image_preprocess(w->file, size, name, &prep, pixels) != MT_OK) {
         set_reason(s, name, mt_last_error());
         return;
@@ -774,7 +774,7 @@ static void format_options(const pack_options *o, char *text, size_t capacity) {
         snprintf(text, capacity,
                  "--size %d --resize %s --decode %s%s --quality %d --seed %llu --fraction %g%s%s%s "
                  "input=%s",
-                 o->size, mt_resize_mode_name(o->resize), o->tf_decode ? "tf" : "scaled",
+                 o->size, mt_resize_mode_name(o->resize), mt_decode_mode_name(o->decode),
                  o->encoded ? " --encoded" : "", o->quality, (unsigned long long)o->seed,
                  o->fraction, o->split_count && !o->folder_splits ? " --split " : "",
                  o->split_count && !o->folder_splits ? o->split_text : "", splits, o->input);

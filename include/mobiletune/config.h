@@ -149,6 +149,7 @@ enum {
     MT_CONFIG_ABOVE_MIN = 1 << 2,    /* a float: the range excludes min, (min, max] */
     MT_CONFIG_CLEARS = 1 << 3,       /* a flag: sets false/0 (e.g. --no-progress) */
     MT_CONFIG_HIDE_DEFAULT = 1 << 4, /* --help: the help text says the default in words */
+    MT_CONFIG_BELOW_MAX = 1 << 5,    /* a float: the range excludes max, [min, max) */
 };
 
 /* The texts a repeated option collected, in order (items: capacity entries, the caller's). */

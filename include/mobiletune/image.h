@@ -50,10 +50,10 @@ uint64_t mt_image_max_pixels(void);
  * integer IDCT, which is what tf.io.decode_jpeg / decode_image do by default, so the decoded
  * pixels are identical to TensorFlow's (and after mt_image_resize within 0.5 of the tutorial's
  * image_dataset_from_directory). Slower than a scaled decode. No effect on PNG. */
-#define MT_DECODE_TF (-1)
+#define MT_DECODE_HINT_TF (-1)
 
 /* The --decode option of pack, predict and features: a scaled decode (min_side_hint = the output
- * side: DCT scaling, fast) or TensorFlow's pixels at full size (MT_DECODE_TF). */
+ * side: DCT scaling, fast) or TensorFlow's pixels at full size (MT_DECODE_HINT_TF). */
 typedef enum mt_decode_mode {
     MT_DECODE_MODE_SCALED = 0,
     MT_DECODE_MODE_TF,
@@ -65,7 +65,7 @@ extern const mt_enum_names mt_decode_mode_names; /* scaled|tf */
  * `name` only appears in error messages. `min_side_hint` > 0 lets a JPEG decode at a reduced
  * scale (1/2, 1/4 or 1/8: the smallest whose width and height both stay >= the hint, measured
  * before EXIF rotation) with libjpeg's accurate integer IDCT; 0 decodes at full size with it;
- * MT_DECODE_TF as above. Errors: MT_ERR_FORMAT for data that is not an
+ * MT_DECODE_HINT_TF as above. Errors: MT_ERR_FORMAT for data that is not an
  * image, is corrupt or truncated (a JPEG that ends early is an error, not a grey-filled image),
  * MT_ERR_NOMEM. On failure `out` is left empty. */
 mt_status mt_image_decode(const void *bytes, size_t size, const char *name, int min_side_hint,
@@ -98,8 +98,7 @@ const char *mt_resize_mode_name(mt_resize_mode mode);
 /* ---- file -> stored pixels: the one preprocessing of mobiletune-pack, predict and features ----
  */
 
-/* "scaled" / "tf" <-> mode (mt_decode_mode above). */
-mt_status mt_decode_mode_parse(const char *text, mt_decode_mode *out);
+/* mode -> "scaled" / "tf" (mt_decode_mode above; parsing goes through mt_decode_mode_names) */
 const char *mt_decode_mode_name(mt_decode_mode mode);
 
 /* The options that decide the pixels (--size, --resize, --decode): the packer stores what these

@@ -19,7 +19,10 @@ void config_describe_values(const mt_config_option *option, char *buffer, size_t
         if (option->allowed)
             snprintf(buffer, capacity, "%s", option->allowed);
         else if (option->flags & MT_CONFIG_ABOVE_MIN)
-            snprintf(buffer, capacity, "above %g, at most %g", option->min, option->max);
+            snprintf(buffer, capacity, "above %g, %s %g", option->min,
+                     option->flags & MT_CONFIG_BELOW_MAX ? "below" : "at most", option->max);
+        else if (option->flags & MT_CONFIG_BELOW_MAX)
+            snprintf(buffer, capacity, "at least %g, below %g", option->min, option->max);
         else
             snprintf(buffer, capacity, "%g..%g", option->min, option->max);
         break;

@@ -94,9 +94,11 @@ bool config_parse_value(const mt_config_option *option, const char *text, const 
             }
         } else if ((option->min != 0 || option->max != 0) &&
                    (value < option->min || value > option->max ||
-                    (option->flags & MT_CONFIG_ABOVE_MIN && value == option->min))) {
-            snprintf(why, why_capacity, "out of range %c%g, %g]",
-                     option->flags & MT_CONFIG_ABOVE_MIN ? '(' : '[', option->min, option->max);
+                    (option->flags & MT_CONFIG_ABOVE_MIN && value == option->min) ||
+                    (option->flags & MT_CONFIG_BELOW_MAX && value == option->max))) {
+            snprintf(why, why_capacity, "out of range %c%g, %g%c",
+                     option->flags & MT_CONFIG_ABOVE_MIN ? '(' : '[', option->min, option->max,
+                     option->flags & MT_CONFIG_BELOW_MAX ? ')' : ']');
             return false;
         }
         if (option->size == sizeof(float))

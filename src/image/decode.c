@@ -185,7 +185,7 @@ static int is_truncation_warning(const char *message) {
 
 static mt_status decode_jpeg(const uint8_t *bytes, size_t size, const char *name, int hint,
                              mt_image *out) {
-    int flags = hint == MT_DECODE_TF ? TJFLAG_FASTDCT : 0;
+    int flags = hint == MT_DECODE_HINT_TF ? TJFLAG_FASTDCT : 0;
     if (hint < 0) hint = 0;
     if (size > (size_t)0xFFFFFFFFu) return MT_FAIL(MT_ERR_FORMAT, "%s: JPEG over 4 GiB", name);
     tjhandle tj = tjInitDecompress();

@@ -6,15 +6,9 @@
 
 #include <string.h>
 
-mt_status mt_decode_mode_parse(const char *text, mt_decode_mode *out) {
-    int mode;
-    if (mt_enum_find(&mt_decode_mode_names, text, &mode)) {
-        *out = (mt_decode_mode)mode;
-        return MT_OK;
-    }
-    return MT_FAIL(MT_ERR_INVALID, "unknown decode mode '%s': use scaled or tf",
-                   text ? text : "(null)");
-}
+static const char *const decode_mode_names[] = {
+    [MT_DECODE_MODE_SCALED] = "scaled", [MT_DECODE_MODE_TF] = "tf"};
+const mt_enum_names mt_decode_mode_names = MT_ENUM_NAMES(decode_mode_names);
 
 const char *mt_decode_mode_name(mt_decode_mode mode) {
     return mt_enum_name(&mt_decode_mode_names, (int)mode);
@@ -23,7 +17,7 @@ const char *mt_decode_mode_name(mt_decode_mode mode) {
 /* The scaled decode's hint is the output side: the DCT scale keeps both sides >= it, so the
  * resize only ever shrinks a little (docs/packing.md). */
 static int decode_hint(const mt_preprocess *p) {
-    return p->decode == MT_DECODE_MODE_TF ? MT_DECODE_TF : p->size;
+    return p->decode == MT_DECODE_MODE_TF ? MT_DECODE_HINT_TF : p->size;
 }
 
 static mt_status resize_and_free(mt_image *image, const mt_preprocess *p, uint8_t *pixels) {

@@ -157,10 +157,6 @@ static const char *const resize_mode_names[] = {[MT_RESIZE_STRETCH] = "stretch",
                                                 [MT_RESIZE_PAD] = "pad"};
 const mt_enum_names mt_resize_mode_names = MT_ENUM_NAMES(resize_mode_names);
 
-static const char *const decode_mode_names[] = {
-    [MT_DECODE_MODE_SCALED] = "scaled", [MT_DECODE_MODE_TF] = "tf"};
-const mt_enum_names mt_decode_mode_names = MT_ENUM_NAMES(decode_mode_names);
-
 mt_status mt_resize_mode_parse(const char *text, mt_resize_mode *out) {
     int mode;
     if (mt_enum_find(&mt_resize_mode_names, text, &mode)) {

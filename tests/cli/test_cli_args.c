@@ -16,6 +16,7 @@ typedef struct test_args {
     int count;
     int64_t big;
     float fraction;
+    float share;
     double scale;
     mt_train_mode mode;
     const char *name;
@@ -42,6 +43,14 @@ static const mt_config_option rows[] = {
      .flags = MT_CONFIG_ABOVE_MIN,
      .metavar = "F",
      .help = "a part"},
+    {.key = "share",
+     .type = MT_CONFIG_FLOAT,
+     ARG(share),
+     .min = 0,
+     .max = 1,
+     .flags = MT_CONFIG_ABOVE_MIN | MT_CONFIG_BELOW_MAX,
+     .metavar = "F",
+     .help = "a proper part"},
     {.key = "scale", .type = MT_CONFIG_FLOAT, ARG(scale), .metavar = "S", .help = "any number"},
     {.key = "mode",
      .type = MT_CONFIG_ENUM,
@@ -161,6 +170,8 @@ static void test_errors(void) {
     expect_error("--big 99999999999999999999: not an integer", "--big", "99999999999999999999",
                  NULL);
     expect_error("--fraction 0: out of range (0, 1]", "--fraction", "0", NULL);
+    expect_error("--share 1: out of range (0, 1)", "--share", "1", NULL);
+    expect_error("--share 0: out of range (0, 1)", "--share", "0", NULL);
     expect_error("--scale nan: not a finite number", "--scale", "nan", NULL);
     expect_error("--mode 'fine': not one of scratch|frozen|finetune", "--mode", "fine", NULL);
     expect_error("unknown option '--cuont' (did you mean --count?", "--cuont", "3", NULL);
