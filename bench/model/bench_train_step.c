@@ -14,7 +14,7 @@
  * pipeline); on the CPU backends the float batch the loader threads would have made. The loss
  * stays on the device (mt_model_forward_accumulate), as in training. Prints one machine-readable
  * line:
- *   RESULT mode=<m> backend=<b> batch=<n> size=<s> threads=<t> median_s=<x> images_per_s=<y>
+ *   RESULT mode=<m> backend=<b> precision=<p> batch=<n> size=<s> threads=<t> median_s=<x> images_per_s=<y>
  *          peak_rss_mb=<z>
  * Never run by ctest. */
 #include <stdint.h>
@@ -169,9 +169,9 @@ int main(int argc, char **argv) {
     struct rusage usage_info;
     getrusage(RUSAGE_SELF, &usage_info);
     const mt_model_layout *layout = mt_model_get_layout(model);
-    printf("RESULT mode=%s backend=%s batch=%d size=%d threads=%d trainable=%zu median_s=%.4f "
-           "images_per_s=%.2f peak_rss_mb=%.1f\n",
-           mode_name, backend_name, batch, size, threads, layout->trainable_count, median,
+    printf("RESULT mode=%s backend=%s precision=%s batch=%d size=%d threads=%d trainable=%zu "
+           "median_s=%.4f images_per_s=%.2f peak_rss_mb=%.1f\n",
+           mode_name, backend_name, mt_compute_precision_name(precision), batch, size, threads, layout->trainable_count, median,
            batch / median, usage_info.ru_maxrss / 1024.0);
     ops->buffer_free(backend, accum);
     for (int b = 0; b < 2; b++) {

@@ -99,8 +99,9 @@ typedef enum mt_loader_output {
     /* x/127.5 - 1 in float32 (Keras mobilenet_v2.preprocess_input), flipped where random_flip
      * decided (mt_batch.flips all 0) */
     MT_LOADER_FLOAT32 = 0,
-    /* the stored pixels, never flipped here: mt_batch.flips says which images the consumer
-     * mirrors (the backend, on the device: ops.h input_convert) */
+    /* the stored pixels (with data.random_rotation: rotated, rounded to the nearest level),
+     * never flipped here: mt_batch.flips says which images the consumer mirrors (the backend,
+     * on the device: ops.h input_convert) */
     MT_LOADER_UINT8 = 1,
 } mt_loader_output;
 

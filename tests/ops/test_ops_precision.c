@@ -228,6 +228,27 @@ static void check_emulation(mt_compute_precision p) {
     MUST(o->tensor_from_nhwc(hi, xr, &th));
     expect_rounded(p, "tensor_from_nhwc", tl.data, x, n_in);
 
+    /* input_convert (the staged uint8 batch, flips included) is the first activation: rounded
+     * like every other op's output; fp32 gives the unrounded scaled pixels */
+    {
+        uint8_t pixels[2 * 5 * 6 * 3], flips[2] = {0, 1};
+        int32_t labels[2] = {0, 1}, got_labels[2];
+        for (size_t i = 0; i < sizeof pixels; i++)
+            pixels[i] = (uint8_t)(i * 37 + 11);
+        const mt_input_batch batch = {.n = 2, .height = 5, .width = 6, .pixels = pixels,
+                                      .labels = labels, .flips = flips};
+        mt_tensor il, ih;
+        MUST(o->tensor_alloc(lo, in, &il));
+        MUST(o->tensor_alloc(hi, in, &ih));
+        MUST(o->input_upload(lo, 0, &batch));
+        MUST(o->input_convert(lo, 0, &il, got_labels));
+        MUST(hi->ops->input_upload(hi, 0, &batch));
+        MUST(hi->ops->input_convert(hi, 0, &ih, got_labels));
+        expect_rounded(p, "input_convert", il.data, ih.data, n_in);
+        o->tensor_free(lo, &il);
+        hi->ops->tensor_free(hi, &ih);
+    }
+
     /* a 3x3 stride-2 conv: forward on the rounded weights, rounded output */
     mt_conv_desc conv = {.input = in, .out_channels = 4, .kernel = 3, .stride = 2};
     mt_same_padding(in.h, 3, 2, &conv.pad_top, &conv.pad_bottom);
