@@ -77,10 +77,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads"))
             threads = atoi(v);
         else if (!strcmp(a, "--precision")) {
-            int p = 0;
-            while (p < 4 && strcmp(v, mt_compute_precision_name((mt_compute_precision)p)) != 0)
-                p++;
-            if (p == 4) return usage();
+            int p;
+            if (!mt_enum_find(&mt_compute_precision_names, v, &p)) return usage();
             precision = (mt_compute_precision)p;
         } else
             return usage();

@@ -68,7 +68,6 @@ typedef enum mt_precision {
     MT_PRECISION_BF16,
     MT_PRECISION_FP16,
 } mt_precision;
-extern const mt_enum_names mt_precision_names; /* fp32|tf32|bf16|fp16 */
 
 /* Every option's value. Path fields are absolute, or "" for none. Enum fields hold the enum's
  * value, which its name table spells. */

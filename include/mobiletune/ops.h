@@ -214,11 +214,11 @@ typedef enum mt_compute_precision {
     MT_COMPUTE_FP16,
 } mt_compute_precision;
 
-/* "fp32", "tf32", "bf16", "fp16" (the option's values); "?" for anything else */
-static inline const char *mt_compute_precision_name(mt_compute_precision precision) {
-    static const char *const names[] = {"fp32", "tf32", "bf16", "fp16"};
-    return (unsigned)precision < 4 ? names[precision] : "?";
-}
+/* fp32|tf32|bf16|fp16: the names of train.precision's values too (the config's option row uses
+ * this table) */
+extern const mt_enum_names mt_compute_precision_names;
+/* the value's name; "?" for anything else */
+const char *mt_compute_precision_name(mt_compute_precision precision);
 
 /* Bytes of one tensor element in a backend that stores its tensors in the precision's type (cuda;
  * the reference emulates 16 bits on 4) */

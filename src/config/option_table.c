@@ -15,6 +15,11 @@ _Static_assert(sizeof(mt_config_backend) == sizeof(int), "enum options are store
 _Static_assert(sizeof(mt_config_comm) == sizeof(int), "enum options are stored as int");
 _Static_assert(sizeof(mt_cache_features) == sizeof(int), "enum options are stored as int");
 _Static_assert(sizeof(mt_precision) == sizeof(int), "enum options are stored as int");
+_Static_assert((int)MT_PRECISION_FP32 == (int)MT_COMPUTE_FP32 &&
+                   (int)MT_PRECISION_TF32 == (int)MT_COMPUTE_TF32 &&
+                   (int)MT_PRECISION_BF16 == (int)MT_COMPUTE_BF16 &&
+                   (int)MT_PRECISION_FP16 == (int)MT_COMPUTE_FP16,
+               "train.precision's values are named by mt_compute_precision_names");
 
 static const char *const nan_policy_names[] = {
     [MT_NAN_POLICY_STOP] = "stop", [MT_NAN_POLICY_SKIP] = "skip"};
@@ -31,11 +36,6 @@ static const char *const cache_features_names[] = {[MT_CACHE_FEATURES_AUTO] = "a
                                                    [MT_CACHE_FEATURES_OFF] = "off"};
 const mt_enum_names mt_cache_features_names = MT_ENUM_NAMES(cache_features_names);
 
-static const char *const precision_names[] = {[MT_PRECISION_FP32] = "fp32",
-                                               [MT_PRECISION_TF32] = "tf32",
-                                               [MT_PRECISION_BF16] = "bf16",
-                                               [MT_PRECISION_FP16] = "fp16"};
-const mt_enum_names mt_precision_names = MT_ENUM_NAMES(precision_names);
 
 #define FIELD(f) .offset = offsetof(mt_train_config, f), .size = sizeof(((mt_train_config *)0)->f)
 /* a numeric macro's digits as a text default (the table's defaults are the INI text) */
@@ -434,7 +434,7 @@ const mt_config_option config_options[] = {
      .type = MT_CONFIG_ENUM,
      FIELD(train.precision),
      .default_text = "fp32",
-     .names = &mt_precision_names,
+     .names = &mt_compute_precision_names, /* mt_precision mirrors mt_compute_precision */
      .help = "Arithmetic precision. fp32: exact fp32 math. tf32: fp32 storage, TF32 tensor-core "
              "math in cuDNN and cuBLAS (cuda only; the CPU backends run it as fp32). bf16 and "
              "fp16: activations and gradients of the backbone stored in 16 bits, convolutions "

@@ -12,6 +12,16 @@ static const char *const backend_kind_names[] = {[MT_BACKEND_KIND_REFERENCE] = "
                                                  [MT_BACKEND_KIND_CUDA] = "cuda"};
 const mt_enum_names mt_backend_kind_names = MT_ENUM_NAMES(backend_kind_names);
 
+static const char *const compute_precision_names[] = {[MT_COMPUTE_FP32] = "fp32",
+                                                      [MT_COMPUTE_TF32] = "tf32",
+                                                      [MT_COMPUTE_BF16] = "bf16",
+                                                      [MT_COMPUTE_FP16] = "fp16"};
+const mt_enum_names mt_compute_precision_names = MT_ENUM_NAMES(compute_precision_names);
+
+const char *mt_compute_precision_name(mt_compute_precision precision) {
+    return mt_enum_name(&mt_compute_precision_names, (int)precision);
+}
+
 /* The table of a backend compiled into the core: each backend folder defines MT_BACKEND_<NAME>
  * when it is part of the build. NULL for the others (and for those in a module). */
 static const mt_ops *core_table(mt_backend_kind kind) {
