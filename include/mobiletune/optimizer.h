@@ -113,8 +113,9 @@ typedef struct mt_checkpoint mt_checkpoint; /* checkpoint.h */
 mt_status mt_optimizer_save(const mt_optimizer *optimizer, mt_checkpoint *checkpoint);
 
 /* Restore what mt_optimizer_save stored into an optimizer set up (mt_optimizer_init) with the
- * same kind, slots and count; a mismatch is an error naming the checkpoint file and the tensor,
- * and leaves the optimizer unchanged. */
+ * same kind, slots and count; a mismatch or a non-finite slot value is an error naming the
+ * checkpoint file and the tensor, and leaves the optimizer unchanged. The trainer's checkpoints
+ * store and restore their optimizer state through these two. */
 mt_status mt_optimizer_load(mt_optimizer *optimizer, const mt_checkpoint *checkpoint);
 
 /* ---- learning-rate schedules ------------------------------------------------------------- */

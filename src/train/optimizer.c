@@ -242,6 +242,8 @@ mt_status mt_optimizer_load(mt_optimizer *optimizer, const mt_checkpoint *checkp
                            "fine_tune_at or momentum?)",
                            path, name, !t ? "is missing" : "has another size or dtype",
                            optimizer->count);
+        /* a NaN in a slot would poison every later step of a resumed run */
+        MT_TRY(mt_checkpoint_check_finite(checkpoint, name));
     }
     float *host = optimizer->slot_count ? malloc(optimizer->count * sizeof *host + 1) : NULL;
     if (optimizer->slot_count && !host)

@@ -58,19 +58,7 @@ mt_status trainer_save_checkpoint(trainer *t, const char *name) {
     mt_checkpoint *c = NULL;
     MT_TRY(mt_checkpoint_create(&c));
     mt_status status = add_model_tensors(c, t->model);
-    float *slot = NULL;
-    if (status == MT_OK && t->optimizer.slot_count > 0) {
-        slot = malloc(t->trainable_count * sizeof *slot + 1);
-        if (!slot) status = MT_FAIL(MT_ERR_NOMEM, "out of memory writing a checkpoint");
-    }
-    for (int s = 0; status == MT_OK && s < t->optimizer.slot_count; s++) {
-        char tensor[96];
-        snprintf(tensor, sizeof tensor, "optimizer/%s", t->optimizer.slot_names[s]);
-        int shape[1] = {(int)t->trainable_count};
-        status = mt_optimizer_slot_download(&t->optimizer, s, slot);
-        if (status == MT_OK) status = mt_checkpoint_add_f32(c, tensor, 1, shape, slot);
-    }
-    free(slot);
+    if (status == MT_OK) status = mt_optimizer_save(&t->optimizer, c);
     char *config_text = NULL;
     if (status == MT_OK) status = mt_config_to_ini(t->config, &config_text);
     char best[40], checksum[24];
@@ -79,7 +67,6 @@ mt_status trainer_save_checkpoint(trainer *t, const char *name) {
     struct { const char *key, *value; } text[] = {
         {"format", CHECKPOINT_FORMAT}, {"format_version", CHECKPOINT_VERSION},
         {"mode", mt_train_mode_name(t->layout->config.mode)},
-        {"optimizer", mt_optimizer_kind_name(t->optimizer.params.kind)},
         {"best_val_accuracy", best}, {"layout_checksum", checksum}, {"config", config_text},
     };
     for (size_t i = 0; status == MT_OK && i < sizeof text / sizeof text[0]; i++)
@@ -98,7 +85,6 @@ mt_status trainer_save_checkpoint(trainer *t, const char *name) {
     free(names);
     struct { const char *key; uint64_t value; } numbers[] = {
         {"epoch", t->epoch}, {"next_batch", t->next_batch}, {"global_step", t->global_step},
-        {"optimizer_iterations", t->optimizer.iterations},
         {"seed", (uint64_t)t->config->train.seed}, {"world_size", (uint64_t)t->who.world_size},
         {"trainable_count", t->trainable_count},
     };
@@ -258,7 +244,6 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_chang
     mt_status status = MT_OK;
     const char *format = mt_checkpoint_meta(c, "format");
     const char *mode = mt_checkpoint_meta(c, "mode");
-    const char *optimizer = mt_checkpoint_meta(c, "optimizer");
     if (!format || strcmp(format, CHECKPOINT_FORMAT) != 0)
         status = MT_FAIL(MT_ERR_FORMAT, "'%s' is not a mobiletune training checkpoint (use "
                          "model.init_checkpoint to take weights from other safetensors files)", path);
@@ -266,10 +251,6 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_chang
         status = MT_FAIL(MT_ERR_INVALID, "checkpoint '%s' was trained in mode %s, this run is %s: "
                          "to start a new phase from it use model.init_checkpoint", path,
                          mode ? mode : "?", mt_train_mode_name(t->layout->config.mode));
-    else if (!optimizer || strcmp(optimizer, mt_optimizer_kind_name(t->optimizer.params.kind)) != 0)
-        status = MT_FAIL(MT_ERR_INVALID, "checkpoint '%s' used optimizer %s, this run uses %s",
-                         path, optimizer ? optimizer : "?",
-                         mt_optimizer_kind_name(t->optimizer.params.kind));
     if (status == MT_OK)
         status = check_class_names(c, path, "checkpoint", mt_loader_meta(t->train_loader),
                                    t->config->data.train);
@@ -289,23 +270,10 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_chang
                          t->trainable_count);
     int loaded = 0;
     if (status == MT_OK) status = load_model_tensors(c, t->model, true, &loaded);
-    float *slot = NULL;
-    if (status == MT_OK && t->optimizer.slot_count > 0) {
-        slot = malloc(t->trainable_count * sizeof *slot + 1);
-        if (!slot) status = MT_FAIL(MT_ERR_NOMEM, "out of memory reading a checkpoint");
-    }
-    for (int s = 0; status == MT_OK && s < t->optimizer.slot_count; s++) {
-        char tensor[96];
-        snprintf(tensor, sizeof tensor, "optimizer/%s", t->optimizer.slot_names[s]);
-        status = mt_checkpoint_get_f32(c, tensor, slot, t->trainable_count, 0, NULL);
-        if (status == MT_OK) status = mt_checkpoint_check_finite(c, tensor);
-        if (status == MT_OK) status = mt_optimizer_slot_upload(&t->optimizer, s, slot);
-    }
-    free(slot);
+    if (status == MT_OK) status = mt_optimizer_load(&t->optimizer, c);
     if (status == MT_OK) status = meta_u64(c, "epoch", &t->epoch);
     if (status == MT_OK) status = meta_u64(c, "next_batch", &t->next_batch);
     if (status == MT_OK) status = meta_u64(c, "global_step", &t->global_step);
-    if (status == MT_OK) status = meta_u64(c, "optimizer_iterations", &t->optimizer.iterations);
     if (status == MT_OK && t->loss_scaling) status = load_loss_scale(c, path, &t->loss_scale);
     const char *best = mt_checkpoint_meta(c, "best_val_accuracy");
     if (status == MT_OK) t->best_val_accuracy = best ? strtod(best, NULL) : 0.0;

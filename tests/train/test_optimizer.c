@@ -360,6 +360,29 @@ static void test_save_load(void) {
     CHECK(strstr(mt_last_error(), "optimizer/velocity") != NULL);
     CHECK(b.iterations == 0 && mt_optimizer_slot(&b, 0)[0] == 0.0f);
     mt_optimizer_free(&b);
+
+    /* A NaN in a slot (the trainer resumes through mt_optimizer_load) is refused, naming it. */
+    mt_checkpoint *bad = NULL, *bad_back = NULL;
+    CHECK(mt_checkpoint_create(&bad) == MT_OK);
+    int shape[1] = {N};
+    straight[7] = NAN;
+    CHECK(mt_checkpoint_add_f32(bad, "optimizer/velocity", 1, shape, resumed) == MT_OK);
+    CHECK(mt_checkpoint_add_f32(bad, "optimizer/momentum", 1, shape, straight) == MT_OK);
+    CHECK(mt_checkpoint_set_meta(bad, "optimizer", "rmsprop") == MT_OK);
+    CHECK(mt_checkpoint_set_meta(bad, "optimizer_iterations", "3") == MT_OK);
+    snprintf(path, sizeof path, "%s/nan.safetensors", dir);
+    CHECK(mt_checkpoint_write(bad, path) == MT_OK);
+    CHECK(mt_checkpoint_read(path, &bad_back) == MT_OK);
+    CHECK(mt_optimizer_init(&b, REF, &params, N) == MT_OK);
+    if (bad_back) {
+        CHECK(mt_optimizer_load(&b, bad_back) == MT_ERR_FORMAT);
+        CHECK_MSG(strstr(mt_last_error(), "optimizer/momentum") != NULL, "message: %s",
+                  mt_last_error());
+        CHECK(b.iterations == 0 && mt_optimizer_slot(&b, 0)[0] == 0.0f);
+    }
+    mt_optimizer_free(&b);
+    mt_checkpoint_free(bad);
+    mt_checkpoint_free(bad_back);
     mt_checkpoint_free(c);
     mt_checkpoint_free(back);
     mt_test_remove_tree(dir);
