@@ -20,6 +20,10 @@ enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
  * for MT_ERR_INVALID raised while parsing). */
 int cli_fail(const char *command, mt_status status);
 
+/* Free `count` malloc'd strings and their malloc'd array (class names from
+ * mt_checkpoint_open_model); NULL is nothing to free. */
+void cli_free_names(char **names, int count);
+
 /* 2259265 -> "2,259,265" into buf. */
 const char *cli_thousands(size_t value, char *buf, size_t size);
 

@@ -21,11 +21,6 @@ extern char **environ;
 #define MT_SOURCE_DIR "."
 #endif
 
-static void free_names(char **names, int count) {
-    for (int i = 0; names && i < count; i++) free(names[i]);
-    free(names);
-}
-
 /* Every tensor of the classifier (all MT_MODEL_LAYERS layers, head included) in Keras'
  * save_weights layout, for scripts/export_keras.py to put into the Keras model by layer name. */
 static mt_status save_whole_weights(mt_model *model, const char *path) {
@@ -208,7 +203,7 @@ int mt_cmd_export(int argc, char **argv) {
                layout->config.alpha, layout->config.input_size, layout->config.input_size,
                classes, output, what);
     }
-    free_names(names, classes);
+    cli_free_names(names, classes);
     mt_model_destroy(model);
     mt_backend_destroy(backend);
     if (said) return CLI_EXIT_FAILURE;
