@@ -680,6 +680,19 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+/* Tell the `started` workers to stop, wake those waiting for a free slot, and join them; then
+ * none is started. Used at the end of the records and on every early exit. */
+static void workers_stop(pipeline *p, pthread_t *threads, int *started) {
+    if (*started == 0) return;
+    pthread_mutex_lock(&p->mutex);
+    p->stop = true;
+    pthread_cond_broadcast(&p->free_cond);
+    pthread_mutex_unlock(&p->mutex);
+    for (int i = 0; i < *started; i++)
+        pthread_join(threads[i], NULL);
+    *started = 0;
+}
+
 /* ---- progress -------------------------------------------------------------------------------- */
 
 typedef struct progress {
@@ -988,13 +1001,7 @@ mt_status pack_run(const pack_options *given) {
                              packed);
         progress_update(&pr, i + 1, job_count, skips.count, false);
     }
-    pthread_mutex_lock(&p.mutex);
-    p.stop = true;
-    pthread_cond_broadcast(&p.free_cond);
-    pthread_mutex_unlock(&p.mutex);
-    for (int i = 0; i < started; i++)
-        pthread_join(threads[i], NULL);
-    started = 0;
+    workers_stop(&p, threads, &started);
     progress_update(&pr, job_count, job_count, skips.count, true);
     int write_error = write_behind_stop(&wb);
     if (status == MT_OK && write_error != 0)
@@ -1102,14 +1109,7 @@ mt_status pack_run(const pack_options *given) {
 
 done:
     write_behind_stop(&wb); /* before db_close: the thread may hold a descriptor */
-    if (started > 0) {
-        pthread_mutex_lock(&p.mutex);
-        p.stop = true;
-        pthread_cond_broadcast(&p.free_cond);
-        pthread_mutex_unlock(&p.mutex);
-        for (int i = 0; i < started; i++)
-            pthread_join(threads[i], NULL);
-    }
+    workers_stop(&p, threads, &started);
     for (int s = 0; dbs && s < split_count; s++)
         db_close(&dbs[s]);
     if (temp_made && !published) pack_remove_tree(temp);
