@@ -8,6 +8,7 @@
 
 #include "mobiletune/model.h"
 #include "test_util.h"
+#include "model_perturb.h"
 
 static bool has_backend(const char *name) {
     for (const char *const *n = mt_backend_names(); *n; n++)
@@ -20,36 +21,6 @@ static float maxabs(const float *v, size_t n) {
     for (size_t i = 0; i < n; i++)
         m = fmaxf(m, fabsf(v[i]));
     return m;
-}
-
-/* The same spread of BN parameters and statistics in both models: with the initial ones (beta 0,
- * mean 0, variance 1) the activations of a BN-inference network fade towards 0 and the
- * comparison would be of nothing. */
-static void perturb(mt_model *a, mt_model *b) {
-    const mt_model_layout *layout = mt_model_get_layout(a);
-    uint64_t s = 7;
-    for (int i = 0; i < layout->tensor_count; i++) {
-        const mt_param_tensor *t = &layout->tensors[i];
-        float lo, hi;
-        if (!strcmp(t->weight, "gamma"))
-            lo = 0.6f, hi = 1.4f;
-        else if (!strcmp(t->weight, "beta"))
-            lo = -0.3f, hi = 0.5f;
-        else if (!strcmp(t->weight, "moving_mean"))
-            lo = -0.2f, hi = 0.2f;
-        else if (!strcmp(t->weight, "moving_variance"))
-            lo = 0.5f, hi = 2.0f;
-        else
-            continue;
-        float *v = malloc(t->count * sizeof *v);
-        for (size_t j = 0; j < t->count; j++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            v[j] = lo + (hi - lo) * (float)((s >> 40) * (1.0 / 16777216.0));
-        }
-        CHECK(mt_model_tensor_upload(a, t, v) == MT_OK);
-        CHECK(mt_model_tensor_upload(b, t, v) == MT_OK);
-        free(v);
-    }
 }
 
 static void compare(mt_backend *ref, mt_backend *cpu, mt_train_mode mode, int classes) {
@@ -69,7 +40,7 @@ static void compare(mt_backend *ref, mt_backend *cpu, mt_train_mode mode, int cl
         mt_model_destroy(b);
         return;
     }
-    perturb(a, b);
+    model_perturb_bn((mt_model *const[]){a, b}, 2);
     const mt_model_layout *layout = mt_model_get_layout(a);
     const int n = 4;
     size_t pixels = (size_t)n * 64 * 64 * 3;

@@ -29,6 +29,7 @@
 
 #include "mobiletune/model.h"
 #include "test_util.h"
+#include "model_perturb.h"
 
 enum { N = 4, SIZE = 64 };
 static const double SQRT_D = 7.2111025509279782; /* sqrt(52) */
@@ -42,36 +43,6 @@ static double rel_l2(const float *got, const float *want, size_t n) {
         w += (double)want[i] * want[i];
     }
     return w > 0 ? sqrt(d / w) : sqrt(d);
-}
-
-/* BN parameters and statistics with some spread, as test_model_backends.c does: with the
- * initial ones (beta 0, mean 0, variance 1) the activations fade towards 0 */
-static void perturb(mt_model *const *models, int count) {
-    const mt_model_layout *layout = mt_model_get_layout(models[0]);
-    uint64_t s = 7;
-    for (int i = 0; i < layout->tensor_count; i++) {
-        const mt_param_tensor *t = &layout->tensors[i];
-        float lo, hi;
-        if (!strcmp(t->weight, "gamma"))
-            lo = 0.6f, hi = 1.4f;
-        else if (!strcmp(t->weight, "beta"))
-            lo = -0.3f, hi = 0.5f;
-        else if (!strcmp(t->weight, "moving_mean"))
-            lo = -0.2f, hi = 0.2f;
-        else if (!strcmp(t->weight, "moving_variance"))
-            lo = 0.5f, hi = 2.0f;
-        else
-            continue;
-        float *v = malloc(t->count * sizeof *v);
-        if (!v) abort();
-        for (size_t j = 0; j < t->count; j++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            v[j] = lo + (hi - lo) * (float)((s >> 40) * (1.0 / 16777216.0));
-        }
-        for (int m = 0; m < count; m++)
-            CHECK(mt_model_tensor_upload(models[m], t, v) == MT_OK);
-        free(v);
-    }
 }
 
 typedef struct run {
@@ -127,7 +98,7 @@ int main(int argc, char **argv) {
         if (!backends[p]) CHECK_OK(mt_backend_create(name, &options, &backends[p]));
         CHECK_OK(mt_model_create(backends[p], &config, 5, &models[p]));
     }
-    perturb(models, 3);
+    model_perturb_bn(models, 3);
     const size_t pixels = (size_t)N * SIZE * SIZE * 3;
     float *images = malloc(pixels * sizeof *images);
     if (!images) return 1;
