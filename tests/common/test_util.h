@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "mobiletune/status.h"
@@ -51,6 +52,15 @@ bool mt_test_close(double a, double b, double atol, double rtol);
 /* Compare arrays; prints the worst element and returns false when any is out of tolerance. */
 bool mt_test_arrays_close(const char *what, const float *got, const float *want, size_t count,
                           double atol, double rtol);
+
+/* The tests' input numbers: one xorshift64 step of *state (seeded non-zero), then its top 53
+ * bits as a double in [0, 1). Deterministic, so every run sees the same data. */
+static inline double mt_test_xorshift_unit(uint64_t *state) {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return (double)(*state >> 11) / 9007199254740992.0;
+}
 
 /* Exit code for main(): 0 when every CHECK held, 1 otherwise (with a count). */
 int mt_test_finish(void);

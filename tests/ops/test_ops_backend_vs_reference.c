@@ -86,10 +86,7 @@ static const char *current_case = "";
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
 
 static double uniform(double lo, double hi) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return lo + (hi - lo) * (double)(rng_state >> 11) / 9007199254740992.0;
+    return lo + (hi - lo) * mt_test_xorshift_unit(&rng_state);
 }
 
 static void *xmalloc(size_t bytes) {

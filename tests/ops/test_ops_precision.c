@@ -165,8 +165,7 @@ static void check_edges(void) {
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
 
 static float uniform(float lo, float hi) {
-    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
-    return lo + (hi - lo) * (float)((double)(rng_state >> 11) / 9007199254740992.0);
+    return lo + (hi - lo) * (float)mt_test_xorshift_unit(&rng_state);
 }
 
 static float *random_array(size_t n, float lo, float hi) {

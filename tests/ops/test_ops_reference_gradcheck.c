@@ -41,10 +41,7 @@ static const mt_ops *ops;
 static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
 
 static double uniform(double lo, double hi) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return lo + (hi - lo) * (double)(rng_state >> 11) / 9007199254740992.0;
+    return lo + (hi - lo) * mt_test_xorshift_unit(&rng_state);
 }
 
 static float *random_array(size_t count, double lo, double hi) {
