@@ -101,30 +101,34 @@ static test_args defaults(void) {
                        .set = {.items = set_items, .capacity = 8}};
 }
 
+/* argv[0] "test", then `first` and the rest of a NULL-terminated list (at most 30), then NULL;
+ * returns argc. */
+static int collect_argv(char *argv[32], const char *first, va_list list) {
+    int argc = 0;
+    argv[argc++] = "test";
+    for (const char *a = first; a && argc < 31; a = va_arg(list, const char *))
+        argv[argc++] = (char *)a;
+    argv[argc] = NULL;
+    return argc;
+}
+
 /* Parse a NULL-terminated argument list (argv[0] is the command). */
 static mt_status parse(const cli_spec *s, test_args *args, char ***positional, int *count,
                        const char *first, ...) {
     static char *argv[32];
-    int argc = 0;
-    argv[argc++] = "test";
     va_list list;
     va_start(list, first);
-    for (const char *a = first; a && argc < 31; a = va_arg(list, const char *))
-        argv[argc++] = (char *)a;
+    int argc = collect_argv(argv, first, list);
     va_end(list);
-    argv[argc] = NULL;
     *args = defaults();
     return cli_parse(s, args, argc, argv, positional, count);
 }
 
 static void expect_error(const char *fragment, const char *first, ...) {
     static char *argv[32];
-    int argc = 0;
-    argv[argc++] = "test";
     va_list list;
     va_start(list, first);
-    for (const char *a = first; a && argc < 31; a = va_arg(list, const char *))
-        argv[argc++] = (char *)a;
+    int argc = collect_argv(argv, first, list);
     va_end(list);
     test_args args = defaults();
     char **positional = NULL;
