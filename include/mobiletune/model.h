@@ -300,12 +300,6 @@ mt_status mt_model_backward(mt_model *model);
  * (ops.h buffer_scale) before the optimizer. */
 void mt_model_set_loss_scale(mt_model *model, float scale);
 
-/* The output of backbone layer `layer` in the last forward, host NHWC (n x out_h x out_w x
- * out_c, the executed shape), for tests that inspect activations (e.g. the pre-activations of a
- * BN from its input). Only outputs the forward keeps for the backward (a trainable BN's input,
- * a trainable conv's input) and only until the next backward; others are refused. */
-mt_status mt_model_layer_output(mt_model *model, int layer, float *host);
-
 /* Pooled backbone features in inference mode (BN moving statistics, no dropout):
  * images host N,H,W,3 in [-1,1], n <= batch_size; features host n x feature_channels. */
 mt_status mt_model_features(mt_model *model, const float *images, int n, float *features);

@@ -7,6 +7,7 @@
 
 #include "core/splitmix64.h"
 #include "mobiletune/model.h"
+#include "model/model_testing.h"
 
 enum { GRAD_SLOTS_MAX = 64 };
 

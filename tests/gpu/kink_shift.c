@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "model/model_testing.h"
+
 static const double unit_roundoff = 5.9604644775390625e-08; /* fp32, 2^-24 */
 
 typedef struct interval {

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "mobiletune/model.h"
+#include "model/model_testing.h"
 #include "test_util.h"
 
 /* ---- a reference backend whose backward calls are counted ---- */
