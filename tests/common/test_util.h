@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "mobiletune/status.h"
 
@@ -41,6 +42,18 @@ extern int mt_test_failures;
                     mt_status_name(check_ok_status_), mt_last_error());                           \
             mt_test_failures++;                                                                    \
             return mt_test_finish();                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* A call that must succeed where CHECK_OK cannot return (in helpers that return nothing): on
+ * failure print mt_last_error() and stop the test with exit code 1. */
+#define MUST(call)                                                                                 \
+    do {                                                                                           \
+        mt_status must_status_ = (call);                                                           \
+        if (must_status_ != MT_OK) {                                                               \
+            fprintf(stderr, "%s:%d: %s failed: %s: %s\n", __FILE__, __LINE__, #call,               \
+                    mt_status_name(must_status_), mt_last_error());                                \
+            exit(1);                                                                               \
         }                                                                                          \
     } while (0)
 

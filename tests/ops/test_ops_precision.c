@@ -153,15 +153,6 @@ static void check_edges(void) {
 
 /* ---- 2. the reference backend's emulation --------------------------------------------------- */
 
-/* a backend call that must succeed (in a void function, where CHECK_OK cannot return) */
-#define MUST(call)                                                                                 \
-    do {                                                                                           \
-        if ((call) != MT_OK) {                                                                     \
-            fprintf(stderr, "FAIL %s:%d: %s: %s\n", __FILE__, __LINE__, #call, mt_last_error());   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
 
 static float uniform(float lo, float hi) {

@@ -26,16 +26,6 @@
 static mt_backend *B;
 static const mt_ops *ops;
 
-/* A call that must succeed inside helpers that return nothing: stop the test on failure. */
-#define MUST(call)                                                                                 \
-    do {                                                                                           \
-        mt_status must_status_ = (call);                                                           \
-        if (must_status_ != MT_OK) {                                                               \
-            fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, mt_last_error()); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
 /* ---- random numbers and small allocation helpers ---------------------------------------- */
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
