@@ -7,6 +7,7 @@
 
 #include "core/splitmix64.h"
 #include "mobiletune/model.h"
+#include "model/model_plan.h"
 #include "model/model_testing.h"
 
 enum { GRAD_SLOTS_MAX = 64 };
@@ -33,39 +34,20 @@ struct mt_model {
     /* backend memory */
     float *params, *grads, *frozen, *state;
     float *bn_saved; /* per BN layer: saved mean [c], saved 1/std [c] of the last training step */
-    size_t bn_saved_offset[MT_MODEL_LAYERS];
     float *pooled, *dropped, *dpooled, *ddropped, *logits, *dlogits; /* head, batch_size rows */
     uint8_t *mask;
     int32_t *labels;
     float *host_logits;
 
-    /* per layer: first tensor in layout->tensors (-1: none), the layer whose tensor holds its
-     * output (ReLU6 runs in place, a pad layer is folded into the next conv), the executed
-     * output shape without the batch, and whether its output needs a gradient */
-    int first_tensor[MT_MODEL_LAYERS];
-    int owner[MT_MODEL_LAYERS];
-    int exec_h[MT_MODEL_LAYERS], exec_w[MT_MODEL_LAYERS], exec_c[MT_MODEL_LAYERS];
-    bool needs_grad[MT_MODEL_LAYERS];
-    /* activation memory plan: `keep` outputs are read by the backward pass and get their own
-     * tensor; the others (below the lowest trainable layer) share tensors of their shape once
-     * the previous user's last forward reader (`last_use`) has run */
-    bool keep[MT_MODEL_LAYERS];
-    int last_use[MT_MODEL_LAYERS];
-    bool allocated[MT_MODEL_LAYERS]; /* acts[k] owns its memory */
-    /* fusable groups (-1: none): for a conv, the BN that is its output's only reader; for a BN,
-     * the ReLU6 that is its output's only reader. Whether a group runs fused is decided per
-     * forward (the backend's optional ops, the BN mode, whether a backward passes through). */
-    int group_bn[MT_MODEL_LAYERS];
-    int group_relu[MT_MODEL_LAYERS];
-    /* conv outputs that every forward fuses away (the BN always normalizes with the moving
-     * statistics and no backward reaches it): they get no tensor */
-    bool fused_away[MT_MODEL_LAYERS];
+    /* per layer: its output tensor, what the backward keeps, the fused ops (model_plan.h) */
+    mt_model_plan plan;
+    bool allocated[MT_MODEL_LAYERS]; /* acts[k] owns its memory (runtime, per batch size) */
     /* BN layers that the last forward ran fused with their ReLU6 in training mode: the backward
      * runs the pair at the ReLU6 and skips the BN */
     bool fused_training[MT_MODEL_LAYERS];
 
     float loss_scale; /* mt_model_set_loss_scale (1: none) */
-    int n; /* batch the activations are sized for (0: none yet) */
+    int n;            /* batch the activations are sized for (0: none yet) */
     mt_tensor acts[MT_MODEL_LAYERS];
     grad_slot slots[GRAD_SLOTS_MAX];
     int slot_count;
@@ -102,16 +84,19 @@ static float *grad_ptr(mt_model *m, const mt_param_tensor *t) {
 }
 
 static const mt_param_tensor *layer_tensor(const mt_model *m, int layer, int which) {
-    MT_ASSERT(m->first_tensor[layer] >= 0);
-    return &m->layout->tensors[m->first_tensor[layer] + which];
+    MT_ASSERT(m->plan.layer[layer].first_tensor >= 0);
+    return &m->layout->tensors[m->plan.layer[layer].first_tensor + which];
 }
 
 static mt_shape4 exec_shape(const mt_model *m, int layer, int n) {
-    return (mt_shape4){.n = n, .h = m->exec_h[layer], .w = m->exec_w[layer], .c = m->exec_c[layer]};
+    return (mt_shape4){.n = n,
+                       .h = m->plan.layer[layer].exec_h,
+                       .w = m->plan.layer[layer].exec_w,
+                       .c = m->plan.layer[layer].exec_c};
 }
 
 static mt_tensor *act(mt_model *m, int layer) {
-    return &m->acts[m->owner[layer]];
+    return &m->acts[m->plan.layer[layer].owner];
 }
 
 static mt_status alloc_buffer(mt_model *m, size_t bytes, void **out) {
@@ -160,16 +145,16 @@ static mt_status ensure_activations(mt_model *m, int n) {
     free_activations(m);
     int free_after[MT_MODEL_LAYERS]; /* for allocated, shareable tensors: busy until this layer */
     for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
-        if (m->owner[i] != i || m->fused_away[i]) continue;
+        if (m->plan.layer[i].owner != i || m->plan.layer[i].fused_away) continue;
         mt_shape4 shape = exec_shape(m, i, n);
         int share = -1;
-        for (int k = 0; k < i && !m->keep[i] && share < 0; k++)
-            if (m->allocated[k] && !m->keep[k] && free_after[k] < i &&
+        for (int k = 0; k < i && !m->plan.layer[i].keep && share < 0; k++)
+            if (m->allocated[k] && !m->plan.layer[k].keep && free_after[k] < i &&
                 same_shape(m->acts[k].shape, shape))
                 share = k;
         if (share >= 0) {
             m->acts[i] = m->acts[share]; /* same memory, never freed through acts[i] */
-            free_after[share] = m->last_use[i];
+            free_after[share] = m->plan.layer[i].last_use;
             continue;
         }
         mt_status status = m->ops->tensor_alloc(m->backend, shape, &m->acts[i]);
@@ -179,7 +164,7 @@ static mt_status ensure_activations(mt_model *m, int n) {
                                     m->layout->layers[i].name, n);
         }
         m->allocated[i] = true;
-        free_after[i] = m->last_use[i];
+        free_after[i] = m->plan.layer[i].last_use;
     }
     m->n = n;
     return MT_OK;
@@ -200,7 +185,8 @@ static mt_status slot_acquire(mt_model *m, mt_shape4 shape, int *out) {
     /* A dead activation: layer k's own tensor, k at or above the layer being processed (whose
      * backward reads only its input), not lent yet. */
     for (int k = m->walk_at; k < MT_MODEL_BACKBONE_LAYERS; k++) {
-        if (!m->allocated[k] || !m->keep[k] || m->lent[k] || !same_shape(m->acts[k].shape, shape))
+        if (!m->allocated[k] || !m->plan.layer[k].keep || m->lent[k] ||
+            !same_shape(m->acts[k].shape, shape))
             continue;
         m->lent[k] = true;
         m->slots[i] = (grad_slot){.tensor = m->acts[k], .refs = 1, .borrowed = k};
@@ -313,84 +299,11 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
     }
     const mt_model_layout *layout = m->layout;
 
-    for (int i = 0; i < MT_MODEL_LAYERS; i++) {
-        m->first_tensor[i] = -1;
+    for (int i = 0; i < MT_MODEL_LAYERS; i++)
         m->grad_of[i] = -1;
-        m->group_bn[i] = -1;
-        m->group_relu[i] = -1;
-    }
-    for (int t = layout->tensor_count - 1; t >= 0; t--)
-        m->first_tensor[layout->tensors[t].layer_index] = t;
-    size_t saved = 0;
-    for (int i = 0; i < MT_MODEL_LAYERS; i++) {
-        const mt_layer_info *l = &layout->layers[i];
-        int in = l->inputs[0];
-        bool alias = l->kind == MT_LAYER_RELU6 || l->kind == MT_LAYER_ZERO_PAD;
-        m->owner[i] = alias ? m->owner[in] : i;
-        if (l->kind == MT_LAYER_ZERO_PAD) {
-            m->exec_h[i] = m->exec_h[in];
-            m->exec_w[i] = m->exec_w[in];
-            m->exec_c[i] = m->exec_c[in];
-        } else {
-            m->exec_h[i] = l->out_h;
-            m->exec_w[i] = l->out_w;
-            m->exec_c[i] = l->out_c;
-        }
-        /* an output needs a gradient when some trainable weight lies at or below it */
-        bool needs = l->trainable && l->params > 0;
-        for (int k = 0; k < 2; k++)
-            if (l->inputs[k] >= 0 && m->needs_grad[l->inputs[k]]) needs = true;
-        m->needs_grad[i] = needs;
-        if (l->kind == MT_LAYER_BATCHNORM) {
-            m->bn_saved_offset[i] = saved;
-            saved += 2 * (size_t)l->out_c;
-        }
-    }
-
-    for (int j = 1; j < MT_MODEL_BACKBONE_LAYERS; j++) {
-        const mt_layer_info *l = &layout->layers[j];
-        for (int k = 0; k < 2; k++)
-            if (l->inputs[k] >= 0 && j > m->last_use[m->owner[l->inputs[k]]])
-                m->last_use[m->owner[l->inputs[k]]] = j;
-        if (!m->needs_grad[j]) continue;
-        if (l->kind == MT_LAYER_BATCHNORM) m->keep[m->owner[l->inputs[0]]] = true;
-        if (l->kind == MT_LAYER_RELU6) m->keep[m->owner[j]] = true;
-        if ((l->kind == MT_LAYER_CONV || l->kind == MT_LAYER_DEPTHWISE) &&
-            layer_tensor(m, j, 0)->buffer == MT_PARAM_TRAINABLE)
-            m->keep[m->owner[l->inputs[0]]] = true;
-    }
-    m->last_use[m->owner[MT_MODEL_BACKBONE_LAYERS - 1]] = MT_MODEL_BACKBONE_LAYERS; /* the pool */
-
-    /* Fusable groups need their output to have exactly one reader (the pool reads the last). */
-    int readers[MT_MODEL_LAYERS] = {0}, reader[MT_MODEL_LAYERS];
-    readers[MT_MODEL_BACKBONE_LAYERS - 1] = 1;
-    reader[MT_MODEL_BACKBONE_LAYERS - 1] = MT_MODEL_BACKBONE_LAYERS;
-    for (int j = 1; j < MT_MODEL_BACKBONE_LAYERS; j++)
-        for (int k = 0; k < 2; k++) {
-            int in = layout->layers[j].inputs[k];
-            if (in < 0) continue;
-            readers[in]++;
-            reader[in] = j;
-        }
-    for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
-        const mt_layer_info *l = &layout->layers[i];
-        if (readers[i] != 1 || reader[i] >= MT_MODEL_BACKBONE_LAYERS) continue;
-        const mt_layer_info *next = &layout->layers[reader[i]];
-        if ((l->kind == MT_LAYER_CONV || l->kind == MT_LAYER_DEPTHWISE) &&
-            next->kind == MT_LAYER_BATCHNORM)
-            m->group_bn[i] = reader[i];
-        if (l->kind == MT_LAYER_BATCHNORM && next->kind == MT_LAYER_RELU6)
-            m->group_relu[i] = reader[i];
-    }
-    /* The fused conv reads its input while it writes the BN's tensor: that tensor must not
-     * share memory with the input, so the input stays busy until the BN. */
-    if (m->ops->conv_bn_relu6_inference_forward)
-        for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
-            int bn = m->group_bn[i], in = m->owner[layout->layers[i].inputs[0]];
-            if (bn < 0) continue;
-            if (m->last_use[in] < bn) m->last_use[in] = bn;
-            m->fused_away[i] = !m->needs_grad[bn] && !layout->layers[bn].bn_training;
-        }
+    mt_model_caps caps = mt_model_caps_of(m->ops);
+    mt_model_plan_build(layout, &caps, &m->plan);
+    size_t saved = m->plan.bn_saved_count;
 
     int batch = config->batch_size;
     size_t features = (size_t)batch * layout->feature_channels;
@@ -558,10 +471,11 @@ static mt_batchnorm_desc bn_desc(const mt_model *m, int layer, int n) {
  * *last gets the group's last layer, -1 when the group runs as separate ops. */
 static mt_status conv_group_forward(mt_model *m, int i, int n, bool training, int *last) {
     *last = -1;
-    int bn = m->group_bn[i];
-    if (!m->ops->conv_bn_relu6_inference_forward || bn < 0) return MT_OK;
-    if (training && (m->layout->layers[bn].bn_training || m->needs_grad[bn])) return MT_OK;
-    int relu = m->group_relu[bn];
+    int bn = m->plan.layer[i].group_bn;
+    if (!m->plan.layer[i].fuse_conv_bn) return MT_OK;
+    if (training && (m->layout->layers[bn].bn_training || m->plan.layer[bn].needs_grad))
+        return MT_OK;
+    int relu = m->plan.layer[bn].group_relu;
     mt_conv_desc conv = conv_desc(m, i, n);
     mt_batchnorm_desc desc = bn_desc(m, bn, n);
     mt_tensor *x = act(m, m->layout->layers[i].inputs[0]), *y = act(m, bn);
@@ -602,7 +516,7 @@ static mt_status backbone_forward(mt_model *m, const float *images, int staged_s
                 if (last >= 0) i = last;
                 break;
             }
-            MT_ASSERT(!m->fused_away[i]);
+            MT_ASSERT(!m->plan.layer[i].fused_away);
             mt_conv_desc desc = conv_desc(m, i, n);
             status = ops->conv_forward(be, &desc, act(m, in), tensor_ptr(m, layer_tensor(m, i, 0)),
                                        act(m, i));
@@ -614,11 +528,10 @@ static mt_status backbone_forward(mt_model *m, const float *images, int staged_s
             const float *beta = tensor_ptr(m, layer_tensor(m, i, 1));
             float *mean = tensor_ptr(m, layer_tensor(m, i, 2));
             float *var = tensor_ptr(m, layer_tensor(m, i, 3));
-            int relu = m->group_relu[i];
-            if (training && l->bn_training && relu >= 0 && ops->batchnorm_relu6_forward_training &&
-                ops->relu6_batchnorm_backward_training) {
+            int relu = m->plan.layer[i].group_relu;
+            if (training && m->plan.layer[i].fuse_bn_relu6_training) {
                 /* y apart from x: BN's input is kept (or read by no one) as its own tensor */
-                float *saved = m->bn_saved + m->bn_saved_offset[i];
+                float *saved = m->bn_saved + m->plan.layer[i].bn_saved_offset;
                 MT_ASSERT(act(m, in)->data != act(m, i)->data);
                 status = ops->batchnorm_relu6_forward_training(be, &desc, act(m, in), gamma, beta,
                                                                mean, var, act(m, relu), saved,
@@ -626,7 +539,7 @@ static mt_status backbone_forward(mt_model *m, const float *images, int staged_s
                 m->fused_training[i] = true;
                 i = relu;
             } else if (training && l->bn_training) {
-                float *saved = m->bn_saved + m->bn_saved_offset[i];
+                float *saved = m->bn_saved + m->plan.layer[i].bn_saved_offset;
                 status = ops->batchnorm_forward_training(be, &desc, act(m, in), gamma, beta, mean,
                                                          var, act(m, i), saved, saved + l->out_c);
             } else {
@@ -786,7 +699,8 @@ mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {
                        name);
     /* only a kept output is still this layer's own: the others share memory with later layers
      * (or are overwritten in place by a ReLU6, or never exist when fused) */
-    if (m->owner[layer] != layer || !m->keep[layer] || !m->allocated[layer] || m->fused_away[layer])
+    if (m->plan.layer[layer].owner != layer || !m->plan.layer[layer].keep || !m->allocated[layer] ||
+        m->plan.layer[layer].fused_away)
         return MT_FAIL(MT_ERR_INVALID,
                        "output of layer %s: not kept by the forward in this mode (only the "
                        "outputs a backward reads are)",
@@ -804,9 +718,10 @@ mt_status mt_model_features(mt_model *m, const float *images, int n, float *feat
 /* ---- backward ---------------------------------------------------------------------------- */
 
 static mt_status report_layer(mt_model *m, int layer) {
-    if (!m->hook || m->first_tensor[layer] < 0 || !m->layout->layers[layer].trainable) return MT_OK;
+    if (!m->hook || m->plan.layer[layer].first_tensor < 0 || !m->layout->layers[layer].trainable)
+        return MT_OK;
     size_t start = 0, count = 0;
-    for (int t = m->first_tensor[layer];
+    for (int t = m->plan.layer[layer].first_tensor;
          t < m->layout->tensor_count && m->layout->tensors[t].layer_index == layer; t++) {
         const mt_param_tensor *p = &m->layout->tensors[t];
         if (p->buffer != MT_PARAM_TRAINABLE) continue;
@@ -824,7 +739,7 @@ static mt_status fused_bn_relu6_backward(mt_model *m, int relu, int dy, int n) {
     int below = m->layout->layers[bn].inputs[0];
     const mt_layer_info *l = &m->layout->layers[bn];
     mt_batchnorm_desc desc = bn_desc(m, bn, n);
-    const float *saved = m->bn_saved + m->bn_saved_offset[bn];
+    const float *saved = m->bn_saved + m->plan.layer[bn].bn_saved_offset;
     /* dx may alias dy (same shape); the ReLU6's output, read here, sits below walk_at and so is
      * never borrowed by the slot */
     int dx = dy;
@@ -838,7 +753,7 @@ static mt_status fused_bn_relu6_backward(mt_model *m, int relu, int dy, int n) {
         slot_release(m, dx);
         return status;
     }
-    return m->needs_grad[below] ? give_grad(m, below, dx) : (slot_release(m, dx), MT_OK);
+    return m->plan.layer[below].needs_grad ? give_grad(m, below, dx) : (slot_release(m, dx), MT_OK);
 }
 
 static mt_status backward_layer(mt_model *m, int i, int n) {
@@ -852,7 +767,7 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
     MT_ASSERT(dy >= 0);
     m->grad_of[i] = -1;
     mt_tensor *dyt = &m->slots[dy].tensor;
-    bool want_dx = in >= 0 && m->needs_grad[in];
+    bool want_dx = in >= 0 && m->plan.layer[in].needs_grad;
     switch (l->kind) {
     case MT_LAYER_RELU6: {
         if (m->fused_training[in]) return fused_bn_relu6_backward(m, i, dy, n);
@@ -870,7 +785,7 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
             m->slots[dy].refs++;
             MT_TRY(give_grad(m, in, dy));
         }
-        if (m->needs_grad[l->inputs[1]]) {
+        if (m->plan.layer[l->inputs[1]].needs_grad) {
             m->slots[dy].refs++;
             MT_TRY(give_grad(m, l->inputs[1], dy));
         }
@@ -886,7 +801,7 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
         if (l->bn_training) {
             /* the batch statistics' backward always produces dx */
             MT_TRY(slot_acquire(m, exec_shape(m, in, n), &dx));
-            const float *saved = m->bn_saved + m->bn_saved_offset[i];
+            const float *saved = m->bn_saved + m->plan.layer[i].bn_saved_offset;
             status = ops->batchnorm_backward_training(be, &desc, act(m, in), dyt, gamma, saved,
                                                       saved + l->out_c, &m->slots[dx].tensor,
                                                       dgamma, dbeta);
@@ -936,7 +851,7 @@ mt_status mt_model_backward(mt_model *m) {
     int n = m->last_n;
     int features = layout->feature_channels;
     const int pool = MT_MODEL_BACKBONE_LAYERS, dropout = pool + 1, dense = pool + 2;
-    bool into_backbone = m->needs_grad[pool - 1];
+    bool into_backbone = m->plan.layer[pool - 1].needs_grad;
     if (m->head_only && into_backbone)
         return MT_FAIL(MT_ERR_INVALID,
                        "backward after a head-only forward needs the frozen mode (this model "
@@ -972,7 +887,7 @@ mt_status mt_model_backward(mt_model *m) {
     (void)dropout;
 
     for (int i = pool - 1; i >= 1; i--) {
-        if (!m->needs_grad[i]) continue;
+        if (!m->plan.layer[i].needs_grad) continue;
         m->walk_at = i;
         mt_status status = backward_layer(m, i, n);
         if (status == MT_OK) status = report_layer(m, i);
