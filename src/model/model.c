@@ -143,28 +143,21 @@ static mt_status ensure_activations(mt_model *m, int n) {
                        m->layout->config.batch_size);
     if (m->n == n) return MT_OK;
     free_activations(m);
-    int free_after[MT_MODEL_LAYERS]; /* for allocated, shareable tensors: busy until this layer */
+    /* the plan says which layers allocate and which reuse an earlier layer's tensor */
     for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
-        if (m->plan.layer[i].owner != i || m->plan.layer[i].fused_away) continue;
-        mt_shape4 shape = exec_shape(m, i, n);
-        int share = -1;
-        for (int k = 0; k < i && !m->plan.layer[i].keep && share < 0; k++)
-            if (m->allocated[k] && !m->plan.layer[k].keep && free_after[k] < i &&
-                same_shape(m->acts[k].shape, shape))
-                share = k;
-        if (share >= 0) {
-            m->acts[i] = m->acts[share]; /* same memory, never freed through acts[i] */
-            free_after[share] = m->plan.layer[i].last_use;
+        int storage = m->plan.layer[i].storage;
+        if (storage < 0) continue;
+        if (storage != i) {
+            m->acts[i] = m->acts[storage]; /* same memory, never freed through acts[i] */
             continue;
         }
-        mt_status status = m->ops->tensor_alloc(m->backend, shape, &m->acts[i]);
+        mt_status status = m->ops->tensor_alloc(m->backend, exec_shape(m, i, n), &m->acts[i]);
         if (status != MT_OK) {
             free_activations(m);
             return mt_error_context(status, "allocating the activation of layer %s (batch %d)",
                                     m->layout->layers[i].name, n);
         }
         m->allocated[i] = true;
-        free_after[i] = m->plan.layer[i].last_use;
     }
     m->n = n;
     return MT_OK;

@@ -98,4 +98,28 @@ void mt_model_plan_build(const mt_model_layout *layout, const mt_model_caps *cap
             if (p[in].last_use < bn) p[in].last_use = bn;
             p[i].fused_away = !p[bn].needs_grad && !layout->layers[bn].bn_training;
         }
+
+    /* Activation tensors: a kept output gets its own; the others take the first tensor of
+     * their shape that is not kept and whose previous user's last reader has run. */
+    int free_after[MT_MODEL_LAYERS] = {0}; /* for an allocating, shareable layer: busy until this */
+    for (int i = 0; i < MT_MODEL_LAYERS; i++)
+        p[i].storage = -1;
+    for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
+        if (p[i].owner != i || p[i].fused_away) continue;
+        int share = -1;
+        for (int k = 0; k < i && !p[i].keep && share < 0; k++)
+            if (p[k].storage == k && !p[k].keep && free_after[k] < i &&
+                p[k].exec_h == p[i].exec_h && p[k].exec_w == p[i].exec_w &&
+                p[k].exec_c == p[i].exec_c)
+                share = k;
+        if (share >= 0) {
+            p[i].storage = share;
+            free_after[share] = p[i].last_use;
+            continue;
+        }
+        p[i].storage = i;
+        free_after[i] = p[i].last_use;
+        out->activation_tensors++;
+        out->activation_floats += (size_t)p[i].exec_h * p[i].exec_w * p[i].exec_c;
+    }
 }

@@ -44,11 +44,17 @@ typedef struct mt_layer_plan {
     /* a BN whose training-mode forward runs fused with its ReLU6 */
     bool fuse_bn_relu6_training;
     size_t bn_saved_offset; /* BN: its saved mean [c] and 1/std [c] in the bn_saved buffer */
+    /* the activation tensor this layer's output is written to: itself (it allocates one), an
+     * earlier layer k (the same shape, k's tensor free again: layers k..this one share memory),
+     * or -1 (no tensor: it runs in its owner's, or is fused away) */
+    int storage;
 } mt_layer_plan;
 
 typedef struct mt_model_plan {
     mt_layer_plan layer[MT_MODEL_LAYERS];
-    size_t bn_saved_count; /* floats of the bn_saved buffer */
+    size_t bn_saved_count;    /* floats of the bn_saved buffer */
+    int activation_tensors;   /* backbone layers with storage == their own index */
+    size_t activation_floats; /* their sizes summed, per image of the batch */
 } mt_model_plan;
 
 void mt_model_plan_build(const mt_model_layout *layout, const mt_model_caps *caps,

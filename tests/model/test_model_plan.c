@@ -89,12 +89,45 @@ static void check_plan(const char *what, const mt_model_layout *layout, const mt
             saved += 2 * (size_t)l->out_c;
         }
     }
+    /* activation tensors: what is kept or fused away, and which layers share memory */
+    int tensors = 0, busy_until[MT_MODEL_LAYERS];
+    size_t floats = 0;
+    for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
+        const char *name = layout->layers[i].name;
+        int s = p[i].storage;
+        if (p[i].owner != i || p[i].fused_away) {
+            CHECK_MSG(s == -1, "%s: %s has a tensor though it %s", what, name,
+                      p[i].fused_away ? "is fused away" : "runs in its input's");
+            continue;
+        }
+        if (p[i].keep) CHECK_MSG(s == i, "%s: kept %s shares layer %d's tensor", what, name, s);
+        if (s == i) {
+            tensors++;
+            floats += (size_t)p[i].exec_h * p[i].exec_w * p[i].exec_c;
+            busy_until[i] = p[i].last_use;
+            continue;
+        }
+        CHECK_MSG(s >= 0 && s < i && p[s].storage == s && !p[s].keep,
+                  "%s: %s shares layer %d's tensor", what, name, s);
+        if (!(s >= 0 && s < i && p[s].storage == s)) continue;
+        CHECK_MSG(p[s].exec_h == p[i].exec_h && p[s].exec_w == p[i].exec_w &&
+                      p[s].exec_c == p[i].exec_c,
+                  "%s: %s shares a tensor of another shape", what, name);
+        /* the previous user of the tensor has been read for the last time before i writes */
+        CHECK_MSG(busy_until[s] < i, "%s: %s overwrites layer %d's tensor still read at %d", what,
+                  name, s, busy_until[s]);
+        busy_until[s] = p[i].last_use;
+    }
+    CHECK_MSG(plan->activation_tensors == tensors && plan->activation_floats == floats,
+              "%s: %d activation tensors (%zu floats), the records say %d (%zu)", what,
+              plan->activation_tensors, plan->activation_floats, tensors, floats);
     CHECK_MSG(plan->bn_saved_count == saved, "%s: bn_saved %zu floats, layers need %zu", what,
               plan->bn_saved_count, saved);
     if (!caps->conv_bn_relu6_inference) CHECK(fused_conv == 0 && fused_away == 0);
     if (!caps->bn_relu6_training) CHECK(fused_bn == 0);
-    printf("%s: %d conv+BN fusable (%d fused away), %d BN+ReLU6 fused, %d kept\n", what, fused_conv,
-           fused_away, fused_bn, kept);
+    printf("%s: %d conv+BN fusable (%d fused away), %d BN+ReLU6 fused, %d kept, %d tensors "
+           "(%zu floats per image)\n",
+           what, fused_conv, fused_away, fused_bn, kept, tensors, floats);
 }
 
 typedef struct plan_case {
@@ -124,12 +157,15 @@ int main(void) {
         mt_model_layout *layout = NULL;
         CHECK_OK(mt_model_layout_create(&config, &layout));
         int any_fused_away = 0, any_bn_fused = 0, kept_scratch = 0;
+        size_t floats_unfused = 0, floats_fused = 0;
         for (size_t k = 0; k < sizeof caps / sizeof caps[0]; k++) {
             char what[128];
             snprintf(what, sizeof what, "%s, caps conv_bn %d bn_relu6 %d", cases[c].name,
                      caps[k].conv_bn_relu6_inference, caps[k].bn_relu6_training);
             mt_model_plan_build(layout, &caps[k], &plan);
             check_plan(what, layout, &caps[k], &plan);
+            if (k == 0) floats_unfused = plan.activation_floats;
+            if (k == 1) floats_fused = plan.activation_floats;
             for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
                 any_fused_away += plan.layer[i].fused_away;
                 any_bn_fused += plan.layer[i].fuse_bn_relu6_training;
@@ -141,6 +177,9 @@ int main(void) {
         case MT_TRAIN_FROZEN: /* nothing in the backbone trains: every conv+BN fuses away */
             CHECK_MSG(any_fused_away > 0 && kept_scratch == 0, "%s: fused away %d, kept %d",
                       cases[c].name, any_fused_away, kept_scratch);
+            /* and the conv outputs fused away need no memory */
+            CHECK_MSG(floats_fused < floats_unfused, "%s: %zu floats fused, %zu not", cases[c].name,
+                      floats_fused, floats_unfused);
             break;
         case MT_TRAIN_SCRATCH: /* batch statistics everywhere: no conv+BN fuses away */
             CHECK_MSG(any_fused_away == 0 && any_bn_fused > 0 && kept_scratch > 0,
