@@ -14,11 +14,7 @@
 #include <stdint.h>
 
 #include "mobiletune/ops.h"
-
-uint16_t mt_f32_to_bf16_bits(float x);
-float mt_bf16_bits_to_f32(uint16_t bits);
-uint16_t mt_f32_to_fp16_bits(float x);
-float mt_fp16_bits_to_f32(uint16_t bits);
+#include "ops/precision_bits.h" /* mt_f32_to_bf16_bits, mt_fp16_bits_to_f32, ... */
 
 /* x rounded to the format, as the fp32 value (which the format holds exactly) */
 float mt_round_bf16(float x);

@@ -13,6 +13,7 @@
 #include "ops/cuda/cuda_kernels.h"
 #include "ops/dropout_hash.h"
 #include "ops/loss_row.h"
+#include "ops/precision_bits.h"
 
 /* loops unrolled by nvcc (so arrays they index stay in registers); nothing under the emulation */
 #ifdef __CUDACC__
@@ -995,62 +996,23 @@ __global__ void depthwise_backward_weights_rows_kernel(mt_cuda_conv_geom g, cons
 
 /* ---- precision casts: fp32 <-> bf16 / fp16 bit patterns (uint16), round to nearest even ---- */
 
-__device__ uint32_t float_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-__device__ float bits_float(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* bf16 is fp32's upper half: add half an ulp of the result (minus one when the kept lowest bit is
- * even) and truncate; NaN stays a (quiet) NaN instead of rounding into infinity */
-__device__ uint16_t f32_to_bf16(float f) {
-    const uint32_t u = float_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-/* fp16: 5 exponent bits (bias 15), 10 mantissa bits; below 2^-14 the spacing is 2^-24 */
-__device__ uint16_t f32_to_f16(float f) {
-    const uint32_t u = float_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
-    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: rounds to infinity */
-    if (a < 0x38800000u) /* below 2^-14: scaling by 2^24 is exact, rintf rounds to even */
-        return (uint16_t)(sign | (uint32_t)rintf(bits_float(a) * 16777216.0f));
-    uint32_t h = ((((a >> 23) - 127u + 15u) << 10) | ((a & 0x7fffffu) >> 13));
-    const uint32_t rest = a & 0x1fffu; /* the 13 dropped bits; a carry may reach the exponent */
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
-    return (uint16_t)(sign | h);
-}
-
-__device__ float f16_to_f32(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in fp32 */
-        const float v = (float)m * (1.0f / 16777216.0f);
-        return sign ? -v : v;
-    }
-    if (e == 31) return bits_float(sign | 0x7f800000u | (m << 13)); /* inf, NaN */
-    return bits_float(sign | ((e - 15u + 127u) << 23) | (m << 13));
-}
+/* the bit patterns of ops/precision_bits.h, the host's rounding (the emulated test checks
+ * every 16-bit pattern against it) */
 
 /* format: 0 bf16, 1 fp16 */
 __global__ void cast_from_f32_kernel(size_t count, int format, const float *x, uint16_t *y) {
-    GRID_STRIDE(i, count) y[i] = format ? f32_to_f16(x[i]) : f32_to_bf16(x[i]);
+    GRID_STRIDE(i, count) y[i] = format ? mt_f32_to_fp16_bits(x[i]) : mt_f32_to_bf16_bits(x[i]);
 }
 
 __global__ void cast_to_f32_kernel(size_t count, int format, const uint16_t *x, float *y) {
-    GRID_STRIDE(i, count) y[i] = format ? f16_to_f32(x[i]) : bits_float((uint32_t)x[i] << 16);
+    GRID_STRIDE(i, count) y[i] = format ? mt_fp16_bits_to_f32(x[i]) : mt_bf16_bits_to_f32(x[i]);
 }
 
 /* the value a 16-bit store would keep, in fp32: the conv weights as 16-bit math reads them */
 __global__ void round_f32_kernel(size_t count, int format, const float *x, float *y) {
     GRID_STRIDE(i, count) {
-        y[i] = format ? f16_to_f32(f32_to_f16(x[i])) : bits_float((uint32_t)f32_to_bf16(x[i]) << 16);
+        y[i] = format ? mt_fp16_bits_to_f32(mt_f32_to_fp16_bits(x[i]))
+                      : mt_bf16_bits_to_f32(mt_f32_to_bf16_bits(x[i]));
     }
 }
 
