@@ -154,15 +154,18 @@ mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t
 void cuda_conv_cache_free(cuda_backend *cu);
 
 /* MT_CUDA_BN, MT_CUDA_DEPTHWISE_KERNEL, MT_CUDA_DIRECT_KERNEL = new (default) | legacy
- * (cuda_ops.c) */
+ * (cuda_diagnostics.c) */
 mt_status cuda_kernels_configure(cuda_backend *cu);
 
-/* ---- MT_CUDA_PROFILE (cuda_ops.c) ---- */
+/* ---- MT_CUDA_PROFILE (cuda_diagnostics.c) ---- */
 mt_status cuda_profile_init(cuda_backend *cu); /* reads the environment */
 void cuda_profile_free(cuda_backend *cu);      /* prints a window still open */
 mt_status cuda_profile_begin(cuda_backend *cu, size_t *slot);
 mt_status cuda_profile_end(cuda_backend *cu, size_t slot, mt_status status, const char *op,
                            const char *shape_format, ...) __attribute__((format(printf, 5, 6)));
+/* After each loss op (one per step): opens the window after MT_CUDA_PROFILE_AFTER of them,
+ * closes it and prints the report at the next. */
+mt_status cuda_profile_loss_done(cuda_backend *cu);
 /* The body of a profiled op: `return call;`, with an event pair around it while the window is
  * open; the shape label (format and arguments) is only formatted then. */
 #define CUDA_PROFILED(backend, call, op, ...)                                                      \

@@ -1,8 +1,9 @@
-/* The bookkeeping of MT_CUDA_PROFILE=1 (see cuda_ops.c for when the window opens and closes):
- * the ops of one profiled step, each with its GPU time, grouped by (op, shape) and printed as the
- * top rows by total time with their share of the step. Plain C without CUDA, so the aggregation,
- * sorting and printing are unit-tested on any machine (tests/gpu/test_gpu_profile.c) with made-up
- * timings; the CUDA events that produce the real timings are the backend's. */
+/* The bookkeeping of MT_CUDA_PROFILE=1 (see cuda_diagnostics.c for when the window opens and
+ * closes): the ops of one profiled step, each with its GPU time, grouped by (op, shape) and
+ * printed as the top rows by total time with their share of the step. Plain C without CUDA, so
+ * the aggregation, sorting and printing are unit-tested on any machine
+ * (tests/gpu/test_gpu_profile.c) with made-up timings; the CUDA events that produce the real
+ * timings are the backend's. */
 #ifndef MT_OPS_CUDA_PROFILE_H
 #define MT_OPS_CUDA_PROFILE_H
 
