@@ -1,5 +1,7 @@
-/* State shared by the training loop (trainer.c) and its persistence (trainer_checkpoint.c):
- * one struct, so what a checkpoint holds is visibly what the loop uses. */
+/* State shared by the training run's files (trainer.c and its parts: trainer_setup.c,
+ * trainer_epoch.c, trainer_eval.c, trainer_cache.c, trainer_checkpoint.c, trainer_agree.c): one
+ * struct, so what a checkpoint holds is visibly what the loop uses, and the functions one part
+ * calls in another. */
 #ifndef MT_TRAINER_INTERNAL_H
 #define MT_TRAINER_INTERNAL_H
 
@@ -52,7 +54,7 @@ typedef struct trainer {
 
     /* BN layers whose moving statistics a training step updates (bn_training), and whether
      * those statistics started from the initializer's values (mean 0, variance 1) rather than
-     * from a file: the evaluation warning's condition (trainer.c warn_bn_coverage) */
+     * from a file: the evaluation warning's condition (trainer_warn_bn_coverage) */
     int bn_training_layers;
     bool bn_statistics_from_init;
 
@@ -82,5 +84,40 @@ mt_status trainer_remove_stale_temps(const char *dir, int *removed);
 /* Initialize weights from a checkpoint's tensors only (init_checkpoint: e.g. finetune from the
  * frozen run), matching tensors by name; its classes must be the data's (loader open). */
 mt_status trainer_init_from_checkpoint(trainer *t, const char *path);
+
+/* An epoch's totals on this rank, from the accumulator's reads (trainer_epoch.c) to the epoch's
+ * line (trainer.c end_of_epoch). */
+typedef struct epoch_totals {
+    double loss_sum; /* loss x valid rows */
+    int64_t correct, valid;
+    int64_t skipped; /* steps dropped by nan_policy = skip, or (fp16) by the loss scale */
+    int64_t steps;
+    double allreduce_seconds; /* host time in the gradient all-reduce within the steps */
+    uint64_t buckets, buckets_done_in_backward; /* all-reduces started; complete before finish */
+} epoch_totals;
+
+/* trainer.c: rank 0's words, to stdout and the run's log file (other ranks say nothing). */
+bool trainer_is_root(const trainer *t);
+void trainer_say(trainer *t, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
+/* trainer_setup.c: everything a run needs on every rank, the weights in place and the same on
+ * every rank; trainer_tear_down frees what set-up got, also after a failed set-up. */
+mt_status trainer_set_up(trainer *t, const mt_train_options *options);
+void trainer_tear_down(trainer *t);
+
+/* trainer_epoch.c: run the epoch's remaining steps; *stopped when the ranks agreed to stop early
+ * (a signal). `progress`: rank 0 shows the progress line on stderr. */
+mt_status trainer_run_epoch(trainer *t, bool progress, epoch_totals *totals, double *seconds,
+                            bool *stopped);
+
+/* trainer_cache.c: the pooled features of `records` records of `db` (each with its mirror image
+ * when `views` is 2) and their labels, on every rank; the caller frees both. */
+mt_status trainer_build_feature_cache(trainer *t, const char *db, int views, uint64_t records,
+                                      float **feature_cache, int32_t **label_cache);
+
+/* trainer_eval.c: the validation split from the feature cache (frozen mode), and the warning
+ * before an evaluation `what` whose BN moving statistics are mostly their initial values. */
+mt_status trainer_evaluate_cached(trainer *t, mt_eval_result *result);
+void trainer_warn_bn_coverage(trainer *t, const char *what);
 
 #endif
