@@ -1,5 +1,6 @@
 /* Private interface between the parts of mobiletune-pack: the input listing and split selection
- * (pack_input.c), the parallel decode + ordered LMDB writer (pack_run.c), info/verify
+ * (pack_input.c), the run (pack_run.c) with its decode workers (pack_decode.h) and ordered LMDB
+ * writer (pack_db.h), the output checks and skip report (pack_output.c), info/verify
  * (pack_inspect.c) and the command line (pack_main.c). docs/packing.md is the user-facing text. */
 #ifndef MOBILETUNE_PACK_H
 #define MOBILETUNE_PACK_H
@@ -99,6 +100,18 @@ mt_status pack_run(const pack_options *options);
 
 /* Remove a folder tree (nftw, no symlink following); MT_ERR_IO naming the first failure. */
 mt_status pack_remove_tree(const char *path);
+
+/* Remove the OUT.tmp-<pid> folders of killed runs next to `output` (only those holding nothing
+ * but what a run writes). */
+void pack_remove_stale_temps(const char *output);
+
+/* Before anything is touched: OUT is not the input, inside it or holding it, and exists only
+ * with --force and as a folder this program wrote; --report is no input and no other file. */
+mt_status pack_check_output_paths(const pack_options *options, const pack_input *in);
+
+/* Write the skip report (its first line marks it as this program's) and sync it. */
+mt_status pack_write_report(const char *path, const char *input, const pack_skip *skips,
+                            size_t count);
 
 /* `mobiletune-pack info` / `verify` on a database folder or a folder of split databases. */
 int pack_info_main(int argc, char **argv);
