@@ -71,9 +71,7 @@ int pack_write_behind_stop(write_behind *wb) {
     return wb->error;
 }
 
-
 /* ---- the ordered writer's databases ---------------------------------------------------------- */
-
 
 /* A failed write to the database: LMDB reports a write the full disk cut short as EIO, so the
  * file system is asked (mt_write_errno) and a full disk is said in so many words. */
@@ -153,8 +151,8 @@ static void db_claim_entry(split_db *db, batch_entry *e, const char *key, size_t
 
 /* Add a record by taking its buffer: *record and *capacity receive the entry's spare buffer in
  * exchange (NULL and 0 the first time round), which the caller fills next. */
-mt_status pack_db_add_record(split_db *db, const char *key, uint8_t **record,
-                             size_t *capacity, size_t size) {
+mt_status pack_db_add_record(split_db *db, const char *key, uint8_t **record, size_t *capacity,
+                             size_t size) {
     batch_entry *e;
     MT_TRY(db_next_entry(db, size, &e));
     uint8_t *spare = e->bytes;
@@ -192,4 +190,3 @@ void pack_db_close(split_db *db) {
     free(db->class_counts);
     db->class_counts = NULL;
 }
-

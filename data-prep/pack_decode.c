@@ -120,9 +120,7 @@ static void process_job(worker_state *w, const job *j, slot *s) {
         return;
     }
     uint8_t *pixels = o->encoded ? w->pixels : s->record + MT_RECORD_HEADER_BYTES;
-    const mt_preprocess prep = {.size = o->size,
-                                .resize = o->resize,
-                                .decode = o->decode};
+    const mt_preprocess prep = {.size = o->size, .resize = o->resize, .decode = o->decode};
     if (mt_image_preprocess(w->file, size, name, &prep, pixels) != MT_OK) {
         set_reason(s, name, mt_last_error());
         return;
@@ -201,4 +199,3 @@ void pack_workers_stop(pipeline *p, pthread_t *threads, int *started) {
         pthread_join(threads[i], NULL);
     *started = 0;
 }
-

@@ -70,7 +70,6 @@ void pack_remove_stale_temps(const char *output) {
     if (dir) closedir(dir);
 }
 
-
 /* ---- what the run may replace ---------------------------------------------------------------- */
 
 /* The first line of every skip report this program writes (pack_write_report below). */
@@ -231,7 +230,6 @@ mt_status pack_check_output_paths(const pack_options *o, const pack_input *in) {
     if (lstat(o->output, &st) == 0) MT_TRY(check_replaceable(o->output));
     return MT_OK;
 }
-
 
 mt_status pack_write_report(const char *path, const char *input, const pack_skip *skips,
                             size_t count) {

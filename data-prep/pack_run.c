@@ -58,7 +58,6 @@ static void progress_update(progress *pr, size_t done, size_t total, size_t skip
     fflush(stderr);
 }
 
-
 /* ---- the run --------------------------------------------------------------------------------- */
 
 typedef struct skip_list {
