@@ -1,8 +1,9 @@
-/* The model's plan: one record per layer, saying what the executor (model.c) does with it: which
- * tensor holds its output, whether that output is kept for the backward pass or shares memory,
- * and which fused op runs it. A pure function of the layout and of the backend's capabilities,
- * so a test can check the plan for any (layout, capabilities) pair without creating a backend;
- * mt_model_create builds it once and allocates from it. Internal to the library. */
+/* The model's plan: one record per layer, saying what the executor (model.c, model_forward.c,
+ * model_backward.c) does with it: which tensor holds its output, whether that output is kept
+ * for the backward pass or shares memory, and which fused op runs it. A pure function of the
+ * layout and of the backend's capabilities, so a test can check the plan for any (layout,
+ * capabilities) pair without creating a backend; mt_model_create builds it once and allocates
+ * from it. Internal to the library. */
 #ifndef MT_MODEL_PLAN_H
 #define MT_MODEL_PLAN_H
 
