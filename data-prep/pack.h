@@ -1,7 +1,8 @@
 /* Private interface between the parts of mobiletune-pack: the input listing and split selection
- * (pack_input.c), the run (pack_run.c) with its decode workers (pack_decode.h) and ordered LMDB
- * writer (pack_db.h), the output checks and skip report (pack_output.c), info/verify
- * (pack_inspect.c) and the command line (pack_main.c). docs/packing.md is the user-facing text. */
+ * (pack_input.c, pack_select.c), the run (pack_run.c) with its decode workers (pack_decode.h)
+ * and ordered LMDB writer (pack_db.h), the output checks and skip report (pack_output.c),
+ * info/verify (pack_inspect.c) and the command line (pack_main.c). docs/packing.md is the
+ * user-facing text. */
 #ifndef MOBILETUNE_PACK_H
 #define MOBILETUNE_PACK_H
 
