@@ -1,6 +1,6 @@
 /* Private helpers for the HDF5 calls of src/io: the checking macro that names a failed call and
- * carries HDF5's own innermost message into ours, and the switch that keeps libhdf5 from printing
- * its error stack on stderr. */
+ * carries HDF5's own innermost message into ours, the switch that keeps libhdf5 from printing
+ * its error stack on stderr, and the string-list attribute reader. */
 #ifndef MT_IO_H5_UTIL_H
 #define MT_IO_H5_UTIL_H
 
@@ -34,5 +34,11 @@ void mt_h5_quiet_end(const mt_h5_quiet *quiet);
 
 /* Close an id if it is valid, ignoring failure (cleanup paths only). */
 void mt_h5_close_any(hid_t id);
+
+/* The strings of attribute `name` of `group` ("" or NULL: the root) of the open file `file`
+ * (`path` names it in messages), joining Keras' chunks name0, name1, ... when the list was
+ * split (keras_h5_strings.c); what mt_keras_h5_string_list serves. */
+mt_status mt_h5_string_list(hid_t file, const char *path, const char *group, const char *name,
+                            char ***names, size_t *count);
 
 #endif
