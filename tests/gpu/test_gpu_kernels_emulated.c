@@ -1,3 +1,5 @@
+/* One file over 600 lines on purpose: one check per kernel family, all through the same
+ * emulated launch and comparison helpers, so one ctest covers every kernel on every build. */
 /* The cuda backend's own kernels (src/ops/cuda/cuda_kernels.cu) run on the CPU under a small
  * emulation of the CUDA launch (tests/gpu/emu: blocks in turn, a block's threads as real threads,
  * __syncthreads as a barrier) and compared with the reference backend: weight layout transforms,

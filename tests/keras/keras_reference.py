@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# One file over 600 lines on purpose: the fixture writer and `compare` must agree on the folder
+# format and on how the gradient check is built, so both live in the one program (TF only).
 """Keras/TensorFlow as the independent reference for mobiletune's whole network.
 
 Everything here is computed by Keras itself (tf.keras.applications.MobileNetV2), never by

@@ -1,3 +1,6 @@
+/* One file over 600 lines on purpose: one check per op of the ops table, all on the harness
+ * below (random tensors, the NHWC crossing, the error-model comparison), which a split by op
+ * would repeat or have to export. */
 /* Every op of one backend, forward and backward, against the reference backend on small random
  * shapes: stride 2 with TF's asymmetric padding, odd and even sizes, channel counts that are not
  * multiples of 8 or 16 (3, 17, 24, 40), batch 1 and 4, and the in-place calls the model makes.

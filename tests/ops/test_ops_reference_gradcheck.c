@@ -1,3 +1,5 @@
+/* One file over 600 lines on purpose: one finite-difference check and one hand-computed case
+ * per op, all on the same probe (L = sum(y * r)) and step rule described below. */
 /* The reference backend checked on its own terms, since it is the oracle for every other backend:
  *   1. every backward against finite differences of the forward, and
  *   2. forwards against tiny cases computed by hand (SAME padding, a stride-2 conv on 4x4, BN and

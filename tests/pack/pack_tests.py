@@ -1,3 +1,5 @@
+# One file over 600 lines on purpose: one short case_* function per ctest (the dispatcher at the
+# bottom), all on the crafted inputs here and the independent record parser of packlib.
 """End-to-end tests of mobiletune-pack, one ctest per case: `pack_tests.py CASE`.
 
 Every case packs real or crafted files with the built packer and reads the result back with

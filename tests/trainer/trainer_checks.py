@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# One file over 600 lines on purpose: one function per ctest case (CASES at the bottom), all on
+# the one synthetic dataset and the independent checkpoint reader defined here.
 """End-to-end checks of `mobiletune train/eval/predict` on a tiny synthetic dataset.
 
     trainer_checks.py CASE    (CASE: see CASES at the bottom; env from ctest: MT_PACK, MT_BUILD_DIR)
