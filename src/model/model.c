@@ -30,9 +30,11 @@ static double uniform01(uint64_t *state) {
 
 static void free_activations(mt_model *m) {
     for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++)
-        if (m->allocated[i]) m->ops->tensor_free(m->backend, &m->acts[i]);
-    memset(m->acts, 0, sizeof m->acts);
-    memset(m->allocated, 0, sizeof m->allocated);
+        if (m->layer_state[i].allocated) m->ops->tensor_free(m->backend, &m->layer_state[i].act);
+    for (int i = 0; i < MT_MODEL_LAYERS; i++) {
+        m->layer_state[i].act = (mt_tensor){0};
+        m->layer_state[i].allocated = false;
+    }
     mt_model_grad_slots_free(m);
     m->n = 0;
     m->ready_for_backward = false;
@@ -50,16 +52,18 @@ mt_status mt_model_activations_ensure(mt_model *m, int n) {
         int storage = m->plan.layer[i].storage;
         if (storage < 0) continue;
         if (storage != i) {
-            m->acts[i] = m->acts[storage]; /* same memory, never freed through acts[i] */
+            /* same memory, never freed through layer i */
+            m->layer_state[i].act = m->layer_state[storage].act;
             continue;
         }
-        mt_status status = m->ops->tensor_alloc(m->backend, exec_shape(m, i, n), &m->acts[i]);
+        mt_status status =
+            m->ops->tensor_alloc(m->backend, exec_shape(m, i, n), &m->layer_state[i].act);
         if (status != MT_OK) {
             free_activations(m);
             return mt_error_context(status, "allocating the activation of layer %s (batch %d)",
                                     m->layout->layers[i].name, n);
         }
-        m->allocated[i] = true;
+        m->layer_state[i].allocated = true;
     }
     m->n = n;
     return MT_OK;
@@ -118,7 +122,7 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
     const mt_model_layout *layout = m->layout;
 
     for (int i = 0; i < MT_MODEL_LAYERS; i++)
-        m->grad_of[i] = -1;
+        m->layer_state[i].grad_of = -1;
     mt_model_caps caps = mt_model_caps_of(m->ops);
     mt_model_plan_build(layout, &caps, &m->plan);
     size_t saved = m->plan.bn_saved_count;

@@ -34,11 +34,11 @@ static mt_status slot_acquire(mt_model *m, mt_shape4 shape, int *out) {
     /* A dead activation: layer k's own tensor, k at or above the layer being processed (whose
      * backward reads only its input), not lent yet. */
     for (int k = m->walk_at; k < MT_MODEL_BACKBONE_LAYERS; k++) {
-        if (!m->allocated[k] || !m->plan.layer[k].keep || m->lent[k] ||
-            !same_shape(m->acts[k].shape, shape))
+        if (!m->layer_state[k].allocated || !m->plan.layer[k].keep || m->layer_state[k].lent ||
+            !same_shape(m->layer_state[k].act.shape, shape))
             continue;
-        m->lent[k] = true;
-        m->slots[i] = (grad_slot){.tensor = m->acts[k], .refs = 1, .borrowed = k};
+        m->layer_state[k].lent = true;
+        m->slots[i] = (grad_slot){.tensor = m->layer_state[k].act, .refs = 1, .borrowed = k};
         m->slot_count++;
         *out = i;
         return MT_OK;
@@ -60,7 +60,8 @@ static void return_borrowed(mt_model *m) {
         m->slots[kept++] = m->slots[i];
     }
     m->slot_count = kept;
-    memset(m->lent, 0, sizeof m->lent);
+    for (int i = 0; i < MT_MODEL_LAYERS; i++)
+        m->layer_state[i].lent = false;
     m->walk_at = MT_MODEL_LAYERS;
 }
 
@@ -72,9 +73,9 @@ static void slot_release(mt_model *m, int slot) {
 /* Hand gradient `slot` (one reference) to the output of `layer`, summing with what is there
  * (a block input gets gradients from the next block and from the residual Add). */
 static mt_status give_grad(mt_model *m, int layer, int slot) {
-    int have = m->grad_of[layer];
+    int have = m->layer_state[layer].grad_of;
     if (have < 0) {
-        m->grad_of[layer] = slot;
+        m->layer_state[layer].grad_of = slot;
         return MT_OK;
     }
     int target = slot;
@@ -92,7 +93,7 @@ static mt_status give_grad(mt_model *m, int layer, int slot) {
                        &m->slots[target].tensor));
     if (target != slot) slot_release(m, slot);
     if (target != have) slot_release(m, have);
-    m->grad_of[layer] = target;
+    m->layer_state[layer].grad_of = target;
     return MT_OK;
 }
 
@@ -143,15 +144,15 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
     const mt_layer_info *l = &m->layout->layers[i];
     int in = l->inputs[0];
     /* already done with its ReLU6 (its gradients are ready: the caller reports them) */
-    if (l->kind == MT_LAYER_BATCHNORM && m->fused_training[i]) return MT_OK;
-    int dy = m->grad_of[i];
+    if (l->kind == MT_LAYER_BATCHNORM && m->layer_state[i].fused_training) return MT_OK;
+    int dy = m->layer_state[i].grad_of;
     MT_ASSERT(dy >= 0);
-    m->grad_of[i] = -1;
+    m->layer_state[i].grad_of = -1;
     mt_tensor *dyt = &m->slots[dy].tensor;
     bool want_dx = in >= 0 && m->plan.layer[in].needs_grad;
     switch (l->kind) {
     case MT_LAYER_RELU6: {
-        if (m->fused_training[in]) return fused_bn_relu6_backward(m, i, dy, n);
+        if (m->layer_state[in].fused_training) return fused_bn_relu6_backward(m, i, dy, n);
         int dx = dy;
         if (m->slots[dy].refs != 1) MT_TRY(slot_acquire(m, dyt->shape, &dx));
         MT_TRY(ops->relu6_backward(be, act(m, i), dyt, &m->slots[dx].tensor));
@@ -240,7 +241,7 @@ mt_status mt_model_backward(mt_model *m) {
                        layout->lowest_trainable);
     m->ready_for_backward = false;
     for (int i = 0; i < MT_MODEL_LAYERS; i++)
-        m->grad_of[i] = -1;
+        m->layer_state[i].grad_of = -1;
     return_borrowed(m);
 
     if (m->loss_scale != 1.0f)
@@ -264,7 +265,7 @@ mt_status mt_model_backward(mt_model *m) {
     int slot;
     MT_TRY(slot_acquire(m, exec_shape(m, pool - 1, n), &slot));
     MT_TRY(ops->global_avg_pool_backward(be, dpool, &m->slots[slot].tensor));
-    m->grad_of[pool - 1] = slot;
+    m->layer_state[pool - 1].grad_of = slot;
     (void)dropout;
 
     for (int i = pool - 1; i >= 1; i--) {

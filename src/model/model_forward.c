@@ -43,7 +43,8 @@ static mt_status backbone_forward(mt_model *m, const float *images, int staged_s
         MT_TRY(ops->input_convert(be, staged_slot, act(m, 0), m->labels));
     else
         MT_TRY(ops->tensor_from_nhwc(be, images, act(m, 0)));
-    memset(m->fused_training, 0, sizeof m->fused_training);
+    for (int i = 0; i < MT_MODEL_LAYERS; i++)
+        m->layer_state[i].fused_training = false;
     for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
         const mt_layer_info *l = &m->layout->layers[i];
         int in = l->inputs[0];
@@ -77,7 +78,7 @@ static mt_status backbone_forward(mt_model *m, const float *images, int staged_s
                 status = ops->batchnorm_relu6_forward_training(be, &desc, act(m, in), gamma, beta,
                                                                mean, var, act(m, relu), saved,
                                                                saved + l->out_c);
-                m->fused_training[i] = true;
+                m->layer_state[i].fused_training = true;
                 i = relu;
             } else if (training && l->bn_training) {
                 float *saved = m->bn_saved + m->plan.layer[i].bn_saved_offset;
@@ -240,13 +241,13 @@ mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {
                        name);
     /* only a kept output is still this layer's own: the others share memory with later layers
      * (or are overwritten in place by a ReLU6, or never exist when fused) */
-    if (m->plan.layer[layer].owner != layer || !m->plan.layer[layer].keep || !m->allocated[layer] ||
-        m->plan.layer[layer].fused_away)
+    if (m->plan.layer[layer].owner != layer || !m->plan.layer[layer].keep ||
+        !m->layer_state[layer].allocated || m->plan.layer[layer].fused_away)
         return MT_FAIL(MT_ERR_INVALID,
                        "output of layer %s: not kept by the forward in this mode (only the "
                        "outputs a backward reads are)",
                        name);
-    return m->ops->tensor_to_nhwc(m->backend, &m->acts[layer], host);
+    return m->ops->tensor_to_nhwc(m->backend, &m->layer_state[layer].act, host);
 }
 
 mt_status mt_model_features(mt_model *m, const float *images, int n, float *features) {

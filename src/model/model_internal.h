@@ -26,6 +26,20 @@ typedef struct grad_slot {
     int borrowed; /* -1: owned; else the layer whose activation this is */
 } grad_slot;
 
+/* What one layer holds at run time, beside its plan record (m->plan.layer[k]): the plan says
+ * what the layer is to run; this, what the last forward and the backward under way left in it. */
+typedef struct mt_layer_state {
+    /* its output tensor (backbone layers, sized for m->n): its own memory when `allocated`, else
+     * an earlier layer's (plan storage) or none */
+    mt_tensor act;
+    bool allocated;
+    /* a BN that the last forward ran fused with its ReLU6 in training mode: the backward runs
+     * the pair at the ReLU6 and skips the BN */
+    bool fused_training;
+    bool lent;   /* act is borrowed by a gradient slot during this backward */
+    int grad_of; /* the gradient slot holding the gradient at this output; -1: none yet */
+} mt_layer_state;
+
 struct mt_model {
     mt_backend *backend;
     const mt_ops *ops;
@@ -39,21 +53,15 @@ struct mt_model {
     int32_t *labels;
     float *host_logits;
 
-    /* per layer: its output tensor, what the backward keeps, the fused ops (model_plan.h) */
+    /* per layer: what it is to run (model_plan.h, fixed at creation) and what it holds now */
     mt_model_plan plan;
-    bool allocated[MT_MODEL_LAYERS]; /* acts[k] owns its memory (runtime, per batch size) */
-    /* BN layers that the last forward ran fused with their ReLU6 in training mode: the backward
-     * runs the pair at the ReLU6 and skips the BN */
-    bool fused_training[MT_MODEL_LAYERS];
+    mt_layer_state layer_state[MT_MODEL_LAYERS];
 
     float loss_scale; /* mt_model_set_loss_scale (1: none) */
     int n;            /* batch the activations are sized for (0: none yet) */
-    mt_tensor acts[MT_MODEL_LAYERS];
     grad_slot slots[GRAD_SLOTS_MAX];
     int slot_count;
-    int walk_at;                /* backward: the layer being processed (outputs >= it are dead) */
-    bool lent[MT_MODEL_LAYERS]; /* activation borrowed by a slot during this backward */
-    int grad_of[MT_MODEL_LAYERS];
+    int walk_at; /* backward: the layer being processed (outputs >= it are dead) */
 
     /* the last forward */
     bool ready_for_backward, head_only, dropout_applied;
@@ -96,7 +104,7 @@ static inline mt_shape4 exec_shape(const mt_model *m, int layer, int n) {
 }
 
 static inline mt_tensor *act(mt_model *m, int layer) {
-    return &m->acts[m->plan.layer[layer].owner];
+    return &m->layer_state[m->plan.layer[layer].owner].act;
 }
 
 static inline mt_conv_desc conv_desc(const mt_model *m, int layer, int n) {
