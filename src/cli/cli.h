@@ -11,7 +11,36 @@
 #include <stdio.h>
 
 #include "config/command_line.h"
+#include "mobiletune/image.h"
+#include "mobiletune/ops.h"
 #include "mobiletune/status.h"
+
+/* Option rows that several commands share, for the field `f` of their struct of arguments
+ * `args_type`: one wording of each in every --help. */
+#define CLI_OPTION_CHECKPOINT(args_type, f)                                                        \
+    {                                                                                              \
+        .key = "checkpoint", .type = MT_CONFIG_TEXT, CLI_FIELD(args_type, f), .metavar = "FILE",   \
+        .help = "a training checkpoint (.safetensors)"                                             \
+    }
+#define CLI_OPTION_BACKEND(args_type, f)                                                           \
+    {                                                                                              \
+        .key = "backend", .type = MT_CONFIG_ENUM, CLI_FIELD(args_type, f),                         \
+        .names = &mt_backend_kind_names, .metavar = "NAME", .help = "compute backend"              \
+    }
+/* image files are made the model's input as mobiletune-pack makes records (mt_preprocess): with
+ * the training data's --resize and --decode, the model sees the pixels it trained on */
+#define CLI_OPTION_RESIZE(args_type, f)                                                            \
+    {                                                                                              \
+        .key = "resize", .type = MT_CONFIG_ENUM, CLI_FIELD(args_type, f),                          \
+        .names = &mt_resize_mode_names, .metavar = "MODE",                                         \
+        .help = "image files: the --resize the training data was packed with"                      \
+    }
+#define CLI_OPTION_DECODE(args_type, f)                                                            \
+    {                                                                                              \
+        .key = "decode", .type = MT_CONFIG_ENUM, CLI_FIELD(args_type, f),                          \
+        .names = &mt_decode_mode_names, .metavar = "MODE",                                         \
+        .help = "image files: the --decode the training data was packed with"                      \
+    }
 
 /* Exit codes of every command. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };

@@ -113,11 +113,7 @@ typedef struct export_args {
 
 #define ARG(f) CLI_FIELD(export_args, f)
 static const mt_config_option export_options[] = {
-    {.key = "checkpoint",
-     .type = MT_CONFIG_TEXT,
-     ARG(checkpoint),
-     .metavar = "FILE",
-     .help = "a training checkpoint (.safetensors)"},
+    CLI_OPTION_CHECKPOINT(export_args, checkpoint),
     {.key = "format",
      .type = MT_CONFIG_ENUM,
      ARG(format),
