@@ -29,6 +29,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import bench_report  # noqa: E402 (bench/bench_report.py)
+
 KERAS_FINE_TUNE_AT = 100
 # Trainable parameters as Keras counts them (issue 3) for alpha 1.0 with a Dense(1) head; every
 # framework's model is checked against them so the three time the same amount of work.
@@ -172,17 +175,9 @@ def cmd_run(args):
     here = os.path.abspath(__file__)
     common = ["--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
               "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    with open("/proc/loadavg") as f:
-        load_before = f.read().split()[:3]
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     print(f"compare_frameworks: batch {args.batch}, {args.size}x{args.size}, {args.threads} "
-          f"threads, median of {args.steps} steps after {args.warmup}; {cpu}, "
-          f"{os.cpu_count()} CPUs, load average {' '.join(load_before)}, OMP_WAIT_POLICY="
+          f"threads, median of {args.steps} steps after {args.warmup}; "
+          f"{bench_report.host_description()}, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', '(default)')}", flush=True)
     rows = []
     for mode in args.modes.split(","):
@@ -208,22 +203,19 @@ def cmd_run(args):
                   f"{float(result['median_s']):7.3f} s/step  peak RSS {result['peak_rss_mb']} MB"
                   f"{note}", flush=True)
         rows.append((mode, entries))
-    with open("/proc/loadavg") as f:
-        load_after = f.read().split()[:3]
     print(f"\nimages/s (forward+backward), ratio = mobiletune / peer; load average after: "
-          f"{' '.join(load_after)}")
+          f"{bench_report.load_average()}")
     peers = [p for p in ("pytorch", "keras", "keras-xla") if any(p in e for _, e in rows)]
-    print(f"  {'mode':8s} {'mobiletune':>10s} " + " ".join(f"{p:>10s} {'ratio':>6s}" for p in peers))
+    table = []
     for mode, entries in rows:
         ours = float(entries["mobiletune"]["images_per_s"]) if "mobiletune" in entries else None
-        cells = []
+        cells = [mode, f"{ours:.2f}" if ours else "-"]
         for p in peers:
-            if p in entries and ours:
-                theirs = float(entries[p]["images_per_s"])
-                cells.append(f"{theirs:10.2f} {ours / theirs:5.2f}x")
-            else:
-                cells.append(f"{'-':>10s} {'-':>6s}")
-        print(f"  {mode:8s} {ours if ours else float('nan'):10.2f} " + " ".join(cells))
+            theirs = float(entries[p]["images_per_s"]) if p in entries else None
+            cells += [f"{theirs:.2f}", f"{ours / theirs:.2f}x"] if theirs and ours else ["-", "-"]
+        table.append(cells)
+    bench_report.print_table(["mode", "mobiletune"] + [c for p in peers for c in (p, "ratio")],
+                             table)
     return 0
 
 

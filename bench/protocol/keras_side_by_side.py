@@ -38,21 +38,30 @@ import sys
 import time
 import zlib
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import bench_report  # noqa: E402 (bench/bench_report.py)
+
 RUN_ORDER = ("frozen", "finetune", "scratch")
 
 
 # ---- the packed splits ------------------------------------------------------------------------
 
 
-def read_split(path):
-    """(images uint8 N x H x W x 3, labels int N, class names) of one packed LMDB split."""
+def open_split(path):
+    """The LMDB environment of one packed split, read-only; SystemExit when it is none."""
     import lmdb
-    import numpy as np
 
     if not os.path.isfile(os.path.join(path, "data.mdb")):
         raise SystemExit(f"keras_side_by_side: {path} is not a packed split (no data.mdb); pack "
-                         f"it with mobiletune-pack --split train=0.8,val=0.1,test=0.1")
-    env = lmdb.open(path, readonly=True, lock=False, subdir=True)
+                         f"the photos with mobiletune-pack --split train=0.8,val=0.1,test=0.1")
+    return lmdb.open(path, readonly=True, lock=False, subdir=True)
+
+
+def read_split(path):
+    """(images uint8 N x H x W x 3, labels int N, class names) of one packed LMDB split."""
+    import numpy as np
+
+    env = open_split(path)
     with env.begin() as txn:
         meta = txn.get(b"meta").decode()
         count, classes = 0, []
@@ -267,17 +276,9 @@ def cmd_run(args):
         raise SystemExit(f"keras_side_by_side: --work {work} exists; give a new folder (nothing "
                          f"is overwritten)")
     os.makedirs(work)
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     print(f"keras_side_by_side: {args.data} ({size}x{size}), runs {','.join(runs)}, seeds "
-          f"{','.join(map(str, seeds))}, epochs {args.epochs or 'as configured'}; {cpu}, "
-          f"{os.cpu_count()} CPUs, load average {load}; logs in {work}", flush=True)
+          f"{','.join(map(str, seeds))}, epochs {args.epochs or 'as configured'}; "
+          f"{bench_report.host_description()}; logs in {work}", flush=True)
     rows = []
     for seed in seeds:
         for run in runs:
@@ -322,31 +323,20 @@ def cmd_run(args):
                   f"{fmt(ours['test_accuracy'])} {ours['seconds']:.1f} s; Keras train acc "
                   f"{fmt(theirs['train_accuracy'])} test {fmt(theirs['test_accuracy'])} "
                   f"{theirs['seconds']:.1f} s", flush=True)
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
     print(f"\nfinal training accuracy (last epoch, training mode), test accuracy (last weights), "
-          f"training wall time; load average after: {load}")
-    header = (f"| {'run':8s} | {'seed':>4s} | {'train acc mobiletune':>20s} | {'train acc Keras':>15s} "
-              f"| {'test acc mobiletune':>19s} | {'test acc Keras':>14s} | {'wall s mobiletune':>17s} "
-              f"| {'wall s Keras':>12s} | {'speed-up':>8s} |")
-    print(header)
-    print("|" + "|".join("-" * (len(c)) if i < 2 else "-" * (len(c) - 1) + ":"
-                         for i, c in enumerate(header.split("|")[1:-1])) + "|")
-    for run, seed, ours, theirs in rows:
-        print(f"| {run:8s} | {seed:4d} | {fmt(ours['train_accuracy']):>20s} | "
-              f"{fmt(theirs['train_accuracy']):>15s} | {fmt(ours['test_accuracy']):>19s} | "
-              f"{fmt(theirs['test_accuracy']):>14s} | {ours['seconds']:17.1f} | "
-              f"{theirs['seconds']:12.1f} | {theirs['seconds'] / ours['seconds']:7.1f}x |")
+          f"training wall time; load average after: {bench_report.load_average()}")
+    header = ["run", "seed", "train acc mobiletune", "train acc Keras", "test acc mobiletune",
+              "test acc Keras", "wall s mobiletune", "wall s Keras", "speed-up"]
+    bench_report.print_table(header, [
+        [run, str(seed), fmt(ours["train_accuracy"]), fmt(theirs["train_accuracy"]),
+         fmt(ours["test_accuracy"]), fmt(theirs["test_accuracy"]), f"{ours['seconds']:.1f}",
+         f"{theirs['seconds']:.1f}", f"{theirs['seconds'] / ours['seconds']:.1f}x"]
+        for run, seed, ours, theirs in rows])
     return 0
 
 
 def read_meta_size(path):
-    import lmdb
-
-    if not os.path.isfile(os.path.join(path, "data.mdb")):
-        raise SystemExit(f"keras_side_by_side: {path} is not a packed split (no data.mdb); pack "
-                         f"the photos with mobiletune-pack --split train=0.8,val=0.1,test=0.1")
-    env = lmdb.open(path, readonly=True, lock=False, subdir=True)
+    env = open_split(path)
     with env.begin() as txn:
         meta = txn.get(b"meta").decode()
     env.close()
