@@ -68,6 +68,14 @@ const char *mt_test_shared_path(const char *relative) {
     return stat(path, &st) == 0 ? path : NULL;
 }
 
+const char *mt_test_path(const char *dir, const char *name) {
+    static char path[4][4200];
+    static int next;
+    char *p = path[next++ % 4];
+    snprintf(p, sizeof path[0], "%s/%s", dir, name);
+    return p;
+}
+
 char *mt_test_make_temp_dir(const char *tag) {
     static char path[4096];
     const char *tmp = getenv("TMPDIR");

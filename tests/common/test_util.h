@@ -85,6 +85,10 @@ _Noreturn void mt_test_skip(const char *format, ...) __attribute__((format(print
  * returned string is static storage overwritten by the next call. */
 const char *mt_test_shared_path(const char *relative);
 
+/* "dir/name" in static storage: four buffers taken in turn, so up to four paths of one call
+ * (a source and a destination, ...) stay valid together. */
+const char *mt_test_path(const char *dir, const char *name);
+
 /* A fresh temporary folder (removed by mt_test_remove_tree), path in static storage per call. */
 char *mt_test_make_temp_dir(const char *tag);
 void mt_test_remove_tree(const char *path);

@@ -18,14 +18,6 @@
 
 static char dir[4096];
 
-static const char *temp_path(const char *name) {
-    static char path[2][4200];
-    static int which;
-    which ^= 1;
-    snprintf(path[which], sizeof path[which], "%s/%s", dir, name);
-    return path[which];
-}
-
 static void write_bytes(const char *path, const void *bytes, size_t size) {
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(bytes, 1, size, f) != size || fclose(f) != 0) {
@@ -60,19 +52,19 @@ static void expect_open_error(const char *path, mt_status status, const char *te
 }
 
 static void test_bad_files(void) {
-    expect_open_error(temp_path("missing.h5"), MT_ERR_IO, "does not exist");
-    const char *text = temp_path("text.h5");
+    expect_open_error(mt_test_path(dir, "missing.h5"), MT_ERR_IO, "does not exist");
+    const char *text = mt_test_path(dir, "text.h5");
     write_bytes(text, "not weights at all\n", 19);
     expect_open_error(text, MT_ERR_FORMAT, "not an HDF5 file");
-    const char *empty = temp_path("empty.h5");
+    const char *empty = mt_test_path(dir, "empty.h5");
     write_bytes(empty, "", 0);
     expect_open_error(empty, MT_ERR_FORMAT, "is empty");
-    const char *zip = temp_path("model.keras");
+    const char *zip = mt_test_path(dir, "model.keras");
     static const char zip_bytes[] = "PK\003\004 a zip archive";
     write_bytes(zip, zip_bytes, sizeof zip_bytes - 1);
     expect_open_error(zip, MT_ERR_FORMAT, "zip archive");
     expect_open_error(dir, MT_ERR_IO, "not a regular file");
-    const char *locked = temp_path("locked.h5");
+    const char *locked = mt_test_path(dir, "locked.h5");
     write_bytes(locked, "x", 1);
     chmod(locked, 0);
     if (geteuid() == 0 || access(locked, R_OK) == 0)
@@ -82,7 +74,7 @@ static void test_bad_files(void) {
 }
 
 static void test_truncated(const char *imagenet) {
-    const char *cut = temp_path("cut.h5");
+    const char *cut = mt_test_path(dir, "cut.h5");
     copy_prefix(imagenet, cut, 100000);
     expect_open_error(cut, MT_ERR_FORMAT, "truncated");
     copy_prefix(imagenet, cut, 1000);
@@ -151,7 +143,7 @@ static void put(hid_t file, const char *path, hid_t file_type, hid_t memory_type
 }
 
 static void test_float_widths(void) {
-    const char *path = temp_path("widths.h5");
+    const char *path = mt_test_path(dir, "widths.h5");
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     double kernel[6] = {0.5, -1.25, 3.0, 1e-3, -7.5, 1e30};
     hsize_t kernel_dims[2] = {2, 3};
@@ -187,7 +179,7 @@ static void test_float_widths(void) {
     mt_keras_h5_close(weights);
 
     /* A file with no float dataset at all is not a weights file. */
-    const char *ints = temp_path("ints.h5");
+    const char *ints = mt_test_path(dir, "ints.h5");
     file = H5Fcreate(ints, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     put(file, "steps", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, NULL, &counter);
     H5Fclose(file);
@@ -199,7 +191,7 @@ static void test_float_widths(void) {
  * range (UBSan found `count *= shape[i]` overflowing); NaN and Inf weights are refused by name
  * and index. */
 static void test_hostile_tensors(void) {
-    const char *path = temp_path("huge.h5");
+    const char *path = mt_test_path(dir, "huge.h5");
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     hsize_t dims[2] = {(hsize_t)1 << 40, (hsize_t)1 << 23}, chunk[2] = {1, 1};
     hid_t space = H5Screate_simple(2, dims, NULL);
@@ -218,7 +210,7 @@ static void test_hostile_tensors(void) {
     expect_open_error(path, MT_ERR_FORMAT, "more values than a 64-bit count holds");
     CHECK_MSG(strstr(mt_last_error(), "(1099511627776, 8388608)"), "%s", mt_last_error());
 
-    const char *nan_path = temp_path("nan.h5");
+    const char *nan_path = mt_test_path(dir, "nan.h5");
     file = H5Fcreate(nan_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     float kernel[6] = {0.5f, -1.25f, 3.0f, NAN, 1.0f, 2.0f}, bias[3] = {0, INFINITY, 1};
     hsize_t kernel_dims[2] = {2, 3}, bias_dims[1] = {3};
@@ -240,7 +232,7 @@ static void test_hostile_tensors(void) {
 }
 
 static void test_keras3_layout(void) {
-    const char *path = temp_path("model.weights.h5");
+    const char *path = mt_test_path(dir, "model.weights.h5");
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     hsize_t four[1] = {4};
     for (int i = 0; i < 4; i++) {
@@ -280,7 +272,7 @@ static void test_keras3_layout(void) {
 
 /* What Keras 3's save_weights("x.weights.h5") really writes: layers named by class and position. */
 static void test_keras3_class_names(void) {
-    const char *path = temp_path("classes.weights.h5");
+    const char *path = mt_test_path(dir, "classes.weights.h5");
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     hsize_t two[1] = {2};
     float first[2] = {1, 2}, second[2] = {3, 4}, gamma[2] = {5, 6};
@@ -310,7 +302,7 @@ static void test_keras3_class_names(void) {
 }
 
 static void test_ambiguous(void) {
-    const char *path = temp_path("two_models.h5");
+    const char *path = mt_test_path(dir, "two_models.h5");
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     hsize_t two[1] = {2};
     float a[2] = {1, 2}, b[2] = {3, 4};

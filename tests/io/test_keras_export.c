@@ -21,14 +21,6 @@
 
 static char dir[4096];
 
-static const char *temp_path(const char *name) {
-    static char path[2][4200];
-    static int which;
-    which ^= 1;
-    snprintf(path[which], sizeof path[which], "%s/%s", dir, name);
-    return path[which];
-}
-
 static bool exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
@@ -43,7 +35,7 @@ static bool no_temporaries(void) {
 
 static void test_small_model(void) {
     const char *layers[] = {"input_1", "conv", "bn", "relu", "dense"};
-    const char *path = temp_path("small.h5");
+    const char *path = mt_test_path(dir, "small.h5");
     mt_keras_h5_writer *writer = NULL;
     CHECK_MSG(mt_keras_h5_create(path, layers, 5, &writer) == MT_OK, "%s", mt_last_error());
     if (!writer) return;
@@ -110,13 +102,15 @@ static void test_small_model(void) {
 static void test_create_errors(void) {
     const char *layers[] = {"a", "b", "a"};
     mt_keras_h5_writer *writer = NULL;
-    CHECK(mt_keras_h5_create(temp_path("x.weights.h5"), layers, 2, &writer) == MT_ERR_INVALID);
+    CHECK(mt_keras_h5_create(mt_test_path(dir, "x.weights.h5"), layers, 2, &writer) ==
+          MT_ERR_INVALID);
     CHECK(strstr(mt_last_error(), "'*.h5'") != NULL);
-    CHECK(mt_keras_h5_create(temp_path("x.h5"), layers, 3, &writer) == MT_ERR_INVALID);
+    CHECK(mt_keras_h5_create(mt_test_path(dir, "x.h5"), layers, 3, &writer) == MT_ERR_INVALID);
     CHECK(strstr(mt_last_error(), "'a' appears twice") != NULL);
     const char *slashed[] = {"a/b"};
-    CHECK(mt_keras_h5_create(temp_path("x.h5"), slashed, 1, &writer) == MT_ERR_INVALID);
-    CHECK(mt_keras_h5_create(temp_path("no/such/folder/x.h5"), layers, 2, &writer) == MT_ERR_IO);
+    CHECK(mt_keras_h5_create(mt_test_path(dir, "x.h5"), slashed, 1, &writer) == MT_ERR_INVALID);
+    CHECK(mt_keras_h5_create(mt_test_path(dir, "no/such/folder/x.h5"), layers, 2, &writer) ==
+          MT_ERR_IO);
     CHECK_MSG(strstr(mt_last_error(), "no/such/folder/x.h5.tmp-") &&
                   strstr(mt_last_error(), "No such file"),
               "%s", mt_last_error());
@@ -125,7 +119,7 @@ static void test_create_errors(void) {
 
 /* An abandoned export leaves the previous file as it was and no temporary behind. */
 static void test_atomic(void) {
-    const char *path = temp_path("keep.h5");
+    const char *path = mt_test_path(dir, "keep.h5");
     FILE *f = fopen(path, "w");
     fputs("previous export", f);
     fclose(f);
@@ -222,7 +216,7 @@ static int compare_files(const char *a_path, const char *b_path) {
 }
 
 static void test_imagenet_round_trip(const char *imagenet) {
-    const char *out = temp_path("imagenet_export.h5");
+    const char *out = mt_test_path(dir, "imagenet_export.h5");
     CHECK_MSG(export_copy(imagenet, out) == MT_OK, "%s", mt_last_error());
     CHECK(no_temporaries());
     CHECK_MSG(compare_files(imagenet, out) == 0, "exported tensors differ from the source");
@@ -279,7 +273,7 @@ static void test_long_layer_list(void) {
         names[i] = malloc(40);
         snprintf(names[i], 40, "a_rather_long_layer_name_number_%05d", i);
     }
-    const char *path = temp_path("long.h5");
+    const char *path = mt_test_path(dir, "long.h5");
     mt_keras_h5_writer *writer = NULL;
     CHECK(mt_keras_h5_create(path, (const char *const *)names, LAYERS, &writer) == MT_OK);
     float v = 3;

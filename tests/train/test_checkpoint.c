@@ -26,14 +26,6 @@
 
 static char dir[4096];
 
-static const char *temp_path(const char *name) {
-    static char path[4][4200];
-    static int next;
-    char *p = path[next++ % 4];
-    snprintf(p, 4200, "%s/%s", dir, name);
-    return p;
-}
-
 static const char *config_text = "[optimizer]\nname = rmsprop\n; \"quoted\" \\ back\tslash é ☃\n";
 
 /* A checkpoint with every dtype, a scalar, an empty tensor, odd-sized blobs and special floats. */
@@ -96,7 +88,7 @@ static void check_same(const mt_checkpoint *a, const mt_checkpoint *b) {
 
 static void test_round_trip(void) {
     mt_checkpoint *c = make_sample(), *back = NULL;
-    const char *path = temp_path("sample.safetensors");
+    const char *path = mt_test_path(dir, "sample.safetensors");
     EXPECT_OK(mt_checkpoint_write(c, path));
     EXPECT_OK(mt_checkpoint_read(path, &back));
     if (!back) return;
@@ -135,8 +127,8 @@ static void test_round_trip(void) {
     /* An empty checkpoint is valid too. */
     mt_checkpoint *empty = NULL;
     EXPECT_OK(mt_checkpoint_create(&empty));
-    EXPECT_OK(mt_checkpoint_write(empty, temp_path("empty.safetensors")));
-    EXPECT_OK(mt_checkpoint_read(temp_path("empty.safetensors"), &back));
+    EXPECT_OK(mt_checkpoint_write(empty, mt_test_path(dir, "empty.safetensors")));
+    EXPECT_OK(mt_checkpoint_read(mt_test_path(dir, "empty.safetensors"), &back));
     if (back) CHECK(mt_checkpoint_tensor_count(back) == 0 && mt_checkpoint_meta_count(back) == 0);
     mt_checkpoint_free(back);
     mt_checkpoint_free(empty);
@@ -160,7 +152,7 @@ static void test_round_trip(void) {
 
     CHECK(mt_checkpoint_write(c, "/nonexistent-folder/x.safetensors") == MT_ERR_IO);
     CHECK(strstr(mt_last_error(), "/nonexistent-folder/x.safetensors") != NULL);
-    CHECK(mt_checkpoint_read(temp_path("missing.safetensors"), &back) == MT_ERR_IO);
+    CHECK(mt_checkpoint_read(mt_test_path(dir, "missing.safetensors"), &back) == MT_ERR_IO);
     CHECK(back == NULL);
     mt_checkpoint_free(c);
 }
@@ -214,7 +206,7 @@ static void expect_corrupt(const char *path, const char *fragment, const char *w
 }
 
 static void test_damaged(void) {
-    const char *good = temp_path("sample.safetensors");
+    const char *good = mt_test_path(dir, "sample.safetensors");
     size_t size = 0;
     unsigned char *bytes = slurp(good, &size);
     CHECK(bytes && size > 100);
@@ -222,7 +214,7 @@ static void test_damaged(void) {
     uint64_t header_size = 0;
     for (int i = 7; i >= 0; i--)
         header_size = (header_size << 8) | bytes[i];
-    const char *bad = temp_path("bad.safetensors");
+    const char *bad = mt_test_path(dir, "bad.safetensors");
 
     /* Truncated anywhere: refused. */
     size_t cuts[] = {0, 4, 7, 8, 9, 8 + (size_t)header_size - 1, 8 + (size_t)header_size, size - 1};
@@ -389,7 +381,7 @@ static int check_complete(const char *path, int floats) {
 
 static void test_atomic(void) {
     enum { FLOATS = 2 * 1024 * 1024 }; /* 8 MiB */
-    const char *path = temp_path("atomic.safetensors");
+    const char *path = mt_test_path(dir, "atomic.safetensors");
     mt_checkpoint *v1 = make_version(1, FLOATS), *v2 = make_version(2, FLOATS);
     EXPECT_OK(mt_checkpoint_write(v1, path));
     CHECK(check_complete(path, FLOATS) == 1);
