@@ -27,6 +27,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
 import local_slurm  # noqa: E402  (tests/common)
+from script_exit import fail, skip  # noqa: E402  (tests/common)
 
 SOURCE = os.path.abspath(os.environ.get("MT_SOURCE_DIR",
                                         os.path.join(os.path.dirname(__file__), "..", "..")))
@@ -36,16 +37,6 @@ SLURM_LOCAL = os.path.join(os.environ.get("MT_SHARED_DIR", os.path.join(SOURCE, 
                            "tools", "slurm_local.sh")
 MPIRUN_SH = os.path.join(SOURCE, "launch", "mpirun.sh")
 SLURM_DIR = os.path.join(SOURCE, "launch", "slurm")
-
-
-def fail(message):
-    print("FAIL:", message)
-    sys.exit(1)
-
-
-def skip(message):
-    print("SKIPPED:", message)
-    sys.exit(77)
 
 
 def run(command, env=None, timeout=120):

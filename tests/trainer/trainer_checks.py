@@ -27,6 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
 import local_slurm  # noqa: E402  (tests/common)
+from script_exit import fail, skip  # noqa: E402  (tests/common)
 
 BUILD = os.environ.get("MT_BUILD_DIR", ".")
 PACK = os.environ["MT_PACK"]
@@ -37,16 +38,6 @@ FIXTURE = os.path.join(BUILD, "tests", "trainer", "fixture")
 # The backend every run trains on: cpu, or (the guarded variants of ctest) reference with
 # MT_REFERENCE_GUARDED=1, whose memory the host cannot touch outside the backend's own ops.
 BACKEND = os.environ.get("MT_TRAINER_BACKEND", "cpu")
-
-
-def fail(message):
-    print("FAIL:", message)
-    sys.exit(1)
-
-
-def skip(message):
-    print("SKIPPED:", message)
-    sys.exit(77)
 
 
 def make_dataset():
