@@ -7,6 +7,7 @@
 
 #include "mobiletune/keras_h5.h"
 #include "mobiletune/model.h"
+#include "model/model_internal.h"
 
 /* The width multiplier a file was saved with, from its Conv1 and block_1_project kernels
  * (Conv1 alone cannot tell 0.35 from 0.5); 0 when unknown. For error messages only. */
@@ -82,10 +83,7 @@ mt_status mt_model_save_keras(mt_model *model, const char *path) {
     const char *names[MT_MODEL_BACKBONE_LAYERS];
     for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++)
         names[i] = layout->layers[i].name;
-    size_t largest = 0;
-    for (int i = 0; i < layout->tensor_count; i++)
-        if (layout->tensors[i].count > largest) largest = layout->tensors[i].count;
-    float *host = malloc(largest * sizeof *host);
+    float *host = mt_model_host_tensor(layout);
     if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory saving '%s'", path);
     mt_keras_h5_writer *writer = NULL;
     mt_status status = mt_keras_h5_create(path, names, MT_MODEL_BACKBONE_LAYERS, &writer);

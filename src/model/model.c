@@ -69,14 +69,18 @@ mt_status mt_model_activations_ensure(mt_model *m, int n) {
     return MT_OK;
 }
 
+float *mt_model_host_tensor(const mt_model_layout *layout) {
+    size_t largest = 1;
+    for (int i = 0; i < layout->tensor_count; i++)
+        if (layout->tensors[i].count > largest) largest = layout->tensors[i].count;
+    return malloc(largest * sizeof(float));
+}
+
 /* ---- create / destroy -------------------------------------------------------------------- */
 
 static mt_status init_weights(mt_model *m, uint64_t seed) {
     const mt_model_layout *layout = m->layout;
-    size_t largest = 0;
-    for (int i = 0; i < layout->tensor_count; i++)
-        if (layout->tensors[i].count > largest) largest = layout->tensors[i].count;
-    float *host = malloc(largest * sizeof *host);
+    float *host = mt_model_host_tensor(layout);
     if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory initializing the weights");
     mt_status status = MT_OK;
     for (int i = 0; i < layout->tensor_count && status == MT_OK; i++) {
@@ -247,10 +251,7 @@ mt_status mt_model_copy_weights(mt_model *dst, const mt_model *src) {
                            "the destination (alpha or classes differ)",
                            d->name, s->count, d->count);
     }
-    size_t largest = 0;
-    for (int i = 0; i < dl->tensor_count; i++)
-        if (dl->tensors[i].count > largest) largest = dl->tensors[i].count;
-    float *host = malloc(largest * sizeof *host);
+    float *host = mt_model_host_tensor(dl);
     if (!host) return MT_FAIL(MT_ERR_NOMEM, "out of memory copying weights");
     mt_status status = MT_OK;
     for (int i = 0; i < dl->tensor_count && status == MT_OK; i++) {

@@ -1,6 +1,7 @@
 /* The executor's state (struct mt_model) and the small helpers its three parts share: model.c
  * (creation, buffers, activations, weights), model_forward.c and model_backward.c (with the
- * gradient slots). Internal to src/model: the public face is include/mobiletune/model.h. */
+ * gradient slots); keras_import.c stages through mt_model_host_tensor too. Internal to
+ * src/model: the public face is include/mobiletune/model.h. */
 #ifndef MOBILETUNE_MODEL_INTERNAL_H
 #define MOBILETUNE_MODEL_INTERNAL_H
 
@@ -131,6 +132,10 @@ static inline mt_batchnorm_desc bn_desc(const mt_model *m, int layer, int n) {
 /* Size the activations for a batch of n (1..batch_size) as the plan says; nothing when they
  * already are (model.c). */
 mt_status mt_model_activations_ensure(mt_model *m, int n);
+
+/* A host buffer (malloc'd, NULL when out of memory) for any one tensor of `layout`: the staging
+ * of every tensor-by-tensor upload and download (init, copy, Keras save). */
+float *mt_model_host_tensor(const mt_model_layout *layout);
 
 /* Free the owned gradient tensors and forget the borrowed ones (model_backward.c). */
 void mt_model_grad_slots_free(mt_model *m);
