@@ -249,6 +249,24 @@ mt_status mt_keras_h5_write(mt_keras_h5_writer *writer, const char *layer_name,
     return MT_OK;
 }
 
+/* Write `bytes` as a fixed-length (`width` bytes each), NUL-padded string attribute of the
+ * dataspace `space` (a scalar or 1-D), and close `space`. */
+static mt_status write_fixed_strings(hid_t location, const char *name, const void *bytes,
+                                     size_t width, hid_t space) {
+    mt_status status = MT_OK;
+    hid_t type = space < 0 ? -1 : H5_CHECK(H5Tcopy(H5T_C_S1));
+    hid_t attribute = -1;
+    if (type >= 0 && H5_CHECK(H5Tset_size(type, width)) >= 0 &&
+        H5_CHECK(H5Tset_strpad(type, H5T_STR_NULLPAD)) >= 0)
+        attribute = H5_CHECK(H5Acreate2(location, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
+    if (attribute < 0 || H5_CHECK(H5Awrite(attribute, type, bytes)) < 0)
+        status = mt_error_context(MT_ERR_IO, "attribute '%s'", name);
+    mt_h5_close_any(attribute);
+    mt_h5_close_any(space);
+    mt_h5_close_any(type);
+    return status;
+}
+
 /* Write strings[count] as a 1-D fixed-length, NUL-padded byte-string attribute (what h5py makes of
  * a numpy "S" array: Keras' own form), width the longest string; an empty list as Keras 2 left it:
  * width 1, shape (0,). */
@@ -258,20 +276,9 @@ static mt_status write_string_attribute(hid_t location, const char *name, char *
     if (!buffer) return MT_FAIL(MT_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < count; i++)
         memcpy(buffer + i * width, strings[i], strlen(strings[i]));
-    mt_status status = MT_OK;
     hsize_t dims[1] = {count};
-    hid_t type = H5_CHECK(H5Tcopy(H5T_C_S1));
-    hid_t space = -1, attribute = -1;
-    if (type >= 0 && H5_CHECK(H5Tset_size(type, width)) >= 0 &&
-        H5_CHECK(H5Tset_strpad(type, H5T_STR_NULLPAD)) >= 0)
-        space = H5_CHECK(H5Screate_simple(1, dims, NULL));
-    if (space >= 0)
-        attribute = H5_CHECK(H5Acreate2(location, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
-    if (attribute < 0 || H5_CHECK(H5Awrite(attribute, type, buffer)) < 0)
-        status = mt_error_context(MT_ERR_IO, "attribute '%s'", name);
-    mt_h5_close_any(attribute);
-    mt_h5_close_any(space);
-    mt_h5_close_any(type);
+    mt_status status = write_fixed_strings(location, name, buffer, width,
+                                           H5_CHECK(H5Screate_simple(1, dims, NULL)));
     free(buffer);
     return status;
 }
@@ -300,20 +307,8 @@ static mt_status write_string_list(hid_t location, const char *name, char *const
 }
 
 static mt_status write_scalar_string(hid_t location, const char *name, const char *value) {
-    mt_status status = MT_OK;
-    hid_t type = H5_CHECK(H5Tcopy(H5T_C_S1));
-    hid_t space = -1, attribute = -1;
-    if (type >= 0 && H5_CHECK(H5Tset_size(type, strlen(value))) >= 0 &&
-        H5_CHECK(H5Tset_strpad(type, H5T_STR_NULLPAD)) >= 0)
-        space = H5_CHECK(H5Screate(H5S_SCALAR));
-    if (space >= 0)
-        attribute = H5_CHECK(H5Acreate2(location, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
-    if (attribute < 0 || H5_CHECK(H5Awrite(attribute, type, value)) < 0)
-        status = mt_error_context(MT_ERR_IO, "attribute '%s'", name);
-    mt_h5_close_any(attribute);
-    mt_h5_close_any(space);
-    mt_h5_close_any(type);
-    return status;
+    return write_fixed_strings(location, name, value, strlen(value),
+                               H5_CHECK(H5Screate(H5S_SCALAR)));
 }
 
 static int compare_written(const void *a, const void *b) {
