@@ -1,4 +1,4 @@
-/* The cuda backend's own kernels (src/ops/cuda/cuda_kernels.cu) run on the CPU under a small
+/* The cuda backend's own kernels (src/ops/cuda/cuda_kernels_*.cu) run on the CPU under a small
  * emulation of the CUDA launch (tests/gpu/emu: blocks in turn, a block's threads as real threads,
  * __syncthreads as a barrier) and compared with the reference backend: weight layout transforms,
  * depthwise and direct convolutions (all three passes, asymmetric pads, a 5x5 kernel whose taps

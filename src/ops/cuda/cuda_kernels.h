@@ -1,4 +1,4 @@
-/* The CUDA kernels of the "cuda" backend, as plain C launchers (cuda_kernels.cu): every launcher
+/* The CUDA kernels of the "cuda" backend, as plain C launchers (cuda_kernels_*.cu): every launcher
  * enqueues its kernels on `stream` and returns the launch's cudaError_t, which the C side checks
  * with CUDA_CHECK. Tensors are NHWC float in device memory; weights are in Keras' layouts
  * (conv HWIO [k][k][cin][cout], depthwise [k][k][c]). Sums that feed a gradient or a statistic are
@@ -122,7 +122,7 @@ cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float
                                        float *dbeta, double *scratch);
 
 /* The same in fp32 with fewer launches (the default; the above stay as MT_CUDA_BN=legacy): see
- * cuda_kernels.cu. Scratch: mt_cuda_bn_fused_scratch_floats(M, C) floats; counters:
+ * cuda_kernels_bn.cu. Scratch: mt_cuda_bn_fused_scratch_floats(M, C) floats; counters:
  * mt_cuda_bn_fused_counters(C) unsigned ints, zero before the first launch (each launch leaves
  * them zero again). Launches: forward training 2 (statistics, normalize [+ ReLU6]), forward
  * inference 1, backward 2 (sums with dgamma/dbeta, dx; inference without dgamma/dbeta: 1). */

@@ -1,6 +1,6 @@
 /* The "cuda" backend's ops other than convolution: elementwise, batch normalization, zero padding,
  * pooling, dropout, the dense layer (cuBLAS) and the losses. Each checks its arguments on the
- * host, then enqueues kernels from cuda_kernels.cu on the backend's stream; only the loss waits
+ * host, then enqueues kernels from cuda_kernels_*.cu on the backend's stream; only the loss waits
  * for the device (its value goes to the host). The ops table's entries (at the end) wrap each op
  * in MT_CUDA_PROFILE's event pair; the window and the legacy kernels' switches (cu->bn_legacy)
  * are set in cuda_diagnostics.c. */
