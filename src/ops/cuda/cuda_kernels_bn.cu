@@ -1,6 +1,8 @@
 /* mobiletune's own CUDA kernels, batch normalization (launchers in cuda_kernels.h): the fused
  * fp32 kernels (the default: statistics in one launch, normalize with the optional ReLU6 in one,
- * float4 loads) and the first double-precision ones kept as MT_CUDA_BN=legacy. */
+ * float4 loads), which also read and write 16-bit tensors (statistics in fp32 all the same; the
+ * storage template of cuda_kernels_internal.cuh), the first double-precision ones are in
+ * cuda_kernels_bn_legacy.cu. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -10,155 +12,8 @@
 
 namespace {
 
-/* ---- batch normalization ------------------------------------------------------------------- */
-
-enum bn_sum { BN_SUM_X, BN_SUM_SQDEV, BN_SUM_GRAD };
-
-/* Per-channel partial sums over this block's slice of the M rows. Block 32 channels x 8 rows,
- * grid (C/32, parts). partials: [part][C][2]:
- *   BN_SUM_X:     x
- *   BN_SUM_SQDEV: (x - mean)^2
- *   BN_SUM_GRAD:  dy, and dy * (x - mean) * istd */
-__global__ void bn_sums_kernel(long m, int C, int mode, const float *x, const float *dy,
-                               const double *mean, const double *istd, double *partials) {
-    const int c = blockIdx.x * RED_X + threadIdx.x;
-    const long per = (m + gridDim.y - 1) / gridDim.y;
-    const long begin = (long)blockIdx.y * per;
-    const long end = begin + per < m ? begin + per : m;
-    double a = 0.0, b = 0.0;
-    if (c < C) {
-        const double mu = mode == BN_SUM_X ? 0.0 : mean[c];
-        const double is = mode == BN_SUM_GRAD ? istd[c] : 0.0;
-        for (long r = begin + threadIdx.y; r < end; r += RED_Y) {
-            double v = x[(size_t)r * C + c];
-            if (mode == BN_SUM_X) {
-                a += v;
-            } else if (mode == BN_SUM_SQDEV) {
-                a += (v - mu) * (v - mu);
-            } else {
-                double d = dy[(size_t)r * C + c];
-                a += d;
-                b += d * (v - mu) * is;
-            }
-        }
-    }
-    __shared__ double sa[RED_Y][RED_X], sb[RED_Y][RED_X];
-    sa[threadIdx.y][threadIdx.x] = a;
-    sb[threadIdx.y][threadIdx.x] = b;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        for (int r = 1; r < RED_Y; r++)
-            a += sa[r][threadIdx.x], b += sb[r][threadIdx.x];
-        partials[((size_t)blockIdx.y * C + c) * 2] = a;
-        partials[((size_t)blockIdx.y * C + c) * 2 + 1] = b;
-    }
-}
-
-/* sums of the two partial columns of channel c, in part order */
-__device__ void bn_total(const double *partials, int parts, int C, int c, double *a, double *b) {
-    double sa = 0.0, sb = 0.0;
-    for (int p = 0; p < parts; p++) {
-        sa += partials[((size_t)p * C + c) * 2];
-        sb += partials[((size_t)p * C + c) * 2 + 1];
-    }
-    *a = sa, *b = sb;
-}
-
-__global__ void bn_mean_kernel(long m, int C, int parts, const double *partials, double *mean) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double s, unused;
-    bn_total(partials, parts, C, c, &s, &unused);
-    mean[c] = s / (double)m;
-}
-
-/* biased variance, saved statistics, Keras' moving update, and the coefficients of y */
-__global__ void bn_variance_kernel(long m, int C, int parts, float epsilon, float momentum,
-                                   const double *partials, const double *mean, const float *gamma,
-                                   const float *beta, float *moving_mean, float *moving_variance,
-                                   float *saved_mean, float *saved_inv_std, double *coef) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double sq, unused;
-    bn_total(partials, parts, C, c, &sq, &unused);
-    const double var = sq / (double)m, mu = mean[c];
-    const double inv_std = 1.0 / sqrt(var + (double)epsilon), mom = momentum;
-    saved_mean[c] = (float)mu;
-    saved_inv_std[c] = (float)inv_std;
-    moving_mean[c] = (float)(moving_mean[c] * mom + mu * (1.0 - mom));
-    moving_variance[c] = (float)(moving_variance[c] * mom + var * (1.0 - mom));
-    coef[c] = mu;
-    coef[C + c] = gamma[c] * inv_std;
-    coef[2 * C + c] = beta[c];
-}
-
-/* coefficients of inference: mean = moving mean, scale = gamma * inv_std, shift = beta; and, for
- * backward, the statistics in double */
-__global__ void bn_inference_coef_kernel(int C, float epsilon, const float *gamma,
-                                         const float *beta, const float *moving_mean,
-                                         const float *moving_variance, double *coef, double *mean,
-                                         double *istd) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    const double inv_std = 1.0 / sqrt((double)moving_variance[c] + (double)epsilon);
-    coef[c] = moving_mean[c];
-    coef[C + c] = gamma[c] * inv_std;
-    coef[2 * C + c] = beta ? beta[c] : 0.0f;
-    mean[c] = moving_mean[c];
-    istd[c] = inv_std;
-}
-
-/* training backward: statistics from the saved mean and inverse std */
-__global__ void bn_saved_stats_kernel(int C, const float *saved_mean, const float *saved_inv_std,
-                                      double *mean, double *istd) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    mean[c] = saved_mean[c];
-    istd[c] = saved_inv_std[c];
-}
-
-/* y = (x - coef[0]) * coef[1] + coef[2], per channel */
-__global__ void bn_apply_kernel(size_t count, int C, const float *x, const double *coef, float *y) {
-    GRID_STRIDE(i, count) {
-        int c = (int)(i % C);
-        y[i] = (float)(((double)x[i] - coef[c]) * coef[C + c] + coef[2 * C + c]);
-    }
-}
-
-/* dgamma, dbeta and the coefficients of dx: grad[c] = mean(dy), grad[C+c] = mean(dy * xhat) */
-__global__ void bn_grad_kernel(long m, int C, int parts, const double *partials, float *dgamma,
-                               float *dbeta, double *grad) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double sum_dy, sum_dy_xhat;
-    bn_total(partials, parts, C, c, &sum_dy, &sum_dy_xhat);
-    if (dgamma) dgamma[c] = (float)sum_dy_xhat;
-    if (dbeta) dbeta[c] = (float)sum_dy;
-    grad[c] = sum_dy / (double)m;
-    grad[C + c] = sum_dy_xhat / (double)m;
-}
-
-/* dx = gamma*istd * (dy - mean(dy) - xhat * mean(dy*xhat)); dx may alias dy */
-__global__ void bn_dx_training_kernel(size_t count, int C, const float *x, const float *dy,
-                                      const float *gamma, const double *mean, const double *istd,
-                                      const double *grad, float *dx) {
-    GRID_STRIDE(i, count) {
-        int c = (int)(i % C);
-        double xhat = ((double)x[i] - mean[c]) * istd[c];
-        dx[i] = (float)(gamma[c] * istd[c] * ((double)dy[i] - grad[c] - xhat * grad[C + c]));
-    }
-}
-
-/* inference: the statistics are constants, dx = gamma*istd * dy; dx may alias dy */
-__global__ void bn_dx_inference_kernel(size_t count, int C, const float *dy, const float *gamma,
-                                       const double *istd, float *dx) {
-    GRID_STRIDE(i, count) {
-        int c = (int)(i % C);
-        dx[i] = (float)(gamma[c] * istd[c] * (double)dy[i]);
-    }
-}
-
-/* ---- batch normalization, fp32 and fused (the default; MT_CUDA_BN=legacy runs the above) ----
+/* ---- batch normalization, fp32 and fused (the default; MT_CUDA_BN=legacy runs
+ * cuda_kernels_bn_legacy.cu) ----
  *
  * Layout: a row is one position's C channels, split into G = C/V groups of V consecutive
  * channels (V = 4: one float4, when C % 4 == 0 and the pointers are 16-byte aligned; else V = 1).
@@ -237,9 +92,9 @@ __device__ void bn_block_totals(int C, int c0, bool active, const float *partial
 
 /* Forward statistics: the batch mean and biased variance of each channel -> saved_mean,
  * saved_inv_std and Keras' moving update, in one launch. */
-template <int V>
+template <class S, int V>
 __global__ void bn_fused_stats_kernel(long m, int C, long rows_per_block, float epsilon,
-                                      float momentum, const float *x, float *moving_mean,
+                                      float momentum, const typename S::elem *x, float *moving_mean,
                                       float *moving_variance, float *saved_mean,
                                       float *saved_inv_std, float *partials, unsigned *counters) {
     const int g = blockIdx.x * blockDim.x + threadIdx.x, c0 = g * V;
@@ -248,11 +103,11 @@ __global__ void bn_fused_stats_kernel(long m, int C, long rows_per_block, float 
     for (int i = 0; i < V; i++)
         k[i] = 0.0f, s1[i] = 0.0f, s2[i] = 0.0f;
     if (active) {
-        vec_io<V>::load(x + c0, k);
+        vec_io<S, V>::load(x + c0, k);
         const long begin = (long)blockIdx.y * rows_per_block;
         const long end = begin + rows_per_block < m ? begin + rows_per_block : m;
         for (long r = begin + threadIdx.y; r < end; r += blockDim.y) {
-            vec_io<V>::load(x + (size_t)r * C + c0, v);
+            vec_io<S, V>::load(x + (size_t)r * C + c0, v);
             for (int i = 0; i < V; i++) {
                 float d = v[i] - k[i];
                 s1[i] += d;
@@ -282,10 +137,11 @@ __global__ void bn_fused_stats_kernel(long m, int C, long rows_per_block, float 
  * training, the saved mean and inverse std; inference (second = moving variance), the moving
  * ones, the inverse std computed here. Coefficients per thread, once; rows grid-stride. y may
  * alias x. */
-template <int V>
+template <class S, int V>
 __global__ void bn_fused_apply_kernel(long m, int C, int inference, int relu6, float epsilon,
-                                      const float *x, const float *gamma, const float *beta,
-                                      const float *mean, const float *second, float *y) {
+                                      const typename S::elem *x, const float *gamma,
+                                      const float *beta, const float *mean, const float *second,
+                                      typename S::elem *y) {
     const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (c0 >= C) return;
     float mu[V], scale[V], shift[V], v[V];
@@ -296,12 +152,12 @@ __global__ void bn_fused_apply_kernel(long m, int C, int inference, int relu6, f
     }
     for (long r = (long)blockIdx.y * blockDim.y + threadIdx.y; r < m;
          r += (long)gridDim.y * blockDim.y) {
-        vec_io<V>::load(x + (size_t)r * C + c0, v);
+        vec_io<S, V>::load(x + (size_t)r * C + c0, v);
         for (int i = 0; i < V; i++) {
             float t = fmaf(v[i] - mu[i], scale[i], shift[i]);
             v[i] = relu6 ? fminf(fmaxf(t, 0.0f), 6.0f) : t;
         }
-        vec_io<V>::store(y + (size_t)r * C + c0, v);
+        vec_io<S, V>::store(y + (size_t)r * C + c0, v);
     }
 }
 
@@ -310,9 +166,10 @@ __global__ void bn_fused_apply_kernel(long m, int C, int inference, int relu6, f
  * may be NULL) and, in training, coef [3][C] of dx = coef0 * g + coef1 * (x - mean) + coef2.
  * Training: mean, second = the saved mean and inverse std; inference: the moving mean and
  * variance (the statistics are constants: no coef, dx is gamma * inv_std * g). */
-template <int V>
+template <class S, int V>
 __global__ void bn_fused_grad_kernel(long m, int C, long rows_per_block, int inference,
-                                     float epsilon, const float *x, const float *y, const float *dy,
+                                     float epsilon, const typename S::elem *x,
+                                     const typename S::elem *y, const typename S::elem *dy,
                                      const float *gamma, const float *mean, const float *second,
                                      float *dgamma, float *dbeta, float *coef, float *partials,
                                      unsigned *counters) {
@@ -328,9 +185,9 @@ __global__ void bn_fused_grad_kernel(long m, int C, long rows_per_block, int inf
         const long end = begin + rows_per_block < m ? begin + rows_per_block : m;
         for (long r = begin + threadIdx.y; r < end; r += blockDim.y) {
             const size_t at = (size_t)r * C + c0;
-            vec_io<V>::load(x + at, xv);
-            vec_io<V>::load(dy + at, gv);
-            if (y) vec_io<V>::load(y + at, yv);
+            vec_io<S, V>::load(x + at, xv);
+            vec_io<S, V>::load(dy + at, gv);
+            if (y) vec_io<S, V>::load(y + at, yv);
             for (int i = 0; i < V; i++) {
                 float d = yv[i] > 0.0f && yv[i] < 6.0f ? gv[i] : 0.0f;
                 sg[i] += d;
@@ -359,11 +216,12 @@ __global__ void bn_fused_grad_kernel(long m, int C, long rows_per_block, int inf
 /* dx = coef0 * g + coef1 * (x - mean) + coef2, g = dy masked as above (training), or
  * dx = gamma * inv_std * dy with inv_std from the moving variance (inference: x unread); dx may
  * alias dy */
-template <int V>
-__global__ void bn_fused_dx_kernel(long m, int C, int inference, float epsilon, const float *x,
-                                   const float *y, const float *dy, const float *gamma,
+template <class S, int V>
+__global__ void bn_fused_dx_kernel(long m, int C, int inference, float epsilon,
+                                   const typename S::elem *x, const typename S::elem *y,
+                                   const typename S::elem *dy, const float *gamma,
                                    const float *mean, const float *second, const float *coef,
-                                   float *dx) {
+                                   typename S::elem *dx) {
     const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (c0 >= C) return;
     float mu[V], k1[V], k2[V], k3[V], xv[V], gv[V], yv[V];
@@ -378,93 +236,16 @@ __global__ void bn_fused_dx_kernel(long m, int C, int inference, float epsilon, 
     for (long r = (long)blockIdx.y * blockDim.y + threadIdx.y; r < m;
          r += (long)gridDim.y * blockDim.y) {
         const size_t at = (size_t)r * C + c0;
-        if (!inference) vec_io<V>::load(x + at, xv);
-        vec_io<V>::load(dy + at, gv);
-        if (y) vec_io<V>::load(y + at, yv);
+        if (!inference) vec_io<S, V>::load(x + at, xv);
+        vec_io<S, V>::load(dy + at, gv);
+        if (y) vec_io<S, V>::load(y + at, yv);
         for (int i = 0; i < V; i++) {
             float d = yv[i] > 0.0f && yv[i] < 6.0f ? gv[i] : 0.0f;
             gv[i] = fmaf(k1[i], d, fmaf(k2[i], xv[i] - mu[i], k3[i]));
         }
-        vec_io<V>::store(dx + at, gv);
+        vec_io<S, V>::store(dx + at, gv);
     }
 }
-
-} // namespace
-
-extern "C" {
-
-/* scratch layout: partials [parts][C][2], mean [C], istd [C], coef [3][C], grad [2][C] */
-size_t mt_cuda_bn_scratch_doubles(long m, int c) {
-    return (size_t)mt_cuda_reduce_parts(m) * c * 2 + (size_t)7 * c;
-}
-
-cudaError_t mt_cuda_launch_bn_forward_training(cudaStream_t stream, long m, int c, float epsilon,
-                                               float momentum, const float *x, const float *gamma,
-                                               const float *beta, float *moving_mean,
-                                               float *moving_variance, float *y, float *saved_mean,
-                                               float *saved_inv_std, double *scratch) {
-    const int parts = mt_cuda_reduce_parts(m);
-    double *partials = scratch, *mean = partials + (size_t)parts * c * 2, *coef = mean + 2 * c;
-    const dim3 grid((unsigned)((c + RED_X - 1) / RED_X), (unsigned)parts), block(RED_X, RED_Y);
-    const unsigned per_channel = (unsigned)((c + THREADS - 1) / THREADS);
-    bn_sums_kernel<<<grid, block, 0, stream>>>(m, c, BN_SUM_X, x, NULL, NULL, NULL, partials);
-    bn_mean_kernel<<<per_channel, THREADS, 0, stream>>>(m, c, parts, partials, mean);
-    bn_sums_kernel<<<grid, block, 0, stream>>>(m, c, BN_SUM_SQDEV, x, NULL, mean, NULL, partials);
-    bn_variance_kernel<<<per_channel, THREADS, 0, stream>>>(
-        m, c, parts, epsilon, momentum, partials, mean, gamma, beta, moving_mean, moving_variance,
-        saved_mean, saved_inv_std, coef);
-    bn_apply_kernel<<<grid_for((size_t)m * c), THREADS, 0, stream>>>((size_t)m * c, c, x, coef, y);
-    return cudaGetLastError();
-}
-
-cudaError_t mt_cuda_launch_bn_forward_inference(cudaStream_t stream, long m, int c, float epsilon,
-                                                const float *x, const float *gamma,
-                                                const float *beta, const float *moving_mean,
-                                                const float *moving_variance, float *y,
-                                                double *scratch) {
-    double *mean = scratch, *istd = mean + c, *coef = istd + c;
-    bn_inference_coef_kernel<<<(unsigned)((c + THREADS - 1) / THREADS), THREADS, 0, stream>>>(
-        c, epsilon, gamma, beta, moving_mean, moving_variance, coef, mean, istd);
-    bn_apply_kernel<<<grid_for((size_t)m * c), THREADS, 0, stream>>>((size_t)m * c, c, x, coef, y);
-    return cudaGetLastError();
-}
-
-cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float epsilon,
-                                       int training, const float *x, const float *dy,
-                                       const float *gamma, const float *stat_mean,
-                                       const float *stat_second, float *dx, float *dgamma,
-                                       float *dbeta, double *scratch) {
-    const int parts = mt_cuda_reduce_parts(m);
-    double *partials = scratch, *mean = partials + (size_t)parts * c * 2, *istd = mean + c;
-    double *coef = istd + c, *grad = coef + 3 * c;
-    const dim3 grid((unsigned)((c + RED_X - 1) / RED_X), (unsigned)parts), block(RED_X, RED_Y);
-    const unsigned per_channel = (unsigned)((c + THREADS - 1) / THREADS);
-    const size_t count = (size_t)m * c;
-    if (training)
-        bn_saved_stats_kernel<<<per_channel, THREADS, 0, stream>>>(c, stat_mean, stat_second, mean,
-                                                                   istd);
-    else
-        bn_inference_coef_kernel<<<per_channel, THREADS, 0, stream>>>(
-            c, epsilon, gamma, NULL, stat_mean, stat_second, coef, mean, istd);
-    if (dgamma || dbeta || training) {
-        bn_sums_kernel<<<grid, block, 0, stream>>>(m, c, BN_SUM_GRAD, x, dy, mean, istd, partials);
-        bn_grad_kernel<<<per_channel, THREADS, 0, stream>>>(m, c, parts, partials, dgamma, dbeta,
-                                                            grad);
-    }
-    if (dx && training)
-        bn_dx_training_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, c, x, dy, gamma, mean,
-                                                                       istd, grad, dx);
-    else if (dx)
-        bn_dx_inference_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, c, dy, gamma, istd,
-                                                                        dx);
-    return cudaGetLastError();
-}
-
-} // extern "C"
-
-/* ---- fp32 fused batch normalization ---- */
-
-namespace {
 
 /* The block and grid of the fused BN kernels for C channels (see the kernels' comment). */
 struct bn_plan {
@@ -509,21 +290,48 @@ int mt_cuda_bn_fused_counters(int c) {
     return (c + BN_THREADS - 1) / BN_THREADS;
 }
 
+cudaError_t mt_cuda_launch_bn_fused_forward_training_stored(
+    cudaStream_t stream, mt_cuda_storage storage, long m, int c, float epsilon, float momentum,
+    int relu6, const void *x, const float *gamma, const float *beta, float *moving_mean,
+    float *moving_variance, void *y, float *saved_mean, float *saved_inv_std, float *scratch,
+    unsigned *counters) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        const bn_plan p = bn_make_plan(m, c, vec_aligned<S>(x) && vec_aligned<S>(y));
+        auto stats = p.vec == 4 ? bn_fused_stats_kernel<S, 4> : bn_fused_stats_kernel<S, 1>;
+        auto apply = p.vec == 4 ? bn_fused_apply_kernel<S, 4> : bn_fused_apply_kernel<S, 1>;
+        stats<<<p.grid, p.block, 0, stream>>>(m, c, p.rows_per_block, epsilon, momentum,
+                                              as_elem<S>(x), moving_mean, moving_variance,
+                                              saved_mean, saved_inv_std, scratch, counters);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+        apply<<<p.apply_grid, p.block, 0, stream>>>(m, c, 0, relu6, epsilon, as_elem<S>(x), gamma,
+                                                    beta, saved_mean, saved_inv_std, as_elem<S>(y));
+        return cudaGetLastError();
+    });
+}
+
 cudaError_t mt_cuda_launch_bn_fused_forward_training(
     cudaStream_t stream, long m, int c, float epsilon, float momentum, int relu6, const float *x,
     const float *gamma, const float *beta, float *moving_mean, float *moving_variance, float *y,
     float *saved_mean, float *saved_inv_std, float *scratch, unsigned *counters) {
-    const bn_plan p = bn_make_plan(m, c, aligned16(x) && aligned16(y));
-    auto stats = p.vec == 4 ? bn_fused_stats_kernel<4> : bn_fused_stats_kernel<1>;
-    auto apply = p.vec == 4 ? bn_fused_apply_kernel<4> : bn_fused_apply_kernel<1>;
-    stats<<<p.grid, p.block, 0, stream>>>(m, c, p.rows_per_block, epsilon, momentum, x, moving_mean,
-                                          moving_variance, saved_mean, saved_inv_std, scratch,
-                                          counters);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    apply<<<p.apply_grid, p.block, 0, stream>>>(m, c, 0, relu6, epsilon, x, gamma, beta, saved_mean,
-                                                saved_inv_std, y);
-    return cudaGetLastError();
+    return mt_cuda_launch_bn_fused_forward_training_stored(
+        stream, MT_CUDA_F32, m, c, epsilon, momentum, relu6, x, gamma, beta, moving_mean,
+        moving_variance, y, saved_mean, saved_inv_std, scratch, counters);
+}
+
+cudaError_t mt_cuda_launch_bn_fused_forward_inference_stored(
+    cudaStream_t stream, mt_cuda_storage storage, long m, int c, float epsilon, const void *x,
+    const float *gamma, const float *beta, const float *moving_mean, const float *moving_variance,
+    void *y) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        const bn_plan p = bn_make_plan(m, c, vec_aligned<S>(x) && vec_aligned<S>(y));
+        auto apply = p.vec == 4 ? bn_fused_apply_kernel<S, 4> : bn_fused_apply_kernel<S, 1>;
+        apply<<<p.apply_grid, p.block, 0, stream>>>(m, c, 1, 0, epsilon, as_elem<S>(x), gamma, beta,
+                                                    moving_mean, moving_variance, as_elem<S>(y));
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_bn_fused_forward_inference(cudaStream_t stream, long m, int c,
@@ -531,11 +339,40 @@ cudaError_t mt_cuda_launch_bn_fused_forward_inference(cudaStream_t stream, long 
                                                       const float *gamma, const float *beta,
                                                       const float *moving_mean,
                                                       const float *moving_variance, float *y) {
-    const bn_plan p = bn_make_plan(m, c, aligned16(x) && aligned16(y));
-    auto apply = p.vec == 4 ? bn_fused_apply_kernel<4> : bn_fused_apply_kernel<1>;
-    apply<<<p.apply_grid, p.block, 0, stream>>>(m, c, 1, 0, epsilon, x, gamma, beta, moving_mean,
-                                                moving_variance, y);
-    return cudaGetLastError();
+    return mt_cuda_launch_bn_fused_forward_inference_stored(
+        stream, MT_CUDA_F32, m, c, epsilon, x, gamma, beta, moving_mean, moving_variance, y);
+}
+
+cudaError_t mt_cuda_launch_bn_fused_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                    long m, int c, float epsilon, int training,
+                                                    const void *x, const void *y, const void *dy,
+                                                    const float *gamma, const float *stat_mean,
+                                                    const float *stat_second, void *dx,
+                                                    float *dgamma, float *dbeta, float *scratch,
+                                                    unsigned *counters) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        const bool vectorizable =
+            vec_aligned<S>(x) && vec_aligned<S>(dy) && vec_aligned<S>(dx) && vec_aligned<S>(y);
+        const bn_plan p = bn_make_plan(m, c, vectorizable);
+        const int inference = !training;
+        float *coef = scratch + (size_t)p.grid.y * c * 2;
+        auto grad = p.vec == 4 ? bn_fused_grad_kernel<S, 4> : bn_fused_grad_kernel<S, 1>;
+        auto dxk = p.vec == 4 ? bn_fused_dx_kernel<S, 4> : bn_fused_dx_kernel<S, 1>;
+        if (training || dgamma || dbeta) {
+            grad<<<p.grid, p.block, 0, stream>>>(m, c, p.rows_per_block, inference, epsilon,
+                                                 as_elem<S>(x), as_elem<S>(y), as_elem<S>(dy),
+                                                 gamma, stat_mean, stat_second, dgamma, dbeta, coef,
+                                                 scratch, counters);
+            cudaError_t e = cudaGetLastError();
+            if (e != cudaSuccess) return e;
+        }
+        if (dx)
+            dxk<<<p.apply_grid, p.block, 0, stream>>>(m, c, inference, epsilon, as_elem<S>(x),
+                                                      as_elem<S>(y), as_elem<S>(dy), gamma,
+                                                      stat_mean, stat_second, coef, as_elem<S>(dx));
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c, float epsilon,
@@ -544,23 +381,9 @@ cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c,
                                              const float *stat_mean, const float *stat_second,
                                              float *dx, float *dgamma, float *dbeta, float *scratch,
                                              unsigned *counters) {
-    const bool vectorizable = aligned16(x) && aligned16(dy) && aligned16(dx) && aligned16(y);
-    const bn_plan p = bn_make_plan(m, c, vectorizable);
-    const int inference = !training;
-    float *coef = scratch + (size_t)p.grid.y * c * 2;
-    auto grad = p.vec == 4 ? bn_fused_grad_kernel<4> : bn_fused_grad_kernel<1>;
-    auto dxk = p.vec == 4 ? bn_fused_dx_kernel<4> : bn_fused_dx_kernel<1>;
-    if (training || dgamma || dbeta) {
-        grad<<<p.grid, p.block, 0, stream>>>(m, c, p.rows_per_block, inference, epsilon, x, y, dy,
-                                             gamma, stat_mean, stat_second, dgamma, dbeta, coef,
-                                             scratch, counters);
-        cudaError_t e = cudaGetLastError();
-        if (e != cudaSuccess) return e;
-    }
-    if (dx)
-        dxk<<<p.apply_grid, p.block, 0, stream>>>(m, c, inference, epsilon, x, y, dy, gamma,
-                                                  stat_mean, stat_second, coef, dx);
-    return cudaGetLastError();
+    return mt_cuda_launch_bn_fused_backward_stored(stream, MT_CUDA_F32, m, c, epsilon, training, x,
+                                                   y, dy, gamma, stat_mean, stat_second, dx, dgamma,
+                                                   dbeta, scratch, counters);
 }
 
 } // extern "C"

@@ -2,7 +2,8 @@
  * cuda_kernels.h): the weight layout transforms around cuDNN, the direct convolution for any pads
  * (one output element per thread; backward data one input element per thread; the weight gradient
  * as per-slice partials then a fixed-order sum in double), and Conv1's weight gradient with every
- * tap in registers. */
+ * tap in registers. Activations and their gradients in any storage (the template of
+ * cuda_kernels_internal.cuh), weights and the weight gradient float. */
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -46,8 +47,9 @@ __global__ void sum_parts_kernel(const float *partials, int parts, size_t count,
 }
 
 /* y: one thread per output element (n, oh, ow, co); w: HWIO */
-__global__ void direct_forward_kernel(mt_cuda_conv_geom g, const float *x, const float *w,
-                                      float *y) {
+template <class S>
+__global__ void direct_forward_kernel(mt_cuda_conv_geom g, const typename S::elem *x,
+                                      const float *w, typename S::elem *y) {
     const size_t count = (size_t)g.n * g.ho * g.wo * g.cout;
     GRID_STRIDE(i, count) {
         int co = (int)(i % g.cout);
@@ -62,19 +64,20 @@ __global__ void direct_forward_kernel(mt_cuda_conv_geom g, const float *x, const
             for (int kw = 0; kw < g.k; kw++) {
                 int iw = ow * g.stride + kw - g.pad_left;
                 if (iw < 0 || iw >= g.w) continue;
-                const float *xp = x + (((size_t)n * g.h + ih) * g.w + iw) * g.cin;
+                const typename S::elem *xp = x + (((size_t)n * g.h + ih) * g.w + iw) * g.cin;
                 const float *wp = w + (size_t)(kh * g.k + kw) * g.cin * g.cout + co;
                 for (int ci = 0; ci < g.cin; ci++)
-                    acc += xp[ci] * wp[(size_t)ci * g.cout];
+                    acc += S::load(xp[ci]) * wp[(size_t)ci * g.cout];
             }
         }
-        y[i] = acc;
+        y[i] = S::store(acc);
     }
 }
 
 /* dx: one thread per input element (n, ih, iw, ci) */
-__global__ void direct_backward_data_kernel(mt_cuda_conv_geom g, const float *dy, const float *w,
-                                            float *dx) {
+template <class S>
+__global__ void direct_backward_data_kernel(mt_cuda_conv_geom g, const typename S::elem *dy,
+                                            const float *w, typename S::elem *dx) {
     const size_t count = (size_t)g.n * g.h * g.w * g.cin;
     GRID_STRIDE(i, count) {
         int ci = (int)(i % g.cin);
@@ -89,20 +92,21 @@ __global__ void direct_backward_data_kernel(mt_cuda_conv_geom g, const float *dy
             for (int kw = 0; kw < g.k; kw++) {
                 int ow = output_index(iw, g.pad_left, kw, g.stride, g.wo);
                 if (ow < 0) continue;
-                const float *dyp = dy + (((size_t)n * g.ho + oh) * g.wo + ow) * g.cout;
+                const typename S::elem *dyp = dy + (((size_t)n * g.ho + oh) * g.wo + ow) * g.cout;
                 const float *wp = w + ((size_t)(kh * g.k + kw) * g.cin + ci) * g.cout;
                 for (int co = 0; co < g.cout; co++)
-                    acc += dyp[co] * wp[co];
+                    acc += S::load(dyp[co]) * wp[co];
             }
         }
-        dx[i] = acc;
+        dx[i] = S::store(acc);
     }
 }
 
 /* Partial weight gradients: one thread per weight j = ((kh*k + kw)*cin + ci)*cout + co over this
  * block row's slice of positions. grid: (weights/256, parts); partials: [part][weights] */
-__global__ void direct_backward_weights_kernel(mt_cuda_conv_geom g, const float *x, const float *dy,
-                                               float *partials) {
+template <class S>
+__global__ void direct_backward_weights_kernel(mt_cuda_conv_geom g, const typename S::elem *x,
+                                               const typename S::elem *dy, float *partials) {
     const size_t weights = (size_t)g.k * g.k * g.cin * g.cout;
     const size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= weights) return;
@@ -121,7 +125,8 @@ __global__ void direct_backward_weights_kernel(mt_cuda_conv_geom g, const float 
         int oh = (int)(t % g.ho), n = (int)(t / g.ho);
         int ih = oh * g.stride + kh - g.pad_top, iw = ow * g.stride + kw - g.pad_left;
         if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
-        acc += x[(((size_t)n * g.h + ih) * g.w + iw) * g.cin + ci] * dy[(size_t)p * g.cout + co];
+        acc += S::load(x[(((size_t)n * g.h + ih) * g.w + iw) * g.cin + ci]) *
+               S::load(dy[(size_t)p * g.cout + co]);
     }
     partials[(size_t)blockIdx.y * weights + j] = acc;
 }
@@ -132,9 +137,9 @@ __global__ void direct_backward_weights_kernel(mt_cuda_conv_geom g, const float 
  * pixel's CIN values read once per tap for V channels). Block (lanes over groups of V output
  * channels, rows), grid (cols, parts); partials [part][K*K*CIN][Cout], rows of the block added in
  * a fixed order, parts by mt_cuda_launch_sum_parts in double. */
-template <int V, int K, int CIN>
-__global__ void direct_backward_weights_rows_kernel(mt_cuda_conv_geom g, const float *x,
-                                                    const float *dy, long rows_per_block,
+template <class S, int V, int K, int CIN>
+__global__ void direct_backward_weights_rows_kernel(mt_cuda_conv_geom g, const typename S::elem *x,
+                                                    const typename S::elem *dy, long rows_per_block,
                                                     float *partials) {
     const int KC = K * K * CIN, cout = g.cout;
     const int co0 = (blockIdx.x * blockDim.x + threadIdx.x) * V;
@@ -150,10 +155,10 @@ __global__ void direct_backward_weights_rows_kernel(mt_cuda_conv_geom g, const f
     if (active) {
         for (long r = begin + threadIdx.y; r < end; r += blockDim.y) {
             const int oh = (int)(r % g.ho), n = (int)(r / g.ho);
-            const float *dyrow = dy + (size_t)r * g.wo * cout + co0;
-            const float *image = x + (size_t)n * g.h * g.w * CIN;
+            const typename S::elem *dyrow = dy + (size_t)r * g.wo * cout + co0;
+            const typename S::elem *image = x + (size_t)n * g.h * g.w * CIN;
             for (int ow = 0; ow < g.wo; ow++) {
-                vec_io<V>::load(dyrow + (size_t)ow * cout, dv);
+                vec_io<S, V>::load(dyrow + (size_t)ow * cout, dv);
                 MT_UNROLL
                 for (int kh = 0; kh < K; kh++) {
                     const int ih = oh * g.stride + kh - g.pad_top;
@@ -162,10 +167,10 @@ __global__ void direct_backward_weights_rows_kernel(mt_cuda_conv_geom g, const f
                     for (int kw = 0; kw < K; kw++) {
                         const int iw = ow * g.stride + kw - g.pad_left;
                         if (iw < 0 || iw >= g.w) continue;
-                        const float *px = image + ((size_t)ih * g.w + iw) * CIN;
+                        const typename S::elem *px = image + ((size_t)ih * g.w + iw) * CIN;
                         MT_UNROLL
                         for (int ci = 0; ci < CIN; ci++) {
-                            const float xv = px[ci];
+                            const float xv = S::load(px[ci]);
                             for (int v = 0; v < V; v++)
                                 acc[(kh * K + kw) * CIN + ci][v] =
                                     fmaf(xv, dv[v], acc[(kh * K + kw) * CIN + ci][v]);
@@ -216,46 +221,68 @@ cudaError_t mt_cuda_launch_krsc_to_hwio(cudaStream_t stream, const float *src, f
     return cudaGetLastError();
 }
 
+cudaError_t mt_cuda_launch_direct_conv_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                      const mt_cuda_conv_geom *g, const void *x,
+                                                      const float *w, void *y) {
+    const size_t count = (size_t)g->n * g->ho * g->wo * g->cout;
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        direct_forward_kernel<S>
+            <<<grid_for(count), THREADS, 0, stream>>>(*g, as_elem<S>(x), w, as_elem<S>(y));
+        return cudaGetLastError();
+    });
+}
+
 cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
                                                const float *x, const float *w, float *y) {
-    size_t count = (size_t)g->n * g->ho * g->wo * g->cout;
-    direct_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, x, w, y);
-    return cudaGetLastError();
+    return mt_cuda_launch_direct_conv_forward_stored(stream, MT_CUDA_F32, g, x, w, y);
+}
+
+cudaError_t mt_cuda_launch_direct_conv_backward_data_stored(cudaStream_t stream,
+                                                            mt_cuda_storage storage,
+                                                            const mt_cuda_conv_geom *g,
+                                                            const void *dy, const float *w,
+                                                            void *dx) {
+    const size_t count = (size_t)g->n * g->h * g->w * g->cin;
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        direct_backward_data_kernel<S>
+            <<<grid_for(count), THREADS, 0, stream>>>(*g, as_elem<S>(dy), w, as_elem<S>(dx));
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream,
                                                      const mt_cuda_conv_geom *g, const float *dy,
                                                      const float *w, float *dx) {
-    size_t count = (size_t)g->n * g->h * g->w * g->cin;
-    direct_backward_data_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
-    return cudaGetLastError();
+    return mt_cuda_launch_direct_conv_backward_data_stored(stream, MT_CUDA_F32, g, dy, w, dx);
+}
+
+cudaError_t mt_cuda_launch_direct_conv_backward_weights_stored(cudaStream_t stream,
+                                                               mt_cuda_storage storage,
+                                                               const mt_cuda_conv_geom *g,
+                                                               const void *x, const void *dy,
+                                                               float *partials, float *dw) {
+    const size_t weights = (size_t)g->k * g->k * g->cin * g->cout;
+    const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
+    const dim3 grid((unsigned)((weights + THREADS - 1) / THREADS), (unsigned)parts);
+    cudaError_t e = with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        direct_backward_weights_kernel<S>
+            <<<grid, THREADS, 0, stream>>>(*g, as_elem<S>(x), as_elem<S>(dy), partials);
+        return cudaGetLastError();
+    });
+    if (e != cudaSuccess) return e;
+    return mt_cuda_launch_sum_parts(stream, partials, parts, weights, dw);
 }
 
 cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream,
                                                         const mt_cuda_conv_geom *g, const float *x,
                                                         const float *dy, float *partials,
                                                         float *dw) {
-    const size_t weights = (size_t)g->k * g->k * g->cin * g->cout;
-    const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
-    const dim3 grid((unsigned)((weights + THREADS - 1) / THREADS), (unsigned)parts);
-    direct_backward_weights_kernel<<<grid, THREADS, 0, stream>>>(*g, x, dy, partials);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    sum_parts_kernel<<<grid_for(weights), THREADS, 0, stream>>>(partials, parts, weights, dw);
-    return cudaGetLastError();
+    return mt_cuda_launch_direct_conv_backward_weights_stored(stream, MT_CUDA_F32, g, x, dy,
+                                                              partials, dw);
 }
-
-} // extern "C"
-
-cudaError_t mt_cuda_launch_sum_parts(cudaStream_t stream, const float *partials, int parts,
-                                     size_t count, float *out) {
-    sum_parts_kernel<<<grid_for(count), THREADS, 0, stream>>>(partials, parts, count, out);
-    return cudaGetLastError();
-}
-
-/* ---- direct convolution's weight gradient for 3x3 over 3 channels ---- */
-
-extern "C" {
 
 int mt_cuda_direct_weights_rows_supported(const mt_cuda_conv_geom *g) {
     return g->k == 3 && g->cin == 3;
@@ -268,20 +295,40 @@ size_t mt_cuda_direct_weights_rows_partials(const mt_cuda_conv_geom *g) {
     return parts * g->k * g->k * g->cin * g->cout;
 }
 
+cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows_stored(cudaStream_t stream,
+                                                                    mt_cuda_storage storage,
+                                                                    const mt_cuda_conv_geom *g,
+                                                                    const void *x, const void *dy,
+                                                                    float *partials, float *dw) {
+    if (!mt_cuda_direct_weights_rows_supported(g)) return cudaErrorInvalidValue;
+    int parts = 1;
+    cudaError_t e = with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        const rows_plan p = rows_make_plan(g, g->cout, vec_aligned<S>(dy));
+        parts = (int)p.grid.y;
+        auto kernel = p.vec == 4 ? direct_backward_weights_rows_kernel<S, 4, 3, 3>
+                                 : direct_backward_weights_rows_kernel<S, 1, 3, 3>;
+        kernel<<<p.grid, p.block, 0, stream>>>(*g, as_elem<S>(x), as_elem<S>(dy), p.rows_per_block,
+                                               partials);
+        return cudaGetLastError();
+    });
+    if (e != cudaSuccess) return e;
+    return mt_cuda_launch_sum_parts(stream, partials, parts, (size_t)g->k * g->k * g->cin * g->cout,
+                                    dw);
+}
+
 cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows(cudaStream_t stream,
                                                              const mt_cuda_conv_geom *g,
                                                              const float *x, const float *dy,
                                                              float *partials, float *dw) {
-    if (!mt_cuda_direct_weights_rows_supported(g)) return cudaErrorInvalidValue;
-    const rows_plan p = rows_make_plan(g, g->cout, aligned16(dy));
-    auto kernel = p.vec == 4 ? direct_backward_weights_rows_kernel<4, 3, 3>
-                             : direct_backward_weights_rows_kernel<1, 3, 3>;
-    kernel<<<p.grid, p.block, 0, stream>>>(*g, x, dy, p.rows_per_block, partials);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    const size_t count = (size_t)g->k * g->k * g->cin * g->cout;
-    sum_parts_kernel<<<grid_for(count), THREADS, 0, stream>>>(partials, (int)p.grid.y, count, dw);
-    return cudaGetLastError();
+    return mt_cuda_launch_direct_conv_backward_weights_rows_stored(stream, MT_CUDA_F32, g, x, dy,
+                                                                   partials, dw);
 }
 
 } // extern "C"
+
+cudaError_t mt_cuda_launch_sum_parts(cudaStream_t stream, const float *partials, int parts,
+                                     size_t count, float *out) {
+    sum_parts_kernel<<<grid_for(count), THREADS, 0, stream>>>(partials, parts, count, out);
+    return cudaGetLastError();
+}

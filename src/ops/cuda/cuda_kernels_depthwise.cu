@@ -1,7 +1,9 @@
 /* mobiletune's own CUDA kernels, depthwise convolution (multiplier 1; launchers in
  * cuda_kernels.h): the register-blocked forward and backward data (a strip of positions and a
  * vector of channels per thread), the weight gradient walking whole output rows, and the first
- * one-output-per-thread kernels kept as MT_CUDA_DEPTHWISE_KERNEL=legacy. */
+ * one-output-per-thread kernels kept as MT_CUDA_DEPTHWISE_KERNEL=legacy. Activations and their
+ * gradients in any storage (the template of cuda_kernels_internal.cuh), weights and the weight
+ * gradient float. */
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -13,8 +15,9 @@ namespace {
 /* ---- one output per thread (MT_CUDA_DEPTHWISE_KERNEL=legacy) ---- */
 
 /* y: one thread per output element (n, oh, ow, c) */
-__global__ void depthwise_forward_kernel(mt_cuda_conv_geom g, const float *x, const float *w,
-                                         float *y) {
+template <class S>
+__global__ void depthwise_forward_kernel(mt_cuda_conv_geom g, const typename S::elem *x,
+                                         const float *w, typename S::elem *y) {
     const int C = g.cin;
     const size_t count = (size_t)g.n * g.ho * g.wo * C;
     GRID_STRIDE(i, count) {
@@ -30,16 +33,18 @@ __global__ void depthwise_forward_kernel(mt_cuda_conv_geom g, const float *x, co
             for (int kw = 0; kw < g.k; kw++) {
                 int iw = ow * g.stride + kw - g.pad_left;
                 if (iw < 0 || iw >= g.w) continue;
-                acc += x[(((size_t)n * g.h + ih) * g.w + iw) * C + c] * w[(kh * g.k + kw) * C + c];
+                acc += S::load(x[(((size_t)n * g.h + ih) * g.w + iw) * C + c]) *
+                       w[(kh * g.k + kw) * C + c];
             }
         }
-        y[i] = acc;
+        y[i] = S::store(acc);
     }
 }
 
 /* dx: one thread per input element (n, ih, iw, c) */
-__global__ void depthwise_backward_data_kernel(mt_cuda_conv_geom g, const float *dy, const float *w,
-                                               float *dx) {
+template <class S>
+__global__ void depthwise_backward_data_kernel(mt_cuda_conv_geom g, const typename S::elem *dy,
+                                               const float *w, typename S::elem *dx) {
     const int C = g.cin;
     const size_t count = (size_t)g.n * g.h * g.w * C;
     GRID_STRIDE(i, count) {
@@ -55,19 +60,20 @@ __global__ void depthwise_backward_data_kernel(mt_cuda_conv_geom g, const float 
             for (int kw = 0; kw < g.k; kw++) {
                 int ow = output_index(iw, g.pad_left, kw, g.stride, g.wo);
                 if (ow < 0) continue;
-                acc +=
-                    dy[(((size_t)n * g.ho + oh) * g.wo + ow) * C + c] * w[(kh * g.k + kw) * C + c];
+                acc += S::load(dy[(((size_t)n * g.ho + oh) * g.wo + ow) * C + c]) *
+                       w[(kh * g.k + kw) * C + c];
             }
         }
-        dx[i] = acc;
+        dx[i] = S::store(acc);
     }
 }
 
 /* Partial weight gradients of taps [tap0, tap0+taps) over this block's slice of the N*Ho*Wo
  * output positions. Block: 32 channels x 8 positions; grid: (C/32, parts).
  * partials: [part][k*k][C] */
-__global__ void depthwise_backward_weights_kernel(mt_cuda_conv_geom g, const float *x,
-                                                  const float *dy, int tap0, int taps,
+template <class S>
+__global__ void depthwise_backward_weights_kernel(mt_cuda_conv_geom g, const typename S::elem *x,
+                                                  const typename S::elem *dy, int tap0, int taps,
                                                   float *partials) {
     const int C = g.cin, kk = g.k * g.k;
     const int c = blockIdx.x * RED_X + threadIdx.x;
@@ -83,12 +89,12 @@ __global__ void depthwise_backward_weights_kernel(mt_cuda_conv_geom g, const flo
             int ow = (int)(p % g.wo);
             long t = p / g.wo;
             int oh = (int)(t % g.ho), n = (int)(t / g.ho);
-            float d = dy[(size_t)p * C + c];
+            float d = S::load(dy[(size_t)p * C + c]);
             for (int tt = 0; tt < taps; tt++) {
                 int kh = (tap0 + tt) / g.k, kw = (tap0 + tt) % g.k;
                 int ih = oh * g.stride + kh - g.pad_top, iw = ow * g.stride + kw - g.pad_left;
                 if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
-                acc[tt] += d * x[(((size_t)n * g.h + ih) * g.w + iw) * C + c];
+                acc[tt] += d * S::load(x[(((size_t)n * g.h + ih) * g.w + iw) * C + c]);
             }
         }
     }
@@ -113,14 +119,14 @@ __global__ void depthwise_backward_weights_kernel(mt_cuda_conv_geom g, const flo
  * registers: the index arithmetic (64-bit) happens once per thread instead of once per output,
  * each weight vector is loaded once per tap for the whole strip, and loads are float4. Consecutive
  * threads take consecutive channel groups, so a warp reads whole 16-byte-aligned pixel segments.
- * S: the stride when 1 or 2 (the tap-to-output mapping of the backward then has no division),
- * else 0 (read from the geometry). */
+ * SD: the stride when 1 or 2 (the tap-to-output mapping of the backward then has no division),
+ * else 0 (read from the geometry). x, y, dy, dx in storage S, w float. */
 const int DW_TW = 4;
 
 /* y: N,Ho,Wo,C from x: N,H,W,C and w: [k][k][C] */
-template <int V>
-__global__ void depthwise_forward_strip_kernel(mt_cuda_conv_geom g, const float *x, const float *w,
-                                               float *y) {
+template <class S, int V>
+__global__ void depthwise_forward_strip_kernel(mt_cuda_conv_geom g, const typename S::elem *x,
+                                               const float *w, typename S::elem *y) {
     const int C = g.cin, groups = C / V, strips = (g.wo + DW_TW - 1) / DW_TW;
     const size_t count = (size_t)g.n * g.ho * strips * groups;
     GRID_STRIDE(i, count) {
@@ -136,37 +142,38 @@ __global__ void depthwise_forward_strip_kernel(mt_cuda_conv_geom g, const float 
         for (int kh = 0; kh < g.k; kh++) {
             const int ih = oh * g.stride + kh - g.pad_top;
             if (ih < 0 || ih >= g.h) continue;
-            const float *row = x + ((size_t)n * g.h + ih) * g.w * C + c0;
+            const typename S::elem *row = x + ((size_t)n * g.h + ih) * g.w * C + c0;
             for (int kw = 0; kw < g.k; kw++) {
-                vec_io<V>::load(w + (size_t)(kh * g.k + kw) * C + c0, wv);
+                fvec_io<V>::load(w + (size_t)(kh * g.k + kw) * C + c0, wv);
                 for (int s = 0; s < DW_TW; s++) {
                     const int iw = (ow0 + s) * g.stride + kw - g.pad_left;
                     if (ow0 + s >= g.wo || iw < 0 || iw >= g.w) continue;
-                    vec_io<V>::load(row + (size_t)iw * C, xv);
+                    vec_io<S, V>::load(row + (size_t)iw * C, xv);
                     for (int v = 0; v < V; v++)
                         acc[s][v] = fmaf(xv[v], wv[v], acc[s][v]);
                 }
             }
         }
-        float *out = y + (((size_t)n * g.ho + oh) * g.wo + ow0) * C + c0;
+        typename S::elem *out = y + (((size_t)n * g.ho + oh) * g.wo + ow0) * C + c0;
         for (int s = 0; s < DW_TW && ow0 + s < g.wo; s++)
-            vec_io<V>::store(out + (size_t)s * C, acc[s]);
+            vec_io<S, V>::store(out + (size_t)s * C, acc[s]);
     }
 }
 
 /* The output position that tap kk maps input position i to, or -1; S > 0: the stride known at
  * compile time. */
-template <int S> __device__ int strip_output_index(int i, int pad, int kk, int stride, int size) {
+template <int SD> __device__ int strip_output_index(int i, int pad, int kk, int stride, int size) {
     int t = i + pad - kk;
-    if (S == 1) return t >= 0 && t < size ? t : -1;
-    if (S == 2) return t >= 0 && !(t & 1) && (t >> 1) < size ? t >> 1 : -1;
+    if (SD == 1) return t >= 0 && t < size ? t : -1;
+    if (SD == 2) return t >= 0 && !(t & 1) && (t >> 1) < size ? t >> 1 : -1;
     return output_index(i, pad, kk, stride, size);
 }
 
 /* dx: N,H,W,C from dy: N,Ho,Wo,C and w: [k][k][C] */
-template <int V, int S>
-__global__ void depthwise_backward_data_strip_kernel(mt_cuda_conv_geom g, const float *dy,
-                                                     const float *w, float *dx) {
+template <class S, int V, int SD>
+__global__ void depthwise_backward_data_strip_kernel(mt_cuda_conv_geom g,
+                                                     const typename S::elem *dy, const float *w,
+                                                     typename S::elem *dx) {
     const int C = g.cin, groups = C / V, strips = (g.w + DW_TW - 1) / DW_TW;
     const size_t count = (size_t)g.n * g.h * strips * groups;
     GRID_STRIDE(i, count) {
@@ -180,24 +187,24 @@ __global__ void depthwise_backward_data_strip_kernel(mt_cuda_conv_geom g, const 
             for (int v = 0; v < V; v++)
                 acc[s][v] = 0.0f;
         for (int kh = 0; kh < g.k; kh++) {
-            const int oh = strip_output_index<S>(ih, g.pad_top, kh, g.stride, g.ho);
+            const int oh = strip_output_index<SD>(ih, g.pad_top, kh, g.stride, g.ho);
             if (oh < 0) continue;
-            const float *row = dy + ((size_t)n * g.ho + oh) * g.wo * C + c0;
+            const typename S::elem *row = dy + ((size_t)n * g.ho + oh) * g.wo * C + c0;
             for (int kw = 0; kw < g.k; kw++) {
-                vec_io<V>::load(w + (size_t)(kh * g.k + kw) * C + c0, wv);
+                fvec_io<V>::load(w + (size_t)(kh * g.k + kw) * C + c0, wv);
                 for (int s = 0; s < DW_TW; s++) {
                     if (iw0 + s >= g.w) continue;
-                    const int ow = strip_output_index<S>(iw0 + s, g.pad_left, kw, g.stride, g.wo);
+                    const int ow = strip_output_index<SD>(iw0 + s, g.pad_left, kw, g.stride, g.wo);
                     if (ow < 0) continue;
-                    vec_io<V>::load(row + (size_t)ow * C, gv);
+                    vec_io<S, V>::load(row + (size_t)ow * C, gv);
                     for (int v = 0; v < V; v++)
                         acc[s][v] = fmaf(gv[v], wv[v], acc[s][v]);
                 }
             }
         }
-        float *out = dx + (((size_t)n * g.h + ih) * g.w + iw0) * C + c0;
+        typename S::elem *out = dx + (((size_t)n * g.h + ih) * g.w + iw0) * C + c0;
         for (int s = 0; s < DW_TW && iw0 + s < g.w; s++)
-            vec_io<V>::store(out + (size_t)s * C, acc[s]);
+            vec_io<S, V>::store(out + (size_t)s * C, acc[s]);
     }
 }
 
@@ -207,10 +214,11 @@ __global__ void depthwise_backward_data_strip_kernel(mt_cuda_conv_geom g, const 
  * none per position), with the taps x V sums in registers (the tap loops are unrolled to
  * MAX_TAPS so the compiler can keep them there). partials: [part][k*k][C]; the block's rows are
  * added in a fixed order, the parts then by mt_cuda_launch_sum_parts in double. */
-template <int V>
-__global__ void depthwise_backward_weights_rows_kernel(mt_cuda_conv_geom g, const float *x,
-                                                       const float *dy, int tap0, int taps,
-                                                       long rows_per_block, float *partials) {
+template <class S, int V>
+__global__ void
+depthwise_backward_weights_rows_kernel(mt_cuda_conv_geom g, const typename S::elem *x,
+                                       const typename S::elem *dy, int tap0, int taps,
+                                       long rows_per_block, float *partials) {
     const int C = g.cin, kk = g.k * g.k;
     const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     const bool active = c0 < C;
@@ -228,15 +236,15 @@ __global__ void depthwise_backward_weights_rows_kernel(mt_cuda_conv_geom g, cons
     if (active) {
         for (long r = begin + threadIdx.y; r < end; r += blockDim.y) {
             const int oh = (int)(r % g.ho), n = (int)(r / g.ho);
-            const float *dyrow = dy + (size_t)r * g.wo * C + c0;
-            const float *image = x + (size_t)n * g.h * g.w * C + c0;
+            const typename S::elem *dyrow = dy + (size_t)r * g.wo * C + c0;
+            const typename S::elem *image = x + (size_t)n * g.h * g.w * C + c0;
             for (int ow = 0; ow < g.wo; ow++) {
-                vec_io<V>::load(dyrow + (size_t)ow * C, dv);
+                vec_io<S, V>::load(dyrow + (size_t)ow * C, dv);
                 MT_UNROLL
                 for (int tt = 0; tt < MAX_TAPS; tt++) {
                     const int ih = oh * g.stride + tap_h[tt], iw = ow * g.stride + tap_w[tt];
                     if (tt >= taps || ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
-                    vec_io<V>::load(image + ((size_t)ih * g.w + iw) * C, xv);
+                    vec_io<S, V>::load(image + ((size_t)ih * g.w + iw) * C, xv);
                     for (int v = 0; v < V; v++)
                         acc[tt][v] = fmaf(dv[v], xv[v], acc[tt][v]);
                 }
@@ -266,65 +274,124 @@ __global__ void depthwise_backward_weights_rows_kernel(mt_cuda_conv_geom g, cons
 
 extern "C" {
 
+cudaError_t mt_cuda_launch_depthwise_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                    const mt_cuda_conv_geom *g, const void *x,
+                                                    const float *w, void *y) {
+    const size_t count = (size_t)g->n * g->ho * g->wo * g->cin;
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        depthwise_forward_kernel<S>
+            <<<grid_for(count), THREADS, 0, stream>>>(*g, as_elem<S>(x), w, as_elem<S>(y));
+        return cudaGetLastError();
+    });
+}
+
 cudaError_t mt_cuda_launch_depthwise_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
                                              const float *x, const float *w, float *y) {
-    size_t count = (size_t)g->n * g->ho * g->wo * g->cin;
-    depthwise_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, x, w, y);
-    return cudaGetLastError();
+    return mt_cuda_launch_depthwise_forward_stored(stream, MT_CUDA_F32, g, x, w, y);
+}
+
+cudaError_t mt_cuda_launch_depthwise_backward_data_stored(cudaStream_t stream,
+                                                          mt_cuda_storage storage,
+                                                          const mt_cuda_conv_geom *g,
+                                                          const void *dy, const float *w,
+                                                          void *dx) {
+    const size_t count = (size_t)g->n * g->h * g->w * g->cin;
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        depthwise_backward_data_kernel<S>
+            <<<grid_for(count), THREADS, 0, stream>>>(*g, as_elem<S>(dy), w, as_elem<S>(dx));
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
                                                    const float *dy, const float *w, float *dx) {
-    size_t count = (size_t)g->n * g->h * g->w * g->cin;
-    depthwise_backward_data_kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
-    return cudaGetLastError();
+    return mt_cuda_launch_depthwise_backward_data_stored(stream, MT_CUDA_F32, g, dy, w, dx);
+}
+
+cudaError_t mt_cuda_launch_depthwise_backward_weights_stored(cudaStream_t stream,
+                                                             mt_cuda_storage storage,
+                                                             const mt_cuda_conv_geom *g,
+                                                             const void *x, const void *dy,
+                                                             float *partials, float *dw) {
+    const int kk = g->k * g->k;
+    const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
+    const dim3 grid((unsigned)((g->cin + RED_X - 1) / RED_X), (unsigned)parts);
+    cudaError_t e = with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        for (int tap0 = 0; tap0 < kk; tap0 += MAX_TAPS) {
+            int taps = kk - tap0 < MAX_TAPS ? kk - tap0 : MAX_TAPS;
+            depthwise_backward_weights_kernel<S><<<grid, dim3(RED_X, RED_Y), 0, stream>>>(
+                *g, as_elem<S>(x), as_elem<S>(dy), tap0, taps, partials);
+            cudaError_t le = cudaGetLastError();
+            if (le != cudaSuccess) return le;
+        }
+        return cudaSuccess;
+    });
+    if (e != cudaSuccess) return e;
+    return mt_cuda_launch_sum_parts(stream, partials, parts, (size_t)kk * g->cin, dw);
 }
 
 cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream,
                                                       const mt_cuda_conv_geom *g, const float *x,
                                                       const float *dy, float *partials, float *dw) {
-    const int kk = g->k * g->k;
-    const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
-    const dim3 grid((unsigned)((g->cin + RED_X - 1) / RED_X), (unsigned)parts);
-    for (int tap0 = 0; tap0 < kk; tap0 += MAX_TAPS) {
-        int taps = kk - tap0 < MAX_TAPS ? kk - tap0 : MAX_TAPS;
-        depthwise_backward_weights_kernel<<<grid, dim3(RED_X, RED_Y), 0, stream>>>(*g, x, dy, tap0,
-                                                                                   taps, partials);
-        cudaError_t e = cudaGetLastError();
-        if (e != cudaSuccess) return e;
-    }
-    size_t count = (size_t)kk * g->cin;
-    return mt_cuda_launch_sum_parts(stream, partials, parts, count, dw);
+    return mt_cuda_launch_depthwise_backward_weights_stored(stream, MT_CUDA_F32, g, x, dy, partials,
+                                                            dw);
+}
+
+cudaError_t mt_cuda_launch_depthwise_forward_strip_stored(cudaStream_t stream,
+                                                          mt_cuda_storage storage,
+                                                          const mt_cuda_conv_geom *g, const void *x,
+                                                          const float *w, void *y) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        const int vec =
+            g->cin % 4 == 0 && vec_aligned<S>(x) && aligned16(w) && vec_aligned<S>(y) ? 4 : 1;
+        const size_t count =
+            (size_t)g->n * g->ho * ((g->wo + DW_TW - 1) / DW_TW) * (size_t)(g->cin / vec);
+        auto kernel =
+            vec == 4 ? depthwise_forward_strip_kernel<S, 4> : depthwise_forward_strip_kernel<S, 1>;
+        kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, as_elem<S>(x), w, as_elem<S>(y));
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_depthwise_forward_strip(cudaStream_t stream, const mt_cuda_conv_geom *g,
                                                    const float *x, const float *w, float *y) {
-    const int vec = g->cin % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y) ? 4 : 1;
-    const size_t count =
-        (size_t)g->n * g->ho * ((g->wo + DW_TW - 1) / DW_TW) * (size_t)(g->cin / vec);
-    auto kernel = vec == 4 ? depthwise_forward_strip_kernel<4> : depthwise_forward_strip_kernel<1>;
-    kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, x, w, y);
-    return cudaGetLastError();
+    return mt_cuda_launch_depthwise_forward_strip_stored(stream, MT_CUDA_F32, g, x, w, y);
+}
+
+cudaError_t mt_cuda_launch_depthwise_backward_data_strip_stored(cudaStream_t stream,
+                                                                mt_cuda_storage storage,
+                                                                const mt_cuda_conv_geom *g,
+                                                                const void *dy, const float *w,
+                                                                void *dx) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        const int vec =
+            g->cin % 4 == 0 && vec_aligned<S>(dy) && aligned16(w) && vec_aligned<S>(dx) ? 4 : 1;
+        const size_t count =
+            (size_t)g->n * g->h * ((g->w + DW_TW - 1) / DW_TW) * (size_t)(g->cin / vec);
+        auto kernel = depthwise_backward_data_strip_kernel<S, 1, 0>;
+        if (vec == 4)
+            kernel = g->stride == 1   ? depthwise_backward_data_strip_kernel<S, 4, 1>
+                     : g->stride == 2 ? depthwise_backward_data_strip_kernel<S, 4, 2>
+                                      : depthwise_backward_data_strip_kernel<S, 4, 0>;
+        else
+            kernel = g->stride == 1   ? depthwise_backward_data_strip_kernel<S, 1, 1>
+                     : g->stride == 2 ? depthwise_backward_data_strip_kernel<S, 1, 2>
+                                      : depthwise_backward_data_strip_kernel<S, 1, 0>;
+        kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, as_elem<S>(dy), w, as_elem<S>(dx));
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_depthwise_backward_data_strip(cudaStream_t stream,
                                                          const mt_cuda_conv_geom *g,
                                                          const float *dy, const float *w,
                                                          float *dx) {
-    const int vec = g->cin % 4 == 0 && aligned16(dy) && aligned16(w) && aligned16(dx) ? 4 : 1;
-    const size_t count =
-        (size_t)g->n * g->h * ((g->w + DW_TW - 1) / DW_TW) * (size_t)(g->cin / vec);
-    auto kernel = depthwise_backward_data_strip_kernel<1, 0>;
-    if (vec == 4)
-        kernel = g->stride == 1   ? depthwise_backward_data_strip_kernel<4, 1>
-                 : g->stride == 2 ? depthwise_backward_data_strip_kernel<4, 2>
-                                  : depthwise_backward_data_strip_kernel<4, 0>;
-    else
-        kernel = g->stride == 1   ? depthwise_backward_data_strip_kernel<1, 1>
-                 : g->stride == 2 ? depthwise_backward_data_strip_kernel<1, 2>
-                                  : depthwise_backward_data_strip_kernel<1, 0>;
-    kernel<<<grid_for(count), THREADS, 0, stream>>>(*g, dy, w, dx);
-    return cudaGetLastError();
+    return mt_cuda_launch_depthwise_backward_data_strip_stored(stream, MT_CUDA_F32, g, dy, w, dx);
 }
 
 size_t mt_cuda_depthwise_weights_rows_partials(const mt_cuda_conv_geom *g) {
@@ -333,22 +400,38 @@ size_t mt_cuda_depthwise_weights_rows_partials(const mt_cuda_conv_geom *g) {
     return parts * g->k * g->k * g->cin;
 }
 
+cudaError_t mt_cuda_launch_depthwise_backward_weights_rows_stored(cudaStream_t stream,
+                                                                  mt_cuda_storage storage,
+                                                                  const mt_cuda_conv_geom *g,
+                                                                  const void *x, const void *dy,
+                                                                  float *partials, float *dw) {
+    const int kk = g->k * g->k;
+    int parts = 1;
+    cudaError_t e = with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        const rows_plan p = rows_make_plan(g, g->cin, vec_aligned<S>(x) && vec_aligned<S>(dy));
+        parts = (int)p.grid.y;
+        auto kernel = p.vec == 4 ? depthwise_backward_weights_rows_kernel<S, 4>
+                                 : depthwise_backward_weights_rows_kernel<S, 1>;
+        for (int tap0 = 0; tap0 < kk; tap0 += MAX_TAPS) {
+            const int taps = kk - tap0 < MAX_TAPS ? kk - tap0 : MAX_TAPS;
+            kernel<<<p.grid, p.block, 0, stream>>>(*g, as_elem<S>(x), as_elem<S>(dy), tap0, taps,
+                                                   p.rows_per_block, partials);
+            cudaError_t le = cudaGetLastError();
+            if (le != cudaSuccess) return le;
+        }
+        return cudaSuccess;
+    });
+    if (e != cudaSuccess) return e;
+    return mt_cuda_launch_sum_parts(stream, partials, parts, (size_t)kk * g->cin, dw);
+}
+
 cudaError_t mt_cuda_launch_depthwise_backward_weights_rows(cudaStream_t stream,
                                                            const mt_cuda_conv_geom *g,
                                                            const float *x, const float *dy,
                                                            float *partials, float *dw) {
-    const rows_plan p = rows_make_plan(g, g->cin, aligned16(x) && aligned16(dy));
-    const int kk = g->k * g->k;
-    auto kernel = p.vec == 4 ? depthwise_backward_weights_rows_kernel<4>
-                             : depthwise_backward_weights_rows_kernel<1>;
-    for (int tap0 = 0; tap0 < kk; tap0 += MAX_TAPS) {
-        const int taps = kk - tap0 < MAX_TAPS ? kk - tap0 : MAX_TAPS;
-        kernel<<<p.grid, p.block, 0, stream>>>(*g, x, dy, tap0, taps, p.rows_per_block, partials);
-        cudaError_t e = cudaGetLastError();
-        if (e != cudaSuccess) return e;
-    }
-    const size_t count = (size_t)kk * g->cin;
-    return mt_cuda_launch_sum_parts(stream, partials, (int)p.grid.y, count, dw);
+    return mt_cuda_launch_depthwise_backward_weights_rows_stored(stream, MT_CUDA_F32, g, x, dy,
+                                                                 partials, dw);
 }
 
 } // extern "C"

@@ -1,7 +1,9 @@
 /* mobiletune's own CUDA kernels, everything elementwise or small (launchers in cuda_kernels.h):
  * add and ReLU6 (float4 when aligned), the fp32 <-> bf16/fp16 casts, the input conversion, zero
  * padding, global average pooling, dropout, the dense layer's helpers and the losses. One thread
- * per element (grid-stride), sums in double where a pooled value or a gradient sums over rows. */
+ * per element (grid-stride), sums in double where a pooled value or a gradient sums over rows.
+ * Add, ReLU6, the input conversion, zero pad and pooling also read and write 16-bit tensors (a
+ * storage template, cuda_kernels_internal.cuh); the rest is fp32. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -15,55 +17,46 @@
 
 namespace {
 
-/* ---- elementwise --------------------------------------------------------------------------- */
+/* ---- elementwise: V consecutive values per thread (V = 4: one float4 or 8-byte access when the
+ * count is a multiple of 4 and the pointers allow it, the launchers check), count4 = count / V;
+ * the arithmetic in fp32 whatever the storage ---------------------------------------------- */
 
-__global__ void add_kernel(size_t count, const float *a, const float *b, float *y) {
-    GRID_STRIDE(i, count) y[i] = a[i] + b[i];
-}
-
-__global__ void relu6_forward_kernel(size_t count, const float *x, float *y) {
-    GRID_STRIDE(i, count) {
-        float v = x[i];
-        y[i] = v < 0.0f ? 0.0f : v > 6.0f ? 6.0f : v;
-    }
-}
-
-__global__ void relu6_backward_kernel(size_t count, const float *y, const float *dy, float *dx) {
-    GRID_STRIDE(i, count) dx[i] = y[i] > 0.0f && y[i] < 6.0f ? dy[i] : 0.0f;
-}
-
-/* ---- elementwise on float4: count % 4 == 0 and 16-byte aligned pointers (the launchers check);
- * the same arithmetic as the scalar kernels, a quarter of the load and store instructions ---- */
-
-__global__ void add4_kernel(size_t count4, const float *a, const float *b, float *y) {
+template <class S, int V>
+__global__ void add_kernel(size_t count4, const typename S::elem *a, const typename S::elem *b,
+                           typename S::elem *y) {
     GRID_STRIDE(i, count4) {
-        float va[4], vb[4];
-        vec_io<4>::load(a + 4 * i, va);
-        vec_io<4>::load(b + 4 * i, vb);
-        for (int v = 0; v < 4; v++)
+        float va[V], vb[V];
+        vec_io<S, V>::load(a + V * i, va);
+        vec_io<S, V>::load(b + V * i, vb);
+        for (int v = 0; v < V; v++)
             va[v] += vb[v];
-        vec_io<4>::store(y + 4 * i, va);
+        vec_io<S, V>::store(y + V * i, va);
     }
 }
 
-__global__ void relu6_forward4_kernel(size_t count4, const float *x, float *y) {
+template <class S, int V>
+__global__ void relu6_forward_kernel(size_t count4, const typename S::elem *x,
+                                     typename S::elem *y) {
     GRID_STRIDE(i, count4) {
-        float v4[4];
-        vec_io<4>::load(x + 4 * i, v4);
-        for (int v = 0; v < 4; v++)
+        float v4[V];
+        vec_io<S, V>::load(x + V * i, v4);
+        for (int v = 0; v < V; v++)
             v4[v] = v4[v] < 0.0f ? 0.0f : v4[v] > 6.0f ? 6.0f : v4[v];
-        vec_io<4>::store(y + 4 * i, v4);
+        vec_io<S, V>::store(y + V * i, v4);
     }
 }
 
-__global__ void relu6_backward4_kernel(size_t count4, const float *y, const float *dy, float *dx) {
+/* dx = dy where 0 < y < 6 */
+template <class S, int V>
+__global__ void relu6_backward_kernel(size_t count4, const typename S::elem *y,
+                                      const typename S::elem *dy, typename S::elem *dx) {
     GRID_STRIDE(i, count4) {
-        float vy[4], vd[4];
-        vec_io<4>::load(y + 4 * i, vy);
-        vec_io<4>::load(dy + 4 * i, vd);
-        for (int v = 0; v < 4; v++)
+        float vy[V], vd[V];
+        vec_io<S, V>::load(y + V * i, vy);
+        vec_io<S, V>::load(dy + V * i, vd);
+        for (int v = 0; v < V; v++)
             vd[v] = vy[v] > 0.0f && vy[v] < 6.0f ? vd[v] : 0.0f;
-        vec_io<4>::store(dx + 4 * i, vd);
+        vec_io<S, V>::store(dx + V * i, vd);
     }
 }
 
@@ -91,8 +84,10 @@ __global__ void round_f32_kernel(size_t count, int format, const float *x, float
 
 /* ---- padding, pooling, dropout, dense helpers --------------------------------------------- */
 
+/* the elements are moved as they are (zero is all bits clear in every storage) */
+template <class S>
 __global__ void zero_pad_forward_kernel(int n, int h, int w, int C, int ho, int wo, int top,
-                                        int left, const float *x, float *y) {
+                                        int left, const typename S::elem *x, typename S::elem *y) {
     const size_t count = (size_t)n * ho * wo * C;
     GRID_STRIDE(i, count) {
         int c = (int)(i % C);
@@ -101,13 +96,15 @@ __global__ void zero_pad_forward_kernel(int n, int h, int w, int C, int ho, int 
         t /= wo;
         int oh = (int)(t % ho), b = (int)(t / ho);
         int ih = oh - top, iw = ow - left;
-        y[i] = ih < 0 || ih >= h || iw < 0 || iw >= w ? 0.0f
+        y[i] = ih < 0 || ih >= h || iw < 0 || iw >= w ? (typename S::elem)0
                                                       : x[(((size_t)b * h + ih) * w + iw) * C + c];
     }
 }
 
+template <class S>
 __global__ void zero_pad_backward_kernel(int n, int h, int w, int C, int ho, int wo, int top,
-                                         int left, const float *dy, float *dx) {
+                                         int left, const typename S::elem *dy,
+                                         typename S::elem *dx) {
     const size_t count = (size_t)n * h * w * C;
     GRID_STRIDE(i, count) {
         int c = (int)(i % C);
@@ -119,23 +116,27 @@ __global__ void zero_pad_backward_kernel(int n, int h, int w, int C, int ho, int
     }
 }
 
-/* one thread per (n, c): coalesced across c */
-__global__ void avg_pool_forward_kernel(int n, long hw, int C, const float *x, float *y) {
+/* one thread per (n, c): coalesced across c; y (the head's input) is float in every storage */
+template <class S>
+__global__ void avg_pool_forward_kernel(int n, long hw, int C, const typename S::elem *x,
+                                        float *y) {
     const size_t count = (size_t)n * C;
     GRID_STRIDE(i, count) {
         size_t b = i / C, c = i % C;
         double s = 0.0;
         for (long p = 0; p < hw; p++)
-            s += x[(b * hw + p) * C + c];
+            s += S::load(x[(b * hw + p) * C + c]);
         y[i] = (float)(s / (double)hw);
     }
 }
 
-__global__ void avg_pool_backward_kernel(int n, long hw, int C, const float *dy, float *dx) {
+template <class S>
+__global__ void avg_pool_backward_kernel(int n, long hw, int C, const float *dy,
+                                         typename S::elem *dx) {
     const size_t count = (size_t)n * hw * C;
     GRID_STRIDE(i, count) {
         size_t c = i % C, b = i / ((size_t)hw * C);
-        dx[i] = (float)((double)dy[b * C + c] / (double)hw);
+        dx[i] = S::store((float)((double)dy[b * C + c] / (double)hw));
     }
 }
 
@@ -171,8 +172,9 @@ __global__ void column_sums_kernel(int rows, int cols, const float *a, float *su
  * two operations here, division and subtraction, which nvcc does not fuse), each image mirrored
  * left to right where its flip flag is set (ops.h input_convert) ----------------------------- */
 
+template <class S>
 __global__ void input_convert_kernel(size_t count, int height, int width, const uint8_t *src,
-                                     const uint8_t *flips, float *dst) {
+                                     const uint8_t *flips, typename S::elem *dst) {
     const size_t row = (size_t)width * 3, image = row * (size_t)height;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -184,7 +186,7 @@ __global__ void input_convert_kernel(size_t count, int height, int width, const 
         float x = (float)src[from];
         x /= 127.5f;
         x -= 1.0f;
-        dst[i] = x;
+        dst[i] = S::store(x);
     }
 }
 
@@ -206,8 +208,7 @@ __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *la
         if (t >= limit || t < -1) atomicMin(&bad, n);
         if (t >= 0 && t < limit) {
             atomicAdd(&valid, 1);
-            if (accum && mt_accum_predicted(logits + (size_t)n * K, K) == t)
-                atomicAdd(&correct, 1);
+            if (accum && mt_accum_predicted(logits + (size_t)n * K, K) == t) atomicAdd(&correct, 1);
         }
     }
     __syncthreads();
@@ -249,62 +250,128 @@ __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *la
 
 extern "C" {
 
+cudaError_t mt_cuda_launch_add_stored(cudaStream_t stream, mt_cuda_storage storage, size_t count,
+                                      const void *a, const void *b, void *y) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        if (count % 4 == 0 && vec_aligned<S>(a) && vec_aligned<S>(b) && vec_aligned<S>(y))
+            add_kernel<S, 4><<<grid_for(count / 4), THREADS, 0, stream>>>(
+                count / 4, as_elem<S>(a), as_elem<S>(b), as_elem<S>(y));
+        else
+            add_kernel<S, 1><<<grid_for(count), THREADS, 0, stream>>>(count, as_elem<S>(a),
+                                                                      as_elem<S>(b), as_elem<S>(y));
+        return cudaGetLastError();
+    });
+}
+
 cudaError_t mt_cuda_launch_add(cudaStream_t stream, size_t count, const float *a, const float *b,
                                float *y) {
-    if (count % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(y)) {
-        add4_kernel<<<grid_for(count / 4), THREADS, 0, stream>>>(count / 4, a, b, y);
+    return mt_cuda_launch_add_stored(stream, MT_CUDA_F32, count, a, b, y);
+}
+
+cudaError_t mt_cuda_launch_relu6_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                size_t count, const void *x, void *y) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        if (count % 4 == 0 && vec_aligned<S>(x) && vec_aligned<S>(y))
+            relu6_forward_kernel<S, 4><<<grid_for(count / 4), THREADS, 0, stream>>>(
+                count / 4, as_elem<S>(x), as_elem<S>(y));
+        else
+            relu6_forward_kernel<S, 1>
+                <<<grid_for(count), THREADS, 0, stream>>>(count, as_elem<S>(x), as_elem<S>(y));
         return cudaGetLastError();
-    }
-    add_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, a, b, y);
-    return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, const float *x,
                                          float *y) {
-    if (count % 4 == 0 && aligned16(x) && aligned16(y)) {
-        relu6_forward4_kernel<<<grid_for(count / 4), THREADS, 0, stream>>>(count / 4, x, y);
+    return mt_cuda_launch_relu6_forward_stored(stream, MT_CUDA_F32, count, x, y);
+}
+
+cudaError_t mt_cuda_launch_relu6_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                 size_t count, const void *y, const void *dy,
+                                                 void *dx) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        if (count % 4 == 0 && vec_aligned<S>(y) && vec_aligned<S>(dy) && vec_aligned<S>(dx))
+            relu6_backward_kernel<S, 4><<<grid_for(count / 4), THREADS, 0, stream>>>(
+                count / 4, as_elem<S>(y), as_elem<S>(dy), as_elem<S>(dx));
+        else
+            relu6_backward_kernel<S, 1><<<grid_for(count), THREADS, 0, stream>>>(
+                count, as_elem<S>(y), as_elem<S>(dy), as_elem<S>(dx));
         return cudaGetLastError();
-    }
-    relu6_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, x, y);
-    return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, size_t count, const float *y,
                                           const float *dy, float *dx) {
-    if (count % 4 == 0 && aligned16(y) && aligned16(dy) && aligned16(dx)) {
-        relu6_backward4_kernel<<<grid_for(count / 4), THREADS, 0, stream>>>(count / 4, y, dy, dx);
+    return mt_cuda_launch_relu6_backward_stored(stream, MT_CUDA_F32, count, y, dy, dx);
+}
+
+cudaError_t mt_cuda_launch_zero_pad_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                   int n, int h, int w, int c, int ho, int wo,
+                                                   int top, int left, const void *x, void *y) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        zero_pad_forward_kernel<S><<<grid_for((size_t)n * ho * wo * c), THREADS, 0, stream>>>(
+            n, h, w, c, ho, wo, top, left, as_elem<S>(x), as_elem<S>(y));
         return cudaGetLastError();
-    }
-    relu6_backward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, y, dy, dx);
-    return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, int n, int h, int w, int c, int ho,
                                             int wo, int top, int left, const float *x, float *y) {
-    zero_pad_forward_kernel<<<grid_for((size_t)n * ho * wo * c), THREADS, 0, stream>>>(
-        n, h, w, c, ho, wo, top, left, x, y);
-    return cudaGetLastError();
+    return mt_cuda_launch_zero_pad_forward_stored(stream, MT_CUDA_F32, n, h, w, c, ho, wo, top,
+                                                  left, x, y);
+}
+
+cudaError_t mt_cuda_launch_zero_pad_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                    int n, int h, int w, int c, int ho, int wo,
+                                                    int top, int left, const void *dy, void *dx) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        zero_pad_backward_kernel<S><<<grid_for((size_t)n * h * w * c), THREADS, 0, stream>>>(
+            n, h, w, c, ho, wo, top, left, as_elem<S>(dy), as_elem<S>(dx));
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, int n, int h, int w, int c,
                                              int ho, int wo, int top, int left, const float *dy,
                                              float *dx) {
-    zero_pad_backward_kernel<<<grid_for((size_t)n * h * w * c), THREADS, 0, stream>>>(
-        n, h, w, c, ho, wo, top, left, dy, dx);
-    return cudaGetLastError();
+    return mt_cuda_launch_zero_pad_backward_stored(stream, MT_CUDA_F32, n, h, w, c, ho, wo, top,
+                                                   left, dy, dx);
+}
+
+cudaError_t mt_cuda_launch_avg_pool_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                   int n, long hw, int c, const void *x, float *y) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        avg_pool_forward_kernel<S>
+            <<<grid_for((size_t)n * c), THREADS, 0, stream>>>(n, hw, c, as_elem<S>(x), y);
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw, int c,
                                             const float *x, float *y) {
-    avg_pool_forward_kernel<<<grid_for((size_t)n * c), THREADS, 0, stream>>>(n, hw, c, x, y);
-    return cudaGetLastError();
+    return mt_cuda_launch_avg_pool_forward_stored(stream, MT_CUDA_F32, n, hw, c, x, y);
+}
+
+cudaError_t mt_cuda_launch_avg_pool_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                    int n, long hw, int c, const float *dy,
+                                                    void *dx) {
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        avg_pool_backward_kernel<S>
+            <<<grid_for((size_t)n * hw * c), THREADS, 0, stream>>>(n, hw, c, dy, as_elem<S>(dx));
+        return cudaGetLastError();
+    });
 }
 
 cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c,
                                              const float *dy, float *dx) {
-    avg_pool_backward_kernel<<<grid_for((size_t)n * hw * c), THREADS, 0, stream>>>(n, hw, c, dy,
-                                                                                   dx);
-    return cudaGetLastError();
+    return mt_cuda_launch_avg_pool_backward_stored(stream, MT_CUDA_F32, n, hw, c, dy, dx);
 }
 
 cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, uint64_t seed,
@@ -340,12 +407,22 @@ cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, con
     return cudaGetLastError();
 }
 
+cudaError_t mt_cuda_launch_input_convert_stored(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                                int height, int width, const uint8_t *src,
+                                                const uint8_t *flips, void *dst) {
+    const size_t count = (size_t)n * (size_t)height * (size_t)width * 3;
+    return with_storage(storage, [&](auto st) {
+        typedef decltype(st) S;
+        input_convert_kernel<S><<<grid_for(count), THREADS, 0, stream>>>(count, height, width, src,
+                                                                         flips, as_elem<S>(dst));
+        return cudaGetLastError();
+    });
+}
+
 cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, int n, int height, int width,
                                          const uint8_t *src, const uint8_t *flips, float *dst) {
-    const size_t count = (size_t)n * (size_t)height * (size_t)width * 3;
-    input_convert_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, height, width, src, flips,
-                                                                  dst);
-    return cudaGetLastError();
+    return mt_cuda_launch_input_convert_stored(stream, MT_CUDA_F32, n, height, width, src, flips,
+                                               dst);
 }
 
 cudaError_t mt_cuda_launch_loss_accumulate(cudaStream_t stream, int batch, int classes,
@@ -375,8 +452,8 @@ cudaError_t mt_cuda_launch_cast_to_f32(cudaStream_t stream, size_t count, int fo
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_round_f32(cudaStream_t stream, size_t count, int format,
-                                     const float *x, float *y) {
+cudaError_t mt_cuda_launch_round_f32(cudaStream_t stream, size_t count, int format, const float *x,
+                                     float *y) {
     round_f32_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, format, x, y);
     return cudaGetLastError();
 }
