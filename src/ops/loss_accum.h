@@ -1,7 +1,7 @@
 /* loss_accumulate's bookkeeping for the backends whose memory the host reaches (reference, cpu):
  * the backend computes the step's mean loss with its own loss_forward_backward, then this adds
  * it, the valid rows and the rows predicted right to the accumulator (the rules are in ops.h;
- * cuda_kernels.cu's loss_accumulate_kernel does the same on the device). */
+ * cuda_kernels_elementwise.cu's loss kernel does the same on the device). */
 #ifndef MOBILETUNE_OPS_LOSS_ACCUM_H
 #define MOBILETUNE_OPS_LOSS_ACCUM_H
 

@@ -1,7 +1,7 @@
 /* The cross-entropy of one row of logits and its gradient, shared by every backend's loss (the
- * reference and cpu loops, the CUDA kernel in cuda_kernels.cu), so that the backends differ at
- * most by the device's rounding of exp and log, never by formula. In double, rounded to float
- * only for the gradient. Usable from C, C++ and CUDA device code (as optimizer_update.h). */
+ * reference and cpu loops, the CUDA kernel in cuda_kernels_elementwise.cu), so that the backends
+ * differ at most by the device's rounding of exp and log, never by formula. In double, rounded to
+ * float only for the gradient. Usable from C, C++ and CUDA device code (as optimizer_update.h). */
 #ifndef MT_OPS_LOSS_ROW_H
 #define MT_OPS_LOSS_ROW_H
 

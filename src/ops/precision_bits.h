@@ -1,7 +1,7 @@
 /* fp32 <-> bf16 / fp16 bit patterns, round to nearest, ties to even (precision.h has the formats),
  * in integer arithmetic only, so the result does not depend on the compiler's or the device's
  * floating-point modes. One copy for the host (precision.c, the reference's emulation) and the
- * device (the cast kernels in cuda_kernels.cu): usable from C and CUDA, as loss_row.h. */
+ * device (the kernels in cuda_kernels_*.cu): usable from C and CUDA, as loss_row.h. */
 #ifndef MT_OPS_PRECISION_BITS_H
 #define MT_OPS_PRECISION_BITS_H
 

@@ -1,6 +1,6 @@
 /* One file over 600 lines on purpose: one check per kernel family, all through the same
  * emulated launch and comparison helpers, so one ctest covers every kernel on every build. */
-/* The cuda backend's own kernels (src/ops/cuda/cuda_kernels.cu) run on the CPU under a small
+/* The cuda backend's own kernels (src/ops/cuda/cuda_kernels_*.cu) run on the CPU under a small
  * emulation of the CUDA launch (tests/gpu/emu: blocks in turn, a block's threads as real threads,
  * __syncthreads as a barrier) and compared with the reference backend: weight layout transforms,
  * depthwise and direct convolutions (all three passes, asymmetric pads, a 5x5 kernel whose taps
@@ -9,7 +9,8 @@
  * fp32 <-> bf16/fp16 casts (every 16-bit pattern decoded, ties and subnormals encoded),
  * zero padding, pooling, dropout (mask bit for bit), the dense helpers, the losses (the shared
  * per-row formula of ops/loss_row.h bit for bit, and a bad label), the input conversion (scale
- * and flip), add and ReLU6, and the optimizer update (cuda_optimizer.cu) for every rule. The
+ * and flip), add and ReLU6, and the optimizer update (cuda_optimizer.cu) for every rule; the
+ * kernels' bf16 / fp16 storage against their fp32 instances (test_gpu_kernels_stored.c). The
  * kernels' index arithmetic and reductions are checked on every build, GPU or not; what this
  * cannot see is the GPU itself (memory model, launch limits, speed) and the cuDNN/cuBLAS glue:
  * tests/gpu/run.sh covers those on a lent GPU. */
@@ -26,6 +27,7 @@
 #include "ops/loss_accum.h"
 #include "ops/loss_row.h"
 #include "ops/precision.h"
+#include "test_gpu_kernels_stored.h"
 #include "test_util.h"
 
 static mt_backend REF;
@@ -882,6 +884,8 @@ int main(void) {
     check_optimizer(MT_UPDATE_SGD, 0.9f, true, 0, 777);
     check_optimizer(MT_UPDATE_ADAM, 0, false, 0, 3001);
     check_optimizer(MT_UPDATE_ADAM, 0, false, 0.004f, 999);
+
+    mt_test_stored_kernels(); /* bf16 / fp16 storage: test_gpu_kernels_stored.c */
 
     mt_ops_reference.shutdown(&REF);
     return mt_test_finish();

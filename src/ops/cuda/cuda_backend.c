@@ -28,15 +28,21 @@ void cuda_debug(const cuda_backend *cu, const char *format, ...) {
 }
 
 mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want) {
+    return cuda_check_stored(op, what, t, want, MT_CUDA_F32);
+}
+
+mt_status cuda_check_stored(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
+                            mt_cuda_storage storage) {
+    const size_t element = storage == MT_CUDA_F32 ? sizeof(float) : sizeof(uint16_t);
     mt_shape4 s = t->shape;
     if (s.n != want.n || s.h != want.h || s.w != want.w || s.c != want.c)
         return MT_FAIL(MT_ERR_INVALID,
                        "cuda %s: %s has shape %dx%dx%dx%d (N,H,W,C) but the descriptor "
                        "says %dx%dx%dx%d",
                        op, what, s.n, s.h, s.w, s.c, want.n, want.h, want.w, want.c);
-    if (!t->data || t->bytes < mt_shape4_count(want) * sizeof(float))
+    if (!t->data || t->bytes < mt_shape4_count(want) * element)
         return MT_FAIL(MT_ERR_INVALID,
-                       "cuda %s: %s holds %zu bytes, fewer than its %dx%dx%dx%d floats need", op,
+                       "cuda %s: %s holds %zu bytes, fewer than its %dx%dx%dx%d values need", op,
                        what, t->bytes, s.n, s.h, s.w, s.c);
     return MT_OK;
 }
@@ -473,8 +479,8 @@ static mt_status cuda_input_upload(mt_backend *backend, int slot, const mt_input
 
 /* The compute stream waits for the slot's copy (the GPU does; the host goes on), scales and
  * flips into the tensor, copies the labels, and records that the slot was read. */
-static mt_status input_convert_op(mt_backend *backend, int slot, mt_tensor *images,
-                                  int32_t *labels) {
+static mt_status input_convert_op(mt_backend *backend, mt_cuda_storage storage, int slot,
+                                  mt_tensor *images, int32_t *labels) {
     cuda_backend *cu = cuda_of(backend);
     cuda_input_slot *s = NULL;
     MT_TRY(input_slot_of(cu, "input_convert", slot, &s));
@@ -483,13 +489,13 @@ static mt_status input_convert_op(mt_backend *backend, int slot, mt_tensor *imag
                        "cuda input_convert: staging slot %d is empty (input_upload a batch into "
                        "it first)",
                        slot);
-    MT_TRY(cuda_check_tensor("input_convert", "images", images,
-                             (mt_shape4){s->n, s->height, s->width, 3}));
+    MT_TRY(cuda_check_stored("input_convert", "images", images,
+                             (mt_shape4){s->n, s->height, s->width, 3}, storage));
     const size_t n = (size_t)s->n;
     const uint8_t *flips = s->buffer + n * sizeof(int32_t), *pixels = flips + n;
     CUDA_CHECK(cudaStreamWaitEvent(cu->stream, s->copied, 0));
-    cudaError_t error = mt_cuda_launch_input_convert(cu->stream, s->n, s->height, s->width, pixels,
-                                                     flips, images->data);
+    cudaError_t error = mt_cuda_launch_input_convert_stored(cu->stream, storage, s->n, s->height,
+                                                            s->width, pixels, flips, images->data);
     if (error != cudaSuccess)
         return MT_FAIL(MT_ERR_BACKEND, "cuda: converting the input batch: %s",
                        cudaGetErrorString(error));
@@ -501,11 +507,16 @@ static mt_status input_convert_op(mt_backend *backend, int slot, mt_tensor *imag
     return MT_OK;
 }
 
+mt_status cuda_input_convert_stored(mt_backend *backend, mt_cuda_storage storage, int slot,
+                                    mt_tensor *images, int32_t *labels) {
+    CUDA_PROFILED(backend, input_convert_op(backend, storage, slot, images, labels),
+                  "input_convert", "N%d %dx%dx%d", images->shape.n, images->shape.h,
+                  images->shape.w, images->shape.c);
+}
+
 static mt_status cuda_input_convert(mt_backend *backend, int slot, mt_tensor *images,
                                     int32_t *labels) {
-    CUDA_PROFILED(backend, input_convert_op(backend, slot, images, labels), "input_convert",
-                  "N%d %dx%dx%d", images->shape.n, images->shape.h, images->shape.w,
-                  images->shape.c);
+    return cuda_input_convert_stored(backend, MT_CUDA_F32, slot, images, labels);
 }
 
 /* The host waits for the copy alone (a step ago, when the trainer asks: long done), never for

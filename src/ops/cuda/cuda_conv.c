@@ -65,6 +65,9 @@ typedef struct conv_call {
     int pass;
     const float *x, *w, *dy; /* x: N,H,W,Cin; w: Keras layout; dy: N,Ho,Wo,Cout */
     float *y, *dx, *dw;
+    /* the elements of x, y, dy, dx: MT_CUDA_F32 (0, the default) or 16-bit patterns, which only
+     * run_own reads so far (its kernels have every storage); w, dw are float always */
+    mt_cuda_storage storage;
 } conv_call;
 
 static bool same_desc(const mt_conv_desc *a, const mt_conv_desc *b) {
@@ -259,21 +262,26 @@ static mt_status run_cudnn(cuda_backend *cu, cuda_conv_entry *e, const conv_call
 
 static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c) {
     const mt_cuda_conv_geom *g = &e->geom;
+    const mt_cuda_storage st = c->storage;
     const bool dw = e->key.depthwise;
     if (c->pass == PASS_FORWARD) {
         if (dw && !cu->depthwise_legacy)
-            CUDA_CHECK(mt_cuda_launch_depthwise_forward_strip(cu->stream, g, c->x, c->w, c->y));
+            CUDA_CHECK(
+                mt_cuda_launch_depthwise_forward_strip_stored(cu->stream, st, g, c->x, c->w, c->y));
         else
-            CUDA_CHECK(dw ? mt_cuda_launch_depthwise_forward(cu->stream, g, c->x, c->w, c->y)
-                          : mt_cuda_launch_direct_conv_forward(cu->stream, g, c->x, c->w, c->y));
+            CUDA_CHECK(
+                dw ? mt_cuda_launch_depthwise_forward_stored(cu->stream, st, g, c->x, c->w, c->y)
+                   : mt_cuda_launch_direct_conv_forward_stored(cu->stream, st, g, c->x, c->w,
+                                                               c->y));
     } else if (c->pass == PASS_BACKWARD_DATA) {
         if (dw && !cu->depthwise_legacy)
-            CUDA_CHECK(
-                mt_cuda_launch_depthwise_backward_data_strip(cu->stream, g, c->dy, c->w, c->dx));
+            CUDA_CHECK(mt_cuda_launch_depthwise_backward_data_strip_stored(cu->stream, st, g, c->dy,
+                                                                           c->w, c->dx));
         else
-            CUDA_CHECK(
-                dw ? mt_cuda_launch_depthwise_backward_data(cu->stream, g, c->dy, c->w, c->dx)
-                   : mt_cuda_launch_direct_conv_backward_data(cu->stream, g, c->dy, c->w, c->dx));
+            CUDA_CHECK(dw ? mt_cuda_launch_depthwise_backward_data_stored(cu->stream, st, g, c->dy,
+                                                                          c->w, c->dx)
+                          : mt_cuda_launch_direct_conv_backward_data_stored(cu->stream, st, g,
+                                                                            c->dy, c->w, c->dx));
     } else {
         size_t weights = (size_t)g->k * g->k * g->cin * (dw ? 1 : g->cout);
         size_t parts = (size_t)mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
@@ -286,16 +294,16 @@ static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *
         void *partials;
         MT_TRY(cuda_scratch_get(cu, &cu->partials, floats * sizeof(float), &partials));
         if (dw_rows)
-            CUDA_CHECK(mt_cuda_launch_depthwise_backward_weights_rows(cu->stream, g, c->x, c->dy,
-                                                                      partials, c->dw));
+            CUDA_CHECK(mt_cuda_launch_depthwise_backward_weights_rows_stored(
+                cu->stream, st, g, c->x, c->dy, partials, c->dw));
         else if (direct_rows)
-            CUDA_CHECK(mt_cuda_launch_direct_conv_backward_weights_rows(cu->stream, g, c->x, c->dy,
-                                                                        partials, c->dw));
+            CUDA_CHECK(mt_cuda_launch_direct_conv_backward_weights_rows_stored(
+                cu->stream, st, g, c->x, c->dy, partials, c->dw));
         else
-            CUDA_CHECK(dw ? mt_cuda_launch_depthwise_backward_weights(cu->stream, g, c->x, c->dy,
-                                                                      partials, c->dw)
-                          : mt_cuda_launch_direct_conv_backward_weights(cu->stream, g, c->x, c->dy,
-                                                                        partials, c->dw));
+            CUDA_CHECK(dw ? mt_cuda_launch_depthwise_backward_weights_stored(
+                                cu->stream, st, g, c->x, c->dy, partials, c->dw)
+                          : mt_cuda_launch_direct_conv_backward_weights_stored(
+                                cu->stream, st, g, c->x, c->dy, partials, c->dw));
     }
     return MT_OK;
 }

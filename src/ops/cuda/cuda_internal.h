@@ -148,9 +148,26 @@ void cuda_pool_release(cuda_backend *cu, void *ptr);
 mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision);
 void cuda_precision_free(cuda_backend *cu);
 const mt_ops *cuda_precision_table(void);
+mt_cuda_storage cuda_precision_storage(const cuda_backend *cu); /* MT_CUDA_BF16 or _FP16 */
+/* cuda_ops.c, shared with cuda_precision_ops.c: BN's checks (tensors of `storage`) and M rows,
+ * the reduction scratch of the legacy kernels or the fused ones; the fused kernels' tickets */
+mt_status cuda_bn_prepare(mt_backend *backend, const char *op, const mt_batchnorm_desc *d,
+                          const mt_tensor *a, const char *a_name, const mt_tensor *b,
+                          const char *b_name, mt_cuda_storage storage, bool legacy, long *m,
+                          void **scratch);
+mt_status cuda_bn_counters(mt_backend *backend, int c, unsigned **out);
+/* cuda_ops.c: zero padding's checks, x: the input, y: the padded tensor, of `storage` */
+mt_status cuda_check_pad(const char *op, const mt_zero_pad_desc *d, const mt_tensor *x,
+                         const mt_tensor *y, mt_cuda_storage storage);
 mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out);
-/* Checks a tensor's shape and its bytes against what the op expects. */
+/* Checks a tensor's shape and its bytes against what the op expects (fp32 elements; _stored: of
+ * `storage`). */
 mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want);
+mt_status cuda_check_stored(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
+                            mt_cuda_storage storage);
+/* ops.h input_convert into a tensor of `storage` (the table's entry is the MT_CUDA_F32 case) */
+mt_status cuda_input_convert_stored(mt_backend *backend, mt_cuda_storage storage, int slot,
+                                    mt_tensor *images, int32_t *labels);
 void cuda_conv_cache_free(cuda_backend *cu);
 
 /* MT_CUDA_BN, MT_CUDA_DEPTHWISE_KERNEL, MT_CUDA_DIRECT_KERNEL = new (default) | legacy
@@ -246,5 +263,48 @@ mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc 
 mt_status mt_cuda_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
                                   const float *logits, const int32_t *labels, float *dlogits,
                                   uint64_t step, double *accum, float *skip);
+
+/* cuda_precision_ops.c: the ops of the bf16/fp16 table that read and write 16-bit tensors with
+ * the storage kernels (no fp32 staging) */
+mt_status cuda_p16_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y);
+mt_status cuda_p16_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y);
+mt_status cuda_p16_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
+                                  mt_tensor *dx);
+mt_status cuda_p16_input_convert(mt_backend *backend, int slot, mt_tensor *images, int32_t *labels);
+mt_status cuda_p16_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                              const mt_tensor *x, const float *gamma,
+                                              const float *beta, float *moving_mean,
+                                              float *moving_variance, mt_tensor *y,
+                                              float *saved_mean, float *saved_inv_std);
+mt_status cuda_p16_batchnorm_relu6_forward_training(mt_backend *backend,
+                                                    const mt_batchnorm_desc *desc,
+                                                    const mt_tensor *x, const float *gamma,
+                                                    const float *beta, float *moving_mean,
+                                                    float *moving_variance, mt_tensor *y,
+                                                    float *saved_mean, float *saved_inv_std);
+mt_status cuda_p16_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                               const mt_tensor *x, const float *gamma,
+                                               const float *beta, const float *moving_mean,
+                                               const float *moving_variance, mt_tensor *y);
+mt_status cuda_p16_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                               const mt_tensor *x, const mt_tensor *dy,
+                                               const float *gamma, const float *saved_mean,
+                                               const float *saved_inv_std, mt_tensor *dx,
+                                               float *dgamma, float *dbeta);
+mt_status cuda_p16_relu6_batchnorm_backward_training(
+    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
+    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
+    mt_tensor *dx, float *dgamma, float *dbeta);
+mt_status cuda_p16_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
+                                                const mt_tensor *x, const mt_tensor *dy,
+                                                const float *gamma, const float *moving_mean,
+                                                const float *moving_variance, mt_tensor *dx,
+                                                float *dgamma, float *dbeta);
+mt_status cuda_p16_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                    const mt_tensor *x, mt_tensor *y);
+mt_status cuda_p16_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                     const mt_tensor *dy, mt_tensor *dx);
+mt_status cuda_p16_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
+mt_status cuda_p16_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
 
 #endif

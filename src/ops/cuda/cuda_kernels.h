@@ -1,4 +1,4 @@
-/* The CUDA kernels of the "cuda" backend, as plain C launchers (cuda_kernels.cu): every launcher
+/* The CUDA kernels of the "cuda" backend, as plain C launchers (cuda_kernels_*.cu): every launcher
  * enqueues its kernels on `stream` and returns the launch's cudaError_t, which the C side checks
  * with CUDA_CHECK. Tensors are NHWC float in device memory; weights are in Keras' layouts
  * (conv HWIO [k][k][cin][cout], depthwise [k][k][c]). Sums that feed a gradient or a statistic are
@@ -24,6 +24,13 @@ typedef struct mt_cuda_conv_geom {
     int k, stride;    /* square kernel, same stride both ways */
     int pad_top, pad_left;
 } mt_cuda_conv_geom;
+
+/* The element type of a tensor in device memory: fp32, or the bf16 / fp16 bit patterns (uint16)
+ * of ops/precision_bits.h (train.precision = bf16 | fp16). A launcher taking one reads those
+ * tensors into fp32, computes in fp32 as its fp32 case does and rounds once on store (to nearest,
+ * ties to even): bit for bit the fp32 kernel on the widened inputs, then the cast. Weights,
+ * statistics and the gradients of weights stay float. */
+typedef enum mt_cuda_storage { MT_CUDA_F32, MT_CUDA_BF16, MT_CUDA_FP16 } mt_cuda_storage;
 
 /* Partial sums: how many slices a reduction over `rows` is split into, and the scratch floats
  * (or doubles) it needs. */
@@ -87,6 +94,54 @@ cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows(cudaStream_t stream
                                                              const float *x, const float *dy,
                                                              float *partials, float *dw);
 
+/* The convolutions above with x, y, dy, dx in `storage` (the fp32 launchers are the MT_CUDA_F32
+ * case); w (rounded to the format by the caller, as the reference's emulation reads it), dw and
+ * the partials stay float */
+cudaError_t mt_cuda_launch_depthwise_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                    const mt_cuda_conv_geom *g, const void *x,
+                                                    const float *w, void *y);
+cudaError_t mt_cuda_launch_depthwise_backward_data_stored(cudaStream_t stream,
+                                                          mt_cuda_storage storage,
+                                                          const mt_cuda_conv_geom *g,
+                                                          const void *dy, const float *w, void *dx);
+cudaError_t mt_cuda_launch_depthwise_backward_weights_stored(cudaStream_t stream,
+                                                             mt_cuda_storage storage,
+                                                             const mt_cuda_conv_geom *g,
+                                                             const void *x, const void *dy,
+                                                             float *partials, float *dw);
+cudaError_t mt_cuda_launch_depthwise_forward_strip_stored(cudaStream_t stream,
+                                                          mt_cuda_storage storage,
+                                                          const mt_cuda_conv_geom *g, const void *x,
+                                                          const float *w, void *y);
+cudaError_t mt_cuda_launch_depthwise_backward_data_strip_stored(cudaStream_t stream,
+                                                                mt_cuda_storage storage,
+                                                                const mt_cuda_conv_geom *g,
+                                                                const void *dy, const float *w,
+                                                                void *dx);
+cudaError_t mt_cuda_launch_depthwise_backward_weights_rows_stored(cudaStream_t stream,
+                                                                  mt_cuda_storage storage,
+                                                                  const mt_cuda_conv_geom *g,
+                                                                  const void *x, const void *dy,
+                                                                  float *partials, float *dw);
+cudaError_t mt_cuda_launch_direct_conv_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                      const mt_cuda_conv_geom *g, const void *x,
+                                                      const float *w, void *y);
+cudaError_t mt_cuda_launch_direct_conv_backward_data_stored(cudaStream_t stream,
+                                                            mt_cuda_storage storage,
+                                                            const mt_cuda_conv_geom *g,
+                                                            const void *dy, const float *w,
+                                                            void *dx);
+cudaError_t mt_cuda_launch_direct_conv_backward_weights_stored(cudaStream_t stream,
+                                                               mt_cuda_storage storage,
+                                                               const mt_cuda_conv_geom *g,
+                                                               const void *x, const void *dy,
+                                                               float *partials, float *dw);
+cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows_stored(cudaStream_t stream,
+                                                                    mt_cuda_storage storage,
+                                                                    const mt_cuda_conv_geom *g,
+                                                                    const void *x, const void *dy,
+                                                                    float *partials, float *dw);
+
 /* ---- elementwise on `count` floats ---- */
 cudaError_t mt_cuda_launch_add(cudaStream_t stream, size_t count, const float *a, const float *b,
                                float *y);
@@ -95,6 +150,14 @@ cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, cons
 /* dx = dy where 0 < y < 6 */
 cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, size_t count, const float *y,
                                           const float *dy, float *dx);
+/* The same on tensors of any storage (the three above are their MT_CUDA_F32 case) */
+cudaError_t mt_cuda_launch_add_stored(cudaStream_t stream, mt_cuda_storage storage, size_t count,
+                                      const void *a, const void *b, void *y);
+cudaError_t mt_cuda_launch_relu6_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                size_t count, const void *x, void *y);
+cudaError_t mt_cuda_launch_relu6_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                 size_t count, const void *y, const void *dy,
+                                                 void *dx);
 
 /* ---- batch normalization over M = N*H*W rows of C channels ---- */
 /* Scratch doubles the BN launchers need for M rows and C channels. */
@@ -122,7 +185,7 @@ cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float
                                        float *dbeta, double *scratch);
 
 /* The same in fp32 with fewer launches (the default; the above stay as MT_CUDA_BN=legacy): see
- * cuda_kernels.cu. Scratch: mt_cuda_bn_fused_scratch_floats(M, C) floats; counters:
+ * cuda_kernels_bn.cu. Scratch: mt_cuda_bn_fused_scratch_floats(M, C) floats; counters:
  * mt_cuda_bn_fused_counters(C) unsigned ints, zero before the first launch (each launch leaves
  * them zero again). Launches: forward training 2 (statistics, normalize [+ ReLU6]), forward
  * inference 1, backward 2 (sums with dgamma/dbeta, dx; inference without dgamma/dbeta: 1). */
@@ -149,6 +212,26 @@ cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c,
                                              const float *stat_mean, const float *stat_second,
                                              float *dx, float *dgamma, float *dbeta, float *scratch,
                                              unsigned *counters);
+/* The three above with x, y, dy, dx in `storage` (the fp32 ones are the MT_CUDA_F32 case); the
+ * statistics, gamma, beta and their gradients stay float */
+cudaError_t mt_cuda_launch_bn_fused_forward_training_stored(
+    cudaStream_t stream, mt_cuda_storage storage, long m, int c, float epsilon, float momentum,
+    int relu6, const void *x, const float *gamma, const float *beta, float *moving_mean,
+    float *moving_variance, void *y, float *saved_mean, float *saved_inv_std, float *scratch,
+    unsigned *counters);
+cudaError_t mt_cuda_launch_bn_fused_forward_inference_stored(cudaStream_t stream,
+                                                             mt_cuda_storage storage, long m, int c,
+                                                             float epsilon, const void *x,
+                                                             const float *gamma, const float *beta,
+                                                             const float *moving_mean,
+                                                             const float *moving_variance, void *y);
+cudaError_t mt_cuda_launch_bn_fused_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                    long m, int c, float epsilon, int training,
+                                                    const void *x, const void *y, const void *dy,
+                                                    const float *gamma, const float *stat_mean,
+                                                    const float *stat_second, void *dx,
+                                                    float *dgamma, float *dbeta, float *scratch,
+                                                    unsigned *counters);
 
 /* ---- precision casts (train.precision = bf16 | fp16: cuda_precision.c) ---- */
 /* y[i] = x[i] rounded to the nearest bf16 (format 0) or fp16 (format 1), ties to even, as the
@@ -160,8 +243,8 @@ cudaError_t mt_cuda_launch_cast_to_f32(cudaStream_t stream, size_t count, int fo
                                        const uint16_t *x, float *y);
 /* y[i] = x[i] rounded to bf16 (0) / fp16 (1) and widened back: fp32 values the format holds
  * (y may alias x) */
-cudaError_t mt_cuda_launch_round_f32(cudaStream_t stream, size_t count, int format,
-                                     const float *x, float *y);
+cudaError_t mt_cuda_launch_round_f32(cudaStream_t stream, size_t count, int format, const float *x,
+                                     float *y);
 
 /* ---- zero padding, pooling, dropout, dense helpers, loss ---- */
 /* x: N,H,W,C; y: N,Ho,Wo,C with x at (top, left) */
@@ -175,6 +258,19 @@ cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw,
                                             const float *x, float *y);
 cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c,
                                              const float *dy, float *dx);
+/* The four above with x, dx (and the padded y, dy) in `storage`; the pooled y and its dy stay
+ * float (the head's input) */
+cudaError_t mt_cuda_launch_zero_pad_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                   int n, int h, int w, int c, int ho, int wo,
+                                                   int top, int left, const void *x, void *y);
+cudaError_t mt_cuda_launch_zero_pad_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                    int n, int h, int w, int c, int ho, int wo,
+                                                    int top, int left, const void *dy, void *dx);
+cudaError_t mt_cuda_launch_avg_pool_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                   int n, long hw, int c, const void *x, float *y);
+cudaError_t mt_cuda_launch_avg_pool_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
+                                                    int n, long hw, int c, const float *dy,
+                                                    void *dx);
 /* the keep decision of src/ops/dropout_hash.h; scale = 1/(1-rate) computed by the caller */
 cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, uint64_t seed,
                                            uint32_t threshold, float scale, const float *x,
@@ -190,6 +286,10 @@ cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, 
  * uint8), image i mirrored left to right where flips[i] (device, [n]) is nonzero */
 cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, int n, int height, int width,
                                          const uint8_t *src, const uint8_t *flips, float *dst);
+/* the same into a tensor of `storage` (the value rounded once) */
+cudaError_t mt_cuda_launch_input_convert_stored(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                                int height, int width, const uint8_t *src,
+                                                const uint8_t *flips, void *dst);
 /* Mean cross-entropy of ops.h's loss_forward_backward. result (device, 3 doubles): the mean
  * loss, the number of valid rows, the first row with a bad label (-1 when none). */
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,

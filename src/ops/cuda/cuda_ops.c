@@ -1,6 +1,6 @@
 /* The "cuda" backend's ops other than convolution: elementwise, batch normalization, zero padding,
  * pooling, dropout, the dense layer (cuBLAS) and the losses. Each checks its arguments on the
- * host, then enqueues kernels from cuda_kernels.cu on the backend's stream; only the loss waits
+ * host, then enqueues kernels from cuda_kernels_*.cu on the backend's stream; only the loss waits
  * for the device (its value goes to the host). The ops table's entries (at the end) wrap each op
  * in MT_CUDA_PROFILE's event pair; the window and the legacy kernels' switches (cu->bn_legacy)
  * are set in cuda_diagnostics.c. */
@@ -60,18 +60,19 @@ static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, cons
 /* ---- batch normalization ------------------------------------------------------------------- */
 
 /* Checks the descriptor and the tensors, and returns M (rows) and the reduction scratch of the
- * legacy kernels or the fused ones. */
-static mt_status bn_prepare(mt_backend *backend, const char *op, const mt_batchnorm_desc *d,
-                            const mt_tensor *a, const char *a_name, const mt_tensor *b,
-                            const char *b_name, bool legacy, long *m, void **scratch) {
+ * legacy kernels or the fused ones (cuda_internal.h). */
+mt_status cuda_bn_prepare(mt_backend *backend, const char *op, const mt_batchnorm_desc *d,
+                          const mt_tensor *a, const char *a_name, const mt_tensor *b,
+                          const char *b_name, mt_cuda_storage storage, bool legacy, long *m,
+                          void **scratch) {
     if (!(d->epsilon >= 0.0f) || !(d->momentum >= 0.0f && d->momentum <= 1.0f))
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: epsilon %g must be >= 0 and momentum %g in [0, 1]",
                        op, d->epsilon, d->momentum);
     if (d->shape.n <= 0 || d->shape.h <= 0 || d->shape.w <= 0 || d->shape.c <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: empty shape %dx%dx%dx%d", op, d->shape.n,
                        d->shape.h, d->shape.w, d->shape.c);
-    MT_TRY(cuda_check_tensor(op, a_name, a, d->shape));
-    if (b) MT_TRY(cuda_check_tensor(op, b_name, b, d->shape));
+    MT_TRY(cuda_check_stored(op, a_name, a, d->shape, storage));
+    if (b) MT_TRY(cuda_check_stored(op, b_name, b, d->shape, storage));
     *m = (long)d->shape.n * d->shape.h * d->shape.w;
     cuda_backend *cu = cuda_of(backend);
     size_t bytes = legacy ? mt_cuda_bn_scratch_doubles(*m, d->shape.c) * sizeof(double)
@@ -81,7 +82,7 @@ static mt_status bn_prepare(mt_backend *backend, const char *op, const mt_batchn
 
 /* The fused kernels' tickets for C channels: zeroed pool memory, grown (never shrunk) on demand;
  * the old block goes back to the pool in stream order, so no launch still using it is affected. */
-static mt_status bn_counters(mt_backend *backend, int c, unsigned **out) {
+mt_status cuda_bn_counters(mt_backend *backend, int c, unsigned **out) {
     cuda_backend *cu = cuda_of(backend);
     int need = mt_cuda_bn_fused_counters(c);
     if (need > cu->bn_counter_count) {
@@ -106,7 +107,8 @@ static mt_status bn_forward_training(mt_backend *backend, const char *op,
     cuda_backend *cu = cuda_of(backend);
     long m;
     void *scratch;
-    MT_TRY(bn_prepare(backend, op, desc, x, "x", y, "y", cu->bn_legacy, &m, &scratch));
+    MT_TRY(cuda_bn_prepare(backend, op, desc, x, "x", y, "y", MT_CUDA_F32, cu->bn_legacy, &m,
+                           &scratch));
     if (relu6 && x->data == y->data)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: y must not alias x (the backward reads both)", op);
     const int c = desc->shape.c;
@@ -119,7 +121,7 @@ static mt_status bn_forward_training(mt_backend *backend, const char *op,
         return MT_OK;
     }
     unsigned *counters;
-    MT_TRY(bn_counters(backend, c, &counters));
+    MT_TRY(cuda_bn_counters(backend, c, &counters));
     CUDA_CHECK(mt_cuda_launch_bn_fused_forward_training(
         cu->stream, m, c, desc->epsilon, desc->momentum, relu6, x->data, gamma, beta, moving_mean,
         moving_variance, y->data, saved_mean, saved_inv_std, scratch, counters));
@@ -153,8 +155,8 @@ static mt_status batchnorm_forward_inference_op(mt_backend *backend, const mt_ba
     cuda_backend *cu = cuda_of(backend);
     long m;
     void *scratch;
-    MT_TRY(bn_prepare(backend, "batchnorm_forward_inference", desc, x, "x", y, "y", cu->bn_legacy,
-                      &m, &scratch));
+    MT_TRY(cuda_bn_prepare(backend, "batchnorm_forward_inference", desc, x, "x", y, "y",
+                           MT_CUDA_F32, cu->bn_legacy, &m, &scratch));
     if (cu->bn_legacy)
         CUDA_CHECK(mt_cuda_launch_bn_forward_inference(cu->stream, m, desc->shape.c, desc->epsilon,
                                                        x->data, gamma, beta, moving_mean,
@@ -177,7 +179,8 @@ static mt_status bn_backward_training(mt_backend *backend, const char *op,
     long m;
     void *scratch;
     if (!dx) return MT_FAIL(MT_ERR_INVALID, "cuda %s: dx must not be NULL", op);
-    MT_TRY(bn_prepare(backend, op, desc, x, "x", dy, "dy", cu->bn_legacy, &m, &scratch));
+    MT_TRY(cuda_bn_prepare(backend, op, desc, x, "x", dy, "dy", MT_CUDA_F32, cu->bn_legacy, &m,
+                           &scratch));
     MT_TRY(cuda_check_tensor(op, "dx", dx, desc->shape));
     if (y) MT_TRY(cuda_check_tensor(op, "y", y, desc->shape));
     const int c = desc->shape.c;
@@ -194,7 +197,7 @@ static mt_status bn_backward_training(mt_backend *backend, const char *op,
         return MT_OK;
     }
     unsigned *counters;
-    MT_TRY(bn_counters(backend, c, &counters));
+    MT_TRY(cuda_bn_counters(backend, c, &counters));
     CUDA_CHECK(mt_cuda_launch_bn_fused_backward(
         cu->stream, m, c, desc->epsilon, 1, x->data, y ? y->data : NULL, dy->data, gamma,
         saved_mean, saved_inv_std, dx->data, dgamma, dbeta, scratch, counters));
@@ -227,8 +230,8 @@ static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_b
     cuda_backend *cu = cuda_of(backend);
     long m;
     void *scratch;
-    MT_TRY(bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy",
-                      cu->bn_legacy, &m, &scratch));
+    MT_TRY(cuda_bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy",
+                           MT_CUDA_F32, cu->bn_legacy, &m, &scratch));
     if (dx) MT_TRY(cuda_check_tensor("batchnorm_backward_inference", "dx", dx, desc->shape));
     const int c = desc->shape.c;
     if (cu->bn_legacy) {
@@ -238,7 +241,7 @@ static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_b
         return MT_OK;
     }
     unsigned *counters;
-    MT_TRY(bn_counters(backend, c, &counters));
+    MT_TRY(cuda_bn_counters(backend, c, &counters));
     CUDA_CHECK(mt_cuda_launch_bn_fused_backward(
         cu->stream, m, c, desc->epsilon, 0, x->data, NULL, dy->data, gamma, moving_mean,
         moving_variance, dx ? dx->data : NULL, dgamma, dbeta, scratch, counters));
@@ -247,8 +250,8 @@ static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_b
 
 /* ---- zero padding -------------------------------------------------------------------------- */
 
-static mt_status check_pad(const char *op, const mt_zero_pad_desc *d, const mt_tensor *x,
-                           const mt_tensor *y) {
+mt_status cuda_check_pad(const char *op, const mt_zero_pad_desc *d, const mt_tensor *x,
+                         const mt_tensor *y, mt_cuda_storage storage) {
     if (d->top < 0 || d->left < 0 || d->bottom < 0 || d->right < 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: negative padding (t%d l%d b%d r%d)", op, d->top,
                        d->left, d->bottom, d->right);
@@ -256,15 +259,15 @@ static mt_status check_pad(const char *op, const mt_zero_pad_desc *d, const mt_t
                         .h = d->input.h + d->top + d->bottom,
                         .w = d->input.w + d->left + d->right,
                         .c = d->input.c};
-    MT_TRY(cuda_check_tensor(op, "input", x, d->input));
-    MT_TRY(cuda_check_tensor(op, "padded output", y, padded));
+    MT_TRY(cuda_check_stored(op, "input", x, d->input, storage));
+    MT_TRY(cuda_check_stored(op, "padded output", y, padded, storage));
     return MT_OK;
 }
 
 /* x: N,H,W,C; y: N,H+top+bottom,W+left+right,C */
 static mt_status zero_pad_forward_op(mt_backend *backend, const mt_zero_pad_desc *desc,
                                      const mt_tensor *x, mt_tensor *y) {
-    MT_TRY(check_pad("zero_pad_forward", desc, x, y));
+    MT_TRY(cuda_check_pad("zero_pad_forward", desc, x, y, MT_CUDA_F32));
     const mt_shape4 i = x->shape, o = y->shape;
     CUDA_CHECK(mt_cuda_launch_zero_pad_forward(cuda_of(backend)->stream, i.n, i.h, i.w, i.c, o.h,
                                                o.w, desc->top, desc->left, x->data, y->data));
@@ -274,7 +277,7 @@ static mt_status zero_pad_forward_op(mt_backend *backend, const mt_zero_pad_desc
 /* dy: N,H+top+bottom,W+left+right,C; dx: N,H,W,C */
 static mt_status zero_pad_backward_op(mt_backend *backend, const mt_zero_pad_desc *desc,
                                       const mt_tensor *dy, mt_tensor *dx) {
-    MT_TRY(check_pad("zero_pad_backward", desc, dx, dy));
+    MT_TRY(cuda_check_pad("zero_pad_backward", desc, dx, dy, MT_CUDA_F32));
     const mt_shape4 i = dx->shape, o = dy->shape;
     CUDA_CHECK(mt_cuda_launch_zero_pad_backward(cuda_of(backend)->stream, i.n, i.h, i.w, i.c, o.h,
                                                 o.w, desc->top, desc->left, dy->data, dx->data));

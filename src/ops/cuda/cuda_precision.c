@@ -1,20 +1,24 @@
-/* train.precision = bf16 | fp16 on the cuda backend (ops.h "Precision"), first stage: every
- * mt_tensor is stored in 16 bits (tensor_alloc sizes it), so activations and the gradients that
- * flow back through them take half the memory, and every op computes exactly what the reference
- * backend's emulation computes: its 16-bit tensor inputs widened into pooled fp32 staging
- * buffers (exact), the fp32 op of mt_ops_cuda run on them, its tensor outputs narrowed back
- * (round to nearest, ties to even: the cast kernels, tested against ops/precision.c). The conv
- * weights go in rounded to the 16-bit type, as the reference's convolutions read them; the
- * rounded copies are made once per update, not per call: kept per weight pointer and dropped
- * when an op that can write that memory touches it (upload, buffer_copy, buffer_copy_if,
- * buffer_scale, optimizer_update on an overlapping range; any buffer_free).
+/* train.precision = bf16 | fp16 on the cuda backend (ops.h "Precision"): every mt_tensor is
+ * stored in 16 bits (tensor_alloc sizes it), so activations and the gradients that flow back
+ * through them take half the memory, and every op computes exactly what the reference backend's
+ * emulation computes (round to nearest, ties to even: ops/precision_bits.h, shared with it).
  *
- * What this stage is not yet: the tensor-core path (cuDNN convolutions on
- * CUDNN_DATA_BFLOAT16/HALF data with fp32 compute, cuBLAS GEMM on bf16 inputs, the own kernels
- * reading and writing 16 bits): the staging casts cost bandwidth rather than save it. Each
- * wrapper below is the place where that op's 16-bit kernel replaces the widen/narrow pair, one
- * op at a time, with the same tests (MT_TEST_PRECISION=bf16 test_ops_backend_vs_reference cuda
- * against the reference's emulation). */
+ * Two ways an op of this table gets there:
+ * - native (cuda_precision_ops.c): add, ReLU6, the input conversion, batch norm (the fused
+ *   kernels), zero padding and global average pooling read and write their 16-bit tensors with
+ *   the storage kernels, computing in fp32 and rounding once on store;
+ * - staged (here): the convolutions (cuDNN, cuBLAS and our own kernels alike), tensor_from_nhwc
+ *   and tensor_to_nhwc widen their 16-bit inputs into pooled fp32 buffers (exact), run the fp32
+ *   op of mt_ops_cuda on them and narrow the outputs with the cast kernels: bit for bit what the
+ *   native path would give, at the cost of the copies. Our depthwise and direct convolution
+ *   kernels have 16-bit instances already (cuda_conv.c's run_own takes a storage), waiting for
+ *   the conv wrappers to pass 16-bit tensors, with cuDNN's and cuBLAS' 16-bit paths.
+ * The conv weights go in rounded to the 16-bit type, as the reference's convolutions read them;
+ * the rounded copies are made once per update, not per call: kept per weight pointer and dropped
+ * when an op that can write that memory touches it (upload, buffer_copy, buffer_copy_if,
+ * buffer_scale, optimizer_update on an overlapping range; any buffer_free). Tests: the storage
+ * kernels bit for bit against the fp32 ones (gpu_kernels_emulated), the whole table against the
+ * reference's emulation (MT_TEST_PRECISION=bf16|fp16 test_ops_backend_vs_reference cuda). */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -40,7 +44,15 @@ mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision) 
     cu->precision = calloc(1, sizeof *cu->precision);
     if (!cu->precision) return MT_FAIL(MT_ERR_NOMEM, "cuda backend: out of host memory");
     cu->precision->format = precision == MT_COMPUTE_FP16;
+    if (cu->bn_legacy)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "MT_CUDA_BN=legacy: the legacy batch norm kernels are fp32 only; unset it "
+                       "with train.precision = bf16 or fp16");
     return MT_OK;
+}
+
+mt_cuda_storage cuda_precision_storage(const cuda_backend *cu) {
+    return cu->precision->format ? MT_CUDA_FP16 : MT_CUDA_BF16;
 }
 
 void cuda_precision_free(cuda_backend *cu) {
@@ -192,15 +204,6 @@ static mt_status p16_tensor_from_nhwc(mt_backend *backend, const float *host_src
     return stage_finish(cu, &s, mt_ops_cuda.tensor_from_nhwc(backend, host_src, w), w, NULL);
 }
 
-static mt_status p16_input_convert(mt_backend *backend, int slot, mt_tensor *images,
-                                  int32_t *labels) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *w;
-    MT_TRY(stage_out(cu, &s, images, &w));
-    return stage_finish(cu, &s, mt_ops_cuda.input_convert(backend, slot, w, labels), w, NULL);
-}
-
 static mt_status p16_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
     cuda_backend *cu = cuda_of(backend);
     stage s = {0};
@@ -268,40 +271,6 @@ static mt_status p16_optimizer_update(mt_backend *backend, const mt_optimizer_de
 
 /* ---- the ops on tensors ------------------------------------------------------------------- */
 
-static mt_status p16_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b,
-                         mt_tensor *y) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wa, *wb, *wy;
-    mt_status status = stage_in(cu, &s, a, &wa);
-    if (status == MT_OK) status = stage_in(cu, &s, b, &wb);
-    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
-    if (status == MT_OK) status = mt_ops_cuda.add(backend, wa, wb, wy);
-    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
-}
-
-static mt_status p16_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wy;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
-    if (status == MT_OK) status = mt_ops_cuda.relu6_forward(backend, wx, wy);
-    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
-}
-
-static mt_status p16_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
-                                    mt_tensor *dx) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wy, *wdy, *wdx;
-    mt_status status = stage_in(cu, &s, y, &wy);
-    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
-    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
-    if (status == MT_OK) status = mt_ops_cuda.relu6_backward(backend, wy, wdy, wdx);
-    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
-}
-
 static mt_status p16_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
                                   const float *w, mt_tensor *y) {
     cuda_backend *cu = cuda_of(backend);
@@ -339,148 +308,6 @@ static mt_status p16_conv_backward_weights(mt_backend *backend, const mt_conv_de
     return stage_finish(cu, &s, status, NULL, NULL);
 }
 
-static mt_status p16_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                                const mt_tensor *x, const float *gamma,
-                                                const float *beta, float *moving_mean,
-                                                float *moving_variance, mt_tensor *y,
-                                                float *saved_mean, float *saved_inv_std) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wy;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
-    if (status == MT_OK)
-        status =
-            mt_ops_cuda.batchnorm_forward_training(backend, desc, wx, gamma, beta, moving_mean,
-                                                   moving_variance, wy, saved_mean, saved_inv_std);
-    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
-}
-
-static mt_status p16_batchnorm_relu6_forward_training(mt_backend *backend,
-                                                      const mt_batchnorm_desc *desc,
-                                                      const mt_tensor *x, const float *gamma,
-                                                      const float *beta, float *moving_mean,
-                                                      float *moving_variance, mt_tensor *y,
-                                                      float *saved_mean, float *saved_inv_std) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wy;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
-    if (status == MT_OK)
-        status = mt_ops_cuda.batchnorm_relu6_forward_training(backend, desc, wx, gamma, beta,
-                                                              moving_mean, moving_variance, wy,
-                                                              saved_mean, saved_inv_std);
-    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
-}
-
-static mt_status p16_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                                 const mt_tensor *x, const float *gamma,
-                                                 const float *beta, const float *moving_mean,
-                                                 const float *moving_variance, mt_tensor *y) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wy;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
-    if (status == MT_OK)
-        status = mt_ops_cuda.batchnorm_forward_inference(backend, desc, wx, gamma, beta,
-                                                         moving_mean, moving_variance, wy);
-    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
-}
-
-static mt_status p16_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                                 const mt_tensor *x, const mt_tensor *dy,
-                                                 const float *gamma, const float *saved_mean,
-                                                 const float *saved_inv_std, mt_tensor *dx,
-                                                 float *dgamma, float *dbeta) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wdy, *wdx;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
-    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
-    if (status == MT_OK)
-        status = mt_ops_cuda.batchnorm_backward_training(backend, desc, wx, wdy, gamma, saved_mean,
-                                                         saved_inv_std, wdx, dgamma, dbeta);
-    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
-}
-
-static mt_status p16_relu6_batchnorm_backward_training(
-    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
-    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
-    mt_tensor *dx, float *dgamma, float *dbeta) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wy, *wdy, *wdx;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_in(cu, &s, y, &wy);
-    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
-    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
-    if (status == MT_OK)
-        status = mt_ops_cuda.relu6_batchnorm_backward_training(
-            backend, desc, wx, wy, wdy, gamma, saved_mean, saved_inv_std, wdx, dgamma, dbeta);
-    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
-}
-
-static mt_status p16_batchnorm_backward_inference(mt_backend *backend,
-                                                  const mt_batchnorm_desc *desc, const mt_tensor *x,
-                                                  const mt_tensor *dy, const float *gamma,
-                                                  const float *moving_mean,
-                                                  const float *moving_variance, mt_tensor *dx,
-                                                  float *dgamma, float *dbeta) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wdy, *wdx = NULL;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
-    if (status == MT_OK && dx) status = stage_out(cu, &s, dx, &wdx);
-    if (status == MT_OK)
-        status = mt_ops_cuda.batchnorm_backward_inference(
-            backend, desc, wx, wdy, gamma, moving_mean, moving_variance, wdx, dgamma, dbeta);
-    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
-}
-
-static mt_status p16_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
-                                      const mt_tensor *x, mt_tensor *y) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wy;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
-    if (status == MT_OK) status = mt_ops_cuda.zero_pad_forward(backend, desc, wx, wy);
-    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
-}
-
-static mt_status p16_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
-                                       const mt_tensor *dy, mt_tensor *dx) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wdy, *wdx;
-    mt_status status = stage_in(cu, &s, dy, &wdy);
-    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
-    if (status == MT_OK) status = mt_ops_cuda.zero_pad_backward(backend, desc, wdy, wdx);
-    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
-}
-
-static mt_status p16_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = mt_ops_cuda.global_avg_pool_forward(backend, wx, y);
-    return stage_finish(cu, &s, status, NULL, NULL);
-}
-
-static mt_status p16_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wdx;
-    mt_status status = stage_out(cu, &s, dx, &wdx);
-    if (status == MT_OK) status = mt_ops_cuda.global_avg_pool_backward(backend, dy, wdx);
-    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
-}
-
 /* mt_ops_cuda with the entries above: everything on plain fp32 buffers (the head, the loss,
  * host memory) stays mt_ops_cuda's own. Built once, at the first bf16/fp16 backend's init (a
  * table of another file's functions cannot be a constant initializer in C). */
@@ -493,7 +320,7 @@ static void table16_build(void) {
     t.upload = p16_upload;
     t.tensor_alloc = p16_tensor_alloc;
     t.tensor_free = p16_tensor_free;
-    t.input_convert = p16_input_convert;
+    t.input_convert = cuda_p16_input_convert;
     t.tensor_from_nhwc = p16_tensor_from_nhwc;
     t.tensor_to_nhwc = p16_tensor_to_nhwc;
     t.buffer_copy = p16_buffer_copy;
@@ -501,25 +328,26 @@ static void table16_build(void) {
     t.buffer_scale = p16_buffer_scale;
     t.tensor_zero = p16_tensor_zero;
     t.tensor_copy = p16_tensor_copy;
-    t.add = p16_add;
-    t.relu6_forward = p16_relu6_forward;
-    t.relu6_backward = p16_relu6_backward;
+    t.add = cuda_p16_add;
+    t.relu6_forward = cuda_p16_relu6_forward;
+    t.relu6_backward = cuda_p16_relu6_backward;
     t.conv_forward = p16_conv_forward;
     t.conv_backward_data = p16_conv_backward_data;
     t.conv_backward_weights = p16_conv_backward_weights;
-    t.batchnorm_forward_training = p16_batchnorm_forward_training;
-    t.batchnorm_forward_inference = p16_batchnorm_forward_inference;
-    t.batchnorm_backward_training = p16_batchnorm_backward_training;
-    t.batchnorm_backward_inference = p16_batchnorm_backward_inference;
-    t.zero_pad_forward = p16_zero_pad_forward;
-    t.zero_pad_backward = p16_zero_pad_backward;
-    t.global_avg_pool_forward = p16_global_avg_pool_forward;
-    t.global_avg_pool_backward = p16_global_avg_pool_backward;
+    t.batchnorm_forward_training = cuda_p16_batchnorm_forward_training;
+    t.batchnorm_forward_inference = cuda_p16_batchnorm_forward_inference;
+    t.batchnorm_backward_training = cuda_p16_batchnorm_backward_training;
+    t.batchnorm_backward_inference = cuda_p16_batchnorm_backward_inference;
+    t.zero_pad_forward = cuda_p16_zero_pad_forward;
+    t.zero_pad_backward = cuda_p16_zero_pad_backward;
+    t.global_avg_pool_forward = cuda_p16_global_avg_pool_forward;
+    t.global_avg_pool_backward = cuda_p16_global_avg_pool_backward;
     t.optimizer_update = p16_optimizer_update;
-    t.batchnorm_relu6_forward_training =
-        mt_ops_cuda.batchnorm_relu6_forward_training ? p16_batchnorm_relu6_forward_training : NULL;
+    t.batchnorm_relu6_forward_training = mt_ops_cuda.batchnorm_relu6_forward_training
+                                             ? cuda_p16_batchnorm_relu6_forward_training
+                                             : NULL;
     t.relu6_batchnorm_backward_training = mt_ops_cuda.relu6_batchnorm_backward_training
-                                              ? p16_relu6_batchnorm_backward_training
+                                              ? cuda_p16_relu6_batchnorm_backward_training
                                               : NULL;
     t.conv_bn_relu6_inference_forward = NULL; /* no 16-bit wrapper (cuda has none today) */
     table16 = t;

@@ -1,5 +1,5 @@
 /* A stand-in for the CUDA runtime headers, for test_gpu_kernels_emulated only: just enough for
- * src/ops/cuda/cuda_kernels.cu (rewritten by tests/gpu/CMakeLists.txt so that every
+ * src/ops/cuda/cuda_kernels_*.cu (rewritten by tests/gpu/CMakeLists.txt so that every
  * `kernel<<<grid, block, shared, stream>>>(args)` becomes `mt_emu_launch(grid, block, ...)
  * .run(kernel, args)`) to compile with a host C++ compiler and run on the CPU. The C part is
  * what the launchers' declarations need; the C++ part runs a kernel: blocks one after another,
