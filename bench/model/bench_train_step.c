@@ -143,8 +143,8 @@ int main(int argc, char **argv) {
         mt_step_result result = {0};
         mt_model_input input = {.images = images, .labels = labels[0], .n = batch};
         if (staged) input = (mt_model_input){.staged = true, .slot = s % 2, .n = batch};
-        BENCH_TRY(
-            mt_model_forward_accumulate(model, &input, (uint64_t)s, (uint64_t)s, accum, &result));
+        BENCH_TRY(mt_model_set_step(model, (uint64_t)s, (uint64_t)s));
+        BENCH_TRY(mt_model_forward_accumulate(model, &input, accum, &result));
         BENCH_TRY(mt_model_backward(model));
         if (staged) {
             /* the next batch goes up while this step computes (the trainer's overlap), from the

@@ -112,6 +112,7 @@ typedef struct mt_train_config {
         double bucket_mb; /* gradient all-reduce bucket, MiB; 0: one call after backward */
         mt_cache_features cache_features;
         mt_precision precision;
+        bool cuda_graphs; /* capture the training step once per batch shape and replay it */
     } train;
     struct {
         char run_dir[MT_CONFIG_PATH_MAX];

@@ -258,7 +258,8 @@ mt_status mt_model_forward_head(mt_model *model, const float *features, const in
  *             the forward begins with input_convert, which scales and flips the pixels and
  *             places the labels in backend memory. labels is not read: check the host's copy
  *             with mt_model_check_labels before the upload.
- * n: the batch's rows (<= batch_size). */
+ * n: the batch's rows (<= batch_size). prepared: the input was put in place by
+ * mt_model_prepare_input already (only n is read then). */
 typedef struct mt_model_input {
     const float *images;
     const float *features;
@@ -266,7 +267,21 @@ typedef struct mt_model_input {
     int slot;
     const int32_t *labels;
     int n;
+    bool prepared;
 } mt_model_input;
+
+/* The per-step values of the next training forward and backward, written to backend memory
+ * (ops.h scalars_write: no wait) where the step's ops read them: the dropout seed, and the step
+ * number loss_accumulate records for a non-finite loss. mt_model_forward and
+ * mt_model_forward_head write the seed themselves (step 0). */
+mt_status mt_model_set_step(mt_model *model, uint64_t dropout_seed, uint64_t step);
+
+/* The part of mt_model_forward_accumulate that depends on the host's batch: the input converted
+ * or uploaded into the network's input (or the pooled features for a head-only step), the host
+ * labels checked and uploaded. What follows it (mt_model_forward_accumulate with
+ * input.prepared, mt_model_backward) reads only backend memory and the per-step values: the
+ * sequence of op calls a captured training step replays (ops.h step_capture_begin). */
+mt_status mt_model_prepare_input(mt_model *model, const mt_model_input *input);
 
 /* MT_ERR_INVALID naming the row when a label is outside [0, classes) and not -1 (padding);
  * *valid (may be NULL) gets the rows with a label. */
@@ -274,13 +289,13 @@ mt_status mt_model_check_labels(const mt_model *model, const int32_t *labels, in
 
 /* A training forward (training = true, no logits) that does not wait for the device: the
  * step's mean loss, rows predicted right and finiteness are added to `accum` (MT_ACCUM_COUNT
- * doubles of backend memory, zeroed by the caller; ops.h loss_accumulate, which records `step`
- * for the first non-finite loss) instead of coming back in `out`, which holds only `valid` (0
- * for a staged input); the skip flag goes to the float after the gradients
- * (mt_model_trainable). Host labels are checked as mt_model_forward does. mt_model_backward
- * may follow. */
-mt_status mt_model_forward_accumulate(mt_model *model, const mt_model_input *input,
-                                      uint64_t dropout_seed, uint64_t step, double *accum,
+ * doubles of backend memory, zeroed by the caller; ops.h loss_accumulate, which records the
+ * step number of mt_model_set_step for the first non-finite loss) instead of coming back in
+ * `out`, which holds only `valid` (0 for a staged input); the skip flag goes to the float after
+ * the gradients (mt_model_trainable). Host labels are checked as mt_model_forward does. The
+ * dropout seed is mt_model_set_step's. Unless input->prepared, mt_model_prepare_input runs
+ * first. mt_model_backward may follow. */
+mt_status mt_model_forward_accumulate(mt_model *model, const mt_model_input *input, double *accum,
                                       mt_step_result *out);
 
 /* Called during backward each time the gradients of one layer are final: elements
@@ -294,11 +309,12 @@ void mt_model_set_grad_hook(mt_model *model, mt_grad_ready_fn fn, void *user);
  * training = true and labels. */
 mt_status mt_model_backward(mt_model *model);
 
-/* The factor backward multiplies the loss gradient by before it goes down the network (1, the
- * default, changes nothing): fp16's loss scale, so that small gradients survive in 16-bit
- * tensors. The weight gradients then come out `scale` times too large; the caller divides them
- * (ops.h buffer_scale) before the optimizer. */
-void mt_model_set_loss_scale(mt_model *model, float scale);
+/* The factor backward multiplies the loss gradient by before it goes down the network: fp16's
+ * loss scale, so that small gradients survive in 16-bit tensors. Never called: no scaling. Once
+ * called, every backward scales (by the value in backend memory: a per-step value, written here
+ * with scalars_write). The weight gradients then come out `scale` times too large; the caller
+ * divides them (ops.h buffer_scale) before the optimizer. */
+mt_status mt_model_set_loss_scale(mt_model *model, float scale);
 
 /* Pooled backbone features in inference mode (BN moving statistics, no dropout):
  * images host N,H,W,3 in [-1,1], n <= batch_size; features host n x feature_channels. */

@@ -92,8 +92,9 @@ typedef struct mt_loss_desc {
 } mt_loss_desc;
 
 /* One optimizer step (the update rules and their Keras semantics are in optimizer.h): fp32, on
- * the trainable buffer in place. The learning rate and the iteration count are host scalars given
- * per call; the state ("slots") is backend memory, slot after slot, `count` floats each:
+ * the trainable buffer in place. The step's learning rate and step size are read from backend
+ * memory (mt_update_scalars: "Per-step values" below); the state ("slots") is backend memory,
+ * slot after slot, `count` floats each:
  *   RMSPROP  velocity, then momentum when momentum > 0
  *   SGD      momentum when momentum != 0 (no slot otherwise)
  *   ADAM     momentum, then velocity */
@@ -103,11 +104,29 @@ typedef enum mt_update_rule {
     MT_UPDATE_ADAM,
 } mt_update_rule;
 
+/* ---- per-step values ----
+ * Every value a training step's ops read that changes from one step to the next -- the dropout
+ * seed, the step number loss_accumulate records, the learning rate and Adam's step size, fp16's
+ * loss scale -- is read through a pointer into backend memory, never passed by value: a captured
+ * step (step_capture_begin below) replays the same calls with the same arguments, so the values
+ * that must change between replays live where the replayed ops read them. The host writes them
+ * before the step with scalars_write (at most MT_SCALARS_MAX_BYTES; on cuda a tiny kernel whose
+ * argument carries the bytes, so neither the host nor the stream waits). */
+enum { MT_SCALARS_MAX_BYTES = 64 };
+
+/* The optimizer's per-step values (mt_optimizer_desc.scalars), computed on the host by
+ * mt_optimizer_set_rate: lr the step's rate (finite, >= 0), step its step size
+ * (mt_update_step_size: Adam's bias-corrected rate, lr for the other rules). */
+typedef struct mt_update_scalars {
+    float lr, step;
+} mt_update_scalars;
+
 typedef struct mt_optimizer_desc {
     mt_update_rule rule;
-    size_t count;        /* parameters */
-    float lr;            /* this step's rate (>= 0) */
-    uint64_t iterations; /* steps taken before this one: Adam's bias correction uses t = it + 1 */
+    size_t count; /* parameters */
+    /* this step's rate and step size, one mt_update_scalars in backend memory (written before
+     * the step with scalars_write: mt_optimizer_set_rate) */
+    const mt_update_scalars *scalars;
     float rho, momentum, epsilon, beta_1, beta_2, weight_decay;
     bool nesterov;
     /* floats from slot 0 to slot 1; 0 means `count`. A range of a larger buffer (one gradient
@@ -281,8 +300,24 @@ typedef struct mt_ops {
      * backend memory) is not NULL and some x is not finite, *flag = 1 (left as it is otherwise).
      * fp16's loss scale: the loss gradient times the scale before backward, the gradients times
      * 1/scale (a power of two: exact) and checked before the optimizer reads the flag. */
-    mt_status (*buffer_scale)(mt_backend *backend, float *x, size_t count, float factor,
+    mt_status (*buffer_scale)(mt_backend *backend, float *x, size_t count, const float *factor,
                               float *flag);
+    /* factor: one float of backend memory (a per-step value: "Per-step values" above) */
+
+    /* dst (backend memory) = bytes (<= MT_SCALARS_MAX_BYTES) of host_src, copied from the host
+     * at the call and written in stream order: the ops enqueued after it read the new values,
+     * those before it the old ones. Neither the host nor the device waits. */
+    mt_status (*scalars_write)(mt_backend *backend, void *dst, const void *host_src,
+                               size_t bytes);
+    /* The other way, without waiting: enqueue the copy of `bytes` of backend memory at src into
+     * host_dst (host_alloc memory) behind everything enqueued so far; readback_wait returns
+     * once it has landed. One read back in flight at a time (fp16's skip flag: read at the top
+     * of the next step, so that no step waits for itself).
+     *   cuda: cudaMemcpyAsync on the compute stream and an event; readback_wait synchronizes
+     *         with that event alone. CPU backends: the copy at once, nothing to wait for. */
+    mt_status (*readback_start)(mt_backend *backend, void *host_dst, const void *src,
+                                size_t bytes);
+    mt_status (*readback_wait)(mt_backend *backend);
 
     /* ---- elementwise on tensors of equal shape ---- */
     mt_status (*tensor_zero)(mt_backend *backend, mt_tensor *tensor);
@@ -344,10 +379,10 @@ typedef struct mt_ops {
     mt_status (*global_avg_pool_backward)(mt_backend *backend, const float *dy, mt_tensor *dx);
     /* Inverted dropout on `count` values: keep with probability 1-rate (rate in [0, 1)), scale
      * kept by 1/(1-rate). The keep decision of element i is a pure function of (seed, i),
-     * identical on every backend: mt_dropout_keep(seed, i, mt_dropout_threshold(rate)) from
-     * src/ops/dropout_hash.h. mask (count bytes, 1 = kept) records it for backward. */
-    mt_status (*dropout_forward)(mt_backend *backend, size_t count, float rate, uint64_t seed,
-                                 const float *x, float *y, uint8_t *mask);
+     * identical on every backend: mt_dropout_keep(*seed, i, mt_dropout_threshold(rate)) from
+     * src/ops/dropout_hash.h; seed: backend memory (a per-step value). mask (count bytes, 1 = kept) records it for backward. */
+    mt_status (*dropout_forward)(mt_backend *backend, size_t count, float rate,
+                                 const uint64_t *seed, const float *x, float *y, uint8_t *mask);
     mt_status (*dropout_backward)(mt_backend *backend, size_t count, float rate,
                                   const uint8_t *mask, const float *dy, float *dx);
     /* y[N,out] = x[N,in] * w[in,out] + b[out] */
@@ -374,10 +409,11 @@ typedef struct mt_ops {
      *                 valid rows, *skip = 0
      *   NaN or Inf:   *skip = 1, [MT_ACCUM_SKIPPED] += 1, and [MT_ACCUM_FIRST_SKIP] = `step`
      *                 when it is the first since the zeroing (nothing else changes)
+     * step: one uint64 of backend memory (a per-step value)
      * skip: one float of backend memory, the optimizer's skip flag (mt_optimizer_desc.skip; the
      * trainer's rides the gradient all-reduce, so that every rank skips when one must). */
     mt_status (*loss_accumulate)(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
-                                 const int32_t *labels, float *dlogits, uint64_t step,
+                                 const int32_t *labels, float *dlogits, const uint64_t *step,
                                  double *accum, float *skip);
 
     /* ---- the optimizer ---- */
@@ -415,6 +451,26 @@ typedef struct mt_ops {
                                                    const float *saved_mean,
                                                    const float *saved_inv_std, mt_tensor *dx,
                                                    float *dgamma, float *dbeta);
+
+    /* ---- optional: capturing a training step and replaying it (NULL when a backend cannot;
+     * the trainer then runs every step as it comes) ----
+     * Between step_capture_begin and step_capture_end the ops are recorded, not run; end hands
+     * back the recording, which step_replay runs (as many times as wanted, the first included)
+     * with the arguments of the recorded calls: pointers to the same backend memory, by-value
+     * arguments as they were. What may change between replays is the content of backend memory
+     * (the per-step values, the batch the input pipeline converted), nothing else. A captured
+     * sequence must not reach the host: upload, download, synchronize, input_upload,
+     * input_wait, allocations and frees fail while capturing (the capture is then broken:
+     * step_capture_end fails too, and nothing of the step ran). step_replay fails with
+     * MT_ERR_INVALID when backend memory was freed since the capture (the recording could point
+     * at memory another buffer now holds): the caller captures again.
+     *   cuda:  cudaStreamBeginCapture (thread-local mode) on the compute stream, the streams it
+     *          waits on (copy, comm) joining through their events; cudaGraphInstantiate;
+     *          cudaGraphLaunch on the compute stream. */
+    mt_status (*step_capture_begin)(mt_backend *backend);
+    mt_status (*step_capture_end)(mt_backend *backend, void **graph);
+    mt_status (*step_replay)(mt_backend *backend, void *graph);
+    void (*step_graph_free)(mt_backend *backend, void *graph);
 } mt_ops;
 
 struct mt_backend {

@@ -13,7 +13,10 @@
  * All arithmetic is float32, as Keras does it on float32 variables. The update is the backend's
  * optimizer_update op (ops.h; every backend applies ops/optimizer_update.h per element) on the
  * trainable buffer in place. The state ("slots") is zero-initialized backend memory, one array
- * of slot_count * count floats, slot after slot; only the iteration count lives on the host. */
+ * of slot_count * count floats, slot after slot; only the iteration count lives on the host. The
+ * step's rate (and Adam's step size) go to backend memory before the update
+ * (mt_optimizer_set_rate), where the op reads them: a captured training step replays the same
+ * update call, step after step, with that step's rate (ops.h "Per-step values"). */
 #ifndef MOBILETUNE_OPTIMIZER_H
 #define MOBILETUNE_OPTIMIZER_H
 
@@ -62,6 +65,7 @@ typedef struct mt_optimizer {
     int slot_count;                                 /* state arrays of `count` floats each */
     const char *slot_names[MT_OPTIMIZER_MAX_SLOTS]; /* Keras' names: "velocity", "momentum" ... */
     float *state;        /* slot_count * count floats in backend memory, slot s at state + s*count */
+    mt_update_scalars *scalars; /* backend memory: the step's rate (mt_optimizer_set_rate) */
     uint64_t iterations; /* steps taken (Keras' optimizer.iterations) */
     /* NULL, or the skip flag every update reads in backend memory (mt_optimizer_desc.skip: the
      * trainer's, after the gradients, so a non-finite step changes nothing without the host
@@ -89,18 +93,22 @@ mt_status mt_optimizer_slot_upload(mt_optimizer *optimizer, int slot, const floa
 mt_status mt_optimizer_reset(mt_optimizer *optimizer);
 
 /* One update of params[count] with grads[count] (both backend memory) at rate `lr` by the
- * backend's optimizer_update op, then iterations += 1. count must equal the count given to
- * init. */
+ * backend's optimizer_update op, then iterations += 1: mt_optimizer_set_rate, the update of the
+ * whole range, mt_optimizer_step_done. count must equal the count given to init. */
 mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float *grads,
                             size_t count, float lr);
 
-/* The same step in pieces, for updating each gradient bucket as soon as its all-reduce is done:
- * mt_optimizer_update_range for elements [offset, offset+count) of the buffers (params and grads
- * point at element 0; the state's slots are offset alike), each element exactly once per step,
- * in any order, then mt_optimizer_step_done (iterations += 1). Elements are independent, so the
- * result is mt_optimizer_step's bit for bit. */
+/* The same step in pieces: mt_optimizer_set_rate first (the rate `lr` at the current iteration
+ * count, and Adam's step size from both, written to backend memory with the backend's
+ * scalars_write: no wait), then, for updating each gradient bucket as soon as its all-reduce is
+ * done, mt_optimizer_update_range for elements [offset, offset+count) of the buffers (params and
+ * grads point at element 0; the state's slots are offset alike), each element exactly once per
+ * step, in any order, then mt_optimizer_step_done (iterations += 1). Elements are independent,
+ * so the result is mt_optimizer_step's bit for bit. update_range's call does not depend on the
+ * step: a captured step replays it, reading each step's rate. */
+mt_status mt_optimizer_set_rate(mt_optimizer *optimizer, float lr);
 mt_status mt_optimizer_update_range(mt_optimizer *optimizer, float *params, const float *grads,
-                                    size_t offset, size_t count, float lr);
+                                    size_t offset, size_t count);
 void mt_optimizer_step_done(mt_optimizer *optimizer);
 
 /* ---- checkpoints ------------------------------------------------------------------------------

@@ -36,6 +36,10 @@ typedef struct mt_train_options {
     /* a resume may change options that change the training (seed, learning rate, ...): without
      * this, such a change is an error naming the options */
     bool allow_changes;
+    /* NULL, or (tests) a function that wraps the backend mt_train creates from train.backend, to
+     * watch or record its op calls: it takes `inner` over (destroying *out destroys inner too),
+     * also when it fails. */
+    mt_status (*wrap_backend)(mt_backend *inner, mt_backend **out);
 } mt_train_options;
 
 typedef struct mt_train_result {

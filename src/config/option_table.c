@@ -420,6 +420,16 @@ const mt_config_option config_options[] = {
              "layers' "
              "gradients are final, top of the network first (0: one all-reduce after backward)."},
     {.section = "train",
+     .key = "cuda_graphs",
+     .type = MT_CONFIG_BOOL,
+     FIELD(train.cuda_graphs),
+     .default_text = "true",
+     .help = "backend cuda: capture the training step (forward, backward, optimizer) as a CUDA "
+             "graph once per batch shape, after an eager warm-up step, and replay it: one launch "
+             "per step instead of hundreds. Same results as false (the eager steps), which is "
+             "for debugging. Several ranks run eager for now (their all-reduce waits on the "
+             "host). No effect on the CPU backends."},
+    {.section = "train",
      .key = "cache_features",
      .type = MT_CONFIG_ENUM,
      FIELD(train.cache_features),

@@ -117,7 +117,6 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
     m->backend = backend;
     m->ops = backend->ops;
     m->walk_at = MT_MODEL_LAYERS;
-    m->loss_scale = 1.0f;
     mt_status status = mt_model_layout_create(config, &m->layout);
     if (status != MT_OK) {
         free(m);
@@ -148,7 +147,8 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
         (status = alloc_buffer(m, features, (void **)&m->mask)) ||
         (status = alloc_buffer(m, logits * sizeof(float), (void **)&m->logits)) ||
         (status = alloc_buffer(m, logits * sizeof(float), (void **)&m->dlogits)) ||
-        (status = alloc_buffer(m, (size_t)batch * sizeof(int32_t), (void **)&m->labels))) {
+        (status = alloc_buffer(m, (size_t)batch * sizeof(int32_t), (void **)&m->labels)) ||
+        (status = alloc_buffer(m, sizeof *m->step_values, (void **)&m->step_values))) {
         mt_model_destroy(m);
         return mt_error_context(status, "allocating the model's buffers");
     }
@@ -171,7 +171,7 @@ void mt_model_destroy(mt_model *m) {
     free_activations(m);
     void *buffers[] = {m->params, m->grads,   m->frozen,  m->state,    m->bn_saved,
                        m->pooled, m->dropped, m->dpooled, m->ddropped, m->mask,
-                       m->logits, m->dlogits, m->labels};
+                       m->logits, m->dlogits, m->labels, m->step_values};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++)
         free_buffer(m, buffers[i]);
     free(m->host_logits);

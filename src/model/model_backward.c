@@ -218,8 +218,9 @@ static mt_status backward_layer(mt_model *m, int i, int n) {
     }
 }
 
-void mt_model_set_loss_scale(mt_model *m, float scale) {
-    m->loss_scale = scale;
+mt_status mt_model_set_loss_scale(mt_model *m, float scale) {
+    m->loss_scaled = true;
+    return m->ops->scalars_write(m->backend, &m->step_values->loss_scale, &scale, sizeof scale);
 }
 
 mt_status mt_model_backward(mt_model *m) {
@@ -244,9 +245,9 @@ mt_status mt_model_backward(mt_model *m) {
         m->layer_state[i].grad_of = -1;
     return_borrowed(m);
 
-    if (m->loss_scale != 1.0f)
-        MT_TRY(ops->buffer_scale(be, m->dlogits, (size_t)n * layout->logit_count, m->loss_scale,
-                                 NULL));
+    if (m->loss_scaled)
+        MT_TRY(ops->buffer_scale(be, m->dlogits, (size_t)n * layout->logit_count,
+                                 &m->step_values->loss_scale, NULL));
     mt_dense_desc desc = {.batch = n, .in_features = features, .out_features = layout->logit_count};
     const float *x = m->dropout_applied ? m->dropped : m->pooled;
     const mt_param_tensor *kernel = layer_tensor(m, dense, 0), *bias = layer_tensor(m, dense, 1);

@@ -30,19 +30,22 @@ static mt_status conv_group_forward(mt_model *m, int i, int n, bool training, in
     return MT_OK;
 }
 
-/* images: host float (Keras' preprocess_input already applied); or, with staged_slot >= 0, the
- * batch in that staging slot (ops.h input_convert: its pixels scaled and flipped, its labels
- * into m->labels, on the device) */
-static mt_status backbone_forward(mt_model *m, const float *images, int staged_slot, int n,
-                                  bool training) {
-    const mt_ops *ops = m->ops;
-    mt_backend *be = m->backend;
+/* The network's input: images, host float (Keras' preprocess_input already applied); or, with
+ * staged_slot >= 0, the batch in that staging slot (ops.h input_convert: its pixels scaled and
+ * flipped, its labels into m->labels, on the device) */
+static mt_status load_input(mt_model *m, const float *images, int staged_slot, int n) {
     m->outputs_intact = false;
     MT_TRY(mt_model_activations_ensure(m, n));
     if (staged_slot >= 0)
-        MT_TRY(ops->input_convert(be, staged_slot, act(m, 0), m->labels));
-    else
-        MT_TRY(ops->tensor_from_nhwc(be, images, act(m, 0)));
+        return m->ops->input_convert(m->backend, staged_slot, act(m, 0), m->labels);
+    return m->ops->tensor_from_nhwc(m->backend, images, act(m, 0));
+}
+
+/* The backbone on the loaded input (load_input) */
+static mt_status backbone_forward(mt_model *m, int n, bool training) {
+    const mt_ops *ops = m->ops;
+    mt_backend *be = m->backend;
+    m->outputs_intact = false;
     for (int i = 0; i < MT_MODEL_LAYERS; i++)
         m->layer_state[i].fused_training = false;
     for (int i = 1; i < MT_MODEL_BACKBONE_LAYERS; i++) {
@@ -129,8 +132,8 @@ mt_status mt_model_check_labels(const mt_model *m, const int32_t *labels, int n,
  * labels_staged: m->labels holds the batch's labels already (input_convert put them there);
  * labels is NULL then. */
 static mt_status head_forward(mt_model *m, const int32_t *labels, bool labels_staged, int n,
-                              bool training, uint64_t dropout_seed, float *logits_host,
-                              mt_step_result *out, uint64_t step, double *accum) {
+                              bool training, float *logits_host, mt_step_result *out,
+                              double *accum) {
     const mt_ops *ops = m->ops;
     mt_backend *be = m->backend;
     const mt_model_layout *layout = m->layout;
@@ -139,8 +142,8 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, bool labels_st
     const float *x = m->pooled;
     m->dropout_applied = training && rate > 0.0f;
     if (m->dropout_applied) {
-        MT_TRY(ops->dropout_forward(be, (size_t)n * features, rate, dropout_seed, m->pooled,
-                                    m->dropped, m->mask));
+        MT_TRY(ops->dropout_forward(be, (size_t)n * features, rate, &m->step_values->dropout_seed,
+                                    m->pooled, m->dropped, m->mask));
         x = m->dropped;
     }
     const int dense = MT_MODEL_LAYERS - 1;
@@ -165,7 +168,8 @@ static mt_status head_forward(mt_model *m, const int32_t *labels, bool labels_st
     if (labels || labels_staged) {
         mt_loss_desc loss = {.batch = n, .classes = outs};
         if (accum)
-            MT_TRY(ops->loss_accumulate(be, &loss, m->logits, m->labels, m->dlogits, step, accum,
+            MT_TRY(ops->loss_accumulate(be, &loss, m->logits, m->labels, m->dlogits,
+                                        &m->step_values->step, accum,
                                         m->grads + layout->trainable_count));
         else
             MT_TRY(ops->loss_forward_backward(be, &loss, m->logits, m->labels, &result.loss,
@@ -181,9 +185,11 @@ mt_status mt_model_forward(mt_model *m, const float *images, const int32_t *labe
                            bool training, uint64_t dropout_seed, float *logits_host,
                            mt_step_result *out) {
     m->ready_for_backward = false;
-    MT_TRY(backbone_forward(m, images, -1, n, training));
+    MT_TRY(mt_model_set_step(m, dropout_seed, 0));
+    MT_TRY(load_input(m, images, -1, n));
+    MT_TRY(backbone_forward(m, n, training));
     m->head_only = false;
-    return head_forward(m, labels, false, n, training, dropout_seed, logits_host, out, 0, NULL);
+    return head_forward(m, labels, false, n, training, logits_host, out, NULL);
 }
 
 /* Cached pooled features (n rows) become the head's input: the backbone is skipped. */
@@ -203,29 +209,53 @@ mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_
                                 bool training, uint64_t dropout_seed, float *logits_host,
                                 mt_step_result *out) {
     m->ready_for_backward = false;
+    MT_TRY(mt_model_set_step(m, dropout_seed, 0));
     MT_TRY(head_input_upload(m, features, n));
-    return head_forward(m, labels, false, n, training, dropout_seed, logits_host, out, 0, NULL);
+    return head_forward(m, labels, false, n, training, logits_host, out, NULL);
 }
 
-mt_status mt_model_forward_accumulate(mt_model *m, const mt_model_input *in, uint64_t dropout_seed,
-                                      uint64_t step, double *accum, mt_step_result *out) {
+mt_status mt_model_set_step(mt_model *m, uint64_t dropout_seed, uint64_t step) {
+    const uint64_t values[2] = {dropout_seed, step}; /* the struct's first two fields */
+    return m->ops->scalars_write(m->backend, m->step_values, values, sizeof values);
+}
+
+mt_status mt_model_prepare_input(mt_model *m, const mt_model_input *in) {
     m->ready_for_backward = false;
     const int given = (in->images != NULL) + (in->features != NULL) + in->staged;
-    if (!accum || given != 1 || (!in->staged && !in->labels))
+    if (given != 1 || (!in->staged && !in->labels))
         return MT_FAIL(MT_ERR_INVALID,
-                       "mt_model_forward_accumulate needs an accumulator and one input: images "
-                       "or features (each with labels), or a staged batch");
+                       "mt_model_prepare_input needs one input: images or features (each with "
+                       "labels), or a staged batch");
     if (in->staged && in->slot != 0 && in->slot != 1)
         return MT_FAIL(MT_ERR_INVALID, "a staged batch in slot %d: the staging slots are 0 and 1",
                        in->slot);
+    m->prepared_valid = 0;
+    if (!in->staged) {
+        if (in->n < 1 || in->n > m->layout->config.batch_size)
+            return MT_FAIL(MT_ERR_INVALID, "batch of %d rows: the model was created for 1 to %d",
+                           in->n, m->layout->config.batch_size);
+        MT_TRY(mt_model_check_labels(m, in->labels, in->n, &m->prepared_valid));
+        MT_TRY(m->ops->upload(m->backend, m->labels, in->labels, (size_t)in->n * sizeof(int32_t)));
+    }
     if (in->features) {
         MT_TRY(head_input_upload(m, in->features, in->n));
     } else {
-        MT_TRY(backbone_forward(m, in->images, in->staged ? in->slot : -1, in->n, true));
+        MT_TRY(load_input(m, in->images, in->staged ? in->slot : -1, in->n));
         m->head_only = false;
     }
-    const int32_t *labels = in->staged ? NULL : in->labels;
-    return head_forward(m, labels, in->staged, in->n, true, dropout_seed, NULL, out, step, accum);
+    return MT_OK;
+}
+
+mt_status mt_model_forward_accumulate(mt_model *m, const mt_model_input *in, double *accum,
+                                      mt_step_result *out) {
+    if (!accum)
+        return MT_FAIL(MT_ERR_INVALID, "mt_model_forward_accumulate needs an accumulator");
+    if (!in->prepared) MT_TRY(mt_model_prepare_input(m, in));
+    m->ready_for_backward = false;
+    if (!m->head_only) MT_TRY(backbone_forward(m, in->n, true));
+    MT_TRY(head_forward(m, NULL, true, in->n, true, NULL, out, accum));
+    if (out) out->valid = m->prepared_valid;
+    return MT_OK;
 }
 
 mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {
@@ -252,7 +282,8 @@ mt_status mt_model_layer_output(mt_model *m, int layer, float *host) {
 
 mt_status mt_model_features(mt_model *m, const float *images, int n, float *features) {
     m->ready_for_backward = false;
-    MT_TRY(backbone_forward(m, images, -1, n, false));
+    MT_TRY(load_input(m, images, -1, n));
+    MT_TRY(backbone_forward(m, n, false));
     return m->ops->download(m->backend, features, m->pooled,
                             (size_t)n * m->layout->feature_channels * sizeof(float));
 }

@@ -41,6 +41,14 @@ typedef struct mt_layer_state {
     int grad_of; /* the gradient slot holding the gradient at this output; -1: none yet */
 } mt_layer_state;
 
+/* The per-step values in backend memory, written by scalars_write before the step:
+ * mt_model_set_step (seed, step) and mt_model_set_loss_scale. */
+typedef struct model_step_values {
+    uint64_t dropout_seed; /* dropout_forward's seed */
+    uint64_t step;         /* loss_accumulate's step number */
+    float loss_scale;      /* backward's factor on dlogits (fp16) */
+} model_step_values;
+
 struct mt_model {
     mt_backend *backend;
     const mt_ops *ops;
@@ -58,8 +66,11 @@ struct mt_model {
     mt_model_plan plan;
     mt_layer_state layer_state[MT_MODEL_LAYERS];
 
-    float loss_scale; /* mt_model_set_loss_scale (1: none) */
-    int n;            /* batch the activations are sized for (0: none yet) */
+    /* the per-step values the step's ops read (ops.h "Per-step values"), backend memory */
+    model_step_values *step_values;
+    bool loss_scaled;   /* mt_model_set_loss_scale was called: backward scales dlogits */
+    int prepared_valid; /* mt_model_prepare_input: the batch's rows with a label */
+    int n;              /* batch the activations are sized for (0: none yet) */
     grad_slot slots[GRAD_SLOTS_MAX];
     int slot_count;
     int walk_at; /* backward: the layer being processed (outputs >= it are dead) */

@@ -43,6 +43,21 @@ static inline void mt_host_buffer_scale(float *x, size_t count, float factor, fl
     if (flag && !finite) *flag = 1.0f;
 }
 
+/* scalars_write on host memory (ops.h) */
+static inline mt_status mt_host_scalars_write(void *dst, const void *host_src, size_t bytes) {
+    if (bytes > MT_SCALARS_MAX_BYTES)
+        return MT_FAIL(MT_ERR_INVALID, "scalars_write of %zu bytes: at most %d", bytes,
+                       (int)MT_SCALARS_MAX_BYTES);
+    if (bytes) memcpy(dst, host_src, bytes);
+    return MT_OK;
+}
+
+/* readback_wait on host memory: the copy was made at readback_start */
+static inline mt_status mt_host_readback_wait(mt_backend *backend) {
+    (void)backend;
+    return MT_OK;
+}
+
 /* buffer_copy_if on host memory */
 static inline void mt_host_buffer_copy_if(void *dst, const void *src, size_t bytes,
                                           const float *flag, double *count) {

@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "mobiletune/ops.h"
 #include "mobiletune/status.h"
@@ -18,14 +19,16 @@
 #define MT_UPDATE_FN static inline
 #endif
 
-/* Adam's step size for this step, on float32 scalars as Keras computes it:
- *   t = iterations + 1;  alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t).
- * Computed once on the host per step (not per element). Other rules: lr. */
-static inline float mt_update_step_size(const mt_optimizer_desc *d) {
-    if (d->rule != MT_UPDATE_ADAM) return d->lr;
-    float t = (float)(d->iterations + 1);
-    float b1_power = powf(d->beta_1, t), b2_power = powf(d->beta_2, t);
-    return d->lr * sqrtf(1.0f - b2_power) / (1.0f - b1_power);
+/* Adam's step size for a step at rate lr after `iterations` steps, on float32 scalars as Keras
+ * computes it:  t = iterations + 1;  alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t).
+ * Computed once on the host per step (not per element: mt_update_scalars.step). Other rules:
+ * lr. */
+static inline float mt_update_step_size(mt_update_rule rule, float beta_1, float beta_2, float lr,
+                                        uint64_t iterations) {
+    if (rule != MT_UPDATE_ADAM) return lr;
+    float t = (float)(iterations + 1);
+    float b1_power = powf(beta_1, t), b2_power = powf(beta_2, t);
+    return lr * sqrtf(1.0f - b2_power) / (1.0f - b1_power);
 }
 
 /* How many slots of `count` floats the rule keeps (see mt_optimizer_desc). */
@@ -61,10 +64,9 @@ static inline mt_status mt_update_check(const char *backend_name, const mt_optim
     if (d->rule != MT_UPDATE_RMSPROP && d->rule != MT_UPDATE_SGD && d->rule != MT_UPDATE_ADAM)
         return MT_FAIL(MT_ERR_INVALID, "%s optimizer_update: unknown rule %d", backend_name,
                        (int)d->rule);
-    if (!(d->lr >= 0.0f) || !isfinite(d->lr))
-        return MT_FAIL(MT_ERR_INVALID,
-                       "%s optimizer_update: learning rate %g must be finite and >= 0",
-                       backend_name, (double)d->lr);
+    if (!d->scalars)
+        return MT_FAIL(MT_ERR_INVALID, "%s optimizer_update: the step's scalars are NULL",
+                       backend_name);
     if (d->count && (!params || !grads || (mt_update_slot_count(d) > 0 && !slots)))
         return MT_FAIL(MT_ERR_INVALID, "%s optimizer_update: %s is NULL", backend_name,
                        !params ? "params" : !grads ? "grads" : "slots");
@@ -73,11 +75,12 @@ static inline mt_status mt_update_check(const char *backend_name, const mt_optim
 #endif
 
 /* Element i: p[i], and the slots s0[i], s1[i] as the rule keeps them (s0/s1 point at slot 0/1:
- * NULL when the rule has no such slot). `step` is mt_update_step_size(d). Keras applies the
- * decoupled weight decay first, with the step's lr. */
-MT_UPDATE_FN void mt_update_element(const mt_optimizer_desc *d, float step, size_t i, float *p,
-                                    const float *g, float *s0, float *s1) {
-    const float lr = d->lr, gi = g[i];
+ * NULL when the rule has no such slot). `v` is *d->scalars, read once by the caller (the host,
+ * or a kernel from device memory). Keras applies the decoupled weight decay first, with the
+ * step's lr. */
+MT_UPDATE_FN void mt_update_element(const mt_optimizer_desc *d, mt_update_scalars v, size_t i,
+                                    float *p, const float *g, float *s0, float *s1) {
+    const float lr = v.lr, step = v.step, gi = g[i];
     float pi = p[i];
     if (d->weight_decay > 0.0f) pi = pi - pi * d->weight_decay * lr;
     switch (d->rule) {

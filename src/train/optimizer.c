@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "mobiletune/checkpoint.h"
+#include "ops/optimizer_update.h"
 
 _Static_assert((int)MT_OPTIMIZER_RMSPROP == (int)MT_UPDATE_RMSPROP &&
                    (int)MT_OPTIMIZER_SGD == (int)MT_UPDATE_SGD &&
@@ -94,10 +95,16 @@ mt_status mt_optimizer_init(mt_optimizer *optimizer, mt_backend *backend,
         optimizer->slot_names[1] = "velocity";
         break;
     }
+    mt_status status = backend->ops->buffer_alloc(backend, sizeof *optimizer->scalars,
+                                                  (void **)&optimizer->scalars);
+    if (status != MT_OK) {
+        optimizer->scalars = NULL;
+        return mt_error_context(status, "optimizer rate");
+    }
     size_t total = (size_t)optimizer->slot_count * count;
     if (total > 0) {
-        mt_status status = backend->ops->buffer_alloc(backend, total * sizeof(float),
-                                                      (void **)&optimizer->state);
+        status = backend->ops->buffer_alloc(backend, total * sizeof(float),
+                                            (void **)&optimizer->state);
         if (status != MT_OK) {
             optimizer->state = NULL;
             return mt_error_context(status, "optimizer state: %zu floats", total);
@@ -108,6 +115,8 @@ mt_status mt_optimizer_init(mt_optimizer *optimizer, mt_backend *backend,
 
 void mt_optimizer_free(mt_optimizer *optimizer) {
     if (optimizer->state) optimizer->backend->ops->buffer_free(optimizer->backend, optimizer->state);
+    if (optimizer->scalars)
+        optimizer->backend->ops->buffer_free(optimizer->backend, optimizer->scalars);
     memset(optimizer, 0, sizeof *optimizer);
 }
 
@@ -144,21 +153,31 @@ mt_status mt_optimizer_reset(mt_optimizer *optimizer) {
     return MT_OK;
 }
 
-mt_status mt_optimizer_update_range(mt_optimizer *optimizer, float *params, const float *grads,
-                                    size_t offset, size_t count, float lr) {
-    if (offset > optimizer->count || count > optimizer->count - offset)
-        return MT_FAIL(MT_ERR_INVALID,
-                       "optimizer update of parameters [%zu, %zu), but the optimizer was set up "
-                       "for %zu", offset, offset + count, optimizer->count);
+mt_status mt_optimizer_set_rate(mt_optimizer *optimizer, float lr) {
     if (!isfinite(lr) || lr < 0.0f)
         return MT_FAIL(MT_ERR_INVALID, "optimizer step: learning rate %g must be finite and >= 0",
                        (double)lr);
     const mt_optimizer_params *hp = &optimizer->params;
+    const mt_update_scalars values = {
+        .lr = lr,
+        .step = mt_update_step_size((mt_update_rule)hp->kind, hp->beta_1, hp->beta_2, lr,
+                                    optimizer->iterations),
+    };
+    mt_backend *backend = optimizer->backend;
+    return backend->ops->scalars_write(backend, optimizer->scalars, &values, sizeof values);
+}
+
+mt_status mt_optimizer_update_range(mt_optimizer *optimizer, float *params, const float *grads,
+                                    size_t offset, size_t count) {
+    if (offset > optimizer->count || count > optimizer->count - offset)
+        return MT_FAIL(MT_ERR_INVALID,
+                       "optimizer update of parameters [%zu, %zu), but the optimizer was set up "
+                       "for %zu", offset, offset + count, optimizer->count);
+    const mt_optimizer_params *hp = &optimizer->params;
     mt_optimizer_desc desc = {
         .rule = (mt_update_rule)hp->kind,
         .count = count,
-        .lr = lr,
-        .iterations = optimizer->iterations,
+        .scalars = optimizer->scalars,
         .rho = hp->rho,
         .momentum = hp->momentum,
         .epsilon = hp->epsilon,
@@ -184,7 +203,8 @@ mt_status mt_optimizer_step(mt_optimizer *optimizer, float *params, const float 
         return MT_FAIL(MT_ERR_INVALID,
                        "optimizer step on %zu parameters, but the optimizer was set up for %zu",
                        count, optimizer->count);
-    MT_TRY(mt_optimizer_update_range(optimizer, params, grads, 0, count, lr));
+    MT_TRY(mt_optimizer_set_rate(optimizer, lr));
+    MT_TRY(mt_optimizer_update_range(optimizer, params, grads, 0, count));
     mt_optimizer_step_done(optimizer);
     return MT_OK;
 }

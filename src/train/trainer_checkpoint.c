@@ -179,7 +179,7 @@ static bool resume_may_change(const mt_config_option *o) {
     static const char *const free_keys[] = {
         "data.train", "data.val", "data.test", "data.prefetch", "data.loader_threads",
         "model.weights", "model.init_checkpoint", "train.epochs", "train.eval_every",
-        "train.threads", "train.backend", "train.comm", "train.bucket_mb"};
+        "train.threads", "train.backend", "train.comm", "train.bucket_mb", "train.cuda_graphs"};
     char name[96];
     snprintf(name, sizeof name, "%s.%s", o->section, o->key);
     if (strcmp(o->section, "output") == 0) return true;

@@ -44,59 +44,60 @@ enum { AGREE_EVERY = 16 };
 /* fp16's update (Keras' LossScaleOptimizer): every bucket's all-reduce first (the gradients are
  * the mean over the ranks of scale x the gradient: the same scale on every rank, a power of two,
  * so dividing after the mean is dividing before it, exactly), then the gradients divided by the
- * scale, any non-finite one setting the skip flag that the optimizer reads (and with it every
- * rank, since each divides the same all-reduced values), then one optimizer step over the whole
- * buffer. Bucket-by-bucket updates cannot be had here: a late bucket's overflow must stop the
- * early buckets' updates too. The host then reads the flag (one float, the one wait per step in
- * fp16) and moves the scale on (loss_scale.h); a skipped update is no optimizer iteration. */
+ * scale (1/scale read from backend memory, t->unscale), any non-finite one setting the skip flag
+ * that the optimizer reads (and with it every rank, since each divides the same all-reduced
+ * values), then one optimizer update over the whole buffer. Bucket-by-bucket updates cannot be
+ * had here: a late bucket's overflow must stop the early buckets' updates too. The flag goes
+ * back to the host without a wait (readback_start after the step); the next step's top reads it
+ * (settle_loss_scale) and moves the scale on (loss_scale.h); a skipped update is no optimizer
+ * iteration. */
 _Static_assert((int)MT_PRECISION_FP32 == (int)MT_COMPUTE_FP32 &&
                    (int)MT_PRECISION_TF32 == (int)MT_COMPUTE_TF32 &&
                    (int)MT_PRECISION_BF16 == (int)MT_COMPUTE_BF16 &&
                    (int)MT_PRECISION_FP16 == (int)MT_COMPUTE_FP16,
                "train.precision's values are mt_compute_precision's");
 
-static mt_status update_step_scaled(trainer *t, float lr, epoch_totals *totals) {
+static mt_status update_step_scaled(trainer *t) {
     const mt_ops *ops = t->backend->ops;
     float *skip_flag = t->grads + t->trainable_count; /* mt_model_trainable */
-    if (t->grad_sync) {
-        size_t offset, count;
-        mt_status status;
-        while ((status = mt_grad_sync_wait_bucket(t->grad_sync, &offset, &count)) == MT_OK) {
-        }
-        if (status != MT_END) return status;
-    }
-    MT_TRY(ops->buffer_scale(t->backend, t->grads, t->trainable_count,
-                             1.0f / t->loss_scale.scale, skip_flag));
-    MT_TRY(mt_optimizer_step(&t->optimizer, t->params, t->grads, t->trainable_count, lr));
-    float flag = 0.0f;
-    MT_TRY(ops->download(t->backend, &flag, skip_flag, sizeof flag));
-    float divisor = 0.0f;
-    if (!mt_loss_scale_update(&t->loss_scale, flag == 0.0f, &divisor)) {
-        t->optimizer.iterations -= t->optimizer.iterations > 0;
-        totals->skipped++;
-    }
-    return MT_OK;
+    if (t->grad_sync) MT_TRY(mt_grad_sync_wait_all(t->grad_sync));
+    MT_TRY(ops->buffer_scale(t->backend, t->grads, t->trainable_count, t->unscale, skip_flag));
+    return mt_optimizer_update_range(&t->optimizer, t->params, t->grads, 0, t->trainable_count);
 }
 
-/* The optimizer's step at this step's rate: over the whole buffer on one rank; else bucket by
- * bucket, each as soon as its all-reduce is done (top of the network first), while the later
- * buckets are still in flight. */
-static mt_status update_step(trainer *t, epoch_totals *totals) {
-    const float lr = (float)mt_lr_schedule_at(&t->schedule, t->optimizer.iterations);
-    if (t->loss_scaling) return update_step_scaled(t, lr, totals);
+/* The optimizer's update at the rate set before the step (mt_optimizer_set_rate): over the
+ * whole buffer on one rank; else bucket by bucket, each as soon as its all-reduce is done (top
+ * of the network first), while the later buckets are still in flight. The iteration count moves
+ * on after the step (step_finish): a replayed step runs no host code. */
+static mt_status update_step(trainer *t) {
+    if (t->loss_scaling) return update_step_scaled(t);
     if (!t->grad_sync)
-        return mt_optimizer_step(&t->optimizer, t->params, t->grads, t->trainable_count, lr);
+        return mt_optimizer_update_range(&t->optimizer, t->params, t->grads, 0,
+                                         t->trainable_count);
     size_t offset, count;
     mt_status status;
     while ((status = mt_grad_sync_wait_bucket(t->grad_sync, &offset, &count)) == MT_OK) {
         /* the top bucket carries the skip flag after the gradients: not a parameter */
         if (offset + count > t->trainable_count) count = t->trainable_count - offset;
         if (count)
-            MT_TRY(
-                mt_optimizer_update_range(&t->optimizer, t->params, t->grads, offset, count, lr));
+            MT_TRY(mt_optimizer_update_range(&t->optimizer, t->params, t->grads, offset, count));
     }
-    if (status != MT_END) return status;
-    mt_optimizer_step_done(&t->optimizer);
+    return status == MT_END ? MT_OK : status;
+}
+
+/* fp16: the previous step's skip flag, copied back after that step without a wait
+ * (readback_start), moves the loss scale on before this step reads it: the wait is for the
+ * previous step's end, after this step's batch upload was enqueued, so the copy still overlaps
+ * the compute. Also at the end of an epoch's steps, before its totals are reported. */
+static mt_status settle_loss_scale(trainer *t, epoch_totals *totals) {
+    if (!t->skip_pending) return MT_OK;
+    t->skip_pending = false;
+    MT_TRY(t->backend->ops->readback_wait(t->backend));
+    float divisor = 0.0f;
+    if (!mt_loss_scale_update(&t->loss_scale, *t->skip_host == 0.0f, &divisor)) {
+        t->optimizer.iterations -= t->optimizer.iterations > 0;
+        totals->skipped++;
+    }
     return MT_OK;
 }
 
@@ -173,7 +174,7 @@ static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) 
     /* the steps skipped (on every rank: the BN statistics restored with buffer_copy_if, which
      * counted them) took no optimizer step: Keras' iterations count only the updates */
     const uint64_t skipped = (uint64_t)accum[MT_ACCUM_COPIED];
-    if (!t->loss_scaling) { /* fp16 counted them step by step (update_step_scaled) */
+    if (!t->loss_scaling) { /* fp16 counted them step by step (settle_loss_scale) */
         totals->skipped += (int64_t)skipped;
         t->optimizer.iterations -= skipped <= t->optimizer.iterations ? skipped : 0;
     }
@@ -185,6 +186,66 @@ static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) 
     return MT_OK;
 }
 
+/* The step's device work, from the BN statistics' backup to the optimizer's update: op calls
+ * on backend memory and the per-step values only, the same calls every step of a batch shape,
+ * so that trainer_graph.c may capture them once and replay them. fault_nan: MT_FAULT_STEP's
+ * injected non-finite loss (host copies in the middle: such a step runs eager). */
+typedef struct step_body_args {
+    bool fault_nan;
+    uint64_t step;
+} step_body_args;
+
+static mt_status step_body(trainer *t, const void *user) {
+    const step_body_args *args = user;
+    const mt_ops *ops = t->backend->ops;
+    /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore, in
+     * backend memory (a device-side copy, no trip through the host). */
+    float *state = NULL;
+    size_t state_count = 0;
+    mt_model_state(t->model, &state, &state_count);
+    if (t->state_backup)
+        MT_TRY(ops->buffer_copy(t->backend, t->state_backup, state, state_count * sizeof *state));
+    /* the accumulator before the step: an injected NaN loss puts it back as loss_accumulate
+     * leaves it after a non-finite loss (a NaN pixel would not do: ReLU6 swallows NaN) */
+    double before_fault[MT_ACCUM_COUNT];
+    if (args->fault_nan)
+        MT_TRY(ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
+    /* The loss, the accuracy and the skip flag stay in backend memory: nothing here waits. */
+    const mt_model_input prepared = {.prepared = true, .n = t->step_rows};
+    mt_step_result result;
+    mt_status status = mt_model_forward_accumulate(t->model, &prepared, t->accum, &result);
+    float *skip_flag = t->grads + t->trainable_count; /* mt_model_trainable */
+    if (status == MT_OK && args->fault_nan) {
+        if (before_fault[MT_ACCUM_SKIPPED] == 0.0)
+            before_fault[MT_ACCUM_FIRST_SKIP] = (double)args->step;
+        before_fault[MT_ACCUM_SKIPPED] += 1.0;
+        const float one = 1.0f;
+        status = ops->upload(t->backend, t->accum, before_fault, sizeof before_fault);
+        if (status == MT_OK) status = ops->upload(t->backend, skip_flag, &one, sizeof one);
+    }
+    /* The gradient all-reduce runs in buckets from inside backward (the model's hook), the skip
+     * flag first (it rides the top bucket: a nonzero mean means some rank must skip, and so
+     * every rank does); after it, the optimizer updates each bucket as soon as that bucket's
+     * mean is in place (update_step), or, with the flag set, leaves it (the backend reads the
+     * flag). */
+    if (t->grad_sync) {
+        mt_grad_sync_begin(t->grad_sync);
+        if (status == MT_OK) status = mt_grad_sync_ready(t->grad_sync, t->trainable_count, 1);
+    }
+    if (status == MT_OK) status = mt_model_backward(t->model);
+    if (status == MT_OK && t->grad_sync) status = mt_grad_sync_end_backward(t->grad_sync);
+    if (status == MT_OK) status = update_step(t);
+    /* a skipped step's BN statistics come back from the copy, on the same word */
+    if (status == MT_OK && t->state_backup)
+        status =
+            ops->buffer_copy_if(t->backend, state, t->state_backup, state_count * sizeof *state,
+                                skip_flag, t->accum + MT_ACCUM_COPIED);
+    return status;
+}
+
+/* One training step: the host's part (the previous step's fp16 flag, this step's per-step
+ * values and input), the device work (step_body: eager, or replayed by trainer_graph.c), then
+ * the host's bookkeeping (the iteration count, fp16's flag read back without a wait). */
 static mt_status train_step(trainer *t, const mt_model_input *input, epoch_totals *totals) {
     const mt_train_config *c = t->config;
     const uint64_t step = t->global_step;
@@ -195,57 +256,37 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
                        (unsigned long long)step);
     if (fault == FAULT_CRASH) raise(SIGKILL);
     if (fault == FAULT_SIGNAL) raise(SIGUSR1);
+    MT_TRY(settle_loss_scale(t, totals));
 
-    /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore, in
-     * backend memory (a device-side copy, no trip through the host). */
-    float *state = NULL;
-    size_t state_count = 0;
-    mt_model_state(t->model, &state, &state_count);
-    if (t->state_backup)
-        MT_TRY(ops->buffer_copy(t->backend, t->state_backup, state, state_count * sizeof *state));
-
-    /* independent dropout streams per (seed, step, rank) from one seed */
+    /* the per-step values, in backend memory where the step's ops read them (ops.h): the
+     * dropout streams, independent per (seed, step, rank) from one seed; the step number; the
+     * rate at this iteration; fp16's scale and its inverse */
     uint64_t dropout_seed =
         mt_splitmix64_at(mt_splitmix64_at((uint64_t)c->train.seed ^ 0xD50Full) ^ step) ^
         (uint64_t)t->who.rank;
-    /* the accumulator before the step: an injected NaN loss puts it back as loss_accumulate
-     * leaves it after a non-finite loss (a NaN pixel would not do: ReLU6 swallows NaN) */
-    double before_fault[MT_ACCUM_COUNT];
-    if (fault == FAULT_NAN)
-        MT_TRY(ops->download(t->backend, before_fault, t->accum, sizeof before_fault));
-    if (t->loss_scaling) mt_model_set_loss_scale(t->model, t->loss_scale.scale);
-    /* The loss, the accuracy and the skip flag stay in backend memory: nothing here waits. */
-    mt_step_result result;
-    mt_status status =
-        mt_model_forward_accumulate(t->model, input, dropout_seed, step, t->accum, &result);
-    float *skip_flag = t->grads + t->trainable_count; /* mt_model_trainable */
-    if (status == MT_OK && fault == FAULT_NAN) {
-        if (before_fault[MT_ACCUM_SKIPPED] == 0.0) before_fault[MT_ACCUM_FIRST_SKIP] = (double)step;
-        before_fault[MT_ACCUM_SKIPPED] += 1.0;
-        const float one = 1.0f;
-        status = ops->upload(t->backend, t->accum, before_fault, sizeof before_fault);
-        if (status == MT_OK) status = ops->upload(t->backend, skip_flag, &one, sizeof one);
+    MT_TRY(mt_model_set_step(t->model, dropout_seed, step));
+    if (t->loss_scaling) {
+        const float inverse = 1.0f / t->loss_scale.scale;
+        MT_TRY(mt_model_set_loss_scale(t->model, t->loss_scale.scale));
+        MT_TRY(ops->scalars_write(t->backend, t->unscale, &inverse, sizeof inverse));
     }
-    /* The gradient all-reduce runs in buckets from inside backward (the model's hook), the skip
-     * flag first (it rides the top bucket: a nonzero mean means some rank must skip, and so
-     * every rank does); after it, the optimizer updates each bucket as soon as that bucket's
-     * mean is in place (update_step), or, with the flag set, leaves it (the backend reads the
-     * flag). The host time in the all-reduce, whatever backward did not hide, is the step's
-     * all-reduce share. */
+    const float lr = (float)mt_lr_schedule_at(&t->schedule, t->optimizer.iterations);
+    MT_TRY(mt_optimizer_set_rate(&t->optimizer, lr));
+    MT_TRY(mt_model_prepare_input(t->model, input));
+    t->step_rows = input->n;
+
+    /* The host time in the all-reduce, whatever backward did not hide, is the step's all-reduce
+     * share. */
     mt_grad_sync_stats before = {0};
-    if (t->grad_sync) {
-        before = mt_grad_sync_get_stats(t->grad_sync);
-        mt_grad_sync_begin(t->grad_sync);
-        if (status == MT_OK) status = mt_grad_sync_ready(t->grad_sync, t->trainable_count, 1);
+    if (t->grad_sync) before = mt_grad_sync_get_stats(t->grad_sync);
+    const step_body_args args = {.fault_nan = fault == FAULT_NAN, .step = step};
+    mt_status status = trainer_graph_step(&t->graph, t, input->n, args.fault_nan, step_body, &args);
+    if (status == MT_OK) mt_optimizer_step_done(&t->optimizer);
+    if (status == MT_OK && t->loss_scaling) {
+        status = ops->readback_start(t->backend, t->skip_host, t->grads + t->trainable_count,
+                                     sizeof *t->skip_host);
+        t->skip_pending = status == MT_OK;
     }
-    if (status == MT_OK) status = mt_model_backward(t->model);
-    if (status == MT_OK && t->grad_sync) status = mt_grad_sync_end_backward(t->grad_sync);
-    if (status == MT_OK) status = update_step(t, totals);
-    /* a skipped step's BN statistics come back from the copy, on the same word */
-    if (status == MT_OK && t->state_backup)
-        status =
-            ops->buffer_copy_if(t->backend, state, t->state_backup, state_count * sizeof *state,
-                                skip_flag, t->accum + MT_ACCUM_COPIED);
     if (t->grad_sync) {
         const mt_grad_sync_stats after = mt_grad_sync_get_stats(t->grad_sync);
         totals->allreduce_seconds += after.comm_seconds - before.comm_seconds;
@@ -417,6 +458,8 @@ mt_status trainer_run_epoch(trainer *t, bool progress, epoch_totals *totals, dou
     /* the loader needs every batch back before the next epoch starts */
     mt_status released = release_held(t, &held);
     if (status == MT_OK) status = released;
+    /* fp16: the last step's flag, before the epoch's totals and any checkpoint */
+    if (status == MT_OK) status = settle_loss_scale(t, totals);
     if (progress && trainer_is_root(t)) fprintf(stderr, "\r%*s\r", 110, "");
     /* the epoch's (or the stop's) last totals and word on non-finite steps, on every rank */
     bool stop_at_end = false;

@@ -1,5 +1,6 @@
 /* State shared by the training run's files (trainer.c and its parts: trainer_setup.c,
- * trainer_epoch.c, trainer_eval.c, trainer_cache.c, trainer_checkpoint.c, trainer_agree.c): one
+ * trainer_epoch.c, trainer_eval.c, trainer_cache.c, trainer_checkpoint.c, trainer_agree.c,
+ * trainer_graph.c): one
  * struct, so what a checkpoint holds is visibly what the loop uses, and the functions one part
  * calls in another. */
 #ifndef MT_TRAINER_INTERNAL_H
@@ -13,6 +14,7 @@
 #include "mobiletune/optimizer.h"
 #include "mobiletune/trainer.h"
 #include "ops/loss_scale.h"
+#include "train/trainer_graph.h"
 
 typedef struct trainer {
     const mt_train_config *config;
@@ -33,6 +35,12 @@ typedef struct trainer {
      * checkpoint, so a resume continues it) */
     bool loss_scaling;
     mt_loss_scale loss_scale;
+    float *unscale;   /* backend memory: 1 / the scale, buffer_scale's per-step factor */
+    float *skip_host; /* host_alloc: the last step's skip flag, read back without a wait */
+    bool skip_pending; /* that read back is in flight: settle it before the next step */
+    /* the step's batch rows (mt_model_prepare_input's), and the captured step (CUDA graphs) */
+    int step_rows;
+    trainer_graph graph;
     mt_lr_schedule schedule;
     mt_loader *train_loader;
     uint64_t train_records;

@@ -188,6 +188,11 @@ mt_status trainer_set_up(trainer *t, const mt_train_options *options) {
         .device = cuda ? mt_comm_gpu_for_rank(t->who.local_rank, mt_comm_visible_gpus()) : 0,
         .precision = (mt_compute_precision)c->train.precision};
     MT_TRY(mt_backend_create_kind(c->train.backend, &backend_options, &t->backend));
+    if (options->wrap_backend) {
+        mt_backend *inner = t->backend;
+        t->backend = NULL;
+        MT_TRY(options->wrap_backend(inner, &t->backend));
+    }
     /* How gradients travel (train.comm), once every rank has the same options; NCCL joins here */
     const double bucket_mb = c->train.bucket_mb;
     uint64_t agreement = mt_checksum64(&c->train.comm, sizeof c->train.comm, 0);
@@ -212,6 +217,12 @@ mt_status trainer_set_up(trainer *t, const mt_train_options *options) {
     t->optimizer.skip = t->grads + t->trainable_count; /* the skip flag (mt_model_trainable) */
     t->loss_scaling = c->train.precision == MT_PRECISION_FP16;
     mt_loss_scale_init(&t->loss_scale); /* a resumed checkpoint's state replaces it */
+    if (t->loss_scaling) {
+        MT_TRY(t->backend->ops->buffer_alloc(t->backend, sizeof *t->unscale,
+                                             (void **)&t->unscale));
+        MT_TRY(t->backend->ops->host_alloc(t->backend, sizeof *t->skip_host,
+                                           (void **)&t->skip_host));
+    }
     if (c->train.nan_policy == MT_NAN_POLICY_SKIP) {
         float *state;
         size_t state_count;
@@ -226,6 +237,10 @@ mt_status trainer_set_up(trainer *t, const mt_train_options *options) {
                                    (size_t)(c->train.bucket_mb * 1048576.0), &t->grad_sync));
         mt_model_set_grad_hook(t->model, mt_grad_sync_ready, t->grad_sync);
     }
+    const char *graphs_off = NULL;
+    trainer_graph_init(&t->graph, c->train.cuda_graphs, t->backend, t->grad_sync != NULL,
+                       &graphs_off);
+    if (graphs_off) trainer_say(t, "train.cuda_graphs: %s\n", graphs_off);
     /* Weights: a checkpoint to resume (everything), else the configured initial weights. Which
      * one is decided before open_outputs writes anything into the run folder. */
     snprintf(t->checkpoint_dir, sizeof t->checkpoint_dir, "%s", c->output.run_dir);
@@ -347,6 +362,9 @@ void trainer_tear_down(trainer *t) {
     mt_optimizer_free(&t->optimizer);
     if (t->state_backup) t->backend->ops->buffer_free(t->backend, t->state_backup);
     if (t->accum) t->backend->ops->buffer_free(t->backend, t->accum);
+    trainer_graph_free(&t->graph, t->backend);
+    if (t->unscale) t->backend->ops->buffer_free(t->backend, t->unscale);
+    if (t->skip_host) t->backend->ops->host_free(t->backend, t->skip_host);
     mt_grad_sync_destroy(t->grad_sync);
     mt_model_destroy(t->model);
     mt_backend_destroy(t->backend);

@@ -535,17 +535,33 @@ static void check_buffer_scale(void) {
     if (!y) abort();
     memcpy(y, x, COUNT * sizeof *y);
     float flags[2] = {0, 0};
-    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, 0.25f, &flags[1]));
+    const float factors[] = {0.25f, 2.0f, 1.0f}; /* device memory in the emulation */
+    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, &factors[0], &flags[1]));
     mt_host_buffer_scale(y, COUNT, 0.25f, &flags[0]);
     compare("buffer_scale x 1/4", x, y, COUNT, 0);
     CHECK_MSG(flags[0] == 0.0f && flags[1] == 0.0f, "buffer_scale: finite products set the flag");
     x[COUNT - 1] = y[COUNT - 1] = 3e38f;
-    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, 2.0f, &flags[1]));
+    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, &factors[1], &flags[1]));
     mt_host_buffer_scale(y, COUNT, 2.0f, &flags[0]);
     CHECK_MSG(flags[1] == 1.0f && flags[0] == 1.0f, "buffer_scale: an overflow left the flag %g",
               flags[1]);
-    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, 1.0f, NULL)); /* no flag */
+    KERNEL_OK(mt_cuda_launch_buffer_scale(NULL, x, COUNT, &factors[2], NULL)); /* no flag */
     free(x), free(y);
+}
+
+/* scalars_write: the bytes given by value land in device memory, those after them untouched */
+static void check_scalars_write(void) {
+    unsigned char got[MT_SCALARS_MAX_BYTES + 4];
+    memset(got, 0xAB, sizeof got);
+    for (size_t bytes = 1; bytes <= MT_SCALARS_MAX_BYTES; bytes += 21) {
+        mt_cuda_scalars values;
+        for (size_t i = 0; i < sizeof values.bytes; i++)
+            values.bytes[i] = (unsigned char)(i * 7 + bytes);
+        KERNEL_OK(mt_cuda_launch_scalars_write(NULL, got, &values, bytes));
+        CHECK_MSG(memcmp(got, values.bytes, bytes) == 0, "scalars_write of %zu bytes", bytes);
+        CHECK_MSG(got[MT_SCALARS_MAX_BYTES] == 0xAB, "scalars_write of %zu bytes wrote past them",
+                  bytes);
+    }
 }
 
 /* ---- everything else --------------------------------------------------------------------------
@@ -591,10 +607,10 @@ static void check_dropout(size_t count, float rate, uint64_t seed) {
     float *x = array(count, -1, 1), *dy = array(count, -1, 1);
     float *y[2] = {zeros(count), zeros(count)}, *dx[2] = {zeros(count), zeros(count)};
     uint8_t *mask[2] = {calloc(count, 1), calloc(count, 1)};
-    REF_OK(mt_ops_reference.dropout_forward(&REF, count, rate, seed, x, y[0], mask[0]));
+    REF_OK(mt_ops_reference.dropout_forward(&REF, count, rate, &seed, x, y[0], mask[0]));
     REF_OK(mt_ops_reference.dropout_backward(&REF, count, rate, mask[0], dy, dx[0]));
     const float scale = 1.0f / (1.0f - rate);
-    KERNEL_OK(mt_cuda_launch_dropout_forward(NULL, count, seed, mt_dropout_threshold(rate), scale,
+    KERNEL_OK(mt_cuda_launch_dropout_forward(NULL, count, &seed, mt_dropout_threshold(rate), scale,
                                              x, y[1], mask[1]));
     KERNEL_OK(mt_cuda_launch_dropout_backward(NULL, count, scale, mask[1], dy, dx[1]));
     CHECK_MSG(memcmp(mask[0], mask[1], count) == 0, "dropout masks differ (rate %g)", rate);
@@ -678,9 +694,9 @@ static void check_loss_accumulate(int batch, int classes, const int32_t *labels)
         for (size_t i = 0; i < nz; i++)
             z[i] = uniform(-4, 4);
         if (s == 1 && nan_step) z[(size_t)labelled * classes] = NAN;
-        REF_OK(mt_ops_reference.loss_accumulate(&REF, &d, z, labels, dz[0], steps[s], accum[0],
+        REF_OK(mt_ops_reference.loss_accumulate(&REF, &d, z, labels, dz[0], &steps[s], accum[0],
                                                 &skip[0]));
-        KERNEL_OK(mt_cuda_launch_loss_accumulate(NULL, batch, classes, z, labels, dz[1], steps[s],
+        KERNEL_OK(mt_cuda_launch_loss_accumulate(NULL, batch, classes, z, labels, dz[1], &steps[s],
                                                  accum[1], &skip[1]));
         if (s != 1 || !nan_step) compare("loss_accumulate dlogits", dz[1], dz[0], nz, 1e-6);
         for (int k = 0; k < 2; k++)
@@ -775,7 +791,8 @@ static void check_elementwise(mt_shape4 s) {
  * bit for bit equal (on a GPU nvcc may fuse a multiply-add; tests/ops bounds that at 1e-6). */
 static void check_optimizer(mt_update_rule rule, float momentum, bool nesterov, float decay,
                             size_t count) {
-    mt_optimizer_desc d = {.rule = rule, .count = count, .lr = 1e-2f, .rho = 0.9f,
+    mt_update_scalars rate = {.lr = 1e-2f}; /* device memory in the emulation */
+    mt_optimizer_desc d = {.rule = rule, .count = count, .scalars = &rate, .rho = 0.9f,
                            .momentum = momentum, .epsilon = 1e-7f, .beta_1 = 0.9f,
                            .beta_2 = 0.999f, .weight_decay = decay, .nesterov = nesterov};
     const int slots = mt_update_slot_count(&d);
@@ -784,9 +801,9 @@ static void check_optimizer(mt_update_rule rule, float momentum, bool nesterov, 
     memcpy(p[1], p[0], count * sizeof(float));
     memcpy(s[1], s[0], (size_t)slots * count * sizeof(float));
     for (int step = 0; step < 3; step++) {
-        d.iterations = (uint64_t)step + 4;
+        rate.step = mt_update_step_size(rule, d.beta_1, d.beta_2, rate.lr, (uint64_t)step + 4);
         REF_OK(mt_ops_reference.optimizer_update(&REF, &d, p[0], g, slots ? s[0] : NULL));
-        KERNEL_OK(mt_cuda_launch_optimizer_update(NULL, &d, mt_update_step_size(&d), p[1], g,
+        KERNEL_OK(mt_cuda_launch_optimizer_update(NULL, &d, p[1], g,
                                                   slots > 0 ? s[1] : NULL,
                                                   slots > 1 ? s[1] + count : NULL));
     }
@@ -798,7 +815,7 @@ static void check_optimizer(mt_update_rule rule, float momentum, bool nesterov, 
     float *kept = zeros(count);
     memcpy(kept, p[1], count * sizeof(float));
     REF_OK(mt_ops_reference.optimizer_update(&REF, &d, p[0], g, slots ? s[0] : NULL));
-    KERNEL_OK(mt_cuda_launch_optimizer_update(NULL, &d, mt_update_step_size(&d), p[1], g,
+    KERNEL_OK(mt_cuda_launch_optimizer_update(NULL, &d, p[1], g,
                                               slots > 0 ? s[1] : NULL,
                                               slots > 1 ? s[1] + count : NULL));
     compare("optimizer params, skipped step", p[1], kept, count, 0);
@@ -853,6 +870,7 @@ int main(void) {
 
     check_casts();
     check_buffer_scale();
+    check_scalars_write();
     check_pad((mt_shape4){4, 8, 8, 3}, 0, 0, 1, 1);
     check_pad((mt_shape4){1, 4, 6, 40}, 0, 1, 2, 0);
     check_pool((mt_shape4){4, 5, 5, 40});

@@ -60,6 +60,8 @@ static void train(const char *db, mt_backend *backend, bool staged, bool drop_fl
     mt_model_trainable(model, &params, &grads, &out->count);
     double *accum = NULL;
     TEST_MUST(ops->buffer_alloc(backend, MT_ACCUM_COUNT * sizeof(double), (void **)&accum));
+    mt_update_scalars *rate = NULL; /* the optimizer's per-step values (ops.h) */
+    TEST_MUST(ops->buffer_alloc(backend, sizeof *rate, (void **)&rate));
     mt_batch *batch[STEPS + 1] = {0};
     out->flipped = 0;
     /* staged: batch k+1 goes up before batch k computes, as in the trainer */
@@ -90,13 +92,14 @@ static void train(const char *db, mt_backend *backend, bool staged, bool drop_fl
         else
             input.images = batch[step]->images, input.labels = batch[step]->labels;
         mt_step_result result;
-        TEST_MUST(mt_model_forward_accumulate(model, &input, 100 + (uint64_t)step, (uint64_t)step,
-                                              accum, &result));
+        TEST_MUST(mt_model_set_step(model, 100 + (uint64_t)step, (uint64_t)step));
+        TEST_MUST(mt_model_forward_accumulate(model, &input, accum, &result));
         TEST_MUST(mt_model_backward(model));
+        const mt_update_scalars lr = {.lr = 0.05f, .step = 0.05f}; /* SGD: the step is lr */
+        TEST_MUST(ops->scalars_write(backend, rate, &lr, sizeof lr));
         mt_optimizer_desc sgd = {.rule = MT_UPDATE_SGD,
                                  .count = out->count,
-                                 .lr = 0.05f,
-                                 .iterations = (uint64_t)step,
+                                 .scalars = rate,
                                  .skip = grads + out->count};
         TEST_MUST(ops->optimizer_update(backend, &sgd, params, grads, NULL));
         if (staged) TEST_MUST(ops->input_wait(backend, step % 2));
@@ -109,6 +112,7 @@ static void train(const char *db, mt_backend *backend, bool staged, bool drop_fl
     TEST_MUST(ops->download(backend, out->grads, grads, out->count * sizeof(float)));
     TEST_MUST(ops->download(backend, out->params, params, out->count * sizeof(float)));
     ops->buffer_free(backend, accum);
+    ops->buffer_free(backend, rate);
     mt_model_destroy(model);
     mt_loader_close(loader);
 }

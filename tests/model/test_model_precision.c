@@ -59,13 +59,19 @@ static bool step(mt_backend *backend, mt_model *model, const float *images, cons
     float *params, *grads;
     size_t count;
     mt_model_trainable(model, &params, &grads, &count);
-    mt_model_set_loss_scale(model, scale);
+    if (scale != 1.0f && mt_model_set_loss_scale(model, scale) != MT_OK) return false;
     if (mt_model_forward(model, images, labels, N, true, 1, out->logits, &result) != MT_OK ||
         mt_model_backward(model) != MT_OK)
         return false;
-    if (scale != 1.0f &&
-        backend->ops->buffer_scale(backend, grads, count, 1.0f / scale, NULL) != MT_OK)
-        return false;
+    if (scale != 1.0f) { /* the factor is a per-step value in backend memory (ops.h) */
+        const float inverse = 1.0f / scale;
+        float *factor = NULL;
+        bool ok = backend->ops->buffer_alloc(backend, sizeof inverse, (void **)&factor) == MT_OK;
+        ok = ok && backend->ops->scalars_write(backend, factor, &inverse, sizeof inverse) == MT_OK &&
+             backend->ops->buffer_scale(backend, grads, count, factor, NULL) == MT_OK;
+        if (factor) backend->ops->buffer_free(backend, factor);
+        if (!ok) return false;
+    }
     out->loss = result.loss;
     out->grads = malloc(count * sizeof *out->grads);
     return out->grads &&

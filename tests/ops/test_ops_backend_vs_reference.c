@@ -41,6 +41,7 @@
 #include <string.h>
 
 #include "mobiletune/ops.h"
+#include "ops/optimizer_update.h"
 #include "test_util.h"
 
 /* MT_TEST_PRECISION: the tolerance every comparison gains (see above; 0 in fp32) */
@@ -125,6 +126,13 @@ static bool tensor_out(side s, const mt_tensor *t, float *host) {
 static bool buffer_in(side s, const void *host, size_t bytes, void **out) {
     RUN(s, buffer_alloc, bytes, out);
     if (host) RUN(s, upload, *out, host, bytes);
+    return true;
+}
+
+/* A per-step value (ops.h): backend memory written by scalars_write, as the trainer does */
+static bool scalar_in(side s, const void *value, size_t bytes, void **out) {
+    RUN(s, buffer_alloc, bytes, out);
+    RUN(s, scalars_write, *out, value, bytes);
     return true;
 }
 
@@ -686,18 +694,18 @@ static void case_pool(mt_shape4 shape) {
 static bool dropout_on(side s, size_t count, float rate, uint64_t seed, const float *x,
                        const float *dy, float *y_out, uint8_t *mask_out, float *dx_out) {
     size_t fb = count * sizeof(float);
-    void *bx, *by, *bm, *bdy, *bdx;
+    void *bx, *by, *bm, *bdy, *bdx, *bseed;
     if (!buffer_in(s, x, fb, &bx) || !buffer_in(s, NULL, fb, &by) ||
         !buffer_in(s, NULL, count, &bm) || !buffer_in(s, dy, fb, &bdy) ||
-        !buffer_in(s, NULL, fb, &bdx))
+        !buffer_in(s, NULL, fb, &bdx) || !scalar_in(s, &seed, sizeof seed, &bseed))
         return false;
-    RUN(s, dropout_forward, count, rate, seed, bx, by, bm);
+    RUN(s, dropout_forward, count, rate, bseed, bx, by, bm);
     RUN(s, dropout_backward, count, rate, bm, bdy, bdx);
     if (!buffer_out(s, by, y_out, fb) || !buffer_out(s, bm, mask_out, count) ||
         !buffer_out(s, bdx, dx_out, fb))
         return false;
-    void *buffers[] = {bx, by, bm, bdy, bdx};
-    for (int i = 0; i < 5; i++)
+    void *buffers[] = {bx, by, bm, bdy, bdx, bseed};
+    for (int i = 0; i < 6; i++)
         s.o->buffer_free(s.b, buffers[i]);
     return true;
 }
@@ -778,15 +786,18 @@ static bool loss_on(side s, const mt_loss_desc *d, const float *logits, const in
                     float *loss_out, float *loss_nograd_out, float *dlogits_out, double *accum_out,
                     float *skip_out) {
     size_t zb = (size_t)d->batch * d->classes * 4, lb = (size_t)d->batch * 4;
-    void *bz, *bl, *bdz, *bacc, *bskip;
+    void *bz, *bl, *bdz, *bacc, *bskip, *bstep;
+    const uint64_t steps[2] = {7, 8};
     if (!buffer_in(s, logits, zb, &bz) || !buffer_in(s, labels, lb, &bl) ||
         !buffer_in(s, NULL, zb, &bdz) || !buffer_in(s, NULL, MT_ACCUM_COUNT * 8, &bacc) ||
-        !buffer_in(s, NULL, sizeof(float), &bskip))
+        !buffer_in(s, NULL, sizeof(float), &bskip) ||
+        !scalar_in(s, &steps[0], sizeof steps[0], &bstep))
         return false;
     RUN(s, loss_forward_backward, d, bz, bl, loss_out, bdz);
     RUN(s, loss_forward_backward, d, bz, bl, loss_nograd_out, NULL);
     if (!buffer_out(s, bdz, dlogits_out, zb)) return false;
-    RUN(s, loss_accumulate, d, bz, bl, bdz, 7, bacc, bskip);
+    RUN(s, loss_accumulate, d, bz, bl, bdz, bstep, bacc, bskip);
+    RUN(s, scalars_write, bstep, &steps[1], sizeof steps[1]); /* the next step's number */
     float *poisoned = xmalloc(zb);
     memcpy(poisoned, logits, zb);
     for (int n = 0; n < d->batch; n++)
@@ -797,14 +808,14 @@ static bool loss_on(side s, const mt_loss_desc *d, const float *logits, const in
     bool ok = s.o->upload(s.b, bz, poisoned, zb) == MT_OK;
     free(poisoned);
     if (!ok) return false;
-    RUN(s, loss_accumulate, d, bz, bl, bdz, 8, bacc, bskip);
+    RUN(s, loss_accumulate, d, bz, bl, bdz, bstep, bacc, bskip);
     /* the flag then restores a buffer: buffer_copy_if counts into the accumulator's slot */
     RUN(s, buffer_copy_if, bdz, bz, zb, bskip, (double *)bacc + MT_ACCUM_COPIED);
     if (!buffer_out(s, bacc, accum_out, MT_ACCUM_COUNT * 8) ||
         !buffer_out(s, bskip, skip_out, sizeof(float)))
         return false;
     s.o->buffer_free(s.b, bz), s.o->buffer_free(s.b, bl), s.o->buffer_free(s.b, bdz);
-    s.o->buffer_free(s.b, bacc), s.o->buffer_free(s.b, bskip);
+    s.o->buffer_free(s.b, bacc), s.o->buffer_free(s.b, bskip), s.o->buffer_free(s.b, bstep);
     return true;
 }
 
@@ -867,19 +878,23 @@ static bool wanted(const char *name) {
 /* x times 1/8 with the flag (all finite: the flag stays 0), then times 2^127 (some overflow: the
  * flag becomes 1), then times 1 without a flag; x and both flags come back */
 static bool scale_on(side s, const float *x, size_t count, float *x_out, float flags[2]) {
-    void *bx, *bflag;
-    const float zero = 0.0f;
-    if (!buffer_in(s, x, count * sizeof(float), &bx) || !buffer_in(s, &zero, sizeof zero, &bflag))
+    void *bx, *bflag, *bfactor;
+    const float zero = 0.0f, factors[] = {0.125f, 0x1p127f, 1.0f};
+    if (!buffer_in(s, x, count * sizeof(float), &bx) || !buffer_in(s, &zero, sizeof zero, &bflag) ||
+        !scalar_in(s, &factors[0], sizeof(float), &bfactor))
         return false;
-    RUN(s, buffer_scale, bx, count, 0.125f, bflag);
+    RUN(s, buffer_scale, bx, count, bfactor, bflag);
     if (!buffer_out(s, bflag, &flags[0], sizeof(float))) return false;
-    RUN(s, buffer_scale, bx, count, 0x1p127f, bflag);
-    RUN(s, buffer_scale, bx, count, 1.0f, NULL);
+    RUN(s, scalars_write, bfactor, &factors[1], sizeof(float));
+    RUN(s, buffer_scale, bx, count, bfactor, bflag);
+    RUN(s, scalars_write, bfactor, &factors[2], sizeof(float));
+    RUN(s, buffer_scale, bx, count, bfactor, NULL);
     if (!buffer_out(s, bflag, &flags[1], sizeof(float)) ||
         !buffer_out(s, bx, x_out, count * sizeof(float)))
         return false;
     s.o->buffer_free(s.b, bx);
     s.o->buffer_free(s.b, bflag);
+    s.o->buffer_free(s.b, bfactor);
     return true;
 }
 
@@ -917,27 +932,34 @@ static bool optimizer_on(side s, mt_optimizer_desc desc, const float *p, const f
                          const float *slots, int slot_count, float *p_out, float *slots_out,
                          float *copy_out) {
     size_t fb = desc.count * sizeof(float), sb = (size_t)slot_count * fb;
-    void *bp, *bg, *bs = NULL, *bc;
+    void *bp, *bg, *bs = NULL, *bc, *brate;
     if (!buffer_in(s, p, fb, &bp) || !buffer_in(s, g, fb, &bg) ||
-        (slot_count && !buffer_in(s, slots, sb, &bs)) || !buffer_in(s, NULL, fb, &bc))
+        (slot_count && !buffer_in(s, slots, sb, &bs)) || !buffer_in(s, NULL, fb, &bc) ||
+        !buffer_in(s, NULL, sizeof(mt_update_scalars), &brate))
         return false;
+    desc.scalars = brate;
     for (int step = 0; step < 3; step++) {
-        desc.iterations = (uint64_t)step + 4; /* mid-run: Adam's bias correction not trivial */
+        /* mid-run: Adam's bias correction not trivial */
+        const mt_update_scalars rate = {
+            .lr = 1e-2f,
+            .step = mt_update_step_size(desc.rule, desc.beta_1, desc.beta_2, 1e-2f,
+                                        (uint64_t)step + 4)};
+        RUN(s, scalars_write, brate, &rate, sizeof rate);
         RUN(s, optimizer_update, &desc, bp, bg, bs);
     }
     RUN(s, buffer_copy, bc, bp, fb);
     if (!buffer_out(s, bp, p_out, fb) || (slot_count && !buffer_out(s, bs, slots_out, sb)) ||
         !buffer_out(s, bc, copy_out, fb))
         return false;
-    void *buffers[] = {bp, bg, bs, bc};
-    for (int i = 0; i < 4; i++)
+    void *buffers[] = {bp, bg, bs, bc, brate};
+    for (int i = 0; i < 5; i++)
         if (buffers[i]) s.o->buffer_free(s.b, buffers[i]);
     return true;
 }
 
 static void case_optimizer(mt_update_rule rule, float momentum, bool nesterov, float decay,
                            int slot_count, size_t count) {
-    mt_optimizer_desc desc = {.rule = rule, .count = count, .lr = 1e-2f, .rho = 0.9f,
+    mt_optimizer_desc desc = {.rule = rule, .count = count, .rho = 0.9f,
                               .momentum = momentum, .epsilon = 1e-7f, .beta_1 = 0.9f,
                               .beta_2 = 0.999f, .weight_decay = decay, .nesterov = nesterov};
     float *p = random_array(count, -1, 1), *g = random_array(count, -0.1, 0.1);

@@ -312,14 +312,15 @@ static void check_emulation(mt_compute_precision p) {
 
     /* buffer_scale: x times the factor, and the flag set by a product that overflows */
     float v[3] = {1.5f, -2.0f, 3e38f}, flag = 0.0f;
-    MUST(o->buffer_scale(lo, v, 2, 0.25f, &flag));
+    const float quarter = 0.25f, two = 2.0f, one = 1.0f; /* the factor is backend (host) memory */
+    MUST(o->buffer_scale(lo, v, 2, &quarter, &flag));
     CHECK(v[0] == 0.375f && v[1] == -0.5f && flag == 0.0f);
-    MUST(o->buffer_scale(lo, v, 3, 2.0f, &flag));
+    MUST(o->buffer_scale(lo, v, 3, &two, &flag));
     CHECK(v[0] == 0.75f && isinf(v[2]) && flag == 1.0f);
     flag = 0.0f;
     v[2] = NAN;
-    MUST(o->buffer_scale(lo, v, 3, 1.0f, NULL)); /* no flag: just the product */
-    MUST(o->buffer_scale(lo, v, 3, 1.0f, &flag));
+    MUST(o->buffer_scale(lo, v, 3, &one, NULL)); /* no flag: just the product */
+    MUST(o->buffer_scale(lo, v, 3, &one, &flag));
     CHECK(flag == 1.0f);
 
     mt_tensor *tensors[] = {&tl, &th, &yl, &yh, &dyl, &dyh, &dxl, &dxh, &bl, &bh, &gl, &gh};

@@ -48,7 +48,12 @@ int main(void) {
     CHECK_OK(be->ops->buffer_alloc(be, sizeof host, (void **)&grads));
     CHECK_OK(be->ops->upload(be, buffer, host, sizeof host));
     CHECK_OK(be->ops->upload(be, grads, host, sizeof host));
-    mt_optimizer_desc sgd = {.rule = MT_UPDATE_SGD, .count = 4, .lr = 0.5f};
+    /* the rate is a per-step value in (guarded) backend memory, put there by scalars_write */
+    mt_update_scalars *rate = NULL;
+    const mt_update_scalars half = {.lr = 0.5f, .step = 0.5f};
+    CHECK_OK(be->ops->buffer_alloc(be, sizeof *rate, (void **)&rate));
+    CHECK_OK(be->ops->scalars_write(be, rate, &half, sizeof half));
+    mt_optimizer_desc sgd = {.rule = MT_UPDATE_SGD, .count = 4, .scalars = rate};
     CHECK_OK(be->ops->optimizer_update(be, &sgd, buffer, grads, NULL));
     CHECK_OK(be->ops->download(be, back, buffer, sizeof back));
     CHECK_MSG(back[0] == 0.5f && back[1] == -1.0f && back[3] == -2.0f,
@@ -66,6 +71,7 @@ int main(void) {
     be->ops->tensor_free(be, &t);
     be->ops->buffer_free(be, buffer);
     be->ops->buffer_free(be, grads);
+    be->ops->buffer_free(be, rate);
     mt_backend_destroy(be);
     return mt_test_finish();
 }

@@ -253,9 +253,10 @@ static void test_ranges(void) {
             CHECK(mt_optimizer_init(&r, backends[b], &cases[k], N) == MT_OK);
             for (int step = 0; step < 3; step++) {
                 CHECK(mt_optimizer_step(&a, whole, g, N, 1e-2f) == MT_OK);
+                CHECK(mt_optimizer_set_rate(&r, 1e-2f) == MT_OK);
                 for (size_t c = 0; cuts[c] > 0; c++)
                     CHECK(mt_optimizer_update_range(&r, ranged, g, cuts[c + 1],
-                                                    cuts[c] - cuts[c + 1], 1e-2f) == MT_OK);
+                                                    cuts[c] - cuts[c + 1]) == MT_OK);
                 mt_optimizer_step_done(&r);
             }
             CHECK(r.iterations == 3);
@@ -267,7 +268,7 @@ static void test_ranges(void) {
                                  N * sizeof(float)) == 0,
                           "%s, case %d: slot %s differs", backends[b]->ops->name, k,
                           a.slot_names[s]);
-            CHECK(mt_optimizer_update_range(&r, ranged, g, N - 2, 3, 1e-2f) == MT_ERR_INVALID);
+            CHECK(mt_optimizer_update_range(&r, ranged, g, N - 2, 3) == MT_ERR_INVALID);
             mt_optimizer_free(&a);
             mt_optimizer_free(&r);
         }

@@ -169,9 +169,9 @@ mt_status mt_cpu_optimizer_update(mt_backend *backend, const mt_optimizer_desc *
     if (desc->skip && *desc->skip != 0.0f) return MT_OK; /* a non-finite step (loss_accumulate) */
     const size_t n = desc->count;
     float *s0 = mt_update_slot(desc, slots, 0), *s1 = mt_update_slot(desc, slots, 1);
-    const float step = mt_update_step_size(desc);
+    const mt_update_scalars v = *desc->scalars;
 #pragma omp parallel for schedule(static) if (n >= OPTIMIZER_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++)
-        mt_update_element(desc, step, i, params, grads, s0, s1);
+        mt_update_element(desc, v, i, params, grads, s0, s1);
     return MT_OK;
 }

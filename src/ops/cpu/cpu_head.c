@@ -18,14 +18,14 @@ static mt_status check_rate(float rate) {
 }
 
 /* x, y, mask: [count]; y may alias x */
-mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
                                  const float *x, float *y, uint8_t *mask) {
     MT_TRY(check_rate(rate));
     uint32_t threshold = mt_dropout_threshold(rate);
     float scale = 1.0f / (1.0f - rate);
 #pragma omp parallel for schedule(static)
     for (ptrdiff_t i = 0; i < (ptrdiff_t)count; i++) {
-        bool keep = mt_dropout_keep(seed, (uint64_t)i, threshold);
+        bool keep = mt_dropout_keep(*seed, (uint64_t)i, threshold);
         mask[i] = keep;
         y[i] = keep ? x[i] * scale : 0.0f;
     }
@@ -109,18 +109,28 @@ mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
 
 /* loss_forward_backward's mean, then the accumulator's bookkeeping (ops/loss_accum.h) */
 mt_status mt_cpu_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
-                                 const int32_t *labels, float *dlogits, uint64_t step,
+                                 const int32_t *labels, float *dlogits, const uint64_t *step,
                                  double *accum, float *skip) {
     float mean = 0.0f;
     MT_TRY(mt_cpu_loss_forward_backward(backend, desc, logits, labels, &mean, dlogits));
-    mt_loss_accum_add(accum, skip, desc, logits, labels, mean, step);
+    mt_loss_accum_add(accum, skip, desc, logits, labels, mean, *step);
     return MT_OK;
 }
 
-mt_status mt_cpu_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+mt_status mt_cpu_scalars_write(mt_backend *backend, void *dst, const void *host_src,
+                               size_t bytes) {
+    (void)backend;
+    return mt_host_scalars_write(dst, host_src, bytes);
+}
+
+mt_status mt_cpu_readback_wait(mt_backend *backend) {
+    return mt_host_readback_wait(backend);
+}
+
+mt_status mt_cpu_buffer_scale(mt_backend *backend, float *x, size_t count, const float *factor,
                               float *flag) {
     (void)backend;
-    mt_host_buffer_scale(x, count, factor, flag);
+    mt_host_buffer_scale(x, count, *factor, flag);
     return MT_OK;
 }
 

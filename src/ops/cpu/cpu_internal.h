@@ -225,7 +225,7 @@ mt_status mt_cpu_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *
 mt_status mt_cpu_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
 mt_status mt_cpu_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
 
-mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
                                  const float *x, float *y, uint8_t *mask);
 mt_status mt_cpu_dropout_backward(mt_backend *backend, size_t count, float rate,
                                   const uint8_t *mask, const float *dy, float *dx);
@@ -237,9 +237,12 @@ mt_status mt_cpu_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
                                        const float *logits, const int32_t *labels, float *loss_host,
                                        float *dlogits);
 mt_status mt_cpu_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
-                                 const int32_t *labels, float *dlogits, uint64_t step,
+                                 const int32_t *labels, float *dlogits, const uint64_t *step,
                                  double *accum, float *skip);
-mt_status mt_cpu_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+mt_status mt_cpu_scalars_write(mt_backend *backend, void *dst, const void *host_src,
+                               size_t bytes);
+mt_status mt_cpu_readback_wait(mt_backend *backend);
+mt_status mt_cpu_buffer_scale(mt_backend *backend, float *x, size_t count, const float *factor,
                               float *flag);
 mt_status mt_cpu_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
                                 const float *flag, double *count);

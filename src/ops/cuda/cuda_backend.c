@@ -68,7 +68,9 @@ static size_t pool_bucket(const void *ptr) {
 }
 
 /* Gives every idle block back to the driver (before retrying a failed cudaMalloc, at shutdown). */
-static void pool_trim(cuda_pool *pool) {
+static void pool_trim(cuda_backend *cu) {
+    cuda_pool *pool = &cu->pool;
+    cu->memory_generation++;
     for (int c = 0; c < CUDA_POOL_CLASSES; c++) {
         while (pool->idle[c]) {
             cuda_block *b = pool->idle[c];
@@ -97,7 +99,7 @@ static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
         if (e == cudaErrorMemoryAllocation) {
             (void)cudaGetLastError();
             CUDA_CHECK(cudaStreamSynchronize(cu->stream));
-            pool_trim(pool);
+            pool_trim(cu);
             e = cudaMalloc(&b->ptr, rounded);
         }
         if (e != cudaSuccess) {
@@ -168,6 +170,7 @@ mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes
         size_t grown = bytes + bytes / 2;
         CUDA_CHECK(cudaStreamSynchronize(cu->stream));
         CUDA_CHECK(cudaFree(scratch->ptr));
+        cu->memory_generation++;
         scratch->ptr = NULL, scratch->bytes = 0;
         cudaError_t e = cudaMalloc(&scratch->ptr, grown);
         if (e != cudaSuccess) {
@@ -202,6 +205,7 @@ static void cuda_shutdown(mt_backend *backend) {
                (double)cu->pool.peak / 1048576.0, (double)cu->pool.reserved / 1048576.0,
                cu->pool.mallocs);
     cuda_profile_free(cu);
+    cuda_graph_free(cu);
     cuda_conv_cache_free(cu);
     cuda_precision_free(cu); /* pool blocks: before the pool goes */
     for (int h = 0; h < CUDA_POOL_BUCKETS; h++) { /* blocks the caller never freed */
@@ -212,7 +216,7 @@ static void cuda_shutdown(mt_backend *backend) {
             free(b);
         }
     }
-    pool_trim(&cu->pool);
+    pool_trim(cu);
     cuda_scratch *scratch[] = {&cu->workspace, &cu->filter, &cu->partials};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++)
         (void)cudaFree(scratch[i]->ptr);
@@ -562,6 +566,9 @@ const mt_ops mt_ops_cuda = {
     .buffer_copy = mt_cuda_buffer_copy,
     .buffer_copy_if = mt_cuda_buffer_copy_if,
     .buffer_scale = mt_cuda_buffer_scale,
+    .scalars_write = mt_cuda_scalars_write,
+    .readback_start = mt_cuda_readback_start,
+    .readback_wait = mt_cuda_readback_wait,
     .tensor_zero = mt_cuda_tensor_zero,
     .tensor_copy = mt_cuda_tensor_copy,
     .add = mt_cuda_add,
@@ -587,6 +594,10 @@ const mt_ops mt_ops_cuda = {
     .optimizer_update = mt_cuda_optimizer_update_profiled,
     .batchnorm_relu6_forward_training = mt_cuda_batchnorm_relu6_forward_training,
     .relu6_batchnorm_backward_training = mt_cuda_relu6_batchnorm_backward_training,
+    .step_capture_begin = mt_cuda_step_capture_begin,
+    .step_capture_end = mt_cuda_step_capture_end,
+    .step_replay = mt_cuda_step_replay,
+    .step_graph_free = mt_cuda_step_graph_free,
 };
 
 /* ---- for the NCCL path in src/comm (cuda_export.h) ---------------------------------------- */

@@ -128,6 +128,12 @@ typedef struct cuda_backend {
     unsigned *bn_counters;  /* the fused BN kernels' tickets (zero between launches); pool */
     int bn_counter_count;
     cuda_precision_state *precision; /* train.precision = bf16 | fp16, else NULL */
+    /* cuda_graph.c: readback_start's event (created at its first use); whether a step capture
+     * is open; bumped whenever device memory goes back to the driver (a captured step may point
+     * into it: step_replay refuses a graph captured before) */
+    cudaEvent_t readback;
+    bool capturing;
+    uint64_t memory_generation;
 } cuda_backend;
 
 static inline cuda_backend *cuda_of(mt_backend *backend) {
@@ -144,6 +150,15 @@ extern const mt_ops mt_ops_cuda;
  * is released) */
 mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out);
 void cuda_pool_release(cuda_backend *cu, void *ptr);
+/* cuda_graph.c: readback_start/wait and the step capture (ops.h); cuda_graph_free at shutdown */
+mt_status mt_cuda_readback_start(mt_backend *backend, void *host_dst, const void *src,
+                                 size_t bytes);
+mt_status mt_cuda_readback_wait(mt_backend *backend);
+mt_status mt_cuda_step_capture_begin(mt_backend *backend);
+mt_status mt_cuda_step_capture_end(mt_backend *backend, void **graph);
+mt_status mt_cuda_step_replay(mt_backend *backend, void *graph);
+void mt_cuda_step_graph_free(mt_backend *backend, void *graph);
+void cuda_graph_free(cuda_backend *cu);
 /* cuda_precision.c: 16-bit tensors. The table is mt_ops_cuda with its tensor ops wrapped. */
 mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision);
 void cuda_precision_free(cuda_backend *cu);
@@ -249,7 +264,7 @@ mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc 
                                     const mt_tensor *dy, mt_tensor *dx);
 mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
 mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
-mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
                                   const float *x, float *y, uint8_t *mask);
 mt_status mt_cuda_dropout_backward(mt_backend *backend, size_t count, float rate,
                                    const uint8_t *mask, const float *dy, float *dx);
@@ -262,7 +277,7 @@ mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc 
                                         float *loss_host, float *dlogits);
 mt_status mt_cuda_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
                                   const float *logits, const int32_t *labels, float *dlogits,
-                                  uint64_t step, double *accum, float *skip);
+                                  const uint64_t *step, double *accum, float *skip);
 
 /* cuda_precision_ops.c: the ops of the bf16/fp16 table that read and write 16-bit tensors with
  * the storage kernels (no fp32 staging) */

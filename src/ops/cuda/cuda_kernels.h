@@ -271,8 +271,9 @@ cudaError_t mt_cuda_launch_avg_pool_forward_stored(cudaStream_t stream, mt_cuda_
 cudaError_t mt_cuda_launch_avg_pool_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
                                                     int n, long hw, int c, const float *dy,
                                                     void *dx);
-/* the keep decision of src/ops/dropout_hash.h; scale = 1/(1-rate) computed by the caller */
-cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, uint64_t seed,
+/* the keep decision of src/ops/dropout_hash.h; seed: device memory (a per-step value); scale =
+ * 1/(1-rate) computed by the caller */
+cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, const uint64_t *seed,
                                            uint32_t threshold, float scale, const float *x,
                                            float *y, uint8_t *mask);
 cudaError_t mt_cuda_launch_dropout_backward(cudaStream_t stream, size_t count, float scale,
@@ -295,10 +296,11 @@ cudaError_t mt_cuda_launch_input_convert_stored(cudaStream_t stream, mt_cuda_sto
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,
                                 const int32_t *labels, float *dlogits, double *result);
 /* ops.h's loss_accumulate: the same kernel, its results added to accum (device,
- * MT_ACCUM_COUNT doubles) and the skip flag (device float); nothing crosses to the host */
+ * MT_ACCUM_COUNT doubles) and the skip flag (device float), step read from device memory;
+ * nothing crosses to the host */
 cudaError_t mt_cuda_launch_loss_accumulate(cudaStream_t stream, int batch, int classes,
                                            const float *logits, const int32_t *labels,
-                                           float *dlogits, uint64_t step, double *accum,
+                                           float *dlogits, const uint64_t *step, double *accum,
                                            float *skip);
 
 #ifdef __cplusplus

@@ -140,8 +140,9 @@ __global__ void avg_pool_backward_kernel(int n, long hw, int C, const float *dy,
     }
 }
 
-__global__ void dropout_forward_kernel(size_t count, uint64_t seed, uint32_t threshold, float scale,
-                                       const float *x, float *y, uint8_t *mask) {
+__global__ void dropout_forward_kernel(size_t count, const uint64_t *seed_in, uint32_t threshold,
+                                       float scale, const float *x, float *y, uint8_t *mask) {
+    const uint64_t seed = *seed_in; /* a per-step value, in device memory */
     GRID_STRIDE(i, count) {
         bool keep = mt_dropout_keep(seed, (uint64_t)i, threshold);
         mask[i] = keep ? 1 : 0;
@@ -196,8 +197,8 @@ __global__ void input_convert_kernel(size_t count, int height, int width, const 
  * loss_accumulate's bookkeeping (ops.h, the same as ops/loss_accum.h's on the host) instead, a
  * bad label counting as a padding row (the host checked them), and no result. */
 __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *labels,
-                            float *dlogits, double *result, double *accum, unsigned long long step,
-                            float *skip) {
+                            float *dlogits, double *result, double *accum,
+                            const uint64_t *step, float *skip) {
     __shared__ int valid, bad, correct;
     __shared__ double totals[THREADS];
     if (threadIdx.x == 0) valid = 0, bad = N, correct = 0;
@@ -233,7 +234,7 @@ __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *la
         } else {
             const float mean = (float)(s * inv_valid); /* the host backends' rounding */
             if (!isfinite(mean)) {
-                if (accum[MT_ACCUM_SKIPPED] == 0.0) accum[MT_ACCUM_FIRST_SKIP] = (double)step;
+                if (accum[MT_ACCUM_SKIPPED] == 0.0) accum[MT_ACCUM_FIRST_SKIP] = (double)*step;
                 accum[MT_ACCUM_SKIPPED] += 1.0;
                 *skip = 1.0f;
             } else {
@@ -374,7 +375,7 @@ cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw
     return mt_cuda_launch_avg_pool_backward_stored(stream, MT_CUDA_F32, n, hw, c, dy, dx);
 }
 
-cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, uint64_t seed,
+cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, const uint64_t *seed,
                                            uint32_t threshold, float scale, const float *x,
                                            float *y, uint8_t *mask) {
     dropout_forward_kernel<<<grid_for(count), THREADS, 0, stream>>>(count, seed, threshold, scale,
@@ -403,7 +404,7 @@ cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, 
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,
                                 const int32_t *labels, float *dlogits, double *result) {
     loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, result, NULL,
-                                           0ull, NULL);
+                                           NULL, NULL);
     return cudaGetLastError();
 }
 
@@ -427,10 +428,10 @@ cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, int n, int height,
 
 cudaError_t mt_cuda_launch_loss_accumulate(cudaStream_t stream, int batch, int classes,
                                            const float *logits, const int32_t *labels,
-                                           float *dlogits, uint64_t step, double *accum,
+                                           float *dlogits, const uint64_t *step, double *accum,
                                            float *skip) {
     loss_kernel<<<1, THREADS, 0, stream>>>(batch, classes, logits, labels, dlogits, NULL, accum,
-                                           (unsigned long long)step, skip);
+                                           step, skip);
     return cudaGetLastError();
 }
 

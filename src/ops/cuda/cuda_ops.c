@@ -311,7 +311,7 @@ static mt_status check_rate(const char *op, float rate) {
 }
 
 /* x, y, mask: [count] (y may alias x) */
-static mt_status dropout_forward_op(mt_backend *backend, size_t count, float rate, uint64_t seed,
+static mt_status dropout_forward_op(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
                                     const float *x, float *y, uint8_t *mask) {
     MT_TRY(check_rate("dropout_forward", rate));
     if (!count) return MT_OK;
@@ -403,7 +403,7 @@ static mt_status loss_forward_backward_op(mt_backend *backend, const mt_loss_des
  * (the caller checked them on the host: a bad one counts as a padding row here). */
 static mt_status loss_accumulate_op(mt_backend *backend, const mt_loss_desc *desc,
                                     const float *logits, const int32_t *labels, float *dlogits,
-                                    uint64_t step, double *accum, float *skip) {
+                                    const uint64_t *step, double *accum, float *skip) {
     const int N = desc->batch, K = desc->classes;
     if (N <= 0 || K <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda loss: bad shape batch %d, classes %d", N, K);
@@ -533,7 +533,7 @@ mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy,
                   SHAPE_FMT, SHAPE_ARGS(dx->shape));
 }
 
-mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
                                   const float *x, float *y, uint8_t *mask) {
     CUDA_PROFILED(backend, dropout_forward_op(backend, count, rate, seed, x, y, mask),
                   "dropout_forward", "%zu values", count);
@@ -576,7 +576,7 @@ static mt_status loss_forward_backward_profiled(mt_backend *backend, const mt_lo
 
 static mt_status loss_accumulate_profiled(mt_backend *backend, const mt_loss_desc *desc,
                                           const float *logits, const int32_t *labels,
-                                          float *dlogits, uint64_t step, double *accum,
+                                          float *dlogits, const uint64_t *step, double *accum,
                                           float *skip) {
     CUDA_PROFILED(backend,
                   loss_accumulate_op(backend, desc, logits, labels, dlogits, step, accum, skip),
@@ -594,7 +594,7 @@ mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc 
 /* The training step's loss (the trainer's per-step op; same profile window as the above). */
 mt_status mt_cuda_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
                                   const float *logits, const int32_t *labels, float *dlogits,
-                                  uint64_t step, double *accum, float *skip) {
+                                  const uint64_t *step, double *accum, float *skip) {
     MT_TRY(loss_accumulate_profiled(backend, desc, logits, labels, dlogits, step, accum, skip));
     return cuda_profile_loss_done(cuda_of(backend));
 }

@@ -1,6 +1,8 @@
-/* The cuda backend's optimizer_update and buffer_copy ops: arguments checked on the host, the
+/* The cuda backend's optimizer_update, buffer_copy, buffer_scale and scalars_write ops: arguments checked on the host, the
  * work enqueued on the backend's stream (no synchronization: the next download waits). */
 #include "ops/cuda/cuda_optimizer.h"
+
+#include <string.h>
 
 #include "ops/cuda/cuda_internal.h"
 #include "ops/optimizer_update.h"
@@ -11,8 +13,8 @@ mt_status mt_cuda_optimizer_update(mt_backend *backend, const mt_optimizer_desc 
     MT_TRY(mt_update_check("cuda", desc, params, grads, slots));
     if (!desc->count) return MT_OK;
     float *s0 = mt_update_slot(desc, slots, 0), *s1 = mt_update_slot(desc, slots, 1);
-    CUDA_CHECK(mt_cuda_launch_optimizer_update(cuda_of(backend)->stream, desc,
-                                               mt_update_step_size(desc), params, grads, s0, s1));
+    CUDA_CHECK(
+        mt_cuda_launch_optimizer_update(cuda_of(backend)->stream, desc, params, grads, s0, s1));
     return MT_OK;
 }
 
@@ -31,9 +33,22 @@ mt_status mt_cuda_buffer_copy_if(mt_backend *backend, void *dst, const void *src
     return MT_OK;
 }
 
-mt_status mt_cuda_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
-                               float *flag) {
+mt_status mt_cuda_buffer_scale(mt_backend *backend, float *x, size_t count,
+                               const float *factor, float *flag) {
     if (!count) return MT_OK;
+    if (!factor) return MT_FAIL(MT_ERR_INVALID, "cuda buffer_scale: the factor is required");
     CUDA_CHECK(mt_cuda_launch_buffer_scale(cuda_of(backend)->stream, x, count, factor, flag));
+    return MT_OK;
+}
+
+mt_status mt_cuda_scalars_write(mt_backend *backend, void *dst, const void *host_src,
+                                size_t bytes) {
+    if (!bytes) return MT_OK;
+    if (bytes > MT_SCALARS_MAX_BYTES || !dst || !host_src)
+        return MT_FAIL(MT_ERR_INVALID, "cuda scalars_write of %zu bytes: at most %d, to and from "
+                       "non-NULL", bytes, (int)MT_SCALARS_MAX_BYTES);
+    mt_cuda_scalars values = {{0}};
+    memcpy(values.bytes, host_src, bytes);
+    CUDA_CHECK(mt_cuda_launch_scalars_write(cuda_of(backend)->stream, dst, &values, bytes));
     return MT_OK;
 }

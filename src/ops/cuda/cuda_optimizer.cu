@@ -11,22 +11,23 @@
 
 static const int OPTIMIZER_THREADS = 256;
 
-__global__ void optimizer_update_kernel(mt_optimizer_desc desc, float step, float *params,
+__global__ void optimizer_update_kernel(mt_optimizer_desc desc, float *params,
                                         const float *grads, float *s0, float *s1) {
     if (desc.skip && *desc.skip != 0.0f) return; /* a non-finite step (loss_accumulate) */
+    const mt_update_scalars v = *desc.scalars; /* the step's rate, in device memory */
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < desc.count;
          i += (size_t)gridDim.x * blockDim.x)
-        mt_update_element(&desc, step, i, params, grads, s0, s1);
+        mt_update_element(&desc, v, i, params, grads, s0, s1);
 }
 
 cudaError_t mt_cuda_launch_optimizer_update(cudaStream_t stream, const mt_optimizer_desc *desc,
-                                            float step, float *params, const float *grads,
-                                            float *s0, float *s1) {
+                                            float *params, const float *grads, float *s0,
+                                            float *s1) {
     size_t blocks = (desc->count + OPTIMIZER_THREADS - 1) / OPTIMIZER_THREADS;
     if (blocks < 1) blocks = 1;
     if (blocks > 65536) blocks = 65536; /* the grid-stride loop does the rest */
     optimizer_update_kernel<<<(unsigned)blocks, OPTIMIZER_THREADS, 0, stream>>>(
-        *desc, step, params, grads, s0, s1);
+        *desc, params, grads, s0, s1);
     return cudaGetLastError();
 }
 
@@ -61,7 +62,8 @@ cudaError_t mt_cuda_launch_buffer_copy_if(cudaStream_t stream, void *dst, const 
 /* buffer_scale: fp16's loss scale and its unscaling. Every thread that meets a non-finite product
  * writes the same 1 into the flag (a benign race: no read, one value). |v| <= FLT_MAX is false
  * for infinities and NaN alike, without relying on a math library's isfinite. */
-__global__ void buffer_scale_kernel(float *x, size_t count, float factor, float *flag) {
+__global__ void buffer_scale_kernel(float *x, size_t count, const float *factor_in, float *flag) {
+    const float factor = *factor_in; /* a per-step value, in device memory */
     bool finite = true;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -72,11 +74,24 @@ __global__ void buffer_scale_kernel(float *x, size_t count, float factor, float 
     if (!finite && flag) *flag = 1.0f;
 }
 
-cudaError_t mt_cuda_launch_buffer_scale(cudaStream_t stream, float *x, size_t count, float factor,
-                                        float *flag) {
+cudaError_t mt_cuda_launch_buffer_scale(cudaStream_t stream, float *x, size_t count,
+                                        const float *factor, float *flag) {
     size_t blocks = (count + OPTIMIZER_THREADS - 1) / OPTIMIZER_THREADS;
     if (blocks < 1) blocks = 1;
     if (blocks > 4096) blocks = 4096; /* the grid-stride loop does the rest */
     buffer_scale_kernel<<<(unsigned)blocks, OPTIMIZER_THREADS, 0, stream>>>(x, count, factor, flag);
+    return cudaGetLastError();
+}
+
+/* scalars_write: the bytes travel as the kernel's argument (copied by the launch), so the write
+ * is ordered on the stream like any op and nobody waits */
+__global__ void scalars_write_kernel(unsigned char *dst, mt_cuda_scalars values, size_t bytes) {
+    for (size_t i = threadIdx.x; i < bytes; i += blockDim.x)
+        dst[i] = values.bytes[i];
+}
+
+cudaError_t mt_cuda_launch_scalars_write(cudaStream_t stream, void *dst,
+                                         const mt_cuda_scalars *values, size_t bytes) {
+    scalars_write_kernel<<<1, 64, 0, stream>>>((unsigned char *)dst, *values, bytes);
     return cudaGetLastError();
 }

@@ -257,7 +257,7 @@ static mt_status p16_buffer_copy_if(mt_backend *backend, void *dst, const void *
     return mt_ops_cuda.buffer_copy_if(backend, dst, src, bytes, flag, count);
 }
 
-static mt_status p16_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+static mt_status p16_buffer_scale(mt_backend *backend, float *x, size_t count, const float *factor,
                                   float *flag) {
     weights_touched(cuda_of(backend), x, count * sizeof(float));
     return mt_ops_cuda.buffer_scale(backend, x, count, factor, flag);

@@ -195,8 +195,13 @@ GUARDED(input_upload, (mt_backend * backend, int slot, const mt_input_batch *bat
 GUARDED(input_convert, (mt_backend * backend, int slot, mt_tensor *images, int32_t *labels),
         (backend, slot, images, labels))
 GUARDED(input_wait, (mt_backend * backend, int slot), (backend, slot))
-GUARDED(buffer_scale, (mt_backend * backend, float *x, size_t count, float factor, float *flag),
+GUARDED(buffer_scale,
+        (mt_backend * backend, float *x, size_t count, const float *factor, float *flag),
         (backend, x, count, factor, flag))
+GUARDED(scalars_write, (mt_backend * backend, void *dst, const void *src, size_t bytes),
+        (backend, dst, src, bytes))
+GUARDED(readback_start, (mt_backend * backend, void *dst, const void *src, size_t bytes),
+        (backend, dst, src, bytes))
 GUARDED(tensor_from_nhwc, (mt_backend * backend, const float *src, mt_tensor *dst),
         (backend, src, dst))
 GUARDED(tensor_to_nhwc, (mt_backend * backend, const mt_tensor *src, float *dst),
@@ -254,7 +259,7 @@ GUARDED(global_avg_pool_forward, (mt_backend * backend, const mt_tensor *x, floa
 GUARDED(global_avg_pool_backward, (mt_backend * backend, const float *dy, mt_tensor *dx),
         (backend, dy, dx))
 GUARDED(dropout_forward,
-        (mt_backend * backend, size_t count, float rate, uint64_t seed, const float *x, float *y,
+        (mt_backend * backend, size_t count, float rate, const uint64_t *seed, const float *x, float *y,
          uint8_t *mask),
         (backend, count, rate, seed, x, y, mask))
 GUARDED(dropout_backward,
@@ -275,7 +280,7 @@ GUARDED(loss_forward_backward,
         (backend, desc, logits, labels, loss_host, dlogits))
 GUARDED(loss_accumulate,
         (mt_backend * backend, const mt_loss_desc *desc, const float *logits, const int32_t *labels,
-         float *dlogits, uint64_t step, double *accum, float *skip),
+         float *dlogits, const uint64_t *step, double *accum, float *skip),
         (backend, desc, logits, labels, dlogits, step, accum, skip))
 GUARDED(optimizer_update,
         (mt_backend * backend, const mt_optimizer_desc *desc, float *params, const float *grads,
@@ -305,6 +310,9 @@ const mt_ops mt_ops_reference_guarded = {
     .buffer_copy = guarded_buffer_copy,
     .buffer_copy_if = guarded_buffer_copy_if,
     .buffer_scale = guarded_buffer_scale,
+    .scalars_write = guarded_scalars_write,
+    .readback_start = guarded_readback_start,
+    .readback_wait = mt_ref_readback_wait,
     .tensor_zero = guarded_tensor_zero,
     .tensor_copy = guarded_tensor_copy,
     .add = guarded_add,

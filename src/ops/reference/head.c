@@ -49,14 +49,14 @@ static mt_status check_rate(const char *op, float rate) {
 }
 
 /* x, y: [count] (y may alias x); mask: [count] bytes, 1 = kept */
-mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
                                  const float *x, float *y, uint8_t *mask) {
     MT_TRY(check_rate("dropout_forward", rate));
     const uint32_t threshold = mt_dropout_threshold(rate);
     const float scale = 1.0f / (1.0f - rate);
 #pragma omp parallel for num_threads(mt_ref_threads(backend)) schedule(static)
     for (long i = 0; i < (long)count; i++) {
-        bool keep = mt_dropout_keep(seed, (uint64_t)i, threshold);
+        bool keep = mt_dropout_keep(*seed, (uint64_t)i, threshold);
         mask[i] = keep ? 1 : 0;
         y[i] = keep ? x[i] * scale : 0.0f;
     }
@@ -168,11 +168,11 @@ mt_status mt_ref_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
 
 /* loss_forward_backward's mean, then the accumulator's bookkeeping (ops/loss_accum.h) */
 mt_status mt_ref_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
-                                 const int32_t *labels, float *dlogits, uint64_t step,
+                                 const int32_t *labels, float *dlogits, const uint64_t *step,
                                  double *accum, float *skip) {
     float mean = 0.0f;
     MT_TRY(mt_ref_loss_forward_backward(backend, desc, logits, labels, &mean, dlogits));
-    mt_loss_accum_add(accum, skip, desc, logits, labels, mean, step);
+    mt_loss_accum_add(accum, skip, desc, logits, labels, mean, *step);
     return MT_OK;
 }
 

@@ -47,11 +47,26 @@ const float *mt_ref_conv_weights(const mt_backend *backend, const float *w, size
     return *owned;
 }
 
-mt_status mt_ref_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+mt_status mt_ref_buffer_scale(mt_backend *backend, float *x, size_t count, const float *factor,
                               float *flag) {
     (void)backend;
-    mt_host_buffer_scale(x, count, factor, flag);
+    mt_host_buffer_scale(x, count, *factor, flag);
     return MT_OK;
+}
+
+mt_status mt_ref_scalars_write(mt_backend *backend, void *dst, const void *host_src,
+                               size_t bytes) {
+    (void)backend;
+    return mt_host_scalars_write(dst, host_src, bytes);
+}
+
+mt_status mt_ref_readback_start(mt_backend *backend, void *host_dst, const void *src,
+                                size_t bytes) {
+    return mt_ref_download(backend, host_dst, src, bytes); /* the copy at once */
+}
+
+mt_status mt_ref_readback_wait(mt_backend *backend) {
+    return mt_host_readback_wait(backend);
 }
 
 mt_status mt_ref_check_options(const mt_backend_options *options) {
@@ -107,6 +122,9 @@ const mt_ops mt_ops_reference = {
     .buffer_copy = mt_ref_buffer_copy,
     .buffer_copy_if = mt_ref_buffer_copy_if,
     .buffer_scale = mt_ref_buffer_scale,
+    .scalars_write = mt_ref_scalars_write,
+    .readback_start = mt_ref_readback_start,
+    .readback_wait = mt_ref_readback_wait,
     .tensor_zero = mt_ref_tensor_zero,
     .tensor_copy = mt_ref_tensor_copy,
     .add = mt_ref_add,

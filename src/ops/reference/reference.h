@@ -41,12 +41,19 @@ mt_status mt_ref_stored(const mt_backend *backend, mt_tensor *t);
 const float *mt_ref_conv_weights(const mt_backend *backend, const float *w, size_t count,
                                  float **owned);
 /* x[count] *= factor; flag = 1 when some x is not finite (ops.h buffer_scale) */
-mt_status mt_ref_buffer_scale(mt_backend *backend, float *x, size_t count, float factor,
+mt_status mt_ref_buffer_scale(mt_backend *backend, float *x, size_t count, const float *factor,
                               float *flag);
 
 /* memory.c */
 mt_status mt_ref_buffer_alloc(mt_backend *backend, size_t bytes, void **out);
 void mt_ref_buffer_free(mt_backend *backend, void *buffer);
+/* ops.h scalars_write: a memcpy (host memory) */
+mt_status mt_ref_scalars_write(mt_backend *backend, void *dst, const void *host_src,
+                               size_t bytes);
+/* ops.h readback_start/wait: the copy at once, nothing to wait for */
+mt_status mt_ref_readback_start(mt_backend *backend, void *host_dst, const void *src,
+                                size_t bytes);
+mt_status mt_ref_readback_wait(mt_backend *backend);
 mt_status mt_ref_upload(mt_backend *backend, void *dst, const void *host_src, size_t bytes);
 mt_status mt_ref_download(mt_backend *backend, void *host_dst, const void *src, size_t bytes);
 mt_status mt_ref_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tensor *out);
@@ -107,7 +114,7 @@ mt_status mt_ref_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *
 /* head.c */
 mt_status mt_ref_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
 mt_status mt_ref_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
-mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate, uint64_t seed,
+mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
                                  const float *x, float *y, uint8_t *mask);
 mt_status mt_ref_dropout_backward(mt_backend *backend, size_t count, float rate,
                                   const uint8_t *mask, const float *dy, float *dx);
@@ -119,7 +126,7 @@ mt_status mt_ref_loss_forward_backward(mt_backend *backend, const mt_loss_desc *
                                        const float *logits, const int32_t *labels, float *loss_host,
                                        float *dlogits);
 mt_status mt_ref_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc, const float *logits,
-                                 const int32_t *labels, float *dlogits, uint64_t step,
+                                 const int32_t *labels, float *dlogits, const uint64_t *step,
                                  double *accum, float *skip);
 mt_status mt_ref_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
                                 const float *flag, double *count);

@@ -1,0 +1,43 @@
+/* The training step as a CUDA graph (train.cuda_graphs): the step's device work captured once
+ * per batch shape, after an eager warm-up step of that shape, and replayed (ops.h
+ * step_capture_begin/end, step_replay). Backends without the capture ops (the CPU ones) run
+ * every step eager. */
+#ifndef MT_TRAINER_GRAPH_H
+#define MT_TRAINER_GRAPH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mobiletune/ops.h"
+
+struct trainer;
+
+typedef struct trainer_graph {
+    bool enabled;  /* train.cuda_graphs, a backend that can capture, nothing in the way */
+    void *graph;   /* the captured step for batches of `rows` rows, or NULL */
+    int rows;
+    int warm_rows; /* the rows of the last eager step: that shape's warm-up is done */
+    uint64_t captures, replays;
+} trainer_graph;
+
+/* The step's device work: the same op calls on the same memory whenever `rows` is the same
+ * (per-step values are read from backend memory, ops.h "Per-step values"). */
+typedef mt_status (*trainer_step_fn)(struct trainer *t, const void *user);
+
+/* Decide whether steps are captured: `wanted` (train.cuda_graphs) and the backend's capture ops;
+ * `host_comm` (a gradient synchronizer runs between the step's ops) turns it off, and *why_off
+ * says so (NULL when off for want of asking or of a capable backend: nothing to say). */
+void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend, bool host_comm,
+                        const char **why_off);
+
+/* One step of `rows` rows through `body`: eager when graphs are off, when `eager` (a step with
+ * host work inside, e.g. an injected fault), for the first step of a shape (warm-up: the
+ * backend's pools and algorithm searches settle) and when the shape changed; otherwise the
+ * shape's graph is replayed, captured first if there is none yet. A capture that fails turns
+ * graphs off for the run, with one line on stderr, and the step runs eager (nothing of it ran). */
+mt_status trainer_graph_step(trainer_graph *g, struct trainer *t, int rows, bool eager,
+                             trainer_step_fn body, const void *user);
+
+void trainer_graph_free(trainer_graph *g, mt_backend *backend);
+
+#endif
