@@ -1,8 +1,7 @@
 /* State shared by the training run's files (trainer.c and its parts: trainer_setup.c,
  * trainer_epoch.c, trainer_eval.c, trainer_cache.c, trainer_checkpoint.c, trainer_agree.c,
- * trainer_graph.c): one
- * struct, so what a checkpoint holds is visibly what the loop uses, and the functions one part
- * calls in another. */
+ * trainer_graph.c): one struct, so what a checkpoint holds is visibly what the loop uses, and
+ * the functions one part calls in another. */
 #ifndef MT_TRAINER_INTERNAL_H
 #define MT_TRAINER_INTERNAL_H
 

@@ -1,0 +1,157 @@
+/* train.cuda_graphs on the CPU: the trainer captures its step once per batch shape and replays it
+ * (ops.h step_capture_begin/end, step_replay). Here the capture is step_recorder.h's stand-in on
+ * the reference backend, which replays exactly the recorded calls with the recorded arguments, so
+ * any per-step value still passed by value (the dropout seed, the learning rate, Adam's step
+ * size, the loss step, fp16's loss scale) or written inside the captured part would replay
+ * stale. Training "with graphs" must equal eager training bit for bit: every tensor of the last
+ * checkpoint (weights, BN statistics, optimizer slots), its metadata (iterations, fp16's
+ * loss-scale state), and the loss and accuracy of every epoch. Two runs: fp32 with Adam and
+ * dropout, nan_policy = skip (the BN backup and its restore in the step); fp16 (the reference's
+ * emulation) with RMSprop and momentum, whose loss scale moves on through the skip flag read back
+ * at the next step's top. A tiny network (alpha 0.35 at 32x32), 3 epochs of 3 steps. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../data/test_db.h"
+#include "mobiletune/checkpoint.h"
+#include "mobiletune/comm.h"
+#include "mobiletune/config.h"
+#include "mobiletune/trainer.h"
+#include "step_recorder.h"
+#include "test_util.h"
+
+enum { RECORDS = 24, BATCH = 8, EPOCHS = 3 };
+
+static void set(mt_train_config *c, const char *assignment) {
+    TEST_MUST(mt_config_set(c, assignment));
+}
+
+/* One training run into `run_dir`; graphs on or off; the recorder's statistics come back. */
+static void train(const char *data, const char *run_dir, const char *const *extra, bool graphs,
+                  step_recorder_stats *stats) {
+    mt_train_config c;
+    mt_config_defaults(&c);
+    char line[600];
+    snprintf(line, sizeof line, "data.train=%s", data), set(&c, line);
+    snprintf(line, sizeof line, "data.val=%s", data), set(&c, line);
+    snprintf(line, sizeof line, "output.run_dir=%s", run_dir), set(&c, line);
+    const char *common[] = {"data.batch_size=8",  "data.shuffle=true",    "data.random_flip=true",
+                            "data.loader_threads=1", "model.alpha=0.35", "model.input_size=32",
+                            "model.classes=2",    "model.dropout=0.3",    "model.mode=scratch",
+                            "train.epochs=3",     "train.seed=11",        "train.backend=reference",
+                            "train.threads=1",    "output.tensorboard=false"};
+    for (size_t i = 0; i < sizeof common / sizeof common[0]; i++)
+        set(&c, common[i]);
+    for (int i = 0; extra[i]; i++)
+        set(&c, extra[i]);
+    set(&c, graphs ? "train.cuda_graphs=true" : "train.cuda_graphs=false");
+    TEST_MUST(mt_config_check(&c));
+    mt_comm *comm = NULL;
+    TEST_MUST(mt_comm_init(NULL, NULL, &comm));
+    const mt_train_options options = {.wrap_backend = step_recorder_wrap};
+    mt_train_result result;
+    TEST_MUST(mt_train(&c, comm, &options, &result));
+    mt_comm_finalize(comm);
+    *stats = step_recorder_last_stats();
+}
+
+/* Every tensor and metadata value of the two checkpoints equal, byte for byte */
+static void same_checkpoint(const char *what, const char *a_path, const char *b_path) {
+    mt_checkpoint *a = NULL, *b = NULL;
+    TEST_MUST(mt_checkpoint_read(a_path, &a));
+    TEST_MUST(mt_checkpoint_read(b_path, &b));
+    CHECK_MSG(mt_checkpoint_tensor_count(a) == mt_checkpoint_tensor_count(b),
+              "%s: %d tensors, eager %d", what, mt_checkpoint_tensor_count(b),
+              mt_checkpoint_tensor_count(a));
+    int differ = 0;
+    for (int i = 0; i < mt_checkpoint_tensor_count(a); i++) {
+        const mt_checkpoint_tensor *ta = mt_checkpoint_tensor_at(a, i);
+        const mt_checkpoint_tensor *tb = mt_checkpoint_find(b, ta->name);
+        if (!tb || tb->bytes != ta->bytes || memcmp(ta->data, tb->data, ta->bytes) != 0) {
+            if (differ++ < 5) fprintf(stderr, "%s: tensor %s differs\n", what, ta->name);
+        }
+    }
+    CHECK_MSG(differ == 0, "%s: %d tensors differ between eager and graph training", what, differ);
+    for (int i = 0; i < mt_checkpoint_meta_count(a); i++) {
+        const char *key, *value;
+        mt_checkpoint_meta_at(a, i, &key, &value);
+        if (strstr(key, "time") || strstr(key, "seconds") || strstr(key, "config")) continue;
+        const char *other = mt_checkpoint_meta(b, key);
+        CHECK_MSG(other && strcmp(other, value) == 0, "%s: metadata %s = %s, eager %s", what,
+                  key, other ? other : "(none)", value);
+    }
+    mt_checkpoint_free(a);
+    mt_checkpoint_free(b);
+}
+
+/* The "loss" and "accuracy" fields of every line of two metrics.jsonl files, as printed */
+static void same_metrics(const char *what, const char *a_dir, const char *b_dir) {
+    char path[2][800];
+    snprintf(path[0], sizeof path[0], "%s/metrics.jsonl", a_dir);
+    snprintf(path[1], sizeof path[1], "%s/metrics.jsonl", b_dir);
+    FILE *f[2] = {fopen(path[0], "r"), fopen(path[1], "r")};
+    CHECK_MSG(f[0] && f[1], "%s: metrics.jsonl missing", what);
+    char line[2][4096];
+    int lines = 0;
+    while (f[0] && f[1] && fgets(line[0], sizeof line[0], f[0])) {
+        CHECK_MSG(fgets(line[1], sizeof line[1], f[1]) != NULL, "%s: fewer metrics lines", what);
+        const char *keys[] = {"\"loss\":", "\"accuracy\":", "\"loss_scale\":", "\"skipped_steps\":"};
+        for (int k = 0; k < 4; k++) {
+            const char *x = strstr(line[0], keys[k]), *y = strstr(line[1], keys[k]);
+            CHECK_MSG((x == NULL) == (y == NULL), "%s: %s in one run only", what, keys[k]);
+            if (x && y)
+                CHECK_MSG(strtod(x + strlen(keys[k]), NULL) == strtod(y + strlen(keys[k]), NULL),
+                          "%s line %d: %s %.9g, eager %.9g", what, lines + 1, keys[k],
+                          strtod(y + strlen(keys[k]), NULL), strtod(x + strlen(keys[k]), NULL));
+        }
+        lines++;
+    }
+    CHECK_MSG(lines >= EPOCHS, "%s: %d metrics lines", what, lines);
+    for (int i = 0; i < 2; i++)
+        if (f[i]) fclose(f[i]);
+}
+
+static void compare_runs(const char *root, const char *name, const char *const *extra) {
+    char data[600], eager[700], graphs[700];
+    snprintf(data, sizeof data, "%s/data", root);
+    snprintf(eager, sizeof eager, "%s/%s-eager", root, name);
+    snprintf(graphs, sizeof graphs, "%s/%s-graphs", root, name);
+    step_recorder_stats off, on;
+    train(data, eager, extra, false, &off);
+    train(data, graphs, extra, true, &on);
+    CHECK_MSG(off.captures == 0 && off.replays == 0, "%s: graphs off still captured", name);
+    /* every epoch: one eager warm-up step, then the capture and its replay, then a replay */
+    CHECK_MSG(on.captures >= 1 && on.broken_captures == 0 && on.replays >= EPOCHS,
+              "%s: %llu captures (%llu broken), %llu replays", name,
+              (unsigned long long)on.captures, (unsigned long long)on.broken_captures,
+              (unsigned long long)on.replays);
+    char a[800], b[800];
+    snprintf(a, sizeof a, "%s/last.safetensors", eager);
+    snprintf(b, sizeof b, "%s/last.safetensors", graphs);
+    same_checkpoint(name, a, b);
+    same_metrics(name, eager, graphs);
+    printf("%s: %llu captures, %llu replays (%llu op calls replayed): bit for bit eager\n", name,
+           (unsigned long long)on.captures, (unsigned long long)on.replays,
+           (unsigned long long)on.replayed_calls);
+}
+
+int main(void) {
+    const char *root = mt_test_make_temp_dir("trainer_graphs");
+    char data[600];
+    snprintf(data, sizeof data, "%s/data", root);
+    if (mkdir(data, 0755) != 0) return 1;
+    const test_db_spec spec = {.count = RECORDS, .height = 32, .width = 32, .classes = 2};
+    if (!test_db_create(data, &spec)) return 1;
+
+    const char *fp32[] = {"optimizer.name=adam", "optimizer.learning_rate=1e-3",
+                          "optimizer.schedule=cosine", "train.nan_policy=skip", NULL};
+    compare_runs(root, "fp32-adam", fp32);
+    const char *fp16[] = {"optimizer.name=rmsprop", "optimizer.momentum=0.9",
+                          "optimizer.learning_rate=1e-3", "train.precision=fp16", NULL};
+    compare_runs(root, "fp16-rmsprop", fp16);
+    mt_test_remove_tree(root);
+    return mt_test_finish();
+}
