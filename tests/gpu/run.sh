@@ -19,6 +19,9 @@
 #               computed here (tests/gpu/golden_step.c has the tolerances and their reason)
 #   train_*     `mobiletune train` of frozen, finetune, scratch (configs/cats_vs_dogs) for 2 epochs
 #               on the photo slice with train.backend=cuda: loss falling, accuracies printed
+#   graphs      finetune, 2 epochs of 5 steps, with train.cuda_graphs = true (the default: the
+#               step captured once and replayed) and false (eager), same seed: the epochs' losses
+#               and accuracies must agree (the step says within what)
 #   mpi_nccl1   1 rank under mpirun with train.comm=nccl
 #   mpi_share2  2 ranks sharing the GPU under mpirun (train.comm left to auto: MPI)
 #   profile     MT_CUDA_PROFILE=1 of one step, where the binary supports it (optional)
@@ -51,11 +54,11 @@ summary=$out/summary.txt
 : > "$summary"
 
 # ---- the steps, in order, and their budgets (seconds; they add up to at most the total) ------
-steps=(probe cuda_start ops_tests golden train_frozen train_finetune train_scratch mpi_nccl1
-    mpi_share2 profile bench verdict)
+steps=(probe cuda_start ops_tests golden train_frozen train_finetune train_scratch graphs
+    mpi_nccl1 mpi_share2 profile bench verdict)
 declare -A budget=([probe]=20 [cuda_start]=15 [ops_tests]=45 [golden]=40 [train_frozen]=35
-    [train_finetune]=35 [train_scratch]=35 [mpi_nccl1]=25 [mpi_share2]=40 [profile]=15 [bench]=45
-    [verdict]=10)
+    [train_finetune]=35 [train_scratch]=35 [graphs]=30 [mpi_nccl1]=25 [mpi_share2]=40 [profile]=15
+    [bench]=15 [verdict]=10)
 declare -A optional=([profile]=1 [bench]=1)
 declare -A status=() detail=() took=()
 sum=0
@@ -435,6 +438,63 @@ extra=()
 for mode in frozen finetune scratch; do
     train_step "train_$mode" "$mode"
 done
+
+# ---- graphs: the same short training with the step captured and replayed, and eager ----------
+# Both runs pin the per-shape kernel choices (MT_CUDA_DEPTHWISE=own, MT_CUDA_POINTWISE=gemm) so
+# that timing does not pick different kernels in the two processes; cuDNN's own algorithm search
+# may still differ between them, by fp32 rounding, which 2 x 5 steps grow to far less than the
+# limit: 1e-3 relative on every epoch's loss and val_loss, and accuracies within one image of
+# the 5 x 32 an epoch sees (a borderline prediction may flip). Without a GPU (cpu backend) the
+# two runs are the same computation.
+t0=$SECONDS
+graphs_cap=$(cap graphs)
+declare -A rc_graphs=()
+for g in on off; do
+    mapfile -t args < <(train_args finetune "graphs_$g")
+    flag=true
+    [[ $g == off ]] && flag=false
+    run_logged graphs $((graphs_cap / 2)) "graphs_$g" env MT_CUDA_DEPTHWISE=own \
+        MT_CUDA_POINTWISE=gemm "$bin/mobiletune" train "${args[@]}" \
+        --set train.steps_per_epoch=5 --set "train.cuda_graphs=$flag"
+    rc_graphs[$g]=$?
+done
+took[graphs]="$((SECONDS - t0))s"
+if ((rc_graphs[on] != 0 || rc_graphs[off] != 0)); then
+    set_status graphs FAIL "rc ${rc_graphs[on]} (graphs on), ${rc_graphs[off]} (off): $(first_error "$logs/graphs_on.log") $(first_error "$logs/graphs_off.log")"
+else
+    result=$("$work/python3" - "$logs/graphs_on.log" "$logs/graphs_off.log" << 'EOF'
+import re, sys
+def epochs(path):
+    rows = []
+    for line in open(path):
+        if re.match(r"^epoch \d+/", line):
+            rows.append({k: float(v) for k, v in
+                         re.findall(r"(?:^|\s)(loss|acc|val_loss|val_acc) ([0-9.]+)", line)})
+    return rows
+on, off = epochs(sys.argv[1]), epochs(sys.argv[2])
+if not on or len(on) != len(off):
+    print(f"bad {len(on)} epoch lines with graphs, {len(off)} without")
+    sys.exit()
+worst, bad = 0.0, []
+for e, (a, b) in enumerate(zip(on, off), 1):
+    for k in ("loss", "val_loss"):
+        d = abs(a[k] - b[k]) / max(abs(b[k]), 1e-6)
+        worst = max(worst, d)
+        if d > 1e-3:
+            bad.append(f"epoch {e} {k} {a[k]} vs {b[k]}")
+    for k in ("acc", "val_acc"):
+        if abs(a[k] - b[k]) > 1.0 / 160 + 1e-9:
+            bad.append(f"epoch {e} {k} {a[k]} vs {b[k]}")
+last = on[-1]
+print(("bad " + "; ".join(bad)) if bad else
+      f"ok graphs on == off: largest relative loss difference {worst:.1e}; last epoch loss "
+      f"{last['loss']:.4f}, val_acc {last['val_acc']:.3f}")
+EOF
+)
+    if [[ $result == ok* ]]; then set_status graphs PASS "${result#ok }"
+    else set_status graphs FAIL "${result#bad }"; fi
+fi
+grep -m1 'train.cuda_graphs' "$logs/graphs_on.log" >> "$summary" 2> /dev/null
 
 # ---- MPI: 1 rank over NCCL, 2 ranks sharing the GPU -----------------------------------------
 mpirun_cmd=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x OPAL_PREFIX
