@@ -283,6 +283,11 @@ mt_status mt_model_set_step(mt_model *model, uint64_t dropout_seed, uint64_t ste
  * sequence of op calls a captured training step replays (ops.h step_capture_begin). */
 mt_status mt_model_prepare_input(mt_model *model, const mt_model_input *input);
 
+/* Changes whenever the model (re)allocates tensors: activations for a new batch size (an
+ * evaluation's short last batch, say), a gradient tensor. A captured step points into them: one
+ * captured at another value must be captured again. */
+uint64_t mt_model_memory_generation(const mt_model *model);
+
 /* MT_ERR_INVALID naming the row when a label is outside [0, classes) and not -1 (padding);
  * *valid (may be NULL) gets the rows with a label. */
 mt_status mt_model_check_labels(const mt_model *model, const int32_t *labels, int n, int *valid);

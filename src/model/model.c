@@ -47,6 +47,7 @@ mt_status mt_model_activations_ensure(mt_model *m, int n) {
                        m->layout->config.batch_size);
     if (m->n == n) return MT_OK;
     free_activations(m);
+    m->memory_generation++;
     /* the plan says which layers allocate and which reuse an earlier layer's tensor */
     for (int i = 0; i < MT_MODEL_BACKBONE_LAYERS; i++) {
         int storage = m->plan.layer[i].storage;

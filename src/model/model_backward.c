@@ -44,6 +44,7 @@ static mt_status slot_acquire(mt_model *m, mt_shape4 shape, int *out) {
         return MT_OK;
     }
     MT_TRY(m->ops->tensor_alloc(m->backend, shape, &m->slots[i].tensor));
+    m->memory_generation++;
     m->slots[i].borrowed = -1;
     m->slots[i].refs = 1;
     m->slot_count++;

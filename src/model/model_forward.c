@@ -214,6 +214,10 @@ mt_status mt_model_forward_head(mt_model *m, const float *features, const int32_
     return head_forward(m, labels, false, n, training, logits_host, out, NULL);
 }
 
+uint64_t mt_model_memory_generation(const mt_model *m) {
+    return m->memory_generation;
+}
+
 mt_status mt_model_set_step(mt_model *m, uint64_t dropout_seed, uint64_t step) {
     const uint64_t values[2] = {dropout_seed, step}; /* the struct's first two fields */
     return m->ops->scalars_write(m->backend, m->step_values, values, sizeof values);

@@ -280,7 +280,9 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
     mt_grad_sync_stats before = {0};
     if (t->grad_sync) before = mt_grad_sync_get_stats(t->grad_sync);
     const step_body_args args = {.fault_nan = fault == FAULT_NAN, .step = step};
-    mt_status status = trainer_graph_step(&t->graph, t, input->n, args.fault_nan, step_body, &args);
+    mt_status status = trainer_graph_step(&t->graph, t, input->n,
+                                          mt_model_memory_generation(t->model), args.fault_nan,
+                                          step_body, &args);
     if (status == MT_OK) mt_optimizer_step_done(&t->optimizer);
     if (status == MT_OK && t->loss_scaling) {
         status = ops->readback_start(t->backend, t->skip_host, t->grads + t->trainable_count,

@@ -35,15 +35,17 @@ void trainer_graph_free(trainer_graph *g, mt_backend *backend) {
     if (backend) drop(g, backend);
 }
 
-mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, bool eager,
-                             trainer_step_fn body, const void *user) {
+mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, uint64_t memory,
+                             bool eager, trainer_step_fn body, const void *user) {
     mt_backend *backend = t->backend;
     const mt_ops *ops = backend->ops;
     if (!g->enabled) return body(t, user);
-    if (g->graph && g->rows != rows) drop(g, backend); /* the model reallocated its tensors */
+    /* another shape, or the model reallocated its tensors: the graph points at the old ones */
+    if (g->graph && (g->rows != rows || g->memory != memory)) drop(g, backend);
     if (eager || !g->graph) {
-        if (eager || g->warm_rows != rows) {
+        if (eager || g->warm_rows != rows || g->warm_memory != memory) {
             g->warm_rows = eager ? 0 : rows;
+            g->warm_memory = memory;
             return body(t, user);
         }
         /* capture: the ops are recorded, not run; the replay below runs them */
@@ -61,12 +63,14 @@ mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, bool eager,
         }
         g->graph = graph;
         g->rows = rows;
+        g->memory = memory;
         g->captures++;
     }
     mt_status status = ops->step_replay(backend, g->graph);
     if (status == MT_ERR_INVALID) { /* backend memory changed since the capture */
         drop(g, backend);
         g->warm_rows = rows;
+        g->warm_memory = memory;
         return body(t, user);
     }
     if (status == MT_OK) g->replays++;

@@ -16,7 +16,9 @@ typedef struct trainer_graph {
     bool enabled;  /* train.cuda_graphs, a backend that can capture, nothing in the way */
     void *graph;   /* the captured step for batches of `rows` rows, or NULL */
     int rows;
-    int warm_rows; /* the rows of the last eager step: that shape's warm-up is done */
+    uint64_t memory; /* the model's memory generation at the capture */
+    int warm_rows;   /* the rows of the last eager step: that shape's warm-up is done */
+    uint64_t warm_memory; /* and the model's memory generation then */
     uint64_t captures, replays;
 } trainer_graph;
 
@@ -32,11 +34,12 @@ void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend
 
 /* One step of `rows` rows through `body`: eager when graphs are off, when `eager` (a step with
  * host work inside, e.g. an injected fault), for the first step of a shape (warm-up: the
- * backend's pools and algorithm searches settle) and when the shape changed; otherwise the
- * shape's graph is replayed, captured first if there is none yet. A capture that fails turns
- * graphs off for the run, with one line on stderr, and the step runs eager (nothing of it ran). */
-mt_status trainer_graph_step(trainer_graph *g, struct trainer *t, int rows, bool eager,
-                             trainer_step_fn body, const void *user);
+ * backend's pools and algorithm searches settle) and when the shape or the model's memory
+ * (`memory`: mt_model_memory_generation) changed; otherwise the shape's graph is replayed,
+ * captured first if there is none yet. A capture that fails turns graphs off for the run, with
+ * one line on stderr, and the step runs eager (nothing of it ran). */
+mt_status trainer_graph_step(trainer_graph *g, struct trainer *t, int rows, uint64_t memory,
+                             bool eager, trainer_step_fn body, const void *user);
 
 void trainer_graph_free(trainer_graph *g, mt_backend *backend);
 

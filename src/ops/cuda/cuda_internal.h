@@ -164,6 +164,9 @@ mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision);
 void cuda_precision_free(cuda_backend *cu);
 const mt_ops *cuda_precision_table(void);
 mt_cuda_storage cuda_precision_storage(const cuda_backend *cu); /* MT_CUDA_BF16 or _FP16 */
+/* Drops every rounded conv weight copy (a captured step replays writes to the weights that the
+ * cache, which watches the host's calls, cannot see: cuda_graph.c); nothing when fp32. */
+void cuda_precision_forget_weights(cuda_backend *cu);
 /* cuda_ops.c, shared with cuda_precision_ops.c: BN's checks (tensors of `storage`) and M rows,
  * the reduction scratch of the legacy kernels or the fused ones; the fused kernels' tickets */
 mt_status cuda_bn_prepare(mt_backend *backend, const char *op, const mt_batchnorm_desc *d,

@@ -82,6 +82,10 @@ static void weights_touched(cuda_backend *cu, const void *dst, size_t bytes) {
     p->weight_count = kept;
 }
 
+void cuda_precision_forget_weights(cuda_backend *cu) {
+    if (cu->precision) weights_touched(cu, NULL, 0);
+}
+
 static mt_status rounded_weights(cuda_backend *cu, const float *w, size_t count,
                                  const float **out) {
     cuda_precision_state *p = cu->precision;
