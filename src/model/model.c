@@ -170,9 +170,9 @@ mt_status mt_model_create(mt_backend *backend, const mt_model_config *config, ui
 void mt_model_destroy(mt_model *m) {
     if (!m) return;
     free_activations(m);
-    void *buffers[] = {m->params, m->grads,   m->frozen,  m->state,    m->bn_saved,
-                       m->pooled, m->dropped, m->dpooled, m->ddropped, m->mask,
-                       m->logits, m->dlogits, m->labels, m->step_values};
+    void *buffers[] = {m->params, m->grads,   m->frozen,  m->state,      m->bn_saved,
+                       m->pooled, m->dropped, m->dpooled, m->ddropped,   m->mask,
+                       m->logits, m->dlogits, m->labels,  m->step_values};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++)
         free_buffer(m, buffers[i]);
     free(m->host_logits);

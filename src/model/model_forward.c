@@ -252,8 +252,7 @@ mt_status mt_model_prepare_input(mt_model *m, const mt_model_input *in) {
 
 mt_status mt_model_forward_accumulate(mt_model *m, const mt_model_input *in, double *accum,
                                       mt_step_result *out) {
-    if (!accum)
-        return MT_FAIL(MT_ERR_INVALID, "mt_model_forward_accumulate needs an accumulator");
+    if (!accum) return MT_FAIL(MT_ERR_INVALID, "mt_model_forward_accumulate needs an accumulator");
     if (!in->prepared) MT_TRY(mt_model_prepare_input(m, in));
     m->ready_for_backward = false;
     if (!m->head_only) MT_TRY(backbone_forward(m, in->n, true));

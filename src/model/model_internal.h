@@ -68,10 +68,10 @@ struct mt_model {
 
     /* the per-step values the step's ops read (ops.h "Per-step values"), backend memory */
     model_step_values *step_values;
-    bool loss_scaled;   /* mt_model_set_loss_scale was called: backward scales dlogits */
-    int prepared_valid; /* mt_model_prepare_input: the batch's rows with a label */
+    bool loss_scaled;           /* mt_model_set_loss_scale was called: backward scales dlogits */
+    int prepared_valid;         /* mt_model_prepare_input: the batch's rows with a label */
     uint64_t memory_generation; /* mt_model_memory_generation: tensors (re)allocated */
-    int n;              /* batch the activations are sized for (0: none yet) */
+    int n;                      /* batch the activations are sized for (0: none yet) */
     grad_slot slots[GRAD_SLOTS_MAX];
     int slot_count;
     int walk_at; /* backward: the layer being processed (outputs >= it are dead) */

@@ -69,7 +69,7 @@ typedef struct cuda_scratch {
     size_t bytes;
 } cuda_scratch;
 
-typedef struct cuda_conv_entry cuda_conv_entry; /* cuda_conv.c */
+typedef struct cuda_conv_entry cuda_conv_entry;           /* cuda_conv.c */
 typedef struct cuda_precision_state cuda_precision_state; /* cuda_precision.c */
 
 /* MT_CUDA_PROFILE=1: a CUDA event pair around every op of one step. The window opens when the
@@ -267,8 +267,8 @@ mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc 
                                     const mt_tensor *dy, mt_tensor *dx);
 mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
 mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
-mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
-                                  const float *x, float *y, uint8_t *mask);
+mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate,
+                                  const uint64_t *seed, const float *x, float *y, uint8_t *mask);
 mt_status mt_cuda_dropout_backward(mt_backend *backend, size_t count, float rate,
                                    const uint8_t *mask, const float *dy, float *dx);
 mt_status mt_cuda_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,

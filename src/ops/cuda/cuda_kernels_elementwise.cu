@@ -197,8 +197,8 @@ __global__ void input_convert_kernel(size_t count, int height, int width, const 
  * loss_accumulate's bookkeeping (ops.h, the same as ops/loss_accum.h's on the host) instead, a
  * bad label counting as a padding row (the host checked them), and no result. */
 __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *labels,
-                            float *dlogits, double *result, double *accum,
-                            const uint64_t *step, float *skip) {
+                            float *dlogits, double *result, double *accum, const uint64_t *step,
+                            float *skip) {
     __shared__ int valid, bad, correct;
     __shared__ double totals[THREADS];
     if (threadIdx.x == 0) valid = 0, bad = N, correct = 0;
