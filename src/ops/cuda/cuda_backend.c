@@ -207,6 +207,7 @@ static void cuda_shutdown(mt_backend *backend) {
     cuda_profile_free(cu);
     cuda_graph_free(cu);
     cuda_conv_cache_free(cu);
+    cuda_weights_free(cu); /* pool blocks: before the pool goes */
     cuda_precision_free(cu); /* pool blocks: before the pool goes */
     for (int h = 0; h < CUDA_POOL_BUCKETS; h++) { /* blocks the caller never freed */
         while (cu->pool.live[h]) {
@@ -252,8 +253,13 @@ static mt_status cuda_setup(cuda_backend *cu) {
     CUDNN_CHECK(cudnnSetStream(cu->cudnn, cu->stream));
     CUBLAS_CHECK(cublasCreate(&cu->cublas));
     CUBLAS_CHECK(cublasSetStream(cu->cublas, cu->stream));
-    CUBLAS_CHECK(cublasSetMathMode(cu->cublas, cu->allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                              : CUBLAS_DEFAULT_MATH));
+    /* DISALLOW_REDUCED_PRECISION_REDUCTION: a product with a 16-bit output (bf16/fp16's 1x1
+     * convolutions) must not add split-K partial sums in that type -- one rounding at the end,
+     * as the reference's emulation has; no effect on fp32 outputs */
+    CUBLAS_CHECK(cublasSetMathMode(
+        cu->cublas, (cublasMath_t)((cu->allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                   : CUBLAS_DEFAULT_MATH) |
+                                   CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
     for (int i = 0; i < 4; i++)
         CUDA_CHECK(cudaEventCreate(&cu->timing[i]));
     CUDA_CHECK(cudaMallocHost((void **)&cu->host_result, 4 * sizeof(double)));
@@ -346,6 +352,7 @@ static mt_status cuda_buffer_alloc(mt_backend *backend, size_t bytes, void **out
 }
 
 static void cuda_buffer_free(mt_backend *backend, void *buffer) {
+    cuda_weights_touched(cuda_of(backend), NULL, 0); /* the block's size is not known here */
     pool_release(cuda_of(backend), buffer);
 }
 
@@ -354,6 +361,7 @@ static void cuda_buffer_free(mt_backend *backend, void *buffer) {
 static mt_status upload_op(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
     cuda_backend *cu = cuda_of(backend);
     if (!bytes) return MT_OK;
+    cuda_weights_touched(cu, dst, bytes);
     CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, cu->stream));
     CUDA_CHECK(cudaStreamSynchronize(cu->stream));
     return MT_OK;

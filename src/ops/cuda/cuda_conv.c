@@ -1,14 +1,17 @@
-/* Convolutions of the "cuda" backend: cuDNN's legacy convolution API on NHWC tensors, and our own
- * kernels where cuDNN cannot or should not run.
+/* Convolutions of the "cuda" backend: cuDNN's legacy convolution API on NHWC tensors, cuBLAS for
+ * 1x1 layers, and our own kernels where cuDNN cannot or should not run. (Over 600 lines: the
+ * three implementations, their fp32 and 16-bit forms and the per-shape choice share one cache
+ * entry and each other's static runners; split, all of it would become an internal interface.)
  *
  * Per descriptor (cached by value, like the cpu backend's primitives) an entry holds the cuDNN
  * descriptors, and per pass (forward, backward data, backward filter) the algorithm cudnnFind*
  * measured fastest among those whose workspace fits MT_CUDA_WORKSPACE_MB, with its workspace size
  * and math type, plus which implementation runs the pass. One workspace serves every call.
  *
- * Weights. Keras' HWIO kernel becomes cuDNN's NHWC filter (KRSC) in a small transform kernel on
- * every call, and the filter gradient comes back the same way: the weights change every step, so
- * a cached copy would need invalidation for a saving of a few microseconds.
+ * Weights. cuDNN reads its NHWC filter (KRSC) and, in bf16/fp16, a 16-bit copy; both are made
+ * once per update and kept per weight pointer (cuda_weights.c, cuda_weight_cache.h: dropped when
+ * an op that can write that memory touches it), not per call. The filter gradient is written
+ * every step: it still comes back through the KRSC -> HWIO transform after each call.
  *
  * Asymmetric 'SAME' padding (stride 2, even input: 0 rows on top, 1 at the bottom). cuDNN's legacy
  * API takes one pad per dimension, applied on both sides, and neither crop works for stride 2:
@@ -35,24 +38,56 @@
  * right row-major matrix: cuBLAS runs it with no weight transform at all, and its backward passes
  * are the two other products (dense_forward/backward's shapes). These layers are most of the
  * network's arithmetic; cuBLAS and cuDNN are timed against each other per shape and pass like the
- * depthwise pair (MT_CUDA_POINTWISE=gemm|cudnn forces one). */
+ * depthwise pair (MT_CUDA_POINTWISE=gemm|cudnn forces one). The products' arguments come from
+ * cuda_pointwise.c (plain C, tested on the CPU).
+ *
+ * bf16 / fp16 (train.precision; tensors stored in 16 bits, cuda_precision.c). What the reference's
+ * emulation computes (src/ops/reference/conv.c + precision.c): products of the stored 16-bit
+ * inputs and the kernel rounded to 16 bits, summed at high precision, the tensor output (y, dx)
+ * rounded to 16 bits once, the weight gradient left fp32. Here, natively on the tensor cores:
+ *  - cuBLAS (pointwise): cublasGemmEx on 16-bit A and B with CUBLAS_COMPUTE_32F; y and dx are
+ *    written 16-bit (one rounding of the fp32 sum; the handle disallows reduced-precision split-K
+ *    reductions, cuda_backend.c), dw fp32 straight into the gradient buffer (C = CUDA_R_32F).
+ *  - cuDNN forward and backward data: x, y and the filter CUDNN_DATA_BFLOAT16/HALF, the
+ *    convolution's compute type CUDNN_DATA_FLOAT (PSEUDO_BFLOAT16/HALF configurations), tensor-op
+ *    math (algorithms that would convert data types are refused).
+ *  - cuDNN backward filter: cuDNN writes dw in the tensors' type, a 16-bit dw, which is a rounding
+ *    the emulation does not have (and fp16's range would clip large gradients). So it is not run
+ *    on 16-bit data: x and dy are widened exactly into fp32 and cuDNN's fp32 backward filter runs
+ *    on them (run_widened below; an entry keeps fp32 descriptors for it). It stays one of the
+ *    timed alternatives, so the choice per shape keeps working; the pointwise GEMM and our
+ *    kernels, native, are the expected winners for 1x1 and depthwise layers.
+ *  - our kernels (depthwise, Conv1's direct kernels): their 16-bit instances (run_own with the
+ *    call's storage: 16-bit loads, fp32 arithmetic, one rounding on store, dw fp32) on the
+ *    per-update copy of the kernel rounded to 16 bits (kept fp32, the kernels' weight type). */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/cuda_pointwise.h"
 
-enum conv_pass { PASS_FORWARD, PASS_BACKWARD_DATA, PASS_BACKWARD_FILTER, PASSES };
+enum conv_pass {
+    PASS_FORWARD = MT_CUDA_CONV_FORWARD,
+    PASS_BACKWARD_DATA = MT_CUDA_CONV_BACKWARD_DATA,
+    PASS_BACKWARD_FILTER = MT_CUDA_CONV_BACKWARD_FILTER,
+    PASSES
+};
 enum conv_impl { IMPL_UNDECIDED, IMPL_CUDNN, IMPL_OWN, IMPL_GEMM };
 static const char *const impl_names[] = {"undecided", "cuDNN", "own", "GEMM"};
 static const char *const pass_names[PASSES] = {"forward", "backward data", "backward filter"};
+
+/* The data types a cuDNN call runs on: every pass in fp32 mode; in bf16/fp16 mode forward and
+ * backward data on the 16-bit tensors (TYPE_16), backward filter on widened fp32 copies. */
+enum conv_types { TYPE_F32, TYPE_16, TYPES };
 
 struct cuda_conv_entry {
     mt_conv_desc key;
     mt_cuda_conv_geom geom;
     bool cudnn_ok; /* symmetric pads: the legacy API can run it */
-    cudnnTensorDescriptor_t x_desc, y_desc;
-    cudnnFilterDescriptor_t w_desc;
-    cudnnConvolutionDescriptor_t conv_desc;
+    /* per data type (enum conv_types): fp32, and the 16-bit storage type in bf16/fp16 mode */
+    cudnnTensorDescriptor_t x_desc[TYPES], y_desc[TYPES];
+    cudnnFilterDescriptor_t w_desc[TYPES];
+    cudnnConvolutionDescriptor_t conv_desc; /* compute type fp32 for both */
     bool found[PASSES];
     int algo[PASSES];
     size_t workspace[PASSES];
@@ -63,10 +98,12 @@ struct cuda_conv_entry {
 /* One call's pointers: the pass decides which are used. */
 typedef struct conv_call {
     int pass;
-    const float *x, *w, *dy; /* x: N,H,W,Cin; w: Keras layout; dy: N,Ho,Wo,Cout */
-    float *y, *dx, *dw;
-    /* the elements of x, y, dy, dx: MT_CUDA_F32 (0, the default) or 16-bit patterns, which only
-     * run_own reads so far (its kernels have every storage); w, dw are float always */
+    const void *x, *dy; /* x: N,H,W,Cin; dy: N,Ho,Wo,Cout, of `storage` */
+    const float *w;     /* Keras layout, fp32 */
+    void *y, *dx;       /* as x and dy */
+    float *dw;          /* Keras layout, fp32 in every mode */
+    /* the elements of x, y, dy, dx: MT_CUDA_F32 (0, the default) or the 16-bit storage type
+     * (cuda_precision_storage); every implementation reads it */
     mt_cuda_storage storage;
 } conv_call;
 
@@ -80,9 +117,11 @@ static bool same_desc(const mt_conv_desc *a, const mt_conv_desc *b) {
 
 static void entry_free(cuda_conv_entry *e) {
     if (!e) return;
-    if (e->x_desc) (void)cudnnDestroyTensorDescriptor(e->x_desc);
-    if (e->y_desc) (void)cudnnDestroyTensorDescriptor(e->y_desc);
-    if (e->w_desc) (void)cudnnDestroyFilterDescriptor(e->w_desc);
+    for (int t = 0; t < TYPES; t++) {
+        if (e->x_desc[t]) (void)cudnnDestroyTensorDescriptor(e->x_desc[t]);
+        if (e->y_desc[t]) (void)cudnnDestroyTensorDescriptor(e->y_desc[t]);
+        if (e->w_desc[t]) (void)cudnnDestroyFilterDescriptor(e->w_desc[t]);
+    }
     if (e->conv_desc) (void)cudnnDestroyConvolutionDescriptor(e->conv_desc);
     free(e);
 }
@@ -95,32 +134,44 @@ void cuda_conv_cache_free(cuda_backend *cu) {
     cu->conv_count = cu->conv_capacity = 0;
 }
 
-/* The cuDNN descriptors of an entry with symmetric pads. */
+/* The tensor and filter descriptors of one data type. */
+static mt_status describe_type(cuda_conv_entry *e, int type, cudnnDataType_t data) {
+    const mt_cuda_conv_geom *g = &e->geom;
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&e->x_desc[type]));
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&e->y_desc[type]));
+    CUDNN_CHECK(cudnnCreateFilterDescriptor(&e->w_desc[type]));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(e->x_desc[type], CUDNN_TENSOR_NHWC, data, g->n, g->cin,
+                                           g->h, g->w));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(e->y_desc[type], CUDNN_TENSOR_NHWC, data, g->n, g->cout,
+                                           g->ho, g->wo));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(e->w_desc[type], data, CUDNN_TENSOR_NHWC, g->cout,
+                                           e->key.depthwise ? 1 : g->cin, g->k, g->k));
+    return MT_OK;
+}
+
+/* The cuDNN descriptors of an entry with symmetric pads: fp32 always, the 16-bit type too in
+ * bf16/fp16 mode. The convolution computes in fp32 for both (cuDNN's
+ * FLOAT and PSEUDO_BFLOAT16/PSEUDO_HALF configurations). */
 static mt_status entry_describe(cuda_backend *cu, cuda_conv_entry *e) {
     const mt_cuda_conv_geom *g = &e->geom;
     const mt_conv_desc *d = &e->key;
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&e->x_desc));
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&e->y_desc));
-    CUDNN_CHECK(cudnnCreateFilterDescriptor(&e->w_desc));
+    const mt_cuda_storage storage = cuda_precision_storage(cu);
+    MT_TRY(describe_type(e, TYPE_F32, CUDNN_DATA_FLOAT));
+    if (storage != MT_CUDA_F32)
+        MT_TRY(describe_type(e, TYPE_16,
+                             storage == MT_CUDA_FP16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16));
     CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&e->conv_desc));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(e->x_desc, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g->n,
-                                           g->cin, g->h, g->w));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(e->y_desc, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g->n,
-                                           g->cout, g->ho, g->wo));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(e->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g->cout,
-                                           d->depthwise ? 1 : g->cin, g->k, g->k));
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(e->conv_desc, d->pad_top, d->pad_left, d->stride,
                                                 d->stride, 1, 1, CUDNN_CROSS_CORRELATION,
                                                 CUDNN_DATA_FLOAT));
     if (d->depthwise) CUDNN_CHECK(cudnnSetConvolutionGroupCount(e->conv_desc, g->cin));
     int n, c, h, w;
-    CUDNN_CHECK(
-        cudnnGetConvolution2dForwardOutputDim(e->conv_desc, e->x_desc, e->w_desc, &n, &c, &h, &w));
+    CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(e->conv_desc, e->x_desc[TYPE_F32],
+                                                      e->w_desc[TYPE_F32], &n, &c, &h, &w));
     if (n != g->n || c != g->cout || h != g->ho || w != g->wo)
         return MT_FAIL(MT_ERR_INTERNAL,
                        "cuda conv: cuDNN's output %dx%dx%dx%d differs from ours %dx%dx%dx%d", n, h,
                        w, c, g->n, g->ho, g->wo, g->cout);
-    (void)cu;
     return MT_OK;
 }
 
@@ -167,92 +218,127 @@ static mt_status conv_entry(cuda_backend *cu, const mt_conv_desc *d, cuda_conv_e
 
 /* ---- cuDNN ---------------------------------------------------------------------------------- */
 
-static bool math_ok(const cuda_backend *cu, cudnnMathType_t math) {
+/* Whether the pass runs cuDNN on the 16-bit tensors themselves (see the top). */
+static int pass_type(const cuda_backend *cu, int pass) {
+    return cuda_precision_storage(cu) != MT_CUDA_F32 && pass != PASS_BACKWARD_FILTER ? TYPE_16
+                                                                                   : TYPE_F32;
+}
+
+/* The math an algorithm may use: fp32 keeps fp32 exact (FMA) unless TF32 is allowed; on 16-bit
+ * data tensor cores are the point (exact products, fp32 sums), but no algorithm that converts
+ * the data to another type. */
+static bool math_ok(const cuda_backend *cu, int type, cudnnMathType_t math) {
+    if (type == TYPE_16) return math != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
     return cu->allow_tf32 || math == CUDNN_FMA_MATH;
 }
 
-/* Pick the first (fastest) result that succeeded, fits the workspace limit and keeps fp32
- * exact; failing the last, the fastest that succeeded (NVIDIA_TF32_OVERRIDE=0 still rules). */
+/* The fallback when no algorithm has the wanted math: fp32 takes any (NVIDIA_TF32_OVERRIDE=0
+ * still rules), 16-bit data still no conversion. */
+static bool math_allowed(const cuda_backend *cu, int type, cudnnMathType_t math) {
+    return type == TYPE_F32 || math_ok(cu, type, math);
+}
+
+/* Pick the first (fastest) result that succeeded, fits the workspace limit and has the wanted
+ * math; failing the last, the fastest that succeeded with an allowed one. */
 #define PICK_ALGO(perf, returned)                                                                  \
     do {                                                                                           \
         int pick_ = -1;                                                                            \
         for (int i_ = 0; i_ < (returned) && pick_ < 0; i_++)                                       \
             if ((perf)[i_].status == CUDNN_STATUS_SUCCESS &&                                       \
-                (perf)[i_].memory <= cu->workspace_limit && math_ok(cu, (perf)[i_].mathType))      \
+                (perf)[i_].memory <= cu->workspace_limit && math_ok(cu, type, (perf)[i_].mathType)) \
                 pick_ = i_;                                                                        \
         for (int i_ = 0; i_ < (returned) && pick_ < 0; i_++)                                       \
             if ((perf)[i_].status == CUDNN_STATUS_SUCCESS &&                                       \
-                (perf)[i_].memory <= cu->workspace_limit)                                          \
+                (perf)[i_].memory <= cu->workspace_limit &&                                        \
+                math_allowed(cu, type, (perf)[i_].mathType))                                       \
                 pick_ = i_;                                                                        \
         if (pick_ < 0)                                                                             \
             return MT_FAIL(MT_ERR_BACKEND,                                                         \
                            "cuda conv %s: cuDNN has no algorithm for N%d %dx%dx%d -> %dx%dx%d "    \
-                           "k%d s%d within a %zu-byte workspace (MT_CUDA_WORKSPACE_MB)",           \
+                           "k%d s%d%s within a %zu-byte workspace (MT_CUDA_WORKSPACE_MB)",         \
                            pass_names[pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout,      \
-                           g->k, g->stride, cu->workspace_limit);                                  \
+                           g->k, g->stride, type == TYPE_16 ? " on 16-bit data" : "",             \
+                           cu->workspace_limit);                                                   \
         e->algo[pass] = (int)(perf)[pick_].algo;                                                   \
         e->workspace[pass] = (perf)[pick_].memory;                                                 \
         e->math[pass] = (perf)[pick_].mathType;                                                    \
         cuda_debug(cu,                                                                             \
-                   "conv %s N%d %dx%dx%d -> %dx%dx%d k%d s%d%s: cuDNN algo %d, %.3f ms, "          \
+                   "conv %s N%d %dx%dx%d -> %dx%dx%d k%d s%d%s%s: cuDNN algo %d, %.3f ms, "        \
                    "workspace %zu, math %d",                                                       \
                    pass_names[pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout, g->k,        \
-                   g->stride, e->key.depthwise ? " depthwise" : "", (int)(perf)[pick_].algo,       \
+                   g->stride, e->key.depthwise ? " depthwise" : "",                                \
+                   type == TYPE_16 ? " 16-bit" : "", (int)(perf)[pick_].algo,                      \
                    (double)(perf)[pick_].time, (perf)[pick_].memory, (int)(perf)[pick_].mathType); \
     } while (0)
 
 static mt_status find_algo(cuda_backend *cu, cuda_conv_entry *e, int pass) {
     enum { MAX_ALGOS = 16 };
     const mt_cuda_conv_geom *g = &e->geom;
+    const int type = pass_type(cu, pass);
+    cudnnTensorDescriptor_t x = e->x_desc[type], y = e->y_desc[type];
+    cudnnFilterDescriptor_t w = e->w_desc[type];
     int returned = 0;
-    CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc,
-                                            cu->allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    const cudnnMathType_t math = type == TYPE_16 ? CUDNN_TENSOR_OP_MATH
+                                 : cu->allow_tf32 ? CUDNN_DEFAULT_MATH
+                                                  : CUDNN_FMA_MATH;
+    CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, math));
     if (pass == PASS_FORWARD) {
         cudnnConvolutionFwdAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(
-            cu->cudnn, e->x_desc, e->w_desc, e->conv_desc, e->y_desc, MAX_ALGOS, &returned, perf));
+        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(cu->cudnn, x, w, e->conv_desc, y,
+                                                         MAX_ALGOS, &returned, perf));
         PICK_ALGO(perf, returned);
     } else if (pass == PASS_BACKWARD_DATA) {
         cudnnConvolutionBwdDataAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
-            cu->cudnn, e->w_desc, e->y_desc, e->conv_desc, e->x_desc, MAX_ALGOS, &returned, perf));
+        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(cu->cudnn, w, y, e->conv_desc, x,
+                                                              MAX_ALGOS, &returned, perf));
         PICK_ALGO(perf, returned);
     } else {
         cudnnConvolutionBwdFilterAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
-            cu->cudnn, e->x_desc, e->y_desc, e->conv_desc, e->w_desc, MAX_ALGOS, &returned, perf));
+        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(cu->cudnn, x, y, e->conv_desc, w,
+                                                                MAX_ALGOS, &returned, perf));
         PICK_ALGO(perf, returned);
     }
     e->found[pass] = true;
     return MT_OK;
 }
 
+/* cuDNN on the call's tensors, in the pass' data type (pass_type): the filter is the per-update
+ * KRSC copy (16-bit for 16-bit data); the filter gradient is written in fp32 KRSC into the
+ * scratch area, then transformed into the caller's HWIO dw. */
 static mt_status run_cudnn(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c) {
     const mt_cuda_conv_geom *g = &e->geom;
     const int pass = c->pass, rs = g->k * g->k, wcin = e->key.depthwise ? 1 : g->cin;
+    const int type = pass_type(cu, pass);
     if (!e->found[pass]) MT_TRY(find_algo(cu, e, pass));
-    void *filter, *workspace = NULL;
-    MT_TRY(cuda_scratch_get(cu, &cu->filter, (size_t)rs * wcin * g->cout * sizeof(float), &filter));
+    void *workspace = NULL;
     if (e->workspace[pass])
         MT_TRY(cuda_scratch_get(cu, &cu->workspace, e->workspace[pass], &workspace));
     CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, e->math[pass]));
+    /* alpha and beta are float for float, half and bfloat16 data alike */
     const float one = 1.0f, zero = 0.0f;
-    if (pass == PASS_FORWARD) {
-        CUDA_CHECK(mt_cuda_launch_hwio_to_krsc(cu->stream, c->w, filter, rs, wcin, g->cout));
-        CUDNN_CHECK(cudnnConvolutionForward(cu->cudnn, &one, e->x_desc, c->x, e->w_desc, filter,
-                                            e->conv_desc, (cudnnConvolutionFwdAlgo_t)e->algo[pass],
-                                            workspace, e->workspace[pass], &zero, e->y_desc, c->y));
-    } else if (pass == PASS_BACKWARD_DATA) {
-        CUDA_CHECK(mt_cuda_launch_hwio_to_krsc(cu->stream, c->w, filter, rs, wcin, g->cout));
-        CUDNN_CHECK(
-            cudnnConvolutionBackwardData(cu->cudnn, &one, e->w_desc, filter, e->y_desc, c->dy,
-                                         e->conv_desc, (cudnnConvolutionBwdDataAlgo_t)e->algo[pass],
-                                         workspace, e->workspace[pass], &zero, e->x_desc, c->dx));
+    if (pass == PASS_FORWARD || pass == PASS_BACKWARD_DATA) {
+        const void *filter = NULL;
+        MT_TRY(cuda_weights_get(cu, c->w,
+                                type == TYPE_16 ? MT_CUDA_WEIGHTS_KRSC_16 : MT_CUDA_WEIGHTS_KRSC_F32,
+                                rs, wcin, g->cout, &filter));
+        if (pass == PASS_FORWARD)
+            CUDNN_CHECK(cudnnConvolutionForward(
+                cu->cudnn, &one, e->x_desc[type], c->x, e->w_desc[type], filter, e->conv_desc,
+                (cudnnConvolutionFwdAlgo_t)e->algo[pass], workspace, e->workspace[pass], &zero,
+                e->y_desc[type], c->y));
+        else
+            CUDNN_CHECK(cudnnConvolutionBackwardData(
+                cu->cudnn, &one, e->w_desc[type], filter, e->y_desc[type], c->dy, e->conv_desc,
+                (cudnnConvolutionBwdDataAlgo_t)e->algo[pass], workspace, e->workspace[pass], &zero,
+                e->x_desc[type], c->dx));
     } else {
+        void *filter;
+        MT_TRY(cuda_scratch_get(cu, &cu->filter, (size_t)rs * wcin * g->cout * sizeof(float),
+                                &filter));
         CUDNN_CHECK(cudnnConvolutionBackwardFilter(
-            cu->cudnn, &one, e->x_desc, c->x, e->y_desc, c->dy, e->conv_desc,
+            cu->cudnn, &one, e->x_desc[type], c->x, e->y_desc[type], c->dy, e->conv_desc,
             (cudnnConvolutionBwdFilterAlgo_t)e->algo[pass], workspace, e->workspace[pass], &zero,
-            e->w_desc, filter));
+            e->w_desc[type], filter));
         CUDA_CHECK(mt_cuda_launch_krsc_to_hwio(cu->stream, filter, c->dw, rs, wcin, g->cout));
     }
     return MT_OK;
@@ -260,10 +346,21 @@ static mt_status run_cudnn(cuda_backend *cu, cuda_conv_entry *e, const conv_call
 
 /* ---- our kernels ---------------------------------------------------------------------------- */
 
-static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c) {
+/* Every storage natively (the *_stored launchers: 16-bit loads, fp32 arithmetic, one rounding
+ * on store; dw fp32). On 16-bit tensors the kernel is read rounded to 16 bits, as the reference's
+ * emulation reads it: the per-update rounded fp32 copy (cuda_weights.c). */
+static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *call) {
     const mt_cuda_conv_geom *g = &e->geom;
-    const mt_cuda_storage st = c->storage;
+    const mt_cuda_storage st = call->storage;
     const bool dw = e->key.depthwise;
+    conv_call rounded = *call;
+    if (st != MT_CUDA_F32 && call->pass != PASS_BACKWARD_FILTER) {
+        const void *w = NULL;
+        MT_TRY(cuda_weights_get(cu, call->w, MT_CUDA_WEIGHTS_HWIO_ROUNDED, g->k * g->k,
+                                dw ? 1 : g->cin, g->cout, &w));
+        rounded.w = w;
+    }
+    const conv_call *c = &rounded;
     if (c->pass == PASS_FORWARD) {
         if (dw && !cu->depthwise_legacy)
             CUDA_CHECK(
@@ -315,33 +412,81 @@ static bool is_pointwise(const mt_conv_desc *d) {
            d->pad_left == 0 && d->pad_bottom == 0 && d->pad_right == 0;
 }
 
-/* Row-major matrices seen column-major by cuBLAS (as in cuda_ops.c's dense ops): with
- * M = N*H*W rows, y^T[Cout][M] = w^T x^T, dx^T[Cin][M] = w dy^T, dw^T[Cout][Cin] = dy^T x. */
+/* The pass' product (cuda_pointwise.c gives every argument): cublasSgemm on fp32 tensors and
+ * the kernel as it is (HWIO is the product's [I][O] matrix: no transform); in bf16/fp16,
+ * cublasGemmEx on the 16-bit tensors and the per-update 16-bit copy of the kernel, fp32 compute,
+ * y and dx written 16-bit, dw fp32. */
 static mt_status run_gemm(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c) {
     const mt_cuda_conv_geom *g = &e->geom;
     const long rows = (long)g->n * g->h * g->w;
-    if (rows > 2147483647L)
+    mt_cuda_gemm p;
+    if (!mt_cuda_pointwise_gemm(c->pass, rows, g->cin, g->cout, &p))
         return MT_FAIL(MT_ERR_INVALID,
                        "cuda conv: %ld pixels in one 1x1 convolution exceed "
                        "cuBLAS' int dimensions: use a smaller batch",
                        rows);
-    const int M = (int)rows, I = g->cin, O = g->cout;
-    const float one = 1.0f, zero = 0.0f;
-    if (c->pass == PASS_FORWARD)
-        CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, O, M, I, &one, c->w, O, c->x,
-                                 I, &zero, c->y, O));
-    else if (c->pass == PASS_BACKWARD_DATA)
-        CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, I, M, O, &one, c->w, O,
-                                 c->dy, O, &zero, c->dx, I));
-    else
-        CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_T, O, I, M, &one, c->dy, O,
-                                 c->x, I, &zero, c->dw, O));
+    const mt_cuda_storage storage = c->storage;
+    const void *w = c->w;
+    if (storage != MT_CUDA_F32 && c->pass != PASS_BACKWARD_FILTER)
+        MT_TRY(cuda_weights_get(cu, c->w, MT_CUDA_WEIGHTS_HWIO_16, 1, g->cin, g->cout, &w));
+    const void *operand[] = {[MT_CUDA_GEMM_X] = c->x, [MT_CUDA_GEMM_W] = w,
+                             [MT_CUDA_GEMM_DY] = c->dy};
+    void *result[] = {[MT_CUDA_GEMM_Y] = c->y, [MT_CUDA_GEMM_DX] = c->dx,
+                      [MT_CUDA_GEMM_DW] = c->dw};
+    const cublasOperation_t op_a = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            op_b = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const float one = 1.0f, zero = 0.0f; /* float scalars: CUBLAS_COMPUTE_32F's type */
+    if (storage == MT_CUDA_F32) {
+        CUBLAS_CHECK(cublasSgemm(cu->cublas, op_a, op_b, p.m, p.n, p.k, &one, operand[p.a],
+                                 p.lda, operand[p.b], p.ldb, &zero, result[p.c], p.ldc));
+        return MT_OK;
+    }
+    const cudaDataType_t narrow = storage == MT_CUDA_FP16 ? CUDA_R_16F : CUDA_R_16BF;
+    CUBLAS_CHECK(cublasGemmEx(cu->cublas, op_a, op_b, p.m, p.n, p.k, &one, operand[p.a], narrow,
+                              p.lda, operand[p.b], narrow, p.ldb, &zero, result[p.c],
+                              p.c_fp32 ? CUDA_R_32F : narrow, p.ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
     return MT_OK;
+}
+
+/* ---- cuDNN's backward filter in bf16 / fp16 ------------------------------------------------ */
+
+/* The body of run_widened once its fp32 buffers exist: x32 (N,H,W,Cin), dy32 (N,Ho,Wo,Cout). */
+static mt_status widened_pass(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c,
+                              float *x32, float *dy32) {
+    const mt_cuda_conv_geom *g = &e->geom;
+    const int format = c->storage == MT_CUDA_FP16; /* the cast kernels' argument */
+    const size_t in_count = (size_t)g->n * g->h * g->w * g->cin,
+                 out_count = (size_t)g->n * g->ho * g->wo * g->cout;
+    CUDA_CHECK(mt_cuda_launch_cast_to_f32(cu->stream, in_count, format, c->x, x32));
+    CUDA_CHECK(mt_cuda_launch_cast_to_f32(cu->stream, out_count, format, c->dy, dy32));
+    const conv_call wide = {.pass = c->pass, .x = x32, .dy = dy32, .dw = c->dw};
+    return run_cudnn(cu, e, &wide);
+}
+
+/* bf16/fp16 mode: cuDNN's backward filter, which would write a 16-bit dw (see the top), on exact
+ * fp32 copies of x and dy; dw fp32, what the reference's emulation computes. */
+static mt_status run_widened(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c) {
+    const mt_cuda_conv_geom *g = &e->geom;
+    void *x32 = NULL, *dy32 = NULL;
+    mt_status status = cuda_pool_alloc(
+        cu, (size_t)g->n * g->h * g->w * g->cin * sizeof(float), &x32);
+    if (status == MT_OK)
+        status = cuda_pool_alloc(cu, (size_t)g->n * g->ho * g->wo * g->cout * sizeof(float),
+                                 &dy32);
+    if (status == MT_OK) status = widened_pass(cu, e, c, x32, dy32);
+    /* released while the stream may still use them: the stream orders any reuse after */
+    cuda_pool_release(cu, x32);
+    cuda_pool_release(cu, dy32);
+    return status;
 }
 
 static mt_status run_impl(cuda_backend *cu, cuda_conv_entry *e, const conv_call *c, int impl) {
     if (impl == IMPL_GEMM) return run_gemm(cu, e, c);
-    return impl == IMPL_CUDNN ? run_cudnn(cu, e, c) : run_own(cu, e, c);
+    if (impl == IMPL_OWN) return run_own(cu, e, c);
+    return c->storage != MT_CUDA_F32 && pass_type(cu, c->pass) == TYPE_F32
+               ? run_widened(cu, e, c)
+               : run_cudnn(cu, e, c);
 }
 
 /* Milliseconds of three runs of one implementation. */
@@ -362,7 +507,7 @@ static mt_status time_both(cuda_backend *cu, cuda_conv_entry *e, const conv_call
                            const char *family, int *impl) {
     const mt_cuda_conv_geom *g = &e->geom;
     MT_TRY(run_impl(cu, e, c, ours)); /* warm-up */
-    mt_status status = run_cudnn(cu, e, c);
+    mt_status status = run_impl(cu, e, c, IMPL_CUDNN);
     if (status != MT_OK) {
         cuda_debug(cu, "%s %s N%d %dx%dx%d: cuDNN failed (%s) -> %s", family, pass_names[c->pass],
                    g->n, g->h, g->w, g->cin, mt_last_error(), impl_names[ours]);
@@ -398,7 +543,7 @@ static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv
             MT_TRY(time_both(cu, e, c, IMPL_GEMM, "pointwise", impl));
     } else if (!e->key.depthwise) {
         /* correctness before speed: if cuDNN has nothing for this shape, the direct kernel */
-        mt_status status = run_cudnn(cu, e, c);
+        mt_status status = run_impl(cu, e, c, IMPL_CUDNN);
         if (status == MT_OK) {
             *impl = IMPL_CUDNN;
             return MT_OK;
@@ -423,8 +568,8 @@ static mt_status choose_and_run(cuda_backend *cu, cuda_conv_entry *e, const conv
 /* ---- the ops ------------------------------------------------------------------------------- */
 
 /* in: the input-side tensor (x or dx), out: the output-side one (y or dy) */
-static mt_status check_conv(const char *op, const mt_conv_desc *d, const mt_tensor *in,
-                            const mt_tensor *out) {
+static mt_status check_conv(const cuda_backend *cu, const char *op, const mt_conv_desc *d,
+                            const mt_tensor *in, const mt_tensor *out) {
     if (d->kernel <= 0 || d->stride <= 0 || d->pad_top < 0 || d->pad_left < 0 ||
         d->pad_bottom < 0 || d->pad_right < 0 || d->out_channels <= 0)
         return MT_FAIL(MT_ERR_INVALID,
@@ -440,8 +585,8 @@ static mt_status check_conv(const char *op, const mt_conv_desc *d, const mt_tens
     if (o.h <= 0 || o.w <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: kernel %d larger than the padded %dx%d input", op,
                        d->kernel, d->input.h, d->input.w);
-    MT_TRY(cuda_check_tensor(op, "input", in, d->input));
-    MT_TRY(cuda_check_tensor(op, "output", out, o));
+    MT_TRY(cuda_check_stored(op, "input", in, d->input, cuda_precision_storage(cu)));
+    MT_TRY(cuda_check_stored(op, "output", out, o, cuda_precision_storage(cu)));
     return MT_OK;
 }
 
@@ -463,24 +608,40 @@ static mt_status conv_run(mt_backend *backend, const mt_conv_desc *d, const conv
 /* x: N,H,W,Cin; w: HWIO or [k][k][C]; y: N,Ho,Wo,Cout */
 static mt_status conv_forward_op(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
                                  const float *w, mt_tensor *y) {
-    MT_TRY(check_conv("conv_forward", desc, x, y));
-    conv_call c = {.pass = PASS_FORWARD, .x = x->data, .w = w, .y = y->data};
+    MT_TRY(check_conv(cuda_of(backend), "conv_forward", desc, x, y));
+    conv_call c = {.pass = PASS_FORWARD,
+                   .x = x->data,
+                   .w = w,
+                   .y = y->data,
+                   .storage = cuda_precision_storage(cuda_of(backend))};
     return conv_run(backend, desc, &c);
 }
 
 /* dy: N,Ho,Wo,Cout; w: as above; dx: N,H,W,Cin (overwritten) */
 static mt_status conv_backward_data_op(mt_backend *backend, const mt_conv_desc *desc,
                                        const mt_tensor *dy, const float *w, mt_tensor *dx) {
-    MT_TRY(check_conv("conv_backward_data", desc, dx, dy));
-    conv_call c = {.pass = PASS_BACKWARD_DATA, .dy = dy->data, .w = w, .dx = dx->data};
+    MT_TRY(check_conv(cuda_of(backend), "conv_backward_data", desc, dx, dy));
+    conv_call c = {.pass = PASS_BACKWARD_DATA,
+                   .dy = dy->data,
+                   .w = w,
+                   .dx = dx->data,
+                   .storage = cuda_precision_storage(cuda_of(backend))};
     return conv_run(backend, desc, &c);
 }
 
 /* x: N,H,W,Cin; dy: N,Ho,Wo,Cout; dw: Keras layout (overwritten) */
 static mt_status conv_backward_weights_op(mt_backend *backend, const mt_conv_desc *desc,
                                           const mt_tensor *x, const mt_tensor *dy, float *dw) {
-    MT_TRY(check_conv("conv_backward_weights", desc, x, dy));
-    conv_call c = {.pass = PASS_BACKWARD_FILTER, .x = x->data, .dy = dy->data, .dw = dw};
+    MT_TRY(check_conv(cuda_of(backend), "conv_backward_weights", desc, x, dy));
+    conv_call c = {.pass = PASS_BACKWARD_FILTER,
+                   .x = x->data,
+                   .dy = dy->data,
+                   .dw = dw,
+                   .storage = cuda_precision_storage(cuda_of(backend))};
+    /* dw is backend memory written here: no copy may outlive it (were it ever a kernel) */
+    cuda_weights_touched(cuda_of(backend), dw,
+                         (size_t)desc->kernel * desc->kernel * desc->input.c *
+                             (desc->depthwise ? 1 : desc->out_channels) * sizeof(float));
     return conv_run(backend, desc, &c);
 }
 

@@ -12,11 +12,12 @@
  * scratch area grown) may be memory the graph points into: step_replay then refuses it
  * (MT_ERR_INVALID) and the caller captures again. Pool blocks released and reused in stream
  * order inside the step (the 16-bit staging buffers) are fine: the graph reuses them in the
- * same order, and nothing else runs while it does. The 16-bit path's rounded conv weights
- * (cuda_precision.c) are a cache that watches the host's calls: a replay updates weights
- * without any, so the cache is emptied when a capture begins (every rounding the step needs is
- * then made inside the graph, on memory the graph alone uses) and at every replay (the copies
- * made since would be stale). */
+ * same order, and nothing else runs while it does. The conv weight copies (cuda_weights.c: KRSC,
+ * 16-bit, rounded; fp32 mode too) are a cache that watches the host's calls: a replay updates
+ * weights without any, so the cache is emptied when a capture begins (every copy the step needs
+ * is then made inside the graph, on memory the graph alone uses), when it ends (the copies made
+ * while capturing hold nothing yet) and at every replay (the copies made since would be
+ * stale). */
 #include <stdlib.h>
 
 #include "ops/cuda/cuda_internal.h"
@@ -48,7 +49,7 @@ mt_status mt_cuda_step_capture_begin(mt_backend *backend) {
     if (cu->profile)
         return MT_FAIL(MT_ERR_INVALID, "cuda: MT_CUDA_PROFILE times the ops one by one, which a "
                        "captured step would hide");
-    cuda_precision_forget_weights(cu);
+    cuda_weights_touched(cu, NULL, 0); /* every conv weight copy */
     CUDA_CHECK(cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal));
     cu->capturing = true;
     return MT_OK;
@@ -60,7 +61,7 @@ mt_status mt_cuda_step_capture_end(mt_backend *backend, void **out) {
     if (!cu->capturing) return MT_FAIL(MT_ERR_INVALID, "cuda: no step capture is open");
     cu->capturing = false;
     /* copies made while capturing hold nothing yet: the replay makes them */
-    cuda_precision_forget_weights(cu);
+    cuda_weights_touched(cu, NULL, 0); /* every conv weight copy */
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(cu->stream, &graph);
     if (e != cudaSuccess || !graph) {
@@ -94,7 +95,7 @@ mt_status mt_cuda_step_replay(mt_backend *backend, void *graph) {
     if (g->memory_generation != cu->memory_generation)
         return MT_FAIL(MT_ERR_INVALID, "cuda: device memory went back to the driver since the "
                        "step was captured: capture it again");
-    cuda_precision_forget_weights(cu);
+    cuda_weights_touched(cu, NULL, 0); /* every conv weight copy */
     CUDA_CHECK(cudaGraphLaunch(g->exec, cu->stream));
     return MT_OK;
 }

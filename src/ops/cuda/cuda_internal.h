@@ -18,6 +18,7 @@
 #include "mobiletune/ops.h"
 #include "ops/cuda/cuda_kernels.h"
 #include "ops/cuda/cuda_profile.h"
+#include "ops/cuda/cuda_weight_cache.h"
 
 /* Every CUDA, cuDNN and cuBLAS call goes through one of these: on failure they record a message
  * naming the call, the file and the line and return MT_ERR_BACKEND from the calling function. */
@@ -114,7 +115,7 @@ typedef struct cuda_backend {
     cuda_pool pool;
     cuda_scratch workspace;  /* cuDNN workspace shared by every convolution */
     size_t workspace_limit;  /* algorithms needing more are skipped */
-    cuda_scratch filter;     /* a kernel in cuDNN's KRSC layout, for the current call */
+    cuda_scratch filter;     /* a filter gradient in cuDNN's KRSC layout, for the current call */
     cuda_scratch partials;   /* partial sums of reductions (conv weight gradients, BN) */
     cuda_conv_entry **convs; /* cache of convolution descriptors and algorithms */
     size_t conv_count, conv_capacity;
@@ -134,6 +135,7 @@ typedef struct cuda_backend {
     cudaEvent_t readback;
     bool capturing;
     uint64_t memory_generation;
+    mt_cuda_weight_cache weights;    /* per-update copies of conv kernels (cuda_weights.c) */
 } cuda_backend;
 
 static inline cuda_backend *cuda_of(mt_backend *backend) {
@@ -163,10 +165,9 @@ void cuda_graph_free(cuda_backend *cu);
 mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision);
 void cuda_precision_free(cuda_backend *cu);
 const mt_ops *cuda_precision_table(void);
-mt_cuda_storage cuda_precision_storage(const cuda_backend *cu); /* MT_CUDA_BF16 or _FP16 */
-/* Drops every rounded conv weight copy (a captured step replays writes to the weights that the
- * cache, which watches the host's calls, cannot see: cuda_graph.c); nothing when fp32. */
-void cuda_precision_forget_weights(cuda_backend *cu);
+/* What every mt_tensor of the backend is stored in: MT_CUDA_F32, or MT_CUDA_BF16 / _FP16 in
+ * bf16/fp16 mode (the one answer; the convolutions and the native 16-bit ops ask it). */
+mt_cuda_storage cuda_precision_storage(const cuda_backend *cu);
 /* cuda_ops.c, shared with cuda_precision_ops.c: BN's checks (tensors of `storage`) and M rows,
  * the reduction scratch of the legacy kernels or the fused ones; the fused kernels' tickets */
 mt_status cuda_bn_prepare(mt_backend *backend, const char *op, const mt_batchnorm_desc *d,
@@ -177,6 +178,14 @@ mt_status cuda_bn_counters(mt_backend *backend, int c, unsigned **out);
 /* cuda_ops.c: zero padding's checks, x: the input, y: the padded tensor, of `storage` */
 mt_status cuda_check_pad(const char *op, const mt_zero_pad_desc *d, const mt_tensor *x,
                          const mt_tensor *y, mt_cuda_storage storage);
+/* cuda_weights.c: the per-update conv weight copies (cuda_weight_cache.h). `get` returns the
+ * copy of the kernel `w` (rs taps x cin x cout) in `form`, making it on the stream if needed;
+ * `touched` drops the copies of kernels overlapping [dst, dst + bytes) (every copy for 0): each
+ * op that can write backend memory calls it before the write; `free` at shutdown. */
+mt_status cuda_weights_get(cuda_backend *cu, const float *w, mt_cuda_weight_form form, int rs,
+                           int cin, int cout, const void **out);
+void cuda_weights_touched(cuda_backend *cu, const void *dst, size_t bytes);
+void cuda_weights_free(cuda_backend *cu);
 mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out);
 /* Checks a tensor's shape and its bytes against what the op expects (fp32 elements; _stored: of
  * `storage`). */

@@ -3,22 +3,20 @@
  * through them take half the memory, and every op computes exactly what the reference backend's
  * emulation computes (round to nearest, ties to even: ops/precision_bits.h, shared with it).
  *
- * Two ways an op of this table gets there:
+ * Three ways an op of this table gets there:
+ * - the convolutions: mt_ops_cuda's own entries, which read and write 16-bit tensors themselves
+ *   (cuda_conv.c: cuBLAS and cuDNN on bf16/fp16 data with fp32 compute, our depthwise and direct
+ *   kernels' 16-bit instances through run_own; the backward filter through exact fp32 copies).
+ *   Their kernels go in rounded to the 16-bit type, as the reference's convolutions read them:
+ *   per-update copies (cuda_weights.c), dropped by the ops that write that memory;
  * - native (cuda_precision_ops.c): add, ReLU6, the input conversion, batch norm (the fused
  *   kernels), zero padding and global average pooling read and write their 16-bit tensors with
  *   the storage kernels, computing in fp32 and rounding once on store;
- * - staged (here): the convolutions (cuDNN, cuBLAS and our own kernels alike), tensor_from_nhwc
- *   and tensor_to_nhwc widen their 16-bit inputs into pooled fp32 buffers (exact), run the fp32
- *   op of mt_ops_cuda on them and narrow the outputs with the cast kernels: bit for bit what the
- *   native path would give, at the cost of the copies. Our depthwise and direct convolution
- *   kernels have 16-bit instances already (cuda_conv.c's run_own takes a storage), waiting for
- *   the conv wrappers to pass 16-bit tensors, with cuDNN's and cuBLAS' 16-bit paths.
- * The conv weights go in rounded to the 16-bit type, as the reference's convolutions read them;
- * the rounded copies are made once per update, not per call: kept per weight pointer and dropped
- * when an op that can write that memory touches it (upload, buffer_copy, buffer_copy_if,
- * buffer_scale, optimizer_update on an overlapping range; any buffer_free). Tests: the storage
- * kernels bit for bit against the fp32 ones (gpu_kernels_emulated), the whole table against the
- * reference's emulation (MT_TEST_PRECISION=bf16|fp16 test_ops_backend_vs_reference cuda). */
+ * - staged (here): tensor_from_nhwc and tensor_to_nhwc widen/narrow through pooled fp32 buffers
+ *   with the cast kernels (exact widening, one rounding).
+ * Tests: the storage kernels bit for bit against the fp32 ones (gpu_kernels_emulated), the whole
+ * table against the reference's emulation (MT_TEST_PRECISION=bf16|fp16
+ * test_ops_backend_vs_reference cuda). */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,17 +25,8 @@
 #include "ops/cuda/cuda_internal.h"
 #include "ops/cuda/cuda_optimizer.h"
 
-/* A rounded copy of one conv kernel (see the top). */
-typedef struct weight_copy {
-    const float *source;
-    size_t count;
-    float *rounded; /* pool memory */
-} weight_copy;
-
 struct cuda_precision_state {
     int format; /* 0 bf16, 1 fp16 (the cast kernels' argument) */
-    weight_copy *weights;
-    size_t weight_count, weight_capacity;
 };
 
 mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision) {
@@ -52,69 +41,13 @@ mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision) 
 }
 
 mt_cuda_storage cuda_precision_storage(const cuda_backend *cu) {
+    if (!cu->precision) return MT_CUDA_F32;
     return cu->precision->format ? MT_CUDA_FP16 : MT_CUDA_BF16;
 }
 
 void cuda_precision_free(cuda_backend *cu) {
-    if (!cu->precision) return;
-    for (size_t i = 0; i < cu->precision->weight_count; i++)
-        cuda_pool_release(cu, cu->precision->weights[i].rounded);
-    free(cu->precision->weights);
     free(cu->precision);
     cu->precision = NULL;
-}
-
-/* ---- the rounded conv weights ------------------------------------------------------------- */
-
-/* Drops the copies whose source overlaps [dst, dst + bytes); bytes 0: every copy. */
-static void weights_touched(cuda_backend *cu, const void *dst, size_t bytes) {
-    cuda_precision_state *p = cu->precision;
-    const uintptr_t lo = (uintptr_t)dst, hi = lo + bytes;
-    size_t kept = 0;
-    for (size_t i = 0; i < p->weight_count; i++) {
-        const weight_copy *w = &p->weights[i];
-        const uintptr_t wlo = (uintptr_t)w->source, whi = wlo + w->count * sizeof(float);
-        if (bytes == 0 || (wlo < hi && lo < whi))
-            cuda_pool_release(cu, w->rounded);
-        else
-            p->weights[kept++] = *w;
-    }
-    p->weight_count = kept;
-}
-
-void cuda_precision_forget_weights(cuda_backend *cu) {
-    if (cu->precision) weights_touched(cu, NULL, 0);
-}
-
-static mt_status rounded_weights(cuda_backend *cu, const float *w, size_t count,
-                                 const float **out) {
-    cuda_precision_state *p = cu->precision;
-    for (size_t i = 0; i < p->weight_count; i++)
-        if (p->weights[i].source == w && p->weights[i].count == count) {
-            *out = p->weights[i].rounded;
-            return MT_OK;
-        }
-    if (p->weight_count == p->weight_capacity) {
-        size_t capacity = p->weight_capacity ? 2 * p->weight_capacity : 64;
-        weight_copy *grown = realloc(p->weights, capacity * sizeof *grown);
-        if (!grown) return MT_FAIL(MT_ERR_NOMEM, "cuda backend: out of host memory");
-        p->weights = grown;
-        p->weight_capacity = capacity;
-    }
-    void *rounded = NULL;
-    MT_TRY(cuda_pool_alloc(cu, count * sizeof(float), &rounded));
-    cudaError_t e = mt_cuda_launch_round_f32(cu->stream, count, p->format, w, rounded);
-    if (e != cudaSuccess) {
-        cuda_pool_release(cu, rounded);
-        return MT_FAIL(MT_ERR_BACKEND, "cuda: rounding conv weights: %s", cudaGetErrorString(e));
-    }
-    p->weights[p->weight_count++] = (weight_copy){w, count, rounded};
-    *out = rounded;
-    return MT_OK;
-}
-
-static size_t conv_weight_count(const mt_conv_desc *d) {
-    return (size_t)d->kernel * d->kernel * d->input.c * (d->depthwise ? 1 : d->out_channels);
 }
 
 /* ---- staging: up to four 16-bit tensors of one op, each with its fp32 view ---------------- */
@@ -234,110 +167,28 @@ static mt_status p16_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_t
     return MT_OK;
 }
 
-/* the writes that may change conv weights: the copies of what they touch are dropped first */
-
-static void p16_buffer_free(mt_backend *backend, void *buffer) {
-    weights_touched(cuda_of(backend), NULL, 0);
-    mt_ops_cuda.buffer_free(backend, buffer);
-}
-
 static void p16_tensor_free(mt_backend *backend, mt_tensor *tensor) {
     mt_ops_cuda.tensor_free(backend, tensor); /* tensors are never conv weights */
 }
 
-static mt_status p16_upload(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
-    weights_touched(cuda_of(backend), dst, bytes);
-    return mt_ops_cuda.upload(backend, dst, host_src, bytes);
-}
-
-static mt_status p16_buffer_copy(mt_backend *backend, void *dst, const void *src, size_t bytes) {
-    weights_touched(cuda_of(backend), dst, bytes);
-    return mt_ops_cuda.buffer_copy(backend, dst, src, bytes);
-}
-
-static mt_status p16_buffer_copy_if(mt_backend *backend, void *dst, const void *src, size_t bytes,
-                                    const float *flag, double *count) {
-    weights_touched(cuda_of(backend), dst, bytes);
-    return mt_ops_cuda.buffer_copy_if(backend, dst, src, bytes, flag, count);
-}
-
-static mt_status p16_buffer_scale(mt_backend *backend, float *x, size_t count, const float *factor,
-                                  float *flag) {
-    weights_touched(cuda_of(backend), x, count * sizeof(float));
-    return mt_ops_cuda.buffer_scale(backend, x, count, factor, flag);
-}
-
-static mt_status p16_optimizer_update(mt_backend *backend, const mt_optimizer_desc *desc,
-                                      float *params, const float *grads, float *slots) {
-    weights_touched(cuda_of(backend), params, desc->count * sizeof(float));
-    return mt_ops_cuda.optimizer_update(backend, desc, params, grads, slots);
-}
-
-/* ---- the ops on tensors ------------------------------------------------------------------- */
-
-static mt_status p16_conv_forward(mt_backend *backend, const mt_conv_desc *desc, const mt_tensor *x,
-                                  const float *w, mt_tensor *y) {
-    cuda_backend *cu = cuda_of(backend);
-    const float *rw = NULL;
-    MT_TRY(rounded_weights(cu, w, conv_weight_count(desc), &rw));
-    stage s = {0};
-    mt_tensor *wx, *wy;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_out(cu, &s, y, &wy);
-    if (status == MT_OK) status = mt_ops_cuda.conv_forward(backend, desc, wx, rw, wy);
-    return stage_finish(cu, &s, status, status == MT_OK ? wy : NULL, NULL);
-}
-
-static mt_status p16_conv_backward_data(mt_backend *backend, const mt_conv_desc *desc,
-                                        const mt_tensor *dy, const float *w, mt_tensor *dx) {
-    cuda_backend *cu = cuda_of(backend);
-    const float *rw = NULL;
-    MT_TRY(rounded_weights(cu, w, conv_weight_count(desc), &rw));
-    stage s = {0};
-    mt_tensor *wdy, *wdx;
-    mt_status status = stage_in(cu, &s, dy, &wdy);
-    if (status == MT_OK) status = stage_out(cu, &s, dx, &wdx);
-    if (status == MT_OK) status = mt_ops_cuda.conv_backward_data(backend, desc, wdy, rw, wdx);
-    return stage_finish(cu, &s, status, status == MT_OK ? wdx : NULL, NULL);
-}
-
-static mt_status p16_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
-                                           const mt_tensor *x, const mt_tensor *dy, float *dw) {
-    cuda_backend *cu = cuda_of(backend);
-    stage s = {0};
-    mt_tensor *wx, *wdy;
-    mt_status status = stage_in(cu, &s, x, &wx);
-    if (status == MT_OK) status = stage_in(cu, &s, dy, &wdy);
-    if (status == MT_OK) status = mt_ops_cuda.conv_backward_weights(backend, desc, wx, wdy, dw);
-    return stage_finish(cu, &s, status, NULL, NULL);
-}
-
-/* mt_ops_cuda with the entries above: everything on plain fp32 buffers (the head, the loss,
- * host memory) stays mt_ops_cuda's own. Built once, at the first bf16/fp16 backend's init (a
+/* mt_ops_cuda with the entries above: the convolutions (16-bit natively) and everything on
+ * plain fp32 buffers (the head, the loss, host memory, the optimizer) stay mt_ops_cuda's own. Built once, at the first bf16/fp16 backend's init (a
  * table of another file's functions cannot be a constant initializer in C). */
 static mt_ops table16;
 static pthread_once_t table16_once = PTHREAD_ONCE_INIT;
 
 static void table16_build(void) {
     mt_ops t = mt_ops_cuda;
-    t.buffer_free = p16_buffer_free;
-    t.upload = p16_upload;
     t.tensor_alloc = p16_tensor_alloc;
     t.tensor_free = p16_tensor_free;
     t.input_convert = cuda_p16_input_convert;
     t.tensor_from_nhwc = p16_tensor_from_nhwc;
     t.tensor_to_nhwc = p16_tensor_to_nhwc;
-    t.buffer_copy = p16_buffer_copy;
-    t.buffer_copy_if = p16_buffer_copy_if;
-    t.buffer_scale = p16_buffer_scale;
     t.tensor_zero = p16_tensor_zero;
     t.tensor_copy = p16_tensor_copy;
     t.add = cuda_p16_add;
     t.relu6_forward = cuda_p16_relu6_forward;
     t.relu6_backward = cuda_p16_relu6_backward;
-    t.conv_forward = p16_conv_forward;
-    t.conv_backward_data = p16_conv_backward_data;
-    t.conv_backward_weights = p16_conv_backward_weights;
     t.batchnorm_forward_training = cuda_p16_batchnorm_forward_training;
     t.batchnorm_forward_inference = cuda_p16_batchnorm_forward_inference;
     t.batchnorm_backward_training = cuda_p16_batchnorm_backward_training;
@@ -346,7 +197,6 @@ static void table16_build(void) {
     t.zero_pad_backward = cuda_p16_zero_pad_backward;
     t.global_avg_pool_forward = cuda_p16_global_avg_pool_forward;
     t.global_avg_pool_backward = cuda_p16_global_avg_pool_backward;
-    t.optimizer_update = p16_optimizer_update;
     t.batchnorm_relu6_forward_training = mt_ops_cuda.batchnorm_relu6_forward_training
                                              ? cuda_p16_batchnorm_relu6_forward_training
                                              : NULL;
