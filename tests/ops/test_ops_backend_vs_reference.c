@@ -25,6 +25,10 @@
  *       everywhere, ops/optimizer_update.h; the cpu backend is exact, a GPU may contract a
  *       multiply-add into an FMA: a few ulp per step, ~1e-7 relative)
  *
+ * Conv weights rewritten: after each op that writes a kernel's memory (upload, buffer_copy,
+ * buffer_copy_if, buffer_scale, optimizer_update) the next convolution must read the new kernel,
+ * whatever copies of it a backend keeps (cuda: per-update KRSC and 16-bit copies), conv tolerance.
+ *
  * MT_TEST_PRECISION=bf16|fp16|tf32 creates both backends in that precision (ops.h "Precision":
  * the reference emulates 16-bit storage by rounding each op's tensor outputs). Both sides then
  * store the same rounded inputs and weights, and what each computes before its final rounding
@@ -514,6 +518,85 @@ static void case_conv(int n, int size, int cin, int cout, int kernel, int stride
     for (int k = 0; k < 2; k++)
         free(y[k]), free(dx[k]), free(dw[k]);
     free(x), free(w), free(dy);
+}
+
+/* ---- conv weights rewritten between calls ----------------------------------------------- */
+
+/* A backend may keep per-update copies of conv kernels (cuda: cuDNN's layout, 16-bit copies):
+ * every op that writes a kernel's memory must be seen. Forward after each write: the kernel
+ * uploaded again, copied over from another buffer, copied over by buffer_copy_if (flag set),
+ * scaled by buffer_scale, updated by one SGD step; a stale copy gives the previous kernel's
+ * output, which the comparison catches. */
+enum { REWRITES = 6 };
+static const char *const rewrite_names[REWRITES] = {
+    "forward w1", "after upload w2", "after buffer_copy", "after buffer_copy_if", "after scale",
+    "after sgd update"};
+
+static bool conv_rewritten_on(side s, const mt_conv_desc *d, const float *x, const float *w1,
+                              const float *w2, float *y_out[REWRITES]) {
+    const size_t nw = (size_t)d->kernel * d->kernel * d->input.c *
+                      (d->depthwise ? 1 : d->out_channels),
+                 wbytes = nw * sizeof(float);
+    const float one = 1.0f, factor = -0.5f;
+    const mt_update_scalars rate = {
+        .lr = 0.25f, .step = mt_update_step_size(MT_UPDATE_SGD, 0.0f, 0.0f, 0.25f, 1)};
+    mt_tensor tx, ty;
+    void *bw, *bw1, *bflag, *bgrad, *bfactor, *brate;
+    if (!tensor_in(s, d->input, x, &tx) || !tensor_in(s, mt_conv_output_shape(d), NULL, &ty) ||
+        !buffer_in(s, w1, wbytes, &bw) || !buffer_in(s, w1, wbytes, &bw1) ||
+        !buffer_in(s, &one, sizeof one, &bflag) || !buffer_in(s, w2, wbytes, &bgrad) ||
+        !scalar_in(s, &factor, sizeof factor, &bfactor) ||
+        !scalar_in(s, &rate, sizeof rate, &brate))
+        return false;
+    const mt_optimizer_desc sgd = {.rule = MT_UPDATE_SGD, .count = nw, .scalars = brate};
+    for (int k = 0; k < REWRITES; k++) {
+        if (k == 1) RUN(s, upload, bw, w2, wbytes);
+        if (k == 2) RUN(s, buffer_copy, bw, bw1, wbytes);
+        if (k == 3) {
+            RUN(s, upload, bw, w2, wbytes);
+            RUN(s, conv_forward, d, &tx, bw, &ty); /* w2 copied, then replaced on the device */
+            RUN(s, buffer_copy_if, bw, bw1, wbytes, bflag, NULL);
+        }
+        if (k == 4) RUN(s, buffer_scale, bw, nw, bfactor, NULL);
+        if (k == 5) RUN(s, optimizer_update, &sgd, bw, bgrad, NULL);
+        RUN(s, conv_forward, d, &tx, bw, &ty);
+        if (!tensor_out(s, &ty, y_out[k])) return false;
+    }
+    s.o->tensor_free(s.b, &tx), s.o->tensor_free(s.b, &ty);
+    s.o->buffer_free(s.b, bw), s.o->buffer_free(s.b, bw1), s.o->buffer_free(s.b, bflag);
+    s.o->buffer_free(s.b, bgrad), s.o->buffer_free(s.b, bfactor), s.o->buffer_free(s.b, brate);
+    return true;
+}
+
+/* A symmetric conv (SAME, odd size, stride 1): cuDNN may run it, not only our kernels. */
+static void case_conv_rewritten(int n, int size, int cin, int cout, int kernel, bool depthwise) {
+    int pad = kernel / 2;
+    mt_conv_desc d = {.input = {n, size, size, cin},
+                      .out_channels = depthwise ? cin : cout,
+                      .kernel = kernel,
+                      .stride = 1,
+                      .pad_top = pad,
+                      .pad_left = pad,
+                      .pad_bottom = pad,
+                      .pad_right = pad,
+                      .depthwise = depthwise};
+    size_t nx = mt_shape4_count(d.input), ny = mt_shape4_count(mt_conv_output_shape(&d));
+    size_t nw = (size_t)kernel * kernel * cin * (depthwise ? 1 : cout);
+    float *x = random_array(nx, -1, 1), *w1 = random_array(nw, -0.5, 0.5);
+    float *w2 = random_array(nw, -0.5, 0.5);
+    float *y[2][REWRITES];
+    for (int k = 0; k < 2; k++)
+        for (int r = 0; r < REWRITES; r++)
+            y[k][r] = xmalloc(ny * sizeof(float));
+    if (conv_rewritten_on(REF, &d, x, w1, w2, y[0]) && conv_rewritten_on(DUT, &d, x, w1, w2, y[1]))
+        for (int r = 0; r < REWRITES; r++)
+            compare(rewrite_names[r], y[1][r], y[0][r], ny, TOL_CONV);
+    else
+        mt_test_failures++;
+    for (int k = 0; k < 2; k++)
+        for (int r = 0; r < REWRITES; r++)
+            free(y[k][r]);
+    free(x), free(w1), free(w2);
 }
 
 /* ---- batch normalization ---------------------------------------------------------------- */
@@ -1014,6 +1097,13 @@ static void run_all(void) {
     if (wanted("depthwise 3x3/2 SAME n1 7x7 c3 pads 1,1")) case_conv(1, 7, 3, 3, 3, 2, true, false);
     if (wanted("depthwise 3x3/2 VALID n1 9x9 c17")) case_conv(1, 9, 17, 17, 3, 2, true, true);
     if (wanted("depthwise 3x3/1 SAME n4 20x20 c144")) case_conv(4, 20, 144, 144, 3, 1, true, false);
+    /* n, size, cin, cout, kernel, depthwise: each write of a kernel seen by the next call */
+    if (wanted("conv 1x1/1 weights rewritten n2 5x5 16->24"))
+        case_conv_rewritten(2, 5, 16, 24, 1, false);
+    if (wanted("conv 3x3/1 weights rewritten n2 7x7 8->16"))
+        case_conv_rewritten(2, 7, 8, 16, 3, false);
+    if (wanted("depthwise 3x3/1 weights rewritten n2 7x7 c16"))
+        case_conv_rewritten(2, 7, 16, 16, 3, true);
 
     if (wanted("batchnorm n4 5x5 c24")) case_batchnorm((mt_shape4){4, 5, 5, 24}, 0);
     if (wanted("batchnorm n1 3x3 c17")) case_batchnorm((mt_shape4){1, 3, 3, 17}, 0);
