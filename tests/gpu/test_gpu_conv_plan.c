@@ -34,8 +34,8 @@ typedef struct operand {
 
 /* C = op(A) op(B) as cuBLAS computes it (column-major, leading dimensions), in double. false
  * (and a failure) when an index leaves an operand or a leading dimension breaks cuBLAS' rules. */
-static bool host_gemm(const char *what, const mt_cuda_gemm *p, const operand *a,
-                      const operand *b, operand *c) {
+static bool host_gemm(const char *what, const mt_cuda_gemm *p, const operand *a, const operand *b,
+                      operand *c) {
     const int a_rows = p->trans_a ? p->k : p->m, b_rows = p->trans_b ? p->n : p->k;
     CHECK_MSG(p->lda >= a_rows && p->ldb >= b_rows && p->ldc >= p->m,
               "%s: leading dimensions %d %d %d below cuBLAS' %d %d %d", what, p->lda, p->ldb,
@@ -45,13 +45,13 @@ static bool host_gemm(const char *what, const mt_cuda_gemm *p, const operand *a,
         for (int i = 0; i < p->m; i++) {
             double sum = 0.0;
             for (int l = 0; l < p->k; l++) {
-                size_t ia = p->trans_a ? (size_t)l + (size_t)i * p->lda
-                                       : (size_t)i + (size_t)l * p->lda;
-                size_t ib = p->trans_b ? (size_t)j + (size_t)l * p->ldb
-                                       : (size_t)l + (size_t)j * p->ldb;
+                size_t ia =
+                    p->trans_a ? (size_t)l + (size_t)i * p->lda : (size_t)i + (size_t)l * p->lda;
+                size_t ib =
+                    p->trans_b ? (size_t)j + (size_t)l * p->ldb : (size_t)l + (size_t)j * p->ldb;
                 if (ia >= a->count || ib >= b->count) {
-                    CHECK_MSG(false, "%s: reads A[%zu] of %zu or B[%zu] of %zu", what, ia,
-                              a->count, ib, b->count);
+                    CHECK_MSG(false, "%s: reads A[%zu] of %zu or B[%zu] of %zu", what, ia, a->count,
+                              ib, b->count);
                     return false;
                 }
                 sum += (double)a->data[ia] * b->data[ib];
@@ -126,13 +126,12 @@ static void check_pointwise(mt_backend *ref, mt_backend *ref16, mt_shape4 in, in
         const size_t counts[3] = {ny, nx, nw};
         for (int pass = 0; pass < 3; pass++) {
             mt_cuda_gemm p;
-            CHECK_MSG(mt_cuda_pointwise_gemm(pass, M, I, O, &p), "%s pass %d: no plan", name,
-                      pass);
+            CHECK_MSG(mt_cuda_pointwise_gemm(pass, M, I, O, &p), "%s pass %d: no plan", name, pass);
             if (precise) {
                 /* the operands as the cuda backend passes them: the tensors and HWIO w */
                 operand ops[] = {
-                    [MT_CUDA_GEMM_X] = {x, nx, M, I},   [MT_CUDA_GEMM_W] = {w, nw, I, O},
-                    [MT_CUDA_GEMM_DY] = {dy, ny, M, O}, [MT_CUDA_GEMM_Y] = {got[0], ny, M, O},
+                    [MT_CUDA_GEMM_X] = {x, nx, M, I},       [MT_CUDA_GEMM_W] = {w, nw, I, O},
+                    [MT_CUDA_GEMM_DY] = {dy, ny, M, O},     [MT_CUDA_GEMM_Y] = {got[0], ny, M, O},
                     [MT_CUDA_GEMM_DX] = {got[1], nx, M, I}, [MT_CUDA_GEMM_DW] = {got[2], nw, I, O},
                 };
                 const mt_cuda_gemm_operand output[3] = {MT_CUDA_GEMM_Y, MT_CUDA_GEMM_DX,
@@ -213,14 +212,13 @@ static void check_weight_cache(void) {
 
     /* writes that only touch a kernel's ends from outside drop nothing */
     released r = {0};
-    CHECK(mt_cuda_weight_cache_touch(&cache, buffer + 24, 16 * sizeof(float), note_release,
-                                     &r) == 0); /* [24, 40): between b and c */
-    CHECK(mt_cuda_weight_cache_touch(&cache, buffer + 46, 18 * sizeof(float), note_release,
-                                     &r) == 0); /* after c */
+    CHECK(mt_cuda_weight_cache_touch(&cache, buffer + 24, 16 * sizeof(float), note_release, &r) ==
+          0); /* [24, 40): between b and c */
+    CHECK(mt_cuda_weight_cache_touch(&cache, buffer + 46, 18 * sizeof(float), note_release, &r) ==
+          0); /* after c */
     CHECK(r.count == 0 && cache.count == 4);
     /* one byte of b's last float drops b alone */
-    CHECK(mt_cuda_weight_cache_touch(&cache, (char *)(buffer + 24) - 1, 1, note_release, &r) ==
-          1);
+    CHECK(mt_cuda_weight_cache_touch(&cache, (char *)(buffer + 24) - 1, 1, note_release, &r) == 1);
     CHECK(r.count == 1 && was_released(&r, &tags[2]) && cache.count == 3);
     CHECK(mt_cuda_weight_cache_find(&cache, &b12) == NULL);
     CHECK(mt_cuda_weight_cache_find(&cache, &a_krsc) == &tags[0]);

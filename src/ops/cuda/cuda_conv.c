@@ -245,7 +245,8 @@ static bool math_allowed(const cuda_backend *cu, int type, cudnnMathType_t math)
         int pick_ = -1;                                                                            \
         for (int i_ = 0; i_ < (returned) && pick_ < 0; i_++)                                       \
             if ((perf)[i_].status == CUDNN_STATUS_SUCCESS &&                                       \
-                (perf)[i_].memory <= cu->workspace_limit && math_ok(cu, type, (perf)[i_].mathType)) \
+                (perf)[i_].memory <= cu->workspace_limit &&                                        \
+                math_ok(cu, type, (perf)[i_].mathType))                                            \
                 pick_ = i_;                                                                        \
         for (int i_ = 0; i_ < (returned) && pick_ < 0; i_++)                                       \
             if ((perf)[i_].status == CUDNN_STATUS_SUCCESS &&                                       \
@@ -318,9 +319,9 @@ static mt_status run_cudnn(cuda_backend *cu, cuda_conv_entry *e, const conv_call
     const float one = 1.0f, zero = 0.0f;
     if (pass == PASS_FORWARD || pass == PASS_BACKWARD_DATA) {
         const void *filter = NULL;
-        MT_TRY(cuda_weights_get(cu, c->w,
-                                type == TYPE_16 ? MT_CUDA_WEIGHTS_KRSC_16 : MT_CUDA_WEIGHTS_KRSC_F32,
-                                rs, wcin, g->cout, &filter));
+        const mt_cuda_weight_form form =
+            type == TYPE_16 ? MT_CUDA_WEIGHTS_KRSC_16 : MT_CUDA_WEIGHTS_KRSC_F32;
+        MT_TRY(cuda_weights_get(cu, c->w, form, rs, wcin, g->cout, &filter));
         if (pass == PASS_FORWARD)
             CUDNN_CHECK(cudnnConvolutionForward(
                 cu->cudnn, &one, e->x_desc[type], c->x, e->w_desc[type], filter, e->conv_desc,

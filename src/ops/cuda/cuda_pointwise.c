@@ -12,20 +12,47 @@ bool mt_cuda_pointwise_gemm(int pass, long rows, int cin, int cout, mt_cuda_gemm
     const int M = (int)rows, I = cin, O = cout;
     switch (pass) {
     case MT_CUDA_CONV_FORWARD:
-        *out = (mt_cuda_gemm){.trans_a = false, .trans_b = false, .m = O, .n = M, .k = I,
-                              .a = MT_CUDA_GEMM_W, .lda = O, .b = MT_CUDA_GEMM_X, .ldb = I,
-                              .c = MT_CUDA_GEMM_Y, .ldc = O, .c_fp32 = false};
+        *out = (mt_cuda_gemm){.trans_a = false,
+                              .trans_b = false,
+                              .m = O,
+                              .n = M,
+                              .k = I,
+                              .a = MT_CUDA_GEMM_W,
+                              .lda = O,
+                              .b = MT_CUDA_GEMM_X,
+                              .ldb = I,
+                              .c = MT_CUDA_GEMM_Y,
+                              .ldc = O,
+                              .c_fp32 = false};
         return true;
     case MT_CUDA_CONV_BACKWARD_DATA:
-        *out = (mt_cuda_gemm){.trans_a = true, .trans_b = false, .m = I, .n = M, .k = O,
-                              .a = MT_CUDA_GEMM_W, .lda = O, .b = MT_CUDA_GEMM_DY, .ldb = O,
-                              .c = MT_CUDA_GEMM_DX, .ldc = I, .c_fp32 = false};
+        *out = (mt_cuda_gemm){.trans_a = true,
+                              .trans_b = false,
+                              .m = I,
+                              .n = M,
+                              .k = O,
+                              .a = MT_CUDA_GEMM_W,
+                              .lda = O,
+                              .b = MT_CUDA_GEMM_DY,
+                              .ldb = O,
+                              .c = MT_CUDA_GEMM_DX,
+                              .ldc = I,
+                              .c_fp32 = false};
         return true;
     case MT_CUDA_CONV_BACKWARD_FILTER:
         /* dw is not a stored tensor: the reference's emulation keeps it fp32 (no rounding) */
-        *out = (mt_cuda_gemm){.trans_a = false, .trans_b = true, .m = O, .n = I, .k = M,
-                              .a = MT_CUDA_GEMM_DY, .lda = O, .b = MT_CUDA_GEMM_X, .ldb = I,
-                              .c = MT_CUDA_GEMM_DW, .ldc = O, .c_fp32 = true};
+        *out = (mt_cuda_gemm){.trans_a = false,
+                              .trans_b = true,
+                              .m = O,
+                              .n = I,
+                              .k = M,
+                              .a = MT_CUDA_GEMM_DY,
+                              .lda = O,
+                              .b = MT_CUDA_GEMM_X,
+                              .ldb = I,
+                              .c = MT_CUDA_GEMM_DW,
+                              .ldc = O,
+                              .c_fp32 = true};
         return true;
     default:
         return false;
