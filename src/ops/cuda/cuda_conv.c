@@ -220,8 +220,8 @@ static mt_status conv_entry(cuda_backend *cu, const mt_conv_desc *d, cuda_conv_e
 
 /* Whether the pass runs cuDNN on the 16-bit tensors themselves (see the top). */
 static int pass_type(const cuda_backend *cu, int pass) {
-    return cuda_precision_storage(cu) != MT_CUDA_F32 && pass != PASS_BACKWARD_FILTER ? TYPE_16
-                                                                                   : TYPE_F32;
+    const bool narrow = cuda_precision_storage(cu) != MT_CUDA_F32;
+    return narrow && pass != PASS_BACKWARD_FILTER ? TYPE_16 : TYPE_F32;
 }
 
 /* The math an algorithm may use: fp32 keeps fp32 exact (FMA) unless TF32 is allowed; on 16-bit

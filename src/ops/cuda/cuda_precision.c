@@ -172,8 +172,9 @@ static void p16_tensor_free(mt_backend *backend, mt_tensor *tensor) {
 }
 
 /* mt_ops_cuda with the entries above: the convolutions (16-bit natively) and everything on
- * plain fp32 buffers (the head, the loss, host memory, the optimizer) stay mt_ops_cuda's own. Built once, at the first bf16/fp16 backend's init (a
- * table of another file's functions cannot be a constant initializer in C). */
+ * plain fp32 buffers (the head, the loss, host memory, the optimizer) stay mt_ops_cuda's own.
+ * Built once, at the first bf16/fp16 backend's init (a table of another file's functions cannot
+ * be a constant initializer in C). */
 static mt_ops table16;
 static pthread_once_t table16_once = PTHREAD_ONCE_INIT;
 
