@@ -109,7 +109,7 @@ void mt_cuda_step_graph_free(mt_backend *backend, void *graph) {
     free(g);
 }
 
-void cuda_graph_free(cuda_backend *cu) {
+void cuda_readback_free(cuda_backend *cu) {
     if (cu->readback) (void)cudaEventDestroy(cu->readback);
     cu->readback = NULL;
 }

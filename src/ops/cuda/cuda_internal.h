@@ -152,7 +152,7 @@ extern const mt_ops mt_ops_cuda;
  * is released) */
 mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out);
 void cuda_pool_release(cuda_backend *cu, void *ptr);
-/* cuda_graph.c: readback_start/wait and the step capture (ops.h); cuda_graph_free at shutdown */
+/* cuda_graph.c: readback_start/wait and the step capture (ops.h); cuda_readback_free at shutdown */
 mt_status mt_cuda_readback_start(mt_backend *backend, void *host_dst, const void *src,
                                  size_t bytes);
 mt_status mt_cuda_readback_wait(mt_backend *backend);
@@ -160,7 +160,7 @@ mt_status mt_cuda_step_capture_begin(mt_backend *backend);
 mt_status mt_cuda_step_capture_end(mt_backend *backend, void **graph);
 mt_status mt_cuda_step_replay(mt_backend *backend, void *graph);
 void mt_cuda_step_graph_free(mt_backend *backend, void *graph);
-void cuda_graph_free(cuda_backend *cu);
+void cuda_readback_free(cuda_backend *cu);
 /* cuda_precision.c: 16-bit tensors. The table is mt_ops_cuda with its tensor ops wrapped. */
 mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision);
 void cuda_precision_free(cuda_backend *cu);
@@ -193,6 +193,10 @@ mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t
 mt_status cuda_check_stored(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
                             mt_cuda_storage storage);
 /* ops.h input_convert into a tensor of `storage` (the table's entry is the MT_CUDA_F32 case) */
+/* cuda_input.c: the input pipeline's ops (ops.h) */
+mt_status cuda_input_upload(mt_backend *backend, int slot, const mt_input_batch *batch);
+mt_status cuda_input_convert(mt_backend *backend, int slot, mt_tensor *images, int32_t *labels);
+mt_status cuda_input_wait(mt_backend *backend, int slot);
 mt_status cuda_input_convert_stored(mt_backend *backend, mt_cuda_storage storage, int slot,
                                     mt_tensor *images, int32_t *labels);
 void cuda_conv_cache_free(cuda_backend *cu);
