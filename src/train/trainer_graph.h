@@ -36,8 +36,9 @@ void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend
  * host work inside, e.g. an injected fault), for the first step of a shape (warm-up: the
  * backend's pools and algorithm searches settle) and when the shape or the model's memory
  * (`memory`: mt_model_memory_generation) changed; otherwise the shape's graph is replayed,
- * captured first if there is none yet. A capture that fails turns graphs off for the run, with
- * one line on stderr, and the step runs eager (nothing of it ran). */
+ * captured first if there is none yet. A capture the backend refuses to begin (cuda while
+ * profiling, docs/gpu.md) or that fails turns graphs off for the run, with one line on stderr
+ * naming why, and the step runs eager (nothing of it ran). */
 mt_status trainer_graph_step(trainer_graph *g, struct trainer *t, int rows, uint64_t memory,
                              bool eager, trainer_step_fn body, const void *user);
 

@@ -51,9 +51,11 @@ typedef struct recorder {
     rec_graph *open; /* the capture in progress, or NULL */
     bool broken;
     uint64_t generation; /* frees outside a capture */
+    int refuse_begins;   /* step_capture_begin calls still to refuse */
 } recorder;
 
 static step_recorder_stats last_stats;
+static int next_refuse_begins; /* step_recorder_refuse_begins, for the next recorder */
 
 static recorder *rec_of(mt_backend *b) {
     return b->impl;
@@ -433,6 +435,11 @@ static mt_status w_optimizer_update(mt_backend *b, const mt_optimizer_desc *d, f
 static mt_status w_capture_begin(mt_backend *b) {
     recorder *r = rec_of(b);
     if (r->open) return MT_FAIL(MT_ERR_INVALID, "step recorder: a capture is already open");
+    if (r->refuse_begins > 0) {
+        r->refuse_begins--;
+        last_stats.refused_begins++;
+        return MT_FAIL(MT_ERR_INVALID, "step recorder: capture refused (as while profiling)");
+    }
     r->open = calloc(1, sizeof *r->open);
     if (!r->open) return MT_FAIL(MT_ERR_NOMEM, "step recorder: out of memory");
     r->broken = false;
@@ -544,6 +551,8 @@ mt_status step_recorder_wrap(mt_backend *inner, mt_backend **out) {
     }
     const mt_ops *in = inner->ops;
     r->inner = inner;
+    r->refuse_begins = next_refuse_begins;
+    next_refuse_begins = 0;
     r->table = (mt_ops){
         .name = in->name,
         .device_memory = in->device_memory,
@@ -610,6 +619,10 @@ mt_status step_recorder_wrap(mt_backend *inner, mt_backend **out) {
     b->options = inner->options;
     *out = b;
     return MT_OK;
+}
+
+void step_recorder_refuse_begins(int count) {
+    next_refuse_begins = count;
 }
 
 step_recorder_stats step_recorder_last_stats(void) {

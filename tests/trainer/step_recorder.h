@@ -9,7 +9,8 @@
  * Calls a captured step must not make (upload, download, synchronize, allocations and frees,
  * the input pipeline, read backs) fail during a capture and break it, as they do on a GPU; a
  * free outside a capture makes later replays refuse (MT_ERR_INVALID), as cuda does when device
- * memory goes back to the driver. */
+ * memory goes back to the driver. step_recorder_refuse_begins makes step_capture_begin refuse, as
+ * cuda's does while profiling (MT_CUDA_PROFILE=1). */
 #ifndef MT_TEST_STEP_RECORDER_H
 #define MT_TEST_STEP_RECORDER_H
 
@@ -18,12 +19,16 @@
 #include "mobiletune/ops.h"
 
 typedef struct step_recorder_stats {
-    uint64_t captures, replays, replayed_calls, broken_captures;
+    uint64_t captures, replays, replayed_calls, broken_captures, refused_begins;
 } step_recorder_stats;
 
 /* Wraps `inner` (taken over: destroying *out destroys it), the signature of
  * mt_train_options.wrap_backend. */
 mt_status step_recorder_wrap(mt_backend *inner, mt_backend **out);
+
+/* The next recorder step_recorder_wrap makes refuses its first `count` step_capture_begin calls
+ * (MT_ERR_INVALID, as cuda's); later recorders refuse none. */
+void step_recorder_refuse_begins(int count);
 
 /* What the last recorder step_recorder_wrap made has done (also after its backend is destroyed:
  * mt_train destroys it before returning). */
