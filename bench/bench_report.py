@@ -23,13 +23,13 @@ def host_description():
 
 
 def print_table(header, rows, left=1):
-    """A Markdown table: `header` and each row are lists of strings (format the numbers first);
-    the first `left` columns are left-aligned, the others right-aligned (numbers), each as wide
-    as its widest cell."""
+    """A Markdown table: `header` and each row are lists of cells, printed with str() (format
+    the numbers first); the first `left` columns are left-aligned, the others right-aligned
+    (numbers), each as wide as its widest cell."""
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
 
     def line(cells):
-        return "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w)
+        return "| " + " | ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
                                  for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 
     print(line(header))

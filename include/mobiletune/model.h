@@ -255,9 +255,10 @@ mt_status mt_model_forward_head(mt_model *model, const float *features, const in
  *             labels
  *   staged    a batch the caller put into the backend's staging slot `slot` (ops.h input_upload:
  *             uint8 pixels, labels and flip flags, copied while the previous step computes);
- *             the forward begins with input_convert, which scales and flips the pixels and
- *             places the labels in backend memory. labels is not read: check the host's copy
- *             with mt_model_check_labels before the upload.
+ *             mt_model_prepare_input calls input_convert, which scales and flips the pixels and
+ *             places the labels in backend memory, before the forward (outside a captured
+ *             step). labels is not read: check the host's copy with mt_model_check_labels
+ *             before the upload.
  * n: the batch's rows (<= batch_size). prepared: the input was put in place by
  * mt_model_prepare_input already (only n is read then). */
 typedef struct mt_model_input {

@@ -6,7 +6,8 @@
  *
  * Memory model. Activations are mt_tensor: a 4-D N,H,W,C tensor whose bytes live in the backend's
  * memory (host for CPU backends, device for CUDA) in the backend's own layout (NHWC for reference;
- * oneDNN may use blocked formats) and element type (fp32, or 16 bits: "Precision" below). The model never looks inside: it converts at the edges only
+ * oneDNN may use blocked formats) and element type (fp32, or 16 bits: "Precision" below). The
+ * model never looks inside: it converts at the edges only
  * (tensor_from_nhwc for the input batch; global_avg_pool's output is a plain row-major N,C matrix).
  * Everything else -- parameters, gradients, BN statistics, matrices of the head, labels -- is a
  * plain buffer in backend memory with a documented layout:
@@ -380,7 +381,8 @@ typedef struct mt_ops {
     /* Inverted dropout on `count` values: keep with probability 1-rate (rate in [0, 1)), scale
      * kept by 1/(1-rate). The keep decision of element i is a pure function of (seed, i),
      * identical on every backend: mt_dropout_keep(*seed, i, mt_dropout_threshold(rate)) from
-     * src/ops/dropout_hash.h; seed: backend memory (a per-step value). mask (count bytes, 1 = kept) records it for backward. */
+     * src/ops/dropout_hash.h; seed: backend memory (a per-step value). mask (count bytes,
+     * 1 = kept) records it for backward. */
     mt_status (*dropout_forward)(mt_backend *backend, size_t count, float rate,
                                  const uint64_t *seed, const float *x, float *y, uint8_t *mask);
     mt_status (*dropout_backward)(mt_backend *backend, size_t count, float rate,

@@ -1,6 +1,6 @@
 /* The horizontal flip, once: the loader's random flip (src/data/loader.c) and the trainer's
- * mirrored view in the feature cache (src/train/trainer.c) must produce the same image, so both
- * reverse a row with this function. */
+ * mirrored view in the feature cache (src/train/trainer_cache.c) must produce the same image, so
+ * both reverse a row with this function. */
 #ifndef MT_DATA_MIRROR_H
 #define MT_DATA_MIRROR_H
 

@@ -1,6 +1,8 @@
 /* The Keras weights reader: index every float dataset of an HDF5 file once at open as
  * (group, layer, weight), then serve reads by Keras layer and weight name whatever layout the file
- * has (save_weights, whole-model model.save, Keras 3). See keras_h5.h and docs/weights.md. */
+ * has (save_weights, whole-model model.save, Keras 3). See keras_h5.h and docs/weights.md.
+ * About 600 lines: the index walk and the reads share the file's one HDF5 handle and its
+ * layout rules, so they stay together. */
 #include "mobiletune/keras_h5.h"
 
 #include <errno.h>

@@ -1,7 +1,9 @@
-/* loss_accumulate's bookkeeping for the backends whose memory the host reaches (reference, cpu):
- * the backend computes the step's mean loss with its own loss_forward_backward, then this adds
- * it, the valid rows and the rows predicted right to the accumulator (the rules are in ops.h;
- * cuda_kernels_elementwise.cu's loss kernel does the same on the device). */
+/* The host-side bodies of the per-step ops for the backends whose memory the host reaches
+ * (reference, cpu), shared so both follow ops.h's rules once: loss_accumulate's bookkeeping (the
+ * backend computes the step's mean loss with its own loss_forward_backward, then
+ * mt_loss_accum_add adds it, the valid rows and the rows predicted right to the accumulator;
+ * cuda_kernels_elementwise.cu's loss kernel does the same on the device), buffer_scale,
+ * scalars_write, readback_wait and buffer_copy_if. */
 #ifndef MOBILETUNE_OPS_LOSS_ACCUM_H
 #define MOBILETUNE_OPS_LOSS_ACCUM_H
 

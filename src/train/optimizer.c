@@ -114,7 +114,8 @@ mt_status mt_optimizer_init(mt_optimizer *optimizer, mt_backend *backend,
 }
 
 void mt_optimizer_free(mt_optimizer *optimizer) {
-    if (optimizer->state) optimizer->backend->ops->buffer_free(optimizer->backend, optimizer->state);
+    if (optimizer->state)
+        optimizer->backend->ops->buffer_free(optimizer->backend, optimizer->state);
     if (optimizer->scalars)
         optimizer->backend->ops->buffer_free(optimizer->backend, optimizer->scalars);
     memset(optimizer, 0, sizeof *optimizer);

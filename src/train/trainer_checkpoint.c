@@ -246,7 +246,8 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_chang
     const char *mode = mt_checkpoint_meta(c, "mode");
     if (!format || strcmp(format, CHECKPOINT_FORMAT) != 0)
         status = MT_FAIL(MT_ERR_FORMAT, "'%s' is not a mobiletune training checkpoint (use "
-                         "model.init_checkpoint to take weights from other safetensors files)", path);
+                         "model.init_checkpoint to take weights from other safetensors files)",
+                         path);
     else if (!mode || strcmp(mode, mt_train_mode_name(t->layout->config.mode)) != 0)
         status = MT_FAIL(MT_ERR_INVALID, "checkpoint '%s' was trained in mode %s, this run is %s: "
                          "to start a new phase from it use model.init_checkpoint", path,

@@ -323,8 +323,6 @@ static void show_progress(const trainer *t, uint64_t done, uint64_t total,
     fflush(stderr);
 }
 
-/* ---- the epoch --------------------------------------------------------------------------------- */
-
 /* ---- the input pipeline (ops.h): batch k goes up while batch k-1 computes ------------------- */
 
 /* A loader batch the trainer still holds: its copy to the backend may be running. */
@@ -384,6 +382,8 @@ static mt_status staged_step(trainer *t, mt_batch *batch, held_batch *held, int 
     mt_status released = release_held(t, &current);
     return status != MT_OK ? status : released;
 }
+
+/* ---- the epoch ------------------------------------------------------------------------------- */
 
 /* Run the epoch's remaining steps; *stopped when the ranks agreed to stop early (a signal). */
 mt_status trainer_run_epoch(trainer *t, bool progress, epoch_totals *totals, double *seconds,

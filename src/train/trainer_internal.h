@@ -76,7 +76,8 @@ typedef struct trainer {
 
 /* The first collective of a run (fixed size): every rank hashes the whole effective config (the
  * per-node options excepted), the data's class lists and record counts and the initial weights'
- * contents; a difference fails every rank with the first differing option named (trainer_agree.c). */
+ * contents; a difference fails every rank with the first differing option named
+ * (trainer_agree.c). */
 mt_status trainer_agree_on_config(trainer *t);
 
 /* Write `checkpoints/<name>.safetensors` atomically (rank 0 only). */

@@ -129,7 +129,8 @@ static mt_status open_outputs(trainer *t) {
     MT_TRY(mt_config_to_ini(c, &ini));
     snprintf(path, sizeof path, "%s/config.ini", c->output.run_dir);
     FILE *f = fopen(path, "w");
-    mt_status status = f ? MT_OK : MT_FAIL(MT_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+    mt_status status =
+        f ? MT_OK : MT_FAIL(MT_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
     if (f) {
         fputs(ini, f);
         if (fclose(f) != 0) status = MT_FAIL(MT_ERR_IO, "cannot write '%s'", path);
