@@ -140,9 +140,9 @@ int mt_comm_visible_gpus(void);
  * every rank must share, e.g. train.comm and train.backend; a mismatch is an error naming the
  * rank), each decides (mt_comm_decide), and the ranks agree: an error on any rank fails every
  * rank, and under auto one rank that must use mpi (two ranks on one GPU) makes every rank use
- * mpi. With a GPU backend the ranks first exchange the UUIDs of their GPUs (facts.gpu_sharing). For nccl, the ranks then join the NCCL communicator on the backend's GPU
- * (mt_backend.options.device), its unique id broadcast over MPI. mt_comm_get_info(comm).kind
- * says the result. */
+ * mpi. With a GPU backend the ranks first exchange the UUIDs of their GPUs (facts.gpu_sharing). For
+ * nccl, the ranks then join the NCCL communicator on the backend's GPU (mt_backend.options.device),
+ * its unique id broadcast over MPI. mt_comm_get_info(comm).kind says the result. */
 mt_status mt_comm_select(mt_comm *comm, mt_comm_choice choice, mt_backend *backend,
                          uint64_t agreement);
 

@@ -64,7 +64,7 @@ typedef struct mt_optimizer {
     size_t count;                                   /* parameters */
     int slot_count;                                 /* state arrays of `count` floats each */
     const char *slot_names[MT_OPTIMIZER_MAX_SLOTS]; /* Keras' names: "velocity", "momentum" ... */
-    float *state;        /* slot_count * count floats in backend memory, slot s at state + s*count */
+    float *state; /* slot_count * count floats in backend memory, slot s at state + s*count */
     mt_update_scalars *scalars; /* backend memory: the step's rate (mt_optimizer_set_rate) */
     uint64_t iterations; /* steps taken (Keras' optimizer.iterations) */
     /* NULL, or the skip flag every update reads in backend memory (mt_optimizer_desc.skip: the

@@ -1,5 +1,5 @@
-/* The packed-dataset format: one header shared by the packer (data-prep/) and the loader (src/data).
- * docs/formats.md documents the same layout for readers outside mobiletune.
+/* The packed-dataset format: one header shared by the packer (data-prep/) and the loader
+ * (src/data). docs/formats.md documents the same layout for readers outside mobiletune.
  *
  * A dataset is one LMDB environment (a folder holding data.mdb) with one unnamed database:
  *   key "0000000000" ... "%010llu"   one image record each, numbered 0..count-1 without gaps

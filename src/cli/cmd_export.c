@@ -39,7 +39,8 @@ static mt_status save_whole_weights(mt_model *model, const char *path) {
         int64_t shape[4];
         for (int d = 0; d < p->rank; d++) shape[d] = p->shape[d];
         status = mt_model_tensor_download(model, p, host);
-        if (status == MT_OK) status = mt_keras_h5_write(writer, p->layer, p->weight, shape, p->rank, host);
+        if (status == MT_OK)
+            status = mt_keras_h5_write(writer, p->layer, p->weight, shape, p->rank, host);
     }
     if (status == MT_OK) status = mt_keras_h5_finish(writer);
     else mt_keras_h5_abort(writer);

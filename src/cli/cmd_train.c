@@ -65,7 +65,8 @@ static const cli_spec train_spec = {
 static volatile sig_atomic_t interrupted = 0;
 
 /* The first signal asks for a checkpoint at the next step; a second Ctrl-C means "now": the
- * default action ends the process (the last checkpoint written stays as it is, writes are atomic). */
+ * default action ends the process (the last checkpoint written stays as it is, writes are atomic).
+ */
 static void on_stop_signal(int signal_number) {
     if (signal_number == SIGINT && interrupted) {
         signal(SIGINT, SIG_DFL);

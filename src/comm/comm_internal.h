@@ -6,7 +6,12 @@
 
 #include "mobiletune/comm.h"
 
-typedef enum mt_reduce_type { MT_REDUCE_F32, MT_REDUCE_F64, MT_REDUCE_I64, MT_REDUCE_I32 } mt_reduce_type;
+typedef enum mt_reduce_type {
+    MT_REDUCE_F32,
+    MT_REDUCE_F64,
+    MT_REDUCE_I64,
+    MT_REDUCE_I32
+} mt_reduce_type;
 typedef enum mt_reduce_op { MT_REDUCE_SUM, MT_REDUCE_MAX } mt_reduce_op;
 
 /* A collective in flight (the implementation's request). */

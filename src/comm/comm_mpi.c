@@ -94,7 +94,8 @@ static mt_status mpi_wait(mt_comm *comm, mt_comm_request *request) {
 static mt_status mpi_broadcast(mt_comm *comm, void *buffer, size_t bytes, int root) {
     for (size_t done = 0; done < bytes;) {
         size_t chunk = bytes - done < (size_t)INT_MAX ? bytes - done : (size_t)INT_MAX;
-        MPI_CHECK(comm, MPI_Bcast((char *)buffer + done, (int)chunk, MPI_BYTE, root, MPI_COMM_WORLD));
+        MPI_CHECK(comm,
+                  MPI_Bcast((char *)buffer + done, (int)chunk, MPI_BYTE, root, MPI_COMM_WORLD));
         done += chunk;
     }
     return MT_OK;
@@ -102,7 +103,8 @@ static mt_status mpi_broadcast(mt_comm *comm, void *buffer, size_t bytes, int ro
 
 static mt_status mpi_allgather(mt_comm *comm, const void *send, void *out, size_t bytes) {
     if (bytes > (size_t)INT_MAX)
-        return MT_FAIL(MT_ERR_INVALID, "allgather of %zu bytes per rank is over MPI's limit", bytes);
+        return MT_FAIL(MT_ERR_INVALID, "allgather of %zu bytes per rank is over MPI's limit",
+                       bytes);
     MPI_CHECK(comm, MPI_Allgather(send, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE,
                                   MPI_COMM_WORLD));
     return MT_OK;

@@ -1,8 +1,8 @@
 /* The NCCL communicator of nccl_comm.h: bootstrap through mt_comm_broadcast, a non-blocking
  * communicator, and waits that poll ncclCommGetAsyncError against a deadline so that a dead or
  * stuck peer becomes an error on this rank instead of a hang. Compiled into the cuda module
- * (libmobiletune_cuda.so, src/ops/cuda/CMakeLists.txt), never into the core library: the core reaches
- * these functions through the module's table (src/ops/cuda_module.h). */
+ * (libmobiletune_cuda.so, src/ops/cuda/CMakeLists.txt), never into the core library: the core
+ * reaches these functions through the module's table (src/ops/cuda_module.h). */
 #include <nccl.h>
 #include <stdlib.h>
 #include <string.h>

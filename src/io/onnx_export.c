@@ -224,7 +224,8 @@ static void add_conv_bn(builder *b, mt_model *model, const mt_layer_info *conv,
                 for (int x = 0; x < kw; x++) {
                     size_t from = depthwise ? ((size_t)y * kw + x) * cout + o
                                             : (((size_t)y * kw + x) * cin + i) * cout + o;
-                    w[(((size_t)o * cin + i) * kh + y) * kw + x] = (float)((double)kernel[from] * s);
+                    w[(((size_t)o * cin + i) * kh + y) * kw + x] =
+                        (float)((double)kernel[from] * s);
                 }
     }
     char *w_name = text(b, "%s/kernel", conv->name), *b_name = text(b, "%s/bias", conv->name);

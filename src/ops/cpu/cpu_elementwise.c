@@ -1,6 +1,7 @@
 /* The memory-bound ops of the "cpu" backend as OpenMP loops over the backend's layout: zero,
- * copy, residual add, zero padding, global average pooling and the optimizer update. oneDNN would only add a primitive
- * call around the same loop. Indexing follows the layout rule of cpu_internal.h:
+ * copy, residual add, zero padding, global average pooling and the optimizer update. oneDNN would
+ * only add a primitive call around the same loop. Indexing follows the layout rule of
+ * cpu_internal.h:
  * ((n * C/B + c/B) * H*W + h*W + w) * B + c%B. */
 #include <omp.h>
 #include <string.h>

@@ -18,8 +18,8 @@ static mt_status check_rate(float rate) {
 }
 
 /* x, y, mask: [count]; y may alias x */
-mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
-                                 const float *x, float *y, uint8_t *mask) {
+mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate,
+                                 const uint64_t *seed, const float *x, float *y, uint8_t *mask) {
     MT_TRY(check_rate(rate));
     uint32_t threshold = mt_dropout_threshold(rate);
     float scale = 1.0f / (1.0f - rate);

@@ -225,8 +225,8 @@ mt_status mt_cpu_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *
 mt_status mt_cpu_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
 mt_status mt_cpu_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
 
-mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
-                                 const float *x, float *y, uint8_t *mask);
+mt_status mt_cpu_dropout_forward(mt_backend *backend, size_t count, float rate,
+                                 const uint64_t *seed, const float *x, float *y, uint8_t *mask);
 mt_status mt_cpu_dropout_backward(mt_backend *backend, size_t count, float rate,
                                   const uint8_t *mask, const float *dy, float *dx);
 mt_status mt_cpu_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,

@@ -311,8 +311,8 @@ static mt_status check_rate(const char *op, float rate) {
 }
 
 /* x, y, mask: [count] (y may alias x) */
-static mt_status dropout_forward_op(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
-                                    const float *x, float *y, uint8_t *mask) {
+static mt_status dropout_forward_op(mt_backend *backend, size_t count, float rate,
+                                    const uint64_t *seed, const float *x, float *y, uint8_t *mask) {
     MT_TRY(check_rate("dropout_forward", rate));
     if (!count) return MT_OK;
     CUDA_CHECK(mt_cuda_launch_dropout_forward(cuda_of(backend)->stream, count, seed,
@@ -533,8 +533,8 @@ mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy,
                   SHAPE_FMT, SHAPE_ARGS(dx->shape));
 }
 
-mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
-                                  const float *x, float *y, uint8_t *mask) {
+mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate,
+                                  const uint64_t *seed, const float *x, float *y, uint8_t *mask) {
     CUDA_PROFILED(backend, dropout_forward_op(backend, count, rate, seed, x, y, mask),
                   "dropout_forward", "%zu values", count);
 }

@@ -259,8 +259,8 @@ GUARDED(global_avg_pool_forward, (mt_backend * backend, const mt_tensor *x, floa
 GUARDED(global_avg_pool_backward, (mt_backend * backend, const float *dy, mt_tensor *dx),
         (backend, dy, dx))
 GUARDED(dropout_forward,
-        (mt_backend * backend, size_t count, float rate, const uint64_t *seed, const float *x, float *y,
-         uint8_t *mask),
+        (mt_backend * backend, size_t count, float rate, const uint64_t *seed, const float *x,
+         float *y, uint8_t *mask),
         (backend, count, rate, seed, x, y, mask))
 GUARDED(dropout_backward,
         (mt_backend * backend, size_t count, float rate, const uint8_t *mask, const float *dy,

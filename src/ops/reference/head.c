@@ -49,8 +49,8 @@ static mt_status check_rate(const char *op, float rate) {
 }
 
 /* x, y: [count] (y may alias x); mask: [count] bytes, 1 = kept */
-mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
-                                 const float *x, float *y, uint8_t *mask) {
+mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate,
+                                 const uint64_t *seed, const float *x, float *y, uint8_t *mask) {
     MT_TRY(check_rate("dropout_forward", rate));
     const uint32_t threshold = mt_dropout_threshold(rate);
     const float scale = 1.0f / (1.0f - rate);

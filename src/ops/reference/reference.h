@@ -114,8 +114,8 @@ mt_status mt_ref_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *
 /* head.c */
 mt_status mt_ref_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
 mt_status mt_ref_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
-mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate, const uint64_t *seed,
-                                 const float *x, float *y, uint8_t *mask);
+mt_status mt_ref_dropout_forward(mt_backend *backend, size_t count, float rate,
+                                 const uint64_t *seed, const float *x, float *y, uint8_t *mask);
 mt_status mt_ref_dropout_backward(mt_backend *backend, size_t count, float rate,
                                   const uint8_t *mask, const float *dy, float *dx);
 mt_status mt_ref_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
