@@ -225,6 +225,9 @@ mt_status cuda_profile_loss_done(cuda_backend *cu);
         mt_status prof_status_ = (call);                                                           \
         return cuda_profile_end(prof_cu_, prof_slot_, prof_status_, op, __VA_ARGS__);              \
     } while (0)
+/* MT_CUDA_PROFILE's shape label of a tensor op: "N32 80x80x96" */
+#define CUDA_SHAPE_FMT "N%d %dx%dx%d"
+#define CUDA_SHAPE_ARGS(s) (s).n, (s).h, (s).w, (s).c
 
 /* ---- the ops, one file per family ---- */
 /* cuda_ops.c: mt_cuda_optimizer_update (cuda_optimizer.c) inside MT_CUDA_PROFILE's event pair */

@@ -417,32 +417,30 @@ static mt_status loss_accumulate_op(mt_backend *backend, const mt_loss_desc *des
 
 /* ---- the ops table's entries: each op, profiled while MT_CUDA_PROFILE's window is open ----- */
 
-#define SHAPE_FMT "N%d %dx%dx%d"
-#define SHAPE_ARGS(s) (s).n, (s).h, (s).w, (s).c
-
 mt_status mt_cuda_tensor_zero(mt_backend *backend, mt_tensor *tensor) {
-    CUDA_PROFILED(backend, tensor_zero_op(backend, tensor), "tensor_zero", SHAPE_FMT,
-                  SHAPE_ARGS(tensor->shape));
+    CUDA_PROFILED(backend, tensor_zero_op(backend, tensor), "tensor_zero", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(tensor->shape));
 }
 
 mt_status mt_cuda_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
-    CUDA_PROFILED(backend, tensor_copy_op(backend, src, dst), "tensor_copy", SHAPE_FMT,
-                  SHAPE_ARGS(src->shape));
+    CUDA_PROFILED(backend, tensor_copy_op(backend, src, dst), "tensor_copy", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(src->shape));
 }
 
 mt_status mt_cuda_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y) {
-    CUDA_PROFILED(backend, add_op(backend, a, b, y), "add", SHAPE_FMT, SHAPE_ARGS(a->shape));
+    CUDA_PROFILED(backend, add_op(backend, a, b, y), "add", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(a->shape));
 }
 
 mt_status mt_cuda_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
-    CUDA_PROFILED(backend, relu6_forward_op(backend, x, y), "relu6_forward", SHAPE_FMT,
-                  SHAPE_ARGS(x->shape));
+    CUDA_PROFILED(backend, relu6_forward_op(backend, x, y), "relu6_forward", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(x->shape));
 }
 
 mt_status mt_cuda_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
                                  mt_tensor *dx) {
-    CUDA_PROFILED(backend, relu6_backward_op(backend, y, dy, dx), "relu6_backward", SHAPE_FMT,
-                  SHAPE_ARGS(y->shape));
+    CUDA_PROFILED(backend, relu6_backward_op(backend, y, dy, dx), "relu6_backward", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(y->shape));
 }
 
 mt_status mt_cuda_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
@@ -453,7 +451,7 @@ mt_status mt_cuda_batchnorm_forward_training(mt_backend *backend, const mt_batch
     CUDA_PROFILED(backend,
                   batchnorm_forward_training_op(backend, desc, x, gamma, beta, moving_mean,
                                                 moving_variance, y, saved_mean, saved_inv_std),
-                  "batchnorm_forward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_forward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status mt_cuda_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
@@ -463,7 +461,7 @@ mt_status mt_cuda_batchnorm_forward_inference(mt_backend *backend, const mt_batc
     CUDA_PROFILED(backend,
                   batchnorm_forward_inference_op(backend, desc, x, gamma, beta, moving_mean,
                                                  moving_variance, y),
-                  "batchnorm_forward_inference", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_forward_inference", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
@@ -474,7 +472,7 @@ mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batc
     CUDA_PROFILED(backend,
                   batchnorm_backward_training_op(backend, desc, x, dy, gamma, saved_mean,
                                                  saved_inv_std, dx, dgamma, dbeta),
-                  "batchnorm_backward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_backward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status mt_cuda_batchnorm_relu6_forward_training(mt_backend *backend,
@@ -487,7 +485,7 @@ mt_status mt_cuda_batchnorm_relu6_forward_training(mt_backend *backend,
                   batchnorm_relu6_forward_training_op(backend, desc, x, gamma, beta, moving_mean,
                                                       moving_variance, y, saved_mean,
                                                       saved_inv_std),
-                  "batchnorm_relu6_forward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_relu6_forward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status mt_cuda_relu6_batchnorm_backward_training(
@@ -497,7 +495,8 @@ mt_status mt_cuda_relu6_batchnorm_backward_training(
     CUDA_PROFILED(backend,
                   relu6_batchnorm_backward_training_op(backend, desc, x, y, dy, gamma, saved_mean,
                                                        saved_inv_std, dx, dgamma, dbeta),
-                  "relu6_batchnorm_backward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "relu6_batchnorm_backward_training", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
@@ -508,29 +507,29 @@ mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_bat
     CUDA_PROFILED(backend,
                   batchnorm_backward_inference_op(backend, desc, x, dy, gamma, moving_mean,
                                                   moving_variance, dx, dgamma, dbeta),
-                  "batchnorm_backward_inference", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_backward_inference", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status mt_cuda_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
                                    const mt_tensor *x, mt_tensor *y) {
-    CUDA_PROFILED(backend, zero_pad_forward_op(backend, desc, x, y), "zero_pad_forward", SHAPE_FMT,
-                  SHAPE_ARGS(desc->input));
+    CUDA_PROFILED(backend, zero_pad_forward_op(backend, desc, x, y), "zero_pad_forward",
+                  CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->input));
 }
 
 mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
                                     const mt_tensor *dy, mt_tensor *dx) {
     CUDA_PROFILED(backend, zero_pad_backward_op(backend, desc, dy, dx), "zero_pad_backward",
-                  SHAPE_FMT, SHAPE_ARGS(desc->input));
+                  CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->input));
 }
 
 mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y) {
     CUDA_PROFILED(backend, global_avg_pool_forward_op(backend, x, y), "global_avg_pool_forward",
-                  SHAPE_FMT, SHAPE_ARGS(x->shape));
+                  CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(x->shape));
 }
 
 mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx) {
     CUDA_PROFILED(backend, global_avg_pool_backward_op(backend, dy, dx), "global_avg_pool_backward",
-                  SHAPE_FMT, SHAPE_ARGS(dx->shape));
+                  CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(dx->shape));
 }
 
 mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate,

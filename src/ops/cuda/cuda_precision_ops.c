@@ -11,9 +11,6 @@
 
 #include "ops/cuda/cuda_internal.h"
 
-#define SHAPE_FMT "N%d %dx%dx%d"
-#define SHAPE_ARGS(s) (s).n, (s).h, (s).w, (s).c
-
 /* ---- elementwise --------------------------------------------------------------------------- */
 
 /* a, b, y: N,H,W,C; y may alias a or b */
@@ -53,18 +50,19 @@ static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, cons
 }
 
 mt_status cuda_p16_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y) {
-    CUDA_PROFILED(backend, add_op(backend, a, b, y), "add", SHAPE_FMT, SHAPE_ARGS(a->shape));
+    CUDA_PROFILED(backend, add_op(backend, a, b, y), "add", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(a->shape));
 }
 
 mt_status cuda_p16_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
-    CUDA_PROFILED(backend, relu6_forward_op(backend, x, y), "relu6_forward", SHAPE_FMT,
-                  SHAPE_ARGS(x->shape));
+    CUDA_PROFILED(backend, relu6_forward_op(backend, x, y), "relu6_forward", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(x->shape));
 }
 
 mt_status cuda_p16_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
                                   mt_tensor *dx) {
-    CUDA_PROFILED(backend, relu6_backward_op(backend, y, dy, dx), "relu6_backward", SHAPE_FMT,
-                  SHAPE_ARGS(y->shape));
+    CUDA_PROFILED(backend, relu6_backward_op(backend, y, dy, dx), "relu6_backward", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(y->shape));
 }
 
 /* the first activation, written in 16 bits by the conversion kernel itself */
@@ -147,7 +145,7 @@ mt_status cuda_p16_batchnorm_forward_training(mt_backend *backend, const mt_batc
                   bn_forward_training(backend, "batchnorm_forward_training", desc, x, gamma, beta,
                                       moving_mean, moving_variance, y, saved_mean, saved_inv_std,
                                       false),
-                  "batchnorm_forward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_forward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status cuda_p16_batchnorm_relu6_forward_training(mt_backend *backend,
@@ -160,7 +158,7 @@ mt_status cuda_p16_batchnorm_relu6_forward_training(mt_backend *backend,
                   bn_forward_training(backend, "batchnorm_relu6_forward_training", desc, x, gamma,
                                       beta, moving_mean, moving_variance, y, saved_mean,
                                       saved_inv_std, true),
-                  "batchnorm_relu6_forward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_relu6_forward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status cuda_p16_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
@@ -170,7 +168,7 @@ mt_status cuda_p16_batchnorm_forward_inference(mt_backend *backend, const mt_bat
     CUDA_PROFILED(
         backend,
         bn_forward_inference(backend, desc, x, gamma, beta, moving_mean, moving_variance, y),
-        "batchnorm_forward_inference", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+        "batchnorm_forward_inference", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status cuda_p16_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
@@ -181,7 +179,7 @@ mt_status cuda_p16_batchnorm_backward_training(mt_backend *backend, const mt_bat
     CUDA_PROFILED(backend,
                   bn_backward(backend, "batchnorm_backward_training", desc, true, x, NULL, dy,
                               gamma, saved_mean, saved_inv_std, dx, dgamma, dbeta),
-                  "batchnorm_backward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_backward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status cuda_p16_relu6_batchnorm_backward_training(
@@ -191,7 +189,8 @@ mt_status cuda_p16_relu6_batchnorm_backward_training(
     CUDA_PROFILED(backend,
                   bn_backward(backend, "relu6_batchnorm_backward_training", desc, true, x, y, dy,
                               gamma, saved_mean, saved_inv_std, dx, dgamma, dbeta),
-                  "relu6_batchnorm_backward_training", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "relu6_batchnorm_backward_training", CUDA_SHAPE_FMT,
+                  CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status cuda_p16_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
@@ -202,7 +201,7 @@ mt_status cuda_p16_batchnorm_backward_inference(mt_backend *backend, const mt_ba
     CUDA_PROFILED(backend,
                   bn_backward(backend, "batchnorm_backward_inference", desc, false, x, NULL, dy,
                               gamma, moving_mean, moving_variance, dx, dgamma, dbeta),
-                  "batchnorm_backward_inference", SHAPE_FMT, SHAPE_ARGS(desc->shape));
+                  "batchnorm_backward_inference", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 /* ---- zero padding, pooling ------------------------------------------------------------------- */
@@ -228,14 +227,14 @@ static mt_status zero_pad_op(mt_backend *backend, const mt_zero_pad_desc *desc, 
 
 mt_status cuda_p16_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
                                     const mt_tensor *x, mt_tensor *y) {
-    CUDA_PROFILED(backend, zero_pad_op(backend, desc, true, x, y), "zero_pad_forward", SHAPE_FMT,
-                  SHAPE_ARGS(desc->input));
+    CUDA_PROFILED(backend, zero_pad_op(backend, desc, true, x, y), "zero_pad_forward",
+                  CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->input));
 }
 
 mt_status cuda_p16_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
                                      const mt_tensor *dy, mt_tensor *dx) {
     CUDA_PROFILED(backend, zero_pad_op(backend, desc, false, dy, dx), "zero_pad_backward",
-                  SHAPE_FMT, SHAPE_ARGS(desc->input));
+                  CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->input));
 }
 
 /* x: N,H,W,C (16 bits); y: N,C (float, the head's input) */
@@ -261,11 +260,11 @@ static mt_status avg_pool_backward_op(mt_backend *backend, const float *dy, mt_t
 }
 
 mt_status cuda_p16_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y) {
-    CUDA_PROFILED(backend, avg_pool_forward_op(backend, x, y), "global_avg_pool_forward", SHAPE_FMT,
-                  SHAPE_ARGS(x->shape));
+    CUDA_PROFILED(backend, avg_pool_forward_op(backend, x, y), "global_avg_pool_forward",
+                  CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(x->shape));
 }
 
 mt_status cuda_p16_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx) {
     CUDA_PROFILED(backend, avg_pool_backward_op(backend, dy, dx), "global_avg_pool_backward",
-                  SHAPE_FMT, SHAPE_ARGS(dx->shape));
+                  CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(dx->shape));
 }
