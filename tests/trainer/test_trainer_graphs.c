@@ -10,7 +10,13 @@
  * emulation) with RMSprop and momentum, whose loss scale moves on through the skip flag read back
  * at the next step's top. A third run (fp32 again) has the capture refused at its begin, as cuda
  * refuses while profiling (docs/gpu.md): graphs go off for the run, it still trains, and it
- * equals eager. A tiny network (alpha 0.35 at 32x32), 3 epochs of 3 steps. */
+ * equals eager. A tiny network (alpha 0.35 at 32x32), 3 epochs of 3 steps.
+ *
+ * MT_TRAINER_GRAPHS_BACKEND=cuda runs the same three comparisons on the cuda backend itself, with
+ * its real capture (cudaStreamBeginCapture ... cudaGraphLaunch): the ctest trainer_graphs_cuda
+ * does so on the emulated cuda module (tests/gpu/emu), whose runtime records a captured stream's
+ * work and replays exactly that, and counts captures and replays in MT_EMU_REPORT's file; the
+ * refused begin is cuda's own refusal while MT_CUDA_PROFILE=1. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +32,24 @@
 #include "test_util.h"
 
 enum { RECORDS = 24, BATCH = 8, EPOCHS = 3, STEPS = EPOCHS * RECORDS / BATCH };
+
+/* the backend under test: NULL for the recorder on the reference backend */
+static const char *real_backend;
+
+/* The totals of the emulated runtime's report (MT_EMU_REPORT; zeros before its first write). */
+static step_recorder_stats emulated_totals(void) {
+    step_recorder_stats totals = {0};
+    const char *path = getenv("MT_EMU_REPORT");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    if (f) {
+        unsigned long long c = 0, b = 0, r = 0;
+        CHECK_MSG(fscanf(f, "captures %llu broken %llu replays %llu", &c, &b, &r) == 3,
+                  "%s: not an emulated runtime report", path);
+        fclose(f);
+        totals = (step_recorder_stats){.captures = c, .broken_captures = b, .replays = r};
+    }
+    return totals;
+}
 
 static void set(mt_train_config *c, const char *assignment) {
     TEST_MUST(mt_config_set(c, assignment));
@@ -43,21 +67,32 @@ static void train(const char *data, const char *run_dir, const char *const *extr
     const char *common[] = {"data.batch_size=8",  "data.shuffle=true",    "data.random_flip=true",
                             "data.loader_threads=1", "model.alpha=0.35", "model.input_size=32",
                             "model.classes=2",    "model.dropout=0.3",    "model.mode=scratch",
-                            "train.epochs=3",     "train.seed=11",        "train.backend=reference",
-                            "train.threads=1",    "output.tensorboard=false"};
+                            "train.epochs=3",     "train.seed=11",        "train.threads=1",
+                            "output.tensorboard=false"};
     for (size_t i = 0; i < sizeof common / sizeof common[0]; i++)
         set(&c, common[i]);
+    snprintf(line, sizeof line, "train.backend=%s", real_backend ? real_backend : "reference");
+    set(&c, line);
     for (int i = 0; extra[i]; i++)
         set(&c, extra[i]);
     set(&c, graphs ? "train.cuda_graphs=true" : "train.cuda_graphs=false");
     TEST_MUST(mt_config_check(&c));
     mt_comm *comm = NULL;
     TEST_MUST(mt_comm_init(NULL, NULL, &comm));
-    const mt_train_options options = {.wrap_backend = step_recorder_wrap};
+    const mt_train_options options = {.wrap_backend = real_backend ? NULL : step_recorder_wrap};
+    const step_recorder_stats before = emulated_totals();
     mt_train_result result;
     TEST_MUST(mt_train(&c, comm, &options, &result));
     mt_comm_finalize(comm);
-    *stats = step_recorder_last_stats();
+    if (!real_backend) {
+        *stats = step_recorder_last_stats();
+        return;
+    }
+    const step_recorder_stats after = emulated_totals();
+    *stats = (step_recorder_stats){.captures = after.captures - before.captures,
+                                   .broken_captures = after.broken_captures -
+                                                      before.broken_captures,
+                                   .replays = after.replays - before.replays};
 }
 
 /* Every tensor and metadata value of the two checkpoints equal, byte for byte */
@@ -131,9 +166,13 @@ static void compare_runs(const char *root, const char *name, const char *eager_n
         CHECK_MSG(off.captures == 0 && off.replays == 0, "%s: graphs off still captured", name);
     }
     step_recorder_refuse_begins(refused);
+    if (refused && real_backend) setenv("MT_CUDA_PROFILE", "1", 1); /* cuda refuses then */
     train(data, graphs, extra, true, &on);
+    if (refused && real_backend) unsetenv("MT_CUDA_PROFILE");
     if (refused) {
-        /* the refused begin turns graphs off: that step and all later ones run eager */
+        /* the refused begin turns graphs off: that step and all later ones run eager (a real
+         * backend's refusals are not counted: no capture and no replay is what shows) */
+        if (real_backend) on.refused_begins = 1;
         CHECK_MSG(on.refused_begins == 1 && on.captures == 0 && on.replays == 0,
                   "%s: %llu refused begins, %llu captures, %llu replays", name,
                   (unsigned long long)on.refused_begins, (unsigned long long)on.captures,
@@ -157,6 +196,14 @@ static void compare_runs(const char *root, const char *name, const char *eager_n
 }
 
 int main(void) {
+    real_backend = getenv("MT_TRAINER_GRAPHS_BACKEND");
+    if (real_backend && !*real_backend) real_backend = NULL;
+    if (real_backend && !getenv("MT_EMU_REPORT")) {
+        fprintf(stderr, "MT_TRAINER_GRAPHS_BACKEND=%s needs MT_EMU_REPORT (the emulated cuda "
+                        "module's capture counts)\n", real_backend);
+        return 2;
+    }
+    if (real_backend) remove(getenv("MT_EMU_REPORT")); /* totals of this process only */
     const char *root = mt_test_make_temp_dir("trainer_graphs");
     char data[600];
     snprintf(data, sizeof data, "%s/data", root);

@@ -1,2 +1,2 @@
-/* See cuda_runtime_api.h: the CUDA runtime stand-in of test_gpu_kernels_emulated. */
+/* See cuda_runtime_api.h: the CUDA runtime stand-in of the emulated cuda backend. */
 #include "cuda_runtime_api.h"

@@ -1,18 +1,126 @@
-/* A stand-in for the CUDA runtime headers, for test_gpu_kernels_emulated only: just enough for
- * src/ops/cuda/cuda_kernels_*.cu (rewritten by tests/gpu/CMakeLists.txt so that every
- * `kernel<<<grid, block, shared, stream>>>(args)` becomes `mt_emu_launch(grid, block, ...)
- * .run(kernel, args)`) to compile with a host C++ compiler and run on the CPU. The C part is
- * what the launchers' declarations need; the C++ part runs a kernel: blocks one after another,
+/* A stand-in for the CUDA runtime headers, so that the cuda backend (src/ops/cuda, including the
+ * kernels of cuda_kernels_*.cu and cuda_optimizer.cu) compiles with the host compilers and runs on
+ * the CPU: the kernels in test_gpu_kernels_emulated, the whole backend as the emulated cuda module
+ * (libmobiletune_cuda_emulated.so, tests/gpu/CMakeLists.txt). tests/gpu/CMakeLists.txt rewrites
+ * every `kernel<<<grid, block, shared, stream>>>(args)` into `mt_emu_launch(grid, block, shared,
+ * stream).run(kernel, args)`.
+ *
+ * The C part declares the runtime calls the backend makes (emu_cudart.cc implements them: device
+ * memory is host memory, every stream runs its work at once in the calling thread, a stream under
+ * capture records it into a graph instead). The C++ part runs a kernel: blocks one after another,
  * __shared__ as static storage (one block at a time, so static is shared by exactly one block's
  * threads). A block's threads run one after another in the calling thread until a kernel calls
  * __syncthreads: that throws (before the kernel has written anything but shared memory, which
  * holds for mobiletune's kernels), and from then on that kernel's blocks run as real threads with
- * __syncthreads as a barrier. */
+ * __syncthreads as a barrier.
+ *
+ * Names, values and signatures follow the CUDA runtime's documented API, so the same sources
+ * compile against either; only what the backend uses is here. */
 #ifndef MT_EMU_CUDA_RUNTIME_API_H
 #define MT_EMU_CUDA_RUNTIME_API_H
 
-typedef enum cudaError { cudaSuccess = 0, cudaErrorInvalidValue = 1 } cudaError_t;
-typedef struct mt_emu_stream *cudaStream_t;
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureWrongThread = 908,
+} cudaError_t;
+
+/* the same struct names as the real runtime's (cuda_module.h spells cudaStream_t by its name) */
+typedef struct CUstream_st *cudaStream_t;
+typedef struct CUevent_st *cudaEvent_t;
+typedef struct CUgraph_st *cudaGraph_t;
+typedef struct CUgraphExec_st *cudaGraphExec_t;
+
+typedef enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4,
+} cudaMemcpyKind;
+
+typedef enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2,
+} cudaStreamCaptureMode;
+
+/* library_types.h's element types (cuBLAS' GemmEx) */
+typedef enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 } cudaDataType_t;
+
+typedef struct cudaUUID_t {
+    char bytes[16];
+} cudaUUID_t;
+
+typedef struct cudaDeviceProp {
+    char name[256];
+    cudaUUID_t uuid;
+    size_t totalGlobalMem;
+    int major, minor;
+    int multiProcessorCount;
+} cudaDeviceProp;
+
+#define cudaStreamNonBlocking 0x01u
+#define cudaEventDisableTiming 0x02u
+#define cudaHostAllocDefault 0x00u
+
+const char *cudaGetErrorName(cudaError_t error);
+const char *cudaGetErrorString(cudaError_t error);
+cudaError_t cudaPeekAtLastError(void);
+cudaError_t cudaGetDeviceCount(int *count);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device);
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+
+cudaError_t cudaMalloc(void **ptr, size_t bytes);
+cudaError_t cudaFree(void *ptr);
+cudaError_t cudaMallocHost(void **ptr, size_t bytes);
+cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned int flags);
+cudaError_t cudaFreeHost(void *ptr);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream);
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t stream);
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaStreamQuery(cudaStream_t stream);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags);
+
+cudaError_t cudaEventCreate(cudaEvent_t *event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
+cudaError_t cudaEventQuery(cudaEvent_t event);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph,
+                                 unsigned long long flags);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+
+/* cudaGetLastError: the kernels' launchers call it after every launch */
+cudaError_t cudaGetLastError(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #ifdef __cplusplus
 #include <pthread.h>
@@ -20,8 +128,12 @@ typedef struct mt_emu_stream *cudaStream_t;
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <functional>
+#include <condition_variable>
+#include <mutex>
 #include <set>
-#include <utility> // std::pair
+#include <thread>
+#include <vector>
 
 struct dim3 {
     unsigned x, y, z;
@@ -29,8 +141,7 @@ struct dim3 {
 };
 
 /* inline (C++17): one definition for the whole program without a separate source file */
-inline thread_local dim3 threadIdx;
-inline dim3 blockIdx, blockDim, gridDim;
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 inline pthread_barrier_t mt_emu_barrier;
 inline thread_local bool mt_emu_sequential = false;
 inline std::set<const void *> mt_emu_threaded_kernels;
@@ -66,19 +177,76 @@ template <class T> static inline T __ldcg(const T *p) {
 struct alignas(16) float4 {
     float x, y, z, w;
 };
-static inline cudaError_t cudaGetLastError() {
-    return cudaSuccess;
-}
 
 template <class T> struct mt_emu_same { typedef T type; };
 
-/* One launch: grid and block as given, shared bytes and stream ignored. The arguments convert to
- * the kernel's parameter types at the call, as in a real launch (NULL for a pointer, say). */
+/* The threads that run a block's threads for kernels that synchronize: made once and kept (a
+ * launch would otherwise start as many threads as the block has, for every launch). */
+class mt_emu_workers {
+  public:
+    /* never destroyed: the workers still wait on its condition at exit */
+    static mt_emu_workers &get() {
+        static mt_emu_workers *workers = new mt_emu_workers;
+        return *workers;
+    }
+    /* body(t) for t = 0 .. count-1, each in its own worker thread; returns when all are done */
+    void run(unsigned count, const std::function<void(unsigned)> &body) {
+        std::unique_lock<std::mutex> hold(lock_);
+        while (threads_.size() < count) {
+            const unsigned index = (unsigned)threads_.size();
+            threads_.emplace_back([this, index]() { work(index); });
+            threads_.back().detach();
+        }
+        job_ = &body, count_ = count, done_ = 0, generation_++;
+        wake_.notify_all();
+        finished_.wait(hold, [this]() { return done_ == count_; });
+        job_ = nullptr;
+    }
+
+  private:
+    void work(unsigned index) {
+        unsigned long seen = 0;
+        std::unique_lock<std::mutex> hold(lock_);
+        for (;;) {
+            wake_.wait(hold, [&]() { return generation_ != seen; });
+            seen = generation_;
+            if (index >= count_) continue;
+            const std::function<void(unsigned)> *job = job_;
+            hold.unlock();
+            (*job)(index);
+            hold.lock();
+            if (++done_ == count_) finished_.notify_one();
+        }
+    }
+    std::mutex lock_;
+    std::condition_variable wake_, finished_;
+    std::vector<std::thread> threads_;
+    const std::function<void(unsigned)> *job_ = nullptr;
+    unsigned count_ = 0, done_ = 0;
+    unsigned long generation_ = 0;
+};
+
+/* Runs `work` now, or records it into the graph `stream` is being captured into (emu_cudart.cc);
+ * a launch or copy on a stream is either, as on a device. */
+void mt_emu_enqueue(cudaStream_t stream, std::function<void()> work);
+
+/* One launch: grid and block as given, shared bytes ignored. The arguments convert to the
+ * kernel's parameter types at the call, as in a real launch (NULL for a pointer, say), and are
+ * kept by value when the stream is being captured, as a graph's kernel node keeps them. */
 struct mt_emu_launch {
     dim3 grid, block;
-    mt_emu_launch(dim3 g, dim3 b, size_t = 0, cudaStream_t = nullptr) : grid(g), block(b) {}
+    cudaStream_t stream;
+    mt_emu_launch(dim3 g, dim3 b, size_t = 0, cudaStream_t s = nullptr)
+        : grid(g), block(b), stream(s) {}
 
     template <class... P> void run(void (*kernel)(P...), typename mt_emu_same<P>::type... args) {
+        const dim3 g = grid, b = block;
+        mt_emu_enqueue(stream, [=]() { execute(g, b, kernel, args...); });
+    }
+
+  private:
+    template <class... P>
+    static void execute(dim3 grid, dim3 block, void (*kernel)(P...), P... args) {
         const unsigned threads = block.x * block.y * block.z;
         blockDim = block, gridDim = grid;
         const void *id = reinterpret_cast<const void *>(kernel);
@@ -102,40 +270,21 @@ struct mt_emu_launch {
                 mt_emu_threaded_kernels.insert(id);
             }
         }
+        /* one worker per thread of the block, running every block in turn; a barrier after
+         * each block, so no thread starts the next block (and its __shared__) early */
         pthread_barrier_init(&mt_emu_barrier, nullptr, threads);
-        for (unsigned by = 0; by < grid.y; by++) {
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                blockIdx = dim3(bx, by, 0);
-                auto body = [&](unsigned t) {
-                    threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+        mt_emu_workers::get().run(threads, [&](unsigned t) {
+            blockDim = block, gridDim = grid;
+            threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+            for (unsigned by = 0; by < grid.y; by++) {
+                for (unsigned bx = 0; bx < grid.x; bx++) {
+                    blockIdx = dim3(bx, by, 0);
                     kernel(args...);
-                };
-                run_block(threads, body);
+                    pthread_barrier_wait(&mt_emu_barrier);
+                }
             }
-        }
+        });
         pthread_barrier_destroy(&mt_emu_barrier);
-    }
-
-  private:
-    template <class F> static void *thread_main(void *arg) {
-        auto *job = static_cast<std::pair<F *, unsigned> *>(arg);
-        (*job->first)(job->second);
-        return nullptr;
-    }
-    template <class F> static void run_block(unsigned threads, F &body) {
-        pthread_t *ids = new pthread_t[threads];
-        auto *jobs = new std::pair<F *, unsigned>[threads];
-        for (unsigned t = 0; t < threads; t++) {
-            jobs[t] = {&body, t};
-            if (pthread_create(&ids[t], nullptr, thread_main<F>, &jobs[t]) != 0) {
-                fprintf(stderr, "emulated launch: pthread_create failed\n");
-                abort();
-            }
-        }
-        for (unsigned t = 0; t < threads; t++)
-            pthread_join(ids[t], nullptr);
-        delete[] ids;
-        delete[] jobs;
     }
 };
 #endif /* __cplusplus */
