@@ -89,8 +89,8 @@ static mt_status input_convert_op(mt_backend *backend, mt_cuda_storage storage, 
     const size_t n = (size_t)s->n;
     const uint8_t *flips = s->buffer + n * sizeof(int32_t), *pixels = flips + n;
     CUDA_CHECK(cudaStreamWaitEvent(cu->stream, s->copied, 0));
-    cudaError_t error = mt_cuda_launch_input_convert_stored(cu->stream, storage, s->n, s->height,
-                                                            s->width, pixels, flips, images->data);
+    cudaError_t error = mt_cuda_launch_input_convert(cu->stream, storage, s->n, s->height, s->width,
+                                                     pixels, flips, images->data);
     if (error != cudaSuccess)
         return MT_FAIL(MT_ERR_BACKEND, "cuda: converting the input batch: %s",
                        cudaGetErrorString(error));

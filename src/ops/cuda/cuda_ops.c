@@ -32,8 +32,8 @@ static mt_status add_op(mt_backend *backend, const mt_tensor *a, const mt_tensor
     MT_TRY(cuda_check_tensor("add", "a", a, a->shape));
     MT_TRY(cuda_check_tensor("add", "b", b, a->shape));
     MT_TRY(cuda_check_tensor("add", "y", y, a->shape));
-    CUDA_CHECK(mt_cuda_launch_add(cuda_of(backend)->stream, mt_shape4_count(a->shape), a->data,
-                                  b->data, y->data));
+    CUDA_CHECK(mt_cuda_launch_add(cuda_of(backend)->stream, MT_CUDA_F32, mt_shape4_count(a->shape),
+                                  a->data, b->data, y->data));
     return MT_OK;
 }
 
@@ -41,8 +41,8 @@ static mt_status add_op(mt_backend *backend, const mt_tensor *a, const mt_tensor
 static mt_status relu6_forward_op(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
     MT_TRY(cuda_check_tensor("relu6_forward", "x", x, x->shape));
     MT_TRY(cuda_check_tensor("relu6_forward", "y", y, x->shape));
-    CUDA_CHECK(mt_cuda_launch_relu6_forward(cuda_of(backend)->stream, mt_shape4_count(x->shape),
-                                            x->data, y->data));
+    CUDA_CHECK(mt_cuda_launch_relu6_forward(cuda_of(backend)->stream, MT_CUDA_F32,
+                                            mt_shape4_count(x->shape), x->data, y->data));
     return MT_OK;
 }
 
@@ -52,8 +52,9 @@ static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, cons
     MT_TRY(cuda_check_tensor("relu6_backward", "y", y, y->shape));
     MT_TRY(cuda_check_tensor("relu6_backward", "dy", dy, y->shape));
     MT_TRY(cuda_check_tensor("relu6_backward", "dx", dx, y->shape));
-    CUDA_CHECK(mt_cuda_launch_relu6_backward(cuda_of(backend)->stream, mt_shape4_count(y->shape),
-                                             y->data, dy->data, dx->data));
+    CUDA_CHECK(mt_cuda_launch_relu6_backward(cuda_of(backend)->stream, MT_CUDA_F32,
+                                             mt_shape4_count(y->shape), y->data, dy->data,
+                                             dx->data));
     return MT_OK;
 }
 
@@ -117,14 +118,15 @@ static mt_status bn_forward_training(mt_backend *backend, const char *op,
             cu->stream, m, c, desc->epsilon, desc->momentum, x->data, gamma, beta, moving_mean,
             moving_variance, y->data, saved_mean, saved_inv_std, scratch));
         if (relu6)
-            CUDA_CHECK(mt_cuda_launch_relu6_forward(cu->stream, (size_t)m * c, y->data, y->data));
+            CUDA_CHECK(mt_cuda_launch_relu6_forward(cu->stream, MT_CUDA_F32, (size_t)m * c, y->data,
+                                                    y->data));
         return MT_OK;
     }
     unsigned *counters;
     MT_TRY(cuda_bn_counters(backend, c, &counters));
     CUDA_CHECK(mt_cuda_launch_bn_fused_forward_training(
-        cu->stream, m, c, desc->epsilon, desc->momentum, relu6, x->data, gamma, beta, moving_mean,
-        moving_variance, y->data, saved_mean, saved_inv_std, scratch, counters));
+        cu->stream, MT_CUDA_F32, m, c, desc->epsilon, desc->momentum, relu6, x->data, gamma, beta,
+        moving_mean, moving_variance, y->data, saved_mean, saved_inv_std, scratch, counters));
     return MT_OK;
 }
 
@@ -163,8 +165,8 @@ static mt_status batchnorm_forward_inference_op(mt_backend *backend, const mt_ba
                                                        moving_variance, y->data, scratch));
     else
         CUDA_CHECK(mt_cuda_launch_bn_fused_forward_inference(
-            cu->stream, m, desc->shape.c, desc->epsilon, x->data, gamma, beta, moving_mean,
-            moving_variance, y->data));
+            cu->stream, MT_CUDA_F32, m, desc->shape.c, desc->epsilon, x->data, gamma, beta,
+            moving_mean, moving_variance, y->data));
     return MT_OK;
 }
 
@@ -187,8 +189,8 @@ static mt_status bn_backward_training(mt_backend *backend, const char *op,
     if (cu->bn_legacy) {
         const float *g = dy->data;
         if (y) { /* ReLU6's backward into dx, then BN's in place */
-            CUDA_CHECK(mt_cuda_launch_relu6_backward(cu->stream, (size_t)m * c, y->data, dy->data,
-                                                     dx->data));
+            CUDA_CHECK(mt_cuda_launch_relu6_backward(cu->stream, MT_CUDA_F32, (size_t)m * c,
+                                                     y->data, dy->data, dx->data));
             g = dx->data;
         }
         CUDA_CHECK(mt_cuda_launch_bn_backward(cu->stream, m, c, desc->epsilon, 1, x->data, g, gamma,
@@ -199,8 +201,8 @@ static mt_status bn_backward_training(mt_backend *backend, const char *op,
     unsigned *counters;
     MT_TRY(cuda_bn_counters(backend, c, &counters));
     CUDA_CHECK(mt_cuda_launch_bn_fused_backward(
-        cu->stream, m, c, desc->epsilon, 1, x->data, y ? y->data : NULL, dy->data, gamma,
-        saved_mean, saved_inv_std, dx->data, dgamma, dbeta, scratch, counters));
+        cu->stream, MT_CUDA_F32, m, c, desc->epsilon, 1, x->data, y ? y->data : NULL, dy->data,
+        gamma, saved_mean, saved_inv_std, dx->data, dgamma, dbeta, scratch, counters));
     return MT_OK;
 }
 
@@ -243,8 +245,8 @@ static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_b
     unsigned *counters;
     MT_TRY(cuda_bn_counters(backend, c, &counters));
     CUDA_CHECK(mt_cuda_launch_bn_fused_backward(
-        cu->stream, m, c, desc->epsilon, 0, x->data, NULL, dy->data, gamma, moving_mean,
-        moving_variance, dx ? dx->data : NULL, dgamma, dbeta, scratch, counters));
+        cu->stream, MT_CUDA_F32, m, c, desc->epsilon, 0, x->data, NULL, dy->data, gamma,
+        moving_mean, moving_variance, dx ? dx->data : NULL, dgamma, dbeta, scratch, counters));
     return MT_OK;
 }
 
@@ -269,8 +271,9 @@ static mt_status zero_pad_forward_op(mt_backend *backend, const mt_zero_pad_desc
                                      const mt_tensor *x, mt_tensor *y) {
     MT_TRY(cuda_check_pad("zero_pad_forward", desc, x, y, MT_CUDA_F32));
     const mt_shape4 i = x->shape, o = y->shape;
-    CUDA_CHECK(mt_cuda_launch_zero_pad_forward(cuda_of(backend)->stream, i.n, i.h, i.w, i.c, o.h,
-                                               o.w, desc->top, desc->left, x->data, y->data));
+    CUDA_CHECK(mt_cuda_launch_zero_pad_forward(cuda_of(backend)->stream, MT_CUDA_F32, i.n, i.h, i.w,
+                                               i.c, o.h, o.w, desc->top, desc->left, x->data,
+                                               y->data));
     return MT_OK;
 }
 
@@ -279,8 +282,9 @@ static mt_status zero_pad_backward_op(mt_backend *backend, const mt_zero_pad_des
                                       const mt_tensor *dy, mt_tensor *dx) {
     MT_TRY(cuda_check_pad("zero_pad_backward", desc, dx, dy, MT_CUDA_F32));
     const mt_shape4 i = dx->shape, o = dy->shape;
-    CUDA_CHECK(mt_cuda_launch_zero_pad_backward(cuda_of(backend)->stream, i.n, i.h, i.w, i.c, o.h,
-                                                o.w, desc->top, desc->left, dy->data, dx->data));
+    CUDA_CHECK(mt_cuda_launch_zero_pad_backward(cuda_of(backend)->stream, MT_CUDA_F32, i.n, i.h,
+                                                i.w, i.c, o.h, o.w, desc->top, desc->left, dy->data,
+                                                dx->data));
     return MT_OK;
 }
 
@@ -290,8 +294,8 @@ static mt_status zero_pad_backward_op(mt_backend *backend, const mt_zero_pad_des
 static mt_status global_avg_pool_forward_op(mt_backend *backend, const mt_tensor *x, float *y) {
     MT_TRY(cuda_check_tensor("global_avg_pool_forward", "x", x, x->shape));
     const mt_shape4 s = x->shape;
-    CUDA_CHECK(mt_cuda_launch_avg_pool_forward(cuda_of(backend)->stream, s.n, (long)s.h * s.w, s.c,
-                                               x->data, y));
+    CUDA_CHECK(mt_cuda_launch_avg_pool_forward(cuda_of(backend)->stream, MT_CUDA_F32, s.n,
+                                               (long)s.h * s.w, s.c, x->data, y));
     return MT_OK;
 }
 
@@ -299,8 +303,8 @@ static mt_status global_avg_pool_forward_op(mt_backend *backend, const mt_tensor
 static mt_status global_avg_pool_backward_op(mt_backend *backend, const float *dy, mt_tensor *dx) {
     MT_TRY(cuda_check_tensor("global_avg_pool_backward", "dx", dx, dx->shape));
     const mt_shape4 s = dx->shape;
-    CUDA_CHECK(mt_cuda_launch_avg_pool_backward(cuda_of(backend)->stream, s.n, (long)s.h * s.w, s.c,
-                                                dy, dx->data));
+    CUDA_CHECK(mt_cuda_launch_avg_pool_backward(cuda_of(backend)->stream, MT_CUDA_F32, s.n,
+                                                (long)s.h * s.w, s.c, dy, dx->data));
     return MT_OK;
 }
 

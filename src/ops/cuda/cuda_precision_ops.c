@@ -1,10 +1,10 @@
 /* train.precision = bf16 | fp16 on the cuda backend: the ops of the 16-bit table (cuda_precision.c)
- * that read and write their 16-bit tensors directly with the storage kernels (the *_stored
- * launchers of cuda_kernels.h): add, ReLU6, the input conversion, batch norm (the fused kernels;
- * statistics, gamma, beta and their gradients fp32), zero padding and global average pooling
- * (the pooled values fp32). Each computes in fp32 what the fp32 op computes on the widened tensors
- * and rounds once on store, bit for bit what the staging of cuda_precision.c did, without the
- * fp32 copies and their casts. The checks are the fp32 ops' (cuda_ops.c), on 16-bit elements;
+ * that read and write their 16-bit tensors directly with the storage kernels (cuda_kernels.h's
+ * launchers given the 16-bit storage): add, ReLU6, the input conversion, batch norm (the fused
+ * kernels; statistics, gamma, beta and their gradients fp32), zero padding and global average
+ * pooling (the pooled values fp32). Each computes in fp32 what the fp32 op computes on the widened
+ * tensors and rounds once on store, bit for bit what the staging of cuda_precision.c did, without
+ * the fp32 copies and their casts. The checks are the fp32 ops' (cuda_ops.c), on 16-bit elements;
  * each op is inside MT_CUDA_PROFILE's event pair. MT_CUDA_BN=legacy (the double-precision
  * kernels, fp32 only) is refused with 16-bit tensors (cuda_precision_init). */
 #include <stdint.h>
@@ -20,8 +20,8 @@ static mt_status add_op(mt_backend *backend, const mt_tensor *a, const mt_tensor
     MT_TRY(cuda_check_stored("add", "a", a, a->shape, st));
     MT_TRY(cuda_check_stored("add", "b", b, a->shape, st));
     MT_TRY(cuda_check_stored("add", "y", y, a->shape, st));
-    CUDA_CHECK(mt_cuda_launch_add_stored(cu->stream, st, mt_shape4_count(a->shape), a->data,
-                                         b->data, y->data));
+    CUDA_CHECK(
+        mt_cuda_launch_add(cu->stream, st, mt_shape4_count(a->shape), a->data, b->data, y->data));
     return MT_OK;
 }
 
@@ -31,8 +31,8 @@ static mt_status relu6_forward_op(mt_backend *backend, const mt_tensor *x, mt_te
     const mt_cuda_storage st = cuda_precision_storage(cu);
     MT_TRY(cuda_check_stored("relu6_forward", "x", x, x->shape, st));
     MT_TRY(cuda_check_stored("relu6_forward", "y", y, x->shape, st));
-    CUDA_CHECK(mt_cuda_launch_relu6_forward_stored(cu->stream, st, mt_shape4_count(x->shape),
-                                                   x->data, y->data));
+    CUDA_CHECK(
+        mt_cuda_launch_relu6_forward(cu->stream, st, mt_shape4_count(x->shape), x->data, y->data));
     return MT_OK;
 }
 
@@ -44,8 +44,8 @@ static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, cons
     MT_TRY(cuda_check_stored("relu6_backward", "y", y, y->shape, st));
     MT_TRY(cuda_check_stored("relu6_backward", "dy", dy, y->shape, st));
     MT_TRY(cuda_check_stored("relu6_backward", "dx", dx, y->shape, st));
-    CUDA_CHECK(mt_cuda_launch_relu6_backward_stored(cu->stream, st, mt_shape4_count(y->shape),
-                                                    y->data, dy->data, dx->data));
+    CUDA_CHECK(mt_cuda_launch_relu6_backward(cu->stream, st, mt_shape4_count(y->shape), y->data,
+                                             dy->data, dx->data));
     return MT_OK;
 }
 
@@ -89,7 +89,7 @@ static mt_status bn_forward_training(mt_backend *backend, const char *op,
     if (relu6 && x->data == y->data)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: y must not alias x (the backward reads both)", op);
     MT_TRY(cuda_bn_counters(backend, desc->shape.c, &counters));
-    CUDA_CHECK(mt_cuda_launch_bn_fused_forward_training_stored(
+    CUDA_CHECK(mt_cuda_launch_bn_fused_forward_training(
         cu->stream, st, m, desc->shape.c, desc->epsilon, desc->momentum, relu6, x->data, gamma,
         beta, moving_mean, moving_variance, y->data, saved_mean, saved_inv_std, scratch, counters));
     return MT_OK;
@@ -106,9 +106,9 @@ static mt_status bn_forward_inference(mt_backend *backend, const mt_batchnorm_de
     void *scratch;
     MT_TRY(cuda_bn_prepare(backend, "batchnorm_forward_inference", desc, x, "x", y, "y", st, false,
                            &m, &scratch));
-    CUDA_CHECK(mt_cuda_launch_bn_fused_forward_inference_stored(
-        cu->stream, st, m, desc->shape.c, desc->epsilon, x->data, gamma, beta, moving_mean,
-        moving_variance, y->data));
+    CUDA_CHECK(mt_cuda_launch_bn_fused_forward_inference(cu->stream, st, m, desc->shape.c,
+                                                         desc->epsilon, x->data, gamma, beta,
+                                                         moving_mean, moving_variance, y->data));
     return MT_OK;
 }
 
@@ -129,10 +129,10 @@ static mt_status bn_backward(mt_backend *backend, const char *op, const mt_batch
     if (dx) MT_TRY(cuda_check_stored(op, "dx", dx, desc->shape, st));
     if (y) MT_TRY(cuda_check_stored(op, "y", y, desc->shape, st));
     MT_TRY(cuda_bn_counters(backend, desc->shape.c, &counters));
-    CUDA_CHECK(mt_cuda_launch_bn_fused_backward_stored(
-        cu->stream, st, m, desc->shape.c, desc->epsilon, training, x->data, y ? y->data : NULL,
-        dy->data, gamma, stat_mean, stat_second, dx ? dx->data : NULL, dgamma, dbeta, scratch,
-        counters));
+    CUDA_CHECK(mt_cuda_launch_bn_fused_backward(cu->stream, st, m, desc->shape.c, desc->epsilon,
+                                                training, x->data, y ? y->data : NULL, dy->data,
+                                                gamma, stat_mean, stat_second, dx ? dx->data : NULL,
+                                                dgamma, dbeta, scratch, counters));
     return MT_OK;
 }
 
@@ -215,13 +215,11 @@ static mt_status zero_pad_op(mt_backend *backend, const mt_zero_pad_desc *desc, 
     MT_TRY(cuda_check_pad(forward ? "zero_pad_forward" : "zero_pad_backward", desc, x, y, st));
     const mt_shape4 i = x->shape, o = y->shape;
     if (forward)
-        CUDA_CHECK(mt_cuda_launch_zero_pad_forward_stored(cu->stream, st, i.n, i.h, i.w, i.c, o.h,
-                                                          o.w, desc->top, desc->left, in->data,
-                                                          out->data));
+        CUDA_CHECK(mt_cuda_launch_zero_pad_forward(cu->stream, st, i.n, i.h, i.w, i.c, o.h, o.w,
+                                                   desc->top, desc->left, in->data, out->data));
     else
-        CUDA_CHECK(mt_cuda_launch_zero_pad_backward_stored(cu->stream, st, i.n, i.h, i.w, i.c, o.h,
-                                                           o.w, desc->top, desc->left, in->data,
-                                                           out->data));
+        CUDA_CHECK(mt_cuda_launch_zero_pad_backward(cu->stream, st, i.n, i.h, i.w, i.c, o.h, o.w,
+                                                    desc->top, desc->left, in->data, out->data));
     return MT_OK;
 }
 
@@ -243,8 +241,8 @@ static mt_status avg_pool_forward_op(mt_backend *backend, const mt_tensor *x, fl
     const mt_cuda_storage st = cuda_precision_storage(cu);
     MT_TRY(cuda_check_stored("global_avg_pool_forward", "x", x, x->shape, st));
     const mt_shape4 s = x->shape;
-    CUDA_CHECK(mt_cuda_launch_avg_pool_forward_stored(cu->stream, st, s.n, (long)s.h * s.w, s.c,
-                                                      x->data, y));
+    CUDA_CHECK(
+        mt_cuda_launch_avg_pool_forward(cu->stream, st, s.n, (long)s.h * s.w, s.c, x->data, y));
     return MT_OK;
 }
 
@@ -254,8 +252,8 @@ static mt_status avg_pool_backward_op(mt_backend *backend, const float *dy, mt_t
     const mt_cuda_storage st = cuda_precision_storage(cu);
     MT_TRY(cuda_check_stored("global_avg_pool_backward", "dx", dx, dx->shape, st));
     const mt_shape4 s = dx->shape;
-    CUDA_CHECK(mt_cuda_launch_avg_pool_backward_stored(cu->stream, st, s.n, (long)s.h * s.w, s.c,
-                                                       dy, dx->data));
+    CUDA_CHECK(
+        mt_cuda_launch_avg_pool_backward(cu->stream, st, s.n, (long)s.h * s.w, s.c, dy, dx->data));
     return MT_OK;
 }
 
