@@ -3,15 +3,16 @@
  * through them take half the memory, and every op computes exactly what the reference backend's
  * emulation computes (round to nearest, ties to even: ops/precision_bits.h, shared with it).
  *
- * Three ways an op of this table gets there:
- * - the convolutions: mt_ops_cuda's own entries, which read and write 16-bit tensors themselves
- *   (cuda_conv.c: cuBLAS and cuDNN on bf16/fp16 data with fp32 compute, our depthwise and direct
- *   kernels' 16-bit instances through run_own; the backward filter through exact fp32 copies).
- *   Their kernels go in rounded to the 16-bit type, as the reference's convolutions read them:
- *   per-update copies (cuda_weights.c), dropped by the ops that write that memory;
- * - native (cuda_precision_ops.c): add, ReLU6, the input conversion, batch norm (the fused
- *   kernels), zero padding and global average pooling read and write their 16-bit tensors with
- *   the storage kernels, computing in fp32 and rounding once on store;
+ * Two ways an op of this table gets there:
+ * - natively: mt_ops_cuda's own ops, which take the storage from cuda_precision_storage (the one
+ *   answer: MT_CUDA_F32 without this state). The convolutions (cuda_conv.c: cuBLAS and cuDNN on
+ *   bf16/fp16 data with fp32 compute, our depthwise and direct kernels through run_own; the
+ *   backward filter through exact fp32 copies) read their kernels rounded to the 16-bit type, as
+ *   the reference's convolutions read them: per-update copies (cuda_weights.c), dropped by the
+ *   ops that write that memory. Add, ReLU6, the input conversion, batch norm (the fused kernels;
+ *   MT_CUDA_BN=legacy is refused below), zero padding and global average pooling (cuda_ops.c,
+ *   cuda_ops_bn.c, cuda_input.c) give the kernels the 16-bit storage: fp32 arithmetic, one
+ *   rounding on store;
  * - staged (here): tensor_from_nhwc and tensor_to_nhwc widen/narrow through pooled fp32 buffers
  *   with the cast kernels (exact widening, one rounding).
  * Tests: the storage kernels bit for bit against the fp32 ones (gpu_kernels_emulated), the whole
@@ -171,8 +172,8 @@ static void p16_tensor_free(mt_backend *backend, mt_tensor *tensor) {
     mt_ops_cuda.tensor_free(backend, tensor); /* tensors are never conv weights */
 }
 
-/* mt_ops_cuda with the entries above: the convolutions (16-bit natively) and everything on
- * plain fp32 buffers (the head, the loss, host memory, the optimizer) stay mt_ops_cuda's own.
+/* mt_ops_cuda with the memory entries above; every op is mt_ops_cuda's own, which reads the
+ * storage from cuda_precision_storage.
  * Built once, at the first bf16/fp16 backend's init (a table of another file's functions cannot
  * be a constant initializer in C). */
 static mt_ops table16;
@@ -182,28 +183,10 @@ static void table16_build(void) {
     mt_ops t = mt_ops_cuda;
     t.tensor_alloc = p16_tensor_alloc;
     t.tensor_free = p16_tensor_free;
-    t.input_convert = cuda_p16_input_convert;
     t.tensor_from_nhwc = p16_tensor_from_nhwc;
     t.tensor_to_nhwc = p16_tensor_to_nhwc;
     t.tensor_zero = p16_tensor_zero;
     t.tensor_copy = p16_tensor_copy;
-    t.add = cuda_p16_add;
-    t.relu6_forward = cuda_p16_relu6_forward;
-    t.relu6_backward = cuda_p16_relu6_backward;
-    t.batchnorm_forward_training = cuda_p16_batchnorm_forward_training;
-    t.batchnorm_forward_inference = cuda_p16_batchnorm_forward_inference;
-    t.batchnorm_backward_training = cuda_p16_batchnorm_backward_training;
-    t.batchnorm_backward_inference = cuda_p16_batchnorm_backward_inference;
-    t.zero_pad_forward = cuda_p16_zero_pad_forward;
-    t.zero_pad_backward = cuda_p16_zero_pad_backward;
-    t.global_avg_pool_forward = cuda_p16_global_avg_pool_forward;
-    t.global_avg_pool_backward = cuda_p16_global_avg_pool_backward;
-    t.batchnorm_relu6_forward_training = mt_ops_cuda.batchnorm_relu6_forward_training
-                                             ? cuda_p16_batchnorm_relu6_forward_training
-                                             : NULL;
-    t.relu6_batchnorm_backward_training = mt_ops_cuda.relu6_batchnorm_backward_training
-                                              ? cuda_p16_relu6_batchnorm_backward_training
-                                              : NULL;
     t.conv_bn_relu6_inference_forward = NULL; /* no 16-bit wrapper (cuda has none today) */
     table16 = t;
 }
