@@ -584,8 +584,8 @@ static mt_status check_conv(const cuda_backend *cu, const char *op, const mt_con
     if (o.h <= 0 || o.w <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: kernel %d larger than the padded %dx%d input", op,
                        d->kernel, d->input.h, d->input.w);
-    MT_TRY(cuda_check_stored(op, "input", in, d->input, cuda_precision_storage(cu)));
-    MT_TRY(cuda_check_stored(op, "output", out, o, cuda_precision_storage(cu)));
+    MT_TRY(cuda_check_tensor(op, "input", in, d->input, cuda_precision_storage(cu)));
+    MT_TRY(cuda_check_tensor(op, "output", out, o, cuda_precision_storage(cu)));
     return MT_OK;
 }
 

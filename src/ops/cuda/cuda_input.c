@@ -86,7 +86,7 @@ static mt_status input_convert_op(mt_backend *backend, int slot, mt_tensor *imag
                        "cuda input_convert: staging slot %d is empty (input_upload a batch into "
                        "it first)",
                        slot);
-    MT_TRY(cuda_check_stored("input_convert", "images", images,
+    MT_TRY(cuda_check_tensor("input_convert", "images", images,
                              (mt_shape4){s->n, s->height, s->width, 3}, storage));
     const size_t n = (size_t)s->n;
     const uint8_t *flips = s->buffer + n * sizeof(int32_t), *pixels = flips + n;

@@ -1,10 +1,12 @@
 /* Private state and helpers of the "cuda" backend (cuDNN + cuBLAS + mobiletune's kernels), shared
- * by its C files. Activations are plain NHWC float in device memory (layout 0), the layout cuDNN's
- * NHWC kernels and our own kernels read directly; every other buffer is device memory in ops.h's
- * documented layout. Every op, copy and memset is enqueued on one stream (`stream`), so ordering
- * between ops, copies and pool reuse needs no events. Two other streams, each ordered with it
- * by events: `copy_stream` carries the input batches into the staging slots (ops.h's input
- * pipeline), `comm_stream` the gradient all-reduce (src/comm/nccl_comm.c). See docs/gpu.md. */
+ * by its C files. Activations are plain NHWC in device memory (layout 0), the layout cuDNN's NHWC
+ * kernels and our own kernels read directly, their elements float or, with train.precision = bf16
+ * | fp16, 16-bit (cuda_precision_storage; one ops table serves every precision); every other
+ * buffer is device memory in ops.h's documented layout. Every op, copy and memset is enqueued on
+ * one stream (`stream`), so ordering between ops, copies and pool reuse needs no events. Two other
+ * streams, each ordered with it by events: `copy_stream` carries the input batches into the staging
+ * slots (ops.h's input pipeline), `comm_stream` the gradient all-reduce (src/comm/nccl_comm.c). See
+ * docs/gpu.md. */
 #ifndef MT_OPS_CUDA_INTERNAL_H
 #define MT_OPS_CUDA_INTERNAL_H
 
@@ -161,13 +163,20 @@ mt_status mt_cuda_step_capture_end(mt_backend *backend, void **graph);
 mt_status mt_cuda_step_replay(mt_backend *backend, void *graph);
 void mt_cuda_step_graph_free(mt_backend *backend, void *graph);
 void cuda_readback_free(cuda_backend *cu);
-/* cuda_precision.c: 16-bit tensors. The table is mt_ops_cuda with its memory entries replaced. */
+/* cuda_precision.c: 16-bit tensors (one ops table, mt_ops_cuda, for every precision) */
 mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision);
 void cuda_precision_free(cuda_backend *cu);
-const mt_ops *cuda_precision_table(void);
 /* What every mt_tensor of the backend is stored in: MT_CUDA_F32, or MT_CUDA_BF16 / _FP16 in
  * bf16/fp16 mode (the one answer; every op that touches a tensor asks it). */
 mt_cuda_storage cuda_precision_storage(const cuda_backend *cu);
+/* ops.h tensor_from_nhwc / tensor_to_nhwc of a 16-bit tensor, through an fp32 view (the table's
+ * entries of cuda_backend.c hand 16-bit tensors over) */
+mt_status cuda_precision_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst);
+mt_status cuda_precision_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst);
+/* The bytes of one element of `storage` */
+static inline size_t cuda_storage_bytes(mt_cuda_storage storage) {
+    return storage == MT_CUDA_F32 ? sizeof(float) : sizeof(uint16_t);
+}
 /* cuda_weights.c: the per-update conv weight copies (cuda_weight_cache.h). `get` returns the
  * copy of the kernel `w` (rs taps x cin x cout) in `form`, making it on the stream if needed;
  * `touched` drops the copies of kernels overlapping [dst, dst + bytes) (every copy for 0): each
@@ -177,10 +186,8 @@ mt_status cuda_weights_get(cuda_backend *cu, const float *w, mt_cuda_weight_form
 void cuda_weights_touched(cuda_backend *cu, const void *dst, size_t bytes);
 void cuda_weights_free(cuda_backend *cu);
 mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out);
-/* Checks a tensor's shape and its bytes against what the op expects (fp32 elements; _stored: of
- * `storage`). */
-mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want);
-mt_status cuda_check_stored(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
+/* Checks a tensor's shape and its bytes (elements of `storage`) against what the op expects. */
+mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
                             mt_cuda_storage storage);
 /* cuda_input.c: the input pipeline's ops (ops.h) */
 mt_status cuda_input_upload(mt_backend *backend, int slot, const mt_input_batch *batch);

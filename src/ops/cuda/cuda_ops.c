@@ -12,20 +12,26 @@
 
 /* ---- elementwise --------------------------------------------------------------------------- */
 
+/* all bits clear: +0 in every storage */
 static mt_status tensor_zero_op(mt_backend *backend, mt_tensor *tensor) {
-    MT_TRY(cuda_check_tensor("tensor_zero", "tensor", tensor, tensor->shape));
-    CUDA_CHECK(cudaMemsetAsync(tensor->data, 0, mt_shape4_count(tensor->shape) * sizeof(float),
-                               cuda_of(backend)->stream));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("tensor_zero", "tensor", tensor, tensor->shape, st));
+    CUDA_CHECK(cudaMemsetAsync(
+        tensor->data, 0, mt_shape4_count(tensor->shape) * cuda_storage_bytes(st), cu->stream));
     return MT_OK;
 }
 
 /* src, dst: N,H,W,C */
 static mt_status tensor_copy_op(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
-    MT_TRY(cuda_check_tensor("tensor_copy", "src", src, src->shape));
-    MT_TRY(cuda_check_tensor("tensor_copy", "dst", dst, src->shape));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("tensor_copy", "src", src, src->shape, st));
+    MT_TRY(cuda_check_tensor("tensor_copy", "dst", dst, src->shape, st));
     if (src->data == dst->data) return MT_OK;
-    CUDA_CHECK(cudaMemcpyAsync(dst->data, src->data, mt_shape4_count(src->shape) * sizeof(float),
-                               cudaMemcpyDeviceToDevice, cuda_of(backend)->stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst->data, src->data,
+                               mt_shape4_count(src->shape) * cuda_storage_bytes(st),
+                               cudaMemcpyDeviceToDevice, cu->stream));
     return MT_OK;
 }
 
@@ -33,9 +39,9 @@ static mt_status tensor_copy_op(mt_backend *backend, const mt_tensor *src, mt_te
 static mt_status add_op(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y) {
     cuda_backend *cu = cuda_of(backend);
     const mt_cuda_storage st = cuda_precision_storage(cu);
-    MT_TRY(cuda_check_stored("add", "a", a, a->shape, st));
-    MT_TRY(cuda_check_stored("add", "b", b, a->shape, st));
-    MT_TRY(cuda_check_stored("add", "y", y, a->shape, st));
+    MT_TRY(cuda_check_tensor("add", "a", a, a->shape, st));
+    MT_TRY(cuda_check_tensor("add", "b", b, a->shape, st));
+    MT_TRY(cuda_check_tensor("add", "y", y, a->shape, st));
     CUDA_CHECK(
         mt_cuda_launch_add(cu->stream, st, mt_shape4_count(a->shape), a->data, b->data, y->data));
     return MT_OK;
@@ -45,8 +51,8 @@ static mt_status add_op(mt_backend *backend, const mt_tensor *a, const mt_tensor
 static mt_status relu6_forward_op(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
     cuda_backend *cu = cuda_of(backend);
     const mt_cuda_storage st = cuda_precision_storage(cu);
-    MT_TRY(cuda_check_stored("relu6_forward", "x", x, x->shape, st));
-    MT_TRY(cuda_check_stored("relu6_forward", "y", y, x->shape, st));
+    MT_TRY(cuda_check_tensor("relu6_forward", "x", x, x->shape, st));
+    MT_TRY(cuda_check_tensor("relu6_forward", "y", y, x->shape, st));
     CUDA_CHECK(
         mt_cuda_launch_relu6_forward(cu->stream, st, mt_shape4_count(x->shape), x->data, y->data));
     return MT_OK;
@@ -57,9 +63,9 @@ static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, cons
                                    mt_tensor *dx) {
     cuda_backend *cu = cuda_of(backend);
     const mt_cuda_storage st = cuda_precision_storage(cu);
-    MT_TRY(cuda_check_stored("relu6_backward", "y", y, y->shape, st));
-    MT_TRY(cuda_check_stored("relu6_backward", "dy", dy, y->shape, st));
-    MT_TRY(cuda_check_stored("relu6_backward", "dx", dx, y->shape, st));
+    MT_TRY(cuda_check_tensor("relu6_backward", "y", y, y->shape, st));
+    MT_TRY(cuda_check_tensor("relu6_backward", "dy", dy, y->shape, st));
+    MT_TRY(cuda_check_tensor("relu6_backward", "dx", dx, y->shape, st));
     CUDA_CHECK(mt_cuda_launch_relu6_backward(cu->stream, st, mt_shape4_count(y->shape), y->data,
                                              dy->data, dx->data));
     return MT_OK;
@@ -77,8 +83,8 @@ static mt_status check_pad(const char *op, const mt_zero_pad_desc *d, const mt_t
                         .h = d->input.h + d->top + d->bottom,
                         .w = d->input.w + d->left + d->right,
                         .c = d->input.c};
-    MT_TRY(cuda_check_stored(op, "input", x, d->input, storage));
-    MT_TRY(cuda_check_stored(op, "padded output", y, padded, storage));
+    MT_TRY(cuda_check_tensor(op, "input", x, d->input, storage));
+    MT_TRY(cuda_check_tensor(op, "padded output", y, padded, storage));
     return MT_OK;
 }
 
@@ -112,7 +118,7 @@ static mt_status zero_pad_backward_op(mt_backend *backend, const mt_zero_pad_des
 static mt_status global_avg_pool_forward_op(mt_backend *backend, const mt_tensor *x, float *y) {
     cuda_backend *cu = cuda_of(backend);
     const mt_cuda_storage st = cuda_precision_storage(cu);
-    MT_TRY(cuda_check_stored("global_avg_pool_forward", "x", x, x->shape, st));
+    MT_TRY(cuda_check_tensor("global_avg_pool_forward", "x", x, x->shape, st));
     const mt_shape4 s = x->shape;
     CUDA_CHECK(
         mt_cuda_launch_avg_pool_forward(cu->stream, st, s.n, (long)s.h * s.w, s.c, x->data, y));
@@ -123,7 +129,7 @@ static mt_status global_avg_pool_forward_op(mt_backend *backend, const mt_tensor
 static mt_status global_avg_pool_backward_op(mt_backend *backend, const float *dy, mt_tensor *dx) {
     cuda_backend *cu = cuda_of(backend);
     const mt_cuda_storage st = cuda_precision_storage(cu);
-    MT_TRY(cuda_check_stored("global_avg_pool_backward", "dx", dx, dx->shape, st));
+    MT_TRY(cuda_check_tensor("global_avg_pool_backward", "dx", dx, dx->shape, st));
     const mt_shape4 s = dx->shape;
     CUDA_CHECK(
         mt_cuda_launch_avg_pool_backward(cu->stream, st, s.n, (long)s.h * s.w, s.c, dy, dx->data));

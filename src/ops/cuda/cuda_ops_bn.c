@@ -19,8 +19,8 @@ static mt_status bn_prepare(mt_backend *backend, const char *op, const mt_batchn
     if (d->shape.n <= 0 || d->shape.h <= 0 || d->shape.w <= 0 || d->shape.c <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: empty shape %dx%dx%dx%d", op, d->shape.n,
                        d->shape.h, d->shape.w, d->shape.c);
-    MT_TRY(cuda_check_stored(op, a_name, a, d->shape, storage));
-    if (b) MT_TRY(cuda_check_stored(op, b_name, b, d->shape, storage));
+    MT_TRY(cuda_check_tensor(op, a_name, a, d->shape, storage));
+    if (b) MT_TRY(cuda_check_tensor(op, b_name, b, d->shape, storage));
     *m = (long)d->shape.n * d->shape.h * d->shape.w;
     cuda_backend *cu = cuda_of(backend);
     size_t bytes = legacy ? mt_cuda_bn_scratch_doubles(*m, d->shape.c) * sizeof(double)
@@ -131,8 +131,8 @@ static mt_status bn_backward_training(mt_backend *backend, const char *op,
     void *scratch;
     if (!dx) return MT_FAIL(MT_ERR_INVALID, "cuda %s: dx must not be NULL", op);
     MT_TRY(bn_prepare(backend, op, desc, x, "x", dy, "dy", st, cu->bn_legacy, &m, &scratch));
-    MT_TRY(cuda_check_stored(op, "dx", dx, desc->shape, st));
-    if (y) MT_TRY(cuda_check_stored(op, "y", y, desc->shape, st));
+    MT_TRY(cuda_check_tensor(op, "dx", dx, desc->shape, st));
+    if (y) MT_TRY(cuda_check_tensor(op, "y", y, desc->shape, st));
     const int c = desc->shape.c;
     if (cu->bn_legacy) {
         const float *g = dy->data;
@@ -183,7 +183,7 @@ static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_b
     void *scratch;
     MT_TRY(bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy", st,
                       cu->bn_legacy, &m, &scratch));
-    if (dx) MT_TRY(cuda_check_stored("batchnorm_backward_inference", "dx", dx, desc->shape, st));
+    if (dx) MT_TRY(cuda_check_tensor("batchnorm_backward_inference", "dx", dx, desc->shape, st));
     const int c = desc->shape.c;
     if (cu->bn_legacy) {
         CUDA_CHECK(mt_cuda_launch_bn_backward(cu->stream, m, c, desc->epsilon, 0, x->data, dy->data,
