@@ -136,29 +136,31 @@ static void check_conv(const char *name, int n, int size, int cin, int cout, int
     float *partials = zeros((size_t)mt_cuda_reduce_parts((long)n * o.h * o.w) * nw);
     char what[160];
     if (depthwise) {
-        KERNEL_OK(mt_cuda_launch_depthwise_forward(NULL, &g, x, w, y[1]));
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_data(NULL, &g, dy, w, dx[1]));
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights(NULL, &g, x, dy, partials, dw[1]));
+        KERNEL_OK(mt_cuda_launch_depthwise_forward(NULL, MT_CUDA_F32, &g, x, w, y[1]));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_data(NULL, MT_CUDA_F32, &g, dy, w, dx[1]));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights(NULL, MT_CUDA_F32, &g, x, dy, partials,
+                                                            dw[1]));
     } else if (mt_cuda_direct_weights_rows_supported(&g)) { /* Conv1's kernel (the default) */
         float *dws = zeros(nw), *rows_partials = zeros(mt_cuda_direct_weights_rows_partials(&g));
-        KERNEL_OK(
-            mt_cuda_launch_direct_conv_backward_weights_rows(NULL, &g, x, dy, rows_partials, dws));
+        KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights_rows(NULL, MT_CUDA_F32, &g, x, dy,
+                                                                   rows_partials, dws));
         snprintf(what, sizeof what, "%s backward weights (rows)", name);
         compare(what, dws, dw[0], nw, 1e-5);
         free(dws), free(rows_partials);
     }
     if (!depthwise) {
-        KERNEL_OK(mt_cuda_launch_direct_conv_forward(NULL, &g, x, w, y[1]));
-        KERNEL_OK(mt_cuda_launch_direct_conv_backward_data(NULL, &g, dy, w, dx[1]));
-        KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights(NULL, &g, x, dy, partials, dw[1]));
+        KERNEL_OK(mt_cuda_launch_direct_conv_forward(NULL, MT_CUDA_F32, &g, x, w, y[1]));
+        KERNEL_OK(mt_cuda_launch_direct_conv_backward_data(NULL, MT_CUDA_F32, &g, dy, w, dx[1]));
+        KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights(NULL, MT_CUDA_F32, &g, x, dy,
+                                                              partials, dw[1]));
     }
     if (depthwise) { /* the register-blocked kernels (the default) on the same data */
         float *ys = zeros(ny), *dxs = zeros(nx), *dws = zeros(nw);
         float *rows_partials = zeros(mt_cuda_depthwise_weights_rows_partials(&g));
-        KERNEL_OK(mt_cuda_launch_depthwise_forward_strip(NULL, &g, x, w, ys));
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_data_strip(NULL, &g, dy, w, dxs));
-        KERNEL_OK(
-            mt_cuda_launch_depthwise_backward_weights_rows(NULL, &g, x, dy, rows_partials, dws));
+        KERNEL_OK(mt_cuda_launch_depthwise_forward_strip(NULL, MT_CUDA_F32, &g, x, w, ys));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_data_strip(NULL, MT_CUDA_F32, &g, dy, w, dxs));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights_rows(NULL, MT_CUDA_F32, &g, x, dy,
+                                                                 rows_partials, dws));
         snprintf(what, sizeof what, "%s backward weights (rows)", name);
         compare(what, dws, dw[0], nw, 1e-5);
         free(dws), free(rows_partials);
@@ -307,9 +309,9 @@ static void check_batchnorm_fused(mt_shape4 s, float offset, bool misaligned) {
         REF_OK(mt_ops_reference.batchnorm_forward_training(&REF, &d, &tx, gamma, beta, mm[0], mv[0],
                                                            &ty, sm[0], si[0]));
         if (relu6) REF_OK(mt_ops_reference.relu6_forward(&REF, &ty, &ty));
-        KERNEL_OK(mt_cuda_launch_bn_fused_forward_training(NULL, m, C, d.epsilon, d.momentum, relu6,
-                                                           x, gamma, beta, mm[1], mv[1], y[1],
-                                                           sm[1], si[1], scratch, counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_forward_training(
+            NULL, MT_CUDA_F32, m, C, d.epsilon, d.momentum, relu6, x, gamma, beta, mm[1], mv[1],
+            y[1], sm[1], si[1], scratch, counters));
         FUSED_COMPARE(relu6 ? "training y = relu6(bn)" : "training y", y, count);
         FUSED_COMPARE("saved mean", sm, C);
         FUSED_COMPARE("saved inv std", si, C);
@@ -325,45 +327,48 @@ static void check_batchnorm_fused(mt_shape4 s, float offset, bool misaligned) {
             memcpy(rdy, dy, count * sizeof(float));
         REF_OK(mt_ops_reference.batchnorm_backward_training(&REF, &d, &tx, &trdy, gamma, sm[0],
                                                             si[0], &tdx, dg[0], db[0]));
-        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 1, x, relu6 ? y[0] : NULL,
-                                                   dy, gamma, sm[0], si[0], dx[1], dg[1], db[1],
-                                                   scratch, counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, MT_CUDA_F32, m, C, d.epsilon, 1, x,
+                                                   relu6 ? y[0] : NULL, dy, gamma, sm[0], si[0],
+                                                   dx[1], dg[1], db[1], scratch, counters));
         FUSED_COMPARE(relu6 ? "training dx (through relu6)" : "training dx", dx, count);
         FUSED_COMPARE("training dgamma", dg, C);
         FUSED_COMPARE("training dbeta", db, C);
         /* dx in place of dy, no dgamma/dbeta */
         float *inplace = zeros(count + 4), *ip = inplace + skew;
         memcpy(ip, dy, count * sizeof(float));
-        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 1, x, relu6 ? y[0] : NULL,
-                                                   ip, gamma, sm[0], si[0], ip, NULL, NULL, scratch,
-                                                   counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, MT_CUDA_F32, m, C, d.epsilon, 1, x,
+                                                   relu6 ? y[0] : NULL, ip, gamma, sm[0], si[0], ip,
+                                                   NULL, NULL, scratch, counters));
         float *pair[2] = {dx[0], ip};
         FUSED_COMPARE("training dx = dy in place, no dgamma/dbeta", pair, count);
         free(inplace);
     }
     REF_OK(mt_ops_reference.batchnorm_forward_inference(&REF, &d, &tx, gamma, beta, mm[0], mv[0],
                                                         &ty));
-    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, m, C, d.epsilon, x, gamma, beta,
-                                                        mm[0], mv[0], y[1]));
+    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, MT_CUDA_F32, m, C, d.epsilon, x,
+                                                        gamma, beta, mm[0], mv[0], y[1]));
     FUSED_COMPARE("inference y", y, count);
-    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, m, C, d.epsilon, x, gamma, beta,
-                                                        mm[0], mv[0], x));
+    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, MT_CUDA_F32, m, C, d.epsilon, x,
+                                                        gamma, beta, mm[0], mv[0], x));
     float *inplace[2] = {y[0], x};
     FUSED_COMPARE("inference y = x in place", inplace, count);
     /* inference backward: every output, then dx alone (one launch), then dgamma/dbeta alone */
     REF_OK(mt_ops_reference.batchnorm_backward_inference(&REF, &d, &tx, &tdy, gamma, mm[0], mv[0],
                                                          &tdx, dg[0], db[0]));
-    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 0, x, NULL, dy, gamma, mm[0],
-                                               mv[0], dx[1], dg[1], db[1], scratch, counters));
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, MT_CUDA_F32, m, C, d.epsilon, 0, x, NULL, dy,
+                                               gamma, mm[0], mv[0], dx[1], dg[1], db[1], scratch,
+                                               counters));
     FUSED_COMPARE("inference dx", dx, count);
     FUSED_COMPARE("inference dgamma", dg, C);
     FUSED_COMPARE("inference dbeta", db, C);
     memset(dx[1], 0, count * sizeof(float)), memset(dg[1], 0, C * sizeof(float));
-    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 0, x, NULL, dy, gamma, mm[0],
-                                               mv[0], dx[1], NULL, NULL, scratch, counters));
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, MT_CUDA_F32, m, C, d.epsilon, 0, x, NULL, dy,
+                                               gamma, mm[0], mv[0], dx[1], NULL, NULL, scratch,
+                                               counters));
     FUSED_COMPARE("inference dx (no dgamma/dbeta)", dx, count);
-    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, d.epsilon, 0, x, NULL, dy, gamma, mm[0],
-                                               mv[0], NULL, dg[1], NULL, scratch, counters));
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, MT_CUDA_F32, m, C, d.epsilon, 0, x, NULL, dy,
+                                               gamma, mm[0], mv[0], NULL, dg[1], NULL, scratch,
+                                               counters));
     FUSED_COMPARE("inference dgamma (no dx)", dg, C);
     for (int i = 0; i < mt_cuda_bn_fused_counters(C); i++)
         CHECK_MSG(counters[i] == 0, "fused bn: counter %d left at %u", i, counters[i]);
@@ -576,10 +581,10 @@ static void check_pad(mt_shape4 in, int top, int left, int bottom, int right) {
     mt_tensor tx = wrap(in, x), ty = wrap(o, y[0]), tdy = wrap(o, dy), tdx = wrap(in, dx[0]);
     REF_OK(mt_ops_reference.zero_pad_forward(&REF, &d, &tx, &ty));
     REF_OK(mt_ops_reference.zero_pad_backward(&REF, &d, &tdy, &tdx));
-    KERNEL_OK(mt_cuda_launch_zero_pad_forward(NULL, in.n, in.h, in.w, in.c, o.h, o.w, top, left, x,
-                                              y[1]));
-    KERNEL_OK(mt_cuda_launch_zero_pad_backward(NULL, in.n, in.h, in.w, in.c, o.h, o.w, top, left,
-                                               dy, dx[1]));
+    KERNEL_OK(mt_cuda_launch_zero_pad_forward(NULL, MT_CUDA_F32, in.n, in.h, in.w, in.c, o.h, o.w,
+                                              top, left, x, y[1]));
+    KERNEL_OK(mt_cuda_launch_zero_pad_backward(NULL, MT_CUDA_F32, in.n, in.h, in.w, in.c, o.h, o.w,
+                                               top, left, dy, dx[1]));
     compare("zero_pad forward", y[1], y[0], ny, 0);
     compare("zero_pad backward", dx[1], dx[0], nx, 0);
     for (int i = 0; i < 2; i++)
@@ -594,8 +599,10 @@ static void check_pool(mt_shape4 s) {
     mt_tensor tx = wrap(s, x), tdx = wrap(s, dx[0]);
     REF_OK(mt_ops_reference.global_avg_pool_forward(&REF, &tx, y[0]));
     REF_OK(mt_ops_reference.global_avg_pool_backward(&REF, dy, &tdx));
-    KERNEL_OK(mt_cuda_launch_avg_pool_forward(NULL, s.n, (long)s.h * s.w, s.c, x, y[1]));
-    KERNEL_OK(mt_cuda_launch_avg_pool_backward(NULL, s.n, (long)s.h * s.w, s.c, dy, dx[1]));
+    KERNEL_OK(
+        mt_cuda_launch_avg_pool_forward(NULL, MT_CUDA_F32, s.n, (long)s.h * s.w, s.c, x, y[1]));
+    KERNEL_OK(
+        mt_cuda_launch_avg_pool_backward(NULL, MT_CUDA_F32, s.n, (long)s.h * s.w, s.c, dy, dx[1]));
     compare("global_avg_pool forward", y[1], y[0], ny, 1e-6);
     compare("global_avg_pool backward", dx[1], dx[0], nx, 1e-6);
     for (int i = 0; i < 2; i++)
@@ -750,7 +757,7 @@ static void check_input_convert(int n, int h, int w) {
         src[i] = (uint8_t)(i * 5 % 256);
     for (int i = 0; i < n; i++)
         flips[i] = (uint8_t)(i % 3 == 1 ? 1 : i % 3 == 2 ? 7 : 0), labels[i] = i;
-    KERNEL_OK(mt_cuda_launch_input_convert(NULL, n, h, w, src, flips, got));
+    KERNEL_OK(mt_cuda_launch_input_convert(NULL, MT_CUDA_F32, n, h, w, src, flips, got));
     const mt_input_batch batch = {
         .n = n, .height = h, .width = w, .pixels = src, .labels = labels, .flips = flips};
     mt_tensor t = wrap((mt_shape4){n, h, w, 3}, want);
@@ -771,13 +778,13 @@ static void check_elementwise(mt_shape4 s) {
     mt_tensor ta = wrap(s, a), tb = wrap(s, b), ty = wrap(s, y[0]), tdy = wrap(s, dy);
     mt_tensor tdx = wrap(s, dx[0]);
     REF_OK(mt_ops_reference.add(&REF, &ta, &tb, &ty));
-    KERNEL_OK(mt_cuda_launch_add(NULL, n, a, b, y[1]));
+    KERNEL_OK(mt_cuda_launch_add(NULL, MT_CUDA_F32, n, a, b, y[1]));
     compare("add", y[1], y[0], n, 0);
     REF_OK(mt_ops_reference.relu6_forward(&REF, &ta, &ty));
-    KERNEL_OK(mt_cuda_launch_relu6_forward(NULL, n, a, y[1]));
+    KERNEL_OK(mt_cuda_launch_relu6_forward(NULL, MT_CUDA_F32, n, a, y[1]));
     compare("relu6 forward", y[1], y[0], n, 0);
     REF_OK(mt_ops_reference.relu6_backward(&REF, &ty, &tdy, &tdx));
-    KERNEL_OK(mt_cuda_launch_relu6_backward(NULL, n, y[1], dy, dx[1]));
+    KERNEL_OK(mt_cuda_launch_relu6_backward(NULL, MT_CUDA_F32, n, y[1], dy, dx[1]));
     compare("relu6 backward", dx[1], dx[0], n, 0);
     for (int i = 0; i < 2; i++)
         free(y[i]), free(dx[i]);

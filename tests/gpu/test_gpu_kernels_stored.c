@@ -1,13 +1,13 @@
 /* Part of test_gpu_kernels_emulated (see test_gpu_kernels_emulated.c for the emulation): the
  * kernels' 16-bit storage (train.precision = bf16 | fp16 reading and writing bf16 / fp16 tensors
- * directly, cuda_kernels_internal.cuh). Each *_stored launcher on 16-bit inputs must equal, BIT
- * FOR BIT, the fp32 launcher on the widened inputs followed by the rounding of
- * ops/precision_bits.h (what cuda_precision.c's staging computed, and what the reference's
- * emulation is compared with): the 16-bit instance runs the same fp32 arithmetic in the same
- * order, block layout included (the vector path is taken for the same shapes and alignments), so
- * even the reductions (BN statistics, dgamma, dbeta, pooling, weight gradients) agree exactly and
- * no tolerance is needed. Float outputs (statistics, pooled values, weight gradients) must be the
- * same floats. Ops: add and ReLU6 (vector and scalar paths), the input conversion, zero pad,
+ * directly, cuda_kernels_internal.cuh). Each launcher given MT_CUDA_BF16 / _FP16 and 16-bit inputs
+ * must equal, BIT FOR BIT, the same launcher given MT_CUDA_F32 and the widened inputs, followed by
+ * the rounding of ops/precision_bits.h (what cuda_precision.c's staging computed, and what the
+ * reference's emulation is compared with): the 16-bit instance runs the same fp32 arithmetic in the
+ * same order, block layout included (the vector path is taken for the same shapes and alignments),
+ * so even the reductions (BN statistics, dgamma, dbeta, pooling, weight gradients) agree exactly
+ * and no tolerance is needed. Float outputs (statistics, pooled values, weight gradients) must be
+ * the same floats. Ops: add and ReLU6 (vector and scalar paths), the input conversion, zero pad,
  * global average pooling, the fused BN in every mode (with and without ReLU6, in place, scalar
  * path), the depthwise kernels (register-blocked and legacy, all three passes) and the direct
  * convolution (Conv1's weight gradient and the generic one). */
@@ -129,18 +129,18 @@ static void check_elementwise(int k, size_t n, size_t skew) {
     t16 dy = t16_make(f, n, -1, 1, skew), y = t16_zeros(n, skew), dx = t16_zeros(n, skew);
     a.h[0] = to_bits(f, 0.0f), a.f[0] = 0.0f, a.h[n - 1] = to_bits(f, 6.0f), a.f[n - 1] = 6.0f;
     float *y32 = fzeros(n), *dx32 = fzeros(n);
-    KERNEL_OK(mt_cuda_launch_add(NULL, n, a.f, b.f, y32));
-    KERNEL_OK(mt_cuda_launch_add_stored(NULL, st, n, a.h, b.h, y.h));
+    KERNEL_OK(mt_cuda_launch_add(NULL, MT_CUDA_F32, n, a.f, b.f, y32));
+    KERNEL_OK(mt_cuda_launch_add(NULL, st, n, a.h, b.h, y.h));
     same_rounded(name, skew ? "add (scalar)" : "add", f, y.h, y32, n);
-    KERNEL_OK(mt_cuda_launch_relu6_forward(NULL, n, a.f, y32));
-    KERNEL_OK(mt_cuda_launch_relu6_forward_stored(NULL, st, n, a.h, y.h));
+    KERNEL_OK(mt_cuda_launch_relu6_forward(NULL, MT_CUDA_F32, n, a.f, y32));
+    KERNEL_OK(mt_cuda_launch_relu6_forward(NULL, st, n, a.h, y.h));
     same_rounded(name, "relu6 forward", f, y.h, y32, n);
     t16_widen(f, &y);
-    KERNEL_OK(mt_cuda_launch_relu6_backward(NULL, n, y.f, dy.f, dx32));
-    KERNEL_OK(mt_cuda_launch_relu6_backward_stored(NULL, st, n, y.h, dy.h, dx.h));
+    KERNEL_OK(mt_cuda_launch_relu6_backward(NULL, MT_CUDA_F32, n, y.f, dy.f, dx32));
+    KERNEL_OK(mt_cuda_launch_relu6_backward(NULL, st, n, y.h, dy.h, dx.h));
     same_rounded(name, "relu6 backward", f, dx.h, dx32, n);
     /* in place: dx = dy */
-    KERNEL_OK(mt_cuda_launch_relu6_backward_stored(NULL, st, n, y.h, dy.h, dy.h));
+    KERNEL_OK(mt_cuda_launch_relu6_backward(NULL, st, n, y.h, dy.h, dy.h));
     same_rounded(name, "relu6 backward in place", f, dy.h, dx32, n);
     t16_free(&a), t16_free(&b), t16_free(&dy), t16_free(&y), t16_free(&dx);
     free(y32), free(dx32);
@@ -159,8 +159,8 @@ static void check_input_pad_pool(int k) {
         src[i] = (uint8_t)(i * 5 % 256);
     float *in32 = fzeros(count);
     t16 in = t16_zeros(count, 0);
-    KERNEL_OK(mt_cuda_launch_input_convert(NULL, n, h, w, src, flips, in32));
-    KERNEL_OK(mt_cuda_launch_input_convert_stored(NULL, st, n, h, w, src, flips, in.h));
+    KERNEL_OK(mt_cuda_launch_input_convert(NULL, MT_CUDA_F32, n, h, w, src, flips, in32));
+    KERNEL_OK(mt_cuda_launch_input_convert(NULL, st, n, h, w, src, flips, in.h));
     same_rounded(name, "input_convert", f, in.h, in32, count);
     free(src), free(in32), t16_free(&in);
 
@@ -170,23 +170,24 @@ static void check_input_pad_pool(int k) {
     t16 x = t16_make(f, nx, -1, 1, 0), dy = t16_make(f, ny, -1, 1, 0);
     t16 y = t16_zeros(ny, 0), dx = t16_zeros(nx, 0);
     float *y32 = fzeros(ny), *dx32 = fzeros(nx);
-    KERNEL_OK(mt_cuda_launch_zero_pad_forward(NULL, 2, H, W, C, ho, wo, top, left, x.f, y32));
-    KERNEL_OK(
-        mt_cuda_launch_zero_pad_forward_stored(NULL, st, 2, H, W, C, ho, wo, top, left, x.h, y.h));
+    KERNEL_OK(mt_cuda_launch_zero_pad_forward(NULL, MT_CUDA_F32, 2, H, W, C, ho, wo, top, left, x.f,
+                                              y32));
+    KERNEL_OK(mt_cuda_launch_zero_pad_forward(NULL, st, 2, H, W, C, ho, wo, top, left, x.h, y.h));
     same_rounded(name, "zero_pad forward", f, y.h, y32, ny);
-    KERNEL_OK(mt_cuda_launch_zero_pad_backward(NULL, 2, H, W, C, ho, wo, top, left, dy.f, dx32));
-    KERNEL_OK(mt_cuda_launch_zero_pad_backward_stored(NULL, st, 2, H, W, C, ho, wo, top, left, dy.h,
-                                                      dx.h));
+    KERNEL_OK(mt_cuda_launch_zero_pad_backward(NULL, MT_CUDA_F32, 2, H, W, C, ho, wo, top, left,
+                                               dy.f, dx32));
+    KERNEL_OK(
+        mt_cuda_launch_zero_pad_backward(NULL, st, 2, H, W, C, ho, wo, top, left, dy.h, dx.h));
     same_rounded(name, "zero_pad backward", f, dx.h, dx32, nx);
 
     /* global average pooling: y and dy float */
     const long hw = (long)H * W;
     float *p32[2] = {fzeros(2 * C), fzeros(2 * C)}, *pdy = frandom(2 * C, -1, 1);
-    KERNEL_OK(mt_cuda_launch_avg_pool_forward(NULL, 2, hw, C, x.f, p32[0]));
-    KERNEL_OK(mt_cuda_launch_avg_pool_forward_stored(NULL, st, 2, hw, C, x.h, p32[1]));
+    KERNEL_OK(mt_cuda_launch_avg_pool_forward(NULL, MT_CUDA_F32, 2, hw, C, x.f, p32[0]));
+    KERNEL_OK(mt_cuda_launch_avg_pool_forward(NULL, st, 2, hw, C, x.h, p32[1]));
     same_floats(name, "global_avg_pool forward", p32[1], p32[0], 2 * C);
-    KERNEL_OK(mt_cuda_launch_avg_pool_backward(NULL, 2, hw, C, pdy, dx32));
-    KERNEL_OK(mt_cuda_launch_avg_pool_backward_stored(NULL, st, 2, hw, C, pdy, dx.h));
+    KERNEL_OK(mt_cuda_launch_avg_pool_backward(NULL, MT_CUDA_F32, 2, hw, C, pdy, dx32));
+    KERNEL_OK(mt_cuda_launch_avg_pool_backward(NULL, st, 2, hw, C, pdy, dx.h));
     same_rounded(name, "global_avg_pool backward", f, dx.h, dx32, nx);
     t16_free(&x), t16_free(&dy), t16_free(&y), t16_free(&dx);
     free(y32), free(dx32), free(p32[0]), free(p32[1]), free(pdy);
@@ -220,12 +221,12 @@ static void check_batchnorm(int k, mt_shape4 s, float offset, bool misaligned) {
         memcpy(mm[1], mm[0], C * sizeof(float)), memcpy(mv[1], mv[0], C * sizeof(float));
         float *mm0 = fzeros(C), *mv0 = fzeros(C);
         memcpy(mm0, mm[0], C * sizeof(float)), memcpy(mv0, mv[0], C * sizeof(float));
-        KERNEL_OK(mt_cuda_launch_bn_fused_forward_training(NULL, m, C, eps, mom, relu6, x.f, gamma,
-                                                           beta, mm0, mv0, y32, sm[0], si[0],
-                                                           scratch, counters));
-        KERNEL_OK(mt_cuda_launch_bn_fused_forward_training_stored(
-            NULL, st, m, C, eps, mom, relu6, x.h, gamma, beta, mm[1], mv[1], y.h, sm[1], si[1],
-            scratch, counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_forward_training(NULL, MT_CUDA_F32, m, C, eps, mom, relu6,
+                                                           x.f, gamma, beta, mm0, mv0, y32, sm[0],
+                                                           si[0], scratch, counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_forward_training(NULL, st, m, C, eps, mom, relu6, x.h,
+                                                           gamma, beta, mm[1], mv[1], y.h, sm[1],
+                                                           si[1], scratch, counters));
         same_rounded(FORMATS[k].name, BN_WHAT(relu6 ? "training y = relu6(bn)" : "training y"), f,
                      y.h, y32, count);
         same_floats(FORMATS[k].name, BN_WHAT("saved mean"), sm[1], sm[0], C);
@@ -234,12 +235,12 @@ static void check_batchnorm(int k, mt_shape4 s, float offset, bool misaligned) {
         same_floats(FORMATS[k].name, BN_WHAT("moving variance"), mv[1], mv0, C);
         free(mm0), free(mv0);
         t16_widen(f, &y);
-        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, eps, 1, x.f, relu6 ? y.f : NULL,
-                                                   dy.f, gamma, sm[0], si[0], dx32, dg[0], db[0],
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, MT_CUDA_F32, m, C, eps, 1, x.f,
+                                                   relu6 ? y.f : NULL, dy.f, gamma, sm[0], si[0],
+                                                   dx32, dg[0], db[0], scratch, counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, st, m, C, eps, 1, x.h, relu6 ? y.h : NULL,
+                                                   dy.h, gamma, sm[0], si[0], dx.h, dg[1], db[1],
                                                    scratch, counters));
-        KERNEL_OK(mt_cuda_launch_bn_fused_backward_stored(
-            NULL, st, m, C, eps, 1, x.h, relu6 ? y.h : NULL, dy.h, gamma, sm[0], si[0], dx.h, dg[1],
-            db[1], scratch, counters));
         same_rounded(FORMATS[k].name,
                      BN_WHAT(relu6 ? "training dx (through relu6)" : "training dx"), f, dx.h, dx32,
                      count);
@@ -247,32 +248,32 @@ static void check_batchnorm(int k, mt_shape4 s, float offset, bool misaligned) {
         same_floats(FORMATS[k].name, BN_WHAT("training dbeta"), db[1], db[0], C);
         /* dx in place of dy, no dgamma/dbeta */
         memcpy(ip.h, dy.h, count * sizeof(uint16_t));
-        KERNEL_OK(mt_cuda_launch_bn_fused_backward_stored(
-            NULL, st, m, C, eps, 1, x.h, relu6 ? y.h : NULL, ip.h, gamma, sm[0], si[0], ip.h, NULL,
-            NULL, scratch, counters));
+        KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, st, m, C, eps, 1, x.h, relu6 ? y.h : NULL,
+                                                   ip.h, gamma, sm[0], si[0], ip.h, NULL, NULL,
+                                                   scratch, counters));
         same_rounded(FORMATS[k].name, BN_WHAT("training dx = dy in place"), f, ip.h, dx32, count);
     }
-    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, m, C, eps, x.f, gamma, beta, mm[0],
-                                                        mv[0], y32));
-    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference_stored(NULL, st, m, C, eps, x.h, gamma,
-                                                               beta, mm[0], mv[0], y.h));
+    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, MT_CUDA_F32, m, C, eps, x.f, gamma,
+                                                        beta, mm[0], mv[0], y32));
+    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, st, m, C, eps, x.h, gamma, beta,
+                                                        mm[0], mv[0], y.h));
     same_rounded(FORMATS[k].name, BN_WHAT("inference y"), f, y.h, y32, count);
     memcpy(ip.h, x.h, count * sizeof(uint16_t));
-    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference_stored(NULL, st, m, C, eps, ip.h, gamma,
-                                                               beta, mm[0], mv[0], ip.h));
+    KERNEL_OK(mt_cuda_launch_bn_fused_forward_inference(NULL, st, m, C, eps, ip.h, gamma, beta,
+                                                        mm[0], mv[0], ip.h));
     same_rounded(FORMATS[k].name, BN_WHAT("inference y = x in place"), f, ip.h, y32, count);
-    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, m, C, eps, 0, x.f, NULL, dy.f, gamma, mm[0],
-                                               mv[0], dx32, dg[0], db[0], scratch, counters));
-    KERNEL_OK(mt_cuda_launch_bn_fused_backward_stored(NULL, st, m, C, eps, 0, x.h, NULL, dy.h,
-                                                      gamma, mm[0], mv[0], dx.h, dg[1], db[1],
-                                                      scratch, counters));
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, MT_CUDA_F32, m, C, eps, 0, x.f, NULL, dy.f,
+                                               gamma, mm[0], mv[0], dx32, dg[0], db[0], scratch,
+                                               counters));
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, st, m, C, eps, 0, x.h, NULL, dy.h, gamma,
+                                               mm[0], mv[0], dx.h, dg[1], db[1], scratch,
+                                               counters));
     same_rounded(FORMATS[k].name, BN_WHAT("inference dx"), f, dx.h, dx32, count);
     same_floats(FORMATS[k].name, BN_WHAT("inference dgamma"), dg[1], dg[0], C);
     same_floats(FORMATS[k].name, BN_WHAT("inference dbeta"), db[1], db[0], C);
     memset(dg[1], 0, C * sizeof(float));
-    KERNEL_OK(mt_cuda_launch_bn_fused_backward_stored(NULL, st, m, C, eps, 0, x.h, NULL, dy.h,
-                                                      gamma, mm[0], mv[0], NULL, dg[1], NULL,
-                                                      scratch, counters));
+    KERNEL_OK(mt_cuda_launch_bn_fused_backward(NULL, st, m, C, eps, 0, x.h, NULL, dy.h, gamma,
+                                               mm[0], mv[0], NULL, dg[1], NULL, scratch, counters));
     same_floats(FORMATS[k].name, BN_WHAT("inference dgamma (no dx)"), dg[1], dg[0], C);
     for (int i = 0; i < mt_cuda_bn_fused_counters(C); i++)
         CHECK_MSG(counters[i] == 0, "fused bn (16-bit): counter %d left at %u", i, counters[i]);
@@ -322,44 +323,46 @@ static void check_conv(int k, const char *label, int n, int size, int cin, int c
     char what[160];
 #define CONV_WHAT(pass) (snprintf(what, sizeof what, "%s %s", label, pass), what)
     if (depthwise) {
-        KERNEL_OK(mt_cuda_launch_depthwise_forward_strip(NULL, &g, x.f, w, y32));
-        KERNEL_OK(mt_cuda_launch_depthwise_forward_strip_stored(NULL, st, &g, x.h, w, y.h));
+        KERNEL_OK(mt_cuda_launch_depthwise_forward_strip(NULL, MT_CUDA_F32, &g, x.f, w, y32));
+        KERNEL_OK(mt_cuda_launch_depthwise_forward_strip(NULL, st, &g, x.h, w, y.h));
         same_rounded(FORMATS[k].name, CONV_WHAT("forward (strips)"), f, y.h, y32, ny);
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_data_strip(NULL, &g, dy.f, w, dx32));
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_data_strip_stored(NULL, st, &g, dy.h, w, dx.h));
-        same_rounded(FORMATS[k].name, CONV_WHAT("backward data (strips)"), f, dx.h, dx32, nx);
         KERNEL_OK(
-            mt_cuda_launch_depthwise_backward_weights_rows(NULL, &g, x.f, dy.f, partials, dw[0]));
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights_rows_stored(NULL, st, &g, x.h, dy.h,
-                                                                        partials, dw[1]));
+            mt_cuda_launch_depthwise_backward_data_strip(NULL, MT_CUDA_F32, &g, dy.f, w, dx32));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_data_strip(NULL, st, &g, dy.h, w, dx.h));
+        same_rounded(FORMATS[k].name, CONV_WHAT("backward data (strips)"), f, dx.h, dx32, nx);
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights_rows(NULL, MT_CUDA_F32, &g, x.f, dy.f,
+                                                                 partials, dw[0]));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights_rows(NULL, st, &g, x.h, dy.h, partials,
+                                                                 dw[1]));
         same_floats(FORMATS[k].name, CONV_WHAT("backward weights (rows)"), dw[1], dw[0], nw);
-        KERNEL_OK(mt_cuda_launch_depthwise_forward(NULL, &g, x.f, w, y32));
-        KERNEL_OK(mt_cuda_launch_depthwise_forward_stored(NULL, st, &g, x.h, w, y.h));
+        KERNEL_OK(mt_cuda_launch_depthwise_forward(NULL, MT_CUDA_F32, &g, x.f, w, y32));
+        KERNEL_OK(mt_cuda_launch_depthwise_forward(NULL, st, &g, x.h, w, y.h));
         same_rounded(FORMATS[k].name, CONV_WHAT("forward (legacy)"), f, y.h, y32, ny);
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_data(NULL, &g, dy.f, w, dx32));
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_data_stored(NULL, st, &g, dy.h, w, dx.h));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_data(NULL, MT_CUDA_F32, &g, dy.f, w, dx32));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_data(NULL, st, &g, dy.h, w, dx.h));
         same_rounded(FORMATS[k].name, CONV_WHAT("backward data (legacy)"), f, dx.h, dx32, nx);
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights(NULL, &g, x.f, dy.f, partials, dw[0]));
-        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights_stored(NULL, st, &g, x.h, dy.h,
-                                                                   partials, dw[1]));
+        KERNEL_OK(mt_cuda_launch_depthwise_backward_weights(NULL, MT_CUDA_F32, &g, x.f, dy.f,
+                                                            partials, dw[0]));
+        KERNEL_OK(
+            mt_cuda_launch_depthwise_backward_weights(NULL, st, &g, x.h, dy.h, partials, dw[1]));
         same_floats(FORMATS[k].name, CONV_WHAT("backward weights (legacy)"), dw[1], dw[0], nw);
     } else {
-        KERNEL_OK(mt_cuda_launch_direct_conv_forward(NULL, &g, x.f, w, y32));
-        KERNEL_OK(mt_cuda_launch_direct_conv_forward_stored(NULL, st, &g, x.h, w, y.h));
+        KERNEL_OK(mt_cuda_launch_direct_conv_forward(NULL, MT_CUDA_F32, &g, x.f, w, y32));
+        KERNEL_OK(mt_cuda_launch_direct_conv_forward(NULL, st, &g, x.h, w, y.h));
         same_rounded(FORMATS[k].name, CONV_WHAT("forward"), f, y.h, y32, ny);
-        KERNEL_OK(mt_cuda_launch_direct_conv_backward_data(NULL, &g, dy.f, w, dx32));
-        KERNEL_OK(mt_cuda_launch_direct_conv_backward_data_stored(NULL, st, &g, dy.h, w, dx.h));
+        KERNEL_OK(mt_cuda_launch_direct_conv_backward_data(NULL, MT_CUDA_F32, &g, dy.f, w, dx32));
+        KERNEL_OK(mt_cuda_launch_direct_conv_backward_data(NULL, st, &g, dy.h, w, dx.h));
         same_rounded(FORMATS[k].name, CONV_WHAT("backward data"), f, dx.h, dx32, nx);
+        KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights(NULL, MT_CUDA_F32, &g, x.f, dy.f,
+                                                              partials, dw[0]));
         KERNEL_OK(
-            mt_cuda_launch_direct_conv_backward_weights(NULL, &g, x.f, dy.f, partials, dw[0]));
-        KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights_stored(NULL, st, &g, x.h, dy.h,
-                                                                     partials, dw[1]));
+            mt_cuda_launch_direct_conv_backward_weights(NULL, st, &g, x.h, dy.h, partials, dw[1]));
         same_floats(FORMATS[k].name, CONV_WHAT("backward weights"), dw[1], dw[0], nw);
         if (mt_cuda_direct_weights_rows_supported(&g)) {
-            KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights_rows(NULL, &g, x.f, dy.f,
-                                                                       partials, dw[0]));
-            KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights_rows_stored(
-                NULL, st, &g, x.h, dy.h, partials, dw[1]));
+            KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights_rows(NULL, MT_CUDA_F32, &g, x.f,
+                                                                       dy.f, partials, dw[0]));
+            KERNEL_OK(mt_cuda_launch_direct_conv_backward_weights_rows(NULL, st, &g, x.h, dy.h,
+                                                                       partials, dw[1]));
             same_floats(FORMATS[k].name, CONV_WHAT("backward weights (rows)"), dw[1], dw[0], nw);
         }
     }

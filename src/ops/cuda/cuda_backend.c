@@ -27,13 +27,9 @@ void cuda_debug(const cuda_backend *cu, const char *format, ...) {
     va_end(args);
 }
 
-mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want) {
-    return cuda_check_stored(op, what, t, want, MT_CUDA_F32);
-}
-
-mt_status cuda_check_stored(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
+mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
                             mt_cuda_storage storage) {
-    const size_t element = storage == MT_CUDA_F32 ? sizeof(float) : sizeof(uint16_t);
+    const size_t element = cuda_storage_bytes(storage);
     mt_shape4 s = t->shape;
     if (s.n != want.n || s.h != want.h || s.w != want.w || s.c != want.c)
         return MT_FAIL(MT_ERR_INVALID,
@@ -336,7 +332,6 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
     if (status == MT_OK &&
         (options->precision == MT_COMPUTE_BF16 || options->precision == MT_COMPUTE_FP16)) {
         status = cuda_precision_init(cu, options->precision);
-        if (status == MT_OK) backend->ops = cuda_precision_table();
     }
     if (status != MT_OK) cuda_shutdown(backend);
     return status;
@@ -392,9 +387,10 @@ static mt_status cuda_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tens
                        "cuda backend: tensor shape %dx%dx%dx%d (N,H,W,C) has a non-positive "
                        "dimension",
                        shape.n, shape.h, shape.w, shape.c);
-    size_t bytes = mt_shape4_count(shape) * sizeof(float);
+    size_t bytes =
+        mt_shape4_count(shape) * cuda_storage_bytes(cuda_precision_storage(cuda_of(backend)));
     void *data;
-    MT_TRY(cuda_buffer_alloc(backend, bytes, &data));
+    MT_TRY(cuda_buffer_alloc(backend, bytes, &data)); /* zeroed: +0 in every storage */
     *out = (mt_tensor){.shape = shape, .data = data, .bytes = bytes, .layout = 0, .impl = NULL};
     return MT_OK;
 }
@@ -405,9 +401,12 @@ static void cuda_tensor_free(mt_backend *backend, mt_tensor *tensor) {
     *tensor = (mt_tensor){0};
 }
 
-/* NHWC is the backend's layout: the conversions are copies. */
+/* NHWC is the backend's layout: the conversions of fp32 tensors are copies; 16-bit ones go through
+ * an fp32 view (cuda_precision.c). */
 static mt_status cuda_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst) {
-    MT_TRY(cuda_check_tensor("tensor_from_nhwc", "dst", dst, dst->shape));
+    if (cuda_precision_storage(cuda_of(backend)) != MT_CUDA_F32)
+        return cuda_precision_from_nhwc(backend, host_src, dst);
+    MT_TRY(cuda_check_tensor("tensor_from_nhwc", "dst", dst, dst->shape, MT_CUDA_F32));
     return cuda_upload(backend, dst->data, host_src, mt_shape4_count(dst->shape) * sizeof(float));
 }
 
@@ -425,7 +424,9 @@ static void cuda_host_free(mt_backend *backend, void *buffer) {
 }
 
 static mt_status cuda_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
-    MT_TRY(cuda_check_tensor("tensor_to_nhwc", "src", src, src->shape));
+    if (cuda_precision_storage(cuda_of(backend)) != MT_CUDA_F32)
+        return cuda_precision_to_nhwc(backend, src, host_dst);
+    MT_TRY(cuda_check_tensor("tensor_to_nhwc", "src", src, src->shape, MT_CUDA_F32));
     return cuda_download(backend, host_dst, src->data, mt_shape4_count(src->shape) * sizeof(float));
 }
 
@@ -511,8 +512,7 @@ mt_status mt_cuda_device_uuid(int device, uint8_t out[16]) {
 }
 
 mt_status mt_cuda_backend_streams(mt_backend *backend, cudaStream_t *compute, cudaStream_t *comm) {
-    if ((backend->ops != &mt_ops_cuda && backend->ops != cuda_precision_table()) ||
-        !backend->impl)
+    if (backend->ops != &mt_ops_cuda || !backend->impl)
         return MT_FAIL(MT_ERR_INVALID, "backend '%s' has no CUDA streams (NCCL needs the cuda "
                        "backend)", backend->ops->name);
     *compute = cuda_of(backend)->stream;

@@ -347,9 +347,9 @@ static mt_status run_cudnn(cuda_backend *cu, cuda_conv_entry *e, const conv_call
 
 /* ---- our kernels ---------------------------------------------------------------------------- */
 
-/* Every storage natively (the *_stored launchers: 16-bit loads, fp32 arithmetic, one rounding
- * on store; dw fp32). On 16-bit tensors the kernel is read rounded to 16 bits, as the reference's
- * emulation reads it: the per-update rounded fp32 copy (cuda_weights.c). */
+/* Every storage natively (the launchers take the call's storage: 16-bit loads, fp32 arithmetic,
+ * one rounding on store; dw fp32). On 16-bit tensors the kernel is read rounded to 16 bits, as the
+ * reference's emulation reads it: the per-update rounded fp32 copy (cuda_weights.c). */
 static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *call) {
     const mt_cuda_conv_geom *g = &e->geom;
     const mt_cuda_storage st = call->storage;
@@ -364,22 +364,20 @@ static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *
     const conv_call *c = &rounded;
     if (c->pass == PASS_FORWARD) {
         if (dw && !cu->depthwise_legacy)
-            CUDA_CHECK(
-                mt_cuda_launch_depthwise_forward_strip_stored(cu->stream, st, g, c->x, c->w, c->y));
+            CUDA_CHECK(mt_cuda_launch_depthwise_forward_strip(cu->stream, st, g, c->x, c->w, c->y));
         else
             CUDA_CHECK(
-                dw ? mt_cuda_launch_depthwise_forward_stored(cu->stream, st, g, c->x, c->w, c->y)
-                   : mt_cuda_launch_direct_conv_forward_stored(cu->stream, st, g, c->x, c->w,
-                                                               c->y));
+                dw ? mt_cuda_launch_depthwise_forward(cu->stream, st, g, c->x, c->w, c->y)
+                   : mt_cuda_launch_direct_conv_forward(cu->stream, st, g, c->x, c->w, c->y));
     } else if (c->pass == PASS_BACKWARD_DATA) {
         if (dw && !cu->depthwise_legacy)
-            CUDA_CHECK(mt_cuda_launch_depthwise_backward_data_strip_stored(cu->stream, st, g, c->dy,
-                                                                           c->w, c->dx));
+            CUDA_CHECK(mt_cuda_launch_depthwise_backward_data_strip(cu->stream, st, g, c->dy, c->w,
+                                                                    c->dx));
         else
-            CUDA_CHECK(dw ? mt_cuda_launch_depthwise_backward_data_stored(cu->stream, st, g, c->dy,
-                                                                          c->w, c->dx)
-                          : mt_cuda_launch_direct_conv_backward_data_stored(cu->stream, st, g,
-                                                                            c->dy, c->w, c->dx));
+            CUDA_CHECK(
+                dw ? mt_cuda_launch_depthwise_backward_data(cu->stream, st, g, c->dy, c->w, c->dx)
+                   : mt_cuda_launch_direct_conv_backward_data(cu->stream, st, g, c->dy, c->w,
+                                                              c->dx));
     } else {
         size_t weights = (size_t)g->k * g->k * g->cin * (dw ? 1 : g->cout);
         size_t parts = (size_t)mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
@@ -392,16 +390,16 @@ static mt_status run_own(cuda_backend *cu, cuda_conv_entry *e, const conv_call *
         void *partials;
         MT_TRY(cuda_scratch_get(cu, &cu->partials, floats * sizeof(float), &partials));
         if (dw_rows)
-            CUDA_CHECK(mt_cuda_launch_depthwise_backward_weights_rows_stored(
-                cu->stream, st, g, c->x, c->dy, partials, c->dw));
+            CUDA_CHECK(mt_cuda_launch_depthwise_backward_weights_rows(cu->stream, st, g, c->x,
+                                                                      c->dy, partials, c->dw));
         else if (direct_rows)
-            CUDA_CHECK(mt_cuda_launch_direct_conv_backward_weights_rows_stored(
-                cu->stream, st, g, c->x, c->dy, partials, c->dw));
+            CUDA_CHECK(mt_cuda_launch_direct_conv_backward_weights_rows(cu->stream, st, g, c->x,
+                                                                        c->dy, partials, c->dw));
         else
-            CUDA_CHECK(dw ? mt_cuda_launch_depthwise_backward_weights_stored(
-                                cu->stream, st, g, c->x, c->dy, partials, c->dw)
-                          : mt_cuda_launch_direct_conv_backward_weights_stored(
-                                cu->stream, st, g, c->x, c->dy, partials, c->dw));
+            CUDA_CHECK(dw ? mt_cuda_launch_depthwise_backward_weights(cu->stream, st, g, c->x,
+                                                                      c->dy, partials, c->dw)
+                          : mt_cuda_launch_direct_conv_backward_weights(cu->stream, st, g, c->x,
+                                                                        c->dy, partials, c->dw));
     }
     return MT_OK;
 }
@@ -586,8 +584,8 @@ static mt_status check_conv(const cuda_backend *cu, const char *op, const mt_con
     if (o.h <= 0 || o.w <= 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: kernel %d larger than the padded %dx%d input", op,
                        d->kernel, d->input.h, d->input.w);
-    MT_TRY(cuda_check_stored(op, "input", in, d->input, cuda_precision_storage(cu)));
-    MT_TRY(cuda_check_stored(op, "output", out, o, cuda_precision_storage(cu)));
+    MT_TRY(cuda_check_tensor(op, "input", in, d->input, cuda_precision_storage(cu)));
+    MT_TRY(cuda_check_tensor(op, "output", out, o, cuda_precision_storage(cu)));
     return MT_OK;
 }
 

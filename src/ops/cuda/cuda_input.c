@@ -73,10 +73,12 @@ mt_status cuda_input_upload(mt_backend *backend, int slot, const mt_input_batch 
 }
 
 /* The compute stream waits for the slot's copy (the GPU does; the host goes on), scales and
- * flips into the tensor, copies the labels, and records that the slot was read. */
-static mt_status input_convert_op(mt_backend *backend, mt_cuda_storage storage, int slot,
-                                  mt_tensor *images, int32_t *labels) {
+ * flips into the tensor (in the backend's storage: the first activation, rounded once in
+ * bf16/fp16), copies the labels, and records that the slot was read. */
+static mt_status input_convert_op(mt_backend *backend, int slot, mt_tensor *images,
+                                  int32_t *labels) {
     cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage storage = cuda_precision_storage(cu);
     cuda_input_slot *s = NULL;
     MT_TRY(input_slot_of(cu, "input_convert", slot, &s));
     if (!s->full)
@@ -84,13 +86,13 @@ static mt_status input_convert_op(mt_backend *backend, mt_cuda_storage storage, 
                        "cuda input_convert: staging slot %d is empty (input_upload a batch into "
                        "it first)",
                        slot);
-    MT_TRY(cuda_check_stored("input_convert", "images", images,
+    MT_TRY(cuda_check_tensor("input_convert", "images", images,
                              (mt_shape4){s->n, s->height, s->width, 3}, storage));
     const size_t n = (size_t)s->n;
     const uint8_t *flips = s->buffer + n * sizeof(int32_t), *pixels = flips + n;
     CUDA_CHECK(cudaStreamWaitEvent(cu->stream, s->copied, 0));
-    cudaError_t error = mt_cuda_launch_input_convert_stored(cu->stream, storage, s->n, s->height,
-                                                            s->width, pixels, flips, images->data);
+    cudaError_t error = mt_cuda_launch_input_convert(cu->stream, storage, s->n, s->height, s->width,
+                                                     pixels, flips, images->data);
     if (error != cudaSuccess)
         return MT_FAIL(MT_ERR_BACKEND, "cuda: converting the input batch: %s",
                        cudaGetErrorString(error));
@@ -102,15 +104,10 @@ static mt_status input_convert_op(mt_backend *backend, mt_cuda_storage storage, 
     return MT_OK;
 }
 
-mt_status cuda_input_convert_stored(mt_backend *backend, mt_cuda_storage storage, int slot,
-                                    mt_tensor *images, int32_t *labels) {
-    CUDA_PROFILED(backend, input_convert_op(backend, storage, slot, images, labels),
-                  "input_convert", "N%d %dx%dx%d", images->shape.n, images->shape.h,
-                  images->shape.w, images->shape.c);
-}
-
 mt_status cuda_input_convert(mt_backend *backend, int slot, mt_tensor *images, int32_t *labels) {
-    return cuda_input_convert_stored(backend, MT_CUDA_F32, slot, images, labels);
+    CUDA_PROFILED(backend, input_convert_op(backend, slot, images, labels), "input_convert",
+                  "N%d %dx%dx%d", images->shape.n, images->shape.h, images->shape.w,
+                  images->shape.c);
 }
 
 /* The host waits for the copy alone (a step ago, when the trainer asks: long done), never for

@@ -1,10 +1,12 @@
 /* Private state and helpers of the "cuda" backend (cuDNN + cuBLAS + mobiletune's kernels), shared
- * by its C files. Activations are plain NHWC float in device memory (layout 0), the layout cuDNN's
- * NHWC kernels and our own kernels read directly; every other buffer is device memory in ops.h's
- * documented layout. Every op, copy and memset is enqueued on one stream (`stream`), so ordering
- * between ops, copies and pool reuse needs no events. Two other streams, each ordered with it
- * by events: `copy_stream` carries the input batches into the staging slots (ops.h's input
- * pipeline), `comm_stream` the gradient all-reduce (src/comm/nccl_comm.c). See docs/gpu.md. */
+ * by its C files. Activations are plain NHWC in device memory (layout 0), the layout cuDNN's NHWC
+ * kernels and our own kernels read directly, their elements float or, with train.precision = bf16
+ * | fp16, 16-bit (cuda_precision_storage; one ops table serves every precision); every other
+ * buffer is device memory in ops.h's documented layout. Every op, copy and memset is enqueued on
+ * one stream (`stream`), so ordering between ops, copies and pool reuse needs no events. Two other
+ * streams, each ordered with it by events: `copy_stream` carries the input batches into the staging
+ * slots (ops.h's input pipeline), `comm_stream` the gradient all-reduce (src/comm/nccl_comm.c). See
+ * docs/gpu.md. */
 #ifndef MT_OPS_CUDA_INTERNAL_H
 #define MT_OPS_CUDA_INTERNAL_H
 
@@ -161,23 +163,20 @@ mt_status mt_cuda_step_capture_end(mt_backend *backend, void **graph);
 mt_status mt_cuda_step_replay(mt_backend *backend, void *graph);
 void mt_cuda_step_graph_free(mt_backend *backend, void *graph);
 void cuda_readback_free(cuda_backend *cu);
-/* cuda_precision.c: 16-bit tensors. The table is mt_ops_cuda with its tensor ops wrapped. */
+/* cuda_precision.c: 16-bit tensors (one ops table, mt_ops_cuda, for every precision) */
 mt_status cuda_precision_init(cuda_backend *cu, mt_compute_precision precision);
 void cuda_precision_free(cuda_backend *cu);
-const mt_ops *cuda_precision_table(void);
 /* What every mt_tensor of the backend is stored in: MT_CUDA_F32, or MT_CUDA_BF16 / _FP16 in
- * bf16/fp16 mode (the one answer; the convolutions and the native 16-bit ops ask it). */
+ * bf16/fp16 mode (the one answer; every op that touches a tensor asks it). */
 mt_cuda_storage cuda_precision_storage(const cuda_backend *cu);
-/* cuda_ops.c, shared with cuda_precision_ops.c: BN's checks (tensors of `storage`) and M rows,
- * the reduction scratch of the legacy kernels or the fused ones; the fused kernels' tickets */
-mt_status cuda_bn_prepare(mt_backend *backend, const char *op, const mt_batchnorm_desc *d,
-                          const mt_tensor *a, const char *a_name, const mt_tensor *b,
-                          const char *b_name, mt_cuda_storage storage, bool legacy, long *m,
-                          void **scratch);
-mt_status cuda_bn_counters(mt_backend *backend, int c, unsigned **out);
-/* cuda_ops.c: zero padding's checks, x: the input, y: the padded tensor, of `storage` */
-mt_status cuda_check_pad(const char *op, const mt_zero_pad_desc *d, const mt_tensor *x,
-                         const mt_tensor *y, mt_cuda_storage storage);
+/* ops.h tensor_from_nhwc / tensor_to_nhwc of a 16-bit tensor, through an fp32 view (the table's
+ * entries of cuda_backend.c hand 16-bit tensors over) */
+mt_status cuda_precision_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst);
+mt_status cuda_precision_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst);
+/* The bytes of one element of `storage` */
+static inline size_t cuda_storage_bytes(mt_cuda_storage storage) {
+    return storage == MT_CUDA_F32 ? sizeof(float) : sizeof(uint16_t);
+}
 /* cuda_weights.c: the per-update conv weight copies (cuda_weight_cache.h). `get` returns the
  * copy of the kernel `w` (rs taps x cin x cout) in `form`, making it on the stream if needed;
  * `touched` drops the copies of kernels overlapping [dst, dst + bytes) (every copy for 0): each
@@ -187,18 +186,13 @@ mt_status cuda_weights_get(cuda_backend *cu, const float *w, mt_cuda_weight_form
 void cuda_weights_touched(cuda_backend *cu, const void *dst, size_t bytes);
 void cuda_weights_free(cuda_backend *cu);
 mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out);
-/* Checks a tensor's shape and its bytes against what the op expects (fp32 elements; _stored: of
- * `storage`). */
-mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want);
-mt_status cuda_check_stored(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
+/* Checks a tensor's shape and its bytes (elements of `storage`) against what the op expects. */
+mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t, mt_shape4 want,
                             mt_cuda_storage storage);
-/* ops.h input_convert into a tensor of `storage` (the table's entry is the MT_CUDA_F32 case) */
 /* cuda_input.c: the input pipeline's ops (ops.h) */
 mt_status cuda_input_upload(mt_backend *backend, int slot, const mt_input_batch *batch);
 mt_status cuda_input_convert(mt_backend *backend, int slot, mt_tensor *images, int32_t *labels);
 mt_status cuda_input_wait(mt_backend *backend, int slot);
-mt_status cuda_input_convert_stored(mt_backend *backend, mt_cuda_storage storage, int slot,
-                                    mt_tensor *images, int32_t *labels);
 void cuda_conv_cache_free(cuda_backend *cu);
 
 /* MT_CUDA_BN, MT_CUDA_DEPTHWISE_KERNEL, MT_CUDA_DIRECT_KERNEL = new (default) | legacy
@@ -229,7 +223,7 @@ mt_status cuda_profile_loss_done(cuda_backend *cu);
 #define CUDA_SHAPE_FMT "N%d %dx%dx%d"
 #define CUDA_SHAPE_ARGS(s) (s).n, (s).h, (s).w, (s).c
 
-/* ---- the ops, one file per family ---- */
+/* ---- the ops, one file per family; tensors in cuda_precision_storage's storage ---- */
 /* cuda_ops.c: mt_cuda_optimizer_update (cuda_optimizer.c) inside MT_CUDA_PROFILE's event pair */
 mt_status mt_cuda_optimizer_update_profiled(mt_backend *backend, const mt_optimizer_desc *desc,
                                             float *params, const float *grads, float *slots);
@@ -248,6 +242,27 @@ mt_status mt_cuda_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *
 mt_status mt_cuda_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y);
 mt_status mt_cuda_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
                                  mt_tensor *dx);
+mt_status mt_cuda_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                   const mt_tensor *x, mt_tensor *y);
+mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
+                                    const mt_tensor *dy, mt_tensor *dx);
+mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
+mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
+mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate,
+                                  const uint64_t *seed, const float *x, float *y, uint8_t *mask);
+mt_status mt_cuda_dropout_backward(mt_backend *backend, size_t count, float rate,
+                                   const uint8_t *mask, const float *dy, float *dx);
+mt_status mt_cuda_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                const float *w, const float *b, float *y);
+mt_status mt_cuda_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
+                                 const float *w, const float *dy, float *dx, float *dw, float *db);
+mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
+                                        const float *logits, const int32_t *labels,
+                                        float *loss_host, float *dlogits);
+mt_status mt_cuda_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
+                                  const float *logits, const int32_t *labels, float *dlogits,
+                                  const uint64_t *step, double *accum, float *skip);
+/* cuda_ops_bn.c */
 mt_status mt_cuda_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
                                              const mt_tensor *x, const float *gamma,
                                              const float *beta, float *moving_mean,
@@ -277,68 +292,5 @@ mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_bat
                                                const float *gamma, const float *moving_mean,
                                                const float *moving_variance, mt_tensor *dx,
                                                float *dgamma, float *dbeta);
-mt_status mt_cuda_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
-                                   const mt_tensor *x, mt_tensor *y);
-mt_status mt_cuda_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
-                                    const mt_tensor *dy, mt_tensor *dx);
-mt_status mt_cuda_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
-mt_status mt_cuda_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
-mt_status mt_cuda_dropout_forward(mt_backend *backend, size_t count, float rate,
-                                  const uint64_t *seed, const float *x, float *y, uint8_t *mask);
-mt_status mt_cuda_dropout_backward(mt_backend *backend, size_t count, float rate,
-                                   const uint8_t *mask, const float *dy, float *dx);
-mt_status mt_cuda_dense_forward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
-                                const float *w, const float *b, float *y);
-mt_status mt_cuda_dense_backward(mt_backend *backend, const mt_dense_desc *desc, const float *x,
-                                 const float *w, const float *dy, float *dx, float *dw, float *db);
-mt_status mt_cuda_loss_forward_backward(mt_backend *backend, const mt_loss_desc *desc,
-                                        const float *logits, const int32_t *labels,
-                                        float *loss_host, float *dlogits);
-mt_status mt_cuda_loss_accumulate(mt_backend *backend, const mt_loss_desc *desc,
-                                  const float *logits, const int32_t *labels, float *dlogits,
-                                  const uint64_t *step, double *accum, float *skip);
-
-/* cuda_precision_ops.c: the ops of the bf16/fp16 table that read and write 16-bit tensors with
- * the storage kernels (no fp32 staging) */
-mt_status cuda_p16_add(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y);
-mt_status cuda_p16_relu6_forward(mt_backend *backend, const mt_tensor *x, mt_tensor *y);
-mt_status cuda_p16_relu6_backward(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
-                                  mt_tensor *dx);
-mt_status cuda_p16_input_convert(mt_backend *backend, int slot, mt_tensor *images, int32_t *labels);
-mt_status cuda_p16_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                              const mt_tensor *x, const float *gamma,
-                                              const float *beta, float *moving_mean,
-                                              float *moving_variance, mt_tensor *y,
-                                              float *saved_mean, float *saved_inv_std);
-mt_status cuda_p16_batchnorm_relu6_forward_training(mt_backend *backend,
-                                                    const mt_batchnorm_desc *desc,
-                                                    const mt_tensor *x, const float *gamma,
-                                                    const float *beta, float *moving_mean,
-                                                    float *moving_variance, mt_tensor *y,
-                                                    float *saved_mean, float *saved_inv_std);
-mt_status cuda_p16_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                               const mt_tensor *x, const float *gamma,
-                                               const float *beta, const float *moving_mean,
-                                               const float *moving_variance, mt_tensor *y);
-mt_status cuda_p16_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                               const mt_tensor *x, const mt_tensor *dy,
-                                               const float *gamma, const float *saved_mean,
-                                               const float *saved_inv_std, mt_tensor *dx,
-                                               float *dgamma, float *dbeta);
-mt_status cuda_p16_relu6_batchnorm_backward_training(
-    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
-    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
-    mt_tensor *dx, float *dgamma, float *dbeta);
-mt_status cuda_p16_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                                const mt_tensor *x, const mt_tensor *dy,
-                                                const float *gamma, const float *moving_mean,
-                                                const float *moving_variance, mt_tensor *dx,
-                                                float *dgamma, float *dbeta);
-mt_status cuda_p16_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,
-                                    const mt_tensor *x, mt_tensor *y);
-mt_status cuda_p16_zero_pad_backward(mt_backend *backend, const mt_zero_pad_desc *desc,
-                                     const mt_tensor *dy, mt_tensor *dx);
-mt_status cuda_p16_global_avg_pool_forward(mt_backend *backend, const mt_tensor *x, float *y);
-mt_status cuda_p16_global_avg_pool_backward(mt_backend *backend, const float *dy, mt_tensor *dx);
 
 #endif

@@ -1,6 +1,7 @@
-/* The CUDA kernels of the "cuda" backend, as plain C launchers (cuda_kernels_*.cu): every launcher
- * enqueues its kernels on `stream` and returns the launch's cudaError_t, which the C side checks
- * with CUDA_CHECK. Tensors are NHWC float in device memory; weights are in Keras' layouts
+/* The CUDA kernels of the "cuda" backend, as plain C launchers (cuda_kernels_*.cu), one per op:
+ * every launcher enqueues its kernels on `stream` and returns the launch's cudaError_t, which the
+ * C side checks with CUDA_CHECK. Tensors are NHWC in device memory, their elements in a storage
+ * (mt_cuda_storage below: fp32, bf16 or fp16); weights are float, in Keras' layouts
  * (conv HWIO [k][k][cin][cout], depthwise [k][k][c]). Sums that feed a gradient or a statistic are
  * reduced in a fixed order (per-block partials, then one pass over the partials in double), so
  * results do not depend on scheduling. */
@@ -25,11 +26,13 @@ typedef struct mt_cuda_conv_geom {
     int pad_top, pad_left;
 } mt_cuda_conv_geom;
 
-/* The element type of a tensor in device memory: fp32, or the bf16 / fp16 bit patterns (uint16)
- * of ops/precision_bits.h (train.precision = bf16 | fp16). A launcher taking one reads those
- * tensors into fp32, computes in fp32 as its fp32 case does and rounds once on store (to nearest,
- * ties to even): bit for bit the fp32 kernel on the widened inputs, then the cast. Weights,
- * statistics and the gradients of weights stay float. */
+/* The element type of a tensor in device memory: fp32 (MT_CUDA_F32), or the bf16 / fp16 bit
+ * patterns (uint16) of ops/precision_bits.h (train.precision = bf16 | fp16). One launcher per op:
+ * those that move activations or their gradients take the storage of those tensors (void
+ * pointers; fp32 is MT_CUDA_F32), read them into fp32, compute in fp32 the same way whatever the
+ * storage and round once on store (to nearest, ties to even): in 16 bits, bit for bit the
+ * MT_CUDA_F32 case on the widened inputs, then the cast. Weights, statistics and the gradients of
+ * weights stay float; an unknown storage is cudaErrorInvalidValue. */
 typedef enum mt_cuda_storage { MT_CUDA_F32, MT_CUDA_BF16, MT_CUDA_FP16 } mt_cuda_storage;
 
 /* Partial sums: how many slices a reduction over `rows` is split into, and the scratch floats
@@ -45,44 +48,51 @@ cudaError_t mt_cuda_launch_krsc_to_hwio(cudaStream_t stream, const float *src, f
                                         int cin, int cout);
 
 /* ---- convolutions of our own: depthwise (multiplier 1) and direct regular (any pads) ---- */
+/* x, y, dy, dx in `storage`; w (rounded to the format by the caller in bf16/fp16, as the
+ * reference's emulation reads it), dw and the partials stay float. */
 /* x: N,H,W,C; w: [k][k][C]; y: N,Ho,Wo,C */
-cudaError_t mt_cuda_launch_depthwise_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                             const float *x, const float *w, float *y);
+cudaError_t mt_cuda_launch_depthwise_forward(cudaStream_t stream, mt_cuda_storage storage,
+                                             const mt_cuda_conv_geom *g, const void *x,
+                                             const float *w, void *y);
 /* dy: N,Ho,Wo,C; w: [k][k][C]; dx: N,H,W,C */
-cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                                   const float *dy, const float *w, float *dx);
+cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, mt_cuda_storage storage,
+                                                   const mt_cuda_conv_geom *g, const void *dy,
+                                                   const float *w, void *dx);
 /* x: N,H,W,C; dy: N,Ho,Wo,C; dw: [k][k][C]; partials: mt_cuda_reduce_parts(N*Ho*Wo) * k*k*C */
-cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream,
-                                                      const mt_cuda_conv_geom *g, const float *x,
-                                                      const float *dy, float *partials, float *dw);
-/* The same two passes register-blocked (each thread a strip of 4 positions along W, float4
+cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream, mt_cuda_storage storage,
+                                                      const mt_cuda_conv_geom *g, const void *x,
+                                                      const void *dy, float *partials, float *dw);
+/* The same two passes register-blocked (each thread a strip of 4 positions along W, vectors of 4
  * channels when C % 4 == 0): the default; the two above stay as MT_CUDA_DEPTHWISE_KERNEL=legacy */
-cudaError_t mt_cuda_launch_depthwise_forward_strip(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                                   const float *x, const float *w, float *y);
+cudaError_t mt_cuda_launch_depthwise_forward_strip(cudaStream_t stream, mt_cuda_storage storage,
+                                                   const mt_cuda_conv_geom *g, const void *x,
+                                                   const float *w, void *y);
 cudaError_t mt_cuda_launch_depthwise_backward_data_strip(cudaStream_t stream,
-                                                         const mt_cuda_conv_geom *g,
-                                                         const float *dy, const float *w,
-                                                         float *dx);
-/* The weight gradient with whole output rows per thread and float4 channels (the default; the
- * kernel above stays as MT_CUDA_DEPTHWISE_KERNEL=legacy): partials holds
+                                                         mt_cuda_storage storage,
+                                                         const mt_cuda_conv_geom *g, const void *dy,
+                                                         const float *w, void *dx);
+/* The weight gradient with whole output rows per thread and vectors of 4 channels (the default;
+ * the kernel above stays as MT_CUDA_DEPTHWISE_KERNEL=legacy): partials holds
  * mt_cuda_depthwise_weights_rows_partials(g) floats */
 size_t mt_cuda_depthwise_weights_rows_partials(const mt_cuda_conv_geom *g);
 cudaError_t mt_cuda_launch_depthwise_backward_weights_rows(cudaStream_t stream,
+                                                           mt_cuda_storage storage,
                                                            const mt_cuda_conv_geom *g,
-                                                           const float *x, const float *dy,
+                                                           const void *x, const void *dy,
                                                            float *partials, float *dw);
 /* x: N,H,W,Cin; w: [k][k][Cin][Cout]; y: N,Ho,Wo,Cout */
-cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                               const float *x, const float *w, float *y);
+cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, mt_cuda_storage storage,
+                                               const mt_cuda_conv_geom *g, const void *x,
+                                               const float *w, void *y);
 /* dy: N,Ho,Wo,Cout; w: HWIO; dx: N,H,W,Cin */
-cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream,
-                                                     const mt_cuda_conv_geom *g, const float *dy,
-                                                     const float *w, float *dx);
+cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream, mt_cuda_storage storage,
+                                                     const mt_cuda_conv_geom *g, const void *dy,
+                                                     const float *w, void *dx);
 /* x, dy as above; dw: HWIO; partials: mt_cuda_reduce_parts(N*Ho*Wo) * k*k*Cin*Cout */
 cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream,
-                                                        const mt_cuda_conv_geom *g, const float *x,
-                                                        const float *dy, float *partials,
-                                                        float *dw);
+                                                        mt_cuda_storage storage,
+                                                        const mt_cuda_conv_geom *g, const void *x,
+                                                        const void *dy, float *partials, float *dw);
 
 /* The weight gradient with every tap in registers, for 3x3 over 3 input channels (Conv1; the
  * default there, the kernel above otherwise and as MT_CUDA_DIRECT_KERNEL=legacy): partials holds
@@ -90,76 +100,23 @@ cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream,
 int mt_cuda_direct_weights_rows_supported(const mt_cuda_conv_geom *g);
 size_t mt_cuda_direct_weights_rows_partials(const mt_cuda_conv_geom *g);
 cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows(cudaStream_t stream,
-                                                             const mt_cuda_conv_geom *g,
-                                                             const float *x, const float *dy,
-                                                             float *partials, float *dw);
-
-/* The convolutions above with x, y, dy, dx in `storage` (the fp32 launchers are the MT_CUDA_F32
- * case); w (rounded to the format by the caller, as the reference's emulation reads it), dw and
- * the partials stay float */
-cudaError_t mt_cuda_launch_depthwise_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                    const mt_cuda_conv_geom *g, const void *x,
-                                                    const float *w, void *y);
-cudaError_t mt_cuda_launch_depthwise_backward_data_stored(cudaStream_t stream,
-                                                          mt_cuda_storage storage,
-                                                          const mt_cuda_conv_geom *g,
-                                                          const void *dy, const float *w, void *dx);
-cudaError_t mt_cuda_launch_depthwise_backward_weights_stored(cudaStream_t stream,
                                                              mt_cuda_storage storage,
                                                              const mt_cuda_conv_geom *g,
                                                              const void *x, const void *dy,
                                                              float *partials, float *dw);
-cudaError_t mt_cuda_launch_depthwise_forward_strip_stored(cudaStream_t stream,
-                                                          mt_cuda_storage storage,
-                                                          const mt_cuda_conv_geom *g, const void *x,
-                                                          const float *w, void *y);
-cudaError_t mt_cuda_launch_depthwise_backward_data_strip_stored(cudaStream_t stream,
-                                                                mt_cuda_storage storage,
-                                                                const mt_cuda_conv_geom *g,
-                                                                const void *dy, const float *w,
-                                                                void *dx);
-cudaError_t mt_cuda_launch_depthwise_backward_weights_rows_stored(cudaStream_t stream,
-                                                                  mt_cuda_storage storage,
-                                                                  const mt_cuda_conv_geom *g,
-                                                                  const void *x, const void *dy,
-                                                                  float *partials, float *dw);
-cudaError_t mt_cuda_launch_direct_conv_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                      const mt_cuda_conv_geom *g, const void *x,
-                                                      const float *w, void *y);
-cudaError_t mt_cuda_launch_direct_conv_backward_data_stored(cudaStream_t stream,
-                                                            mt_cuda_storage storage,
-                                                            const mt_cuda_conv_geom *g,
-                                                            const void *dy, const float *w,
-                                                            void *dx);
-cudaError_t mt_cuda_launch_direct_conv_backward_weights_stored(cudaStream_t stream,
-                                                               mt_cuda_storage storage,
-                                                               const mt_cuda_conv_geom *g,
-                                                               const void *x, const void *dy,
-                                                               float *partials, float *dw);
-cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows_stored(cudaStream_t stream,
-                                                                    mt_cuda_storage storage,
-                                                                    const mt_cuda_conv_geom *g,
-                                                                    const void *x, const void *dy,
-                                                                    float *partials, float *dw);
 
-/* ---- elementwise on `count` floats ---- */
-cudaError_t mt_cuda_launch_add(cudaStream_t stream, size_t count, const float *a, const float *b,
-                               float *y);
-cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, const float *x,
-                                         float *y);
+/* ---- elementwise on `count` elements of `storage` ---- */
+cudaError_t mt_cuda_launch_add(cudaStream_t stream, mt_cuda_storage storage, size_t count,
+                               const void *a, const void *b, void *y);
+cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, mt_cuda_storage storage, size_t count,
+                                         const void *x, void *y);
 /* dx = dy where 0 < y < 6 */
-cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, size_t count, const float *y,
-                                          const float *dy, float *dx);
-/* The same on tensors of any storage (the three above are their MT_CUDA_F32 case) */
-cudaError_t mt_cuda_launch_add_stored(cudaStream_t stream, mt_cuda_storage storage, size_t count,
-                                      const void *a, const void *b, void *y);
-cudaError_t mt_cuda_launch_relu6_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                size_t count, const void *x, void *y);
-cudaError_t mt_cuda_launch_relu6_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                 size_t count, const void *y, const void *dy,
-                                                 void *dx);
+cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, mt_cuda_storage storage,
+                                          size_t count, const void *y, const void *dy, void *dx);
 
 /* ---- batch normalization over M = N*H*W rows of C channels ---- */
+/* The first kernels, kept as MT_CUDA_BN=legacy: fp32 tensors only (the backend refuses
+ * MT_CUDA_BN=legacy with train.precision = bf16 | fp16). */
 /* Scratch doubles the BN launchers need for M rows and C channels. */
 size_t mt_cuda_bn_scratch_doubles(long m, int c);
 /* x, y: [M][C]; gamma, beta, moving_*, saved_*: [C]. Two passes (mean, then the biased variance
@@ -184,54 +141,38 @@ cudaError_t mt_cuda_launch_bn_backward(cudaStream_t stream, long m, int c, float
                                        const float *stat_second, float *dx, float *dgamma,
                                        float *dbeta, double *scratch);
 
-/* The same in fp32 with fewer launches (the default; the above stay as MT_CUDA_BN=legacy): see
- * cuda_kernels_bn.cu. Scratch: mt_cuda_bn_fused_scratch_floats(M, C) floats; counters:
+/* The same with fewer launches (the default; the above stay as MT_CUDA_BN=legacy): see
+ * cuda_kernels_bn.cu. x, y, dy, dx in `storage`; the statistics, gamma, beta and their gradients
+ * stay float. Scratch: mt_cuda_bn_fused_scratch_floats(M, C) floats; counters:
  * mt_cuda_bn_fused_counters(C) unsigned ints, zero before the first launch (each launch leaves
  * them zero again). Launches: forward training 2 (statistics, normalize [+ ReLU6]), forward
  * inference 1, backward 2 (sums with dgamma/dbeta, dx; inference without dgamma/dbeta: 1). */
 size_t mt_cuda_bn_fused_scratch_floats(long m, int c);
 int mt_cuda_bn_fused_counters(int c);
 /* relu6: y = relu6(BN(x)), else y = BN(x); y must not alias x */
-cudaError_t mt_cuda_launch_bn_fused_forward_training(
-    cudaStream_t stream, long m, int c, float epsilon, float momentum, int relu6, const float *x,
-    const float *gamma, const float *beta, float *moving_mean, float *moving_variance, float *y,
-    float *saved_mean, float *saved_inv_std, float *scratch, unsigned *counters);
+cudaError_t mt_cuda_launch_bn_fused_forward_training(cudaStream_t stream, mt_cuda_storage storage,
+                                                     long m, int c, float epsilon, float momentum,
+                                                     int relu6, const void *x, const float *gamma,
+                                                     const float *beta, float *moving_mean,
+                                                     float *moving_variance, void *y,
+                                                     float *saved_mean, float *saved_inv_std,
+                                                     float *scratch, unsigned *counters);
 /* y may alias x */
-cudaError_t mt_cuda_launch_bn_fused_forward_inference(cudaStream_t stream, long m, int c,
-                                                      float epsilon, const float *x,
+cudaError_t mt_cuda_launch_bn_fused_forward_inference(cudaStream_t stream, mt_cuda_storage storage,
+                                                      long m, int c, float epsilon, const void *x,
                                                       const float *gamma, const float *beta,
                                                       const float *moving_mean,
-                                                      const float *moving_variance, float *y);
+                                                      const float *moving_variance, void *y);
 /* Training (stat_* = saved mean and inverse std): y is ReLU6's output when the forward was fused
  * (dy is the gradient at y and is masked where y <= 0 or y >= 6), else NULL; dx required.
  * Inference (stat_* = moving mean and variance, y NULL): dx may be NULL. dx may alias dy; dgamma,
  * dbeta may be NULL. */
-cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c, float epsilon,
-                                             int training, const float *x, const float *y,
-                                             const float *dy, const float *gamma,
+cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, mt_cuda_storage storage, long m,
+                                             int c, float epsilon, int training, const void *x,
+                                             const void *y, const void *dy, const float *gamma,
                                              const float *stat_mean, const float *stat_second,
-                                             float *dx, float *dgamma, float *dbeta, float *scratch,
+                                             void *dx, float *dgamma, float *dbeta, float *scratch,
                                              unsigned *counters);
-/* The three above with x, y, dy, dx in `storage` (the fp32 ones are the MT_CUDA_F32 case); the
- * statistics, gamma, beta and their gradients stay float */
-cudaError_t mt_cuda_launch_bn_fused_forward_training_stored(
-    cudaStream_t stream, mt_cuda_storage storage, long m, int c, float epsilon, float momentum,
-    int relu6, const void *x, const float *gamma, const float *beta, float *moving_mean,
-    float *moving_variance, void *y, float *saved_mean, float *saved_inv_std, float *scratch,
-    unsigned *counters);
-cudaError_t mt_cuda_launch_bn_fused_forward_inference_stored(cudaStream_t stream,
-                                                             mt_cuda_storage storage, long m, int c,
-                                                             float epsilon, const void *x,
-                                                             const float *gamma, const float *beta,
-                                                             const float *moving_mean,
-                                                             const float *moving_variance, void *y);
-cudaError_t mt_cuda_launch_bn_fused_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                    long m, int c, float epsilon, int training,
-                                                    const void *x, const void *y, const void *dy,
-                                                    const float *gamma, const float *stat_mean,
-                                                    const float *stat_second, void *dx,
-                                                    float *dgamma, float *dbeta, float *scratch,
-                                                    unsigned *counters);
 
 /* ---- precision casts (train.precision = bf16 | fp16: cuda_precision.c) ---- */
 /* y[i] = x[i] rounded to the nearest bf16 (format 0) or fp16 (format 1), ties to even, as the
@@ -247,30 +188,19 @@ cudaError_t mt_cuda_launch_round_f32(cudaStream_t stream, size_t count, int form
                                      float *y);
 
 /* ---- zero padding, pooling, dropout, dense helpers, loss ---- */
-/* x: N,H,W,C; y: N,Ho,Wo,C with x at (top, left) */
-cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, int n, int h, int w, int c, int ho,
-                                            int wo, int top, int left, const float *x, float *y);
-cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, int n, int h, int w, int c,
-                                             int ho, int wo, int top, int left, const float *dy,
-                                             float *dx);
-/* x: N,HW,C; y: N,C */
-cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw, int c,
-                                            const float *x, float *y);
-cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c,
-                                             const float *dy, float *dx);
-/* The four above with x, dx (and the padded y, dy) in `storage`; the pooled y and its dy stay
- * float (the head's input) */
-cudaError_t mt_cuda_launch_zero_pad_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                   int n, int h, int w, int c, int ho, int wo,
-                                                   int top, int left, const void *x, void *y);
-cudaError_t mt_cuda_launch_zero_pad_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                    int n, int h, int w, int c, int ho, int wo,
-                                                    int top, int left, const void *dy, void *dx);
-cudaError_t mt_cuda_launch_avg_pool_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                   int n, long hw, int c, const void *x, float *y);
-cudaError_t mt_cuda_launch_avg_pool_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                    int n, long hw, int c, const float *dy,
-                                                    void *dx);
+/* x: N,H,W,C; y: N,Ho,Wo,C with x at (top, left); x, y, dy, dx in `storage` */
+cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                            int h, int w, int c, int ho, int wo, int top, int left,
+                                            const void *x, void *y);
+cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                             int h, int w, int c, int ho, int wo, int top, int left,
+                                             const void *dy, void *dx);
+/* x: N,HW,C; y: N,C. x and dx in `storage`; the pooled y and its dy stay float (the head's
+ * input) */
+cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                            long hw, int c, const void *x, float *y);
+cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                             long hw, int c, const float *dy, void *dx);
 /* the keep decision of src/ops/dropout_hash.h; seed: device memory (a per-step value); scale =
  * 1/(1-rate) computed by the caller */
 cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, const uint64_t *seed,
@@ -283,14 +213,11 @@ cudaError_t mt_cuda_launch_broadcast_rows(cudaStream_t stream, int rows, int col
                                           float *y);
 cudaError_t mt_cuda_launch_column_sums(cudaStream_t stream, int rows, int cols, const float *a,
                                        float *sums);
-/* ops.h input_convert on the device: dst (N,H,W,3 float) = mt_u8_to_input of src (N,H,W,3
- * uint8), image i mirrored left to right where flips[i] (device, [n]) is nonzero */
-cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, int n, int height, int width,
-                                         const uint8_t *src, const uint8_t *flips, float *dst);
-/* the same into a tensor of `storage` (the value rounded once) */
-cudaError_t mt_cuda_launch_input_convert_stored(cudaStream_t stream, mt_cuda_storage storage, int n,
-                                                int height, int width, const uint8_t *src,
-                                                const uint8_t *flips, void *dst);
+/* ops.h input_convert on the device: dst (N,H,W,3 of `storage`) = mt_u8_to_input of src (N,H,W,3
+ * uint8), rounded once, image i mirrored left to right where flips[i] (device, [n]) is nonzero */
+cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                         int height, int width, const uint8_t *src,
+                                         const uint8_t *flips, void *dst);
 /* Mean cross-entropy of ops.h's loss_forward_backward. result (device, 3 doubles): the mean
  * loss, the number of valid rows, the first row with a bad label (-1 when none). */
 cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, const float *logits,

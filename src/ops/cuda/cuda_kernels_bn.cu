@@ -290,11 +290,13 @@ int mt_cuda_bn_fused_counters(int c) {
     return (c + BN_THREADS - 1) / BN_THREADS;
 }
 
-cudaError_t mt_cuda_launch_bn_fused_forward_training_stored(
-    cudaStream_t stream, mt_cuda_storage storage, long m, int c, float epsilon, float momentum,
-    int relu6, const void *x, const float *gamma, const float *beta, float *moving_mean,
-    float *moving_variance, void *y, float *saved_mean, float *saved_inv_std, float *scratch,
-    unsigned *counters) {
+cudaError_t mt_cuda_launch_bn_fused_forward_training(cudaStream_t stream, mt_cuda_storage storage,
+                                                     long m, int c, float epsilon, float momentum,
+                                                     int relu6, const void *x, const float *gamma,
+                                                     const float *beta, float *moving_mean,
+                                                     float *moving_variance, void *y,
+                                                     float *saved_mean, float *saved_inv_std,
+                                                     float *scratch, unsigned *counters) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         const bn_plan p = bn_make_plan(m, c, vec_aligned<S>(x) && vec_aligned<S>(y));
@@ -311,19 +313,11 @@ cudaError_t mt_cuda_launch_bn_fused_forward_training_stored(
     });
 }
 
-cudaError_t mt_cuda_launch_bn_fused_forward_training(
-    cudaStream_t stream, long m, int c, float epsilon, float momentum, int relu6, const float *x,
-    const float *gamma, const float *beta, float *moving_mean, float *moving_variance, float *y,
-    float *saved_mean, float *saved_inv_std, float *scratch, unsigned *counters) {
-    return mt_cuda_launch_bn_fused_forward_training_stored(
-        stream, MT_CUDA_F32, m, c, epsilon, momentum, relu6, x, gamma, beta, moving_mean,
-        moving_variance, y, saved_mean, saved_inv_std, scratch, counters);
-}
-
-cudaError_t mt_cuda_launch_bn_fused_forward_inference_stored(
-    cudaStream_t stream, mt_cuda_storage storage, long m, int c, float epsilon, const void *x,
-    const float *gamma, const float *beta, const float *moving_mean, const float *moving_variance,
-    void *y) {
+cudaError_t mt_cuda_launch_bn_fused_forward_inference(cudaStream_t stream, mt_cuda_storage storage,
+                                                      long m, int c, float epsilon, const void *x,
+                                                      const float *gamma, const float *beta,
+                                                      const float *moving_mean,
+                                                      const float *moving_variance, void *y) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         const bn_plan p = bn_make_plan(m, c, vec_aligned<S>(x) && vec_aligned<S>(y));
@@ -334,22 +328,12 @@ cudaError_t mt_cuda_launch_bn_fused_forward_inference_stored(
     });
 }
 
-cudaError_t mt_cuda_launch_bn_fused_forward_inference(cudaStream_t stream, long m, int c,
-                                                      float epsilon, const float *x,
-                                                      const float *gamma, const float *beta,
-                                                      const float *moving_mean,
-                                                      const float *moving_variance, float *y) {
-    return mt_cuda_launch_bn_fused_forward_inference_stored(
-        stream, MT_CUDA_F32, m, c, epsilon, x, gamma, beta, moving_mean, moving_variance, y);
-}
-
-cudaError_t mt_cuda_launch_bn_fused_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                    long m, int c, float epsilon, int training,
-                                                    const void *x, const void *y, const void *dy,
-                                                    const float *gamma, const float *stat_mean,
-                                                    const float *stat_second, void *dx,
-                                                    float *dgamma, float *dbeta, float *scratch,
-                                                    unsigned *counters) {
+cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, mt_cuda_storage storage, long m,
+                                             int c, float epsilon, int training, const void *x,
+                                             const void *y, const void *dy, const float *gamma,
+                                             const float *stat_mean, const float *stat_second,
+                                             void *dx, float *dgamma, float *dbeta, float *scratch,
+                                             unsigned *counters) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         const bool vectorizable =
@@ -373,17 +357,6 @@ cudaError_t mt_cuda_launch_bn_fused_backward_stored(cudaStream_t stream, mt_cuda
                                                       stat_mean, stat_second, coef, as_elem<S>(dx));
         return cudaGetLastError();
     });
-}
-
-cudaError_t mt_cuda_launch_bn_fused_backward(cudaStream_t stream, long m, int c, float epsilon,
-                                             int training, const float *x, const float *y,
-                                             const float *dy, const float *gamma,
-                                             const float *stat_mean, const float *stat_second,
-                                             float *dx, float *dgamma, float *dbeta, float *scratch,
-                                             unsigned *counters) {
-    return mt_cuda_launch_bn_fused_backward_stored(stream, MT_CUDA_F32, m, c, epsilon, training, x,
-                                                   y, dy, gamma, stat_mean, stat_second, dx, dgamma,
-                                                   dbeta, scratch, counters);
 }
 
 } // extern "C"

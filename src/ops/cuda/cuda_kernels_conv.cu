@@ -221,9 +221,9 @@ cudaError_t mt_cuda_launch_krsc_to_hwio(cudaStream_t stream, const float *src, f
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_direct_conv_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                      const mt_cuda_conv_geom *g, const void *x,
-                                                      const float *w, void *y) {
+cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, mt_cuda_storage storage,
+                                               const mt_cuda_conv_geom *g, const void *x,
+                                               const float *w, void *y) {
     const size_t count = (size_t)g->n * g->ho * g->wo * g->cout;
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
@@ -233,16 +233,9 @@ cudaError_t mt_cuda_launch_direct_conv_forward_stored(cudaStream_t stream, mt_cu
     });
 }
 
-cudaError_t mt_cuda_launch_direct_conv_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                               const float *x, const float *w, float *y) {
-    return mt_cuda_launch_direct_conv_forward_stored(stream, MT_CUDA_F32, g, x, w, y);
-}
-
-cudaError_t mt_cuda_launch_direct_conv_backward_data_stored(cudaStream_t stream,
-                                                            mt_cuda_storage storage,
-                                                            const mt_cuda_conv_geom *g,
-                                                            const void *dy, const float *w,
-                                                            void *dx) {
+cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream, mt_cuda_storage storage,
+                                                     const mt_cuda_conv_geom *g, const void *dy,
+                                                     const float *w, void *dx) {
     const size_t count = (size_t)g->n * g->h * g->w * g->cin;
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
@@ -252,17 +245,11 @@ cudaError_t mt_cuda_launch_direct_conv_backward_data_stored(cudaStream_t stream,
     });
 }
 
-cudaError_t mt_cuda_launch_direct_conv_backward_data(cudaStream_t stream,
-                                                     const mt_cuda_conv_geom *g, const float *dy,
-                                                     const float *w, float *dx) {
-    return mt_cuda_launch_direct_conv_backward_data_stored(stream, MT_CUDA_F32, g, dy, w, dx);
-}
-
-cudaError_t mt_cuda_launch_direct_conv_backward_weights_stored(cudaStream_t stream,
-                                                               mt_cuda_storage storage,
-                                                               const mt_cuda_conv_geom *g,
-                                                               const void *x, const void *dy,
-                                                               float *partials, float *dw) {
+cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream,
+                                                        mt_cuda_storage storage,
+                                                        const mt_cuda_conv_geom *g, const void *x,
+                                                        const void *dy, float *partials,
+                                                        float *dw) {
     const size_t weights = (size_t)g->k * g->k * g->cin * g->cout;
     const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
     const dim3 grid((unsigned)((weights + THREADS - 1) / THREADS), (unsigned)parts);
@@ -276,14 +263,6 @@ cudaError_t mt_cuda_launch_direct_conv_backward_weights_stored(cudaStream_t stre
     return mt_cuda_launch_sum_parts(stream, partials, parts, weights, dw);
 }
 
-cudaError_t mt_cuda_launch_direct_conv_backward_weights(cudaStream_t stream,
-                                                        const mt_cuda_conv_geom *g, const float *x,
-                                                        const float *dy, float *partials,
-                                                        float *dw) {
-    return mt_cuda_launch_direct_conv_backward_weights_stored(stream, MT_CUDA_F32, g, x, dy,
-                                                              partials, dw);
-}
-
 int mt_cuda_direct_weights_rows_supported(const mt_cuda_conv_geom *g) {
     return g->k == 3 && g->cin == 3;
 }
@@ -295,11 +274,11 @@ size_t mt_cuda_direct_weights_rows_partials(const mt_cuda_conv_geom *g) {
     return parts * g->k * g->k * g->cin * g->cout;
 }
 
-cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows_stored(cudaStream_t stream,
-                                                                    mt_cuda_storage storage,
-                                                                    const mt_cuda_conv_geom *g,
-                                                                    const void *x, const void *dy,
-                                                                    float *partials, float *dw) {
+cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows(cudaStream_t stream,
+                                                             mt_cuda_storage storage,
+                                                             const mt_cuda_conv_geom *g,
+                                                             const void *x, const void *dy,
+                                                             float *partials, float *dw) {
     if (!mt_cuda_direct_weights_rows_supported(g)) return cudaErrorInvalidValue;
     int parts = 1;
     cudaError_t e = with_storage(storage, [&](auto st) {
@@ -315,14 +294,6 @@ cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows_stored(cudaStream_t
     if (e != cudaSuccess) return e;
     return mt_cuda_launch_sum_parts(stream, partials, parts, (size_t)g->k * g->k * g->cin * g->cout,
                                     dw);
-}
-
-cudaError_t mt_cuda_launch_direct_conv_backward_weights_rows(cudaStream_t stream,
-                                                             const mt_cuda_conv_geom *g,
-                                                             const float *x, const float *dy,
-                                                             float *partials, float *dw) {
-    return mt_cuda_launch_direct_conv_backward_weights_rows_stored(stream, MT_CUDA_F32, g, x, dy,
-                                                                   partials, dw);
 }
 
 } // extern "C"

@@ -274,9 +274,9 @@ depthwise_backward_weights_rows_kernel(mt_cuda_conv_geom g, const typename S::el
 
 extern "C" {
 
-cudaError_t mt_cuda_launch_depthwise_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                    const mt_cuda_conv_geom *g, const void *x,
-                                                    const float *w, void *y) {
+cudaError_t mt_cuda_launch_depthwise_forward(cudaStream_t stream, mt_cuda_storage storage,
+                                             const mt_cuda_conv_geom *g, const void *x,
+                                             const float *w, void *y) {
     const size_t count = (size_t)g->n * g->ho * g->wo * g->cin;
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
@@ -286,16 +286,9 @@ cudaError_t mt_cuda_launch_depthwise_forward_stored(cudaStream_t stream, mt_cuda
     });
 }
 
-cudaError_t mt_cuda_launch_depthwise_forward(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                             const float *x, const float *w, float *y) {
-    return mt_cuda_launch_depthwise_forward_stored(stream, MT_CUDA_F32, g, x, w, y);
-}
-
-cudaError_t mt_cuda_launch_depthwise_backward_data_stored(cudaStream_t stream,
-                                                          mt_cuda_storage storage,
-                                                          const mt_cuda_conv_geom *g,
-                                                          const void *dy, const float *w,
-                                                          void *dx) {
+cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, mt_cuda_storage storage,
+                                                   const mt_cuda_conv_geom *g, const void *dy,
+                                                   const float *w, void *dx) {
     const size_t count = (size_t)g->n * g->h * g->w * g->cin;
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
@@ -305,16 +298,9 @@ cudaError_t mt_cuda_launch_depthwise_backward_data_stored(cudaStream_t stream,
     });
 }
 
-cudaError_t mt_cuda_launch_depthwise_backward_data(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                                   const float *dy, const float *w, float *dx) {
-    return mt_cuda_launch_depthwise_backward_data_stored(stream, MT_CUDA_F32, g, dy, w, dx);
-}
-
-cudaError_t mt_cuda_launch_depthwise_backward_weights_stored(cudaStream_t stream,
-                                                             mt_cuda_storage storage,
-                                                             const mt_cuda_conv_geom *g,
-                                                             const void *x, const void *dy,
-                                                             float *partials, float *dw) {
+cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream, mt_cuda_storage storage,
+                                                      const mt_cuda_conv_geom *g, const void *x,
+                                                      const void *dy, float *partials, float *dw) {
     const int kk = g->k * g->k;
     const int parts = mt_cuda_reduce_parts((long)g->n * g->ho * g->wo);
     const dim3 grid((unsigned)((g->cin + RED_X - 1) / RED_X), (unsigned)parts);
@@ -333,17 +319,9 @@ cudaError_t mt_cuda_launch_depthwise_backward_weights_stored(cudaStream_t stream
     return mt_cuda_launch_sum_parts(stream, partials, parts, (size_t)kk * g->cin, dw);
 }
 
-cudaError_t mt_cuda_launch_depthwise_backward_weights(cudaStream_t stream,
-                                                      const mt_cuda_conv_geom *g, const float *x,
-                                                      const float *dy, float *partials, float *dw) {
-    return mt_cuda_launch_depthwise_backward_weights_stored(stream, MT_CUDA_F32, g, x, dy, partials,
-                                                            dw);
-}
-
-cudaError_t mt_cuda_launch_depthwise_forward_strip_stored(cudaStream_t stream,
-                                                          mt_cuda_storage storage,
-                                                          const mt_cuda_conv_geom *g, const void *x,
-                                                          const float *w, void *y) {
+cudaError_t mt_cuda_launch_depthwise_forward_strip(cudaStream_t stream, mt_cuda_storage storage,
+                                                   const mt_cuda_conv_geom *g, const void *x,
+                                                   const float *w, void *y) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         const int vec =
@@ -357,16 +335,10 @@ cudaError_t mt_cuda_launch_depthwise_forward_strip_stored(cudaStream_t stream,
     });
 }
 
-cudaError_t mt_cuda_launch_depthwise_forward_strip(cudaStream_t stream, const mt_cuda_conv_geom *g,
-                                                   const float *x, const float *w, float *y) {
-    return mt_cuda_launch_depthwise_forward_strip_stored(stream, MT_CUDA_F32, g, x, w, y);
-}
-
-cudaError_t mt_cuda_launch_depthwise_backward_data_strip_stored(cudaStream_t stream,
-                                                                mt_cuda_storage storage,
-                                                                const mt_cuda_conv_geom *g,
-                                                                const void *dy, const float *w,
-                                                                void *dx) {
+cudaError_t mt_cuda_launch_depthwise_backward_data_strip(cudaStream_t stream,
+                                                         mt_cuda_storage storage,
+                                                         const mt_cuda_conv_geom *g, const void *dy,
+                                                         const float *w, void *dx) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         const int vec =
@@ -387,24 +359,17 @@ cudaError_t mt_cuda_launch_depthwise_backward_data_strip_stored(cudaStream_t str
     });
 }
 
-cudaError_t mt_cuda_launch_depthwise_backward_data_strip(cudaStream_t stream,
-                                                         const mt_cuda_conv_geom *g,
-                                                         const float *dy, const float *w,
-                                                         float *dx) {
-    return mt_cuda_launch_depthwise_backward_data_strip_stored(stream, MT_CUDA_F32, g, dy, w, dx);
-}
-
 size_t mt_cuda_depthwise_weights_rows_partials(const mt_cuda_conv_geom *g) {
     const rows_plan a = rows_make_plan(g, g->cin, false), b = rows_make_plan(g, g->cin, true);
     const size_t parts = a.grid.y > b.grid.y ? a.grid.y : b.grid.y;
     return parts * g->k * g->k * g->cin;
 }
 
-cudaError_t mt_cuda_launch_depthwise_backward_weights_rows_stored(cudaStream_t stream,
-                                                                  mt_cuda_storage storage,
-                                                                  const mt_cuda_conv_geom *g,
-                                                                  const void *x, const void *dy,
-                                                                  float *partials, float *dw) {
+cudaError_t mt_cuda_launch_depthwise_backward_weights_rows(cudaStream_t stream,
+                                                           mt_cuda_storage storage,
+                                                           const mt_cuda_conv_geom *g,
+                                                           const void *x, const void *dy,
+                                                           float *partials, float *dw) {
     const int kk = g->k * g->k;
     int parts = 1;
     cudaError_t e = with_storage(storage, [&](auto st) {
@@ -424,14 +389,6 @@ cudaError_t mt_cuda_launch_depthwise_backward_weights_rows_stored(cudaStream_t s
     });
     if (e != cudaSuccess) return e;
     return mt_cuda_launch_sum_parts(stream, partials, parts, (size_t)kk * g->cin, dw);
-}
-
-cudaError_t mt_cuda_launch_depthwise_backward_weights_rows(cudaStream_t stream,
-                                                           const mt_cuda_conv_geom *g,
-                                                           const float *x, const float *dy,
-                                                           float *partials, float *dw) {
-    return mt_cuda_launch_depthwise_backward_weights_rows_stored(stream, MT_CUDA_F32, g, x, dy,
-                                                                 partials, dw);
 }
 
 } // extern "C"

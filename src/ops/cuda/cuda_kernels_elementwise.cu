@@ -251,8 +251,8 @@ __global__ void loss_kernel(int N, int K, const float *logits, const int32_t *la
 
 extern "C" {
 
-cudaError_t mt_cuda_launch_add_stored(cudaStream_t stream, mt_cuda_storage storage, size_t count,
-                                      const void *a, const void *b, void *y) {
+cudaError_t mt_cuda_launch_add(cudaStream_t stream, mt_cuda_storage storage, size_t count,
+                               const void *a, const void *b, void *y) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         if (count % 4 == 0 && vec_aligned<S>(a) && vec_aligned<S>(b) && vec_aligned<S>(y))
@@ -265,13 +265,8 @@ cudaError_t mt_cuda_launch_add_stored(cudaStream_t stream, mt_cuda_storage stora
     });
 }
 
-cudaError_t mt_cuda_launch_add(cudaStream_t stream, size_t count, const float *a, const float *b,
-                               float *y) {
-    return mt_cuda_launch_add_stored(stream, MT_CUDA_F32, count, a, b, y);
-}
-
-cudaError_t mt_cuda_launch_relu6_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                size_t count, const void *x, void *y) {
+cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, mt_cuda_storage storage, size_t count,
+                                         const void *x, void *y) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         if (count % 4 == 0 && vec_aligned<S>(x) && vec_aligned<S>(y))
@@ -284,14 +279,8 @@ cudaError_t mt_cuda_launch_relu6_forward_stored(cudaStream_t stream, mt_cuda_sto
     });
 }
 
-cudaError_t mt_cuda_launch_relu6_forward(cudaStream_t stream, size_t count, const float *x,
-                                         float *y) {
-    return mt_cuda_launch_relu6_forward_stored(stream, MT_CUDA_F32, count, x, y);
-}
-
-cudaError_t mt_cuda_launch_relu6_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                 size_t count, const void *y, const void *dy,
-                                                 void *dx) {
+cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, mt_cuda_storage storage,
+                                          size_t count, const void *y, const void *dy, void *dx) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         if (count % 4 == 0 && vec_aligned<S>(y) && vec_aligned<S>(dy) && vec_aligned<S>(dx))
@@ -304,14 +293,9 @@ cudaError_t mt_cuda_launch_relu6_backward_stored(cudaStream_t stream, mt_cuda_st
     });
 }
 
-cudaError_t mt_cuda_launch_relu6_backward(cudaStream_t stream, size_t count, const float *y,
-                                          const float *dy, float *dx) {
-    return mt_cuda_launch_relu6_backward_stored(stream, MT_CUDA_F32, count, y, dy, dx);
-}
-
-cudaError_t mt_cuda_launch_zero_pad_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                   int n, int h, int w, int c, int ho, int wo,
-                                                   int top, int left, const void *x, void *y) {
+cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                            int h, int w, int c, int ho, int wo, int top, int left,
+                                            const void *x, void *y) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         zero_pad_forward_kernel<S><<<grid_for((size_t)n * ho * wo * c), THREADS, 0, stream>>>(
@@ -320,15 +304,9 @@ cudaError_t mt_cuda_launch_zero_pad_forward_stored(cudaStream_t stream, mt_cuda_
     });
 }
 
-cudaError_t mt_cuda_launch_zero_pad_forward(cudaStream_t stream, int n, int h, int w, int c, int ho,
-                                            int wo, int top, int left, const float *x, float *y) {
-    return mt_cuda_launch_zero_pad_forward_stored(stream, MT_CUDA_F32, n, h, w, c, ho, wo, top,
-                                                  left, x, y);
-}
-
-cudaError_t mt_cuda_launch_zero_pad_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                    int n, int h, int w, int c, int ho, int wo,
-                                                    int top, int left, const void *dy, void *dx) {
+cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                             int h, int w, int c, int ho, int wo, int top, int left,
+                                             const void *dy, void *dx) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         zero_pad_backward_kernel<S><<<grid_for((size_t)n * h * w * c), THREADS, 0, stream>>>(
@@ -337,15 +315,8 @@ cudaError_t mt_cuda_launch_zero_pad_backward_stored(cudaStream_t stream, mt_cuda
     });
 }
 
-cudaError_t mt_cuda_launch_zero_pad_backward(cudaStream_t stream, int n, int h, int w, int c,
-                                             int ho, int wo, int top, int left, const float *dy,
-                                             float *dx) {
-    return mt_cuda_launch_zero_pad_backward_stored(stream, MT_CUDA_F32, n, h, w, c, ho, wo, top,
-                                                   left, dy, dx);
-}
-
-cudaError_t mt_cuda_launch_avg_pool_forward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                   int n, long hw, int c, const void *x, float *y) {
+cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                            long hw, int c, const void *x, float *y) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         avg_pool_forward_kernel<S>
@@ -354,25 +325,14 @@ cudaError_t mt_cuda_launch_avg_pool_forward_stored(cudaStream_t stream, mt_cuda_
     });
 }
 
-cudaError_t mt_cuda_launch_avg_pool_forward(cudaStream_t stream, int n, long hw, int c,
-                                            const float *x, float *y) {
-    return mt_cuda_launch_avg_pool_forward_stored(stream, MT_CUDA_F32, n, hw, c, x, y);
-}
-
-cudaError_t mt_cuda_launch_avg_pool_backward_stored(cudaStream_t stream, mt_cuda_storage storage,
-                                                    int n, long hw, int c, const float *dy,
-                                                    void *dx) {
+cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                             long hw, int c, const float *dy, void *dx) {
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
         avg_pool_backward_kernel<S>
             <<<grid_for((size_t)n * hw * c), THREADS, 0, stream>>>(n, hw, c, dy, as_elem<S>(dx));
         return cudaGetLastError();
     });
-}
-
-cudaError_t mt_cuda_launch_avg_pool_backward(cudaStream_t stream, int n, long hw, int c,
-                                             const float *dy, float *dx) {
-    return mt_cuda_launch_avg_pool_backward_stored(stream, MT_CUDA_F32, n, hw, c, dy, dx);
 }
 
 cudaError_t mt_cuda_launch_dropout_forward(cudaStream_t stream, size_t count, const uint64_t *seed,
@@ -408,9 +368,9 @@ cudaError_t mt_cuda_launch_loss(cudaStream_t stream, int batch, int classes, con
     return cudaGetLastError();
 }
 
-cudaError_t mt_cuda_launch_input_convert_stored(cudaStream_t stream, mt_cuda_storage storage, int n,
-                                                int height, int width, const uint8_t *src,
-                                                const uint8_t *flips, void *dst) {
+cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, mt_cuda_storage storage, int n,
+                                         int height, int width, const uint8_t *src,
+                                         const uint8_t *flips, void *dst) {
     const size_t count = (size_t)n * (size_t)height * (size_t)width * 3;
     return with_storage(storage, [&](auto st) {
         typedef decltype(st) S;
@@ -418,12 +378,6 @@ cudaError_t mt_cuda_launch_input_convert_stored(cudaStream_t stream, mt_cuda_sto
                                                                          flips, as_elem<S>(dst));
         return cudaGetLastError();
     });
-}
-
-cudaError_t mt_cuda_launch_input_convert(cudaStream_t stream, int n, int height, int width,
-                                         const uint8_t *src, const uint8_t *flips, float *dst) {
-    return mt_cuda_launch_input_convert_stored(stream, MT_CUDA_F32, n, height, width, src, flips,
-                                               dst);
 }
 
 cudaError_t mt_cuda_launch_loss_accumulate(cudaStream_t stream, int batch, int classes,

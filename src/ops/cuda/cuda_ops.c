@@ -1,257 +1,81 @@
-/* The "cuda" backend's ops other than convolution: elementwise, batch normalization, zero padding,
- * pooling, dropout, the dense layer (cuBLAS) and the losses. Each checks its arguments on the
- * host, then enqueues kernels from cuda_kernels_*.cu on the backend's stream; only the loss waits
- * for the device (its value goes to the host). The ops table's entries (at the end) wrap each op
- * in MT_CUDA_PROFILE's event pair; the window and the legacy kernels' switches (cu->bn_legacy)
- * are set in cuda_diagnostics.c. */
+/* The "cuda" backend's ops other than convolution and batch normalization (cuda_ops_bn.c):
+ * elementwise, zero padding, pooling, dropout, the dense layer (cuBLAS) and the losses. Each checks
+ * its arguments on the host, then enqueues kernels from cuda_kernels_*.cu on the backend's stream;
+ * only the loss waits for the device (its value goes to the host). The same ops serve every
+ * precision: tensors (mt_tensor) are in the backend's storage (cuda_precision_storage: fp32, or
+ * bf16/fp16, which the kernels read into fp32 and round once on store), plain buffers (the head,
+ * the loss) are float. The ops table's entries (at the end) wrap each op in MT_CUDA_PROFILE's
+ * event pair; the window is set in cuda_diagnostics.c. */
 #include "ops/cuda/cuda_internal.h"
 #include "ops/cuda/cuda_optimizer.h"
 #include "ops/dropout_hash.h"
 
 /* ---- elementwise --------------------------------------------------------------------------- */
 
+/* all bits clear: +0 in every storage */
 static mt_status tensor_zero_op(mt_backend *backend, mt_tensor *tensor) {
-    MT_TRY(cuda_check_tensor("tensor_zero", "tensor", tensor, tensor->shape));
-    CUDA_CHECK(cudaMemsetAsync(tensor->data, 0, mt_shape4_count(tensor->shape) * sizeof(float),
-                               cuda_of(backend)->stream));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("tensor_zero", "tensor", tensor, tensor->shape, st));
+    CUDA_CHECK(cudaMemsetAsync(
+        tensor->data, 0, mt_shape4_count(tensor->shape) * cuda_storage_bytes(st), cu->stream));
     return MT_OK;
 }
 
 /* src, dst: N,H,W,C */
 static mt_status tensor_copy_op(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
-    MT_TRY(cuda_check_tensor("tensor_copy", "src", src, src->shape));
-    MT_TRY(cuda_check_tensor("tensor_copy", "dst", dst, src->shape));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("tensor_copy", "src", src, src->shape, st));
+    MT_TRY(cuda_check_tensor("tensor_copy", "dst", dst, src->shape, st));
     if (src->data == dst->data) return MT_OK;
-    CUDA_CHECK(cudaMemcpyAsync(dst->data, src->data, mt_shape4_count(src->shape) * sizeof(float),
-                               cudaMemcpyDeviceToDevice, cuda_of(backend)->stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst->data, src->data,
+                               mt_shape4_count(src->shape) * cuda_storage_bytes(st),
+                               cudaMemcpyDeviceToDevice, cu->stream));
     return MT_OK;
 }
 
 /* a, b, y: N,H,W,C; y may alias a or b (each element is read before it is written) */
 static mt_status add_op(mt_backend *backend, const mt_tensor *a, const mt_tensor *b, mt_tensor *y) {
-    MT_TRY(cuda_check_tensor("add", "a", a, a->shape));
-    MT_TRY(cuda_check_tensor("add", "b", b, a->shape));
-    MT_TRY(cuda_check_tensor("add", "y", y, a->shape));
-    CUDA_CHECK(mt_cuda_launch_add(cuda_of(backend)->stream, mt_shape4_count(a->shape), a->data,
-                                  b->data, y->data));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("add", "a", a, a->shape, st));
+    MT_TRY(cuda_check_tensor("add", "b", b, a->shape, st));
+    MT_TRY(cuda_check_tensor("add", "y", y, a->shape, st));
+    CUDA_CHECK(
+        mt_cuda_launch_add(cu->stream, st, mt_shape4_count(a->shape), a->data, b->data, y->data));
     return MT_OK;
 }
 
 /* x, y: N,H,W,C; y may alias x */
 static mt_status relu6_forward_op(mt_backend *backend, const mt_tensor *x, mt_tensor *y) {
-    MT_TRY(cuda_check_tensor("relu6_forward", "x", x, x->shape));
-    MT_TRY(cuda_check_tensor("relu6_forward", "y", y, x->shape));
-    CUDA_CHECK(mt_cuda_launch_relu6_forward(cuda_of(backend)->stream, mt_shape4_count(x->shape),
-                                            x->data, y->data));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("relu6_forward", "x", x, x->shape, st));
+    MT_TRY(cuda_check_tensor("relu6_forward", "y", y, x->shape, st));
+    CUDA_CHECK(
+        mt_cuda_launch_relu6_forward(cu->stream, st, mt_shape4_count(x->shape), x->data, y->data));
     return MT_OK;
 }
 
 /* y (relu6's output), dy, dx: N,H,W,C; dx may alias dy */
 static mt_status relu6_backward_op(mt_backend *backend, const mt_tensor *y, const mt_tensor *dy,
                                    mt_tensor *dx) {
-    MT_TRY(cuda_check_tensor("relu6_backward", "y", y, y->shape));
-    MT_TRY(cuda_check_tensor("relu6_backward", "dy", dy, y->shape));
-    MT_TRY(cuda_check_tensor("relu6_backward", "dx", dx, y->shape));
-    CUDA_CHECK(mt_cuda_launch_relu6_backward(cuda_of(backend)->stream, mt_shape4_count(y->shape),
-                                             y->data, dy->data, dx->data));
-    return MT_OK;
-}
-
-/* ---- batch normalization ------------------------------------------------------------------- */
-
-/* Checks the descriptor and the tensors, and returns M (rows) and the reduction scratch of the
- * legacy kernels or the fused ones (cuda_internal.h). */
-mt_status cuda_bn_prepare(mt_backend *backend, const char *op, const mt_batchnorm_desc *d,
-                          const mt_tensor *a, const char *a_name, const mt_tensor *b,
-                          const char *b_name, mt_cuda_storage storage, bool legacy, long *m,
-                          void **scratch) {
-    if (!(d->epsilon >= 0.0f) || !(d->momentum >= 0.0f && d->momentum <= 1.0f))
-        return MT_FAIL(MT_ERR_INVALID, "cuda %s: epsilon %g must be >= 0 and momentum %g in [0, 1]",
-                       op, d->epsilon, d->momentum);
-    if (d->shape.n <= 0 || d->shape.h <= 0 || d->shape.w <= 0 || d->shape.c <= 0)
-        return MT_FAIL(MT_ERR_INVALID, "cuda %s: empty shape %dx%dx%dx%d", op, d->shape.n,
-                       d->shape.h, d->shape.w, d->shape.c);
-    MT_TRY(cuda_check_stored(op, a_name, a, d->shape, storage));
-    if (b) MT_TRY(cuda_check_stored(op, b_name, b, d->shape, storage));
-    *m = (long)d->shape.n * d->shape.h * d->shape.w;
     cuda_backend *cu = cuda_of(backend);
-    size_t bytes = legacy ? mt_cuda_bn_scratch_doubles(*m, d->shape.c) * sizeof(double)
-                          : mt_cuda_bn_fused_scratch_floats(*m, d->shape.c) * sizeof(float);
-    return cuda_scratch_get(cu, &cu->partials, bytes, scratch);
-}
-
-/* The fused kernels' tickets for C channels: zeroed pool memory, grown (never shrunk) on demand;
- * the old block goes back to the pool in stream order, so no launch still using it is affected. */
-mt_status cuda_bn_counters(mt_backend *backend, int c, unsigned **out) {
-    cuda_backend *cu = cuda_of(backend);
-    int need = mt_cuda_bn_fused_counters(c);
-    if (need > cu->bn_counter_count) {
-        if (need < 64) need = 64;
-        void *p;
-        MT_TRY(backend->ops->buffer_alloc(backend, (size_t)need * sizeof(unsigned), &p));
-        if (cu->bn_counters) backend->ops->buffer_free(backend, cu->bn_counters);
-        cu->bn_counters = p;
-        cu->bn_counter_count = need;
-    }
-    *out = cu->bn_counters;
-    return MT_OK;
-}
-
-/* x, y: N,H,W,C (y apart from x); gamma, beta, moving_*, saved_*: [C]; y = relu6(BN(x)) when
- * relu6 */
-static mt_status bn_forward_training(mt_backend *backend, const char *op,
-                                     const mt_batchnorm_desc *desc, const mt_tensor *x,
-                                     const float *gamma, const float *beta, float *moving_mean,
-                                     float *moving_variance, mt_tensor *y, float *saved_mean,
-                                     float *saved_inv_std, bool relu6) {
-    cuda_backend *cu = cuda_of(backend);
-    long m;
-    void *scratch;
-    MT_TRY(cuda_bn_prepare(backend, op, desc, x, "x", y, "y", MT_CUDA_F32, cu->bn_legacy, &m,
-                           &scratch));
-    if (relu6 && x->data == y->data)
-        return MT_FAIL(MT_ERR_INVALID, "cuda %s: y must not alias x (the backward reads both)", op);
-    const int c = desc->shape.c;
-    if (cu->bn_legacy) {
-        CUDA_CHECK(mt_cuda_launch_bn_forward_training(
-            cu->stream, m, c, desc->epsilon, desc->momentum, x->data, gamma, beta, moving_mean,
-            moving_variance, y->data, saved_mean, saved_inv_std, scratch));
-        if (relu6)
-            CUDA_CHECK(mt_cuda_launch_relu6_forward(cu->stream, (size_t)m * c, y->data, y->data));
-        return MT_OK;
-    }
-    unsigned *counters;
-    MT_TRY(cuda_bn_counters(backend, c, &counters));
-    CUDA_CHECK(mt_cuda_launch_bn_fused_forward_training(
-        cu->stream, m, c, desc->epsilon, desc->momentum, relu6, x->data, gamma, beta, moving_mean,
-        moving_variance, y->data, saved_mean, saved_inv_std, scratch, counters));
-    return MT_OK;
-}
-
-static mt_status batchnorm_forward_training_op(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                               const mt_tensor *x, const float *gamma,
-                                               const float *beta, float *moving_mean,
-                                               float *moving_variance, mt_tensor *y,
-                                               float *saved_mean, float *saved_inv_std) {
-    return bn_forward_training(backend, "batchnorm_forward_training", desc, x, gamma, beta,
-                               moving_mean, moving_variance, y, saved_mean, saved_inv_std, false);
-}
-
-static mt_status batchnorm_relu6_forward_training_op(mt_backend *backend,
-                                                     const mt_batchnorm_desc *desc,
-                                                     const mt_tensor *x, const float *gamma,
-                                                     const float *beta, float *moving_mean,
-                                                     float *moving_variance, mt_tensor *y,
-                                                     float *saved_mean, float *saved_inv_std) {
-    return bn_forward_training(backend, "batchnorm_relu6_forward_training", desc, x, gamma, beta,
-                               moving_mean, moving_variance, y, saved_mean, saved_inv_std, true);
-}
-
-/* x, y: N,H,W,C (y may alias x); gamma, beta, moving_*: [C] */
-static mt_status batchnorm_forward_inference_op(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                                const mt_tensor *x, const float *gamma,
-                                                const float *beta, const float *moving_mean,
-                                                const float *moving_variance, mt_tensor *y) {
-    cuda_backend *cu = cuda_of(backend);
-    long m;
-    void *scratch;
-    MT_TRY(cuda_bn_prepare(backend, "batchnorm_forward_inference", desc, x, "x", y, "y",
-                           MT_CUDA_F32, cu->bn_legacy, &m, &scratch));
-    if (cu->bn_legacy)
-        CUDA_CHECK(mt_cuda_launch_bn_forward_inference(cu->stream, m, desc->shape.c, desc->epsilon,
-                                                       x->data, gamma, beta, moving_mean,
-                                                       moving_variance, y->data, scratch));
-    else
-        CUDA_CHECK(mt_cuda_launch_bn_fused_forward_inference(
-            cu->stream, m, desc->shape.c, desc->epsilon, x->data, gamma, beta, moving_mean,
-            moving_variance, y->data));
-    return MT_OK;
-}
-
-/* x, dy, dx: N,H,W,C (dx may alias dy); gamma, saved_*, dgamma, dbeta: [C]. y: NULL, or the
- * ReLU6's output of a fused forward (dy is then the gradient at y). */
-static mt_status bn_backward_training(mt_backend *backend, const char *op,
-                                      const mt_batchnorm_desc *desc, const mt_tensor *x,
-                                      const mt_tensor *y, const mt_tensor *dy, const float *gamma,
-                                      const float *saved_mean, const float *saved_inv_std,
-                                      mt_tensor *dx, float *dgamma, float *dbeta) {
-    cuda_backend *cu = cuda_of(backend);
-    long m;
-    void *scratch;
-    if (!dx) return MT_FAIL(MT_ERR_INVALID, "cuda %s: dx must not be NULL", op);
-    MT_TRY(cuda_bn_prepare(backend, op, desc, x, "x", dy, "dy", MT_CUDA_F32, cu->bn_legacy, &m,
-                           &scratch));
-    MT_TRY(cuda_check_tensor(op, "dx", dx, desc->shape));
-    if (y) MT_TRY(cuda_check_tensor(op, "y", y, desc->shape));
-    const int c = desc->shape.c;
-    if (cu->bn_legacy) {
-        const float *g = dy->data;
-        if (y) { /* ReLU6's backward into dx, then BN's in place */
-            CUDA_CHECK(mt_cuda_launch_relu6_backward(cu->stream, (size_t)m * c, y->data, dy->data,
-                                                     dx->data));
-            g = dx->data;
-        }
-        CUDA_CHECK(mt_cuda_launch_bn_backward(cu->stream, m, c, desc->epsilon, 1, x->data, g, gamma,
-                                              saved_mean, saved_inv_std, dx->data, dgamma, dbeta,
-                                              scratch));
-        return MT_OK;
-    }
-    unsigned *counters;
-    MT_TRY(cuda_bn_counters(backend, c, &counters));
-    CUDA_CHECK(mt_cuda_launch_bn_fused_backward(
-        cu->stream, m, c, desc->epsilon, 1, x->data, y ? y->data : NULL, dy->data, gamma,
-        saved_mean, saved_inv_std, dx->data, dgamma, dbeta, scratch, counters));
-    return MT_OK;
-}
-
-static mt_status batchnorm_backward_training_op(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                                const mt_tensor *x, const mt_tensor *dy,
-                                                const float *gamma, const float *saved_mean,
-                                                const float *saved_inv_std, mt_tensor *dx,
-                                                float *dgamma, float *dbeta) {
-    return bn_backward_training(backend, "batchnorm_backward_training", desc, x, NULL, dy, gamma,
-                                saved_mean, saved_inv_std, dx, dgamma, dbeta);
-}
-
-static mt_status relu6_batchnorm_backward_training_op(
-    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
-    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
-    mt_tensor *dx, float *dgamma, float *dbeta) {
-    return bn_backward_training(backend, "relu6_batchnorm_backward_training", desc, x, y, dy, gamma,
-                                saved_mean, saved_inv_std, dx, dgamma, dbeta);
-}
-
-/* x, dy, dx: N,H,W,C (dx may be NULL or alias dy); gamma, moving_*, dgamma, dbeta: [C] */
-static mt_status batchnorm_backward_inference_op(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                                 const mt_tensor *x, const mt_tensor *dy,
-                                                 const float *gamma, const float *moving_mean,
-                                                 const float *moving_variance, mt_tensor *dx,
-                                                 float *dgamma, float *dbeta) {
-    cuda_backend *cu = cuda_of(backend);
-    long m;
-    void *scratch;
-    MT_TRY(cuda_bn_prepare(backend, "batchnorm_backward_inference", desc, x, "x", dy, "dy",
-                           MT_CUDA_F32, cu->bn_legacy, &m, &scratch));
-    if (dx) MT_TRY(cuda_check_tensor("batchnorm_backward_inference", "dx", dx, desc->shape));
-    const int c = desc->shape.c;
-    if (cu->bn_legacy) {
-        CUDA_CHECK(mt_cuda_launch_bn_backward(cu->stream, m, c, desc->epsilon, 0, x->data, dy->data,
-                                              gamma, moving_mean, moving_variance,
-                                              dx ? dx->data : NULL, dgamma, dbeta, scratch));
-        return MT_OK;
-    }
-    unsigned *counters;
-    MT_TRY(cuda_bn_counters(backend, c, &counters));
-    CUDA_CHECK(mt_cuda_launch_bn_fused_backward(
-        cu->stream, m, c, desc->epsilon, 0, x->data, NULL, dy->data, gamma, moving_mean,
-        moving_variance, dx ? dx->data : NULL, dgamma, dbeta, scratch, counters));
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("relu6_backward", "y", y, y->shape, st));
+    MT_TRY(cuda_check_tensor("relu6_backward", "dy", dy, y->shape, st));
+    MT_TRY(cuda_check_tensor("relu6_backward", "dx", dx, y->shape, st));
+    CUDA_CHECK(mt_cuda_launch_relu6_backward(cu->stream, st, mt_shape4_count(y->shape), y->data,
+                                             dy->data, dx->data));
     return MT_OK;
 }
 
 /* ---- zero padding -------------------------------------------------------------------------- */
 
-mt_status cuda_check_pad(const char *op, const mt_zero_pad_desc *d, const mt_tensor *x,
-                         const mt_tensor *y, mt_cuda_storage storage) {
+/* x: the input, y: the padded tensor, both of `storage` */
+static mt_status check_pad(const char *op, const mt_zero_pad_desc *d, const mt_tensor *x,
+                           const mt_tensor *y, mt_cuda_storage storage) {
     if (d->top < 0 || d->left < 0 || d->bottom < 0 || d->right < 0)
         return MT_FAIL(MT_ERR_INVALID, "cuda %s: negative padding (t%d l%d b%d r%d)", op, d->top,
                        d->left, d->bottom, d->right);
@@ -259,48 +83,56 @@ mt_status cuda_check_pad(const char *op, const mt_zero_pad_desc *d, const mt_ten
                         .h = d->input.h + d->top + d->bottom,
                         .w = d->input.w + d->left + d->right,
                         .c = d->input.c};
-    MT_TRY(cuda_check_stored(op, "input", x, d->input, storage));
-    MT_TRY(cuda_check_stored(op, "padded output", y, padded, storage));
+    MT_TRY(cuda_check_tensor(op, "input", x, d->input, storage));
+    MT_TRY(cuda_check_tensor(op, "padded output", y, padded, storage));
     return MT_OK;
 }
 
 /* x: N,H,W,C; y: N,H+top+bottom,W+left+right,C */
 static mt_status zero_pad_forward_op(mt_backend *backend, const mt_zero_pad_desc *desc,
                                      const mt_tensor *x, mt_tensor *y) {
-    MT_TRY(cuda_check_pad("zero_pad_forward", desc, x, y, MT_CUDA_F32));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(check_pad("zero_pad_forward", desc, x, y, st));
     const mt_shape4 i = x->shape, o = y->shape;
-    CUDA_CHECK(mt_cuda_launch_zero_pad_forward(cuda_of(backend)->stream, i.n, i.h, i.w, i.c, o.h,
-                                               o.w, desc->top, desc->left, x->data, y->data));
+    CUDA_CHECK(mt_cuda_launch_zero_pad_forward(cu->stream, st, i.n, i.h, i.w, i.c, o.h, o.w,
+                                               desc->top, desc->left, x->data, y->data));
     return MT_OK;
 }
 
 /* dy: N,H+top+bottom,W+left+right,C; dx: N,H,W,C */
 static mt_status zero_pad_backward_op(mt_backend *backend, const mt_zero_pad_desc *desc,
                                       const mt_tensor *dy, mt_tensor *dx) {
-    MT_TRY(cuda_check_pad("zero_pad_backward", desc, dx, dy, MT_CUDA_F32));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(check_pad("zero_pad_backward", desc, dx, dy, st));
     const mt_shape4 i = dx->shape, o = dy->shape;
-    CUDA_CHECK(mt_cuda_launch_zero_pad_backward(cuda_of(backend)->stream, i.n, i.h, i.w, i.c, o.h,
-                                                o.w, desc->top, desc->left, dy->data, dx->data));
+    CUDA_CHECK(mt_cuda_launch_zero_pad_backward(cu->stream, st, i.n, i.h, i.w, i.c, o.h, o.w,
+                                                desc->top, desc->left, dy->data, dx->data));
     return MT_OK;
 }
 
 /* ---- head ---------------------------------------------------------------------------------- */
 
-/* x: N,H,W,C; y: N,C */
+/* x: N,H,W,C (the backend's storage); y: N,C (float, the head's input) */
 static mt_status global_avg_pool_forward_op(mt_backend *backend, const mt_tensor *x, float *y) {
-    MT_TRY(cuda_check_tensor("global_avg_pool_forward", "x", x, x->shape));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("global_avg_pool_forward", "x", x, x->shape, st));
     const mt_shape4 s = x->shape;
-    CUDA_CHECK(mt_cuda_launch_avg_pool_forward(cuda_of(backend)->stream, s.n, (long)s.h * s.w, s.c,
-                                               x->data, y));
+    CUDA_CHECK(
+        mt_cuda_launch_avg_pool_forward(cu->stream, st, s.n, (long)s.h * s.w, s.c, x->data, y));
     return MT_OK;
 }
 
-/* dy: N,C; dx: N,H,W,C */
+/* dy: N,C (float); dx: N,H,W,C (the backend's storage) */
 static mt_status global_avg_pool_backward_op(mt_backend *backend, const float *dy, mt_tensor *dx) {
-    MT_TRY(cuda_check_tensor("global_avg_pool_backward", "dx", dx, dx->shape));
+    cuda_backend *cu = cuda_of(backend);
+    const mt_cuda_storage st = cuda_precision_storage(cu);
+    MT_TRY(cuda_check_tensor("global_avg_pool_backward", "dx", dx, dx->shape, st));
     const mt_shape4 s = dx->shape;
-    CUDA_CHECK(mt_cuda_launch_avg_pool_backward(cuda_of(backend)->stream, s.n, (long)s.h * s.w, s.c,
-                                                dy, dx->data));
+    CUDA_CHECK(
+        mt_cuda_launch_avg_pool_backward(cu->stream, st, s.n, (long)s.h * s.w, s.c, dy, dx->data));
     return MT_OK;
 }
 
@@ -441,73 +273,6 @@ mt_status mt_cuda_relu6_backward(mt_backend *backend, const mt_tensor *y, const 
                                  mt_tensor *dx) {
     CUDA_PROFILED(backend, relu6_backward_op(backend, y, dy, dx), "relu6_backward", CUDA_SHAPE_FMT,
                   CUDA_SHAPE_ARGS(y->shape));
-}
-
-mt_status mt_cuda_batchnorm_forward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                             const mt_tensor *x, const float *gamma,
-                                             const float *beta, float *moving_mean,
-                                             float *moving_variance, mt_tensor *y,
-                                             float *saved_mean, float *saved_inv_std) {
-    CUDA_PROFILED(backend,
-                  batchnorm_forward_training_op(backend, desc, x, gamma, beta, moving_mean,
-                                                moving_variance, y, saved_mean, saved_inv_std),
-                  "batchnorm_forward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
-}
-
-mt_status mt_cuda_batchnorm_forward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                              const mt_tensor *x, const float *gamma,
-                                              const float *beta, const float *moving_mean,
-                                              const float *moving_variance, mt_tensor *y) {
-    CUDA_PROFILED(backend,
-                  batchnorm_forward_inference_op(backend, desc, x, gamma, beta, moving_mean,
-                                                 moving_variance, y),
-                  "batchnorm_forward_inference", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
-}
-
-mt_status mt_cuda_batchnorm_backward_training(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                              const mt_tensor *x, const mt_tensor *dy,
-                                              const float *gamma, const float *saved_mean,
-                                              const float *saved_inv_std, mt_tensor *dx,
-                                              float *dgamma, float *dbeta) {
-    CUDA_PROFILED(backend,
-                  batchnorm_backward_training_op(backend, desc, x, dy, gamma, saved_mean,
-                                                 saved_inv_std, dx, dgamma, dbeta),
-                  "batchnorm_backward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
-}
-
-mt_status mt_cuda_batchnorm_relu6_forward_training(mt_backend *backend,
-                                                   const mt_batchnorm_desc *desc,
-                                                   const mt_tensor *x, const float *gamma,
-                                                   const float *beta, float *moving_mean,
-                                                   float *moving_variance, mt_tensor *y,
-                                                   float *saved_mean, float *saved_inv_std) {
-    CUDA_PROFILED(backend,
-                  batchnorm_relu6_forward_training_op(backend, desc, x, gamma, beta, moving_mean,
-                                                      moving_variance, y, saved_mean,
-                                                      saved_inv_std),
-                  "batchnorm_relu6_forward_training", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
-}
-
-mt_status mt_cuda_relu6_batchnorm_backward_training(
-    mt_backend *backend, const mt_batchnorm_desc *desc, const mt_tensor *x, const mt_tensor *y,
-    const mt_tensor *dy, const float *gamma, const float *saved_mean, const float *saved_inv_std,
-    mt_tensor *dx, float *dgamma, float *dbeta) {
-    CUDA_PROFILED(backend,
-                  relu6_batchnorm_backward_training_op(backend, desc, x, y, dy, gamma, saved_mean,
-                                                       saved_inv_std, dx, dgamma, dbeta),
-                  "relu6_batchnorm_backward_training", CUDA_SHAPE_FMT,
-                  CUDA_SHAPE_ARGS(desc->shape));
-}
-
-mt_status mt_cuda_batchnorm_backward_inference(mt_backend *backend, const mt_batchnorm_desc *desc,
-                                               const mt_tensor *x, const mt_tensor *dy,
-                                               const float *gamma, const float *moving_mean,
-                                               const float *moving_variance, mt_tensor *dx,
-                                               float *dgamma, float *dbeta) {
-    CUDA_PROFILED(backend,
-                  batchnorm_backward_inference_op(backend, desc, x, dy, gamma, moving_mean,
-                                                  moving_variance, dx, dgamma, dbeta),
-                  "batchnorm_backward_inference", CUDA_SHAPE_FMT, CUDA_SHAPE_ARGS(desc->shape));
 }
 
 mt_status mt_cuda_zero_pad_forward(mt_backend *backend, const mt_zero_pad_desc *desc,

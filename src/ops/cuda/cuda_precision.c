@@ -1,29 +1,31 @@
 /* train.precision = bf16 | fp16 on the cuda backend (ops.h "Precision"): every mt_tensor is
- * stored in 16 bits (tensor_alloc sizes it), so activations and the gradients that flow back
- * through them take half the memory, and every op computes exactly what the reference backend's
- * emulation computes (round to nearest, ties to even: ops/precision_bits.h, shared with it).
+ * stored in 16 bits (tensor_alloc sizes it by cuda_precision_storage), so activations and the
+ * gradients that flow back through them take half the memory, and every op computes exactly what
+ * the reference backend's emulation computes (round to nearest, ties to even:
+ * ops/precision_bits.h, shared with it). There is one ops table, mt_ops_cuda, for every precision;
+ * this file holds the state, the one answer to "what are tensors stored in", and the staging.
  *
- * Three ways an op of this table gets there:
- * - the convolutions: mt_ops_cuda's own entries, which read and write 16-bit tensors themselves
+ * Two ways an op gets there:
+ * - natively: the ops take the storage from cuda_precision_storage (MT_CUDA_F32 without this
+ *   state); tensor_alloc, tensor_zero and tensor_copy size their bytes by it. The convolutions
  *   (cuda_conv.c: cuBLAS and cuDNN on bf16/fp16 data with fp32 compute, our depthwise and direct
- *   kernels' 16-bit instances through run_own; the backward filter through exact fp32 copies).
- *   Their kernels go in rounded to the 16-bit type, as the reference's convolutions read them:
- *   per-update copies (cuda_weights.c), dropped by the ops that write that memory;
- * - native (cuda_precision_ops.c): add, ReLU6, the input conversion, batch norm (the fused
- *   kernels), zero padding and global average pooling read and write their 16-bit tensors with
- *   the storage kernels, computing in fp32 and rounding once on store;
- * - staged (here): tensor_from_nhwc and tensor_to_nhwc widen/narrow through pooled fp32 buffers
- *   with the cast kernels (exact widening, one rounding).
+ *   kernels through run_own; the backward filter through exact fp32 copies) read their kernels
+ *   rounded to the 16-bit type, as the reference's convolutions read them: per-update copies
+ *   (cuda_weights.c), dropped by the ops that write that memory. Add, ReLU6, the input
+ *   conversion, batch norm (the fused kernels; MT_CUDA_BN=legacy is refused below), zero padding
+ *   and global average pooling (cuda_ops.c, cuda_ops_bn.c, cuda_input.c) give the kernels the
+ *   16-bit storage: fp32 arithmetic, one rounding on store;
+ * - staged (here): tensor_from_nhwc and tensor_to_nhwc (cuda_backend.c's entries hand 16-bit
+ *   tensors over) widen/narrow through pooled fp32 buffers with the cast kernels (exact widening,
+ *   one rounding).
  * Tests: the storage kernels bit for bit against the fp32 ones (gpu_kernels_emulated), the whole
- * table against the reference's emulation (MT_TEST_PRECISION=bf16|fp16
+ * backend against the reference's emulation (MT_TEST_PRECISION=bf16|fp16
  * test_ops_backend_vs_reference cuda). */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ops/cuda/cuda_internal.h"
-#include "ops/cuda/cuda_optimizer.h"
 
 struct cuda_precision_state {
     int format; /* 0 bf16, 1 fp16 (the cast kernels' argument) */
@@ -50,7 +52,7 @@ void cuda_precision_free(cuda_backend *cu) {
     cu->precision = NULL;
 }
 
-/* ---- staging: up to four 16-bit tensors of one op, each with its fp32 view ---------------- */
+/* ---- staging: 16-bit tensors, each with its fp32 view ----------------------------------- */
 
 enum { STAGE_MAX = 4 };
 
@@ -117,98 +119,24 @@ static mt_status stage_finish(cuda_backend *cu, stage *s, mt_status status, mt_t
     return status;
 }
 
-/* ---- memory ------------------------------------------------------------------------------- */
+/* ---- the host conversions --------------------------------------------------------------- */
 
-static mt_status p16_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tensor *out) {
-    *out = (mt_tensor){0};
-    if (shape.n <= 0 || shape.h <= 0 || shape.w <= 0 || shape.c <= 0)
-        return MT_FAIL(MT_ERR_INVALID,
-                       "cuda backend: tensor shape %dx%dx%dx%d (N,H,W,C) has a non-positive "
-                       "dimension",
-                       shape.n, shape.h, shape.w, shape.c);
-    const size_t bytes = mt_shape4_count(shape) * sizeof(uint16_t);
-    void *data = NULL;
-    MT_TRY(mt_ops_cuda.buffer_alloc(backend, bytes, &data)); /* zeroed: +0 in both formats */
-    *out = (mt_tensor){.shape = shape, .data = data, .bytes = bytes};
-    return MT_OK;
-}
-
-static mt_status p16_tensor_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst) {
+/* The fp32 view's bytes go up as fp32 tensor_from_nhwc sends them (the same upload), then
+ * narrow into dst. */
+mt_status cuda_precision_from_nhwc(mt_backend *backend, const float *host_src, mt_tensor *dst) {
     cuda_backend *cu = cuda_of(backend);
     stage s = {0};
     mt_tensor *w;
     MT_TRY(stage_out(cu, &s, dst, &w));
-    return stage_finish(cu, &s, mt_ops_cuda.tensor_from_nhwc(backend, host_src, w), w, NULL);
+    return stage_finish(cu, &s, mt_ops_cuda.upload(backend, w->data, host_src, w->bytes), w, NULL);
 }
 
-static mt_status p16_tensor_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
+/* src widened into an fp32 view, which comes down as fp32 tensor_to_nhwc sends it */
+mt_status cuda_precision_to_nhwc(mt_backend *backend, const mt_tensor *src, float *host_dst) {
     cuda_backend *cu = cuda_of(backend);
     stage s = {0};
     mt_tensor *w;
     mt_status status = stage_in(cu, &s, src, &w);
-    if (status == MT_OK) status = mt_ops_cuda.tensor_to_nhwc(backend, w, host_dst);
+    if (status == MT_OK) status = mt_ops_cuda.download(backend, host_dst, w->data, w->bytes);
     return stage_finish(cu, &s, status, NULL, NULL);
-}
-
-static mt_status p16_tensor_zero(mt_backend *backend, mt_tensor *tensor) {
-    CUDA_CHECK(cudaMemsetAsync(tensor->data, 0, mt_shape4_count(tensor->shape) * sizeof(uint16_t),
-                               cuda_of(backend)->stream));
-    return MT_OK;
-}
-
-static mt_status p16_tensor_copy(mt_backend *backend, const mt_tensor *src, mt_tensor *dst) {
-    mt_shape4 a = src->shape, b = dst->shape;
-    if (a.n != b.n || a.h != b.h || a.w != b.w || a.c != b.c)
-        return MT_FAIL(MT_ERR_INVALID, "cuda tensor_copy: shapes %dx%dx%dx%d and %dx%dx%dx%d", a.n,
-                       a.h, a.w, a.c, b.n, b.h, b.w, b.c);
-    if (src->data == dst->data) return MT_OK;
-    CUDA_CHECK(cudaMemcpyAsync(dst->data, src->data, mt_shape4_count(a) * sizeof(uint16_t),
-                               cudaMemcpyDeviceToDevice, cuda_of(backend)->stream));
-    return MT_OK;
-}
-
-static void p16_tensor_free(mt_backend *backend, mt_tensor *tensor) {
-    mt_ops_cuda.tensor_free(backend, tensor); /* tensors are never conv weights */
-}
-
-/* mt_ops_cuda with the entries above: the convolutions (16-bit natively) and everything on
- * plain fp32 buffers (the head, the loss, host memory, the optimizer) stay mt_ops_cuda's own.
- * Built once, at the first bf16/fp16 backend's init (a table of another file's functions cannot
- * be a constant initializer in C). */
-static mt_ops table16;
-static pthread_once_t table16_once = PTHREAD_ONCE_INIT;
-
-static void table16_build(void) {
-    mt_ops t = mt_ops_cuda;
-    t.tensor_alloc = p16_tensor_alloc;
-    t.tensor_free = p16_tensor_free;
-    t.input_convert = cuda_p16_input_convert;
-    t.tensor_from_nhwc = p16_tensor_from_nhwc;
-    t.tensor_to_nhwc = p16_tensor_to_nhwc;
-    t.tensor_zero = p16_tensor_zero;
-    t.tensor_copy = p16_tensor_copy;
-    t.add = cuda_p16_add;
-    t.relu6_forward = cuda_p16_relu6_forward;
-    t.relu6_backward = cuda_p16_relu6_backward;
-    t.batchnorm_forward_training = cuda_p16_batchnorm_forward_training;
-    t.batchnorm_forward_inference = cuda_p16_batchnorm_forward_inference;
-    t.batchnorm_backward_training = cuda_p16_batchnorm_backward_training;
-    t.batchnorm_backward_inference = cuda_p16_batchnorm_backward_inference;
-    t.zero_pad_forward = cuda_p16_zero_pad_forward;
-    t.zero_pad_backward = cuda_p16_zero_pad_backward;
-    t.global_avg_pool_forward = cuda_p16_global_avg_pool_forward;
-    t.global_avg_pool_backward = cuda_p16_global_avg_pool_backward;
-    t.batchnorm_relu6_forward_training = mt_ops_cuda.batchnorm_relu6_forward_training
-                                             ? cuda_p16_batchnorm_relu6_forward_training
-                                             : NULL;
-    t.relu6_batchnorm_backward_training = mt_ops_cuda.relu6_batchnorm_backward_training
-                                              ? cuda_p16_relu6_batchnorm_backward_training
-                                              : NULL;
-    t.conv_bn_relu6_inference_forward = NULL; /* no 16-bit wrapper (cuda has none today) */
-    table16 = t;
-}
-
-const mt_ops *cuda_precision_table(void) {
-    pthread_once(&table16_once, table16_build);
-    return &table16;
 }
