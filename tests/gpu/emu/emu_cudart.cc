@@ -15,6 +15,8 @@
  *   (a launch, a copy, a library call), so the backend's per-shape timing picks the same kernels
  *   in every process (resume and graphs on/off compare bit for bit) and MT_CUDA_PROFILE's shares
  *   count work items.
+ * - MT_EMU_DEVICES=N devices (default 1), told apart only by their UUIDs: ranks of one machine
+ *   train "on" different GPUs as NCCL requires (memory and clock are shared).
  * - Errors are per thread, as cudaGetLastError's.
  * - MT_EMU_REPORT=FILE: one line "captures C broken B replays R" (totals of the process), rewritten
  *   at each capture's end and each replay, for tests that check that a step really was captured
@@ -78,6 +80,12 @@ void write_report() {
     if (!f) return;
     fprintf(f, "captures %llu broken %llu replays %llu\n", captures, broken_captures, replays);
     fclose(f);
+}
+
+int device_count() {
+    const char *text = getenv("MT_EMU_DEVICES");
+    const int count = text && *text ? atoi(text) : 1;
+    return count >= 1 && count <= 16 ? count : 1;
 }
 
 size_t device_memory() {
@@ -177,19 +185,20 @@ cudaError_t cudaPeekAtLastError(void) {
 }
 
 cudaError_t cudaGetDeviceCount(int *count) {
-    *count = 1;
+    *count = device_count();
     return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device) {
-    return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice);
+    return device >= 0 && device < device_count() ? cudaSuccess : fail(cudaErrorInvalidDevice);
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device) {
-    if (device != 0) return fail(cudaErrorInvalidDevice);
+    if (device < 0 || device >= device_count()) return fail(cudaErrorInvalidDevice);
     memset(prop, 0, sizeof *prop);
     snprintf(prop->name, sizeof prop->name, "%s", device_name);
-    memcpy(prop->uuid.bytes, "mt-emulated-gpu0", 16);
+    memcpy(prop->uuid.bytes, "mt-emulated-gpu", 15);
+    prop->uuid.bytes[15] = (char)('a' + device); /* device < 16 */
     prop->totalGlobalMem = device_memory();
     prop->major = 9;
     prop->minor = 0;
