@@ -11,8 +11,10 @@
  * __shared__ as static storage (one block at a time, so static is shared by exactly one block's
  * threads). A block's threads run one after another in the calling thread until a kernel calls
  * __syncthreads: that throws (before the kernel has written anything but shared memory, which
- * holds for mobiletune's kernels), and from then on that kernel's blocks run as real threads with
- * __syncthreads as a barrier.
+ * holds for mobiletune's kernels), and from then on that kernel's blocks run their threads as
+ * coroutines (ucontext) of the calling thread, each on its own stack, with __syncthreads handing
+ * over to the next thread of the block: every thread of a block reaches a barrier before any
+ * passes it, as on a device, and in a fixed order (the results do not depend on scheduling).
  *
  * Names, values and signatures follow the CUDA runtime's documented API, so the same sources
  * compile against either; only what the backend uses is here. */
@@ -123,16 +125,14 @@ cudaError_t cudaGetLastError(void);
 #endif
 
 #ifdef __cplusplus
-#include <pthread.h>
+#include <ucontext.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <functional>
-#include <condition_variable>
-#include <mutex>
+#include <memory>
 #include <set>
-#include <thread>
 #include <vector>
 
 struct dim3 {
@@ -142,7 +142,6 @@ struct dim3 {
 
 /* inline (C++17): one definition for the whole program without a separate source file */
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
-inline pthread_barrier_t mt_emu_barrier;
 inline thread_local bool mt_emu_sequential = false;
 inline std::set<const void *> mt_emu_threaded_kernels;
 struct mt_emu_needs_threads {};
@@ -152,9 +151,10 @@ struct mt_emu_needs_threads {};
 #define __host__
 #define __shared__ static
 
+void mt_emu_yield_to_block(); /* below */
 static inline void __syncthreads() {
     if (mt_emu_sequential) throw mt_emu_needs_threads();
-    pthread_barrier_wait(&mt_emu_barrier);
+    mt_emu_yield_to_block();
 }
 static inline int atomicMin(int *p, int v) {
     int old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
@@ -180,51 +180,63 @@ struct alignas(16) float4 {
 
 template <class T> struct mt_emu_same { typedef T type; };
 
-/* The threads that run a block's threads for kernels that synchronize: made once and kept (a
- * launch would otherwise start as many threads as the block has, for every launch). */
-class mt_emu_workers {
+/* A block's threads as coroutines of the calling thread (see the top): run(shape, body) runs
+ * body() for every thread t of a block of that shape as its own coroutine, with threadIdx set to
+ * t's whenever t runs, round after round: each coroutine runs until it
+ * calls __syncthreads (mt_emu_yield_to_block) or returns, then the next; a round ends when every
+ * unfinished coroutine has reached the barrier. The stacks are made once and kept. */
+class mt_emu_block {
   public:
-    /* never destroyed: the workers still wait on its condition at exit */
-    static mt_emu_workers &get() {
-        static mt_emu_workers *workers = new mt_emu_workers;
-        return *workers;
+    static mt_emu_block &get() {
+        static thread_local mt_emu_block block;
+        return block;
     }
-    /* body(t) for t = 0 .. count-1, each in its own worker thread; returns when all are done */
-    void run(unsigned count, const std::function<void(unsigned)> &body) {
-        std::unique_lock<std::mutex> hold(lock_);
-        while (threads_.size() < count) {
-            const unsigned index = (unsigned)threads_.size();
-            threads_.emplace_back([this, index]() { work(index); });
-            threads_.back().detach();
+    void run(dim3 shape, const std::function<void()> &body) {
+        const unsigned count = shape.x * shape.y * shape.z;
+        while (stacks_.size() < count)
+            stacks_.emplace_back(new char[stack_bytes]);
+        contexts_.resize(count);
+        finished_.assign(count, false);
+        body_ = &body;
+        for (unsigned t = 0; t < count; t++) {
+            getcontext(&contexts_[t]);
+            contexts_[t].uc_stack.ss_sp = stacks_[t].get();
+            contexts_[t].uc_stack.ss_size = stack_bytes;
+            contexts_[t].uc_link = &scheduler_;
+            makecontext(&contexts_[t], (void (*)())entry, 1, t);
         }
-        job_ = &body, count_ = count, done_ = 0, generation_++;
-        wake_.notify_all();
-        finished_.wait(hold, [this]() { return done_ == count_; });
-        job_ = nullptr;
+        unsigned left = count;
+        while (left) {
+            for (unsigned t = 0; t < count; t++) {
+                if (finished_[t]) continue;
+                current_ = t;
+                threadIdx = dim3(t % shape.x, (t / shape.x) % shape.y, t / (shape.x * shape.y));
+                swapcontext(&scheduler_, &contexts_[t]);
+                if (finished_[t]) left--;
+            }
+        }
+        body_ = nullptr;
     }
+    void yield() { swapcontext(&contexts_[current_], &scheduler_); }
 
   private:
-    void work(unsigned index) {
-        unsigned long seen = 0;
-        std::unique_lock<std::mutex> hold(lock_);
-        for (;;) {
-            wake_.wait(hold, [&]() { return generation_ != seen; });
-            seen = generation_;
-            if (index >= count_) continue;
-            const std::function<void(unsigned)> *job = job_;
-            hold.unlock();
-            (*job)(index);
-            hold.lock();
-            if (++done_ == count_) finished_.notify_one();
-        }
+    static const size_t stack_bytes = 64 * 1024;
+    static void entry(unsigned t) {
+        mt_emu_block &self = get();
+        (*self.body_)();
+        self.finished_[t] = true; /* then uc_link returns to the scheduler */
     }
-    std::mutex lock_;
-    std::condition_variable wake_, finished_;
-    std::vector<std::thread> threads_;
-    const std::function<void(unsigned)> *job_ = nullptr;
-    unsigned count_ = 0, done_ = 0;
-    unsigned long generation_ = 0;
+    std::vector<std::unique_ptr<char[]>> stacks_;
+    std::vector<ucontext_t> contexts_;
+    std::vector<bool> finished_;
+    ucontext_t scheduler_;
+    unsigned current_ = 0;
+    const std::function<void()> *body_ = nullptr;
 };
+
+inline void mt_emu_yield_to_block() {
+    mt_emu_block::get().yield();
+}
 
 /* Runs `work` now, or records it into the graph `stream` is being captured into (emu_cudart.cc);
  * a launch or copy on a stream is either, as on a device. */
@@ -270,21 +282,13 @@ struct mt_emu_launch {
                 mt_emu_threaded_kernels.insert(id);
             }
         }
-        /* one worker per thread of the block, running every block in turn; a barrier after
-         * each block, so no thread starts the next block (and its __shared__) early */
-        pthread_barrier_init(&mt_emu_barrier, nullptr, threads);
-        mt_emu_workers::get().run(threads, [&](unsigned t) {
-            blockDim = block, gridDim = grid;
-            threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-            for (unsigned by = 0; by < grid.y; by++) {
-                for (unsigned bx = 0; bx < grid.x; bx++) {
-                    blockIdx = dim3(bx, by, 0);
-                    kernel(args...);
-                    pthread_barrier_wait(&mt_emu_barrier);
-                }
+        blockDim = block, gridDim = grid;
+        for (unsigned by = 0; by < grid.y; by++) {
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                blockIdx = dim3(bx, by, 0);
+                mt_emu_block::get().run(block, [&]() { kernel(args...); });
             }
-        });
-        pthread_barrier_destroy(&mt_emu_barrier);
+        }
     }
 };
 #endif /* __cplusplus */
