@@ -19,10 +19,18 @@ void mt_train_request_stop(int signal_number) {
 
 /* ---- injected faults, for the tests of what a failing rank does to a job ------------------- */
 
-typedef enum fault_kind { FAULT_NONE, FAULT_FAIL, FAULT_CRASH, FAULT_NAN, FAULT_SIGNAL } fault_kind;
+typedef enum fault_kind {
+    FAULT_NONE,
+    FAULT_FAIL,
+    FAULT_CRASH,
+    FAULT_STOP,
+    FAULT_NAN,
+    FAULT_SIGNAL
+} fault_kind;
 
-/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|nan|signal]: rank r, at global step
- * s, returns an error (fail), dies by SIGKILL (crash), sees a NaN loss (nan) or sends itself
+/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|stop|nan|signal]: rank r, at global
+ * step s, returns an error (fail), dies by SIGKILL (crash), stops by SIGSTOP (stop: a stuck peer,
+ * alive to the launcher, absent from the collectives), sees a NaN loss (nan) or sends itself
  * SIGUSR1 (signal: Slurm's warning, delivered at a known step). */
 static fault_kind fault_at(const trainer *t, uint64_t step, bool any_rank) {
     const char *rank = getenv("MT_FAULT_RANK"), *at = getenv("MT_FAULT_STEP");
@@ -31,6 +39,7 @@ static fault_kind fault_at(const trainer *t, uint64_t step, bool any_rank) {
         return FAULT_NONE;
     const char *kind = getenv("MT_FAULT_KIND");
     if (kind && strcmp(kind, "crash") == 0) return FAULT_CRASH;
+    if (kind && strcmp(kind, "stop") == 0) return FAULT_STOP;
     if (kind && strcmp(kind, "nan") == 0) return FAULT_NAN;
     if (kind && strcmp(kind, "signal") == 0) return FAULT_SIGNAL;
     return FAULT_FAIL;
@@ -260,6 +269,7 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
         return MT_FAIL(MT_ERR_INTERNAL, "injected fault at step %llu (MT_FAULT_STEP)",
                        (unsigned long long)step);
     if (fault == FAULT_CRASH) raise(SIGKILL);
+    if (fault == FAULT_STOP) raise(SIGSTOP);
     if (fault == FAULT_SIGNAL) raise(SIGUSR1);
     MT_TRY(settle_loss_scale(t, totals));
 

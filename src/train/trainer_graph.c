@@ -1,6 +1,7 @@
 /* The training step captured once per batch shape and replayed (trainer_graph.h). The trainer
- * gives this file the step's device work as one function; everything that depends on the host
- * (the batch, the per-step values, the fp16 flag) happens before or after it. */
+ * gives this file the step's device work as one function, NCCL's bucketed all-reduce launches
+ * included; everything that depends on the host (the batch, the per-step values, the fp16 flag,
+ * NCCL's error and deadline checks) happens before or after it. */
 #include "train/trainer_graph.h"
 
 #include <stdio.h>
@@ -99,7 +100,7 @@ mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, uint64_t me
         if (!everywhere || agreed != MT_OK) {
             if (graph) ops->step_graph_free(backend, graph);
             if (agreed != MT_OK) return agreed;
-            return capture_failed(g, t, captured, body, user);
+            return capture_failed(g, t, !captured, body, user);
         }
         g->graph = graph;
         g->rows = rows;
