@@ -21,6 +21,7 @@
 #ifndef MOBILETUNE_GRAD_SYNC_H
 #define MOBILETUNE_GRAD_SYNC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,9 +52,8 @@ void mt_grad_sync_begin(mt_grad_sync *sync);
 mt_status mt_grad_sync_ready(void *user, size_t offset, size_t count);
 
 /* After backward: every element must have been reported (an error otherwise). Starts what is
- * left (everything, with bucket_bytes = 0); with NCCL, checks the previous step's collectives and
- * NCCL's asynchronous errors (see comm_internal.h). Other collectives may follow (e.g. the
- * trainer's flags) while the buckets are in flight. */
+ * left (everything, with bucket_bytes = 0). Other collectives may follow (e.g. the trainer's
+ * flags) while the buckets are in flight. */
 mt_status mt_grad_sync_end_backward(mt_grad_sync *sync);
 
 /* The next bucket in start order (the top of the network first), once its mean is in `grads`:
@@ -66,8 +66,27 @@ mt_status mt_grad_sync_wait_bucket(mt_grad_sync *sync, size_t *offset, size_t *c
 /* Every bucket not handed out yet waited for (e.g. a step whose update is skipped). */
 mt_status mt_grad_sync_wait_all(mt_grad_sync *sync);
 
-/* mt_grad_sync_end_backward, then every bucket waited for: the mean over ranks in `grads`. */
+/* mt_grad_sync_end_backward, every bucket waited for, mt_grad_sync_step_done: the mean over
+ * ranks in `grads`. */
 mt_status mt_grad_sync_finish(mt_grad_sync *sync);
+
+/* With NCCL, the step (begin .. the last bucket waited for) is stream work only: no host wait
+ * and no look at the collectives, so that it can be captured into a CUDA graph and replayed.
+ * The host's checks come after it instead, outside any capture, after each step whether it ran
+ * eager or was replayed: NCCL's asynchronous error state, and a wait for the previous step's
+ * collectives (the host runs at most one step ahead), bounded by the communicator's timeout so
+ * that a dead or stuck peer is an error on this rank, not a hang. Nothing to do with MPI, which
+ * completed every bucket inside the step. */
+mt_status mt_grad_sync_step_done(mt_grad_sync *sync);
+
+/* Before the host reads what the steps wrote (a read back or a download, which would wait for
+ * the device without a bound): with NCCL, waits for the last step's collectives as
+ * mt_grad_sync_step_done waits for the previous one's. Nothing to do with MPI. */
+mt_status mt_grad_sync_settle(mt_grad_sync *sync);
+
+/* Whether the step holds host work between its ops (MPI: non-blocking calls, tests, staging
+ * copies through the host), which a captured step could not replay; false with NCCL. */
+bool mt_grad_sync_host_work(const mt_grad_sync *sync);
 
 typedef struct mt_grad_sync_stats {
     uint64_t steps;                /* finished backward passes */

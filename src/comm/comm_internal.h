@@ -45,15 +45,21 @@ typedef struct mt_comm_nccl_api {
     mt_status (*init)(mt_comm *comm, mt_backend *backend, double timeout_s, void **out);
     /* Enqueue the mean over ranks of `count` floats at `buffer` (backend memory) on the backend's
      * communication stream, ordered after everything its compute stream was given so far; an
-     * event marks its end (bucket `bucket` of the step, 0 first). */
+     * event marks its end (bucket `bucket` of the step, 0 first). Neither waits for the device
+     * nor looks at the collectives in flight, so a step capture (CUDA graph) records it like a
+     * kernel; only the enqueue itself settles (the non-blocking communicator's contract). */
     mt_status (*bucket_start)(void *nccl, mt_backend *backend, int bucket, float *buffer,
                               size_t count);
     /* The compute stream waits for bucket `bucket`'s all-reduce (the host does not). */
     mt_status (*bucket_wait)(void *nccl, mt_backend *backend, int bucket);
-    /* At the end of backward: one look at NCCL's asynchronous error state, without waiting. (At
-     * a step's first bucket the host waits, polling, only if the previous step's collectives are
-     * still pending: at most one step ahead, and a stuck peer is an error after the timeout.) */
-    mt_status (*step_end)(void *nccl, mt_backend *backend);
+    /* After a step's device work was enqueued or its graph launched, never under capture: one
+     * look at NCCL's asynchronous error state, an event after the step on the compute stream,
+     * and a wait (polling the error state, bounded by the timeout) for the previous step's
+     * event: the host runs at most one step ahead, and a dead or stuck peer becomes an error. */
+    mt_status (*step_done)(void *nccl, mt_backend *backend);
+    /* Before the host reads what the steps wrote (a read back, a download): a wait, polling as
+     * step_done's, for the last step_done's event, so the read cannot hang on a dead peer. */
+    mt_status (*settle)(void *nccl, mt_backend *backend);
     void (*destroy)(void *nccl);
 } mt_comm_nccl_api;
 

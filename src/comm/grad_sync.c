@@ -226,9 +226,6 @@ mt_status mt_grad_sync_end_backward(mt_grad_sync *s) {
         MT_TRY(launch(s, 0, s->pending_end));
         s->pending_end = 0;
     }
-    /* NCCL: the previous step's collectives and the asynchronous error state, without waiting
-     * for this step's */
-    if (s->nccl) MT_TRY(s->nccl->step_end(s->comm->nccl, s->backend));
     s->ended = true;
     s->buckets_per_step = s->bucket_used;
     s->stats.steps++;
@@ -275,7 +272,30 @@ mt_status mt_grad_sync_wait_all(mt_grad_sync *s) {
 
 mt_status mt_grad_sync_finish(mt_grad_sync *s) {
     MT_TRY(mt_grad_sync_end_backward(s));
-    return mt_grad_sync_wait_all(s);
+    MT_TRY(mt_grad_sync_wait_all(s));
+    return mt_grad_sync_step_done(s);
+}
+
+/* NCCL's host-side checks, kept out of the step (comm_internal.h step_done, settle): the step
+ * itself is stream work only, which a CUDA graph can hold. MPI completed everything inside. */
+mt_status mt_grad_sync_step_done(mt_grad_sync *s) {
+    if (!s->nccl) return MT_OK;
+    const double start = mt_clock_monotonic();
+    mt_status status = s->nccl->step_done(s->comm->nccl, s->backend);
+    s->stats.comm_seconds += mt_clock_monotonic() - start;
+    return status;
+}
+
+mt_status mt_grad_sync_settle(mt_grad_sync *s) {
+    if (!s->nccl) return MT_OK;
+    const double start = mt_clock_monotonic();
+    mt_status status = s->nccl->settle(s->comm->nccl, s->backend);
+    s->stats.comm_seconds += mt_clock_monotonic() - start;
+    return status;
+}
+
+bool mt_grad_sync_host_work(const mt_grad_sync *s) {
+    return !s->nccl;
 }
 
 mt_grad_sync_stats mt_grad_sync_get_stats(const mt_grad_sync *s) {

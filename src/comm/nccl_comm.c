@@ -21,12 +21,15 @@ struct mt_nccl {
     double timeout_s;
     /* the training path (the table at the end): a bucket's gradients written on the compute
      * stream -> `ready` -> its all-reduce on the communication stream -> `done[k]` -> the
-     * compute stream's update of that bucket; the step's last `done` also tells the next step
-     * whether this one's collectives ended */
+     * compute stream's update of that bucket. These orderings are all the step holds, so a
+     * captured step records them with its kernels; the host's checks use `step_end`, recorded
+     * on the compute stream after each step (after every bucket was waited for there), outside
+     * any capture, alternately in [0] and [1] */
     cudaEvent_t ready;
     cudaEvent_t *done;
     int done_count; /* events created */
-    int last_done;  /* the previous step's last bucket, -1: none yet */
+    cudaEvent_t step_end[2];
+    unsigned long long steps; /* step_done calls: step_end[(steps - 1) % 2] is the last step's */
 };
 
 static void pause_briefly(void) {
@@ -159,6 +162,8 @@ void mt_nccl_abort(mt_nccl *nccl) {
 void mt_nccl_destroy(mt_nccl *nccl) {
     if (!nccl) return;
     if (nccl->ready) (void)cudaEventDestroy(nccl->ready);
+    for (int i = 0; i < 2; i++)
+        if (nccl->step_end[i]) (void)cudaEventDestroy(nccl->step_end[i]);
     for (int i = 0; i < nccl->done_count; i++) (void)cudaEventDestroy(nccl->done[i]);
     free(nccl->done);
     if (nccl->comm) {
@@ -184,9 +189,10 @@ static mt_status api_init(mt_comm *comm, mt_backend *backend, double timeout_s, 
     MT_TRY(mt_cuda_backend_streams(backend, &compute, &stream)); /* a cuda backend, or an error */
     mt_nccl *nccl = NULL;
     MT_TRY(mt_nccl_init(comm, backend->options.device, timeout_s, &nccl));
-    nccl->last_done = -1;
-    /* timing off: these events only order streams, and cheaper so */
+    /* timing off: these events only order streams and say where the device is, cheaper so */
     cudaError_t e = cudaEventCreateWithFlags(&nccl->ready, cudaEventDisableTiming);
+    for (int i = 0; i < 2 && e == cudaSuccess; i++)
+        e = cudaEventCreateWithFlags(&nccl->step_end[i], cudaEventDisableTiming);
     if (e != cudaSuccess) {
         mt_status status = cuda_failed(nccl, "cudaEventCreateWithFlags", e);
         mt_nccl_destroy(nccl);
@@ -210,15 +216,14 @@ static mt_status done_event(mt_nccl *nccl, int bucket) {
     return MT_OK;
 }
 
-/* At a step's first bucket, before its events are recorded again: the previous step's last
- * all-reduce has normally long ended (that step downloaded its loss since); if not, wait for it
- * here, polling NCCL's errors, so that the host runs at most one step ahead of the collectives
- * and a stuck peer becomes an error within the timeout. */
-static mt_status previous_step_done(mt_nccl *nccl) {
-    if (nccl->last_done < 0) return MT_OK;
+/* Until `event` has passed on the device, polling NCCL's asynchronous errors meanwhile: a peer
+ * that died or hangs makes the collectives before the event stall, and this an error after the
+ * timeout (or sooner, when NCCL reports the peer broken). Never under capture: the events
+ * waited for here are recorded outside it. */
+static mt_status wait_event(mt_nccl *nccl, cudaEvent_t event) {
     const double deadline = mt_clock_monotonic() + nccl->timeout_s;
     for (;;) {
-        cudaError_t e = cudaEventQuery(nccl->done[nccl->last_done]);
+        cudaError_t e = cudaEventQuery(event);
         if (e == cudaSuccess) return MT_OK;
         if (e != cudaErrorNotReady) return cuda_failed(nccl, "cudaEventQuery", e);
         mt_status status = nccl_state(nccl, "all-reduce");
@@ -237,7 +242,6 @@ static mt_status api_bucket_start(void *handle, mt_backend *backend, int bucket,
         return MT_FAIL(MT_ERR_COMM, "rank %d: all-reduce on an aborted NCCL communicator",
                        nccl->rank);
     MT_TRY(done_event(nccl, bucket));
-    if (bucket == 0) MT_TRY(previous_step_done(nccl));
     /* the hook runs when backward has enqueued the bucket's last layer: the event marks that
      * point of the compute stream, and the communication stream starts after it */
     cudaError_t e = cudaEventRecord(nccl->ready, compute);
@@ -246,7 +250,10 @@ static mt_status api_bucket_start(void *handle, mt_backend *backend, int bucket,
     /* ncclAvg: the mean in one pass (NCCL >= 2.10) */
     NCCL_CHECK(nccl, ncclAllReduce(buffer, buffer, count, ncclFloat32, ncclAvg, nccl->comm,
                                    stream));
-    MT_TRY(settle(nccl, "ncclAllReduce")); /* the enqueue itself (non-blocking communicator) */
+    /* the enqueue itself (a non-blocking communicator may return before it is done, and takes
+     * no other call until it is): host-side, no wait for the device or for a peer, so it holds
+     * under capture too, where it makes sure the graph has the collective when the capture ends */
+    MT_TRY(settle(nccl, "ncclAllReduce"));
     e = cudaEventRecord(nccl->done[bucket], stream);
     if (e != cudaSuccess) return cuda_failed(nccl, "cudaEventRecord after the all-reduce", e);
     return MT_OK;
@@ -260,15 +267,27 @@ static mt_status api_bucket_wait(void *handle, mt_backend *backend, int bucket) 
         return MT_FAIL(MT_ERR_INTERNAL, "NCCL bucket %d was never started", bucket);
     cudaError_t e = cudaStreamWaitEvent(compute, nccl->done[bucket], 0);
     if (e != cudaSuccess) return cuda_failed(nccl, "ordering the update after the all-reduce", e);
-    nccl->last_done = bucket;
     return MT_OK;
 }
 
-static mt_status api_step_end(void *handle, mt_backend *backend) {
+static mt_status api_step_done(void *handle, mt_backend *backend) {
+    mt_nccl *nccl = handle;
+    cudaStream_t compute, stream;
+    MT_TRY(mt_cuda_backend_streams(backend, &compute, &stream));
+    mt_status status = nccl_state(nccl, "all-reduce"); /* one look, no wait */
+    if (status != MT_OK && status != MT_END) return status;
+    /* the compute stream waited for every bucket: past this event, the step's collectives ended */
+    cudaError_t e = cudaEventRecord(nccl->step_end[nccl->steps % 2], compute);
+    if (e != cudaSuccess) return cuda_failed(nccl, "cudaEventRecord after the step", e);
+    nccl->steps++;
+    /* the previous step's: normally long passed (this step was enqueued behind it) */
+    return nccl->steps > 1 ? wait_event(nccl, nccl->step_end[(nccl->steps - 2) % 2]) : MT_OK;
+}
+
+static mt_status api_settle(void *handle, mt_backend *backend) {
     (void)backend;
-    /* one look at the asynchronous error state, without waiting */
-    mt_status status = nccl_state(handle, "all-reduce");
-    return status == MT_END ? MT_OK : status;
+    mt_nccl *nccl = handle;
+    return nccl->steps > 0 ? wait_event(nccl, nccl->step_end[(nccl->steps - 1) % 2]) : MT_OK;
 }
 
 static void api_destroy(void *handle) {
@@ -280,7 +299,8 @@ static const mt_comm_nccl_api nccl_api = {
     .init = api_init,
     .bucket_start = api_bucket_start,
     .bucket_wait = api_bucket_wait,
-    .step_end = api_step_end,
+    .step_done = api_step_done,
+    .settle = api_settle,
     .destroy = api_destroy,
 };
 

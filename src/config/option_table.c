@@ -424,11 +424,12 @@ const mt_config_option config_options[] = {
      .type = MT_CONFIG_BOOL,
      FIELD(train.cuda_graphs),
      .default_text = "true",
-     .help = "backend cuda: capture the training step (forward, backward, optimizer) as a CUDA "
-             "graph once per batch shape, after an eager warm-up step, and replay it: one launch "
-             "per step instead of hundreds. Same results as false (the eager steps), which is "
-             "for debugging. Several ranks run eager for now (their all-reduce waits on the "
-             "host). No effect on the CPU backends."},
+     .help = "backend cuda: capture the training step (forward, backward, the gradient "
+             "all-reduce launches of train.comm = nccl, optimizer) as a CUDA graph once per "
+             "batch shape, after an eager warm-up step, and replay it: one launch per step "
+             "instead of hundreds. Same results as false (the eager steps), which is for "
+             "debugging. train.comm = mpi runs eager (its all-reduce is host work inside the "
+             "step). No effect on the CPU backends."},
     {.section = "train",
      .key = "cache_features",
      .type = MT_CONFIG_ENUM,

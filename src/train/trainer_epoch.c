@@ -19,17 +19,27 @@ void mt_train_request_stop(int signal_number) {
 
 /* ---- injected faults, for the tests of what a failing rank does to a job ------------------- */
 
-typedef enum fault_kind { FAULT_NONE, FAULT_FAIL, FAULT_CRASH, FAULT_NAN, FAULT_SIGNAL } fault_kind;
+typedef enum fault_kind {
+    FAULT_NONE,
+    FAULT_FAIL,
+    FAULT_CRASH,
+    FAULT_STOP,
+    FAULT_NAN,
+    FAULT_SIGNAL
+} fault_kind;
 
-/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|nan|signal]: rank r, at global step
- * s, returns an error (fail), dies by SIGKILL (crash), sees a NaN loss (nan) or sends itself
+/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|stop|nan|signal]: rank r, at global
+ * step s, returns an error (fail), dies by SIGKILL (crash), stops by SIGSTOP (stop: a stuck peer,
+ * alive to the launcher, absent from the collectives), sees a NaN loss (nan) or sends itself
  * SIGUSR1 (signal: Slurm's warning, delivered at a known step). */
-static fault_kind fault_at(const trainer *t, uint64_t step) {
+static fault_kind fault_at(const trainer *t, uint64_t step, bool any_rank) {
     const char *rank = getenv("MT_FAULT_RANK"), *at = getenv("MT_FAULT_STEP");
-    if (!rank || !at || atoi(rank) != t->who.rank || strtoull(at, NULL, 10) != step)
+    if (!rank || !at || (!any_rank && atoi(rank) != t->who.rank) ||
+        strtoull(at, NULL, 10) != step)
         return FAULT_NONE;
     const char *kind = getenv("MT_FAULT_KIND");
     if (kind && strcmp(kind, "crash") == 0) return FAULT_CRASH;
+    if (kind && strcmp(kind, "stop") == 0) return FAULT_STOP;
     if (kind && strcmp(kind, "nan") == 0) return FAULT_NAN;
     if (kind && strcmp(kind, "signal") == 0) return FAULT_SIGNAL;
     return FAULT_FAIL;
@@ -92,6 +102,8 @@ static mt_status update_step(trainer *t) {
 static mt_status settle_loss_scale(trainer *t, epoch_totals *totals) {
     if (!t->skip_pending) return MT_OK;
     t->skip_pending = false;
+    /* NCCL: the step's collectives first, against the deadline (readback_wait has none) */
+    if (t->grad_sync) MT_TRY(mt_grad_sync_settle(t->grad_sync));
     MT_TRY(t->backend->ops->readback_wait(t->backend));
     float divisor = 0.0f;
     if (!mt_loss_scale_update(&t->loss_scale, *t->skip_host == 0.0f, &divisor)) {
@@ -141,6 +153,8 @@ static mt_status nonfinite_stop(const trainer *t, uint64_t step) {
 static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) {
     const mt_ops *ops = t->backend->ops;
     double accum[MT_ACCUM_COUNT], zeros[MT_ACCUM_COUNT] = {0};
+    /* NCCL: the steps' collectives first, against the deadline (a download has none) */
+    if (t->grad_sync) MT_TRY(mt_grad_sync_settle(t->grad_sync));
     MT_TRY(ops->download(t->backend, accum, t->accum, sizeof accum));
     MT_TRY(ops->upload(t->backend, t->accum, zeros, sizeof zeros));
     totals->loss_sum += accum[MT_ACCUM_LOSS_SUM];
@@ -250,11 +264,12 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
     const mt_train_config *c = t->config;
     const uint64_t step = t->global_step;
     const mt_ops *ops = t->backend->ops;
-    fault_kind fault = fault_at(t, step);
+    fault_kind fault = fault_at(t, step, false);
     if (fault == FAULT_FAIL)
         return MT_FAIL(MT_ERR_INTERNAL, "injected fault at step %llu (MT_FAULT_STEP)",
                        (unsigned long long)step);
     if (fault == FAULT_CRASH) raise(SIGKILL);
+    if (fault == FAULT_STOP) raise(SIGSTOP);
     if (fault == FAULT_SIGNAL) raise(SIGUSR1);
     MT_TRY(settle_loss_scale(t, totals));
 
@@ -280,9 +295,15 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
     mt_grad_sync_stats before = {0};
     if (t->grad_sync) before = mt_grad_sync_get_stats(t->grad_sync);
     const step_body_args args = {.fault_nan = fault == FAULT_NAN, .step = step};
+    /* an injected NaN step runs eager on every rank (the environment is the same on all): a
+     * graph holding NCCL collectives must be launched by all ranks or by none */
+    const bool eager = fault_at(t, step, true) == FAULT_NAN;
     mt_status status = trainer_graph_step(&t->graph, t, input->n,
-                                          mt_model_memory_generation(t->model), args.fault_nan,
-                                          step_body, &args);
+                                          mt_model_memory_generation(t->model), eager, step_body,
+                                          &args);
+    /* NCCL's checks, between steps (eager or replayed): its error state, the previous step's
+     * collectives ended within the timeout */
+    if (status == MT_OK && t->grad_sync) status = mt_grad_sync_step_done(t->grad_sync);
     if (status == MT_OK) mt_optimizer_step_done(&t->optimizer);
     if (status == MT_OK && t->loss_scaling) {
         status = ops->readback_start(t->backend, t->skip_host, t->grads + t->trainable_count,

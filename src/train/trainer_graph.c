@@ -1,13 +1,14 @@
 /* The training step captured once per batch shape and replayed (trainer_graph.h). The trainer
- * gives this file the step's device work as one function; everything that depends on the host
- * (the batch, the per-step values, the fp16 flag) happens before or after it. */
+ * gives this file the step's device work as one function, NCCL's bucketed all-reduce launches
+ * included; everything that depends on the host (the batch, the per-step values, the fp16 flag,
+ * NCCL's error and deadline checks) happens before or after it. */
 #include "train/trainer_graph.h"
 
 #include <stdio.h>
 
 #include "train/trainer_internal.h"
 
-void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend, bool host_comm,
+void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend, bool host_sync,
                         const char **why_off) {
     *g = (trainer_graph){0};
     *why_off = NULL;
@@ -15,11 +16,13 @@ void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend
     if (!wanted || !ops->step_capture_begin || !ops->step_capture_end || !ops->step_replay ||
         !ops->step_graph_free)
         return;
-    if (host_comm) {
-        /* the bucketed all-reduce does host work between the step's ops (MPI's staging
-         * copies; NCCL's waits for the previous step and its error polling) */
-        *why_off = "off: with several ranks (or train.comm = nccl) the gradient all-reduce does "
-                   "host work inside the step, so the steps run eager";
+    if (host_sync) {
+        /* MPI reduces in host memory and only moves data inside MPI calls: the bucketed
+         * all-reduce is host code between the step's ops, which a replay would skip (NCCL's is
+         * stream work, captured with the step; its host checks run after it) */
+        *why_off = "off: train.comm = mpi all-reduces the gradients on the host inside the step "
+                   "(MPI calls and host copies between backward's ops, which a CUDA graph cannot "
+                   "hold), so the steps run eager; train.comm = nccl captures them";
         return;
     }
     g->enabled = true;
@@ -46,15 +49,31 @@ static mt_status run_eager(trainer_graph *g, trainer *t, int warm_rows, trainer_
     return status;
 }
 
-/* The capture could not begin or did not end: graphs off for the run, said once on stderr (the
- * backend's error names why, e.g. cuda's refusal while profiling), and the step runs eager. */
-static mt_status capture_failed(trainer_graph *g, trainer *t, trainer_step_fn body,
+/* The capture could not begin or did not end, here (`mine`) or on another rank: graphs off for
+ * the run, said once on stderr (the backend's error names why, e.g. cuda's refusal while
+ * profiling), and the step runs eager. */
+static mt_status capture_failed(trainer_graph *g, trainer *t, bool mine, trainer_step_fn body,
                                 const void *user) {
     g->enabled = false;
-    if (t->who.rank == 0)
-        fprintf(stderr, "train.cuda_graphs: capturing the step failed (%s); the steps run eager\n",
-                mt_last_error());
+    if (mine)
+        fprintf(stderr, "train.cuda_graphs: capturing the step failed on rank %d (%s); the steps "
+                "run eager\n", t->who.rank, mt_last_error());
+    else if (t->who.rank == 0)
+        fprintf(stderr, "train.cuda_graphs: capturing the step failed on another rank (its line "
+                "says why); the steps run eager\n");
     return run_eager(g, t, 0, body, user);
+}
+
+/* Whether the capture worked on every rank. With several ranks graphs are on only with NCCL,
+ * whose captured collectives NCCL requires of every rank at once (a graph's launch is a
+ * collective): one host collective per capture, that is once per batch shape. */
+static mt_status capture_agreed(trainer *t, bool mine, bool *all) {
+    *all = mine;
+    if (t->who.world_size == 1) return MT_OK;
+    int32_t failed = !mine;
+    MT_TRY(mt_comm_allreduce_max_i32(t->comm, &failed, 1));
+    *all = failed == 0;
+    return MT_OK;
 }
 
 mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, uint64_t memory,
@@ -69,13 +88,19 @@ mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, uint64_t me
         if (g->warm_rows != rows || g->warm_memory != memory)
             return run_eager(g, t, rows, body, user);
         /* capture: the ops are recorded, not run; the replay below runs them */
-        if (ops->step_capture_begin(backend) != MT_OK) return capture_failed(g, t, body, user);
-        mt_status status = body(t, user);
         void *graph = NULL;
-        mt_status ended = ops->step_capture_end(backend, &graph);
-        if (status != MT_OK || ended != MT_OK) {
+        bool captured = ops->step_capture_begin(backend) == MT_OK;
+        if (captured) {
+            mt_status status = body(t, user);
+            mt_status ended = ops->step_capture_end(backend, &graph);
+            captured = status == MT_OK && ended == MT_OK;
+        }
+        bool everywhere = false;
+        mt_status agreed = capture_agreed(t, captured, &everywhere);
+        if (!everywhere || agreed != MT_OK) {
             if (graph) ops->step_graph_free(backend, graph);
-            return capture_failed(g, t, body, user);
+            if (agreed != MT_OK) return agreed;
+            return capture_failed(g, t, !captured, body, user);
         }
         g->graph = graph;
         g->rows = rows;

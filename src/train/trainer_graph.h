@@ -27,9 +27,11 @@ typedef struct trainer_graph {
 typedef mt_status (*trainer_step_fn)(struct trainer *t, const void *user);
 
 /* Decide whether steps are captured: `wanted` (train.cuda_graphs) and the backend's capture ops;
- * `host_comm` (a gradient synchronizer runs between the step's ops) turns it off, and *why_off
- * says so (NULL when off for want of asking or of a capable backend: nothing to say). */
-void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend, bool host_comm,
+ * `host_sync` (the gradient synchronizer does host work between the step's ops: train.comm =
+ * mpi, mt_grad_sync_host_work) turns it off, and *why_off says so (NULL when off for want of
+ * asking or of a capable backend: nothing to say). NCCL's bucketed all-reduce is stream work
+ * and is captured with the step. */
+void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend, bool host_sync,
                         const char **why_off);
 
 /* One step of `rows` rows through `body`: eager when graphs are off, when `eager` (a step with
@@ -38,7 +40,9 @@ void trainer_graph_init(trainer_graph *g, bool wanted, const mt_backend *backend
  * (`memory`: mt_model_memory_generation) changed; otherwise the shape's graph is replayed,
  * captured first if there is none yet. A capture the backend refuses to begin (cuda while
  * profiling, docs/gpu.md) or that fails turns graphs off for the run, with one line on stderr
- * naming why, and the step runs eager (nothing of it ran). */
+ * naming why, and the step runs eager (nothing of it ran). With several ranks the capture's
+ * outcome is agreed on (a captured NCCL collective must be captured on every rank, and a graph
+ * holding one launched on every rank): one rank's failure turns graphs off on all. */
 mt_status trainer_graph_step(trainer_graph *g, struct trainer *t, int rows, uint64_t memory,
                              bool eager, trainer_step_fn body, const void *user);
 

@@ -239,8 +239,8 @@ mt_status trainer_set_up(trainer *t, const mt_train_options *options) {
         mt_model_set_grad_hook(t->model, mt_grad_sync_ready, t->grad_sync);
     }
     const char *graphs_off = NULL;
-    trainer_graph_init(&t->graph, c->train.cuda_graphs, t->backend, t->grad_sync != NULL,
-                       &graphs_off);
+    trainer_graph_init(&t->graph, c->train.cuda_graphs, t->backend,
+                       t->grad_sync && mt_grad_sync_host_work(t->grad_sync), &graphs_off);
     if (graphs_off) trainer_say(t, "train.cuda_graphs: %s\n", graphs_off);
     /* Weights: a checkpoint to resume (everything), else the configured initial weights. Which
      * one is decided before open_outputs writes anything into the run folder. */

@@ -965,6 +965,94 @@ def case_mpi_fault(data, tmp):
         print(f"fault ({kind}): job exited {result.returncode} after {result.seconds:.1f} s")
 
 
+def emu_report(path):
+    """The emulated CUDA runtime's MT_EMU_REPORT line (tests/gpu/emu/emu_cudart.cc), as a dict:
+    {"captures": C, "broken": B, "replays": R}; all 0 when it never wrote one."""
+    if not os.path.exists(path):
+        return {"captures": 0, "broken": 0, "replays": 0}
+    with open(path) as f:
+        words = f.read().split()
+    return dict(zip(words[0::2], map(int, words[1::2])))
+
+
+def case_nccl_graphs(data, tmp):
+    """train.comm = nccl with train.cuda_graphs on the emulated cuda backend (ctest
+    trainer_nccl_graphs_emulated sets MT_CUDA_MODULE; MT_EMU_DEVICES=2 gives each rank a GPU):
+    on 1 and on 2 ranks, the captured step (its bucketed all-reduce launches inside) ends where
+    the eager steps end, every tensor of last.safetensors bit for bit (the emulated device clock
+    makes every per-shape choice the same), and each rank's report (MT_EMU_REPORT's %r: one file
+    per rank) shows one capture, nothing broken, and a replay of every later step. Then a stuck
+    peer: rank 1 stops (SIGSTOP, alive to mpirun) at step 4, while rank 0 replays; rank 0's
+    check after the replay (NCCL's error state: the emulated NCCL gives up after
+    MT_EMU_NCCL_TIMEOUT s) takes the job down with its message, well before the test's bound."""
+    if not MPIRUN:
+        skip("built without MPI")
+    if BACKEND != "cuda" or not os.environ.get("MT_CUDA_MODULE"):
+        skip("needs MT_TRAINER_BACKEND=cuda and MT_CUDA_MODULE (ctest trainer_nccl_graphs_emulated)")
+    nccl_timeout = 8
+    emulated = {"MT_EMU_DEVICES": "2", "MT_EMU_NCCL_TIMEOUT": str(nccl_timeout)}
+    # small buckets: several all-reduces per step, the first started in the middle of backward
+    nccl = {"train__comm": "nccl", "train__bucket_mb": "0.05", "train__epochs": 1}
+    steps = 4
+    for ranks in (1, 2):
+        last = {}
+        for graphs in ("true", "false"):
+            folder = os.path.join(tmp, f"ranks{ranks}-graphs-{graphs}")
+            report = os.path.join(tmp, f"ranks{ranks}-graphs-{graphs}-%r.report")
+            last[graphs], output = mpi_train(folder, data, ranks, 4,
+                                             env=dict(emulated, MT_EMU_REPORT=report),
+                                             train__cuda_graphs=graphs,
+                                             train__steps_per_epoch=steps, **nccl)
+            if "gradients over nccl" not in output:
+                fail(f"{ranks} rank(s): the gradients did not go over NCCL:\n{output}")
+            if graphs == "true" and "train.cuda_graphs" in output:
+                fail(f"{ranks} rank(s): graphs were turned off:\n{output}")
+            # the first step warms the shape up eager, the second is captured and replayed
+            want = ({"captures": 1, "broken": 0, "replays": steps - 1} if graphs == "true" else
+                    {"captures": 0, "broken": 0, "replays": 0})
+            for rank in range(ranks):
+                got = emu_report(report.replace("%r", str(rank)))
+                if got != want:
+                    fail(f"{ranks} rank(s), cuda_graphs = {graphs}, rank {rank}: the emulated "
+                         f"runtime reports {got}, expected {want}\n{output}")
+        compare(last["true"], last["false"])
+        print(f"nccl, {ranks} rank(s): {steps} steps captured once and replayed == eager, "
+              f"bit for bit")
+
+    # train.comm = mpi stays eager, saying why: its all-reduce is host work inside the step
+    report = os.path.join(tmp, "mpi-%r.report")
+    _, output = mpi_train(os.path.join(tmp, "mpi"), data, 2, 4,
+                          env=dict(emulated, MT_EMU_REPORT=report), train__comm="mpi",
+                          train__epochs=1, train__steps_per_epoch=2)
+    words = "train.cuda_graphs: off: train.comm = mpi all-reduces the gradients on the host"
+    if words not in output or emu_report(report.replace("%r", "0"))["captures"] != 0:
+        fail(f"train.comm = mpi should run eager saying '{words}':\n{output}")
+
+    folder = os.path.join(tmp, "stuck")
+    os.makedirs(folder)
+    config = write_config(folder, data, data__batch_size=4, model__dropout=0,
+                          **dict(nccl, train__epochs=50))
+    report = os.path.join(tmp, "stuck-%r.report")
+    bound = 90
+    command = ["timeout", "-k", "5", str(bound), MPIRUN, "--oversubscribe", "--bind-to", "none",
+               "-np", "2", MOBILETUNE, "train", "--config", config]
+    result = run(command, expect=1, env=dict(
+        emulated, MT_EMU_REPORT=report, OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", MT_FAULT_RANK="1", MT_FAULT_STEP="4",
+        MT_FAULT_KIND="stop"))
+    if result.returncode == 124 or result.seconds >= bound - 1:
+        fail(f"stuck peer: the job hung until the test's {bound} s bound:\n{result.output}")
+    words = "rank 0 (GPU 0): NCCL"
+    if words not in result.output:
+        fail(f"stuck peer: rank 0 did not say '{words}':\n{result.output}")
+    got = emu_report(report.replace("%r", "0"))
+    if got["captures"] != 1 or got["replays"] < 4:
+        fail(f"stuck peer: rank 0 should have captured once and replayed steps 1 to 4, the "
+             f"emulated runtime reports {got}")
+    print(f"stuck peer under graphs: the job exited {result.returncode} after "
+          f"{result.seconds:.1f} s (emulated NCCL timeout {nccl_timeout} s), rank 0 naming NCCL")
+
+
 # ---- Slurm, for real, on a one-node cluster started by ../shared/tools/slurm_local.sh -------------
 
 SLURM_LOCAL = os.path.join(os.environ.get("MT_SHARED_DIR", os.path.join(SOURCE, "..", "shared")),
@@ -1075,6 +1163,7 @@ CASES = {
     "mpi_flags": case_mpi_flags,
     "mpi_fault": case_mpi_fault,
     "mpi_disagree": case_mpi_disagree,
+    "nccl_graphs": case_nccl_graphs,
     "slurm": case_slurm,
 }
 

@@ -20,7 +20,8 @@
  * - Errors are per thread, as cudaGetLastError's.
  * - MT_EMU_REPORT=FILE: one line "captures C broken B replays R" (totals of the process), rewritten
  *   at each capture's end and each replay, for tests that check that a step really was captured
- *   and replayed. */
+ *   and replayed. A "%r" in FILE becomes the process's MPI rank (OMPI_COMM_WORLD_RANK, else
+ *   PMIX_RANK, else 0), so the ranks of one mpirun write one file each. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "emu_internal.hh"
@@ -74,9 +76,22 @@ cudaError_t fail(cudaError_t e) {
 unsigned long long device_microseconds = 0;
 unsigned long long captures = 0, broken_captures = 0, replays = 0;
 
+/* MT_EMU_REPORT with its "%r" (at most one) replaced by the MPI rank */
+std::string report_path() {
+    const char *text = getenv("MT_EMU_REPORT");
+    std::string path = text ? text : "";
+    const size_t at = path.find("%r");
+    if (at != std::string::npos) {
+        const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+        if (!rank || !*rank) rank = getenv("PMIX_RANK");
+        path.replace(at, 2, rank && *rank ? rank : "0");
+    }
+    return path;
+}
+
 void write_report() {
-    const char *path = getenv("MT_EMU_REPORT");
-    FILE *f = path && *path ? fopen(path, "w") : nullptr;
+    const std::string path = report_path();
+    FILE *f = !path.empty() ? fopen(path.c_str(), "w") : nullptr;
     if (!f) return;
     fprintf(f, "captures %llu broken %llu replays %llu\n", captures, broken_captures, replays);
     fclose(f);
