@@ -549,25 +549,33 @@ def check_loss_scale(run_dir, steps):
 
 
 def case_precision(data, tmp):
-    """train.precision on the CPU: fp16 on the reference backend (its bf16/fp16 emulation) keeps
-    Keras' loss-scale state in the checkpoint, so 2 epochs + --resume + 2 equal 4 straight bit
-    for bit, and metrics.jsonl records the scale and the skipped updates; an overflow in the
-    backward pass (a dense kernel so large that the pooled features' gradient passes fp16's
-    65504 at scale 2^15) skips updates and halves the scale, Keras' way, until the gradients
-    fit, and the model stays finite; bf16 on the cpu backend is refused naming the option and
-    the fix; tf32 on the cpu backend is fp32 (a documented no-op), bit for bit."""
-    ref = {"train__backend": "reference", "train__precision": "fp16"}
-    straight = os.path.join(tmp, "straight")
-    os.makedirs(straight)
-    run([MOBILETUNE, "train", "--config", write_config(straight, data, **ref), "--no-progress"])
-    halves = os.path.join(tmp, "halves")
-    os.makedirs(halves)
-    config = write_config(halves, data, **ref)
-    run([MOBILETUNE, "train", "--config", config, "--set", "train.epochs=2"])
-    check_loss_scale(f"{halves}/run", 12)
-    run([MOBILETUNE, "train", "--config", config, "--resume", "auto"])
-    compare(f"{straight}/run/last.safetensors", f"{halves}/run/last.safetensors", atol=0.0)
-    check_loss_scale(f"{straight}/run", 24)
+    """train.precision: fp16 on the reference backend (its bf16/fp16 emulation; with
+    MT_TRAINER_BACKEND=cuda, fp16 and bf16 on the cuda backend) keeps Keras' loss-scale state in
+    the checkpoint, so 2 epochs + --resume + 2 equal 4 straight bit for bit, and metrics.jsonl
+    records the scale and the skipped updates; an overflow in the backward pass (a dense kernel
+    so large that the pooled features' gradient passes fp16's 65504 at scale 2^15) skips
+    updates and halves the scale, Keras' way, until the gradients fit, and the model stays
+    finite; bf16 on the cpu backend is refused naming the option and the fix; tf32 on the cpu
+    backend is fp32 (a documented no-op), bit for bit."""
+    mixed_backend = "cuda" if BACKEND == "cuda" else "reference"
+    ref = {"train__backend": mixed_backend, "train__precision": "fp16"}
+    for precision in ("fp16", "bf16") if mixed_backend == "cuda" else ("fp16",):
+        setup = dict(ref, train__precision=precision)
+        straight = os.path.join(tmp, "straight-" + precision)
+        os.makedirs(straight)
+        run([MOBILETUNE, "train", "--config", write_config(straight, data, **setup),
+             "--no-progress"])
+        halves = os.path.join(tmp, "halves-" + precision)
+        os.makedirs(halves)
+        config = write_config(halves, data, **setup)
+        run([MOBILETUNE, "train", "--config", config, "--set", "train.epochs=2"])
+        if precision == "fp16":
+            check_loss_scale(f"{halves}/run", 12)
+        run([MOBILETUNE, "train", "--config", config, "--resume", "auto"])
+        compare(f"{straight}/run/last.safetensors", f"{halves}/run/last.safetensors", atol=0.0)
+        if precision == "fp16":
+            check_loss_scale(f"{straight}/run", 24)
+    straight = os.path.join(tmp, "straight-fp16")
 
     # overflow: the head's kernel x 1e4 (the logits stay finite in fp32, the loss too), so the
     # gradient of the pooled features is ~1e4 x 2^15 x dlogit: inf in fp16 until the scale
@@ -602,7 +610,8 @@ def case_precision(data, tmp):
              write_config(folder, data, train__backend="cpu", train__epochs=1,
                           train__precision=precision)])
     compare(f"{tmp}/fp32/run/last.safetensors", f"{tmp}/tf32/run/last.safetensors", atol=0.0)
-    print(f"precision: fp16 resume bit-exact with the loss-scale state; an overflow skipped {skipped} "
+    print(f"precision on {mixed_backend}: fp16 resume bit-exact with the loss-scale state"
+          f"{' (bf16 too)' if mixed_backend == 'cuda' else ''}; an overflow skipped {skipped} "
           f"update(s) and halved the scale to 2^{15 - skipped}; bf16 on cpu refused; tf32 on cpu "
           f"== fp32")
 
