@@ -222,6 +222,7 @@ static void cuda_shutdown(mt_backend *backend) {
     if (cu->device_result) (void)cudaFree(cu->device_result);
     if (cu->host_result) (void)cudaFreeHost(cu->host_result);
     if (cu->cublas) (void)cublasDestroy(cu->cublas);
+    if (cu->cublas_workspace) (void)cudaFree(cu->cublas_workspace);
     if (cu->cudnn) (void)cudnnDestroy(cu->cudnn);
     for (int slot = 0; slot < 2; slot++) {
         cuda_input_slot *in = &cu->input[slot];
@@ -249,6 +250,12 @@ static mt_status cuda_setup(cuda_backend *cu) {
     CUDNN_CHECK(cudnnSetStream(cu->cudnn, cu->stream));
     CUBLAS_CHECK(cublasCreate(&cu->cublas));
     CUBLAS_CHECK(cublasSetStream(cu->cublas, cu->stream));
+    /* cuBLAS' own workspace, set after the stream (setting a stream resets it): without one, a
+     * captured step gets a fresh workspace from cuBLAS per graph and may run other kernels than
+     * eager; with this one, eager and captured products run the same kernels */
+    CUDA_CHECK(cudaMalloc(&cu->cublas_workspace, CUDA_CUBLAS_WORKSPACE_BYTES));
+    CUBLAS_CHECK(cublasSetWorkspace(cu->cublas, cu->cublas_workspace,
+                                    CUDA_CUBLAS_WORKSPACE_BYTES));
     /* DISALLOW_REDUCED_PRECISION_REDUCTION: a product with a 16-bit output (bf16/fp16's 1x1
      * convolutions) must not add split-K partial sums in that type -- one rounding at the end,
      * as the reference's emulation has; no effect on fp32 outputs */

@@ -102,6 +102,9 @@ typedef struct cuda_input_slot {
     cudaEvent_t copied, consumed;
 } cuda_input_slot;
 
+/* cuBLAS' workspace: 32 MiB, the size cuBLAS' documentation recommends for Hopper (4 MiB before) */
+#define CUDA_CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+
 typedef struct cuda_backend {
     int device;
     cudaStream_t stream;      /* every op, copy and memset */
@@ -110,6 +113,7 @@ typedef struct cuda_backend {
     cuda_input_slot input[2];
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
+    void *cublas_workspace;  /* cublasSetWorkspace's, CUDA_CUBLAS_WORKSPACE_BYTES */
     bool allow_tf32;    /* MT_CUDA_TF32=1: cuDNN/cuBLAS may use TF32 (off: exact fp32 FMA math) */
     bool debug;         /* MT_CUDA_DEBUG=1: log choices to stderr */
     int depthwise_mode; /* MT_CUDA_DEPTHWISE: 0 auto (time both), 1 own kernels, 2 cuDNN */

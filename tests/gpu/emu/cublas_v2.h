@@ -1,4 +1,4 @@
-/* A stand-in for cuBLAS' header (see cuda_runtime_api.h): the two products the cuda backend calls,
+/* A stand-in for cuBLAS' header (see cuda_runtime_api.h): the two products the cuda backend calls (and the handle's settings),
  * cublasSgemm and cublasGemmEx, column-major as cuBLAS, implemented in emu_cublas.cc. Names,
  * values and signatures follow cuBLAS' documented API. */
 #ifndef MT_EMU_CUBLAS_V2_H
@@ -37,6 +37,7 @@ cublasStatus_t cublasCreate(cublasHandle_t *handle);
 cublasStatus_t cublasDestroy(cublasHandle_t handle);
 cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream);
 cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode);
+cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void *workspace, size_t bytes);
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
                            cublasOperation_t transb, int m, int n, int k, const float *alpha,
                            const float *A, int lda, const float *B, int ldb, const float *beta,

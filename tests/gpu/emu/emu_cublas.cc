@@ -11,6 +11,7 @@
 
 struct cublasContext {
     cudaStream_t stream = nullptr;
+    bool workspace_set = false; /* cublasSetWorkspace since the last cublasSetStream */
 };
 
 namespace {
@@ -45,6 +46,13 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
                     int lda, const void *B, mt_emu_element b_type, int ldb, float beta, void *C,
                     mt_emu_element c_type, int ldc) {
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    /* Under capture, a handle on cuBLAS' default workspace pool gets a workspace of its own for
+     * each graph (more memory per capture, and perhaps other kernels than eager): the backend
+     * gives cuBLAS its workspace, so a product captured without one is treated as the
+     * allocation it would be. */
+    if (!handle->workspace_set && mt_emu_capture_refuses("a cuBLAS product without "
+                                                         "cublasSetWorkspace"))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     const bool ta = transa != CUBLAS_OP_N, tb = transb != CUBLAS_OP_N;
     if (m < 0 || n < 0 || k < 1 || !matrix_ok("A", A, a_type, ta ? k : m, ta ? m : k, lda) ||
@@ -95,8 +103,22 @@ cublasStatus_t cublasDestroy(cublasHandle_t handle) {
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* as cuBLAS: setting the stream puts the handle back on the default workspace pool */
 cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
     handle->stream = stream;
+    handle->workspace_set = false;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* cuBLAS wants the workspace device memory aligned to 256 bytes */
+cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void *workspace, size_t bytes) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if ((uintptr_t)workspace % 256 != 0 || !mt_emu_is_device_range(workspace, bytes)) {
+        mt_emu_complain("cuBLAS", "workspace %p (%zu bytes) is not 256-byte aligned device memory",
+                        workspace, bytes);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    handle->workspace_set = true;
     return CUBLAS_STATUS_SUCCESS;
 }
 
