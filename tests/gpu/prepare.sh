@@ -85,11 +85,14 @@ for t in data.get("tests", []):
     props = {p["name"]: p["value"] for p in t.get("properties", [])}
     labels = props.get("LABELS", [])
     cmd = t.get("command") or []
-    # the GPU tests (ctest -R 'cuda|gpu' or label gpu); the emulated kernels and the golden
-    # tool are CPU tests that CI runs
+    # the GPU tests (ctest -R 'cuda|gpu' or label gpu); the CPU tests among them (label
+    # emulated: the cuda backend on CPU stand-ins; the kernel emulation, the golden tool, the
+    # plain-C bookkeeping tests, gpu_model on the cpu backend) are CI's, not worth GPU time
     name = t["name"]
+    cpu_tests = ("gpu_kernels_emulated", "gpu_golden_tool", "gpu_conv_plan", "gpu_profile",
+                 "gpu_model_cpu", "gpu_bench_script")
     if not ("gpu" in labels or "cuda" in name or "gpu" in name) or not cmd or \
-            name in ("gpu_kernels_emulated", "gpu_golden_tool"):
+            "emulated" in labels or name in cpu_tests:
         continue
     if not os.path.abspath(cmd[0]).startswith(os.path.abspath(build) + "/"):
         continue  # a script test: not carried
