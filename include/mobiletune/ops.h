@@ -473,6 +473,22 @@ typedef struct mt_ops {
     mt_status (*step_capture_end)(mt_backend *backend, void **graph);
     mt_status (*step_replay)(mt_backend *backend, void *graph);
     void (*step_graph_free)(mt_backend *backend, void *graph);
+
+    /* ---- optional: the backend's per-shape choices as state (NULL when a backend makes none
+     * that change results: reference, cpu) ----
+     * A backend that picks an implementation per shape by timing it (cuda: our kernels, cuDNN
+     * or cuBLAS per convolution and pass, and cuDNN's algorithm) may pick differently in another
+     * process, and another implementation sums in another order: other bits. The trainer keeps
+     * the choices in its checkpoints so that a resumed run makes exactly the straight run's.
+     *   choices_save  *text = one line per decided (shape, pass) (malloc'd; the caller frees
+     *                 it), or NULL when nothing is decided yet
+     *   choices_load  pre-seed the choices from such a text, before the first op of those
+     *                 shapes: they skip the timing and run what the text says. A malformed
+     *                 line is MT_ERR_FORMAT naming it; what this backend cannot run (another
+     *                 GPU, another library version) is dropped with a line on stderr and chosen
+     *                 anew (docs/gpu.md, "Choices"). */
+    mt_status (*choices_save)(mt_backend *backend, char **text);
+    mt_status (*choices_load)(mt_backend *backend, const char *text);
 } mt_ops;
 
 struct mt_backend {

@@ -5,7 +5,9 @@
  *   metadata: format, position (epoch, next_batch, global_step), optimizer iterations, fp16's
  *   loss-scale state (loss_scale, loss_scale_good_steps, loss_scale_skipped), the best
  *   validation accuracy, the seed (with global_step it fixes every later shuffle, flip and dropout
- *   mask: the RNG state), the layout checksum and the whole config as INI text. */
+ *   mask: the RNG state), the layout checksum and the whole config as INI text; and, when the
+ *   backend times its implementations per shape (cuda), its choices (backend_choices: ops.h
+ *   choices_save), so that a resume runs the same ones and stays bit-exact. */
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -100,6 +102,12 @@ mt_status trainer_save_checkpoint(trainer *t, const char *name) {
         if (status == MT_OK)
             status = add_meta_u64(c, "loss_scale_skipped", (uint64_t)t->loss_scale.skipped);
     }
+    /* rank 0's choices: a resume loads them into every rank (docs/gpu.md, "Choices") */
+    const mt_ops *ops = t->backend->ops;
+    char *choices = NULL;
+    if (status == MT_OK && ops->choices_save) status = ops->choices_save(t->backend, &choices);
+    if (status == MT_OK && choices) status = mt_checkpoint_set_meta(c, "backend_choices", choices);
+    free(choices);
     if (status == MT_OK) status = mt_checkpoint_write(c, path);
     free(config_text);
     mt_checkpoint_free(c);
@@ -278,6 +286,14 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_chang
     if (status == MT_OK && t->loss_scaling) status = load_loss_scale(c, path, &t->loss_scale);
     const char *best = mt_checkpoint_meta(c, "best_val_accuracy");
     if (status == MT_OK) t->best_val_accuracy = best ? strtod(best, NULL) : 0.0;
+    /* before the first step: the recorded shapes skip their timing. A checkpoint without them
+     * (older, or from a backend that makes none) leaves the backend to choose, as always. */
+    const char *choices = mt_checkpoint_meta(c, "backend_choices");
+    if (status == MT_OK && choices && t->backend->ops->choices_load) {
+        status = t->backend->ops->choices_load(t->backend, choices);
+        if (status != MT_OK)
+            status = mt_error_context(status, "checkpoint '%s': backend_choices", path);
+    }
     mt_checkpoint_free(c);
     return status;
 }

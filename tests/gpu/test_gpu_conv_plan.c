@@ -11,7 +11,10 @@
  * 2. The per-update weight copies' bookkeeping (src/ops/cuda/cuda_weight_cache.c): a copy is
  *    found under its exact key only (pointer, form, geometry), a write drops exactly the copies
  *    whose kernel it overlaps (a one-byte overlap at either end, not a neighbour that only
- *    touches), and a write of 0 bytes (buffer_free) drops everything. */
+ *    touches), and a write of 0 bytes (buffer_free) drops everything.
+ * 3. The choices' text (src/ops/cuda/cuda_choices.c, what a checkpoint's backend_choices holds):
+ *    every field of every kind of choice comes back from its text unchanged, and each way a line
+ *    can be wrong is an error naming that line's number. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +22,7 @@
 #include <string.h>
 
 #include "mobiletune/ops.h"
+#include "ops/cuda/cuda_choices.h"
 #include "ops/cuda/cuda_pointwise.h"
 #include "ops/cuda/cuda_weight_cache.h"
 #include "ops/precision.h"
@@ -246,6 +250,101 @@ static void check_weight_cache(void) {
     CHECK(r.count == 1 && was_released(&r, &tags[6]) && cache.copies == NULL && cache.count == 0);
 }
 
+/* ---- 3. the choices' text ------------------------------------------------------------------ */
+
+static bool same_choice(const mt_cuda_choice *a, const mt_cuda_choice *b) {
+    const mt_conv_desc *x = &a->desc, *y = &b->desc;
+    return x->input.n == y->input.n && x->input.h == y->input.h && x->input.w == y->input.w &&
+           x->input.c == y->input.c && x->out_channels == y->out_channels &&
+           x->kernel == y->kernel && x->stride == y->stride && x->pad_top == y->pad_top &&
+           x->pad_left == y->pad_left && x->pad_bottom == y->pad_bottom &&
+           x->pad_right == y->pad_right && x->depthwise == y->depthwise && a->pass == b->pass &&
+           a->impl == b->impl && a->algo == b->algo && a->math == b->math &&
+           a->workspace == b->workspace;
+}
+
+/* The text with line `line` (1-based) replaced by `with` must fail, naming "line <line>". */
+static void check_malformed(const char *text, int line, const char *with) {
+    char edited[2048] = "";
+    const char *p = text;
+    for (int number = 1; *p; number++) {
+        const size_t length = strcspn(p, "\n");
+        const size_t used = strlen(edited);
+        snprintf(edited + used, sizeof edited - used, "%.*s\n",
+                 number == line ? (int)strlen(with) : (int)length, number == line ? with : p);
+        p += length + (p[length] == '\n');
+    }
+    mt_cuda_choices_header header;
+    mt_cuda_choice *list = NULL;
+    size_t count = 0;
+    const mt_status status = mt_cuda_choices_parse(edited, &header, &list, &count);
+    char want[32];
+    snprintf(want, sizeof want, "line %d ", line);
+    CHECK_MSG(status == MT_ERR_FORMAT && strstr(mt_last_error(), want),
+              "line %d as '%s': status %d, '%s'", line, with, (int)status, mt_last_error());
+    CHECK(list == NULL && count == 0);
+    free(list);
+}
+
+static void check_choices_text(void) {
+    const mt_cuda_choice choices[] = {
+        /* four different pads, so that no two fields can trade places unseen */
+        {.desc = {.input = {128, 224, 224, 3}, .out_channels = 32, .kernel = 3, .stride = 2,
+                  .pad_left = 1, .pad_bottom = 2, .pad_right = 3},
+         .pass = MT_CUDA_CONV_BACKWARD_FILTER, .impl = MT_CUDA_IMPL_OWN},
+        {.desc = {.input = {8, 56, 56, 144}, .out_channels = 144, .kernel = 3, .stride = 1,
+                  .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1,
+                  .depthwise = true},
+         .pass = MT_CUDA_CONV_BACKWARD_DATA, .impl = MT_CUDA_IMPL_CUDNN, .algo = 5, .math = 2,
+         .workspace = (size_t)5 << 32},
+        {.desc = {.input = {4, 7, 9, 320}, .out_channels = 1280, .kernel = 1, .stride = 1},
+         .pass = MT_CUDA_CONV_FORWARD, .impl = MT_CUDA_IMPL_GEMM},
+    };
+    const size_t count = sizeof choices / sizeof choices[0];
+    const mt_cuda_choices_header header = {.precision = MT_COMPUTE_BF16, .tf32 = true};
+    char *text = NULL;
+    CHECK(mt_cuda_choices_format(&header, choices, count, &text) == MT_OK && text);
+    if (!text) return;
+    mt_cuda_choices_header back = {0};
+    mt_cuda_choice *list = NULL;
+    size_t got = 0;
+    CHECK_MSG(mt_cuda_choices_parse(text, &back, &list, &got) == MT_OK, "%s", mt_last_error());
+    CHECK(back.precision == MT_COMPUTE_BF16 && back.tf32);
+    CHECK_MSG(got == count, "%zu choices back of %zu:\n%s", got, count, text);
+    for (size_t i = 0; i < got && i < count; i++) {
+        CHECK_MSG(same_choice(&list[i], &choices[i]), "choice %zu changed:\n%s", i, text);
+        CHECK(list[i].line == (int)i + 2);
+    }
+    free(list);
+    /* the header alone: no choices, no error */
+    const char *header_line = "mobiletune-cuda-choices 1 precision fp32 tf32 0\n";
+    CHECK(mt_cuda_choices_parse(header_line, &back, &list, &got) == MT_OK && !list && got == 0);
+    CHECK(back.precision == MT_COMPUTE_FP32 && !back.tf32);
+
+    check_malformed(text, 1, "mobiletune-cuda-choices 2 precision bf16 tf32 1");
+    check_malformed(text, 1, "mobiletune-cuda-choices 1 precision bf17 tf32 1");
+    check_malformed(text, 1, "mobiletune-cuda-choices 1 precision bf16 tf32 2");
+    check_malformed(text, 1, "conv N8 1x1x1 -> 1 k1 s1 pads 0 0 0 0 regular forward own");
+    check_malformed(text, 2, "conv N128 224x224x3 -> 32 k3 s2 pads 0 0 1 1 regular sideways own");
+    check_malformed(text, 2, "conv N128 224x224x3 -> 32 k3 s2 pads 0 0 1 1 regular forward fast");
+    check_malformed(text, 2, "conv N128 224x224x3 -> 32 k3 s2 pads 0 0 1 1 strided forward own");
+    check_malformed(text, 2, "conv N128 224x224x3 -> 32 k3 s0 pads 0 0 1 1 regular forward own");
+    check_malformed(text, 2, "conv N128 224x224x3 -> 32 k3 s2 pads 0 -1 1 1 regular forward own");
+    check_malformed(text, 2, "conv N128 224x224x3 -> 32 k3 s2 pads 0 0 1 1 regular forward own x");
+    check_malformed(text, 2, "conv N128 224x224x3 -> 32 k3 s2 pads 0 0 1 regular forward own");
+    check_malformed(text, 3, "conv N8 56x56x144 -> 72 k3 s1 pads 1 1 1 1 depthwise forward own");
+    check_malformed(text, 3, "conv N8 56x56x144 -> 144 k3 s1 pads 1 1 1 1 depthwise forward cudnn");
+    check_malformed(text, 3, "conv N8 56x56x144 -> 144 k3 s1 pads 1 1 1 1 depthwise forward "
+                             "cudnn algo -1 math 0 workspace 0");
+    check_malformed(text, 3, "conv N8 56x56x144 -> 144 k3 s1 pads 1 1 1 1 depthwise forward "
+                             "cudnn algo 1 math 0 workspace -4");
+    check_malformed(text, 4, "conv N4 7x9x320 -> 1280 k1 s1 pads 0 0 0 0 regular forward gemm "
+                             "algo 1 math 0 workspace 0");
+    check_malformed(text, 4, "conv N4 7x9x320 -> 1280 k1 s1 pads 0 0 0 0 regular forward "
+                             "undecided");
+    free(text);
+}
+
 int main(void) {
     mt_backend *ref = NULL, *ref16 = NULL;
     MUST(mt_backend_create("reference", &(mt_backend_options){.num_threads = 1}, &ref));
@@ -263,5 +362,6 @@ int main(void) {
     mt_backend_destroy(ref);
     mt_backend_destroy(ref16);
     check_weight_cache();
+    check_choices_text();
     return mt_test_finish();
 }

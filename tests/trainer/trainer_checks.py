@@ -1062,6 +1062,108 @@ def case_nccl_graphs(data, tmp):
           f"{result.seconds:.1f} s (emulated NCCL timeout {nccl_timeout} s), rank 0 naming NCCL")
 
 
+def rewrite_metadata(path, key, value):
+    """Set metadata `key` of checkpoint `path` to `value` (None: remove it, as in a checkpoint
+    written before the key existed; the metadata is not covered by the tensors' checksums)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    if value is None:
+        header["__metadata__"].pop(key)
+    else:
+        header["__metadata__"][key] = value
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + blob[8 + length:])
+
+
+def case_resume_choices(data, tmp):
+    """The cuda backend's per-shape choices (docs/gpu.md, "Choices") travel in the checkpoint, so
+    a resumed run, a fresh process whose timing may pick other implementations, stays bit-exact.
+    On the emulated cuda backend (ctest trainer_resume_choices_emulated): MT_EMU_SLOW makes one
+    kind of work slow on the virtual clock, a GPU on which other choices win. The straight run
+    and the first half run with cuBLAS slow (1x1 layers: cuDNN, whose emulated Find ranks a
+    non-deterministic algorithm first, which must be skipped); the second half with our kernels
+    and cuDNN's algorithm 0 slow. With the recorded choices the end equals the straight run bit
+    for bit; the same second half told to ignore them (MT_CUDA_CHOICES=ignore) must end
+    elsewhere, or the knob changed nothing and the first comparison proved nothing. A checkpoint
+    without choices (older) still resumes; a recorded algorithm this cuDNN lacks is dropped with
+    a line saying so; a malformed line is an error naming it."""
+    if BACKEND != "cuda" or not os.environ.get("MT_CUDA_MODULE"):
+        skip("needs MT_TRAINER_BACKEND=cuda and MT_CUDA_MODULE (ctest trainer_resume_choices_emulated)")
+    first = {"MT_EMU_SLOW": "gemm", "MT_CUDA_DEBUG": "1"}
+    second = {"MT_EMU_SLOW": "own,algo0", "MT_CUDA_DEBUG": "1"}
+    small = {"train__epochs": 2, "train__steps_per_epoch": 2, "data__batch_size": 4,
+             "model__dropout": 0}
+
+    straight = os.path.join(tmp, "straight")
+    os.makedirs(straight)
+    output = run([MOBILETUNE, "train", "--config", write_config(straight, data, **small),
+                  "--no-progress"], env=first).output
+    algos = re.findall(r"cuDNN algo (\d+)", output)
+    if not algos or set(algos) != {"0"}:
+        fail(f"with cuBLAS slow the 1x1 layers should run cuDNN's algorithm 0, the fastest "
+             f"deterministic one, and nothing else; cuDNN algorithms picked: {sorted(set(algos))}"
+             f"\n{output}")
+
+    halves = os.path.join(tmp, "halves")
+    os.makedirs(halves)
+    config = write_config(halves, data, **small)
+    run([MOBILETUNE, "train", "--config", config, "--set", "train.epochs=1"], env=first)
+    checkpoint = f"{halves}/run/last.safetensors"
+    _, meta = read_safetensors(checkpoint)
+    text = meta.get("backend_choices", "")
+    if not text.startswith("mobiletune-cuda-choices 1") or " cudnn algo 0 " not in text:
+        fail(f"the checkpoint does not hold the cuda choices:\n{text}")
+    copies = {}
+    for name in ("ignored", "old", "missing", "broken"):
+        shutil.copytree(halves, os.path.join(tmp, name))
+        copies[name] = write_config(os.path.join(tmp, name), data, **small)  # its own run_dir
+
+    resumed = run([MOBILETUNE, "train", "--config", config, "--resume", "auto"], env=second)
+    if "loaded" not in resumed.output or "recorded convolution choices" not in resumed.output:
+        fail("the resumed run did not load the recorded choices:\n" + resumed.output)
+    compare(f"{straight}/run/last.safetensors", checkpoint, atol=0.0)
+
+    ignored = os.path.join(tmp, "ignored")
+    run([MOBILETUNE, "train", "--config", copies["ignored"], "--resume", "auto"],
+        env=dict(second, MT_CUDA_CHOICES="ignore"))
+    a, _ = read_safetensors(f"{straight}/run/last.safetensors")
+    b, _ = read_safetensors(f"{ignored}/run/last.safetensors")
+    if all(np.array_equal(a[name], b[name]) for name in a):
+        fail("with the choices ignored, the flipped timing still ended bit for bit where the "
+             "straight run did: MT_EMU_SLOW changed no choice, so the test proves nothing")
+
+    # an older checkpoint, without the key, resumes (and chooses anew)
+    old = os.path.join(tmp, "old")
+    rewrite_metadata(f"{old}/run/last.safetensors", "backend_choices", None)
+    run([MOBILETUNE, "train", "--config", copies["old"], "--resume", "auto"],
+        env=second)
+
+    # an algorithm this cuDNN does not have: dropped, with a line, and the run goes on
+    missing = os.path.join(tmp, "missing")
+    rewrite_metadata(f"{missing}/run/last.safetensors", "backend_choices",
+                     text.replace(" cudnn algo 0 ", " cudnn algo 7 ", 1))
+    result = run([MOBILETUNE, "train", "--config", copies["missing"], "--resume", "auto"],
+                 env=second)
+    if "cudnn algo 7" in text or "algo 7, math" not in result.output:
+        fail("a recorded algorithm cuDNN lacks was not reported:\n" + result.output)
+
+    # a malformed line: an error naming it
+    broken = os.path.join(tmp, "broken")
+    lines = text.split("\n")
+    lines[2] = lines[2].replace("conv N", "conv M", 1)
+    rewrite_metadata(f"{broken}/run/last.safetensors", "backend_choices", "\n".join(lines))
+    result = run([MOBILETUNE, "train", "--config", copies["broken"], "--resume", "auto"],
+                 env=second, expect=1)
+    if "backend_choices" not in result.output or "line 3" not in result.output:
+        fail("a malformed choices line was not named:\n" + result.output)
+    print("resume_choices: resumed under other timing == straight run, bit for bit; differs "
+          "without the recorded choices; old, unavailable and malformed choices handled")
+
+
 # ---- Slurm, for real, on a one-node cluster started by ../shared/tools/slurm_local.sh -------------
 
 SLURM_LOCAL = os.path.join(os.environ.get("MT_SHARED_DIR", os.path.join(SOURCE, "..", "shared")),
@@ -1173,6 +1275,7 @@ CASES = {
     "mpi_fault": case_mpi_fault,
     "mpi_disagree": case_mpi_disagree,
     "nccl_graphs": case_nccl_graphs,
+    "resume_choices": case_resume_choices,
     "slurm": case_slurm,
 }
 

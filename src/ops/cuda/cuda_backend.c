@@ -497,6 +497,8 @@ const mt_ops mt_ops_cuda = {
     .step_capture_end = mt_cuda_step_capture_end,
     .step_replay = mt_cuda_step_replay,
     .step_graph_free = mt_cuda_step_graph_free,
+    .choices_save = mt_cuda_choices_save,
+    .choices_load = mt_cuda_choices_load,
 };
 
 /* ---- for the NCCL path in src/comm (cuda_export.h) ---------------------------------------- */

@@ -62,7 +62,9 @@
  *    per-update copy of the kernel rounded to 16 bits (kept fp32, the kernels' weight type). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "ops/cuda/cuda_choices.h"
 #include "ops/cuda/cuda_internal.h"
 #include "ops/cuda/cuda_pointwise.h"
 
@@ -72,7 +74,12 @@ enum conv_pass {
     PASS_BACKWARD_FILTER = MT_CUDA_CONV_BACKWARD_FILTER,
     PASSES
 };
-enum conv_impl { IMPL_UNDECIDED, IMPL_CUDNN, IMPL_OWN, IMPL_GEMM };
+enum conv_impl {
+    IMPL_UNDECIDED = MT_CUDA_IMPL_UNDECIDED,
+    IMPL_CUDNN = MT_CUDA_IMPL_CUDNN,
+    IMPL_OWN = MT_CUDA_IMPL_OWN,
+    IMPL_GEMM = MT_CUDA_IMPL_GEMM
+};
 static const char *const impl_names[] = {"undecided", "cuDNN", "own", "GEMM"};
 static const char *const pass_names[PASSES] = {"forward", "backward data", "backward filter"};
 
@@ -93,6 +100,7 @@ struct cuda_conv_entry {
     size_t workspace[PASSES];
     cudnnMathType_t math[PASSES];
     int impl[PASSES];
+    bool loaded[PASSES]; /* impl (and algo) came from choices_load, not from timing here */
 };
 
 /* One call's pointers: the pass decides which are used. */
@@ -238,25 +246,30 @@ static bool math_allowed(const cuda_backend *cu, int type, cudnnMathType_t math)
     return type == TYPE_F32 || math_ok(cu, type, math);
 }
 
-/* Pick the first (fastest) result that succeeded, fits the workspace limit and has the wanted
- * math; failing the last, the fastest that succeeded with an allowed one. */
+/* Pick the first (fastest) result that succeeded, is deterministic, fits the workspace limit and
+ * has the wanted math; failing the last, the fastest such with an allowed one. A
+ * non-deterministic algorithm (atomics: another summation order at every call) is never taken:
+ * with none left, the pass fails, and the caller falls back as for a shape cuDNN cannot run. */
 #define PICK_ALGO(perf, returned)                                                                  \
     do {                                                                                           \
         int pick_ = -1;                                                                            \
         for (int i_ = 0; i_ < (returned) && pick_ < 0; i_++)                                       \
             if ((perf)[i_].status == CUDNN_STATUS_SUCCESS &&                                       \
+                (perf)[i_].determinism == CUDNN_DETERMINISTIC &&                                   \
                 (perf)[i_].memory <= cu->workspace_limit &&                                        \
                 math_ok(cu, type, (perf)[i_].mathType))                                            \
                 pick_ = i_;                                                                        \
         for (int i_ = 0; i_ < (returned) && pick_ < 0; i_++)                                       \
             if ((perf)[i_].status == CUDNN_STATUS_SUCCESS &&                                       \
+                (perf)[i_].determinism == CUDNN_DETERMINISTIC &&                                   \
                 (perf)[i_].memory <= cu->workspace_limit &&                                        \
                 math_allowed(cu, type, (perf)[i_].mathType))                                       \
                 pick_ = i_;                                                                        \
         if (pick_ < 0)                                                                             \
             return MT_FAIL(MT_ERR_BACKEND,                                                         \
-                           "cuda conv %s: cuDNN has no algorithm for N%d %dx%dx%d -> %dx%dx%d "    \
-                           "k%d s%d%s within a %zu-byte workspace (MT_CUDA_WORKSPACE_MB)",         \
+                           "cuda conv %s: cuDNN has no deterministic algorithm for N%d %dx%dx%d "  \
+                           "-> %dx%dx%d k%d s%d%s within a %zu-byte workspace "                    \
+                           "(MT_CUDA_WORKSPACE_MB)",                                               \
                            pass_names[pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout,      \
                            g->k, g->stride, type == TYPE_16 ? " on 16-bit data" : "",             \
                            cu->workspace_limit);                                                   \
@@ -594,7 +607,17 @@ static mt_status conv_run(mt_backend *backend, const mt_conv_desc *d, const conv
     cuda_conv_entry *e = NULL;
     MT_TRY(conv_entry(cu, d, &e));
     if (e->impl[c->pass] == IMPL_UNDECIDED) return choose_and_run(cu, e, c);
-    return run_impl(cu, e, c, e->impl[c->pass]);
+    const mt_status status = run_impl(cu, e, c, e->impl[c->pass]);
+    if (status == MT_OK || !e->loaded[c->pass]) return status;
+    /* a recorded choice that passed choices_load's checks and still fails: say where it came
+     * from and how to do without it */
+    const mt_cuda_conv_geom *g = &e->geom;
+    return mt_error_context(status,
+                            "cuda conv %s N%d %dx%dx%d -> %dx%dx%d k%d s%d: the choice loaded "
+                            "from the checkpoint (%s, algo %d) failed (MT_CUDA_CHOICES=ignore "
+                            "chooses anew; the resume is then not bit-exact)",
+                            pass_names[c->pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout,
+                            g->k, g->stride, impl_names[e->impl[c->pass]], e->algo[c->pass]);
 }
 
 /* "N128 80x80x32 -> 80x80x16 k1 s1": MT_CUDA_PROFILE's label of a convolution */
@@ -660,4 +683,128 @@ mt_status mt_cuda_conv_backward_weights(mt_backend *backend, const mt_conv_desc 
                                         const mt_tensor *x, const mt_tensor *dy, float *dw) {
     CUDA_PROFILED(backend, conv_backward_weights_op(backend, desc, x, dy, dw),
                   "conv_backward_weights", CONV_FMT, CONV_ARGS(desc));
+}
+
+/* ---- the choices as state (ops.h choices_save / choices_load, text: cuda_choices.h) --------- */
+
+mt_status mt_cuda_choices_save(mt_backend *backend, char **text) {
+    cuda_backend *cu = cuda_of(backend);
+    *text = NULL;
+    mt_cuda_choice *list = calloc(cu->conv_count * PASSES + 1, sizeof *list);
+    if (!list) return MT_FAIL(MT_ERR_NOMEM, "cuda choices: out of host memory");
+    size_t count = 0;
+    for (size_t i = 0; i < cu->conv_count; i++) {
+        const cuda_conv_entry *e = cu->convs[i];
+        for (int pass = 0; pass < PASSES; pass++) {
+            /* a forced cuDNN pass that failed before its Find has nothing to record */
+            if (e->impl[pass] == IMPL_UNDECIDED || (e->impl[pass] == IMPL_CUDNN && !e->found[pass]))
+                continue;
+            const bool cudnn = e->impl[pass] == IMPL_CUDNN;
+            list[count++] = (mt_cuda_choice){.desc = e->key,
+                                             .pass = pass,
+                                             .impl = (mt_cuda_conv_impl)e->impl[pass],
+                                             .algo = cudnn ? e->algo[pass] : 0,
+                                             .math = cudnn ? (int)e->math[pass] : 0,
+                                             .workspace = cudnn ? e->workspace[pass] : 0};
+        }
+    }
+    const mt_cuda_choices_header header = {.precision = backend->options.precision,
+                                           .tf32 = cu->allow_tf32};
+    mt_status status = count ? mt_cuda_choices_format(&header, list, count, text) : MT_OK;
+    free(list);
+    return status;
+}
+
+/* The workspace cuDNN says the recorded algorithm needs on this shape, with the recorded math:
+ * a status other than success means this cuDNN and GPU cannot run it. */
+static cudnnStatus_t recorded_workspace(cuda_backend *cu, cuda_conv_entry *e, int pass, int algo,
+                                        size_t *bytes) {
+    const int type = pass_type(cu, pass);
+    if (pass == PASS_FORWARD)
+        return cudnnGetConvolutionForwardWorkspaceSize(cu->cudnn, e->x_desc[type], e->w_desc[type],
+                                                       e->conv_desc, e->y_desc[type],
+                                                       (cudnnConvolutionFwdAlgo_t)algo, bytes);
+    if (pass == PASS_BACKWARD_DATA)
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(
+            cu->cudnn, e->w_desc[type], e->y_desc[type], e->conv_desc, e->x_desc[type],
+            (cudnnConvolutionBwdDataAlgo_t)algo, bytes);
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(
+        cu->cudnn, e->x_desc[type], e->y_desc[type], e->conv_desc, e->w_desc[type],
+        (cudnnConvolutionBwdFilterAlgo_t)algo, bytes);
+}
+
+/* One recorded choice into the cache. A choice no backend could make for the shape (cuBLAS for
+ * a convolution that is no product, cuDNN for asymmetric pads) is a broken text: an error. One
+ * this cuDNN cannot run (another GPU or version) is dropped, with a line saying so: the shape
+ * is timed anew and the run goes on, no longer bit-exact with the one that recorded it. */
+static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice) {
+    const int line = choice->line;
+    const mt_conv_desc *d = &choice->desc;
+    const bool pointwise = is_pointwise(d);
+    if ((pointwise && cu->pointwise_mode != 0) || (d->depthwise && cu->depthwise_mode != 0)) {
+        cuda_debug(cu, "choice of line %d not loaded: MT_CUDA_%s forces the implementation", line,
+                   pointwise ? "POINTWISE" : "DEPTHWISE");
+        return MT_OK;
+    }
+    cuda_conv_entry *e = NULL;
+    MT_TRY(conv_entry(cu, d, &e));
+    const int pass = choice->pass;
+    if ((choice->impl == MT_CUDA_IMPL_GEMM && !pointwise) ||
+        (choice->impl == MT_CUDA_IMPL_CUDNN && !e->cudnn_ok))
+        return MT_FAIL(MT_ERR_FORMAT,
+                       "cuda choices line %d: %s cannot run convolution N%d %dx%dx%d -> %d k%d "
+                       "s%d pads %d %d %d %d",
+                       line, impl_names[choice->impl], d->input.n, d->input.h, d->input.w,
+                       d->input.c, d->out_channels, d->kernel, d->stride, d->pad_top, d->pad_left,
+                       d->pad_bottom, d->pad_right);
+    if (choice->impl == MT_CUDA_IMPL_CUDNN) {
+        CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, (cudnnMathType_t)choice->math));
+        size_t bytes = 0;
+        const cudnnStatus_t s = recorded_workspace(cu, e, pass, choice->algo, &bytes);
+        if (s != CUDNN_STATUS_SUCCESS) {
+            fprintf(stderr,
+                    "mobiletune cuda: the checkpoint's choice of line %d (cuDNN %s algo %d, math "
+                    "%d) cannot run here: %s; timing that shape anew, so this resume is not "
+                    "bit-exact\n",
+                    line, pass_names[pass], choice->algo, choice->math, cudnnGetErrorString(s));
+            return MT_OK;
+        }
+        e->algo[pass] = choice->algo;
+        e->math[pass] = (cudnnMathType_t)choice->math;
+        e->workspace[pass] = bytes > choice->workspace ? bytes : choice->workspace;
+        e->found[pass] = true;
+    }
+    e->impl[pass] = choice->impl;
+    e->loaded[pass] = true;
+    return MT_OK;
+}
+
+mt_status mt_cuda_choices_load(mt_backend *backend, const char *text) {
+    cuda_backend *cu = cuda_of(backend);
+    const char *mode = getenv("MT_CUDA_CHOICES");
+    if (mode && strcmp(mode, "ignore") == 0) {
+        cuda_debug(cu, "MT_CUDA_CHOICES=ignore: the recorded choices are not loaded");
+        return MT_OK;
+    }
+    if (mode && *mode)
+        return MT_FAIL(MT_ERR_INVALID, "MT_CUDA_CHOICES='%s': expected 'ignore' or nothing", mode);
+    mt_cuda_choices_header header;
+    mt_cuda_choice *list = NULL;
+    size_t count = 0;
+    MT_TRY(mt_cuda_choices_parse(text, &header, &list, &count));
+    mt_status status = MT_OK;
+    if (header.precision != backend->options.precision || header.tf32 != cu->allow_tf32) {
+        fprintf(stderr,
+                "mobiletune cuda: the checkpoint's choices were made for precision %s%s, this "
+                "run computes in %s%s: every shape is timed anew\n",
+                mt_compute_precision_name(header.precision), header.tf32 ? " with TF32" : "",
+                mt_compute_precision_name(backend->options.precision),
+                cu->allow_tf32 ? " with TF32" : "");
+        count = 0;
+    }
+    for (size_t i = 0; status == MT_OK && i < count; i++)
+        status = apply_choice(cu, &list[i]);
+    free(list);
+    if (status == MT_OK) cuda_debug(cu, "loaded %zu recorded convolution choices", count);
+    return status;
 }

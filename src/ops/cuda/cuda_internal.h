@@ -238,6 +238,9 @@ mt_status mt_cuda_conv_backward_data(mt_backend *backend, const mt_conv_desc *de
                                      const mt_tensor *dy, const float *w, mt_tensor *dx);
 mt_status mt_cuda_conv_backward_weights(mt_backend *backend, const mt_conv_desc *desc,
                                         const mt_tensor *x, const mt_tensor *dy, float *dw);
+/* cuda_conv.c: ops.h choices_save / choices_load (the per-shape choices; text: cuda_choices.h) */
+mt_status mt_cuda_choices_save(mt_backend *backend, char **text);
+mt_status mt_cuda_choices_load(mt_backend *backend, const char *text);
 
 /* cuda_ops.c */
 mt_status mt_cuda_tensor_zero(mt_backend *backend, mt_tensor *tensor);

@@ -242,6 +242,15 @@ inline void mt_emu_yield_to_block() {
  * a launch or copy on a stream is either, as on a device. */
 void mt_emu_enqueue(cudaStream_t stream, std::function<void()> work);
 
+/* The kinds of work MT_EMU_SLOW can make slower on the virtual device clock (emu_cudart.cc's
+ * top): our kernels' launches, cuDNN's convolutions, cuBLAS' products; ALGO0 is no work but
+ * makes the emulated cudnnFind* rank algorithm 0 last (emu_cudnn.cc). */
+enum mt_emu_slow_kind { MT_EMU_SLOW_OWN, MT_EMU_SLOW_CUDNN, MT_EMU_SLOW_GEMM, MT_EMU_SLOW_ALGO0 };
+bool mt_emu_slow(mt_emu_slow_kind kind);
+/* mt_emu_enqueue of one piece of work of `kind`: it advances the clock by 100 microseconds
+ * instead of 1 when MT_EMU_SLOW names the kind. */
+void mt_emu_enqueue_kind(cudaStream_t stream, mt_emu_slow_kind kind, std::function<void()> work);
+
 /* One launch: grid and block as given, shared bytes ignored. The arguments convert to the
  * kernel's parameter types at the call, as in a real launch (NULL for a pointer, say), and are
  * kept by value when the stream is being captured, as a graph's kernel node keeps them. */
@@ -253,7 +262,7 @@ struct mt_emu_launch {
 
     template <class... P> void run(void (*kernel)(P...), typename mt_emu_same<P>::type... args) {
         const dim3 g = grid, b = block;
-        mt_emu_enqueue(stream, [=]() { execute(g, b, kernel, args...); });
+        mt_emu_enqueue_kind(stream, MT_EMU_SLOW_OWN, [=]() { execute(g, b, kernel, args...); });
     }
 
   private:

@@ -59,7 +59,7 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
         !matrix_ok("B", B, b_type, tb ? n : k, tb ? k : n, ldb) ||
         !matrix_ok("C", C, c_type, m, n, ldc))
         return CUBLAS_STATUS_INVALID_VALUE;
-    mt_emu_enqueue(handle->stream, [=]() {
+    mt_emu_enqueue_kind(handle->stream, MT_EMU_SLOW_GEMM, [=]() {
         for (int j = 0; j < n; j++) {
             for (int i = 0; i < m; i++) {
                 double sum = 0;

@@ -14,7 +14,10 @@
  * - Events measure a virtual device clock that advances one microsecond per piece of work run
  *   (a launch, a copy, a library call), so the backend's per-shape timing picks the same kernels
  *   in every process (resume and graphs on/off compare bit for bit) and MT_CUDA_PROFILE's shares
- *   count work items.
+ *   count work items. MT_EMU_SLOW=KIND[,KIND...] (own: our kernels' launches, cudnn: cuDNN's
+ *   convolutions, gemm: cuBLAS' products; algo0: cudnnFind* ranks algorithm 0 last) makes one
+ *   kind of work cost 100 microseconds: another "GPU" on which the per-shape timing picks other
+ *   implementations (tests/trainer/trainer_checks.py resume_choices).
  * - MT_EMU_DEVICES=N devices (default 1), told apart only by their UUIDs: ranks of one machine
  *   train "on" different GPUs as NCCL requires (memory and clock are shared).
  * - Errors are per thread, as cudaGetLastError's.
@@ -122,7 +125,45 @@ CUgraph_st *open_capture(CUgraph_st *graph) {
     return graph && open_captures.count(graph) ? graph : nullptr;
 }
 
+/* MT_EMU_SLOW's kinds, read once; a word that names none is a broken test: it ends the process */
+struct slow_kinds {
+    bool slow[MT_EMU_SLOW_ALGO0 + 1] = {};
+    slow_kinds() {
+        static const char *const words[] = {"own", "cudnn", "gemm", "algo0"};
+        const char *text = getenv("MT_EMU_SLOW");
+        std::string list = text ? text : "";
+        for (size_t begin = 0; begin < list.size();) {
+            size_t end = list.find(',', begin);
+            if (end == std::string::npos) end = list.size();
+            const std::string word = list.substr(begin, end - begin);
+            bool known = false;
+            for (int k = 0; k <= MT_EMU_SLOW_ALGO0; k++)
+                if (word == words[k]) slow[k] = known = true;
+            if (!known) {
+                fprintf(stderr, "emulated CUDA: MT_EMU_SLOW='%s': '%s' is not own, cudnn, gemm "
+                                "or algo0\n", text, word.c_str());
+                abort();
+            }
+            begin = end + 1;
+        }
+    }
+};
+
 } // namespace
+
+bool mt_emu_slow(mt_emu_slow_kind kind) {
+    static const slow_kinds kinds;
+    return kinds.slow[kind];
+}
+
+void mt_emu_enqueue_kind(cudaStream_t stream, mt_emu_slow_kind kind, std::function<void()> work) {
+    if (!mt_emu_slow(kind)) return mt_emu_enqueue(stream, std::move(work));
+    /* charged when it runs: now, or at each replay of a graph it was captured into */
+    mt_emu_enqueue(stream, [work]() {
+        work();
+        device_microseconds += 99;
+    });
+}
 
 void mt_emu_complain(const char *library, const char *format, ...) {
     va_list args;

@@ -1,12 +1,18 @@
 /* The cuDNN stand-in (cudnn.h): grouped 2-d cross-correlation, forward, backward data and backward
  * filter, on NHWC or NCHW tensors and KRSC or KCRS filters of fp32, bf16 or fp16 data with fp32
  * compute, on the handle's stream. Sums in double and rounds once to the output's type (as exact
- * as a device's or more, so the backend's tolerances hold). Find reports one algorithm, with the
- * math type the descriptor asks for and no workspace. What cuDNN would reject is rejected with a
+ * as a device's or more, so the backend's tolerances hold). Find reports three algorithms, with
+ * the math type the descriptor asks for and no workspace, each summing its own way so that the
+ * choice among them shows in the bits: 0 in double (rounded once), 1 in float in product order,
+ * and 2, reported fastest but CUDNN_NON_DETERMINISTIC, like the one or the other by call, as
+ * atomics would (the backend must never pick it). Ranked 2, 0, 1; MT_EMU_SLOW=algo0 (emu_cudart.cc)
+ * ranks 0 last. What cuDNN would reject is rejected with a
  * line saying why: descriptors that disagree (channels, groups, output size, data types), a tensor
  * not inside one device block, a Find while the thread captures a graph. */
 #include <stdio.h>
 
+#include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "cudnn.h"
@@ -139,19 +145,64 @@ void blend(void *out, mt_emu_element type, const std::vector<double> &sums, floa
     }
 }
 
+enum { EMULATED_ALGOS = 3, NON_DETERMINISTIC_ALGO = 2 };
+
 template <class Perf> cudnnStatus_t find(const problem &p, int requested, int *returned, Perf *perf) {
     *returned = 0;
     if (mt_emu_capture_refuses("cudnnFind*Algorithm")) return CUDNN_STATUS_NOT_SUPPORTED;
     if (requested < 1) return bad("Find: no room for a result");
-    perf[0] = Perf{};
-    perf[0].algo = decltype(perf[0].algo)(0);
-    perf[0].status = CUDNN_STATUS_SUCCESS;
-    perf[0].time = 0.01f;
-    perf[0].memory = 0;
-    perf[0].determinism = CUDNN_DETERMINISTIC;
-    perf[0].mathType = p.conv.math;
-    *returned = 1;
+    const float algo0_ms = mt_emu_slow(MT_EMU_SLOW_ALGO0) ? 0.03f : 0.01f;
+    const float ms[EMULATED_ALGOS] = {algo0_ms, 0.02f, 0.005f};
+    int order[EMULATED_ALGOS] = {0, 1, 2};
+    std::sort(order, order + EMULATED_ALGOS, [&](int a, int b) { return ms[a] < ms[b]; });
+    for (int i = 0; i < EMULATED_ALGOS && i < requested; i++) {
+        perf[i] = Perf{};
+        perf[i].algo = decltype(perf[i].algo)(order[i]);
+        perf[i].status = CUDNN_STATUS_SUCCESS;
+        perf[i].time = ms[order[i]];
+        perf[i].memory = 0;
+        perf[i].determinism =
+            order[i] == NON_DETERMINISTIC_ALGO ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
+        perf[i].mathType = p.conv.math;
+        *returned = i + 1;
+    }
     return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t workspace_size(const cudnnTensorStruct *x, const cudnnFilterStruct *w,
+                             const cudnnConvolutionStruct *conv, const cudnnTensorStruct *y,
+                             int algo, size_t *bytes) {
+    problem p;
+    const cudnnStatus_t status = check(x, w, conv, y, &p);
+    if (status != CUDNN_STATUS_SUCCESS) return status;
+    if (algo < 0 || algo >= EMULATED_ALGOS) return CUDNN_STATUS_NOT_SUPPORTED;
+    *bytes = 0;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* A pass' sums, in the numerics of algorithm `algo` (see the top): `term(xi, wi, yi, &at)` is one
+ * product and the index of the sum it goes into. */
+template <class F>
+std::vector<double> pass_sums(const problem &p, int algo, size_t count, F term) {
+    static std::atomic<unsigned long> calls{0};
+    if (algo == NON_DETERMINISTIC_ALGO) algo = (int)(calls++ % 2);
+    std::vector<double> sums(count, 0.0);
+    if (algo == 0) {
+        p.each_product([&](size_t xi, size_t wi, size_t yi) {
+            size_t at = 0;
+            const double value = term(xi, wi, yi, &at);
+            sums[at] += value;
+        });
+        return sums;
+    }
+    std::vector<float> single(count, 0.0f);
+    p.each_product([&](size_t xi, size_t wi, size_t yi) {
+        size_t at = 0;
+        const double value = term(xi, wi, yi, &at);
+        single[at] += (float)value;
+    });
+    std::copy(single.begin(), single.end(), sums.begin());
+    return sums;
 }
 
 } // namespace
@@ -304,6 +355,36 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(
     return status != CUDNN_STATUS_SUCCESS ? status : find(p, requested, returned, perf);
 }
 
+cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t handle,
+                                                      cudnnTensorDescriptor_t x,
+                                                      cudnnFilterDescriptor_t w,
+                                                      cudnnConvolutionDescriptor_t conv,
+                                                      cudnnTensorDescriptor_t y,
+                                                      cudnnConvolutionFwdAlgo_t algo,
+                                                      size_t *bytes) {
+    (void)handle;
+    return workspace_size(x, w, conv, y, (int)algo, bytes);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t handle,
+                                                           cudnnFilterDescriptor_t w,
+                                                           cudnnTensorDescriptor_t dy,
+                                                           cudnnConvolutionDescriptor_t conv,
+                                                           cudnnTensorDescriptor_t dx,
+                                                           cudnnConvolutionBwdDataAlgo_t algo,
+                                                           size_t *bytes) {
+    (void)handle;
+    return workspace_size(dx, w, conv, dy, (int)algo, bytes);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(
+    cudnnHandle_t handle, cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t dy,
+    cudnnConvolutionDescriptor_t conv, cudnnFilterDescriptor_t dw,
+    cudnnConvolutionBwdFilterAlgo_t algo, size_t *bytes) {
+    (void)handle;
+    return workspace_size(x, dw, conv, dy, (int)algo, bytes);
+}
+
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha,
                                       cudnnTensorDescriptor_t x_desc, const void *x,
                                       cudnnFilterDescriptor_t w_desc, const void *w,
@@ -311,17 +392,18 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha,
                                       cudnnConvolutionFwdAlgo_t algo, void *workspace,
                                       size_t workspace_bytes, const void *beta,
                                       cudnnTensorDescriptor_t y_desc, void *y) {
-    (void)algo, (void)workspace, (void)workspace_bytes;
+    (void)workspace, (void)workspace_bytes;
     problem p;
     cudnnStatus_t status = check(x_desc, w_desc, conv, y_desc, &p);
     if (status == CUDNN_STATUS_SUCCESS) status = check_memory(p, x, w, y);
     if (status != CUDNN_STATUS_SUCCESS) return status;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
-    mt_emu_enqueue(handle->stream, [=]() {
-        std::vector<double> sums(p.y_count(), 0.0);
-        p.each_product([&](size_t xi, size_t wi, size_t yi) {
-            sums[yi] += (double)mt_emu_load(x, p.type, xi) * (double)mt_emu_load(w, p.type, wi);
-        });
+    mt_emu_enqueue_kind(handle->stream, MT_EMU_SLOW_CUDNN, [=]() {
+        const std::vector<double> sums =
+            pass_sums(p, algo, p.y_count(), [&](size_t xi, size_t wi, size_t yi, size_t *at) {
+                *at = yi;
+                return (double)mt_emu_load(x, p.type, xi) * (double)mt_emu_load(w, p.type, wi);
+            });
         blend(y, p.type, sums, a, b);
     });
     return CUDNN_STATUS_SUCCESS;
@@ -334,17 +416,18 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void *alp
                                            cudnnConvolutionBwdDataAlgo_t algo, void *workspace,
                                            size_t workspace_bytes, const void *beta,
                                            cudnnTensorDescriptor_t dx_desc, void *dx) {
-    (void)algo, (void)workspace, (void)workspace_bytes;
+    (void)workspace, (void)workspace_bytes;
     problem p;
     cudnnStatus_t status = check(dx_desc, w_desc, conv, dy_desc, &p);
     if (status == CUDNN_STATUS_SUCCESS) status = check_memory(p, dx, w, dy);
     if (status != CUDNN_STATUS_SUCCESS) return status;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
-    mt_emu_enqueue(handle->stream, [=]() {
-        std::vector<double> sums(p.x_count(), 0.0);
-        p.each_product([&](size_t xi, size_t wi, size_t yi) {
-            sums[xi] += (double)mt_emu_load(dy, p.type, yi) * (double)mt_emu_load(w, p.type, wi);
-        });
+    mt_emu_enqueue_kind(handle->stream, MT_EMU_SLOW_CUDNN, [=]() {
+        const std::vector<double> sums =
+            pass_sums(p, algo, p.x_count(), [&](size_t xi, size_t wi, size_t yi, size_t *at) {
+                *at = xi;
+                return (double)mt_emu_load(dy, p.type, yi) * (double)mt_emu_load(w, p.type, wi);
+            });
         blend(dx, p.type, sums, a, b);
     });
     return CUDNN_STATUS_SUCCESS;
@@ -357,17 +440,18 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void *a
                                              cudnnConvolutionBwdFilterAlgo_t algo, void *workspace,
                                              size_t workspace_bytes, const void *beta,
                                              cudnnFilterDescriptor_t dw_desc, void *dw) {
-    (void)algo, (void)workspace, (void)workspace_bytes;
+    (void)workspace, (void)workspace_bytes;
     problem p;
     cudnnStatus_t status = check(x_desc, dw_desc, conv, dy_desc, &p);
     if (status == CUDNN_STATUS_SUCCESS) status = check_memory(p, x, dw, dy);
     if (status != CUDNN_STATUS_SUCCESS) return status;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
-    mt_emu_enqueue(handle->stream, [=]() {
-        std::vector<double> sums(p.w_count(), 0.0);
-        p.each_product([&](size_t xi, size_t wi, size_t yi) {
-            sums[wi] += (double)mt_emu_load(x, p.type, xi) * (double)mt_emu_load(dy, p.type, yi);
-        });
+    mt_emu_enqueue_kind(handle->stream, MT_EMU_SLOW_CUDNN, [=]() {
+        const std::vector<double> sums =
+            pass_sums(p, algo, p.w_count(), [&](size_t xi, size_t wi, size_t yi, size_t *at) {
+                *at = wi;
+                return (double)mt_emu_load(x, p.type, xi) * (double)mt_emu_load(dy, p.type, yi);
+            });
         blend(dw, p.type, sums, a, b);
     });
     return CUDNN_STATUS_SUCCESS;
