@@ -1,12 +1,29 @@
 /* Convolutions of the "cuda" backend: cuDNN's legacy convolution API on NHWC tensors, cuBLAS for
  * 1x1 layers, and our own kernels where cuDNN cannot or should not run. (Over 600 lines: the
- * three implementations, their fp32 and 16-bit forms and the per-shape choice share one cache
- * entry and each other's static runners; split, all of it would become an internal interface.)
+ * three implementations, their fp32 and 16-bit forms, the per-shape choice and its saving and
+ * loading share one cache entry and each other's static runners; split, all of it would become an
+ * internal interface.)
  *
  * Per descriptor (cached by value, like the cpu backend's primitives) an entry holds the cuDNN
  * descriptors, and per pass (forward, backward data, backward filter) the algorithm cudnnFind*
- * measured fastest among those whose workspace fits MT_CUDA_WORKSPACE_MB, with its workspace size
- * and math type, plus which implementation runs the pass. One workspace serves every call.
+ * measured fastest among the deterministic ones (CUDNN_DETERMINISTIC: no atomics, so the same
+ * sums in the same order at every call) whose workspace fits MT_CUDA_WORKSPACE_MB, with its
+ * workspace size and math type, plus which implementation runs the pass. One workspace serves
+ * every call. When cuDNN has no deterministic algorithm for a pass, that pass counts as one cuDNN
+ * cannot run: our kernels or cuBLAS take it (a regular convolution's direct kernel with a warning
+ * on stderr), and a pass forced onto cuDNN (MT_CUDA_DEPTHWISE / _POINTWISE = cudnn) fails with an
+ * error naming the shape: reproducible bits before speed.
+ *
+ * Choices are state. Which implementation runs each (shape, pass), and cuDNN's algorithm, come
+ * from timing on this GPU in this process: another process (a resume) may pick others, whose
+ * sums run in another order. choices_save writes them as text (cuda_choices.h) that the trainer
+ * keeps in its checkpoints; choices_load seeds the cache from it before the first step, so the
+ * recorded shapes skip the timing and Find and run exactly what was recorded. A recorded cuDNN
+ * algorithm is checked at load with cudnnGetConvolution*WorkspaceSize: one this cuDNN cannot run
+ * (another GPU or version) is dropped with a line on stderr and its shape is timed anew (the run
+ * goes on, no longer bit-exact); one that still fails when it runs is an error saying it came from
+ * the checkpoint and that MT_CUDA_CHOICES=ignore (which skips loading) gets past it. A forced
+ * implementation (MT_CUDA_DEPTHWISE / _POINTWISE) wins over a recorded one.
  *
  * Weights. cuDNN reads its NHWC filter (KRSC) and, in bf16/fp16, a 16-bit copy; both are made
  * once per update and kept per weight pointer (cuda_weights.c, cuda_weight_cache.h: dropped when
