@@ -754,7 +754,7 @@ static cudnnStatus_t recorded_workspace(cuda_backend *cu, cuda_conv_entry *e, in
  * a convolution that is no product, cuDNN for asymmetric pads) is a broken text: an error. One
  * this cuDNN cannot run (another GPU or version) is dropped, with a line saying so: the shape
  * is timed anew and the run goes on, no longer bit-exact with the one that recorded it. */
-static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice) {
+static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice, size_t *applied) {
     const int line = choice->line;
     const mt_conv_desc *d = &choice->desc;
     const bool pointwise = is_pointwise(d);
@@ -793,6 +793,7 @@ static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice) {
     }
     e->impl[pass] = choice->impl;
     e->loaded[pass] = true;
+    (*applied)++;
     return MT_OK;
 }
 
@@ -819,9 +820,11 @@ mt_status mt_cuda_choices_load(mt_backend *backend, const char *text) {
                 cu->allow_tf32 ? " with TF32" : "");
         count = 0;
     }
+    size_t applied = 0;
     for (size_t i = 0; status == MT_OK && i < count; i++)
-        status = apply_choice(cu, &list[i]);
+        status = apply_choice(cu, &list[i], &applied);
     free(list);
-    if (status == MT_OK) cuda_debug(cu, "loaded %zu recorded convolution choices", count);
+    if (status == MT_OK)
+        cuda_debug(cu, "loaded %zu recorded convolution choices of %zu", applied, count);
     return status;
 }
