@@ -1089,8 +1089,8 @@ def case_resume_choices(data, tmp):
     and cuDNN's algorithm 0 slow. With the recorded choices the end equals the straight run bit
     for bit; the same second half told to ignore them (MT_CUDA_CHOICES=ignore) must end
     elsewhere, or the knob changed nothing and the first comparison proved nothing. A checkpoint
-    without choices (older) still resumes; a recorded algorithm this cuDNN lacks is dropped with
-    a line saying so; a malformed line is an error naming it."""
+    without choices (older) still resumes; a recorded algorithm this cuDNN lacks, or choices made for
+    another precision, are dropped with a line saying so; a malformed line is an error naming it."""
     if BACKEND != "cuda" or not os.environ.get("MT_CUDA_MODULE"):
         skip("needs MT_TRAINER_BACKEND=cuda and MT_CUDA_MODULE (ctest trainer_resume_choices_emulated)")
     first = {"MT_EMU_SLOW": "gemm", "MT_CUDA_DEBUG": "1"}
@@ -1118,7 +1118,7 @@ def case_resume_choices(data, tmp):
     if not text.startswith("mobiletune-cuda-choices 1") or " cudnn algo 0 " not in text:
         fail(f"the checkpoint does not hold the cuda choices:\n{text}")
     copies = {}
-    for name in ("ignored", "old", "missing", "broken"):
+    for name in ("ignored", "old", "missing", "broken", "other_precision"):
         shutil.copytree(halves, os.path.join(tmp, name))
         copies[name] = write_config(os.path.join(tmp, name), data, **small)  # its own run_dir
 
@@ -1151,6 +1151,15 @@ def case_resume_choices(data, tmp):
                  env=second)
     if "cudnn algo 7" in text or "algo 7, math" not in result.output:
         fail("a recorded algorithm cuDNN lacks was not reported:\n" + result.output)
+
+    # choices made for other arithmetic: not loaded, with a line saying so
+    other = os.path.join(tmp, "other_precision")
+    rewrite_metadata(f"{other}/run/last.safetensors", "backend_choices",
+                     text.replace(" precision fp32 ", " precision bf16 ", 1))
+    result = run([MOBILETUNE, "train", "--config", copies["other_precision"], "--resume", "auto"],
+                 env=second)
+    if "made for precision bf16" not in result.output:
+        fail("choices of another precision were not refused with a line:\n" + result.output)
 
     # a malformed line: an error naming it
     broken = os.path.join(tmp, "broken")
