@@ -486,7 +486,7 @@ typedef struct mt_ops {
      *                 shapes: they skip the timing and run what the text says. A malformed
      *                 line is MT_ERR_FORMAT naming it; what this backend cannot run (another
      *                 GPU, another library version) is dropped with a line on stderr and chosen
-     *                 anew (docs/gpu.md, "Choices"). */
+     *                 anew (docs/gpu.md, "Choices, determinism and resume"). */
     mt_status (*choices_save)(mt_backend *backend, char **text);
     mt_status (*choices_load)(mt_backend *backend, const char *text);
 } mt_ops;

@@ -102,7 +102,8 @@ mt_status trainer_save_checkpoint(trainer *t, const char *name) {
         if (status == MT_OK)
             status = add_meta_u64(c, "loss_scale_skipped", (uint64_t)t->loss_scale.skipped);
     }
-    /* rank 0's choices: a resume loads them into every rank (docs/gpu.md, "Choices") */
+    /* rank 0's choices: a resume loads them into every rank (docs/gpu.md, "Choices,
+     * determinism and resume") */
     const mt_ops *ops = t->backend->ops;
     char *choices = NULL;
     if (status == MT_OK && ops->choices_save) status = ops->choices_save(t->backend, &choices);

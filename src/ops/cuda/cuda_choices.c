@@ -31,10 +31,10 @@ static const mt_enum_names impl_names = MT_ENUM_NAMES(impl_words);
 static int format_line(const mt_cuda_choice *c, char *out, size_t capacity) {
     const mt_conv_desc *d = &c->desc;
     int used = snprintf(out, capacity, "conv N%d %dx%dx%d -> %d k%d s%d pads %d %d %d %d %s %s %s",
-                        d->input.n, d->input.h, d->input.w, d->input.c, d->out_channels,
-                        d->kernel, d->stride, d->pad_top, d->pad_left, d->pad_bottom,
-                        d->pad_right, d->depthwise ? "depthwise" : "regular",
-                        mt_enum_name(&pass_names, c->pass), mt_enum_name(&impl_names, c->impl));
+                        d->input.n, d->input.h, d->input.w, d->input.c, d->out_channels, d->kernel,
+                        d->stride, d->pad_top, d->pad_left, d->pad_bottom, d->pad_right,
+                        d->depthwise ? "depthwise" : "regular", mt_enum_name(&pass_names, c->pass),
+                        mt_enum_name(&impl_names, c->impl));
     if (c->impl == MT_CUDA_IMPL_CUDNN && used >= 0 && (size_t)used < capacity)
         used += snprintf(out + used, capacity - (size_t)used, " algo %d math %d workspace %zu",
                          c->algo, c->math, c->workspace);
@@ -76,8 +76,8 @@ static mt_status malformed(int number, const char *line, const char *why) {
 static mt_status parse_header(const char *line, mt_cuda_choices_header *header) {
     char magic[32], precision[16];
     int version = 0, tf32 = -1, end = 0;
-    if (sscanf(line, "%31s %d precision %15s tf32 %d%n", magic, &version, precision, &tf32,
-               &end) != 4 ||
+    if (sscanf(line, "%31s %d precision %15s tf32 %d%n", magic, &version, precision, &tf32, &end) !=
+            4 ||
         !only_blanks(line + end) || strcmp(magic, CHOICES_MAGIC) != 0)
         return malformed(1, line, "expected '" CHOICES_MAGIC " 1 precision P tf32 0|1'");
     if (version != CHOICES_VERSION)
@@ -116,8 +116,9 @@ static mt_status parse_choice(int number, const char *line, mt_cuda_choice *c) {
         d->out_channels <= 0 || d->kernel <= 0 || d->stride <= 0 || d->pad_top < 0 ||
         d->pad_left < 0 || d->pad_bottom < 0 || d->pad_right < 0 ||
         (d->depthwise && d->out_channels != d->input.c))
-        return malformed(number, line, "not a convolution (a size not positive, a pad negative, "
-                                       "or a depthwise one changing the channels)");
+        return malformed(number, line,
+                         "not a convolution (a size not positive, a pad negative, "
+                         "or a depthwise one changing the channels)");
     const char *rest = line + end;
     if (c->impl == MT_CUDA_IMPL_CUDNN) {
         unsigned long long workspace = 0;
@@ -139,7 +140,8 @@ mt_status mt_cuda_choices_parse(const char *text, mt_cuda_choices_header *header
     *list = NULL;
     *count = 0;
     size_t lines = 0;
-    for (const char *p = text; *p; p++) lines += *p == '\n';
+    for (const char *p = text; *p; p++)
+        lines += *p == '\n';
     mt_cuda_choice *out = calloc(lines + 1, sizeof *out);
     if (!out) return MT_FAIL(MT_ERR_NOMEM, "cuda choices: out of host memory");
     mt_status status = MT_OK;

@@ -12,7 +12,8 @@
  * The text: a header line, then one line per decided (shape, pass), '\n'-terminated:
  *   mobiletune-cuda-choices 1 precision fp32 tf32 0
  *   conv N8 16x16x32 -> 32 k3 s1 pads 1 1 1 1 depthwise forward own
- *   conv N8 16x16x32 -> 64 k1 s1 pads 0 0 0 0 regular backward-filter cudnn algo 1 math 0 workspace 0
+ *   conv N8 16x16x32 -> 64 k1 s1 pads 0 0 0 0 regular backward-filter cudnn algo 1 math 0 \
+ *       workspace 0          (one line: broken here to fit)
  * (pads: top left bottom right; the pass forward | backward-data | backward-filter; the
  * implementation cudnn | own | gemm; algo, math and workspace only after cudnn: cuDNN's algorithm
  * enum of that pass, cudnnMathType_t, bytes). The header's precision and tf32 are the backend's
@@ -37,7 +38,7 @@ typedef enum mt_cuda_conv_impl {
 /* One decided (shape, pass). */
 typedef struct mt_cuda_choice {
     mt_conv_desc desc; /* the convolution, as the ops receive it */
-    int pass;          /* MT_CUDA_CONV_FORWARD, _BACKWARD_DATA, _BACKWARD_FILTER (cuda_pointwise.h) */
+    int pass; /* MT_CUDA_CONV_FORWARD, _BACKWARD_DATA, _BACKWARD_FILTER (cuda_pointwise.h) */
     mt_cuda_conv_impl impl;
     /* MT_CUDA_IMPL_CUDNN only: the algorithm of the pass' enum, the cudnnMathType_t, the
      * workspace bytes it runs with */
