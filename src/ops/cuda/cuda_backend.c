@@ -63,19 +63,49 @@ static size_t pool_bucket(const void *ptr) {
     return (size_t)(((uintptr_t)ptr >> 9) % CUDA_POOL_BUCKETS);
 }
 
-/* Gives every idle block back to the driver (before retrying a failed cudaMalloc, at shutdown). */
+static void pool_trim_list(cuda_pool *pool, cuda_block **list) {
+    while (*list) {
+        cuda_block *b = *list;
+        *list = b->next;
+        (void)cudaFree(b->ptr);
+        pool->reserved -= b->bytes;
+        free(b);
+    }
+}
+
+/* Gives every idle block back to the driver (before retrying a failed cudaMalloc, at shutdown),
+ * the step graphs' too: memory_generation moves on, so those graphs are refused from now on. */
 static void pool_trim(cuda_backend *cu) {
     cuda_pool *pool = &cu->pool;
     cu->memory_generation++;
-    for (int c = 0; c < CUDA_POOL_CLASSES; c++) {
-        while (pool->idle[c]) {
-            cuda_block *b = pool->idle[c];
-            pool->idle[c] = b->next;
-            (void)cudaFree(b->ptr);
-            pool->reserved -= b->bytes;
-            free(b);
-        }
+    for (int c = 0; c < CUDA_POOL_CLASSES; c++)
+        pool_trim_list(pool, &pool->idle[c]);
+    for (cuda_pool_keep *k = pool->keeps; k; k = k->next) {
+        for (int c = 0; c < CUDA_POOL_CLASSES; c++)
+            pool_trim_list(pool, &k->idle[c]);
+        pool->held -= k->bytes;
+        k->bytes = 0;
     }
+}
+
+static void pool_count_use(cuda_pool *pool) {
+    if (pool->in_use + pool->held > pool->peak) pool->peak = pool->in_use + pool->held;
+}
+
+/* Under a capture a block comes from the capture's own released ones first, then from the
+ * pool's idle ones: the eager step's reuse, so the capture needs no cudaMalloc either. */
+static cuda_block *pool_take_idle(cuda_pool *pool, int cls) {
+    cuda_pool_keep *keep = pool->capture;
+    if (keep && keep->idle[cls]) {
+        cuda_block *b = keep->idle[cls];
+        keep->idle[cls] = b->next;
+        keep->bytes -= b->bytes;
+        pool->held -= b->bytes;
+        return b;
+    }
+    cuda_block *b = pool->idle[cls];
+    if (b) pool->idle[cls] = b->next;
+    return b;
 }
 
 static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
@@ -85,10 +115,8 @@ static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
     *out = NULL;
     if (cls >= CUDA_POOL_CLASSES)
         return MT_FAIL(MT_ERR_NOMEM, "cuda: cannot allocate %zu bytes of device memory", bytes);
-    cuda_block *b = pool->idle[cls];
-    if (b) {
-        pool->idle[cls] = b->next;
-    } else {
+    cuda_block *b = pool_take_idle(pool, cls);
+    if (!b) {
         b = calloc(1, sizeof *b);
         if (!b) return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for the pool's records");
         cudaError_t e = cudaMalloc(&b->ptr, rounded);
@@ -108,10 +136,11 @@ static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
                 MT_ERR_NOMEM,
                 "cuda: out of device memory on GPU %d: asked for %zu bytes (%.1f MiB); "
                 "cudaMemGetInfo says %.1f MiB free of %.1f MiB; mobiletune holds %.1f "
-                "MiB (%.1f MiB in use, %.1f MiB of workspace and scratch): %s. Lower "
-                "the batch size or free the GPU",
+                "MiB (%.1f MiB in use, %.1f MiB kept for step graphs, %.1f MiB of workspace "
+                "and scratch): %s. Lower the batch size or free the GPU",
                 cu->device, bytes, (double)bytes / mib, (double)free_bytes / mib,
                 (double)total_bytes / mib, (double)pool->reserved / mib, (double)pool->in_use / mib,
+                (double)pool->held / mib,
                 (double)(cu->workspace.bytes + cu->filter.bytes + cu->partials.bytes) / mib,
                 cudaGetErrorString(e));
         }
@@ -120,11 +149,12 @@ static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
         pool->reserved += rounded;
         pool->mallocs++;
     }
+    if (pool->capture) b->keep = pool->capture; /* the graph writes it: it is the graph's */
     size_t h = pool_bucket(b->ptr);
     b->next = pool->live[h];
     pool->live[h] = b;
     pool->in_use += b->bytes;
-    if (pool->in_use > pool->peak) pool->peak = pool->in_use;
+    pool_count_use(pool);
     *out = b->ptr;
     return MT_OK;
 }
@@ -133,21 +163,24 @@ mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
     return pool_alloc(cu, bytes, out);
 }
 
-/* Work still queued on the stream may use the block: reuse is safe because every later user is
- * on the same stream. */
-static void pool_release(cuda_backend *cu, void *ptr);
-
-void cuda_pool_release(cuda_backend *cu, void *ptr) {
-    pool_release(cu, ptr);
-}
-
-static void pool_release(cuda_backend *cu, void *ptr) {
-    if (!ptr) return;
-    cuda_pool *pool = &cu->pool;
+/* The live block at `ptr`, unlinked when `unlink`; NULL if the pool did not hand it out. */
+static cuda_block *pool_find_live(cuda_pool *pool, const void *ptr, bool unlink) {
     cuda_block **link = &pool->live[pool_bucket(ptr)];
     while (*link && (*link)->ptr != ptr)
         link = &(*link)->next;
     cuda_block *b = *link;
+    if (b && unlink) *link = b->next;
+    return b;
+}
+
+/* Work still queued on the stream may use the block: reuse is safe because every later user is
+ * on the same stream. A block of a step graph (handed out under its capture, or released under
+ * it: the graph may write it before the release point too) goes to the graph's keep: each replay
+ * still writes it. */
+static void pool_release(cuda_backend *cu, void *ptr) {
+    if (!ptr) return;
+    cuda_pool *pool = &cu->pool;
+    cuda_block *b = pool_find_live(pool, ptr, true);
     if (!b) {
         fprintf(stderr,
                 "mobiletune cuda: freeing %p, which the pool did not hand out (a double "
@@ -155,10 +188,64 @@ static void pool_release(cuda_backend *cu, void *ptr) {
                 ptr);
         return;
     }
-    *link = b->next;
     pool->in_use -= b->bytes;
-    b->next = pool->idle[b->cls];
-    pool->idle[b->cls] = b;
+    if (!b->keep) b->keep = pool->capture;
+    cuda_pool_keep *keep = b->keep;
+    if (keep) {
+        b->next = keep->idle[b->cls];
+        keep->idle[b->cls] = b;
+        keep->bytes += b->bytes;
+        pool->held += b->bytes;
+    } else {
+        b->next = pool->idle[b->cls];
+        pool->idle[b->cls] = b;
+    }
+}
+
+void cuda_pool_release(cuda_backend *cu, void *ptr) {
+    pool_release(cu, ptr);
+}
+
+mt_status cuda_pool_capture_begin(cuda_backend *cu) {
+    cuda_pool *pool = &cu->pool;
+    if (pool->capture) return MT_FAIL(MT_ERR_INTERNAL, "cuda: the pool's capture is already open");
+    cuda_pool_keep *keep = calloc(1, sizeof *keep);
+    if (!keep) return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for a step graph");
+    keep->next = pool->keeps;
+    pool->keeps = keep;
+    pool->capture = keep;
+    return MT_OK;
+}
+
+cuda_pool_keep *cuda_pool_capture_end(cuda_backend *cu) {
+    cuda_pool_keep *keep = cu->pool.capture;
+    cu->pool.capture = NULL;
+    return keep;
+}
+
+void cuda_pool_keep_free(cuda_backend *cu, cuda_pool_keep *keep) {
+    cuda_pool *pool = &cu->pool;
+    if (!keep) return;
+    if (pool->capture == keep) pool->capture = NULL;
+    cuda_pool_keep **link = &pool->keeps;
+    while (*link && *link != keep)
+        link = &(*link)->next;
+    if (*link) *link = keep->next;
+    for (int c = 0; c < CUDA_POOL_CLASSES; c++) {
+        while (keep->idle[c]) {
+            cuda_block *b = keep->idle[c];
+            keep->idle[c] = b->next;
+            b->keep = NULL;
+            b->next = pool->idle[c];
+            pool->idle[c] = b;
+        }
+    }
+    pool->held -= keep->bytes;
+    /* blocks handed out under the capture and still held: their holders' alone from now on */
+    for (int h = 0; h < CUDA_POOL_BUCKETS; h++)
+        for (cuda_block *b = pool->live[h]; b; b = b->next)
+            if (b->keep == keep) b->keep = NULL;
+    free(keep);
 }
 
 mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out) {
@@ -197,9 +284,9 @@ static void cuda_shutdown(mt_backend *backend) {
     (void)cudaSetDevice(cu->device);
     if (cu->stream) (void)cudaStreamSynchronize(cu->stream);
     if (cu->copy_stream) (void)cudaStreamSynchronize(cu->copy_stream);
-    cuda_debug(cu, "pool: peak %.1f MiB in use, %.1f MiB reserved, %zu cudaMalloc calls",
-               (double)cu->pool.peak / 1048576.0, (double)cu->pool.reserved / 1048576.0,
-               cu->pool.mallocs);
+    cuda_debug(cu, "pool: peak %.1f MiB in use (step graphs' blocks included), %.1f MiB "
+               "reserved, %zu cudaMalloc calls", (double)cu->pool.peak / 1048576.0,
+               (double)cu->pool.reserved / 1048576.0, cu->pool.mallocs);
     cuda_profile_free(cu);
     cuda_readback_free(cu);
     cuda_conv_cache_free(cu);
@@ -214,6 +301,11 @@ static void cuda_shutdown(mt_backend *backend) {
         }
     }
     pool_trim(cu);
+    while (cu->pool.keeps) { /* graphs the caller never freed: their blocks went just above */
+        cuda_pool_keep *k = cu->pool.keeps;
+        cu->pool.keeps = k->next;
+        free(k);
+    }
     cuda_scratch *scratch[] = {&cu->workspace, &cu->filter, &cu->partials};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++)
         (void)cudaFree(scratch[i]->ptr);
@@ -354,8 +446,10 @@ static mt_status cuda_buffer_alloc(mt_backend *backend, size_t bytes, void **out
 }
 
 static void cuda_buffer_free(mt_backend *backend, void *buffer) {
-    cuda_weights_touched(cuda_of(backend), NULL, 0); /* the block's size is not known here */
-    pool_release(cuda_of(backend), buffer);
+    cuda_backend *cu = cuda_of(backend);
+    const cuda_block *b = buffer ? pool_find_live(&cu->pool, buffer, false) : NULL;
+    if (b) cuda_weights_forget(cu, buffer, b->bytes); /* a kernel there is gone */
+    pool_release(cu, buffer);
 }
 
 /* Synchronous: the host buffer may be reused (or be pinned memory the caller rewrites) as soon as
@@ -363,7 +457,7 @@ static void cuda_buffer_free(mt_backend *backend, void *buffer) {
 static mt_status upload_op(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
     cuda_backend *cu = cuda_of(backend);
     if (!bytes) return MT_OK;
-    cuda_weights_touched(cu, dst, bytes);
+    cuda_weights_forget(cu, dst, bytes); /* host data: never part of a step */
     CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, cu->stream));
     CUDA_CHECK(cudaStreamSynchronize(cu->stream));
     return MT_OK;

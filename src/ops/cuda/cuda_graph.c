@@ -26,6 +26,8 @@ typedef struct cuda_step_graph {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     uint64_t memory_generation; /* cuda_backend.memory_generation at the capture */
+    cuda_pool_keep *keep;       /* the pool blocks the graph alone writes */
+    mt_cuda_weight_pins pins;   /* conv weight copies made before the capture that it reads */
 } cuda_step_graph;
 
 mt_status mt_cuda_readback_start(mt_backend *backend, void *host_dst, const void *src,
@@ -49,9 +51,53 @@ mt_status mt_cuda_step_capture_begin(mt_backend *backend) {
     if (cu->profile)
         return MT_FAIL(MT_ERR_INVALID, "cuda: MT_CUDA_PROFILE times the ops one by one, which a "
                        "captured step would hide");
-    cuda_weights_touched(cu, NULL, 0); /* every conv weight copy */
-    CUDA_CHECK(cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal));
+    MT_TRY(cuda_pool_capture_begin(cu));
+    cuda_weights_capture_begin(cu);
+    cudaError_t e = cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        mt_cuda_weight_pins none;
+        (void)cuda_weights_capture_end(cu, false, &none);
+        cuda_pool_keep_free(cu, cuda_pool_capture_end(cu));
+        return MT_FAIL(MT_ERR_BACKEND, "cuda: cudaStreamBeginCapture failed: %s",
+                       cudaGetErrorString(e));
+    }
     cu->capturing = true;
+    return MT_OK;
+}
+
+/* Destroys the graph and hands its pool blocks back (the stream orders their reuse after any
+ * replay still running); also what a failed capture left. */
+static void graph_release(cuda_backend *cu, cuda_step_graph *g) {
+    if (g->exec) (void)cudaGraphExecDestroy(g->exec);
+    if (g->graph) (void)cudaGraphDestroy(g->graph);
+    cuda_pool_keep_free(cu, g->keep);
+    mt_cuda_weight_pins_free(&g->pins);
+    *g = (cuda_step_graph){0};
+}
+
+/* The capture's end, the graph's instantiation and its share of the pool and the weight copies;
+ * on failure nothing of it is kept. */
+static mt_status capture_finish(cuda_backend *cu, cuda_step_graph *g) {
+    cudaError_t e = cudaStreamEndCapture(cu->stream, &g->graph);
+    const bool captured = e == cudaSuccess && g->graph;
+    /* the copies made under the capture hold nothing yet (the replays make them); those made
+     * before it that it read are pinned */
+    mt_status weights = cuda_weights_capture_end(cu, captured, &g->pins);
+    g->keep = cuda_pool_capture_end(cu);
+    if (!captured) {
+        (void)cudaGetLastError(); /* a broken capture is reported here, not by a later call */
+        return MT_FAIL(MT_ERR_BACKEND, "cuda: the step capture broke (%s): some call in the "
+                       "step waits for the device or allocates", cudaGetErrorString(e));
+    }
+    MT_TRY(weights);
+    e = cudaGraphInstantiate(&g->exec, g->graph, 0);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        g->exec = NULL;
+        return MT_FAIL(MT_ERR_BACKEND, "cuda: cudaGraphInstantiate of the step failed: %s",
+                       cudaGetErrorString(e));
+    }
     return MT_OK;
 }
 
@@ -60,30 +106,19 @@ mt_status mt_cuda_step_capture_end(mt_backend *backend, void **out) {
     *out = NULL;
     if (!cu->capturing) return MT_FAIL(MT_ERR_INVALID, "cuda: no step capture is open");
     cu->capturing = false;
-    /* copies made while capturing hold nothing yet: the replay makes them */
-    cuda_weights_touched(cu, NULL, 0); /* every conv weight copy */
-    cudaGraph_t graph = NULL;
-    cudaError_t e = cudaStreamEndCapture(cu->stream, &graph);
-    if (e != cudaSuccess || !graph) {
-        (void)cudaGetLastError(); /* a broken capture is reported here, not by a later call */
-        if (graph) (void)cudaGraphDestroy(graph);
-        return MT_FAIL(MT_ERR_BACKEND, "cuda: the step capture broke (%s): some call in the "
-                       "step waits for the device or allocates", cudaGetErrorString(e));
-    }
     cuda_step_graph *g = calloc(1, sizeof *g);
-    if (!g) {
-        (void)cudaGraphDestroy(graph);
-        return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for a step graph");
+    mt_status status = g ? capture_finish(cu, g)
+                         : MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for a step graph");
+    if (!g) { /* still end the capture: the stream must not stay in capture mode */
+        cuda_step_graph none = {0};
+        (void)capture_finish(cu, &none);
+        graph_release(cu, &none);
+        return status;
     }
-    g->graph = graph;
     g->memory_generation = cu->memory_generation;
-    e = cudaGraphInstantiate(&g->exec, graph, 0);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        (void)cudaGraphDestroy(graph);
-        free(g);
-        return MT_FAIL(MT_ERR_BACKEND, "cuda: cudaGraphInstantiate of the step failed: %s",
-                       cudaGetErrorString(e));
+    if (status != MT_OK) {
+        mt_cuda_step_graph_free(backend, g);
+        return status;
     }
     *out = g;
     return MT_OK;
@@ -95,17 +130,17 @@ mt_status mt_cuda_step_replay(mt_backend *backend, void *graph) {
     if (g->memory_generation != cu->memory_generation)
         return MT_FAIL(MT_ERR_INVALID, "cuda: device memory went back to the driver since the "
                        "step was captured: capture it again");
-    cuda_weights_touched(cu, NULL, 0); /* every conv weight copy */
+    if (!cuda_weights_replay(cu, &g->pins))
+        return MT_FAIL(MT_ERR_INVALID, "cuda: a conv kernel the captured step reads through a copy "
+                       "made before the capture was written or freed since: capture it again");
     CUDA_CHECK(cudaGraphLaunch(g->exec, cu->stream));
     return MT_OK;
 }
 
 void mt_cuda_step_graph_free(mt_backend *backend, void *graph) {
-    (void)backend;
     cuda_step_graph *g = graph;
     if (!g) return;
-    if (g->exec) (void)cudaGraphExecDestroy(g->exec);
-    if (g->graph) (void)cudaGraphDestroy(g->graph);
+    graph_release(cuda_of(backend), g);
     free(g);
 }
 
