@@ -448,7 +448,7 @@ static mt_status cuda_buffer_alloc(mt_backend *backend, size_t bytes, void **out
 static void cuda_buffer_free(mt_backend *backend, void *buffer) {
     cuda_backend *cu = cuda_of(backend);
     const cuda_block *b = buffer ? pool_find_live(&cu->pool, buffer, false) : NULL;
-    if (b) cuda_weights_forget(cu, buffer, b->bytes); /* a kernel there is gone */
+    if (b) cuda_weights_freed(cu, buffer, b->bytes); /* a kernel there is gone */
     pool_release(cu, buffer);
 }
 

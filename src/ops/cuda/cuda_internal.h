@@ -210,7 +210,7 @@ static inline size_t cuda_storage_bytes(mt_cuda_storage storage) {
  * `touched` drops the copies of kernels overlapping [dst, dst + bytes) (every copy for 0) and
  * remembers the range as one a step may write: each device op that can write backend memory
  * calls it before the write; `forget` only drops them: an upload (host data, never inside a
- * step), a freed block; `free` at shutdown. The capture's side (cuda_graph.c): `capture_begin`
+ * step); `freed` drops them and forgets the range was written (buffer_free); `free` at shutdown. The capture's side (cuda_graph.c): `capture_begin`
  * drops the copies of kernels a step may write; `capture_end` drops the copies the capture made
  * and pins those made before it that it read (MT_ERR_BACKEND when it read one and then dropped
  * it); `replay` is false when a pinned copy is gone, else drops the copies the replay rewrites. */
@@ -218,6 +218,7 @@ mt_status cuda_weights_get(cuda_backend *cu, const float *w, mt_cuda_weight_form
                            int cin, int cout, const void **out);
 void cuda_weights_touched(cuda_backend *cu, const void *dst, size_t bytes);
 void cuda_weights_forget(cuda_backend *cu, const void *dst, size_t bytes);
+void cuda_weights_freed(cuda_backend *cu, const void *dst, size_t bytes);
 void cuda_weights_capture_begin(cuda_backend *cu);
 mt_status cuda_weights_capture_end(cuda_backend *cu, bool captured, mt_cuda_weight_pins *pins);
 bool cuda_weights_replay(cuda_backend *cu, const mt_cuda_weight_pins *pins);

@@ -132,6 +132,48 @@ bool mt_cuda_weight_cache_written(mt_cuda_weight_cache *cache, const void *dst, 
     return true;
 }
 
+bool mt_cuda_weight_cache_unwritten(mt_cuda_weight_cache *cache, const void *dst, size_t bytes) {
+    const uintptr_t lo = (uintptr_t)dst, hi = lo + bytes;
+    if (cache->written_all || bytes == 0) return true;
+    /* a range that holds [lo, hi) strictly inside splits in two: one entry more */
+    if (cache->written_count == cache->written_capacity) {
+        size_t capacity = cache->written_capacity ? 2 * cache->written_capacity : 32;
+        mt_cuda_weight_range *grown = realloc(cache->written, capacity * sizeof *grown);
+        if (!grown) {
+            cache->written_all = true;
+            return false;
+        }
+        cache->written = grown;
+        cache->written_capacity = capacity;
+    }
+    size_t i = 0;
+    while (i < cache->written_count) {
+        mt_cuda_weight_range *r = &cache->written[i];
+        if (!overlaps(*r, (mt_cuda_weight_range){.lo = lo, .hi = hi})) {
+            i++;
+            continue;
+        }
+        const mt_cuda_weight_range left = {.lo = r->lo, .hi = lo}, right = {.lo = hi, .hi = r->hi};
+        if (left.lo < left.hi && right.lo < right.hi) {
+            for (size_t j = cache->written_count; j > i + 1; j--)
+                cache->written[j] = cache->written[j - 1];
+            cache->written_count++;
+            cache->written[i] = left;
+            cache->written[i + 1] = right;
+            return true; /* nothing else overlaps: the ranges are disjoint */
+        }
+        if (left.lo < left.hi || right.lo < right.hi) {
+            *r = left.lo < left.hi ? left : right;
+            i++;
+            continue;
+        }
+        for (size_t j = i + 1; j < cache->written_count; j++) /* wholly inside: removed */
+            cache->written[j - 1] = cache->written[j];
+        cache->written_count--;
+    }
+    return true;
+}
+
 static bool drop_written(const mt_cuda_weight_cache *cache, const mt_cuda_weight_copy *c,
                          mt_cuda_weight_range range) {
     (void)range;

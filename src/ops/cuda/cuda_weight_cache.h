@@ -94,6 +94,10 @@ size_t mt_cuda_weight_cache_touch(mt_cuda_weight_cache *cache, const void *dst, 
  * host memory (every kernel then counts as written: the safe side). */
 bool mt_cuda_weight_cache_written(mt_cuda_weight_cache *cache, const void *dst, size_t bytes);
 
+/* [dst, dst + bytes) was freed: it no longer counts as written (a buffer allocated there later
+ * starts afresh). false: out of host memory (every kernel then counts as written). */
+bool mt_cuda_weight_cache_unwritten(mt_cuda_weight_cache *cache, const void *dst, size_t bytes);
+
 /* A capture begins: the copies of kernels a step may write (those overlapping `written`) are
  * removed, so the capture makes its own; the others are kept for the step to read. */
 void mt_cuda_weight_cache_capture_begin(mt_cuda_weight_cache *cache,

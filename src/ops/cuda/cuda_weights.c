@@ -22,6 +22,11 @@ void cuda_weights_forget(cuda_backend *cu, const void *dst, size_t bytes) {
     (void)mt_cuda_weight_cache_touch(&cu->weights, dst, bytes, release_copy, cu);
 }
 
+void cuda_weights_freed(cuda_backend *cu, const void *dst, size_t bytes) {
+    cuda_weights_forget(cu, dst, bytes);
+    (void)mt_cuda_weight_cache_unwritten(&cu->weights, dst, bytes); /* false: all written */
+}
+
 void cuda_weights_capture_begin(cuda_backend *cu) {
     mt_cuda_weight_cache_capture_begin(&cu->weights, release_copy, cu);
 }
