@@ -95,11 +95,13 @@ static void check_pool_blocks(fixture *f) {
             overwritten += memcmp(back, pattern, sizes[s]) != 0;
             o->buffer_free(f->b, probe[s][p]);
         }
-    CHECK_MSG(overwritten == 0, "%d of %d blocks allocated between two replays were written "
-              "by the replay: the pool handed out the graph's blocks", overwritten, 2 * PROBES);
+    CHECK_MSG(overwritten == 0,
+              "%d of %d blocks allocated between two replays were written "
+              "by the replay: the pool handed out the graph's blocks",
+              overwritten, 2 * PROBES);
     output(f, replayed);
     CHECK_MSG(memcmp(eager, replayed, sizeof eager) == 0, "the replay's output differs from "
-              "the eager step's");
+                                                          "the eager step's");
     o->step_graph_free(f->b, graph);
     o->buffer_free(f->b, w);
 }
@@ -115,15 +117,18 @@ static void check_pinned_copy(fixture *f) {
     MUST(ended);
     MUST(o->step_replay(f->b, graph));
     output(f, replayed);
-    CHECK_MSG(memcmp(eager, replayed, sizeof eager) == 0, "a replay reading the copy made "
+    CHECK_MSG(memcmp(eager, replayed, sizeof eager) == 0,
+              "a replay reading the copy made "
               "before its capture differs from the eager step");
     float host[C * C];
     MUST(o->download(f->b, host, w, sizeof host));
     host[0] += 1.0f;
     MUST(o->upload(f->b, w, host, sizeof host));
     mt_status replay = o->step_replay(f->b, graph);
-    CHECK_MSG(replay == MT_ERR_INVALID, "a replay after an upload to the kernel whose copy it "
-              "reads: %s, expected MT_ERR_INVALID", mt_status_name(replay));
+    CHECK_MSG(replay == MT_ERR_INVALID,
+              "a replay after an upload to the kernel whose copy it "
+              "reads: %s, expected MT_ERR_INVALID",
+              mt_status_name(replay));
     o->step_graph_free(f->b, graph);
     o->buffer_free(f->b, w);
 }
@@ -150,9 +155,8 @@ int main(void) {
         printf("skipped: no cuda backend (%s)\n", mt_last_error());
         return MT_TEST_SKIP_CODE;
     }
-    fixture f = {.b = b,
-                 .conv = {.input = {N, SIDE, SIDE, C}, .out_channels = C, .kernel = 1,
-                          .stride = 1}};
+    fixture f = {
+        .b = b, .conv = {.input = {N, SIDE, SIDE, C}, .out_channels = C, .kernel = 1, .stride = 1}};
     const mt_shape4 shape = {N, SIDE, SIDE, C};
     MUST(b->ops->tensor_alloc(b, shape, &f.x));
     MUST(b->ops->tensor_alloc(b, shape, &f.y));

@@ -9,15 +9,51 @@
  * cudaStreamEndCapture then fails: the trainer runs the step eager instead. That is why a shape
  * runs eager once before it is captured (every pool block, algorithm and scratch size is then
  * in place). Device memory handed back to the driver after a capture (the pool trimmed, a
- * scratch area grown) may be memory the graph points into: step_replay then refuses it
- * (MT_ERR_INVALID) and the caller captures again. Pool blocks released and reused in stream
- * order inside the step (the 16-bit staging buffers) are fine: the graph reuses them in the
- * same order, and nothing else runs while it does. The conv weight copies (cuda_weights.c: KRSC,
- * 16-bit, rounded; fp32 mode too) are a cache that watches the host's calls: a replay updates
- * weights without any, so the cache is emptied when a capture begins (every copy the step needs
- * is then made inside the graph, on memory the graph alone uses), when it ends (the copies made
- * while capturing hold nothing yet) and at every replay (the copies made since would be
- * stale). */
+ * scratch area grown, the BN counters grown) may be memory the graph points into: step_replay
+ * then refuses it (MT_ERR_INVALID) and the caller captures again.
+ *
+ * Pool memory (cuda_pool.c). The host's calls end at the capture, but every replay writes the
+ * temporaries the step took from the pool (16-bit copies of conv kernels, the widened tensors
+ * of bf16/fp16's backward filter, the KRSC staging of a 16-bit filter). So a capture opens a
+ * keep (cuda_pool_keep): a block handed out under the capture, or released under it, belongs to
+ * the graph. Released, it goes to the keep, not to the pool's idle lists: the capture itself
+ * reuses it in stream order, as the eager step did (so it needs no cudaMalloc), and eager work
+ * between replays (an evaluation, a checkpoint, the trainer's other ops) never gets it. A block
+ * that was live before the capture and released under it is the graph's too: the recorded ops
+ * before the release still write it at every replay. A block handed out under the capture and
+ * still held at its end joins the keep when its holder releases it. step_graph_free hands the
+ * keep's blocks back to the idle lists (the stream orders their reuse after a replay still
+ * running). The pool's reserved bytes count them all along; `held` counts the keeps' idle
+ * blocks, and the peak is of in_use + held: memory no allocation could get. When a cudaMalloc
+ * fails, the keeps' idle blocks go back to the driver with the others (pool_trim): the memory
+ * generation moves on, so those graphs are refused and captured again. A block belongs to one
+ * graph at most: a block the second of two live graphs used that the first owns goes back to the
+ * pool with the first (the trainer holds one graph at a time: it frees the last before it
+ * captures the next). Blocks live before the capture and held after it (the model's tensors) are
+ * their holders': the trainer drops the graph when its model reallocates.
+ *
+ * Conv weight copies (cuda_weights.c, cuda_weight_cache.h: KRSC, 16-bit, rounded; fp32 mode
+ * too). The cache watches the host's calls, and a replay writes weights without one. Each
+ * device op that writes memory (optimizer_update, buffer_copy(_if), buffer_scale, the weight
+ * gradient) tells the cache first, as always, and the cache also remembers the range: the
+ * memory a step may write (an upload is host data, never part of a step; a freed block is
+ * forgotten). Then:
+ * - capture begin drops the copies of kernels in that memory (the trainable ones): the step
+ *   makes those inside the graph, on its own pool blocks. The others (frozen kernels, which only
+ *   uploads ever wrote) stay: the graph reads them, made once, outside it;
+ * - capture end drops the copies made while capturing (they hold nothing until a replay makes
+ *   them) and pins the copies made before the capture that it read. If the capture dropped one
+ *   of those (the step writes or frees a kernel no device op had written before the capture, so
+ *   the graph would read a copy of its old values), the capture fails with an error saying so
+ *   and the trainer runs eager: not reachable from the trainer, whose warm-up step writes every
+ *   trainable kernel before the capture. Deciding at the begin from what device ops wrote before
+ *   is the simple, safe side: a wrong guess costs a copy inside the graph or a failed capture,
+ *   never a stale read;
+ * - a replay first checks that every pinned copy is still there (an upload to a frozen kernel,
+ *   e.g. a checkpoint loaded, drops it: the replay is refused, MT_ERR_INVALID, and the caller
+ *   captures again), then drops the copies of kernels a step may write (the replay rewrites
+ *   them; one an evaluation made since would be stale), and launches. So a replay makes the
+ *   trainable kernels' copies only, as an eager step does. */
 #include <stdlib.h>
 
 #include "ops/cuda/cuda_internal.h"

@@ -172,10 +172,12 @@ void cuda_debug(const cuda_backend *cu, const char *format, ...)
 
 /* cuda_backend.c */
 extern const mt_ops mt_ops_cuda;
-/* the memory pool (no zeroing; the block may be reused by later work on the stream as soon as it
- * is released) */
+/* cuda_pool.c: the memory pool (no zeroing; the block may be reused by later work on the stream
+ * as soon as it is released); a live block's size (0: not one); `free` at shutdown */
 mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out);
 void cuda_pool_release(cuda_backend *cu, void *ptr);
+size_t cuda_pool_block_bytes(cuda_backend *cu, const void *ptr);
+void cuda_pool_free(cuda_backend *cu);
 /* A step capture's blocks (cuda_pool_keep): begin opens a keep that every block handed out or
  * released until the end joins; end closes it and hands it to the graph; free gives its idle
  * blocks back to the pool (and its live ones to their holders alone) when the graph goes. */

@@ -107,7 +107,7 @@ bool mt_cuda_weight_cache_written(mt_cuda_weight_cache *cache, const void *dst, 
         last++;
     }
     if (last == first + 1 && cache->written[first].lo == r.lo && cache->written[first].hi == r.hi)
-        return true; /* already known: the common case, every step writes the same ranges */
+        return true;     /* already known: the common case, every step writes the same ranges */
     if (last == first) { /* a new entry at `first` */
         if (cache->written_count == cache->written_capacity) {
             size_t capacity = cache->written_capacity ? 2 * cache->written_capacity : 32;
@@ -191,8 +191,7 @@ static bool drop_made_in_capture(const mt_cuda_weight_cache *cache, const mt_cud
 }
 
 void mt_cuda_weight_cache_capture_begin(mt_cuda_weight_cache *cache,
-                                        void (*release)(void *context, void *copy),
-                                        void *context) {
+                                        void (*release)(void *context, void *copy), void *context) {
     (void)remove_if(cache, drop_written, (mt_cuda_weight_range){0}, release, context);
     for (size_t i = 0; i < cache->count; i++)
         cache->copies[i].read_by_capture = false;

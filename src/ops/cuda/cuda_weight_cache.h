@@ -40,7 +40,7 @@ typedef struct mt_cuda_weight_key {
 
 typedef struct mt_cuda_weight_copy {
     mt_cuda_weight_key key;
-    void *copy;        /* device memory owned by the cache's user */
+    void *copy;           /* device memory owned by the cache's user */
     uint64_t serial;      /* this copy's number (the n-th kept): how a graph names what it pins */
     bool in_capture;      /* made under the open capture: holds nothing until a replay */
     bool read_by_capture; /* made before the open capture and read by it */
@@ -101,8 +101,7 @@ bool mt_cuda_weight_cache_unwritten(mt_cuda_weight_cache *cache, const void *dst
 /* A capture begins: the copies of kernels a step may write (those overlapping `written`) are
  * removed, so the capture makes its own; the others are kept for the step to read. */
 void mt_cuda_weight_cache_capture_begin(mt_cuda_weight_cache *cache,
-                                        void (*release)(void *context, void *copy),
-                                        void *context);
+                                        void (*release)(void *context, void *copy), void *context);
 
 /* The capture ends (`captured`: it holds a graph): the copies it made are removed (the replays
  * make them); with `captured`, the copies made before it that it read are pinned and named in

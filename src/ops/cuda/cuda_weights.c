@@ -23,6 +23,7 @@ void cuda_weights_forget(cuda_backend *cu, const void *dst, size_t bytes) {
 }
 
 void cuda_weights_freed(cuda_backend *cu, const void *dst, size_t bytes) {
+    if (!bytes) return; /* not a block of the pool: nothing to forget */
     cuda_weights_forget(cu, dst, bytes);
     (void)mt_cuda_weight_cache_unwritten(&cu->weights, dst, bytes); /* false: all written */
 }
