@@ -143,14 +143,13 @@ mt_status mt_cuda_step_capture_end(mt_backend *backend, void **out) {
     if (!cu->capturing) return MT_FAIL(MT_ERR_INVALID, "cuda: no step capture is open");
     cu->capturing = false;
     cuda_step_graph *g = calloc(1, sizeof *g);
-    mt_status status = g ? capture_finish(cu, g)
-                         : MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for a step graph");
     if (!g) { /* still end the capture: the stream must not stay in capture mode */
         cuda_step_graph none = {0};
         (void)capture_finish(cu, &none);
         graph_release(cu, &none);
-        return status;
+        return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for a step graph");
     }
+    mt_status status = capture_finish(cu, g);
     g->memory_generation = cu->memory_generation;
     if (status != MT_OK) {
         mt_cuda_step_graph_free(backend, g);
