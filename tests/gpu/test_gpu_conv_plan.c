@@ -11,8 +11,13 @@
  * 2. The per-update weight copies' bookkeeping (src/ops/cuda/cuda_weight_cache.c): a copy is
  *    found under its exact key only (pointer, form, geometry), a write drops exactly the copies
  *    whose kernel it overlaps (a one-byte overlap at either end, not a neighbour that only
- *    touches), and a write of 0 bytes (buffer_free) drops everything.
- * 3. The choices' text (src/ops/cuda/cuda_choices.c, what a checkpoint's backend_choices holds):
+ *    touches), and a write of 0 bytes (the shutdown) drops everything.
+ * 3. Their rules around a captured step (cuda_graph.c's top comment): the ranges device ops
+ *    wrote merge into disjoint ranges and a free cuts them out again; a capture begins by
+ *    dropping the copies of written kernels only, ends by dropping the copies it made and
+ *    pinning those made before it that it read, and fails when it read one and then dropped it;
+ *    a replay is refused once a pinned copy is gone, else drops the written kernels' copies.
+ * 4. The choices' text (src/ops/cuda/cuda_choices.c, what a checkpoint's backend_choices holds):
  *    every field of every kind of choice comes back from its text unchanged, and each way a line
  *    can be wrong is an error naming that line's number. */
 #include <math.h>
@@ -238,7 +243,7 @@ static void check_weight_cache(void) {
     CHECK(mt_cuda_weight_cache_touch(&cache, buffer + 30, 11 * sizeof(float), note_release, &r) ==
           1);
     CHECK(r.count == 1 && was_released(&r, &tags[3]));
-    /* 0 bytes (buffer_free): everything */
+    /* 0 bytes (the shutdown): everything */
     CHECK(mt_cuda_weight_cache_add(&cache, &b12, &tags[5]));
     r = (released){0};
     CHECK(mt_cuda_weight_cache_touch(&cache, buffer + 60, 0, note_release, &r) == 2);
@@ -250,7 +255,102 @@ static void check_weight_cache(void) {
     CHECK(r.count == 1 && was_released(&r, &tags[6]) && cache.copies == NULL && cache.count == 0);
 }
 
-/* ---- 3. the choices' text ------------------------------------------------------------------ */
+/* ---- 3. the weight copies around a captured step ------------------------------------------ */
+
+static void check_written_ranges(void) {
+    static char memory[100];
+    mt_cuda_weight_cache cache = {0};
+    CHECK(mt_cuda_weight_cache_written(&cache, memory + 40, 10)); /* [40, 50) */
+    CHECK(mt_cuda_weight_cache_written(&cache, memory + 10, 10)); /* [10, 20) before it */
+    CHECK(mt_cuda_weight_cache_written(&cache, memory + 40, 10)); /* known already */
+    CHECK(cache.written_count == 2 && cache.written[0].lo == (uintptr_t)(memory + 10));
+    CHECK(mt_cuda_weight_cache_written(&cache, memory + 20, 5)); /* touches [10, 20): merged */
+    CHECK(cache.written_count == 2 && cache.written[0].hi == (uintptr_t)(memory + 25));
+    CHECK(mt_cuda_weight_cache_written(&cache, memory + 24, 17)); /* [24, 41): joins both */
+    CHECK(cache.written_count == 1 && cache.written[0].lo == (uintptr_t)(memory + 10) &&
+          cache.written[0].hi == (uintptr_t)(memory + 50));
+    /* a free inside splits it, one at an end trims it, one over a whole range removes it */
+    CHECK(mt_cuda_weight_cache_unwritten(&cache, memory + 20, 10));
+    CHECK(cache.written_count == 2 && cache.written[0].hi == (uintptr_t)(memory + 20) &&
+          cache.written[1].lo == (uintptr_t)(memory + 30));
+    CHECK(mt_cuda_weight_cache_unwritten(&cache, memory + 45, 20));
+    CHECK(cache.written_count == 2 && cache.written[1].hi == (uintptr_t)(memory + 45));
+    CHECK(mt_cuda_weight_cache_unwritten(&cache, memory + 5, 20));
+    CHECK(cache.written_count == 1 && cache.written[0].lo == (uintptr_t)(memory + 30));
+    CHECK(!cache.written_all);
+    released r = {0};
+    mt_cuda_weight_cache_free(&cache, note_release, &r);
+    CHECK(cache.written == NULL && cache.written_count == 0);
+}
+
+static void check_capture_rules(void) {
+    static float trained[12], frozen[12], other[12];
+    int tags[8];
+    const mt_cuda_weight_key t = {trained, MT_CUDA_WEIGHTS_HWIO_16, 1, 3, 4},
+                             f = {frozen, MT_CUDA_WEIGHTS_HWIO_16, 1, 3, 4},
+                             o = {other, MT_CUDA_WEIGHTS_HWIO_16, 1, 3, 4};
+    mt_cuda_weight_cache cache = {0};
+    released r = {0};
+    /* an eager step: both copies made, the optimizer writes `trained` */
+    CHECK(mt_cuda_weight_cache_add(&cache, &t, &tags[0]));
+    CHECK(mt_cuda_weight_cache_add(&cache, &f, &tags[1]));
+    CHECK(mt_cuda_weight_cache_written(&cache, trained, sizeof trained));
+    CHECK(mt_cuda_weight_cache_touch(&cache, trained, sizeof trained, note_release, &r) == 1);
+    /* an evaluation remakes `trained`'s copy: the capture drops it again, keeps `frozen`'s */
+    CHECK(mt_cuda_weight_cache_add(&cache, &t, &tags[2]));
+    r = (released){0};
+    mt_cuda_weight_cache_capture_begin(&cache, note_release, &r);
+    CHECK(r.count == 1 && was_released(&r, &tags[2]) && cache.count == 1);
+    /* the captured step: reads frozen's copy, makes trained's, writes trained */
+    CHECK(mt_cuda_weight_cache_find(&cache, &f) == &tags[1]);
+    CHECK(mt_cuda_weight_cache_find(&cache, &t) == NULL);
+    CHECK(mt_cuda_weight_cache_add(&cache, &t, &tags[3]));
+    CHECK(mt_cuda_weight_cache_find(&cache, &t) == &tags[3]);
+    CHECK(mt_cuda_weight_cache_written(&cache, trained, sizeof trained));
+    CHECK(mt_cuda_weight_cache_touch(&cache, trained, sizeof trained, note_release, &r) == 1);
+    CHECK(mt_cuda_weight_cache_add(&cache, &o, &tags[4])); /* made, never dropped */
+    mt_cuda_weight_pins pins;
+    bool out_of_memory = true;
+    r = (released){0};
+    CHECK(mt_cuda_weight_cache_capture_end(&cache, true, &pins, &out_of_memory, note_release,
+                                           &r));
+    CHECK(!out_of_memory && r.count == 1 && was_released(&r, &tags[4]) && cache.count == 1);
+    CHECK(pins.count == 1 && pins.serials[0] == cache.copies[0].serial);
+    /* eager work between replays: trained's copy made, and dropped at the replay */
+    CHECK(mt_cuda_weight_cache_add(&cache, &t, &tags[5]));
+    r = (released){0};
+    CHECK(mt_cuda_weight_cache_replay(&cache, &pins, note_release, &r));
+    CHECK(r.count == 1 && was_released(&r, &tags[5]));
+    CHECK(mt_cuda_weight_cache_find(&cache, &f) == &tags[1]);
+    /* frozen rewritten from the host: the pinned copy is gone, the replay refused */
+    CHECK(mt_cuda_weight_cache_touch(&cache, frozen, 4, note_release, &r) == 1);
+    CHECK(!mt_cuda_weight_cache_replay(&cache, &pins, note_release, &r));
+    mt_cuda_weight_pins_free(&pins);
+    CHECK(pins.serials == NULL && pins.count == 0);
+    /* a capture that reads an older copy of a kernel and then writes that kernel fails, pins
+     * nothing, and leaves the copies of kernels it did not touch */
+    CHECK(mt_cuda_weight_cache_add(&cache, &f, &tags[6]));
+    CHECK(mt_cuda_weight_cache_add(&cache, &o, &tags[7]));
+    r = (released){0};
+    mt_cuda_weight_cache_capture_begin(&cache, note_release, &r);
+    CHECK(r.count == 0);
+    CHECK(mt_cuda_weight_cache_find(&cache, &f) == &tags[6]);
+    CHECK(mt_cuda_weight_cache_find(&cache, &o) == &tags[7]);
+    CHECK(mt_cuda_weight_cache_touch(&cache, frozen, sizeof frozen, note_release, &r) == 1);
+    CHECK(!mt_cuda_weight_cache_capture_end(&cache, true, &pins, &out_of_memory, note_release,
+                                            &r));
+    CHECK(!out_of_memory && pins.count == 0 && pins.serials == NULL);
+    CHECK(cache.count == 1 && mt_cuda_weight_cache_find(&cache, &o) == &tags[7]);
+    /* a capture that ended broken pins nothing either */
+    mt_cuda_weight_cache_capture_begin(&cache, note_release, &r);
+    CHECK(mt_cuda_weight_cache_find(&cache, &o) == &tags[7]);
+    CHECK(mt_cuda_weight_cache_capture_end(&cache, false, &pins, &out_of_memory, note_release,
+                                           &r));
+    CHECK(pins.count == 0);
+    mt_cuda_weight_cache_free(&cache, note_release, &r);
+}
+
+/* ---- 4. the choices' text ------------------------------------------------------------------ */
 
 static bool same_choice(const mt_cuda_choice *a, const mt_cuda_choice *b) {
     const mt_conv_desc *x = &a->desc, *y = &b->desc;
@@ -362,6 +462,8 @@ int main(void) {
     mt_backend_destroy(ref);
     mt_backend_destroy(ref16);
     check_weight_cache();
+    check_written_ranges();
+    check_capture_rules();
     check_choices_text();
     return mt_test_finish();
 }

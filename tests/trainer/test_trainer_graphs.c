@@ -36,14 +36,17 @@ enum { RECORDS = 24, BATCH = 8, EPOCHS = 3, STEPS = EPOCHS * RECORDS / BATCH };
 /* the backend under test: NULL for the recorder on the reference backend */
 static const char *real_backend;
 
-/* The totals of the emulated runtime's report (MT_EMU_REPORT; zeros before its first write). */
-static step_recorder_stats emulated_totals(void) {
+/* The totals of the emulated runtime's report (MT_EMU_REPORT; zeros before its first write);
+ * `work`: the pieces of device work it ran. */
+static step_recorder_stats emulated_totals(unsigned long long *work) {
     step_recorder_stats totals = {0};
+    *work = 0;
     const char *path = getenv("MT_EMU_REPORT");
     FILE *f = path ? fopen(path, "r") : NULL;
     if (f) {
         unsigned long long c = 0, b = 0, r = 0;
-        CHECK_MSG(fscanf(f, "captures %llu broken %llu replays %llu", &c, &b, &r) == 3,
+        CHECK_MSG(fscanf(f, "captures %llu broken %llu replays %llu work %llu", &c, &b, &r,
+                         work) == 4,
                   "%s: not an emulated runtime report", path);
         fclose(f);
         totals = (step_recorder_stats){.captures = c, .broken_captures = b, .replays = r};
@@ -55,9 +58,10 @@ static void set(mt_train_config *c, const char *assignment) {
     TEST_MUST(mt_config_set(c, assignment));
 }
 
-/* One training run into `run_dir`; graphs on or off; the recorder's statistics come back. */
+/* One training run into `run_dir`; graphs on or off; the recorder's statistics come back, and
+ * on a real backend the pieces of device work the run did (the emulated runtime's count). */
 static void train(const char *data, const char *run_dir, const char *const *extra, bool graphs,
-                  step_recorder_stats *stats) {
+                  step_recorder_stats *stats, unsigned long long *work) {
     mt_train_config c;
     mt_config_defaults(&c);
     char line[600];
@@ -80,15 +84,18 @@ static void train(const char *data, const char *run_dir, const char *const *extr
     mt_comm *comm = NULL;
     TEST_MUST(mt_comm_init(NULL, NULL, &comm));
     const mt_train_options options = {.wrap_backend = real_backend ? NULL : step_recorder_wrap};
-    const step_recorder_stats before = emulated_totals();
+    unsigned long long work_before = 0, work_after = 0;
+    const step_recorder_stats before = emulated_totals(&work_before);
     mt_train_result result;
     TEST_MUST(mt_train(&c, comm, &options, &result));
     mt_comm_finalize(comm);
+    *work = 0;
     if (!real_backend) {
         *stats = step_recorder_last_stats();
         return;
     }
-    const step_recorder_stats after = emulated_totals();
+    const step_recorder_stats after = emulated_totals(&work_after); /* the shutdown wrote it */
+    *work = work_after - work_before;
     *stats = (step_recorder_stats){.captures = after.captures - before.captures,
                                    .broken_captures = after.broken_captures -
                                                       before.broken_captures,
@@ -153,21 +160,25 @@ static void same_metrics(const char *what, const char *a_dir, const char *b_dir)
 
 /* Graph training of `name` against eager training of `eager_name` (run here when it is `name`;
  * otherwise an earlier compare_runs made it with the same `extra`). The recorder refuses the
- * first `refused` capture begins of the graph run. */
+ * first `refused` capture begins of the graph run. `same_work`: on a real backend the two runs
+ * must do the same device work (runs without evaluations: an eager step after an evaluation
+ * reuses the conv weight copies the evaluation made, which a replay, making its own, cannot). */
 static void compare_runs(const char *root, const char *name, const char *eager_name,
-                         const char *const *extra, int refused) {
+                         const char *const *extra, int refused, bool same_work) {
     char data[600], eager[700], graphs[700];
     snprintf(data, sizeof data, "%s/data", root);
     snprintf(eager, sizeof eager, "%s/%s-eager", root, eager_name);
     snprintf(graphs, sizeof graphs, "%s/%s-graphs", root, name);
     step_recorder_stats off, on;
+    static unsigned long long eager_work; /* of the last eager run */
+    unsigned long long work = 0;
     if (strcmp(name, eager_name) == 0) {
-        train(data, eager, extra, false, &off);
+        train(data, eager, extra, false, &off, &eager_work);
         CHECK_MSG(off.captures == 0 && off.replays == 0, "%s: graphs off still captured", name);
     }
     step_recorder_refuse_begins(refused);
     if (refused && real_backend) setenv("MT_CUDA_PROFILE", "1", 1); /* cuda refuses then */
-    train(data, graphs, extra, true, &on);
+    train(data, graphs, extra, true, &on, &work);
     if (refused && real_backend) unsetenv("MT_CUDA_PROFILE");
     if (refused) {
         /* the refused begin turns graphs off: that step and all later ones run eager (a real
@@ -184,15 +195,21 @@ static void compare_runs(const char *root, const char *name, const char *eager_n
                   "%s: %llu captures (%llu broken), %llu replays, expected 1 and %d", name,
                   (unsigned long long)on.captures, (unsigned long long)on.broken_captures,
                   (unsigned long long)on.replays, STEPS - 1);
+        /* a replay runs exactly the work of the eager step it stands for: no more conv weight
+         * copies (those of frozen kernels, which no step writes, were made once, before the
+         * capture), none fewer; the rest of the run (input, checkpoints) is the same work */
+        if (same_work && real_backend)
+            CHECK_MSG(work == eager_work, "%s: %llu pieces of device work with graphs, %llu "
+                      "eager", name, work, eager_work);
     }
     char a[800], b[800];
     snprintf(a, sizeof a, "%s/last.safetensors", eager);
     snprintf(b, sizeof b, "%s/last.safetensors", graphs);
     same_checkpoint(name, a, b);
     same_metrics(name, eager, graphs);
-    printf("%s: %llu captures, %llu replays (%llu op calls replayed): bit for bit eager\n", name,
-           (unsigned long long)on.captures, (unsigned long long)on.replays,
-           (unsigned long long)on.replayed_calls);
+    printf("%s: %llu captures, %llu replays (%llu op calls replayed, %llu pieces of device "
+           "work): bit for bit eager\n", name, (unsigned long long)on.captures,
+           (unsigned long long)on.replays, (unsigned long long)on.replayed_calls, work);
 }
 
 int main(void) {
@@ -213,11 +230,22 @@ int main(void) {
 
     const char *fp32[] = {"optimizer.name=adam", "optimizer.learning_rate=1e-3",
                           "optimizer.schedule=cosine", "train.nan_policy=skip", NULL};
-    compare_runs(root, "fp32-adam", "fp32-adam", fp32, 0);
-    compare_runs(root, "fp32-adam-refused", "fp32-adam", fp32, 1);
+    compare_runs(root, "fp32-adam", "fp32-adam", fp32, 0, false);
+    compare_runs(root, "fp32-adam-refused", "fp32-adam", fp32, 1, false);
     const char *fp16[] = {"optimizer.name=rmsprop", "optimizer.momentum=0.9",
                           "optimizer.learning_rate=1e-3", "train.precision=fp16", NULL};
-    compare_runs(root, "fp16-rmsprop", "fp16-rmsprop", fp16, 0);
+    compare_runs(root, "fp16-rmsprop", "fp16-rmsprop", fp16, 0, false);
+    /* finetune: Keras layers [:100] frozen (their kernels never written after the upload, so a
+     * graph reads their conv weight copies made before its capture), the rest trains; without
+     * evaluations, so that the device work of both runs must match */
+    const char *finetune32[] = {"model.mode=finetune", "model.fine_tune_at=100",
+                                "optimizer.name=adam", "optimizer.learning_rate=1e-3",
+                                "train.eval_every=0", NULL};
+    compare_runs(root, "finetune-fp32", "finetune-fp32", finetune32, 0, true);
+    const char *finetune16[] = {"model.mode=finetune", "model.fine_tune_at=100",
+                                "optimizer.name=rmsprop", "optimizer.learning_rate=1e-3",
+                                "train.precision=bf16", "train.eval_every=0", NULL};
+    compare_runs(root, "finetune-bf16", "finetune-bf16", finetune16, 0, true);
     mt_test_remove_tree(root);
     return mt_test_finish();
 }

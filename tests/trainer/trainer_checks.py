@@ -976,12 +976,14 @@ def case_mpi_fault(data, tmp):
 
 def emu_report(path):
     """The emulated CUDA runtime's MT_EMU_REPORT line (tests/gpu/emu/emu_cudart.cc), as a dict:
-    {"captures": C, "broken": B, "replays": R}; all 0 when it never wrote one."""
-    if not os.path.exists(path):
-        return {"captures": 0, "broken": 0, "replays": 0}
-    with open(path) as f:
-        words = f.read().split()
-    return dict(zip(words[0::2], map(int, words[1::2])))
+    {"captures": C, "broken": B, "replays": R} (its work count left out); all 0 when it never
+    wrote one."""
+    counts = {"captures": 0, "broken": 0, "replays": 0}
+    if os.path.exists(path):
+        with open(path) as f:
+            words = f.read().split()
+        counts.update((k, int(v)) for k, v in zip(words[0::2], words[1::2]) if k in counts)
+    return counts
 
 
 def case_nccl_graphs(data, tmp):

@@ -1,7 +1,7 @@
 /* The "cuda" backend's lifetime, memory and ops table: device selection, the stream and library
  * handles, a size-class memory pool (after the first step every allocation is a reuse, so the
- * step loop never calls cudaMalloc), copies between host and device, and the grow-only scratch
- * areas. Environment (read once at init):
+ * step loop never calls cudaMalloc: cuda_pool.c), copies between host and device, and the
+ * grow-only scratch areas. Environment (read once at init):
  *   MT_CUDA_TF32=1           as train.precision = tf32 (its older spelling): cuDNN and cuBLAS
  *                            may use TF32 tensor cores (default: exact fp32)
  *   MT_CUDA_DEPTHWISE=auto|own|cudnn   depthwise implementation (auto: time both per shape)
@@ -43,123 +43,7 @@ mt_status cuda_check_tensor(const char *op, const char *what, const mt_tensor *t
     return MT_OK;
 }
 
-/* ---- the pool ------------------------------------------------------------------------------ */
-
-/* Size classes in quarter steps between powers of two (at most 25% waste), 512 bytes minimum. */
-static int pool_class(size_t bytes, size_t *rounded) {
-    if (bytes < 512) bytes = 512;
-    int k = 63 - __builtin_clzll((unsigned long long)bytes);
-    size_t base = (size_t)1 << k;
-    if (bytes == base) {
-        *rounded = base;
-        return 4 * k;
-    }
-    size_t step = base / 4, quarters = (bytes - base + step - 1) / step; /* 1..4 */
-    *rounded = base + quarters * step;
-    return 4 * k + (int)quarters;
-}
-
-static size_t pool_bucket(const void *ptr) {
-    return (size_t)(((uintptr_t)ptr >> 9) % CUDA_POOL_BUCKETS);
-}
-
-/* Gives every idle block back to the driver (before retrying a failed cudaMalloc, at shutdown). */
-static void pool_trim(cuda_backend *cu) {
-    cuda_pool *pool = &cu->pool;
-    cu->memory_generation++;
-    for (int c = 0; c < CUDA_POOL_CLASSES; c++) {
-        while (pool->idle[c]) {
-            cuda_block *b = pool->idle[c];
-            pool->idle[c] = b->next;
-            (void)cudaFree(b->ptr);
-            pool->reserved -= b->bytes;
-            free(b);
-        }
-    }
-}
-
-static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
-    cuda_pool *pool = &cu->pool;
-    size_t rounded;
-    int cls = pool_class(bytes, &rounded);
-    *out = NULL;
-    if (cls >= CUDA_POOL_CLASSES)
-        return MT_FAIL(MT_ERR_NOMEM, "cuda: cannot allocate %zu bytes of device memory", bytes);
-    cuda_block *b = pool->idle[cls];
-    if (b) {
-        pool->idle[cls] = b->next;
-    } else {
-        b = calloc(1, sizeof *b);
-        if (!b) return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for the pool's records");
-        cudaError_t e = cudaMalloc(&b->ptr, rounded);
-        if (e == cudaErrorMemoryAllocation) {
-            (void)cudaGetLastError();
-            CUDA_CHECK(cudaStreamSynchronize(cu->stream));
-            pool_trim(cu);
-            e = cudaMalloc(&b->ptr, rounded);
-        }
-        if (e != cudaSuccess) {
-            (void)cudaGetLastError();
-            free(b);
-            size_t free_bytes = 0, total_bytes = 0;
-            (void)cudaMemGetInfo(&free_bytes, &total_bytes);
-            const double mib = 1024.0 * 1024.0;
-            return MT_FAIL(
-                MT_ERR_NOMEM,
-                "cuda: out of device memory on GPU %d: asked for %zu bytes (%.1f MiB); "
-                "cudaMemGetInfo says %.1f MiB free of %.1f MiB; mobiletune holds %.1f "
-                "MiB (%.1f MiB in use, %.1f MiB of workspace and scratch): %s. Lower "
-                "the batch size or free the GPU",
-                cu->device, bytes, (double)bytes / mib, (double)free_bytes / mib,
-                (double)total_bytes / mib, (double)pool->reserved / mib, (double)pool->in_use / mib,
-                (double)(cu->workspace.bytes + cu->filter.bytes + cu->partials.bytes) / mib,
-                cudaGetErrorString(e));
-        }
-        b->bytes = rounded;
-        b->cls = cls;
-        pool->reserved += rounded;
-        pool->mallocs++;
-    }
-    size_t h = pool_bucket(b->ptr);
-    b->next = pool->live[h];
-    pool->live[h] = b;
-    pool->in_use += b->bytes;
-    if (pool->in_use > pool->peak) pool->peak = pool->in_use;
-    *out = b->ptr;
-    return MT_OK;
-}
-
-mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
-    return pool_alloc(cu, bytes, out);
-}
-
-/* Work still queued on the stream may use the block: reuse is safe because every later user is
- * on the same stream. */
-static void pool_release(cuda_backend *cu, void *ptr);
-
-void cuda_pool_release(cuda_backend *cu, void *ptr) {
-    pool_release(cu, ptr);
-}
-
-static void pool_release(cuda_backend *cu, void *ptr) {
-    if (!ptr) return;
-    cuda_pool *pool = &cu->pool;
-    cuda_block **link = &pool->live[pool_bucket(ptr)];
-    while (*link && (*link)->ptr != ptr)
-        link = &(*link)->next;
-    cuda_block *b = *link;
-    if (!b) {
-        fprintf(stderr,
-                "mobiletune cuda: freeing %p, which the pool did not hand out (a double "
-                "free?); ignored\n",
-                ptr);
-        return;
-    }
-    *link = b->next;
-    pool->in_use -= b->bytes;
-    b->next = pool->idle[b->cls];
-    pool->idle[b->cls] = b;
-}
+/* ---- scratch areas ------------------------------------------------------------------------- */
 
 mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out) {
     if (bytes > scratch->bytes) {
@@ -197,23 +81,15 @@ static void cuda_shutdown(mt_backend *backend) {
     (void)cudaSetDevice(cu->device);
     if (cu->stream) (void)cudaStreamSynchronize(cu->stream);
     if (cu->copy_stream) (void)cudaStreamSynchronize(cu->copy_stream);
-    cuda_debug(cu, "pool: peak %.1f MiB in use, %.1f MiB reserved, %zu cudaMalloc calls",
-               (double)cu->pool.peak / 1048576.0, (double)cu->pool.reserved / 1048576.0,
-               cu->pool.mallocs);
+    cuda_debug(cu, "pool: peak %.1f MiB in use (step graphs' blocks included), %.1f MiB "
+               "reserved, %zu cudaMalloc calls", (double)cu->pool.peak / 1048576.0,
+               (double)cu->pool.reserved / 1048576.0, cu->pool.mallocs);
     cuda_profile_free(cu);
     cuda_readback_free(cu);
     cuda_conv_cache_free(cu);
     cuda_weights_free(cu); /* pool blocks: before the pool goes */
     cuda_precision_free(cu); /* pool blocks: before the pool goes */
-    for (int h = 0; h < CUDA_POOL_BUCKETS; h++) { /* blocks the caller never freed */
-        while (cu->pool.live[h]) {
-            cuda_block *b = cu->pool.live[h];
-            cu->pool.live[h] = b->next;
-            (void)cudaFree(b->ptr);
-            free(b);
-        }
-    }
-    pool_trim(cu);
+    cuda_pool_free(cu);
     cuda_scratch *scratch[] = {&cu->workspace, &cu->filter, &cu->partials};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++)
         (void)cudaFree(scratch[i]->ptr);
@@ -348,14 +224,15 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
 
 static mt_status cuda_buffer_alloc(mt_backend *backend, size_t bytes, void **out) {
     cuda_backend *cu = cuda_of(backend);
-    MT_TRY(pool_alloc(cu, bytes, out));
+    MT_TRY(cuda_pool_alloc(cu, bytes, out));
     CUDA_CHECK(cudaMemsetAsync(*out, 0, bytes ? bytes : 1, cu->stream));
     return MT_OK;
 }
 
 static void cuda_buffer_free(mt_backend *backend, void *buffer) {
-    cuda_weights_touched(cuda_of(backend), NULL, 0); /* the block's size is not known here */
-    pool_release(cuda_of(backend), buffer);
+    cuda_backend *cu = cuda_of(backend);
+    cuda_weights_freed(cu, buffer, cuda_pool_block_bytes(cu, buffer)); /* a kernel there is gone */
+    cuda_pool_release(cu, buffer);
 }
 
 /* Synchronous: the host buffer may be reused (or be pinned memory the caller rewrites) as soon as
@@ -363,7 +240,7 @@ static void cuda_buffer_free(mt_backend *backend, void *buffer) {
 static mt_status upload_op(mt_backend *backend, void *dst, const void *host_src, size_t bytes) {
     cuda_backend *cu = cuda_of(backend);
     if (!bytes) return MT_OK;
-    cuda_weights_touched(cu, dst, bytes);
+    cuda_weights_forget(cu, dst, bytes); /* host data: never part of a step */
     CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, cu->stream));
     CUDA_CHECK(cudaStreamSynchronize(cu->stream));
     return MT_OK;
@@ -404,7 +281,7 @@ static mt_status cuda_tensor_alloc(mt_backend *backend, mt_shape4 shape, mt_tens
 
 static void cuda_tensor_free(mt_backend *backend, mt_tensor *tensor) {
     if (!tensor) return;
-    pool_release(cuda_of(backend), tensor->data);
+    cuda_pool_release(cuda_of(backend), tensor->data);
     *tensor = (mt_tensor){0};
 }
 

@@ -52,17 +52,35 @@
 /* ---- the memory pool: size classes, blocks kept for reuse instead of cudaFree ---- */
 enum { CUDA_POOL_CLASSES = 256, CUDA_POOL_BUCKETS = 1021 };
 
+typedef struct cuda_pool_keep cuda_pool_keep;
+
 typedef struct cuda_block {
     void *ptr;
     size_t bytes; /* the class size actually allocated */
     int cls;
+    cuda_pool_keep *keep; /* the step graph it belongs to (handed out or released under its
+                             capture; cuda_graph.c), else NULL */
     struct cuda_block *next;
 } cuda_block;
 
+/* The pool blocks of one step graph (or of the open capture) that no caller holds: its
+ * temporaries, which each replay writes. They stay out of the pool's idle lists (eager work
+ * between replays never gets them) until the graph is freed; the capture reuses them in stream
+ * order, as the eager step did. */
+struct cuda_pool_keep {
+    cuda_block *idle[CUDA_POOL_CLASSES]; /* by size class */
+    size_t bytes;
+    cuda_pool_keep *next; /* the pool's list */
+};
+
 typedef struct cuda_pool {
-    cuda_block *live[CUDA_POOL_BUCKETS];    /* handed out, by pointer hash */
-    cuda_block *idle[CUDA_POOL_CLASSES];    /* returned, by size class */
-    size_t reserved, in_use, peak, mallocs; /* bytes held / handed out; cudaMalloc calls */
+    cuda_block *live[CUDA_POOL_BUCKETS]; /* handed out, by pointer hash */
+    cuda_block *idle[CUDA_POOL_CLASSES]; /* returned, by size class */
+    cuda_pool_keep *keeps;               /* every live graph's and the open capture's */
+    cuda_pool_keep *capture;             /* the open capture's, else NULL */
+    /* bytes held from the driver = in_use (handed out) + held (kept for step graphs) + idle;
+     * peak: the most of in_use + held (what no allocation could get); cudaMalloc calls */
+    size_t reserved, in_use, held, peak, mallocs;
 } cuda_pool;
 
 /* A grow-only device scratch area (weights in cuDNN's layout, partial sums, workspace). Growing
@@ -154,10 +172,18 @@ void cuda_debug(const cuda_backend *cu, const char *format, ...)
 
 /* cuda_backend.c */
 extern const mt_ops mt_ops_cuda;
-/* the memory pool (no zeroing; the block may be reused by later work on the stream as soon as it
- * is released) */
+/* cuda_pool.c: the memory pool (no zeroing; the block may be reused by later work on the stream
+ * as soon as it is released); a live block's size (0: not one); `free` at shutdown */
 mt_status cuda_pool_alloc(cuda_backend *cu, size_t bytes, void **out);
 void cuda_pool_release(cuda_backend *cu, void *ptr);
+size_t cuda_pool_block_bytes(cuda_backend *cu, const void *ptr);
+void cuda_pool_free(cuda_backend *cu);
+/* A step capture's blocks (cuda_pool_keep): begin opens a keep that every block handed out or
+ * released until the end joins; end closes it and hands it to the graph; free gives its idle
+ * blocks back to the pool (and its live ones to their holders alone) when the graph goes. */
+mt_status cuda_pool_capture_begin(cuda_backend *cu);
+cuda_pool_keep *cuda_pool_capture_end(cuda_backend *cu);
+void cuda_pool_keep_free(cuda_backend *cu, cuda_pool_keep *keep);
 /* cuda_graph.c: readback_start/wait and the step capture (ops.h); cuda_readback_free at shutdown */
 mt_status mt_cuda_readback_start(mt_backend *backend, void *host_dst, const void *src,
                                  size_t bytes);
@@ -183,11 +209,21 @@ static inline size_t cuda_storage_bytes(mt_cuda_storage storage) {
 }
 /* cuda_weights.c: the per-update conv weight copies (cuda_weight_cache.h). `get` returns the
  * copy of the kernel `w` (rs taps x cin x cout) in `form`, making it on the stream if needed;
- * `touched` drops the copies of kernels overlapping [dst, dst + bytes) (every copy for 0): each
- * op that can write backend memory calls it before the write; `free` at shutdown. */
+ * `touched` drops the copies of kernels overlapping [dst, dst + bytes) (every copy for 0) and
+ * remembers the range as one a step may write: each device op that can write backend memory
+ * calls it before the write; `forget` only drops them: an upload (host data, never inside a
+ * step); `freed` drops them and forgets the range was written (buffer_free); `free` at shutdown. The capture's side (cuda_graph.c): `capture_begin`
+ * drops the copies of kernels a step may write; `capture_end` drops the copies the capture made
+ * and pins those made before it that it read (MT_ERR_BACKEND when it read one and then dropped
+ * it); `replay` is false when a pinned copy is gone, else drops the copies the replay rewrites. */
 mt_status cuda_weights_get(cuda_backend *cu, const float *w, mt_cuda_weight_form form, int rs,
                            int cin, int cout, const void **out);
 void cuda_weights_touched(cuda_backend *cu, const void *dst, size_t bytes);
+void cuda_weights_forget(cuda_backend *cu, const void *dst, size_t bytes);
+void cuda_weights_freed(cuda_backend *cu, const void *dst, size_t bytes);
+void cuda_weights_capture_begin(cuda_backend *cu);
+mt_status cuda_weights_capture_end(cuda_backend *cu, bool captured, mt_cuda_weight_pins *pins);
+bool cuda_weights_replay(cuda_backend *cu, const mt_cuda_weight_pins *pins);
 void cuda_weights_free(cuda_backend *cu);
 mt_status cuda_scratch_get(cuda_backend *cu, cuda_scratch *scratch, size_t bytes, void **out);
 /* Checks a tensor's shape and its bytes (elements of `storage`) against what the op expects. */

@@ -28,8 +28,9 @@ static mt_status bn_prepare(mt_backend *backend, const char *op, const mt_batchn
     return cuda_scratch_get(cu, &cu->partials, bytes, scratch);
 }
 
-/* The fused kernels' tickets for C channels: zeroed pool memory, grown (never shrunk) on demand;
- * the old block goes back to the pool in stream order, so no launch still using it is affected. */
+/* The fused kernels' tickets for C channels: zeroed pool memory, grown (never shrunk) on demand
+ * (the warm-up step before a capture meets the largest C); the old block goes back to the pool
+ * in stream order, so no launch still using it is affected. */
 static mt_status bn_counters(mt_backend *backend, int c, unsigned **out) {
     cuda_backend *cu = cuda_of(backend);
     int need = mt_cuda_bn_fused_counters(c);
@@ -37,7 +38,12 @@ static mt_status bn_counters(mt_backend *backend, int c, unsigned **out) {
         if (need < 64) need = 64;
         void *p;
         MT_TRY(backend->ops->buffer_alloc(backend, (size_t)need * sizeof(unsigned), &p));
-        if (cu->bn_counters) backend->ops->buffer_free(backend, cu->bn_counters);
+        if (cu->bn_counters) {
+            backend->ops->buffer_free(backend, cu->bn_counters);
+            /* a captured step points at the old block, now the pool's: refuse its replays (a
+             * capture that grows them keeps the old block itself, cuda_graph.c) */
+            if (!cu->capturing) cu->memory_generation++;
+        }
         cu->bn_counters = p;
         cu->bn_counter_count = need;
     }

@@ -1,10 +1,11 @@
 /* The cuda backend's per-update conv weight copies (cuda_weight_cache.h: what is kept, and when
- * it is dropped): making a copy on the stream in pool memory, and the drop hook that every op
- * able to write backend memory calls before its write (upload, buffer_copy, buffer_copy_if,
- * buffer_scale, optimizer_update, conv_backward_weights' dw; buffer_free drops every copy, as
- * its block's size is not known here). A copy is made at the first conv call that wants it
- * after such a write, so once per update in training; the stream orders it before its readers
- * and after the write that dropped the previous one. */
+ * it is dropped): making a copy on the stream in pool memory, the drop hooks that every op able
+ * to write backend memory calls before its write (device ops: buffer_copy, buffer_copy_if,
+ * buffer_scale, optimizer_update, conv_backward_weights' dw; the host's: upload, and
+ * buffer_free for its block), and the capture's side (cuda_graph.c's top comment). A copy is
+ * made at the first conv call that wants it after such a write, so once per update in
+ * training; the stream orders it before its readers and after the write that dropped the
+ * previous one. */
 #include "ops/cuda/cuda_internal.h"
 
 static void release_copy(void *context, void *copy) {
@@ -12,7 +13,39 @@ static void release_copy(void *context, void *copy) {
 }
 
 void cuda_weights_touched(cuda_backend *cu, const void *dst, size_t bytes) {
+    /* out of host memory for the range, every kernel counts as written: the safe side */
+    (void)mt_cuda_weight_cache_written(&cu->weights, dst, bytes);
     (void)mt_cuda_weight_cache_touch(&cu->weights, dst, bytes, release_copy, cu);
+}
+
+void cuda_weights_forget(cuda_backend *cu, const void *dst, size_t bytes) {
+    (void)mt_cuda_weight_cache_touch(&cu->weights, dst, bytes, release_copy, cu);
+}
+
+void cuda_weights_freed(cuda_backend *cu, const void *dst, size_t bytes) {
+    if (!bytes) return; /* not a block of the pool: nothing to forget */
+    cuda_weights_forget(cu, dst, bytes);
+    (void)mt_cuda_weight_cache_unwritten(&cu->weights, dst, bytes); /* false: all written */
+}
+
+void cuda_weights_capture_begin(cuda_backend *cu) {
+    mt_cuda_weight_cache_capture_begin(&cu->weights, release_copy, cu);
+}
+
+mt_status cuda_weights_capture_end(cuda_backend *cu, bool captured, mt_cuda_weight_pins *pins) {
+    bool out_of_memory = false;
+    if (mt_cuda_weight_cache_capture_end(&cu->weights, captured, pins, &out_of_memory,
+                                         release_copy, cu))
+        return MT_OK;
+    if (out_of_memory) return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for a step graph");
+    return MT_FAIL(MT_ERR_BACKEND, "cuda: the captured step read a conv weight copy made before "
+                   "the capture and then wrote or freed its kernel, so a replay would read a "
+                   "stale copy: that kernel was never written by a device op before the "
+                   "capture (run the step eager once first)");
+}
+
+bool cuda_weights_replay(cuda_backend *cu, const mt_cuda_weight_pins *pins) {
+    return mt_cuda_weight_cache_replay(&cu->weights, pins, release_copy, cu);
 }
 
 void cuda_weights_free(cuda_backend *cu) {

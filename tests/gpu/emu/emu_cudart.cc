@@ -21,10 +21,13 @@
  * - MT_EMU_DEVICES=N devices (default 1), told apart only by their UUIDs: ranks of one machine
  *   train "on" different GPUs as NCCL requires (memory and clock are shared).
  * - Errors are per thread, as cudaGetLastError's.
- * - MT_EMU_REPORT=FILE: one line "captures C broken B replays R" (totals of the process), rewritten
- *   at each capture's end and each replay, for tests that check that a step really was captured
- *   and replayed. A "%r" in FILE becomes the process's MPI rank (OMPI_COMM_WORLD_RANK, else
- *   PMIX_RANK, else 0), so the ranks of one mpirun write one file each. */
+ * - MT_EMU_REPORT=FILE: one line "captures C broken B replays R work W" (totals of the process;
+ *   W: the pieces of work run, eager or replayed, the device clock's microseconds), rewritten at
+ *   each capture's end, each replay and each stream's destruction (a backend's shutdown), for
+ *   tests that check that a step really was captured and replayed, and that a replay does no
+ *   more work than the eager step it stands for. A "%r" in FILE becomes the process's MPI rank
+ *   (OMPI_COMM_WORLD_RANK, else PMIX_RANK, else 0), so the ranks of one mpirun write one file
+ *   each. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,7 +99,8 @@ void write_report() {
     const std::string path = report_path();
     FILE *f = !path.empty() ? fopen(path.c_str(), "w") : nullptr;
     if (!f) return;
-    fprintf(f, "captures %llu broken %llu replays %llu\n", captures, broken_captures, replays);
+    fprintf(f, "captures %llu broken %llu replays %llu work %llu\n", captures, broken_captures,
+            replays, device_microseconds);
     fclose(f);
 }
 
@@ -365,9 +369,12 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) 
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-    std::lock_guard<std::mutex> guard(lock);
-    if (!streams.erase(stream)) return fail(cudaErrorInvalidResourceHandle);
+    {
+        std::lock_guard<std::mutex> guard(lock);
+        if (!streams.erase(stream)) return fail(cudaErrorInvalidResourceHandle);
+    }
     delete stream;
+    write_report(); /* the totals of a backend that shuts down */
     return cudaSuccess;
 }
 
