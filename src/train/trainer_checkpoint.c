@@ -7,7 +7,8 @@
  *   validation accuracy, the seed (with global_step it fixes every later shuffle, flip and dropout
  *   mask: the RNG state), the layout checksum and the whole config as INI text; and, when the
  *   backend times its implementations per shape (cuda), its choices (backend_choices: ops.h
- *   choices_save), so that a resume runs the same ones and stays bit-exact. */
+ *   choices_save; backend_choices_rank<r> for a rank r whose choices differ from rank 0's), so
+ *   that a resume runs the same ones on every rank and stays bit-exact. */
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -53,13 +54,81 @@ static mt_status add_model_tensors(mt_checkpoint *c, mt_model *model) {
     return status;
 }
 
+/* The metadata key of rank `rank`'s choices: rank 0's is the plain one (what a one-rank run and
+ * a checkpoint from before several ranks' choices were kept have). */
+static void choices_key(int rank, char *key, size_t size) {
+    if (rank == 0) snprintf(key, size, "backend_choices");
+    else snprintf(key, size, "backend_choices_rank%d", rank);
+}
+
+/* Every rank's choices (ops.h choices_save) in *texts (world_size entries, "" for none, on rank 0;
+ * NULL elsewhere). Each rank times its own GPU, so ranks may choose differently, and a resume
+ * that gave every rank rank 0's choices would not be the straight run. A collective: every rank
+ * saves at the same points (the epoch's end, the agreed stop), so every rank calls it. */
+static mt_status gather_choices(trainer *t, char ***texts) {
+    *texts = NULL;
+    const mt_ops *ops = t->backend->ops;
+    if (!ops->choices_save) return MT_OK;
+    char *mine = NULL;
+    mt_status status = ops->choices_save(t->backend, &mine);
+    const int world = t->who.world_size;
+    uint64_t length = status == MT_OK && mine ? strlen(mine) + 1 : 1, *lengths = NULL;
+    char *all = NULL;
+    if (world > 1) {
+        /* every rank joins both exchanges whatever its choices_save said, so none waits for
+         * another (only running out of host memory here leaves the others waiting) */
+        lengths = calloc((size_t)world, sizeof *lengths);
+        if (!lengths) status = MT_FAIL(MT_ERR_NOMEM, "out of memory gathering the choices");
+        else {
+            mt_status gathered = mt_comm_allgather(t->comm, &length, lengths, sizeof length);
+            if (gathered != MT_OK) status = gathered;
+        }
+        for (int r = 0; lengths && r < world; r++)
+            if (lengths[r] > length) length = lengths[r];
+        char *padded = calloc(length, 1);
+        all = calloc((size_t)world, length);
+        if (!padded || !all) status = MT_FAIL(MT_ERR_NOMEM, "out of memory gathering the choices");
+        else if (mine) memcpy(padded, mine, strlen(mine));
+        if (padded && all) {
+            mt_status gathered = mt_comm_allgather(t->comm, padded, all, length);
+            if (gathered != MT_OK) status = gathered;
+        }
+        free(padded);
+    }
+    if (status == MT_OK && t->who.rank == 0) {
+        *texts = calloc((size_t)world, sizeof **texts);
+        if (!*texts) status = MT_FAIL(MT_ERR_NOMEM, "out of memory gathering the choices");
+        for (int r = 0; status == MT_OK && r < world; r++) {
+            const char *text = world > 1 ? all + (size_t)r * length : (mine ? mine : "");
+            (*texts)[r] = strdup(text);
+            if (!(*texts)[r]) status = MT_FAIL(MT_ERR_NOMEM, "out of memory gathering the choices");
+        }
+    }
+    free(mine);
+    free(lengths);
+    free(all);
+    return status;
+}
+
+static void free_choices(char **texts, int count) {
+    for (int r = 0; texts && r < count; r++)
+        free(texts[r]);
+    free(texts);
+}
+
 mt_status trainer_save_checkpoint(trainer *t, const char *name) {
+    char **choices = NULL;
+    MT_TRY(gather_choices(t, &choices));
     if (t->who.rank != 0) return MT_OK;
     char path[sizeof t->checkpoint_dir + 64];
     snprintf(path, sizeof path, "%s/%s.safetensors", t->checkpoint_dir, name);
     mt_checkpoint *c = NULL;
-    MT_TRY(mt_checkpoint_create(&c));
-    mt_status status = add_model_tensors(c, t->model);
+    mt_status status = mt_checkpoint_create(&c);
+    if (status != MT_OK) {
+        free_choices(choices, t->who.world_size);
+        return status;
+    }
+    status = add_model_tensors(c, t->model);
     if (status == MT_OK) status = mt_optimizer_save(&t->optimizer, c);
     char *config_text = NULL;
     if (status == MT_OK) status = mt_config_to_ini(t->config, &config_text);
@@ -102,13 +171,15 @@ mt_status trainer_save_checkpoint(trainer *t, const char *name) {
         if (status == MT_OK)
             status = add_meta_u64(c, "loss_scale_skipped", (uint64_t)t->loss_scale.skipped);
     }
-    /* rank 0's choices: a resume loads them into every rank (docs/gpu.md, "Choices,
+    /* rank 0's choices, and another rank's where they differ (docs/gpu.md, "Choices,
      * determinism and resume") */
-    const mt_ops *ops = t->backend->ops;
-    char *choices = NULL;
-    if (status == MT_OK && ops->choices_save) status = ops->choices_save(t->backend, &choices);
-    if (status == MT_OK && choices) status = mt_checkpoint_set_meta(c, "backend_choices", choices);
-    free(choices);
+    for (int r = 0; status == MT_OK && choices && r < t->who.world_size; r++) {
+        if (!choices[r][0] || (r > 0 && strcmp(choices[r], choices[0]) == 0)) continue;
+        char key[48];
+        choices_key(r, key, sizeof key);
+        status = mt_checkpoint_set_meta(c, key, choices[r]);
+    }
+    free_choices(choices, t->who.world_size);
     if (status == MT_OK) status = mt_checkpoint_write(c, path);
     free(config_text);
     mt_checkpoint_free(c);
@@ -287,13 +358,16 @@ mt_status trainer_load_checkpoint(trainer *t, const char *path, bool allow_chang
     if (status == MT_OK && t->loss_scaling) status = load_loss_scale(c, path, &t->loss_scale);
     const char *best = mt_checkpoint_meta(c, "best_val_accuracy");
     if (status == MT_OK) t->best_val_accuracy = best ? strtod(best, NULL) : 0.0;
-    /* before the first step: the recorded shapes skip their timing. A checkpoint without them
-     * (older, or from a backend that makes none) leaves the backend to choose, as always. */
-    const char *choices = mt_checkpoint_meta(c, "backend_choices");
+    /* before the first step: the recorded shapes skip their timing. This rank's own choices
+     * where they differed from rank 0's, else rank 0's. A checkpoint without them (older, or
+     * from a backend that makes none) leaves the backend to choose, as always. */
+    char key[48];
+    choices_key(t->who.rank, key, sizeof key);
+    if (!mt_checkpoint_meta(c, key)) choices_key(0, key, sizeof key);
+    const char *choices = mt_checkpoint_meta(c, key);
     if (status == MT_OK && choices && t->backend->ops->choices_load) {
         status = t->backend->ops->choices_load(t->backend, choices);
-        if (status != MT_OK)
-            status = mt_error_context(status, "checkpoint '%s': backend_choices", path);
+        if (status != MT_OK) status = mt_error_context(status, "checkpoint '%s': %s", path, key);
     }
     mt_checkpoint_free(c);
     return status;

@@ -1172,6 +1172,36 @@ def case_resume_choices(data, tmp):
                  env=second, expect=1)
     if "backend_choices" not in result.output or "line 3" not in result.output:
         fail("a malformed choices line was not named:\n" + result.output)
+
+    # two ranks timing differently (one GPU each, each its own choices): the checkpoint keeps
+    # rank 1's beside rank 0's, and a resume where the two ranks' timing is swapped ends where the
+    # straight run does only if each rank gets its own back
+    if MPIRUN:
+        def two_ranks(config, env0, env1, resume=False):
+            tail = ["--resume", "auto"] if resume else []
+            command = [MPIRUN, "--oversubscribe", "--bind-to", "none"]
+            for i, env in enumerate((env0, env1)):
+                command += ["-np", "1", "env"] + [f"{k}={v}" for k, v in env.items()] + \
+                    [MOBILETUNE, "train", "--config", config] + tail + ([":"] if i == 0 else [])
+            return run(command, env={"OMPI_ALLOW_RUN_AS_ROOT": "1",
+                                     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "MT_EMU_DEVICES": "2"})
+        mpi = dict(small, train__comm="mpi")
+        straight2 = os.path.join(tmp, "straight-2")
+        os.makedirs(straight2)
+        two_ranks(write_config(straight2, data, **mpi), first, second)
+        halves2 = os.path.join(tmp, "halves-2")
+        os.makedirs(halves2)
+        config2 = write_config(halves2, data, **dict(mpi, train__epochs=1))
+        two_ranks(config2, first, second)
+        _, meta = read_safetensors(f"{halves2}/run/last.safetensors")
+        if not meta.get("backend_choices_rank1") or \
+                meta["backend_choices_rank1"] == meta.get("backend_choices"):
+            fail("two ranks that chose differently: the checkpoint lacks rank 1's own choices")
+        config2 = write_config(halves2, data, **dict(mpi, train__epochs=2))
+        two_ranks(config2, second, first, resume=True)
+        compare(f"{straight2}/run/last.safetensors", f"{halves2}/run/last.safetensors", atol=0.0)
+        print("resume_choices: 2 ranks with their own choices, resumed with the timing swapped "
+              "== straight run, bit for bit")
     print("resume_choices: resumed under other timing == straight run, bit for bit; differs "
           "without the recorded choices; old, unavailable and malformed choices handled")
 
