@@ -89,6 +89,21 @@ size_t mt_cuda_weight_cache_touch(mt_cuda_weight_cache *cache, const void *dst, 
     return remove_if(cache, drop_overlapping, range, release, context);
 }
 
+/* Room for one more written range; out of host memory, every range counts as written (the
+ * safe answer: copies are remade) and false. */
+static bool room_for_one_more(mt_cuda_weight_cache *cache) {
+    if (cache->written_count < cache->written_capacity) return true;
+    size_t capacity = cache->written_capacity ? 2 * cache->written_capacity : 32;
+    mt_cuda_weight_range *grown = realloc(cache->written, capacity * sizeof *grown);
+    if (!grown) {
+        cache->written_all = true;
+        return false;
+    }
+    cache->written = grown;
+    cache->written_capacity = capacity;
+    return true;
+}
+
 bool mt_cuda_weight_cache_written(mt_cuda_weight_cache *cache, const void *dst, size_t bytes) {
     if (cache->written_all) return true;
     if (bytes == 0) {
@@ -109,16 +124,7 @@ bool mt_cuda_weight_cache_written(mt_cuda_weight_cache *cache, const void *dst, 
     if (last == first + 1 && cache->written[first].lo == r.lo && cache->written[first].hi == r.hi)
         return true;     /* already known: the common case, every step writes the same ranges */
     if (last == first) { /* a new entry at `first` */
-        if (cache->written_count == cache->written_capacity) {
-            size_t capacity = cache->written_capacity ? 2 * cache->written_capacity : 32;
-            mt_cuda_weight_range *grown = realloc(cache->written, capacity * sizeof *grown);
-            if (!grown) {
-                cache->written_all = true;
-                return false;
-            }
-            cache->written = grown;
-            cache->written_capacity = capacity;
-        }
+        if (!room_for_one_more(cache)) return false;
         for (size_t i = cache->written_count; i > first; i--)
             cache->written[i] = cache->written[i - 1];
         cache->written_count++;
@@ -136,16 +142,7 @@ bool mt_cuda_weight_cache_unwritten(mt_cuda_weight_cache *cache, const void *dst
     const uintptr_t lo = (uintptr_t)dst, hi = lo + bytes;
     if (cache->written_all || bytes == 0) return true;
     /* a range that holds [lo, hi) strictly inside splits in two: one entry more */
-    if (cache->written_count == cache->written_capacity) {
-        size_t capacity = cache->written_capacity ? 2 * cache->written_capacity : 32;
-        mt_cuda_weight_range *grown = realloc(cache->written, capacity * sizeof *grown);
-        if (!grown) {
-            cache->written_all = true;
-            return false;
-        }
-        cache->written = grown;
-        cache->written_capacity = capacity;
-    }
+    if (!room_for_one_more(cache)) return false;
     size_t i = 0;
     while (i < cache->written_count) {
         mt_cuda_weight_range *r = &cache->written[i];
