@@ -25,13 +25,15 @@ typedef enum fault_kind {
     FAULT_CRASH,
     FAULT_STOP,
     FAULT_NAN,
-    FAULT_SIGNAL
+    FAULT_SIGNAL,
+    FAULT_REFUSE_REPLAY
 } fault_kind;
 
-/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|stop|nan|signal]: rank r, at global
- * step s, returns an error (fail), dies by SIGKILL (crash), stops by SIGSTOP (stop: a stuck peer,
- * alive to the launcher, absent from the collectives), sees a NaN loss (nan) or sends itself
- * SIGUSR1 (signal: Slurm's warning, delivered at a known step). */
+/* MT_FAULT_RANK=r MT_FAULT_STEP=s [MT_FAULT_KIND=fail|crash|stop|nan|signal|refuse_replay]:
+ * rank r, at global step s, returns an error (fail), dies by SIGKILL (crash), stops by SIGSTOP
+ * (stop: a stuck peer, alive to the launcher, absent from the collectives), sees a NaN loss
+ * (nan), sends itself SIGUSR1 (signal: Slurm's warning, delivered at a known step) or has its
+ * captured step refused as a backend refuses one after its own events (refuse_replay). */
 static fault_kind fault_at(const trainer *t, uint64_t step, bool any_rank) {
     const char *rank = getenv("MT_FAULT_RANK"), *at = getenv("MT_FAULT_STEP");
     if (!rank || !at || (!any_rank && atoi(rank) != t->who.rank) ||
@@ -42,6 +44,7 @@ static fault_kind fault_at(const trainer *t, uint64_t step, bool any_rank) {
     if (kind && strcmp(kind, "stop") == 0) return FAULT_STOP;
     if (kind && strcmp(kind, "nan") == 0) return FAULT_NAN;
     if (kind && strcmp(kind, "signal") == 0) return FAULT_SIGNAL;
+    if (kind && strcmp(kind, "refuse_replay") == 0) return FAULT_REFUSE_REPLAY;
     return FAULT_FAIL;
 }
 
@@ -271,6 +274,7 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
     if (fault == FAULT_CRASH) raise(SIGKILL);
     if (fault == FAULT_STOP) raise(SIGSTOP);
     if (fault == FAULT_SIGNAL) raise(SIGUSR1);
+    t->graph.refuse_replay = fault == FAULT_REFUSE_REPLAY;
     MT_TRY(settle_loss_scale(t, totals));
 
     /* the per-step values, in backend memory where the step's ops read them (ops.h): the

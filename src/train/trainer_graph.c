@@ -67,13 +67,29 @@ static mt_status capture_failed(trainer_graph *g, trainer *t, bool mine, trainer
 /* Whether the capture worked on every rank. With several ranks graphs are on only with NCCL,
  * whose captured collectives NCCL requires of every rank at once (a graph's launch is a
  * collective): one host collective per capture, that is once per batch shape. */
-static mt_status capture_agreed(trainer *t, bool mine, bool *all) {
+static mt_status agreed(trainer *t, bool mine, bool *all) {
     *all = mine;
     if (t->who.world_size == 1) return MT_OK;
     int32_t failed = !mine;
     MT_TRY(mt_comm_allreduce_max_i32(t->comm, &failed, 1));
     *all = failed == 0;
     return MT_OK;
+}
+
+/* A backend refuses a replay after events of its own (cuda: device memory given back to the
+ * driver after a failed allocation, a kept weight copy gone). One rank alone: it runs the step
+ * eager and captures again. Several ranks: the others are launching graphs that hold NCCL
+ * calls, which NCCL requires of every rank at once, and agreeing on it before every replay
+ * would put a host collective in every step (blocking a rank on a stuck peer before NCCL's own
+ * deadline can say so). So the refusal, rare, ends the job with its reason and the way on. */
+static mt_status replay_refused(trainer_graph *g, trainer *t, int rows, trainer_step_fn body,
+                                const void *user) {
+    drop(g, t->backend);
+    if (t->who.world_size == 1) return run_eager(g, t, rows, body, user);
+    return MT_FAIL(MT_ERR_BACKEND, "rank %d: train.cuda_graphs: the captured step can no longer "
+                   "run here (%s), and with several ranks this rank cannot go eager alone: "
+                   "continue with --resume auto (bit-exact), or set train.cuda_graphs = false",
+                   t->who.rank, mt_last_error());
 }
 
 mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, uint64_t memory,
@@ -96,10 +112,10 @@ mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, uint64_t me
             captured = status == MT_OK && ended == MT_OK;
         }
         bool everywhere = false;
-        mt_status agreed = capture_agreed(t, captured, &everywhere);
-        if (!everywhere || agreed != MT_OK) {
+        mt_status agreement = agreed(t, captured, &everywhere);
+        if (!everywhere || agreement != MT_OK) {
             if (graph) ops->step_graph_free(backend, graph);
-            if (agreed != MT_OK) return agreed;
+            if (agreement != MT_OK) return agreement;
             return capture_failed(g, t, !captured, body, user);
         }
         g->graph = graph;
@@ -107,11 +123,10 @@ mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, uint64_t me
         g->memory = memory;
         g->captures++;
     }
-    mt_status status = ops->step_replay(backend, g->graph);
-    if (status == MT_ERR_INVALID) { /* backend memory changed since the capture */
-        drop(g, backend);
-        return run_eager(g, t, rows, body, user);
-    }
+    mt_status status = g->refuse_replay
+                           ? MT_FAIL(MT_ERR_INVALID, "refused by MT_FAULT_KIND=refuse_replay")
+                           : ops->step_replay(backend, g->graph);
+    if (status == MT_ERR_INVALID) return replay_refused(g, t, rows, body, user);
     if (status == MT_OK) g->replays++;
     return status;
 }

@@ -20,6 +20,7 @@ typedef struct trainer_graph {
     int warm_rows;   /* the rows of the last eager step: that shape's warm-up is done */
     uint64_t warm_memory; /* and the model's memory generation then */
     uint64_t captures, replays;
+    bool refuse_replay; /* MT_FAULT_KIND=refuse_replay: this step, as if the backend refused */
 } trainer_graph;
 
 /* The step's device work: the same op calls on the same memory whenever `rows` is the same

@@ -1030,6 +1030,38 @@ def case_nccl_graphs(data, tmp):
         print(f"nccl, {ranks} rank(s): {steps} steps captured once and replayed == eager, "
               f"bit for bit")
 
+    # a backend refuses its graph at step 2 (as cuda does after memory went back to the driver):
+    # one rank runs that step eager and captures again, ending where eager training ends; with
+    # two ranks the refusing rank cannot go eager alone (the other launches NCCL calls in its
+    # graph), so the job ends at once with the reason and the way on, not a hang
+    refusal = {"MT_FAULT_STEP": "2", "MT_FAULT_KIND": "refuse_replay"}
+    report = os.path.join(tmp, "refused-%r.report")
+    refused, output = mpi_train(os.path.join(tmp, "refused"), data, 1, 4, env=dict(
+        emulated, **refusal, MT_EMU_REPORT=report, MT_FAULT_RANK="0"),
+        train__cuda_graphs="true", train__steps_per_epoch=steps, **nccl)
+    want = {"captures": 2, "broken": 0, "replays": steps - 2}
+    got = emu_report(report.replace("%r", "0"))
+    if got != want:
+        fail(f"a replay refused on 1 rank: the emulated runtime reports {got}, expected {want} "
+             f"(that step eager, then captured again)\n{output}")
+    compare(refused, os.path.join(tmp, "ranks1-graphs-false", "run", "last.safetensors"))
+    folder = os.path.join(tmp, "refused2")
+    os.makedirs(folder)
+    config = write_config(folder, data, data__batch_size=4, model__dropout=0,
+                          train__steps_per_epoch=steps, **nccl)
+    bound = 90
+    result = run(["timeout", "-k", "5", str(bound), MPIRUN, "--oversubscribe", "--bind-to",
+                  "none", "-np", "2", MOBILETUNE, "train", "--config", config], expect=1,
+                 env=dict(emulated, **refusal, MT_FAULT_RANK="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+                          OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1"))
+    words = "rank 1: train.cuda_graphs: the captured step can no longer run"
+    if result.returncode == 124 or words not in result.output or "--resume auto" not in \
+            result.output:
+        fail(f"a replay refused on rank 1 of 2: expected the job to end saying '{words}' and "
+             f"the way on:\n{result.output}")
+    print("nccl: a refused replay runs eager on 1 rank (bit for bit); on 2 ranks it ends the job "
+          f"in {result.seconds:.1f} s naming the rank and --resume auto")
+
     # train.comm = mpi stays eager, saying why: its all-reduce is host work inside the step
     report = os.path.join(tmp, "mpi-%r.report")
     _, output = mpi_train(os.path.join(tmp, "mpi"), data, 2, 4,
