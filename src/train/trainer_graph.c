@@ -52,12 +52,12 @@ static mt_status run_eager(trainer_graph *g, trainer *t, int warm_rows, trainer_
 /* The capture could not begin or did not end, here (`mine`) or on another rank: graphs off for
  * the run, said once on stderr (the backend's error names why, e.g. cuda's refusal while
  * profiling), and the step runs eager. */
-static mt_status capture_failed(trainer_graph *g, trainer *t, bool mine, trainer_step_fn body,
-                                const void *user) {
+static mt_status capture_failed(trainer_graph *g, trainer *t, const char *why,
+                                trainer_step_fn body, const void *user) {
     g->enabled = false;
-    if (mine)
+    if (why)
         fprintf(stderr, "train.cuda_graphs: capturing the step failed on rank %d (%s); the steps "
-                "run eager\n", t->who.rank, mt_last_error());
+                "run eager\n", t->who.rank, why);
     else if (t->who.rank == 0)
         fprintf(stderr, "train.cuda_graphs: capturing the step failed on another rank (its line "
                 "says why); the steps run eager\n");
@@ -105,18 +105,21 @@ mt_status trainer_graph_step(trainer_graph *g, trainer *t, int rows, uint64_t me
             return run_eager(g, t, rows, body, user);
         /* capture: the ops are recorded, not run; the replay below runs them */
         void *graph = NULL;
+        char why[512] = ""; /* the first error: an op's under capture, not the end's after it */
         bool captured = ops->step_capture_begin(backend) == MT_OK;
         if (captured) {
             mt_status status = body(t, user);
+            if (status != MT_OK) snprintf(why, sizeof why, "%s", mt_last_error());
             mt_status ended = ops->step_capture_end(backend, &graph);
             captured = status == MT_OK && ended == MT_OK;
         }
+        if (!captured && !why[0]) snprintf(why, sizeof why, "%s", mt_last_error());
         bool everywhere = false;
         mt_status agreement = agreed(t, captured, &everywhere);
         if (!everywhere || agreement != MT_OK) {
             if (graph) ops->step_graph_free(backend, graph);
             if (agreement != MT_OK) return agreement;
-            return capture_failed(g, t, !captured, body, user);
+            return capture_failed(g, t, captured ? NULL : why, body, user);
         }
         g->graph = graph;
         g->rows = rows;

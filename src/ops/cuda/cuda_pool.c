@@ -81,6 +81,11 @@ static mt_status pool_alloc(cuda_backend *cu, size_t bytes, void **out) {
     if (cls >= CUDA_POOL_CLASSES)
         return MT_FAIL(MT_ERR_NOMEM, "cuda: cannot allocate %zu bytes of device memory", bytes);
     cuda_block *b = pool_take_idle(pool, cls);
+    /* cudaMalloc would break the capture (and on a device could say "out of memory"): the
+     * eager warm-up step should have left every block the step needs in the pool */
+    if (!b && cu->capturing)
+        return MT_FAIL(MT_ERR_INVALID, "cuda: the captured step asks for a new %zu-byte block "
+                       "that its eager warm-up step did not allocate", bytes);
     if (!b) {
         b = calloc(1, sizeof *b);
         if (!b) return MT_FAIL(MT_ERR_NOMEM, "cuda: out of host memory for the pool's records");
