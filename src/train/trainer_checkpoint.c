@@ -76,9 +76,9 @@ static mt_status gather_choices(trainer *t, char ***texts) {
     char *all = NULL;
     if (world > 1) {
         /* every rank joins both exchanges whatever its choices_save said, so none waits for
-         * another (only running out of host memory here leaves the others waiting) */
+         * another; a rank that cannot even hold the exchange takes the job down instead */
         lengths = calloc((size_t)world, sizeof *lengths);
-        if (!lengths) status = MT_FAIL(MT_ERR_NOMEM, "out of memory gathering the choices");
+        if (!lengths) mt_comm_abort(t->comm, 1, "out of host memory gathering the cuda choices");
         else {
             mt_status gathered = mt_comm_allgather(t->comm, &length, lengths, sizeof length);
             if (gathered != MT_OK) status = gathered;
@@ -87,8 +87,9 @@ static mt_status gather_choices(trainer *t, char ***texts) {
             if (lengths[r] > length) length = lengths[r];
         char *padded = calloc(length, 1);
         all = calloc((size_t)world, length);
-        if (!padded || !all) status = MT_FAIL(MT_ERR_NOMEM, "out of memory gathering the choices");
-        else if (mine) memcpy(padded, mine, strlen(mine));
+        if (!padded || !all) mt_comm_abort(t->comm, 1, "out of host memory gathering the cuda "
+                                           "choices");
+        if (mine) memcpy(padded, mine, strlen(mine));
         if (padded && all) {
             mt_status gathered = mt_comm_allgather(t->comm, padded, all, length);
             if (gathered != MT_OK) status = gathered;

@@ -506,6 +506,11 @@ mpirun_cmd=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x OPAL_PRE
 if ((gpu)); then
     extra=(--set train.comm=nccl --set train.steps_per_epoch=10)
     train_step mpi_nccl1 finetune "${mpirun_cmd[@]}" -np 1
+    # the only real-GPU run of NCCL inside a captured step: a capture that fell back to eager
+    # is a failure here, not a quiet pass
+    if grep -q 'train.cuda_graphs: capturing the step failed' "$logs/mpi_nccl1.log"; then
+        set_status mpi_nccl1 FAIL "NCCL in the graph: $(grep -m1 'capturing the step failed' "$logs/mpi_nccl1.log")"
+    fi
 else
     extra=() # NCCL needs the GPU: the launch alone is tried here
     quiet=mpi_nccl1 train_step mpi_nccl1 finetune "${mpirun_cmd[@]}" -np 1
