@@ -79,21 +79,16 @@ static mt_status gather_choices(trainer *t, char ***texts) {
          * another; a rank that cannot even hold the exchange takes the job down instead */
         lengths = calloc((size_t)world, sizeof *lengths);
         if (!lengths) mt_comm_abort(t->comm, 1, "out of host memory gathering the cuda choices");
-        else {
-            mt_status gathered = mt_comm_allgather(t->comm, &length, lengths, sizeof length);
-            if (gathered != MT_OK) status = gathered;
-        }
-        for (int r = 0; lengths && r < world; r++)
+        const mt_status first = mt_comm_allgather(t->comm, &length, lengths, sizeof length);
+        for (int r = 0; r < world; r++)
             if (lengths[r] > length) length = lengths[r];
         char *padded = calloc(length, 1);
         all = calloc((size_t)world, length);
-        if (!padded || !all) mt_comm_abort(t->comm, 1, "out of host memory gathering the cuda "
-                                           "choices");
-        if (mine) memcpy(padded, mine, strlen(mine));
-        if (padded && all) {
-            mt_status gathered = mt_comm_allgather(t->comm, padded, all, length);
-            if (gathered != MT_OK) status = gathered;
-        }
+        if (!padded || !all)
+            mt_comm_abort(t->comm, 1, "out of host memory gathering the cuda choices");
+        if (status == MT_OK && mine) memcpy(padded, mine, strlen(mine)); /* as `length` */
+        const mt_status second = mt_comm_allgather(t->comm, padded, all, length);
+        if (status == MT_OK) status = first != MT_OK ? first : second;
         free(padded);
     }
     if (status == MT_OK && t->who.rank == 0) {
