@@ -1123,8 +1123,9 @@ def case_resume_choices(data, tmp):
     and cuDNN's algorithm 0 slow. With the recorded choices the end equals the straight run bit
     for bit; the same second half told to ignore them (MT_CUDA_CHOICES=ignore) must end
     elsewhere, or the knob changed nothing and the first comparison proved nothing. A checkpoint
-    without choices (older) still resumes; a recorded algorithm this cuDNN lacks, or choices made for
-    another precision, are dropped with a line saying so; a malformed line is an error naming it."""
+    without choices (older) still resumes; a recorded algorithm this cuDNN lacks, one it lists as
+    not deterministic, one over the workspace limit, or choices made for another precision, are
+    dropped with a line saying so; a malformed line is an error naming it."""
     if BACKEND != "cuda" or not os.environ.get("MT_CUDA_MODULE"):
         skip("needs MT_TRAINER_BACKEND=cuda and MT_CUDA_MODULE (ctest trainer_resume_choices_emulated)")
     first = {"MT_EMU_SLOW": "gemm", "MT_CUDA_DEBUG": "1"}
@@ -1152,7 +1153,8 @@ def case_resume_choices(data, tmp):
     if not text.startswith("mobiletune-cuda-choices 1") or " cudnn algo 0 " not in text:
         fail(f"the checkpoint does not hold the cuda choices:\n{text}")
     copies = {}
-    for name in ("ignored", "old", "missing", "broken", "other_precision"):
+    for name in ("ignored", "old", "missing", "nondeterministic", "workspace", "broken",
+                 "other_precision"):
         shutil.copytree(halves, os.path.join(tmp, name))
         copies[name] = write_config(os.path.join(tmp, name), data, **small)  # its own run_dir
 
@@ -1185,6 +1187,28 @@ def case_resume_choices(data, tmp):
                  env=second)
     if "cudnn algo 7" in text or "algo 7, math" not in result.output:
         fail("a recorded algorithm cuDNN lacks was not reported:\n" + result.output)
+
+    # choices timing would never make here, as in a checkpoint from another cuDNN or edited by
+    # hand: an algorithm cuDNN lists as not deterministic (the emulation's 2), one whose workspace
+    # (the emulation's algorithm 1 stages 1 MiB) exceeds MT_CUDA_WORKSPACE_MB; each dropped with
+    # a line saying why, and the run goes on
+    recorded = re.search(r" cudnn algo 0 math (\d+) workspace 0\n", text)
+    if not recorded:
+        fail(f"no cuDNN algorithm 0 choice to edit in the recorded choices:\n{text}")
+    cases = (("nondeterministic", " cudnn algo 2 math {} workspace 0\n", {},
+              "algo 2, math {}) is not deterministic here"),
+             ("workspace", " cudnn algo 1 math {} workspace 1048576\n", {"MT_CUDA_WORKSPACE_MB": "0"},
+              "algo 1, math {}) needs 1048576 bytes of workspace, over the 0 that "
+              "MT_CUDA_WORKSPACE_MB allows"))
+    for name, edit, env, words in cases:
+        math = recorded.group(1)
+        rewrite_metadata(os.path.join(tmp, name, "run", "last.safetensors"), "backend_choices",
+                         text.replace(recorded.group(0), edit.format(math), 1))
+        result = run([MOBILETUNE, "train", "--config", copies[name], "--resume", "auto"],
+                     env=dict(second, **env))
+        if words.format(math) not in result.output:
+            fail(f"a recorded choice of {name}: expected '{words.format(math)}':\n"
+                 + result.output)
 
     # choices made for other arithmetic: not loaded, with a line saying so
     other = os.path.join(tmp, "other_precision")
@@ -1235,7 +1259,8 @@ def case_resume_choices(data, tmp):
         print("resume_choices: 2 ranks with their own choices, resumed with the timing swapped "
               "== straight run, bit for bit")
     print("resume_choices: resumed under other timing == straight run, bit for bit; differs "
-          "without the recorded choices; old, unavailable and malformed choices handled")
+          "without the recorded choices; old, unavailable, non-deterministic, over-workspace and "
+          "malformed choices handled")
 
 
 # ---- Slurm, for real, on a one-node cluster started by ../shared/tools/slurm_local.sh -------------

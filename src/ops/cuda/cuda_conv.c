@@ -19,9 +19,11 @@
  * sums run in another order. choices_save writes them as text (cuda_choices.h) that the trainer
  * keeps in its checkpoints; choices_load seeds the cache from it before the first step, so the
  * recorded shapes skip the timing and Find and run exactly what was recorded. A recorded cuDNN
- * algorithm is checked at load with cudnnGetConvolution*WorkspaceSize: one this cuDNN cannot run
- * (another GPU or version) is dropped with a line on stderr and its shape is timed anew (the run
- * goes on, no longer bit-exact); one that still fails when it runs is an error saying it came from
+ * algorithm is checked at load as Find's results are (cudnnGetConvolution*WorkspaceSize and
+ * cuDNN's heuristic list): one this cuDNN cannot run (another GPU or version), one it lists as not
+ * deterministic, or one over MT_CUDA_WORKSPACE_MB is dropped with a line on stderr and its shape
+ * is timed anew (the run goes on, no longer bit-exact); one that still fails when it runs is an
+ * error saying it came from
  * the checkpoint and that MT_CUDA_CHOICES=ignore (which skips loading) gets past it. A forced
  * implementation (MT_CUDA_DEPTHWISE / _POINTWISE) wins over a recorded one.
  *
@@ -750,10 +752,47 @@ static cudnnStatus_t recorded_workspace(cuda_backend *cu, cuda_conv_entry *e, in
         (cudnnConvolutionBwdFilterAlgo_t)algo, bytes);
 }
 
+/* Whether cuDNN says the recorded algorithm is deterministic on this shape: its heuristics
+ * (cudnnGet*Algorithm_v7, nothing run) list every algorithm with its determinism; the entry with
+ * the recorded math type counts, else the algorithm's first. An algorithm the list lacks counts
+ * as not deterministic. */
+#define LISTED_DETERMINISTIC(query, perf_type, ...)                                                \
+    do {                                                                                           \
+        perf_type perf[MAX_LISTED];                                                                \
+        int returned = 0;                                                                          \
+        if (query(cu->cudnn, __VA_ARGS__, MAX_LISTED, &returned, perf) != CUDNN_STATUS_SUCCESS)    \
+            return false;                                                                          \
+        int listed = -1; /* the entry with the recorded math, or else the algorithm's first */     \
+        for (int i = 0; i < returned; i++)                                                         \
+            if ((int)perf[i].algo == algo &&                                                       \
+                (listed < 0 || (perf[i].mathType == math && perf[listed].mathType != math)))       \
+                listed = i;                                                                        \
+        return listed >= 0 && perf[listed].determinism == CUDNN_DETERMINISTIC;                     \
+    } while (0)
+
+static bool recorded_deterministic(cuda_backend *cu, cuda_conv_entry *e, int pass, int algo,
+                                   cudnnMathType_t math) {
+    enum { MAX_LISTED = 32 }; /* cuDNN 9 has 8 forward, 6 backward-data, 7 backward-filter */
+    const int type = pass_type(cu, pass);
+    if (pass == PASS_FORWARD)
+        LISTED_DETERMINISTIC(cudnnGetConvolutionForwardAlgorithm_v7, cudnnConvolutionFwdAlgoPerf_t,
+                             e->x_desc[type], e->w_desc[type], e->conv_desc, e->y_desc[type]);
+    if (pass == PASS_BACKWARD_DATA)
+        LISTED_DETERMINISTIC(cudnnGetConvolutionBackwardDataAlgorithm_v7,
+                             cudnnConvolutionBwdDataAlgoPerf_t, e->w_desc[type], e->y_desc[type],
+                             e->conv_desc, e->x_desc[type]);
+    LISTED_DETERMINISTIC(cudnnGetConvolutionBackwardFilterAlgorithm_v7,
+                         cudnnConvolutionBwdFilterAlgoPerf_t, e->x_desc[type], e->y_desc[type],
+                         e->conv_desc, e->w_desc[type]);
+}
+
 /* One recorded choice into the cache. A choice no backend could make for the shape (cuBLAS for
- * a convolution that is no product, cuDNN for asymmetric pads) is a broken text: an error. One
- * this cuDNN cannot run (another GPU or version) is dropped, with a line saying so: the shape
- * is timed anew and the run goes on, no longer bit-exact with the one that recorded it. */
+ * a convolution that is no product, cuDNN for asymmetric pads) is a broken text: an error. A
+ * cuDNN algorithm that would not be picked here is dropped, with a line saying why: one this
+ * cuDNN cannot run (another GPU or version), one it lists as not deterministic, or one whose
+ * workspace exceeds MT_CUDA_WORKSPACE_MB (a checkpoint from another cuDNN, or edited by hand:
+ * timing never records those). The shape is then timed anew and the run goes on, no longer
+ * bit-exact with the one that recorded it. */
 static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice, size_t *applied) {
     const int line = choice->line;
     const mt_conv_desc *d = &choice->desc;
@@ -778,12 +817,20 @@ static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice, si
         CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, (cudnnMathType_t)choice->math));
         size_t bytes = 0;
         const cudnnStatus_t s = recorded_workspace(cu, e, pass, choice->algo, &bytes);
-        if (s != CUDNN_STATUS_SUCCESS) {
+        char why[160] = "";
+        if (s != CUDNN_STATUS_SUCCESS)
+            snprintf(why, sizeof why, "cannot run here: %s", cudnnGetErrorString(s));
+        else if (bytes > cu->workspace_limit)
+            snprintf(why, sizeof why, "needs %zu bytes of workspace, over the %zu that "
+                     "MT_CUDA_WORKSPACE_MB allows", bytes, cu->workspace_limit);
+        else if (!recorded_deterministic(cu, e, pass, choice->algo,
+                                         (cudnnMathType_t)choice->math))
+            snprintf(why, sizeof why, "is not deterministic here (cuDNN's list)");
+        if (*why) {
             fprintf(stderr,
                     "mobiletune cuda: the checkpoint's choice of line %d (cuDNN %s algo %d, math "
-                    "%d) cannot run here: %s; timing that shape anew, so this resume is not "
-                    "bit-exact\n",
-                    line, pass_names[pass], choice->algo, choice->math, cudnnGetErrorString(s));
+                    "%d) %s; timing that shape anew, so this resume is not bit-exact\n",
+                    line, pass_names[pass], choice->algo, choice->math, why);
             return MT_OK;
         }
         e->algo[pass] = choice->algo;

@@ -2,13 +2,15 @@
  * filter, on NHWC or NCHW tensors and KRSC or KCRS filters of fp32, bf16 or fp16 data with fp32
  * compute, on the handle's stream. Sums in double and rounds once to the output's type (as exact
  * as a device's or more, so the backend's tolerances hold). Find reports three algorithms, with
- * the math type the descriptor asks for and no workspace, each summing its own way so that the
- * choice among them shows in the bits: 0 in double (rounded once), 1 in float in product order,
- * and 2, reported fastest but CUDNN_NON_DETERMINISTIC, like the one or the other by call, as
- * atomics would (the backend must never pick it). Ranked 2, 0, 1; MT_EMU_SLOW=algo0 (emu_cudart.cc)
- * ranks 0 last. What cuDNN would reject is rejected with a
- * line saying why: descriptors that disagree (channels, groups, output size, data types), a tensor
- * not inside one device block, a Find while the thread captures a graph. */
+ * the math type the descriptor asks for, each summing its own way so that the choice among them
+ * shows in the bits: 0 in double (rounded once), 1 in float in product order, staged in a 1 MiB
+ * workspace (so that the workspace limit and the workspace a call passes matter), and 2, reported
+ * fastest but CUDNN_NON_DETERMINISTIC, like the one or the other by call, as atomics would (the
+ * backend must never pick it). Ranked 2, 0, 1; MT_EMU_SLOW=algo0 (emu_cudart.cc) ranks 0 last.
+ * The heuristic query (cudnnGet*Algorithm_v7) lists the same three, untimed, in the order 0, 1, 2.
+ * What cuDNN would reject is rejected with a line saying why: descriptors that disagree
+ * (channels, groups, output size, data types), a tensor not inside one device block, a workspace
+ * smaller than the algorithm needs, a Find while the thread captures a graph. */
 #include <stdio.h>
 
 #include <algorithm>
@@ -145,7 +147,24 @@ void blend(void *out, mt_emu_element type, const std::vector<double> &sums, floa
     }
 }
 
-enum { EMULATED_ALGOS = 3, NON_DETERMINISTIC_ALGO = 2 };
+enum { EMULATED_ALGOS = 3, NON_DETERMINISTIC_ALGO = 2, WORKSPACE_ALGO = 1 };
+
+/* The workspace bytes `algo` needs (the top: only algorithm 1 stages its sums). */
+size_t algo_workspace(int algo) {
+    return algo == WORKSPACE_ALGO ? (size_t)1 << 20 : 0;
+}
+
+/* One perf entry for `algo`, as Find and the heuristic query report it. */
+template <class Perf> Perf algo_perf(const problem &p, int algo, float ms) {
+    Perf perf{};
+    perf.algo = decltype(perf.algo)(algo);
+    perf.status = CUDNN_STATUS_SUCCESS;
+    perf.time = ms;
+    perf.memory = algo_workspace(algo);
+    perf.determinism = algo == NON_DETERMINISTIC_ALGO ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
+    perf.mathType = p.conv.math;
+    return perf;
+}
 
 template <class Perf> cudnnStatus_t find(const problem &p, int requested, int *returned, Perf *perf) {
     *returned = 0;
@@ -156,16 +175,31 @@ template <class Perf> cudnnStatus_t find(const problem &p, int requested, int *r
     int order[EMULATED_ALGOS] = {0, 1, 2};
     std::sort(order, order + EMULATED_ALGOS, [&](int a, int b) { return ms[a] < ms[b]; });
     for (int i = 0; i < EMULATED_ALGOS && i < requested; i++) {
-        perf[i] = Perf{};
-        perf[i].algo = decltype(perf[i].algo)(order[i]);
-        perf[i].status = CUDNN_STATUS_SUCCESS;
-        perf[i].time = ms[order[i]];
-        perf[i].memory = 0;
-        perf[i].determinism =
-            order[i] == NON_DETERMINISTIC_ALGO ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
-        perf[i].mathType = p.conv.math;
+        perf[i] = algo_perf<Perf>(p, order[i], ms[order[i]]);
         *returned = i + 1;
     }
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* cudnnGet*Algorithm_v7: cuDNN's heuristics, nothing run or timed (time -1, as cuDNN reports) */
+template <class Perf>
+cudnnStatus_t heuristics(const problem &p, int requested, int *returned, Perf *perf) {
+    *returned = 0;
+    if (requested < 1) return bad("Get*Algorithm_v7: no room for a result");
+    for (int algo = 0; algo < EMULATED_ALGOS && algo < requested; algo++) {
+        perf[algo] = algo_perf<Perf>(p, algo, -1.0f);
+        *returned = algo + 1;
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* A convolution call's workspace: at least what its algorithm needs, inside one device block. */
+cudnnStatus_t check_workspace(int algo, const void *workspace, size_t bytes) {
+    const size_t needed = algo_workspace(algo);
+    if (needed == 0) return CUDNN_STATUS_SUCCESS;
+    if (bytes < needed) return bad("the workspace is smaller than the algorithm needs");
+    if (!mt_emu_is_device_range(workspace, needed))
+        return bad("the workspace is not inside one device block");
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -176,7 +210,7 @@ cudnnStatus_t workspace_size(const cudnnTensorStruct *x, const cudnnFilterStruct
     const cudnnStatus_t status = check(x, w, conv, y, &p);
     if (status != CUDNN_STATUS_SUCCESS) return status;
     if (algo < 0 || algo >= EMULATED_ALGOS) return CUDNN_STATUS_NOT_SUPPORTED;
-    *bytes = 0;
+    *bytes = algo_workspace(algo);
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -355,6 +389,56 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(
     return status != CUDNN_STATUS_SUCCESS ? status : find(p, requested, returned, perf);
 }
 
+cudnnStatus_t cudnnGetConvolutionForwardAlgorithmMaxCount(cudnnHandle_t handle, int *count) {
+    (void)handle;
+    *count = EMULATED_ALGOS;
+    return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithmMaxCount(cudnnHandle_t handle, int *count) {
+    (void)handle;
+    *count = EMULATED_ALGOS;
+    return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(cudnnHandle_t handle,
+                                                                 int *count) {
+    (void)handle;
+    *count = EMULATED_ALGOS;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t handle,
+                                                     cudnnTensorDescriptor_t x,
+                                                     cudnnFilterDescriptor_t w,
+                                                     cudnnConvolutionDescriptor_t conv,
+                                                     cudnnTensorDescriptor_t y, int requested,
+                                                     int *returned,
+                                                     cudnnConvolutionFwdAlgoPerf_t *perf) {
+    (void)handle;
+    problem p;
+    cudnnStatus_t status = check(x, w, conv, y, &p);
+    return status != CUDNN_STATUS_SUCCESS ? status : heuristics(p, requested, returned, perf);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(
+    cudnnHandle_t handle, cudnnFilterDescriptor_t w, cudnnTensorDescriptor_t dy,
+    cudnnConvolutionDescriptor_t conv, cudnnTensorDescriptor_t dx, int requested, int *returned,
+    cudnnConvolutionBwdDataAlgoPerf_t *perf) {
+    (void)handle;
+    problem p;
+    cudnnStatus_t status = check(dx, w, conv, dy, &p);
+    return status != CUDNN_STATUS_SUCCESS ? status : heuristics(p, requested, returned, perf);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+    cudnnHandle_t handle, cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t dy,
+    cudnnConvolutionDescriptor_t conv, cudnnFilterDescriptor_t dw, int requested, int *returned,
+    cudnnConvolutionBwdFilterAlgoPerf_t *perf) {
+    (void)handle;
+    problem p;
+    cudnnStatus_t status = check(x, dw, conv, dy, &p);
+    return status != CUDNN_STATUS_SUCCESS ? status : heuristics(p, requested, returned, perf);
+}
+
 cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t handle,
                                                       cudnnTensorDescriptor_t x,
                                                       cudnnFilterDescriptor_t w,
@@ -392,10 +476,10 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha,
                                       cudnnConvolutionFwdAlgo_t algo, void *workspace,
                                       size_t workspace_bytes, const void *beta,
                                       cudnnTensorDescriptor_t y_desc, void *y) {
-    (void)workspace, (void)workspace_bytes;
     problem p;
     cudnnStatus_t status = check(x_desc, w_desc, conv, y_desc, &p);
     if (status == CUDNN_STATUS_SUCCESS) status = check_memory(p, x, w, y);
+    if (status == CUDNN_STATUS_SUCCESS) status = check_workspace(algo, workspace, workspace_bytes);
     if (status != CUDNN_STATUS_SUCCESS) return status;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
     mt_emu_enqueue_kind(handle->stream, MT_EMU_SLOW_CUDNN, [=]() {
@@ -416,10 +500,10 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void *alp
                                            cudnnConvolutionBwdDataAlgo_t algo, void *workspace,
                                            size_t workspace_bytes, const void *beta,
                                            cudnnTensorDescriptor_t dx_desc, void *dx) {
-    (void)workspace, (void)workspace_bytes;
     problem p;
     cudnnStatus_t status = check(dx_desc, w_desc, conv, dy_desc, &p);
     if (status == CUDNN_STATUS_SUCCESS) status = check_memory(p, dx, w, dy);
+    if (status == CUDNN_STATUS_SUCCESS) status = check_workspace(algo, workspace, workspace_bytes);
     if (status != CUDNN_STATUS_SUCCESS) return status;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
     mt_emu_enqueue_kind(handle->stream, MT_EMU_SLOW_CUDNN, [=]() {
@@ -440,10 +524,10 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void *a
                                              cudnnConvolutionBwdFilterAlgo_t algo, void *workspace,
                                              size_t workspace_bytes, const void *beta,
                                              cudnnFilterDescriptor_t dw_desc, void *dw) {
-    (void)workspace, (void)workspace_bytes;
     problem p;
     cudnnStatus_t status = check(x_desc, dw_desc, conv, dy_desc, &p);
     if (status == CUDNN_STATUS_SUCCESS) status = check_memory(p, x, dw, dy);
+    if (status == CUDNN_STATUS_SUCCESS) status = check_workspace(algo, workspace, workspace_bytes);
     if (status != CUDNN_STATUS_SUCCESS) return status;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
     mt_emu_enqueue_kind(handle->stream, MT_EMU_SLOW_CUDNN, [=]() {
