@@ -1179,6 +1179,12 @@ def case_resume_choices(data, tmp):
     run([MOBILETUNE, "train", "--config", copies["old"], "--resume", "auto"],
         env=second)
 
+    # a misspelt switch stops the backend at its start, naming it, before anything is trained
+    result = run([MOBILETUNE, "train", "--config", copies["old"], "--resume", "auto"],
+                 env=dict(second, MT_CUDA_CHOICES="ignored"), expect=1)
+    if "MT_CUDA_CHOICES='ignored': expected 'ignore' or nothing" not in result.output:
+        fail("a misspelt MT_CUDA_CHOICES was not refused naming it:\n" + result.output)
+
     # an algorithm this cuDNN does not have: dropped, with a line, and the run goes on
     missing = os.path.join(tmp, "missing")
     rewrite_metadata(f"{missing}/run/last.safetensors", "backend_choices",

@@ -7,6 +7,8 @@
  *   MT_CUDA_DEPTHWISE=auto|own|cudnn   depthwise implementation (auto: time both per shape)
  *   MT_CUDA_POINTWISE=auto|gemm|cudnn  1x1 convolutions: cuBLAS GEMM or cuDNN (auto: time both)
  *   MT_CUDA_WORKSPACE_MB=512 the largest cuDNN workspace an algorithm may ask for
+ *   MT_CUDA_CHOICES=ignore   do not load a checkpoint's per-shape convolution choices
+ *                            (cuda_conv.c's choices_load: every shape is timed anew)
  *   MT_CUDA_DEBUG=1          log algorithm and implementation choices and pool use to stderr */
 #include <stdarg.h>
 #include <stdio.h>
@@ -200,6 +202,10 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
                            ws);
         workspace_mb = (size_t)v;
     }
+    const char *choices = getenv("MT_CUDA_CHOICES");
+    if (choices && *choices && strcmp(choices, "ignore") != 0)
+        return MT_FAIL(MT_ERR_INVALID, "MT_CUDA_CHOICES='%s': expected 'ignore' or nothing",
+                       choices);
     cuda_backend *cu = calloc(1, sizeof *cu);
     if (!cu) return MT_FAIL(MT_ERR_NOMEM, "cuda backend: out of host memory");
     cu->device = options->device;
@@ -209,6 +215,7 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
     cu->depthwise_mode = depthwise_mode;
     cu->pointwise_mode = pointwise_mode;
     cu->workspace_limit = workspace_mb << 20;
+    cu->ignore_choices = choices && *choices;
     backend->impl = cu;
     mt_status status = cuda_setup(cu);
     /* bf16 / fp16: 16-bit tensors (cuda_precision.c), the same backend otherwise */

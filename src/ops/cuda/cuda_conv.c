@@ -846,13 +846,10 @@ static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice, si
 
 mt_status mt_cuda_choices_load(mt_backend *backend, const char *text) {
     cuda_backend *cu = cuda_of(backend);
-    const char *mode = getenv("MT_CUDA_CHOICES");
-    if (mode && strcmp(mode, "ignore") == 0) {
+    if (cu->ignore_choices) {
         cuda_debug(cu, "MT_CUDA_CHOICES=ignore: the recorded choices are not loaded");
         return MT_OK;
     }
-    if (mode && *mode)
-        return MT_FAIL(MT_ERR_INVALID, "MT_CUDA_CHOICES='%s': expected 'ignore' or nothing", mode);
     mt_cuda_choices_header header;
     mt_cuda_choice *list = NULL;
     size_t count = 0;

@@ -139,6 +139,7 @@ typedef struct cuda_backend {
     cuda_pool pool;
     cuda_scratch workspace;  /* cuDNN workspace shared by every convolution */
     size_t workspace_limit;  /* algorithms needing more are skipped */
+    bool ignore_choices;     /* MT_CUDA_CHOICES=ignore: choices_load loads nothing */
     cuda_scratch filter;     /* a filter gradient in cuDNN's KRSC layout, for the current call */
     cuda_scratch partials;   /* partial sums of reductions (conv weight gradients, BN) */
     cuda_conv_entry **convs; /* cache of convolution descriptors and algorithms */
