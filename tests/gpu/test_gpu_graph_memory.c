@@ -2,10 +2,12 @@
  * the backend's own ops in bf16 (where every convolution reads a per-update copy of its kernel):
  *
  * 1. Pool blocks of a graph stay the graph's: a step whose kernel the step itself rewrites
- *    (buffer_scale, as the optimizer) makes that kernel's copy inside the graph, in pool memory,
- *    at every replay. Blocks allocated between two replays, of the sizes such a copy and its
- *    temporaries take, filled with a pattern, still hold it after the next replay; and the
- *    replay's output equals the eager step's, bit for bit.
+ *    (buffer_scale by 2, as the optimizer would) makes that kernel's copy inside the graph, in
+ *    pool memory, at every replay. Blocks allocated between two replays, of the sizes such a
+ *    copy and its temporaries take, filled with a pattern, still hold it after the next replay;
+ *    and each replay's output equals an eager step's on a twin kernel, bit for bit (the kernel
+ *    doubles at every step, exactly in bf16, so a replay that read a copy made at the capture
+ *    or at an earlier replay would be off by a power of two).
  * 2. A graph reads a copy made before its capture when the step never writes that kernel (a
  *    frozen layer's); an upload to the kernel afterwards makes the next replay refuse
  *    (MT_ERR_INVALID: the caller captures again), never read a stale copy.
@@ -29,7 +31,7 @@ typedef struct fixture {
     mt_backend *b;
     mt_conv_desc conv; /* 1x1, C -> C */
     mt_tensor x, y;
-    float *factor; /* one float, 1: buffer_scale rewrites the kernel with its own values */
+    float *factor; /* one float, 2: buffer_scale doubles the kernel (exact in every precision) */
 } fixture;
 
 static float *kernel_new(fixture *f, uint64_t seed) {
@@ -63,17 +65,30 @@ static void output(fixture *f, float *host) {
     MUST(f->b->ops->tensor_to_nhwc(f->b, &f->y, host));
 }
 
+/* One replay of `graph` (on kernel w) and one eager step on its twin w_eager: the same output. */
+static void replay_beside_eager(fixture *f, void *graph, float *w_eager, int replay) {
+    float eager[PIXELS * C], replayed[PIXELS * C];
+    MUST(f->b->ops->step_replay(f->b, graph));
+    output(f, replayed);
+    MUST(step(f, w_eager, true));
+    output(f, eager);
+    CHECK_MSG(memcmp(eager, replayed, sizeof eager) == 0,
+              "replay %d's output differs from the eager step's on the twin kernel (a replay "
+              "that read an old copy of the kernel the step doubles is off by a power of two)",
+              replay);
+}
+
 static void check_pool_blocks(fixture *f) {
     const mt_ops *o = f->b->ops;
-    float *w = kernel_new(f, 7);
-    float eager[PIXELS * C], replayed[PIXELS * C];
-    MUST(step(f, w, true)); /* warm-up: per-shape choices; the kernel is now step-written */
-    MUST(step(f, w, true));
-    output(f, eager);
+    float *w = kernel_new(f, 7), *w_eager = kernel_new(f, 7);
+    for (int i = 0; i < 2; i++) { /* warm-up: per-shape choices; the kernels are step-written */
+        MUST(step(f, w, true));
+        MUST(step(f, w_eager, true));
+    }
     mt_status ended;
     void *graph = capture(f, w, true, &ended);
     MUST(ended);
-    MUST(o->step_replay(f->b, graph));
+    replay_beside_eager(f, graph, w_eager, 1);
     /* between replays: blocks of every size the kernel's copies take (16-bit, fp32 rounded,
      * the fp32 KRSC temporary: one pool class each), filled with a pattern */
     const size_t sizes[2] = {C * C * 2, C * C * sizeof(float)};
@@ -86,7 +101,7 @@ static void check_pool_blocks(fixture *f) {
             MUST(o->buffer_alloc(f->b, sizes[s], &probe[s][p]));
             MUST(o->upload(f->b, probe[s][p], pattern, sizes[s]));
         }
-    MUST(o->step_replay(f->b, graph));
+    replay_beside_eager(f, graph, w_eager, 2);
     MUST(o->synchronize(f->b));
     int overwritten = 0;
     for (int s = 0; s < 2; s++)
@@ -99,11 +114,10 @@ static void check_pool_blocks(fixture *f) {
               "%d of %d blocks allocated between two replays were written "
               "by the replay: the pool handed out the graph's blocks",
               overwritten, 2 * PROBES);
-    output(f, replayed);
-    CHECK_MSG(memcmp(eager, replayed, sizeof eager) == 0, "the replay's output differs from "
-                                                          "the eager step's");
+    replay_beside_eager(f, graph, w_eager, 3);
     o->step_graph_free(f->b, graph);
     o->buffer_free(f->b, w);
+    o->buffer_free(f->b, w_eager);
 }
 
 static void check_pinned_copy(fixture *f) {
@@ -165,9 +179,9 @@ int main(void) {
     for (int i = 0; i < PIXELS * C; i++)
         x[i] = (float)(mt_test_xorshift_unit(&seed) * 2 - 1);
     MUST(b->ops->tensor_from_nhwc(b, x, &f.x));
-    const float one = 1.0f;
-    MUST(b->ops->buffer_alloc(b, sizeof one, (void **)&f.factor));
-    MUST(b->ops->upload(b, f.factor, &one, sizeof one));
+    const float two = 2.0f;
+    MUST(b->ops->buffer_alloc(b, sizeof two, (void **)&f.factor));
+    MUST(b->ops->upload(b, f.factor, &two, sizeof two));
 
     check_pool_blocks(&f);
     check_pinned_copy(&f);
