@@ -15,6 +15,12 @@
  * coroutines (ucontext) of the calling thread, each on its own stack, with __syncthreads handing
  * over to the next thread of the block: every thread of a block reaches a barrier before any
  * passes it, as on a device, and in a fixed order (the results do not depend on scheduling).
+ * A missing __syncthreads shows only if some thread reads before another writes; in one fixed
+ * order, the writer may always come first. MT_EMU_THREAD_ORDER=reverse runs blocks and the
+ * threads of each block (between barriers) last to first, so a kernel tested in both orders has
+ * each pair of threads in either order (ctest gpu_kernels_emulated_reverse). Each coroutine's
+ * stack has an inaccessible guard page below it: an overflow faults at once instead of writing
+ * over a neighbour's stack.
  *
  * Names, values and signatures follow the CUDA runtime's documented API, so the same sources
  * compile against either; only what the backend uses is here. */
@@ -125,10 +131,13 @@ cudaError_t cudaGetLastError(void);
 #endif
 
 #ifdef __cplusplus
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <functional>
 #include <memory>
@@ -180,6 +189,50 @@ struct alignas(16) float4 {
 
 template <class T> struct mt_emu_same { typedef T type; };
 
+/* MT_EMU_THREAD_ORDER (the top): whether blocks and threads run last to first. Anything but
+ * unset, "forward" or "reverse" ends the process with a line saying so. */
+inline bool mt_emu_reverse_order() {
+    static const bool reverse = [] {
+        const char *order = getenv("MT_EMU_THREAD_ORDER");
+        if (!order || !*order || strcmp(order, "forward") == 0) return false;
+        if (strcmp(order, "reverse") == 0) return true;
+        fprintf(stderr, "emulated CUDA: MT_EMU_THREAD_ORDER='%s': use forward or reverse\n", order);
+        exit(2);
+    }();
+    return reverse;
+}
+
+/* The i-th of `count` in the run order: i, or count - 1 - i under MT_EMU_THREAD_ORDER=reverse. */
+inline unsigned mt_emu_in_order(unsigned i, unsigned count) {
+    return mt_emu_reverse_order() ? count - 1 - i : i;
+}
+
+/* One coroutine's stack: `bytes` usable above an inaccessible guard page (mmap'd). */
+class mt_emu_stack {
+  public:
+    explicit mt_emu_stack(size_t bytes) : bytes_(bytes) {
+        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        map_ = mmap(nullptr, bytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                    -1, 0);
+        if (map_ == MAP_FAILED || mprotect(map_, page, PROT_NONE) != 0) {
+            perror("emulated CUDA: a thread's stack");
+            abort();
+        }
+        base_ = static_cast<char *>(map_) + page;
+        mapped_ = bytes + page;
+    }
+    ~mt_emu_stack() { munmap(map_, mapped_); }
+    mt_emu_stack(const mt_emu_stack &) = delete;
+    mt_emu_stack &operator=(const mt_emu_stack &) = delete;
+    char *base() const { return base_; }
+    size_t bytes() const { return bytes_; }
+
+  private:
+    size_t bytes_, mapped_ = 0;
+    void *map_ = nullptr;
+    char *base_ = nullptr;
+};
+
 /* A block's threads as coroutines of the calling thread (see the top): run(shape, body) runs
  * body() for every thread t of a block of that shape as its own coroutine, with threadIdx set to
  * t's whenever t runs, round after round: each coroutine runs until it
@@ -194,20 +247,21 @@ class mt_emu_block {
     void run(dim3 shape, const std::function<void()> &body) {
         const unsigned count = shape.x * shape.y * shape.z;
         while (stacks_.size() < count)
-            stacks_.emplace_back(new char[stack_bytes]);
+            stacks_.emplace_back(new mt_emu_stack(stack_bytes));
         contexts_.resize(count);
         finished_.assign(count, false);
         body_ = &body;
         for (unsigned t = 0; t < count; t++) {
             getcontext(&contexts_[t]);
-            contexts_[t].uc_stack.ss_sp = stacks_[t].get();
-            contexts_[t].uc_stack.ss_size = stack_bytes;
+            contexts_[t].uc_stack.ss_sp = stacks_[t]->base();
+            contexts_[t].uc_stack.ss_size = stacks_[t]->bytes();
             contexts_[t].uc_link = &scheduler_;
             makecontext(&contexts_[t], (void (*)())entry, 1, t);
         }
         unsigned left = count;
         while (left) {
-            for (unsigned t = 0; t < count; t++) {
+            for (unsigned i = 0; i < count; i++) {
+                const unsigned t = mt_emu_in_order(i, count);
                 if (finished_[t]) continue;
                 current_ = t;
                 threadIdx = dim3(t % shape.x, (t / shape.x) % shape.y, t / (shape.x * shape.y));
@@ -226,7 +280,7 @@ class mt_emu_block {
         (*self.body_)();
         self.finished_[t] = true; /* then uc_link returns to the scheduler */
     }
-    std::vector<std::unique_ptr<char[]>> stacks_;
+    std::vector<std::unique_ptr<mt_emu_stack>> stacks_;
     std::vector<ucontext_t> contexts_;
     std::vector<bool> finished_;
     ucontext_t scheduler_;
@@ -274,14 +328,14 @@ struct mt_emu_launch {
         if (!mt_emu_threaded_kernels.count(id)) {
             try {
                 mt_emu_sequential = true;
-                for (unsigned by = 0; by < grid.y; by++) {
-                    for (unsigned bx = 0; bx < grid.x; bx++) {
-                        blockIdx = dim3(bx, by, 0);
-                        for (unsigned t = 0; t < threads; t++) {
-                            threadIdx =
-                                dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-                            kernel(args...);
-                        }
+                for (unsigned b = 0; b < grid.x * grid.y; b++) {
+                    const unsigned block_index = mt_emu_in_order(b, grid.x * grid.y);
+                    blockIdx = dim3(block_index % grid.x, block_index / grid.x, 0);
+                    for (unsigned i = 0; i < threads; i++) {
+                        const unsigned t = mt_emu_in_order(i, threads);
+                        threadIdx =
+                            dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+                        kernel(args...);
                     }
                 }
                 mt_emu_sequential = false;
@@ -292,11 +346,10 @@ struct mt_emu_launch {
             }
         }
         blockDim = block, gridDim = grid;
-        for (unsigned by = 0; by < grid.y; by++) {
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                blockIdx = dim3(bx, by, 0);
-                mt_emu_block::get().run(block, [&]() { kernel(args...); });
-            }
+        for (unsigned b = 0; b < grid.x * grid.y; b++) {
+            const unsigned block_index = mt_emu_in_order(b, grid.x * grid.y);
+            blockIdx = dim3(block_index % grid.x, block_index / grid.x, 0);
+            mt_emu_block::get().run(block, [&]() { kernel(args...); });
         }
     }
 };
