@@ -158,6 +158,26 @@ static void same_metrics(const char *what, const char *a_dir, const char *b_dir)
         if (f[i]) fclose(f[i]);
 }
 
+/* The device work of each eager run by its name, for every graph run compared with it later. */
+enum { MAX_EAGER_RUNS = 8 };
+static struct {
+    const char *name;
+    unsigned long long work;
+} eager_runs[MAX_EAGER_RUNS];
+static int eager_run_count;
+
+static unsigned long long *eager_work_of(const char *eager_name) {
+    for (int i = 0; i < eager_run_count; i++)
+        if (strcmp(eager_runs[i].name, eager_name) == 0) return &eager_runs[i].work;
+    if (eager_run_count == MAX_EAGER_RUNS) {
+        fprintf(stderr, "test_trainer_graphs: more than %d eager runs: raise MAX_EAGER_RUNS\n",
+                MAX_EAGER_RUNS);
+        exit(2);
+    }
+    eager_runs[eager_run_count].name = eager_name;
+    return &eager_runs[eager_run_count++].work;
+}
+
 /* Graph training of `name` against eager training of `eager_name` (run here when it is `name`;
  * otherwise an earlier compare_runs made it with the same `extra`). The recorder refuses the
  * first `refused` capture begins of the graph run. `same_work`: on a real backend the two runs
@@ -170,10 +190,9 @@ static void compare_runs(const char *root, const char *name, const char *eager_n
     snprintf(eager, sizeof eager, "%s/%s-eager", root, eager_name);
     snprintf(graphs, sizeof graphs, "%s/%s-graphs", root, name);
     step_recorder_stats off, on;
-    static unsigned long long eager_work; /* of the last eager run */
-    unsigned long long work = 0;
+    unsigned long long *eager_work = eager_work_of(eager_name), work = 0;
     if (strcmp(name, eager_name) == 0) {
-        train(data, eager, extra, false, &off, &eager_work);
+        train(data, eager, extra, false, &off, eager_work);
         CHECK_MSG(off.captures == 0 && off.replays == 0, "%s: graphs off still captured", name);
     }
     step_recorder_refuse_begins(refused);
@@ -199,8 +218,8 @@ static void compare_runs(const char *root, const char *name, const char *eager_n
          * copies (those of frozen kernels, which no step writes, were made once, before the
          * capture), none fewer; the rest of the run (input, checkpoints) is the same work */
         if (same_work && real_backend)
-            CHECK_MSG(work == eager_work, "%s: %llu pieces of device work with graphs, %llu "
-                      "eager", name, work, eager_work);
+            CHECK_MSG(work == *eager_work, "%s: %llu pieces of device work with graphs, %llu "
+                      "eager (%s)", name, work, *eager_work, eager_name);
     }
     char a[800], b[800];
     snprintf(a, sizeof a, "%s/last.safetensors", eager);
