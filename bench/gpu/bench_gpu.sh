@@ -6,13 +6,17 @@
 # MT_BENCH_DEADLINE_S (default 300): no case starts after it; the cases are ranked, so a short run
 # still yields the important ones, for both frameworks: they run in rounds (the round's
 # mobiletune cases, one process each, then one PyTorch process for the same cases), then
-# torch.compile for the top case when a minute is left.
-# MT_BENCH_CASES overrides the ranking ("mode:precision:batch,...").
+# torch.compile for the top case and for finetune bf16 at batch 256 (issue 12's target there is
+# torch.compile's figure) when a minute is left.
+# MT_BENCH_CASES overrides the ranking ("mode:precision:batch,..."). The mode frozen_cache is
+# frozen mode with the feature cache (cache_features): two results each, building the cache
+# (frozen_features) and a head step on it (frozen_cached).
 # Each case: 3 warm-up steps (every shape's cuDNN algorithm search happens there, before timing:
-# mobiletune picks per shape on first use, torch runs with cudnn.benchmark), then 10 timed steps.
-# Precisions: fp32 (TF32 off), tf32, bf16, fp16 (`bench_train_step --precision`; bf16/fp16 run
-# cuda's fp32-staged 16-bit tensors until the tensor-core path lands, docs/gpu.md "Precision"). A
-# precision mobiletune's binary refuses is skipped with a note, once.
+# mobiletune picks per shape on first use, torch runs with cudnn.benchmark), then 10 timed steps;
+# mobiletune's step is a CUDA graph replay from the second step on, as in training
+# (train.cuda_graphs; bench_train_step --graphs). Precisions: fp32 (TF32 off), tf32, bf16, fp16
+# (`bench_train_step --precision`). A precision mobiletune's binary refuses is skipped with a
+# note, once.
 # Writes OUT_DIR/bench_results.txt (RESULT lines) and OUT_DIR/bench_table.txt. Never run by ctest.
 set -u
 bin=${1:?usage: bench_gpu.sh BENCH_TRAIN_STEP [OUT_DIR]}
@@ -25,11 +29,12 @@ results=$out/bench_results.txt
 : > "$results"
 
 # the ranking: finetune and scratch in bf16 at batch 32 and 128 first, then fp32, then fp16,
-# frozen, batch 256, TF32
+# frozen (the whole network, then with the feature cache), batch 256, TF32
 ranked=${MT_BENCH_CASES:-finetune:bf16:32,scratch:bf16:32,finetune:bf16:128,scratch:bf16:128,\
 finetune:fp32:32,scratch:fp32:32,finetune:fp32:128,scratch:fp32:128,\
 finetune:fp16:32,scratch:fp16:32,finetune:fp16:128,scratch:fp16:128,\
-frozen:bf16:128,frozen:fp32:128,finetune:bf16:256,scratch:bf16:256,finetune:fp32:256,\
+frozen:bf16:128,frozen:fp32:128,frozen_cache:bf16:128,frozen_cache:fp32:128,\
+finetune:bf16:256,scratch:bf16:256,finetune:fp32:256,\
 scratch:fp32:256,frozen:bf16:256,finetune:tf32:128,scratch:tf32:128}
 IFS=, read -r -a cases <<< "$ranked"
 rounds=(4 4 100) # cases per round
@@ -37,10 +42,11 @@ declare -A refused=()
 
 ours() { # MODE PRECISION BATCH
     local mode=$1 precision=$2 batch=$3 envs=() flags=() log rc
+    if [[ $mode == frozen_cache ]]; then mode=frozen flags=(--feature-cache 1); fi
     case $precision in
     fp32) ;;
     tf32) envs=(MT_CUDA_TF32=1) ;;
-    *) flags=(--precision "$precision") ;;
+    *) flags+=(--precision "$precision") ;;
     esac
     if [[ -n ${refused[$precision]:-} ]]; then return; fi
     log=$(mktemp)
@@ -78,10 +84,13 @@ for n in "${rounds[@]}"; do
         >> "$results" 2>> "$out/bench_torch.log" ||
         echo "NOTE torch run ended with rc $? (bench_torch.log)" >> "$results"
 done
-# torch.compile takes a minute to build: last, for the top case, when a minute is left
+# torch.compile takes a minute to build: last, for the top case and finetune bf16 at batch 256
+# (when ranked), while a minute is left
+compiled=${cases[0]}
+for c in "${cases[@]:1}"; do [[ $c == finetune:bf16:256 ]] && compiled+=,$c; done
 left=$((deadline - SECONDS))
 if ((left > 60)); then
-    timeout $((left + 5)) "$python" "$here/torch_baseline.py" run --cases "${cases[0]}" \
+    timeout $((left + 5)) "$python" "$here/torch_baseline.py" run --cases "$compiled" \
         --compiled-only --deadline-s "$((left - 5))" >> "$results" 2>> "$out/bench_torch.log" ||
         echo "NOTE torch.compile run ended with rc $? (bench_torch.log)" >> "$results"
 fi

@@ -8,7 +8,10 @@ fine-tune from Keras layer 100 = block_11's depthwise on; frozen and fine-tune r
 BN with moving statistics). Precisions: fp32 (TF32 off), tf32, bf16 (autocast), fp16 (autocast +
 GradScaler); each eager, and under torch.compile for the first cases of a run (skipped with a
 note when it fails). 3 warm-up steps (cudnn.benchmark searches there), then 10 steps timed with
-CUDA events; the GPU memory peak per case.
+CUDA events; the GPU memory peak per case. The case mode frozen_cache is frozen mode with a
+feature cache, as mobiletune's cache_features: two RESULT lines, frozen_features (the backbone's
+pooled features in inference mode: building the cache) and frozen_cached (a training step of the
+head alone on them).
 
   torch_baseline.py run --cases finetune:bf16:32,scratch:bf16:128 [--compile-first N]
                         [--compiled-only] [--deadline-s 120]   # RESULT lines, in that order
@@ -46,6 +49,34 @@ def build_model(mode, classes):
     return model
 
 
+def timed(args, work):
+    """The median seconds of `work` over args.steps runs after args.warmup, by CUDA events."""
+    import torch
+
+    for _ in range(args.warmup):
+        work()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(args.steps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        work()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1000.0)
+    return statistics.median(times)
+
+
+def result(args, variant, mode, batch, trainable, median):
+    import torch
+
+    print(f"RESULT framework=torch variant={variant} mode={mode} batch={batch} "
+          f"size={args.size} trainable={trainable} median_s={median:.6f} "
+          f"images_per_s={batch / median:.2f} "
+          f"gpu_peak_mb={torch.cuda.max_memory_allocated() / 2**20:.0f} "
+          f"device={torch.cuda.get_device_name(0).replace(' ', '_')}", flush=True)
+
+
 def bench(args, mode, precision, batch, compiled):
     import torch
 
@@ -54,7 +85,7 @@ def bench(args, mode, precision, batch, compiled):
     torch.backends.cudnn.allow_tf32 = tf32  # fp32 means fp32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.cuda.reset_peak_memory_stats()
-    model = build_model(mode, 2)
+    model = build_model("frozen" if mode == "frozen_cache" else mode, 2)
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -64,32 +95,36 @@ def bench(args, mode, precision, batch, compiled):
     y = (torch.arange(batch, device="cuda") % 2).float().unsqueeze(1)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    autocast = lambda: torch.autocast("cuda", dtype=dtype or torch.bfloat16,
+                                      enabled=dtype is not None)
+    variant = precision + ("_compile" if compiled else "")
 
-    def step():
-        with torch.autocast("cuda", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            loss = loss_fn(fn(x), y)
+    def train_step(net, inputs):
+        with autocast():
+            loss = loss_fn(net(inputs), y)
         scaler.scale(loss).backward()
         for p in params:
             p.grad = None
 
-    for _ in range(args.warmup):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(args.steps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end) / 1000.0)
-    median = statistics.median(times)
-    variant = precision + ("_compile" if compiled else "")
-    print(f"RESULT framework=torch variant={variant} mode={mode} batch={batch} "
-          f"size={args.size} trainable={trainable} median_s={median:.5f} "
-          f"images_per_s={batch / median:.2f} "
-          f"gpu_peak_mb={torch.cuda.max_memory_allocated() / 2**20:.0f} "
-          f"device={torch.cuda.get_device_name(0).replace(' ', '_')}", flush=True)
+    if mode != "frozen_cache":
+        result(args, variant, mode, batch, trainable, timed(args, lambda: train_step(fn, x)))
+        return
+    # frozen mode with a feature cache, as mobiletune's cache_features: the backbone's pooled
+    # features in inference mode, once (frozen_features), then training steps of the head alone
+    # on them (frozen_cached)
+    backbone = torch.nn.Sequential(model.features, torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten())
+    backbone = torch.compile(backbone) if compiled else backbone
+
+    def features():
+        with torch.no_grad(), autocast():
+            return backbone(x)
+
+    result(args, variant, "frozen_features", batch, 0, timed(args, features))
+    pooled = features().float()
+    head = torch.compile(model.classifier) if compiled else model.classifier
+    result(args, variant, "frozen_cached", batch, trainable,
+           timed(args, lambda: train_step(head, pooled)))
 
 
 def cmd_run(args):
@@ -128,7 +163,7 @@ def parse(path):
 
 def cmd_report(args):
     rows = parse(args.results)
-    ours = {(r["mode"], r.get("variant", "fp32"), r["batch"]): float(r["images_per_s"])
+    ours = {(r["mode"], r.get("variant", "fp32"), r["batch"]): r
             for r in rows if r.get("framework", "mobiletune") == "mobiletune"}
     torch_rows = {(r["mode"], r["variant"], r["batch"]): r for r in rows
                   if r.get("framework") == "torch"}
@@ -139,22 +174,31 @@ def cmd_report(args):
         key = (r["mode"], r.get("variant", "fp32").replace("_compile", ""), r["batch"])
         if key not in cases:
             cases.append(key)
-    print(f"{'mode':<9}{'prec':<6}{'batch':>6}{'mobiletune':>12}{'torch':>10}{'ratio':>8}"
-          f"{'compiled':>10}{'ratio':>8}{'torch MB':>10}" + (f"{'of bound':>10}" if bound else ""))
+    print(f"{'mode':<16}{'prec':<6}{'batch':>6}{'mobiletune':>12}{'torch':>10}{'ratio':>8}"
+          f"{'compiled':>10}{'ratio':>8}{'torch MB':>10}{'ours MB':>9}{'graphs':>7}" +
+          (f"{'of bound':>10}" if bound else ""))
     for mode, prec, batch in cases:
-        m = ours.get((mode, prec, batch))
+        mine = ours.get((mode, prec, batch))
+        m = float(mine["images_per_s"]) if mine else None
         t = torch_rows.get((mode, prec, batch))
         c = torch_rows.get((mode, prec + "_compile", batch))
         ti = float(t["images_per_s"]) if t else None
         ci = float(c["images_per_s"]) if c else None
         cell = lambda v, w, f: f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"
-        print(f"{mode:<9}{prec:<6}{batch:>6}" + cell(m, 12, ".0f") + cell(ti, 10, ".0f") +
+        print(f"{mode:<16}{prec:<6}{batch:>6}" + cell(m, 12, ".0f") + cell(ti, 10, ".0f") +
               cell(m / ti if m and ti else None, 8, ".2f") + cell(ci, 10, ".0f") +
               cell(m / ci if m and ci else None, 8, ".2f") +
               cell(float(t["gpu_peak_mb"]) if t and "gpu_peak_mb" in t else None, 10, ".0f") +
+              cell(float(mine["gpu_peak_mb"]) if mine and "gpu_peak_mb" in mine else None, 9,
+                   ".0f") +
+              f"{(mine.get('graphs', '?') if mine else '-'):>7}" +
               (cell(m / bound * 100 if m else None, 9, ".1f") + ("%" if m else "") if bound else ""))
     if bound:
         print(f"bound: {bound:.0f} img/s ({device}); ratio = mobiletune / torch at the same case")
+    print("MB: GPU memory peak (torch: max_memory_allocated; ours: the pool's peak plus cuBLAS' "
+          "workspace); graphs: 1 when mobiletune's timed steps were CUDA graph replays; "
+          "frozen_features: building the feature cache (inference forward), frozen_cached: a head "
+          "step on cached features")
     return 0 if cases else 1
 
 

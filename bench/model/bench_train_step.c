@@ -4,7 +4,8 @@
  *
  *   bench_train_step [--backend cpu] [--mode scratch|frozen|finetune] [--fine-tune-at 100]
  *                    [--batch 32] [--size 160] [--alpha 1.0] [--steps 5] [--warmup 2]
- *                    [--threads 0] [--precision fp32|tf32|bf16|fp16]
+ *                    [--threads 0] [--precision fp32|tf32|bf16|fp16] [--graphs 1|0]
+ *                    [--feature-cache 0|1]
  *
  * BN follows the tutorial (MT_BN_AUTO): batch statistics in scratch, moving statistics when the
  * backbone is frozen or fine-tuned. Inputs are random pixels (speed does not depend on them), fed
@@ -12,11 +13,20 @@
  * pixels, labels and flip flags in host_alloc's page-locked buffers, uploaded on the copy stream
  * while the previous step computes and scaled and flipped on the device (ops.h's input
  * pipeline); on the CPU backends the float batch the loader threads would have made. The loss
- * stays on the device (mt_model_forward_accumulate), as in training. Prints one machine-readable
- * line:
- *   RESULT mode=<m> backend=<b> precision=<p> batch=<n> size=<s> threads=<t> median_s=<x> images_per_s=<y>
- *          peak_rss_mb=<z>
- * Never run by ctest. */
+ * stays on the device (mt_model_forward_accumulate), as in training. --graphs 1 (the default)
+ * does what train.cuda_graphs does on a backend that can capture a step (ops.h
+ * step_capture_begin: cuda): the first step runs eager (the per-shape choices and cuDNN's
+ * search), the second is captured and every step from then on is one replay of it; the
+ * per-step values and the input's conversion stay outside, as in the trainer. Elsewhere, and
+ * with --graphs 0, every step runs eager. Prints one machine-readable line:
+ *   RESULT mode=<m> backend=<b> precision=<p> batch=<n> size=<s> threads=<t> graphs=<0|1>
+ *          trainable=<k> median_s=<x> images_per_s=<y> peak_rss_mb=<z> [gpu_peak_mb=<g>]
+ * (graphs: whether the timed steps were replays; gpu_peak_mb: ops.h device_memory_peak, on a
+ * backend with device memory). --feature-cache 1 (frozen mode) measures what the trainer does
+ * with cache_features instead: building the cache (the backbone's inference forward to
+ * pooled features, host images in and features out: mode=frozen_features, trainable=0) and a
+ * training step of the head on cached features (mode=frozen_cached), two RESULT lines. Never run by ctest as a timing; ctest bench_train_step_emulated
+ * runs it on the emulated cuda backend to check that the graph path captures once and replays. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,16 +53,150 @@ static int compare_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The step's device work (forward with the loss, backward) captured, as the trainer's
+ * trainer_graph.c does; NULL, said on stderr, when the backend could not capture it (the steps
+ * then run eager, and the RESULT line says graphs=0). */
+static void *capture_step(mt_model *model, mt_backend *backend, const mt_model_input *prepared,
+                          double *accum) {
+    const mt_ops *ops = backend->ops;
+    if (ops->step_capture_begin(backend) != MT_OK) {
+        fprintf(stderr, "bench_train_step: no step graph (%s): the steps run eager\n",
+                mt_last_error());
+        return NULL;
+    }
+    mt_step_result result = {0};
+    mt_status status = mt_model_forward_accumulate(model, prepared, accum, &result);
+    if (status == MT_OK) status = mt_model_backward(model);
+    char why[512] = ""; /* the first error, not the end's after it */
+    if (status != MT_OK) snprintf(why, sizeof why, "%s", mt_last_error());
+    void *graph = NULL;
+    const mt_status ended = ops->step_capture_end(backend, &graph);
+    if (status == MT_OK && ended == MT_OK) return graph;
+    if (graph) ops->step_graph_free(backend, graph);
+    fprintf(stderr, "bench_train_step: capturing the step failed (%s): the steps run eager\n",
+            why[0] ? why : mt_last_error());
+    return NULL;
+}
+
 static int usage(void) {
     fprintf(stderr, "usage: bench_train_step [--backend cpu] [--mode scratch|frozen|finetune] "
                     "[--fine-tune-at 100] [--batch 32] [--size 160] [--alpha 1.0] [--steps 5] "
-                    "[--warmup 2] [--threads 0] [--precision fp32|tf32|bf16|fp16]\n");
+                    "[--warmup 2] [--threads 0] [--precision fp32|tf32|bf16|fp16] "
+                    "[--graphs 1|0] [--feature-cache 0|1 (frozen only)]\n");
     return 2;
+}
+
+/* What the timed loops share: the model, its backend, the batch in its host forms. */
+typedef struct bench {
+    mt_backend *backend;
+    mt_model *model;
+    int batch, size, warmup, steps;
+    bool staged;     /* the batch goes through the staging slots (a backend with device memory) */
+    float *images;   /* host float batch: the CPU backends' input, the feature cache's source */
+    uint8_t *u8[2], *flips[2]; /* two of each, as the loader's ring: one uploads, one waits */
+    int32_t *labels[2];
+    double *accum;   /* the step's loss and accuracy, never read: they stay on the device */
+    double *times;   /* steps */
+} bench;
+
+static double median_of(double *times, int steps) {
+    qsort(times, (size_t)steps, sizeof *times, compare_double);
+    return steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
+}
+
+/* The timed training steps, warm-up first; the median step in *median, and in *replayed whether
+ * every timed step was a replay of the captured step. The input: the staged uint8 batch (the
+ * next one uploaded while the step computes, as the trainer overlaps it) or the host float
+ * batch; with `features` (frozen mode's feature cache), the head alone on those pooled features,
+ * as the trainer's cached epochs run it. */
+static mt_status time_steps(bench *b, bool graphs_wanted, const float *features, double *median,
+                            bool *replayed) {
+    const mt_ops *ops = b->backend->ops;
+    /* graphs: the first step eager, then one capture, then replays (the top) */
+    const bool graphs = graphs_wanted && ops->step_capture_begin && ops->step_capture_end &&
+                        ops->step_replay && ops->step_graph_free;
+    void *graph = NULL;
+    bool capture_failed = false;
+    *replayed = true;
+    mt_status status = MT_OK;
+    for (int s = 0; status == MT_OK && s < b->warmup + b->steps; s++) {
+        const double start = mt_clock_monotonic();
+        mt_model_input input = {.images = b->images, .labels = b->labels[0], .n = b->batch};
+        if (features)
+            input = (mt_model_input){.features = features, .labels = b->labels[0], .n = b->batch};
+        else if (b->staged)
+            input = (mt_model_input){.staged = true, .slot = s % 2, .n = b->batch};
+        status = mt_model_set_step(b->model, (uint64_t)s, (uint64_t)s);
+        if (status == MT_OK) status = mt_model_prepare_input(b->model, &input);
+        const mt_model_input prepared = {.prepared = true, .n = b->batch};
+        if (status == MT_OK && graphs && s > 0 && !graph && !capture_failed) {
+            graph = capture_step(b->model, b->backend, &prepared, b->accum);
+            capture_failed = !graph;
+        }
+        if (status == MT_OK && graph) {
+            status = ops->step_replay(b->backend, graph);
+        } else if (status == MT_OK) {
+            mt_step_result result = {0};
+            status = mt_model_forward_accumulate(b->model, &prepared, b->accum, &result);
+            if (status == MT_OK) status = mt_model_backward(b->model);
+            if (s >= b->warmup) *replayed = false;
+        }
+        if (status == MT_OK && b->staged && !features) {
+            /* the next batch goes up while this step computes, from the buffer whose last copy
+             * (a step ago) the host waits for first */
+            const int next = (s + 1) % 2;
+            status = ops->input_wait(b->backend, next);
+            const mt_input_batch up = {.n = b->batch,
+                                       .height = b->size,
+                                       .width = b->size,
+                                       .pixels = b->u8[next],
+                                       .labels = b->labels[next],
+                                       .flips = b->flips[next]};
+            if (status == MT_OK) status = ops->input_upload(b->backend, next, &up);
+        }
+        if (status == MT_OK) status = ops->synchronize(b->backend);
+        if (s >= b->warmup) b->times[s - b->warmup] = mt_clock_monotonic() - start;
+    }
+    if (graph) ops->step_graph_free(b->backend, graph);
+    *median = median_of(b->times, b->steps);
+    return status;
+}
+
+/* Building frozen mode's feature cache: the backbone's inference forward to pooled features
+ * (mt_model_features: host images in, host features out, as trainer_cache.c calls it), timed
+ * per batch; the last batch's features in `pooled`. */
+static mt_status time_features(bench *b, float *pooled, double *median) {
+    for (int s = 0; s < b->warmup + b->steps; s++) {
+        const double start = mt_clock_monotonic();
+        MT_TRY(mt_model_features(b->model, b->images, b->batch, pooled));
+        if (s >= b->warmup) b->times[s - b->warmup] = mt_clock_monotonic() - start;
+    }
+    *median = median_of(b->times, b->steps);
+    return MT_OK;
+}
+
+/* The RESULT line (the top) of one measurement. */
+static void print_result(const bench *b, const char *mode, const char *backend_name, int threads,
+                         bool replayed, size_t trainable, double median) {
+    const mt_ops *ops = b->backend->ops;
+    struct rusage usage_info;
+    getrusage(RUSAGE_SELF, &usage_info);
+    char device_peak[48] = "";
+    size_t peak_bytes = 0;
+    if (ops->device_memory_peak && ops->device_memory_peak(b->backend, &peak_bytes) == MT_OK)
+        snprintf(device_peak, sizeof device_peak, " gpu_peak_mb=%.0f",
+                 (double)peak_bytes / 1048576.0);
+    printf("RESULT mode=%s backend=%s precision=%s batch=%d size=%d threads=%d graphs=%d "
+           "trainable=%zu median_s=%.6f images_per_s=%.2f peak_rss_mb=%.1f%s\n",
+           mode, backend_name, mt_compute_precision_name(b->backend->options.precision),
+           b->batch, b->size, threads, replayed, trainable, median, b->batch / median,
+           usage_info.ru_maxrss / 1024.0, device_peak);
 }
 
 int main(int argc, char **argv) {
     const char *backend_name = "cpu", *mode_name = "scratch";
     int fine_tune_at = 100, batch = 32, size = 160, steps = 5, warmup = 2, threads = 0;
+    int graphs_wanted = 1, feature_cache = 0;
     float alpha = 1.0f;
     mt_compute_precision precision = MT_COMPUTE_FP32;
     for (int i = 1; i < argc; i++) {
@@ -76,6 +220,10 @@ int main(int argc, char **argv) {
             warmup = atoi(v);
         else if (!strcmp(a, "--threads"))
             threads = atoi(v);
+        else if (!strcmp(a, "--graphs"))
+            graphs_wanted = atoi(v);
+        else if (!strcmp(a, "--feature-cache"))
+            feature_cache = atoi(v);
         else if (!strcmp(a, "--precision")) {
             int p;
             if (!mt_enum_find(&mt_compute_precision_names, v, &p)) return usage();
@@ -83,7 +231,11 @@ int main(int argc, char **argv) {
         } else
             return usage();
     }
-    if (batch < 1 || steps < 1 || warmup < 0) return usage();
+    if (batch < 1 || steps < 1 || warmup < 0 || (graphs_wanted != 0 && graphs_wanted != 1) ||
+        (feature_cache != 0 && feature_cache != 1))
+        return usage();
+
+    if (feature_cache && strcmp(mode_name, "frozen") != 0) return usage();
 
     mt_model_config config = mt_model_config_default();
     BENCH_TRY(mt_train_mode_parse(mode_name, &config.mode));
@@ -96,90 +248,67 @@ int main(int argc, char **argv) {
 
     /* the precision of train.precision (ops.h); the loss scale is the trainer's, not timed here */
     mt_backend_options options = {.num_threads = threads, .precision = precision};
-    mt_backend *backend = NULL;
-    BENCH_TRY(mt_backend_create(backend_name, &options, &backend));
-    mt_model *model = NULL;
-    BENCH_TRY(mt_model_create(backend, &config, 42, &model));
-
-    const mt_ops *ops = backend->ops;
-    const bool staged = ops->device_memory;
-    size_t pixels = (size_t)batch * (size_t)size * (size_t)size * 3;
-    float *images = staged ? NULL : malloc(pixels * sizeof(float));
-    double *times = malloc((size_t)steps * sizeof(double));
-    if ((!staged && !images) || !times) return 1;
-    /* two host buffers of each, as the loader's ring: one is copied while the other waits */
-    uint8_t *u8[2] = {NULL, NULL}, *flips[2] = {NULL, NULL};
-    int32_t *labels[2] = {NULL, NULL};
-    for (int b = 0; b < 2; b++) {
-        BENCH_TRY(ops->host_alloc(backend, staged ? pixels : 1, (void **)&u8[b]));
-        BENCH_TRY(ops->host_alloc(backend, (size_t)batch * sizeof(int32_t), (void **)&labels[b]));
-        BENCH_TRY(ops->host_alloc(backend, (size_t)batch, (void **)&flips[b]));
-        for (int i = 0; i < batch; i++)
-            labels[b][i] = i % 2, flips[b][i] = (uint8_t)((i + b) % 2); /* random_flip's half */
+    bench b = {.batch = batch, .size = size, .warmup = warmup, .steps = steps};
+    BENCH_TRY(mt_backend_create(backend_name, &options, &b.backend));
+    BENCH_TRY(mt_model_create(b.backend, &config, 42, &b.model));
+    const mt_ops *ops = b.backend->ops;
+    b.staged = ops->device_memory;
+    const size_t pixels = (size_t)batch * (size_t)size * (size_t)size * 3;
+    const bool float_images = !b.staged || feature_cache;
+    b.images = float_images ? malloc(pixels * sizeof(float)) : NULL;
+    b.times = malloc((size_t)steps * sizeof(double));
+    if ((float_images && !b.images) || !b.times) return 1;
+    for (int i = 0; i < 2; i++) {
+        BENCH_TRY(ops->host_alloc(b.backend, b.staged ? pixels : 1, (void **)&b.u8[i]));
+        BENCH_TRY(
+            ops->host_alloc(b.backend, (size_t)batch * sizeof(int32_t), (void **)&b.labels[i]));
+        BENCH_TRY(ops->host_alloc(b.backend, (size_t)batch, (void **)&b.flips[i]));
+        for (int r = 0; r < batch; r++) /* random_flip's half */
+            b.labels[i][r] = r % 2, b.flips[i][r] = (uint8_t)((r + i) % 2);
     }
     uint32_t seed = 12345u;
     for (size_t i = 0; i < pixels; i++) {
         seed = seed * 1664525u + 1013904223u;
         const uint8_t value = (uint8_t)(seed >> 24);
-        if (staged)
-            u8[0][i] = u8[1][i] = value;
-        else
-            images[i] = mt_u8_to_input(value);
+        if (b.staged) b.u8[0][i] = b.u8[1][i] = value;
+        if (b.images) b.images[i] = mt_u8_to_input(value);
     }
-    double *accum = NULL; /* the step's loss and accuracy, never read: they stay on the device */
-    BENCH_TRY(ops->buffer_alloc(backend, MT_ACCUM_COUNT * sizeof(double), (void **)&accum));
-    if (staged) {
+    BENCH_TRY(ops->buffer_alloc(b.backend, MT_ACCUM_COUNT * sizeof(double), (void **)&b.accum));
+    if (b.staged) {
         const mt_input_batch first = {.n = batch,
                                       .height = size,
                                       .width = size,
-                                      .pixels = u8[0],
-                                      .labels = labels[0],
-                                      .flips = flips[0]};
-        BENCH_TRY(ops->input_upload(backend, 0, &first));
+                                      .pixels = b.u8[0],
+                                      .labels = b.labels[0],
+                                      .flips = b.flips[0]};
+        BENCH_TRY(ops->input_upload(b.backend, 0, &first));
     }
 
-    for (int s = 0; s < warmup + steps; s++) {
-        double start = mt_clock_monotonic();
-        mt_step_result result = {0};
-        mt_model_input input = {.images = images, .labels = labels[0], .n = batch};
-        if (staged) input = (mt_model_input){.staged = true, .slot = s % 2, .n = batch};
-        BENCH_TRY(mt_model_set_step(model, (uint64_t)s, (uint64_t)s));
-        BENCH_TRY(mt_model_forward_accumulate(model, &input, accum, &result));
-        BENCH_TRY(mt_model_backward(model));
-        if (staged) {
-            /* the next batch goes up while this step computes (the trainer's overlap), from the
-             * buffer whose last copy (a step ago) the host waits for first */
-            const int next = (s + 1) % 2;
-            BENCH_TRY(ops->input_wait(backend, next));
-            const mt_input_batch up = {.n = batch,
-                                       .height = size,
-                                       .width = size,
-                                       .pixels = u8[next],
-                                       .labels = labels[next],
-                                       .flips = flips[next]};
-            BENCH_TRY(ops->input_upload(backend, next, &up));
-        }
-        BENCH_TRY(ops->synchronize(backend));
-        if (s >= warmup) times[s - warmup] = mt_clock_monotonic() - start;
+    const size_t trainable = mt_model_get_layout(b.model)->trainable_count;
+    double median = 0.0;
+    bool replayed = false;
+    if (feature_cache) {
+        const int channels = mt_model_get_layout(b.model)->feature_channels;
+        float *pooled = malloc((size_t)batch * channels * sizeof(float));
+        if (!pooled) return 1;
+        BENCH_TRY(time_features(&b, pooled, &median));
+        print_result(&b, "frozen_features", backend_name, threads, false, 0, median);
+        BENCH_TRY(time_steps(&b, graphs_wanted, pooled, &median, &replayed));
+        print_result(&b, "frozen_cached", backend_name, threads, replayed, trainable, median);
+        free(pooled);
+    } else {
+        BENCH_TRY(time_steps(&b, graphs_wanted, NULL, &median, &replayed));
+        print_result(&b, mode_name, backend_name, threads, replayed, trainable, median);
     }
-    qsort(times, (size_t)steps, sizeof *times, compare_double);
-    double median = steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
-    struct rusage usage_info;
-    getrusage(RUSAGE_SELF, &usage_info);
-    const mt_model_layout *layout = mt_model_get_layout(model);
-    printf("RESULT mode=%s backend=%s precision=%s batch=%d size=%d threads=%d trainable=%zu "
-           "median_s=%.4f images_per_s=%.2f peak_rss_mb=%.1f\n",
-           mode_name, backend_name, mt_compute_precision_name(precision), batch, size, threads, layout->trainable_count, median,
-           batch / median, usage_info.ru_maxrss / 1024.0);
-    ops->buffer_free(backend, accum);
-    for (int b = 0; b < 2; b++) {
-        ops->host_free(backend, u8[b]);
-        ops->host_free(backend, labels[b]);
-        ops->host_free(backend, flips[b]);
+    ops->buffer_free(b.backend, b.accum);
+    for (int i = 0; i < 2; i++) {
+        ops->host_free(b.backend, b.u8[i]);
+        ops->host_free(b.backend, b.labels[i]);
+        ops->host_free(b.backend, b.flips[i]);
     }
-    mt_model_destroy(model);
-    mt_backend_destroy(backend);
-    free(images);
-    free(times);
+    mt_model_destroy(b.model);
+    mt_backend_destroy(b.backend);
+    free(b.images);
+    free(b.times);
     return 0;
 }

@@ -489,6 +489,13 @@ typedef struct mt_ops {
      *                 anew (docs/gpu.md, "Choices, determinism and resume"). */
     mt_status (*choices_save)(mt_backend *backend, char **text);
     mt_status (*choices_load)(mt_backend *backend, const char *text);
+
+    /* ---- optional: device memory use (NULL on backends whose memory is the host's) ----
+     * *bytes = the most device memory the backend held for its buffers, tensors and scratch at
+     * once since it started (cuda: the pool's peak of blocks in use, graphs' kept blocks
+     * included, plus cuBLAS' fixed workspace; what the CUDA context and the libraries' own code
+     * take is not counted). For benchmarks and logs: it waits for nothing. */
+    mt_status (*device_memory_peak)(mt_backend *backend, size_t *bytes);
 } mt_ops;
 
 struct mt_backend {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bench/gpu/bench_gpu.sh's flow without a GPU: a stand-in bench_train_step (fp32 works, every
-# --precision is refused as an older binary does) and a stand-in PyTorch (RESULT lines for the
-# cases it is given). Checks the ranking (finetune bf16 32 first), that a refused precision is
-# noted once and not tried again, that PyTorch runs the same cases, and the ratio table.
+# --precision is refused as an older binary does; --feature-cache 1 gives its two lines) and a
+# stand-in PyTorch (RESULT lines for the cases it is given). Checks the ranking (finetune bf16 32
+# first), that a refused precision is noted once and not tried again, that PyTorch runs the same
+# cases, the feature-cache case's two results on both sides, torch.compile for the top case and
+# finetune bf16 256, and the ratio table with both memory peaks and the graphs flag.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 bench=$here/../../bench/gpu/bench_gpu.sh
@@ -12,15 +14,19 @@ fail() { echo "FAIL: $*"; cat "$dir/out/bench_results.txt" 2> /dev/null; exit 1;
 cat > "$dir/bench_train_step" << 'EOS'
 #!/usr/bin/env bash
 echo "$*" >> "${0%/*}/calls.txt"
-mode=? batch=?
+mode=? batch=? cache=0
 while (($#)); do
     case $1 in
     --precision) echo "bench_train_step: unknown option --precision"; echo "usage: ..."; exit 2 ;;
-    --mode) mode=$2 ;; --batch) batch=$2 ;;
+    --mode) mode=$2 ;; --batch) batch=$2 ;; --feature-cache) cache=$2 ;;
     esac
     shift
 done
-echo "RESULT mode=$mode backend=cuda batch=$batch size=160 threads=0 median_s=0.01 images_per_s=$((batch * 100)) peak_rss_mb=1"
+modes=$mode
+((cache)) && modes="frozen_features frozen_cached"
+for m in $modes; do
+    echo "RESULT mode=$m backend=cuda batch=$batch size=160 threads=0 graphs=1 median_s=0.01 images_per_s=$((batch * 100)) peak_rss_mb=1 gpu_peak_mb=7"
+done
 EOS
 cat > "$dir/python" << 'EOS'
 #!/usr/bin/env bash
@@ -28,16 +34,21 @@ if [[ $2 == run ]]; then
     cases=$4
     echo "torch run $*" >> "${0%/*}/calls.txt"
     IFS=, read -r -a list <<< "$cases"
+    [[ $* == *--compiled-only* ]] && suffix=_compile || suffix=
     for c in "${list[@]}"; do
         IFS=: read -r m p b <<< "$c"
-        echo "RESULT framework=torch variant=$p mode=$m batch=$b size=160 trainable=1 median_s=0.01 images_per_s=$((b * 200)) gpu_peak_mb=1 device=NVIDIA_H200"
+        modes=$m
+        [[ $m == frozen_cache ]] && modes="frozen_features frozen_cached"
+        for mm in $modes; do
+            echo "RESULT framework=torch variant=$p$suffix mode=$mm batch=$b size=160 trainable=1 median_s=0.01 images_per_s=$((b * 200)) gpu_peak_mb=1 device=NVIDIA_H200"
+        done
     done
     exit 0
 fi
 exec python3 "$@"
 EOS
 chmod +x "$dir/bench_train_step" "$dir/python"
-MT_TORCH_PYTHON=$dir/python MT_BENCH_DEADLINE_S=60 bash "$bench" "$dir/bench_train_step" "$dir/out" \
+MT_TORCH_PYTHON=$dir/python MT_BENCH_DEADLINE_S=120 bash "$bench" "$dir/bench_train_step" "$dir/out" \
     > "$dir/log" 2>&1 || fail "bench_gpu.sh rc $?: $(tail -3 "$dir/log")"
 r=$dir/out/bench_results.txt
 head -1 "$dir/calls.txt" | grep -q -- '--mode finetune --batch 32' || fail "the first case is not finetune batch 32"
@@ -45,5 +56,13 @@ head -1 "$dir/calls.txt" | grep -q -- '--mode finetune --batch 32' || fail "the 
 [[ $(grep -c -- '--precision bf16' "$dir/calls.txt") == 1 ]] || fail "a refused precision was tried again"
 grep -q '^RESULT framework=mobiletune variant=fp32 mode=scratch .*batch=128' "$r" || fail "no fp32 scratch 128"
 grep -q '^RESULT framework=torch variant=bf16 mode=finetune batch=32' "$r" || fail "torch did not run the top case"
-grep -qE '^finetune fp32 +32 +3200 +6400 +0.50' "$dir/out/bench_table.txt" || fail "ratio table: $(cat "$dir/out/bench_table.txt")"
+t=$dir/out/bench_table.txt
+grep -qE '^finetune +fp32 +32 +3200 +6400 +0.50 +- +- +1 +7 +1 ' "$t" || fail "ratio table: $(cat "$t")"
+grep -q -- '--mode frozen .*--feature-cache 1' "$dir/calls.txt" || fail "frozen_cache did not ask for the feature cache"
+for m in frozen_features frozen_cached; do
+    grep -qE "^$m +fp32 +128 +12800 +25600 +0.50" "$t" || fail "no $m fp32 128 row: $(cat "$t")"
+done
+grep -q -- 'run --cases finetune:bf16:32,finetune:bf16:256 --compiled-only' "$dir/calls.txt" ||
+    fail "torch.compile did not get the top case and finetune bf16 256: $(grep compiled "$dir/calls.txt")"
+grep -qE '^finetune +bf16 +256 +- +51200 +- +51200 ' "$t" || fail "compiled figure missing at 256: $(cat "$t")"
 echo PASSED

@@ -529,8 +529,9 @@ grep -m1 -iE 'rank|comm|nccl|all-reduce' "$logs/mpi_share2.log" > /dev/null &&
 # ---- profile: MT_CUDA_PROFILE=1 (the window is the step after the 4th loss: warm-up 3) -------
 t0=$SECONDS
 if ((gpu)); then
+    # eager: the profile's events cannot be captured (the backend refuses graphs while profiling)
     MT_CUDA_PROFILE=1 run_logged profile "$(cap profile)" profile "$bin/bench_train_step" \
-        --backend cuda --mode finetune --batch 32 --size 160 --warmup 3 --steps 3
+        --backend cuda --mode finetune --batch 32 --size 160 --warmup 3 --steps 3 --graphs 0
     rc=$?
     cp "$logs/profile.log" "$out/profile.txt"
     if ((rc != 0)); then set_status profile FAIL "rc $rc: $(first_error "$logs/profile.log")"

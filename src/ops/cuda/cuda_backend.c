@@ -327,6 +327,15 @@ static mt_status cuda_synchronize(mt_backend *backend) {
     return MT_OK;
 }
 
+
+/* The pool's peak (cuda_pool.c: blocks in use plus those kept for graphs) and cuBLAS' workspace,
+ * allocated once at the start. */
+static mt_status device_memory_peak_op(mt_backend *backend, size_t *bytes) {
+    const cuda_backend *cu = cuda_of(backend);
+    *bytes = cu->pool.peak + (cu->cublas_workspace ? CUDA_CUBLAS_WORKSPACE_BYTES : 0);
+    return MT_OK;
+}
+
 const mt_ops mt_ops_cuda = {
     .name = "cuda",
     .device_memory = true,
@@ -383,6 +392,7 @@ const mt_ops mt_ops_cuda = {
     .step_graph_free = mt_cuda_step_graph_free,
     .choices_save = mt_cuda_choices_save,
     .choices_load = mt_cuda_choices_load,
+    .device_memory_peak = device_memory_peak_op,
 };
 
 /* ---- for the NCCL path in src/comm (cuda_export.h) ---------------------------------------- */
