@@ -89,8 +89,8 @@ for t in data.get("tests", []):
     # emulated: the cuda backend on CPU stand-ins; the kernel emulation, the golden tool, the
     # plain-C bookkeeping tests, gpu_model on the cpu backend) are CI's, not worth GPU time
     name = t["name"]
-    cpu_tests = ("gpu_kernels_emulated", "gpu_golden_tool", "gpu_conv_plan", "gpu_profile",
-                 "gpu_model_cpu", "gpu_bench_script")
+    cpu_tests = ("gpu_kernels_emulated", "gpu_kernels_emulated_reverse", "gpu_golden_tool",
+                 "gpu_conv_plan", "gpu_profile", "gpu_model_cpu", "gpu_bench_script")
     if not ("gpu" in labels or "cuda" in name or "gpu" in name) or not cmd or \
             "emulated" in labels or name in cpu_tests:
         continue
