@@ -389,23 +389,6 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(
     return status != CUDNN_STATUS_SUCCESS ? status : find(p, requested, returned, perf);
 }
 
-cudnnStatus_t cudnnGetConvolutionForwardAlgorithmMaxCount(cudnnHandle_t handle, int *count) {
-    (void)handle;
-    *count = EMULATED_ALGOS;
-    return CUDNN_STATUS_SUCCESS;
-}
-cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithmMaxCount(cudnnHandle_t handle, int *count) {
-    (void)handle;
-    *count = EMULATED_ALGOS;
-    return CUDNN_STATUS_SUCCESS;
-}
-cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(cudnnHandle_t handle,
-                                                                 int *count) {
-    (void)handle;
-    *count = EMULATED_ALGOS;
-    return CUDNN_STATUS_SUCCESS;
-}
-
 cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t handle,
                                                      cudnnTensorDescriptor_t x,
                                                      cudnnFilterDescriptor_t w,
