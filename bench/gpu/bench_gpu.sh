@@ -53,13 +53,18 @@ ours() { # MODE PRECISION BATCH
     env "${envs[@]}" timeout 60 "$bin" --backend cuda --mode "$mode" --batch "$batch" --size 160 \
         --fine-tune-at 100 --steps 10 --warmup 3 "${flags[@]}" > "$log" 2>&1
     rc=$?
-    if ((rc == 0)) && grep -q '^RESULT' "$log"; then
-        grep '^RESULT' "$log" | sed "s/^RESULT /RESULT framework=mobiletune variant=$precision /" \
-            >> "$results"
-    elif [[ $precision != fp32 ]] && grep -qiE 'usage|unknown|precision|not supported' "$log"; then
+    # every measurement it printed counts, also when a later one of the case failed (frozen_cache
+    # prints building the cache before the head steps run)
+    grep '^RESULT' "$log" | sed "s/^RESULT /RESULT framework=mobiletune variant=$precision /" \
+        >> "$results"
+    # a refusal of the precision: the binary's usage line (an older one without --precision) or
+    # the backend's "not supported" (never a RESULT line, which names the precision too)
+    local refusal
+    refusal=$(grep -v '^RESULT' "$log" | grep -m1 -iE '^usage:|unknown option|not supported')
+    if ((rc != 0)) && [[ $precision != fp32 && -n $refusal ]]; then
         refused[$precision]=1
-        echo "NOTE mobiletune refuses $precision: $(grep -m1 -iE 'usage|unknown|precision|not supported' "$log" | cut -c1-160)" >> "$results"
-    else
+        echo "NOTE mobiletune refuses $precision: $(cut -c1-160 <<< "$refusal")" >> "$results"
+    elif ((rc != 0)) || ! grep -q '^RESULT' "$log"; then
         echo "NOTE mobiletune $mode $precision batch $batch failed (rc $rc): $(tail -1 "$log" | cut -c1-200)" >> "$results"
     fi
     cat "$log" >> "$out/bench_mobiletune.log"

@@ -17,16 +17,20 @@
  * does what train.cuda_graphs does on a backend that can capture a step (ops.h
  * step_capture_begin: cuda): the first step runs eager (the per-shape choices and cuDNN's
  * search), the second is captured and every step from then on is one replay of it; the
- * per-step values and the input's conversion stay outside, as in the trainer. Elsewhere, and
- * with --graphs 0, every step runs eager. Prints one machine-readable line:
+ * per-step values and the input's conversion stay outside, as in the trainer; a replay the
+ * backend refuses runs that step eager and the next is captured again, as in the trainer. With
+ * --warmup below 2 the timed steps include the eager one (and the RESULT says graphs=0).
+ * Elsewhere, and with --graphs 0, every step runs eager. Prints one machine-readable line:
  *   RESULT mode=<m> backend=<b> precision=<p> batch=<n> size=<s> threads=<t> graphs=<0|1>
  *          trainable=<k> median_s=<x> images_per_s=<y> peak_rss_mb=<z> [gpu_peak_mb=<g>]
  * (graphs: whether the timed steps were replays; gpu_peak_mb: ops.h device_memory_peak, on a
- * backend with device memory). --feature-cache 1 (frozen mode) measures what the trainer does
- * with cache_features instead: building the cache (the backbone's inference forward to
- * pooled features, host images in and features out: mode=frozen_features, trainable=0) and a
- * training step of the head on cached features (mode=frozen_cached), two RESULT lines. Never run by ctest as a timing; ctest bench_train_step_emulated
- * runs it on the emulated cuda backend to check that the graph path captures once and replays. */
+ * backend with device memory, the process' peak so far). --feature-cache 1 (frozen mode)
+ * measures what the trainer does with cache_features instead: building the cache (the
+ * backbone's inference forward to pooled features, host images in and features out:
+ * mode=frozen_features, trainable=0) and a training step of the head on cached features
+ * uploaded from the host (mode=frozen_cached), two RESULT lines. Never run by ctest as a
+ * timing; ctest bench_train_step_emulated runs it on the emulated cuda backend to check that
+ * the graph path captures once and replays. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,9 +137,21 @@ static mt_status time_steps(bench *b, bool graphs_wanted, const float *features,
             graph = capture_step(b->model, b->backend, &prepared, b->accum);
             capture_failed = !graph;
         }
+        bool replayed_now = false;
         if (status == MT_OK && graph) {
             status = ops->step_replay(b->backend, graph);
-        } else if (status == MT_OK) {
+            replayed_now = status == MT_OK;
+            if (status == MT_ERR_INVALID) {
+                /* refused (device memory given back to the driver, a kept weight copy gone):
+                 * as the trainer does, this step eager, the next one captured again */
+                fprintf(stderr, "bench_train_step: the backend refused a replay (%s): this step "
+                        "runs eager, the next is captured again\n", mt_last_error());
+                ops->step_graph_free(b->backend, graph);
+                graph = NULL;
+                status = MT_OK;
+            }
+        }
+        if (status == MT_OK && !replayed_now) {
             mt_step_result result = {0};
             status = mt_model_forward_accumulate(b->model, &prepared, b->accum, &result);
             if (status == MT_OK) status = mt_model_backward(b->model);
@@ -158,7 +174,7 @@ static mt_status time_steps(bench *b, bool graphs_wanted, const float *features,
         if (s >= b->warmup) b->times[s - b->warmup] = mt_clock_monotonic() - start;
     }
     if (graph) ops->step_graph_free(b->backend, graph);
-    *median = median_of(b->times, b->steps);
+    if (status == MT_OK) *median = median_of(b->times, b->steps);
     return status;
 }
 

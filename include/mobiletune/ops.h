@@ -492,9 +492,10 @@ typedef struct mt_ops {
 
     /* ---- optional: device memory use (NULL on backends whose memory is the host's) ----
      * *bytes = the most device memory the backend held for its buffers, tensors and scratch at
-     * once since it started (cuda: the pool's peak of blocks in use, graphs' kept blocks
-     * included, plus cuBLAS' fixed workspace; what the CUDA context and the libraries' own code
-     * take is not counted). For benchmarks and logs: it waits for nothing. */
+     * once since it started, or an upper bound of it (cuda: the pool's peak of blocks in use,
+     * graphs' kept blocks included, plus the grow-only scratch areas and input slots at their
+     * largest and cuBLAS' workspace; what the CUDA context and the libraries' own code take is
+     * not counted). For benchmarks and logs: it waits for nothing. */
     mt_status (*device_memory_peak)(mt_backend *backend, size_t *bytes);
 } mt_ops;
 

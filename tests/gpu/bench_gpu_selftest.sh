@@ -25,7 +25,10 @@ done
 modes=$mode
 ((cache)) && modes="frozen_features frozen_cached"
 for m in $modes; do
-    echo "RESULT mode=$m backend=cuda batch=$batch size=160 threads=0 graphs=1 median_s=0.01 images_per_s=$((batch * 100)) peak_rss_mb=1 gpu_peak_mb=7"
+    if [[ $m == frozen_cached && -n ${STANDIN_HEAD_FAILS:-} ]]; then
+        echo "bench_train_step: time_steps(...) failed: MT_ERR_BACKEND: stand-in failure"; exit 1
+    fi
+    echo "RESULT mode=$m backend=cuda precision=fp32 batch=$batch size=160 threads=0 graphs=1 median_s=0.01 images_per_s=$((batch * 100)) peak_rss_mb=1 gpu_peak_mb=7"
 done
 EOS
 cat > "$dir/python" << 'EOS'
@@ -65,4 +68,17 @@ done
 grep -q -- 'run --cases finetune:bf16:32,finetune:bf16:256 --compiled-only' "$dir/calls.txt" ||
     fail "torch.compile did not get the top case and finetune bf16 256: $(grep compiled "$dir/calls.txt")"
 grep -qE '^finetune +bf16 +256 +- +51200 +- +51200 ' "$t" || fail "compiled figure missing at 256: $(cat "$t")"
+
+# a case that fails after printing a result (frozen_cache: the head steps fail after the cache was
+# measured) keeps that result, is noted as failed, and does not count as refusing its precision
+rm -rf "$dir/out" "$dir/calls.txt"
+STANDIN_HEAD_FAILS=1 MT_BENCH_CASES=frozen_cache:tf32:64,finetune:tf32:64 MT_TORCH_PYTHON=$dir/python \
+    MT_BENCH_DEADLINE_S=30 bash "$bench" "$dir/bench_train_step" "$dir/out" > "$dir/log" 2>&1 ||
+    fail "bench_gpu.sh with a failing head step: rc $?: $(tail -3 "$dir/log")"
+grep -q '^RESULT framework=mobiletune variant=tf32 mode=frozen_features ' "$r" ||
+    fail "the cache's result was dropped when the head steps failed"
+grep -q '^NOTE mobiletune frozen tf32 batch 64 failed (rc 1)' "$r" || fail "the failure was not noted"
+! grep -q 'refuses' "$r" || fail "a failed case counted as refusing its precision"
+grep -q '^RESULT framework=mobiletune variant=tf32 mode=finetune .*batch=64' "$r" ||
+    fail "the next tf32 case did not run"
 echo PASSED

@@ -9,7 +9,7 @@
 # brings the binaries built here (sm_90) with their libraries and Open MPI, a slice of the photos,
 # the ImageNet weights and the golden training step. Nothing is compiled there.
 #
-# At most MT_GPU_BUDGET_S (360) seconds; every step runs under `timeout` with its own budget (the
+# At most MT_GPU_BUDGET_S (375) seconds; every step runs under `timeout` with its own budget (the
 # table is printed first and adds up to the total), and never eats into the budgets of the steps
 # after it. Steps:
 #   probe       nvidia-smi, the machine, CUDA/cuDNN/NCCL found, every binary's libraries resolve
@@ -22,6 +22,8 @@
 #   graphs      finetune, 2 epochs of 5 steps, with train.cuda_graphs = true (the default: the
 #               step captured once and replayed) and false (eager), same seed: the epochs' losses
 #               and accuracies must agree (the step says within what)
+#   resume      train_finetune's run resumed for one more short epoch: every convolution choice
+#               its checkpoint recorded loads on the real cuDNN (none dropped), so it is bit-exact
 #   mpi_nccl1   1 rank under mpirun with train.comm=nccl
 #   mpi_share2  2 ranks sharing the GPU under mpirun (train.comm left to auto: MPI)
 #   profile     MT_CUDA_PROFILE=1 of one step, where the binary supports it (optional)
@@ -43,7 +45,7 @@ out=${OUT:-$root/gpu-out}
 bundle=${MT_GPU_BUNDLE:-$root/.gpu-bundle}
 expected=${MT_GPU_EXPECTED:-1}
 scale=${MT_GPU_BUDGET_SCALE:-1}
-total=$((${MT_GPU_BUDGET_S:-360} * scale))
+total=$((${MT_GPU_BUDGET_S:-375} * scale))
 slow=${MT_GPU_SIMULATE_SLOW:-}
 start=$SECONDS
 mkdir -p "$out"
@@ -55,10 +57,10 @@ summary=$out/summary.txt
 
 # ---- the steps, in order, and their budgets (seconds; they add up to at most the total) ------
 steps=(probe cuda_start ops_tests golden train_frozen train_finetune train_scratch graphs
-    mpi_nccl1 mpi_share2 profile bench verdict)
+    resume mpi_nccl1 mpi_share2 profile bench verdict)
 declare -A budget=([probe]=20 [cuda_start]=15 [ops_tests]=45 [golden]=40 [train_frozen]=35
-    [train_finetune]=35 [train_scratch]=35 [graphs]=30 [mpi_nccl1]=25 [mpi_share2]=40 [profile]=15
-    [bench]=15 [verdict]=10)
+    [train_finetune]=35 [train_scratch]=35 [graphs]=30 [resume]=15 [mpi_nccl1]=25 [mpi_share2]=40
+    [profile]=15 [bench]=15 [verdict]=10)
 declare -A optional=([profile]=1 [bench]=1)
 declare -A status=() detail=() took=()
 sum=0
@@ -498,6 +500,31 @@ EOF
     else set_status graphs FAIL "${result#bad }"; fi
 fi
 grep -m1 'train.cuda_graphs' "$logs/graphs_on.log" >> "$summary" 2> /dev/null
+
+# ---- resume: the per-shape choices of a checkpoint load on the real cuDNN ------------------
+# train_finetune's checkpoint holds the implementation and cuDNN algorithm each (shape, pass)
+# ran (docs/gpu.md, "Choices"); resuming it must load every one: a drop (an algorithm cuDNN's
+# heuristics do not list as runnable and deterministic here, say) would end bit-exact resume.
+t0=$SECONDS
+if ((gpu)); then
+    mapfile -t args < <(train_args finetune train_finetune)
+    run_logged resume "$(cap resume)" resume env MT_CUDA_DEBUG=1 "$bin/mobiletune" train \
+        "${args[@]}" --set train.epochs=3 --set train.steps_per_epoch=2 --resume auto
+    rc=$?
+    loaded=$(grep -m1 -oE 'loaded [0-9]+ recorded convolution choices of [0-9]+' "$logs/resume.log")
+    read -r _ got _ _ _ _ of <<< "$loaded"
+    dropped=$(grep -m1 "timing that shape anew" "$logs/resume.log")
+    if ((rc != 0)); then set_status resume FAIL "rc $rc: $(first_error "$logs/resume.log")"
+    elif [[ $backend != cuda ]]; then
+        set_status resume PASS "resumed on the $backend backend, which records no choices"
+    elif [[ -z $loaded || ${got:-0} == 0 || $got != "$of" ]]; then
+        set_status resume FAIL "expected every recorded choice loaded, got '${loaded:-nothing}'"
+    elif [[ -n $dropped ]]; then set_status resume FAIL "${dropped:0:200}"
+    else set_status resume PASS "$loaded"; fi
+else
+    nogpu resume
+fi
+took[resume]="$((SECONDS - t0))s"
 
 # ---- MPI: 1 rank over NCCL, 2 ranks sharing the GPU -----------------------------------------
 mpirun_cmd=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x OPAL_PREFIX

@@ -160,22 +160,24 @@ static void same_metrics(const char *what, const char *a_dir, const char *b_dir)
 
 /* The device work of each eager run by its name, for every graph run compared with it later. */
 enum { MAX_EAGER_RUNS = 8 };
-static struct {
+typedef struct eager_run {
     const char *name;
     unsigned long long work;
-} eager_runs[MAX_EAGER_RUNS];
+    bool made;
+} eager_run;
+static eager_run eager_runs[MAX_EAGER_RUNS];
 static int eager_run_count;
 
-static unsigned long long *eager_work_of(const char *eager_name) {
+static eager_run *eager_run_of(const char *eager_name) {
     for (int i = 0; i < eager_run_count; i++)
-        if (strcmp(eager_runs[i].name, eager_name) == 0) return &eager_runs[i].work;
+        if (strcmp(eager_runs[i].name, eager_name) == 0) return &eager_runs[i];
     if (eager_run_count == MAX_EAGER_RUNS) {
         fprintf(stderr, "test_trainer_graphs: more than %d eager runs: raise MAX_EAGER_RUNS\n",
                 MAX_EAGER_RUNS);
         exit(2);
     }
     eager_runs[eager_run_count].name = eager_name;
-    return &eager_runs[eager_run_count++].work;
+    return &eager_runs[eager_run_count++];
 }
 
 /* Graph training of `name` against eager training of `eager_name` (run here when it is `name`;
@@ -190,10 +192,17 @@ static void compare_runs(const char *root, const char *name, const char *eager_n
     snprintf(eager, sizeof eager, "%s/%s-eager", root, eager_name);
     snprintf(graphs, sizeof graphs, "%s/%s-graphs", root, name);
     step_recorder_stats off, on;
-    unsigned long long *eager_work = eager_work_of(eager_name), work = 0;
+    eager_run *run = eager_run_of(eager_name);
+    unsigned long long work = 0;
     if (strcmp(name, eager_name) == 0) {
-        train(data, eager, extra, false, &off, eager_work);
+        train(data, eager, extra, false, &off, &run->work);
+        run->made = true;
         CHECK_MSG(off.captures == 0 && off.replays == 0, "%s: graphs off still captured", name);
+    }
+    if (!run->made) {
+        CHECK_MSG(false, "%s: compared with the eager run %s, which was not made yet", name,
+                  eager_name);
+        return;
     }
     step_recorder_refuse_begins(refused);
     if (refused && real_backend) setenv("MT_CUDA_PROFILE", "1", 1); /* cuda refuses then */
@@ -218,8 +227,8 @@ static void compare_runs(const char *root, const char *name, const char *eager_n
          * copies (those of frozen kernels, which no step writes, were made once, before the
          * capture), none fewer; the rest of the run (input, checkpoints) is the same work */
         if (same_work && real_backend)
-            CHECK_MSG(work == *eager_work, "%s: %llu pieces of device work with graphs, %llu "
-                      "eager (%s)", name, work, *eager_work, eager_name);
+            CHECK_MSG(work == run->work, "%s: %llu pieces of device work with graphs, %llu "
+                      "eager (%s)", name, work, run->work, eager_name);
     }
     char a[800], b[800];
     snprintf(a, sizeof a, "%s/last.safetensors", eager);

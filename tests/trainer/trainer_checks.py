@@ -1153,8 +1153,8 @@ def case_resume_choices(data, tmp):
     if not text.startswith("mobiletune-cuda-choices 1") or " cudnn algo 0 " not in text:
         fail(f"the checkpoint does not hold the cuda choices:\n{text}")
     copies = {}
-    for name in ("ignored", "old", "missing", "nondeterministic", "workspace", "broken",
-                 "other_precision"):
+    for name in ("ignored", "old", "missing", "nondeterministic", "workspace", "big_workspace",
+                 "broken", "other_precision"):
         shutil.copytree(halves, os.path.join(tmp, name))
         copies[name] = write_config(os.path.join(tmp, name), data, **small)  # its own run_dir
 
@@ -1196,8 +1196,11 @@ def case_resume_choices(data, tmp):
 
     # choices timing would never make here, as in a checkpoint from another cuDNN or edited by
     # hand: an algorithm cuDNN lists as not deterministic (the emulation's 2), one whose workspace
-    # (the emulation's algorithm 1 stages 1 MiB) exceeds MT_CUDA_WORKSPACE_MB; each dropped with
-    # a line saying why, and the run goes on
+    # (the emulation's algorithm 1 stages 1 MiB) exceeds MT_CUDA_WORKSPACE_MB, one whose recorded
+    # workspace does (the default 512 MiB); each dropped with a line saying why, and the run goes
+    # on. (The emulated heuristics list each algorithm after an unrunnable entry and under another
+    # math type than Find's: the resumed run above loading every choice shows those are read
+    # right.)
     recorded = re.search(r" cudnn algo 0 math (\d+) workspace 0\n", text)
     if not recorded:
         fail(f"no cuDNN algorithm 0 choice to edit in the recorded choices:\n{text}")
@@ -1205,6 +1208,9 @@ def case_resume_choices(data, tmp):
               "algo 2, math {}) is not deterministic here"),
              ("workspace", " cudnn algo 1 math {} workspace 1048576\n", {"MT_CUDA_WORKSPACE_MB": "0"},
               "algo 1, math {}) needs 1048576 bytes of workspace, over the 0 that "
+              "MT_CUDA_WORKSPACE_MB allows"),
+             ("big_workspace", " cudnn algo 0 math {} workspace 999999999\n", {},
+              "algo 0, math {}) needs 999999999 bytes of workspace, over the 536870912 that "
               "MT_CUDA_WORKSPACE_MB allows"))
     for name, edit, env, words in cases:
         math = recorded.group(1)

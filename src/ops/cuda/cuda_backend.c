@@ -215,7 +215,7 @@ static mt_status cuda_init(mt_backend *backend, const mt_backend_options *option
     cu->depthwise_mode = depthwise_mode;
     cu->pointwise_mode = pointwise_mode;
     cu->workspace_limit = workspace_mb << 20;
-    cu->ignore_choices = choices && *choices;
+    cu->ignore_choices = choices && strcmp(choices, "ignore") == 0;
     backend->impl = cu;
     mt_status status = cuda_setup(cu);
     /* bf16 / fp16: 16-bit tensors (cuda_precision.c), the same backend otherwise */
@@ -328,11 +328,18 @@ static mt_status cuda_synchronize(mt_backend *backend) {
 }
 
 
-/* The pool's peak (cuda_pool.c: blocks in use plus those kept for graphs) and cuBLAS' workspace,
- * allocated once at the start. */
+/* The pool's peak (cuda_pool.c: blocks in use plus those kept for graphs), plus what lives
+ * outside the pool: the grow-only scratch areas (cuDNN's workspace, the KRSC filter gradient,
+ * the reductions' partials) and input staging slots at their present, largest, size, and
+ * cuBLAS' workspace. An upper bound: the scratch areas count as if at their largest when the pool
+ * peaked. */
 static mt_status device_memory_peak_op(mt_backend *backend, size_t *bytes) {
     const cuda_backend *cu = cuda_of(backend);
-    *bytes = cu->pool.peak + (cu->cublas_workspace ? CUDA_CUBLAS_WORKSPACE_BYTES : 0);
+    size_t outside = cu->workspace.bytes + cu->filter.bytes + cu->partials.bytes;
+    for (size_t i = 0; i < sizeof cu->input / sizeof cu->input[0]; i++)
+        outside += cu->input[i].bytes;
+    if (cu->cublas_workspace) outside += CUDA_CUBLAS_WORKSPACE_BYTES;
+    *bytes = cu->pool.peak + outside;
     return MT_OK;
 }
 

@@ -23,9 +23,9 @@
  * cuDNN's heuristic list): one this cuDNN cannot run (another GPU or version), one it lists as not
  * deterministic, or one over MT_CUDA_WORKSPACE_MB is dropped with a line on stderr and its shape
  * is timed anew (the run goes on, no longer bit-exact); one that still fails when it runs is an
- * error saying it came from
- * the checkpoint and that MT_CUDA_CHOICES=ignore (which skips loading) gets past it. A forced
- * implementation (MT_CUDA_DEPTHWISE / _POINTWISE) wins over a recorded one.
+ * error saying it came from the checkpoint and that MT_CUDA_CHOICES=ignore (which skips loading)
+ * gets past it. A forced implementation (MT_CUDA_DEPTHWISE / _POINTWISE) wins over a recorded
+ * one.
  *
  * Weights. cuDNN reads its NHWC filter (KRSC) and, in bf16/fp16, a 16-bit copy; both are made
  * once per update and kept per weight pointer (cuda_weights.c, cuda_weight_cache.h: dropped when
@@ -265,72 +265,108 @@ static bool math_allowed(const cuda_backend *cu, int type, cudnnMathType_t math)
     return type == TYPE_F32 || math_ok(cu, type, math);
 }
 
-/* Pick the first (fastest) result that succeeded, is deterministic, fits the workspace limit and
- * has the wanted math; failing the last, the fastest such with an allowed one. A
- * non-deterministic algorithm (atomics: another summation order at every call) is never taken:
- * with none left, the pass fails, and the caller falls back as for a shape cuDNN cannot run. */
-#define PICK_ALGO(perf, returned)                                                                  \
-    do {                                                                                           \
-        int pick_ = -1;                                                                            \
-        for (int i_ = 0; i_ < (returned) && pick_ < 0; i_++)                                       \
-            if ((perf)[i_].status == CUDNN_STATUS_SUCCESS &&                                       \
-                (perf)[i_].determinism == CUDNN_DETERMINISTIC &&                                   \
-                (perf)[i_].memory <= cu->workspace_limit &&                                        \
-                math_ok(cu, type, (perf)[i_].mathType))                                            \
-                pick_ = i_;                                                                        \
-        for (int i_ = 0; i_ < (returned) && pick_ < 0; i_++)                                       \
-            if ((perf)[i_].status == CUDNN_STATUS_SUCCESS &&                                       \
-                (perf)[i_].determinism == CUDNN_DETERMINISTIC &&                                   \
-                (perf)[i_].memory <= cu->workspace_limit &&                                        \
-                math_allowed(cu, type, (perf)[i_].mathType))                                       \
-                pick_ = i_;                                                                        \
-        if (pick_ < 0)                                                                             \
-            return MT_FAIL(MT_ERR_BACKEND,                                                         \
-                           "cuda conv %s: cuDNN has no deterministic algorithm for N%d %dx%dx%d "  \
-                           "-> %dx%dx%d k%d s%d%s within a %zu-byte workspace "                    \
-                           "(MT_CUDA_WORKSPACE_MB)",                                               \
-                           pass_names[pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout,      \
-                           g->k, g->stride, type == TYPE_16 ? " on 16-bit data" : "",             \
-                           cu->workspace_limit);                                                   \
-        e->algo[pass] = (int)(perf)[pick_].algo;                                                   \
-        e->workspace[pass] = (perf)[pick_].memory;                                                 \
-        e->math[pass] = (perf)[pick_].mathType;                                                    \
-        cuda_debug(cu,                                                                             \
-                   "conv %s N%d %dx%dx%d -> %dx%dx%d k%d s%d%s%s: cuDNN algo %d, %.3f ms, "        \
-                   "workspace %zu, math %d",                                                       \
-                   pass_names[pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout, g->k,        \
-                   g->stride, e->key.depthwise ? " depthwise" : "",                                \
-                   type == TYPE_16 ? " 16-bit" : "", (int)(perf)[pick_].algo,                      \
-                   (double)(perf)[pick_].time, (perf)[pick_].memory, (int)(perf)[pick_].mathType); \
-    } while (0)
+/* One algorithm as cuDNN reports it, from Find (timed) or its heuristics (untimed): the fields
+ * the three passes' perf structs share, so that one function reads any of them. */
+typedef struct algo_result {
+    int algo;
+    cudnnStatus_t status; /* not SUCCESS: cuDNN cannot run it here, the rest means nothing */
+    float ms;
+    size_t memory;
+    cudnnDeterminism_t determinism;
+    cudnnMathType_t math;
+} algo_result;
 
-static mt_status find_algo(cuda_backend *cu, cuda_conv_entry *e, int pass) {
-    enum { MAX_ALGOS = 16 };
-    const mt_cuda_conv_geom *g = &e->geom;
+/* The largest list either call returns: cuDNN 9 has 8 forward, 6 backward-data and 7
+ * backward-filter algorithms, and its heuristics may list an algorithm once per math type. */
+enum { MAX_ALGO_RESULTS = 32 };
+
+/* out[0..count) = the pass-specific perf array `perf` as algo_results (no control flow). */
+#define ALGO_RESULTS(perf, count, out)                                                             \
+    for (int i_ = 0; i_ < (count); i_++)                                                           \
+    (out)[i_] = (algo_result){.algo = (int)(perf)[i_].algo,                                        \
+                              .status = (perf)[i_].status,                                         \
+                              .ms = (perf)[i_].time,                                               \
+                              .memory = (perf)[i_].memory,                                         \
+                              .determinism = (perf)[i_].determinism,                               \
+                              .math = (perf)[i_].mathType}
+
+/* Find (`timed`, running every algorithm) or the heuristics (cudnnGet*Algorithm_v7, running
+ * nothing) of one pass on the entry's descriptors with the math type set on conv_desc. */
+static cudnnStatus_t algo_results(cuda_backend *cu, cuda_conv_entry *e, int pass, bool timed,
+                                  algo_result *out, int *count) {
     const int type = pass_type(cu, pass);
     cudnnTensorDescriptor_t x = e->x_desc[type], y = e->y_desc[type];
     cudnnFilterDescriptor_t w = e->w_desc[type];
-    int returned = 0;
+    cudnnStatus_t s;
+    *count = 0;
+    if (pass == PASS_FORWARD) {
+        cudnnConvolutionFwdAlgoPerf_t perf[MAX_ALGO_RESULTS];
+        s = timed ? cudnnFindConvolutionForwardAlgorithm(cu->cudnn, x, w, e->conv_desc, y,
+                                                         MAX_ALGO_RESULTS, count, perf)
+                  : cudnnGetConvolutionForwardAlgorithm_v7(cu->cudnn, x, w, e->conv_desc, y,
+                                                           MAX_ALGO_RESULTS, count, perf);
+        ALGO_RESULTS(perf, s == CUDNN_STATUS_SUCCESS ? *count : 0, out);
+    } else if (pass == PASS_BACKWARD_DATA) {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[MAX_ALGO_RESULTS];
+        s = timed ? cudnnFindConvolutionBackwardDataAlgorithm(cu->cudnn, w, y, e->conv_desc, x,
+                                                              MAX_ALGO_RESULTS, count, perf)
+                  : cudnnGetConvolutionBackwardDataAlgorithm_v7(cu->cudnn, w, y, e->conv_desc, x,
+                                                                MAX_ALGO_RESULTS, count, perf);
+        ALGO_RESULTS(perf, s == CUDNN_STATUS_SUCCESS ? *count : 0, out);
+    } else {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[MAX_ALGO_RESULTS];
+        s = timed ? cudnnFindConvolutionBackwardFilterAlgorithm(cu->cudnn, x, y, e->conv_desc, w,
+                                                                MAX_ALGO_RESULTS, count, perf)
+                  : cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                        cu->cudnn, x, y, e->conv_desc, w, MAX_ALGO_RESULTS, count, perf);
+        ALGO_RESULTS(perf, s == CUDNN_STATUS_SUCCESS ? *count : 0, out);
+    }
+    if (s != CUDNN_STATUS_SUCCESS) *count = 0;
+    return s;
+}
+
+/* Whether Find's result r may be picked: it ran, is deterministic (no atomics: the same sums in
+ * the same order at every call), fits the workspace limit, and has a math type `math_fits`
+ * accepts. */
+static bool pickable(const cuda_backend *cu, const algo_result *r, int type,
+                     bool (*math_fits)(const cuda_backend *, int, cudnnMathType_t)) {
+    return r->status == CUDNN_STATUS_SUCCESS && r->determinism == CUDNN_DETERMINISTIC &&
+           r->memory <= cu->workspace_limit && math_fits(cu, type, r->math);
+}
+
+/* cudnnFind for the pass, then the first (fastest) pickable result with the wanted math; failing
+ * that, the fastest with an allowed one. A non-deterministic algorithm is never taken: with none
+ * left, the pass fails, and the caller falls back as for a shape cuDNN cannot run. */
+static mt_status find_algo(cuda_backend *cu, cuda_conv_entry *e, int pass) {
+    const mt_cuda_conv_geom *g = &e->geom;
+    const int type = pass_type(cu, pass);
     const cudnnMathType_t math = type == TYPE_16 ? CUDNN_TENSOR_OP_MATH
                                  : cu->allow_tf32 ? CUDNN_DEFAULT_MATH
                                                   : CUDNN_FMA_MATH;
     CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, math));
-    if (pass == PASS_FORWARD) {
-        cudnnConvolutionFwdAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(cu->cudnn, x, w, e->conv_desc, y,
-                                                         MAX_ALGOS, &returned, perf));
-        PICK_ALGO(perf, returned);
-    } else if (pass == PASS_BACKWARD_DATA) {
-        cudnnConvolutionBwdDataAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(cu->cudnn, w, y, e->conv_desc, x,
-                                                              MAX_ALGOS, &returned, perf));
-        PICK_ALGO(perf, returned);
-    } else {
-        cudnnConvolutionBwdFilterAlgoPerf_t perf[MAX_ALGOS];
-        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(cu->cudnn, x, y, e->conv_desc, w,
-                                                                MAX_ALGOS, &returned, perf));
-        PICK_ALGO(perf, returned);
-    }
+    algo_result results[MAX_ALGO_RESULTS];
+    int count = 0;
+    CUDNN_CHECK(algo_results(cu, e, pass, true, results, &count));
+    const algo_result *pick = NULL;
+    for (int i = 0; i < count && !pick; i++)
+        if (pickable(cu, &results[i], type, math_ok)) pick = &results[i];
+    for (int i = 0; i < count && !pick; i++)
+        if (pickable(cu, &results[i], type, math_allowed)) pick = &results[i];
+    if (!pick)
+        return MT_FAIL(MT_ERR_BACKEND,
+                       "cuda conv %s: cuDNN has no deterministic algorithm for N%d %dx%dx%d -> "
+                       "%dx%dx%d k%d s%d%s within a %zu-byte workspace (MT_CUDA_WORKSPACE_MB)",
+                       pass_names[pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout, g->k,
+                       g->stride, type == TYPE_16 ? " on 16-bit data" : "", cu->workspace_limit);
+    e->algo[pass] = pick->algo;
+    e->workspace[pass] = pick->memory;
+    e->math[pass] = pick->math;
+    cuda_debug(cu,
+               "conv %s N%d %dx%dx%d -> %dx%dx%d k%d s%d%s%s: cuDNN algo %d, %.3f ms, workspace "
+               "%zu, math %d",
+               pass_names[pass], g->n, g->h, g->w, g->cin, g->ho, g->wo, g->cout, g->k, g->stride,
+               e->key.depthwise ? " depthwise" : "", type == TYPE_16 ? " 16-bit" : "", pick->algo,
+               (double)pick->ms, pick->memory, (int)pick->math);
     e->found[pass] = true;
     return MT_OK;
 }
@@ -752,38 +788,30 @@ static cudnnStatus_t recorded_workspace(cuda_backend *cu, cuda_conv_entry *e, in
         (cudnnConvolutionBwdFilterAlgo_t)algo, bytes);
 }
 
-/* Whether cuDNN says the recorded algorithm is deterministic on this shape: its heuristics
- * (cudnnGet*Algorithm_v7, nothing run) list every algorithm with its determinism; the entry with
- * the recorded math type counts, else the algorithm's first. An algorithm the list lacks counts
- * as not deterministic. */
-#define LISTED_DETERMINISTIC(query, perf_type, ...)                                                \
-    do {                                                                                           \
-        perf_type perf[MAX_LISTED];                                                                \
-        int returned = 0;                                                                          \
-        if (query(cu->cudnn, __VA_ARGS__, MAX_LISTED, &returned, perf) != CUDNN_STATUS_SUCCESS)    \
-            return false;                                                                          \
-        int listed = -1; /* the entry with the recorded math, or else the algorithm's first */     \
-        for (int i = 0; i < returned; i++)                                                         \
-            if ((int)perf[i].algo == algo &&                                                       \
-                (listed < 0 || (perf[i].mathType == math && perf[listed].mathType != math)))       \
-                listed = i;                                                                        \
-        return listed >= 0 && perf[listed].determinism == CUDNN_DETERMINISTIC;                     \
-    } while (0)
-
-static bool recorded_deterministic(cuda_backend *cu, cuda_conv_entry *e, int pass, int algo,
-                                   cudnnMathType_t math) {
-    enum { MAX_LISTED = 32 }; /* cuDNN 9 has 8 forward, 6 backward-data, 7 backward-filter */
-    const int type = pass_type(cu, pass);
-    if (pass == PASS_FORWARD)
-        LISTED_DETERMINISTIC(cudnnGetConvolutionForwardAlgorithm_v7, cudnnConvolutionFwdAlgoPerf_t,
-                             e->x_desc[type], e->w_desc[type], e->conv_desc, e->y_desc[type]);
-    if (pass == PASS_BACKWARD_DATA)
-        LISTED_DETERMINISTIC(cudnnGetConvolutionBackwardDataAlgorithm_v7,
-                             cudnnConvolutionBwdDataAlgoPerf_t, e->w_desc[type], e->y_desc[type],
-                             e->conv_desc, e->x_desc[type]);
-    LISTED_DETERMINISTIC(cudnnGetConvolutionBackwardFilterAlgorithm_v7,
-                         cudnnConvolutionBwdFilterAlgoPerf_t, e->x_desc[type], e->y_desc[type],
-                         e->conv_desc, e->w_desc[type]);
+/* Why cuDNN's heuristics would not let Find's pick be the recorded algorithm here, or NULL when
+ * they would: among the entries cuDNN can run (status SUCCESS; it lists the others too, their
+ * other fields meaningless), the algorithm's entry with the recorded math type counts, else any
+ * of its entries (the heuristics may label an algorithm's math otherwise than Find did). `why`
+ * holds the text (a failed query's error). */
+static const char *recorded_refusal(cuda_backend *cu, cuda_conv_entry *e, int pass, int algo,
+                                    cudnnMathType_t math, char *why, size_t why_size) {
+    algo_result listed[MAX_ALGO_RESULTS];
+    int count = 0;
+    const cudnnStatus_t s = algo_results(cu, e, pass, false, listed, &count);
+    if (s != CUDNN_STATUS_SUCCESS) {
+        snprintf(why, why_size, "could not be checked: cuDNN's heuristics failed: %s",
+                 cudnnGetErrorString(s));
+        return why;
+    }
+    const algo_result *entry = NULL;
+    for (int i = 0; i < count; i++)
+        if (listed[i].algo == algo && listed[i].status == CUDNN_STATUS_SUCCESS &&
+            (!entry || (listed[i].math == math && entry->math != math)))
+            entry = &listed[i];
+    if (!entry) return "is not among the algorithms cuDNN's heuristics say can run here";
+    if (entry->determinism != CUDNN_DETERMINISTIC)
+        return "is not deterministic here (cuDNN's heuristics)";
+    return NULL;
 }
 
 /* One recorded choice into the cache. A choice no backend could make for the shape (cuBLAS for
@@ -817,16 +845,22 @@ static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice, si
         CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, (cudnnMathType_t)choice->math));
         size_t bytes = 0;
         const cudnnStatus_t s = recorded_workspace(cu, e, pass, choice->algo, &bytes);
-        char why[160] = "";
-        if (s != CUDNN_STATUS_SUCCESS)
-            snprintf(why, sizeof why, "cannot run here: %s", cudnnGetErrorString(s));
-        else if (bytes > cu->workspace_limit)
-            snprintf(why, sizeof why, "needs %zu bytes of workspace, over the %zu that "
-                     "MT_CUDA_WORKSPACE_MB allows", bytes, cu->workspace_limit);
-        else if (!recorded_deterministic(cu, e, pass, choice->algo,
-                                         (cudnnMathType_t)choice->math))
-            snprintf(why, sizeof why, "is not deterministic here (cuDNN's list)");
-        if (*why) {
+        /* the workspace it runs with: cuDNN's figure, or the recorded one when larger */
+        const size_t workspace = bytes > choice->workspace ? bytes : choice->workspace;
+        char text[160] = "";
+        const char *why = NULL;
+        if (s != CUDNN_STATUS_SUCCESS) {
+            snprintf(text, sizeof text, "cannot run here: %s", cudnnGetErrorString(s));
+            why = text;
+        } else if (workspace > cu->workspace_limit) {
+            snprintf(text, sizeof text, "needs %zu bytes of workspace, over the %zu that "
+                     "MT_CUDA_WORKSPACE_MB allows", workspace, cu->workspace_limit);
+            why = text;
+        } else {
+            why = recorded_refusal(cu, e, pass, choice->algo, (cudnnMathType_t)choice->math, text,
+                                   sizeof text);
+        }
+        if (why) {
             fprintf(stderr,
                     "mobiletune cuda: the checkpoint's choice of line %d (cuDNN %s algo %d, math "
                     "%d) %s; timing that shape anew, so this resume is not bit-exact\n",
@@ -835,7 +869,7 @@ static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice, si
         }
         e->algo[pass] = choice->algo;
         e->math[pass] = (cudnnMathType_t)choice->math;
-        e->workspace[pass] = bytes > choice->workspace ? bytes : choice->workspace;
+        e->workspace[pass] = workspace;
         e->found[pass] = true;
     }
     e->impl[pass] = choice->impl;

@@ -7,7 +7,8 @@
  * workspace (so that the workspace limit and the workspace a call passes matter), and 2, reported
  * fastest but CUDNN_NON_DETERMINISTIC, like the one or the other by call, as atomics would (the
  * backend must never pick it). Ranked 2, 0, 1; MT_EMU_SLOW=algo0 (emu_cudart.cc) ranks 0 last.
- * The heuristic query (cudnnGet*Algorithm_v7) lists the same three, untimed, in the order 0, 1, 2.
+ * The heuristic query (cudnnGet*Algorithm_v7) lists the same three, untimed, in the order 0, 1, 2,
+ * each after an unrunnable entry (heuristics below).
  * What cuDNN would reject is rejected with a line saying why: descriptors that disagree
  * (channels, groups, output size, data types), a tensor not inside one device block, a workspace
  * smaller than the algorithm needs, a Find while the thread captures a graph. */
@@ -161,7 +162,8 @@ template <class Perf> Perf algo_perf(const problem &p, int algo, float ms) {
     perf.status = CUDNN_STATUS_SUCCESS;
     perf.time = ms;
     perf.memory = algo_workspace(algo);
-    perf.determinism = algo == NON_DETERMINISTIC_ALGO ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
+    perf.determinism =
+        algo == NON_DETERMINISTIC_ALGO ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
     perf.mathType = p.conv.math;
     return perf;
 }
@@ -181,14 +183,26 @@ template <class Perf> cudnnStatus_t find(const problem &p, int requested, int *r
     return CUDNN_STATUS_SUCCESS;
 }
 
-/* cudnnGet*Algorithm_v7: cuDNN's heuristics, nothing run or timed (time -1, as cuDNN reports) */
+/* cudnnGet*Algorithm_v7: cuDNN's heuristics, nothing run or timed (time -1, as cuDNN reports).
+ * As cuDNN may, it lists each algorithm twice: first an entry it cannot run
+ * (CUDNN_STATUS_NOT_SUPPORTED, math type ALLOW_CONVERSION, every other field zero, so
+ * "non-deterministic"), then the runnable one under another math type than Find reports (the
+ * descriptor's), so a reader must skip the first and may not require Find's math type. */
 template <class Perf>
 cudnnStatus_t heuristics(const problem &p, int requested, int *returned, Perf *perf) {
     *returned = 0;
     if (requested < 1) return bad("Get*Algorithm_v7: no room for a result");
-    for (int algo = 0; algo < EMULATED_ALGOS && algo < requested; algo++) {
-        perf[algo] = algo_perf<Perf>(p, algo, -1.0f);
-        *returned = algo + 1;
+    const cudnnMathType_t other =
+        p.conv.math == CUDNN_DEFAULT_MATH ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
+    for (int algo = 0; algo < EMULATED_ALGOS && 2 * algo + 1 < requested; algo++) {
+        Perf unrunnable{};
+        unrunnable.algo = decltype(unrunnable.algo)(algo);
+        unrunnable.status = CUDNN_STATUS_NOT_SUPPORTED;
+        unrunnable.mathType = CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+        perf[2 * algo] = unrunnable;
+        perf[2 * algo + 1] = algo_perf<Perf>(p, algo, -1.0f);
+        perf[2 * algo + 1].mathType = other;
+        *returned = 2 * algo + 2;
     }
     return CUDNN_STATUS_SUCCESS;
 }
