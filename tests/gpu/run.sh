@@ -22,7 +22,7 @@
 #   graphs      finetune, 2 epochs of 5 steps, with train.cuda_graphs = true (the default: the
 #               step captured once and replayed) and false (eager), same seed: the epochs' losses
 #               and accuracies must agree (the step says within what)
-#   resume      train_finetune's run resumed for one more short epoch: every convolution choice
+#   resume      train_finetune's run resumed for one more epoch: every convolution choice
 #               its checkpoint recorded loads on the real cuDNN (none dropped), so it is bit-exact
 #   mpi_nccl1   1 rank under mpirun with train.comm=nccl
 #   mpi_share2  2 ranks sharing the GPU under mpirun (train.comm left to auto: MPI)
@@ -509,7 +509,7 @@ t0=$SECONDS
 if ((gpu)); then
     mapfile -t args < <(train_args finetune train_finetune)
     run_logged resume "$(cap resume)" resume env MT_CUDA_DEBUG=1 "$bin/mobiletune" train \
-        "${args[@]}" --set train.epochs=3 --set train.steps_per_epoch=2 --resume auto
+        "${args[@]}" --set train.epochs=3 --resume auto
     rc=$?
     loaded=$(grep -m1 -oE 'loaded [0-9]+ recorded convolution choices of [0-9]+' "$logs/resume.log")
     read -r _ got _ _ _ _ of <<< "$loaded"
