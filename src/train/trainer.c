@@ -132,6 +132,14 @@ static void say_time_split(trainer *t, const mt_train_result *r) {
                 "checkpoints %.1f s + the rest %.1f s (set-up, weights, BN averaging)\n",
                 r->seconds, r->cache_seconds, r->step_seconds, r->eval_seconds,
                 r->checkpoint_seconds, rest > 0 ? rest : 0.0);
+    /* on a GPU, what the run needed of its memory: the figure to compare with the device's size
+     * when choosing a batch size (ops.h device_memory_peak; an upper bound) */
+    const mt_ops *ops = t->backend->ops;
+    size_t peak = 0;
+    if (ops->device_memory_peak && ops->device_memory_peak(t->backend, &peak) == MT_OK)
+        trainer_say(t, "device memory: at most %.0f MiB at once (the backend's buffers, "
+                    "workspaces and input slots; not the CUDA context)\n",
+                    (double)peak / 1048576.0);
 }
 
 mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_options *options,

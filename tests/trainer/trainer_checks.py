@@ -442,7 +442,15 @@ def case_eval_predict(data, tmp):
     """eval reproduces the last validation accuracy; predict labels image files."""
     folder = os.path.join(tmp, "run")
     os.makedirs(folder)
-    run([MOBILETUNE, "train", "--config", write_config(folder, data, train__epochs=6)])
+    trained = run([MOBILETUNE, "train", "--config", write_config(folder, data, train__epochs=6)])
+    # a backend with device memory says at the end how much the run needed (ops.h
+    # device_memory_peak: the cuda backend's includes cuBLAS' 32 MiB workspace and the model)
+    peak = re.search(r"^device memory: at most (\d+) MiB", trained.output, re.M)
+    if BACKEND == "cuda" and (not peak or int(peak.group(1)) <= 32):
+        fail("the cuda run did not say a device memory peak above cuBLAS' 32 MiB:\n"
+             + trained.output)
+    if BACKEND != "cuda" and peak:
+        fail(f"the {BACKEND} backend keeps no device memory, yet the run said:\n{peak.group(0)}")
     checkpoint = f"{folder}/run/last.safetensors"
     with open(f"{folder}/run/metrics.jsonl") as f:
         last = [json.loads(line) for line in f][-1]
