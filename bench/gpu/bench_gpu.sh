@@ -41,7 +41,7 @@ rounds=(4 4 100) # cases per round
 declare -A refused=()
 
 ours() { # MODE PRECISION BATCH
-    local mode=$1 precision=$2 batch=$3 envs=() flags=() log rc
+    local case_mode=$1 mode=$1 precision=$2 batch=$3 envs=() flags=() log rc
     if [[ $mode == frozen_cache ]]; then mode=frozen flags=(--feature-cache 1); fi
     case $precision in
     fp32) ;;
@@ -65,7 +65,7 @@ ours() { # MODE PRECISION BATCH
         refused[$precision]=1
         echo "NOTE mobiletune refuses $precision: $(cut -c1-160 <<< "$refusal")" >> "$results"
     elif ((rc != 0)) || ! grep -q '^RESULT' "$log"; then
-        echo "NOTE mobiletune $mode $precision batch $batch failed (rc $rc): $(tail -1 "$log" | cut -c1-200)" >> "$results"
+        echo "NOTE mobiletune $case_mode $precision batch $batch failed (rc $rc): $(tail -1 "$log" | cut -c1-200)" >> "$results"
     fi
     cat "$log" >> "$out/bench_mobiletune.log"
     rm -f "$log"

@@ -118,7 +118,8 @@ def bench(args, mode, precision, batch, compiled):
     # traffic as mobiletune's: building the cache (frozen_features) takes a host float batch in
     # and gives host fp32 pooled features back, in inference mode; a head step (frozen_cached)
     # uploads a host batch of features and labels, then trains the head alone on them. The
-    # memory peak of both rows is the case's whole (mobiletune's is process-wide too).
+    # memory peak of frozen_features is the one while building the cache, of frozen_cached the
+    # whole case's (mobiletune's is process-wide, printed after each part, too).
     backbone = torch.nn.Sequential(model.features, torch.nn.AdaptiveAvgPool2d(1),
                                    torch.nn.Flatten())
     backbone = torch.compile(backbone) if compiled else backbone
@@ -210,11 +211,12 @@ def cmd_report(args):
               (cell(m / bound * 100 if m else None, 9, ".1f") + ("%" if m else "") if bound else ""))
     if bound:
         print(f"bound: {bound:.0f} img/s ({device}); ratio = mobiletune / torch at the same case")
-    print("MB: GPU memory peak (torch: max_memory_allocated; ours: the pool's peak plus cuBLAS' "
-          "workspace); graphs: 1 when mobiletune's timed steps were CUDA graph replays; "
+    print("MB: GPU memory peak (torch: max_memory_allocated; ours: device_memory_peak, the "
+          "pool's peak plus the scratch areas, input slots and cuBLAS' workspace, an upper "
+          "bound); graphs: 1 when mobiletune's timed steps were CUDA graph replays; "
           "frozen_features: building the feature cache (inference forward, host batch in, host "
-          "features out), frozen_cached: a head step on cached features (uploaded from host); "
-          "their MB is the peak of the whole frozen_cache case")
+          "features out; MB: the peak while building it), frozen_cached: a head step on cached "
+          "features uploaded from the host (MB: the peak of the whole frozen_cache case)")
     return 0 if cases else 1
 
 

@@ -19,7 +19,8 @@
  * search), the second is captured and every step from then on is one replay of it; the
  * per-step values and the input's conversion stay outside, as in the trainer; a replay the
  * backend refuses runs that step eager and the next is captured again, as in the trainer. With
- * --warmup below 2 the timed steps include the eager one (and the RESULT says graphs=0).
+ * --warmup 0 the timed steps include the eager one (and the RESULT says graphs=0); with 1, the
+ * first timed step includes the capture.
  * Elsewhere, and with --graphs 0, every step runs eager. Prints one machine-readable line:
  *   RESULT mode=<m> backend=<b> precision=<p> batch=<n> size=<s> threads=<t> graphs=<0|1>
  *          trainable=<k> median_s=<x> images_per_s=<y> peak_rss_mb=<z> [gpu_peak_mb=<g>]

@@ -121,9 +121,9 @@ static mt_status end_of_epoch(trainer *t, const epoch_totals *totals, double sec
     return MT_OK;
 }
 
-/* One line at the end of a run: where its wall time went. The phases do not overlap (each is
- * timed around its own calls), so "the rest" (set-up, loading weights, BN averaging, waiting on
- * other ranks) is the total minus them and is never negative. */
+/* The line at the end of a run that says where its wall time went. The phases do not overlap
+ * (each is timed around its own calls), so "the rest" (set-up, loading weights, BN averaging,
+ * waiting on other ranks) is the total minus them and is never negative. */
 static void say_time_split(trainer *t, const mt_train_result *r) {
     const double rest = r->seconds - r->cache_seconds - r->step_seconds - r->eval_seconds -
                         r->checkpoint_seconds;
@@ -132,14 +132,18 @@ static void say_time_split(trainer *t, const mt_train_result *r) {
                 "checkpoints %.1f s + the rest %.1f s (set-up, weights, BN averaging)\n",
                 r->seconds, r->cache_seconds, r->step_seconds, r->eval_seconds,
                 r->checkpoint_seconds, rest > 0 ? rest : 0.0);
-    /* on a GPU, what the run needed of its memory: the figure to compare with the device's size
-     * when choosing a batch size (ops.h device_memory_peak; an upper bound) */
+}
+
+/* On a backend with device memory, the line after it: what the run needed of the GPU, the
+ * figure to hold against the device's size when choosing a batch size (ops.h
+ * device_memory_peak, an upper bound; rounded up, so never under it). */
+static void say_device_memory(trainer *t) {
     const mt_ops *ops = t->backend->ops;
     size_t peak = 0;
-    if (ops->device_memory_peak && ops->device_memory_peak(t->backend, &peak) == MT_OK)
-        trainer_say(t, "device memory: at most %.0f MiB at once (the backend's buffers, "
-                    "workspaces and input slots; not the CUDA context)\n",
-                    (double)peak / 1048576.0);
+    if (!ops->device_memory_peak || ops->device_memory_peak(t->backend, &peak) != MT_OK) return;
+    const size_t mib = (size_t)1 << 20;
+    trainer_say(t, "device memory: at most %zu MiB at once (the backend's buffers, workspaces "
+                "and input slots; not the CUDA context)\n", (peak + mib - 1) / mib);
 }
 
 mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_options *options,
@@ -218,6 +222,7 @@ mt_status mt_train(const mt_train_config *config, mt_comm *comm, const mt_train_
     result->eval_seconds = t.eval_seconds;
     result->checkpoint_seconds = t.checkpoint_seconds;
     if (status == MT_OK) say_time_split(&t, result);
+    if (status == MT_OK) say_device_memory(&t);
     trainer_tear_down(&t);
     return status;
 }

@@ -77,7 +77,7 @@ STANDIN_HEAD_FAILS=1 MT_BENCH_CASES=frozen_cache:tf32:64,finetune:tf32:64 MT_TOR
     fail "bench_gpu.sh with a failing head step: rc $?: $(tail -3 "$dir/log")"
 grep -q '^RESULT framework=mobiletune variant=tf32 mode=frozen_features ' "$r" ||
     fail "the cache's result was dropped when the head steps failed"
-grep -q '^NOTE mobiletune frozen tf32 batch 64 failed (rc 1)' "$r" || fail "the failure was not noted"
+grep -q '^NOTE mobiletune frozen_cache tf32 batch 64 failed (rc 1)' "$r" || fail "the failure was not noted"
 ! grep -q 'refuses' "$r" || fail "a failed case counted as refusing its precision"
 grep -q '^RESULT framework=mobiletune variant=tf32 mode=finetune .*batch=64' "$r" ||
     fail "the next tf32 case did not run"

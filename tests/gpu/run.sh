@@ -499,14 +499,16 @@ EOF
     if [[ $result == ok* ]]; then set_status graphs PASS "${result#ok }"
     else set_status graphs FAIL "${result#bad }"; fi
 fi
-grep -m1 'train.cuda_graphs' "$logs/graphs_on.log" >> "$summary" 2> /dev/null
+grep -m1 '^train.cuda_graphs' "$logs/graphs_on.log" >> "$summary" 2> /dev/null # not the command
 
 # ---- resume: the per-shape choices of a checkpoint load on the real cuDNN ------------------
 # train_finetune's checkpoint holds the implementation and cuDNN algorithm each (shape, pass)
 # ran (docs/gpu.md, "Choices"); resuming it must load every one: a drop (an algorithm cuDNN's
 # heuristics do not list as runnable and deterministic here, say) would end bit-exact resume.
 t0=$SECONDS
-if ((gpu)); then
+if ((gpu)) && [[ ${status[train_finetune]:-} != PASS || ! -f $work/runs/train_finetune/last.safetensors ]]; then
+    set_status resume SKIP "train_finetune did not pass or left no checkpoint to resume"
+elif ((gpu)); then
     mapfile -t args < <(train_args finetune train_finetune)
     run_logged resume "$(cap resume)" resume env MT_CUDA_DEBUG=1 "$bin/mobiletune" train \
         "${args[@]}" --set train.epochs=3 --resume auto
@@ -514,12 +516,14 @@ if ((gpu)); then
     loaded=$(grep -m1 -oE 'loaded [0-9]+ recorded convolution choices of [0-9]+' "$logs/resume.log")
     read -r _ got _ _ _ _ of <<< "$loaded"
     dropped=$(grep -m1 "timing that shape anew" "$logs/resume.log")
-    if ((rc != 0)); then set_status resume FAIL "rc $rc: $(first_error "$logs/resume.log")"
+    # a drop first: it names why (the counts only show that one happened)
+    if [[ -n $dropped ]]; then set_status resume FAIL "${dropped:0:240}"
+    elif ((rc == 124)); then set_status resume FAIL "timed out after $(cap resume) s"
+    elif ((rc != 0)); then set_status resume FAIL "rc $rc: $(first_error "$logs/resume.log")"
     elif [[ $backend != cuda ]]; then
         set_status resume PASS "resumed on the $backend backend, which records no choices"
     elif [[ -z $loaded || ${got:-0} == 0 || $got != "$of" ]]; then
         set_status resume FAIL "expected every recorded choice loaded, got '${loaded:-nothing}'"
-    elif [[ -n $dropped ]]; then set_status resume FAIL "${dropped:0:200}"
     else set_status resume PASS "$loaded"; fi
 else
     nogpu resume

@@ -280,7 +280,7 @@ typedef struct algo_result {
  * backward-filter algorithms, and its heuristics may list an algorithm once per math type. */
 enum { MAX_ALGO_RESULTS = 32 };
 
-/* out[0..count) = the pass-specific perf array `perf` as algo_results (no control flow). */
+/* out[0..count) = the pass-specific perf array `perf` as algo_results (a loop; no return). */
 #define ALGO_RESULTS(perf, count, out)                                                             \
     for (int i_ = 0; i_ < (count); i_++)                                                           \
     (out)[i_] = (algo_result){.algo = (int)(perf)[i_].algo,                                        \
@@ -346,7 +346,11 @@ static mt_status find_algo(cuda_backend *cu, cuda_conv_entry *e, int pass) {
     CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, math));
     algo_result results[MAX_ALGO_RESULTS];
     int count = 0;
-    CUDNN_CHECK(algo_results(cu, e, pass, true, results, &count));
+    const cudnnStatus_t found = algo_results(cu, e, pass, true, results, &count);
+    if (found != CUDNN_STATUS_SUCCESS)
+        return MT_FAIL(MT_ERR_BACKEND, "cuda conv %s: cudnnFind*Algorithm failed for N%d %dx%dx%d "
+                       "-> %dx%dx%d k%d s%d: %s", pass_names[pass], g->n, g->h, g->w, g->cin,
+                       g->ho, g->wo, g->cout, g->k, g->stride, cudnnGetErrorString(found));
     const algo_result *pick = NULL;
     for (int i = 0; i < count && !pick; i++)
         if (pickable(cu, &results[i], type, math_ok)) pick = &results[i];
@@ -818,9 +822,9 @@ static const char *recorded_refusal(cuda_backend *cu, cuda_conv_entry *e, int pa
  * a convolution that is no product, cuDNN for asymmetric pads) is a broken text: an error. A
  * cuDNN algorithm that would not be picked here is dropped, with a line saying why: one this
  * cuDNN cannot run (another GPU or version), one it lists as not deterministic, or one whose
- * workspace exceeds MT_CUDA_WORKSPACE_MB (a checkpoint from another cuDNN, or edited by hand:
- * timing never records those). The shape is then timed anew and the run goes on, no longer
- * bit-exact with the one that recorded it. */
+ * workspace exceeds MT_CUDA_WORKSPACE_MB (a checkpoint from another cuDNN, edited by hand, or a
+ * limit smaller than the recording run's). The shape is then timed anew and the run goes on, no
+ * longer bit-exact with the one that recorded it. */
 static mt_status apply_choice(cuda_backend *cu, const mt_cuda_choice *choice, size_t *applied) {
     const int line = choice->line;
     const mt_conv_desc *d = &choice->desc;

@@ -8,7 +8,7 @@
  * fastest but CUDNN_NON_DETERMINISTIC, like the one or the other by call, as atomics would (the
  * backend must never pick it). Ranked 2, 0, 1; MT_EMU_SLOW=algo0 (emu_cudart.cc) ranks 0 last.
  * The heuristic query (cudnnGet*Algorithm_v7) lists the same three, untimed, in the order 0, 1, 2,
- * each after an unrunnable entry (heuristics below).
+ * with unrunnable entries and entries under other math types among them (heuristics below).
  * What cuDNN would reject is rejected with a line saying why: descriptors that disagree
  * (channels, groups, output size, data types), a tensor not inside one device block, a workspace
  * smaller than the algorithm needs, a Find while the thread captures a graph. */
@@ -184,26 +184,39 @@ template <class Perf> cudnnStatus_t find(const problem &p, int requested, int *r
 }
 
 /* cudnnGet*Algorithm_v7: cuDNN's heuristics, nothing run or timed (time -1, as cuDNN reports).
- * As cuDNN may, it lists each algorithm twice: first an entry it cannot run
- * (CUDNN_STATUS_NOT_SUPPORTED, math type ALLOW_CONVERSION, every other field zero, so
- * "non-deterministic"), then the runnable one under another math type than Find reports (the
- * descriptor's), so a reader must skip the first and may not require Find's math type. */
+ * As cuDNN may, it lists an algorithm more than once, so that a reader must pick the right
+ * entry. For each algorithm, in order:
+ *  - an entry it cannot run: CUDNN_STATUS_NOT_SUPPORTED, math type ALLOW_CONVERSION, every
+ *    other field zero, so "non-deterministic" (a reader must skip it);
+ *  - the runnable entry under another math type than Find reports (the descriptor's); for
+ *    algorithm 1 the only runnable one (a reader must accept another math type), for 0 and 2
+ *    with the opposite determinism;
+ *  - for 0 and 2, the runnable entry under Find's math type, with the algorithm's determinism
+ *    (a reader must prefer the recorded math type). */
 template <class Perf>
 cudnnStatus_t heuristics(const problem &p, int requested, int *returned, Perf *perf) {
     *returned = 0;
-    if (requested < 1) return bad("Get*Algorithm_v7: no room for a result");
     const cudnnMathType_t other =
         p.conv.math == CUDNN_DEFAULT_MATH ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
-    for (int algo = 0; algo < EMULATED_ALGOS && 2 * algo + 1 < requested; algo++) {
+    std::vector<Perf> list;
+    for (int algo = 0; algo < EMULATED_ALGOS; algo++) {
         Perf unrunnable{};
         unrunnable.algo = decltype(unrunnable.algo)(algo);
         unrunnable.status = CUDNN_STATUS_NOT_SUPPORTED;
         unrunnable.mathType = CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
-        perf[2 * algo] = unrunnable;
-        perf[2 * algo + 1] = algo_perf<Perf>(p, algo, -1.0f);
-        perf[2 * algo + 1].mathType = other;
-        *returned = 2 * algo + 2;
+        list.push_back(unrunnable);
+        Perf mine = algo_perf<Perf>(p, algo, -1.0f), elsewhere = mine;
+        elsewhere.mathType = other;
+        if (algo != WORKSPACE_ALGO)
+            elsewhere.determinism = mine.determinism == CUDNN_DETERMINISTIC
+                                        ? CUDNN_NON_DETERMINISTIC
+                                        : CUDNN_DETERMINISTIC;
+        list.push_back(elsewhere);
+        if (algo != WORKSPACE_ALGO) list.push_back(mine);
     }
+    if (requested < (int)list.size()) return bad("Get*Algorithm_v7: no room for every result");
+    std::copy(list.begin(), list.end(), perf);
+    *returned = (int)list.size();
     return CUDNN_STATUS_SUCCESS;
 }
 
