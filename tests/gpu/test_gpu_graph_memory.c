@@ -14,6 +14,9 @@
  * 3. A capture that reads such a copy and then writes its kernel fails at its end with an
  *    error naming the weight copy, and the backend goes on eager.
  *
+ * 4. The device memory peak (ops.h device_memory_peak) counts what lives outside the pool: an
+ *    input staging slot's first upload raises it by at least the slot's bytes.
+ *
  * Runs on the emulated cuda module (ctest gpu_graph_memory_emulated: host memory, so a replay
  * that wrote into another allocation shows in the pattern) and on a GPU (gpu_graph_memory);
  * skips (77) where no cuda backend starts. */
@@ -162,6 +165,23 @@ static void check_capture_writing_read_copy(fixture *f) {
     o->buffer_free(f->b, w);
 }
 
+static void check_peak_counts_input_slots(fixture *f) {
+    const mt_ops *o = f->b->ops;
+    enum { ROWS = 4, SIZE = 64, PIXEL_BYTES = ROWS * SIZE * SIZE * 3 };
+    size_t before = 0, after = 0;
+    MUST(o->device_memory_peak(f->b, &before));
+    static uint8_t pixels[PIXEL_BYTES];
+    const int32_t labels[ROWS] = {0, 1, 0, 1};
+    const mt_input_batch batch = {
+        .n = ROWS, .height = SIZE, .width = SIZE, .pixels = pixels, .labels = labels};
+    MUST(o->input_upload(f->b, 1, &batch));
+    MUST(o->input_wait(f->b, 1));
+    MUST(o->device_memory_peak(f->b, &after));
+    CHECK_MSG(after >= before + PIXEL_BYTES,
+              "device_memory_peak went from %zu to %zu bytes over an input slot's first upload of "
+              "%d pixel bytes", before, after, PIXEL_BYTES);
+}
+
 int main(void) {
     mt_backend *b = NULL;
     if (mt_backend_create("cuda", &(mt_backend_options){.precision = MT_COMPUTE_BF16}, &b) !=
@@ -186,6 +206,7 @@ int main(void) {
     check_pool_blocks(&f);
     check_pinned_copy(&f);
     check_capture_writing_read_copy(&f);
+    check_peak_counts_input_slots(&f);
 
     b->ops->buffer_free(b, f.factor);
     b->ops->tensor_free(b, &f.x);
