@@ -14,11 +14,12 @@
  * while the previous step computes and scaled and flipped on the device (ops.h's input
  * pipeline); on the CPU backends the float batch the loader threads would have made. The loss
  * stays on the device (mt_model_forward_accumulate), as in training. --graphs 1 (the default)
- * does what train.cuda_graphs does on a backend that can capture a step (ops.h
- * step_capture_begin: cuda): the first step runs eager (the per-shape choices and cuDNN's
- * search), the second is captured and every step from then on is one replay of it; the
- * per-step values and the input's conversion stay outside, as in the trainer; a replay the
- * backend refuses runs that step eager and the next is captured again, as in the trainer. With
+ * runs the steps through the trainer's own step graph (src/train/trainer_graph.c, one rank), as
+ * train.cuda_graphs does on a backend that can capture a step (ops.h step_capture_begin: cuda):
+ * the first step runs eager (the per-shape choices and cuDNN's search), the second is captured
+ * and every step from then on is one replay of it; the per-step values and the input's
+ * conversion stay outside, as in the trainer; a capture that fails or a replay the backend
+ * refuses is handled as in training (said on stderr, the step run eager). With
  * --warmup 0 the timed steps include the eager one (and the RESULT says graphs=0); with 1, the
  * first timed step includes the capture.
  * Elsewhere, and with --graphs 0, every step runs eager. Prints one machine-readable line:
@@ -40,6 +41,7 @@
 #include <time.h>
 
 #include "core/clock.h"
+#include "train/trainer_graph.h"
 #include "mobiletune/model.h"
 #include "mobiletune/ops.h"
 
@@ -58,29 +60,19 @@ static int compare_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* The step's device work (forward with the loss, backward) captured, as the trainer's
- * trainer_graph.c does; NULL, said on stderr, when the backend could not capture it (the steps
- * then run eager, and the RESULT line says graphs=0). */
-static void *capture_step(mt_model *model, mt_backend *backend, const mt_model_input *prepared,
-                          double *accum) {
-    const mt_ops *ops = backend->ops;
-    if (ops->step_capture_begin(backend) != MT_OK) {
-        fprintf(stderr, "bench_train_step: no step graph (%s): the steps run eager\n",
-                mt_last_error());
-        return NULL;
-    }
+/* The step's device work after its input is in place: forward with the loss, backward. */
+typedef struct step_args {
+    mt_model *model;
+    double *accum;
+    int rows;
+} step_args;
+
+static mt_status step_body(const void *user) {
+    const step_args *args = user;
+    const mt_model_input prepared = {.prepared = true, .n = args->rows};
     mt_step_result result = {0};
-    mt_status status = mt_model_forward_accumulate(model, prepared, accum, &result);
-    if (status == MT_OK) status = mt_model_backward(model);
-    char why[512] = ""; /* the first error, not the end's after it */
-    if (status != MT_OK) snprintf(why, sizeof why, "%s", mt_last_error());
-    void *graph = NULL;
-    const mt_status ended = ops->step_capture_end(backend, &graph);
-    if (status == MT_OK && ended == MT_OK) return graph;
-    if (graph) ops->step_graph_free(backend, graph);
-    fprintf(stderr, "bench_train_step: capturing the step failed (%s): the steps run eager\n",
-            why[0] ? why : mt_last_error());
-    return NULL;
+    MT_TRY(mt_model_forward_accumulate(args->model, &prepared, args->accum, &result));
+    return mt_model_backward(args->model);
 }
 
 static int usage(void) {
@@ -117,11 +109,13 @@ static double median_of(double *times, int steps) {
 static mt_status time_steps(bench *b, bool graphs_wanted, const float *features, double *median,
                             bool *replayed) {
     const mt_ops *ops = b->backend->ops;
-    /* graphs: the first step eager, then one capture, then replays (the top) */
-    const bool graphs = graphs_wanted && ops->step_capture_begin && ops->step_capture_end &&
-                        ops->step_replay && ops->step_graph_free;
-    void *graph = NULL;
-    bool capture_failed = false;
+    /* graphs: the trainer's own (the top), on one rank */
+    trainer_graph graph;
+    const char *off = NULL; /* only host_sync turns graphs off with a reason: never here */
+    const trainer_graph_runner runner = {
+        .backend = b->backend, .model = b->model, .who = {.rank = 0, .world_size = 1}};
+    trainer_graph_init(&graph, graphs_wanted, runner, false, &off);
+    const step_args args = {.model = b->model, .accum = b->accum, .rows = b->batch};
     *replayed = true;
     mt_status status = MT_OK;
     for (int s = 0; status == MT_OK && s < b->warmup + b->steps; s++) {
@@ -133,31 +127,11 @@ static mt_status time_steps(bench *b, bool graphs_wanted, const float *features,
             input = (mt_model_input){.staged = true, .slot = s % 2, .n = b->batch};
         status = mt_model_set_step(b->model, (uint64_t)s, (uint64_t)s);
         if (status == MT_OK) status = mt_model_prepare_input(b->model, &input);
-        const mt_model_input prepared = {.prepared = true, .n = b->batch};
-        if (status == MT_OK && graphs && s > 0 && !graph && !capture_failed) {
-            graph = capture_step(b->model, b->backend, &prepared, b->accum);
-            capture_failed = !graph;
-        }
-        bool replayed_now = false;
-        if (status == MT_OK && graph) {
-            status = ops->step_replay(b->backend, graph);
-            replayed_now = status == MT_OK;
-            if (status == MT_ERR_INVALID) {
-                /* refused (device memory given back to the driver, a kept weight copy gone):
-                 * as the trainer does, this step eager, the next one captured again */
-                fprintf(stderr, "bench_train_step: the backend refused a replay (%s): this step "
-                        "runs eager, the next is captured again\n", mt_last_error());
-                ops->step_graph_free(b->backend, graph);
-                graph = NULL;
-                status = MT_OK;
-            }
-        }
-        if (status == MT_OK && !replayed_now) {
-            mt_step_result result = {0};
-            status = mt_model_forward_accumulate(b->model, &prepared, b->accum, &result);
-            if (status == MT_OK) status = mt_model_backward(b->model);
-            if (s >= b->warmup) *replayed = false;
-        }
+        const uint64_t replays = graph.replays;
+        if (status == MT_OK)
+            status = trainer_graph_step(&graph, b->batch, mt_model_memory_generation(b->model),
+                                        false, step_body, &args);
+        if (s >= b->warmup && graph.replays == replays) *replayed = false;
         if (status == MT_OK && b->staged && !features) {
             /* the next batch goes up while this step computes, from the buffer whose last copy
              * (a step ago) the host waits for first */
@@ -174,7 +148,7 @@ static mt_status time_steps(bench *b, bool graphs_wanted, const float *features,
         if (status == MT_OK) status = ops->synchronize(b->backend);
         if (s >= b->warmup) b->times[s - b->warmup] = mt_clock_monotonic() - start;
     }
-    if (graph) ops->step_graph_free(b->backend, graph);
+    trainer_graph_free(&graph);
     if (status == MT_OK) *median = median_of(b->times, b->steps);
     return status;
 }

@@ -208,12 +208,14 @@ static mt_status read_accumulator(trainer *t, epoch_totals *totals, bool *stop) 
  * so that trainer_graph.c may capture them once and replay them. fault_nan: MT_FAULT_STEP's
  * injected non-finite loss (host copies in the middle: such a step runs eager). */
 typedef struct step_body_args {
+    trainer *t;
     bool fault_nan;
     uint64_t step;
 } step_body_args;
 
-static mt_status step_body(trainer *t, const void *user) {
+static mt_status step_body(const void *user) {
     const step_body_args *args = user;
+    trainer *t = args->t;
     const mt_ops *ops = t->backend->ops;
     /* A skipped step must not leave NaN in the BN statistics either: keep a copy to restore, in
      * backend memory (a device-side copy, no trip through the host). */
@@ -298,11 +300,11 @@ static mt_status train_step(trainer *t, const mt_model_input *input, epoch_total
      * share. */
     mt_grad_sync_stats before = {0};
     if (t->grad_sync) before = mt_grad_sync_get_stats(t->grad_sync);
-    const step_body_args args = {.fault_nan = fault == FAULT_NAN, .step = step};
+    const step_body_args args = {.t = t, .fault_nan = fault == FAULT_NAN, .step = step};
     /* an injected NaN step runs eager on every rank (the environment is the same on all): a
      * graph holding NCCL collectives must be launched by all ranks or by none */
     const bool eager = fault_at(t, step, true) == FAULT_NAN;
-    mt_status status = trainer_graph_step(&t->graph, t, input->n,
+    mt_status status = trainer_graph_step(&t->graph, input->n,
                                           mt_model_memory_generation(t->model), eager, step_body,
                                           &args);
     /* NCCL's checks, between steps (eager or replayed): its error state, the previous step's

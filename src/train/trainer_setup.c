@@ -239,7 +239,9 @@ mt_status trainer_set_up(trainer *t, const mt_train_options *options) {
         mt_model_set_grad_hook(t->model, mt_grad_sync_ready, t->grad_sync);
     }
     const char *graphs_off = NULL;
-    trainer_graph_init(&t->graph, c->train.cuda_graphs, t->backend,
+    const trainer_graph_runner runner = {
+        .backend = t->backend, .model = t->model, .comm = t->comm, .who = t->who};
+    trainer_graph_init(&t->graph, c->train.cuda_graphs, runner,
                        t->grad_sync && mt_grad_sync_host_work(t->grad_sync), &graphs_off);
     if (graphs_off) trainer_say(t, "train.cuda_graphs: %s\n", graphs_off);
     /* Weights: a checkpoint to resume (everything), else the configured initial weights. Which
@@ -363,7 +365,7 @@ void trainer_tear_down(trainer *t) {
     mt_optimizer_free(&t->optimizer);
     if (t->state_backup) t->backend->ops->buffer_free(t->backend, t->state_backup);
     if (t->accum) t->backend->ops->buffer_free(t->backend, t->accum);
-    trainer_graph_free(&t->graph, t->backend);
+    trainer_graph_free(&t->graph);
     if (t->unscale) t->backend->ops->buffer_free(t->backend, t->unscale);
     if (t->skip_host) t->backend->ops->host_free(t->backend, t->skip_host);
     mt_grad_sync_destroy(t->grad_sync);

@@ -327,7 +327,6 @@ static mt_status cuda_synchronize(mt_backend *backend) {
     return MT_OK;
 }
 
-
 /* The pool's peak (cuda_pool.c: blocks in use plus those kept for graphs), plus what lives
  * outside the pool: the grow-only scratch areas (cuDNN's workspace, the KRSC filter gradient,
  * the reductions' partials) and input staging slots at their present, largest, size, and
